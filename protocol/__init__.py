@@ -1,0 +1,63 @@
+"""The reactor-chat wire protocol, sans I/O.
+
+Bytes and text only: no sockets, threads or clocks, so that the server, the
+client and the benchmark share one definition of the wire and every rule is
+testable with plain values.  See ``commands`` (client to server), ``events``
+(server to client), ``escaping`` (how text is kept visible and reversible),
+``framing`` (the receive buffer) and ``errors`` (the one exception type).
+"""
+
+from protocol.commands import (
+    COMMAND_NAMES,
+    Broadcast,
+    Bye,
+    Chat,
+    Command,
+    Help,
+    Login,
+    Users,
+    format_command,
+    parse_command,
+    parse_login,
+)
+from protocol.errors import ProtocolError
+from protocol.escaping import escape, unescape
+from protocol.events import (
+    BroadcastFrom,
+    BroadcastSent,
+    Event,
+    HelpText,
+    InvalidInput,
+    InvalidUsername,
+    LoginTimedOut,
+    MessageFrom,
+    MessageSent,
+    OnlineUsers,
+    ServerFull,
+    ShuttingDown,
+    TooManyFromAddress,
+    UsernameTaken,
+    UserOffline,
+    UserOnline,
+    UserUnknown,
+    format_event,
+    parse_event,
+)
+from protocol.framing import DEFAULT_MAX_LINE, LineBuffer, LineTooLong
+from protocol.lines import decode_line
+from protocol.usernames import (
+    MAX_USERNAME_LENGTH,
+    is_valid_username,
+    username_key,
+    validate_username,
+)
+
+__all__ = [
+    "COMMAND_NAMES", "Broadcast", "Bye", "Chat", "Command", "Help", "Login", "Users",
+    "format_command", "parse_command", "parse_login", "ProtocolError", "escape", "unescape",
+    "BroadcastFrom", "BroadcastSent", "Event", "HelpText", "InvalidInput", "InvalidUsername",
+    "LoginTimedOut", "MessageFrom", "MessageSent", "OnlineUsers", "ServerFull", "ShuttingDown",
+    "TooManyFromAddress", "UserOffline", "UserOnline", "UsernameTaken", "UserUnknown",
+    "format_event", "parse_event", "DEFAULT_MAX_LINE", "LineBuffer", "LineTooLong",
+    "decode_line", "MAX_USERNAME_LENGTH", "is_valid_username", "username_key", "validate_username",
+]

@@ -1,0 +1,226 @@
+"""Server events: every line the server sends, as values, with one formatter and one parser.
+
+Each event is one line of the form ``<...>\\n`` (the sender's echoes
+``<To Bob> text`` carry their text after the bracket).  Text that came from a
+user is always escaped (see :mod:`protocol.escaping`), so an event line never
+holds a raw control character and no message can pose as another event.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from protocol.commands import BROADCAST_USAGE, CHAT_USAGE
+from protocol.errors import ProtocolError
+from protocol.escaping import escape, find_unsafe, unescape
+from protocol.usernames import validate_username
+
+
+@dataclass(frozen=True, slots=True)
+class UserOnline:
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class UserOffline:
+    """A user went offline; also the reply to a message for an offline user."""
+
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class UserUnknown:
+    """Reply to a message for a name never seen since the server started."""
+
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class MessageSent:
+    """The sender's echo of a direct message."""
+
+    to: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class MessageFrom:
+    sender: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class BroadcastSent:
+    """The sender's echo of a broadcast."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class BroadcastFrom:
+    sender: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class OnlineUsers:
+    names: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class HelpText:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class InvalidInput:
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class InvalidUsername:
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class UsernameTaken:
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class ServerFull:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class TooManyFromAddress:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class LoginTimedOut:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class ShuttingDown:
+    pass
+
+
+Event = (
+    UserOnline | UserOffline | UserUnknown | MessageSent | MessageFrom | BroadcastSent
+    | BroadcastFrom | OnlineUsers | HelpText | InvalidInput | InvalidUsername | UsernameTaken
+    | ServerFull | TooManyFromAddress | LoginTimedOut | ShuttingDown
+)
+
+HELP_LINE = (
+    f"<Commands: {CHAT_USAGE} | {BROADCAST_USAGE} | users | help | bye."
+    ' Inside quotes write \\" for a quote and \\\\ for a backslash.>'
+)
+_FIXED_LINES: dict[type, str] = {
+    HelpText: HELP_LINE,
+    ServerFull: "<Server is full.>",
+    TooManyFromAddress: "<Too many connections from your address.>",
+    LoginTimedOut: "<Login timed out.>",
+    ShuttingDown: "<Server is shutting down.>",
+}
+_FIXED_EVENTS: dict[str, Event] = {line: kind() for kind, line in _FIXED_LINES.items()}
+_INPUT_SUFFIX = '. Type "help" for commands.>'
+# Server-written reasons: plain printable ASCII.
+_REASON = re.compile(r"[ -~]+")
+
+
+def format_event(event: Event) -> bytes:
+    """Encode an event as one wire line ending in ``\\n``.
+
+    A fan-out calls this once and hands the same bytes to every recipient.
+    """
+    return (_format(event) + "\n").encode("utf-8")
+
+
+def _format(event: Event) -> str:
+    match event:
+        case UserOnline(name):
+            return f"<User {name} is online.>"
+        case UserOffline(name):
+            return f"<User {name} is offline.>"
+        case UserUnknown(name):
+            return f"<User {name} does not exist.>"
+        case MessageSent(to, text):
+            return f"<To {to}> {escape(text, quoted=False)}"
+        case MessageFrom(sender, text):
+            return f'<Message from {sender}: "{escape(text)}">'
+        case BroadcastSent(text):
+            return f"<To everyone> {escape(text, quoted=False)}"
+        case BroadcastFrom(sender, text):
+            return f'<Broadcast from {sender}: "{escape(text)}">'
+        case OnlineUsers(names):
+            return f"<Online users: {', '.join(names)}>"
+        case InvalidInput(reason):
+            return f"<Invalid input: {_checked_reason(reason)}{_INPUT_SUFFIX}"
+        case InvalidUsername(reason):
+            return f"<Invalid username: {_checked_reason(reason)}.>"
+        case UsernameTaken(name):
+            return f"<Username {name} is already taken.>"
+        case _:
+            line = _FIXED_LINES.get(type(event))
+            if line is None:
+                raise TypeError(f"not an event: {event!r}")
+            return line
+
+
+def _checked_reason(reason: str) -> str:
+    # Reasons are written by the server, never copied from input; this check
+    # keeps it that way (a control character or a trailing period would break
+    # the line or its round trip through the client's parser).
+    if not _REASON.fullmatch(reason) or reason.endswith("."):
+        raise ValueError(f"unfit reason text: {reason!r}")
+    return reason
+
+
+_NAME = r"([A-Za-z0-9_.\-]{1,32})"
+_QUOTED_TEXT = r'"((?:[^"\\]|\\.)*)"'
+_PATTERNS: list[tuple[re.Pattern[str], type]] = [
+    (re.compile(rf"<User {_NAME} is online\.>"), UserOnline),
+    (re.compile(rf"<User {_NAME} is offline\.>"), UserOffline),
+    (re.compile(rf"<User {_NAME} does not exist\.>"), UserUnknown),
+    (re.compile(r"<To everyone> (.*)", re.DOTALL), BroadcastSent),
+    (re.compile(rf"<To {_NAME}> (.*)", re.DOTALL), MessageSent),
+    (re.compile(rf"<Message from {_NAME}: {_QUOTED_TEXT}>", re.DOTALL), MessageFrom),
+    (re.compile(rf"<Broadcast from {_NAME}: {_QUOTED_TEXT}>", re.DOTALL), BroadcastFrom),
+    (re.compile(r"<Online users: ((?:[A-Za-z0-9_.\-]{1,32}(?:, )?)*)>"), OnlineUsers),
+    (re.compile(r"<Invalid input: (.+)\. Type \"help\" for commands\.>"), InvalidInput),
+    (re.compile(r"<Invalid username: (.+)\.>"), InvalidUsername),
+    (re.compile(rf"<Username {_NAME} is already taken\.>"), UsernameTaken),
+]
+_TEXT_EVENTS = (MessageSent, MessageFrom, BroadcastSent, BroadcastFrom)
+
+
+def parse_event(line: str) -> Event:
+    """Parse one server line (terminator removed) into an event.
+
+    Raises :class:`ProtocolError`, and nothing else, for a line that is not a
+    well-formed event -- including one that carries a raw control character,
+    which a correct server never sends.
+    """
+    if find_unsafe(line) is not None:
+        raise ProtocolError("event line carries a raw control character")
+    fixed = _FIXED_EVENTS.get(line)
+    if fixed is not None:
+        return fixed
+    for pattern, kind in _PATTERNS:
+        match = pattern.fullmatch(line)
+        if match is None:
+            continue
+        groups = match.groups()
+        if kind is OnlineUsers:
+            names = tuple(groups[0].split(", ")) if groups[0] else ()
+            for name in names:
+                validate_username(name)
+            return OnlineUsers(names)
+        if kind in _TEXT_EVENTS:
+            *head, text = groups
+            return kind(*head, unescape(text))
+        return kind(*groups)
+    raise ProtocolError("not a server event")

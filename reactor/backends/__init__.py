@@ -1,0 +1,1 @@
+"""I/O backends.  Each only moves bytes between sockets and :class:`ChatService`."""

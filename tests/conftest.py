@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from reactor import BACKENDS  # noqa: E402
+from reactor.backends.base import Server  # noqa: E402
+from tests.support import Clients, running_server  # noqa: E402
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """Every test that takes this runs once per backend."""
+    return str(request.param)
+
+
+@pytest.fixture
+def server(backend: str) -> Iterator[Server]:
+    with running_server(backend) as running:
+        yield running
+
+
+@pytest.fixture
+def clients(server: Server) -> Iterator[Clients]:
+    pool = Clients(server.port)
+    try:
+        yield pool
+    finally:
+        pool.close_all()

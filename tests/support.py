@@ -1,0 +1,179 @@
+"""Test helpers: real servers on ephemeral ports, and line clients with deadlines.
+
+Nothing here sleeps to synchronise: every wait is for a condition (a line
+arriving, a socket closing) with a deadline, and a missed deadline fails the
+test with what was seen so far.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+
+from reactor import ServerConfig, make_server
+from reactor.backends.base import Server
+
+DEFAULT_TIMEOUT = 10.0
+TEST_CONFIG = ServerConfig(host="127.0.0.1", port=0, keepalive_idle=0)
+
+
+@contextlib.contextmanager
+def running_server(backend: str, **overrides: object) -> Iterator[Server]:
+    """A server in a background thread, stopped and joined on exit."""
+    server = make_server(replace(TEST_CONFIG, **overrides), backend)
+    thread = threading.Thread(target=server.serve_forever, name=f"server-{backend}", daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        thread.join(timeout=15)
+        assert not thread.is_alive(), "server did not stop"
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = DEFAULT_TIMEOUT,
+               message: str = "condition") -> None:
+    """Poll ``condition`` until it holds; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {message}")
+        time.sleep(0.005)  # a poll interval, not a synchronisation
+
+
+class LineClient:
+    """A raw TCP client that reads whole lines with deadlines."""
+
+    def __init__(self, port: int, host: str = "127.0.0.1") -> None:
+        self.sock = socket.create_connection((host, port), timeout=DEFAULT_TIMEOUT)
+        self._buffer = bytearray()
+        self.closed_by_server = False
+
+    # -- sending --------------------------------------------------------------
+
+    def send_raw(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def send(self, line: str) -> None:
+        self.sock.sendall(line.encode("utf-8") + b"\n")
+
+    # -- receiving ------------------------------------------------------------
+
+    def _fill(self, deadline: float) -> bool:
+        """Read once; False on EOF.  Raises TimeoutError past the deadline."""
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError
+        self.sock.settimeout(remaining)
+        try:
+            chunk = self.sock.recv(65536)
+        except TimeoutError:
+            raise
+        except ConnectionResetError:
+            chunk = b""
+        if not chunk:
+            self.closed_by_server = True
+            return False
+        self._buffer += chunk
+        return True
+
+    def read_line_bytes(self, timeout: float = DEFAULT_TIMEOUT) -> bytes:
+        deadline = time.monotonic() + timeout
+        while True:
+            newline = self._buffer.find(b"\n")
+            if newline >= 0:
+                line = bytes(self._buffer[: newline + 1])
+                del self._buffer[: newline + 1]
+                return line
+            try:
+                if not self._fill(deadline):
+                    raise AssertionError(
+                        f"server closed the connection; unterminated data: {bytes(self._buffer)!r}"
+                    )
+            except TimeoutError:
+                raise AssertionError(
+                    f"no complete line within {timeout}s; have {bytes(self._buffer)!r}"
+                ) from None
+
+    def read_line(self, timeout: float = DEFAULT_TIMEOUT) -> str:
+        """The next line, decoded, without its newline."""
+        return self.read_line_bytes(timeout).decode("utf-8")[:-1]
+
+    def expect(self, *lines: str, timeout: float = DEFAULT_TIMEOUT) -> None:
+        """The next lines are exactly ``lines``, in order."""
+        for expected in lines:
+            assert self.read_line(timeout) == expected
+
+    def read_until(self, predicate: Callable[[str], bool],
+                   timeout: float = DEFAULT_TIMEOUT) -> list[str]:
+        """Lines up to and including the first that satisfies ``predicate``."""
+        deadline = time.monotonic() + timeout
+        seen: list[str] = []
+        while True:
+            line = self.read_line(max(0.001, deadline - time.monotonic()))
+            seen.append(line)
+            if predicate(line):
+                return seen
+
+    def expect_closed(self, timeout: float = DEFAULT_TIMEOUT) -> bytes:
+        """Wait for the server to close; returns any bytes that came before EOF."""
+        deadline = time.monotonic() + timeout
+        try:
+            while self._fill(deadline):
+                pass
+        except TimeoutError:
+            raise AssertionError(
+                f"server did not close within {timeout}s; have {bytes(self._buffer)!r}"
+            ) from None
+        rest = bytes(self._buffer)
+        self._buffer.clear()
+        return rest
+
+    def expect_silence(self, timeout: float = 0.3) -> None:
+        """Nothing arrives within ``timeout`` (used after a marker round trip)."""
+        assert not self._buffer, f"unexpected data: {bytes(self._buffer)!r}"
+        self.sock.settimeout(timeout)
+        try:
+            data = self.sock.recv(65536)
+        except TimeoutError:
+            return
+        raise AssertionError(f"unexpected data: {data!r}")
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+    def __enter__(self) -> LineClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Clients:
+    """Opens clients against one server and closes them all at the end."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self._all: list[LineClient] = []
+
+    def connect(self) -> LineClient:
+        client = LineClient(self.port)
+        self._all.append(client)
+        return client
+
+    def login(self, name: str, *, expect_online: bool = True) -> LineClient:
+        """Connect and log in as ``name``; by default wait for our own online notice."""
+        client = self.connect()
+        client.send(name)
+        if expect_online:
+            client.expect(f"<User {name} is online.>")
+        return client
+
+    def close_all(self) -> None:
+        for client in self._all:
+            client.close()
