@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from protocol.errors import ProtocolError
-from protocol.escaping import describe_character, find_unsafe
+from protocol.escaping import describe_character, escape, find_unsafe
 
 
 def decode_line(raw: bytes) -> str:
@@ -20,5 +20,7 @@ def decode_line(raw: bytes) -> str:
     unsafe = find_unsafe(text)
     if unsafe is not None:
         name = describe_character(unsafe)
-        raise ProtocolError(f"control character {name} is not allowed in a line")
+        raise ProtocolError(
+            f"character {name} is not allowed raw; inside quotes write it as {escape(unsafe)}"
+        )
     return text

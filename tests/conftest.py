@@ -8,9 +8,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from reactor import BACKENDS  # noqa: E402
-from reactor.backends.base import Server  # noqa: E402
-from tests.support import Clients, running_server  # noqa: E402
+from reactor import BACKENDS
+from reactor.backends.base import Server
+from tests.support import Clients, running_server
 
 
 @pytest.fixture(params=BACKENDS)

@@ -214,6 +214,8 @@ class SelectorServer(Server):
             selector.close()
 
     def _pass(self, shutdown_deadline: float | None) -> None:
+        # Output queued outside a pass (by shutdown) must not wait for select().
+        self._settle()
         now = time.monotonic()
         timeout = self.timers.timeout(now)
         if shutdown_deadline is not None:
