@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 
@@ -92,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         server = make_server(config, args.backend)
     except OSError as error:
-        reason = error.strerror or str(error)
+        # create_server() decorates strerror with the address; say it once.
+        reason = os.strerror(error.errno) if error.errno else str(error)
         print(f"reactor: cannot listen on {args.host}:{args.port}: {reason}", file=sys.stderr)
         return 1
     for signum in (signal.SIGINT, signal.SIGTERM):

@@ -177,3 +177,71 @@ class Clients:
     def close_all(self) -> None:
         for client in self._all:
             client.close()
+
+
+class ServerProcess:
+    """``python -m reactor`` as a child process, for what only a process shows:
+    exit codes, signals, stdout logging, argument errors."""
+
+    def __init__(self, *args: str) -> None:
+        import subprocess
+        import sys
+
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "reactor", *args],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0,
+        )
+        self.log_lines: list[str] = []
+        self._pending = b""
+
+    def wait_listening(self, timeout: float = DEFAULT_TIMEOUT) -> int:
+        """Read the log until the listening line; return the port."""
+        import re
+
+        line = self.read_log_until(lambda text: "Listening on port" in text, timeout)
+        match = re.search(r"Listening on port (\d+)\.\.\.", line)
+        assert match, line
+        return int(match.group(1))
+
+    def read_log_until(self, predicate: Callable[[str], bool],
+                       timeout: float = DEFAULT_TIMEOUT) -> str:
+        """Read stdout lines until one satisfies ``predicate``; return it."""
+        import os
+        import select
+
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        deadline = time.monotonic() + timeout
+        while True:
+            while b"\n" in self._pending:
+                raw, _, self._pending = self._pending.partition(b"\n")
+                line = raw.decode("utf-8", "replace")
+                self.log_lines.append(line)
+                if predicate(line):
+                    return line
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+                raise AssertionError(f"log line not seen; log so far: {self.log_lines}")
+            chunk = os.read(fd, 65536)  # raw reads: no buffer hiding lines from select()
+            if not chunk:
+                raise AssertionError(f"server exited; log: {self.log_lines}")
+            self._pending += chunk
+
+    def finish(self, timeout: float = DEFAULT_TIMEOUT) -> tuple[int, str, str]:
+        """Wait for exit; return (status, rest of stdout, stderr)."""
+        out, err = self.proc.communicate(timeout=timeout)
+        rest = (self._pending + out).decode("utf-8", "replace")
+        self._pending = b""
+        self.log_lines.extend(rest.splitlines())
+        return self.proc.returncode, rest, err.decode("utf-8", "replace")
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.communicate()
+
+    def __enter__(self) -> ServerProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.kill()
