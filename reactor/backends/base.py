@@ -47,7 +47,9 @@ class Server(ABC):
             pass  # already woken, or already closed
 
     def serve_forever(self) -> None:
-        log.info("Listening on port %d...", self.port)
+        # Always shown, whatever --log-level: scripts and tests wait for this
+        # line to learn the port (with --port 0) and that the server is up.
+        log.log(max(logging.INFO, log.getEffectiveLevel()), "Listening on port %d...", self.port)
         try:
             self._serve()
         finally:
