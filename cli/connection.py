@@ -1,0 +1,242 @@
+"""One connection to the chat server: connect, log in, then read in a thread.
+
+The login handshake is done here, synchronously and with a deadline, before
+either front end starts: send ``format_command(Login(name))`` and read lines
+until the server's ``<User NAME is online.>`` for our own name (success) or
+one of its refusals (failure, with the server's reason).  After that a daemon
+thread reads the socket and hands every line, already made safe by
+:mod:`cli.display`, to the front end; the front end decides what "the server
+closed the connection" means.
+
+Logging out is confirmed, not assumed: after ``bye`` the server sends our own
+``<User NAME is offline.>`` and closes.  Only a close that follows that line
+counts as a clean logout; any other close is the server going away.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Callable
+
+from cli.display import MAX_SERVER_LINE, ServerLine, render
+from protocol import (
+    Bye,
+    Command,
+    InvalidUsername,
+    LineBuffer,
+    Login,
+    LoginTimedOut,
+    ServerFull,
+    ShuttingDown,
+    TooManyFromAddress,
+    UsernameTaken,
+    UserOffline,
+    UserOnline,
+    escape,
+    format_command,
+    username_key,
+)
+
+PROG = "reactor-chat"
+CONNECT_TIMEOUT = 10.0
+LOGIN_TIMEOUT = 10.0
+
+
+class ClientError(Exception):
+    """A problem the user is told about in one line on stderr (exit status 1)."""
+
+    @property
+    def line(self) -> str:
+        return f"{PROG}: {self}"
+
+
+class ConnectFailed(ClientError):
+    pass
+
+
+class LoginRefused(ClientError):
+    pass
+
+
+class ConnectionLost(ClientError):
+    """The server went away mid-session."""
+
+    def __init__(self) -> None:
+        super().__init__("Disconnected from server.")
+
+    @property
+    def line(self) -> str:
+        return str(self)
+
+
+def connect(host: str, port: int, timeout: float = CONNECT_TIMEOUT) -> Connection:
+    """Open a TCP connection, turning every socket error into one readable line."""
+    where = f"{escape(host, quoted=False)}:{port}"
+    try:
+        sock = socket.create_connection((host, port), timeout=timeout)
+    except socket.gaierror as error:
+        raise ConnectFailed(f"cannot connect to {where}: unknown host ({error.strerror})") from None
+    except TimeoutError:
+        raise ConnectFailed(f"cannot connect to {where}: timed out after {timeout:g} s") from None
+    except ConnectionRefusedError:
+        raise ConnectFailed(
+            f"cannot connect to {where}: connection refused (is the server running?)"
+        ) from None
+    except (OSError, UnicodeError, OverflowError) as error:
+        reason = getattr(error, "strerror", None) or str(error) or type(error).__name__
+        reason = reason[:1].lower() + reason[1:]
+        raise ConnectFailed(f"cannot connect to {where}: {reason}") from None
+    # Commands are single short writes; waiting for an ACK before sending the
+    # next one (Nagle) would only add latency.
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return Connection(sock)
+
+
+def _refusal(event: object) -> str | None:
+    """The reason to give the user if ``event`` refuses our login, else None."""
+    match event:
+        case UsernameTaken(name):
+            return f"the username {name} is already taken"
+        case InvalidUsername(reason):
+            return f"the server rejected the username: {reason}"
+        case ServerFull():
+            return "the server is full"
+        case TooManyFromAddress():
+            return "the server allows no more connections from your address"
+        case LoginTimedOut():
+            return "the server timed out the login"
+        case ShuttingDown():
+            return "the server is shutting down"
+    return None
+
+
+class Connection:
+    """A logged-in (or logging-in) connection.
+
+    ``send`` may be called from one thread while the reader thread runs; the
+    socket is never read by two threads at once.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._buffer = LineBuffer(MAX_SERVER_LINE)
+        self._send_lock = threading.Lock()
+        self._pending: list[ServerLine] = []
+        self._name_key: str | None = None
+        self._bye_sent = False
+        self._logout_confirmed = False
+        self._reader: threading.Thread | None = None
+
+    # -- login ----------------------------------------------------------------
+
+    def log_in(self, name: str, show: Callable[[ServerLine], None],
+               timeout: float = LOGIN_TIMEOUT) -> None:
+        """Send the username and wait for the server's verdict.
+
+        Lines that arrive before the verdict, and the success line itself, go
+        to ``show``.  Raises :class:`LoginRefused` with the server's reason,
+        or when the server closes or stays silent.
+        """
+        who = f"cannot log in as {name}"
+        self._name_key = username_key(name)
+        # A full server says so and closes at once, possibly before our name
+        # arrives; a failed send is no verdict, the reason is read below.
+        with contextlib.suppress(ConnectionLost):
+            self._send_bytes(format_command(Login(name)))
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise LoginRefused(f"{who}: no reply from the server within {timeout:g} s")
+            self._sock.settimeout(remaining)
+            try:
+                data = self._sock.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError as error:
+                raise LoginRefused(f"{who}: {error.strerror or error}") from None
+            if not data:
+                raise LoginRefused(f"{who}: the server closed the connection")
+            lines = [render(item) for item in self._buffer.feed(data)]
+            for index, line in enumerate(lines):
+                reason = _refusal(line.event)
+                if reason is not None:
+                    raise LoginRefused(f"{who}: {reason}")
+                show(line)
+                if isinstance(line.event, UserOnline) and self._is_me(line.event.name):
+                    # Whatever came in the same segment after our own online
+                    # notice belongs to the session, not to the login.
+                    self._pending = lines[index + 1 :]
+                    self._sock.settimeout(None)
+                    return
+
+    def _is_me(self, name: str) -> bool:
+        return username_key(name) == self._name_key
+
+    # -- the session ----------------------------------------------------------
+
+    def start(self, on_line: Callable[[ServerLine], None],
+              on_closed: Callable[[bool], None]) -> None:
+        """Start the reader thread.
+
+        ``on_line`` is called in that thread for every line; ``on_closed``
+        once at the end, with True if the close followed a confirmed logout.
+        """
+        self._reader = threading.Thread(
+            target=self._read_loop, args=(on_line, on_closed), name="server-reader", daemon=True
+        )
+        self._reader.start()
+
+    def _read_loop(self, on_line: Callable[[ServerLine], None],
+                   on_closed: Callable[[bool], None]) -> None:
+        for line in self._pending:
+            self._deliver(line, on_line)
+        self._pending = []
+        while True:
+            try:
+                data = self._sock.recv(65536)
+            except OSError:
+                data = b""
+            if not data:
+                break
+            for item in self._buffer.feed(data):
+                self._deliver(render(item), on_line)
+        if self._buffer.pending:
+            # A last line without its newline is still shown (escaped).
+            for item in self._buffer.feed(b"\n"):
+                self._deliver(render(item), on_line)
+        on_closed(self._logout_confirmed)
+
+    def _deliver(self, line: ServerLine, on_line: Callable[[ServerLine], None]) -> None:
+        if self._bye_sent and isinstance(line.event, UserOffline) and self._is_me(line.event.name):
+            self._logout_confirmed = True
+        on_line(line)
+
+    def send(self, command: Command) -> None:
+        """Send one command; raises :class:`ConnectionLost` if the server is gone."""
+        self._send_bytes(format_command(command))
+
+    def log_out(self) -> None:
+        """Send ``bye``; the reader reports the server's confirmation via ``on_closed``."""
+        self._bye_sent = True
+        self.send(Bye())
+
+    def _send_bytes(self, data: bytes) -> None:
+        try:
+            with self._send_lock:
+                self._sock.sendall(data)
+        except OSError:
+            raise ConnectionLost from None
+
+    def close(self) -> None:
+        """Close the socket; the reader thread, if any, sees EOF and ends."""
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
+        with contextlib.suppress(OSError):
+            self._sock.close()
+        if self._reader is not None and self._reader is not threading.current_thread():
+            self._reader.join(timeout=1.0)

@@ -1,0 +1,280 @@
+"""Helpers for the terminal client's tests: the client in a pty or a pipe, and a fake server.
+
+* :class:`Terminal` runs ``python -m cli`` in a real pseudo-terminal (pexpect)
+  and feeds everything it writes to a pyte screen, so a test reads the screen
+  as a person would see it.  pyte also answers the terminal queries
+  prompt_toolkit makes (cursor position reports), as a real terminal does.
+* :class:`PipedClient` runs the client with pipes and reads its output lines
+  with deadlines.
+* :class:`FakeServer` is a one-connection server that speaks just enough of
+  the protocol to log a client in, then sends whatever bytes the test wants --
+  the hostile server of the terminal-safety tests.
+
+Nothing here sleeps to synchronise; every wait is for a condition with a
+deadline, and a missed deadline fails with what was seen so far.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO
+
+import pexpect
+import pyte
+
+ROOT = Path(__file__).resolve().parent.parent
+TIMEOUT = 10.0
+ROWS, COLS = 24, 80
+
+
+def cli_args(port: int, name: str, host: str = "127.0.0.1") -> list[str]:
+    return [sys.executable, "-m", "cli", host, str(port), name]
+
+
+def client_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(TERM="xterm", PYTHONUNBUFFERED="1", LANG="C.UTF-8", LC_ALL="C.UTF-8")
+    for variable in ("COLUMNS", "LINES", "PROMPT_TOOLKIT_NO_CPR", "TMUX"):
+        env.pop(variable, None)
+    return env
+
+
+class Terminal:
+    """The client in a 24x80 pseudo-terminal, seen through a pyte screen."""
+
+    def __init__(self, args: list[str]) -> None:
+        self.screen = pyte.Screen(COLS, ROWS)
+        self.stream = pyte.ByteStream(self.screen)
+        self.raw = bytearray()
+        self.exited = False
+        self.child = pexpect.spawn(args[0], args[1:], dimensions=(ROWS, COLS),
+                                   env=client_env(), cwd=str(ROOT))
+        # Replies to device status reports (prompt_toolkit asks where the
+        # cursor is) go back to the program, as a terminal's would.
+        self.screen.write_process_input = self.child.send
+
+    # -- reading the screen ----------------------------------------------------
+
+    @property
+    def lines(self) -> list[str]:
+        return [line.rstrip() for line in self.screen.display]
+
+    @property
+    def cursor_line(self) -> str:
+        """The line the cursor is on: the input line while the prompt is up."""
+        return self.lines[self.screen.cursor.y]
+
+    def dump(self) -> str:
+        return "\n".join(f"{n:2}|{line}" for n, line in enumerate(self.lines))
+
+    def _pump(self, timeout: float) -> None:
+        try:
+            data = self.child.read_nonblocking(65536, timeout=timeout)
+        except pexpect.TIMEOUT:
+            return
+        except pexpect.EOF:
+            self.exited = True
+            return
+        self.raw += data
+        self.stream.feed(data)
+
+    def wait_for(self, condition: Callable[[], bool], what: str,
+                 timeout: float = TIMEOUT) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self.exited:
+                raise AssertionError(f"timed out waiting for {what}; screen:\n{self.dump()}")
+            self._pump(min(remaining, 0.1))
+
+    def wait_for_text(self, text: str, timeout: float = TIMEOUT) -> None:
+        self.wait_for(lambda: any(text in line for line in self.lines), repr(text), timeout)
+
+    def wait_for_input_line(self, expected: str, timeout: float = TIMEOUT) -> None:
+        self.wait_for(lambda: self.cursor_line == expected, f"input line {expected!r}", timeout)
+
+    # -- typing ----------------------------------------------------------------
+
+    def type(self, text: str) -> None:
+        self.child.send(text)
+
+    def enter(self, line: str) -> None:
+        self.child.send(line + "\r")
+
+    # -- ending ----------------------------------------------------------------
+
+    def wait_exit(self, timeout: float = TIMEOUT) -> int:
+        """Read until the program exits; return its exit status."""
+        self.wait_for(lambda: self.exited, "the client to exit", timeout)
+        self.child.wait()
+        status = self.child.exitstatus
+        assert status is not None, f"killed by signal {self.child.signalstatus}"
+        return status
+
+    def close(self) -> None:
+        if self.child.isalive():
+            self.child.terminate(force=True)
+        self.child.close(force=True)
+
+
+@contextlib.contextmanager
+def terminal(port: int, name: str = "Alice", *, logged_in: bool = True) -> Iterator[Terminal]:
+    """A client in a pty; by default wait for its prompt after a successful login."""
+    term = Terminal(cli_args(port, name))
+    try:
+        if logged_in:
+            term.wait_for_text(f"<User {name} is online.>")
+            term.wait_for_input_line(">")
+        yield term
+    finally:
+        term.close()
+
+
+class PipedClient:
+    """The client with stdin/stdout/stderr on pipes; output read line by line."""
+
+    def __init__(self, args: list[str]) -> None:
+        self.process = subprocess.Popen(
+            args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            env=client_env(), cwd=str(ROOT),
+        )
+        self.stdout: queue.Queue[bytes | None] = queue.Queue()
+        self.stderr: queue.Queue[bytes | None] = queue.Queue()
+        self._readers = [
+            threading.Thread(target=self._drain, args=(stream, lines), daemon=True)
+            for stream, lines in ((self.process.stdout, self.stdout),
+                                  (self.process.stderr, self.stderr))
+        ]
+        for reader in self._readers:
+            reader.start()
+
+    @staticmethod
+    def _drain(stream: IO[bytes], lines: queue.Queue[bytes | None]) -> None:
+        for line in iter(stream.readline, b""):
+            lines.put(line)
+        lines.put(None)
+
+    def send(self, line: str) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(line.encode("utf-8") + b"\n")
+        self.process.stdin.flush()
+
+    def close_stdin(self) -> None:
+        assert self.process.stdin is not None
+        with contextlib.suppress(BrokenPipeError):
+            self.process.stdin.close()
+
+    def read_line(self, timeout: float = TIMEOUT, stream: str = "stdout") -> str:
+        lines = self.stdout if stream == "stdout" else self.stderr
+        try:
+            line = lines.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"no {stream} line within {timeout}s") from None
+        if line is None:
+            lines.put(None)  # stay at end of file for later reads
+            raise AssertionError(f"{stream} ended")
+        return line.decode("utf-8").rstrip("\n")
+
+    def expect(self, *expected: str, timeout: float = TIMEOUT) -> None:
+        for line in expected:
+            assert self.read_line(timeout) == line
+
+    def rest(self, stream: str = "stdout", timeout: float = TIMEOUT) -> list[str]:
+        """All remaining lines of a stream, up to its end."""
+        lines = self.stdout if stream == "stdout" else self.stderr
+        out: list[str] = []
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = lines.get(timeout=max(deadline - time.monotonic(), 0.001))
+            except queue.Empty:
+                raise AssertionError(f"{stream} did not end; have {out}") from None
+            if line is None:
+                lines.put(None)
+                return out
+            out.append(line.decode("utf-8").rstrip("\n"))
+
+    def wait(self, timeout: float = TIMEOUT) -> int:
+        return self.process.wait(timeout=timeout)
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        for stream in (self.process.stdin, self.process.stdout, self.process.stderr):
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()
+        for reader in self._readers:
+            reader.join(timeout=5)
+
+
+@contextlib.contextmanager
+def piped_client(port: int, name: str = "Alice") -> Iterator[PipedClient]:
+    client = PipedClient(cli_args(port, name))
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def run_cli(args: list[str], stdin: bytes = b"",
+            timeout: float = TIMEOUT) -> subprocess.CompletedProcess[bytes]:
+    """Run the client to completion with ``stdin`` as its input."""
+    return subprocess.run(args, input=stdin, capture_output=True, timeout=timeout,
+                          env=client_env(), cwd=str(ROOT), check=False)
+
+
+class FakeServer:
+    """A one-client stand-in server: logs the client in, then sends ``script`` raw.
+
+    It records every line the client sends; on ``bye`` it confirms the way
+    the real server does (``<User NAME is offline.>``) and closes.
+    """
+
+    def __init__(self, script: bytes) -> None:
+        self.script = script
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(TIMEOUT)
+        self.port: int = self.listener.getsockname()[1]
+        self.received: list[str] = []
+        self._thread = threading.Thread(target=self._serve, name="fake-server", daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        try:
+            conn, _ = self.listener.accept()
+        except OSError:
+            return
+        with conn, contextlib.suppress(OSError):
+            conn.settimeout(TIMEOUT)
+            reader = conn.makefile("rb")
+            name = reader.readline().decode().strip()
+            self.received.append(name)
+            conn.sendall(f"<User {name} is online.>\n".encode() + self.script)
+            for raw in reader:
+                line = raw.decode().rstrip("\n")
+                self.received.append(line)
+                if line == "bye":
+                    conn.sendall(f"<User {name} is offline.>\n".encode())
+                    break
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.listener.close()
+        self._thread.join(timeout=TIMEOUT)
+
+    def __enter__(self) -> FakeServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,48 @@
+"""Tab completion: command names first, then the online users after ``chat``."""
+
+from __future__ import annotations
+
+from prompt_toolkit.completion import CompleteEvent
+from prompt_toolkit.document import Document
+
+from cli.completion import ChatCompleter, Roster
+from protocol import OnlineUsers, UserOffline, UserOnline
+
+
+def _complete(completer: ChatCompleter, text: str) -> list[str]:
+    found = completer.get_completions(Document(text), CompleteEvent(completion_requested=True))
+    return [text[: len(text) + c.start_position] + c.text for c in found]
+
+
+def test_the_roster_follows_the_users_reply_and_online_offline_notices() -> None:
+    roster = Roster("Alice")
+    roster.observe(OnlineUsers(("Alice", "carol", "Bob")))
+    assert roster.names() == ["Bob", "carol"]
+    roster.observe(UserOnline("dave"))
+    roster.observe(UserOffline("BOB"))
+    roster.observe(None)  # a line that was not an event changes nothing
+    assert roster.names() == ["carol", "dave"]
+
+
+def test_the_first_word_completes_to_a_command() -> None:
+    completer = ChatCompleter(Roster("Alice"))
+    assert _complete(completer, "ch") == ["chat "]
+    assert _complete(completer, "B") == ["broadcast ", "bye "]
+    assert _complete(completer, "") == ["chat ", "broadcast ", "users ", "help ", "bye "]
+
+
+def test_the_word_after_chat_completes_to_an_online_user_but_not_oneself() -> None:
+    roster = Roster("Alice")
+    roster.observe(OnlineUsers(("Alice", "Bob", "Bea", "Carol")))
+    completer = ChatCompleter(roster)
+    assert _complete(completer, "chat b") == ["chat Bea ", "chat Bob "]
+    assert _complete(completer, "CHAT  car") == ["CHAT  Carol "]
+    assert _complete(completer, "chat a") == []
+
+
+def test_nothing_is_offered_inside_a_message() -> None:
+    roster = Roster("Alice")
+    roster.observe(UserOnline("Bob"))
+    completer = ChatCompleter(roster)
+    assert _complete(completer, 'chat Bob "b') == []
+    assert _complete(completer, "broadcast b") == []

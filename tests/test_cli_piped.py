@@ -1,0 +1,226 @@
+"""The scriptable client (stdin not a terminal) and every way the client can fail.
+
+Scripts see exactly the server's lines on stdout, flushed as they arrive; the
+client's own complaints go to stderr as one line each; the exit status says
+what happened (0 normal, 1 connection or server trouble, 2 usage).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from reactor.backends.base import Server
+from tests.cli_support import ROOT, TIMEOUT, FakeServer, cli_args, piped_client, run_cli
+from tests.support import Clients, running_server
+
+
+def test_the_issue_example_works_as_a_pipe(server: Server, clients: Clients) -> None:
+    bob = clients.login("Bob")
+    result = run_cli(cli_args(server.port, "Alice"), b'chat Bob "hi"\nbye\n')
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.decode().splitlines() == [
+        "<User Alice is online.>",
+        "<To Bob> hi",
+        "<User Alice is offline.>",
+    ]
+    assert result.stderr == b""
+    bob.expect("<User Alice is online.>", '<Message from Alice: "hi">',
+               "<User Alice is offline.>")
+
+
+def test_end_of_input_logs_out_like_bye(server: Server, clients: Clients) -> None:
+    bob = clients.login("Bob")
+    result = run_cli(cli_args(server.port, "Alice"), b"broadcast hello all\nusers")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.decode().splitlines() == [
+        "<User Alice is online.>",
+        "<To everyone> hello all",
+        "<Online users: Alice, Bob>",
+        "<User Alice is offline.>",
+    ]
+    bob.expect("<User Alice is online.>", '<Broadcast from Alice: "hello all">',
+               "<User Alice is offline.>")
+
+
+def test_server_lines_are_printed_as_they_arrive(server: Server, clients: Clients) -> None:
+    bob = clients.login("Bob")
+    with piped_client(server.port) as alice:
+        alice.expect("<User Alice is online.>")
+        # stdin stays open: the line must come out now, not at exit.
+        bob.send('chat Alice "ping"')
+        alice.expect('<Message from Bob: "ping">')
+        alice.send('chat Bob "pong"')
+        alice.expect("<To Bob> pong")
+        alice.close_stdin()
+        alice.expect("<User Alice is offline.>")
+        assert alice.wait() == 0
+
+
+def test_sigterm_logs_out_like_the_end_of_input(server: Server, clients: Clients) -> None:
+    bob = clients.login("Bob")
+    with piped_client(server.port) as alice:
+        alice.expect("<User Alice is online.>")
+        alice.send("users")  # a reply shows the session is under way
+        alice.expect("<Online users: Alice, Bob>")
+        alice.process.terminate()
+        alice.expect("<User Alice is offline.>")
+        assert alice.wait() == 0
+    bob.expect("<User Alice is online.>", "<User Alice is offline.>")
+
+
+def test_a_malformed_command_is_reported_and_the_rest_still_run(server: Server,
+                                                                clients: Clients) -> None:
+    clients.login("Bob")
+    script = b'chat Bob "unterminated\n\nfrobnicate\nchat Bob "fine"\nbye\n'
+    result = run_cli(cli_args(server.port, "Alice"), script)
+    assert result.returncode == 0
+    assert result.stdout.decode().splitlines() == [
+        "<User Alice is online.>",
+        "<To Bob> fine",
+        "<User Alice is offline.>",
+    ]
+    assert result.stderr.decode().splitlines() == [
+        "reactor-chat: line 1 not sent: unterminated quote",
+        "reactor-chat: line 3 not sent: unknown command",
+    ]
+
+
+def test_lines_after_bye_are_not_sent(server: Server, clients: Clients) -> None:
+    bob = clients.login("Bob")
+    result = run_cli(cli_args(server.port, "Alice"), b'bye\nchat Bob "too late"\n')
+    assert result.returncode == 0
+    bob.expect("<User Alice is online.>", "<User Alice is offline.>")
+    bob.expect_silence()
+
+
+def test_a_hostile_server_is_escaped_in_piped_output_too() -> None:
+    with FakeServer(b"\x1b]0;pwned\x07\n\x1b[2J\rgone\n") as fake:
+        result = run_cli(cli_args(fake.port, "Alice"), b"bye\n")
+    assert result.returncode == 0
+    assert result.stdout.decode().splitlines() == [
+        "<User Alice is online.>",
+        r"\x1b]0;pwned\x07",
+        r"\x1b[2J\x0dgone",
+        "<User Alice is offline.>",
+    ]
+
+
+# -- errors: one line on stderr, a non-zero status, no traceback --------------
+
+
+def _one_error_line(result: subprocess.CompletedProcess[bytes]) -> str:
+    lines = result.stderr.decode().splitlines()
+    assert len(lines) == 1, lines
+    assert "Traceback" not in lines[0]
+    return lines[0]
+
+
+@pytest.mark.parametrize("args", [[], ["127.0.0.1"], ["127.0.0.1", "1234"],
+                                  ["127.0.0.1", "port", "Alice"],
+                                  ["127.0.0.1", "70000", "Alice"],
+                                  ["127.0.0.1", "1234", "Alice", "extra"]])
+def test_wrong_arguments_print_usage_and_exit_2(args: list[str]) -> None:
+    result = run_cli([sys.executable, "-m", "cli", *args])
+    assert result.returncode == 2
+    line = _one_error_line(result)
+    assert line.startswith("reactor-chat: ")
+    assert "usage: python -m cli SERVER PORT USERNAME" in line
+
+
+def test_help_documents_the_exit_codes() -> None:
+    result = run_cli([sys.executable, "-m", "cli", "--help"])
+    assert result.returncode == 0
+    assert "exit status:" in result.stdout.decode()
+
+
+@contextlib.contextmanager
+def _silent_listener() -> Iterator[socket.socket]:
+    """A listening socket nobody accepts on: shows whether a client connected."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.setblocking(False)
+        yield listener
+
+
+@pytest.mark.parametrize(("name", "reason"), [
+    ("has space", "use only letters, digits, '_', '-' and '.'"),
+    ("x" * 33, "a username has at most 32 characters"),
+    ("everyone", "the name everyone is reserved"),
+])
+def test_a_bad_username_is_refused_before_connecting(name: str, reason: str) -> None:
+    with _silent_listener() as listener:
+        result = run_cli(cli_args(listener.getsockname()[1], name))
+        assert result.returncode == 2
+        assert _one_error_line(result) == f"reactor-chat: invalid username: {reason}"
+        with pytest.raises(BlockingIOError):
+            listener.accept()
+
+
+def test_a_refused_connection_is_one_line_and_status_1() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        port = probe.getsockname()[1]
+    result = run_cli(cli_args(port, "Alice"))
+    assert result.returncode == 1
+    assert _one_error_line(result) == (
+        f"reactor-chat: cannot connect to 127.0.0.1:{port}: "
+        "connection refused (is the server running?)"
+    )
+
+
+def test_a_taken_username_gives_the_servers_reason(server: Server, clients: Clients) -> None:
+    clients.login("Alice")
+    result = run_cli(cli_args(server.port, "ALICE"))
+    assert result.returncode == 1
+    assert _one_error_line(result) == (
+        "reactor-chat: cannot log in as ALICE: the username Alice is already taken"
+    )
+    assert result.stdout == b""
+
+
+def test_a_full_server_gives_its_reason(backend: str) -> None:
+    with running_server(backend, max_clients=1) as server:
+        clients = Clients(server.port)
+        try:
+            clients.login("Bob")
+            result = run_cli(cli_args(server.port, "Alice"))
+        finally:
+            clients.close_all()
+    assert result.returncode == 1
+    assert _one_error_line(result) == "reactor-chat: cannot log in as Alice: the server is full"
+
+
+@pytest.fixture
+def killable_server(backend: str) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """A real server in its own process, so that a test can kill it outright."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "reactor", "--host", "127.0.0.1", "--port", "0",
+         "--backend", backend, "--keepalive-idle", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=str(ROOT),
+    )
+    try:
+        assert process.stdout is not None
+        first = process.stdout.readline().decode()
+        assert first.startswith("[Server] Listening on port "), first
+        yield process, int(first.rsplit(" ", 1)[1].rstrip(".\n"))
+    finally:
+        process.kill()
+        process.wait(timeout=TIMEOUT)
+        if process.stdout is not None:
+            process.stdout.close()
+
+
+def test_a_server_killed_mid_session_is_reported(
+        killable_server: tuple[subprocess.Popen[bytes], int]) -> None:
+    process, port = killable_server
+    with piped_client(port) as alice:
+        alice.expect("<User Alice is online.>")
+        process.send_signal(signal.SIGKILL)
+        assert alice.wait() == 1
+        assert alice.rest("stderr") == ["Disconnected from server."]
+        assert alice.rest("stdout") == []
