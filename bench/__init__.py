@@ -1,0 +1,1 @@
+"""Load benchmark for reactor-chat: see bench/load.py."""

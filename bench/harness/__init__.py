@@ -1,0 +1,1 @@
+"""The lean load harness: receivers, the open-loop sender, wire dialects, /proc."""

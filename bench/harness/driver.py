@@ -1,0 +1,164 @@
+"""The sending side: one connection that offers load open-loop, and presence probes.
+
+Open loop means the schedule never waits for the server: message ``s`` is due
+at ``start + s / rate`` whatever happened before, and its payload carries that
+*intended* time.  If the server stops reading and the socket backs up, later
+messages go out late but still carry their intended times, so the wait counts
+as latency instead of vanishing (no coordinated omission).  The sender records
+how late it actually was (``lag``) so a report can tell a slow harness from a
+slow server.
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+import time
+from array import array
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from bench.harness import wire
+
+NS = 1_000_000_000
+
+
+class Conn:
+    """A client connection that queues what it sends and discards what it receives.
+
+    Discarding matters: a sender that never read would have the server's
+    replies (echoes, notices) pile up until the server throttled or dropped it.
+    """
+
+    def __init__(self, host: str, port: int, timeout: float = 5.0) -> None:
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock.setblocking(False)
+        self.out = bytearray()
+        self.seen = b""  # tail of input, kept only while wait_for_text looks for something
+        self.closed = False
+
+    def send(self, data: bytes) -> None:
+        self.out += data
+        self.flush()
+
+    def flush(self) -> None:
+        while self.out:
+            try:
+                n = self.sock.send(self.out)
+            except BlockingIOError:
+                return
+            del self.out[:n]
+
+    def pump(self, until_ns: int, keep: bool = False) -> None:
+        """Move bytes both ways until ``until_ns`` (monotonic) or nothing is pending."""
+        while True:
+            left = until_ns - time.monotonic_ns()
+            if left <= 0:
+                return
+            want_w = [self.sock] if self.out else []
+            r, w, _ = select.select([self.sock], want_w, [], left / NS)
+            if w:
+                self.flush()
+            if r:
+                try:
+                    data = self.sock.recv(1 << 18)
+                except BlockingIOError:
+                    continue
+                if not data:
+                    self.closed = True
+                    return
+                if keep:
+                    self.seen = (self.seen + data)[-4096:]
+                    return
+            if not r and not w:
+                return
+
+    def wait_for_text(self, text: bytes, timeout: float) -> bool:
+        deadline = time.monotonic_ns() + int(timeout * NS)
+        self.seen = b""
+        while text not in self.seen and not self.closed:
+            if time.monotonic_ns() >= deadline:
+                return False
+            self.pump(deadline, keep=True)
+        return text in self.seen
+
+    def drain_out(self, timeout: float) -> int:
+        """Try to flush queued output; return how many bytes are still unsent."""
+        deadline = time.monotonic_ns() + int(timeout * NS)
+        while self.out and not self.closed and time.monotonic_ns() < deadline:
+            self.pump(deadline)
+        return len(self.out)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@dataclass
+class SendLog:
+    """What the sender actually did: messages handed to the socket and how late."""
+
+    first_seq: int
+    sent: int
+    unsent: int  # scheduled but never handed over (server stopped reading): lost
+    lag_ns: array  # lateness of each batch's first message against its intended time
+    seconds: float
+
+
+def open_loop(
+    conn: Conn,
+    line: Callable[[int, int], bytes],
+    rate: float,
+    count: int,
+    first_seq: int = 0,
+    tick: Callable[[int], None] | None = None,
+    slack: float = 5.0,
+) -> SendLog:
+    """Offer ``count`` messages at ``rate``/s; ``line(seq, intended_ns)`` formats one.
+
+    Bounded: gives up ``slack`` seconds after the last message was due, counting
+    what was not sent as unsent.  ``tick(done)`` is called about 10 times a second.
+    """
+    period = NS / rate
+    start = time.monotonic_ns() + 20_000_000
+    hard_stop = start + int(count * period) + int(slack * NS)
+    lag = array("q")
+    i = 0
+    next_tick = 0
+    # Keep the socket buffer, not our queue, as the place where backlog waits:
+    # formatting far ahead of what the server takes would only burn harness CPU.
+    max_queue = 1 << 20
+    while i < count:
+        now = time.monotonic_ns()
+        if now >= hard_stop or conn.closed:
+            break
+        due = min(count, int((now - start) // period) + 1) if now >= start else 0
+        if due > i and len(conn.out) < max_queue:
+            lag.append(now - (start + int(i * period)))
+            seqs = range(first_seq + i, first_seq + due)
+            conn.send(b"".join([line(s, start + int((s - first_seq) * period)) for s in seqs]))
+            i = due
+        if tick is not None and now >= next_tick:
+            tick(i)
+            next_tick = now + NS // 10
+        wake = start + int(i * period) if len(conn.out) < max_queue else now + 5_000_000
+        conn.pump(min(wake, hard_stop))
+    if tick is not None:
+        tick(i)
+    conn.drain_out(max(0.0, (hard_stop - time.monotonic_ns()) / NS))
+    # Messages still queued never reached the server; the receivers will miss them.
+    queued = bytes(conn.out).count(wire.SEQ_MARK)
+    seconds = (time.monotonic_ns() - start) / NS
+    return SendLog(first_seq, i - queued, count - i + queued, lag, seconds)
+
+
+def probe_login(dialect: wire.Dialect, host: str, port: int, name: str) -> tuple[Conn, int]:
+    """Connect, then log ``name`` in; return the connection and the login time (ns).
+
+    The clock starts after the TCP handshake, when the login bytes go out: the
+    presence fan-out is timed from login, not from connect.
+    """
+    conn = Conn(host, port)
+    t0 = time.monotonic_ns()
+    conn.send(wire.login(dialect, name))
+    return conn, t0

@@ -1,0 +1,1 @@
+"""Systems the benchmark compares ours with: the asyncio yardstick and Redis."""

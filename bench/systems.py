@@ -1,0 +1,147 @@
+"""The systems under test: how each one is started, found and stopped.
+
+Every system started here gets a fresh process on a free 127.0.0.1 port, in
+its own session (so a Ctrl-C meant for the benchmark does not reach it before
+the benchmark has finished with it), and ``Running.stop`` always kills it.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.harness import wire
+from bench.harness.procstat import free_port, listening, stop_process
+from bench.peers.redis_peer import redis_available, start_redis
+
+REPO = Path(__file__).resolve().parent.parent
+YARDSTICK = REPO / "bench" / "peers" / "asyncio_server.py"
+LISTENING = re.compile(rb"Listening on port (\d+)")
+LOG_LEVEL = "WARNING"
+KNOWN = ("select", "threads", "asyncio", "redis")
+
+
+@dataclass
+class Running:
+    """A system ready for clients."""
+
+    name: str
+    dialect: wire.Dialect
+    host: str
+    port: int
+    pid: int | None  # None for --target without --target-pid: no CPU or memory figures
+    log_level: str
+    proc: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+    workdir: Path | None = None  # removed on stop
+
+    def alive(self) -> bool:
+        return self.proc is None or self.proc.poll() is None
+
+    def log_tail(self, limit: int = 600) -> str:
+        if self.log_path is None:
+            return ""
+        try:
+            return self.log_path.read_bytes()[-limit:].decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc)
+        if self.log_path is not None:
+            self.log_path.unlink(missing_ok=True)
+        if self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def unavailable_reason(name: str) -> str | None:
+    """Why ``name`` cannot run on this machine, or None if it can."""
+    if name == "redis" and not redis_available():
+        return "redis-server not installed (apt-get install redis-server); Redis column skipped"
+    if name in ("select", "threads") and not (REPO / "reactor" / "__main__.py").exists():
+        return "reactor/__main__.py not found; `python -m reactor` cannot start"
+    return None
+
+
+def start(
+    name: str,
+    max_clients: int,
+    target: str | None = None,
+    target_pid: int | None = None,
+    target_dialect: wire.Dialect = "chat",
+) -> Running:
+    """Start system ``name`` (or attach to ``--target``) and return it listening."""
+    if name == "target":
+        assert target is not None
+        host, _, port = target.rpartition(":")
+        return Running(
+            "target",
+            target_dialect,
+            host or "127.0.0.1",
+            int(port),
+            target_pid,
+            "unknown (already running)",
+        )
+    if name == "redis":
+        proc, port, workdir = start_redis(max_clients)
+        return Running(
+            "redis", "redis", "127.0.0.1", port, proc.pid, "warning", proc, workdir=workdir
+        )
+    if name in ("select", "threads"):
+        cmd = [sys.executable, "-m", "reactor", "--backend", name]
+    elif name == "asyncio":
+        cmd = [sys.executable, str(YARDSTICK)]
+    else:
+        raise ValueError(f"unknown system {name!r}; choose from {', '.join(KNOWN)}")
+    cmd += ["--host", "127.0.0.1", "--log-level", LOG_LEVEL, "--max-clients", str(max_clients)]
+    error = RuntimeError(f"{name} did not start")
+    for _attempt in range(3):  # the free port may be taken between probe and bind
+        try:
+            return _start_listening(name, [*cmd, "--port", str(free_port())])
+        except RuntimeError as exc:
+            error = exc
+    raise error
+
+
+def _start_listening(name: str, cmd: list[str], timeout: float = 15.0) -> Running:
+    """Run ``cmd`` and wait until it listens on the port given in ``cmd``.
+
+    Ready means either its ``Listening on port N`` line appeared, or the kernel
+    shows the port in LISTEN state: the line is logged at INFO, so a server
+    run at WARNING may never print it, and probing by connecting would show up
+    in the server as a client.  Output goes to a file rather than a pipe: a pipe
+    nobody drains would block a server that logs at the worst moment.
+    """
+    port = int(cmd[cmd.index("--port") + 1])
+    with tempfile.NamedTemporaryFile(prefix=f"bench-{name}-", suffix=".log", delete=False) as log:
+        log_path = Path(log.name)
+        proc = subprocess.Popen(
+            cmd,
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    running = Running(name, "chat", "127.0.0.1", port, proc.pid, LOG_LEVEL, proc, log_path)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            match = LISTENING.search(log_path.read_bytes())
+            if match or listening(port):
+                running.port = int(match.group(1)) if match else port
+                return running
+            if proc.poll() is not None:
+                break
+            time.sleep(0.02)
+        raise RuntimeError(f"{name} did not start listening: {running.log_tail()!r}")
+    except BaseException:
+        running.stop()
+        raise

@@ -1,0 +1,293 @@
+"""The four measurements, run against one live system with one fleet of clients.
+
+Order matters and is the same for every system: login storm (which also
+leaves N clients online), memory, presence probes, broadcast fan-out, direct
+messages.  Each phase is bounded in time; a phase that cannot finish reports
+what it got (lost deliveries count as lost, never as slow).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench.harness import wire
+from bench.harness.driver import NS, Conn, open_loop, probe_login
+from bench.harness.fleet import Fleet
+from bench.harness.procstat import cpu_seconds, machine_busy_seconds, rss_bytes
+from bench.progress import Progress
+from bench.stats import cdf_points, latency_summary, nearest_rank
+from bench.systems import Running
+
+
+@dataclass
+class Config:
+    n: int = 500
+    rate: float = 150.0  # broadcasts per second
+    duration: float = 10.0  # seconds of broadcasts measured
+    warmup: float = 1.0  # seconds of broadcasts sent first and not measured
+    pad: int = 0  # extra payload bytes
+    probes: int = 5
+    dm_rates: list[int] = field(default_factory=lambda: [1000, 2000, 5000, 10000, 20000, 40000])
+    dm_step: float = 1.5  # seconds per direct-message rate step
+    dm_slo_ms: float = 50.0  # a rate is sustained while p99 stays under this
+    receivers: int = 2
+    login_window: int = 32
+    storm_stall: float = 15.0  # give up on the storm after this long without progress
+    drain_stall: float = 3.0
+    skip: frozenset[str] = frozenset()  # of "presence", "broadcast", "direct"
+
+
+def run_system(sys_: Running, cfg: Config, base: int, progress: Progress) -> dict[str, Any]:
+    """Measure ``sys_``; client names start at ``c<base>`` (unique across rounds)."""
+    out: dict[str, Any] = {"system": sys_.name, "log_level": sys_.log_level, "n": cfg.n}
+    indices = list(range(base, base + cfg.n))
+    rss0 = rss_bytes(sys_.pid) if sys_.pid else None
+    with Fleet(sys_.dialect, sys_.host, sys_.port, indices, cfg.receivers, cfg.login_window) as fl:
+        out["storm"] = login_storm(sys_, cfg, fl, progress)
+        rss1 = rss_bytes(sys_.pid) if sys_.pid else None
+        out["memory"] = {
+            "rss_before_mb": rss0 / 2**20 if rss0 else None,
+            "rss_after_mb": rss1 / 2**20 if rss1 else None,
+            "kb_per_conn": (rss1 - rss0) / cfg.n / 1024 if rss0 and rss1 else None,
+        }
+        if out["storm"]["logged_in"] < cfg.n:
+            out["error"] = f"only {out['storm']['logged_in']} of {cfg.n} clients logged in"
+            return out
+        sender = Conn(sys_.host, sys_.port)
+        try:
+            name = wire.sender_name(base)
+            sender.send(wire.login(sys_.dialect, name))
+            if not sender.wait_for_text(wire.online_notice(name), 10.0):
+                out["error"] = "the sender could not log in"
+                return out
+            if "presence" not in cfg.skip:
+                out["presence"] = presence(sys_, cfg, fl, progress)
+            if "broadcast" not in cfg.skip:
+                out["broadcast"] = broadcast(sys_, cfg, fl, sender, progress)
+            if "direct" not in cfg.skip:
+                out["direct"] = direct(sys_, cfg, fl, sender, indices, progress)
+        finally:
+            sender.close()
+        out["harness_cpu_s"] = fl.cpu_seconds()
+    if not sys_.alive():
+        out["error"] = f"server exited: {sys_.log_tail()}"
+    return out
+
+
+def login_storm(sys_: Running, cfg: Config, fl: Fleet, progress: Progress) -> dict[str, Any]:
+    """All N clients log in at once (``login_window`` in flight per receiver).
+
+    Done when every client saw its own notice and the notices add up to
+    N(N+1)/2: the k-th login is announced to the N-k+1 users online by then.
+    """
+    n = cfg.n
+    expected = n * (n + 1) // 2
+    cpu0 = cpu_seconds(sys_.pid) if sys_.pid else None
+    progress.start(f"{sys_.name}: login storm", n)
+    t0 = time.monotonic_ns()
+    fl.send("login")
+    st, ok = fl.wait_for(
+        lambda s: s["logged_in"] >= n and s["notices"] >= expected,
+        stall=cfg.storm_stall,
+        cap=max(120.0, n * 0.1),
+        on_status=lambda s: progress.update(s["logged_in"]),
+    )
+    progress.done()
+    cpu1 = cpu_seconds(sys_.pid) if sys_.pid else None
+    end = st["last_notice_ns"] or time.monotonic_ns()
+    return {
+        "seconds": (end - t0) / NS if ok else math.nan,
+        "complete": ok,
+        "logged_in": st["logged_in"],
+        "notices_expected": expected,
+        "notices": st["notices"],
+        "lost": max(0, expected - st["notices"]),
+        "dropped": st["dropped"],
+        "connect_errors": st["connect_errors"],
+        "unexpected": st["samples"][:3],
+        "server_cpu_s": cpu1 - cpu0 if cpu0 is not None and cpu1 is not None else None,
+    }
+
+
+def presence(sys_: Running, cfg: Config, fl: Fleet, progress: Progress) -> dict[str, Any]:
+    """Probe users log in one at a time; time their online notice to all N clients."""
+    fl.measure(0, 0, cfg.probes)
+    starts: list[int] = []
+    progress.start(f"{sys_.name}: presence", cfg.probes)
+    for k in range(cfg.probes):
+        conn, t0 = probe_login(sys_.dialect, sys_.host, sys_.port, wire.probe_name(k))
+        starts.append(t0)
+        try:
+            want = cfg.n * (k + 1)
+            fl.wait_for(lambda s, w=want: s["p"] >= w, stall=cfg.drain_stall, cap=30.0, every=0.02)
+            conn.send(wire.logout(sys_.dialect, wire.probe_name(k)))
+            conn.drain_out(1.0)
+        finally:
+            conn.close()
+        progress.update(k + 1)
+        time.sleep(0.05)  # let the offline notice fan out before the next probe
+    progress.done()
+    rec = fl.collect()
+    per_recipient = [ts - starts[seq] for seq, ts in zip(rec["p_seq"], rec["p_ts"], strict=True)]
+    kernel = [ts - starts[seq] for seq, ts in zip(rec["p_seq"], rec["p_kts"], strict=True)]
+    last: dict[int, int] = {}
+    for seq, ts in zip(rec["p_seq"], rec["p_ts"], strict=True):
+        last[seq] = max(last.get(seq, 0), ts - starts[seq])
+    to_last = sorted(last.values())
+    return {
+        "per_recipient_ms": latency_summary(per_recipient),
+        "kernel_ms": latency_summary(kernel),
+        "to_last_ms": {
+            "p50": nearest_rank(to_last, 50) / 1e6,
+            "max": nearest_rank(to_last, 100) / 1e6,
+        },
+        "lost": cfg.n * cfg.probes - len(per_recipient),
+        "duplicated": rec["p_dup"],
+    }
+
+
+def broadcast(
+    sys_: Running, cfg: Config, fl: Fleet, sender: Conn, progress: Progress
+) -> dict[str, Any]:
+    """Open-loop broadcasts at ``cfg.rate``; latency from each payload's intended time."""
+    warm = int(cfg.rate * cfg.warmup)
+    count = warm + int(cfg.rate * cfg.duration)
+    n = cfg.n
+    fl.measure(count, 0, 0)
+    cpu0 = cpu_seconds(sys_.pid) if sys_.pid else None
+    hcpu0 = fl.cpu_seconds() + _own_cpu()
+    busy0, wall0 = machine_busy_seconds(), time.monotonic()
+    progress.start(f"{sys_.name}: broadcast {cfg.rate:g}/s", count)
+    pad = cfg.pad
+
+    def line(seq: int, t: int) -> bytes:
+        return wire.broadcast(sys_.dialect, wire.payload(wire.KIND_BROADCAST, seq, t, pad))
+
+    log = open_loop(sender, line, cfg.rate, count, tick=progress.update)
+    st, _ = fl.wait_for(lambda s: s["b"] >= n * count, stall=cfg.drain_stall, cap=60.0)
+    progress.done()
+    cpu1 = cpu_seconds(sys_.pid) if sys_.pid else None
+    hcpu = fl.cpu_seconds() + _own_cpu() - hcpu0
+    busy, wall = machine_busy_seconds() - busy0, time.monotonic() - wall0
+    server_cpu = cpu1 - cpu0 if cpu0 is not None and cpu1 is not None else 0.0
+    rec = fl.collect()
+    lat = [x for s, x in zip(rec["b_seq"], rec["b_lat"], strict=True) if s >= warm]
+    klat = [x for s, x in zip(rec["b_seq"], rec["b_klat"], strict=True) if s >= warm]
+    worst: dict[int, int] = {}
+    for s, x in zip(rec["b_seq"], rec["b_lat"], strict=True):
+        if s >= warm and x > worst.get(s, -(1 << 62)):
+            worst[s] = x
+    to_last = sorted(worst.values())
+    delivered = len(rec["b_seq"])
+    lags = sorted(log.lag_ns)
+    per_k = 1000.0 / delivered if delivered else math.nan
+    return {
+        "rate": cfg.rate,
+        "sent": log.sent,
+        "unsent": log.unsent,
+        "measured_broadcasts": count - warm,
+        "per_recipient_ms": latency_summary(lat),
+        # Arrival at the client socket (kernel stamp): the same minus harness queueing.
+        "kernel_ms": latency_summary(klat),
+        "to_last_ms": {
+            "p50": nearest_rank(to_last, 50) / 1e6,
+            "p99": nearest_rank(to_last, 99) / 1e6,
+        },
+        "delivered": delivered,
+        "lost": n * count - delivered,
+        "duplicated": rec["b_dup"],
+        "server_cpu_per_1k": (cpu1 - cpu0) * per_k
+        if cpu0 is not None and cpu1 is not None
+        else None,
+        "harness_cpu_per_1k": hcpu * per_k,
+        # Cores busy with neither this server nor the harness: other people's load.
+        "foreign_cores": max(0.0, busy - server_cpu - hcpu) / wall if wall > 0 else math.nan,
+        "sender_lag_ms": {
+            "p50": nearest_rank(lags, 50) / 1e6,
+            "p99": nearest_rank(lags, 99) / 1e6,
+            "max": nearest_rank(lags, 100) / 1e6,
+        },
+        "cdf_ms": cdf_points(lat),
+        "cdf_kernel_ms": cdf_points(klat),
+        "bad_records": st["bad"],
+    }
+
+
+def _own_cpu() -> float:
+    """CPU seconds of this (the sending) process so far."""
+    t = os.times()
+    return t.user + t.system
+
+
+def direct(
+    sys_: Running, cfg: Config, fl: Fleet, sender: Conn, indices: list[int], progress: Progress
+) -> dict[str, Any]:
+    """Direct messages at rising offered rates until one is not sustained.
+
+    A rate is sustained when p99 stays under ``dm_slo_ms`` and nothing is lost;
+    the saturation rate is the highest sustained one.  Recipients are spread
+    over all N clients by a fixed stride, so every run sends the same traffic.
+    """
+    counts = [max(1, int(r * cfg.dm_step)) for r in cfg.dm_rates]
+    fl.measure(0, sum(counts), 0)
+    steps: list[dict[str, Any]] = []
+    first = 0
+    n = len(indices)
+    saturation = 0.0
+    for rate, count in zip(cfg.dm_rates, counts, strict=True):
+        progress.start(f"{sys_.name}: direct {rate}/s", count)
+
+        def line(seq: int, t: int) -> bytes:
+            to = wire.client_name(indices[(seq * 7919) % n])
+            return wire.direct(sys_.dialect, to, wire.payload(wire.KIND_DIRECT, seq, t))
+
+        cpu0 = cpu_seconds(sys_.pid) if sys_.pid else None
+        log = open_loop(sender, line, rate, count, first_seq=first, tick=progress.update)
+        # Counters restart at every collect, so a step waits for its own count.
+        fl.wait_for(lambda s, w=count: s["d"] >= w, stall=cfg.drain_stall, cap=60.0)
+        cpu1 = cpu_seconds(sys_.pid) if sys_.pid else None
+        progress.done()
+        rec = fl.collect()
+        lat = list(rec["d_lat"])
+        summary = latency_summary(lat)
+        ksummary = latency_summary(rec["d_klat"])
+        step = {
+            "offered": rate,
+            "sent": log.sent,
+            "lost": count - len(lat),
+            "duplicated": rec["d_dup"],
+            "achieved": len(lat) / log.seconds if log.seconds > 0 else math.nan,
+            "p50_ms": summary["p50"],
+            "p99_ms": summary["p99"],
+            "max_ms": summary["max"],
+            "kernel_p50_ms": ksummary["p50"],
+            "kernel_p99_ms": ksummary["p99"],
+            "server_cpu_per_1k": (cpu1 - cpu0) * 1000.0 / len(lat)
+            if lat and cpu0 is not None and cpu1 is not None
+            else None,
+        }
+        steps.append(step)
+        first += count
+        if step["lost"] == 0 and step["p99_ms"] <= cfg.dm_slo_ms:
+            saturation = rate
+        else:
+            break
+        # Let the receive side settle so the next step starts from an idle server.
+        time.sleep(0.2)
+    # Messages per second one full core would carry at the CPU cost measured at
+    # the highest sustained rate: less noisy than the latency-based saturation.
+    costs = [s["server_cpu_per_1k"] for s in steps if s["offered"] == saturation]
+    capacity = 1000.0 / costs[0] if costs and costs[0] else None
+    return {
+        "steps": steps,
+        "saturation_rate": saturation,
+        "cpu_capacity": capacity,
+        "saturated": bool(steps) and saturation < cfg.dm_rates[len(steps) - 1],
+        "lost": sum(s["lost"] for s in steps if s["offered"] <= saturation),
+        "duplicated": sum(s["duplicated"] for s in steps),
+        "slo_ms": cfg.dm_slo_ms,
+    }
