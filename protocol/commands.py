@@ -63,7 +63,7 @@ BROADCAST_USAGE = 'broadcast "<message>"'
 
 # A quoted string: anything but a quote or backslash, or a backslash and any
 # character.  Anchored at the start; what follows the closing quote is checked.
-_QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"', re.DOTALL)
+_QUOTED = re.compile(r'"((?:[^"\\]++|\\.)*+)"', re.DOTALL)
 
 
 def parse_login(line: str) -> Login:

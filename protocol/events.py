@@ -180,7 +180,7 @@ def _checked_reason(reason: str) -> str:
 
 
 _NAME = r"([A-Za-z0-9_.\-]{1,32})"
-_QUOTED_TEXT = r'"((?:[^"\\]|\\.)*)"'
+_QUOTED_TEXT = r'"((?:[^"\\]++|\\.)*+)"'
 _PATTERNS: list[tuple[re.Pattern[str], type]] = [
     (re.compile(rf"<User {_NAME} is online\.>"), UserOnline),
     (re.compile(rf"<User {_NAME} is offline\.>"), UserOffline),

@@ -196,6 +196,12 @@ class ChatService:
             session.send(format_event(reply))
             return
         recipient_name, recipient = found
+        if not recipient.is_open:
+            # Leaving -- its EOF, error or output limit is being dealt with --
+            # but not yet gone: it takes no more output, so to a sender it is
+            # offline.  Echoing "<To X>" here would report a lost message as sent.
+            session.send(format_event(UserOffline(recipient_name)))
+            return
         if log.isEnabledFor(logging.INFO):
             log.info('Message from %s to %s: "%s"', sender, recipient_name, escape(text))
         session.send(format_event(MessageSent(recipient_name, text)))

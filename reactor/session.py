@@ -30,22 +30,32 @@ class Session(ABC):
 
     def __init__(self, peer_host: str, max_line: int, output_limit: int) -> None:
         self.peer_host = peer_host
-        self.phase = Phase.LOGIN
+        # True while LOGIN or CHATTING.  A plain attribute, kept in step by the
+        # phase setter, because every delivery of every fan-out reads it.
+        self.is_open = True
+        self._phase = Phase.LOGIN
         self.username: str | None = None
         self.buffer = LineBuffer(max_line)
         self.output_limit = output_limit
+        # Bytes queued and not yet handed to the kernel; the backend keeps it.
+        self._queued = 0
         # Why the connection ended, for the log; set by the first close/abort.
         self.close_reason: str | None = None
 
     @property
-    def is_open(self) -> bool:
-        return self.phase in (Phase.LOGIN, Phase.CHATTING)
+    def phase(self) -> Phase:
+        return self._phase
+
+    @phase.setter
+    def phase(self, phase: Phase) -> None:
+        self._phase = phase
+        self.is_open = phase is Phase.LOGIN or phase is Phase.CHATTING
 
     def send(self, data: bytes) -> None:
         """Queue ``data`` for this client (a no-op once it is closing)."""
         if not self.is_open:
             return
-        if self.pending_output() + len(data) > self.output_limit:
+        if self._queued + len(data) > self.output_limit:
             self.abort(f"slow consumer: more than {self.output_limit} bytes of output queued")
             return
         self._write(data)
@@ -67,9 +77,9 @@ class Session(ABC):
         self.phase = Phase.CLOSING
         self._abort()
 
-    @abstractmethod
     def pending_output(self) -> int:
         """Bytes queued and not yet handed to the kernel."""
+        return self._queued
 
     @abstractmethod
     def _write(self, data: bytes) -> None: ...

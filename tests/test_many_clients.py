@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import resource
 import selectors
 import socket
 import time
@@ -11,16 +10,11 @@ from collections.abc import Callable
 
 from protocol import BroadcastFrom, LineBuffer, MessageFrom, UserOnline, parse_event
 from reactor.backends.base import Server
+from tests.faults import raise_own_open_file_limit
 
 CLIENTS = 300
 DIRECT_PER_CLIENT = 10
 BROADCASTS_PER_CLIENT = 2
-
-
-def raise_fd_limit(needed: int) -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < needed:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (min(needed, hard), hard))
 
 
 class Crowd:
@@ -55,7 +49,7 @@ class Crowd:
 
 
 def test_hundreds_of_clients_exchange_numbered_messages(server: Server) -> None:
-    raise_fd_limit(2 * CLIENTS + 256)
+    raise_own_open_file_limit(2 * CLIENTS + 256)
     crowd = Crowd(server.port, CLIENTS)
     names = [f"user{index:03d}" for index in range(CLIENTS)]
     try:

@@ -19,6 +19,7 @@ Lock order, to stay free of deadlocks: the chat lock, then a session's
 
 from __future__ import annotations
 
+import collections
 import logging
 import select
 import socket
@@ -39,10 +40,56 @@ from reactor.timers import TimerThread
 
 log = logging.getLogger("reactor")
 
-READ_SIZE = 64 * 1024
+# Each chunk is handled under the chat lock, so its size bounds how long one
+# client holds everybody else up: small, as in the select backend.
+READ_SIZE = 16 * 1024
 # Thousands of threads each reserving the default 8 MiB of stack address
 # space is wasteful; our per-connection code needs little.
 THREAD_STACK_SIZE = 512 * 1024
+
+
+class FairLock:
+    """A mutex that is handed to its waiters in arrival order.
+
+    ``threading.Lock`` lets the releasing thread take it straight back, and a
+    reader thread whose client floods does exactly that: release, ``recv()``
+    (more is already there), acquire.  Measured with two clients flooding
+    ``users``: a third client's round trips had a median of 0.05 ms but a
+    tail of 0.5-1.3 s.  Here ``release`` hands ownership to the longest
+    waiter, so every client waits at most one turn of each of the others
+    (the same tail: 0.12 s).  Uncontended, it costs one extra mutex.
+    """
+
+    __slots__ = ("_guard", "_held", "_waiters")
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._held = False
+        self._waiters: collections.deque[threading.Lock] = collections.deque()
+
+    def acquire(self) -> None:
+        with self._guard:
+            if not self._held:
+                self._held = True
+                return
+            baton = threading.Lock()
+            baton.acquire()
+            self._waiters.append(baton)
+        baton.acquire()  # released by the holder's release(): the lock is ours
+
+    def release(self) -> None:
+        with self._guard:
+            if self._waiters:
+                self._waiters.popleft().release()  # still held, by the next in line
+            else:
+                self._held = False
+
+    def __enter__(self) -> FairLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
 
 class ThreadSession(Session):
@@ -62,9 +109,6 @@ class ThreadSession(Session):
         self._socket_closed = False
 
     # -- Session transport operations (called under the chat lock) ------------
-
-    def pending_output(self) -> int:
-        return self._queued
 
     def _write(self, data: bytes) -> None:
         with self._send_lock:
@@ -166,7 +210,7 @@ class ThreadSession(Session):
 class ThreadsServer(Server):
     def __init__(self, config: ServerConfig) -> None:
         super().__init__(config)
-        self.lock = threading.Lock()  # the whiteboard mutex
+        self.lock = FairLock()  # the whiteboard mutex
         self.timers = TimerThread(time.monotonic)
         self._readers: dict[threading.Thread, ThreadSession] = {}
         self._readers_changed = threading.Condition()
@@ -208,6 +252,14 @@ class ThreadsServer(Server):
             sock.close()
             return True
         session = ThreadSession(sock, peer_host(address), self)
+        # Admitted (or refused) here, in accept order, as in the select
+        # backend: were it left to the reader threads, whichever got the lock
+        # first would take the last slot, and an earlier client could be told
+        # the server is full while a later one gets in.
+        with self.lock:
+            if self.chat.connection_made(session):
+                deadline = time.monotonic() + self.config.login_timeout
+                self.timers.call_at(deadline, lambda: self._login_deadline(session))
         reader = threading.Thread(
             target=self._serve_client, args=(session,), name=f"client-{address}", daemon=True
         )
@@ -218,17 +270,15 @@ class ThreadsServer(Server):
         except RuntimeError:  # can't start new thread: treat like EMFILE
             with self._readers_changed:
                 del self._readers[reader]
-            sock.close()
+            session.close_socket()
+            with self.lock:
+                self.chat.connection_lost(session)
             return False
         return True
 
     def _serve_client(self, session: ThreadSession) -> None:
-        """A reader thread: the life of one connection."""
+        """A reader thread: the life of one connection, once admitted or refused."""
         try:
-            with self.lock:
-                if self.chat.connection_made(session):
-                    deadline = time.monotonic() + self.config.login_timeout
-                    self.timers.call_at(deadline, lambda: self._login_deadline(session))
             while True:
                 try:
                     data = session.sock.recv(READ_SIZE)
@@ -260,6 +310,11 @@ class ThreadsServer(Server):
 
     def _shut_down(self) -> None:
         """Tell everyone, give them ``close_linger`` to go, then cut the rest."""
+        # Clients already in the listen backlog have connected as far as they
+        # can tell: accept them so that they are told too, rather than reset.
+        for _ in range(self.config.backlog):
+            if not select.select([self.listener], [], [], 0)[0] or not self._accept_one():
+                break
         with self.lock:
             self.chat.shutdown()
         deadline = time.monotonic() + self.config.close_linger
