@@ -228,18 +228,6 @@ def reset(sock: socket.socket) -> None:
     sock.close()
 
 
-class LineClientFrom(LineClient):
-    """A :class:`LineClient` connecting from a chosen local address (any of
-    127/8 is loopback, so one machine can stand for several)."""
-
-    def __init__(self, port: int, source: str, host: str = "127.0.0.1") -> None:
-        # Not super().__init__(): that would connect once more, from 127.0.0.1.
-        self.sock = socket.create_connection((host, port), timeout=DEFAULT_TIMEOUT,
-                                             source_address=(source, 0))
-        self._buffer = bytearray()
-        self.closed_by_server = False
-
-
 class Drain:
     """Reads a socket in the background and keeps count, so that a client that
     sends much (and is echoed as much) never becomes a slow consumer itself.

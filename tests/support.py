@@ -48,8 +48,13 @@ def wait_until(condition: Callable[[], bool], timeout: float = DEFAULT_TIMEOUT,
 class LineClient:
     """A raw TCP client that reads whole lines with deadlines."""
 
-    def __init__(self, port: int, host: str = "127.0.0.1") -> None:
-        self.sock = socket.create_connection((host, port), timeout=DEFAULT_TIMEOUT)
+    def __init__(self, port: int, host: str = "127.0.0.1", source: str | None = None) -> None:
+        # ``source`` picks the local address: any of 127/8 is loopback, so one
+        # machine can stand for several client hosts.
+        self.sock = socket.create_connection(
+            (host, port), timeout=DEFAULT_TIMEOUT,
+            source_address=None if source is None else (source, 0),
+        )
         self._buffer = bytearray()
         self.closed_by_server = False
 

@@ -24,7 +24,6 @@ from reactor.backends.base import Server
 from reactor.session import Session
 from tests.faults import (
     Drain,
-    LineClientFrom,
     client_pool,
     close_all,
     connect_many,
@@ -293,7 +292,7 @@ def test_max_clients_per_ip_refuses_the_extra_with_a_clear_line(backend: str) ->
         extra = pool.connect()
         assert extra.expect_closed() == format_event(TooManyFromAddress())
         # Another address is counted apart (all of 127/8 is loopback).
-        with LineClientFrom(server.port, "127.0.0.2") as elsewhere:
+        with LineClient(server.port, source="127.0.0.2") as elsewhere:
             elsewhere.send("Elsewhere")
             elsewhere.expect("<User Elsewhere is online.>")
             first.expect("<User Elsewhere is online.>")

@@ -5,12 +5,16 @@ Each pass of the loop (after CPython's selector_events and Redis's ae loop):
 1. wait for readiness or the next timer;
 2. read at most one ``recv`` per ready connection -- bounded work per client
    per pass, so a flooding client cannot starve the others -- and feed it to
-   the chat logic, which only *queues* output;
+   the chat logic;
 3. run due timers (login timeouts, close lingers, accept retries);
-4. write every connection that was owed output this pass, once, coalescing
-   all it was owed into one ``send`` (Redis's handleClientsWithPendingWrites);
-   only a partial write registers the socket for EVENT_WRITE, which is
-   dropped again as soon as the queue is empty;
+4. write what each connection is owed.  In a short pass (few ready
+   connections, e.g. one broadcast) the first output owed to a connection is
+   sent at once, as asyncio's ``transport.write`` does, so that no recipient
+   waits for the whole fan-out to be queued; everything else is queued and
+   written once per connection at the end of the pass, coalesced into one
+   ``send`` (Redis's handleClientsWithPendingWrites) -- which is what keeps a
+   login storm's O(N^2) notices affordable.  Only a partial write registers
+   the socket for EVENT_WRITE, dropped again once its queue is empty;
 5. report connections that died this pass to the chat logic.  Deaths are
    deferred to here so that a fan-out never sees the whiteboard change under
    it.
