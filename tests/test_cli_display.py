@@ -11,42 +11,13 @@ from hypothesis import strategies as st
 
 from cli.display import render, visible
 from protocol import (
-    BroadcastFrom,
-    BroadcastSent,
     Event,
-    HelpText,
     InvalidInput,
-    InvalidUsername,
     LineTooLong,
-    LoginTimedOut,
-    MessageFrom,
-    MessageSent,
-    OnlineUsers,
-    ServerFull,
-    ShuttingDown,
-    TooManyFromAddress,
-    UsernameTaken,
-    UserOffline,
-    UserOnline,
-    UserUnknown,
     format_event,
-    is_valid_username,
 )
 from protocol.escaping import find_unsafe
-
-names = st.from_regex(r"[A-Za-z0-9_.\-]{1,32}", fullmatch=True).filter(is_valid_username)
-texts = st.text(min_size=1)
-reasons = st.from_regex(r"[ -~]*[ -\-/-~]", fullmatch=True)
-events: st.SearchStrategy[Event] = st.one_of(
-    st.builds(UserOnline, names), st.builds(UserOffline, names), st.builds(UserUnknown, names),
-    st.builds(MessageSent, names, texts), st.builds(MessageFrom, names, texts),
-    st.builds(BroadcastSent, texts), st.builds(BroadcastFrom, names, texts),
-    st.builds(OnlineUsers, st.lists(names, max_size=5).map(tuple)),
-    st.builds(InvalidInput, reasons), st.builds(InvalidUsername, reasons),
-    st.builds(UsernameTaken, names),
-    st.sampled_from([HelpText(), ServerFull(), TooManyFromAddress(), LoginTimedOut(),
-                     ShuttingDown()]),
-)
+from tests.strategies import events
 
 
 def _assert_terminal_safe(text: str) -> None:

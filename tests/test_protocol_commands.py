@@ -18,17 +18,7 @@ from protocol import (
     parse_command,
     parse_login,
 )
-from protocol.usernames import is_valid_username
-
-usernames = st.from_regex(r"[A-Za-z0-9_.\-]{1,32}", fullmatch=True).filter(is_valid_username)
-# Any text a person could mean, control characters and astral planes included;
-# only the empty message is not a message.
-messages = st.text(min_size=1)
-commands = st.one_of(
-    st.builds(Chat, usernames, messages),
-    st.builds(Broadcast, messages),
-    st.just(Users()), st.just(Help()), st.just(Bye()),
-)
+from tests.strategies import commands, usernames
 
 
 def parse_wire(data: bytes) -> object:

@@ -10,17 +10,13 @@ from protocol import (
     BroadcastFrom,
     BroadcastSent,
     Chat,
-    HelpText,
     InvalidInput,
-    InvalidUsername,
-    LoginTimedOut,
     MessageFrom,
     MessageSent,
     OnlineUsers,
     ProtocolError,
     ServerFull,
     ShuttingDown,
-    TooManyFromAddress,
     UsernameTaken,
     UserOffline,
     UserOnline,
@@ -31,20 +27,7 @@ from protocol import (
     parse_event,
 )
 from protocol.escaping import find_unsafe
-from tests.test_protocol_commands import usernames
-
-texts = st.text()
-reasons = st.from_regex(r"[ -~]*[ -\-/-~]", fullmatch=True)
-events = st.one_of(
-    st.builds(UserOnline, usernames), st.builds(UserOffline, usernames),
-    st.builds(UserUnknown, usernames), st.builds(UsernameTaken, usernames),
-    st.builds(MessageSent, usernames, texts), st.builds(MessageFrom, usernames, texts),
-    st.builds(BroadcastSent, texts), st.builds(BroadcastFrom, usernames, texts),
-    st.builds(OnlineUsers, st.lists(usernames, max_size=5).map(tuple)),
-    st.builds(InvalidInput, reasons), st.builds(InvalidUsername, reasons),
-    st.sampled_from([HelpText(), ServerFull(), TooManyFromAddress(), LoginTimedOut(),
-                     ShuttingDown()]),
-)
+from tests.strategies import events, usernames
 
 
 def wire_line(event: object) -> str:
