@@ -77,6 +77,10 @@ class Session(ABC):
         self.phase = Phase.CLOSING
         self._abort()
 
+    def pending_output(self) -> int:
+        """Bytes queued and not yet handed to the kernel."""
+        return self._queued
+
     @abstractmethod
     def _write(self, data: bytes) -> None: ...
 
