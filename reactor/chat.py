@@ -66,17 +66,11 @@ class ChatService:
         self.whiteboard: Whiteboard[Session] = Whiteboard()
         self._connections: set[Session] = set()
         self._per_address: Counter[str] = Counter()
-        self._shutting_down = False
 
     # -- connection lifecycle -------------------------------------------------
 
     def connection_made(self, session: Session) -> bool:
         """Admit a new connection, or refuse it with one line and close it."""
-        if self._shutting_down:
-            # Accepted just as the server began to stop (a thread's race).
-            session.send(_SHUTTING_DOWN)
-            session.close("server shutting down")
-            return False
         if len(self._connections) >= self.config.max_clients:
             log.warning("Refused a connection from %s: server full", session.peer_host)
             session.send(_FULL)
@@ -116,7 +110,6 @@ class ChatService:
 
     def shutdown(self) -> None:
         """Tell everyone the server is going away and start closing them all."""
-        self._shutting_down = True
         for session in list(self._connections):
             session.send(_SHUTTING_DOWN)
             session.close("server shutting down")

@@ -102,8 +102,9 @@ class ThreadSession(Session):
         # close (so that no shutdown can ever hit a reused descriptor).
         self._send_lock = threading.RLock()
         self._drained = threading.Condition(self._send_lock)
+        # Session._queued counts these and also the bytes the writer is
+        # sending right now, so that a new send never overtakes them.
         self._chunks: list[bytes] = []
-        self._queued = 0  # includes the bytes the writer is sending right now
         self._writer: threading.Thread | None = None
         self._shut_after_drain = False
         self._socket_closed = False
