@@ -51,6 +51,14 @@ class MessageFrom:
 
 
 @dataclass(frozen=True, slots=True)
+class NotDelivered:
+    """Instead of the echo: the message could not be handed to the recipient."""
+
+    to: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class BroadcastSent:
     """The sender's echo of a broadcast."""
 
@@ -109,7 +117,7 @@ class ShuttingDown:
 
 
 Event = (
-    UserOnline | UserOffline | UserUnknown | MessageSent | MessageFrom | BroadcastSent
+    UserOnline | UserOffline | UserUnknown | MessageSent | NotDelivered | MessageFrom | BroadcastSent
     | BroadcastFrom | OnlineUsers | HelpText | InvalidInput | InvalidUsername | UsernameTaken
     | ServerFull | TooManyFromAddress | LoginTimedOut | ShuttingDown
 )
@@ -149,6 +157,8 @@ def _format(event: Event) -> str:
             return f"<User {name} does not exist.>"
         case MessageSent(to, text):
             return f"<To {to}> {escape(text, quoted=False)}"
+        case NotDelivered(to, reason):
+            return f"<Message to {to} not delivered: {_checked_reason(reason)}.>"
         case MessageFrom(sender, text):
             return f'<Message from {sender}: "{escape(text)}">'
         case BroadcastSent(text):
@@ -193,6 +203,7 @@ _PATTERNS: list[tuple[re.Pattern[str], type]] = [
     (re.compile(r"<Invalid input: (.+)\. Type \"help\" for commands\.>"), InvalidInput),
     (re.compile(r"<Invalid username: (.+)\.>"), InvalidUsername),
     (re.compile(rf"<Username {_NAME} is already taken\.>"), UsernameTaken),
+    (re.compile(rf"<Message to {_NAME} not delivered: (.+)\.>"), NotDelivered),
 ]
 _TEXT_EVENTS = (MessageSent, MessageFrom, BroadcastSent, BroadcastFrom)
 

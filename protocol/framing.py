@@ -10,6 +10,11 @@ Goals, in the manner of h11's ``_receivebuffer.py``:
   past the limit is dropped as it arrives and reported once as
   :class:`LineTooLong`; the bytes after its eventual newline are read normally,
   so the connection stays usable.
+* ``feed(b"")`` means the input ended (or paused for good, see below): an
+  unterminated last line is handed back as a line, so that a client which
+  writes ``bye`` with no newline and closes -- as the original C client
+  does -- is heard.  The server also calls it when a first line without a
+  newline is followed by a pause, which is how that client sends its name.
 * Lines are split on ``b"\\n"`` at the byte level, never with
   ``str.splitlines()``, which would also split on U+2028, U+0085 and friends
   and let one wire line turn into two.  A ``\\r`` before the newline is removed
@@ -55,8 +60,19 @@ class LineBuffer:
         return len(self._partial)
 
     def feed(self, data: bytes) -> list[Received]:
-        """Add ``data`` and return the lines it completes, in order."""
+        """Add ``data`` and return the lines it completes, in order.
+
+        ``feed(b"")`` ends the pending line: what is held is returned as a
+        line of its own (nothing, if nothing is held or an overlong line is
+        being discarded: the rest of that line is still thrown away).
+        """
         out: list[Received] = []
+        if not data:
+            if self._partial and not self._discarding:
+                piece = bytes(self._partial)
+                out.append(piece[:-1] if piece.endswith(b"\r") else piece)
+            self._partial.clear()
+            return out
         last_newline = data.rfind(b"\n")
         if last_newline < 0:
             self._extend_partial(data, out)

@@ -1,6 +1,6 @@
-"""reactor-chat server: the chat logic once, two I/O backends behind one interface."""
+"""reactor-chat server: the chat logic once, I/O backends behind one interface."""
 
+from reactor.backends import BACKENDS, DEFAULT_BACKEND, make_server
 from reactor.config import ServerConfig
-from reactor.server import BACKENDS, make_server
 
-__all__ = ["BACKENDS", "ServerConfig", "make_server"]
+__all__ = ["BACKENDS", "DEFAULT_BACKEND", "ServerConfig", "make_server"]

@@ -14,8 +14,8 @@ import signal
 import sys
 from typing import NoReturn
 
+from reactor.backends import BACKENDS, DEFAULT_BACKEND, make_server
 from reactor.config import ServerConfig
-from reactor.server import BACKENDS, make_server
 from reactor.sockets import raise_open_file_limit
 
 log = logging.getLogger("reactor")
@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _OneLineErrors(
         prog="python -m reactor", description="reactor-chat: a multi-client TCP chat server."
     )
-    p.add_argument("--backend", choices=BACKENDS, default="select",
+    p.add_argument("--backend", choices=BACKENDS, default=DEFAULT_BACKEND,
                    help="I/O design: one selectors loop, or a thread per client (default: select)")
     p.add_argument("--host", default=d.host, help=f"address to listen on (default: {d.host})")
     p.add_argument("--port", type=_port, default=d.port,

@@ -1,11 +1,11 @@
 """The chat logic, written once: what each line from a client causes.
 
-Backends call four entry points -- ``connection_made``, ``data_received``,
-``connection_lost`` and ``login_timed_out`` -- and never decide anything about
-the chat themselves.  This class never blocks and never touches a socket; it
-talks to clients only through :class:`~reactor.session.Session`.  It is not
-thread-safe: the threads backend holds one lock around every call, as the
-original held its mutex around the whiteboard.
+Backends never decide anything about the chat.  They hand this service each
+new transport (:meth:`ChatService.connection_made`) and then talk to the
+:class:`~reactor.connection.Connection` it returns.  This class never blocks
+and never touches a socket.  It is not thread-safe: the threads backend holds
+one lock around every call, as the original held its mutex around the
+whiteboard.
 
 A fan-out formats its event once and hands the same ``bytes`` object to every
 recipient.
@@ -14,8 +14,9 @@ recipient.
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from protocol import (
     Broadcast,
@@ -30,6 +31,7 @@ from protocol import (
     LineTooLong,
     MessageFrom,
     MessageSent,
+    NotDelivered,
     OnlineUsers,
     ProtocolError,
     ServerFull,
@@ -47,9 +49,12 @@ from protocol import (
     parse_login,
 )
 from protocol.events import LoginTimedOut
+from protocol.framing import Received
 from reactor.config import ServerConfig
-from reactor.session import Phase, Session
-from reactor.whiteboard import Whiteboard
+from reactor.connection import Connection, Phase
+from reactor.flow import TokenBucket
+from reactor.transport import TimerHandle, Transport
+from reactor.whiteboard import MemoryWhiteboard, Whiteboard
 
 log = logging.getLogger("reactor")
 
@@ -59,169 +64,320 @@ _TOO_MANY_FROM_ADDRESS = format_event(TooManyFromAddress())
 _SHUTTING_DOWN = format_event(ShuttingDown())
 _LOGIN_TIMED_OUT = format_event(LoginTimedOut())
 
+# Seconds between checks of the output limits that take time to judge (the
+# soft limit's grace period, the server-wide budget).
+HOUSEKEEPING_INTERVAL = 1.0
+
+CallLater = Callable[[float, Callable[[], None]], TimerHandle]
+
 
 class ChatService:
-    def __init__(self, config: ServerConfig) -> None:
+    def __init__(
+        self,
+        config: ServerConfig,
+        whiteboard: Whiteboard[Connection] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.config = config
-        self.whiteboard: Whiteboard[Session] = Whiteboard()
-        self._connections: set[Session] = set()
+        self.whiteboard: Whiteboard[Connection] = (
+            MemoryWhiteboard() if whiteboard is None else whiteboard
+        )
+        self.clock = clock
+        self._connections: set[Connection] = set()
         self._per_address: Counter[str] = Counter()
+        self._login_buckets: dict[str, TokenBucket] = {}
+        self._call_later: CallLater | None = None
+        self._shutting_down = False
+
+    # -- set-up by the backend ------------------------------------------------
+
+    def attach(self, call_later: CallLater) -> None:
+        """Give the service the backend's timers; starts its housekeeping."""
+        self._call_later = call_later
+        call_later(HOUSEKEEPING_INTERVAL, self._housekeeping)
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
+        assert self._call_later is not None, "attach() the service to a backend first"
+        return self._call_later(delay, callback)
 
     # -- connection lifecycle -------------------------------------------------
 
-    def connection_made(self, session: Session) -> bool:
+    def connection_made(self, transport: Transport) -> Connection:
         """Admit a new connection, or refuse it with one line and close it."""
-        if len(self._connections) >= self.config.max_clients:
-            log.warning("Refused a connection from %s: server full", session.peer_host)
-            session.send(_FULL)
-            session.close("server full")
-            return False
+        connection = Connection(transport, self)
+        transport.connection = connection
+        self._connections.add(connection)
+        self._per_address[connection.peer_host] += 1
+        host = connection.peer_host
         per_ip = self.config.max_clients_per_ip
-        if per_ip and self._per_address[session.peer_host] >= per_ip:
-            log.warning("Refused a connection from %s: too many from it", session.peer_host)
-            session.send(_TOO_MANY_FROM_ADDRESS)
-            session.close("too many connections from one address")
-            return False
-        self._connections.add(session)
-        self._per_address[session.peer_host] += 1
-        return True
+        if len(self._connections) > self.config.max_clients:
+            log.warning("Refused a connection from %s: server full", host)
+            connection.send(_FULL)
+            connection.close("server full")
+        elif per_ip and self._per_address[host] > per_ip:
+            log.warning("Refused a connection from %s: too many from it", host)
+            connection.send(_TOO_MANY_FROM_ADDRESS)
+            connection.close("too many connections from one address")
+        elif self._shutting_down:
+            connection.send(_SHUTTING_DOWN)
+            connection.close("server shutting down")
+        else:
+            connection.start_login_timer()
+        return connection
 
-    def connection_lost(self, session: Session) -> None:
-        """The connection is gone (closed by us, EOF, reset, or aborted)."""
-        if session in self._connections:
-            self._connections.discard(session)
-            self._per_address[session.peer_host] -= 1
-            if not self._per_address[session.peer_host]:
-                del self._per_address[session.peer_host]
-        if session.username is not None:
-            # A drop is a bye that the client did not get to say.
-            name = self._log_out(session, notify_self=False)
-            reason = session.close_reason
-            if reason and reason.startswith("slow consumer"):
-                log.warning("%s disconnected: %s.", name, reason)
-            else:
-                log.info("%s disconnected.", name)
-        session.phase = Phase.CLOSED
+    def connection_closed(self, connection: Connection) -> None:
+        """Bookkeeping once a connection's socket is closed."""
+        if connection in self._connections:
+            self._connections.discard(connection)
+            host = connection.peer_host
+            self._per_address[host] -= 1
+            if not self._per_address[host]:
+                del self._per_address[host]
 
-    def login_timed_out(self, session: Session) -> None:
-        if session.phase is Phase.LOGIN:
-            session.send(_LOGIN_TIMED_OUT)
-            session.close("login timed out")
+    def user_left(self, connection: Connection, reason: str) -> None:
+        """The connection's user leaves the chat (bye, drop, abort, shutdown).
+
+        Called once per user, when the connection stops being open -- not
+        when its socket finally closes -- so the name is free at once even
+        while the last output drains.
+        """
+        name = connection.username
+        if name is None:
+            return
+        # Release first: whatever goes wrong below, the name is free again.
+        self.whiteboard.release(name)
+        connection.username = None
+        if reason.startswith("slow consumer"):
+            log.warning("%s disconnected: %s.", name, reason)
+        else:
+            log.info("%s disconnected.", name)
+        if not self._shutting_down:
+            self._fan_out(format_event(UserOffline(name)), self.whiteboard.online_sessions())
+
+    def login_timed_out(self, connection: Connection) -> None:
+        connection.send(_LOGIN_TIMED_OUT)
+        connection.close("login timed out")
 
     def shutdown(self) -> None:
         """Tell everyone the server is going away and start closing them all."""
-        for session in list(self._connections):
-            session.send(_SHUTTING_DOWN)
-            session.close("server shutting down")
+        self._shutting_down = True
+        for connection in list(self._connections):
+            if connection.is_open:
+                connection.send(_SHUTTING_DOWN)
+                connection.close("server shutting down")
 
     @property
     def connection_count(self) -> int:
         return len(self._connections)
 
-    # -- input ---------------------------------------------------------------
+    @property
+    def connections(self) -> Iterable[Connection]:
+        return self._connections
 
-    def data_received(self, session: Session, data: bytes) -> None:
-        """Feed bytes from a client; act on every complete line."""
-        for item in session.buffer.feed(data):
-            if not session.is_open:
-                return  # after bye, the rest of the batch is ignored
-            if isinstance(item, LineTooLong):
-                self._reject(session, f"line longer than {item.limit} bytes, discarded")
-            elif session.phase is Phase.CHATTING:
-                self._command_line(session, item)
-            else:
-                self._login_line(session, item)
+    # -- flood control and output limits ----------------------------------------
 
-    def _reject(self, session: Session, reason: str) -> None:
-        if session.phase is Phase.LOGIN:
-            session.send(format_event(InvalidUsername(reason)))
+    def login_wait(self, connection: Connection, now: float) -> float:
+        """Seconds before a login line from this address may be handled."""
+        host = connection.peer_host
+        bucket = self._login_buckets.get(host)
+        if bucket is None:
+            flood = self.config.flood
+            bucket = TokenBucket(flood.logins_per_second, flood.logins_burst, now)
+            self._login_buckets[host] = bucket
+        wait = bucket.wait(now)
+        if not wait:
+            bucket.charge(1, now)
+        return wait
+
+    def _housekeeping(self) -> None:
+        try:
+            self._enforce_output_limits()
+            now = self.clock()
+            for host in [h for h, b in self._login_buckets.items() if b.full(now)]:
+                del self._login_buckets[host]
+        finally:
+            if self._call_later is not None:
+                self._call_later(HOUSEKEEPING_INTERVAL, self._housekeeping)
+
+    def _enforce_output_limits(self) -> None:
+        config = self.config
+        now = self.clock()
+        total = 0
+        queued: list[tuple[int, Connection]] = []
+        for connection in list(self._connections):
+            size = connection.transport.queued
+            if not size:
+                continue
+            total += size
+            queued.append((size, connection))
+            if size <= config.output_limit:
+                connection.over_soft_limit_since = None
+            elif connection.over_soft_limit_since is None:
+                connection.over_soft_limit_since = now
+            elif now - connection.over_soft_limit_since >= config.slow_consumer_grace:
+                connection.guard(connection.abort)(
+                    f"slow consumer: more than {config.output_limit} bytes of output queued"
+                    f" for {config.slow_consumer_grace:g} s"
+                )
+        if total <= config.output_budget:
+            return
+        queued.sort(key=lambda item: item[0], reverse=True)
+        log.warning("Output queued for all clients (%d bytes) is over the budget of %d bytes;"
+                    " cutting off the largest queues", total, config.output_budget)
+        for size, connection in queued:
+            if total <= config.output_budget:
+                break
+            if connection.phase is not Phase.CLOSED:
+                connection.guard(connection.abort)(
+                    "slow consumer: cut to keep the server's output budget"
+                )
+                total -= size
+
+    # -- input ----------------------------------------------------------------
+
+    def line_received(self, connection: Connection, item: Received) -> None:
+        """Act on one line (or an overlong line's report) from a client."""
+        if isinstance(item, LineTooLong):
+            self._reject(connection, f"line longer than {item.limit} bytes, discarded")
+        elif connection.phase is Phase.CHATTING:
+            self._command_line(connection, item)
         else:
-            session.send(format_event(InvalidInput(reason)))
+            self._login_line(connection, item)
 
-    def _login_line(self, session: Session, raw: bytes) -> None:
+    def _reject(self, connection: Connection, reason: str) -> None:
+        if connection.phase is Phase.LOGIN:
+            connection.send(format_event(InvalidUsername(reason)))
+        else:
+            connection.send(format_event(InvalidInput(reason)))
+
+    def _login_line(self, connection: Connection, raw: bytes) -> None:
         if not raw.strip(b" "):
             return
         try:
             name = parse_login(decode_line(raw)).name
         except ProtocolError as error:
-            session.send(format_event(InvalidUsername(error.reason)))
+            connection.send(format_event(InvalidUsername(error.reason)))
             return
-        if not self.whiteboard.claim(name, session):
-            taken_as = self.whiteboard.seen_as(name) or name
-            session.send(format_event(UsernameTaken(taken_as)))
-            return
-        session.username = name
-        session.phase = Phase.CHATTING
-        log.info("%s connected (%s)", name, session.peer_host)
-        self._fan_out(format_event(UserOnline(name)), self.whiteboard.online_sessions())
+        connection.await_answer()
+        self.whiteboard.claim(
+            name, connection, connection.guard(lambda taken: self._claimed(connection, name, taken))
+        )
 
-    def _command_line(self, session: Session, raw: bytes) -> None:
+    def _claimed(self, connection: Connection, name: str, taken_as: str | None) -> None:
+        if not connection.is_open:
+            # Gone while the claim was under way: give the name back.
+            if taken_as is None:
+                self.whiteboard.release(name)
+            connection.answer_arrived()
+            return
+        if taken_as is not None:
+            connection.send(format_event(UsernameTaken(taken_as)))
+        else:
+            connection.logged_in(name)
+            log.info("%s connected (%s)", name, connection.peer_host)
+            online = self.whiteboard.online_sessions()
+            self._fan_out(format_event(UserOnline(name)), online)
+        connection.answer_arrived()
+
+    def _command_line(self, connection: Connection, raw: bytes) -> None:
         if not raw.strip(b" "):
             return
         try:
             command = parse_command(decode_line(raw))
         except ProtocolError as error:
-            session.send(format_event(InvalidInput(error.reason)))
+            connection.send(format_event(InvalidInput(error.reason)))
             return
-        sender = session.username
+        sender = connection.username
         assert sender is not None
         match command:
             case Chat(to, text):
-                self._direct_message(session, sender, to, text)
+                self._direct_message(connection, sender, to, text)
             case Broadcast(text):
-                self._broadcast(session, sender, text)
+                self._broadcast(connection, sender, text)
             case Users():
-                session.send(format_event(OnlineUsers(tuple(self.whiteboard.online_names()))))
+                names = tuple(self.whiteboard.online_names())
+                connection.send(format_event(OnlineUsers(names)))
             case Help():
-                session.send(_HELP)
+                connection.send(_HELP)
             case Bye():
-                self._log_out(session, notify_self=True)
-                log.info("%s disconnected.", sender)
-                session.close("bye")
+                connection.send(format_event(UserOffline(sender)))
+                connection.close("bye")
 
     # -- what commands cause --------------------------------------------------
 
-    def _direct_message(self, session: Session, sender: str, to: str, text: str) -> None:
+    def _direct_message(self, connection: Connection, sender: str, to: str, text: str) -> None:
         found = self.whiteboard.lookup(to)
         if found is None:
             seen = self.whiteboard.seen_as(to)
             reply = UserUnknown(to) if seen is None else UserOffline(seen)
-            session.send(format_event(reply))
+            connection.send(format_event(reply))
             return
         recipient_name, recipient = found
         if not recipient.is_open:
-            # Leaving -- its EOF, error or output limit is being dealt with --
-            # but not yet gone: it takes no more output, so to a sender it is
-            # offline.  Echoing "<To X>" here would report a lost message as sent.
-            session.send(format_event(UserOffline(recipient_name)))
+            # Leaving but not yet gone: to a sender it is offline.
+            connection.send(format_event(UserOffline(recipient_name)))
             return
         if log.isEnabledFor(logging.INFO):
-            log.info('Message from %s to %s: "%s"', sender, recipient_name, escape(text))
-        session.send(format_event(MessageSent(recipient_name, text)))
-        recipient.send(format_event(MessageFrom(sender, text)))
+            shown = f'"{escape(text)}"' if self.config.log_text else f"({len(text)} characters)"
+            log.info("Message from %s to %s: %s", sender, recipient_name, shown)
 
-    def _broadcast(self, session: Session, sender: str, text: str) -> None:
+        if recipient is connection:
+            # To oneself: the echo and the message share one stream, so the
+            # echo can never be seen without the message after it.
+            connection.send(format_event(MessageSent(recipient_name, text)))
+            connection.send(format_event(MessageFrom(sender, text)))
+            return
+
+        # The echo "<To Bob> ..." promises that the message was handed to
+        # Bob's connection, so it waits for that; the sender's next line
+        # waits with it, which keeps every reply in command order.
+        answered = False
+
+        def delivered(ok: bool, reason: str) -> None:
+            nonlocal answered
+            if answered:
+                return
+            answered = True
+            if ok:
+                connection.send(format_event(MessageSent(recipient_name, text)))
+            else:
+                connection.send(format_event(NotDelivered(recipient_name, reason)))
+            connection.answer_arrived()
+
+        connection.await_answer()
+        try:
+            recipient.deliver(format_event(MessageFrom(sender, text)), connection.guard(delivered))
+        except Exception as error:
+            recipient.fail(error)  # the recipient's failure, not the sender's
+            connection.guard(delivered)(False, "internal error")
+
+    def _broadcast(self, connection: Connection, sender: str, text: str) -> None:
         if log.isEnabledFor(logging.INFO):
-            log.info('Broadcast from %s: "%s"', sender, escape(text))
-        session.send(format_event(BroadcastSent(text)))
-        data = format_event(BroadcastFrom(sender, text))
-        for other in self.whiteboard.online_sessions():
-            if other is not session:
-                other.send(data)
-
-    def _log_out(self, session: Session, *, notify_self: bool) -> str:
-        """Take the session's user offline and tell everyone who is left."""
-        name = session.username
-        assert name is not None
-        data = format_event(UserOffline(name))
-        if notify_self:
-            session.send(data)
-        self.whiteboard.release(name)
-        session.username = None
-        self._fan_out(data, self.whiteboard.online_sessions())
-        return name
+            shown = f'"{escape(text)}"' if self.config.log_text else f"({len(text)} characters)"
+            log.info("Broadcast from %s: %s", sender, shown)
+        connection.send(format_event(BroadcastSent(text)))
+        recipients = self._fan_out(
+            format_event(BroadcastFrom(sender, text)), self.whiteboard.online_sessions(),
+            but=connection,
+        )
+        connection.delivery_bucket.charge(recipients, self.clock())
 
     @staticmethod
-    def _fan_out(data: bytes, sessions: Iterable[Session]) -> None:
-        for session in sessions:
-            session.send(data)
+    def _fan_out(data: bytes, connections: Iterable[Connection],
+                 but: Connection | None = None) -> int:
+        """Send ``data`` to each connection; returns how many it was sent to.
+
+        Iterates over a copy: a recipient cut off as a slow consumer leaves
+        the whiteboard in the middle of the loop.  A failure in one
+        recipient's send is that recipient's, not the sender's.
+        """
+        count = 0
+        for connection in list(connections):
+            if connection is but:
+                continue
+            try:
+                connection.send(data)
+            except Exception as error:
+                connection.fail(error)
+            count += 1
+        return count

@@ -1,10 +1,13 @@
-"""Server settings, shared by both backends and the command line."""
+"""Server settings, shared by every backend and the command line."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from protocol import DEFAULT_MAX_LINE
+from reactor.flow import FloodLimits
+
+MiB = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -15,10 +18,25 @@ class ServerConfig:
     # Off (0) by default so that load tests from one loopback address work.
     max_clients_per_ip: int = 0
     max_line: int = DEFAULT_MAX_LINE
-    # Bytes queued for one client before it counts as a slow consumer and is
-    # cut off (Redis's client-output-buffer-limit, hard limit).
-    output_limit: int = 4 * 1024 * 1024
+    # Output queued for one client (bytes the kernel would not take yet), as
+    # Redis's client-output-buffer-limit: above the soft limit for longer than
+    # the grace period, or above the hard limit at any moment, the client is a
+    # slow consumer and is cut off.  A reader that keeps up never stays above.
+    output_limit: int = 4 * MiB
+    output_hard_limit: int = 16 * MiB
+    slow_consumer_grace: float = 10.0
+    # All clients' queued output together; past it the largest queues are cut.
+    output_budget: int = 256 * MiB
+    # A client's own replies: past this much queued output its next commands
+    # wait until it has read what it was sent (asyncio's write high-water mark).
+    output_high_water: int = 64 * 1024
+    # How long a direct message may wait in a recipient's queue before it is
+    # taken back and its sender told it was not delivered.
+    delivery_timeout: float = 5.0
     login_timeout: float = 30.0
+    # A first line with no newline followed by this much silence is taken as
+    # the username: the original C client sends its name that way.
+    login_pause: float = 0.5
     # TCP keepalive: idle seconds before the first probe; 0 turns it off.
     keepalive_idle: int = 60
     keepalive_interval: int = 10
@@ -26,3 +44,6 @@ class ServerConfig:
     # How long a closing connection may take to drain before it is dropped.
     close_linger: float = 2.0
     backlog: int = 1024
+    flood: FloodLimits = field(default_factory=FloodLimits)
+    # Message text in the log (the original's "Message from A to B: ..." line).
+    log_text: bool = True

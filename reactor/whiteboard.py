@@ -1,20 +1,30 @@
 """The shared whiteboard: who is online, and which names were ever seen.
 
 In the original C server this was a username-to-socket table behind a mutex.
-Here it is deliberately a narrow interface of five operations, so that it can
-later move to a shared store for several server processes without the chat
-logic changing.  It does no locking itself: the threads backend holds its lock
-around every chat call, the reactor needs none.
+Here it is a narrow interface, :class:`Whiteboard`, so that the same chat
+logic can run on a table in this process (:class:`MemoryWhiteboard`) or on a
+store shared by several server processes, whose answers come later.  That is
+why :meth:`Whiteboard.claim` reports through a callback: the in-memory table
+calls it at once, a shared store when its reply arrives, and the chat logic
+holds the client's next lines until then.
+
+Implementations do no locking: the threads backend holds its chat lock around
+every chat call, the single-threaded loops need none.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable
 from typing import Generic, TypeVar
 
 from protocol import username_key
 
 S = TypeVar("S")
+
+# Called with None if the name is now ours, or with the spelling under which
+# it is taken.
+ClaimResult = Callable[[str | None], None]
 
 # Names remembered after their owner left, to tell "offline" from "does not
 # exist".  Bounded so that a client cycling through fresh names cannot grow
@@ -22,7 +32,38 @@ S = TypeVar("S")
 MAX_REMEMBERED_NAMES = 100_000
 
 
-class Whiteboard(Generic[S]):
+class Whiteboard(ABC, Generic[S]):
+    @abstractmethod
+    def claim(self, name: str, session: S, on_result: ClaimResult) -> None:
+        """Put ``name`` online for ``session`` unless it is taken (ignoring case)."""
+
+    @abstractmethod
+    def release(self, name: str) -> None:
+        """Take ``name`` offline; it can be claimed again at once."""
+
+    @abstractmethod
+    def lookup(self, name: str) -> tuple[str, S] | None:
+        """The online user's canonical name and session, or None."""
+
+    @abstractmethod
+    def seen_as(self, name: str) -> str | None:
+        """How ``name`` was spelled when last online, if it ever was."""
+
+    @abstractmethod
+    def online_sessions(self) -> Iterable[S]:
+        """Every online session.  Callers must not claim or release while iterating."""
+
+    @abstractmethod
+    def online_names(self) -> list[str]:
+        """Every online name, sorted ignoring case."""
+
+    @abstractmethod
+    def __len__(self) -> int: ...
+
+
+class MemoryWhiteboard(Whiteboard[S]):
+    """The whiteboard of one server process: two dicts."""
+
     def __init__(self, max_remembered: int = MAX_REMEMBERED_NAMES) -> None:
         # key -> session and key -> display name; two dicts so that a fan-out
         # iterates a plain dict view of sessions, the hottest loop there is.
@@ -32,18 +73,17 @@ class Whiteboard(Generic[S]):
         self._offline: dict[str, str] = {}
         self._max_remembered = max_remembered
 
-    def claim(self, name: str, session: S) -> bool:
-        """Put ``name`` online for ``session``; False if it is taken (any case)."""
+    def claim(self, name: str, session: S, on_result: ClaimResult) -> None:
         key = username_key(name)
         if key in self._online:
-            return False
+            on_result(self._names[key])
+            return
         self._online[key] = session
         self._names[key] = name
         self._offline.pop(key, None)
-        return True
+        on_result(None)
 
     def release(self, name: str) -> None:
-        """Take ``name`` offline; it can be claimed again at once."""
         key = username_key(name)
         if self._online.pop(key, None) is None:
             return
@@ -52,18 +92,15 @@ class Whiteboard(Generic[S]):
             del self._offline[next(iter(self._offline))]  # the longest gone
 
     def lookup(self, name: str) -> tuple[str, S] | None:
-        """The online user's canonical name and session, or None."""
         key = username_key(name)
         session = self._online.get(key)
         return None if session is None else (self._names[key], session)
 
     def seen_as(self, name: str) -> str | None:
-        """How ``name`` was spelled when last online, if it ever was."""
         key = username_key(name)
         return self._names.get(key) or self._offline.get(key)
 
     def online_sessions(self) -> Iterable[S]:
-        """Every online session.  Callers must not claim or release while iterating."""
         return self._online.values()
 
     def online_names(self) -> list[str]:

@@ -51,11 +51,14 @@ def test_a_reset_mid_line_is_a_drop(clients: Clients,
     bob_can_log_in_again_at_once(clients, alice)
 
 
-def test_a_plain_close_mid_line_is_a_drop(clients: Clients,
-                                          alice_and_bob: tuple[LineClient, LineClient]) -> None:
+def test_a_plain_close_after_an_unterminated_line_handles_it_then_drops(
+        clients: Clients, alice_and_bob: tuple[LineClient, LineClient]) -> None:
+    """End of input ends the last line: the original C client writes its
+    final ``bye`` with no newline and closes, and means it."""
     alice, bob = alice_and_bob
-    bob.send_raw(b"broadcast never finis")
+    bob.send_raw(b"broadcast last words, no newline")
     bob.close()
+    alice.expect('<Broadcast from Bob: "last words, no newline">')
     only_bob_went_offline(alice)
     bob_can_log_in_again_at_once(clients, alice)
 
@@ -111,7 +114,7 @@ def test_a_kill_9_of_the_client_process_is_a_drop(server: Server, clients: Clien
 def _server_side_socket(server: Server) -> socket.socket:
     wait_until(lambda: server.chat.connection_count == 1, message="the connection")
     (session,) = server.chat._connections
-    return session.sock  # type: ignore[attr-defined, no-any-return]
+    return session.transport.sock  # type: ignore[attr-defined, no-any-return]
 
 
 @pytest.mark.parametrize("idle, interval, count", [(7, 3, 4), (60, 10, 5)])

@@ -21,7 +21,7 @@ import pytest
 from protocol import format_event
 from protocol.events import LoginTimedOut, ServerFull, ShuttingDown, TooManyFromAddress
 from reactor.backends.base import Server
-from reactor.session import Session
+from reactor.connection import Connection as Session
 from tests.faults import (
     Drain,
     client_pool,

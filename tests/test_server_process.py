@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from reactor import BACKENDS
 from tests.faults import server_process
 from tests.support import LineClient
 
@@ -75,7 +76,8 @@ def test_a_busy_port_is_one_clear_line(backend: str) -> None:
 @pytest.mark.parametrize(
     ("args", "complaint"),
     [
-        (["--backend", "fork"], "argument --backend: invalid choice: 'fork' (choose from 'select', 'threads')"),
+        (["--backend", "fork"], "argument --backend: invalid choice: 'fork' (choose from "
+                                 + ", ".join(map(repr, BACKENDS)) + ")"),
         (["--port", "70000"], "argument --port: must be 0-65535, got 70000"),
         (["--port", "http"], "argument --port: must be a whole number, got 'http'"),
         (["--login-timeout", "soon"], "argument --login-timeout: must be a number, got 'soon'"),

@@ -42,6 +42,7 @@ from protocol import (
     parse_event,
     username_key,
 )
+from reactor import BACKENDS, DEFAULT_BACKEND
 from tests.faults import reset
 from tests.support import LineClient, running_server
 
@@ -62,7 +63,7 @@ class Connection:
 
 
 class ChatMachine(RuleBasedStateMachine):
-    backend = "select"
+    backend = DEFAULT_BACKEND
 
     def __init__(self) -> None:
         super().__init__()
@@ -233,15 +234,9 @@ SETTINGS = settings(max_examples=60, stateful_step_count=30, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
 
 
-class SelectChatMachine(ChatMachine):
-    backend = "select"
-
-
-class ThreadsChatMachine(ChatMachine):
-    backend = "threads"
-
-
-TestSelectBackend = SelectChatMachine.TestCase
-TestSelectBackend.settings = SETTINGS
-TestThreadsBackend = ThreadsChatMachine.TestCase
-TestThreadsBackend.settings = SETTINGS
+# One state machine test per backend in the registry: TestSelectBackend, ...
+for _name in BACKENDS:
+    _machine = type(f"{_name.capitalize()}ChatMachine", (ChatMachine,), {"backend": _name})
+    _test = _machine.TestCase
+    _test.settings = SETTINGS
+    globals()[f"Test{_name.capitalize()}Backend"] = _test

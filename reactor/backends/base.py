@@ -1,14 +1,65 @@
-"""What both backends share: the chat service, the listener and a stop switch."""
+"""The backend contract: what every I/O backend must do, and may assume.
+
+A backend moves bytes between sockets and the chat logic; it decides nothing
+about the chat.  To add one, subclass :class:`Server` and
+:class:`~reactor.transport.Transport` in one new file under
+``reactor/backends/`` and add one line to the registry in
+``reactor/backends/__init__.py``; the command line, the tests and the
+benchmark all read the registry.
+
+**A backend must:**
+
+1. Bind the listener in ``__init__`` (``Server.__init__`` does), so that a
+   busy port is an ``OSError`` before anything runs.
+2. For every accepted socket, create a transport and call
+   ``self.chat.connection_made(transport)``, in accept order; admission
+   (server full, per-address limit, shutdown) is the chat's decision.
+3. Hand every chunk read to ``transport.connection.data_received(data)``,
+   and end of input as ``data_received(b"")``; a read error is
+   ``connection.abort("connection error: ...")``.  While the connection has
+   asked to ``pause_reading``, read nothing (its input waits in TCP).
+4. Implement the transport's operations without ever blocking the chat:
+   ``write`` takes the bytes at once; queued bytes go out as the socket
+   allows, and the handoff callbacks that ``OutputBuffer.consume`` returns
+   run on the chat thread, after the bytes were taken.  When the queue
+   becomes empty, call ``connection.output_drained()``.
+5. ``close()``: drain the queue, shut down the write side, keep reading and
+   discarding until the peer's EOF or ``config.close_linger`` seconds, then
+   close.  ``abort()``: run ``transport.fail_handoffs()`` and close now.
+6. Once a socket is closed, for whatever reason, call
+   ``connection.connection_lost()`` exactly once.
+7. Run every call into the chat logic on one thread at a time -- one loop
+   thread, or under one lock -- including timer callbacks
+   (:meth:`Server.call_later`) and handoff callbacks.
+8. Contain failures: an exception raised while serving one connection
+   (its read, its write, its timers) goes to ``connection.fail(error)``,
+   which logs it and aborts that connection only.  An exception in the
+   backend's own loop is logged, and the server shuts down cleanly with the
+   shutdown notice and ``serve_forever()`` returning 1.
+9. On :meth:`Server.stop` (from any thread or a signal handler): accept what
+   is already in the listen backlog, stop listening, call
+   ``self.chat.shutdown()``, wait up to ``config.close_linger`` seconds for
+   connections to close, abort the rest, and return from ``serve_forever``.
+
+**A backend may assume** that the chat logic never blocks, never calls the
+transport from another thread, calls ``close``/``abort`` at most once each
+and nothing but ``abort`` after ``close``, and answers every connection it
+admits with ``connection_lost`` bookkeeping of its own.
+"""
 
 from __future__ import annotations
 
 import logging
 import socket
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 
 from reactor.chat import ChatService
 from reactor.config import ServerConfig
+from reactor.connection import Connection
 from reactor.sockets import open_listener
+from reactor.transport import TimerHandle
+from reactor.whiteboard import Whiteboard
 
 log = logging.getLogger("reactor")
 
@@ -16,16 +67,17 @@ log = logging.getLogger("reactor")
 class Server(ABC):
     """A chat server on one listening socket.
 
-    ``serve_forever`` runs until ``stop`` is called (from any thread or a
-    signal handler), then tells every client the server is shutting down,
-    closes all connections within about ``config.close_linger`` seconds, and
-    returns.  The listening socket is bound in ``__init__``, so a port clash
-    surfaces as an OSError before anything runs.
+    ``serve_forever`` runs until ``stop`` is called, then tells every client
+    the server is shutting down, closes all connections within about
+    ``config.close_linger`` seconds, and returns its exit status (0, or 1 if
+    the loop itself failed).
     """
 
-    def __init__(self, config: ServerConfig) -> None:
+    def __init__(
+        self, config: ServerConfig, whiteboard: Whiteboard[Connection] | None = None
+    ) -> None:
         self.config = config
-        self.chat = ChatService(config)
+        self.chat = ChatService(config, whiteboard)
         self.listener = open_listener(config)
         self.listener.setblocking(False)
         # Writing a byte here wakes the serving thread from select()/recv().
@@ -33,6 +85,7 @@ class Server(ABC):
         self._wakeup_reader.setblocking(False)
         self._wakeup_writer.setblocking(False)
         self._stop_requested = False
+        self.exit_status = 0
 
     @property
     def port(self) -> int:
@@ -41,15 +94,19 @@ class Server(ABC):
     def stop(self) -> None:
         """Ask the server to shut down.  Safe from any thread and from signal handlers."""
         self._stop_requested = True
+        self._wake()
+
+    def _wake(self) -> None:
         try:
             self._wakeup_writer.send(b"\0")
-        except (BlockingIOError, OSError):
-            pass  # already woken, or already closed
+        except OSError:
+            pass  # already woken (buffer full), or already closed
 
-    def serve_forever(self) -> None:
+    def serve_forever(self) -> int:
         # Always shown, whatever --log-level: scripts and tests wait for this
         # line to learn the port (with --port 0) and that the server is up.
         log.log(max(logging.INFO, log.getEffectiveLevel()), "Listening on port %d...", self.port)
+        self.chat.attach(self.call_later)
         try:
             self._serve()
         finally:
@@ -57,6 +114,18 @@ class Server(ABC):
             self._wakeup_reader.close()
             self._wakeup_writer.close()
         log.info("Server stopped.")
+        return self.exit_status
+
+    def loop_failed(self, error: BaseException) -> None:
+        """The backend's own loop raised: log it and shut down cleanly, status 1."""
+        log.critical("Internal error in the %s backend's loop; shutting down",
+                     type(self).__name__, exc_info=error)
+        self.exit_status = 1
+        self._stop_requested = True
 
     @abstractmethod
     def _serve(self) -> None: ...
+
+    @abstractmethod
+    def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
+        """Run ``callback`` on the chat thread (or under the chat lock) after ``delay``."""

@@ -6,22 +6,20 @@ Each pass of the loop (after CPython's selector_events and Redis's ae loop):
 2. read at most one ``recv`` per ready connection -- bounded work per client
    per pass, so a flooding client cannot starve the others -- and feed it to
    the chat logic;
-3. run due timers (login timeouts, close lingers, accept retries);
+3. run due timers (login deadlines, close lingers, flood-control retries);
 4. write what each connection is owed.  In a short pass (few ready
    connections, e.g. one broadcast) the first output owed to a connection is
    sent at once, as asyncio's ``transport.write`` does, so that no recipient
    waits for the whole fan-out to be queued; everything else is queued and
-   written once per connection at the end of the pass, coalesced into one
-   ``send`` (Redis's handleClientsWithPendingWrites) -- which is what keeps a
-   login storm's O(N^2) notices affordable.  Only a partial write registers
+   written once per connection at the end of the pass with one gathering
+   ``sendmsg`` (Redis's handleClientsWithPendingWrites) -- which is what keeps
+   a login storm's O(N^2) notices affordable.  Only a partial write registers
    the socket for EVENT_WRITE, dropped again once its queue is empty;
-5. report connections that died this pass to the chat logic.  Deaths are
-   deferred to here so that a fan-out never sees the whiteboard change under
-   it.
+5. report connections whose sockets closed this pass to the chat logic.
 
-A connection's transport states: open (reading) -> closing (draining its
-queue, then a write shutdown, then discarding input until the peer's EOF or a
-linger deadline) -> closed.
+A transport's states: open (reading, unless its connection paused it) ->
+closing (draining its queue, then a write shutdown, then discarding input
+until the peer's EOF or a linger deadline) -> closed.
 """
 
 from __future__ import annotations
@@ -30,10 +28,12 @@ import logging
 import selectors
 import socket
 import time
+from collections.abc import Callable
 
 from reactor.backends.base import Server
 from reactor.config import ServerConfig
-from reactor.session import Phase, Session
+from reactor.connection import Connection
+from reactor.outbuf import Entry, Handoff
 from reactor.sockets import (
     ACCEPT_RETRY_DELAY,
     RESOURCE_ERRNOS,
@@ -41,7 +41,9 @@ from reactor.sockets import (
     configure_client,
     peer_host,
 )
-from reactor.timers import Timers
+from reactor.timers import Timer, Timers
+from reactor.transport import Transport
+from reactor.whiteboard import Whiteboard
 
 log = logging.getLogger("reactor")
 
@@ -57,56 +59,96 @@ ACCEPTS_PER_PASS = 128
 # Passes with at most this many ready connections send output at once.
 WRITE_THROUGH_MAX_READY = 4
 
+_READ = selectors.EVENT_READ
+_WRITE = selectors.EVENT_WRITE
 
-class SelectorSession(Session):
+
+class SelectorTransport(Transport):
     def __init__(self, sock: socket.socket, host: str, server: SelectorServer) -> None:
-        config = server.config
-        super().__init__(host, config.max_line, config.output_limit)
+        super().__init__(host)
         self.sock = sock
         self.server = server
-        # Output owed to the client: a list of bytes so that a fan-out's one
-        # shared bytes object is never copied until it must be joined.
-        self._chunks: list[bytes] = []
-        self._queued = 0
-        self._in_pending = False
-        self._write_registered = False
+        self._in_pending = False  # on server.pending_writes this pass
+        self._events = _READ  # what the selector watches for
+        self._reading = True
+        self._closing = False
         self._eof_received = False
         self._write_shut = False
+        self._linger: Timer | None = None
         self.socket_closed = False
 
-    # -- Session transport operations ---------------------------------------
+    # -- the chat logic's operations ------------------------------------------
 
-    def _write(self, data: bytes) -> None:
+    def write(self, data: bytes, on_handoff: Handoff | None = None) -> Entry | None:
+        if self.socket_closed:
+            if on_handoff is not None:
+                on_handoff(False)
+            return None
         if not self._in_pending:
             # The first output owed to this connection in this pass.
             self._in_pending = True
             self.server.pending_writes.append(self)
-            if self.server.write_through and not self._queued:
+            if self.server.write_through and not self.output:
                 # asyncio's "try to send now": in a short pass the recipients
                 # of a fan-out should not wait for the whole fan-out to be
                 # queued.  Only what the kernel refuses is kept.
-                sent = self._send_now(data)
-                if sent is None or sent == len(data):
-                    return
-                data = data[sent:]
-        # Anything more this pass is coalesced into one send by _settle().
-        self._chunks.append(data)
-        self._queued += len(data)
+                sent = self._send([data])
+                if sent is None:
+                    if on_handoff is not None:
+                        on_handoff(False)
+                    return None
+                if sent == len(data):
+                    if on_handoff is not None:
+                        on_handoff(True)
+                    return None
+                if sent:
+                    entry = self.output.append(memoryview(data)[sent:], on_handoff)
+                    entry.started = True
+                    return entry
+        # Anything more this pass goes out in one sendmsg at the end of it.
+        return self.output.append(data, on_handoff)
 
-    def _begin_close(self) -> None:
-        # Output still queued is written by the end of this pass; the write
-        # shutdown follows from flush() once the queue is empty.
+    def flush(self) -> None:
+        """Write what is queued; watch for EVENT_WRITE only while some remains."""
+        if self.socket_closed:
+            return
+        output = self.output
+        if output:
+            sent = self._send(output.buffers())
+            if sent is None:
+                return
+            for callback in output.consume(sent):
+                callback(True)
+            if not output and self.connection is not None:
+                self.connection.output_drained()
+            if self.socket_closed:
+                return
+        self._update_events()
+        if self._closing and not output:
+            self._shut_write()
+
+    def close(self) -> None:
+        self._closing = True
+        self._reading = True  # discard input until the peer's FIN
+        self._update_events()
         if not self._in_pending:
             self._in_pending = True
             self.server.pending_writes.append(self)
-        self.server.timers.call_at(
-            time.monotonic() + self.server.config.close_linger, self._linger_expired
-        )
+        self._linger = self.server.call_later(self.server.config.close_linger, self._linger_expired)
 
-    def _abort(self) -> None:
-        self._chunks.clear()
-        self._queued = 0
+    def abort(self) -> None:
+        self.fail_handoffs()
         self._close_socket()
+
+    def pause_reading(self) -> None:
+        if self._reading and not self._closing:
+            self._reading = False
+            self._update_events()
+
+    def resume_reading(self) -> None:
+        if not self._reading:
+            self._reading = True
+            self._update_events()
 
     # -- driven by the loop ---------------------------------------------------
 
@@ -116,54 +158,38 @@ class SelectorSession(Session):
         except (BlockingIOError, InterruptedError):
             return
         except OSError as error:  # reset, keepalive timeout, ...
-            self.abort(f"connection error: {error.strerror or error}")
+            self._connection_error(error)
             return
+        if self._closing:
+            if not data:
+                self._eof_received = True
+                if not self.output:
+                    self._close_socket()
+            return  # input after bye, or while draining, is discarded
+        assert self.connection is not None
         if not data:
             self._eof_received = True
-            if self.phase is Phase.CLOSING:
-                if not self._queued:
-                    self._close_socket()
-            else:
-                # The peer is done sending; answer what it sent, then close.
-                self.close("connection closed by peer")
-            return
-        if self.phase is Phase.CLOSING:
-            return  # input after bye, or while draining, is discarded
-        self.server.chat.data_received(self, data)
+        self.connection.data_received(data)
 
-    def on_writable(self) -> None:
-        self.flush()
-
-    def flush(self) -> None:
-        """Write what is queued; register for EVENT_WRITE only while some remains."""
-        if self.socket_closed:
-            return
-        if self._queued:
-            chunks = self._chunks
-            data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-            sent = self._send_now(data)
-            if sent is None:
-                return
-            if sent == len(data):
-                chunks.clear()
-                self._queued = 0
-            else:
-                self._chunks = [data[sent:]]
-                self._queued = len(data) - sent
-        self._set_write_interest(self._queued > 0)
-        if self.phase is Phase.CLOSING and not self._queued:
-            self._shut_write()
-
-    def _send_now(self, data: bytes) -> int | None:
+    def _send(self, buffers: list[bytes | memoryview]) -> int | None:
         """One non-blocking send: the bytes the kernel took, or None if the
         connection failed (it is then aborted)."""
         try:
-            return self.sock.send(data)
+            if len(buffers) == 1:
+                return self.sock.send(buffers[0])
+            return self.sock.sendmsg(buffers)
         except (BlockingIOError, InterruptedError):
             return 0
         except OSError as error:
-            self.abort(f"connection error: {error.strerror or error}")
+            self._connection_error(error)
             return None
+
+    def _connection_error(self, error: OSError) -> None:
+        reason = f"connection error: {error.strerror or error}"
+        if self.connection is not None:
+            self.connection.abort(reason)
+        else:
+            self.abort()
 
     def _shut_write(self) -> None:
         if self._write_shut:
@@ -181,65 +207,91 @@ class SelectorSession(Session):
             self._close_socket()
 
     def _linger_expired(self) -> None:
-        if self.phase is Phase.CLOSING:
+        if self.connection is not None:
+            self.connection.abort("did not close in time")
+        else:
             self._close_socket()
 
-    def _set_write_interest(self, wanted: bool) -> None:
-        if wanted == self._write_registered:
+    def _update_events(self) -> None:
+        if self.socket_closed:
             return
-        self._write_registered = wanted
-        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if wanted else 0)
-        self.server.selector.modify(self.sock, events, self)
+        events = (_READ if self._reading else 0) | (_WRITE if self.output else 0)
+        if events == self._events:
+            return
+        selector = self.server.selector
+        if not events:
+            selector.unregister(self.sock)
+        elif not self._events:
+            selector.register(self.sock, events, self)
+        else:
+            selector.modify(self.sock, events, self)
+        self._events = events
 
     def _close_socket(self) -> None:
         if self.socket_closed:
             return
         self.socket_closed = True
-        self.phase = Phase.CLOSING
-        try:
-            self.server.selector.unregister(self.sock)
-        except (KeyError, ValueError):
-            pass
+        if self._linger is not None:
+            self._linger.cancel()
+        if self._events:
+            try:
+                self.server.selector.unregister(self.sock)
+            except (KeyError, ValueError):
+                pass
+            self._events = 0
         self.sock.close()
         self.server.dead.append(self)
 
 
 class SelectorServer(Server):
-    def __init__(self, config: ServerConfig) -> None:
-        super().__init__(config)
+    def __init__(
+        self, config: ServerConfig, whiteboard: Whiteboard[Connection] | None = None
+    ) -> None:
+        super().__init__(config, whiteboard)
         self.selector = selectors.DefaultSelector()
         self.timers = Timers()
-        self.pending_writes: list[SelectorSession] = []
+        self.pending_writes: list[SelectorTransport] = []
         self.write_through = False
-        self.dead: list[SelectorSession] = []
+        self.dead: list[SelectorTransport] = []
         self._listening = False
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
+        return self.timers.call_at(time.monotonic() + delay, callback)
 
     # -- the loop -------------------------------------------------------------
 
     def _serve(self) -> None:
         selector = self.selector
-        selector.register(self._wakeup_reader, selectors.EVENT_READ, None)
+        selector.register(self._wakeup_reader, _READ, None)
         self._listen(True)
         shutdown_deadline: float | None = None
+        failures = 0
         try:
             while True:
-                if self._stop_requested and shutdown_deadline is None:
-                    shutdown_deadline = time.monotonic() + self.config.close_linger
-                    # Clients already in the listen backlog have connected as
-                    # far as they can tell: tell them too, rather than reset them.
-                    self._accept_batch(self.config.backlog)
-                    self._listen(False)
-                    self.chat.shutdown()
-                if shutdown_deadline is not None and (
-                    self.chat.connection_count == 0 or time.monotonic() >= shutdown_deadline
-                ):
-                    break
-                self._pass(shutdown_deadline)
+                try:
+                    if self._stop_requested and shutdown_deadline is None:
+                        shutdown_deadline = time.monotonic() + self.config.close_linger
+                        # Clients already in the listen backlog have connected as
+                        # far as they can tell: tell them too, rather than reset them.
+                        self._accept_batch(self.config.backlog)
+                        self._listen(False)
+                        self.chat.shutdown()
+                    if shutdown_deadline is not None and (
+                        self.chat.connection_count == 0 or time.monotonic() >= shutdown_deadline
+                    ):
+                        break
+                    self._pass(shutdown_deadline)
+                except Exception as error:
+                    failures += 1
+                    self.loop_failed(error)
+                    if failures > 1 and shutdown_deadline is not None:
+                        break  # failing again while shutting down: stop now
         finally:
             self._settle()  # what is owed goes out if the kernel takes it
-            for key in list(selector.get_map().values()):
-                if isinstance(key.data, SelectorSession):
-                    key.data.abort("server stopped")
+            for connection in list(self.chat.connections):
+                transport = connection.transport
+                if isinstance(transport, SelectorTransport) and not transport.socket_closed:
+                    transport.abort()
             self._settle()
             selector.close()
 
@@ -253,39 +305,53 @@ class SelectorServer(Server):
             timeout = remaining if timeout is None else min(timeout, remaining)
         ready = self.selector.select(timeout)
         # Few ready connections: a short pass, where latency is won by sending
-        # at once.  Many: batch, one send per connection per pass, as Redis does
-        # -- that is what keeps a login storm's O(N^2) notices affordable.
+        # at once.  Many: batch, one send per connection per pass, as Redis does.
         self.write_through = len(ready) <= WRITE_THROUGH_MAX_READY
         for key, mask in ready:
-            session = key.data
-            if session is None:
+            transport = key.data
+            if transport is None:
                 self._drain_wakeups()
-            elif session is self:
+            elif transport is self:
                 self._accept_batch()
             else:
-                # A session closed earlier in this pass may still be listed.
-                if mask & selectors.EVENT_READ and not session.socket_closed:
-                    session.on_readable()
-                if mask & selectors.EVENT_WRITE and not session.socket_closed:
-                    session.on_writable()
+                try:
+                    # A transport closed earlier in this pass may still be listed.
+                    if mask & _READ and not transport.socket_closed:
+                        transport.on_readable()
+                    if mask & _WRITE and not transport.socket_closed:
+                        transport.flush()
+                except Exception as error:
+                    self._contain(transport, error)
         for callback in self.timers.pop_due(time.monotonic()):
             callback()
         self._settle()
 
     def _settle(self) -> None:
-        """Write everything owed, then report the dead; repeat while either
-        produces more of the other (a death's offline notices, a failed write)."""
+        """Write everything owed, then report the closed; repeat while either
+        produces more of the other (an answer's next line, offline notices)."""
         while self.pending_writes or self.dead:
             pending, self.pending_writes = self.pending_writes, []
-            for session in pending:
-                session._in_pending = False
+            for transport in pending:
+                transport._in_pending = False
                 # Nothing to do for the common case, a write-through that the
-                # kernel took whole; a closing session needs flush() to shut down.
-                if not session._write_registered and (session._queued or not session.is_open):
-                    session.flush()
+                # kernel took whole; a closing transport needs flush() to shut down.
+                if not transport._events & _WRITE and (transport.output or transport._closing):
+                    try:
+                        transport.flush()
+                    except Exception as error:
+                        self._contain(transport, error)
             dead, self.dead = self.dead, []
-            for session in dead:
-                self.chat.connection_lost(session)
+            for transport in dead:
+                if transport.connection is not None:
+                    transport.connection.connection_lost()
+
+    @staticmethod
+    def _contain(transport: SelectorTransport, error: Exception) -> None:
+        """A failure while serving one connection ends that connection only."""
+        if transport.connection is not None:
+            transport.connection.fail(error)
+        if not transport.socket_closed:
+            transport.abort()
 
     def _drain_wakeups(self) -> None:
         try:
@@ -301,7 +367,7 @@ class SelectorServer(Server):
             return
         self._listening = on
         if on:
-            self.selector.register(self.listener, selectors.EVENT_READ, self)
+            self.selector.register(self.listener, _READ, self)
         else:
             self.selector.unregister(self.listener)
 
@@ -324,9 +390,7 @@ class SelectorServer(Server):
                         error.strerror, ACCEPT_RETRY_DELAY,
                     )
                     self._listen(False)
-                    self.timers.call_at(
-                        time.monotonic() + ACCEPT_RETRY_DELAY, self._resume_accepting
-                    )
+                    self.call_later(ACCEPT_RETRY_DELAY, self._resume_accepting)
                     return
                 raise
             self._admit(sock, peer_host(address))
@@ -338,8 +402,6 @@ class SelectorServer(Server):
         except OSError:
             sock.close()  # the peer is already gone
             return
-        session = SelectorSession(sock, host, self)
-        self.selector.register(sock, selectors.EVENT_READ, session)
-        if self.chat.connection_made(session):
-            deadline = time.monotonic() + self.config.login_timeout
-            self.timers.call_at(deadline, lambda: self.chat.login_timed_out(session))
+        transport = SelectorTransport(sock, host, self)
+        self.selector.register(sock, _READ, transport)
+        self.chat.connection_made(transport)

@@ -9,12 +9,13 @@ mutex: one client that stopped reading froze everyone.  Here a send under the
 lock never blocks: it tries ``send(MSG_DONTWAIT)`` and queues what the kernel
 would not take; a writer thread for that one connection (started the first
 time it is needed) drains the queue with blocking sends, holding no shared
-lock.  A queue past the output limit makes the client a slow consumer, and it
-is cut off.  Deadlines (login timeouts, close lingers) are served by one timer
-thread, which wakes a blocked reader by shutting its socket down.
+lock, and takes the chat lock only to report what it sent.  Deadlines (login
+timeouts, close lingers, flood-control retries) are served by one timer
+thread, under the chat lock.
 
-Lock order, to stay free of deadlocks: the chat lock, then a session's
-``_send_lock``; never the other way round.
+Lock order, to stay free of deadlocks: the chat lock, then a transport's
+``_send_lock``; never the other way round, and no callback runs under a
+``_send_lock``.
 """
 
 from __future__ import annotations
@@ -25,10 +26,12 @@ import select
 import socket
 import threading
 import time
+from collections.abc import Callable
 
 from reactor.backends.base import Server
 from reactor.config import ServerConfig
-from reactor.session import Phase, Session
+from reactor.connection import Connection
+from reactor.outbuf import Entry, Handoff
 from reactor.sockets import (
     ACCEPT_RETRY_DELAY,
     RESOURCE_ERRNOS,
@@ -36,7 +39,9 @@ from reactor.sockets import (
     configure_client,
     peer_host,
 )
-from reactor.timers import TimerThread
+from reactor.timers import Timer, TimerThread
+from reactor.transport import Transport
+from reactor.whiteboard import Whiteboard
 
 log = logging.getLogger("reactor")
 
@@ -92,68 +97,108 @@ class FairLock:
         self.release()
 
 
-class ThreadSession(Session):
+class ThreadTransport(Transport):
     def __init__(self, sock: socket.socket, host: str, server: ThreadsServer) -> None:
-        config = server.config
-        super().__init__(host, config.max_line, config.output_limit)
+        super().__init__(host)
         self.sock = sock
         self.server = server
-        # Guards the queue, the writer's state and the socket's shutdown and
-        # close (so that no shutdown can ever hit a reused descriptor).
+        # Guards the output queue, the writer's state and the socket's
+        # shutdown and close (so that no shutdown can hit a reused descriptor).
         self._send_lock = threading.RLock()
-        self._drained = threading.Condition(self._send_lock)
-        # Session._queued counts these and also the bytes the writer is
-        # sending right now, so that a new send never overtakes them.
-        self._chunks: list[bytes] = []
+        self._changed = threading.Condition(self._send_lock)
         self._writer: threading.Thread | None = None
-        self._shut_after_drain = False
+        self._closing = False
+        self._write_shut = False
         self._socket_closed = False
+        self._linger: Timer | None = None
+        # Set while the reader may read; cleared by pause_reading.
+        self._may_read = threading.Event()
+        self._may_read.set()
 
-    # -- Session transport operations (called under the chat lock) ------------
+    # -- the chat logic's operations (called under the chat lock) -------------
 
-    def _write(self, data: bytes) -> None:
+    def write(self, data: bytes, on_handoff: Handoff | None = None) -> Entry | None:
+        failure: str | None = None
+        entry: Entry | None = None
         with self._send_lock:
             if self._socket_closed:
-                return
-            if not self._queued:
-                try:
-                    sent = self.sock.send(data, socket.MSG_DONTWAIT)
-                except (BlockingIOError, InterruptedError):
-                    sent = 0
-                except OSError as error:
-                    self.abort(f"connection error: {error.strerror or error}")
-                    return
-                if sent == len(data):
-                    return
-                data = data[sent:]
-            self._chunks.append(data)
-            self._queued += len(data)
-            if self._writer is None:
-                self._writer = threading.Thread(
-                    target=self._drain, name=f"writer-{self.peer_host}", daemon=True
-                )
-                self._writer.start()
+                failure = "closed"
             else:
-                self._drained.notify_all()
+                sent = 0
+                if not self.output:
+                    try:
+                        sent = self.sock.send(data, socket.MSG_DONTWAIT)
+                    except (BlockingIOError, InterruptedError):
+                        sent = 0
+                    except OSError as error:
+                        failure = f"connection error: {error.strerror or error}"
+                if failure is None and sent < len(data):
+                    entry = self.output.append(memoryview(data)[sent:] if sent else data,
+                                               on_handoff)
+                    entry.started = sent > 0
+                    if self._start_writer():
+                        self._changed.notify_all()
+                    else:
+                        failure = "cannot start a writer thread"
+        # Callbacks and aborts run outside the send lock.
+        if failure is None:
+            if entry is None and on_handoff is not None:
+                on_handoff(True)
+            return entry
+        if entry is not None:
+            # Queued, but nobody can send it: abort() reports it not handed over.
+            log.error("Cannot start a writer thread for %r; closing that connection",
+                      self.connection)
+        elif on_handoff is not None:
+            on_handoff(False)
+        if self.connection is not None and failure != "closed":
+            self.connection.abort(failure)
+        return None
 
-    def _begin_close(self) -> None:
+    def flush(self) -> None:
+        pass  # the writer thread sends whenever the socket takes more
+
+    def close(self) -> None:
         with self._send_lock:
-            if self._queued:
-                self._shut_after_drain = True
-            else:
+            self._closing = True
+            self._may_read.set()  # read and discard until the peer's FIN
+            if not self.output:
                 self._shutdown(socket.SHUT_WR)
-        deadline = time.monotonic() + self.server.config.close_linger
-        self.server.timers.call_at(deadline, self._linger_expired)
+                self._write_shut = True
+            self._changed.notify_all()
+        self._linger = self.server.call_later(self.server.config.close_linger, self._linger_expired)
 
-    def _abort(self) -> None:
+    def abort(self) -> None:
         with self._send_lock:
-            self._chunks.clear()
-            self._queued = 0
-            self._drained.notify_all()
+            waiting = self.output.clear()
+            self._closing = True
+            self._may_read.set()
+            self._changed.notify_all()
             # Wakes this connection's reader (recv returns) and writer (EPIPE).
             self._shutdown(socket.SHUT_RDWR)
+        for callback in waiting:
+            callback(False)
+
+    def pause_reading(self) -> None:
+        if not self._closing:
+            self._may_read.clear()
+
+    def resume_reading(self) -> None:
+        self._may_read.set()
 
     # -- helpers --------------------------------------------------------------
+
+    def _start_writer(self) -> bool:
+        if self._writer is not None:
+            return True
+        writer = threading.Thread(target=self._drain, name=f"writer-{self.peer_host}",
+                                  daemon=True)
+        try:
+            writer.start()
+        except RuntimeError:  # can't start new thread
+            return False
+        self._writer = writer
+        return True
 
     def _shutdown(self, how: int) -> None:
         with self._send_lock:
@@ -165,36 +210,45 @@ class ThreadSession(Session):
                 pass  # already disconnected: the reader sees it too
 
     def _linger_expired(self) -> None:
-        if self.phase is Phase.CLOSING:
-            self._shutdown(socket.SHUT_RDWR)
+        if self.connection is not None:
+            self.connection.abort("did not close in time")
 
     def _drain(self) -> None:
         """The writer thread: blocking sends, outside every shared lock."""
         while True:
             with self._send_lock:
-                while not self._chunks and not self._socket_closed:
-                    if self._shut_after_drain:
-                        self._shut_after_drain = False
+                while not self.output and not self._socket_closed:
+                    if self._closing and not self._write_shut:
+                        self._write_shut = True
                         self._shutdown(socket.SHUT_WR)
-                    self._drained.wait()
+                    self._changed.wait()
                 if self._socket_closed:
                     return
-                data = b"".join(self._chunks)
-                self._chunks.clear()
+                buffers = self.output.buffers()
+                # In flight: none of these may be withdrawn any more.
+                self.output.mark_started(len(buffers))
             try:
-                self.sock.sendall(data)
+                sent = self.sock.sendmsg(buffers)
             except OSError as error:
                 with self.server.lock:
-                    self.abort(f"connection error: {error.strerror or error}")
+                    if self.connection is not None:
+                        self.connection.abort(f"connection error: {error.strerror or error}")
                 return
             with self._send_lock:
-                self._queued = max(0, self._queued - len(data))
-                if not self._queued:
-                    self._drained.notify_all()
+                due = self.output.consume(sent)
+                drained = not self.output
+                if drained:
+                    self._changed.notify_all()
+            if due or drained:
+                with self.server.lock:
+                    for callback in due:
+                        callback(True)
+                    if drained and self.connection is not None:
+                        self.connection.output_drained()
 
     def wait_drained(self, timeout: float) -> None:
         with self._send_lock:
-            self._drained.wait_for(lambda: not self._queued or self._socket_closed, timeout)
+            self._changed.wait_for(lambda: not self.output or self._socket_closed, timeout)
 
     def close_socket(self) -> None:
         with self._send_lock:
@@ -204,117 +258,153 @@ class ThreadSession(Session):
             # in send() on this socket.
             self._shutdown(socket.SHUT_RDWR)
             self._socket_closed = True
-            self._drained.notify_all()
+            self._changed.notify_all()
             self.sock.close()
+        if self._linger is not None:
+            self._linger.cancel()
 
 
 class ThreadsServer(Server):
-    def __init__(self, config: ServerConfig) -> None:
-        super().__init__(config)
+    def __init__(
+        self, config: ServerConfig, whiteboard: Whiteboard[Connection] | None = None
+    ) -> None:
+        super().__init__(config, whiteboard)
         self.lock = FairLock()  # the whiteboard mutex
         self.timers = TimerThread(time.monotonic)
-        self._readers: dict[threading.Thread, ThreadSession] = {}
+        self._readers: dict[threading.Thread, ThreadTransport] = {}
         self._readers_changed = threading.Condition()
         threading.stack_size(THREAD_STACK_SIZE)
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
+        def locked() -> None:
+            with self.lock:
+                callback()
+
+        return self.timers.call_at(time.monotonic() + delay, locked)
 
     def _serve(self) -> None:
         accept_paused_until = 0.0
         try:
             while not self._stop_requested:
-                now = time.monotonic()
-                watched: list[socket.socket] = [self._wakeup_reader]
-                if now >= accept_paused_until:
-                    watched.append(self.listener)
-                timeout = None if len(watched) == 2 else accept_paused_until - now
-                readable, _, _ = select.select(watched, [], [], timeout)
-                if self.listener in readable and not self._accept_one():
-                    log.error("accept() is out of descriptors; pausing new connections for 1 s")
-                    accept_paused_until = time.monotonic() + ACCEPT_RETRY_DELAY
+                try:
+                    now = time.monotonic()
+                    watched: list[socket.socket] = [self._wakeup_reader]
+                    if now >= accept_paused_until:
+                        watched.append(self.listener)
+                    timeout = None if len(watched) == 2 else accept_paused_until - now
+                    readable, _, _ = select.select(watched, [], [], timeout)
+                    if self._wakeup_reader in readable:
+                        self._drain_wakeups()
+                    if self.listener in readable:
+                        refusal = self._accept_one()
+                        if refusal:
+                            log.error("%s; pausing new connections for %.0f s",
+                                      refusal, ACCEPT_RETRY_DELAY)
+                            accept_paused_until = time.monotonic() + ACCEPT_RETRY_DELAY
+                except Exception as error:
+                    self.loop_failed(error)
             self._shut_down()
         finally:
             self.timers.stop()
 
-    def _accept_one(self) -> bool:
-        """Accept one connection; False if out of resources."""
+    def _drain_wakeups(self) -> None:
+        try:
+            while self._wakeup_reader.recv(4096):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
+
+    def _accept_one(self) -> str | None:
+        """Accept one connection; the reason if out of resources, else None."""
         try:
             sock, address = self.listener.accept()
         except (BlockingIOError, InterruptedError):
-            return True
+            return None
         except OSError as error:
             if error.errno in TRANSIENT_ACCEPT_ERRNOS:
-                return True
+                return None
             if error.errno in RESOURCE_ERRNOS:
-                return False
+                return f"accept() failed: {error.strerror}"
             raise
         sock.setblocking(True)
         try:
             configure_client(sock, self.config)
         except OSError:
             sock.close()
-            return True
-        session = ThreadSession(sock, peer_host(address), self)
+            return None
+        transport = ThreadTransport(sock, peer_host(address), self)
         # Admitted (or refused) here, in accept order, as in the select
         # backend: were it left to the reader threads, whichever got the lock
-        # first would take the last slot, and an earlier client could be told
-        # the server is full while a later one gets in.
+        # first would take the last slot.
         with self.lock:
-            if self.chat.connection_made(session):
-                deadline = time.monotonic() + self.config.login_timeout
-                self.timers.call_at(deadline, lambda: self._login_deadline(session))
+            self.chat.connection_made(transport)
         reader = threading.Thread(
-            target=self._serve_client, args=(session,), name=f"client-{address}", daemon=True
+            target=self._serve_client, args=(transport,), name=f"client-{address}", daemon=True
         )
         with self._readers_changed:
-            self._readers[reader] = session
+            self._readers[reader] = transport
         try:
             reader.start()
-        except RuntimeError:  # can't start new thread: treat like EMFILE
+        except RuntimeError:  # can't start new thread
             with self._readers_changed:
                 del self._readers[reader]
-            session.close_socket()
-            with self.lock:
-                self.chat.connection_lost(session)
-            return False
-        return True
+            self._finish(transport, "cannot start a thread for it")
+            return "cannot start a thread for a new connection"
+        return None
 
-    def _serve_client(self, session: ThreadSession) -> None:
+    def _serve_client(self, transport: ThreadTransport) -> None:
         """A reader thread: the life of one connection, once admitted or refused."""
+        connection = transport.connection
+        assert connection is not None
+        reason = "connection closed"
         try:
             while True:
+                transport._may_read.wait()
                 try:
-                    data = session.sock.recv(READ_SIZE)
+                    data = transport.sock.recv(READ_SIZE)
                 except OSError as error:
-                    with self.lock:
-                        session.abort(f"connection error: {error.strerror or error}")
+                    reason = f"connection error: {error.strerror or error}"
                     break
-                if not data:
-                    with self.lock:
-                        # The peer is done sending: answer what it sent, then close.
-                        session.close("connection closed by peer")
-                    break
-                if session.phase is Phase.CLOSING:
+                if transport._closing:
+                    if not data:
+                        break
                     continue  # input after bye, or while draining, is discarded
                 with self.lock:
-                    self.chat.data_received(session, data)
-            session.wait_drained(self.config.close_linger)
-            session.close_socket()
+                    connection.data_received(data)
+                if not data:
+                    # The peer is done sending: the connection answers what
+                    # it sent, then closes; wait for that, then for the drain.
+                    with transport._send_lock:
+                        transport._changed.wait_for(lambda: transport._closing)
+                    break
+        except Exception as error:
             with self.lock:
-                self.chat.connection_lost(session)
+                connection.fail(error)
         finally:
+            self._finish(transport, reason)
             with self._readers_changed:
                 self._readers.pop(threading.current_thread(), None)
                 self._readers_changed.notify_all()
 
-    def _login_deadline(self, session: ThreadSession) -> None:
+    def _finish(self, transport: ThreadTransport, reason: str) -> None:
+        """Close the socket (after a drain, if it is closing) and report it lost."""
+        connection = transport.connection
+        if not transport._closing:
+            with self.lock:
+                if connection is not None:
+                    connection.abort(reason)
+        transport.wait_drained(self.config.close_linger)
+        transport.close_socket()
         with self.lock:
-            self.chat.login_timed_out(session)
+            if connection is not None:
+                connection.connection_lost()
 
     def _shut_down(self) -> None:
         """Tell everyone, give them ``close_linger`` to go, then cut the rest."""
         # Clients already in the listen backlog have connected as far as they
         # can tell: accept them so that they are told too, rather than reset.
         for _ in range(self.config.backlog):
-            if not select.select([self.listener], [], [], 0)[0] or not self._accept_one():
+            if not select.select([self.listener], [], [], 0)[0] or self._accept_one():
                 break
         with self.lock:
             self.chat.shutdown()
@@ -326,7 +416,7 @@ class ThreadsServer(Server):
             stragglers = dict(self._readers)
         if stragglers:
             with self.lock:
-                for session in stragglers.values():
-                    session.abort("server stopped")
+                for transport in stragglers.values():
+                    transport.abort()
             for reader in stragglers:
                 reader.join(timeout=1.0)

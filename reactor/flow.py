@@ -1,0 +1,65 @@
+"""Flood control: token buckets that decide when a client's next line is read.
+
+Nothing is ever dropped for going too fast.  A client over its rate simply has
+its next line wait (and, behind it, the kernel's receive buffer and then the
+client's own send buffer: TCP backpressure), the way IRC servers meter
+commands (ngircd's penalty, ergo's fakelag).  Three meters, with defaults that
+a person typing never meets:
+
+* lines per connection -- any command costs one;
+* deliveries per connection -- a broadcast costs one per recipient, so a
+  flooder's share of the server's fan-out work is bounded whatever the
+  number of users online;
+* logins per address -- every login attempt costs one, so that a login/bye
+  loop cannot turn into hundreds of thousands of presence lines a second.
+
+A bucket may go into debt: the cost of a broadcast is charged after it was
+sent, and the sender's next line waits until the debt is paid.  Buckets take
+the time as an argument, so that they can be tested with plain numbers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class TokenBucket:
+    __slots__ = ("burst", "rate", "tokens", "updated")
+
+    def __init__(self, rate: float, burst: float, now: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.tokens = burst
+        self.updated = now
+
+    def _refill(self, now: float) -> None:
+        elapsed = now - self.updated
+        if elapsed > 0:
+            self.tokens = min(self.burst, self.tokens + elapsed * self.rate)
+            self.updated = now
+
+    def charge(self, cost: float, now: float) -> None:
+        self._refill(now)
+        self.tokens -= cost
+
+    def wait(self, now: float) -> float:
+        """Seconds until the bucket is out of debt (0 if it can spend now)."""
+        self._refill(now)
+        return 0.0 if self.tokens > 0 else (1 - self.tokens) / self.rate
+
+    def full(self, now: float) -> bool:
+        self._refill(now)
+        return self.tokens >= self.burst
+
+
+@dataclass(frozen=True, slots=True)
+class FloodLimits:
+    """Rates per second and bursts; ``enabled=False`` turns every meter off."""
+
+    enabled: bool = True
+    lines_per_second: float = 50.0
+    lines_burst: int = 500
+    deliveries_per_second: float = 20_000.0
+    deliveries_burst: int = 100_000
+    logins_per_second: float = 20.0
+    logins_burst: int = 1_000

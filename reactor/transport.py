@@ -1,0 +1,82 @@
+"""The backend contract for one connection: what the chat logic may ask of it.
+
+A backend supplies one :class:`Transport` per accepted socket.  The chat logic
+(:class:`~reactor.connection.Connection` and
+:class:`~reactor.chat.ChatService`) calls only the methods below, always on the
+backend's chat thread -- the select loop, the asyncio loop, or any thread that
+holds the threads backend's chat lock -- and never expects one to block.
+
+What the backend promises in return is stated on
+:class:`~reactor.backends.base.Server`, the other half of the contract.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, Protocol
+
+from reactor.outbuf import Entry, Handoff, OutputBuffer
+
+if TYPE_CHECKING:
+    from reactor.connection import Connection
+
+
+class TimerHandle(Protocol):
+    def cancel(self) -> None: ...
+
+
+class Transport(ABC):
+    """One client's byte pipe, as the chat logic sees it.
+
+    ``output`` is the connection's :class:`~reactor.outbuf.OutputBuffer`; the
+    backend moves bytes out of it and runs the handoff callbacks that
+    ``consume`` returns, on the chat thread.
+    """
+
+    def __init__(self, peer_host: str) -> None:
+        self.peer_host = peer_host
+        self.output = OutputBuffer()
+        # Set by ChatService.connection_made; the backend reports to it.
+        self.connection: Connection | None = None
+
+    @property
+    def queued(self) -> int:
+        """Bytes accepted by ``write`` and not yet taken by the kernel."""
+        return self.output.size
+
+    @abstractmethod
+    def write(self, data: bytes, on_handoff: Handoff | None = None) -> Entry | None:
+        """Queue ``data``; never blocks.  ``on_handoff(True)`` runs once the
+        kernel has taken all of it, ``on_handoff(False)`` if it never will
+        (aborted, withdrawn).  Returns the queue entry while one exists (for
+        :meth:`withdraw`), or None if the data went out at once."""
+
+    def withdraw(self, entry: Entry) -> bool:
+        """Take back a queued write that has not started; True if done."""
+        return self.output.withdraw(entry)
+
+    @abstractmethod
+    def flush(self) -> None:
+        """Hand the kernel what it will take of the queue now, without blocking."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Send what is queued, then a FIN; close once the peer is done or the
+        linger runs out.  Input after this is read and discarded."""
+
+    @abstractmethod
+    def abort(self) -> None:
+        """Close now; queued output is discarded (its handoffs run with False)."""
+
+    @abstractmethod
+    def pause_reading(self) -> None:
+        """Stop reading: the peer's further input waits in the kernel (TCP
+        backpressure) until :meth:`resume_reading`."""
+
+    @abstractmethod
+    def resume_reading(self) -> None: ...
+
+    def fail_handoffs(self) -> None:
+        """Run every waiting handoff with False (the queue is being discarded)."""
+        for callback in self.output.clear():
+            callback(False)
