@@ -94,6 +94,9 @@ class Connection:
         )
         # Since when the output queue has been above the soft limit.
         self.over_soft_limit_since: float | None = None
+        # A direct message to this client timed out, and it has not read its
+        # queue empty since: further messages are refused at once.
+        self.not_reading = False
 
     def __repr__(self) -> str:
         who = self.username or "(no name yet)"
@@ -126,6 +129,7 @@ class Connection:
         """The output queue is empty: the client has read what it was sent."""
         try:
             self.over_soft_limit_since = None
+            self.not_reading = False
             if self._output_backlog:
                 self._output_backlog = False
                 self._process()
@@ -152,7 +156,8 @@ class Connection:
 
     def fail(self, error: BaseException) -> None:
         """Contain an error raised on this connection's behalf: log, abort it, carry on."""
-        log.error("Internal error while serving %r; closing that connection", self,
+        # repr now: by the time a handler formats the record, the user is gone.
+        log.error("Internal error while serving %s; closing that connection", repr(self),
                   exc_info=error)
         try:
             self.abort("internal error")
@@ -210,9 +215,16 @@ class Connection:
         ``on_result(True, "")`` once the kernel has taken the whole message
         for this client; ``on_result(False, reason)`` if the client left
         first, or the message waited ``delivery_timeout`` without being
-        started, in which case it is taken back and never arrives.
+        started, in which case it is taken back and never arrives.  After
+        such a timeout, messages are refused at once until the client has
+        read everything queued for it.
         """
         name = self.username or "the recipient"
+        if self.not_reading:
+            # A message to it already waited in vain: answer at once rather
+            # than make every sender wait out the same timeout again.
+            on_result(False, f"{name} is not reading")
+            return
         timer: TimerHandle | None = None
 
         def handoff(ok: bool) -> None:
@@ -227,6 +239,7 @@ class Connection:
 
         def overdue() -> None:
             if self.transport.withdraw(queued):
+                self.not_reading = True
                 on_result(False, f"{name} is not reading")
 
         timer = self.call_later(self.config.delivery_timeout, overdue)
