@@ -11,6 +11,8 @@ from protocol import (
     Bye,
     Chat,
     Help,
+    InvalidInput,
+    InvalidUsername,
     LocalProtocolError,
     Login,
     ProtocolError,
@@ -18,11 +20,12 @@ from protocol import (
     Users,
     decode_line,
     format_command,
+    format_event,
     parse_command,
     parse_login,
 )
 from protocol.escaping import find_unsafe
-from tests.strategies import commands, usernames
+from tests.strategies import commands, tricky_texts, usernames
 
 USERNAME_RULE = (
     "a username is 1-32 ASCII letters, digits, '_', '-' or '.', starting with a letter or digit"
@@ -64,6 +67,17 @@ def test_the_login_parser_raises_only_remote_protocol_error(line: str) -> None:
         parse_login(line)
     except RemoteProtocolError:
         pass
+
+
+@given(st.one_of(st.binary(), st.text().map(str.encode), tricky_texts.map(
+    lambda text: text.encode("utf-8", "surrogatepass"))))
+def test_every_reason_a_parser_gives_can_be_sent_back_as_an_event(raw: bytes) -> None:
+    for parse in (parse_command, parse_login):
+        try:
+            parse(decode_line(raw))
+        except RemoteProtocolError as error:
+            format_event(InvalidInput(error.reason))
+            format_event(InvalidUsername(error.reason))
 
 
 @given(usernames)
