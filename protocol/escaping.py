@@ -245,6 +245,7 @@ _NEEDS_ESCAPE = _pattern(_without_surrogates(_ESCAPED_RANGES), r'\\"')
 _UNSAFE = _pattern(_ESCAPED_RANGES)
 # The common case, ASCII text, needs only the controls and the escape characters.
 _ASCII_NEEDS_ESCAPE = re.compile(r'[\x00-\x1f\x7f\\"]')
+_ASCII_UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
 # Refused raw in a client's line: what breaks lines and drives terminals (C0
 # but TAB, DEL, C1, U+2028/U+2029), and a run of too many combining marks.
 _REFUSED = _pattern([(0x00, 0x08), (0x0A, 0x1F), (0x7F, 0x9F), (0x2028, 0x2029)])
@@ -322,6 +323,8 @@ def find_unsafe(text: str) -> str | None:
     Hangul filler, or a combining mark beyond :data:`MAX_COMBINING_MARKS` in
     a row.
     """
+    if text.isascii():
+        return _first_offender(_ASCII_UNSAFE.search(text))
     return _first_offender(_UNSAFE.search(text))
 
 
