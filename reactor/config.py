@@ -26,3 +26,6 @@ class ServerConfig:
     # How long a closing connection may take to drain before it is dropped.
     close_linger: float = 2.0
     backlog: int = 1024
+    # Off keeps what users write (message and broadcast text) out of the log,
+    # for operators who must not read private messages (--log-text off).
+    log_text: bool = True
