@@ -1,127 +1,364 @@
-"""``python -m reactor``: run the chat server.
+"""``python -m reactor`` (or ``reactor-chat-server``): run the chat server.
 
-User mistakes (bad arguments, a busy port) get one line on stderr and a
-non-zero exit, never a traceback.  SIGINT and SIGTERM shut down cleanly:
-every client is told, connections close, exit status 0.
+User mistakes (bad arguments, a busy port, an unknown host) get one line on
+stderr, beginning ``reactor-chat-server:`` however the server was started,
+and a non-zero exit, never a traceback.  ``--help`` shows how it was invoked.
+
+Signals: SIGINT and SIGTERM shut down cleanly (every client is told,
+connections close, exit status 0); SIGHUP reloads what can be reloaded;
+SIGUSR1 logs one status line.  The log never blocks serving
+(``reactor.logs``).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import signal
+import socket
 import sys
-from typing import NoReturn
+import time
+from collections.abc import Callable
+from typing import Any, NoReturn
 
-from reactor.backends import BACKENDS, DEFAULT_BACKEND, make_server
+from reactor.backends import BACKENDS, DEFAULT_BACKEND, EVENT_LOOPS, make_server
 from reactor.config import ServerConfig
+from reactor.flow import FloodLimits
+from reactor.logs import LogPipeline, complain
 from reactor.sockets import raise_open_file_limit
 
 log = logging.getLogger("reactor")
 
+# The console script's name (pyproject.toml): every line the server prints
+# about itself on stderr begins with it, whichever way it was started.
+PROGRAM = "reactor-chat-server"
 
-def _int(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
-
-
-def _positive_int(text: str) -> int:
-    value = _int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+# Ranges of the numeric options, shown in --help and checked at start.
+MAX_CLIENTS = 1_000_000  # below Linux's default nr_open (1,048,576) with room for our own
+MIN_LINE, MAX_LINE = 16, 1024 * 1024
+MIN_OUTPUT_LIMIT, MAX_OUTPUT_LIMIT = 64 * 1024, 1024 * 1024 * 1024
+MIN_LOGIN_TIMEOUT, MAX_LOGIN_TIMEOUT = 0.1, 86_400.0  # 100 ms .. one day
+MAX_KEEPALIVE_IDLE = 32_767  # Linux's limit for TCP_KEEPIDLE
 
 
-def _non_negative_int(text: str) -> int:
-    value = _int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
+def _invoked_as() -> str:
+    """How the user started us, for --help's usage line."""
+    main_module = sys.modules.get("__main__")
+    spec = getattr(main_module, "__spec__", None)
+    if spec is not None and spec.name == "reactor.__main__":
+        return "python -m reactor"
+    name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    return name if name and name not in ("__main__.py", "-c") else PROGRAM
 
 
-def _port(text: str) -> int:
-    value = _int(text)
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"must be 0-65535, got {value}")
-    return value
+def _whole_number(low: int, high: int, unit: str = "") -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be {low}-{high}{unit}, got {text}")
+        return value
+
+    return parse
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0, got {value}")
-    return value
+def _seconds(low: float, high: float) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+        if not (math.isfinite(value) and low <= value <= high):
+            raise argparse.ArgumentTypeError(f"must be {low:g}-{high:g} seconds, got {text}")
+        return value
+
+    return parse
+
+
+def _on_off(text: str) -> bool:
+    if text.lower() in ("on", "off"):
+        return text.lower() == "on"
+    raise argparse.ArgumentTypeError(f"must be on or off, got {text!r}")
 
 
 class _OneLineErrors(argparse.ArgumentParser):
     """A mistake on the command line is one line naming it, not a usage dump."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: {message} (see --help)\n")
+        self.exit(2, f"{PROGRAM}: {message} (see --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
     d = ServerConfig()
     p = _OneLineErrors(
-        prog="python -m reactor", description="reactor-chat: a multi-client TCP chat server."
+        prog=_invoked_as(),
+        description="reactor-chat: a multi-client TCP chat server. "
+                    "Signals: SIGINT/SIGTERM shut down cleanly, SIGHUP reloads, "
+                    "SIGUSR1 logs a status line.",
     )
     p.add_argument("--backend", choices=BACKENDS, default=DEFAULT_BACKEND,
-                   help="I/O design: one selectors loop, or a thread per client (default: select)")
-    p.add_argument("--host", default=d.host, help=f"address to listen on (default: {d.host})")
-    p.add_argument("--port", type=_port, default=d.port,
-                   help=f"TCP port; 0 picks a free one (default: {d.port})")
-    p.add_argument("--max-clients", type=_positive_int, default=d.max_clients,
-                   help=f"connections served at once (default: {d.max_clients})")
-    p.add_argument("--max-clients-per-ip", type=_non_negative_int, default=d.max_clients_per_ip,
-                   help="connections from one address; 0 = no limit (default: 0)")
-    p.add_argument("--max-line", type=_positive_int, default=d.max_line,
-                   help=f"longest accepted line in bytes (default: {d.max_line})")
-    p.add_argument("--output-limit", type=_positive_int, default=d.output_limit,
-                   help="bytes queued for a client before it is cut off as a slow consumer "
+                   help="I/O design: a selectors loop, a thread per client, or asyncio "
+                        f"(default: {DEFAULT_BACKEND})")
+    p.add_argument("--host", default=d.host,
+                   help="address or host name to listen on; '::' listens on every IPv6 "
+                        f"and IPv4 address (default: {d.host}, every IPv4 address)")
+    p.add_argument("--port", type=_whole_number(0, 65535), default=d.port,
+                   help=f"TCP port, 0-65535; 0 picks a free one (default: {d.port})")
+    p.add_argument("--max-clients", type=_whole_number(1, MAX_CLIENTS), default=d.max_clients,
+                   help=f"connections served at once, 1-{MAX_CLIENTS} (default: {d.max_clients})")
+    p.add_argument("--max-clients-per-ip", type=_whole_number(0, MAX_CLIENTS),
+                   default=d.max_clients_per_ip,
+                   help=f"connections from one address, 0-{MAX_CLIENTS}; 0 = no limit "
+                        f"(default: {d.max_clients_per_ip})")
+    p.add_argument("--max-line", type=_whole_number(MIN_LINE, MAX_LINE, " bytes"),
+                   default=d.max_line,
+                   help=f"longest accepted line in bytes, {MIN_LINE}-{MAX_LINE} "
+                        f"(default: {d.max_line})")
+    p.add_argument("--output-limit",
+                   type=_whole_number(MIN_OUTPUT_LIMIT, MAX_OUTPUT_LIMIT, " bytes"),
+                   default=d.output_limit,
+                   help="bytes queued for a client before it is cut off as a slow consumer, "
+                        f"{MIN_OUTPUT_LIMIT}-{MAX_OUTPUT_LIMIT} and at least twice --max-line "
                         f"(default: {d.output_limit})")
-    p.add_argument("--login-timeout", type=_positive_float, default=d.login_timeout,
-                   help=f"seconds to send a valid username (default: {d.login_timeout:g})")
-    p.add_argument("--keepalive-idle", type=_non_negative_int, default=d.keepalive_idle,
-                   help="idle seconds before TCP keepalive probes; 0 = off "
-                        f"(default: {d.keepalive_idle})")
+    p.add_argument("--login-timeout", type=_seconds(MIN_LOGIN_TIMEOUT, MAX_LOGIN_TIMEOUT),
+                   default=d.login_timeout,
+                   help=f"seconds to send a valid username, {MIN_LOGIN_TIMEOUT:g}-"
+                        f"{MAX_LOGIN_TIMEOUT:g} (default: {d.login_timeout:g})")
+    p.add_argument("--keepalive-idle", type=_whole_number(0, MAX_KEEPALIVE_IDLE),
+                   default=d.keepalive_idle,
+                   help=f"idle seconds before TCP keepalive probes, 0-{MAX_KEEPALIVE_IDLE}; "
+                        f"0 = off (default: {d.keepalive_idle})")
+    p.add_argument("--output-hard-limit",
+                   type=_whole_number(MIN_OUTPUT_LIMIT, MAX_OUTPUT_LIMIT, " bytes"),
+                   default=d.output_hard_limit,
+                   help="bytes queued for a client that cut it off at once; --output-limit "
+                        "cuts it only after --slow-consumer-grace seconds above it "
+                        f"(default: {d.output_hard_limit})")
+    p.add_argument("--slow-consumer-grace", type=_seconds(0.0, 3600.0),
+                   default=d.slow_consumer_grace,
+                   help="seconds a client may stay above --output-limit, 0-3600 "
+                        f"(default: {d.slow_consumer_grace:g})")
+    p.add_argument("--output-budget",
+                   type=_whole_number(MIN_OUTPUT_LIMIT, 64 * MAX_OUTPUT_LIMIT, " bytes"),
+                   default=d.output_budget,
+                   help="bytes queued for all clients together; past it the largest queues "
+                        f"are cut first (default: {d.output_budget})")
+    p.add_argument("--delivery-timeout", type=_seconds(0.1, 3600.0), default=d.delivery_timeout,
+                   help="seconds a direct message may wait for a recipient who is not "
+                        "reading before its sender is told it was not delivered, 0.1-3600 "
+                        f"(default: {d.delivery_timeout:g})")
+    f = d.flood
+    p.add_argument("--flood-control", type=_on_off, default=f.enabled, metavar="on|off",
+                   help="meter each client's lines, broadcast deliveries and logins per "
+                        "address; excess input is read later, never dropped (default: on)")
+    p.add_argument("--line-rate", type=_seconds(0.1, 1e6), default=f.lines_per_second,
+                   help=f"lines per second per client (default: {f.lines_per_second:g})")
+    p.add_argument("--line-burst", type=_whole_number(1, 10**9), default=f.lines_burst,
+                   help=f"lines a client may send at once (default: {f.lines_burst})")
+    p.add_argument("--delivery-rate", type=_seconds(1.0, 1e9), default=f.deliveries_per_second,
+                   help="broadcast deliveries (recipients) per second per client "
+                        f"(default: {f.deliveries_per_second:g})")
+    p.add_argument("--delivery-burst", type=_whole_number(1, 10**12), default=f.deliveries_burst,
+                   help=f"broadcast deliveries at once (default: {f.deliveries_burst})")
+    p.add_argument("--login-rate", type=_seconds(0.01, 1e6), default=f.logins_per_second,
+                   help=f"login attempts per second per address (default: "
+                        f"{f.logins_per_second:g})")
+    p.add_argument("--login-burst", type=_whole_number(1, 10**9), default=f.logins_burst,
+                   help=f"login attempts at once per address (default: {f.logins_burst})")
+    p.add_argument("--loop", choices=EVENT_LOOPS, default=None,
+                   help="the event loop of the backends built on one (default: asyncio's own;"
+                        " uvloop needs the uvloop package)")
     p.add_argument("--log-level", default="INFO", type=str.upper,
                    choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                    help="INFO logs every message, as the original did (default: INFO)")
+    p.add_argument("--log-text", type=_on_off, default=d.log_text, metavar="on|off",
+                   help="off keeps what users write out of the log, for operators who "
+                        "must not read private messages (default: on)")
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        stream=sys.stdout, level=args.log_level, format="[Server] %(message)s", force=True
-    )
-    config = ServerConfig(
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.output_hard_limit < args.output_limit:
+        parser.error(
+            f"argument --output-hard-limit: must be at least --output-limit "
+            f"({args.output_limit} bytes), got {args.output_hard_limit}"
+        )
+    if args.output_limit < 2 * args.max_line:
+        parser.error(
+            f"argument --output-limit: must be at least twice --max-line "
+            f"({2 * args.max_line} bytes), got {args.output_limit}"
+        )
+    return args
+
+
+def config_from_args(args: argparse.Namespace) -> ServerConfig:
+    return ServerConfig(
         host=args.host, port=args.port, max_clients=args.max_clients,
         max_clients_per_ip=args.max_clients_per_ip, max_line=args.max_line,
         output_limit=args.output_limit, login_timeout=args.login_timeout,
-        keepalive_idle=args.keepalive_idle,
+        keepalive_idle=args.keepalive_idle, log_text=args.log_text,
+        output_hard_limit=args.output_hard_limit, slow_consumer_grace=args.slow_consumer_grace,
+        output_budget=args.output_budget, delivery_timeout=args.delivery_timeout,
+        flood=FloodLimits(
+            enabled=args.flood_control,
+            lines_per_second=args.line_rate, lines_burst=args.line_burst,
+            deliveries_per_second=args.delivery_rate, deliveries_burst=args.delivery_burst,
+            logins_per_second=args.login_rate, logins_burst=args.login_burst,
+        ),
     )
+
+
+def _why_not_listening(error: OSError) -> str:
+    if isinstance(error, socket.gaierror):
+        unknown = {getattr(socket, name, None)
+                   for name in ("EAI_NONAME", "EAI_NODATA", "EAI_ADDRFAMILY")}
+        if error.errno in unknown:
+            return "unknown host"
+        return error.strerror or str(error)
+    # create_server() decorates strerror with the address; say it once.
+    return os.strerror(error.errno) if error.errno else str(error)
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
+def _always(level: int = logging.INFO) -> int:
+    """A level at which a line asked for by the operator shows at any --log-level."""
+    return max(level, log.getEffectiveLevel())
+
+
+class SignalHandlers:
+    """What each signal does.  Installed before the server exists, so that no
+    signal can arrive in between with its default action (which for SIGHUP
+    and SIGUSR1 is to die without telling anyone).
+
+    Python runs these in the main thread between bytecodes -- for the select
+    backend, in the middle of the event loop.  So they do no I/O and touch no
+    loop state: stop() and reload() only set a flag and write a byte to the
+    server's wakeup socket, and the serving thread does the work.  They log,
+    which is acceptable only because the log never blocks: a record goes into
+    a reentrant, non-blocking queue (reactor.logs), or is dropped.
+    """
+
+    def __init__(self, backend: str) -> None:
+        self.backend = backend
+        self.server: Any = None
+        self.started = time.monotonic()
+        self._stop_requested = False
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        actions = {
+            signal.SIGINT: self.stop, signal.SIGTERM: self.stop,
+            getattr(signal, "SIGHUP", None): self.reload,
+            getattr(signal, "SIGUSR1", None): self.status,
+        }
+        for signum, action in actions.items():
+            if signum is not None:
+                self._previous[signum] = signal.signal(signum, action)
+
+    def restore(self) -> None:
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous.clear()
+
+    def attach(self, server: Any) -> None:
+        self.server = server
+        if self._stop_requested:
+            server.stop()
+
+    def stop(self, *_: object) -> None:
+        self._stop_requested = True
+        if self.server is not None:
+            self.server.stop()
+
+    def reload(self, *_: object) -> None:
+        log.log(_always(), "Reloading configuration")
+        reload = getattr(self.server, "reload", None)
+        if reload is None:
+            log.log(_always(), "Nothing to reload")
+            return
+        try:
+            reload()
+        except Exception:  # never let a failed reload escape into the serving loop
+            log.exception("Reload failed")
+
+    def status(self, *_: object) -> None:
+        log.log(_always(), "%s", self.status_line())
+
+    def status_line(self) -> str:
+        chat = getattr(self.server, "chat", None)
+        parts = []
+        connections = getattr(chat, "connection_count", None)
+        if connections is not None:
+            parts.append(_count(connections, "connection"))
+        whiteboard = getattr(chat, "whiteboard", None)
+        if whiteboard is not None and hasattr(whiteboard, "__len__"):
+            parts.append(f"{_count(len(whiteboard), 'user')} online")
+        up = int(time.monotonic() - self.started)
+        parts.append(f"{self.backend} backend, up {up // 3600}:{up // 60 % 60:02}:{up % 60:02}")
+        return "Status: " + ", ".join(parts)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def _reserve_standard_descriptors() -> None:
+    """Point a closed stdin/stdout/stderr at /dev/null, so that no socket
+    takes descriptor 0, 1 or 2 and receives what was meant for them."""
+    for fd, mode in ((0, os.O_RDONLY), (1, os.O_WRONLY), (2, os.O_WRONLY)):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, mode)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    _reserve_standard_descriptors()
+    signals = SignalHandlers(args.backend)
+    signals.install()
+    logs = LogPipeline(args.log_level, PROGRAM)
+    logs.start()
+    try:
+        return _serve(args, signals)
+    finally:
+        logs.stop()
+        signals.restore()
+
+
+def _serve(args: argparse.Namespace, signals: SignalHandlers) -> int:
+    config = config_from_args(args)
     raise_open_file_limit(config.max_clients)
+    options = {} if args.loop is None else {"loop": args.loop}
     try:
-        server = make_server(config, args.backend)
+        server = make_server(config, args.backend, **options)
+    except TypeError:
+        complain(f"{PROGRAM}: --loop is not an option of the {args.backend} backend")
+        return 2
+    except ValueError as error:  # e.g. uvloop asked for and not installed
+        complain(f"{PROGRAM}: {error}")
+        return 2
     except OSError as error:
-        # create_server() decorates strerror with the address; say it once.
-        reason = os.strerror(error.errno) if error.errno else str(error)
-        print(f"reactor: cannot listen on {args.host}:{args.port}: {reason}", file=sys.stderr)
+        complain(f"{PROGRAM}: cannot listen on {_address(args.host, args.port)}: "
+                 f"{_why_not_listening(error)}")
         return 1
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: server.stop())
+    signals.attach(server)
     try:
-        server.serve_forever()
-    except KeyboardInterrupt:  # a second Ctrl-C during shutdown
-        pass
-    return 0
+        return server.serve_forever()  # 1 if the loop itself failed
+    except KeyboardInterrupt:  # only if a caller put back SIGINT's default
+        return 0
 
 
 if __name__ == "__main__":

@@ -45,5 +45,6 @@ class ServerConfig:
     close_linger: float = 2.0
     backlog: int = 1024
     flood: FloodLimits = field(default_factory=FloodLimits)
-    # Message text in the log (the original's "Message from A to B: ..." line).
+    # Off keeps what users write (message and broadcast text) out of the log,
+    # for operators who must not read private messages (--log-text off).
     log_text: bool = True

@@ -20,9 +20,35 @@ ACCEPT_RETRY_DELAY = 1.0  # seconds, as asyncio's selector_events does
 
 
 def open_listener(config: ServerConfig) -> socket.socket:
-    """Bind and listen; raises OSError with the operating system's reason."""
-    family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
-    return socket.create_server((config.host, config.port), family=family, backlog=config.backlog)
+    """Bind and listen; raises OSError with the operating system's reason
+    (socket.gaierror if the host name does not resolve).
+
+    The host is resolved with getaddrinfo, so a name, an IPv4 address and any
+    IPv6 literal (``::1``, ``fe80::1%eth0``, ``[::1]``) all work; a name
+    listens on its first address.  The IPv6 wildcard ``::`` (and ``""``)
+    listens dual-stack, on every IPv6 and IPv4 address, where the system
+    can.
+    """
+    family, address = listen_address(config.host, config.port)
+    dual_stack = (
+        family == socket.AF_INET6 and address[0] == "::" and socket.has_dualstack_ipv6()
+    )
+    return socket.create_server(
+        address, family=family, backlog=config.backlog, dualstack_ipv6=dual_stack
+    )
+
+
+def listen_address(host: str, port: int) -> tuple[socket.AddressFamily, tuple[object, ...]]:
+    """The family and socket address to bind for ``host`` and ``port``."""
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not host and socket.has_dualstack_ipv6():
+        host = "::"  # every address, as bind(("", port)) means
+    family, _, _, _, address = socket.getaddrinfo(
+        host or None, port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0,
+        socket.AI_PASSIVE | socket.AI_NUMERICSERV,
+    )[0]
+    return family, address
 
 
 def configure_client(sock: socket.socket, config: ServerConfig) -> None:
@@ -51,7 +77,10 @@ def raise_open_file_limit(max_clients: int) -> None:
         return
     target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
     if target > soft:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):  # e.g. above fs.nr_open
+            target = soft
     if target < wanted:
         log.warning(
             "Open-file limit %d is below the %d that --max-clients %d needs",
@@ -60,6 +89,14 @@ def raise_open_file_limit(max_clients: int) -> None:
 
 
 def peer_host(address: object) -> str:
+    """The client's address as the log and the per-address limit see it.
+
+    On a dual-stack listener an IPv4 client arrives as ``::ffff:a.b.c.d``;
+    it is shown, and counted, as the ``a.b.c.d`` it is.
+    """
     if isinstance(address, tuple) and address:
-        return str(address[0])
+        host = str(address[0])
+        if host.startswith("::ffff:") and "." in host:
+            return host[7:]
+        return host
     return "unknown"

@@ -57,16 +57,35 @@ def raise_own_open_file_limit(wanted: int) -> None:
 class ServerProcess:
     """A running ``python -m reactor`` child; see :func:`server_process`."""
 
-    def __init__(self, process: subprocess.Popen[str]) -> None:
+    def __init__(self, process: subprocess.Popen[str], read_log: bool = True) -> None:
         self.process = process
         self.pid = process.pid
         self.port = 0
         self._lines: list[str] = []
         self._changed = threading.Condition()
-        # The pipe must be drained all the time, or a chatty server would block
-        # on its own log.
+        # The pipe is drained all the time, unless a test wants to see what the
+        # server does when nobody reads its log (``read_log=False``, and
+        # ``start_reading_log()`` when it is time).
         self._reader = threading.Thread(target=self._read_log, name="server-log", daemon=True)
-        self._reader.start()
+        if read_log:
+            self._reader.start()
+
+    def start_reading_log(self) -> None:
+        if self._reader.ident is None:
+            self._reader.start()
+
+    def log_pipe_fd(self) -> int:
+        """The test's end of the pipe that is the server's stdout (and stderr)."""
+        assert self.process.stdout is not None
+        return self.process.stdout.fileno()
+
+    def final_log(self, timeout: float = DEFAULT_TIMEOUT) -> list[str]:
+        """The whole log, once the server has exited and its output is read."""
+        self.process.wait(timeout)
+        self.start_reading_log()
+        self._reader.join(timeout)
+        assert not self._reader.is_alive(), "the server's output did not end"
+        return self.log
 
     def _read_log(self) -> None:
         assert self.process.stdout is not None
@@ -180,15 +199,20 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(5)
-        self._reader.join(timeout=5)
+        if self._reader.ident is not None:
+            self._reader.join(timeout=5)
         if self.process.stdout is not None:
             self.process.stdout.close()
 
 
 @contextlib.contextmanager
 def server_process(backend: str, *args: str, max_open_files: int | None = None,
-                   log_level: str = "WARNING") -> Iterator[ServerProcess]:
+                   log_level: str = "WARNING", read_log: bool = True,
+                   ) -> Iterator[ServerProcess]:
     """``python -m reactor`` on 127.0.0.1 and a free port, stopped on exit.
+
+    With ``read_log=False`` nobody reads the server's stdout until the test
+    calls ``start_reading_log()``: a log pipe that fills up.
 
     ``max_open_files`` sets RLIMIT_NOFILE (soft and hard) for the child only:
     a tiny exec wrapper sets it and then becomes the server, so the pid is the
@@ -211,7 +235,7 @@ def server_process(backend: str, *args: str, max_open_files: int | None = None,
         argv, cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True, encoding="utf-8", errors="replace",
     )
-    server = ServerProcess(process)
+    server = ServerProcess(process, read_log)
     try:
         server.wait_listening()
         yield server

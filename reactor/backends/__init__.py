@@ -24,6 +24,8 @@ REGISTRY: dict[str, str] = {
 }
 BACKENDS: tuple[str, ...] = tuple(REGISTRY)
 DEFAULT_BACKEND = BACKENDS[0]
+# Event loops for the backends built on asyncio's interface (``--loop``).
+EVENT_LOOPS = ("asyncio", "uvloop")
 
 
 def server_class(name: str) -> type[Server]:

@@ -23,6 +23,7 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
+from reactor.backends import EVENT_LOOPS
 from reactor.backends.base import Server
 from reactor.config import ServerConfig
 from reactor.connection import Connection
@@ -33,7 +34,6 @@ from reactor.whiteboard import Whiteboard
 
 log = logging.getLogger("reactor")
 
-LOOPS = ("asyncio", "uvloop")
 
 
 class AsyncioTransport(Transport, asyncio.Protocol):
@@ -162,7 +162,7 @@ class AsyncioTransport(Transport, asyncio.Protocol):
         """Hand everything queued to asyncio, whose buffer is empty."""
         output = self.output
         transport = self._transport
-        while output and not self._in_flight and transport is not None and not transport.is_closing():
+        while output and not self._in_flight and transport and not transport.is_closing():
             buffers = output.buffers()
             output.mark_started(len(buffers))
             self._in_flight = sum(len(b) for b in buffers)
@@ -208,8 +208,8 @@ class AsyncioServer(Server):
         whiteboard: Whiteboard[Connection] | None = None,
         loop: str = "asyncio",
     ) -> None:
-        if loop not in LOOPS:
-            raise ValueError(f"unknown loop {loop!r}; choose from {', '.join(LOOPS)}")
+        if loop not in EVENT_LOOPS:
+            raise ValueError(f"unknown loop {loop!r}; choose from {', '.join(EVENT_LOOPS)}")
         super().__init__(config, whiteboard)
         if loop == "uvloop":
             try:
