@@ -217,7 +217,9 @@ class Connection:
         first, or the message waited ``delivery_timeout`` without being
         started, in which case it is taken back and never arrives.  After
         such a timeout, messages are refused at once until the client has
-        read everything queued for it.
+        read everything queued for it.  A message that timed out when it was
+        already partly sent cannot be taken back: the client is cut off as a
+        slow consumer, and the sender told it was not delivered.
         """
         name = self.username or "the recipient"
         if self.not_reading:
@@ -241,6 +243,12 @@ class Connection:
             if self.transport.withdraw(queued):
                 self.not_reading = True
                 on_result(False, f"{name} is not reading")
+            elif self.is_open:
+                # Partly sent, so it cannot be taken back, and stuck: the
+                # connection is wedged.  Cutting it tells the sender (through
+                # the handoff) rather than leave the sender waiting forever.
+                self.abort("slow consumer: a direct message waited more than "
+                           f"{self.config.delivery_timeout:g} s")
 
         timer = self.call_later(self.config.delivery_timeout, overdue)
 

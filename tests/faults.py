@@ -269,11 +269,13 @@ class Drain:
         self.eof = threading.Event()
         self._partial = b""
         self._lock = threading.RLock()  # conditions may call kept()
+        # Blocking from here on, before the thread starts: changing a socket's
+        # timeout while another thread sends on it makes that send fail EAGAIN.
+        self.sock.settimeout(None)
         self._thread = threading.Thread(target=self._run, name="drain", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
-        self.sock.settimeout(None)
         try:
             while True:
                 chunk = self.sock.recv(1 << 20)

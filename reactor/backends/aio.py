@@ -131,6 +131,7 @@ class AsyncioTransport(Transport, asyncio.Protocol):
             self._shut_write()
 
     def abort(self) -> None:
+        self._account()  # what the kernel took before the cut was delivered
         self.fail_handoffs()
         self._in_flight = 0
         if self._transport is not None and not self._closed:
@@ -145,6 +146,17 @@ class AsyncioTransport(Transport, asyncio.Protocol):
             self._transport.resume_reading()
 
     # -- helpers ------------------------------------------------------------------
+
+    def _account(self) -> None:
+        """Report what asyncio has sent of the batch so far."""
+        transport = self._transport
+        if not self._in_flight or transport is None:
+            return
+        sent = self._in_flight - transport.get_write_buffer_size()
+        if sent > 0:
+            self._in_flight -= sent
+            for callback in self.output.consume(sent):
+                callback(True)
 
     def _handed_over(self) -> None:
         """asyncio's buffer is empty: what we handed it has been sent."""

@@ -214,8 +214,17 @@ class ThreadTransport(Transport):
             self.connection.abort("did not close in time")
 
     def _drain(self) -> None:
-        """The writer thread: blocking sends, outside every shared lock."""
+        """The writer thread: waits for the socket, outside every shared lock.
+
+        Each send is non-blocking and made under the send lock, so a message
+        is either taken by the kernel or still whole in the queue -- never
+        stuck inside a blocking send where it could be neither delivered nor
+        taken back.  Between sends the thread waits in poll(), holding nothing.
+        """
+        poller = select.poll()
+        poller.register(self.sock, select.POLLOUT)
         while True:
+            failure: OSError | None = None
             with self._send_lock:
                 while not self.output and not self._socket_closed:
                     if self._closing and not self._write_shut:
@@ -224,27 +233,30 @@ class ThreadTransport(Transport):
                     self._changed.wait()
                 if self._socket_closed:
                     return
-                buffers = self.output.buffers()
-                # In flight: none of these may be withdrawn any more.
-                self.output.mark_started(len(buffers))
-            try:
-                sent = self.sock.sendmsg(buffers)
-            except OSError as error:
-                with self.server.lock:
-                    if self.connection is not None:
-                        self.connection.abort(f"connection error: {error.strerror or error}")
-                return
-            with self._send_lock:
+                try:
+                    sent = self.sock.sendmsg(self.output.buffers(), [], socket.MSG_DONTWAIT)
+                except (BlockingIOError, InterruptedError):
+                    sent = 0
+                except OSError as error:
+                    sent, failure = 0, error
                 due = self.output.consume(sent)
                 drained = not self.output
                 if drained:
                     self._changed.notify_all()
+            if failure is not None:
+                with self.server.lock:
+                    if self.connection is not None:
+                        self.connection.abort(f"connection error: {failure.strerror or failure}")
+                return
             if due or drained:
                 with self.server.lock:
                     for callback in due:
                         callback(True)
                     if drained and self.connection is not None:
                         self.connection.output_drained()
+            if not sent:
+                # Full: wait until it takes more (an abort's shutdown wakes it too).
+                poller.poll(1000)
 
     def wait_drained(self, timeout: float) -> None:
         with self._send_lock:

@@ -1,0 +1,335 @@
+"""What an attacker on loopback found (issue 13), each as a reproduction, on every backend.
+
+Readers that read everything are never cut off; an echoed message is never
+lost; nothing a client sends too fast is dropped, it is read later; a thread
+that cannot start leaves no ghost; a closed connection is freed at once; all
+queues together stay within a budget; and a user who half-closes leaves at
+once.  Timings are never asserted here: latency under flood is a benchmark.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import re
+import socket
+import threading
+import weakref
+from dataclasses import replace
+
+import pytest
+
+from reactor.flow import FloodLimits
+from tests.faults import Drain, client_pool, raise_own_open_file_limit, read_all_until_closed
+from tests.support import DEFAULT_TIMEOUT, Clients, LineClient, running_server, wait_until
+
+KiB = 1024
+MiB = 1024 * KiB
+NO_FLOOD_CONTROL = FloodLimits(enabled=False)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def enough_descriptors() -> None:
+    raise_own_open_file_limit(4096)
+
+
+def _read_lines_until(client: LineClient, count: int, timeout: float = 30) -> list[bytes]:
+    lines = []
+    for _ in range(count):
+        lines.append(client.read_line_bytes(timeout))
+    return lines
+
+
+# -- 1. readers are not cut off for what one pass queued -----------------------------
+
+
+def test_users_asked_150_times_in_one_write_is_answered_150_times(backend: str) -> None:
+    """With many users online each ``users`` reply is large; asked 150 times in
+    one write, the asker's replies pass the output limit many times over.  A
+    client that reads is never cut off: its next commands wait until it has
+    read (asyncio's write high-water mark), nothing is dropped."""
+    names = [f"user{index:04d}" + "x" * 23 for index in range(200)]  # 31 characters
+    with running_server(backend, output_limit=256 * KiB, output_hard_limit=512 * KiB,
+                        flood=NO_FLOOD_CONTROL, max_clients=300) as server, \
+            client_pool(server.port) as pool:
+        crowd = [pool.connect() for _ in names]
+        for client, name in zip(crowd, names, strict=True):
+            client.send(name)
+        wait_until(lambda: len(server.chat.whiteboard) == len(names), message="the crowd")
+        asker = pool.connect()
+        asker.send("Asker")
+        asker.expect("<User Asker is online.>")
+        asker.send_raw(b"users\n" * 150)  # ~1 MB of replies, 4x the soft limit
+        replies = _read_lines_until(asker, 150)
+        assert all(line.startswith(b"<Online users: ") for line in replies)
+        assert len(set(replies)) == 1 and len(replies[0]) > 6 * KiB
+        asker.send("users")  # still online, still answered
+        assert asker.read_line().startswith("<Online users: ")
+
+
+def test_a_burst_of_big_broadcasts_in_one_pass_cuts_off_no_reader(backend: str) -> None:
+    """64 users each broadcast ~8 KB (4,000 backslashes, doubled on the wire)
+    with their newlines arriving together: every reader is owed ~500 KB at
+    once, twice the soft limit.  Everybody reads, so nobody is cut off and
+    everybody gets all 63 broadcasts."""
+    count = 64
+    with running_server(backend, output_limit=256 * KiB, output_hard_limit=1 * MiB,
+                        flood=NO_FLOOD_CONTROL) as server, client_pool(server.port) as pool:
+        users = [pool.login(f"u{index}", expect_online=False) for index in range(count)]
+        wait_until(lambda: len(server.chat.whiteboard) == count, message="everyone online")
+        body = "\\\\" * 2000  # each \\ is one backslash, sent back as \\
+        for user in users:
+            user.send_raw(f'broadcast "{body}"'.encode())
+        for user in users:
+            user.send_raw(b"\n")
+        received = {user: 0 for user in users}
+        offline = []
+        for user in users:
+            while received[user] < count - 1:
+                line = user.read_line_bytes(30)
+                if line.startswith(b"<Broadcast from "):
+                    received[user] += 1
+                elif line.endswith(b" is offline.>\n"):
+                    offline.append(line)
+        assert not offline, offline[:3]
+        for user in users:
+            user.send("users")
+            assert user.read_until(lambda line: line.startswith("<Online users: "))
+
+
+# -- 2. an echoed message is never lost ---------------------------------------------
+
+
+def test_every_echoed_message_reaches_a_recipient_who_stops_reading_and_is_cut(
+    backend: str,
+) -> None:
+    """Bob stops reading.  Alice pipelines numbered messages to him: those his
+    connection takes are echoed ``<To Bob>``; one that waits too long is taken
+    back and answered "not delivered", and so are the rest until Bob reads.
+    Then Carol's broadcasts push Bob past his hard limit and he is cut off.
+    Bob, reading to the end, has every message Alice saw echoed."""
+    with running_server(backend, output_limit=256 * KiB, output_hard_limit=512 * KiB,
+                        delivery_timeout=0.5, flood=NO_FLOOD_CONTROL) as server, \
+            client_pool(server.port) as pool:
+        bob = pool.login("Bob")
+        bob.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * KiB)
+        alice, carol = pool.login("Alice"), pool.login("Carol")
+        alice_lines = Drain(alice.sock, keep=lambda line: line.startswith(b"<"))
+        Drain(carol.sock)
+        total = 3000  # 6 MB: more than the kernel buffers on both sides hold
+        padding = "p" * 2000
+        alice.send_raw("".join(f'chat Bob "m{i} {padding}"\n' for i in range(total)).encode())
+
+        def answers() -> tuple[list[bytes], int]:
+            """Alice's replies about Bob, and how many "offline" replies came
+            after Bob was cut (one "offline" line is the presence notice)."""
+            kept = alice_lines.kept()
+            replies = [line for line in kept
+                       if line.startswith((b"<To Bob>", b"<Message to Bob not delivered"))]
+            return replies, max(0, kept.count(b"<User Bob is offline.>") - 1)
+
+        alice_lines.wait_for(lambda d: len(answers()[0]) + answers()[1] == total, timeout=30,
+                             message="an answer to every message")
+        replies, after_the_cut = answers()
+        echoed = [int(m) for m in re.findall(rb"<To Bob> m(\d+) ", b"\n".join(replies))]
+        refused = [line for line in replies if line.startswith(b"<Message to Bob not")]
+        assert refused or after_the_cut, "Bob's buffers took everything: no message waited"
+        # Taken back while Bob stays; or, if a message was stuck half-sent,
+        # Bob is cut off as a slow consumer and the rest are answered so.
+        assert set(refused) <= {
+            b"<Message to Bob not delivered: Bob is not reading.>",
+            b"<Message to Bob not delivered: Bob left before it could be sent.>",
+        }
+        assert echoed == list(range(len(echoed)))  # in order, none missing in between
+        # Carol pushes Bob over his hard limit: he is cut off.
+        big = "c" * 3000
+        while b"<User Bob is offline.>" not in alice_lines.kept():
+            carol.send_raw(f'broadcast "{big}"\n'.encode() * 50)
+            alice_lines.wait_for(lambda d: len(d.kept()) > 0, message="Alice's lines")
+        rest = read_all_until_closed([bob.sock], timeout=30)[bob.sock]
+        # Whole lines only: a cut can end the stream in the middle of one.
+        delivered = [int(m) for m in re.findall(rb'<Message from Alice: "m(\d+) p+">\n', rest)]
+        lost = sorted(set(echoed) - set(delivered))
+        assert not lost, f"{len(lost)} echoed but never delivered: {lost[:10]}"
+        assert len(delivered) == len(set(delivered)), "a message arrived twice"
+        assert not set(delivered) - set(echoed), "a message said not delivered arrived"
+        alice_lines.stop()
+
+
+# -- 4. flood control: too fast is read later, never dropped ------------------------
+
+
+def test_lines_over_the_rate_wait_their_turn_and_none_is_dropped(backend: str) -> None:
+    limits = FloodLimits(lines_per_second=200, lines_burst=20)
+    with running_server(backend, flood=limits) as server:
+        clients = Clients(server.port)
+        try:
+            flooder, alice, bob = (clients.login(n) for n in ("Flooder", "Alice", "Bob"))
+            alice.expect("<User Bob is online.>")
+            flooder.send_raw(b"".join(f'chat Flooder "f{i}"\n'.encode() for i in range(300)))
+            # Alice and Bob chat while the flooder's lines are metered.
+            alice.send('chat Bob "meanwhile"')
+            alice.expect("<To Bob> meanwhile")
+            bob.expect('<Message from Alice: "meanwhile">')
+            seen = flooder.read_until(lambda line: line == '<Message from Flooder: "f299">',
+                                      timeout=30)
+            echoes = [line for line in seen if line.startswith("<To Flooder> ")]
+            assert echoes == [f"<To Flooder> f{i}" for i in range(300)]
+        finally:
+            clients.close_all()
+
+
+def test_a_broadcast_flood_is_metered_by_its_recipients(backend: str) -> None:
+    """Each broadcast costs one delivery per recipient: with 20 deliveries a
+    second and 4 recipients, 12 broadcasts all arrive, in order, metered."""
+    limits = FloodLimits(deliveries_per_second=100, deliveries_burst=8)
+    with running_server(backend, flood=limits) as server:
+        clients = Clients(server.port)
+        try:
+            flooder = clients.login("Flooder")
+            others = [clients.login(f"R{index}") for index in range(4)]
+            flooder.read_until(lambda line: line == "<User R3 is online.>")
+            flooder.send_raw(b"".join(f'broadcast "b{i}"\n'.encode() for i in range(12)))
+            for other in others:
+                got = other.read_until(lambda line: line == '<Broadcast from Flooder: "b11">')
+                assert [x for x in got if x.startswith("<Broadcast")] == [
+                    f'<Broadcast from Flooder: "b{i}">' for i in range(12)]
+        finally:
+            clients.close_all()
+
+
+def test_logins_from_one_address_are_metered_not_refused(backend: str) -> None:
+    limits = FloodLimits(logins_per_second=20, logins_burst=3)
+    with running_server(backend, flood=limits) as server:
+        clients = Clients(server.port)
+        try:
+            users = [clients.login(f"user{index}", expect_online=False) for index in range(8)]
+            for index, user in enumerate(users):
+                user.read_until(lambda line, i=index: line == f"<User user{i} is online.>")
+        finally:
+            clients.close_all()
+
+
+# -- 7. a writer thread that cannot start leaves no ghost ---------------------------
+
+
+def test_a_thread_that_cannot_start_leaves_no_ghost(
+    backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Out of threads, a connection that needs a writer is closed, announced
+    and its name freed; on backends without writer threads nothing changes.
+    Either way: no user stays listed whose messages go nowhere."""
+    real_start = threading.Thread.start
+
+    def start(self: threading.Thread) -> None:
+        if self.name.startswith("writer-"):
+            raise RuntimeError("can't start new thread")
+        real_start(self)
+
+    with running_server(backend, flood=NO_FLOOD_CONTROL) as server, \
+            client_pool(server.port) as pool:
+        bob = pool.login("Bob")
+        bob.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * KiB)
+        alice = pool.login("Alice")
+        alice_lines = Drain(alice.sock, keep=lambda line: line.startswith(b"<"))
+        monkeypatch.setattr(threading.Thread, "start", start)
+        alice.send_raw(b'broadcast "' + b"z" * 3000 + b'"\n' * 1)
+        alice.send_raw((b'broadcast "' + b"z" * 3000 + b'"\n') * 200)
+        alice.send("users")
+        alice_lines.wait_for(lambda d: any(x.startswith(b"<Online users") for x in d.kept()),
+                             timeout=30, message="the users reply")
+        monkeypatch.setattr(threading.Thread, "start", real_start)
+        listed = next(x for x in alice_lines.kept() if x.startswith(b"<Online users"))
+        bob_gone = b"<User Bob is offline.>" in alice_lines.kept()
+        assert (b"Bob" in listed) != bob_gone, (listed, bob_gone)
+        if bob_gone:
+            again = pool.login("Bob")  # the name is free
+            again.send("users")
+            again.expect("<Online users: Alice, Bob>")
+        alice_lines.stop()
+
+
+# -- 8. a closed connection is freed at once ----------------------------------------
+
+
+def test_a_closed_connection_is_freed_at_once_not_when_its_login_deadline_passes(
+    backend: str,
+) -> None:
+    with running_server(backend, login_timeout=3600) as server:
+        refs = []
+        for _ in range(20):
+            client = LineClient(server.port)
+            client.send_raw(b"x" * 1000)  # a partial line held for it
+            wait_until(lambda: server.chat.connection_count == 1, message="the connection")
+            (connection,) = list(server.chat.connections)
+            refs.append(weakref.ref(connection))
+            del connection
+            client.close()
+            wait_until(lambda: server.chat.connection_count == 0, message="the close")
+
+        def all_freed() -> bool:
+            gc.collect()
+            return all(ref() is None for ref in refs)
+
+        wait_until(all_freed, message="closed connections to be freed")
+
+
+# -- 9. all queues together stay within a budget ------------------------------------
+
+
+def test_past_the_output_budget_the_largest_queues_are_cut(
+    backend: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="reactor")
+    with running_server(backend, output_limit=64 * MiB, output_hard_limit=64 * MiB,
+                        output_budget=2 * MiB, flood=NO_FLOOD_CONTROL) as server, \
+            client_pool(server.port) as pool:
+        sleepers = [pool.login(f"Sleeper{index}") for index in range(4)]
+        for sleeper in sleepers:
+            sleeper.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * KiB)
+        alice = pool.login("Alice")
+        alice_lines = Drain(alice.sock, keep=lambda line: line.endswith(b"is offline.>"))
+        big = b'broadcast "' + b"b" * 3000 + b'"\n'
+        while not alice_lines.kept():
+            alice.send_raw(big * 100)
+            alice_lines.wait_for(lambda d: True)
+        alice_lines.wait_for(lambda d: len(d.kept()) >= 1, message="a cut")
+        assert any("over the budget" in r.getMessage() for r in caplog.records)
+        assert any("slow consumer: cut to keep the server's output budget" in r.getMessage()
+                   for r in caplog.records)
+        alice_lines.stop()
+
+
+# -- 10. a user who half-closes leaves at once --------------------------------------
+
+
+def test_a_half_closed_client_leaves_at_once_while_its_output_drains(backend: str) -> None:
+    with running_server(backend, flood=NO_FLOOD_CONTROL, output_limit=16 * MiB,
+                        close_linger=30) as server, \
+            client_pool(server.port) as pool:
+        bob = pool.login("Bob")
+        alice = pool.login("Alice")
+        alice_lines = Drain(alice.sock, keep=lambda line: line.startswith((b"<User", b"<To")))
+        # ~6 MB owed to Bob: more than the kernel's buffers hold for him.
+        alice.send_raw((b'broadcast "' + b"q" * 3000 + b'"\n') * 2000)
+        alice_lines.wait_for(lambda d: len(d.kept()) == 2000, timeout=30,
+                             message="all the broadcasts sent")
+        assert any(c.transport.queued for c in list(server.chat.connections)
+                   if c.username == "Bob"), "Bob's kernel buffers took it all: nothing queued"
+        bob.sock.shutdown(socket.SHUT_WR)
+        alice_lines.wait_for(lambda d: b"<User Bob is offline.>" in d.kept(),
+                             message="Bob's offline notice while his output still drains")
+        again = pool.login("Bob")  # the name is free before the old connection is gone
+        again.send("users")
+        again.read_until(lambda line: line == "<Online users: Alice, Bob>")
+        rest = read_all_until_closed([bob.sock], timeout=DEFAULT_TIMEOUT * 3)[bob.sock]
+        assert rest.count(b"<Broadcast from Alice: ") == 2000  # and he got all of it
+        alice_lines.stop()
+
+
+def test_the_default_limits_are_consistent() -> None:
+    from reactor import ServerConfig
+
+    config = ServerConfig()
+    assert config.output_limit <= config.output_hard_limit <= config.output_budget
+    assert replace(config, flood=NO_FLOOD_CONTROL).flood.enabled is False
