@@ -685,6 +685,7 @@ def test_a_queue_cut_at_the_soft_limit_no_longer_counts_against_the_budget(
     carol.lines()
     carol.stop_reading()
     long_text = "y" * 576
+    dave.lines()
     dave.send(f"chat Carol {long_text}")  # 600 bytes queued for Carol
     assert carol.queued == 600
     h.advance(1)  # Bob's grace is over: cut.  Carol's 600 alone are within the budget.
@@ -692,7 +693,7 @@ def test_a_queue_cut_at_the_soft_limit_no_longer_counts_against_the_budget(
     assert not carol.closed
     carol.start_reading()
     carol.expect(f'<Message from Dave: "{long_text}">', "<User Bob is offline.>")
-    dave.expect(f"<To Carol> {long_text}")
+    dave.expect("<User Bob is offline.>", f"<To Carol> {long_text}")
 
 
 def test_a_queue_cut_at_the_soft_limit_is_not_cut_again_for_the_budget(
