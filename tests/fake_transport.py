@@ -261,6 +261,7 @@ class FakePeer:
         self.harness = harness
         self.transport = transport
         self._read = 0  # how much of transport.received the test has looked at
+        self.input_closed = False
 
     @property
     def connection(self) -> Connection:
@@ -275,12 +276,13 @@ class FakePeer:
 
     def send_raw(self, data: bytes) -> None:
         assert data, "use close() for end of input"
-        assert EOF not in self.transport.inbox, "the peer already closed its side"
+        assert not self.input_closed, "the peer already closed its side"
         self.transport.inbox.append(data)
         self.harness.settle()
 
     def close(self) -> None:
         """End of input (the peer's FIN): ``data_received(b"")`` once read."""
+        self.input_closed = True
         self.transport.inbox.append(EOF)
         self.harness.settle()
 

@@ -14,7 +14,6 @@ import pytest
 
 from protocol.events import HELP_LINE
 from reactor.chat import ChatService
-from reactor.config import ServerConfig
 from reactor.connection import Connection
 from reactor.flow import FloodLimits
 from tests.fake_transport import DeferredWhiteboard, FakePeer, Harness
@@ -914,13 +913,7 @@ def test_a_failure_in_one_recipients_send_during_a_broadcast_ends_that_recipient
     assert carol.closed
     alice.expect("<To everyone> hello", "<User Carol is offline.>",
                  "<Online users: Alice, Bob, Dave>")
-    for peer in (bob, dave):
-        assert sorted(peer.lines()) == sorted(['<Broadcast from Alice: "hello">',
-                                               "<User Carol is offline.>"])
+    # The fan-out goes on after Carol: Bob (before her) and Dave (after) both get it.
+    bob.expect('<Broadcast from Alice: "hello">', "<User Carol is offline.>")
+    dave.expect("<User Carol is offline.>", '<Broadcast from Alice: "hello">')
     assert "injected send failure" in caplog.text
-
-
-def test_the_chat_needs_no_backend_time(h: Harness) -> None:
-    # A sanity check of the harness itself: nothing above depended on real time.
-    assert isinstance(h.config, ServerConfig)
-    assert h.clock() == 1000.0
