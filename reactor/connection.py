@@ -345,11 +345,11 @@ class Connection:
         if not self.config.flood.enabled:
             return True
         now = self.chat.clock()
-        wait = max(
-            self._line_bucket.wait(now),
-            self.delivery_bucket.wait(now),
-            self.chat.login_wait(self, now) if self.phase is Phase.LOGIN else 0.0,
-        )
+        wait = max(self._line_bucket.wait(now), self.delivery_bucket.wait(now))
+        if not wait and self.phase is Phase.LOGIN:
+            # Last: login_wait charges the address when it lets the line through,
+            # so it must be asked only when the line will be handled now.
+            wait = self.chat.login_wait(self, now)
         if wait > 0:
             self._rate_timer = self.call_later(wait, self._rate_refilled)
             return False
