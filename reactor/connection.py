@@ -113,13 +113,13 @@ class Connection:
                 self._input_ended = True
                 self._cancel_pause_timer()
             lines = self._buffer.feed(data)
-            if lines:
-                self._cancel_pause_timer()
-                self._lines.extend(lines)
-            elif self.phase is Phase.LOGIN and self._buffer.pending and data:
+            self._cancel_pause_timer()
+            self._lines.extend(lines)
+            if (self.phase is Phase.LOGIN and data and self._buffer.pending
+                    and not any(isinstance(x, bytes) and x.strip() for x in self._lines)):
                 # The original client sends its name with no newline, then
-                # waits for its user: a pause ends that first line.
-                self._cancel_pause_timer()
+                # waits for its user: a pause ends that first line -- unless a
+                # username line is already waiting its turn.
                 self._pause_timer = self.call_later(self.config.login_pause, self._pause_ended)
             self._process()
         except Exception as error:
@@ -362,7 +362,7 @@ class Connection:
 
     def _pause_ended(self) -> None:
         self._pause_timer = None
-        if self.phase is Phase.LOGIN and self.is_open:
+        if self.phase is Phase.LOGIN and self.is_open and not self._awaiting_answer:
             self._lines.extend(self._buffer.feed(b""))
             self._process()
 

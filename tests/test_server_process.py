@@ -148,8 +148,6 @@ def test_log_text_is_a_config_field() -> None:
     assert config_from_args(parse_args(["--log-text", "ON"])).log_text is True
 
 
-@pytest.mark.xfail(strict=True, reason="reactor/chat.py does not honour config.log_text yet; "
-                                       "remove this marker when it does")
 def test_log_text_off_keeps_messages_out_of_the_log(backend: str) -> None:
     with server_process(backend, "--log-text", "off", log_level="INFO") as server:
         with LineClient(server.port) as alice, LineClient(server.port) as bob:
