@@ -75,6 +75,8 @@ class Connection:
         self.username: str | None = None
         # Why the connection ended, for the log; set by the first close/abort.
         self.close_reason: str | None = None
+        self._hard_limit = config.output_hard_limit
+        self._high_water = config.output_high_water
         self._buffer = LineBuffer(config.max_line)
         self._lines: deque[Received] = deque()
         self._processing = False
@@ -195,17 +197,17 @@ class Connection:
                 on_handoff(False)
             return None
         transport = self.transport
-        hard_limit = self.config.output_hard_limit
-        if transport.queued + len(data) > hard_limit:
+        output = transport.output  # the hot path of every fan-out: no property calls
+        if output.size + len(data) > self._hard_limit:
             transport.flush()
-            if transport.queued + len(data) > hard_limit and self.is_open:
-                self.abort(f"slow consumer: more than {hard_limit} bytes of output queued")
+            if output.size + len(data) > self._hard_limit and self.is_open:
+                self.abort(f"slow consumer: more than {self._hard_limit} bytes of output queued")
             if not self.is_open:
                 if on_handoff is not None:
                     on_handoff(False)
                 return None
         entry = transport.write(data, on_handoff)
-        if transport.queued > self.config.output_high_water:
+        if output.size > self._high_water:
             self._output_backlog = True
         return entry
 

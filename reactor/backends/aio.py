@@ -116,7 +116,8 @@ class AsyncioTransport(Transport, asyncio.Protocol):
                 on_handoff(True)
             return None
         entry = self.output.append(data, on_handoff)
-        entry.started = True
+        if entry is not None:
+            entry.started = True
         self._in_flight = len(data)
         return entry
 

@@ -120,6 +120,7 @@ class ThreadTransport(Transport):
     def write(self, data: bytes, on_handoff: Handoff | None = None) -> Entry | None:
         failure: str | None = None
         entry: Entry | None = None
+        queued = False
         with self._send_lock:
             if self._socket_closed:
                 failure = "closed"
@@ -133,19 +134,21 @@ class ThreadTransport(Transport):
                     except OSError as error:
                         failure = f"connection error: {error.strerror or error}"
                 if failure is None and sent < len(data):
+                    queued = True
                     entry = self.output.append(memoryview(data)[sent:] if sent else data,
                                                on_handoff)
-                    entry.started = sent > 0
+                    if entry is not None:
+                        entry.started = sent > 0
                     if self._start_writer():
                         self._changed.notify_all()
                     else:
                         failure = "cannot start a writer thread"
         # Callbacks and aborts run outside the send lock.
         if failure is None:
-            if entry is None and on_handoff is not None:
+            if not queued and on_handoff is not None:
                 on_handoff(True)
             return entry
-        if entry is not None:
+        if queued:
             # Queued, but nobody can send it: abort() reports it not handed over.
             log.error("Cannot start a writer thread for %r; closing that connection",
                       self.connection)
