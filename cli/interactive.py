@@ -122,7 +122,7 @@ class Client:
         self.session: PromptSession[str] = PromptSession(
             message=self._prompt,
             bottom_toolbar=self._toolbar,
-            completer=ChatCompleter(self.roster),
+            completer=ChatCompleter(self.roster, lambda: self.query is not None),
             complete_while_typing=False,
             history=history,
             key_bindings=self._keys(),
