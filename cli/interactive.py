@@ -362,9 +362,9 @@ class Client:
                 self.logged_out.set()
                 return
             for entry in self.outbox.drop_all():
-                self._show_resolution(Resolution(
-                    entry, False if entry.is_message else None,
-                    "the connection dropped before the server answered"))
+                if entry.is_message:
+                    self._show_resolution(Resolution(
+                        entry, None, "the connection dropped before the server answered"))
             delay = next(delays)
             self.show(Line("class:failed", "-- disconnected from the server: ",
                            f"{reason}; reconnecting in {delay:.1f} s (your draft is kept)",

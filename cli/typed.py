@@ -151,7 +151,7 @@ def _explain(text: str, reason: str) -> str:
     if reason == "unknown command":
         return _unknown(text.lstrip(" ").split(" ", 1)[0]) + paste
     word = text.lstrip(" ").split(" ", 1)[0].lower()
-    hint = " (or /msg Bob text)" if word == "chat" else ""
+    hint = " (or: /msg <user> <text>)" if word == "chat" and reason.startswith("usage") else ""
     return f"{reason}{hint}{paste}"
 
 
