@@ -4,7 +4,9 @@ Bytes and text only: no sockets, threads or clocks, so that the server, the
 client and the benchmark share one definition of the wire and every rule is
 testable with plain values.  See ``commands`` (client to server), ``events``
 (server to client), ``escaping`` (how text is kept visible and reversible),
-``framing`` (the receive buffer) and ``errors`` (the one exception type).
+``framing`` (the receive buffer), ``usernames`` and ``errors`` (``ProtocolError``
+and, as in h11, whose fault it was: ``RemoteProtocolError`` from the parsers,
+``LocalProtocolError`` from the formatters).
 """
 
 from protocol.commands import (
@@ -20,8 +22,8 @@ from protocol.commands import (
     parse_command,
     parse_login,
 )
-from protocol.errors import ProtocolError
-from protocol.escaping import escape, unescape
+from protocol.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
+from protocol.escaping import MAX_COMBINING_MARKS, escape, unescape
 from protocol.events import (
     BroadcastFrom,
     BroadcastSent,
@@ -32,6 +34,7 @@ from protocol.events import (
     LoginTimedOut,
     MessageFrom,
     MessageSent,
+    NotDelivered,
     OnlineUsers,
     ServerFull,
     ShuttingDown,
@@ -47,17 +50,21 @@ from protocol.framing import DEFAULT_MAX_LINE, LineBuffer, LineTooLong
 from protocol.lines import decode_line
 from protocol.usernames import (
     MAX_USERNAME_LENGTH,
+    USERNAME_PATTERN,
     is_valid_username,
     username_key,
+    username_problem,
     validate_username,
 )
 
 __all__ = [
     "COMMAND_NAMES", "Broadcast", "Bye", "Chat", "Command", "Help", "Login", "Users",
-    "format_command", "parse_command", "parse_login", "ProtocolError", "escape", "unescape",
+    "format_command", "parse_command", "parse_login", "ProtocolError", "RemoteProtocolError",
+    "LocalProtocolError", "MAX_COMBINING_MARKS", "escape", "unescape",
     "BroadcastFrom", "BroadcastSent", "Event", "HelpText", "InvalidInput", "InvalidUsername",
-    "LoginTimedOut", "MessageFrom", "MessageSent", "OnlineUsers", "ServerFull", "ShuttingDown",
-    "TooManyFromAddress", "UserOffline", "UserOnline", "UsernameTaken", "UserUnknown",
-    "format_event", "parse_event", "DEFAULT_MAX_LINE", "LineBuffer", "LineTooLong",
-    "decode_line", "MAX_USERNAME_LENGTH", "is_valid_username", "username_key", "validate_username",
+    "LoginTimedOut", "MessageFrom", "MessageSent", "NotDelivered", "OnlineUsers", "ServerFull",
+    "ShuttingDown", "TooManyFromAddress", "UserOffline", "UserOnline", "UsernameTaken",
+    "UserUnknown", "format_event", "parse_event", "DEFAULT_MAX_LINE", "LineBuffer",
+    "LineTooLong", "decode_line", "MAX_USERNAME_LENGTH", "USERNAME_PATTERN", "is_valid_username",
+    "username_key", "username_problem", "validate_username",
 ]

@@ -7,9 +7,14 @@ The grammar, one command per line::
     broadcast "<message>"           to everybody else online
     users | help | bye
 
-Command words are case-insensitive.  Inside quotes ``\\"`` and ``\\\\`` (and
-``\\xHH``/``\\uHHHH``, see :mod:`protocol.escaping`) are escapes; a bare message
-is taken exactly as typed.
+Command words are case-insensitive and words are separated by spaces only: a
+TAB is an ordinary character, so ``chat<TAB>Bob hi`` is not a command and
+``chat Bob<TAB>hi`` names no valid recipient.  Inside quotes ``\\"`` and
+``\\\\`` (and ``\\xHH``/``\\uHHHH``, see :mod:`protocol.escaping`) are escapes; a
+bare message is taken exactly as typed, TABs included.
+
+The parsers raise :class:`RemoteProtocolError`, the formatter
+:class:`LocalProtocolError`.
 """
 
 from __future__ import annotations
@@ -17,9 +22,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from protocol.errors import ProtocolError
-from protocol.escaping import escape, unescape
-from protocol.usernames import is_valid_username, validate_username
+from protocol.errors import LocalProtocolError, RemoteProtocolError
+from protocol.escaping import QUOTED_PATTERN, escape, unescape
+from protocol.usernames import is_valid_username, username_problem, validate_username
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,9 +66,9 @@ COMMAND_NAMES = ("chat", "broadcast", "users", "help", "bye")
 CHAT_USAGE = 'chat <user> "<message>"'
 BROADCAST_USAGE = 'broadcast "<message>"'
 
-# A quoted string: anything but a quote or backslash, or a backslash and any
-# character.  Anchored at the start; what follows the closing quote is checked.
-_QUOTED = re.compile(r'"((?:[^"\\]++|\\.)*+)"', re.DOTALL)
+# Matched at the start of a message; what follows the closing quote is checked.
+_QUOTED = re.compile(QUOTED_PATTERN)
+_TAB_AS_SEPARATOR = "a tab does not separate words; use a space"
 
 
 def parse_login(line: str) -> Login:
@@ -74,31 +79,35 @@ def parse_login(line: str) -> Login:
 def parse_command(line: str) -> Command:
     """Parse one line of text (already decoded, terminator removed).
 
-    Raises :class:`ProtocolError` with a reason fit to show the sender, and
-    nothing else, whatever ``line`` holds.
+    Raises :class:`RemoteProtocolError` with a reason fit to show the sender,
+    and nothing else, whatever ``line`` holds.
     """
     stripped = line.strip(" ")
     if not stripped:
-        raise ProtocolError("empty command")
+        raise RemoteProtocolError("empty command")
     word, _, rest = stripped.partition(" ")
     word = word.lower()
     rest = rest.lstrip(" ")
     if word == "chat":
         recipient, _, message = rest.partition(" ")
+        if "\t" in recipient:
+            raise RemoteProtocolError(_TAB_AS_SEPARATOR)
         if not recipient or not message.strip(" "):
-            raise ProtocolError(f"usage is {CHAT_USAGE}")
+            raise RemoteProtocolError(f"usage is {CHAT_USAGE}")
         if not is_valid_username(recipient):
-            raise ProtocolError("the recipient is not a valid username")
+            raise RemoteProtocolError("the recipient is not a valid username")
         return Chat(recipient, _parse_message(message.lstrip(" ")))
     if word == "broadcast":
         if not rest:
-            raise ProtocolError(f"usage is {BROADCAST_USAGE}")
+            raise RemoteProtocolError(f"usage is {BROADCAST_USAGE}")
         return Broadcast(_parse_message(rest))
     if word in ("users", "help", "bye"):
         if rest:
-            raise ProtocolError(f"{word} takes no arguments")
+            raise RemoteProtocolError(f"{word} takes no arguments")
         return {"users": Users, "help": Help, "bye": Bye}[word]()
-    raise ProtocolError("unknown command")
+    if "\t" in word and word.partition("\t")[0] in COMMAND_NAMES:
+        raise RemoteProtocolError(_TAB_AS_SEPARATOR)
+    raise RemoteProtocolError("unknown command")
 
 
 def _parse_message(text: str) -> str:
@@ -107,12 +116,12 @@ def _parse_message(text: str) -> str:
         return text.rstrip(" ")
     match = _QUOTED.match(text)
     if match is None:
-        raise ProtocolError("unterminated quote")
+        raise RemoteProtocolError("unterminated quote")
     if text[match.end() :].strip(" "):
-        raise ProtocolError("text after the closing quote")
+        raise RemoteProtocolError("text after the closing quote")
     message = unescape(match.group(1))
     if not message:
-        raise ProtocolError("the message is empty")
+        raise RemoteProtocolError("the message is empty")
     return message
 
 
@@ -125,12 +134,13 @@ def format_command(command: Command | Login) -> bytes:
 
     Messages are always quoted and escaped, so any text, control characters
     and all, survives the trip and ``parse_command`` gives it back unchanged.
+    Raises :class:`LocalProtocolError` for an invalid username or message.
     """
     match command:
         case Login(name):
-            line = validate_username(name)
+            line = _checked_name(name)
         case Chat(to, text):
-            validate_username(to)
+            _checked_name(to)
             _check_message(text)
             line = f"chat {to} {_quote(text)}"
         case Broadcast(text):
@@ -147,14 +157,21 @@ def format_command(command: Command | Login) -> bytes:
     return line.encode("utf-8") + b"\n"
 
 
+def _checked_name(name: str) -> str:
+    problem = username_problem(name)
+    if problem is not None:
+        raise LocalProtocolError(problem)
+    return name
+
+
 def _check_message(text: str) -> None:
     if not text:
-        raise ProtocolError("the message is empty")
+        raise LocalProtocolError("the message is empty")
     # Surrogates cannot be encoded; catch them here rather than as a UnicodeError.
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        raise ProtocolError("the message is not valid Unicode") from None
+        raise LocalProtocolError("the message is not valid Unicode") from None
 
 
 __all__ = [

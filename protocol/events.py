@@ -3,7 +3,13 @@
 Each event is one line of the form ``<...>\\n`` (the sender's echoes
 ``<To Bob> text`` carry their text after the bracket).  Text that came from a
 user is always escaped (see :mod:`protocol.escaping`), so an event line never
-holds a raw control character and no message can pose as another event.
+holds a raw control, format or invisible character and no message can pose as
+another event.  Names are checked on the way out and on the way in, and
+reasons are server-written printable ASCII.
+
+``format_event`` raises :class:`LocalProtocolError` for a value it cannot
+write; ``parse_event`` raises :class:`RemoteProtocolError` for a line that is
+not an event.
 """
 
 from __future__ import annotations
@@ -12,9 +18,9 @@ import re
 from dataclasses import dataclass
 
 from protocol.commands import BROADCAST_USAGE, CHAT_USAGE
-from protocol.errors import ProtocolError
-from protocol.escaping import escape, find_unsafe, unescape
-from protocol.usernames import validate_username
+from protocol.errors import LocalProtocolError, RemoteProtocolError
+from protocol.escaping import QUOTED_PATTERN, escape, find_unsafe, unescape
+from protocol.usernames import USERNAME_PATTERN, username_problem
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +54,19 @@ class MessageSent:
 class MessageFrom:
     sender: str
     text: str
+
+
+@dataclass(frozen=True, slots=True)
+class NotDelivered:
+    """Sent instead of the echo when a direct message could not be delivered.
+
+    For instance the recipient stopped reading and its connection could take
+    no more, or the chat service was unavailable.  ``reason`` is written by
+    the server (printable ASCII, no final period), like ``InvalidInput``'s.
+    """
+
+    to: str
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,9 +128,9 @@ class ShuttingDown:
 
 
 Event = (
-    UserOnline | UserOffline | UserUnknown | MessageSent | MessageFrom | BroadcastSent
-    | BroadcastFrom | OnlineUsers | HelpText | InvalidInput | InvalidUsername | UsernameTaken
-    | ServerFull | TooManyFromAddress | LoginTimedOut | ShuttingDown
+    UserOnline | UserOffline | UserUnknown | MessageSent | MessageFrom | NotDelivered
+    | BroadcastSent | BroadcastFrom | OnlineUsers | HelpText | InvalidInput | InvalidUsername
+    | UsernameTaken | ServerFull | TooManyFromAddress | LoginTimedOut | ShuttingDown
 )
 
 HELP_LINE = (
@@ -135,34 +154,43 @@ def format_event(event: Event) -> bytes:
     """Encode an event as one wire line ending in ``\\n``.
 
     A fan-out calls this once and hands the same bytes to every recipient.
+    Raises :class:`LocalProtocolError` for an invalid name or reason, or for
+    text that is not Unicode (a lone surrogate).
     """
-    return (_format(event) + "\n").encode("utf-8")
+    try:
+        return (_format(event) + "\n").encode("utf-8")
+    except UnicodeEncodeError:
+        raise LocalProtocolError("the text is not valid Unicode") from None
 
 
 def _format(event: Event) -> str:
     match event:
         case UserOnline(name):
-            return f"<User {name} is online.>"
+            return f"<User {_checked_name(name)} is online.>"
         case UserOffline(name):
-            return f"<User {name} is offline.>"
+            return f"<User {_checked_name(name)} is offline.>"
         case UserUnknown(name):
-            return f"<User {name} does not exist.>"
+            return f"<User {_checked_name(name)} does not exist.>"
         case MessageSent(to, text):
-            return f"<To {to}> {escape(text, quoted=False)}"
+            return f"<To {_checked_name(to)}> {escape(text, quoted=False)}"
         case MessageFrom(sender, text):
-            return f'<Message from {sender}: "{escape(text)}">'
+            return f'<Message from {_checked_name(sender)}: "{escape(text)}">'
+        case NotDelivered(to, reason):
+            return f"<Message to {_checked_name(to)} not delivered: {_checked_reason(reason)}.>"
         case BroadcastSent(text):
             return f"<To everyone> {escape(text, quoted=False)}"
         case BroadcastFrom(sender, text):
-            return f'<Broadcast from {sender}: "{escape(text)}">'
+            return f'<Broadcast from {_checked_name(sender)}: "{escape(text)}">'
         case OnlineUsers(names):
+            for name in names:
+                _checked_name(name)
             return f"<Online users: {', '.join(names)}>"
         case InvalidInput(reason):
             return f"<Invalid input: {_checked_reason(reason)}{_INPUT_SUFFIX}"
         case InvalidUsername(reason):
             return f"<Invalid username: {_checked_reason(reason)}.>"
         case UsernameTaken(name):
-            return f"<Username {name} is already taken.>"
+            return f"<Username {_checked_name(name)} is already taken.>"
         case _:
             line = _FIXED_LINES.get(type(event))
             if line is None:
@@ -170,42 +198,61 @@ def _format(event: Event) -> str:
             return line
 
 
+def _checked_name(name: str) -> str:
+    # A name is written raw into the line, so it must be one the parser reads
+    # back as that name: never "everyone" ("<To everyone>" is a broadcast).
+    problem = username_problem(name)
+    if problem is not None:
+        raise LocalProtocolError(f"unfit username: {problem}")
+    return name
+
+
 def _checked_reason(reason: str) -> str:
     # Reasons are written by the server, never copied from input; this check
     # keeps it that way (a control character or a trailing period would break
     # the line or its round trip through the client's parser).
     if not _REASON.fullmatch(reason) or reason.endswith("."):
-        raise ValueError(f"unfit reason text: {reason!r}")
+        raise LocalProtocolError(f"unfit reason text: {reason!r}")
     return reason
 
 
-_NAME = r"([A-Za-z0-9_.\-]{1,32})"
-_QUOTED_TEXT = r'"((?:[^"\\]++|\\.)*+)"'
+_NAME = f"({USERNAME_PATTERN})"
+_NAME_LIST = f"((?:{USERNAME_PATTERN}(?:, {USERNAME_PATTERN})*)?)"
 _PATTERNS: list[tuple[re.Pattern[str], type]] = [
     (re.compile(rf"<User {_NAME} is online\.>"), UserOnline),
     (re.compile(rf"<User {_NAME} is offline\.>"), UserOffline),
     (re.compile(rf"<User {_NAME} does not exist\.>"), UserUnknown),
     (re.compile(r"<To everyone> (.*)", re.DOTALL), BroadcastSent),
     (re.compile(rf"<To {_NAME}> (.*)", re.DOTALL), MessageSent),
-    (re.compile(rf"<Message from {_NAME}: {_QUOTED_TEXT}>", re.DOTALL), MessageFrom),
-    (re.compile(rf"<Broadcast from {_NAME}: {_QUOTED_TEXT}>", re.DOTALL), BroadcastFrom),
-    (re.compile(r"<Online users: ((?:[A-Za-z0-9_.\-]{1,32}(?:, )?)*)>"), OnlineUsers),
+    (re.compile(rf"<Message from {_NAME}: {QUOTED_PATTERN}>"), MessageFrom),
+    (re.compile(rf"<Message to {_NAME} not delivered: (.+)\.>"), NotDelivered),
+    (re.compile(rf"<Broadcast from {_NAME}: {QUOTED_PATTERN}>"), BroadcastFrom),
+    (re.compile(rf"<Online users: {_NAME_LIST}>"), OnlineUsers),
     (re.compile(r"<Invalid input: (.+)\. Type \"help\" for commands\.>"), InvalidInput),
     (re.compile(r"<Invalid username: (.+)\.>"), InvalidUsername),
     (re.compile(rf"<Username {_NAME} is already taken\.>"), UsernameTaken),
 ]
 _TEXT_EVENTS = (MessageSent, MessageFrom, BroadcastSent, BroadcastFrom)
+# Events whose first field is a username.
+_NAME_EVENTS = (
+    UserOnline, UserOffline, UserUnknown, MessageSent, MessageFrom, NotDelivered, BroadcastFrom,
+    UsernameTaken,
+)
 
 
 def parse_event(line: str) -> Event:
     """Parse one server line (terminator removed) into an event.
 
-    Raises :class:`ProtocolError`, and nothing else, for a line that is not a
-    well-formed event -- including one that carries a raw control character,
-    which a correct server never sends.
+    Raises :class:`RemoteProtocolError`, and nothing else, for a line that is
+    not a well-formed event -- including one that carries raw a character the
+    server always escapes (a control or format character, an overlong run of
+    combining marks), or a name no user can have.
     """
-    if find_unsafe(line) is not None:
-        raise ProtocolError("event line carries a raw control character")
+    unsafe = find_unsafe(line)
+    if unsafe is not None:
+        raise RemoteProtocolError(
+            f"event line carries a raw U+{ord(unsafe):04X}, which the server always escapes"
+        )
     fixed = _FIXED_EVENTS.get(line)
     if fixed is not None:
         return fixed
@@ -217,10 +264,18 @@ def parse_event(line: str) -> Event:
         if kind is OnlineUsers:
             names = tuple(groups[0].split(", ")) if groups[0] else ()
             for name in names:
-                validate_username(name)
+                _check_received_name(name)
             return OnlineUsers(names)
+        if kind in _NAME_EVENTS:
+            _check_received_name(groups[0])
         if kind in _TEXT_EVENTS:
             *head, text = groups
             return kind(*head, unescape(text))
         return kind(*groups)
-    raise ProtocolError("not a server event")
+    raise RemoteProtocolError("not a server event")
+
+
+def _check_received_name(name: str) -> None:
+    problem = username_problem(name)
+    if problem is not None:
+        raise RemoteProtocolError(f"an event names no valid user: {problem}")

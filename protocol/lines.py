@@ -2,25 +2,44 @@
 
 from __future__ import annotations
 
-from protocol.errors import ProtocolError
-from protocol.escaping import describe_character, escape, find_unsafe
+from protocol.errors import RemoteProtocolError
+from protocol.escaping import (
+    MAX_COMBINING_MARKS,
+    describe_character,
+    escape_sequence,
+    find_refused,
+    is_combining_mark,
+)
 
 
 def decode_line(raw: bytes) -> str:
     """Decode one line (terminator already removed) and check its characters.
 
-    A line must be valid UTF-8 and may contain no raw control character or
-    Unicode line separator: those are what forged events and terminal escapes
-    are made of.  Inside quotes a sender can still write them as ``\\xHH``.
+    A line must be valid UTF-8 and may not carry raw what forged events and
+    terminal escapes are made of: a C0 control other than TAB, DEL, a C1
+    control, U+2028 or U+2029.  Nor may it stack more than
+    ``MAX_COMBINING_MARKS`` combining marks on one character.  Inside quotes
+    a sender can still write any of them as an escape (``\\x1b``,
+    ``\\u0301``).  Everything else, TAB, zero-width and format characters
+    included, is accepted here and escaped whenever it is delivered (see
+    :mod:`protocol.escaping`).
     """
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ProtocolError(f"the line is not valid UTF-8 (byte {exc.start + 1})") from None
-    unsafe = find_unsafe(text)
-    if unsafe is not None:
-        name = describe_character(unsafe)
-        raise ProtocolError(
-            f"character {name} is not allowed raw; inside quotes write it as {escape(unsafe)}"
+        raise RemoteProtocolError(
+            f"the line is not valid UTF-8 (byte {exc.start + 1})"
+        ) from None
+    refused = find_refused(text)
+    if refused is None:
+        return text
+    sequence = escape_sequence(refused)
+    if is_combining_mark(refused):
+        raise RemoteProtocolError(
+            f"more than {MAX_COMBINING_MARKS} combining marks on one character;"
+            f" inside quotes write the rest as escapes such as {sequence}"
         )
-    return text
+    raise RemoteProtocolError(
+        f"character {describe_character(refused)} is not allowed raw;"
+        f" inside quotes write it as {sequence}"
+    )

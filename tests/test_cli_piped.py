@@ -191,7 +191,7 @@ def _silent_listener() -> Iterator[socket.socket]:
 
 
 @pytest.mark.parametrize(("name", "reason"), [
-    ("has space", "use only letters, digits, '_', '-' and '.'"),
+    ("has space", "a username is 1-32 ASCII letters, digits, '_', '-' or '.', starting with a letter or digit"),
     ("x" * 33, "a username has at most 32 characters"),
     ("everyone", "the name everyone is reserved"),
 ])

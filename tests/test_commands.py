@@ -142,8 +142,8 @@ def test_bad_bytes_are_refused_and_never_reach_the_recipient(
     ("name", "reason"),
     [
         ("A" * 33, "a username has at most 32 characters"),
-        ("Al ice", "use only letters, digits, '_', '-' and '.'"),
-        ("<Admin>", "use only letters, digits, '_', '-' and '.'"),
+        ("Al ice", "a username is 1-32 ASCII letters, digits, '_', '-' or '.', starting with a letter or digit"),
+        ("<Admin>", "a username is 1-32 ASCII letters, digits, '_', '-' or '.', starting with a letter or digit"),
         ("everyone", "the name everyone is reserved"),
     ],
 )
