@@ -158,6 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     restore = hold_terminal()
     try:
         return _main(argv)
+    except KeyboardInterrupt:
+        # Ctrl-C while starting up: nothing to log out of.
+        return EXIT_FAILURE
     finally:
         restore()
 

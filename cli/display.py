@@ -24,20 +24,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-import protocol
-from protocol import Event, LineTooLong, ProtocolError, escape, format_event, parse_event
-
-if hasattr(protocol, "NotDelivered"):
-    NotDelivered = protocol.NotDelivered
-else:  # until protocol/ knows the event (branch h-protocol): the same shape, parsed here
-    @dataclass(frozen=True, slots=True)
-    class NotDelivered:  # type: ignore[no-redef]
-        """``<Message to Bob not delivered: REASON.>``: sent instead of the echo."""
-
-        to: str
-        reason: str
-
-_NOT_DELIVERED = re.compile(r"<Message to ([A-Za-z0-9_.\-]{1,32}) not delivered: ([ -~]+)\.>")
+from protocol import (
+    Event,
+    LineTooLong,
+    ProtocolError,
+    escape,
+    format_event,
+    parse_event,
+)
 
 # Server lines can be much longer than the server's input limit (the online
 # users list of a full server is tens of kilobytes), so the client allows far
@@ -58,7 +52,7 @@ class ServerLine:
     """
 
     text: str
-    event: Event | NotDelivered | None = None
+    event: Event | None = None
 
 
 def render(item: bytes | LineTooLong) -> ServerLine:
@@ -72,9 +66,6 @@ def render(item: bytes | LineTooLong) -> ServerLine:
     try:
         event = parse_event(text)
     except ProtocolError:
-        match = _NOT_DELIVERED.fullmatch(text)
-        if match is not None:
-            return ServerLine(text, NotDelivered(*match.groups()))
         return ServerLine(visible(item))
     try:
         shown = format_event(event).decode("utf-8")[:-1]

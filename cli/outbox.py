@@ -32,7 +32,6 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-from cli.display import NotDelivered
 from protocol import (
     Broadcast,
     BroadcastSent,
@@ -42,6 +41,7 @@ from protocol import (
     HelpText,
     InvalidInput,
     MessageSent,
+    NotDelivered,
     OnlineUsers,
     UserOffline,
     Users,

@@ -11,6 +11,9 @@ that keep the terminal safe:
   the Hangul fillers -- are shown as a visible token in the ``escape`` style:
   ``\\x1b`` for a control character, ``<U+200B>`` for the others.  A
   zero-width joiner between two emoji is kept, so 👩‍💻 stays one picture.
+* combining marks past :data:`protocol.MAX_COMBINING_MARKS` in a row (the
+  "Zalgo" pile that would spill into the rows above and below) are shown as
+  ``<U+0301>`` tokens too;
 * a newline inside a message starts a new row and a tab becomes spaces to the
   next multiple of four columns: that is what the sender typed.
 
@@ -32,8 +35,8 @@ from prompt_toolkit.formatted_text import FormattedText, StyleAndTextTuples
 from prompt_toolkit.styles import Style
 from prompt_toolkit.utils import get_cwidth
 
-from cli.display import NotDelivered
 from protocol import (
+    MAX_COMBINING_MARKS,
     BroadcastFrom,
     BroadcastSent,
     Event,
@@ -41,6 +44,7 @@ from protocol import (
     InvalidInput,
     MessageFrom,
     MessageSent,
+    NotDelivered,
     OnlineUsers,
     ShuttingDown,
     UserOffline,
@@ -48,6 +52,7 @@ from protocol import (
     UserUnknown,
     username_key,
 )
+from protocol.escaping import ESCAPED_CATEGORIES, INVISIBLE_LETTERS, is_combining_mark
 
 STYLE = Style.from_dict({
     "time": "ansibrightblack",
@@ -69,16 +74,18 @@ STYLE = Style.from_dict({
 TIMESTAMP_FORMATS = {"off": None, "HH:MM": "%H:%M", "HH:MM:SS": "%H:%M:%S"}
 TAB_STOP = 4
 
-# Hangul fillers render as blank space of varying width: invisible text.
-_HANGUL_FILLERS = frozenset("\u115f\u1160\u3164\uffa0")
 _ZWJ = "\u200d"
 
 
 def is_harmful(char: str) -> bool:
-    """True for a character that must not reach the terminal raw."""
-    if char in _HANGUL_FILLERS or char in "\u2028\u2029":
-        return True
-    return unicodedata.category(char) in ("Cc", "Cf", "Cs", "Co", "Cn")
+    """True for a character that must not reach the terminal raw.
+
+    The categories the protocol always escapes on the wire (C0/C1 controls,
+    format characters such as bidi overrides, surrogates, private use,
+    unassigned and noncharacters, line/paragraph separators) and the Hangul
+    fillers, which draw as blank space.
+    """
+    return char in INVISIBLE_LETTERS or unicodedata.category(char) in ESCAPED_CATEGORIES
 
 
 def token_for(char: str) -> str:
@@ -104,9 +111,14 @@ class _Cell:
 def _cells(fragments: Iterable[tuple[str, str]]) -> list[_Cell]:
     """Split styled text into display cells; harmful characters become one token cell."""
     out: list[_Cell] = []
+    marks = 0  # combining marks in a row: past the protocol's cap they would pile up
     for style, text in fragments:
         for index, char in enumerate(text):
-            if char == "\n":
+            marks = marks + 1 if is_combining_mark(char) else 0
+            if marks > MAX_COMBINING_MARKS:
+                token = token_for(char)
+                out.append(_Cell("class:escape", token, len(token), "char"))
+            elif char == "\n":
                 out.append(_Cell(style, "", 0, "newline"))
             elif char == "\t":
                 out.append(_Cell(style, " ", 0, "tab"))
@@ -197,6 +209,11 @@ def wrap(prefix: StyleAndTextTuples, body: StyleAndTextTuples, width: int | None
 
 
 def _merge(row: StyleAndTextTuples) -> StyleAndTextTuples:
+    """Join neighbours of one style; drop trailing spaces (invisible, and they would wrap)."""
+    while row and not row[-1][1].strip(" "):
+        row = row[:-1]
+    if row:
+        row = [*row[:-1], (row[-1][0], row[-1][1].rstrip(" "))]
     merged: StyleAndTextTuples = []
     for style, text in row:
         if merged and merged[-1][0] == style:
