@@ -34,6 +34,7 @@ from pathlib import Path
 
 from prompt_toolkit import PromptSession
 from prompt_toolkit.application import run_in_terminal
+from prompt_toolkit.application.current import set_app
 from prompt_toolkit.formatted_text import StyleAndTextTuples
 from prompt_toolkit.history import FileHistory, History, InMemoryHistory
 from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
@@ -157,7 +158,9 @@ class Client:
         out: StyleAndTextTuples = []
         # The pending rows live only while the prompt does: not in the
         # scrollback copy of the prompt that an accepted line leaves behind.
-        pending = [] if self.session.app.is_done else self.outbox.pending()
+        # Only messages: users/help/bye answers are shown when they come.
+        pending = [] if self.session.app.is_done else [
+            entry for entry in self.outbox.pending() if entry.is_message]
         now = time.monotonic()
         if len(pending) > SHOWN_PENDING:
             out.append(("class:pending", f"   ... and {len(pending) - SHOWN_PENDING} more\n"))
@@ -217,18 +220,26 @@ class Client:
             batch = [await self.output_queue.get()]
             while not self.output_queue.empty():
                 batch.append(self.output_queue.get_nowait())
-            await run_in_terminal(lambda batch=batch: self._write(batch))
-            for _ in batch:
-                self.output_queue.task_done()
+            try:
+                # This task was started outside the prompt's context: name the
+                # application, or run_in_terminal would not erase the prompt first.
+                with set_app(self.session.app):
+                    await run_in_terminal(lambda batch=batch: self._write(batch))
+            except OSError:
+                pass  # the terminal has gone (hung up): nobody to show it to
+            finally:
+                for _ in batch:
+                    self.output_queue.task_done()
 
     def _write(self, batch: list[tuple[StyleAndTextTuples, bool]]) -> None:
         output: Output = self.session.app.output
         depth = ColorDepth.from_env() or output.get_default_color_depth()
-        for fragments, bell in batch:
-            render_fragments(output, fragments, STYLE, color_depth=depth)
-            if bell:
-                output.bell()
-        output.flush()
+        with contextlib.suppress(OSError):  # the terminal has gone
+            for fragments, bell in batch:
+                render_fragments(output, fragments, STYLE, color_depth=depth)
+                if bell:
+                    output.bell()
+            output.flush()
 
     # -- main --------------------------------------------------------------------
 
@@ -245,7 +256,8 @@ class Client:
             network.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await network
-            await self.output_queue.join()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.output_queue.join(), LOGOUT_TIMEOUT)
             printer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await printer
@@ -263,9 +275,10 @@ class Client:
         while not self.ended:
             try:
                 text = await self.session.prompt_async()
-            except (EOFError, KeyboardInterrupt):
+            except (EOFError, KeyboardInterrupt, _End):
                 return
-            except _End:
+            except OSError:
+                # The terminal has gone (hung up): leave, logging out first.
                 return
             action = interpret(text, self.query)
             if action is None:
@@ -304,7 +317,8 @@ class Client:
 
     async def _leave(self, network: asyncio.Task[None]) -> int:
         if self.fatal is not None:
-            await self.output_queue.join()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.output_queue.join(), LOGOUT_TIMEOUT)
             print(f"{PROG}: {self.fatal}", file=sys.stderr)
             return 1
         if self.state != "online" or self.writer is None:
@@ -316,7 +330,6 @@ class Client:
             self.writer.write(format_command(Bye()))
             await asyncio.wait_for(self.logged_out.wait(), LOGOUT_TIMEOUT)
         except TimeoutError:
-            await self.output_queue.join()
             print(f"{PROG}: the server did not confirm the logout within "
                   f"{LOGOUT_TIMEOUT:g} s", file=sys.stderr)
             return 1

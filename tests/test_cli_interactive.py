@@ -348,3 +348,47 @@ def test_history_persists_across_runs_when_asked(server: Server, tmp_path) -> No
         alice.wait_for_input_line("Alice> /quit")
         alice.type(UP)
         alice.wait_for_input_line("Alice> /who")
+
+
+def test_a_direct_message_rings_the_bell_with_bell() -> None:
+    script = b'<Broadcast from Carol: "no bell">\n<Message from Bob: "ding">\n'
+    with FakeServer(script) as fake, \
+            terminal(fake.port, "Alice", "--bell", logged_in=False) as alice:
+        alice.wait_for_text("Bob → you: ding")
+        raw = bytes(alice.raw)
+        assert raw.count(b"\x07") == 1
+        assert raw.index(b"no bell") < raw.index(b"\x07")
+
+
+def test_a_message_without_an_answer_is_shown_as_overdue() -> None:
+    from prompt_toolkit.application import create_app_session
+    from prompt_toolkit.input import create_pipe_input
+    from prompt_toolkit.output import DummyOutput
+
+    from cli.interactive import Client, Options
+    from cli.outbox import ANSWER_TIMEOUT
+    from cli.present import plain
+    from protocol import Chat
+
+    with create_pipe_input() as pipe, create_app_session(input=pipe, output=DummyOutput()):
+        client = Client(Options("127.0.0.1", 1, "Alice", timestamps=None))
+        fresh = client.outbox.sent(Chat("Bob", "hi"), 100.0)
+        assert plain(client._pending_row(fresh, 100.0 + ANSWER_TIMEOUT - 0.1)) == (
+            "… you → Bob: hi  (sending)")
+        assert plain(client._pending_row(fresh, 100.0 + ANSWER_TIMEOUT)) == (
+            "… you → Bob: hi  (no answer from the server after 5 s)")
+        client.query = "Bob"
+        assert plain(client._prompt()).endswith("… you → Bob: hi  (sending)\nAlice→Bob> ") or \
+            plain(client._prompt()).endswith("(no answer from the server after 5 s)\nAlice→Bob> ")
+
+
+def test_a_terminal_that_hangs_up_logs_out_and_the_client_exits(server: Server,
+                                                                 clients: Clients) -> None:
+    bob = clients.login("Bob")
+    with terminal(server.port) as alice:
+        bob.expect("<User Alice is online.>")
+        # Closing the pty's master is the terminal window going away: the
+        # client gets SIGHUP and then EIO on every write to the terminal.
+        alice.child.close(force=False)
+        assert bob.read_line() == "<User Alice is offline.>"
+        assert not alice.child.isalive()
