@@ -93,8 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("server", help="server address or host name, e.g. 127.0.0.1")
     parser.add_argument("port", type=_port, help="server TCP port, e.g. 1234")
     parser.add_argument("username",
-                        help="1-32 letters, digits, '_', '-' or '.' (case-insensitive); "
-                             "put -- before a name that starts with '-'")
+                        help="1-32 ASCII letters, digits, '_', '-' or '.', starting with "
+                             "a letter or digit (case-insensitive)")
     parser.add_argument("--raw", action="store_true",
                         help="show the server's lines in their wire form (for scripts)")
     parser.add_argument("--bell", action="store_true",
@@ -206,7 +206,12 @@ def _default_history() -> Path:
 
 
 def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
-    """Parse; an option-like word where the username goes is judged as a username."""
+    """Parse; an option-like word where the username goes is judged as a username.
+
+    ``python -m cli HOST PORT -x`` is then refused with the username rule
+    (which ``python -m cli HOST PORT -- -x`` gets too), not with "unrecognized
+    arguments".
+    """
     try:
         return parser.parse_args(argv)
     except _UsageError:
@@ -215,15 +220,10 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.
         words = [word for word in args if word.split("=", 1)[0] not in known]
         positional = [word for word in words if not word.startswith("-")]
         odd = [word for word in words if word.startswith("-") and word != "--"]
-        if len(positional) == 2 and len(odd) == 1 and "--" not in args:
-            from protocol import ProtocolError, validate_username
+        if len(positional) == 2 and len(odd) == 1:
+            from protocol import validate_username
 
-            try:
-                validate_username(odd[0])
-            except ProtocolError:
-                raise
-            raise _UsageError(f"to log in as {odd[0]}, put -- before the name: "
-                              f"{parser.prog} SERVER PORT -- {odd[0]}") from None
+            validate_username(odd[0])  # raises ProtocolError with the rule
         raise
 
 

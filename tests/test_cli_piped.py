@@ -266,3 +266,21 @@ def test_a_server_killed_mid_session_is_reported(
         assert alice.wait() == 1
         assert alice.rest("stderr") == ["Disconnected from server."]
         assert alice.rest("stdout") == []
+
+
+@pytest.mark.parametrize("args", [["127.0.0.1", "1", "-x"], ["127.0.0.1", "1", "--", "-x"],
+                                  ["127.0.0.1", "1", "_x"]])
+def test_a_name_that_looks_like_an_option_gets_the_username_rule(args: list[str]) -> None:
+    result = run_cli([sys.executable, "-m", "cli", *args])
+    assert result.returncode == 2
+    assert _one_error_line(result) == (
+        "reactor-chat: invalid username: a username is 1-32 ASCII letters, digits, '_', '-' "
+        "or '.', starting with a letter or digit")
+
+
+def test_any_valid_name_works_as_the_argument() -> None:
+    with running_server("select") as server:
+        for name in ("0.-_", "X" * 32):
+            result = run_cli(cli_args(server.port, name, "--raw"), b"")
+            assert result.returncode == 0, result.stderr
+            assert result.stdout.decode().splitlines()[0] == f"<User {name} is online.>"
