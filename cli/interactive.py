@@ -203,8 +203,16 @@ class Client:
 
     def _end_prompt(self) -> None:
         self.ended = True
+        self._end_prompt_if_due()
+
+    def _end_prompt_if_due(self) -> None:
+        """End a running prompt if the session is over.
+
+        Also the prompt's ``pre_run`` hook: an end that came while the prompt
+        was starting must still end it as soon as it runs.
+        """
         app = self.session.app
-        if app.is_running and app.future is not None and not app.future.done():
+        if self.ended and app.future is not None and not app.future.done():
             app.exit(exception=_End())
 
     def _refresh(self) -> None:
@@ -266,15 +274,12 @@ class Client:
         return status
 
     def _leave_by_signal(self) -> None:
-        app = self.session.app
-        if app.is_running and app.future is not None and not app.future.done():
-            app.exit(exception=EOFError())
-        self.ended = True
+        self._end_prompt()
 
     async def _chat(self) -> None:
         while not self.ended:
             try:
-                text = await self.session.prompt_async()
+                text = await self.session.prompt_async(pre_run=self._end_prompt_if_due)
             except (EOFError, KeyboardInterrupt, _End):
                 return
             except OSError:

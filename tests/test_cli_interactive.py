@@ -392,3 +392,14 @@ def test_a_terminal_that_hangs_up_logs_out_and_the_client_exits(server: Server,
         alice.child.close(force=False)
         assert bob.read_line() == "<User Alice is offline.>"
         assert not alice.child.isalive()
+
+
+def test_a_first_connection_that_fails_ends_the_client_with_status_1() -> None:
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        port = probe.getsockname()[1]
+    with terminal(port, logged_in=False) as alice:
+        assert alice.wait_exit() == 1
+        assert any(line.startswith(f"reactor-chat: cannot connect to 127.0.0.1:{port}: "
+                                   "connection refused") for line in alice.lines), alice.dump()
