@@ -244,9 +244,9 @@ class Client:
         depth = ColorDepth.from_env() or output.get_default_color_depth()
         with contextlib.suppress(OSError):  # the terminal has gone
             for fragments, bell in batch:
-                render_fragments(output, fragments, STYLE, color_depth=depth)
                 if bell:
                     output.bell()
+                render_fragments(output, fragments, STYLE, color_depth=depth)
             output.flush()
 
     # -- main --------------------------------------------------------------------

@@ -354,7 +354,8 @@ def test_a_direct_message_rings_the_bell_with_bell() -> None:
     script = b'<Broadcast from Carol: "no bell">\n<Message from Bob: "ding">\n'
     with FakeServer(script) as fake, \
             terminal(fake.port, "Alice", "--bell", logged_in=False) as alice:
-        alice.wait_for_text("Bob → you: ding")
+        alice.wait_for(lambda: b"\x07" in alice.raw and alice.has_line("Bob → you: ding"),
+                       "the bell and the message")
         raw = bytes(alice.raw)
         assert raw.count(b"\x07") == 1
         assert raw.index(b"no bell") < raw.index(b"\x07")
