@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from protocol.commands import BROADCAST_USAGE, CHAT_USAGE
 from protocol.errors import LocalProtocolError, RemoteProtocolError
 from protocol.escaping import QUOTED_PATTERN, escape, find_unsafe, unescape
-from protocol.usernames import USERNAME_PATTERN, username_problem
+from protocol.usernames import RESERVED_USERNAMES, USERNAME_PATTERN, username_problem
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,9 +182,7 @@ def _format(event: Event) -> str:
         case BroadcastFrom(sender, text):
             return f'<Broadcast from {_checked_name(sender)}: "{escape(text)}">'
         case OnlineUsers(names):
-            for name in names:
-                _checked_name(name)
-            return f"<Online users: {', '.join(names)}>"
+            return f"<Online users: {_checked_names(names)}>"
         case InvalidInput(reason):
             return f"<Invalid input: {_checked_reason(reason)}{_INPUT_SUFFIX}"
         case InvalidUsername(reason):
@@ -207,6 +205,27 @@ def _checked_name(name: str) -> str:
     return name
 
 
+def _checked_names(names: tuple[str, ...]) -> str:
+    # One regex pass over the joined list rather than a check per name: the
+    # list of a full server holds thousands.  A name with ", " in it would
+    # change the count, so the count is compared too.
+    listed = ", ".join(names)
+    if (
+        _NAME_LIST.fullmatch(listed)
+        and listed.count(", ") == max(len(names) - 1, 0)
+        and not _may_hold_reserved(listed)
+    ):
+        return listed
+    for name in names:  # to say which, or to find the list fine after all
+        _checked_name(name)
+    return listed
+
+
+def _may_hold_reserved(listed: str) -> bool:
+    lowered = listed.lower()
+    return any(reserved in lowered for reserved in RESERVED_USERNAMES)
+
+
 def _checked_reason(reason: str) -> str:
     # Reasons are written by the server, never copied from input; this check
     # keeps it that way (a control character or a trailing period would break
@@ -217,7 +236,10 @@ def _checked_reason(reason: str) -> str:
 
 
 _NAME = f"({USERNAME_PATTERN})"
-_NAME_LIST = f"((?:{USERNAME_PATTERN}(?:, {USERNAME_PATTERN})*)?)"
+# Unambiguous (a name cannot hold ", "), so a near miss fails in linear time.
+_NAME_LIST_PATTERN = f"(?:{USERNAME_PATTERN}(?:, {USERNAME_PATTERN})*)?"
+_NAME_LIST = re.compile(_NAME_LIST_PATTERN)
+
 _PATTERNS: list[tuple[re.Pattern[str], type]] = [
     (re.compile(rf"<User {_NAME} is online\.>"), UserOnline),
     (re.compile(rf"<User {_NAME} is offline\.>"), UserOffline),
@@ -227,7 +249,7 @@ _PATTERNS: list[tuple[re.Pattern[str], type]] = [
     (re.compile(rf"<Message from {_NAME}: {QUOTED_PATTERN}>"), MessageFrom),
     (re.compile(rf"<Message to {_NAME} not delivered: (.+)\.>"), NotDelivered),
     (re.compile(rf"<Broadcast from {_NAME}: {QUOTED_PATTERN}>"), BroadcastFrom),
-    (re.compile(rf"<Online users: {_NAME_LIST}>"), OnlineUsers),
+    (re.compile(rf"<Online users: ({_NAME_LIST_PATTERN})>"), OnlineUsers),
     (re.compile(r"<Invalid input: (.+)\. Type \"help\" for commands\.>"), InvalidInput),
     (re.compile(r"<Invalid username: (.+)\.>"), InvalidUsername),
     (re.compile(rf"<Username {_NAME} is already taken\.>"), UsernameTaken),
@@ -263,8 +285,9 @@ def parse_event(line: str) -> Event:
         groups = match.groups()
         if kind is OnlineUsers:
             names = tuple(groups[0].split(", ")) if groups[0] else ()
-            for name in names:
-                _check_received_name(name)
+            if _may_hold_reserved(groups[0]):
+                for name in names:
+                    _check_received_name(name)
             return OnlineUsers(names)
         if kind in _NAME_EVENTS:
             _check_received_name(groups[0])

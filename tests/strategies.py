@@ -5,6 +5,7 @@ from __future__ import annotations
 from hypothesis import strategies as st
 
 from protocol import (
+    USERNAME_PATTERN,
     Broadcast,
     BroadcastFrom,
     BroadcastSent,
@@ -18,6 +19,7 @@ from protocol import (
     LoginTimedOut,
     MessageFrom,
     MessageSent,
+    NotDelivered,
     OnlineUsers,
     ServerFull,
     ShuttingDown,
@@ -30,10 +32,28 @@ from protocol import (
     is_valid_username,
 )
 
-usernames = st.from_regex(r"[A-Za-z0-9_.\-]{1,32}", fullmatch=True).filter(is_valid_username)
+usernames = st.from_regex(USERNAME_PATTERN, fullmatch=True).filter(is_valid_username)
+# Characters that random text rarely holds but attacks and pasted text do:
+# controls, TAB, invisible and format characters, bidi controls, tags,
+# noncharacters, private use, Hangul fillers, quotes and backslashes, and
+# combining marks to pile up (several per draw, so that long runs occur).
+tricky_characters = st.sampled_from([
+    "\t", "\r", "\x1b", "\x7f", "\x85", "\x9b", "\u00ad", "\u061c", "\u115f", "\u1160",
+    "\u200b", "\u200d", "\u200e", "\u200f", "\u2028", "\u2029", "\u202e", "\u2060", "\u2062",
+    "\u2066", "\u3164", "\ue000", "\ufdd0", "\ufeff", "\ufff9", "\uffa0", "\ufffe", "\uffff",
+    "\U0001fffe", "\U000e0001", "\U000e0041", "\U000e007f", "\U000f0000", "\U00050000",
+    '"', "\\", "\\x41", "\\u0301", "e", "\U0001f600", "\u0378",
+])
+combining_marks = st.sampled_from(["\u0301", "\u0302", "\u0489", "\u20dd", "\ufe0f",
+                                   "\U0001d167", "\U000e0100"])
+tricky_texts = st.lists(
+    st.one_of(st.characters(), tricky_characters,
+              st.lists(combining_marks, min_size=1, max_size=12).map("".join)),
+).map("".join)
 # Any text a person could mean, control characters and astral planes included;
 # only the empty message is not a message.
-messages = st.text(min_size=1)
+texts = st.one_of(st.text(), tricky_texts)
+messages = texts.filter(bool)
 commands = st.one_of(
     st.builds(Chat, usernames, messages),
     st.builds(Broadcast, messages),
@@ -44,8 +64,9 @@ reasons = st.from_regex(r"[ -~]*[ -\-/-~]", fullmatch=True)
 events: st.SearchStrategy[Event] = st.one_of(
     st.builds(UserOnline, usernames), st.builds(UserOffline, usernames),
     st.builds(UserUnknown, usernames), st.builds(UsernameTaken, usernames),
-    st.builds(MessageSent, usernames, st.text()), st.builds(MessageFrom, usernames, st.text()),
-    st.builds(BroadcastSent, st.text()), st.builds(BroadcastFrom, usernames, st.text()),
+    st.builds(MessageSent, usernames, texts), st.builds(MessageFrom, usernames, texts),
+    st.builds(NotDelivered, usernames, reasons),
+    st.builds(BroadcastSent, texts), st.builds(BroadcastFrom, usernames, texts),
     st.builds(OnlineUsers, st.lists(usernames, max_size=5).map(tuple)),
     st.builds(InvalidInput, reasons), st.builds(InvalidUsername, reasons),
     st.sampled_from([HelpText(), ServerFull(), TooManyFromAddress(), LoginTimedOut(),

@@ -11,14 +11,25 @@ from protocol import (
     Bye,
     Chat,
     Help,
+    InvalidInput,
+    InvalidUsername,
+    LocalProtocolError,
     Login,
     ProtocolError,
+    RemoteProtocolError,
     Users,
+    decode_line,
     format_command,
+    format_event,
     parse_command,
     parse_login,
 )
-from tests.strategies import commands, usernames
+from protocol.escaping import find_unsafe
+from tests.strategies import commands, tricky_texts, usernames
+
+USERNAME_RULE = (
+    "a username is 1-32 ASCII letters, digits, '_', '-' or '.', starting with a letter or digit"
+)
 
 
 def parse_wire(data: bytes) -> object:
@@ -33,17 +44,40 @@ def test_every_command_survives_format_then_parse(command: object) -> None:
 
 @given(commands)
 def test_a_formatted_command_is_one_line_of_safe_characters(command: object) -> None:
-    line = format_command(command)[:-1].decode("utf-8")  # type: ignore[arg-type]
+    data = format_command(command)  # type: ignore[arg-type]
+    line = data[:-1].decode("utf-8")
     assert all(ord(c) >= 0x20 and not 0x7F <= ord(c) <= 0x9F for c in line)
     assert "\u2028" not in line and "\u2029" not in line
+    assert find_unsafe(line) is None
+    # ... so the server takes it as it is.
+    assert decode_line(data[:-1]) == line
 
 
 @given(st.text())
-def test_the_parser_raises_only_protocol_error(line: str) -> None:
+def test_the_parser_raises_only_remote_protocol_error(line: str) -> None:
     try:
         parse_command(line)
-    except ProtocolError:
+    except RemoteProtocolError:
         pass
+
+
+@given(st.text())
+def test_the_login_parser_raises_only_remote_protocol_error(line: str) -> None:
+    try:
+        parse_login(line)
+    except RemoteProtocolError:
+        pass
+
+
+@given(st.one_of(st.binary(), st.text().map(str.encode), tricky_texts.map(
+    lambda text: text.encode("utf-8", "surrogatepass"))))
+def test_every_reason_a_parser_gives_can_be_sent_back_as_an_event(raw: bytes) -> None:
+    for parse in (parse_command, parse_login):
+        try:
+            parse(decode_line(raw))
+        except RemoteProtocolError as error:
+            format_event(InvalidInput(error.reason))
+            format_event(InvalidUsername(error.reason))
 
 
 @given(usernames)
@@ -63,6 +97,12 @@ def test_login_round_trip(name: str) -> None:
         ('broadcast "to all"', Broadcast("to all")),
         ("broadcast to all, bare", Broadcast("to all, bare")),
         ('chat Bob "héllo 👋"', Chat("Bob", "héllo 👋")),
+        ('chat Bob "col1\tcol2"', Chat("Bob", "col1\tcol2")),
+        ("chat Bob tab\tin a bare message\t", Chat("Bob", "tab\tin a bare message\t")),
+        ("broadcast \tindented", Broadcast("\tindented")),
+        ("chat Bob \t", Chat("Bob", "\t")),
+        ('chat Bob "zw\u200dj \\u200d"', Chat("Bob", "zw\u200dj \u200d")),
+        ("chat Bob-2 hi", Chat("Bob-2", "hi")),
         ("users", Users()),
         ("Help", Help()),
         ("bye", Bye()),
@@ -87,20 +127,76 @@ def test_commands_as_people_type_them(line: str, command: object) -> None:
         ('chat <Bob> "x"', "the recipient is not a valid username"),
         ('chat Bob "\\ud800"', "escape \\ud800 is not a Unicode character"),
         ("", "empty command"),
+        ("chat Bob\thi", "a tab does not separate words; use a space"),
+        ("chat Bob\t hi", "a tab does not separate words; use a space"),
+        ("chat\tBob hi", "a tab does not separate words; use a space"),
+        ("users\t", "a tab does not separate words; use a space"),
+        ("\t", "unknown command"),
+        ("chat -x hi", "the recipient is not a valid username"),
+        ("chat everyone hi", "the recipient is not a valid username"),
     ],
 )
 def test_mistakes_get_a_reason(line: str, reason: str) -> None:
-    with pytest.raises(ProtocolError) as caught:
+    with pytest.raises(RemoteProtocolError) as caught:
         parse_command(line)
     assert caught.value.reason == reason
 
 
-@pytest.mark.parametrize("name", ["", "a" * 33, "Al ice", "Alice!", "Ålice", "everyone", "EVERYONE"])
-def test_bad_usernames_are_rejected(name: str) -> None:
-    with pytest.raises(ProtocolError):
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        ("", "a username cannot be empty"),
+        ("a" * 33, "a username has at most 32 characters"),
+        ("Al ice", USERNAME_RULE),
+        ("Alice!", USERNAME_RULE),
+        ("Ålice", USERNAME_RULE),
+        ("Al\tice", USERNAME_RULE),
+        ("-", USERNAME_RULE),
+        (".", USERNAME_RULE),
+        ("..", USERNAME_RULE),
+        ("...", USERNAME_RULE),
+        ("--help", USERNAME_RULE),
+        ("-x", USERNAME_RULE),
+        ("_alice", USERNAME_RULE),
+        (".hidden", USERNAME_RULE),
+        ("everyone", "the name everyone is reserved"),
+        ("EVERYONE", "the name EVERYONE is reserved"),
+    ],
+)
+def test_bad_usernames_are_refused_with_the_rule(name: str, reason: str) -> None:
+    with pytest.raises(RemoteProtocolError) as caught:
         parse_login(name)
+    assert caught.value.reason == reason
 
 
-def test_usernames_may_use_the_whole_alphabet() -> None:
+def test_usernames_start_with_a_letter_or_digit_then_use_the_whole_alphabet() -> None:
     assert parse_login(" A-z_0.9 ") == Login("A-z_0.9")
     assert parse_login("a" * 32) == Login("a" * 32)
+    assert parse_login("7") == Login("7")
+    assert parse_login("x-") == Login("x-")
+    assert parse_login("a...") == Login("a...")
+    assert parse_login("everyone2") == Login("everyone2")
+
+
+@pytest.mark.parametrize(
+    ("command", "reason"),
+    [
+        (Chat("Bob", ""), "the message is empty"),
+        (Broadcast(""), "the message is empty"),
+        (Chat("-x", "hi"), USERNAME_RULE),
+        (Chat("everyone", "hi"), "the name everyone is reserved"),
+        (Login("a b"), USERNAME_RULE),
+        (Login(""), "a username cannot be empty"),
+        (Broadcast("\ud800"), "the message is not valid Unicode"),
+    ],
+)
+def test_formatting_an_invalid_command_is_our_own_error(command: object, reason: str) -> None:
+    with pytest.raises(LocalProtocolError) as caught:
+        format_command(command)  # type: ignore[arg-type]
+    assert caught.value.reason == reason
+
+
+def test_both_kinds_of_error_are_protocol_errors() -> None:
+    assert issubclass(RemoteProtocolError, ProtocolError)
+    assert issubclass(LocalProtocolError, ProtocolError)
+    assert not issubclass(LocalProtocolError, RemoteProtocolError)

@@ -11,10 +11,13 @@ from protocol import (
     BroadcastSent,
     Chat,
     InvalidInput,
+    InvalidUsername,
+    LocalProtocolError,
     MessageFrom,
     MessageSent,
+    NotDelivered,
     OnlineUsers,
-    ProtocolError,
+    RemoteProtocolError,
     ServerFull,
     ShuttingDown,
     UsernameTaken,
@@ -47,10 +50,20 @@ def test_no_event_line_carries_a_raw_control_character(event: object) -> None:
 
 
 @given(st.text())
-def test_the_event_parser_raises_only_protocol_error(line: str) -> None:
+def test_the_event_parser_raises_only_remote_protocol_error(line: str) -> None:
     try:
         parse_event(line)
-    except ProtocolError:
+    except RemoteProtocolError:
+        pass
+
+
+@given(st.lists(st.sampled_from(["<", ">", "User ", "Online users: ", "Alice", ", ", '"', "\\",
+                                 "Message from ", "Message to ", " not delivered: ", ": ",
+                                 ".", " is online", "To ", "everyone", "-x", "\u200b", "\t"])))
+def test_the_event_parser_raises_only_remote_protocol_error_on_near_misses(parts: list[str]) -> None:
+    try:
+        parse_event("".join(parts))
+    except RemoteProtocolError:
         pass
 
 
@@ -85,6 +98,9 @@ def test_what_the_sender_typed_is_what_the_recipient_recovers(sender: str, text:
         (OnlineUsers(()), "<Online users: >"),
         (InvalidInput("unknown command"), '<Invalid input: unknown command. Type "help" for commands.>'),
         (UsernameTaken("Alice"), "<Username Alice is already taken.>"),
+        (NotDelivered("Bob", "Bob is not reading"), "<Message to Bob not delivered: Bob is not reading.>"),
+        (NotDelivered("Bob", "the chat service is unavailable"), "<Message to Bob not delivered: the chat service is unavailable.>"),
+        (MessageFrom("Alice", "a\tb\u200dc"), '<Message from Alice: "a\\x09b\\u200dc">'),
         (ServerFull(), "<Server is full.>"),
         (ShuttingDown(), "<Server is shutting down.>"),
     ],
@@ -94,6 +110,67 @@ def test_event_lines_read_as_the_original_wrote_them(event: object, line: str) -
     assert parse_event(line) == event
 
 
-def test_a_line_with_raw_escape_is_not_an_event() -> None:
-    with pytest.raises(ProtocolError):
-        parse_event('<Message from Alice: "\x1b[2J">')
+@pytest.mark.parametrize(
+    "line",
+    [
+        '<Message from Alice: "\x1b[2J">',
+        '<Message from Alice: "tab\there">',
+        '<Message from Alice: "zero\u200bwidth">',
+        "<To Bob> \u202eevil",
+        '<Broadcast from Alice: "\U000e0041">',
+        '<Message from Alice: "Z' + "\u0301" * 9 + '">',
+    ],
+    ids=["ESC", "TAB", "ZWSP", "bidi-override", "tag", "nine-marks"],
+)
+def test_a_line_with_a_raw_character_the_server_always_escapes_is_not_an_event(line: str) -> None:
+    with pytest.raises(RemoteProtocolError):
+        parse_event(line)
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "<User -x is online.>",
+        "<User ... is offline.>",
+        "<User everyone is online.>",
+        '<Message from everyone: "hi">',
+        "<Message to .x not delivered: gone.>",
+        "<Online users: Alice, -x>",
+        "<Online users: Alice, >",
+        "<Online users: Alice,Bob>",
+        "<Username _x is already taken.>",
+    ],
+)
+def test_a_line_naming_no_possible_user_is_not_an_event(line: str) -> None:
+    with pytest.raises(RemoteProtocolError):
+        parse_event(line)
+
+
+def test_a_long_line_of_names_that_is_no_event_is_refused_quickly() -> None:
+    # The names-list grammar is unambiguous, so a near miss cannot backtrack
+    # exponentially.
+    with pytest.raises(RemoteProtocolError):
+        parse_event("<Online users: " + "a" * 40_000 + "!>")
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        UserOnline("-x"),
+        UserOffline(""),
+        UserUnknown("a b"),
+        MessageSent("everyone", "hi"),
+        MessageFrom("Ålice", "hi"),
+        NotDelivered("Bob", "no."),
+        NotDelivered("Bob", "caf\u00e9"),
+        NotDelivered("..", "gone"),
+        OnlineUsers(("Alice", "<Admin>")),
+        InvalidInput("bad\nreason"),
+        InvalidUsername(""),
+        UsernameTaken("a" * 33),
+        MessageFrom("Alice", "\udc80"),
+    ],
+)
+def test_formatting_an_event_the_wire_cannot_carry_is_our_own_error(event: object) -> None:
+    with pytest.raises(LocalProtocolError):
+        format_event(event)  # type: ignore[arg-type]

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from protocol import LineBuffer, LineTooLong, ProtocolError, decode_line
+from protocol import LineBuffer, LineTooLong, RemoteProtocolError, decode_line
 
 LIMIT = 16
 
@@ -84,14 +84,30 @@ def test_splitting_is_on_newline_bytes_only() -> None:
     ],
 )
 def test_decode_line_rejects_bad_bytes(raw: bytes, reason: str) -> None:
-    with pytest.raises(ProtocolError) as caught:
+    with pytest.raises(RemoteProtocolError) as caught:
         decode_line(raw)
     assert caught.value.reason == reason
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "chat Bob \"col1\tcol2\"",
+        "broadcast tab\tseparated\tvalues",
+        "chat Bob \U0001f468\u200d\U0001f469\u200d\U0001f467",
+        "chat Bob \u05e9\u05dc\u05d5\u05dd\u200f!",
+        "chat Bob \u202eevil\u202c \ufeff \u00ad \U000e0041 \ue000 \u0378 \uffff",
+        "chat Bob vie\u0323\u0302t " + "a" + "\u0301" * 8,
+    ],
+    ids=["tab-quoted", "tab-bare", "zwj-emoji", "rlm", "format-and-unassigned", "eight-marks"],
+)
+def test_decode_line_accepts_tabs_and_invisible_characters_which_delivery_escapes(text: str) -> None:
+    assert decode_line(text.encode()) == text
+
+
 @given(st.binary())
-def test_decode_line_raises_only_protocol_error(raw: bytes) -> None:
+def test_decode_line_raises_only_remote_protocol_error(raw: bytes) -> None:
     try:
         decode_line(raw)
-    except ProtocolError:
+    except RemoteProtocolError:
         pass
