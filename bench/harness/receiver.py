@@ -42,6 +42,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from bench.harness import wire
+from bench.harness.deathsig import set_pdeathsig
 
 MAX_EVENTS = 128
 RECV_SIZE = 256 * 1024
@@ -358,6 +359,8 @@ def receiver_main(share: Share, ctl: Connection, parent_end: Connection | None) 
     """Entry point of a receiver process (forked by ``bench.harness.fleet``)."""
     # Ctrl-C reaches the whole process group; the parent decides when we stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the parent's handler
+    set_pdeathsig()  # even a SIGKILLed parent takes us with it
     if parent_end is not None:
         parent_end.close()  # so the pipe reports EOF here when the parent dies
     rx = Receiver(share, ctl)
