@@ -20,7 +20,7 @@ from bench.harness.fleet import Fleet
 from bench.harness.procstat import cpu_seconds, machine_busy_seconds, rss_bytes
 from bench.progress import Progress
 from bench.stats import cdf_points, latency_summary, nearest_rank
-from bench.systems import Running
+from bench.systems import TARGET, Running
 
 
 @dataclass
@@ -55,6 +55,8 @@ def run_system(sys_: Running, cfg: Config, base: int, progress: Progress) -> dic
         cfg.receivers,
         cfg.login_window,
         cfg.receiver_exe,
+        # Our servers all set TCP_NODELAY; an unknown --target might wait on ACKs (Nagle).
+        delay_acks=sys_.name != TARGET,
     ) as fl:
         out["storm"] = login_storm(sys_, cfg, fl, progress)
         rss1 = rss_bytes(sys_.pid) if sys_.pid else None

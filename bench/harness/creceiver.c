@@ -12,13 +12,22 @@
  * bench/harness/creceiver.py compiles this at run time when a C compiler exists
  * and speaks to it over stdin/stdout:
  *
- *   setup (binary, once):  "host port window count chat ppid\n", then per client
+ *   setup (binary, once):  "host port window count chat ppid delay_acks\n", then per client
  *                          u32 login_len, u32 notice_len, login bytes, notice bytes
  *   "L\n"                  connect and log in every client, `window` in flight
  *   "M nb nd np\n"         arm recording (forget earlier records); answers "A\n"
  *   "S\n"                  status: one line of counters, then the samples
  *   "C\n"                  collect: a header line, then the nine int64 arrays
  *   "Q\n" or EOF           exit
+ *
+ * Delayed ACKs: a client that only listens has its kernel ACK every small
+ * segment as soon as it is read (it is never in TCP's interactive "pingpong"
+ * mode), and on loopback that ACK's whole trip, including its processing at the
+ * server's socket, runs on the receiver's CPU: about half of what a read cost.
+ * With delay_acks set, TCP_QUICKACK is turned off again after every read, so
+ * the kernel ACKs on its delayed-ACK timer or every ~two segments instead.
+ * Only for servers that set TCP_NODELAY (all the benchmark starts do); a
+ * Nagle server would wait for those ACKs, so a --target gets plain ACKs.
  *
  * It dies with its parent (PR_SET_PDEATHSIG), so even a SIGKILLed benchmark
  * leaves no receiver holding connections.
@@ -440,7 +449,6 @@ int main(void) {
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     signal(SIGINT, SIG_IGN);
     signal(SIGPIPE, SIG_IGN);
-    if (getenv("CRECEIVER_QUICKACK")) delay_acks = 0;
     char header[512];
     size_t hl = 0;
     while (hl < sizeof header - 1) {
@@ -450,9 +458,9 @@ int main(void) {
     header[hl] = 0;
     char host[256];
     char port[16];
-    long long win = 0, n = 0, ischat = 0, ppid = 0;
-    if (sscanf(header, "%255s %15s %lld %lld %lld %lld", host, port, &win, &n, &ischat, &ppid) !=
-        6) {
+    long long win = 0, n = 0, ischat = 0, ppid = 0, delay = 1;
+    if (sscanf(header, "%255s %15s %lld %lld %lld %lld %lld", host, port, &win, &n, &ischat, &ppid,
+               &delay) != 7) {
         fprintf(stderr, "creceiver: bad header\n");
         return 2;
     }
@@ -460,6 +468,7 @@ int main(void) {
     window = win > 0 ? (size_t)win : 1;
     ncl = (size_t)n;
     chat = (int)ischat;
+    delay_acks = (int)delay;
     struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *res;
     if (getaddrinfo(host, port, &hints, &res) != 0) {
         fprintf(stderr, "creceiver: cannot resolve %s\n", host);

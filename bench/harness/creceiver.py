@@ -93,7 +93,14 @@ def build() -> tuple[Path | None, str]:
 class CReceiverProc:
     """One compiled receiver process, spoken to through its stdin and stdout."""
 
-    def __init__(self, exe: Path, share: Share, logins: list[bytes], notices: list[bytes]):
+    def __init__(
+        self,
+        exe: Path,
+        share: Share,
+        logins: list[bytes],
+        notices: list[bytes],
+        delay_acks: bool = True,
+    ) -> None:
         # Same process group as the benchmark (Ctrl-C is ignored inside, the parent
         # decides); PR_SET_PDEATHSIG inside ends it with a parent that dies.
         self.proc = subprocess.Popen(
@@ -106,7 +113,7 @@ class CReceiverProc:
         self.w, self.r = self.proc.stdin, self.proc.stdout
         head = (
             f"{share.host} {share.port} {share.window} {len(logins)} "
-            f"{int(share.dialect == 'chat')} {os.getpid()}\n"
+            f"{int(share.dialect == 'chat')} {os.getpid()} {int(delay_acks)}\n"
         ).encode()
         body = b"".join(
             struct.pack("=II", len(a), len(b)) + a + b for a, b in zip(logins, notices, strict=True)

@@ -38,6 +38,7 @@ class Fleet:
         receivers: int,
         window: int,
         exe: Path | None = None,
+        delay_acks: bool = True,
     ) -> None:
         self.size = len(indices)
         count = max(1, min(receivers, len(indices)))
@@ -53,6 +54,7 @@ class Fleet:
                         share,
                         [wire.login(dialect, name) for name in names],
                         [wire.online_notice(name) for name in names],
+                        delay_acks,
                     )
                     self.conns.append(proc)
                     self.procs.append(proc)
