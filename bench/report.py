@@ -141,10 +141,18 @@ def summarize(doc: dict[str, Any]) -> None:
             anchor = red["server CPU us/deliv."] if red else None
             row[HARNESS_RATIO] = ratio(row["harness CPU us/deliv."], anchor)
         run["summary"], run["spread"] = summary, spread
-        ratios = [r for row in summary.values() if (r := row[HARNESS_RATIO]) is not None]
+        ratios = {n: r for n, row in summary.items() if (r := row[HARNESS_RATIO]) is not None}
+        worst = max(ratios, key=ratios.__getitem__) if ratios else None
         run["harness"] = {
-            "worst_ratio_to_redis": max(ratios) if ratios else None,
-            "below_redis": (max(ratios) < 1.0) if ratios else None,
+            "worst_ratio_to_redis": ratios[worst] if worst else None,
+            "worst_system": worst,
+            # In that system's own run: harness CPU / that server's CPU, per delivery.
+            "worst_ratio_to_own_server": ratio(
+                summary[worst]["harness CPU us/deliv."], summary[worst]["server CPU us/deliv."]
+            )
+            if worst
+            else None,
+            "below_redis": (ratios[worst] < 1.0) if worst else None,
         }
         run["goals"] = goals(run)
 
@@ -307,9 +315,13 @@ def _harness_lines(doc: dict[str, Any], run: dict[str, Any]) -> list[str]:
             "cheaper than every server measured; the figures are the servers'."
         )
     else:
+        h = run["harness"]
+        own = h["worst_ratio_to_own_server"]
         text = (
             f"  Harness check: FAILED, {worst:.2f}x Redis's CPU per delivery at N="
-            f"{run['n']}: from this N the figures are partly the harness's own."
+            f"{run['n']} (in the {h['worst_system']} run"
+            + (f", {own:.2f}x that server's own" if own is not None else "")
+            + "): from this N the figures are partly the harness's own."
         )
     return _wrap(text, "    ")
 
@@ -390,11 +402,19 @@ def plots(doc: dict[str, Any], outdir: Path, tag: str) -> list[Path]:
     return written
 
 
-def _plain_log(axis: Any) -> None:
-    """Log scale ticks at 1, 2, 5 per decade, printed as plain numbers (0.5, 20, 1,000)."""
+def _plain_log(axis: Any, lo: float = 0.0, hi: float = 0.0) -> None:
+    """Log scale ticks printed as plain numbers (0.5, 20, 1,000): at 1, 2, 5 per
+    decade, or denser when the data (``lo`` to ``hi``) spans less than a decade."""
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    decades = math.log10(hi / lo) if 0 < lo < hi else 2.0
+    if decades < 1:
+        subs: tuple[float, ...] = (1.0, 1.5, 2.0, 3.0, 5.0, 7.0)
+    elif decades <= 2.5:
+        subs = (1.0, 2.0, 5.0)
+    else:  # wide: labels at 1, 2, 5 would run into each other
+        subs = (1.0,)
+    axis.set_major_locator(LogLocator(base=10, subs=subs))
     axis.set_major_formatter(FuncFormatter(lambda v, _pos: _plain(v)))
     axis.set_minor_formatter(NullFormatter())
 
@@ -431,14 +451,14 @@ def _cdf_plot(plt: Any, run: dict[str, Any], path: Path) -> None:
     fig, (ax, tail) = plt.subplots(1, 2, figsize=(12, 4.8))
     ranks = cdf_ranks()
     names = list(run["systems"])
-    lo = math.inf
+    lo, hi = math.inf, 0.0
     for name in names:
         for key, style in (("cdf_kernel_ms", "-"), ("cdf_ms", ":")):
             curves = [dig(r.get(name), ("broadcast", key)) or [] for r in run["rounds"]]
             xs = [max(x, 1e-3) for x in _median_curve(curves)]
             if not xs:
                 continue
-            lo = min(lo, xs[0])
+            lo, hi = min(lo, xs[0]), max(hi, xs[-1])
             kw = {"color": color(name), "linestyle": style, "lw": 1.8 if style == "-" else 1.2}
             ax.plot(xs, [r / 100 for r in ranks[: len(xs)]], **kw)
             tail.plot(xs, [max(1 - r / 100, 1e-4) for r in ranks[: len(xs)]], **kw)
@@ -446,7 +466,7 @@ def _cdf_plot(plt: Any, run: dict[str, Any], path: Path) -> None:
         a.set_xscale("log")
         if lo < math.inf:
             a.set_xlim(left=max(lo * 0.8, 1e-3))
-        _plain_log(a.xaxis)
+        _plain_log(a.xaxis, lo, hi)
         a.set_xlabel("per-recipient broadcast latency, ms (log scale)")
         a.grid(True, which="major", alpha=0.35)
     ax.set_ylabel("fraction of deliveries at or below")
@@ -456,7 +476,7 @@ def _cdf_plot(plt: Any, run: dict[str, Any], path: Path) -> None:
     tail.set_ylabel("fraction slower (log): the tail")
     styles = [("-", "kernel arrival stamp"), (":", "harness read stamp")]
     _style_legend(ax, names, styles, loc="lower right", fontsize=8)
-    _style_legend(tail, names, styles, loc="upper right", fontsize=8)
+    _style_legend(tail, names, styles, loc="lower left", fontsize=8)
     rounds = len(run["rounds"])
     fig.suptitle(
         f"Broadcast latency, N={run['n']} clients, {run['rate']:g} broadcasts/s, "
@@ -506,7 +526,8 @@ def _sweep_plot(plt: Any, runs: list[dict[str, Any]], path: Path) -> None:
         ax.set_xticks(ns)
         ax.xaxis.set_major_formatter(plt.FuncFormatter(lambda v, _p: f"{v:,.0f}"))
         ax.xaxis.set_minor_formatter(plt.NullFormatter())
-        _plain_log(ax.yaxis)
+        ys = [y for line in ax.get_lines() for y in line.get_ydata() if _num(y) and y > 0]
+        _plain_log(ax.yaxis, min(ys, default=0.0), max(ys, default=0.0))
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("connected clients N (log scale)")
         ax.grid(True, which="major", alpha=0.35)

@@ -295,7 +295,8 @@ def direct(
         }
         steps.append(step)
         first += count
-        if step["lost"] == 0 and step["p99_ms"] <= cfg.dm_slo_ms:
+        # Kernel-stamped, like every latency the report leads with.
+        if step["lost"] == 0 and step["kernel_p99_ms"] <= cfg.dm_slo_ms:
             saturation = rate
         else:
             break
