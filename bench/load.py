@@ -294,9 +294,9 @@ def run(args: argparse.Namespace, argv: list[str] | None, progress: Progress) ->
         written.append(txt)
     if not args.no_plots:
         pngs = report.plots(doc, args.plots or args.out, tag)
-        if not pngs:
+        if pngs is None:
             progress.note("note: matplotlib not installed; plots skipped (pip install matplotlib)")
-        written += pngs
+        written += pngs or []
     for path in written:
         print(f"wrote {path}")
     return 1 if doc.get("interrupted") else 0

@@ -378,15 +378,15 @@ def color(name: str) -> str:
     return "#000000"
 
 
-def plots(doc: dict[str, Any], outdir: Path, tag: str) -> list[Path]:
-    """Write PNGs; return their paths ([] if matplotlib is missing)."""
+def plots(doc: dict[str, Any], outdir: Path, tag: str) -> list[Path] | None:
+    """Write PNGs; return their paths (None if matplotlib is missing)."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        return []
+        return None
     outdir.mkdir(parents=True, exist_ok=True)
     written = []
     for run in doc["runs"]:
