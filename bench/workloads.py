@@ -226,6 +226,10 @@ def broadcast(
         "delivered": delivered,
         "lost": n * count - delivered,
         "duplicated": rec["b_dup"],
+        # CPU seconds in all (/proc counts in 10 ms ticks: the report judges the
+        # per-delivery figures only when there are enough of them).
+        "server_cpu_s": server_cpu if cpu0 is not None and cpu1 is not None else None,
+        "harness_cpu_s": hcpu,
         "server_cpu_per_1k": (cpu1 - cpu0) * per_k
         if cpu0 is not None and cpu1 is not None
         else None,
