@@ -236,7 +236,12 @@ def _blocks(names: list[str], wide: bool) -> list[list[str]]:
     """Systems in groups that fit the width (one group when wide)."""
     if wide:
         return [names]
-    per = max(1, (COLUMNS - LABEL_WIDTH) // CELL_WIDTH)
+    per = max(2, (COLUMNS - LABEL_WIDTH) // CELL_WIDTH)
+    if len(names) <= per:
+        return [names]
+    if systems.REDIS in names:  # the anchor of every ratio: in each block, last
+        others = [n for n in names if n != systems.REDIS]
+        return [[*others[i : i + per - 1], systems.REDIS] for i in range(0, len(others), per - 1)]
     return [names[i : i + per] for i in range(0, len(names), per)]
 
 
