@@ -27,9 +27,11 @@ PEER = "asyncio-peer"
 SYSTEMS = [*BACKENDS, PEER] + (["redis"] if shutil.which("redis-server") else [])
 
 
-def run_quick(tmp_path: Path, *extra: str) -> tuple[subprocess.CompletedProcess[str], Path]:
+def run_quick(
+    tmp_path: Path, *extra: str, systems: list[str] = SYSTEMS
+) -> tuple[subprocess.CompletedProcess[str], Path]:
     out_dir = tmp_path / "out"
-    cmd = [sys.executable, "bench/load.py", "--quick", "--quiet", "--systems", ",".join(SYSTEMS),
+    cmd = [sys.executable, "bench/load.py", "--quick", "--quiet", "--systems", ",".join(systems),
            "--out", str(out_dir), *extra]  # fmt: skip
     proc = subprocess.Popen(
         cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -97,6 +99,19 @@ def test_quick_run_delivers_everything_once_with_sane_latencies(tmp_path: Path) 
         return  # plots are an optional extra; the run must still succeed
     png = out_dir / f"{tag}-cdf-n20.png"
     assert png.exists() and f"wrote {png}" in lines
+
+
+def test_the_python_receiver_still_works_as_the_fallback(tmp_path: Path) -> None:
+    """Machines without a C compiler get the Python receive path: same records."""
+    _, out_dir = run_quick(tmp_path, "--receiver", "python", "--skip", "direct",
+                           systems=[BACKENDS[0]])  # fmt: skip
+    doc = json.loads(next(out_dir.glob("*.json")).read_text())
+    assert doc["receiver"].startswith("Python")
+    [rnd] = doc["runs"][0]["rounds"]
+    b = rnd[BACKENDS[0]]["broadcast"]
+    assert "error" not in rnd[BACKENDS[0]]
+    assert b["lost"] == 0 and b["duplicated"] == 0 and b["delivered"] == 20 * b["sent"] > 0
+    assert 0 < b["kernel_ms"]["p50"] <= b["per_recipient_ms"]["p50"] < 1000
 
 
 def _row(lines: list[str], label: str) -> str:
