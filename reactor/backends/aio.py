@@ -250,11 +250,7 @@ class AsyncioServer(Server):
         stop = loop.create_future()
 
         def woken() -> None:
-            try:
-                while self._wakeup_reader.recv(4096):
-                    pass
-            except (BlockingIOError, InterruptedError):
-                pass
+            self._drain_wakeups()
             if self._stop_requested and not stop.done():
                 stop.set_result(None)
 

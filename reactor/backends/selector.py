@@ -358,13 +358,6 @@ class SelectorServer(Server):
         if not transport.socket_closed:
             transport.abort()
 
-    def _drain_wakeups(self) -> None:
-        try:
-            while self._wakeup_reader.recv(4096):
-                pass
-        except (BlockingIOError, InterruptedError):
-            pass
-
     # -- accepting ------------------------------------------------------------
 
     def _listen(self, on: bool) -> None:

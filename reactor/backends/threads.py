@@ -322,13 +322,6 @@ class ThreadsServer(Server):
         finally:
             self.timers.stop()
 
-    def _drain_wakeups(self) -> None:
-        try:
-            while self._wakeup_reader.recv(4096):
-                pass
-        except (BlockingIOError, InterruptedError):
-            pass
-
     def _accept_one(self) -> str | None:
         """Accept one connection; the reason if out of resources, else None."""
         try:
