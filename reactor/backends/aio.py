@@ -52,8 +52,8 @@ class AsyncioTransport(Transport, asyncio.Protocol):
     # -- asyncio.Protocol -------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # uvloop's transports have the same methods without subclassing asyncio's.
+        self._transport = transport  # type: ignore[assignment]
         self.peer_host = peer_host(transport.get_extra_info("peername"))
         sock = self.sock = transport.get_extra_info("socket")
         try:
