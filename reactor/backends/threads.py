@@ -158,6 +158,13 @@ class ThreadTransport(Transport):
             self.connection.abort(failure)
         return None
 
+    def withdraw(self, entry: Entry) -> bool:
+        # The writer reads and consumes the queue under the send lock, with
+        # sendmsg in between: without it, an entry could be sent and also
+        # withdrawn ("not delivered"), and consume() would pop the wrong ones.
+        with self._send_lock:
+            return self.output.withdraw(entry)
+
     def flush(self) -> None:
         pass  # the writer thread sends whenever the socket takes more
 
