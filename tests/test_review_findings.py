@@ -1,0 +1,110 @@
+"""Regression tests for bugs found in review (each names what was wrong)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+
+import pytest
+
+from reactor import make_server
+from reactor.backends.base import Server
+from reactor.connection import Connection
+from reactor.outbuf import Entry
+from tests.fake_transport import DeferredWhiteboard, Harness
+from tests.support import TEST_CONFIG, LineClient, running_server, wait_until
+
+
+def _serve(server: Server) -> Iterator[Server]:
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        thread.join(timeout=15)
+        assert not thread.is_alive(), "server did not stop"
+
+
+def test_end_of_input_is_reported_once_while_a_line_waits_for_its_answer(
+    backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client sends its name and half-closes while the claim is still being
+    decided (a shared whiteboard answers later).  End of input must reach the
+    connection once.  The select backend kept the socket registered for
+    reading after EOF, so every pass recv()'d b"" again: a busy loop (100 %
+    CPU) for as long as the answer took -- up to --delivery-timeout for a
+    direct message to a slow reader followed by a half-close."""
+    ends: list[Connection] = []
+    original = Connection.data_received
+
+    def counting(self: Connection, data: bytes) -> None:
+        if not data:
+            ends.append(self)
+        original(self, data)
+
+    monkeypatch.setattr(Connection, "data_received", counting)
+    whiteboard = DeferredWhiteboard()  # never answers here
+    server = make_server(replace(TEST_CONFIG), backend, whiteboard=whiteboard)
+    for _ in _serve(server):
+        client = LineClient(server.port)
+        client.send_raw(b"Alice\n")
+        client.sock.shutdown(socket.SHUT_WR)
+        wait_until(lambda: len(whiteboard.waiting) == 1, message="the claim")
+        wait_until(lambda: len(ends) >= 1, message="end of input")
+        time.sleep(0.5)  # a spinning loop would report it thousands of times by now
+        assert len(ends) == 1, f"end of input reported {len(ends)} times"
+        client.close()
+
+
+def test_a_withdrawn_message_that_was_all_that_was_queued_does_not_mark_the_recipient_for_good(
+) -> None:
+    """Bob's kernel buffer is full and Alice's message, queued whole, waits
+    past the delivery timeout: it is taken back and Bob marked "not reading"
+    until his queue drains.  But that left the queue empty, and the real
+    backends call output_drained only when a send empties a queue (select:
+    flush() skips an empty queue; threads: the writer reports only after a
+    send), so once Bob read his kernel buffer nothing ever cleared the mark:
+    every later message to Bob was refused at once, "Bob is not reading",
+    although Bob was reading."""
+    h = Harness(delivery_timeout=2.0)
+    alice, bob = h.login("Alice"), h.login("Bob")
+    alice.lines()
+    bob.stop_reading()
+    alice.send('chat Bob "one"')
+    h.advance(2.0)
+    alice.expect("<Message to Bob not delivered: Bob is not reading.>")
+    assert bob.queued == 0
+    # Bob reads what the kernel held; our queue was empty, so, as on the real
+    # backends, there is no send that empties it and no output_drained.
+    bob.transport.taking = True
+    alice.send('chat Bob "two"')
+    alice.expect("<To Bob> two")
+    assert bob.lines() == ['<Message from Alice: "two">']
+    assert h.violations == []
+
+
+def test_threads_withdraw_takes_the_send_lock() -> None:
+    """The threads backend's writer thread reads and consumes the output queue
+    under the transport's send lock (its sendmsg releases the GIL), but
+    withdraw() -- the delivery timeout, on the timer thread -- removed the
+    entry without it: a message could be sent and still reported "not
+    delivered", and consume() then popped the wrong entries."""
+    with running_server("threads") as server:
+        client = LineClient(server.port)
+        client.send("Alice")
+        client.expect("<User Alice is online.>")
+        transport = next(iter(server.chat.connections)).transport
+        lock = transport._send_lock  # type: ignore[attr-defined]
+        entry = Entry(b"x", lambda ok: None)
+        done = threading.Event()
+        with lock:
+            worker = threading.Thread(target=lambda: (transport.withdraw(entry), done.set()))
+            worker.start()
+            assert not done.wait(0.3), "withdraw() ran while the writer held the send lock"
+        assert done.wait(5)
+        worker.join()
+        client.close()
