@@ -108,3 +108,27 @@ def test_threads_withdraw_takes_the_send_lock() -> None:
         assert done.wait(5)
         worker.join()
         client.close()
+
+
+def test_a_failing_server_timer_shuts_the_server_down_with_the_notice(
+    backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A timer that belongs to no connection (the chat's housekeeping) raises:
+    that is the loop's own failure -- shutdown notice, exit status 1.  On the
+    threads backend the exception killed the timer thread instead: the server
+    ran on with no timers at all (no login timeouts, no close lingers, no
+    flood-control retries, no output limits), and exited 0."""
+    from reactor.chat import ChatService
+
+    with running_server(backend) as server:
+        client = LineClient(server.port)
+        client.send("Alice")
+        client.expect("<User Alice is online.>")
+
+        def buggy(self: ChatService) -> None:
+            raise RuntimeError("planted in housekeeping")
+
+        monkeypatch.setattr(ChatService, "_enforce_output_limits", buggy)
+        client.expect("<Server is shutting down.>", timeout=5)
+        client.expect_closed()
+        wait_until(lambda: server.exit_status == 1, message="exit status 1")

@@ -299,8 +299,15 @@ class ThreadsServer(Server):
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
         def locked() -> None:
-            with self.lock:
-                callback()
+            try:
+                with self.lock:
+                    callback()
+            except Exception as error:
+                # A connection's timers contain their own failures; what gets
+                # here is the server's (housekeeping): never let it kill the
+                # timer thread, which would leave the server without timers.
+                self.loop_failed(error)
+                self._wake()
 
         return self.timers.call_at(time.monotonic() + delay, locked)
 
