@@ -201,7 +201,7 @@ class ThreadTransport(Transport):
     def _start_writer(self) -> bool:
         if self._writer is not None:
             return True
-        writer = threading.Thread(target=self._drain, name=f"writer-{self.peer_host}",
+        writer = threading.Thread(target=self._write_for, name=f"writer-{self.peer_host}",
                                   daemon=True)
         try:
             writer.start()
@@ -222,6 +222,17 @@ class ThreadTransport(Transport):
     def _linger_expired(self) -> None:
         if self.connection is not None:
             self.connection.abort("did not close in time")
+
+    def _write_for(self) -> None:
+        """The writer thread's body, with the connection's containment around it."""
+        try:
+            self._drain()
+        except Exception as error:
+            with self.server.lock:
+                if self.connection is not None:
+                    self.connection.fail(error)
+                else:
+                    self.abort()
 
     def _drain(self) -> None:
         """The writer thread: waits for the socket, outside every shared lock.
