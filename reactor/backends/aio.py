@@ -169,7 +169,10 @@ class AsyncioTransport(Transport, asyncio.Protocol):
     def _end_burst(self) -> None:
         self._burst = False
         if not self._in_flight:
-            self._push()
+            try:
+                self._push()
+            except Exception as error:  # a bare loop callback: contain it here
+                self._contain(error)
 
     def _push(self) -> None:
         """Hand everything queued to asyncio, whose buffer is empty."""
