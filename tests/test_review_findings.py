@@ -132,3 +132,54 @@ def test_a_failing_server_timer_shuts_the_server_down_with_the_notice(
         client.expect("<Server is shutting down.>", timeout=5)
         client.expect_closed()
         wait_until(lambda: server.exit_status == 1, message="exit status 1")
+
+
+def test_a_failure_while_sending_one_clients_queue_ends_only_that_client(
+    backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug met while moving Bob's queued output to the kernel is Bob's
+    connection's failure (contract point 8: "its write"): Bob is cut and
+    announced offline, the server carries on.  The threads backend's writer
+    thread had no containment (the exception killed it silently, Bob stayed
+    online with a queue nobody sent), and the asyncio backend's end-of-burst
+    push ran as a bare loop callback (the whole server shut down)."""
+    from reactor.outbuf import OutputBuffer
+
+    with running_server(backend, flood=replace(TEST_CONFIG.flood, enabled=False),
+                        output_limit=64 << 20, output_hard_limit=64 << 20) as server:
+        alice = LineClient(server.port)
+        alice.send("Alice")
+        alice.expect("<User Alice is online.>")
+        bob = LineClient(server.port)
+        bob.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        bob.send("Bob")
+        bob.expect("<User Bob is online.>")
+        alice.expect("<User Bob is online.>")
+        found = server.chat.whiteboard.lookup("Bob")
+        assert found is not None
+        bobs_queue = found[1].transport.output
+        original = OutputBuffer.consume
+
+        def buggy(self: OutputBuffer, sent: int) -> list:  # type: ignore[type-arg]
+            if self is bobs_queue:
+                raise RuntimeError("planted in Bob's output")
+            return original(self, sent)
+
+        monkeypatch.setattr(OutputBuffer, "consume", buggy)
+        big = "b" * 3000
+        offline = False
+        for _ in range(80):  # up to 12 MB: more than the kernel buffers hold
+            alice.send_raw(f'broadcast "{big}"\n'.encode() * 50)
+            echoes = 0
+            while echoes < 50:
+                line = alice.read_line()
+                echoes += line.startswith("<To everyone>")
+                offline |= line == "<User Bob is offline.>"
+            if offline:
+                break
+        assert offline, "Bob was never cut"
+        alice.send("users")
+        alice.read_until(lambda line: line == "<Online users: Alice>")
+        assert server.exit_status == 0
+        bob.close()
+        alice.close()
