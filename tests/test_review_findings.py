@@ -240,3 +240,14 @@ def test_echoed_messages_reach_a_cut_recipient_whose_own_input_was_unread(backen
         lost = sorted(set(echoed) - delivered)
         assert not lost, f"{len(lost)} of {len(echoed)} echoed but never delivered: {lost[:5]}..."
         alice_lines.stop()
+
+
+def test_a_rate_out_of_range_is_named_as_a_rate_not_in_seconds() -> None:
+    """--line-rate 0 said "must be 0.1-1e+06 seconds": a rate is per second."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "reactor", "--line-rate", "0"],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert "must be 0.1-1e+06 per second, got 0" in result.stderr, result.stderr
