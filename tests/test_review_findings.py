@@ -251,3 +251,30 @@ def test_a_rate_out_of_range_is_named_as_a_rate_not_in_seconds() -> None:
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 2
     assert "must be 0.1-1e+06 per second, got 0" in result.stderr, result.stderr
+
+
+def test_each_read_hands_the_chat_at_most_16_kib(
+    backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """README, "work per client per turn": one read of at most 16 KiB, the
+    bound on how long one flooding client holds the others up.  The asyncio
+    backend read what asyncio's transport reads, up to 256 KiB at a time."""
+    sizes: list[int] = []
+    original = Connection.data_received
+
+    def measuring(self: Connection, data: bytes) -> None:
+        sizes.append(len(data))
+        original(self, data)
+
+    monkeypatch.setattr(Connection, "data_received", measuring)
+    with running_server(backend, flood=replace(TEST_CONFIG.flood, enabled=False)) as server:
+        client = LineClient(server.port)
+        client.send("Alice")
+        client.expect("<User Alice is online.>")
+        # Blank lines: no replies, so nothing pauses the reading.
+        client.send_raw(b"\n" * (4 << 20))
+        client.send("users")
+        client.expect("<Online users: Alice>", timeout=30)
+        assert sum(sizes) >= 4 << 20
+        assert max(sizes) <= 16 * 1024, f"a read of {max(sizes)} bytes"
+        client.close()

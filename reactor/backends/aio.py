@@ -34,9 +34,13 @@ from reactor.whiteboard import Whiteboard
 
 log = logging.getLogger("reactor")
 
+# At most this much is read per readiness, as in the other backends: the
+# bound on the work one flooding client causes per turn.  (asyncio's own
+# transport reads up to 256 KiB, so we hand it the buffer: BufferedProtocol.)
+READ_SIZE = 16 * 1024
 
 
-class AsyncioTransport(Transport, asyncio.Protocol):
+class AsyncioTransport(Transport, asyncio.BufferedProtocol):
     def __init__(self, server: AsyncioServer) -> None:
         Transport.__init__(self, "unknown")
         self.server = server
@@ -48,6 +52,7 @@ class AsyncioTransport(Transport, asyncio.Protocol):
         self._closed = False
         self._eof_received = False
         self._linger: TimerHandle | None = None
+        self._read_buffer = memoryview(bytearray(READ_SIZE))
 
     # -- asyncio.Protocol -------------------------------------------------------
 
@@ -65,6 +70,12 @@ class AsyncioTransport(Transport, asyncio.Protocol):
         # once all of it is sent: our handoff signal.
         transport.set_write_buffer_limits(high=0, low=0)
         self.server.chat.connection_made(self)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._read_buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(bytes(self._read_buffer[:nbytes]))
 
     def data_received(self, data: bytes) -> None:
         if self._closing or self.connection is None:
