@@ -21,7 +21,7 @@ import asyncio
 import logging
 import socket
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from reactor.backends import EVENT_LOOPS
 from reactor.backends.base import Server
@@ -57,7 +57,9 @@ class AsyncioTransport(Transport, asyncio.BufferedProtocol):
     # -- asyncio.Protocol -------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # Not an isinstance() check: uvloop's transports do not derive from
+        # asyncio.Transport, and asserting it killed every uvloop connection.
+        transport = cast(asyncio.Transport, transport)
         self._transport = transport
         self.peer_host = peer_host(transport.get_extra_info("peername"))
         sock = self.sock = transport.get_extra_info("socket")
