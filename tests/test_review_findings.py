@@ -278,3 +278,29 @@ def test_each_read_hands_the_chat_at_most_16_kib(
         assert sum(sizes) >= 4 << 20
         assert max(sizes) <= 16 * 1024, f"a read of {max(sizes)} bytes"
         client.close()
+
+
+def test_the_asyncio_backend_serves_on_uvloop() -> None:
+    """--loop uvloop: connection_made asserted isinstance(transport,
+    asyncio.Transport), which uvloop's transports are not, so the first
+    client's connection failed the loop and shut the server down."""
+    pytest.importorskip("uvloop")
+    config = replace(TEST_CONFIG)
+    server = make_server(config, "asyncio", loop="uvloop")
+    for _ in _serve(server):
+        alice = LineClient(server.port)
+        alice.send("Alice")
+        alice.expect("<User Alice is online.>")
+        bob = LineClient(server.port)
+        bob.send("Bob")
+        bob.expect("<User Bob is online.>")
+        alice.expect("<User Bob is online.>")
+        alice.send('chat Bob "hi"')
+        alice.expect("<To Bob> hi")
+        bob.expect('<Message from Alice: "hi">')
+        bob.send("bye")
+        bob.expect("<User Bob is offline.>")
+        bob.expect_closed()
+        alice.expect("<User Bob is offline.>")
+        assert server.exit_status == 0
+        alice.close()
