@@ -243,10 +243,7 @@ class Connection:
 
         def overdue() -> None:
             if self.transport.withdraw(queued):
-                # Refuse at once until the queue drains -- if anything is
-                # left in it: an empty queue never reports output_drained,
-                # and the mark would stay for good.
-                self.not_reading = self.transport.queued > 0
+                self.not_reading = True
                 on_result(False, f"{name} is not reading")
             elif self.is_open:
                 # Partly sent, so it cannot be taken back, and stuck: the
