@@ -128,6 +128,12 @@ class SelectorTransport(Transport):
                 self.connection.output_drained()
             if self.socket_closed:
                 return
+        elif self._events & _WRITE and self.connection is not None:
+            # Writable again, with a queue a withdraw emptied while the kernel
+            # was full: the client has read (clears "not reading").
+            self.connection.output_drained()
+            if self.socket_closed:
+                return
         self._update_events()
         if self._closing and not output:
             self._shut_write()
