@@ -278,6 +278,24 @@ class ThreadTransport(Transport):
             if not sent:
                 # Full: wait until it takes more (an abort's shutdown wakes it too).
                 poller.poll(1000)
+                self._await_read_after_withdraw(poller)
+
+    def _await_read_after_withdraw(self, poller: select.poll) -> None:
+        """If a withdraw emptied the queue while the socket was full, wait for
+        the socket to take more -- the client has read -- and say so: no send
+        will ever empty the queue, and output_drained clears "not reading"."""
+        while True:
+            with self._send_lock:
+                if self.output or self._socket_closed:
+                    return  # more to send: the loop reports when it drains
+            if poller.poll(1000):
+                break
+        with self._send_lock:
+            if self.output:
+                return
+        with self.server.lock:
+            if self.connection is not None:
+                self.connection.output_drained()
 
     def wait_drained(self, timeout: float) -> None:
         with self._send_lock:
