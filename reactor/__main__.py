@@ -66,14 +66,14 @@ def _whole_number(low: int, high: int, unit: str = "") -> Callable[[str], int]:
     return parse
 
 
-def _seconds(low: float, high: float) -> Callable[[str], float]:
+def _seconds(low: float, high: float, unit: str = "seconds") -> Callable[[str], float]:
     def parse(text: str) -> float:
         try:
             value = float(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
         if not (math.isfinite(value) and low <= value <= high):
-            raise argparse.ArgumentTypeError(f"must be {low:g}-{high:g} seconds, got {text}")
+            raise argparse.ArgumentTypeError(f"must be {low:g}-{high:g} {unit}, got {text}")
         return value
 
     return parse
@@ -156,16 +156,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--flood-control", type=_on_off, default=f.enabled, metavar="on|off",
                    help="meter each client's lines, broadcast deliveries and logins per "
                         "address; excess input is read later, never dropped (default: on)")
-    p.add_argument("--line-rate", type=_seconds(0.1, 1e6), default=f.lines_per_second,
+    p.add_argument("--line-rate", type=_seconds(0.1, 1e6, "per second"), default=f.lines_per_second,
                    help=f"lines per second per client (default: {f.lines_per_second:g})")
     p.add_argument("--line-burst", type=_whole_number(1, 10**9), default=f.lines_burst,
                    help=f"lines a client may send at once (default: {f.lines_burst})")
-    p.add_argument("--delivery-rate", type=_seconds(1.0, 1e9), default=f.deliveries_per_second,
+    p.add_argument("--delivery-rate", type=_seconds(1.0, 1e9, "per second"),
+                   default=f.deliveries_per_second,
                    help="broadcast deliveries (recipients) per second per client "
                         f"(default: {f.deliveries_per_second:g})")
     p.add_argument("--delivery-burst", type=_whole_number(1, 10**12), default=f.deliveries_burst,
                    help=f"broadcast deliveries at once (default: {f.deliveries_burst})")
-    p.add_argument("--login-rate", type=_seconds(0.01, 1e6), default=f.logins_per_second,
+    p.add_argument("--login-rate", type=_seconds(0.01, 1e6, "per second"),
+                   default=f.logins_per_second,
                    help=f"login attempts per second per address (default: "
                         f"{f.logins_per_second:g})")
     p.add_argument("--login-burst", type=_whole_number(1, 10**9), default=f.logins_burst,

@@ -21,22 +21,26 @@ import asyncio
 import logging
 import socket
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from reactor.backends import EVENT_LOOPS
 from reactor.backends.base import Server
 from reactor.config import ServerConfig
 from reactor.connection import Connection
 from reactor.outbuf import Entry, Handoff
-from reactor.sockets import ACCEPT_RETRY_DELAY, RESOURCE_ERRNOS, configure_client, peer_host
+from reactor.sockets import configure_client, peer_host
 from reactor.transport import TimerHandle, Transport
 from reactor.whiteboard import Whiteboard
 
 log = logging.getLogger("reactor")
 
+# At most this much is read per readiness, as in the other backends: the
+# bound on the work one flooding client causes per turn.  (asyncio's own
+# transport reads up to 256 KiB, so we hand it the buffer: BufferedProtocol.)
+READ_SIZE = 16 * 1024
 
 
-class AsyncioTransport(Transport, asyncio.Protocol):
+class AsyncioTransport(Transport, asyncio.BufferedProtocol):
     def __init__(self, server: AsyncioServer) -> None:
         Transport.__init__(self, "unknown")
         self.server = server
@@ -48,12 +52,15 @@ class AsyncioTransport(Transport, asyncio.Protocol):
         self._closed = False
         self._eof_received = False
         self._linger: TimerHandle | None = None
+        self._read_buffer = memoryview(bytearray(READ_SIZE))
 
     # -- asyncio.Protocol -------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports have the same methods without subclassing asyncio's.
-        self._transport = transport  # type: ignore[assignment]
+        # Not an isinstance() check: uvloop's transports do not derive from
+        # asyncio.Transport, and asserting it killed every uvloop connection.
+        transport = cast(asyncio.Transport, transport)
+        self._transport = transport
         self.peer_host = peer_host(transport.get_extra_info("peername"))
         sock = self.sock = transport.get_extra_info("socket")
         try:
@@ -65,6 +72,12 @@ class AsyncioTransport(Transport, asyncio.Protocol):
         # once all of it is sent: our handoff signal.
         transport.set_write_buffer_limits(high=0, low=0)
         self.server.chat.connection_made(self)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._read_buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(bytes(self._read_buffer[:nbytes]))
 
     def data_received(self, data: bytes) -> None:
         if self._closing or self.connection is None:
@@ -169,7 +182,10 @@ class AsyncioTransport(Transport, asyncio.Protocol):
     def _end_burst(self) -> None:
         self._burst = False
         if not self._in_flight:
-            self._push()
+            try:
+                self._push()
+            except Exception as error:  # a bare loop callback: contain it here
+                self._contain(error)
 
     def _push(self) -> None:
         """Hand everything queued to asyncio, whose buffer is empty."""
@@ -235,7 +251,6 @@ class AsyncioServer(Server):
         else:
             self.loop = asyncio.new_event_loop()
         self.loop.set_exception_handler(self._exception)
-        self._accept_error_logged = float("-inf")
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
         return self.loop.call_later(delay, callback)
@@ -284,16 +299,6 @@ class AsyncioServer(Server):
         protocol = context.get("protocol")
         if isinstance(protocol, AsyncioTransport) and protocol.connection is not None:
             protocol.connection.fail(error or RuntimeError(context.get("message")))
-            return
-        if isinstance(error, OSError) and error.errno in RESOURCE_ERRNOS:
-            # asyncio's accept loop ran out of descriptors and retries by
-            # itself -- reporting it once per accept attempt of its batch of
-            # up to 100, so say it once per retry period.
-            now = loop.time()
-            if now - self._accept_error_logged >= ACCEPT_RETRY_DELAY:
-                self._accept_error_logged = now
-                log.error("accept() failed: %s; pausing new connections for %.0f s",
-                          error.strerror, ACCEPT_RETRY_DELAY)
             return
         if isinstance(error, (ConnectionError, socket.timeout)):
             log.debug("asyncio: %s", context.get("message"))

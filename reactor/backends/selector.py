@@ -128,6 +128,12 @@ class SelectorTransport(Transport):
                 self.connection.output_drained()
             if self.socket_closed:
                 return
+        elif self._events & _WRITE and self.connection is not None:
+            # Writable again, with a queue a withdraw emptied while the kernel
+            # was full: the client has read (clears "not reading").
+            self.connection.output_drained()
+            if self.socket_closed:
+                return
         self._update_events()
         if self._closing and not output:
             self._shut_write()
@@ -165,15 +171,17 @@ class SelectorTransport(Transport):
         except OSError as error:  # reset, keepalive timeout, ...
             self._connection_error(error)
             return
+        if not data:
+            # Nothing more can come: stop watching for input, or every pass
+            # would find the socket readable and recv() b"" again (a busy
+            # loop while a line still waits for its answer or output drains).
+            self._eof_received = True
+            self._update_events()
         if self._closing:
-            if not data:
-                self._eof_received = True
-                if not self.output:
-                    self._close_socket()
+            if not data and not self.output:
+                self._close_socket()
             return  # input after bye, or while draining, is discarded
         assert self.connection is not None
-        if not data:
-            self._eof_received = True
         self.connection.data_received(data)
 
     def _send(self, buffers: list[bytes | memoryview]) -> int | None:
@@ -220,7 +228,8 @@ class SelectorTransport(Transport):
     def _update_events(self) -> None:
         if self.socket_closed:
             return
-        events = (_READ if self._reading else 0) | (_WRITE if self.output else 0)
+        reading = self._reading and not self._eof_received
+        events = (_READ if reading else 0) | (_WRITE if self.output else 0)
         if events == self._events:
             return
         selector = self.server.selector

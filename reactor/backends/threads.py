@@ -158,6 +158,13 @@ class ThreadTransport(Transport):
             self.connection.abort(failure)
         return None
 
+    def withdraw(self, entry: Entry) -> bool:
+        # The writer reads and consumes the queue under the send lock, with
+        # sendmsg in between: without it, an entry could be sent and also
+        # withdrawn ("not delivered"), and consume() would pop the wrong ones.
+        with self._send_lock:
+            return self.output.withdraw(entry)
+
     def flush(self) -> None:
         pass  # the writer thread sends whenever the socket takes more
 
@@ -194,7 +201,7 @@ class ThreadTransport(Transport):
     def _start_writer(self) -> bool:
         if self._writer is not None:
             return True
-        writer = threading.Thread(target=self._drain, name=f"writer-{self.peer_host}",
+        writer = threading.Thread(target=self._write_for, name=f"writer-{self.peer_host}",
                                   daemon=True)
         try:
             writer.start()
@@ -215,6 +222,17 @@ class ThreadTransport(Transport):
     def _linger_expired(self) -> None:
         if self.connection is not None:
             self.connection.abort("did not close in time")
+
+    def _write_for(self) -> None:
+        """The writer thread's body, with the connection's containment around it."""
+        try:
+            self._drain()
+        except Exception as error:
+            with self.server.lock:
+                if self.connection is not None:
+                    self.connection.fail(error)
+                else:
+                    self.abort()
 
     def _drain(self) -> None:
         """The writer thread: waits for the socket, outside every shared lock.
@@ -260,6 +278,24 @@ class ThreadTransport(Transport):
             if not sent:
                 # Full: wait until it takes more (an abort's shutdown wakes it too).
                 poller.poll(1000)
+                self._await_read_after_withdraw(poller)
+
+    def _await_read_after_withdraw(self, poller: select.poll) -> None:
+        """If a withdraw emptied the queue while the socket was full, wait for
+        the socket to take more -- the client has read -- and say so: no send
+        will ever empty the queue, and output_drained clears "not reading"."""
+        while True:
+            with self._send_lock:
+                if self.output or self._socket_closed:
+                    return  # more to send: the loop reports when it drains
+            if poller.poll(1000):
+                break
+        with self._send_lock:
+            if self.output:
+                return
+        with self.server.lock:
+            if self.connection is not None:
+                self.connection.output_drained()
 
     def wait_drained(self, timeout: float) -> None:
         with self._send_lock:
@@ -292,8 +328,15 @@ class ThreadsServer(Server):
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
         def locked() -> None:
-            with self.lock:
-                callback()
+            try:
+                with self.lock:
+                    callback()
+            except Exception as error:
+                # A connection's timers contain their own failures; what gets
+                # here is the server's (housekeeping): never let it kill the
+                # timer thread, which would leave the server without timers.
+                self.loop_failed(error)
+                self._wake()
 
         return self.timers.call_at(time.monotonic() + delay, locked)
 
