@@ -28,7 +28,7 @@ from reactor.backends.base import Server
 from reactor.config import ServerConfig
 from reactor.connection import Connection
 from reactor.outbuf import Entry, Handoff
-from reactor.sockets import configure_client, peer_host
+from reactor.sockets import ACCEPT_RETRY_DELAY, RESOURCE_ERRNOS, configure_client, peer_host
 from reactor.transport import TimerHandle, Transport
 from reactor.whiteboard import Whiteboard
 
@@ -251,6 +251,7 @@ class AsyncioServer(Server):
         else:
             self.loop = asyncio.new_event_loop()
         self.loop.set_exception_handler(self._exception)
+        self._accept_error_logged = float("-inf")
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
         return self.loop.call_later(delay, callback)
@@ -299,6 +300,16 @@ class AsyncioServer(Server):
         protocol = context.get("protocol")
         if isinstance(protocol, AsyncioTransport) and protocol.connection is not None:
             protocol.connection.fail(error or RuntimeError(context.get("message")))
+            return
+        if isinstance(error, OSError) and error.errno in RESOURCE_ERRNOS:
+            # asyncio's accept loop ran out of descriptors and retries by
+            # itself -- reporting it once per accept attempt of its batch of
+            # up to 100, so say it once per retry period.
+            now = loop.time()
+            if now - self._accept_error_logged >= ACCEPT_RETRY_DELAY:
+                self._accept_error_logged = now
+                log.error("accept() failed: %s; pausing new connections for %.0f s",
+                          error.strerror, ACCEPT_RETRY_DELAY)
             return
         if isinstance(error, (ConnectionError, socket.timeout)):
             log.debug("asyncio: %s", context.get("message"))
