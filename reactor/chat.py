@@ -292,6 +292,11 @@ class ChatService:
             return
         sender = connection.username
         assert sender is not None
+        if type(command) is Chat:
+            # The hot command, dispatched before the match (whose class
+            # patterns cost a few isinstance and attribute look-ups each).
+            self._direct_message(connection, sender, command.to, command.text)
+            return
         match command:
             case Chat(to, text):
                 self._direct_message(connection, sender, to, text)
