@@ -118,16 +118,22 @@ class SelectorTransport(Transport):
         if self.socket_closed:
             return
         output = self.output
-        if output:
+        while output.size:
+            offered = output.size
             sent = self._send(output.buffers())
             if sent is None:
                 return
             for callback in output.consume(sent):
                 callback(True)
-            if not output and self.connection is not None:
+            if not output.size and self.connection is not None:
                 self.connection.output_drained()
             if self.socket_closed:
                 return
+            if sent < offered:
+                break  # the kernel is full (or more than one sendmsg's worth): EVENT_WRITE
+            # The kernel took everything; what the handoffs queued meanwhile (the
+            # next direct message of a sender whose echo waited for this one)
+            # goes out now, rather than after a pass that waits for EVENT_WRITE.
         self._update_events()
         if self._closing and not output:
             self._shut_write()
@@ -340,7 +346,7 @@ class SelectorServer(Server):
                 transport._in_pending = False
                 # Nothing to do for the common case, a write-through that the
                 # kernel took whole; a closing transport needs flush() to shut down.
-                if not transport._events & _WRITE and (transport.output or transport._closing):
+                if not transport._events & _WRITE and (transport.output.size or transport._closing):
                     try:
                         transport.flush()
                     except Exception as error:
