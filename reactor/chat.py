@@ -342,22 +342,28 @@ class ChatService:
         answered = False
 
         def delivered(ok: bool, reason: str) -> None:
+            # Its own containment (what connection.guard would add, without
+            # a second closure and call per message): a failure here is the
+            # sender's.
             nonlocal answered
             if answered:
                 return
             answered = True
-            if ok:
-                connection.send(format_message_sent(recipient_name, text))
-            else:
-                connection.send(format_event(NotDelivered(recipient_name, reason)))
-            connection.answer_arrived()
+            try:
+                if ok:
+                    connection.send(format_message_sent(recipient_name, text))
+                else:
+                    connection.send(format_event(NotDelivered(recipient_name, reason)))
+                connection.answer_arrived()
+            except Exception as error:
+                connection.fail(error)
 
         connection.await_answer()
         try:
-            recipient.deliver(format_message_from(sender, text), connection.guard(delivered))
+            recipient.deliver(format_message_from(sender, text), delivered)
         except Exception as error:
             recipient.fail(error)  # the recipient's failure, not the sender's
-            connection.guard(delivered)(False, "internal error")
+            delivered(False, "internal error")
 
     def _broadcast(self, connection: Connection, sender: str, text: str) -> None:
         if log.isEnabledFor(logging.INFO):
