@@ -29,11 +29,14 @@ def decode_line(raw: bytes) -> str:
     included, is accepted here and escaped whenever it is delivered (see
     :mod:`protocol.escaping`).
     """
-    if raw.isascii() and _ASCII_REFUSED.search(raw) is None:
-        # The common case, checked on the bytes: in ASCII only the C0
-        # controls but TAB, and DEL, are refused (no C1, no U+2028/U+2029,
-        # no combining marks), so this is find_refused's verdict for it.
-        return raw.decode("ascii")
+    if raw.isascii():
+        # The common case.  In ASCII only the C0 controls but TAB, and DEL,
+        # are refused (no C1, no U+2028/U+2029, no combining marks), and
+        # isprintable() is False for exactly those and TAB: a printable line
+        # is find_refused's "nothing refused" without running its regex.
+        text = raw.decode("ascii")
+        if text.isprintable() or _ASCII_REFUSED.search(raw) is None:
+            return text
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
