@@ -114,6 +114,11 @@ def _parse_message(text: str) -> str:
     if not text.startswith('"'):
         # The unquoted form: the rest of the line, exactly as typed.
         return text.rstrip(" ")
+    inner = text[1:-1]
+    if len(text) > 2 and text[-1] == '"' and '"' not in inner and "\\" not in inner:
+        # The common case: one quoted string, nothing escaped, nothing after
+        # it -- what the regex below would match, without running it.
+        return inner
     match = _QUOTED.match(text)
     if match is None:
         raise RemoteProtocolError("unterminated quote")

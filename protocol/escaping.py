@@ -297,7 +297,14 @@ def escape(text: str, *, quoted: bool = True) -> str:
     backslash and the unsafe characters escaped to be reversible.  Lone
     surrogates are left in place (see the comment on ``_NEEDS_ESCAPE``).
     """
-    pattern = _ASCII_NEEDS_ESCAPE if text.isascii() else _NEEDS_ESCAPE
+    if text.isascii():
+        # The common case: plain ASCII with nothing to escape is returned as
+        # it is, found by one search rather than a sub() with a callback.
+        if _ASCII_NEEDS_ESCAPE.search(text) is None:
+            return text
+        pattern = _ASCII_NEEDS_ESCAPE
+    else:
+        pattern = _NEEDS_ESCAPE
     return pattern.sub(_escape_quoted if quoted else _escape_bare, text)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from protocol.errors import RemoteProtocolError
 from protocol.escaping import (
     MAX_COMBINING_MARKS,
@@ -10,6 +12,9 @@ from protocol.escaping import (
     find_refused,
     is_combining_mark,
 )
+
+# What find_refused refuses among ASCII characters: C0 controls but TAB, and DEL.
+_ASCII_REFUSED = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 def decode_line(raw: bytes) -> str:
@@ -24,6 +29,14 @@ def decode_line(raw: bytes) -> str:
     included, is accepted here and escaped whenever it is delivered (see
     :mod:`protocol.escaping`).
     """
+    if raw.isascii():
+        # The common case.  In ASCII only the C0 controls but TAB, and DEL,
+        # are refused (no C1, no U+2028/U+2029, no combining marks), and
+        # isprintable() is False for exactly those and TAB: a printable line
+        # is find_refused's "nothing refused" without running its regex.
+        text = raw.decode("ascii")
+        if text.isprintable() or _ASCII_REFUSED.search(raw) is None:
+            return text
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:

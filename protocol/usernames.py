@@ -69,8 +69,21 @@ def validate_username(name: str) -> str:
     return name
 
 
+# Names found valid, for the hot paths (every delivery's sender, every DM's
+# recipient): a set lookup rather than a call through the lru_cache.  Validity
+# never changes, so this is only a cache; it is emptied when it grows large.
+VALID_NAMES: set[str] = set()
+
+
 def is_valid_username(name: str) -> bool:
-    return username_problem(name) is None
+    if name in VALID_NAMES:
+        return True
+    if username_problem(name) is not None:
+        return False
+    if len(VALID_NAMES) >= 4096:
+        VALID_NAMES.clear()
+    VALID_NAMES.add(name)
+    return True
 
 
 def username_key(name: str) -> str:

@@ -20,8 +20,6 @@ from collections.abc import Callable, Iterable
 
 from protocol import (
     Broadcast,
-    BroadcastFrom,
-    BroadcastSent,
     Bye,
     Chat,
     Help,
@@ -29,8 +27,6 @@ from protocol import (
     InvalidInput,
     InvalidUsername,
     LineTooLong,
-    MessageFrom,
-    MessageSent,
     NotDelivered,
     OnlineUsers,
     ProtocolError,
@@ -48,7 +44,13 @@ from protocol import (
     parse_command,
     parse_login,
 )
-from protocol.events import LoginTimedOut
+from protocol.events import (
+    LoginTimedOut,
+    format_broadcast_from,
+    format_broadcast_sent,
+    format_message_from,
+    format_message_sent,
+)
 from protocol.framing import Received
 from reactor.config import ServerConfig
 from reactor.connection import Connection, Phase
@@ -294,6 +296,11 @@ class ChatService:
             return
         sender = connection.username
         assert sender is not None
+        if type(command) is Chat:
+            # The hot command, dispatched before the match (whose class
+            # patterns cost a few isinstance and attribute look-ups each).
+            self._direct_message(connection, sender, command.to, command.text)
+            return
         match command:
             case Chat(to, text):
                 self._direct_message(connection, sender, to, text)
@@ -329,8 +336,8 @@ class ChatService:
         if recipient is connection:
             # To oneself: the echo and the message share one stream, so the
             # echo can never be seen without the message after it.
-            connection.send(format_event(MessageSent(recipient_name, text)))
-            connection.send(format_event(MessageFrom(sender, text)))
+            connection.send(format_message_sent(recipient_name, text))
+            connection.send(format_message_from(sender, text))
             return
 
         # The echo "<To Bob> ..." promises that the message was handed to
@@ -339,30 +346,36 @@ class ChatService:
         answered = False
 
         def delivered(ok: bool, reason: str) -> None:
+            # Its own containment (what connection.guard would add, without
+            # a second closure and call per message): a failure here is the
+            # sender's.
             nonlocal answered
             if answered:
                 return
             answered = True
-            if ok:
-                connection.send(format_event(MessageSent(recipient_name, text)))
-            else:
-                connection.send(format_event(NotDelivered(recipient_name, reason)))
-            connection.answer_arrived()
+            try:
+                if ok:
+                    connection.send(format_message_sent(recipient_name, text))
+                else:
+                    connection.send(format_event(NotDelivered(recipient_name, reason)))
+                connection.answer_arrived()
+            except Exception as error:
+                connection.fail(error)
 
         connection.await_answer()
         try:
-            recipient.deliver(format_event(MessageFrom(sender, text)), connection.guard(delivered))
+            recipient.deliver(format_message_from(sender, text), delivered)
         except Exception as error:
             recipient.fail(error)  # the recipient's failure, not the sender's
-            connection.guard(delivered)(False, "internal error")
+            delivered(False, "internal error")
 
     def _broadcast(self, connection: Connection, sender: str, text: str) -> None:
         if log.isEnabledFor(logging.INFO):
             shown = f'"{escape(text)}"' if self.config.log_text else f"({len(text)} characters)"
             log.info("Broadcast from %s: %s", sender, shown)
-        connection.send(format_event(BroadcastSent(text)))
+        connection.send(format_broadcast_sent(text))
         recipients = self._fan_out(
-            format_event(BroadcastFrom(sender, text)), self.whiteboard.online_sessions(),
+            format_broadcast_from(sender, text), self.whiteboard.online_sessions(),
             but=connection,
         )
         connection.delivery_bucket.charge(recipients, self.clock())

@@ -90,6 +90,7 @@ class Connection:
         self._pause_timer: TimerHandle | None = None
         now = chat.clock()
         flood = config.flood
+        self._metered = flood.enabled  # flood control on: lines are charged
         self._line_bucket = TokenBucket(flood.lines_per_second, flood.lines_burst, now)
         self.delivery_bucket = TokenBucket(
             flood.deliveries_per_second, flood.deliveries_burst, now
@@ -322,8 +323,12 @@ class Connection:
         try:
             lines = self._lines
             chat = self.chat
-            while lines and self.is_open and not self._waiting():
-                if not self._within_rate():
+            metered = self._metered
+            # _waiting() written out: this loop runs once per line.
+            while lines and self.is_open and not (
+                self._awaiting_answer or self._output_backlog or self._rate_timer is not None
+            ):
+                if metered and not self._within_rate():
                     break
                 item = lines.popleft()
                 chat.line_received(self, item)

@@ -53,11 +53,14 @@ Item = bytes | memoryview | Entry
 
 
 class OutputBuffer:
-    __slots__ = ("_items", "size")
+    __slots__ = ("_entries", "_items", "size")
 
     def __init__(self) -> None:
         self._items: deque[Item] = deque()
         self.size = 0  # bytes queued and not yet taken by the kernel
+        # How many of the items are Entries: with none, the queue is plain
+        # bytes and the hot paths below need not look at each item.
+        self._entries = 0
 
     def __bool__(self) -> bool:
         return self.size > 0
@@ -70,11 +73,14 @@ class OutputBuffer:
             return None
         entry = Entry(data, on_handoff)
         self._items.append(entry)
+        self._entries += 1
         return entry
 
     def buffers(self) -> list[bytes | memoryview]:
         """The head of the queue, for one ``sendmsg`` call."""
         items = self._items
+        if not self._entries and len(items) <= MAX_BUFFERS_PER_SEND:
+            return list(items)
         count = min(len(items), MAX_BUFFERS_PER_SEND)
         return [item.data if type(item) is Entry else item  # type: ignore[misc]
                 for item in (items[i] for i in range(count))]
@@ -82,8 +88,16 @@ class OutputBuffer:
     def consume(self, sent: int) -> list[Handoff]:
         """Drop ``sent`` bytes from the head; return the callbacks now due (with True)."""
         due: list[Handoff] = []
-        self.size -= sent
         items = self._items
+        if sent == self.size:
+            # All of it (the common case): no item is looked at but the Entries.
+            if self._entries:
+                due = [item.on_handoff for item in items if type(item) is Entry]
+                self._entries = 0
+            items.clear()
+            self.size = 0
+            return due
+        self.size -= sent
         while sent:
             head = items[0]
             length = len(head)
@@ -97,6 +111,7 @@ class OutputBuffer:
             sent -= length
             items.popleft()
             if type(head) is Entry:
+                self._entries -= 1
                 due.append(head.on_handoff)
         return due
 
@@ -117,6 +132,7 @@ class OutputBuffer:
             self._items.remove(entry)
         except ValueError:
             return False  # already sent (or discarded)
+        self._entries -= 1
         self.size -= len(entry.data)
         return True
 
@@ -125,4 +141,5 @@ class OutputBuffer:
         waiting = [item.on_handoff for item in self._items if type(item) is Entry]
         self._items.clear()
         self.size = 0
+        self._entries = 0
         return waiting

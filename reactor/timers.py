@@ -3,8 +3,9 @@
 A cancelled timer drops its callback at once -- the callback holds its
 connection, and a closed connection must be freed at once, not when a
 30-second login deadline would have fired -- and the heap is rebuilt without
-the dead entries once they are the majority (asyncio's rule), so that churning
-connections cannot grow it without bound.
+the dead entries once they are the majority (asyncio's rule), looked for each
+time the heap has doubled, so that churning connections cannot grow it
+without bound.
 """
 
 from __future__ import annotations
@@ -31,46 +32,55 @@ class Timer:
 
 
 class Timers:
-    """A heap of timers for a single-threaded loop."""
+    """A heap of timers for a single-threaded loop.
+
+    The heap holds ``(deadline, order, timer)`` tuples, so that it compares
+    in C: a Timer's ``__lt__`` is a Python call, several per push.
+    """
 
     def __init__(self) -> None:
-        self._heap: list[Timer] = []
+        self._heap: list[tuple[float, int, Timer]] = []
         self._order = itertools.count()
-        self._cancelled_hint = 0
+        self._next_scan = 64  # heap size at which _compact next looks
 
     def __len__(self) -> int:
         return len(self._heap)
 
     def call_at(self, deadline: float, callback: Callable[[], None]) -> Timer:
-        timer = Timer(deadline, next(self._order), callback)
-        heapq.heappush(self._heap, timer)
+        order = next(self._order)
+        timer = Timer(deadline, order, callback)
+        heapq.heappush(self._heap, (deadline, order, timer))
         return timer
 
     def timeout(self, now: float) -> float | None:
         """Seconds until the next deadline, or None if there is none."""
         heap = self._heap
-        while heap and heap[0].callback is None:
+        while heap and heap[0][2].callback is None:
             heapq.heappop(heap)
-        return max(0.0, heap[0].deadline - now) if heap else None
+        return max(0.0, heap[0][0] - now) if heap else None
 
     def pop_due(self, now: float) -> list[Callable[[], None]]:
         due = []
         heap = self._heap
-        while heap and heap[0].deadline <= now:
-            callback = heapq.heappop(heap).callback
+        while heap and heap[0][0] <= now:
+            callback = heapq.heappop(heap)[2].callback
             if callback is not None:
                 due.append(callback)
         self._compact()
         return due
 
     def _compact(self) -> None:
+        # Scanned only once the heap has doubled since the last scan, not on
+        # every pass: with thousands of live timers (a login storm's
+        # deadlines) a scan per pass cost more than the timers themselves.
         heap = self._heap
-        if len(heap) < 64:
+        if len(heap) < self._next_scan:
             return
-        live = [timer for timer in heap if timer.callback is not None]
+        live = [entry for entry in heap if entry[2].callback is not None]
         if len(live) * 2 < len(heap):
             heapq.heapify(live)
             self._heap = live
+        self._next_scan = max(64, 2 * len(live))
 
 
 class TimerThread:

@@ -68,7 +68,10 @@ class SelectorTransport(Transport):
         super().__init__(host)
         self.sock = sock
         self.server = server
-        self._in_pending = False  # on server.pending_writes this pass
+        self._in_pending = False  # on server.pending_writes
+        # The server's turn of this connection's first output: the first
+        # output of a turn may be sent at once (see write).
+        self._turn = -1
         self._events = _READ  # what the selector watches for
         self._reading = True
         self._closing = False
@@ -84,11 +87,12 @@ class SelectorTransport(Transport):
             if on_handoff is not None:
                 on_handoff(False)
             return None
-        if not self._in_pending:
-            # The first output owed to this connection in this pass.
-            self._in_pending = True
-            self.server.pending_writes.append(self)
-            if self.server.write_through and not self.output.size:
+        server = self.server
+        started = False
+        if self._turn != server.turn:
+            # The first output owed to this connection in this turn.
+            self._turn = server.turn
+            if server.write_through and not self.output.size:
                 # asyncio's "try to send now": in a short pass the recipients
                 # of a fan-out should not wait for the whole fan-out to be
                 # queued.  Only what the kernel refuses is kept.
@@ -104,36 +108,48 @@ class SelectorTransport(Transport):
                 if sent == len(data):
                     if on_handoff is not None:
                         on_handoff(True)
+                    # Nothing is owed, so _settle need not visit it: a
+                    # broadcast's recipients stay off pending_writes.
                     return None
                 if sent:
-                    entry = self.output.append(memoryview(data)[sent:], on_handoff)
-                    if entry is not None:
-                        entry.started = True
-                    return entry
-        # Anything more this pass goes out in one sendmsg at the end of it.
-        return self.output.append(data, on_handoff)
+                    data = memoryview(data)[sent:]
+                    started = True
+        # Anything more this turn goes out in one sendmsg at the end of it.
+        if not self._in_pending:
+            self._in_pending = True
+            server.pending_writes.append(self)
+        entry = self.output.append(data, on_handoff)
+        if started and entry is not None:
+            entry.started = True
+        return entry
 
     def flush(self) -> None:
         """Write what is queued; watch for EVENT_WRITE only while some remains."""
         if self.socket_closed:
             return
         output = self.output
-        if output:
-            sent = self._send(output.buffers())
-            if sent is None:
-                return
-            for callback in output.consume(sent):
-                callback(True)
-            if not output and self.connection is not None:
-                self.connection.output_drained()
-            if self.socket_closed:
-                return
-        elif self._events & _WRITE and self.connection is not None:
+        if not output.size and self._events & _WRITE and self.connection is not None:
             # Writable again, with a queue a withdraw emptied while the kernel
             # was full: the client has read (clears "not reading").
             self.connection.output_drained()
             if self.socket_closed:
                 return
+        while output.size:
+            offered = output.size
+            sent = self._send(output.buffers())
+            if sent is None:
+                return
+            for callback in output.consume(sent):
+                callback(True)
+            if not output.size and self.connection is not None:
+                self.connection.output_drained()
+            if self.socket_closed:
+                return
+            if sent < offered:
+                break  # the kernel is full (or more than one sendmsg's worth): EVENT_WRITE
+            # The kernel took everything; what the handoffs queued meanwhile (the
+            # next direct message of a sender whose echo waited for this one)
+            # goes out now, rather than after a pass that waits for EVENT_WRITE.
         self._update_events()
         if self._closing and not output:
             self._shut_write()
@@ -265,6 +281,9 @@ class SelectorServer(Server):
         self.selector = selectors.DefaultSelector()
         self.timers = Timers()
         self.pending_writes: list[SelectorTransport] = []
+        # Counts passes and _settle's rounds; a transport whose _turn is not
+        # this one has had no output yet in this turn.
+        self.turn = 0
         self.write_through = False
         self.dead: list[SelectorTransport] = []
         self._listening = False
@@ -312,6 +331,7 @@ class SelectorServer(Server):
     def _pass(self, shutdown_deadline: float | None) -> None:
         # Output queued outside a pass (by shutdown) must not wait for select().
         self._settle()
+        self.turn += 1
         now = time.monotonic()
         timeout = self.timers.timeout(now)
         if shutdown_deadline is not None:
@@ -345,11 +365,12 @@ class SelectorServer(Server):
         produces more of the other (an answer's next line, offline notices)."""
         while self.pending_writes or self.dead:
             pending, self.pending_writes = self.pending_writes, []
+            self.turn += 1
             for transport in pending:
                 transport._in_pending = False
                 # Nothing to do for the common case, a write-through that the
                 # kernel took whole; a closing transport needs flush() to shut down.
-                if not transport._events & _WRITE and (transport.output or transport._closing):
+                if not transport._events & _WRITE and (transport.output.size or transport._closing):
                     try:
                         transport.flush()
                     except Exception as error:
