@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import resource
 import socket
 
@@ -100,3 +101,34 @@ def peer_host(address: object) -> str:
             return host[7:]
         return host
     return "unknown"
+
+
+# Unread input thrown away before a close, at most: a peer still pouring past
+# this gets its reset, which is all it can expect.
+DISCARD_LIMIT = 4 * 1024 * 1024
+
+
+def discard_input(fd: int) -> None:
+    """Read and throw away the peer's input that was never read, before a close.
+
+    Closing a socket with unread input makes the kernel send a reset, and a
+    reset also throws away what the kernel had accepted for the peer and not
+    yet transmitted -- messages already echoed to their senders as handed to
+    this connection.  With nothing unread, ``close()`` sends a FIN after them
+    instead, and a peer that reads gets them.  Works on a duplicate of the
+    descriptor, without blocking, whatever mode the socket is in.
+    """
+    try:
+        sock = socket.socket(fileno=os.dup(fd))
+    except OSError:
+        return
+    with sock:
+        taken = 0
+        while taken < DISCARD_LIMIT:
+            try:
+                chunk = sock.recv(65536, socket.MSG_DONTWAIT)
+            except OSError:  # nothing more now (EAGAIN), or the peer reset
+                return
+            if not chunk:
+                return
+            taken += len(chunk)

@@ -28,7 +28,13 @@ from reactor.backends.base import Server
 from reactor.config import ServerConfig
 from reactor.connection import Connection
 from reactor.outbuf import Entry, Handoff
-from reactor.sockets import ACCEPT_RETRY_DELAY, RESOURCE_ERRNOS, configure_client, peer_host
+from reactor.sockets import (
+    ACCEPT_RETRY_DELAY,
+    RESOURCE_ERRNOS,
+    configure_client,
+    discard_input,
+    peer_host,
+)
 from reactor.transport import TimerHandle, Transport
 from reactor.whiteboard import Whiteboard
 
@@ -149,6 +155,8 @@ class AsyncioTransport(Transport, asyncio.BufferedProtocol):
         self.fail_handoffs()
         self._in_flight = 0
         if self._transport is not None and not self._closed:
+            if self.sock is not None:
+                discard_input(self.sock.fileno())
             self._transport.abort()
 
     def pause_reading(self) -> None:

@@ -39,6 +39,7 @@ from reactor.sockets import (
     RESOURCE_ERRNOS,
     TRANSIENT_ACCEPT_ERRNOS,
     configure_client,
+    discard_input,
     peer_host,
 )
 from reactor.timers import Timer, Timers
@@ -164,8 +165,25 @@ class SelectorTransport(Transport):
         self._linger = self.server.call_later(self.server.config.close_linger, self._linger_expired)
 
     def abort(self) -> None:
+        """Discard what is queued; let what the kernel took go with a FIN.
+
+        The socket stays open, discarding input, until the peer's EOF or the
+        linger: closing with unread input would make the kernel send a reset,
+        which destroys what it had taken -- messages already echoed as handed
+        over.  A second abort (the linger, a bug, the server stopping) closes
+        at once.
+        """
         self.fail_handoffs()
-        self._close_socket()
+        if self._closing:
+            self._close_socket()
+            return
+        self._closing = True
+        self._reading = True
+        self._shut_write()
+        if self.socket_closed:
+            return
+        self._update_events()
+        self._linger = self.server.call_later(self.server.config.close_linger, self._linger_expired)
 
     def pause_reading(self) -> None:
         if self._reading and not self._closing:
@@ -269,6 +287,8 @@ class SelectorTransport(Transport):
             except (KeyError, ValueError):
                 pass
             self._events = 0
+        if not self._eof_received:
+            discard_input(self.sock.fileno())
         self.sock.close()
         self.server.dead.append(self)
 
@@ -324,7 +344,8 @@ class SelectorServer(Server):
             for connection in list(self.chat.connections):
                 transport = connection.transport
                 if isinstance(transport, SelectorTransport) and not transport.socket_closed:
-                    transport.abort()
+                    transport.fail_handoffs()
+                    transport._close_socket()  # the server is gone: no linger
             self._settle()
             selector.close()
 

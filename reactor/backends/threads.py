@@ -37,6 +37,7 @@ from reactor.sockets import (
     RESOURCE_ERRNOS,
     TRANSIENT_ACCEPT_ERRNOS,
     configure_client,
+    discard_input,
     peer_host,
 )
 from reactor.timers import Timer, TimerThread
@@ -179,15 +180,29 @@ class ThreadTransport(Transport):
         self._linger = self.server.call_later(self.server.config.close_linger, self._linger_expired)
 
     def abort(self) -> None:
+        """Discard what is queued; let what the kernel took go with a FIN.
+
+        The reader goes on reading and discarding until the peer's EOF or the
+        linger (a close with unread input would make the kernel reset the
+        connection and destroy what it had taken); a second abort closes at once.
+        """
         with self._send_lock:
             waiting = self.output.clear()
+            hard = self._closing
             self._closing = True
             self._may_read.set()
             self._changed.notify_all()
-            # Wakes this connection's reader (recv returns) and writer (EPIPE).
-            self._shutdown(socket.SHUT_RDWR)
+            if hard:
+                # Wakes this connection's reader (recv returns) and writer.
+                self._shutdown(socket.SHUT_RDWR)
+            elif not self._write_shut:
+                self._write_shut = True
+                self._shutdown(socket.SHUT_WR)
         for callback in waiting:
             callback(False)
+        if not hard:
+            self._linger = self.server.call_later(self.server.config.close_linger,
+                                                  self._linger_expired)
 
     def pause_reading(self) -> None:
         if not self._closing:
@@ -307,6 +322,9 @@ class ThreadTransport(Transport):
                 return
             # shutdown() first: close() alone would not wake a writer blocked
             # in send() on this socket.
+            # Unread input first: after SHUT_RD it could no longer be read,
+            # and the close would reset the connection.
+            discard_input(self.sock.fileno())
             self._shutdown(socket.SHUT_RDWR)
             self._socket_closed = True
             self._changed.notify_all()
