@@ -136,7 +136,9 @@ class TLSCertificate:
                 log.error("TLS certificate not reloaded, keeping the current one: %s", error)
                 return False
             self.context = context  # one reference swap: connections opened from now on
-        log.warning("TLS certificate reloaded from %s", self.cert)
+        # Asked for by the operator: shown at any --log-level.
+        log.log(max(logging.INFO, log.getEffectiveLevel()),
+                "TLS certificate reloaded from %s", self.cert)
         return True
 
 
