@@ -28,6 +28,7 @@ import trustme
 
 from reactor.backends.base import Server
 from reactor.flow import FloodLimits
+from tests.cli_support import cli_args, piped_client, run_cli, terminal
 from tests.faults import REPO, Drain, client_pool, server_process
 from tests.support import DEFAULT_TIMEOUT, LineClient, running_server
 
@@ -446,3 +447,108 @@ def test_sighup_reloads_the_certificate_without_dropping_anyone(
             alice.close()
         assert server.terminate() == 0
         assert not any("Traceback" in line for line in server.final_log())
+
+
+# -- our client: --tls, --ca, --insecure --------------------------------------------
+
+
+@pytest.fixture
+def select_tls_server(certs: Certs) -> Iterator[Server]:
+    """The client's tests need one server, not one per backend."""
+    with tls_server("select", certs) as server:
+        yield server
+
+
+def test_the_client_verifies_the_server_with_ca_and_chats(
+    select_tls_server: Server, certs: Certs
+) -> None:
+    port = select_tls_server.tls_port
+    assert port is not None
+    with piped_client(port, "Alice", "--tls", "--ca", str(certs.ca_file)) as alice, \
+            TLSClient(port, certs.client_context()) as bob:
+        alice.expect("-- logged in as Alice")
+        log_in(bob, "Bob")
+        alice.expect("-- Bob is online")
+        alice.send('chat Bob "sent by the client over TLS"')
+        bob.expect('<Message from Alice: "sent by the client over TLS">')
+        bob.send('chat Alice "and back"')
+        while "and back" not in (line := alice.read_line()):
+            assert "Bob" in line, line
+        alice.close_stdin()
+        assert alice.wait() == 0
+        assert alice.rest("stderr") == []
+
+
+def test_the_client_refuses_a_wrong_host_name_in_one_line(tmp_path: Path) -> None:
+    elsewhere = Certs(tmp_path)
+    issued = elsewhere.ca.issue_cert("chat.example.org")  # a certificate for another name
+    cert, key = tmp_path / "other.pem", tmp_path / "other.key"
+    issued.cert_chain_pems[0].write_to_path(str(cert))
+    issued.private_key_pem.write_to_path(str(key))
+    with running_server("select", tls_cert=str(cert), tls_key=str(key)) as server:
+        for host, kind in (("localhost", "hostname"), ("127.0.0.1", "IP address")):
+            result = run_cli(cli_args(server.port, "Alice", "--tls", "--ca",
+                                      str(elsewhere.ca_file), host=host), b"bye\n")
+            assert result.returncode == 1
+            assert result.stderr.decode() == (
+                f"reactor-chat: cannot connect to {host}:{server.port}: certificate verify "
+                f"failed: {kind} mismatch, certificate is not valid for '{host}'\n")
+            assert result.stdout == b""
+
+
+def test_the_client_trusts_only_real_cas_by_default(select_tls_server: Server) -> None:
+    port = select_tls_server.tls_port
+    assert port is not None
+    result = run_cli(cli_args(port, "Alice", "--tls"), b"bye\n")
+    assert result.returncode == 1
+    assert result.stderr.decode() == (
+        f"reactor-chat: cannot connect to 127.0.0.1:{port}: certificate verify failed: "
+        "unable to get local issuer certificate\n")
+
+
+def test_insecure_connects_and_says_loudly_what_it_means(select_tls_server: Server) -> None:
+    port = select_tls_server.tls_port
+    assert port is not None
+    result = run_cli(cli_args(port, "Alice", "--tls", "--insecure"), b"users\nbye\n")
+    assert result.returncode == 0, result.stderr
+    stderr = result.stderr.decode()
+    assert stderr.startswith("reactor-chat: WARNING: --insecure: the server's certificate is "
+                             "NOT verified."), stderr
+    assert "read and change everything" in stderr
+    assert b"-- logged in as Alice" in result.stdout
+
+
+def test_the_client_on_the_plain_port_with_tls_says_so(select_tls_server: Server,
+                                                      certs: Certs) -> None:
+    port = select_tls_server.port
+    result = run_cli(cli_args(port, "Alice", "--tls", "--ca", str(certs.ca_file)), b"bye\n")
+    assert result.returncode == 1
+    assert result.stderr.decode() == (
+        f"reactor-chat: cannot connect to 127.0.0.1:{port}: TLS handshake failed: wrong version "
+        "number (is that the server's TLS port?)\n")
+
+
+def test_tls_options_are_checked(certs: Certs) -> None:
+    result = run_cli(cli_args(1, "Alice", "--insecure"))
+    assert result.returncode == 2
+    assert result.stderr.decode().startswith("reactor-chat: --insecure needs --tls")
+    result = run_cli(cli_args(1, "Alice", "--tls", "--ca", "/nowhere/ca.pem"))
+    assert result.returncode == 2
+    assert result.stderr.decode() == ("reactor-chat: cannot read the CA file /nowhere/ca.pem: "
+                                      "No such file or directory\n")
+
+
+def test_the_interactive_client_over_tls(select_tls_server: Server, certs: Certs) -> None:
+    port = select_tls_server.tls_port
+    assert port is not None
+    with terminal(port, "Alice", "--tls", "--ca", str(certs.ca_file)) as alice, \
+            TLSClient(port, certs.client_context()) as bob:
+        log_in(bob, "Bob")
+        alice.wait_for_text("Bob is online")
+        bob.send('chat Alice "to the prompt, encrypted"')
+        bob.expect("<To Alice> to the prompt, encrypted")
+        alice.wait_for_text("to the prompt, encrypted")
+        alice.enter("/msg Bob hello back")
+        bob.expect('<Message from Alice: "hello back">')
+        alice.enter("/quit")
+        assert alice.wait_exit() == 0
