@@ -30,7 +30,7 @@ from reactor.backends.base import Server
 from reactor.flow import FloodLimits
 from tests.cli_support import cli_args, piped_client, run_cli, terminal
 from tests.faults import REPO, Drain, client_pool, server_process
-from tests.support import DEFAULT_TIMEOUT, LineClient, running_server
+from tests.support import DEFAULT_TIMEOUT, LineClient, running_server, wait_until
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -262,6 +262,51 @@ def _read_to_the_end(client: LineClient, timeout: float = 30) -> bytes:
         while chunk := client.sock.recv(65536):
             received += chunk
     return bytes(received)
+
+
+def test_a_tls_flooder_is_metered_and_holds_nobody_up(backend: str, certs: Certs) -> None:
+    """Flood control and fairness over TLS: the flooder's 300 lines all get
+    answered, in order and metered, while a plain and a TLS client chat."""
+    limits = FloodLimits(lines_per_second=200, lines_burst=20)
+    with tls_server(backend, certs, flood=limits) as server:
+        assert server.tls_port is not None
+        context = certs.client_context()
+        with TLSClient(server.tls_port, context) as flooder, \
+                TLSClient(server.tls_port, context) as alice, LineClient(server.port) as bob:
+            for client, name in ((flooder, "Flooder"), (alice, "Alice"), (bob, "Bob")):
+                log_in(client, name)
+            alice.expect("<User Bob is online.>")
+            flooder.send_raw(b"".join(f'chat Flooder "f{i}"\n'.encode() for i in range(300)))
+            alice.send('chat Bob "meanwhile"')
+            alice.expect("<To Bob> meanwhile")
+            bob.expect('<Message from Alice: "meanwhile">')
+            seen = flooder.read_until(lambda line: line == '<Message from Flooder: "f299">',
+                                      timeout=30)
+            echoes = [line for line in seen if line.startswith("<To Flooder> ")]
+            assert echoes == [f"<To Flooder> f{i}" for i in range(300)]
+
+
+def test_tls_clients_get_the_login_timeout_and_server_full_notices(
+    backend: str, certs: Certs
+) -> None:
+    """Refusals and the login timeout reach a TLS client that completed its
+    handshake, encrypted, before the close."""
+    with tls_server(backend, certs, login_timeout=0.5, max_clients=2) as server:
+        assert server.tls_port is not None
+        context = certs.client_context()
+        with TLSClient(server.tls_port, context) as silent, \
+                TLSClient(server.tls_port, context) as alice:
+            log_in(alice, "Alice")
+            silent.expect("<Login timed out.>")
+            assert silent.expect_closed() == b""
+            silent.close()
+            wait_until(lambda: server.chat.connection_count == 1, message="the silent one gone")
+            # Two connections are the most: a third is told, over TLS.
+            with TLSClient(server.tls_port, context) as second:
+                with TLSClient(server.tls_port, context) as third:
+                    third.expect("<Server is full.>")
+                    assert third.expect_closed() == b""
+                del second
 
 
 # -- peers that do not speak TLS, or stall -----------------------------------------

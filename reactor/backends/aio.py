@@ -76,9 +76,13 @@ class AsyncioTransport(Transport, asyncio.Protocol):
         self.server.chat.connection_made(self)
 
     def data_received(self, data: bytes) -> None:
-        if self._closing or self.connection is None:
+        if self.connection is None:
+            return
+        if self._closing and (self.tls is None or self.tls.handshake_done):
             return  # input after bye, or while draining, is discarded
         if self.tls is not None:
+            # (While closing: only to complete the handshake, so that a notice
+            # such as "server full" can be sent; the chat ignores the input.)
             self._received_tls(data)
         else:
             self.connection.data_received(data)

@@ -189,6 +189,10 @@ class SelectorTransport(Transport):
                 self._eof_received = True
                 if not self.owes_output:
                     self._close_socket()
+            elif self.tls is not None and not self.tls.handshake_done:
+                # Closed before the handshake completed (server full, shutting
+                # down): complete it, so that the notice can be sent.
+                self._received_tls(data)
             return  # input after bye, or while draining, is discarded
         assert self.connection is not None
         if not data:

@@ -485,6 +485,10 @@ class ThreadsServer(Server):
                 if transport._closing:
                     if not data:
                         break
+                    if transport.tls is not None and not transport.tls.handshake_done:
+                        # Closed before the handshake completed (server full,
+                        # shutting down): complete it, so the notice can be sent.
+                        transport.received_tls(data)
                     continue  # input after bye, or while draining, is discarded
                 if transport.tls is not None:
                     ended = transport.received_tls(data)
