@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+import shutil
 import signal
 import socket
 import ssl
@@ -597,3 +598,28 @@ def test_the_interactive_client_over_tls(select_tls_server: Server, certs: Certs
         bob.expect('<Message from Alice: "hello back">')
         alice.enter("/quit")
         assert alice.wait_exit() == 0
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="no openssl command")
+def test_openssl_s_client_is_the_nc_of_tls(select_tls_server: Server, certs: Certs) -> None:
+    """The README's ``openssl s_client -quiet -connect HOST:PORT``: type your name first."""
+    port = select_tls_server.tls_port
+    assert port is not None
+    process = subprocess.Popen(
+        ["openssl", "s_client", "-quiet", "-connect", f"127.0.0.1:{port}",
+         "-CAfile", str(certs.ca_file), "-verify_return_error"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert process.stdin is not None and process.stdout is not None
+        process.stdin.write(b"Alice\n")
+        process.stdin.flush()
+        assert process.stdout.readline() == b"<User Alice is online.>\n"
+        process.stdin.write(b"users\nbye\n")
+        process.stdin.flush()
+        assert process.stdout.read() == b"<Online users: Alice>\n<User Alice is offline.>\n"
+        assert process.wait(timeout=DEFAULT_TIMEOUT) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait()

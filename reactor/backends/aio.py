@@ -250,8 +250,11 @@ class AsyncioTransport(Transport, asyncio.Protocol):
             transport.write(self.tls.take_all())  # sent before the FIN or the close
         if self._eof_received or not transport.can_write_eof():
             self._close_now()
-        else:
+            return
+        try:
             transport.write_eof()
+        except OSError:  # the peer is already gone (ENOTCONN): asyncio does not catch it
+            self._close_now()
 
     def _close_now(self) -> None:
         if self._transport is not None and not self._transport.is_closing():
