@@ -1,25 +1,38 @@
 #!/usr/bin/env python3
-"""Load benchmark: our two backends, an asyncio yardstick and Redis, side by side.
+"""Load benchmark: our backends, an asyncio yardstick and Redis, side by side.
 
     python bench/load.py -n 500                  # the standard run (a few minutes)
     python bench/load.py --sweep 100,500,1000,2000,5000 --rounds 1
-    python bench/load.py --target 127.0.0.1:4000 # a server that is already running
-    python bench/load.py --quick                 # the smoke run the test suite uses
+    python bench/load.py --target 127.0.0.1:4000 # a server already running (floods it!)
+    python bench/load.py --quick                 # the smoke run (~20 s)
 
+Our backends are every name in the registry ``reactor.BACKENDS``, each run as
+``python -m reactor --backend NAME``; beside them run ``asyncio-peer`` (the
+plain asyncio server of bench/peers/asyncio_server.py) and Redis pub/sub.
 Each round starts every system afresh on a free 127.0.0.1 port, in rotated
 order (round-robin interleaving, so a noisy minute on a shared machine spreads
 over all systems instead of one), connects N clients through the same lean
 harness, and measures: login storm, memory per connection, presence fan-out,
 open-loop broadcast fan-out, and direct messages at rising rates.  The report
-gives medians over rounds and ratios to Redis, whose numbers double as the
-harness floor.  Output: a table on stdout, JSON (``--json``) and PNG plots
-(``--plots``).
+gives medians over rounds, ratios to Redis, and checks that the harness spent
+less CPU per delivery than Redis did (otherwise it would be measuring itself).
+
+Output: an 80-column table on stdout (``--wide`` for every row), and in
+``--out`` (default bench/results/, untracked) the table, JSON and PNG plots,
+named after the systems and N.  Committed reference results live in
+bench/reference/ and are replaced only on purpose (``--out bench/reference``).
+
+Every child (servers, receivers, redis-server) is stopped on exit, on
+exceptions, on SIGINT/SIGTERM/SIGHUP, and killed by the kernel if this process
+is SIGKILLed (PR_SET_PDEATHSIG).
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
+import signal
 import sys
 import time
 from dataclasses import replace
@@ -30,12 +43,21 @@ if __package__ in (None, ""):  # run as a script: make `bench` importable from t
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import report, systems
+from bench.harness.creceiver import build as build_receiver
 from bench.harness.fleet import FleetError
 from bench.harness.procstat import machine_facts, raise_nofile_limit
 from bench.progress import Progress
 from bench.workloads import Config, run_system
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parent / "results"  # untracked (.gitignore)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP: stop like Ctrl-C (children stopped, partial report)."""
+
+
+def _on_signal(signum: int, _frame: object) -> None:
+    raise Terminated(signal.Signals(signum).name)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -47,8 +69,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument(
         "--systems",
-        help="comma list from select,threads,asyncio,redis "
-        "(default: all four; with --target: target,redis)",
+        help=f"comma list from {','.join(systems.KNOWN)} "
+        "(default: all; with --target: target,redis)",
     )
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
     p.add_argument("--rate", type=float, default=150.0, help="broadcasts per second (default 150)")
@@ -72,17 +94,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="sweep: broadcast rate = min(--rate, budget / N) deliveries/s",
     )
     p.add_argument("--receivers", type=int, default=2, help="receiver processes (default 2)")
+    p.add_argument(
+        "--receiver",
+        choices=("auto", "c", "python"),
+        default="auto",
+        help="receive path: C compiled at run time, or Python (default: C if a compiler exists)",
+    )
     p.add_argument("--login-window", type=int, default=32, help="logins in flight per receiver")
     p.add_argument("--target", metavar="HOST:PORT", help="measure a server already running")
     p.add_argument("--target-pid", type=int, help="its pid, for CPU and memory figures")
     p.add_argument("--target-dialect", choices=("chat", "redis"), default="chat")
-    p.add_argument("--json", type=Path, help=f"JSON output (default {RESULTS}/load-nN.json)")
-    p.add_argument("--plots", type=Path, help=f"PNG directory (default {RESULTS})")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=RESULTS,
+        help="directory for the table, JSON and plots (default bench/results/, untracked)",
+    )
+    p.add_argument("--json", type=Path, help="JSON path (default: in --out, named by run)")
+    p.add_argument("--plots", type=Path, help="PNG directory (default: --out)")
     p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--wide", action="store_true", help="every row, wider than 80 columns")
     p.add_argument(
         "--quick", action="store_true", help="smoke run: n=20, one short round, two direct rates"
     )
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true", help="no progress bar, no notes")
     args = p.parse_args(argv)
     if args.quick:
         args.clients, args.rounds, args.rate, args.duration, args.warmup = 20, 1, 50.0, 1.0, 0.2
@@ -95,13 +130,13 @@ def choose_systems(args: argparse.Namespace, progress: Progress) -> tuple[list[s
     if args.systems:
         wanted = [s.strip() for s in args.systems.split(",") if s.strip()]
     else:
-        wanted = ["target", "redis"] if args.target else list(systems.KNOWN)
+        wanted = [systems.TARGET, systems.REDIS] if args.target else list(systems.KNOWN)
     notes = []
     chosen = []
     for name in wanted:
-        if name == "target" and not args.target:
+        if name == systems.TARGET and not args.target:
             raise SystemExit("system 'target' needs --target HOST:PORT")
-        if name not in (*systems.KNOWN, "target"):
+        if name not in (*systems.KNOWN, systems.TARGET):
             raise SystemExit(f"unknown system {name!r}; choose from {', '.join(systems.KNOWN)}")
         reason = systems.unavailable_reason(name)
         if reason:
@@ -131,7 +166,7 @@ def run_n(
     )
     for r in range(args.rounds):
         order = names[r % len(names) :] + names[: r % len(names)]
-        progress.note(f"== N={cfg.n} round {r + 1}/{args.rounds}: {', '.join(order)}")
+        progress.set_stage(f"N={cfg.n} {r + 1}/{args.rounds}")
         results: dict[str, Any] = {}
         rounds.append(results)
         for name in order:
@@ -163,9 +198,31 @@ def vars_of(cfg: Config) -> dict[str, Any]:
     return dict(cfg.__dict__)
 
 
+def file_tag(args: argparse.Namespace, names: list[str], ns: list[int]) -> str:
+    """Output file stem: the system set, N, and quick; a --target names its address."""
+    parts = []
+    for name in names:
+        if name == systems.TARGET and args.target:
+            name = "target-" + args.target.replace(":", "_").replace("/", "_")
+        parts.append(name)
+    n = f"sweep-{'-'.join(map(str, ns))}" if args.sweep else f"n{ns[0]}"
+    return "+".join(parts) + f"-{n}" + ("-quick" if args.quick else "")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _on_signal)
+    atexit.register(systems.stop_all)
     progress = Progress(enabled=not args.quiet)
+    try:
+        return run(args, argv, progress)
+    finally:
+        progress.close()
+        systems.stop_all()
+
+
+def run(args: argparse.Namespace, argv: list[str] | None, progress: Progress) -> int:
     nofile = raise_nofile_limit()
     ns = [int(x) for x in args.sweep.split(",")] if args.sweep else [args.clients]
     if max(ns) + 64 > nofile:
@@ -188,17 +245,22 @@ def main(argv: list[str] | None = None) -> int:
         login_window=args.login_window,
         skip=frozenset(skip),
     )
+    exe, how = None, "Python (--receiver python)"
+    if args.receiver != "python":
+        exe, how = build_receiver()
+        if exe is None:
+            if args.receiver == "c":
+                raise SystemExit(how)
+            progress.note(f"note: {how}; using the Python receiver")
+            how = f"Python ({how})"
+    base_cfg = replace(base_cfg, receiver_exe=exe)
     started = time.time()
     doc: dict[str, Any] = {
         "command": "python bench/load.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "machine": machine_facts(),
+        "receiver": f"{how}, {args.receivers} process(es)",
         "started_unix": started,
-        "log_level": {
-            "select": systems.LOG_LEVEL,
-            "threads": systems.LOG_LEVEL,
-            "asyncio": "none (logs nothing)",
-            "redis": "warning",
-        },
+        "log_level": {name: systems.log_level(name) for name in names},
         "notes": notes,
         "runs": [],
     }
@@ -209,19 +271,34 @@ def main(argv: list[str] | None = None) -> int:
             rate = min(args.rate, args.budget / n) if args.sweep else args.rate
             cfg = replace(base_cfg, n=n, rate=round(rate, 2))
             run_n(cfg, names, args, progress, base, doc["runs"])
-    except KeyboardInterrupt:
-        progress.note("interrupted: reporting what was measured")
-        doc["interrupted"] = True
+    except KeyboardInterrupt as exc:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_DFL)  # a second signal ends the report too
+        systems.stop_all()
+        progress.note(f"interrupted ({exc or 'SIGINT'}): reporting what was measured")
+        doc["interrupted"] = str(exc) or "SIGINT"
+    finally:
+        progress.close()
     doc["seconds"] = time.time() - started
     report.summarize(doc)
-    print(report.table(doc))
-    tag = "sweep" if args.sweep else f"n{args.clients}"
-    json_path = args.json or RESULTS / f"load-{tag}.json"
+    text = report.table(doc, wide=args.wide)
+    print(text, flush=True)
+    tag = file_tag(args, names, ns)
+    written = []
+    json_path = args.json or args.out / f"{tag}.json"
     report.write_json(doc, json_path)
-    progress.note(f"JSON: {json_path}")
+    written.append(json_path)
+    if not args.json:  # the table beside its JSON, always the wide one
+        txt = args.out / f"{tag}.txt"
+        txt.write_text(report.table(doc, wide=True) + "\n")
+        written.append(txt)
     if not args.no_plots:
-        for line in report.plots(doc, args.plots or RESULTS, tag):
-            progress.note(line)
+        pngs = report.plots(doc, args.plots or args.out, tag)
+        if pngs is None:
+            progress.note("note: matplotlib not installed; plots skipped (pip install matplotlib)")
+        written += pngs or []
+    for path in written:
+        print(f"wrote {path}")
     return 1 if doc.get("interrupted") else 0
 
 

@@ -7,6 +7,7 @@ from it rather than repeating it.
 
 from __future__ import annotations
 
+import functools
 import re
 
 from protocol.errors import RemoteProtocolError
@@ -32,6 +33,10 @@ RESERVED_USERNAMES = frozenset({"everyone"})
 _USERNAME = re.compile(USERNAME_PATTERN)
 
 
+# Names repeat on every line that carries them (each echo, each delivery):
+# remembering the verdict for the names in use turns a regex match into a
+# dict lookup.  Bounded, so that a client cycling names grows nothing.
+@functools.lru_cache(maxsize=4096)
 def username_problem(name: str) -> str | None:
     """Why ``name`` is not a valid username, or None if it is one.
 

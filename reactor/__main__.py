@@ -139,10 +139,11 @@ def build_parser() -> argparse.ArgumentParser:
                         f"0 = off (default: {d.keepalive_idle})")
     p.add_argument("--output-hard-limit",
                    type=_whole_number(MIN_OUTPUT_LIMIT, MAX_OUTPUT_LIMIT, " bytes"),
-                   default=d.output_hard_limit,
+                   default=None,
                    help="bytes queued for a client that cut it off at once; --output-limit "
                         "cuts it only after --slow-consumer-grace seconds above it "
-                        f"(default: {d.output_hard_limit})")
+                        f"(default: {d.output_hard_limit} or 4 x --output-limit, "
+                        "whichever is larger)")
     p.add_argument("--slow-consumer-grace", type=_seconds(0.0, 3600.0),
                    default=d.slow_consumer_grace,
                    help="seconds a client may stay above --output-limit, 0-3600 "
@@ -198,6 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.output_hard_limit is None:
+        args.output_hard_limit = max(ServerConfig().output_hard_limit, 4 * args.output_limit)
     if args.output_hard_limit < args.output_limit:
         parser.error(
             f"argument --output-hard-limit: must be at least --output-limit "

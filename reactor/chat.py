@@ -208,8 +208,6 @@ class ChatService:
             size = connection.transport.queued
             if not size:
                 continue
-            total += size
-            queued.append((size, connection))
             if size <= config.output_limit:
                 connection.over_soft_limit_since = None
             elif connection.over_soft_limit_since is None:
@@ -219,6 +217,9 @@ class ChatService:
                     f"slow consumer: more than {config.output_limit} bytes of output queued"
                     f" for {config.slow_consumer_grace:g} s"
                 )
+                continue  # its queue is discarded: it no longer counts against the budget
+            total += size
+            queued.append((size, connection))
         if total <= config.output_budget:
             return
         queued.sort(key=lambda item: item[0], reverse=True)

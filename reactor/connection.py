@@ -75,6 +75,8 @@ class Connection:
         self.username: str | None = None
         # Why the connection ended, for the log; set by the first close/abort.
         self.close_reason: str | None = None
+        self._hard_limit = config.output_hard_limit
+        self._high_water = config.output_high_water
         self._buffer = LineBuffer(config.max_line)
         self._lines: deque[Received] = deque()
         self._processing = False
@@ -113,13 +115,13 @@ class Connection:
                 self._input_ended = True
                 self._cancel_pause_timer()
             lines = self._buffer.feed(data)
-            if lines:
-                self._cancel_pause_timer()
-                self._lines.extend(lines)
-            elif self.phase is Phase.LOGIN and self._buffer.pending and data:
+            self._cancel_pause_timer()
+            self._lines.extend(lines)
+            if (self.phase is Phase.LOGIN and data and self._buffer.pending
+                    and not any(isinstance(x, bytes) and x.strip() for x in self._lines)):
                 # The original client sends its name with no newline, then
-                # waits for its user: a pause ends that first line.
-                self._cancel_pause_timer()
+                # waits for its user: a pause ends that first line -- unless a
+                # username line is already waiting its turn.
                 self._pause_timer = self.call_later(self.config.login_pause, self._pause_ended)
             self._process()
         except Exception as error:
@@ -195,17 +197,17 @@ class Connection:
                 on_handoff(False)
             return None
         transport = self.transport
-        hard_limit = self.config.output_hard_limit
-        if transport.queued + len(data) > hard_limit:
+        output = transport.output  # the hot path of every fan-out: no property calls
+        if output.size + len(data) > self._hard_limit:
             transport.flush()
-            if transport.queued + len(data) > hard_limit and self.is_open:
-                self.abort(f"slow consumer: more than {hard_limit} bytes of output queued")
+            if output.size + len(data) > self._hard_limit and self.is_open:
+                self.abort(f"slow consumer: more than {self._hard_limit} bytes of output queued")
             if not self.is_open:
                 if on_handoff is not None:
                     on_handoff(False)
                 return None
         entry = transport.write(data, on_handoff)
-        if transport.queued > self.config.output_high_water:
+        if output.size > self._high_water:
             self._output_backlog = True
         return entry
 
@@ -345,11 +347,11 @@ class Connection:
         if not self.config.flood.enabled:
             return True
         now = self.chat.clock()
-        wait = max(
-            self._line_bucket.wait(now),
-            self.delivery_bucket.wait(now),
-            self.chat.login_wait(self, now) if self.phase is Phase.LOGIN else 0.0,
-        )
+        wait = max(self._line_bucket.wait(now), self.delivery_bucket.wait(now))
+        if not wait and self.phase is Phase.LOGIN:
+            # Last: login_wait charges the address when it lets the line through,
+            # so it must be asked only when the line will be handled now.
+            wait = self.chat.login_wait(self, now)
         if wait > 0:
             self._rate_timer = self.call_later(wait, self._rate_refilled)
             return False
@@ -362,7 +364,7 @@ class Connection:
 
     def _pause_ended(self) -> None:
         self._pause_timer = None
-        if self.phase is Phase.LOGIN and self.is_open:
+        if self.phase is Phase.LOGIN and self.is_open and not self._awaiting_answer:
             self._lines.extend(self._buffer.feed(b""))
             self._process()
 

@@ -32,71 +32,89 @@ MAX_BUFFERS_PER_SEND = 256
 
 
 class Entry:
-    """One queued write: its bytes still to send and who waits for it."""
+    """A queued write that someone waits for: its bytes still to send and the callback."""
 
     __slots__ = ("data", "on_handoff", "started")
 
-    def __init__(self, data: bytes, on_handoff: Handoff | None) -> None:
-        self.data: bytes | memoryview = data
+    def __init__(self, data: bytes | memoryview, on_handoff: Handoff) -> None:
+        self.data = data
         self.on_handoff = on_handoff
         # True once some of it went out: it can no longer be withdrawn.
         self.started = False
 
+    def __len__(self) -> int:
+        return len(self.data)
+
+
+# A queued write is plain bytes (a broadcast's shared line: no object is made
+# per recipient, which is most of the cost of a fan-out to a busy queue) or an
+# Entry when someone waits for it.
+Item = bytes | memoryview | Entry
+
 
 class OutputBuffer:
-    __slots__ = ("_entries", "size")
+    __slots__ = ("_items", "size")
 
     def __init__(self) -> None:
-        self._entries: deque[Entry] = deque()
+        self._items: deque[Item] = deque()
         self.size = 0  # bytes queued and not yet taken by the kernel
 
     def __bool__(self) -> bool:
         return self.size > 0
 
-    def append(self, data: bytes | memoryview, on_handoff: Handoff | None = None) -> Entry:
-        entry = Entry(data, on_handoff)  # type: ignore[arg-type]
-        self._entries.append(entry)
+    def append(self, data: bytes | memoryview, on_handoff: Handoff | None = None) -> Entry | None:
+        """Queue ``data``; returns its Entry if ``on_handoff`` waits for it."""
         self.size += len(data)
+        if on_handoff is None:
+            self._items.append(data)
+            return None
+        entry = Entry(data, on_handoff)
+        self._items.append(entry)
         return entry
 
     def buffers(self) -> list[bytes | memoryview]:
         """The head of the queue, for one ``sendmsg`` call."""
-        entries = self._entries
-        if len(entries) == 1:
-            return [entries[0].data]
-        return [entries[i].data for i in range(min(len(entries), MAX_BUFFERS_PER_SEND))]
+        items = self._items
+        count = min(len(items), MAX_BUFFERS_PER_SEND)
+        return [item.data if type(item) is Entry else item  # type: ignore[misc]
+                for item in (items[i] for i in range(count))]
 
     def consume(self, sent: int) -> list[Handoff]:
         """Drop ``sent`` bytes from the head; return the callbacks now due (with True)."""
         due: list[Handoff] = []
         self.size -= sent
-        entries = self._entries
+        items = self._items
         while sent:
-            head = entries[0]
-            length = len(head.data)
+            head = items[0]
+            length = len(head)
             if sent < length:
-                head.data = memoryview(head.data)[sent:]
-                head.started = True
+                if type(head) is Entry:
+                    head.data = memoryview(head.data)[sent:]
+                    head.started = True
+                else:
+                    items[0] = memoryview(head)[sent:]  # type: ignore[arg-type]
                 break
             sent -= length
-            entries.popleft()
-            if head.on_handoff is not None:
+            items.popleft()
+            if type(head) is Entry:
                 due.append(head.on_handoff)
         return due
 
     def mark_started(self, count: int) -> None:
-        """The first ``count`` entries are being sent (by another thread):
+        """The first ``count`` items are being sent (by another thread):
         none of them may be withdrawn any more."""
-        entries = self._entries
-        for i in range(min(count, len(entries))):
-            entries[i].started = True
+        items = self._items
+        for i in range(min(count, len(items))):
+            item = items[i]
+            if type(item) is Entry:
+                item.started = True
 
     def withdraw(self, entry: Entry) -> bool:
         """Remove ``entry`` if none of it has been sent; True if it was removed."""
         if entry.started:
             return False
         try:
-            self._entries.remove(entry)
+            self._items.remove(entry)
         except ValueError:
             return False  # already sent (or discarded)
         self.size -= len(entry.data)
@@ -104,7 +122,7 @@ class OutputBuffer:
 
     def clear(self) -> list[Handoff]:
         """Discard everything; return the callbacks that will now never run with True."""
-        waiting = [e.on_handoff for e in self._entries if e.on_handoff is not None]
-        self._entries.clear()
+        waiting = [item.on_handoff for item in self._items if type(item) is Entry]
+        self._items.clear()
         self.size = 0
         return waiting

@@ -68,8 +68,8 @@ class Transport(ABC):
     def write(self, data: bytes, on_handoff: Handoff | None = None) -> Entry | None:
         """Queue ``data``; never blocks.  ``on_handoff(True)`` runs once the
         kernel has taken all of it, ``on_handoff(False)`` if it never will
-        (aborted, withdrawn).  Returns the queue entry while one exists (for
-        :meth:`withdraw`), or None if the data went out at once."""
+        (aborted, withdrawn).  Returns the queue entry of a write with a
+        handoff that had to wait (for :meth:`withdraw`), else None."""
 
     def withdraw(self, entry: Entry) -> bool:
         """Take back a queued write that has not started; True if done."""

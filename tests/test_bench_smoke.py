@@ -2,7 +2,8 @@
 
 The run is a subprocess (``python bench/load.py --quick``), exactly as a user
 types it: that checks the script entry point, and a hung run is killed by the
-timeout with its whole process group, servers and receivers included.
+timeout with its whole process group.  The last tests stop a run with SIGTERM
+and with SIGKILL and check that no server, receiver or redis-server survives.
 """
 
 from __future__ import annotations
@@ -14,40 +15,49 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from reactor import BACKENDS
+
 REPO = Path(__file__).resolve().parent.parent
-SYSTEMS = ["select", "threads", "asyncio"] + (["redis"] if shutil.which("redis-server") else [])
+PEER = "asyncio-peer"
+SYSTEMS = [*BACKENDS, PEER] + (["redis"] if shutil.which("redis-server") else [])
 
 
-def run_quick(tmp_path: Path) -> tuple[subprocess.CompletedProcess[str], dict]:
-    json_path = tmp_path / "smoke.json"
-    cmd = [sys.executable, "bench/load.py", "--quick", "--quiet", "--systems", ",".join(SYSTEMS),
-           "--json", str(json_path), "--plots", str(tmp_path / "plots")]  # fmt: skip
+def run_quick(
+    tmp_path: Path, *extra: str, systems: list[str] = SYSTEMS
+) -> tuple[subprocess.CompletedProcess[str], Path]:
+    out_dir = tmp_path / "out"
+    cmd = [sys.executable, "bench/load.py", "--quick", "--quiet", "--systems", ",".join(systems),
+           "--out", str(out_dir), *extra]  # fmt: skip
     proc = subprocess.Popen(
         cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         start_new_session=True,
     )  # fmt: skip
     try:
-        out, err = proc.communicate(timeout=90)
+        out, err = proc.communicate(timeout=100)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate()
-        pytest.fail("the quick benchmark run did not finish in 90 s")
+        pytest.fail("the quick benchmark run did not finish in 100 s")
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     result = subprocess.CompletedProcess(cmd, proc.returncode, out, err)
     assert proc.returncode == 0, f"stdout:\n{out}\nstderr:\n{err}"
-    assert json_path.exists(), "the JSON report was not written"
-    return result, json.loads(json_path.read_text())
+    return result, out_dir
 
 
 def test_quick_run_delivers_everything_once_with_sane_latencies(tmp_path: Path) -> None:
-    result, doc = run_quick(tmp_path)
+    result, out_dir = run_quick(tmp_path)
+    tag = "+".join(SYSTEMS) + "-n20-quick"
+    json_path = out_dir / f"{tag}.json"
+    assert json_path.exists(), f"no {json_path.name} in {sorted(os.listdir(out_dir))}"
+    doc = json.loads(json_path.read_text())
     [run] = doc["runs"]
     assert run["systems"] == SYSTEMS
     for name in SYSTEMS:
@@ -58,18 +68,141 @@ def test_quick_run_delivers_everything_once_with_sane_latencies(tmp_path: Path) 
         b = rnd["broadcast"]
         assert b["lost"] == 0 and b["duplicated"] == 0 and b["unsent"] == 0
         assert b["delivered"] == run["n"] * b["sent"]
-        p50, p99 = b["per_recipient_ms"]["p50"], b["per_recipient_ms"]["p99"]
-        # Loopback at 20 clients: well under a second even on a loaded machine.
-        assert 0 < p50 <= p99 < 1000, (name, p50, p99)
+        for key in ("per_recipient_ms", "kernel_ms"):
+            p50, p99 = b[key]["p50"], b[key]["p99"]
+            # Loopback at 20 clients: well under a second even on a loaded machine.
+            assert 0 < p50 <= p99 < 1000, (name, key, p50, p99)
         assert all(step["lost"] == 0 for step in rnd["direct"]["steps"][:1])
         assert rnd["direct"]["duplicated"] == 0
-        assert rnd["memory"]["kb_per_conn"] is not None
+        # 20 connections are too few to say anything per connection: n/a, not 0.000.
+        assert rnd["memory"]["kb_per_conn"] is None
         assert b["server_cpu_per_1k"] is not None and not math.isnan(b["server_cpu_per_1k"])
-    # The table names every system and quotes the log level the servers ran at.
+        assert b["harness_cpu_per_1k"] > 0
+    lines = result.stdout.splitlines()
+    # The table names every system, fits 80 columns, and says where the files went.
     assert all(name in result.stdout for name in SYSTEMS)
-    assert "Log levels: select WARNING" in result.stdout
+    table = [line for line in lines if not line.startswith("wrote ")]
+    assert max(map(len, table)) <= 80, max(table, key=len)
+    assert f"Log levels: {BACKENDS[0]} WARNING" in result.stdout
+    assert "server RSS KB/conn" in result.stdout and "0.000" not in _row(lines, "server RSS")
+    for suffix in (".json", ".txt"):
+        assert f"wrote {out_dir / (tag + suffix)}" in lines
+    # Goals are checked at their own N only, and one round has no round-to-round spread.
+    assert "[MET " not in result.stdout and "[MISS]" not in result.stdout
+    assert "Round to round" not in result.stdout
+    if "redis" in SYSTEMS:
+        assert "Harness check:" in result.stdout
+        assert run["harness"]["worst_ratio_to_redis"] > 0
     try:
         import matplotlib  # noqa: F401
     except ImportError:
         return  # plots are an optional extra; the run must still succeed
-    assert (tmp_path / "plots" / "cdf-n20.png").exists()
+    png = out_dir / f"{tag}-cdf-n20.png"
+    assert png.exists() and f"wrote {png}" in lines
+
+
+def test_the_python_receiver_still_works_as_the_fallback(tmp_path: Path) -> None:
+    """Machines without a C compiler get the Python receive path: same records."""
+    _, out_dir = run_quick(tmp_path, "--receiver", "python", "--skip", "direct",
+                           systems=[BACKENDS[0]])  # fmt: skip
+    doc = json.loads(next(out_dir.glob("*.json")).read_text())
+    assert doc["receiver"].startswith("Python")
+    [rnd] = doc["runs"][0]["rounds"]
+    b = rnd[BACKENDS[0]]["broadcast"]
+    assert "error" not in rnd[BACKENDS[0]]
+    assert b["lost"] == 0 and b["duplicated"] == 0 and b["delivered"] == 20 * b["sent"] > 0
+    assert 0 < b["kernel_ms"]["p50"] <= b["per_recipient_ms"]["p50"] < 1000
+
+
+def _row(lines: list[str], label: str) -> str:
+    return next(line for line in lines if line.startswith(label))
+
+
+# -- no child outlives the benchmark -------------------------------------------
+
+
+def _stat(pid: int) -> tuple[int, str, int] | None:
+    """(ppid, state, start time) of ``pid``, or None if it is gone."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return None
+    fields = raw[raw.rindex(b")") + 2 :].split()
+    return int(fields[1]), fields[0].decode(), int(fields[19])
+
+
+def _descendants(root: int) -> dict[int, int]:
+    """Live descendants of ``root``: pid -> start time (to tell a reused pid apart)."""
+    children: dict[int, list[int]] = {}
+    starts: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (st := _stat(int(entry))) is not None:
+            children.setdefault(st[0], []).append(int(entry))
+            starts[int(entry)] = st[2]
+    out: dict[int, int] = {}
+    todo = [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out[child] = starts[child]
+            todo.append(child)
+    return out
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def _alive(pid: int, start: int) -> bool:
+    st = _stat(pid)
+    return st is not None and st[2] == start and st[1] not in ("Z", "X")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_a_stopped_benchmark_leaves_no_child_behind(tmp_path: Path, sig: signal.Signals) -> None:
+    # A long broadcast phase, so the run is surely mid-measurement when stopped.
+    server = BACKENDS[0]
+    wanted = [server] + (["redis"] if shutil.which("redis-server") else [])
+    cmd = [sys.executable, "bench/load.py", "--quick", "--quiet", "--duration", "60",
+           "--systems", ",".join(wanted), "--out", str(tmp_path)]  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )  # fmt: skip
+    me = _cmdline(proc.pid)
+    seen: dict[int, int] = {}
+    try:
+        # Wait until the server and a receiver (C, or Python forked from us) are up.
+        deadline = time.monotonic() + 30
+        lines: list[str] = []
+        while time.monotonic() < deadline:
+            seen |= _descendants(proc.pid)
+            lines = [_cmdline(p) for p in seen]
+            server_up = any("-m reactor" in c for c in lines)
+            if server_up and any("creceiver" in c or c == me for c in lines):
+                break
+            assert proc.poll() is None, "the benchmark ended before it was stopped"
+            time.sleep(0.05)
+        else:
+            pytest.fail(f"no server and receiver among the benchmark's children: {lines}")
+        seen |= _descendants(proc.pid)
+        proc.send_signal(sig)
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 15
+        left = {}
+        while time.monotonic() < deadline:
+            left = {p: _cmdline(p) for p, start in seen.items() if _alive(p, start)}
+            if not left:
+                break
+            time.sleep(0.05)
+        assert not left, f"children survived {sig.name}: {left}"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        for pid, start in (seen | _descendants(proc.pid)).items():  # never leak into other tests
+            if _alive(pid, start):
+                os.kill(pid, signal.SIGKILL)

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from reactor import DEFAULT_BACKEND
 from reactor.backends.base import Server
 from tests.cli_support import FakeServer, Terminal, cli_args, terminal
 from tests.support import Clients, running_server
@@ -28,7 +29,7 @@ PASTE_START, PASTE_END = "\x1b[200~", "\x1b[201~"
 
 @pytest.fixture
 def server() -> Iterator[Server]:
-    with running_server("select") as running:
+    with running_server(DEFAULT_BACKEND) as running:
         yield running
 
 

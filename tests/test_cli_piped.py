@@ -18,6 +18,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from reactor import DEFAULT_BACKEND
 from reactor.backends.base import Server
 from tests.cli_support import ROOT, TIMEOUT, FakeServer, cli_args, piped_client, run_cli
 from tests.support import Clients, running_server
@@ -279,7 +280,7 @@ def test_a_name_that_looks_like_an_option_gets_the_username_rule(args: list[str]
 
 
 def test_any_valid_name_works_as_the_argument() -> None:
-    with running_server("select") as server:
+    with running_server(DEFAULT_BACKEND) as server:
         for name in ("0.-_", "X" * 32):
             result = run_cli(cli_args(server.port, name, "--raw"), b"")
             assert result.returncode == 0, result.stderr

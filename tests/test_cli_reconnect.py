@@ -13,6 +13,7 @@ import socket
 import threading
 from collections.abc import Iterator
 
+from reactor import DEFAULT_BACKEND
 from tests.cli_support import TIMEOUT, terminal
 from tests.faults import server_process
 from tests.support import LineClient
@@ -21,7 +22,7 @@ CTRL_C = "\x03"
 
 
 def test_a_killed_and_restarted_server_is_reconnected_to_with_the_draft_kept() -> None:
-    with server_process("select") as first:
+    with server_process(DEFAULT_BACKEND) as first:
         port = first.port
         with terminal(port) as alice:
             alice.type("/msg Bob after the restart")
@@ -33,7 +34,7 @@ def test_a_killed_and_restarted_server_is_reconnected_to_with_the_draft_kept() -
                            and "disconnected from" in alice.lines[-1],
                            "the draft kept and the state in the bottom line")
 
-            with server_process("select", "--port", str(port)) as second:
+            with server_process(DEFAULT_BACKEND, "--port", str(port)) as second:
                 assert second.port == port
                 alice.wait_for_text("-- reconnected as Alice", timeout=15)
                 alice.wait_for(lambda: alice.cursor_line == "Alice> /msg Bob after the restart"
@@ -54,7 +55,7 @@ def test_a_killed_and_restarted_server_is_reconnected_to_with_the_draft_kept() -
 
 
 def test_while_disconnected_messages_are_refused_and_ctrl_c_exits_cleanly() -> None:
-    with server_process("select") as server, terminal(server.port) as alice:
+    with server_process(DEFAULT_BACKEND) as server, terminal(server.port) as alice:
         server.process.kill()
         server.process.wait(TIMEOUT)
         alice.wait_for_text("-- disconnected from the server")

@@ -1,7 +1,9 @@
 """Parent-side handle on the receiver processes that together hold N clients.
 
-Clients are dealt round-robin to ``receivers`` forked processes (fork, not
-spawn: the children start in milliseconds and need no importable main).  Every
+Clients are dealt round-robin to ``receivers`` processes: compiled C receivers
+(``bench.harness.creceiver``) when ``exe`` is given, else forked Python ones
+(fork, not spawn: the children start in milliseconds and need no importable
+main).  Both answer the same commands with the same records.  Every
 call here is bounded in time; ``close`` always leaves no child behind, which is
 what makes Ctrl-C and errors safe for callers that use ``with Fleet(...)``.
 """
@@ -11,10 +13,11 @@ from __future__ import annotations
 import multiprocessing as mp
 import time
 from array import array
-from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 from bench.harness import wire
+from bench.harness.creceiver import CReceiverProc
 from bench.harness.procstat import cpu_seconds
 from bench.harness.receiver import Share, receiver_main
 
@@ -34,14 +37,28 @@ class Fleet:
         indices: list[int],
         receivers: int,
         window: int,
+        exe: Path | None = None,
+        delay_acks: bool = True,
     ) -> None:
         self.size = len(indices)
         count = max(1, min(receivers, len(indices)))
-        self.conns: list[Connection] = []
+        self.conns: list[Any] = []  # multiprocessing Connections or CReceiverProcs
         self.procs: list[Any] = []
         try:
             for r in range(count):
                 share = Share(dialect, host, port, tuple(indices[r::count]), max(1, window))
+                if exe is not None:
+                    names = [wire.client_name(i) for i in share.indices]
+                    proc = CReceiverProc(
+                        exe,
+                        share,
+                        [wire.login(dialect, name) for name in names],
+                        [wire.online_notice(name) for name in names],
+                        delay_acks,
+                    )
+                    self.conns.append(proc)
+                    self.procs.append(proc)
+                    continue
                 parent_end, child_end = _CTX.Pipe()
                 proc = _CTX.Process(
                     target=receiver_main,
@@ -72,9 +89,12 @@ class Fleet:
         self.send(*msg)
         replies = []
         for conn in self.conns:
-            if not conn.poll(timeout):
-                raise FleetError(f"receiver did not answer {msg[0]!r} within {timeout} s")
-            replies.append(conn.recv())
+            try:
+                if not conn.poll(timeout):
+                    raise FleetError(f"receiver did not answer {msg[0]!r} within {timeout} s")
+                replies.append(conn.recv())
+            except (EOFError, OSError) as exc:
+                raise FleetError(f"receiver failed on {msg[0]!r}: {exc}") from exc
         return replies
 
     def measure(self, n_broadcast: int, n_direct: int, n_probes: int) -> None:

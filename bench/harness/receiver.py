@@ -11,12 +11,15 @@ Results stay in ``array('q')`` until the parent collects them.
 CLOCK_MONOTONIC is system-wide on Linux, so a time stamped here can be
 subtracted from the intended send time the parent wrote into the payload.
 
-Every record carries two arrival times.  The batch stamp is what the issue
-asks for: when the harness got round to the data.  The kernel stamp
-(``SO_TIMESTAMPNS``, taken when the segment reached the client socket, so it
-includes no harness queueing) is converted from CLOCK_REALTIME to monotonic
-with the offset between the two clocks read at the same batch.  Their
-difference is the harness's own queueing, which the report shows as the floor.
+Every record carries two arrival times.  The batch stamp is when the harness
+got round to the data.  The kernel stamp (``SO_TIMESTAMPNS``, taken when the
+segment reached the client socket, so it includes no harness queueing), which
+the report leads with, is converted from CLOCK_REALTIME to monotonic with the
+offset between the two clocks read at the same batch.  Their difference is the
+harness's own queueing.
+
+This is the fallback receive path; ``creceiver.c`` does the same for a fraction
+of the CPU where a C compiler exists (see ``bench.harness.creceiver``).
 
 The parent drives the process over a ``multiprocessing`` pipe with tuples:
 ``("login",)`` connects and logs in every client of the share, at most
@@ -42,6 +45,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from bench.harness import wire
+from bench.harness.deathsig import set_pdeathsig
 
 MAX_EVENTS = 128
 RECV_SIZE = 256 * 1024
@@ -358,6 +362,8 @@ def receiver_main(share: Share, ctl: Connection, parent_end: Connection | None) 
     """Entry point of a receiver process (forked by ``bench.harness.fleet``)."""
     # Ctrl-C reaches the whole process group; the parent decides when we stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the parent's handler
+    set_pdeathsig()  # even a SIGKILLed parent takes us with it
     if parent_end is not None:
         parent_end.close()  # so the pipe reports EOF here when the parent dies
     rx = Receiver(share, ctl)

@@ -16,6 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.harness.deathsig import wrap
 from bench.harness.procstat import free_port, stop_process
 
 
@@ -41,25 +42,27 @@ def start_redis(
     for _attempt in range(3):  # the free port may be taken between probe and bind
         port = free_port()
         proc = subprocess.Popen(
-            [
-                exe,
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                workdir,
-                "--loglevel",
-                "warning",
-                "--maxclients",
-                str(max_clients + 64),
-                "--daemonize",
-                "no",
-            ],
+            wrap(
+                [
+                    exe,
+                    "--port",
+                    str(port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--dir",
+                    str(workdir),
+                    "--loglevel",
+                    "warning",
+                    "--maxclients",
+                    str(max_clients + 64),
+                    "--daemonize",
+                    "no",
+                ]
+            ),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,

@@ -158,7 +158,8 @@ class AsyncioTransport(Transport, asyncio.Protocol):
                 on_handoff(True)
             return None
         entry = self.output.append(data, on_handoff)
-        entry.started = True
+        if entry is not None:
+            entry.started = True
         self._in_flight = len(data)
         return entry
 
@@ -306,11 +307,7 @@ class AsyncioServer(Server):
         stop = loop.create_future()
 
         def woken() -> None:
-            try:
-                while self._wakeup_reader.recv(4096):
-                    pass
-            except (BlockingIOError, InterruptedError):
-                pass
+            self._drain_wakeups()
             self.serve_requests()
             if self._stop_requested and not stop.done():
                 stop.set_result(None)

@@ -193,6 +193,14 @@ class Server(ABC):
         except OSError:
             pass  # already woken (buffer full), or already closed
 
+    def _drain_wakeups(self) -> None:
+        """Empty the wakeup socket (the serving thread, after select() says so)."""
+        try:
+            while self._wakeup_reader.recv(4096):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
+
     def serve_forever(self) -> int:
         # Always shown, whatever --log-level: scripts and tests wait for this
         # line to learn the port (with --port 0) and that the server is up.

@@ -91,12 +91,16 @@ class SelectorTransport(Transport):
             self.server.pending_writes.append(self)
             if self.tls is not None:
                 return self._write_tls(data, on_handoff)
-            if self.server.write_through and not self.output:
+            if self.server.write_through and not self.output.size:
                 # asyncio's "try to send now": in a short pass the recipients
                 # of a fan-out should not wait for the whole fan-out to be
                 # queued.  Only what the kernel refuses is kept.
-                sent = self._send([data])
-                if sent is None:
+                try:
+                    sent = self.sock.send(data)
+                except (BlockingIOError, InterruptedError):
+                    sent = 0
+                except OSError as error:
+                    self._connection_error(error)
                     if on_handoff is not None:
                         on_handoff(False)
                     return None
@@ -106,7 +110,8 @@ class SelectorTransport(Transport):
                     return None
                 if sent:
                     entry = self.output.append(memoryview(data)[sent:], on_handoff)
-                    entry.started = True
+                    if entry is not None:
+                        entry.started = True
                     return entry
         # Anything more this pass goes out in one sendmsg at the end of it.
         return self.output.append(data, on_handoff)
@@ -405,13 +410,6 @@ class SelectorServer(Server):
             transport.connection.fail(error)
         if not transport.socket_closed:
             transport.abort()
-
-    def _drain_wakeups(self) -> None:
-        try:
-            while self._wakeup_reader.recv(4096):
-                pass
-        except (BlockingIOError, InterruptedError):
-            pass
 
     # -- accepting ------------------------------------------------------------
 

@@ -124,6 +124,7 @@ class ThreadTransport(Transport):
             return self._write_tls(data, on_handoff)
         failure: str | None = None
         entry: Entry | None = None
+        queued = False
         with self._send_lock:
             if self._socket_closed:
                 failure = "closed"
@@ -137,19 +138,21 @@ class ThreadTransport(Transport):
                     except OSError as error:
                         failure = f"connection error: {error.strerror or error}"
                 if failure is None and sent < len(data):
+                    queued = True
                     entry = self.output.append(memoryview(data)[sent:] if sent else data,
                                                on_handoff)
-                    entry.started = sent > 0
+                    if entry is not None:
+                        entry.started = sent > 0
                     if self._start_writer():
                         self._changed.notify_all()
                     else:
                         failure = "cannot start a writer thread"
         # Callbacks and aborts run outside the send lock.
         if failure is None:
-            if entry is None and on_handoff is not None:
+            if not queued and on_handoff is not None:
                 on_handoff(True)
             return entry
-        if entry is not None:
+        if queued:
             # Queued, but nobody can send it: abort() reports it not handed over.
             log.error("Cannot start a writer thread for %r; closing that connection",
                       self.connection)
@@ -421,13 +424,6 @@ class ThreadsServer(Server):
             self._shut_down()
         finally:
             self.timers.stop()
-
-    def _drain_wakeups(self) -> None:
-        try:
-            while self._wakeup_reader.recv(4096):
-                pass
-        except (BlockingIOError, InterruptedError):
-            pass
 
     def _accept_one(self, listener: Listener) -> str | None:
         """Accept one connection; the reason if out of resources, else None."""
