@@ -28,7 +28,7 @@ from reactor.backends.base import Server
 from reactor.config import ServerConfig
 from reactor.connection import Connection
 from reactor.outbuf import Entry, Handoff
-from reactor.sockets import configure_client, peer_host
+from reactor.sockets import ACCEPT_RETRY_DELAY, RESOURCE_ERRNOS, configure_client, peer_host
 from reactor.tls import TLSFailure, log_failure
 from reactor.transport import TimerHandle, Transport
 from reactor.whiteboard import Whiteboard
@@ -292,6 +292,7 @@ class AsyncioServer(Server):
         else:
             self.loop = asyncio.new_event_loop()
         self.loop.set_exception_handler(self._exception)
+        self._accept_error_logged = -ACCEPT_RETRY_DELAY
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
         return self.loop.call_later(delay, callback)
@@ -351,6 +352,16 @@ class AsyncioServer(Server):
             return
         if isinstance(error, (ConnectionError, socket.timeout)):
             log.debug("asyncio: %s", context.get("message"))
+            return
+        if isinstance(error, OSError) and error.errno in RESOURCE_ERRNOS:
+            # accept() out of descriptors: asyncio itself stops accepting and
+            # retries after ACCEPT_RETRY_DELAY, as the other backends do -- but
+            # reports it once per connection in its accept batch: log it once.
+            now = loop.time()
+            if now >= self._accept_error_logged + ACCEPT_RETRY_DELAY:
+                self._accept_error_logged = now
+                log.error("accept() failed: %s; pausing new connections for %.0f s",
+                          error.strerror, ACCEPT_RETRY_DELAY)
             return
         self.loop_failed(error or RuntimeError(str(context.get("message"))))
         self._wake()
