@@ -52,8 +52,11 @@ from protocol import (
     Help as HelpCommand,
 )
 
-# With no answer after this many seconds a command is shown as overdue.
-ANSWER_TIMEOUT = 5.0
+# With no answer after this many seconds a command is shown as overdue.  Longer
+# than the server's own delivery timeout (5 s by default), after which it
+# answers "not delivered" for a recipient who is not reading: "no answer"
+# should mean the server itself is not answering.
+ANSWER_TIMEOUT = 8.0
 
 
 @dataclass(eq=False, slots=True)

@@ -68,6 +68,10 @@ _LOGIN_TIMED_OUT = format_event(LoginTimedOut())
 # soft limit's grace period, the server-wide budget).
 HOUSEKEEPING_INTERVAL = 1.0
 
+# A broadcast to at least this many ends its sender's turn: one client's
+# fan-outs come one per pass of the loop, with everybody else served between.
+YIELD_AFTER_DELIVERIES = 64
+
 CallLater = Callable[[float, Callable[[], None]], TimerHandle]
 
 
@@ -362,6 +366,8 @@ class ChatService:
             but=connection,
         )
         connection.delivery_bucket.charge(recipients, self.clock())
+        if recipients >= YIELD_AFTER_DELIVERIES:
+            connection.yield_turn = True
 
     @staticmethod
     def _fan_out(data: bytes, connections: Iterable[Connection],

@@ -8,6 +8,8 @@ test with what was seen so far.
 from __future__ import annotations
 
 import contextlib
+import inspect
+import os
 import socket
 import threading
 import time
@@ -15,16 +17,30 @@ from collections.abc import Callable, Iterator
 from dataclasses import replace
 
 from reactor import ServerConfig, make_server
+from reactor.backends import server_class
 from reactor.backends.base import Server
 
 DEFAULT_TIMEOUT = 10.0
 TEST_CONFIG = ServerConfig(host="127.0.0.1", port=0, keepalive_idle=0)
 
 
+def accepts_loop(backend: str) -> bool:
+    """Whether the backend runs on an event loop chosen with ``--loop``."""
+    return "loop" in inspect.signature(server_class(backend)).parameters
+
+
 @contextlib.contextmanager
-def running_server(backend: str, **overrides: object) -> Iterator[Server]:
-    """A server in a background thread, stopped and joined on exit."""
-    server = make_server(replace(TEST_CONFIG, **overrides), backend)
+def running_server(backend: str, *, options: dict[str, object] | None = None,
+                   **overrides: object) -> Iterator[Server]:
+    """A server in a background thread, stopped and joined on exit.
+
+    ``overrides`` change the configuration; ``options`` go to the backend.
+    """
+    if options is None and os.environ.get("REACTOR_TEST_LOOP") and accepts_loop(backend):
+        # REACTOR_TEST_LOOP=uvloop runs every in-process test of the loop
+        # backends on that loop.
+        options = {"loop": os.environ["REACTOR_TEST_LOOP"]}
+    server = make_server(replace(TEST_CONFIG, **overrides), backend, **(options or {}))
     thread = threading.Thread(target=server.serve_forever, name=f"server-{backend}", daemon=True)
     thread.start()
     try:

@@ -378,10 +378,10 @@ def test_a_message_without_an_answer_is_shown_as_overdue() -> None:
         assert plain(client._pending_row(fresh, 100.0 + ANSWER_TIMEOUT - 0.1)) == (
             "… you → Bob: hi  (sending)")
         assert plain(client._pending_row(fresh, 100.0 + ANSWER_TIMEOUT)) == (
-            "… you → Bob: hi  (no answer from the server after 5 s)")
+            "… you → Bob: hi  (no answer from the server after 8 s)")
         client.query = "Bob"
         assert plain(client._prompt()).endswith("… you → Bob: hi  (sending)\nAlice→Bob> ") or \
-            plain(client._prompt()).endswith("(no answer from the server after 5 s)\nAlice→Bob> ")
+            plain(client._prompt()).endswith("(no answer from the server after 8 s)\nAlice→Bob> ")
 
 
 def test_a_terminal_that_hangs_up_logs_out_and_the_client_exits(server: Server,

@@ -54,8 +54,8 @@ class AsyncioTransport(Transport, asyncio.Protocol):
     # -- asyncio.Protocol -------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # uvloop's transports have the same methods without subclassing asyncio's.
+        self._transport = transport  # type: ignore[assignment]
         self.peer_host = peer_host(transport.get_extra_info("peername"))
         sock = self.sock = transport.get_extra_info("socket")
         try:
@@ -292,7 +292,7 @@ class AsyncioServer(Server):
         else:
             self.loop = asyncio.new_event_loop()
         self.loop.set_exception_handler(self._exception)
-        self._accept_error_logged = -ACCEPT_RETRY_DELAY
+        self._accept_error_logged = float("-inf")
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
         return self.loop.call_later(delay, callback)
@@ -350,18 +350,18 @@ class AsyncioServer(Server):
         if isinstance(protocol, AsyncioTransport) and protocol.connection is not None:
             protocol.connection.fail(error or RuntimeError(context.get("message")))
             return
-        if isinstance(error, (ConnectionError, socket.timeout)):
-            log.debug("asyncio: %s", context.get("message"))
-            return
         if isinstance(error, OSError) and error.errno in RESOURCE_ERRNOS:
-            # accept() out of descriptors: asyncio itself stops accepting and
-            # retries after ACCEPT_RETRY_DELAY, as the other backends do -- but
-            # reports it once per connection in its accept batch: log it once.
+            # asyncio's accept loop ran out of descriptors and retries by
+            # itself -- reporting it once per accept attempt of its batch of
+            # up to 100, so say it once per retry period.
             now = loop.time()
-            if now >= self._accept_error_logged + ACCEPT_RETRY_DELAY:
+            if now - self._accept_error_logged >= ACCEPT_RETRY_DELAY:
                 self._accept_error_logged = now
                 log.error("accept() failed: %s; pausing new connections for %.0f s",
                           error.strerror, ACCEPT_RETRY_DELAY)
+            return
+        if isinstance(error, (ConnectionError, socket.timeout)):
+            log.debug("asyncio: %s", context.get("message"))
             return
         self.loop_failed(error or RuntimeError(str(context.get("message"))))
         self._wake()
