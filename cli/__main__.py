@@ -24,7 +24,10 @@ import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
+
+if TYPE_CHECKING:
+    import ssl
 
 PROG = "reactor-chat"
 EXIT_OK = 0
@@ -43,13 +46,21 @@ modes:
   line is printed to stdout as it arrives (--raw: the wire form), and at bye
   or end of input the client logs out and waits for the server to confirm.
 
+TLS:
+  --tls verifies the server's certificate and its host name (the SERVER
+  argument) against the system's CAs, or against --ca FILE; a failure is one
+  line naming the reason and exit status 1.  --insecure skips verification,
+  and says so on stderr: anyone on the path could then read and change
+  everything.
+
 commands:
   /msg <user> <text> | /query [<user>] | /who | /quit | /help
   chat <user> "<message>" | broadcast <message> | users | help | bye
 
 exit status:
   0  logged out normally
-  1  cannot connect, login refused, or the server went away (piped mode)
+  1  cannot connect (including a TLS certificate that fails verification),
+     login refused, or the server went away (piped mode)
   2  wrong arguments or an invalid username
   3  piped mode: a line was refused (by the client or the server) or a
      message was not delivered
@@ -95,6 +106,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("username",
                         help="1-32 ASCII letters, digits, '_', '-' or '.', starting with "
                              "a letter or digit (case-insensitive)")
+    parser.add_argument("--tls", action="store_true",
+                        help="connect with TLS, verifying the server's certificate and host "
+                             "name (against the system's CAs, or --ca)")
+    parser.add_argument("--ca", metavar="FILE",
+                        help="with --tls: trust the CA certificate(s) in FILE instead of the "
+                             "system's")
+    parser.add_argument("--insecure", action="store_true",
+                        help="with --tls: do NOT verify the server's certificate (anyone on "
+                             "the path can read and change everything)")
     parser.add_argument("--raw", action="store_true",
                         help="show the server's lines in their wire form (for scripts)")
     parser.add_argument("--bell", action="store_true",
@@ -181,6 +201,26 @@ def _main(argv: list[str] | None) -> int:
         print(f"{PROG}: invalid username: {error.reason}", file=sys.stderr)
         return EXIT_USAGE
 
+    tls = None
+    if args.tls or args.ca is not None or args.insecure:
+        from cli.tls import INSECURE_WARNING, CAFileError, client_context
+
+        if not args.tls:
+            print(f"{PROG}: {'--ca' if args.ca is not None else '--insecure'} needs --tls "
+                  f"(usage: {parser.prog} [options] SERVER PORT USERNAME; --help for more)",
+                  file=sys.stderr)
+            return EXIT_USAGE
+        if args.ca is not None and args.insecure:
+            print(f"{PROG}: --ca and --insecure contradict each other", file=sys.stderr)
+            return EXIT_USAGE
+        try:
+            tls = client_context(args.ca, args.insecure)
+        except CAFileError as error:
+            print(f"{PROG}: {error}", file=sys.stderr)
+            return EXIT_USAGE
+        if args.insecure:
+            print(INSECURE_WARNING, file=sys.stderr, flush=True)
+
     interactive = _is_terminal(sys.stdin) and _is_terminal(sys.stdout)
     stamps = args.timestamps or ("HH:MM" if interactive else "off")
     from cli.present import TIMESTAMP_FORMATS
@@ -194,9 +234,9 @@ def _main(argv: list[str] | None) -> int:
 
         return run_interactive(Options(
             host=args.server, port=args.port, name=args.username, raw=args.raw,
-            bell=args.bell, timestamps=timestamps, history_file=history,
+            bell=args.bell, timestamps=timestamps, history_file=history, tls=tls,
         ))
-    return _run_piped(args, timestamps)
+    return _run_piped(args, timestamps, tls)
 
 
 def _default_history() -> Path:
@@ -216,7 +256,8 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.
         return parser.parse_args(argv)
     except _UsageError:
         args = sys.argv[1:] if argv is None else argv
-        known = {"--raw", "--bell", "--timestamps", "--history-file", "-h", "--help"}
+        known = {"--raw", "--bell", "--timestamps", "--history-file", "-h", "--help",
+                 "--tls", "--ca", "--insecure"}
         words = [word for word in args if word.split("=", 1)[0] not in known]
         positional = [word for word in words if not word.startswith("-")]
         odd = [word for word in words if word.startswith("-") and word != "--"]
@@ -227,7 +268,8 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.
         raise
 
 
-def _run_piped(args: argparse.Namespace, timestamps: str | None) -> int:
+def _run_piped(args: argparse.Namespace, timestamps: str | None,
+               tls: ssl.SSLContext | None = None) -> int:
     from cli.connection import ClientError, connect
     from cli.display import ServerLine
     from cli.piped import run_piped
@@ -245,7 +287,7 @@ def _run_piped(args: argparse.Namespace, timestamps: str | None) -> int:
         signal.signal(signum, _interrupt)
     conn = None
     try:
-        conn = connect(args.server, args.port)
+        conn = connect(args.server, args.port, tls=tls)
         conn.log_in(args.username, show=show)
         return run_piped(conn, _stdin_fd(), sys.stdout, sys.stderr, args.username,
                          raw=args.raw, timestamps=timestamps)

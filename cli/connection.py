@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
 
 from cli.display import MAX_SERVER_LINE, ServerLine, render
+from cli.tls import TLSStream, handshake_error
 from protocol import (
     Bye,
     Command,
@@ -72,8 +74,10 @@ class ConnectionLost(ClientError):
         return str(self)
 
 
-def connect(host: str, port: int, timeout: float = CONNECT_TIMEOUT) -> Connection:
-    """Open a TCP connection, turning every socket error into one readable line."""
+def connect(host: str, port: int, timeout: float = CONNECT_TIMEOUT,
+            tls: ssl.SSLContext | None = None) -> Connection:
+    """Open a TCP connection (and with ``tls`` complete the TLS handshake),
+    turning every error into one readable line."""
     try:
         sock = socket.create_connection((host, port), timeout=timeout)
     except (OSError, UnicodeError, OverflowError) as error:
@@ -82,7 +86,15 @@ def connect(host: str, port: int, timeout: float = CONNECT_TIMEOUT) -> Connectio
     # next one (Nagle) would only add latency.
     with contextlib.suppress(OSError):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return Connection(sock)
+    if tls is None:
+        return Connection(sock)
+    stream = TLSStream(sock, tls, host.strip("[]"))
+    try:
+        stream.handshake()
+    except OSError as error:  # ssl.SSLError included
+        sock.close()
+        raise ConnectFailed(connect_error(error, host, port, timeout)) from None
+    return Connection(stream)  # type: ignore[arg-type]
 
 
 def connect_error(error: BaseException, host: str, port: int, timeout: float) -> str:
@@ -94,6 +106,9 @@ def connect_error(error: BaseException, host: str, port: int, timeout: float) ->
         return f"cannot connect to {where}: timed out after {timeout:g} s"
     if isinstance(error, ConnectionRefusedError):
         return f"cannot connect to {where}: connection refused (is the server running?)"
+    tls_reason = handshake_error(error)
+    if tls_reason is not None:
+        return f"cannot connect to {where}: {tls_reason}"
     reason = getattr(error, "strerror", None) or str(error) or type(error).__name__
     reason = reason[:1].lower() + reason[1:]
     return f"cannot connect to {where}: {reason}"

@@ -27,6 +27,7 @@ import contextlib
 import random
 import signal
 import socket
+import ssl
 import sys
 import time
 from dataclasses import dataclass
@@ -76,6 +77,7 @@ class Options:
     bell: bool = False
     timestamps: str | None = "%H:%M"
     history_file: Path | None = None
+    tls: ssl.SSLContext | None = None  # verifying unless --insecure (cli.tls)
 
 
 class _LoginFailed(Exception):
@@ -399,8 +401,13 @@ class Client:
                                      list[ServerLine]]:
         host, port = self.options.host, self.options.port
         try:
+            tls = self.options.tls
             reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(host, port, limit=MAX_SERVER_LINE), CONNECT_TIMEOUT)
+                asyncio.open_connection(
+                    host, port, limit=MAX_SERVER_LINE, ssl=tls,
+                    server_hostname=host.strip("[]") if tls is not None else None,
+                ),
+                CONNECT_TIMEOUT)
         except (OSError, TimeoutError, UnicodeError, OverflowError) as error:
             raise _LoginFailed(connect_error(error, host, port, CONNECT_TIMEOUT)) from None
         sock = writer.get_extra_info("socket")

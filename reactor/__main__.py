@@ -1,11 +1,15 @@
 """``python -m reactor`` (or ``reactor-chat-server``): run the chat server.
 
-User mistakes (bad arguments, a busy port, an unknown host) get one line on
-stderr, beginning ``reactor-chat-server:`` however the server was started,
-and a non-zero exit, never a traceback.  ``--help`` shows how it was invoked.
+User mistakes (bad arguments, a busy port, an unknown host, a missing or
+bad certificate or key) get one line on stderr, beginning
+``reactor-chat-server:`` however the server was started, and a non-zero
+exit (2 for arguments and TLS files, 1 for a port that cannot be listened
+on), never a traceback.  ``--help`` shows how it was invoked.
 
 Signals: SIGINT and SIGTERM shut down cleanly (every client is told,
-connections close, exit status 0); SIGHUP reloads what can be reloaded;
+connections close, exit status 0); SIGHUP reloads what can be reloaded
+(the TLS certificate and key: new connections use them, established ones
+keep theirs; bad new files are one error line and the old ones stay);
 SIGUSR1 logs one status line.  The log never blocks serving
 (``reactor.logs``).
 """
@@ -28,6 +32,7 @@ from reactor.config import ServerConfig
 from reactor.flow import FloodLimits
 from reactor.logs import LogPipeline, complain
 from reactor.sockets import raise_open_file_limit
+from reactor.tls import TLSSetupError
 
 log = logging.getLogger("reactor")
 
@@ -172,6 +177,15 @@ def build_parser() -> argparse.ArgumentParser:
                         f"{f.logins_per_second:g})")
     p.add_argument("--login-burst", type=_whole_number(1, 10**9), default=f.logins_burst,
                    help=f"login attempts at once per address (default: {f.logins_burst})")
+    p.add_argument("--tls-cert", metavar="FILE",
+                   help="PEM certificate (chain) for TLS; with --tls-key and no --tls-port, "
+                        "the main port speaks TLS only")
+    p.add_argument("--tls-key", metavar="FILE", help="PEM private key of --tls-cert")
+    p.add_argument("--tls-key-password-file", metavar="FILE",
+                   help="file whose first line is the password of an encrypted --tls-key")
+    p.add_argument("--tls-port", type=_whole_number(0, 65535), default=None,
+                   help="a second port, speaking TLS, beside the plain --port "
+                        "(like IRC's 6667/6697); needs --tls-cert and --tls-key")
     p.add_argument("--loop", choices=EVENT_LOOPS, default=None,
                    help="the event loop of the backends built on one (default: asyncio's own;"
                         " uvloop needs the uvloop package)")
@@ -194,6 +208,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             f"argument --output-hard-limit: must be at least --output-limit "
             f"({args.output_limit} bytes), got {args.output_hard_limit}"
         )
+    if (args.tls_cert is None) != (args.tls_key is None):
+        parser.error("TLS needs both --tls-cert and --tls-key")
+    if args.tls_cert is None and (args.tls_port is not None
+                                  or args.tls_key_password_file is not None):
+        option = "--tls-port" if args.tls_port is not None else "--tls-key-password-file"
+        parser.error(f"argument {option}: needs --tls-cert and --tls-key")
     if args.output_limit < 2 * args.max_line:
         parser.error(
             f"argument --output-limit: must be at least twice --max-line "
@@ -210,6 +230,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         keepalive_idle=args.keepalive_idle, log_text=args.log_text,
         output_hard_limit=args.output_hard_limit, slow_consumer_grace=args.slow_consumer_grace,
         output_budget=args.output_budget, delivery_timeout=args.delivery_timeout,
+        tls_cert=args.tls_cert, tls_key=args.tls_key,
+        tls_key_password_file=args.tls_key_password_file, tls_port=args.tls_port,
         flood=FloodLimits(
             enabled=args.flood_control,
             lines_per_second=args.line_rate, lines_burst=args.line_burst,
@@ -352,11 +374,15 @@ def _serve(args: argparse.Namespace, signals: SignalHandlers) -> int:
     except TypeError:
         complain(f"{PROGRAM}: --loop is not an option of the {args.backend} backend")
         return 2
+    except TLSSetupError as error:  # a missing or bad certificate or key file
+        complain(f"{PROGRAM}: TLS: {error}")
+        return 2
     except ValueError as error:  # e.g. uvloop asked for and not installed
         complain(f"{PROGRAM}: {error}")
         return 2
     except OSError as error:
-        complain(f"{PROGRAM}: cannot listen on {_address(args.host, args.port)}: "
+        port = getattr(error, "port", args.port)  # the TLS port's, if that failed
+        complain(f"{PROGRAM}: cannot listen on {_address(args.host, port)}: "
                  f"{_why_not_listening(error)}")
         return 1
     signals.attach(server)

@@ -48,3 +48,10 @@ class ServerConfig:
     # Off keeps what users write (message and broadcast text) out of the log,
     # for operators who must not read private messages (--log-text off).
     log_text: bool = True
+    # TLS (reactor.tls): with a certificate and key, ``port`` speaks TLS --
+    # unless ``tls_port`` is set, which adds a TLS listener beside the plain
+    # one on ``port`` (0 picks a free port).
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_key_password_file: str | None = None
+    tls_port: int | None = None

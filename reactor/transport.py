@@ -12,10 +12,12 @@ What the backend promises in return is stated on
 
 from __future__ import annotations
 
+import ssl
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Protocol
 
 from reactor.outbuf import Entry, Handoff, OutputBuffer
+from reactor.tls import TLSWire
 
 if TYPE_CHECKING:
     from reactor.connection import Connection
@@ -31,13 +33,31 @@ class Transport(ABC):
     ``output`` is the connection's :class:`~reactor.outbuf.OutputBuffer`; the
     backend moves bytes out of it and runs the handoff callbacks that
     ``consume`` returns, on the chat thread.
+
+    ``wire`` is what the backend sends from: ``output`` itself, or on a TLS
+    connection (:meth:`start_tls`) a :class:`~reactor.tls.TLSWire` that
+    encrypts from ``output``.  Both offer ``buffers()`` for one send,
+    ``consume(sent)`` for what the kernel took (returning the handoffs now
+    due), and truth while something can be sent.
     """
 
     def __init__(self, peer_host: str) -> None:
         self.peer_host = peer_host
         self.output = OutputBuffer()
+        self.tls: TLSWire | None = None
+        self.wire: OutputBuffer | TLSWire = self.output
         # Set by ChatService.connection_made; the backend reports to it.
         self.connection: Connection | None = None
+
+    def start_tls(self, context: ssl.SSLContext) -> None:
+        """Speak TLS on this connection (before the chat logic sees it)."""
+        self.tls = TLSWire(context, self.output)
+        self.wire = self.tls
+
+    @property
+    def owes_output(self) -> bool:
+        """Output or ciphertext is waiting (to be sent, or for the TLS handshake)."""
+        return bool(self.output) or bool(self.wire)
 
     @property
     def queued(self) -> int:

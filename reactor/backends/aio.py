@@ -35,6 +35,7 @@ from reactor.sockets import (
     discard_input,
     peer_host,
 )
+from reactor.tls import TLSFailure, log_failure
 from reactor.transport import TimerHandle, Transport
 from reactor.whiteboard import Whiteboard
 
@@ -47,9 +48,10 @@ READ_SIZE = 16 * 1024
 
 
 class AsyncioTransport(Transport, asyncio.BufferedProtocol):
-    def __init__(self, server: AsyncioServer) -> None:
+    def __init__(self, server: AsyncioServer, tls: bool = False) -> None:
         Transport.__init__(self, "unknown")
         self.server = server
+        self._speaks_tls = tls
         self._transport: asyncio.Transport | None = None
         self.sock: Any = None  # asyncio's socket-like view, for options
         self._in_flight = 0  # bytes handed to asyncio, not yet known to be sent
@@ -77,6 +79,13 @@ class AsyncioTransport(Transport, asyncio.BufferedProtocol):
         # pause_writing() as soon as anything is buffered, resume_writing()
         # once all of it is sent: our handoff signal.
         transport.set_write_buffer_limits(high=0, low=0)
+        if self._speaks_tls:
+            # Our own TLS over the plain transport (reactor.tls), not
+            # asyncio's: its get_write_buffer_size() leaves out the
+            # ciphertext still in the socket transport, so "empty" would not
+            # mean "taken by the kernel", and the handshake is then part of
+            # the login, under the login timeout, as in the other backends.
+            self.start_tls(self.server.tls_context())
         self.server.chat.connection_made(self)
 
     def get_buffer(self, sizehint: int) -> memoryview:
@@ -86,9 +95,35 @@ class AsyncioTransport(Transport, asyncio.BufferedProtocol):
         self.data_received(bytes(self._read_buffer[:nbytes]))
 
     def data_received(self, data: bytes) -> None:
-        if self._closing or self.connection is None:
+        if self.connection is None:
+            return
+        if self._closing and (self.tls is None or self.tls.handshake_done):
             return  # input after bye, or while draining, is discarded
-        self.connection.data_received(data)
+        if self.tls is not None:
+            # (While closing: only to complete the handshake, so that a notice
+            # such as "server full" can be sent; the chat ignores the input.)
+            self._received_tls(data)
+        else:
+            self.connection.data_received(data)
+
+    def _received_tls(self, data: bytes) -> None:
+        tls = self.tls
+        connection = self.connection
+        assert tls is not None and connection is not None
+        try:
+            plain, ended = tls.receive(data)
+        except TLSFailure as failure:
+            reason = log_failure(self.peer_host, failure, tls.handshake_done)
+            if self._transport is not None and not self._transport.is_closing():
+                self._transport.write(tls.take_all())  # the alert, tried at once
+            connection.abort(reason)
+            return
+        if tls and not self._in_flight and not self._burst:
+            self._push()  # handshake messages, or output that waited for it
+        if plain:
+            connection.data_received(plain)
+        if ended:
+            connection.data_received(b"")
 
     def eof_received(self) -> bool:
         self._eof_received = True
@@ -123,6 +158,13 @@ class AsyncioTransport(Transport, asyncio.BufferedProtocol):
             if on_handoff is not None:
                 on_handoff(False)
             return None
+        if self.tls is not None:
+            entry = self.output.append(data, on_handoff)
+            if not self._in_flight and not self._burst:
+                self._burst = True
+                self.server.loop.call_soon(self._end_burst)
+                self._send_batch()
+            return entry if self.output else None  # empty: it went, its handoff ran
         if self.output or self._burst:
             # Waits its turn (and can still be withdrawn); what this loop
             # iteration writes after its first line goes out in one batch.
@@ -147,7 +189,7 @@ class AsyncioTransport(Transport, asyncio.BufferedProtocol):
         self._closing = True
         self.resume_reading()  # read and discard until the peer's FIN
         self._linger = self.server.call_later(self.server.config.close_linger, self._expired)
-        if not self.output:
+        if not self.owes_output:
             self._shut_write()
 
     def abort(self) -> None:
@@ -177,13 +219,14 @@ class AsyncioTransport(Transport, asyncio.BufferedProtocol):
         sent = self._in_flight - transport.get_write_buffer_size()
         if sent > 0:
             self._in_flight -= sent
-            for callback in self.output.consume(sent):
+            for callback in self.wire.consume(sent):
                 callback(True)
 
     def _handed_over(self) -> None:
         """asyncio's buffer is empty: what we handed it has been sent."""
-        for callback in self.output.consume(self._in_flight):
-            callback(True)
+        if self._in_flight:
+            for callback in self.wire.consume(self._in_flight):
+                callback(True)
         self._in_flight = 0
         self._push()
 
@@ -197,32 +240,46 @@ class AsyncioTransport(Transport, asyncio.BufferedProtocol):
 
     def _push(self) -> None:
         """Hand everything queued to asyncio, whose buffer is empty."""
-        output = self.output
-        transport = self._transport
-        while output and not self._in_flight and transport and not transport.is_closing():
-            buffers = output.buffers()
-            output.mark_started(len(buffers))
-            self._in_flight = sum(len(b) for b in buffers)
-            transport.writelines(buffers)
-            if transport.get_write_buffer_size():
+        while self.wire and not self._in_flight:
+            if not self._send_batch():
                 return  # resume_writing() comes back when it is gone
-            for callback in output.consume(self._in_flight):
-                callback(True)
-            self._in_flight = 0
-        if not output:
+        if not self.owes_output:
             if self.connection is not None:
                 self.connection.output_drained()
             if self._closing:
                 self._shut_write()
 
+    def _send_batch(self) -> bool:
+        """Hand asyncio one batch from the wire; True if the kernel took it all."""
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return False
+        wire = self.wire
+        buffers = wire.buffers()
+        if wire is self.output:
+            self.output.mark_started(len(buffers))  # (TLS marks what it encrypts)
+        self._in_flight = sum(len(b) for b in buffers)
+        transport.writelines(buffers)
+        if transport.get_write_buffer_size():
+            return False
+        sent, self._in_flight = self._in_flight, 0
+        for callback in wire.consume(sent):
+            callback(True)
+        return True
+
     def _shut_write(self) -> None:
         transport = self._transport
         if transport is None or self._closed or transport.is_closing():
             return
+        if self.tls is not None and self.tls.close_notify():
+            transport.write(self.tls.take_all())  # sent before the FIN or the close
         if self._eof_received or not transport.can_write_eof():
             self._close_now()
-        else:
+            return
+        try:
             transport.write_eof()
+        except OSError:  # the peer is already gone (ENOTCONN): asyncio does not catch it
+            self._close_now()
 
     def _close_now(self) -> None:
         if self._transport is not None and not self._transport.is_closing():
@@ -276,11 +333,18 @@ class AsyncioServer(Server):
 
         def woken() -> None:
             self._drain_wakeups()
+            self.serve_requests()
             if self._stop_requested and not stop.done():
                 stop.set_result(None)
 
         loop.add_reader(self._wakeup_reader.fileno(), woken)
-        server = await loop.create_server(lambda: AsyncioTransport(self), sock=self.listener)
+        servers = [
+            await loop.create_server(
+                lambda tls=listener.tls: AsyncioTransport(self, tls),  # type: ignore[misc]
+                sock=listener.sock,
+            )
+            for listener in self.listeners
+        ]
         if self._stop_requested:
             stop.set_result(None)
         try:
@@ -290,7 +354,8 @@ class AsyncioServer(Server):
         # Clients already in the listen backlog have connected as far as they
         # can tell: let the loop accept them so that they are told too.
         await self._accept_backlog()
-        server.close()
+        for server in servers:
+            server.close()
         self.chat.shutdown()
         deadline = loop.time() + self.config.close_linger
         while self.chat.connection_count and loop.time() < deadline:

@@ -9,11 +9,17 @@ benchmark all read the registry.
 
 **A backend must:**
 
-1. Bind the listener in ``__init__`` (``Server.__init__`` does), so that a
-   busy port is an ``OSError`` before anything runs.
-2. For every accepted socket, create a transport and call
-   ``self.chat.connection_made(transport)``, in accept order; admission
-   (server full, per-address limit, shutdown) is the chat's decision.
+1. Bind the listeners in ``__init__`` (``Server.__init__`` does), so that a
+   busy port is an ``OSError`` before anything runs.  There may be several
+   (``self.listeners``): a plain one and a TLS one side by side, or one
+   that speaks TLS only; accept from every one of them.
+2. For every accepted socket, create a transport; if its listener is
+   ``tls``, call ``transport.start_tls(self.tls_context())`` -- the
+   context at accept time, so that a reload affects new connections only --
+   then call ``self.chat.connection_made(transport)``, in accept order;
+   admission (server full, per-address limit, shutdown) is the chat's
+   decision.  The TLS handshake is part of the login: it runs under the
+   login timeout, inside the transport, and the chat logic never knows.
 3. Hand every chunk read to ``transport.connection.data_received(data)``,
    and end of input as ``data_received(b"")``; a read error is
    ``connection.abort("connection error: ...")``.  While the connection has
@@ -22,8 +28,17 @@ benchmark all read the registry.
    ``write`` takes the bytes at once; queued bytes go out as the socket
    allows, and the handoff callbacks that ``OutputBuffer.consume`` returns
    run on the chat thread, after the bytes were taken.  When the queue
-   becomes empty, call ``connection.output_drained()``.
-5. ``close()``: drain the queue, shut down the write side, keep reading and
+   becomes empty, call ``connection.output_drained()``.  Send from
+   ``transport.wire`` (``buffers()``/``consume()``), which is the output
+   queue itself or, on TLS, a :class:`~reactor.tls.TLSWire` that encrypts
+   from it: then a handoff means the message's *ciphertext* was taken.
+   On TLS, hand what the socket read to ``transport.tls.receive`` and
+   pass on the plaintext; a :class:`~reactor.tls.TLSFailure` (a plaintext
+   client, garbage instead of a ClientHello) is one log line from
+   :func:`~reactor.tls.log_failure` and an abort, never a traceback; send
+   what the wire holds after a read (handshake messages).
+5. ``close()``: drain the queue (on TLS, then send ``close_notify``
+   from ``tls.close_notify()``), shut down the write side, keep reading and
    discarding until the peer's EOF or ``config.close_linger`` seconds, then
    close.  ``abort()``: run ``transport.fail_handoffs()`` and close now.
 6. Once a socket is closed, for whatever reason, call
@@ -37,9 +52,11 @@ benchmark all read the registry.
    backend's own loop is logged, and the server shuts down cleanly with the
    shutdown notice and ``serve_forever()`` returning 1.
 9. On :meth:`Server.stop` (from any thread or a signal handler): accept what
-   is already in the listen backlog, stop listening, call
+   is already in the listen backlogs, stop listening, call
    ``self.chat.shutdown()``, wait up to ``config.close_linger`` seconds for
    connections to close, abort the rest, and return from ``serve_forever``.
+10. When woken (the wakeup socket), call :meth:`Server.serve_requests` on
+   the serving thread: it does a requested reload (SIGHUP).
 
 **A backend may assume** that the chat logic never blocks, never calls the
 transport from another thread, calls ``close``/``abort`` at most once each
@@ -51,21 +68,38 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from dataclasses import replace
 
 from reactor.chat import ChatService
 from reactor.config import ServerConfig
 from reactor.connection import Connection
 from reactor.sockets import open_listener
+from reactor.tls import TLSCertificate
 from reactor.transport import TimerHandle
 from reactor.whiteboard import Whiteboard
 
 log = logging.getLogger("reactor")
 
 
+class Listener:
+    """One listening socket, and whether it speaks TLS."""
+
+    __slots__ = ("sock", "tls")
+
+    def __init__(self, sock: socket.socket, tls: bool) -> None:
+        self.sock = sock
+        self.tls = tls
+
+    @property
+    def port(self) -> int:
+        return int(self.sock.getsockname()[1])
+
+
 class Server(ABC):
-    """A chat server on one listening socket.
+    """A chat server on its listening sockets (plain, TLS, or both).
 
     ``serve_forever`` runs until ``stop`` is called, then tells every client
     the server is shutting down, closes all connections within about
@@ -77,19 +111,76 @@ class Server(ABC):
         self, config: ServerConfig, whiteboard: Whiteboard[Connection] | None = None
     ) -> None:
         self.config = config
+        # Certificate problems are found before any socket is bound.
+        self.certificate: TLSCertificate | None = None
+        if config.tls_cert is not None or config.tls_key is not None:
+            if config.tls_cert is None or config.tls_key is None:
+                raise ValueError("TLS needs both a certificate and a key")
+            self.certificate = TLSCertificate(
+                config.tls_cert, config.tls_key, config.tls_key_password_file
+            )
+        elif config.tls_port is not None:
+            raise ValueError("a TLS port needs a certificate and a key")
         self.chat = ChatService(config, whiteboard)
-        self.listener = open_listener(config)
-        self.listener.setblocking(False)
+        self.listeners: list[Listener] = []
+        try:
+            main_is_tls = self.certificate is not None and config.tls_port is None
+            self.listeners.append(Listener(open_listener(config), main_is_tls))
+            if config.tls_port is not None:
+                tls_config = replace(config, port=config.tls_port)
+                try:
+                    self.listeners.append(Listener(open_listener(tls_config), True))
+                except OSError as error:
+                    error.port = config.tls_port  # type: ignore[attr-defined]  # for the message
+                    raise
+        except BaseException:
+            for listener in self.listeners:
+                listener.sock.close()
+            raise
+        for listener in self.listeners:
+            listener.sock.setblocking(False)
+        self.listener = self.listeners[0].sock  # the main port
         # Writing a byte here wakes the serving thread from select()/recv().
         self._wakeup_reader, self._wakeup_writer = socket.socketpair()
         self._wakeup_reader.setblocking(False)
         self._wakeup_writer.setblocking(False)
         self._stop_requested = False
+        self._reload_requested = False
         self.exit_status = 0
 
     @property
     def port(self) -> int:
-        return int(self.listener.getsockname()[1])
+        """The main port (TLS if there is no separate TLS port)."""
+        return self.listeners[0].port
+
+    @property
+    def tls_port(self) -> int | None:
+        """The port that speaks TLS, if any."""
+        for listener in self.listeners:
+            if listener.tls:
+                return listener.port
+        return None
+
+    def tls_context(self) -> ssl.SSLContext:
+        """The context for a TLS connection accepted now."""
+        assert self.certificate is not None
+        return self.certificate.context
+
+    def reload(self) -> None:
+        """Reload the TLS certificate (SIGHUP).  Safe from signal handlers:
+        the serving thread does the work (:meth:`serve_requests`)."""
+        if self.certificate is None:
+            log.log(max(logging.INFO, log.getEffectiveLevel()), "Nothing to reload")
+            return
+        self._reload_requested = True
+        self._wake()
+
+    def serve_requests(self) -> None:
+        """On the serving thread, once woken: do what a signal asked for."""
+        if self._reload_requested:
+            self._reload_requested = False
+            if self.certificate is not None:
+                self.certificate.reload()
 
     def stop(self) -> None:
         """Ask the server to shut down.  Safe from any thread and from signal handlers."""
@@ -113,12 +204,18 @@ class Server(ABC):
     def serve_forever(self) -> int:
         # Always shown, whatever --log-level: scripts and tests wait for this
         # line to learn the port (with --port 0) and that the server is up.
-        log.log(max(logging.INFO, log.getEffectiveLevel()), "Listening on port %d...", self.port)
+        level = max(logging.INFO, log.getEffectiveLevel())
+        for listener in self.listeners:
+            if listener.tls:
+                log.log(level, "Listening on port %d (TLS)...", listener.port)
+            else:
+                log.log(level, "Listening on port %d...", listener.port)
         self.chat.attach(self.call_later)
         try:
             self._serve()
         finally:
-            self.listener.close()
+            for listener in self.listeners:
+                listener.sock.close()
             self._wakeup_reader.close()
             self._wakeup_writer.close()
         log.info("Server stopped.")

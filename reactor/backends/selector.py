@@ -30,7 +30,7 @@ import socket
 import time
 from collections.abc import Callable
 
-from reactor.backends.base import Server
+from reactor.backends.base import Listener, Server
 from reactor.config import ServerConfig
 from reactor.connection import Connection
 from reactor.outbuf import Entry, Handoff
@@ -43,6 +43,7 @@ from reactor.sockets import (
     peer_host,
 )
 from reactor.timers import Timer, Timers
+from reactor.tls import TLSFailure, log_failure
 from reactor.transport import Transport
 from reactor.whiteboard import Whiteboard
 
@@ -93,6 +94,11 @@ class SelectorTransport(Transport):
         if self._turn != server.turn:
             # The first output owed to this connection in this turn.
             self._turn = server.turn
+            if self.tls is not None:
+                if not self._in_pending:
+                    self._in_pending = True
+                    server.pending_writes.append(self)
+                return self._write_tls(data, on_handoff)
             if server.write_through and not self.output.size:
                 # asyncio's "try to send now": in a short pass the recipients
                 # of a fan-out should not wait for the whole fan-out to be
@@ -124,25 +130,37 @@ class SelectorTransport(Transport):
             entry.started = True
         return entry
 
+    def _write_tls(self, data: bytes, on_handoff: Handoff | None) -> Entry | None:
+        """The first output this pass, on TLS: queued, and in a short pass
+        encrypted and sent at once, as the plain path sends it."""
+        entry = self.output.append(data, on_handoff)
+        if self.server.write_through and self.tls and not self._events & _WRITE:
+            self._send_wire()
+        return entry if self.output else None  # empty: this entry went, its handoff ran
+
     def flush(self) -> None:
         """Write what is queued; watch for EVENT_WRITE only while some remains."""
         if self.socket_closed:
             return
         output = self.output
-        if not output.size and self._events & _WRITE and self.connection is not None:
+        wire = self.wire  # the output itself, or on TLS the ciphertext made from it
+        if not output.size and not wire and self._events & _WRITE and self.connection is not None:
             # Writable again, with a queue a withdraw emptied while the kernel
             # was full: the client has read (clears "not reading").
             self.connection.output_drained()
             if self.socket_closed:
                 return
-        while output.size:
-            offered = output.size
-            sent = self._send(output.buffers())
+        while wire:
+            buffers = wire.buffers()
+            offered = len(buffers[0]) if len(buffers) == 1 else sum(map(len, buffers))
+            had_output = output.size > 0
+            sent = self._send(buffers)
             if sent is None:
                 return
-            for callback in output.consume(sent):
-                callback(True)
-            if not output.size and self.connection is not None:
+            if sent:
+                for callback in wire.consume(sent):
+                    callback(True)
+            if had_output and not output.size and self.connection is not None:
                 self.connection.output_drained()
             if self.socket_closed:
                 return
@@ -151,9 +169,24 @@ class SelectorTransport(Transport):
             # The kernel took everything; what the handoffs queued meanwhile (the
             # next direct message of a sender whose echo waited for this one)
             # goes out now, rather than after a pass that waits for EVENT_WRITE.
+        if self._closing and not self.owes_output:
+            if self.tls is not None and self.tls.close_notify():
+                self._send_wire()  # our close_notify; EVENT_WRITE if it did not all go
+                if self.socket_closed:
+                    return
+            if not self.owes_output:
+                self._shut_write()
         self._update_events()
-        if self._closing and not output:
-            self._shut_write()
+
+    def _send_wire(self) -> bool:
+        """One send from the wire; its due handoffs run.  False if the send failed."""
+        sent = self._send(self.wire.buffers())
+        if sent is None:
+            return False
+        if sent:
+            for callback in self.wire.consume(sent):
+                callback(True)
+        return True
 
     def close(self) -> None:
         self._closing = True
@@ -212,11 +245,38 @@ class SelectorTransport(Transport):
             self._eof_received = True
             self._update_events()
         if self._closing:
-            if not data and not self.output:
+            if not data and not self.owes_output:
                 self._close_socket()
+            elif data and self.tls is not None and not self.tls.handshake_done:
+                # Closed before the handshake completed (server full, shutting
+                # down): complete it, so that the notice can be sent.
+                self._received_tls(data)
             return  # input after bye, or while draining, is discarded
         assert self.connection is not None
-        self.connection.data_received(data)
+        if self.tls is not None:
+            self._received_tls(data)
+        else:
+            self.connection.data_received(data)
+
+    def _received_tls(self, data: bytes) -> None:
+        tls = self.tls
+        connection = self.connection
+        assert tls is not None and connection is not None
+        try:
+            plain, ended = tls.receive(data)
+        except TLSFailure as failure:
+            reason = log_failure(self.peer_host, failure, tls.handshake_done)
+            self._send(tls.buffers())  # the alert, if the kernel takes it now
+            connection.abort(reason)
+            return
+        if tls and not self._in_pending:
+            # Handshake messages, or output that waited for the handshake.
+            self._in_pending = True
+            self.server.pending_writes.append(self)
+        if plain:
+            connection.data_received(plain)
+        if ended:
+            connection.data_received(b"")
 
     def _send(self, buffers: list[bytes | memoryview]) -> int | None:
         """One non-blocking send: the bytes the kernel took, or None if the
@@ -263,7 +323,7 @@ class SelectorTransport(Transport):
         if self.socket_closed:
             return
         reading = self._reading and not self._eof_received
-        events = (_READ if reading else 0) | (_WRITE if self.output else 0)
+        events = (_READ if reading else 0) | (_WRITE if self.wire else 0)
         if events == self._events:
             return
         selector = self.server.selector
@@ -326,7 +386,8 @@ class SelectorServer(Server):
                         shutdown_deadline = time.monotonic() + self.config.close_linger
                         # Clients already in the listen backlog have connected as
                         # far as they can tell: tell them too, rather than reset them.
-                        self._accept_batch(self.config.backlog)
+                        for listener in self.listeners:
+                            self._accept_batch(listener, self.config.backlog)
                         self._listen(False)
                         self.chat.shutdown()
                     if shutdown_deadline is not None and (
@@ -366,8 +427,9 @@ class SelectorServer(Server):
             transport = key.data
             if transport is None:
                 self._drain_wakeups()
-            elif transport is self:
-                self._accept_batch()
+                self.serve_requests()
+            elif isinstance(transport, Listener):
+                self._accept_batch(transport)
             else:
                 try:
                     # A transport closed earlier in this pass may still be listed.
@@ -391,7 +453,7 @@ class SelectorServer(Server):
                 transport._in_pending = False
                 # Nothing to do for the common case, a write-through that the
                 # kernel took whole; a closing transport needs flush() to shut down.
-                if not transport._events & _WRITE and (transport.output.size or transport._closing):
+                if not transport._events & _WRITE and (transport.wire or transport._closing):
                     try:
                         transport.flush()
                     except Exception as error:
@@ -415,19 +477,20 @@ class SelectorServer(Server):
         if on == self._listening:
             return
         self._listening = on
-        if on:
-            self.selector.register(self.listener, _READ, self)
-        else:
-            self.selector.unregister(self.listener)
+        for listener in self.listeners:
+            if on:
+                self.selector.register(listener.sock, _READ, listener)
+            else:
+                self.selector.unregister(listener.sock)
 
     def _resume_accepting(self) -> None:
         if not self._stop_requested:
             self._listen(True)
 
-    def _accept_batch(self, limit: int = ACCEPTS_PER_PASS) -> None:
+    def _accept_batch(self, listener: Listener, limit: int = ACCEPTS_PER_PASS) -> None:
         for _ in range(limit):
             try:
-                sock, address = self.listener.accept()
+                sock, address = listener.sock.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as error:
@@ -442,9 +505,9 @@ class SelectorServer(Server):
                     self.call_later(ACCEPT_RETRY_DELAY, self._resume_accepting)
                     return
                 raise
-            self._admit(sock, peer_host(address))
+            self._admit(sock, peer_host(address), listener.tls)
 
-    def _admit(self, sock: socket.socket, host: str) -> None:
+    def _admit(self, sock: socket.socket, host: str, tls: bool) -> None:
         sock.setblocking(False)
         try:
             configure_client(sock, self.config)
@@ -452,5 +515,7 @@ class SelectorServer(Server):
             sock.close()  # the peer is already gone
             return
         transport = SelectorTransport(sock, host, self)
+        if tls:
+            transport.start_tls(self.tls_context())
         self.selector.register(sock, _READ, transport)
         self.chat.connection_made(transport)

@@ -21,6 +21,7 @@ Lock order, to stay free of deadlocks: the chat lock, then a transport's
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import select
 import socket
@@ -28,7 +29,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from reactor.backends.base import Server
+from reactor.backends.base import Listener, Server
 from reactor.config import ServerConfig
 from reactor.connection import Connection
 from reactor.outbuf import Entry, Handoff
@@ -41,6 +42,7 @@ from reactor.sockets import (
     peer_host,
 )
 from reactor.timers import Timer, TimerThread
+from reactor.tls import TLSFailure, log_failure
 from reactor.transport import Transport
 from reactor.whiteboard import Whiteboard
 
@@ -119,6 +121,8 @@ class ThreadTransport(Transport):
     # -- the chat logic's operations (called under the chat lock) -------------
 
     def write(self, data: bytes, on_handoff: Handoff | None = None) -> Entry | None:
+        if self.tls is not None:
+            return self._write_tls(data, on_handoff)
         failure: str | None = None
         entry: Entry | None = None
         queued = False
@@ -166,6 +170,99 @@ class ThreadTransport(Transport):
         with self._send_lock:
             return self.output.withdraw(entry)
 
+    def _write_tls(self, data: bytes, on_handoff: Handoff | None) -> Entry | None:
+        """On TLS: queue, then encrypt and send what the kernel takes now."""
+        failure: str | None = None
+        entry: Entry | None = None
+        due: list[Handoff] = []
+        with self._send_lock:
+            if self._socket_closed:
+                failure = "closed"
+            else:
+                entry = self.output.append(data, on_handoff)
+                due, failure = self._push_locked()
+                if not self.output:
+                    entry = None  # sent: its handoff is among the due
+        for callback in due:
+            callback(True)
+        if failure is None:
+            return entry
+        if failure == "closed":
+            if on_handoff is not None:
+                on_handoff(False)
+        elif self.connection is not None:
+            self.connection.abort(failure)  # reports what is queued as not handed over
+        return None
+
+    def _push_locked(self) -> tuple[list[Handoff], str | None]:
+        """Under the send lock: one non-blocking send from the wire, the writer
+        thread for the rest.  Returns the handoffs due and a failure, if any."""
+        due: list[Handoff] = []
+        wire = self.wire
+        if wire:
+            try:
+                sent = self.sock.sendmsg(wire.buffers(), [], socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError as error:
+                return due, f"connection error: {error.strerror or error}"
+            due = wire.consume(sent) if sent else []
+        self._end_output_locked()
+        if self.wire:
+            if not self._start_writer():
+                log.error("Cannot start a writer thread for %r; closing that connection",
+                          self.connection)
+                return due, "cannot start a writer thread"
+            self._changed.notify_all()
+        return due, None
+
+    def _end_output_locked(self) -> None:
+        """Closing and nothing more owed: queue TLS's close_notify, or once
+        that is sent too, shut down the write side."""
+        if not self._closing or self._write_shut or self.owes_output:
+            return
+        if self.tls is not None and self.tls.close_notify():
+            return  # sent like any output; this runs again once it has gone
+        self._write_shut = True
+        self._shutdown(socket.SHUT_WR)
+
+    def received_tls(self, data: bytes) -> bool:
+        """The reader thread, on TLS: decrypt ``data`` and hand on the plaintext.
+        True once the peer's input has ended."""
+        tls = self.tls
+        connection = self.connection
+        assert tls is not None and connection is not None
+        failure: TLSFailure | None = None
+        due: list[Handoff] = []
+        send_failure: str | None = None
+        plain, ended = b"", False
+        with self._send_lock:
+            if self._socket_closed:
+                return True
+            try:
+                plain, ended = tls.receive(data)
+            except TLSFailure as error:
+                failure = error
+                with contextlib.suppress(OSError):  # the alert, if the kernel takes it now
+                    self.sock.sendmsg(tls.buffers(), [], socket.MSG_DONTWAIT)
+            else:
+                # Handshake messages, or output that waited for the handshake.
+                due, send_failure = self._push_locked()
+        with self.server.lock:
+            if failure is not None:
+                connection.abort(log_failure(self.peer_host, failure, tls.handshake_done))
+                return False  # read on (and discard) until the peer's EOF
+            for callback in due:
+                callback(True)
+            if send_failure is not None:
+                connection.abort(send_failure)
+                return False
+            if plain:
+                connection.data_received(plain)
+            if ended:
+                connection.data_received(b"")
+        return ended
+
     def flush(self) -> None:
         pass  # the writer thread sends whenever the socket takes more
 
@@ -173,9 +270,9 @@ class ThreadTransport(Transport):
         with self._send_lock:
             self._closing = True
             self._may_read.set()  # read and discard until the peer's FIN
-            if not self.output:
-                self._shutdown(socket.SHUT_WR)
-                self._write_shut = True
+            self._end_output_locked()
+            if self.wire:
+                self._start_writer()  # close_notify; if it cannot start, the linger ends it
             self._changed.notify_all()
         self._linger = self.server.call_later(self.server.config.close_linger, self._linger_expired)
 
@@ -262,21 +359,22 @@ class ThreadTransport(Transport):
         while True:
             failure: OSError | None = None
             with self._send_lock:
-                while not self.output and not self._socket_closed:
-                    if self._closing and not self._write_shut:
-                        self._write_shut = True
-                        self._shutdown(socket.SHUT_WR)
+                while not self.wire and not self._socket_closed:
+                    self._end_output_locked()
+                    if self.wire:
+                        break  # TLS's close_notify, to send
                     self._changed.wait()
                 if self._socket_closed:
                     return
+                had_output = bool(self.output)
                 try:
-                    sent = self.sock.sendmsg(self.output.buffers(), [], socket.MSG_DONTWAIT)
+                    sent = self.sock.sendmsg(self.wire.buffers(), [], socket.MSG_DONTWAIT)
                 except (BlockingIOError, InterruptedError):
                     sent = 0
                 except OSError as error:
                     sent, failure = 0, error
-                due = self.output.consume(sent)
-                drained = not self.output
+                due = self.wire.consume(sent) if sent else []
+                drained = had_output and not self.output
                 if drained:
                     self._changed.notify_all()
             if failure is not None:
@@ -314,16 +412,15 @@ class ThreadTransport(Transport):
 
     def wait_drained(self, timeout: float) -> None:
         with self._send_lock:
-            self._changed.wait_for(lambda: not self.output or self._socket_closed, timeout)
+            self._changed.wait_for(lambda: not self.owes_output or self._socket_closed, timeout)
 
     def close_socket(self) -> None:
         with self._send_lock:
             if self._socket_closed:
                 return
-            # shutdown() first: close() alone would not wake a writer blocked
-            # in send() on this socket.
             # Unread input first: after SHUT_RD it could no longer be read,
-            # and the close would reset the connection.
+            # and the close would reset the connection.  Then shutdown():
+            # close() alone would not wake the writer waiting in poll().
             discard_input(self.sock.fileno())
             self._shutdown(socket.SHUT_RDWR)
             self._socket_closed = True
@@ -365,28 +462,33 @@ class ThreadsServer(Server):
                 try:
                     now = time.monotonic()
                     watched: list[socket.socket] = [self._wakeup_reader]
-                    if now >= accept_paused_until:
-                        watched.append(self.listener)
-                    timeout = None if len(watched) == 2 else accept_paused_until - now
+                    accepting = now >= accept_paused_until
+                    if accepting:
+                        watched += [listener.sock for listener in self.listeners]
+                    timeout = None if accepting else accept_paused_until - now
                     readable, _, _ = select.select(watched, [], [], timeout)
                     if self._wakeup_reader in readable:
                         self._drain_wakeups()
-                    if self.listener in readable:
-                        refusal = self._accept_one()
+                        self.serve_requests()
+                    for listener in self.listeners:
+                        if listener.sock not in readable:
+                            continue
+                        refusal = self._accept_one(listener)
                         if refusal:
                             log.error("%s; pausing new connections for %.0f s",
                                       refusal, ACCEPT_RETRY_DELAY)
                             accept_paused_until = time.monotonic() + ACCEPT_RETRY_DELAY
+                            break
                 except Exception as error:
                     self.loop_failed(error)
             self._shut_down()
         finally:
             self.timers.stop()
 
-    def _accept_one(self) -> str | None:
+    def _accept_one(self, listener: Listener) -> str | None:
         """Accept one connection; the reason if out of resources, else None."""
         try:
-            sock, address = self.listener.accept()
+            sock, address = listener.sock.accept()
         except (BlockingIOError, InterruptedError):
             return None
         except OSError as error:
@@ -402,6 +504,8 @@ class ThreadsServer(Server):
             sock.close()
             return None
         transport = ThreadTransport(sock, peer_host(address), self)
+        if listener.tls:
+            transport.start_tls(self.tls_context())
         # Admitted (or refused) here, in accept order, as in the select
         # backend: were it left to the reader threads, whichever got the lock
         # first would take the last slot.
@@ -437,10 +541,18 @@ class ThreadsServer(Server):
                 if transport._closing:
                     if not data:
                         break
+                    if transport.tls is not None and not transport.tls.handshake_done:
+                        # Closed before the handshake completed (server full,
+                        # shutting down): complete it, so the notice can be sent.
+                        transport.received_tls(data)
                     continue  # input after bye, or while draining, is discarded
-                with self.lock:
-                    connection.data_received(data)
-                if not data:
+                if transport.tls is not None:
+                    ended = transport.received_tls(data)
+                else:
+                    with self.lock:
+                        connection.data_received(data)
+                    ended = not data
+                if ended:
                     # The peer is done sending: the connection answers what
                     # it sent, then closes; wait for that, then for the drain.
                     with transport._send_lock:
@@ -472,9 +584,10 @@ class ThreadsServer(Server):
         """Tell everyone, give them ``close_linger`` to go, then cut the rest."""
         # Clients already in the listen backlog have connected as far as they
         # can tell: accept them so that they are told too, rather than reset.
-        for _ in range(self.config.backlog):
-            if not select.select([self.listener], [], [], 0)[0] or self._accept_one():
-                break
+        for listener in self.listeners:
+            for _ in range(self.config.backlog):
+                if not select.select([listener.sock], [], [], 0)[0] or self._accept_one(listener):
+                    break
         with self.lock:
             self.chat.shutdown()
         deadline = time.monotonic() + self.config.close_linger
