@@ -94,6 +94,9 @@ class ChatService:
         self._login_buckets: dict[str, TokenBucket] = {}
         self._call_later: CallLater | None = None
         self._shutting_down = False
+        # Offline notices held while a fan-out is under way (see user_left).
+        self._fan_out_depth = 0
+        self._deferred_notices: list[bytes] = []
 
     # -- set-up by the backend ------------------------------------------------
 
@@ -157,8 +160,17 @@ class ChatService:
             log.warning("%s disconnected: %s.", name, reason)
         else:
             log.info("%s disconnected.", name)
-        if not self._shutting_down:
-            self._fan_out(format_event(UserOffline(name)), self.whiteboard.online_sessions())
+        if self._shutting_down:
+            return
+        notice = format_event(UserOffline(name))
+        if self._fan_out_depth:
+            # Cut off in the middle of another fan-out (a failed send, a slow
+            # consumer): announce it once that one is done, rather than nest
+            # -- when many drop at once, nesting chains one fan-out inside
+            # the next until the stack runs out.
+            self._deferred_notices.append(notice)
+            return
+        self._fan_out(notice, self.whiteboard.online_sessions())
 
     def login_timed_out(self, connection: Connection) -> None:
         connection.send(_LOGIN_TIMED_OUT)
@@ -382,22 +394,30 @@ class ChatService:
         if recipients >= YIELD_AFTER_DELIVERIES:
             connection.yield_turn = True
 
-    @staticmethod
-    def _fan_out(data: bytes, connections: Iterable[Connection],
+    def _fan_out(self, data: bytes, connections: Iterable[Connection],
                  but: Connection | None = None) -> int:
         """Send ``data`` to each connection; returns how many it was sent to.
 
         Iterates over a copy: a recipient cut off as a slow consumer leaves
         the whiteboard in the middle of the loop.  A failure in one
-        recipient's send is that recipient's, not the sender's.
+        recipient's send is that recipient's, not the sender's.  Offline
+        notices of recipients cut off meanwhile follow, in order, afterwards.
         """
         count = 0
-        for connection in list(connections):
-            if connection is but:
-                continue
-            try:
-                connection.send(data)
-            except Exception as error:
-                connection.fail(error)
-            count += 1
+        self._fan_out_depth += 1
+        try:
+            for connection in list(connections):
+                if connection is but:
+                    continue
+                try:
+                    connection.send(data)
+                except Exception as error:
+                    connection.fail(error)
+                count += 1
+        finally:
+            self._fan_out_depth -= 1
+        if not self._fan_out_depth:
+            deferred = self._deferred_notices
+            while deferred:
+                self._fan_out(deferred.pop(0), self.whiteboard.online_sessions())
         return count
