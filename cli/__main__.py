@@ -3,8 +3,15 @@
 Everything a user can get wrong ends in one line on stderr and a non-zero
 exit status, never a traceback: a wrong argument or a bad username (status 2,
 checked before any connection is made, by the server's own rules in
-:mod:`protocol`), a server that cannot be reached, refuses the login or goes
-away (status 1).
+:mod:`protocol`), a server that cannot be reached, refuses the login or (in
+piped mode) goes away (status 1), a piped line refused or not delivered
+(status 3).
+
+On a terminal the first thing :func:`main` does is turn the terminal's echo
+and line mode off (:func:`hold_terminal`), before the slow imports: a key
+typed while the client starts is then neither echoed raw nor lost, and shows
+up once, in the prompt's input line.  This module therefore imports only
+light standard modules at the top.
 """
 
 from __future__ import annotations
@@ -15,34 +22,37 @@ import io
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
-from cli.connection import PROG, ClientError, connect
-from cli.display import ServerLine
-from cli.piped import run_piped
-from protocol import ProtocolError, validate_username
-
+PROG = "reactor-chat"
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+EXIT_UNDELIVERED = 3
 
 _EPILOG = """\
 modes:
-  With a terminal on stdin and stdout: a prompt with line editing, history
-  (up arrow) and Tab completion of commands and online users; incoming
-  messages appear above the line being typed.  bye, Ctrl-D or Ctrl-C log out.
+  With a terminal on stdin and stdout: a prompt with line editing, history,
+  Tab completion, timestamps and colour (off with NO_COLOR); messages you
+  send show as pending until the server confirms them; a dropped connection
+  is retried (0.5 s doubling to 30 s) without losing what you typed.
+  /quit, bye, Ctrl-D (empty line) or Ctrl-C (empty line) log out.
   Otherwise (a pipe or a file): commands are read line by line, every server
-  line is printed to stdout as it arrives, and at bye or end of input the
-  client logs out and waits for the server to confirm.
+  line is printed to stdout as it arrives (--raw: the wire form), and at bye
+  or end of input the client logs out and waits for the server to confirm.
 
 commands:
-  chat <user> "<message>" | broadcast "<message>" | users | help | bye
+  /msg <user> <text> | /query [<user>] | /who | /quit | /help
+  chat <user> "<message>" | broadcast <message> | users | help | bye
 
 exit status:
   0  logged out normally
-  1  cannot connect, login refused, or the server went away
+  1  cannot connect, login refused, or the server went away (piped mode)
   2  wrong arguments or an invalid username
+  3  piped mode: a line was refused (by the client or the server) or a
+     message was not delivered
 """
 
 
@@ -75,6 +85,7 @@ def _prog() -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog=_prog(),
+        allow_abbrev=False,
         description="reactor-chat terminal client: log in to a reactor-chat server and chat.",
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -82,7 +93,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("server", help="server address or host name, e.g. 127.0.0.1")
     parser.add_argument("port", type=_port, help="server TCP port, e.g. 1234")
     parser.add_argument("username",
-                        help="1-32 letters, digits, '_', '-' or '.' (case-insensitive)")
+                        help="1-32 ASCII letters, digits, '_', '-' or '.', starting with "
+                             "a letter or digit (case-insensitive)")
+    parser.add_argument("--raw", action="store_true",
+                        help="show the server's lines in their wire form (for scripts)")
+    parser.add_argument("--bell", action="store_true",
+                        help="ring the terminal bell when a direct message arrives")
+    parser.add_argument("--timestamps", choices=("off", "HH:MM", "HH:MM:SS"),
+                        default=None,
+                        help="time on every line (default: HH:MM on a terminal, "
+                             "off in piped mode)")
+    parser.add_argument("--history-file", nargs="?", const="", default=None, metavar="PATH",
+                        help="keep the input history across runs, in PATH or by default "
+                             "in the user data directory (chat lines are private: off "
+                             "unless asked for); write --history-file=PATH")
     return parser
 
 
@@ -100,34 +124,131 @@ def _harden_streams() -> None:
             stream.reconfigure(errors="backslashreplace")
 
 
+def hold_terminal() -> Callable[[], None]:
+    """Turn off echo and line mode on a terminal at once; return what restores it.
+
+    prompt_toolkit does the same when its prompt starts, but only after the
+    imports (a few hundred milliseconds): keys typed before that would be
+    echoed raw by the terminal and then shown again in the input line.
+    """
+    try:
+        if not (sys.stdin is not None and sys.stdin.isatty()
+                and sys.stdout is not None and sys.stdout.isatty()):
+            return lambda: None
+        import termios
+
+        fd = sys.stdin.fileno()
+        saved = termios.tcgetattr(fd)
+        quiet = termios.tcgetattr(fd)
+        quiet[3] &= ~(termios.ECHO | termios.ICANON)
+        quiet[6][termios.VMIN] = 1
+        quiet[6][termios.VTIME] = 0
+        termios.tcsetattr(fd, termios.TCSANOW, quiet)
+    except (OSError, ValueError, ImportError):
+        return lambda: None
+
+    def restore() -> None:
+        with contextlib.suppress(OSError, termios.error):
+            termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+
+    return restore
+
+
 def main(argv: list[str] | None = None) -> int:
+    restore = hold_terminal()
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        # Ctrl-C while starting up: nothing to log out of.
+        return EXIT_FAILURE
+    finally:
+        restore()
+
+
+def _main(argv: list[str] | None) -> int:
     _harden_streams()
+    from protocol import ProtocolError, validate_username
+
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args = _parse(parser, argv)
         validate_username(args.username)
     except _UsageError as error:
-        print(f"{PROG}: {error} (usage: {parser.prog} SERVER PORT USERNAME; "
+        print(f"{PROG}: {error} (usage: {parser.prog} [options] SERVER PORT USERNAME; "
               "--help for more)", file=sys.stderr)
         return EXIT_USAGE
     except ProtocolError as error:
         print(f"{PROG}: invalid username: {error.reason}", file=sys.stderr)
         return EXIT_USAGE
 
-    # Terminated or hung up is treated like Ctrl-C: once logged in, log out
-    # first.  (The interactive mode installs its own handlers on its loop.)
+    interactive = _is_terminal(sys.stdin) and _is_terminal(sys.stdout)
+    stamps = args.timestamps or ("HH:MM" if interactive else "off")
+    from cli.present import TIMESTAMP_FORMATS
+
+    timestamps = TIMESTAMP_FORMATS[stamps]
+    history = None
+    if args.history_file is not None:
+        history = Path(args.history_file) if args.history_file else _default_history()
+    if interactive:
+        from cli.interactive import Options, run_interactive
+
+        return run_interactive(Options(
+            host=args.server, port=args.port, name=args.username, raw=args.raw,
+            bell=args.bell, timestamps=timestamps, history_file=history,
+        ))
+    return _run_piped(args, timestamps)
+
+
+def _default_history() -> Path:
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("reactor-chat")) / "history"
+
+
+def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse; an option-like word where the username goes is judged as a username.
+
+    ``python -m cli HOST PORT -x`` is then refused with the username rule
+    (which ``python -m cli HOST PORT -- -x`` gets too), not with "unrecognized
+    arguments".
+    """
+    try:
+        return parser.parse_args(argv)
+    except _UsageError:
+        args = sys.argv[1:] if argv is None else argv
+        known = {"--raw", "--bell", "--timestamps", "--history-file", "-h", "--help"}
+        words = [word for word in args if word.split("=", 1)[0] not in known]
+        positional = [word for word in words if not word.startswith("-")]
+        odd = [word for word in words if word.startswith("-") and word != "--"]
+        if len(positional) == 2 and len(odd) == 1:
+            from protocol import validate_username
+
+            validate_username(odd[0])  # raises ProtocolError with the rule
+        raise
+
+
+def _run_piped(args: argparse.Namespace, timestamps: str | None) -> int:
+    from cli.connection import ClientError, connect
+    from cli.display import ServerLine
+    from cli.piped import run_piped
+    from cli.present import Presenter
+
+    presenter = Presenter(args.username, timestamps)
+
+    def show(line: ServerLine) -> None:
+        text = line.text if args.raw else presenter.text(presenter.event(line.event, line.text))
+        with contextlib.suppress(OSError):  # stdout closed early: see _flush_quietly
+            print(text, flush=True)
+
+    # Terminated or hung up is treated like Ctrl-C: once logged in, log out first.
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _interrupt)
-    interactive = _is_terminal(sys.stdin) and _is_terminal(sys.stdout)
     conn = None
     try:
         conn = connect(args.server, args.port)
-        conn.log_in(args.username, show=_print_line)
-        if interactive:
-            from cli.interactive import run_interactive
-
-            return run_interactive(conn, args.username)
-        return run_piped(conn, _stdin_fd(), sys.stdout, sys.stderr)
+        conn.log_in(args.username, show=show)
+        return run_piped(conn, _stdin_fd(), sys.stdout, sys.stderr, args.username,
+                         raw=args.raw, timestamps=timestamps)
     except ClientError as error:
         print(error.line, file=sys.stderr)
         return EXIT_FAILURE
@@ -151,11 +272,6 @@ def _is_terminal(stream: TextIO | None) -> bool:
 def _stdin_fd() -> int:
     # Started with stdin closed (``<&-``): behave as if it were empty.
     return sys.stdin.fileno() if sys.stdin is not None else os.open(os.devnull, os.O_RDONLY)
-
-
-def _print_line(line: ServerLine) -> None:
-    with contextlib.suppress(OSError):  # stdout closed early: see _flush_quietly
-        print(line.text, flush=True)
 
 
 def _flush_quietly() -> None:

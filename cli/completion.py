@@ -1,4 +1,7 @@
-"""Tab completion: command names, and after ``chat`` the users known to be online.
+"""Tab completion: command names, and after ``chat``, ``/msg`` or ``/query`` the users online.
+
+Only where a command or a name is expected: inside a message Tab offers
+nothing and so inserts nothing.
 
 The client never asks the server just to complete a name; it keeps a
 :class:`Roster` up to date from what the server already says -- the reply to
@@ -14,6 +17,9 @@ from prompt_toolkit.completion import CompleteEvent, Completer, Completion
 from prompt_toolkit.document import Document
 
 from protocol import COMMAND_NAMES, Event, OnlineUsers, UserOffline, UserOnline, username_key
+
+SLASH_COMMANDS = ("/msg", "/query", "/who", "/quit", "/help")
+_NAME_AFTER = ("chat", "/msg", "/query")
 
 
 class Roster:
@@ -39,18 +45,25 @@ class Roster:
 
 
 class ChatCompleter(Completer):
-    """Completes the first word to a command, the word after ``chat`` to a user."""
+    """Completes the first word to a command, the word after ``chat``/``/msg``/``/query`` to a user.
 
-    def __init__(self, roster: Roster) -> None:
+    ``query_active`` (a callable) says whether plain text is going to a
+    /query partner: then only a word starting with ``/`` is a command.
+    """
+
+    def __init__(self, roster: Roster, query_active: object = None) -> None:
         self.roster = roster
+        self.query_active = query_active if callable(query_active) else (lambda: False)
 
     def get_completions(self, document: Document,
                         complete_event: CompleteEvent) -> Iterator[Completion]:
         # Split the way protocol.parse_command does: runs of spaces are one gap.
         word, gap, rest = document.text_before_cursor.lstrip(" ").partition(" ")
+        if self.query_active() and not word.startswith("/"):
+            return
         if not gap:
-            yield from _matching(word, COMMAND_NAMES, suffix=" ")
-        elif word.lower() == "chat" and " " not in rest.lstrip(" "):
+            yield from _matching(word, (*COMMAND_NAMES, *SLASH_COMMANDS), suffix=" ")
+        elif word.lower() in _NAME_AFTER and " " not in rest.lstrip(" "):
             yield from _matching(rest.lstrip(" "), self.roster.names(), suffix=" ")
 
 

@@ -74,21 +74,10 @@ class ConnectionLost(ClientError):
 
 def connect(host: str, port: int, timeout: float = CONNECT_TIMEOUT) -> Connection:
     """Open a TCP connection, turning every socket error into one readable line."""
-    where = f"{escape(host, quoted=False)}:{port}"
     try:
         sock = socket.create_connection((host, port), timeout=timeout)
-    except socket.gaierror as error:
-        raise ConnectFailed(f"cannot connect to {where}: unknown host ({error.strerror})") from None
-    except TimeoutError:
-        raise ConnectFailed(f"cannot connect to {where}: timed out after {timeout:g} s") from None
-    except ConnectionRefusedError:
-        raise ConnectFailed(
-            f"cannot connect to {where}: connection refused (is the server running?)"
-        ) from None
     except (OSError, UnicodeError, OverflowError) as error:
-        reason = getattr(error, "strerror", None) or str(error) or type(error).__name__
-        reason = reason[:1].lower() + reason[1:]
-        raise ConnectFailed(f"cannot connect to {where}: {reason}") from None
+        raise ConnectFailed(connect_error(error, host, port, timeout)) from None
     # Commands are single short writes; waiting for an ACK before sending the
     # next one (Nagle) would only add latency.
     with contextlib.suppress(OSError):
@@ -96,7 +85,21 @@ def connect(host: str, port: int, timeout: float = CONNECT_TIMEOUT) -> Connectio
     return Connection(sock)
 
 
-def _refusal(event: object) -> str | None:
+def connect_error(error: BaseException, host: str, port: int, timeout: float) -> str:
+    """``cannot connect to HOST:PORT: REASON`` for an exception from connecting."""
+    where = f"{escape(host, quoted=False)}:{port}"
+    if isinstance(error, socket.gaierror):
+        return f"cannot connect to {where}: unknown host ({error.strerror})"
+    if isinstance(error, TimeoutError):
+        return f"cannot connect to {where}: timed out after {timeout:g} s"
+    if isinstance(error, ConnectionRefusedError):
+        return f"cannot connect to {where}: connection refused (is the server running?)"
+    reason = getattr(error, "strerror", None) or str(error) or type(error).__name__
+    reason = reason[:1].lower() + reason[1:]
+    return f"cannot connect to {where}: {reason}"
+
+
+def refusal(event: object) -> str | None:
     """The reason to give the user if ``event`` refuses our login, else None."""
     match event:
         case UsernameTaken(name):
@@ -163,7 +166,7 @@ class Connection:
                 raise LoginRefused(f"{who}: the server closed the connection")
             lines = [render(item) for item in self._buffer.feed(data)]
             for index, line in enumerate(lines):
-                reason = _refusal(line.event)
+                reason = refusal(line.event)
                 if reason is not None:
                     raise LoginRefused(f"{who}: {reason}")
                 show(line)

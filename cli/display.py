@@ -24,7 +24,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from protocol import Event, LineTooLong, ProtocolError, escape, format_event, parse_event
+from protocol import (
+    Event,
+    LineTooLong,
+    ProtocolError,
+    escape,
+    format_event,
+    parse_event,
+)
 
 # Server lines can be much longer than the server's input limit (the online
 # users list of a full server is tens of kilobytes), so the client allows far

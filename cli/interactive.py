@@ -1,166 +1,516 @@
-"""Interactive mode: a prompt with line editing, history and completion.
+"""Interactive mode: a prompt_toolkit prompt that owns the terminal from the start.
 
-prompt_toolkit does the terminal work.  ``patch_stdout`` makes every
-``print`` (ours and the server's lines) appear above the prompt, after which
-the prompt is redrawn with whatever the user had half typed, cursor and all --
-the original C client wrote straight over the input line instead.
+Order of things: the prompt is drawn first, then the client connects and logs
+in, so a key typed at any moment lands in the input line (``cli.__main__``
+also turns terminal echo off before the slow imports, so nothing typed even
+earlier is echoed raw).  Everything runs on one asyncio loop: the prompt, the
+network task (connect, log in, read, reconnect) and the printer task that
+writes lines above the prompt in order.
 
-Threads: the socket is read in the connection's reader thread, which hands
-each line to the asyncio loop with ``call_soon_threadsafe``; everything else
-(printing, the roster, ending the prompt when the server goes away) happens
-on the loop, so none of it needs a lock.
+Every line of output is a :class:`cli.present.Line`, wrapped to the terminal
+width with a hanging indent and styled through prompt_toolkit (``NO_COLOR``
+turns colours off).  Messages we send are shown as pending above the prompt
+until the server answers; the answer (matched by :class:`cli.outbox.Outbox`)
+then goes into the scrollback as delivered or not delivered.
 
-``bye``, Ctrl-D (on an empty line, as in a shell), Ctrl-C, SIGTERM and
-SIGHUP all log out: send ``bye``, wait up to :data:`LOGOUT_TIMEOUT` for the
-server to confirm and close, exit 0.
+When the connection drops without our ``bye`` the client says so, keeps the
+prompt, draft and history, and reconnects with exponential backoff and
+jitter, logging in again under the same name.  Leaving (``/quit``, ``bye``,
+Ctrl-D, Ctrl-C on an empty line, SIGTERM, SIGHUP) logs out when connected and
+simply exits when not.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import signal
+import socket
 import sys
-from collections.abc import Callable
-from typing import TypeVar
+import time
+from dataclasses import dataclass
+from pathlib import Path
 
 from prompt_toolkit import PromptSession
-from prompt_toolkit.history import InMemoryHistory
-from prompt_toolkit.patch_stdout import patch_stdout
+from prompt_toolkit.application import run_in_terminal
+from prompt_toolkit.application.current import set_app
+from prompt_toolkit.formatted_text import StyleAndTextTuples
+from prompt_toolkit.history import FileHistory, History, InMemoryHistory
+from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
+from prompt_toolkit.output import ColorDepth, Output
+from prompt_toolkit.renderer import print_formatted_text as render_fragments
 
 from cli.completion import ChatCompleter, Roster
-from cli.connection import PROG, Connection, ConnectionLost
-from cli.display import ServerLine
-from protocol import Bye, Command, ProtocolError, Users, parse_command
+from cli.connection import CONNECT_TIMEOUT, LOGIN_TIMEOUT, PROG, connect_error, refusal
+from cli.display import MAX_SERVER_LINE, ServerLine, render
+from cli.outbox import ANSWER_TIMEOUT, Outbox, Outgoing, Resolution
+from cli.present import STYLE, Line, Presenter, plain
+from cli.typed import HELP_TEXT, Quit, Refused, Send, SetQuery, ShowHelp, interpret
+from protocol import (
+    Bye,
+    Command,
+    LineBuffer,
+    Login,
+    MessageFrom,
+    UsernameTaken,
+    UserOffline,
+    UserOnline,
+    Users,
+    format_command,
+    username_key,
+)
 
-PROMPT = "> "
 LOGOUT_TIMEOUT = 2.0
-
-_T = TypeVar("_T")
-
-
-class _ServerGone(Exception):
-    """Ends a running prompt when the connection closes under it."""
+FIRST_RETRY = 0.5
+MAX_RETRY = 30.0
+SHOWN_PENDING = 5
 
 
-class _Chat:
-    def __init__(self, conn: Connection, name: str) -> None:
-        self.conn = conn
-        self.roster = Roster(name)
-        # In-memory history only: chat lines are private and are not written
-        # to disk behind the user's back.
+@dataclass(frozen=True, slots=True)
+class Options:
+    host: str
+    port: int
+    name: str
+    raw: bool = False
+    bell: bool = False
+    timestamps: str | None = "%H:%M"
+    history_file: Path | None = None
+
+
+class _LoginFailed(Exception):
+    """Could not connect or log in; ``str`` is the reason, ``taken`` for a ghost."""
+
+    def __init__(self, reason: str, taken: bool = False) -> None:
+        super().__init__(reason)
+        self.taken = taken
+
+
+class _End(Exception):
+    """Ends the running prompt: the session is over."""
+
+
+def backoff_delays(first: float = FIRST_RETRY, most: float = MAX_RETRY):  # type: ignore[no-untyped-def]
+    """Retry delays: doubling from ``first`` to ``most``, each with jitter of up to half."""
+    delay = first
+    while True:
+        yield delay * random.uniform(0.5, 1.0)
+        delay = min(delay * 2, most)
+
+
+class Client:
+    def __init__(self, options: Options) -> None:
+        self.options = options
+        self.name = options.name
+        self.presenter = Presenter(options.name, options.timestamps)
+        self.roster = Roster(options.name)
+        self.outbox = Outbox(options.name)
+        self.query: str | None = None
+        self.state = "connecting"  # connecting | online | waiting | leaving
+        self.retry_at = 0.0
+        self.writer: asyncio.StreamWriter | None = None
+        self.bye_sent = False
+        self.logged_out = asyncio.Event()
+        self.fatal: str | None = None
+        self.ended = False
+        self.ever_online = False
+        self.output_queue: asyncio.Queue[tuple[StyleAndTextTuples, bool]] = asyncio.Queue()
+        history: History = InMemoryHistory()
+        if options.history_file is not None:
+            options.history_file.parent.mkdir(parents=True, exist_ok=True)
+            options.history_file.touch(mode=0o600, exist_ok=True)
+            history = FileHistory(str(options.history_file))
         self.session: PromptSession[str] = PromptSession(
-            completer=ChatCompleter(self.roster),
+            message=self._prompt,
+            bottom_toolbar=self._toolbar,
+            completer=ChatCompleter(self.roster, lambda: self.query is not None),
             complete_while_typing=False,
-            history=InMemoryHistory(),
+            history=history,
+            key_bindings=self._keys(),
+            style=STYLE,
+            refresh_interval=0.5,
+            enable_history_search=False,
         )
-        self.logging_out = False
-        self.logout_confirmed = False
-        self.leave_requested = False
+
+    # -- the prompt -------------------------------------------------------------
+
+    def _keys(self) -> KeyBindings:
+        keys = KeyBindings()
+
+        @keys.add("c-c")
+        def _(event: KeyPressEvent) -> None:
+            buffer = event.app.current_buffer
+            if buffer.text:
+                buffer.reset()  # a half-typed line is cleared, not sent
+            else:
+                event.app.exit(exception=KeyboardInterrupt())
+
+        return keys
+
+    def _width(self) -> int:
+        try:
+            columns = self.session.app.output.get_size().columns
+        except Exception:
+            columns = 80
+        return max(columns - 1, 20)
+
+    def _prompt(self) -> StyleAndTextTuples:
+        out: StyleAndTextTuples = []
+        # The pending rows live only while the prompt does: not in the
+        # scrollback copy of the prompt that an accepted line leaves behind.
+        # Only messages: users/help/bye answers are shown when they come.
+        pending = [] if self.session.app.is_done else [
+            entry for entry in self.outbox.pending() if entry.is_message]
+        now = time.monotonic()
+        if len(pending) > SHOWN_PENDING:
+            out.append(("class:pending", f"   ... and {len(pending) - SHOWN_PENDING} more\n"))
+        for entry in pending[-SHOWN_PENDING:]:
+            out.extend(self._pending_row(entry, now))
+            out.append(("", "\n"))
+        target = f"→{self.query}" if self.query else ""
+        out.append(("class:prompt", f"{self.name}{target}> "))
+        return out
+
+    def _pending_row(self, entry: Outgoing, now: float) -> StyleAndTextTuples:
+        late = now - entry.sent_at >= ANSWER_TIMEOUT
+        if entry.is_message:
+            label = f"… you → {entry.recipient}: "
+            body = entry.text
+        else:
+            label = f"… {type(entry.command).__name__.lower()}"
+            body = ""
+        note = (f"  (no answer from the server after {ANSWER_TIMEOUT:g} s)" if late
+                else "  (sending)")
+        style = "class:late" if late else "class:pending"
+        rows = self.presenter.rows(Line(style, label, body, style),
+                                   self._width() - len(note))
+        row = rows[0] + ([(style, " …")] if len(rows) > 1 else [])
+        return [*row, (style, note)]
+
+    def _toolbar(self) -> StyleAndTextTuples:
+        where = f"{self.options.host}:{self.options.port}"
+        if self.state == "online":
+            others = self.roster.names()
+            who = ", ".join(others) if others else "nobody else"
+            return [("class:toolbar.online", f" online at {where}"), ("", f" | with: {who}")]
+        if self.state == "waiting":
+            seconds = max(0.0, self.retry_at - time.monotonic())
+            return [("class:toolbar.offline",
+                     f" disconnected from {where}; retrying in {seconds:.0f} s")]
+        if self.state == "leaving":
+            return [("", " logging out...")]
+        return [("class:toolbar.offline", f" connecting to {where}...")]
+
+    def _end_prompt(self) -> None:
+        self.ended = True
+        self._end_prompt_if_due()
+
+    def _end_prompt_if_due(self) -> None:
+        """End a running prompt if the session is over.
+
+        Also the prompt's ``pre_run`` hook: an end that came while the prompt
+        was starting must still end it as soon as it runs.
+        """
+        app = self.session.app
+        if self.ended and app.future is not None and not app.future.done():
+            app.exit(exception=_End())
+
+    def _refresh(self) -> None:
+        self.session.app.invalidate()
+
+    # -- output, in order, above the prompt --------------------------------------
+
+    def show(self, line: Line, bell: bool = False) -> None:
+        self.output_queue.put_nowait((self.presenter.formatted(line, self._width()), bell))
+
+    async def _printer(self) -> None:
+        while True:
+            batch = [await self.output_queue.get()]
+            while not self.output_queue.empty():
+                batch.append(self.output_queue.get_nowait())
+            try:
+                # This task was started outside the prompt's context: name the
+                # application, or run_in_terminal would not erase the prompt first.
+                with set_app(self.session.app):
+                    await run_in_terminal(lambda batch=batch: self._write(batch))
+            except OSError:
+                pass  # the terminal has gone (hung up): nobody to show it to
+            finally:
+                for _ in batch:
+                    self.output_queue.task_done()
+
+    def _write(self, batch: list[tuple[StyleAndTextTuples, bool]]) -> None:
+        output: Output = self.session.app.output
+        depth = ColorDepth.from_env() or output.get_default_color_depth()
+        with contextlib.suppress(OSError):  # the terminal has gone
+            for fragments, bell in batch:
+                if bell:
+                    output.bell()
+                render_fragments(output, fragments, STYLE, color_depth=depth)
+            output.flush()
+
+    # -- main --------------------------------------------------------------------
 
     async def run(self) -> int:
-        self.loop = asyncio.get_running_loop()
-        self.closed = asyncio.Event()
-        # Being terminated or losing the terminal is leaving too: log out
-        # rather than vanish, and let prompt_toolkit restore the terminal mode.
+        loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGHUP):
-            self.loop.add_signal_handler(signum, self._leave)
-        with patch_stdout():
-            self.conn.start(self._on_loop(self._show), self._on_loop(self._connection_closed))
-            # Learn who is online at once, for completion, and show it.
-            self.conn.send(Users())
-            if not await self._chat():
-                raise ConnectionLost
-            status = await self._log_out()
+            loop.add_signal_handler(signum, self._leave_by_signal)
+        printer = asyncio.create_task(self._printer())
+        network = asyncio.create_task(self._network())
+        try:
+            await self._chat()
+            status = await self._leave(network)
+        finally:
+            network.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await network
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.output_queue.join(), LOGOUT_TIMEOUT)
+            printer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await printer
+            if self.writer is not None:
+                self.writer.close()
         return status
 
-    async def _chat(self) -> bool:
-        """Read and send commands until the user leaves (True) or the server goes (False)."""
-        while not self.closed.is_set() and not self.leave_requested:
+    def _leave_by_signal(self) -> None:
+        self._end_prompt()
+
+    async def _chat(self) -> None:
+        while not self.ended:
             try:
-                text = await self.session.prompt_async(PROMPT, pre_run=self._end_prompt_if_due)
-            except (EOFError, KeyboardInterrupt):
-                return True
-            except _ServerGone:
-                return False
-            # A paste can hold several lines; each is a command of its own.
-            for line in text.split("\n"):
-                command = self._parse(line)
-                if isinstance(command, Bye):
-                    return True
-                if command is not None:
-                    self.conn.send(command)
-        return not self.closed.is_set()
+                text = await self.session.prompt_async(pre_run=self._end_prompt_if_due)
+            except (EOFError, KeyboardInterrupt, _End):
+                return
+            except OSError:
+                # The terminal has gone (hung up): leave, logging out first.
+                return
+            action = interpret(text, self.query)
+            if action is None:
+                continue
+            if isinstance(action, Quit):
+                return
+            self._act(action)
 
-    @staticmethod
-    def _parse(text: str) -> Command | None:
-        """Check a line locally, so a typo gets a clear reason without a round trip."""
-        if not text.strip(" "):
-            return None
-        try:
-            return parse_command(text)
-        except ProtocolError as error:
-            print(f'Not sent: {error.reason}. Type "help" for commands.', file=sys.stderr)
-            return None
+    def _act(self, action: Send | SetQuery | ShowHelp | Refused) -> None:
+        match action:
+            case Refused(reason):
+                self.show(Line("class:error", "✗ not sent: ", reason, "class:error"))
+            case ShowHelp():
+                self.show(Line("class:info", "", HELP_TEXT))
+            case SetQuery(None):
+                if self.query:
+                    self.show(Line("class:info", f"-- no longer talking to {self.query}"))
+                self.query = None
+            case SetQuery(target):
+                self.query = target
+                self.show(Line("class:info",
+                               f"-- talking to {target}: plain lines go to {target}; "
+                               "/query alone ends it"))
+            case Send(command):
+                self._send(command)
 
-    async def _log_out(self) -> int:
-        self.logging_out = True
-        if not self.closed.is_set():
-            self.conn.log_out()
+    def _send(self, command: Command) -> None:
+        if self.state != "online" or self.writer is None:
+            self.show(Line("class:error", "✗ not sent: ",
+                           "not connected to the server (reconnecting; see the bottom line)",
+                           "class:error"))
+            return
+        self.outbox.sent(command, time.monotonic())
+        self.writer.write(format_command(command))
+        self._refresh()
+
+    async def _leave(self, network: asyncio.Task[None]) -> int:
+        if self.fatal is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.output_queue.join(), LOGOUT_TIMEOUT)
+            print(f"{PROG}: {self.fatal}", file=sys.stderr)
+            return 1
+        if self.state != "online" or self.writer is None:
+            return 0
+        self.state = "leaving"
+        self.bye_sent = True
+        self.outbox.sent(Bye(), time.monotonic())
         try:
-            await asyncio.wait_for(self.closed.wait(), LOGOUT_TIMEOUT)
+            self.writer.write(format_command(Bye()))
+            await asyncio.wait_for(self.logged_out.wait(), LOGOUT_TIMEOUT)
         except TimeoutError:
             print(f"{PROG}: the server did not confirm the logout within "
                   f"{LOGOUT_TIMEOUT:g} s", file=sys.stderr)
             return 1
-        if not self.logout_confirmed:
-            raise ConnectionLost
+        except OSError:
+            return 0
         return 0
 
-    # -- called on the loop, from the reader thread ---------------------------
+    # -- the network task --------------------------------------------------------
 
-    def _on_loop(self, callback: Callable[[_T], None]) -> Callable[[_T], None]:
-        def call_soon(argument: _T) -> None:
-            # RuntimeError: the loop is already closed; the session is over.
-            with contextlib.suppress(RuntimeError):
-                self.loop.call_soon_threadsafe(callback, argument)
+    async def _network(self) -> None:
+        delays = backoff_delays()
+        while True:
+            self.state = "connecting"
+            self._refresh()
+            try:
+                reader, writer, early = await self._log_in()
+            except _LoginFailed as failure:
+                if not self.ever_online:
+                    self.fatal = str(failure)
+                    self._end_prompt()
+                    return
+                delay = next(delays)
+                why = (f"the name {self.name} is still taken (probably our old connection, "
+                       "not yet timed out)" if failure.taken else str(failure))
+                self.show(Line("class:failed", "-- reconnecting failed: ",
+                               f"{why}; next try in {delay:.1f} s", "class:failed"))
+                await self._wait(delay)
+                continue
+            delays = backoff_delays()
+            self.writer = writer
+            self.state = "online"
+            if self.ever_online:
+                self.show(Line("class:presence", f"-- reconnected as {self.name}"))
+            self.ever_online = True
+            self._refresh()
+            self._send(Users())
+            for line in early:
+                self._on_line(line)
+            reason = await self._read(reader)
+            self.writer = None
+            writer.close()
+            if self.bye_sent:
+                self.logged_out.set()
+                return
+            for entry in self.outbox.drop_all():
+                if entry.is_message:
+                    self._show_resolution(Resolution(
+                        entry, None, "the connection dropped before the server answered"))
+            delay = next(delays)
+            self.show(Line("class:failed", "-- disconnected from the server: ",
+                           f"{reason}; reconnecting in {delay:.1f} s (your draft is kept)",
+                           "class:failed"))
+            await self._wait(delay)
 
-        return call_soon
+    async def _wait(self, delay: float) -> None:
+        self.state = "waiting"
+        self.retry_at = time.monotonic() + delay
+        self._refresh()
+        await asyncio.sleep(delay)
 
-    def _show(self, line: ServerLine) -> None:
-        self.roster.observe(line.event)
-        print(line.text)
+    async def _log_in(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter,
+                                     list[ServerLine]]:
+        host, port = self.options.host, self.options.port
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(host, port, limit=MAX_SERVER_LINE), CONNECT_TIMEOUT)
+        except (OSError, TimeoutError, UnicodeError, OverflowError) as error:
+            raise _LoginFailed(connect_error(error, host, port, CONNECT_TIMEOUT)) from None
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        who = f"cannot log in as {self.name}"
+        try:
+            writer.write(format_command(Login(self.name)))
+            buffer = LineBuffer(MAX_SERVER_LINE)
+            deadline = time.monotonic() + LOGIN_TIMEOUT
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise _LoginFailed(f"{who}: no reply from the server within "
+                                       f"{LOGIN_TIMEOUT:g} s")
+                try:
+                    data = await asyncio.wait_for(reader.read(65536), remaining)
+                except TimeoutError:
+                    continue
+                if not data:
+                    raise _LoginFailed(f"{who}: the server closed the connection")
+                lines = [render(item) for item in buffer.feed(data)]
+                for index, line in enumerate(lines):
+                    reason = refusal(line.event)
+                    if reason is not None:
+                        raise _LoginFailed(f"{who}: {reason}",
+                                           taken=isinstance(line.event, UsernameTaken))
+                    if isinstance(line.event, UserOnline) and self._is_me(line.event.name):
+                        self._buffer = buffer
+                        if not self.ever_online:
+                            self._on_line(line)
+                        return reader, writer, lines[index + 1:]
+                    self._on_line(line)
+        except OSError as error:
+            writer.close()
+            raise _LoginFailed(f"{who}: {error.strerror or error}") from None
+        except _LoginFailed:
+            writer.close()
+            raise
 
-    def _connection_closed(self, logout_confirmed: bool) -> None:
-        self.logout_confirmed = logout_confirmed
-        self.closed.set()
-        if not self.logging_out:
-            self._end_prompt_if_due()
+    async def _read(self, reader: asyncio.StreamReader) -> str:
+        """Read until the connection ends; return why it ended."""
+        buffer = self._buffer
+        reason = "the server closed the connection"
+        while True:
+            try:
+                data = await reader.read(65536)
+            except OSError as error:
+                reason = f"connection error ({error.strerror or error})"
+                data = b""
+            if not data:
+                break
+            for item in buffer.feed(data):
+                self._on_line(render(item))
+        if buffer.pending:
+            for item in buffer.feed(b"\n"):
+                self._on_line(render(item))
+        return reason
 
-    def _leave(self) -> None:
-        self.leave_requested = True
-        self._end_prompt_if_due()
+    def _is_me(self, name: str) -> bool:
+        return username_key(name) == username_key(self.name)
 
-    def _end_prompt_if_due(self) -> None:
-        """End a running prompt if the server has gone or the user must leave.
+    # -- what arrives --------------------------------------------------------------
 
-        Also the prompt's ``pre_run`` hook: an event that came while no
-        prompt was running must still end the next one as soon as it starts.
-        """
-        app = self.session.app
-        if app.future is None or app.future.done():
+    def _on_line(self, line: ServerLine) -> None:
+        event = line.event
+        self.roster.observe(event)  # type: ignore[arg-type]
+        if self.bye_sent and isinstance(event, UserOffline) and self._is_me(event.name):
+            self.logged_out.set()
+        resolutions, was_reply = self.outbox.on_event(event)
+        bell = self.options.bell and isinstance(event, MessageFrom)
+        if self.options.raw:
+            self.show(Line("", "", line.text), bell)
+            if resolutions:
+                self._refresh()
             return
-        if self.closed.is_set():
-            app.exit(exception=_ServerGone())
-        elif self.leave_requested:
-            app.exit(exception=EOFError())
+        for resolution in resolutions:
+            self._show_resolution(resolution, line)
+        if not was_reply:
+            self.show(self.presenter.event(event, line.text), bell)
+        self._refresh()
+
+    def _show_resolution(self, resolution: Resolution, line: ServerLine | None = None) -> None:
+        entry = resolution.outgoing
+        if entry.is_message:
+            if resolution.delivered:
+                note = "✓ delivered after all: " if resolution.corrected else "✓ "
+                self.show(Line("class:own", f"{note}you → {entry.recipient}: ", entry.text))
+            else:
+                maybe = "maybe " if resolution.delivered is None else ""
+                self.show(Line("class:failed",
+                               f"✗ {maybe}not delivered to {entry.recipient}: ",
+                               f"{resolution.reason}. You wrote: {entry.text}"))
+            return
+        if line is not None and resolution.reason == "":
+            self.show(self.presenter.event(line.event, line.text))
+        elif resolution.reason and not isinstance(entry.command, Bye):
+            name = type(entry.command).__name__.lower()
+            self.show(Line("class:failed", f"✗ {name}: ", resolution.reason))
+        elif line is not None:
+            self.show(self.presenter.event(line.event, line.text))
 
 
-def run_interactive(conn: Connection, name: str) -> int:
-    """Chat at the terminal until the user leaves or the server goes away."""
+def run_interactive(options: Options) -> int:
+    """Chat at the terminal until the user leaves; return the exit status."""
     try:
-        return asyncio.run(_Chat(conn, name).run())
+        return asyncio.run(Client(options).run())
     except KeyboardInterrupt:
-        # A second Ctrl-C while waiting for the logout confirmation: bye was
-        # already sent, the user just does not want to wait.
         return 0
+
+
+__all__ = ["Client", "Options", "backoff_delays", "plain", "run_interactive"]

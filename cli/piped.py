@@ -9,10 +9,14 @@ Stdin is read with ``os.read`` rather than through ``sys.stdin``: a daemon
 thread blocked inside a buffered file object can deadlock interpreter
 shutdown, a raw read cannot.
 
-stdout carries exactly the server's lines (in their safe display form, see
-:mod:`cli.display`), each flushed as it arrives; the client's own remarks go
-to stderr.  At ``bye`` or end of input the client logs out and waits for the
-server's confirmation.
+stdout carries the server's lines as they arrive, each flushed: for people
+(``✓ you → Bob: hi``, see :mod:`cli.present`, no colour), or with ``--raw``
+exactly the wire lines in their safe display form (see :mod:`cli.display`).
+The client's own remarks go to stderr, one line each, naming the input line.
+At ``bye`` or end of input the client logs out and waits for the server's
+confirmation.  Every message is matched with the server's answer
+(:mod:`cli.outbox`); if any line was refused -- here or by the server -- or not
+delivered, the exit status is 3.
 """
 
 from __future__ import annotations
@@ -27,7 +31,12 @@ from typing import TextIO
 
 from cli.connection import PROG, Connection, ConnectionLost
 from cli.display import MAX_SERVER_LINE, ServerLine
-from protocol import Bye, Command, LineBuffer, LineTooLong, ProtocolError, parse_command
+from cli.outbox import Outbox, Resolution
+from cli.present import Line, Presenter
+from cli.typed import HELP_TEXT, Quit, Refused, Send, SetQuery, ShowHelp, interpret
+from protocol import Bye, LineBuffer, LineTooLong
+
+EXIT_UNDELIVERED = 3
 
 # A script may queue many commands before bye; give the server time to work
 # through them.
@@ -66,17 +75,48 @@ def _read_stdin(fd: int, items: queue.Queue[_Item]) -> None:
     items.put(_InputEnded())
 
 
-def run_piped(conn: Connection, stdin_fd: int, out: TextIO, err: TextIO,
+def run_piped(conn: Connection, stdin_fd: int, out: TextIO, err: TextIO, name: str,
+              raw: bool = False, timestamps: str | None = None,
               logout_timeout: float = LOGOUT_TIMEOUT) -> int:
     """Run until ``bye``, end of input or the server going away; return the exit status."""
     items: queue.Queue[_Item] = queue.Queue()
+    presenter = Presenter(name, timestamps)
+    outbox = Outbox(name)
+    failures = 0
+    query: str | None = None
 
-    def show(line: ServerLine) -> None:
+    def write(text: str) -> None:
         # If whoever reads our output has gone (``| head -1``), the session
         # still runs to its end; there is just nobody left to show lines to.
         with contextlib.suppress(OSError):
-            out.write(line.text + "\n")
+            out.write(text + "\n")
             out.flush()
+
+    def complain(text: str) -> None:
+        err.write(f"{PROG}: {text}\n")
+        err.flush()
+
+    def resolved(resolution: Resolution) -> None:
+        nonlocal failures
+        entry = resolution.outgoing
+        if resolution.delivered is True or not resolution.reason:
+            return
+        failures += 1
+        what = (f"not delivered to {entry.recipient}" if entry.is_message
+                else "refused")
+        complain(f"line {entry.tag} {what}: {resolution.reason}")
+        if entry.is_message and not raw:
+            write(presenter.text(Line("", f"✗ not delivered to {entry.recipient}: ",
+                                      f"{resolution.reason}. You wrote: {entry.text}")))
+
+    def show(line: ServerLine) -> None:
+        resolutions, was_reply = outbox.on_event(line.event)
+        for resolution in resolutions:
+            resolved(resolution)
+        if raw:
+            write(line.text)
+        elif not was_reply or any(r.delivered or not r.reason for r in resolutions):
+            write(presenter.text(presenter.event(line.event, line.text)))
 
     conn.start(items.put, lambda confirmed: items.put(_Closed(confirmed)))
     threading.Thread(target=_read_stdin, args=(stdin_fd, items), name="stdin-reader",
@@ -93,13 +133,25 @@ def run_piped(conn: Connection, stdin_fd: int, out: TextIO, err: TextIO,
                 break
             else:
                 line_number += 1
-                command = _command(item.line, line_number, err)
-                if isinstance(command, Bye):
-                    break
-                if command is not None:
-                    conn.send(command)
+                action = _action(item.line, query)
+                match action:
+                    case None:
+                        pass
+                    case Quit():
+                        break
+                    case Refused(reason):
+                        failures += 1
+                        complain(f"line {line_number} not sent: {reason}")
+                    case ShowHelp():
+                        write(HELP_TEXT)
+                    case SetQuery(target):
+                        query = target
+                    case Send(command):
+                        outbox.sent(command, time.monotonic(), tag=line_number)
+                        conn.send(command)
     except KeyboardInterrupt:
         pass  # Ctrl-C, SIGTERM, SIGHUP: log out as at the end of input
+    outbox.sent(Bye(), time.monotonic())
     conn.log_out()
     deadline = time.monotonic() + logout_timeout
     while True:
@@ -115,22 +167,18 @@ def run_piped(conn: Connection, stdin_fd: int, out: TextIO, err: TextIO,
         elif isinstance(item, _Closed):
             if not item.logout_confirmed:
                 raise ConnectionLost
-            return 0
+            for entry in outbox.drop_all():
+                if entry.is_message:
+                    resolved(Resolution(entry, None, "the server never answered"))
+            return EXIT_UNDELIVERED if failures else 0
 
 
-def _command(raw: bytes | LineTooLong, line_number: int, err: TextIO) -> Command | None:
-    """Parse one input line; report a bad one on stderr and return None."""
+def _action(raw: bytes | LineTooLong, query: str | None) -> object:
+    """Interpret one input line; an undecodable or overlong one is refused."""
+    if isinstance(raw, LineTooLong):
+        return Refused(f"longer than {raw.limit} bytes")
     try:
-        if isinstance(raw, LineTooLong):
-            raise ProtocolError(f"longer than {raw.limit} bytes")
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise ProtocolError("not valid UTF-8") from None
-        if not text.strip(" "):
-            return None
-        return parse_command(text)
-    except ProtocolError as error:
-        err.write(f"{PROG}: line {line_number} not sent: {error.reason}\n")
-        err.flush()
-        return None
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return Refused("not valid UTF-8")
+    return interpret(text, query)

@@ -36,8 +36,8 @@ TIMEOUT = 10.0
 ROWS, COLS = 24, 80
 
 
-def cli_args(port: int, name: str, host: str = "127.0.0.1") -> list[str]:
-    return [sys.executable, "-m", "cli", host, str(port), name]
+def cli_args(port: int, name: str, *options: str, host: str = "127.0.0.1") -> list[str]:
+    return [sys.executable, "-m", "cli", *options, host, str(port), name]
 
 
 def client_env() -> dict[str, str]:
@@ -51,13 +51,13 @@ def client_env() -> dict[str, str]:
 class Terminal:
     """The client in a 24x80 pseudo-terminal, seen through a pyte screen."""
 
-    def __init__(self, args: list[str]) -> None:
+    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
         self.screen = pyte.Screen(COLS, ROWS)
         self.stream = pyte.ByteStream(self.screen)
         self.raw = bytearray()
         self.exited = False
         self.child = pexpect.spawn(args[0], args[1:], dimensions=(ROWS, COLS),
-                                   env=client_env(), cwd=str(ROOT))
+                                   env={**client_env(), **(env or {})}, cwd=str(ROOT))
         # Replies to device status reports (prompt_toolkit asks where the
         # cursor is) go back to the program, as a terminal's would.
         self.screen.write_process_input = self.child.send
@@ -102,6 +102,22 @@ class Terminal:
     def wait_for_input_line(self, expected: str, timeout: float = TIMEOUT) -> None:
         self.wait_for(lambda: self.cursor_line == expected, f"input line {expected!r}", timeout)
 
+    def count(self, text: str) -> int:
+        """How many screen lines contain ``text``."""
+        return sum(text in line for line in self.lines)
+
+    def has_line(self, line: str) -> bool:
+        return line in self.lines
+
+    def styles_of(self, text: str) -> list[pyte.screens.Char]:
+        """The pyte characters (with their colours and attributes) of the first ``text`` on screen."""
+        for y, line in enumerate(self.lines):
+            x = line.find(text)
+            if x >= 0:
+                row = self.screen.buffer[y]
+                return [row[x + i] for i in range(len(text))]
+        raise AssertionError(f"{text!r} not on screen:\n{self.dump()}")
+
     # -- typing ----------------------------------------------------------------
 
     def type(self, text: str) -> None:
@@ -127,13 +143,21 @@ class Terminal:
 
 
 @contextlib.contextmanager
-def terminal(port: int, name: str = "Alice", *, logged_in: bool = True) -> Iterator[Terminal]:
-    """A client in a pty; by default wait for its prompt after a successful login."""
-    term = Terminal(cli_args(port, name))
+def terminal(port: int, name: str = "Alice", *options: str, logged_in: bool = True,
+             env: dict[str, str] | None = None) -> Iterator[Terminal]:
+    """A client in a pty (timestamps off unless ``options`` say otherwise).
+
+    By default wait until it is logged in, its prompt up and the reply to
+    its first ``users`` shown.
+    """
+    if not any(option.startswith("--timestamps") for option in options):
+        options = ("--timestamps", "off", *options)
+    term = Terminal(cli_args(port, name, *options), env)
     try:
         if logged_in:
-            term.wait_for_text(f"<User {name} is online.>")
-            term.wait_for_input_line(">")
+            term.wait_for_text(f"-- logged in as {name}")
+            term.wait_for_text("-- online (")
+            term.wait_for_input_line(f"{name}>")
         yield term
     finally:
         term.close()
@@ -219,8 +243,8 @@ class PipedClient:
 
 
 @contextlib.contextmanager
-def piped_client(port: int, name: str = "Alice") -> Iterator[PipedClient]:
-    client = PipedClient(cli_args(port, name))
+def piped_client(port: int, name: str = "Alice", *options: str) -> Iterator[PipedClient]:
+    client = PipedClient(cli_args(port, name, *options))
     try:
         yield client
     finally:
@@ -237,16 +261,22 @@ def run_cli(args: list[str], stdin: bytes = b"",
 class FakeServer:
     """A one-client stand-in server: logs the client in, then sends ``script`` raw.
 
-    It records every line the client sends; on ``bye`` it confirms the way
+    It records every line the client sends (``received``), answers each with
+    ``answer(line)`` if given (bytes, or None for no answer), and the test can
+    send more at any time with :meth:`send`.  On ``bye`` it confirms the way
     the real server does (``<User NAME is offline.>``) and closes.
     """
 
-    def __init__(self, script: bytes) -> None:
+    def __init__(self, script: bytes = b"",
+                 answer: Callable[[str], bytes | None] | None = None) -> None:
         self.script = script
+        self.answer = answer
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.listener.settimeout(TIMEOUT)
         self.port: int = self.listener.getsockname()[1]
         self.received: list[str] = []
+        self._conn: socket.socket | None = None
+        self._ready = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="fake-server", daemon=True)
         self._thread.start()
 
@@ -256,17 +286,35 @@ class FakeServer:
         except OSError:
             return
         with conn, contextlib.suppress(OSError):
-            conn.settimeout(TIMEOUT)
+            conn.settimeout(TIMEOUT * 3)
             reader = conn.makefile("rb")
             name = reader.readline().decode().strip()
             self.received.append(name)
             conn.sendall(f"<User {name} is online.>\n".encode() + self.script)
+            self._conn = conn
+            self._ready.set()
             for raw in reader:
                 line = raw.decode().rstrip("\n")
                 self.received.append(line)
                 if line == "bye":
                     conn.sendall(f"<User {name} is offline.>\n".encode())
                     break
+                if self.answer is not None:
+                    reply = self.answer(line)
+                    if reply:
+                        conn.sendall(reply)
+
+    def send(self, data: bytes) -> None:
+        assert self._ready.wait(TIMEOUT), "the client never logged in"
+        assert self._conn is not None
+        self._conn.sendall(data)
+
+    def wait_received(self, line: str, timeout: float = TIMEOUT) -> None:
+        deadline = time.monotonic() + timeout
+        while line not in self.received:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the client never sent {line!r}; got {self.received}")
+            time.sleep(0.01)  # a poll interval, not a synchronisation
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
@@ -277,4 +325,7 @@ class FakeServer:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(OSError):
+                self._conn.shutdown(socket.SHUT_RDWR)
         self.close()

@@ -1,4 +1,4 @@
-"""Tab completion: command names first, then the online users after ``chat``."""
+"""Tab completion: command names first, then the online users after ``chat``, ``/msg``, ``/query``."""
 
 from __future__ import annotations
 
@@ -28,7 +28,9 @@ def test_the_first_word_completes_to_a_command() -> None:
     completer = ChatCompleter(Roster("Alice"))
     assert _complete(completer, "ch") == ["chat "]
     assert _complete(completer, "B") == ["broadcast ", "bye "]
-    assert _complete(completer, "") == ["chat ", "broadcast ", "users ", "help ", "bye "]
+    assert _complete(completer, "") == ["chat ", "broadcast ", "users ", "help ", "bye ",
+                                        "/msg ", "/query ", "/who ", "/quit ", "/help "]
+    assert _complete(completer, "/q") == ["/query ", "/quit "]
 
 
 def test_the_word_after_chat_completes_to_an_online_user_but_not_oneself() -> None:
@@ -46,3 +48,16 @@ def test_nothing_is_offered_inside_a_message() -> None:
     completer = ChatCompleter(roster)
     assert _complete(completer, 'chat Bob "b') == []
     assert _complete(completer, "broadcast b") == []
+
+
+def test_names_complete_after_msg_and_query_and_only_slash_commands_in_a_query() -> None:
+    roster = Roster("Alice")
+    roster.observe(OnlineUsers(("Alice", "Bob")))
+    in_query = False
+    completer = ChatCompleter(roster, lambda: in_query)
+    assert _complete(completer, "/msg b") == ["/msg Bob "]
+    assert _complete(completer, "/query B") == ["/query Bob "]
+    assert _complete(completer, "/msg Bob hi b") == []
+    in_query = True
+    assert _complete(completer, "ch") == []  # plain text for Bob, not a command
+    assert _complete(completer, "/qu") == ["/query ", "/quit "]

@@ -77,3 +77,79 @@ def test_an_event_the_protocol_would_not_write_is_still_shown_escaped() -> None:
 
 def test_an_overlong_line_is_reported_not_shown() -> None:
     assert render(LineTooLong(1024)).text == "[a server line longer than 1024 bytes was not shown]"
+
+
+# -- for people: cli.present ------------------------------------------------------
+
+from prompt_toolkit.utils import get_cwidth  # noqa: E402
+
+from cli.present import Line, Presenter, is_harmful, plain, wrap  # noqa: E402
+from protocol import MessageFrom, NotDelivered, UserOffline, UserOnline  # noqa: E402
+
+
+def _rows(body: str, width: int | None = 40, label: str = "Bob → you: ") -> list[str]:
+    return [plain(row) for row in Presenter("Alice", None).rows(Line("", label, body), width)]
+
+
+def test_message_text_is_shown_as_typed_and_only_harmful_characters_as_tokens() -> None:
+    assert _rows('C:\\temp "q" 中文 😀 👩\u200d💻 café', None) == [
+        'Bob → you: C:\\temp "q" 中文 😀 👩\u200d💻 café']
+    assert _rows("esc\x1b[31m del\x7f c1\x9b nel\x85", None) == [
+        "Bob → you: esc\\x1b[31m del\\x7f c1\\x9b nel\\x85"]
+    assert _rows("zw\u200bsp rtl\u202eo iso\u2066 ls\u2028 pu\ue000 un\U000e0fff"
+                 " nc\ufdd0 fill\u3164 lone\udc80", None) == [
+        "Bob → you: zw<U+200B>sp rtl<U+202E>o iso<U+2066> ls<U+2028> pu<U+E000>"
+        " un<U+E0FFF> nc<U+FDD0> fill<U+3164> lone<U+DC80>"]
+    # A joiner not between two emoji is shown.
+    assert _rows("a\u200db", None) == ["Bob → you: a<U+200D>b"]
+    # Up to eight combining marks in a row stay; the ninth on are shown.
+    assert _rows("e" + "\u0301" * 10, None) == [
+        "Bob → you: e" + "\u0301" * 8 + "<U+0301><U+0301>"]
+
+
+def test_tabs_and_newlines_are_laid_out_as_typed() -> None:
+    assert _rows("a\tbc\td\n\tnext", None) == ["Bob → you: a   bc  d", "        next"]
+
+
+def test_rows_wrap_with_a_hanging_indent_and_swallow_spaces_at_the_break() -> None:
+    rows = _rows("one two three four five six seven eight nine ten", 30)
+    assert rows == ["Bob → you: one two three four", "    five six seven eight nine",
+                    "    ten"]
+    # Spaces padding a fake event to the start of a row vanish at the break.
+    assert _rows("x" + " " * 200 + "-- Admin is online", 40) == [
+        "Bob → you: x", "    -- Admin is online"]
+    # A word longer than a row is cut; wide characters are never split.
+    assert _rows("中" * 20, 20) == ["Bob → you: 中中中中", "    中中中中中中中中",
+                                    "    中中中中中中中中"]
+
+
+@given(st.text(max_size=300), st.integers(min_value=20, max_value=120))
+def test_any_message_is_safe_fits_the_width_and_cannot_start_a_row(text: str,
+                                                                     width: int) -> None:
+    rows = _rows(text, width)
+    for number, row in enumerate(rows):
+        assert not any(is_harmful(char) and char != "\u200d" for char in row), repr(row)
+        assert "\n" not in row and "\t" not in row
+        assert get_cwidth(row) <= width
+        if number:
+            assert row == "" or row.startswith("    ")
+
+
+def test_events_read_as_sentences() -> None:
+    presenter = Presenter("Alice", "%H:%M", clock=lambda: (2026, 1, 1, 9, 5, 7, 0, 1, 0))
+    assert presenter.text(presenter.event(MessageFrom("Bob", "hi"), "")) == (
+        "[09:05] Bob → you: hi")
+    assert presenter.text(presenter.event(UserOnline("Bob"), "")) == "[09:05] -- Bob is online"
+    assert presenter.text(presenter.event(UserOffline("alice"), "")) == "[09:05] -- logged out"
+    assert presenter.text(presenter.event(NotDelivered("Bob", "gone"), "")) == (
+        "[09:05] ✗ a message to Bob was not delivered: gone")
+    assert presenter.text(presenter.event(None, r"junk \x1b")) == r"[09:05] junk \x1b"
+    seconds = Presenter("Alice", "%H:%M:%S", clock=lambda: (2026, 1, 1, 9, 5, 7, 0, 1, 0))
+    assert seconds.text(Line("", "x")) == "[09:05:07] x"
+    rows = seconds.rows(Line("", "Bob → you: ", "a " * 40), 40)
+    assert plain(rows[1]).startswith(" " * 13 + "a")  # under the text after "[09:05:07] "
+
+
+def test_wrap_with_no_width_breaks_only_at_newlines() -> None:
+    assert [plain(r) for r in wrap([("", "> ")], [("", "a " * 100 + "\nb")], None, 2)] == [
+        "> " + "a " * 99 + "a", "  b"]

@@ -1,8 +1,10 @@
 """The scriptable client (stdin not a terminal) and every way the client can fail.
 
-Scripts see exactly the server's lines on stdout, flushed as they arrive; the
-client's own complaints go to stderr as one line each; the exit status says
-what happened (0 normal, 1 connection or server trouble, 2 usage).
+With ``--raw`` scripts see exactly the server's lines on stdout, flushed as
+they arrive; without it the lines people read, with no colour; the client's
+own complaints go to stderr as one line each; the exit status says what
+happened (0 normal, 1 connection or server trouble, 2 usage, 3 a line was
+refused or not delivered).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from tests.support import Clients, running_server
 
 def test_the_issue_example_works_as_a_pipe(server: Server, clients: Clients) -> None:
     bob = clients.login("Bob")
-    result = run_cli(cli_args(server.port, "Alice"), b'chat Bob "hi"\nbye\n')
+    result = run_cli(cli_args(server.port, "Alice", "--raw"), b'chat Bob "hi"\nbye\n')
     assert result.returncode == 0, result.stderr
     assert result.stdout.decode().splitlines() == [
         "<User Alice is online.>",
@@ -37,7 +39,7 @@ def test_the_issue_example_works_as_a_pipe(server: Server, clients: Clients) -> 
 
 def test_end_of_input_logs_out_like_bye(server: Server, clients: Clients) -> None:
     bob = clients.login("Bob")
-    result = run_cli(cli_args(server.port, "Alice"), b"broadcast hello all\nusers")
+    result = run_cli(cli_args(server.port, "Alice", "--raw"), b"broadcast hello all\nusers")
     assert result.returncode == 0, result.stderr
     assert result.stdout.decode().splitlines() == [
         "<User Alice is online.>",
@@ -51,7 +53,7 @@ def test_end_of_input_logs_out_like_bye(server: Server, clients: Clients) -> Non
 
 def test_server_lines_are_printed_as_they_arrive(server: Server, clients: Clients) -> None:
     bob = clients.login("Bob")
-    with piped_client(server.port) as alice:
+    with piped_client(server.port, "Alice", "--raw") as alice:
         alice.expect("<User Alice is online.>")
         # stdin stays open: the line must come out now, not at exit.
         bob.send('chat Alice "ping"')
@@ -65,7 +67,7 @@ def test_server_lines_are_printed_as_they_arrive(server: Server, clients: Client
 
 def test_sigterm_logs_out_like_the_end_of_input(server: Server, clients: Clients) -> None:
     bob = clients.login("Bob")
-    with piped_client(server.port) as alice:
+    with piped_client(server.port, "Alice", "--raw") as alice:
         alice.expect("<User Alice is online.>")
         alice.send("users")  # a reply shows the session is under way
         alice.expect("<Online users: Alice, Bob>")
@@ -75,12 +77,12 @@ def test_sigterm_logs_out_like_the_end_of_input(server: Server, clients: Clients
     bob.expect("<User Alice is online.>", "<User Alice is offline.>")
 
 
-def test_a_malformed_command_is_reported_and_the_rest_still_run(server: Server,
-                                                                clients: Clients) -> None:
+def test_a_malformed_command_is_reported_the_rest_run_and_the_status_is_3(
+        server: Server, clients: Clients) -> None:
     clients.login("Bob")
     script = b'chat Bob "unterminated\n\nfrobnicate\nchat Bob "fine"\nbye\n'
-    result = run_cli(cli_args(server.port, "Alice"), script)
-    assert result.returncode == 0
+    result = run_cli(cli_args(server.port, "Alice", "--raw"), script)
+    assert result.returncode == 3
     assert result.stdout.decode().splitlines() == [
         "<User Alice is online.>",
         "<To Bob> fine",
@@ -88,13 +90,53 @@ def test_a_malformed_command_is_reported_and_the_rest_still_run(server: Server,
     ]
     assert result.stderr.decode().splitlines() == [
         "reactor-chat: line 1 not sent: unterminated quote",
-        "reactor-chat: line 3 not sent: unknown command",
+        'reactor-chat: line 3 not sent: "frobnicate" is not a command; '
+        "type /help for the commands",
     ]
+
+
+def test_messages_not_delivered_give_status_3_and_say_which_line(server: Server,
+                                                                   clients: Clients) -> None:
+    clients.login("Bob")
+    script = (b"/msg Bob one\n/msg Nobody two\nchat Bob three\n/msg Bob " + b"x" * 5000
+              + b"\n")
+    result = run_cli(cli_args(server.port, "Alice", "--timestamps", "off"), script)
+    assert result.returncode == 3, result.stderr
+    assert result.stdout.decode().splitlines() == [
+        "-- logged in as Alice",
+        "✓ you → Bob: one",
+        "✗ not delivered to Nobody: Nobody does not exist. You wrote: two",
+        "✓ you → Bob: three",
+        "-- logged out",
+    ]
+    assert result.stderr.decode().splitlines() == [
+        "reactor-chat: line 4 not sent: the message is 915 characters too long "
+        "(the server takes lines of at most 4,096 bytes)",
+        "reactor-chat: line 2 not delivered to Nobody: Nobody does not exist",
+    ]
+
+
+def test_every_message_delivered_is_status_0(server: Server, clients: Clients) -> None:
+    clients.login("Bob")
+    result = run_cli(cli_args(server.port, "Alice", "--timestamps", "HH:MM:SS"),
+                     b"/msg Bob one\nbroadcast two\n/who\n")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.decode().splitlines()
+    assert [line[11:] for line in lines] == [
+        "-- logged in as Alice",
+        "✓ you → Bob: one",
+        "✓ you → everyone: two",
+        "-- online (2): Alice, Bob",
+        "-- logged out",
+    ]
+    assert all(line[0] == "[" and line[9:11] == "] " for line in lines)
+    assert "\x1b" not in result.stdout.decode()  # no colour into a pipe
 
 
 def test_lines_after_bye_are_not_sent(server: Server, clients: Clients) -> None:
     bob = clients.login("Bob")
     result = run_cli(cli_args(server.port, "Alice"), b'bye\nchat Bob "too late"\n')
+    assert result.stdout.decode().splitlines() == ["-- logged in as Alice", "-- logged out"]
     assert result.returncode == 0
     bob.expect("<User Alice is online.>", "<User Alice is offline.>")
     bob.expect_silence()
@@ -102,7 +144,7 @@ def test_lines_after_bye_are_not_sent(server: Server, clients: Clients) -> None:
 
 def test_a_hostile_server_is_escaped_in_piped_output_too() -> None:
     with FakeServer(b"\x1b]0;pwned\x07\n\x1b[2J\rgone\n") as fake:
-        result = run_cli(cli_args(fake.port, "Alice"), b"bye\n")
+        result = run_cli(cli_args(fake.port, "Alice", "--raw"), b"bye\n")
     assert result.returncode == 0
     assert result.stdout.decode().splitlines() == [
         "<User Alice is online.>",
@@ -131,7 +173,7 @@ def test_wrong_arguments_print_usage_and_exit_2(args: list[str]) -> None:
     assert result.returncode == 2
     line = _one_error_line(result)
     assert line.startswith("reactor-chat: ")
-    assert "usage: python -m cli SERVER PORT USERNAME" in line
+    assert "usage: python -m cli [options] SERVER PORT USERNAME" in line
 
 
 def test_help_documents_the_exit_codes() -> None:
@@ -218,9 +260,27 @@ def killable_server(backend: str) -> Iterator[tuple[subprocess.Popen[bytes], int
 def test_a_server_killed_mid_session_is_reported(
         killable_server: tuple[subprocess.Popen[bytes], int]) -> None:
     process, port = killable_server
-    with piped_client(port) as alice:
+    with piped_client(port, "Alice", "--raw") as alice:
         alice.expect("<User Alice is online.>")
         process.send_signal(signal.SIGKILL)
         assert alice.wait() == 1
         assert alice.rest("stderr") == ["Disconnected from server."]
         assert alice.rest("stdout") == []
+
+
+@pytest.mark.parametrize("args", [["127.0.0.1", "1", "-x"], ["127.0.0.1", "1", "--", "-x"],
+                                  ["127.0.0.1", "1", "_x"]])
+def test_a_name_that_looks_like_an_option_gets_the_username_rule(args: list[str]) -> None:
+    result = run_cli([sys.executable, "-m", "cli", *args])
+    assert result.returncode == 2
+    assert _one_error_line(result) == (
+        "reactor-chat: invalid username: a username is 1-32 ASCII letters, digits, '_', '-' "
+        "or '.', starting with a letter or digit")
+
+
+def test_any_valid_name_works_as_the_argument() -> None:
+    with running_server("select") as server:
+        for name in ("0.-_", "X" * 32):
+            result = run_cli(cli_args(server.port, name, "--raw"), b"")
+            assert result.returncode == 0, result.stderr
+            assert result.stdout.decode().splitlines()[0] == f"<User {name} is online.>"
