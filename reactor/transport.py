@@ -36,6 +36,9 @@ class Transport(ABC):
     def __init__(self, peer_host: str) -> None:
         self.peer_host = peer_host
         self.output = OutputBuffer()
+        # True if the bytes are protected on the way (TLS): passwords may be
+        # sent over it.  Loopback peers are trusted as well (reactor.accounts).
+        self.secure = False
         # Set by ChatService.connection_made; the backend reports to it.
         self.connection: Connection | None = None
 

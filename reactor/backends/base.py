@@ -30,7 +30,15 @@ benchmark all read the registry.
    ``connection.connection_lost()`` exactly once.
 7. Run every call into the chat logic on one thread at a time -- one loop
    thread, or under one lock -- including timer callbacks
-   (:meth:`Server.call_later`) and handoff callbacks.
+   (:meth:`Server.call_later`), handoff callbacks and callbacks handed in
+   from other threads (:meth:`Server.call_soon_threadsafe`).
+10. :meth:`Server.call_soon_threadsafe`, callable from any thread (a worker
+   that hashed a password, a store's reply), runs its callback on the chat
+   thread (or under the chat lock) soon, in the order of the calls, without
+   the calling thread waiting for the chat thread: the select backend queues
+   it and writes to its wakeup socket, asyncio uses the loop's own
+   ``call_soon_threadsafe``, the threads backend takes the chat lock.
+   Callbacks that come after the server stopped are dropped.
 8. Contain failures: an exception raised while serving one connection
    (its read, its write, its timers) goes to ``connection.fail(error)``,
    which logs it and aborts that connection only.  An exception in the
@@ -106,10 +114,11 @@ class Server(ABC):
         # Always shown, whatever --log-level: scripts and tests wait for this
         # line to learn the port (with --port 0) and that the server is up.
         log.log(max(logging.INFO, log.getEffectiveLevel()), "Listening on port %d...", self.port)
-        self.chat.attach(self.call_later)
+        self.chat.attach(self.call_later, self.call_soon_threadsafe)
         try:
             self._serve()
         finally:
+            self.chat.close()
             self.listener.close()
             self._wakeup_reader.close()
             self._wakeup_writer.close()
@@ -129,3 +138,8 @@ class Server(ABC):
     @abstractmethod
     def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
         """Run ``callback`` on the chat thread (or under the chat lock) after ``delay``."""
+
+    @abstractmethod
+    def call_soon_threadsafe(self, callback: Callable[[], None]) -> None:
+        """From any thread: run ``callback`` on the chat thread (or under the
+        chat lock) soon.  Never waits for the chat thread (item 10 above)."""

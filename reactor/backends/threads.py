@@ -294,6 +294,12 @@ class ThreadsServer(Server):
 
         return self.timers.call_at(time.monotonic() + delay, locked)
 
+    def call_soon_threadsafe(self, callback: Callable[[], None]) -> None:
+        # The calling thread (a worker) runs it itself, under the chat lock:
+        # the lock is the threads backend's chat thread.
+        with self.lock:
+            callback()
+
     def _serve(self) -> None:
         accept_paused_until = 0.0
         try:
