@@ -34,6 +34,7 @@ from reactor.accounts.service import INSECURE, Accounts
 from reactor.backends.base import Server
 from reactor.chat import NO_ACCOUNTS
 from reactor.config import AccountsConfig
+from tests.cli_support import ROOT, TIMEOUT, cli_args, client_env, terminal
 from tests.fake_transport import Harness
 from tests.faults import REPO, server_process
 from tests.support import LineClient, running_server, wait_until
@@ -657,3 +658,89 @@ def test_in_memory_a_malformed_password_line_is_not_a_try(db: str) -> None:
     h.advance(0)
     peer.expect("<User Alice is online.>")
     h.chat.close()
+
+
+# -- the terminal client ----------------------------------------------------------------------------
+
+
+def run_client(port: int, name: str, stdin: bytes, **env: str) -> subprocess.CompletedProcess[bytes]:
+    # A new session: no controlling terminal, so nobody can be asked.
+    return subprocess.run(cli_args(port, name, "--raw"), input=stdin, capture_output=True,
+                          timeout=TIMEOUT * 2, env={**client_env(), **env}, cwd=str(ROOT),
+                          check=False, start_new_session=True)
+
+
+def test_a_script_gives_the_password_in_the_environment(backend: str, db: str) -> None:
+    with accounts_server(backend, db) as server:
+        register(server.port, "Alice")
+        result = run_client(server.port, "Alice", b"users\nbye\n",
+                            REACTOR_CHAT_PASSWORD=PASSWORD)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.decode().splitlines() == [
+            "<Password required for Alice.>", "<User Alice is online.>",
+            "<Online users: Alice>", "<User Alice is offline.>",
+        ]
+        assert PASSWORD.encode() not in result.stdout + result.stderr
+
+        wrong = run_client(server.port, "Alice", b"users\n", REACTOR_CHAT_PASSWORD="not it, sorry")
+        assert wrong.returncode == 1
+        assert wrong.stderr.decode() == "reactor-chat: cannot log in as Alice: wrong password\n"
+
+        nobody = run_client(server.port, "Alice", b"users\n")
+        assert nobody.returncode == 1
+        assert nobody.stderr.decode() == (
+            "reactor-chat: cannot log in as Alice: the name is registered; give its password"
+            " in REACTOR_CHAT_PASSWORD or on a terminal\n")
+
+
+def test_a_script_registers_and_changes_its_password(backend: str, db: str) -> None:
+    with accounts_server(backend, db) as server:
+        script = f'register "{PASSWORD}"\npassword "{PASSWORD}" "{OTHER}"\nbye\n'.encode()
+        result = run_client(server.port, "Alice", script)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.decode().splitlines() == [
+            "<User Alice is online.>", "<Username Alice is now registered.>",
+            "<Password changed for Alice.>", "<User Alice is offline.>",
+        ]
+        log_in(server.port, "Alice", OTHER).close()
+
+
+def test_the_terminal_client_asks_for_the_password_without_echo(backend: str, db: str) -> None:
+    with accounts_server(backend, db) as server:
+        register(server.port, "Alice")
+        with terminal(server.port, "Alice", logged_in=False) as term:
+            term.wait_for_text("Password for Alice:")
+            term.enter("not the password")
+            term.wait_for_text("✗ wrong password for Alice")
+            term.wait_for_text("Password for Alice:")
+            term.enter(PASSWORD)
+            term.wait_for_text("-- logged in as Alice")
+            term.wait_for_input_line("Alice>")
+            assert "not the password" not in term.dump() and PASSWORD not in term.dump()
+            term.enter("/password")
+            term.wait_for_text("Current password:")
+            term.enter(PASSWORD)
+            term.wait_for_text("New password:")
+            term.enter(OTHER)
+            term.wait_for_text("Again:")
+            term.enter(OTHER)
+            term.wait_for_text("✓ password changed for Alice")
+            assert OTHER not in term.dump()
+            term.enter("/quit")
+            assert term.wait_exit() == 0
+        log_in(server.port, "Alice", OTHER).close()
+
+
+def test_the_terminal_client_registers_with_slash_register(backend: str, db: str) -> None:
+    with accounts_server(backend, db) as server:
+        with terminal(server.port, "Alice") as term:
+            term.enter("/register")
+            term.wait_for_text("New password:")
+            term.enter(PASSWORD)
+            term.wait_for_text("Again:")
+            term.enter(PASSWORD)
+            term.wait_for_text("✓ Alice is now registered")
+            assert PASSWORD not in term.dump()
+            term.enter("/quit")
+            assert term.wait_exit() == 0
+        log_in(server.port, "Alice", PASSWORD).close()
