@@ -744,3 +744,30 @@ def test_the_terminal_client_registers_with_slash_register(backend: str, db: str
             term.enter("/quit")
             assert term.wait_exit() == 0
         log_in(server.port, "Alice", PASSWORD).close()
+
+
+# -- the backend contract's call_soon_threadsafe ------------------------------------------------------
+
+
+def test_call_soon_threadsafe_runs_callbacks_in_order_on_the_chat_thread(backend: str) -> None:
+    with running_server(backend) as server:
+        seen: list[tuple[int, str]] = []
+        done = threading.Event()
+
+        def callback(index: int) -> None:
+            seen.append((index, threading.current_thread().name))
+            if index == 99:
+                done.set()
+
+        def worker() -> None:
+            for index in range(100):
+                server.call_soon_threadsafe(lambda index=index: callback(index))
+
+        thread = threading.Thread(target=worker, name="a-worker")
+        thread.start()
+        assert done.wait(10)
+        thread.join()
+        assert [index for index, _ in seen] == list(range(100))
+        # The loop's own thread -- or, for threads, the caller under the chat lock.
+        expected = "a-worker" if backend == "threads" else f"server-{backend}"
+        assert {name for _, name in seen} == {expected}

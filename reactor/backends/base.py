@@ -32,13 +32,6 @@ benchmark all read the registry.
    thread, or under one lock -- including timer callbacks
    (:meth:`Server.call_later`), handoff callbacks and callbacks handed in
    from other threads (:meth:`Server.call_soon_threadsafe`).
-10. :meth:`Server.call_soon_threadsafe`, callable from any thread (a worker
-   that hashed a password, a store's reply), runs its callback on the chat
-   thread (or under the chat lock) soon, in the order of the calls, without
-   the calling thread waiting for the chat thread: the select backend queues
-   it and writes to its wakeup socket, asyncio uses the loop's own
-   ``call_soon_threadsafe``, the threads backend takes the chat lock.
-   Callbacks that come after the server stopped are dropped.
 8. Contain failures: an exception raised while serving one connection
    (its read, its write, its timers) goes to ``connection.fail(error)``,
    which logs it and aborts that connection only.  An exception in the
@@ -48,6 +41,16 @@ benchmark all read the registry.
    is already in the listen backlog, stop listening, call
    ``self.chat.shutdown()``, wait up to ``config.close_linger`` seconds for
    connections to close, abort the rest, and return from ``serve_forever``.
+10. Offer :meth:`Server.call_soon_threadsafe`: from any other thread (a
+   worker that hashed a password, a store's reply), run a callback on the
+   chat thread (or under the chat lock) soon, in the order of the calls.
+   The select backend queues it and writes to its wakeup socket, asyncio
+   uses the loop's own ``call_soon_threadsafe`` -- the caller returns at
+   once -- and the threads backend runs it on the calling thread under the
+   chat lock (so it must never be called with that lock held).  Callbacks
+   that come after the server stopped may be dropped.  (When the loop has
+   ended, :meth:`Server.serve_forever` calls ``self.chat.close()``, which
+   waits for the workers.)
 
 **A backend may assume** that the chat logic never blocks, never calls the
 transport from another thread, calls ``close``/``abort`` at most once each
