@@ -89,7 +89,11 @@ class Server(ABC):
     ) -> None:
         self.config = config
         self.chat = ChatService(config, whiteboard)
-        self.listener = open_listener(config)
+        try:
+            self.listener = open_listener(config)
+        except BaseException:
+            self.chat.close()  # the accounts file it opened
+            raise
         self.listener.setblocking(False)
         # Writing a byte here wakes the serving thread from select()/recv().
         self._wakeup_reader, self._wakeup_writer = socket.socketpair()
