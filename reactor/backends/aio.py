@@ -28,7 +28,7 @@ from reactor.backends.base import Server
 from reactor.config import ServerConfig
 from reactor.connection import Connection
 from reactor.outbuf import Entry, Handoff
-from reactor.sockets import configure_client, peer_host
+from reactor.sockets import RESOURCE_ERRNOS, configure_client, peer_host
 from reactor.transport import TimerHandle, Transport
 from reactor.whiteboard import Whiteboard
 
@@ -234,6 +234,7 @@ class AsyncioServer(Server):
         else:
             self.loop = asyncio.new_event_loop()
         self.loop.set_exception_handler(self._exception)
+        self._accept_pause_logged = float("-inf")
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
         return self.loop.call_later(delay, callback)
@@ -289,6 +290,17 @@ class AsyncioServer(Server):
 
     def _exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         error = context.get("exception")
+        if isinstance(error, OSError) and error.errno in RESOURCE_ERRNOS \
+                and context.get("socket") is not None and "accept" in str(context.get("message")):
+            # Out of descriptors: asyncio stops accepting for a while by
+            # itself -- after trying the rest of its accept batch, each try
+            # reported here, so say it once per pause.
+            now = self.loop.time()
+            if now >= self._accept_pause_logged + asyncio.constants.ACCEPT_RETRY_DELAY:
+                self._accept_pause_logged = now
+                log.error("accept() failed: %s; pausing new connections for %.0f s",
+                          error.strerror, asyncio.constants.ACCEPT_RETRY_DELAY)
+            return
         protocol = context.get("protocol")
         if isinstance(protocol, AsyncioTransport) and protocol.connection is not None:
             protocol.connection.fail(error or RuntimeError(context.get("message")))
