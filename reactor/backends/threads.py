@@ -23,6 +23,7 @@ from __future__ import annotations
 import collections
 import logging
 import select
+import signal
 import socket
 import threading
 import time
@@ -302,6 +303,14 @@ class ThreadsServer(Server):
 
     def _serve(self) -> None:
         accept_paused_until = 0.0
+        # A signal may be delivered to any thread -- with a thread per
+        # client, most likely not to this one, blocked in select() -- and
+        # Python runs its handler here only when this thread next runs.  So
+        # every signal also writes a byte to the wakeup socket.
+        previous_wakeup_fd: int | None = None
+        if threading.current_thread() is threading.main_thread():
+            previous_wakeup_fd = signal.set_wakeup_fd(self._wakeup_writer.fileno(),
+                                                      warn_on_full_buffer=False)
         try:
             while not self._stop_requested:
                 try:
@@ -323,6 +332,8 @@ class ThreadsServer(Server):
                     self.loop_failed(error)
             self._shut_down()
         finally:
+            if previous_wakeup_fd is not None:
+                signal.set_wakeup_fd(previous_wakeup_fd)
             self.timers.stop()
 
     def _drain_wakeups(self) -> None:
