@@ -57,6 +57,12 @@ commands:
   /msg <user> <text> | /query [<user>] | /who | /quit | /help
   chat <user> "<message>" | broadcast <message> | users | help | bye
 
+registered names:
+  If the server asks for the password of USERNAME (it was registered with
+  /register), it is asked for with no echo, or taken from the environment
+  variable REACTOR_CHAT_PASSWORD (for scripts).  /register and /password
+  (on a terminal) register the name and change its password.
+
 exit status:
   0  logged out normally
   1  cannot connect (including a TLS certificate that fails verification),
@@ -288,7 +294,7 @@ def _run_piped(args: argparse.Namespace, timestamps: str | None,
     conn = None
     try:
         conn = connect(args.server, args.port, tls=tls)
-        conn.log_in(args.username, show=show)
+        conn.log_in(args.username, show=show, password=_piped_password)
         return run_piped(conn, _stdin_fd(), sys.stdout, sys.stderr, args.username,
                          raw=args.raw, timestamps=timestamps)
     except ClientError as error:
@@ -301,6 +307,29 @@ def _run_piped(args: argparse.Namespace, timestamps: str | None,
         if conn is not None:
             conn.close()
         _flush_quietly()
+
+
+def _piped_password(name: str, attempt: int) -> str | None:
+    """The password, from REACTOR_CHAT_PASSWORD (once) or asked on the terminal.
+
+    Never from stdin: in piped mode that is the script.  getpass reads the
+    controlling terminal; without one there is nobody to ask.
+    """
+    from cli.connection import PASSWORD_VARIABLE
+
+    from_environment = os.environ.get(PASSWORD_VARIABLE)
+    if from_environment is not None:
+        return from_environment if attempt == 1 and from_environment else None
+    try:
+        os.close(os.open("/dev/tty", os.O_RDWR))
+    except OSError:
+        return None
+    import getpass
+
+    try:
+        return getpass.getpass(f"Password for {name}: ") or None
+    except (EOFError, OSError):
+        return None
 
 
 def _interrupt(signum: int, frame: object) -> None:

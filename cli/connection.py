@@ -31,20 +31,46 @@ from protocol import (
     LineBuffer,
     Login,
     LoginTimedOut,
+    PasswordRequired,
     ServerFull,
     ShuttingDown,
     TooManyFromAddress,
+    TooManyTries,
     UsernameTaken,
     UserOffline,
     UserOnline,
+    WrongPassword,
     escape,
     format_command,
+    format_password,
     username_key,
 )
 
 PROG = "reactor-chat"
 CONNECT_TIMEOUT = 10.0
 LOGIN_TIMEOUT = 10.0
+# For scripts: the password of a registered name (see log_in).
+PASSWORD_VARIABLE = "REACTOR_CHAT_PASSWORD"
+
+# Asked for the password of a registered name: (name, attempt from 1) ->
+# the password, or None to give up.
+PasswordSource = Callable[[str, int], str | None]
+
+
+def password_needed(event: object, own_key: str) -> int:
+    """1 if ``event`` asks us for our password, 2 if it says ours was wrong, else 0."""
+    if isinstance(event, PasswordRequired | WrongPassword) \
+            and username_key(event.name) == own_key:
+        return 1 if isinstance(event, PasswordRequired) else 2
+    return 0
+
+
+def no_password(who: str, attempt: int) -> str:
+    """Why the login ends when no password (or no other one) is given."""
+    if attempt > 1:
+        return f"{who}: wrong password"
+    return (f"{who}: the name is registered; give its password in {PASSWORD_VARIABLE} "
+            "or on a terminal")
 
 
 class ClientError(Exception):
@@ -129,6 +155,8 @@ def refusal(event: object) -> str | None:
             return "the server timed out the login"
         case ShuttingDown():
             return "the server is shutting down"
+        case TooManyTries():
+            return "too many wrong passwords"
     return None
 
 
@@ -152,13 +180,17 @@ class Connection:
     # -- login ----------------------------------------------------------------
 
     def log_in(self, name: str, show: Callable[[ServerLine], None],
-               timeout: float = LOGIN_TIMEOUT) -> None:
+               timeout: float = LOGIN_TIMEOUT, password: PasswordSource | None = None) -> None:
         """Send the username and wait for the server's verdict.
 
         Lines that arrive before the verdict, and the success line itself, go
-        to ``show``.  Raises :class:`LoginRefused` with the server's reason,
-        or when the server closes or stays silent.
+        to ``show``.  If the name is registered (``<Password required ...>``,
+        or ``<Wrong password ...>`` after a wrong one) ``password`` is asked
+        and its answer sent, quoted.  Raises :class:`LoginRefused` with the
+        server's reason, or when the server closes or stays silent, or when
+        no password is given.
         """
+        attempt = 0
         who = f"cannot log in as {name}"
         self._name_key = username_key(name)
         # A full server says so and closes at once, possibly before our name
@@ -185,6 +217,15 @@ class Connection:
                 if reason is not None:
                     raise LoginRefused(f"{who}: {reason}")
                 show(line)
+                if password_needed(line.event, self._name_key):
+                    attempt += 1
+                    given = password(name, attempt) if password is not None else None
+                    if given is None:
+                        raise LoginRefused(no_password(who, attempt))
+                    with contextlib.suppress(ConnectionLost):
+                        self._send_bytes(format_password(given))
+                    deadline = time.monotonic() + timeout  # the person took their time
+                    continue
                 if isinstance(line.event, UserOnline) and self._is_me(line.event.name):
                     # Whatever came in the same segment after our own online
                     # notice belongs to the session, not to the login.

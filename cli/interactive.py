@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
 import signal
 import socket
@@ -43,22 +44,46 @@ from prompt_toolkit.output import ColorDepth, Output
 from prompt_toolkit.renderer import print_formatted_text as render_fragments
 
 from cli.completion import ChatCompleter, Roster
-from cli.connection import CONNECT_TIMEOUT, LOGIN_TIMEOUT, PROG, connect_error, refusal
+from cli.connection import (
+    CONNECT_TIMEOUT,
+    LOGIN_TIMEOUT,
+    PASSWORD_VARIABLE,
+    PROG,
+    connect_error,
+    no_password,
+    password_needed,
+    refusal,
+)
 from cli.display import MAX_SERVER_LINE, ServerLine, render
 from cli.outbox import ANSWER_TIMEOUT, Outbox, Outgoing, Resolution
 from cli.present import STYLE, Line, Presenter, plain
-from cli.typed import HELP_TEXT, Quit, Refused, Send, SetQuery, ShowHelp, interpret
+from cli.typed import (
+    HELP_TEXT,
+    AskPasswords,
+    Quit,
+    Refused,
+    Send,
+    SetQuery,
+    ShowHelp,
+    interpret,
+)
 from protocol import (
     Bye,
+    ChangePassword,
     Command,
     LineBuffer,
     Login,
     MessageFrom,
+    PasswordChanged,
+    Register,
+    Registered,
     UsernameTaken,
     UserOffline,
     UserOnline,
     Users,
     format_command,
+    format_password,
+    password_problem,
     username_key,
 )
 
@@ -92,6 +117,26 @@ class _End(Exception):
     """Ends the running prompt: the session is over."""
 
 
+class _PasswordWanted(Exception):
+    """Ends the running prompt for a moment: a password is to be asked, no echo."""
+
+
+_SECRET_WORDS = ("register", "password", "/register", "/password")
+
+
+def _keep_secrets_out(history: History) -> History:
+    """Lines that may carry a password (``register ...``, ``password ...``)
+    are not kept in the history, nor written to the history file."""
+    append = history.append_string
+
+    def append_string(string: str) -> None:
+        if string.lstrip(" ").split(" ", 1)[0].lower() not in _SECRET_WORDS:
+            append(string)
+
+    history.append_string = append_string  # type: ignore[method-assign]
+    return history
+
+
 def backoff_delays(first: float = FIRST_RETRY, most: float = MAX_RETRY):  # type: ignore[no-untyped-def]
     """Retry delays: doubling from ``first`` to ``most``, each with jitter of up to half."""
     delay = first
@@ -117,11 +162,21 @@ class Client:
         self.ended = False
         self.ever_online = False
         self.output_queue: asyncio.Queue[tuple[StyleAndTextTuples, bool]] = asyncio.Queue()
+        # The password of a registered name: from the environment, or as typed
+        # (kept for reconnecting); a new one once the server confirms it.
+        self.password: str | None = os.environ.get(PASSWORD_VARIABLE) or None
+        self.password_from_environment = self.password is not None
+        self._new_password: str | None = None
+        self._secret_request: tuple[asyncio.Future[str | None], str] | None = None
+        self._tried_password: str | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._draft = ""
         history: History = InMemoryHistory()
         if options.history_file is not None:
             options.history_file.parent.mkdir(parents=True, exist_ok=True)
             options.history_file.touch(mode=0o600, exist_ok=True)
             history = FileHistory(str(options.history_file))
+        history = _keep_secrets_out(history)
         self.session: PromptSession[str] = PromptSession(
             message=self._prompt,
             bottom_toolbar=self._toolbar,
@@ -214,8 +269,34 @@ class Client:
         was starting must still end it as soon as it runs.
         """
         app = self.session.app
-        if self.ended and app.future is not None and not app.future.done():
+        if app.future is None or app.future.done():
+            return
+        if self.ended:
             app.exit(exception=_End())
+        elif self._secret_request is not None:
+            self._draft = app.current_buffer.text  # given back when the prompt returns
+            app.exit(exception=_PasswordWanted())
+
+    async def ask_secret(self, prompt: str) -> str | None:
+        """Ask for a password with no echo (and no history); None if not given."""
+        future: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        self._secret_request = (future, prompt)
+        self._end_prompt_if_due()
+        return await future
+
+    async def _read_secret(self) -> None:
+        request = self._secret_request
+        assert request is not None
+        future, prompt = request
+        secret: str | None = None
+        try:
+            secret = await PromptSession[str](is_password=True).prompt_async(prompt)
+        except (EOFError, KeyboardInterrupt, OSError):
+            secret = None
+        finally:
+            self._secret_request = None
+            if not future.done():
+                future.set_result(secret or None)
 
     def _refresh(self) -> None:
         self.session.app.invalidate()
@@ -280,8 +361,15 @@ class Client:
 
     async def _chat(self) -> None:
         while not self.ended:
+            if self._secret_request is not None:
+                await self._read_secret()
+                continue
+            draft, self._draft = self._draft, ""
             try:
-                text = await self.session.prompt_async(pre_run=self._end_prompt_if_due)
+                text = await self.session.prompt_async(pre_run=self._end_prompt_if_due,
+                                                       default=draft)
+            except _PasswordWanted:
+                continue
             except (EOFError, KeyboardInterrupt, _End):
                 return
             except OSError:
@@ -294,8 +382,12 @@ class Client:
                 return
             self._act(action)
 
-    def _act(self, action: Send | SetQuery | ShowHelp | Refused) -> None:
+    def _act(self, action: Send | SetQuery | ShowHelp | AskPasswords | Refused) -> None:
         match action:
+            case AskPasswords(change):
+                task = asyncio.get_running_loop().create_task(self._password_command(change))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
             case Refused(reason):
                 self.show(Line("class:error", "✗ not sent: ", reason, "class:error"))
             case ShowHelp():
@@ -311,6 +403,27 @@ class Client:
                                "/query alone ends it"))
             case Send(command):
                 self._send(command)
+
+    async def _password_command(self, change: bool) -> None:
+        """``/register`` or ``/password``: ask with no echo, twice for the new one."""
+        old = None
+        if change:
+            old = await self.ask_secret("Current password: ")
+            if old is None:
+                return
+        new = await self.ask_secret("New password: ")
+        if new is None:
+            return
+        if await self.ask_secret("Again: ") != new:
+            self.show(Line("class:error", "✗ not sent: ", "the two passwords differ",
+                           "class:error"))
+            return
+        problem = password_problem(new)
+        if problem is not None:
+            self.show(Line("class:error", "✗ not sent: ", problem, "class:error"))
+            return
+        self._new_password = new
+        self._send(ChangePassword(old, new) if old is not None else Register(new))
 
     def _send(self, command: Command) -> None:
         if self.state != "online" or self.writer is None:
@@ -415,6 +528,7 @@ class Client:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         who = f"cannot log in as {self.name}"
+        attempt = 0
         try:
             writer.write(format_command(Login(self.name)))
             buffer = LineBuffer(MAX_SERVER_LINE)
@@ -436,7 +550,18 @@ class Client:
                     if reason is not None:
                         raise _LoginFailed(f"{who}: {reason}",
                                            taken=isinstance(line.event, UsernameTaken))
+                    if password_needed(line.event, username_key(self.name)):
+                        self._on_line(line)
+                        attempt += 1
+                        given = await self._login_password(attempt)
+                        if given is None:
+                            raise _LoginFailed(no_password(who, attempt))
+                        writer.write(format_password(given))
+                        deadline = time.monotonic() + LOGIN_TIMEOUT
+                        continue
                     if isinstance(line.event, UserOnline) and self._is_me(line.event.name):
+                        if attempt:
+                            self.password = self._tried_password
                         self._buffer = buffer
                         if not self.ever_online:
                             self._on_line(line)
@@ -448,6 +573,17 @@ class Client:
         except _LoginFailed:
             writer.close()
             raise
+
+    async def _login_password(self, attempt: int) -> str | None:
+        """The password to send: the known one first, then asked for."""
+        if attempt == 1 and self.password is not None:
+            given: str | None = self.password
+        elif self.password_from_environment:
+            return None  # the environment's password is wrong: no one to ask
+        else:
+            given = await self.ask_secret(f"Password for {self.name}: ")
+        self._tried_password = given
+        return given
 
     async def _read(self, reader: asyncio.StreamReader) -> str:
         """Read until the connection ends; return why it ended."""
@@ -478,6 +614,9 @@ class Client:
         self.roster.observe(event)  # type: ignore[arg-type]
         if self.bye_sent and isinstance(event, UserOffline) and self._is_me(event.name):
             self.logged_out.set()
+        if isinstance(event, Registered | PasswordChanged) and self._is_me(event.name) \
+                and self._new_password is not None:
+            self.password, self._new_password = self._new_password, None  # for reconnecting
         resolutions, was_reply = self.outbox.on_event(event)
         bell = self.options.bell and isinstance(event, MessageFrom)
         if self.options.raw:

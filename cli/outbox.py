@@ -36,6 +36,7 @@ from protocol import (
     Broadcast,
     BroadcastSent,
     Bye,
+    ChangePassword,
     Chat,
     Command,
     HelpText,
@@ -43,9 +44,13 @@ from protocol import (
     MessageSent,
     NotDelivered,
     OnlineUsers,
+    PasswordChanged,
+    Register,
+    Registered,
     UserOffline,
     Users,
     UserUnknown,
+    WrongPassword,
     username_key,
 )
 from protocol import (
@@ -132,6 +137,13 @@ class Outbox:
                 return self._answer(lambda c: isinstance(c, Users), None, "")
             case HelpText():
                 return self._answer(lambda c: isinstance(c, HelpCommand), None, "")
+            case Registered():
+                return self._answer(lambda c: isinstance(c, Register), None, "")
+            case PasswordChanged():
+                return self._answer(lambda c: isinstance(c, ChangePassword), None, "")
+            case WrongPassword():
+                return self._answer(lambda c: isinstance(c, ChangePassword), None,
+                                    "the old password is wrong")
             case UserUnknown(name):
                 return self._answer(lambda c: _is_chat_to(c, name), False,
                                     f"{name} does not exist")

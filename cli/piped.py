@@ -33,7 +33,16 @@ from cli.connection import PROG, Connection, ConnectionLost
 from cli.display import MAX_SERVER_LINE, ServerLine
 from cli.outbox import Outbox, Resolution
 from cli.present import Line, Presenter
-from cli.typed import HELP_TEXT, Quit, Refused, Send, SetQuery, ShowHelp, interpret
+from cli.typed import (
+    HELP_TEXT,
+    AskPasswords,
+    Quit,
+    Refused,
+    Send,
+    SetQuery,
+    ShowHelp,
+    interpret,
+)
 from protocol import Bye, LineBuffer, LineTooLong
 
 EXIT_UNDELIVERED = 3
@@ -144,6 +153,11 @@ def run_piped(conn: Connection, stdin_fd: int, out: TextIO, err: TextIO, name: s
                         complain(f"line {line_number} not sent: {reason}")
                     case ShowHelp():
                         write(HELP_TEXT)
+                    case AskPasswords():
+                        failures += 1
+                        complain(f"line {line_number} not sent: /register and /password ask "
+                                 "on a terminal; a script sends register \"<password>\" or "
+                                 "password \"<old>\" \"<new>\"")
                     case SetQuery(target):
                         query = target
                     case Send(command):

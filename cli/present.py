@@ -46,10 +46,14 @@ from protocol import (
     MessageSent,
     NotDelivered,
     OnlineUsers,
+    PasswordChanged,
+    PasswordRequired,
+    Registered,
     ShuttingDown,
     UserOffline,
     UserOnline,
     UserUnknown,
+    WrongPassword,
     username_key,
 )
 from protocol.escaping import ESCAPED_CATEGORIES, INVISIBLE_LETTERS, is_combining_mark
@@ -307,6 +311,15 @@ class Presenter:
                 return Line("class:failed", f"✗ a message to {to} was not delivered: ", reason)
             case ShuttingDown():
                 return Line("class:presence", "-- the server is shutting down")
+            case PasswordRequired(name):
+                return Line("class:info", f"-- {name} is registered: password required")
+            case WrongPassword(name):
+                return Line("class:failed", f"✗ wrong password for {name}")
+            case Registered(name):
+                return Line("class:own", f"✓ {name} is now registered: logging in as {name} "
+                                         "will ask for the password")
+            case PasswordChanged(name):
+                return Line("class:own", f"✓ password changed for {name}")
             case None:
                 return Line("class:unknown", "", wire_text, "class:unknown")
             case _:

@@ -56,16 +56,23 @@ class ShowHelp:
 
 
 @dataclass(frozen=True, slots=True)
+class AskPasswords:
+    """``/register`` or ``/password``: the passwords are asked for with no echo."""
+
+    change: bool  # False: register; True: change the password
+
+
+@dataclass(frozen=True, slots=True)
 class Refused:
     """Not sent; ``reason`` says why (it may quote what was typed)."""
 
     reason: str
 
 
-Action = Send | SetQuery | Quit | ShowHelp | Refused
+Action = Send | SetQuery | Quit | ShowHelp | AskPasswords | Refused
 
-SUGGESTABLE = ("chat", "broadcast", "users", "help", "bye",
-               "/msg", "/query", "/quit", "/who", "/help")
+SUGGESTABLE = ("chat", "broadcast", "users", "help", "bye", "register", "password",
+               "/msg", "/query", "/quit", "/who", "/help", "/register", "/password")
 
 HELP_TEXT = """\
 Commands:
@@ -74,6 +81,8 @@ Commands:
   broadcast <text>        send everyone online a message
   /who  (or users)        who is online
   /quit (or bye)          log out and exit; Ctrl-D on an empty line does too
+  /register               make your name yours: asks for a password (no echo)
+  /password               change that password (asks for the old and the new one)
   /help                   this help
 The server's own forms work too: chat <user> "<message>" (inside quotes \\" and \\\\).
 Keys: Tab completes commands and names, Up/Ctrl-R search history, Ctrl-C clears the line
@@ -131,6 +140,11 @@ def _slash(text: str) -> Action:
         return Send(Users())
     if word == "help":
         return ShowHelp()
+    if word in ("register", "password"):
+        if rest.strip(" "):
+            return Refused(f"/{word} takes no arguments: it asks for the password"
+                           " without showing it")
+        return AskPasswords(change=word == "password")
     return Refused(_unknown(text.split(" ", 1)[0]))
 
 

@@ -6,6 +6,14 @@ The grammar, one command per line::
     chat <user> "<message>"         direct message; a bare rest-of-line works too
     broadcast "<message>"           to everybody else online
     users | help | bye
+    register "<password>"           make the name you are logged in as yours
+    password "<old>" "<new>"        change its password
+
+A password is written like a message: in quotes with escapes, or bare (the
+rest of the line for ``register``, one word without spaces for each of
+``password``'s two).  The line a client sends after ``<Password required for
+NAME.>`` is a password in the same form (:func:`parse_password`), so a
+password typed the same way works in both places.
 
 Command words are case-insensitive and words are separated by spaces only: a
 TAB is an ordinary character, so ``chat<TAB>Bob hi`` is not a command and
@@ -20,7 +28,7 @@ The parsers raise :class:`RemoteProtocolError`, the formatter
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from protocol.errors import LocalProtocolError, RemoteProtocolError
 from protocol.escaping import QUOTED_PATTERN, escape, unescape
@@ -60,11 +68,31 @@ class Bye:
     pass
 
 
-Command = Chat | Broadcast | Users | Help | Bye
+@dataclass(frozen=True, slots=True)
+class Register:
+    """Register the name the sender is logged in as, with this password."""
 
-COMMAND_NAMES = ("chat", "broadcast", "users", "help", "bye")
+    password: str = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class ChangePassword:
+    old: str = field(repr=False)
+    new: str = field(repr=False)
+
+
+Command = Chat | Broadcast | Users | Help | Bye | Register | ChangePassword
+
+COMMAND_NAMES = ("chat", "broadcast", "users", "help", "bye", "register", "password")
 CHAT_USAGE = 'chat <user> "<message>"'
 BROADCAST_USAGE = 'broadcast "<message>"'
+REGISTER_USAGE = 'register "<password>"'
+PASSWORD_USAGE = 'password "<old>" "<new>"'
+
+# NIST SP 800-63B: at least 8 characters; the upper bound only keeps the
+# work of hashing (and the line) bounded.
+MIN_PASSWORD_LENGTH = 8
+MAX_PASSWORD_LENGTH = 256
 
 # Matched at the start of a message; what follows the closing quote is checked.
 _QUOTED = re.compile(QUOTED_PATTERN)
@@ -101,6 +129,18 @@ def parse_command(line: str) -> Command:
         if not rest:
             raise RemoteProtocolError(f"usage is {BROADCAST_USAGE}")
         return Broadcast(_parse_message(rest))
+    if word == "register":
+        if not rest:
+            raise RemoteProtocolError(f"usage is {REGISTER_USAGE}")
+        return Register(_new_password(_parse_text(rest, "password")))
+    if word == "password":
+        old, after = _parse_word(rest)
+        new, after = _parse_word(after)
+        if old is None or new is None or after:
+            raise RemoteProtocolError(f"usage is {PASSWORD_USAGE}")
+        if len(old) > MAX_PASSWORD_LENGTH:
+            raise RemoteProtocolError(f"a password has at most {MAX_PASSWORD_LENGTH} characters")
+        return ChangePassword(old, _new_password(new))
     if word in ("users", "help", "bye"):
         if rest:
             raise RemoteProtocolError(f"{word} takes no arguments")
@@ -111,6 +151,10 @@ def parse_command(line: str) -> Command:
 
 
 def _parse_message(text: str) -> str:
+    return _parse_text(text, "message")
+
+
+def _parse_text(text: str, what: str) -> str:
     if not text.startswith('"'):
         # The unquoted form: the rest of the line, exactly as typed.
         return text.rstrip(" ")
@@ -124,10 +168,76 @@ def _parse_message(text: str) -> str:
         raise RemoteProtocolError("unterminated quote")
     if text[match.end() :].strip(" "):
         raise RemoteProtocolError("text after the closing quote")
-    message = unescape(match.group(1))
-    if not message:
-        raise RemoteProtocolError("the message is empty")
-    return message
+    value = unescape(match.group(1))
+    if not value:
+        raise RemoteProtocolError(f"the {what} is empty")
+    return value
+
+
+def _parse_word(text: str) -> tuple[str | None, str]:
+    """One argument of ``password``: quoted, or a bare word; and what follows it."""
+    if not text:
+        return None, ""
+    if not text.startswith('"'):
+        word, _, rest = text.partition(" ")
+        return word, rest.lstrip(" ")
+    match = _QUOTED.match(text)
+    if match is None:
+        raise RemoteProtocolError("unterminated quote")
+    rest = text[match.end() :]
+    if rest and not rest.startswith(" "):
+        raise RemoteProtocolError("text after the closing quote")
+    value = unescape(match.group(1))
+    if not value:
+        raise RemoteProtocolError("the password is empty")
+    return value, rest.lstrip(" ")
+
+
+def password_problem(password: str) -> str | None:
+    """Why ``password`` cannot be a new password, or None if it can."""
+    if len(password) < MIN_PASSWORD_LENGTH:
+        return f"a password has at least {MIN_PASSWORD_LENGTH} characters"
+    if len(password) > MAX_PASSWORD_LENGTH:
+        return f"a password has at most {MAX_PASSWORD_LENGTH} characters"
+    try:
+        password.encode("utf-8")
+    except UnicodeEncodeError:
+        return "the password is not valid Unicode"
+    return None
+
+
+def _new_password(password: str) -> str:
+    problem = password_problem(password)
+    if problem is not None:
+        raise RemoteProtocolError(problem)
+    return password
+
+
+def parse_password(line: str) -> str:
+    """Parse the line that answers ``<Password required for NAME.>``.
+
+    In quotes with escapes, or bare: the line as typed, surrounding spaces
+    dropped.  Only the form is checked (and the upper length bound): a
+    password too short to have been registered is simply a wrong one.
+    """
+    password = _parse_text(line.lstrip(" "), "password")
+    if not password:
+        raise RemoteProtocolError("the password is empty")
+    if len(password) > MAX_PASSWORD_LENGTH:
+        raise RemoteProtocolError(f"a password has at most {MAX_PASSWORD_LENGTH} characters")
+    return password
+
+
+def format_password(password: str) -> bytes:
+    """The line that answers ``<Password required for NAME.>``: always quoted."""
+    if not password:
+        raise LocalProtocolError("the password is empty")
+    if len(password) > MAX_PASSWORD_LENGTH:
+        raise LocalProtocolError(f"a password has at most {MAX_PASSWORD_LENGTH} characters")
+    try:
+        return (_quote(password) + "\n").encode("utf-8")
+    except UnicodeEncodeError:
+        raise LocalProtocolError("the password is not valid Unicode") from None
 
 
 def _quote(text: str) -> str:
@@ -157,6 +267,13 @@ def format_command(command: Command | Login) -> bytes:
             line = "help"
         case Bye():
             line = "bye"
+        case Register(password):
+            _check_new_password(password)
+            line = f"register {_quote(password)}"
+        case ChangePassword(old, new):
+            format_password(old)  # the same checks as a password line
+            _check_new_password(new)
+            line = f"password {_quote(old)} {_quote(new)}"
         case _:
             raise TypeError(f"not a command: {command!r}")
     return line.encode("utf-8") + b"\n"
@@ -167,6 +284,12 @@ def _checked_name(name: str) -> str:
     if problem is not None:
         raise LocalProtocolError(problem)
     return name
+
+
+def _check_new_password(password: str) -> None:
+    problem = password_problem(password)
+    if problem is not None:
+        raise LocalProtocolError(problem)
 
 
 def _check_message(text: str) -> None:
@@ -180,6 +303,8 @@ def _check_message(text: str) -> None:
 
 
 __all__ = [
-    "Login", "Chat", "Broadcast", "Users", "Help", "Bye", "Command",
-    "COMMAND_NAMES", "parse_login", "parse_command", "format_command",
+    "Login", "Chat", "Broadcast", "Users", "Help", "Bye", "Register", "ChangePassword",
+    "Command", "COMMAND_NAMES", "MIN_PASSWORD_LENGTH", "MAX_PASSWORD_LENGTH",
+    "parse_login", "parse_command", "format_command", "parse_password", "format_password",
+    "password_problem",
 ]

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from protocol.commands import BROADCAST_USAGE, CHAT_USAGE
+from protocol.commands import BROADCAST_USAGE, CHAT_USAGE, PASSWORD_USAGE, REGISTER_USAGE
 from protocol.errors import LocalProtocolError, RemoteProtocolError
 from protocol.escaping import QUOTED_PATTERN, escape, find_unsafe, unescape
 from protocol.usernames import (
@@ -135,14 +135,49 @@ class ShuttingDown:
     pass
 
 
+@dataclass(frozen=True, slots=True)
+class PasswordRequired:
+    """The name is registered: the next line must be its password."""
+
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class WrongPassword:
+    """A password for ``name`` was wrong (at login, or the old one of ``password``)."""
+
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class TooManyTries:
+    """Too many wrong passwords on this connection: it is closed after this line."""
+
+
+@dataclass(frozen=True, slots=True)
+class Registered:
+    """The reply to ``register``: the name is now the sender's."""
+
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class PasswordChanged:
+    """The reply to ``password``."""
+
+    name: str
+
+
 Event = (
     UserOnline | UserOffline | UserUnknown | MessageSent | MessageFrom | NotDelivered
     | BroadcastSent | BroadcastFrom | OnlineUsers | HelpText | InvalidInput | InvalidUsername
     | UsernameTaken | ServerFull | TooManyFromAddress | LoginTimedOut | ShuttingDown
+    | PasswordRequired | WrongPassword | TooManyTries | Registered | PasswordChanged
 )
 
 HELP_LINE = (
-    f"<Commands: {CHAT_USAGE} | {BROADCAST_USAGE} | users | help | bye."
+    f"<Commands: {CHAT_USAGE} | {BROADCAST_USAGE} | users | help | bye"
+    f" | {REGISTER_USAGE} | {PASSWORD_USAGE}."
     ' Inside quotes write \\" for a quote and \\\\ for a backslash.>'
 )
 _FIXED_LINES: dict[type, str] = {
@@ -151,6 +186,7 @@ _FIXED_LINES: dict[type, str] = {
     TooManyFromAddress: "<Too many connections from your address.>",
     LoginTimedOut: "<Login timed out.>",
     ShuttingDown: "<Server is shutting down.>",
+    TooManyTries: "<Too many wrong passwords.>",
 }
 _FIXED_EVENTS: dict[str, Event] = {line: kind() for kind, line in _FIXED_LINES.items()}
 _INPUT_SUFFIX = '. Type "help" for commands.>'
@@ -242,6 +278,14 @@ def _format(event: Event) -> str:
             return f"<Invalid username: {_checked_reason(reason)}.>"
         case UsernameTaken(name):
             return f"<Username {_checked_name(name)} is already taken.>"
+        case PasswordRequired(name):
+            return f"<Password required for {_checked_name(name)}.>"
+        case WrongPassword(name):
+            return f"<Wrong password for {_checked_name(name)}.>"
+        case Registered(name):
+            return f"<Username {_checked_name(name)} is now registered.>"
+        case PasswordChanged(name):
+            return f"<Password changed for {_checked_name(name)}.>"
         case _:
             line = _FIXED_LINES.get(type(event))
             if line is None:
@@ -305,12 +349,16 @@ _PATTERNS: list[tuple[re.Pattern[str], type]] = [
     (re.compile(r"<Invalid input: (.+)\. Type \"help\" for commands\.>"), InvalidInput),
     (re.compile(r"<Invalid username: (.+)\.>"), InvalidUsername),
     (re.compile(rf"<Username {_NAME} is already taken\.>"), UsernameTaken),
+    (re.compile(rf"<Password required for {_NAME}\.>"), PasswordRequired),
+    (re.compile(rf"<Wrong password for {_NAME}\.>"), WrongPassword),
+    (re.compile(rf"<Username {_NAME} is now registered\.>"), Registered),
+    (re.compile(rf"<Password changed for {_NAME}\.>"), PasswordChanged),
 ]
 _TEXT_EVENTS = (MessageSent, MessageFrom, BroadcastSent, BroadcastFrom)
 # Events whose first field is a username.
 _NAME_EVENTS = (
     UserOnline, UserOffline, UserUnknown, MessageSent, MessageFrom, NotDelivered, BroadcastFrom,
-    UsernameTaken,
+    UsernameTaken, PasswordRequired, WrongPassword, Registered, PasswordChanged,
 )
 
 

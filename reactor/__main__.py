@@ -27,8 +27,10 @@ import time
 from collections.abc import Callable
 from typing import Any, NoReturn
 
+from reactor.accounts.hashing import below_recommended, hasher_from_spec
+from reactor.accounts.store import StoreUnavailable
 from reactor.backends import BACKENDS, DEFAULT_BACKEND, EVENT_LOOPS, make_server
-from reactor.config import ServerConfig
+from reactor.config import AccountsConfig, ServerConfig
 from reactor.flow import FloodLimits
 from reactor.logs import LogPipeline, complain
 from reactor.sockets import raise_open_file_limit
@@ -186,6 +188,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-port", type=_whole_number(0, 65535), default=None,
                    help="a second port, speaking TLS, beside the plain --port "
                         "(like IRC's 6667/6697); needs --tls-cert and --tls-key")
+    a = AccountsConfig(path="")
+    p.add_argument("--accounts", metavar="PATH", default=None,
+                   help="keep registered names in this SQLite file (created if missing): "
+                        "a user can then register their name with a password "
+                        "(default: none, the open chat)")
+    p.add_argument("--allow-plaintext-passwords", action="store_true",
+                   help="accept passwords over plain TCP from other machines too (by "
+                        "default only over TLS or from this machine)")
+    p.add_argument("--password-hash", default=a.password_hash, metavar="SCHEME",
+                   help="hash for new passwords: scrypt (standard library), or argon2id "
+                        "(needs argon2-cffi), with optional parameters such as "
+                        f"scrypt:ln=15,r=8,p=3 (default: {a.password_hash}, OWASP's minimum)")
+    p.add_argument("--password-tries", type=_whole_number(1, 100), default=a.max_tries,
+                   help="wrong passwords per connection before it is closed, 1-100 "
+                        f"(default: {a.max_tries})")
+    p.add_argument("--password-backoff", type=_seconds(0.0, 3600.0), default=a.backoff_first,
+                   help="seconds a name and an address wait after a wrong password, doubling "
+                        f"with each one, 0-3600 (default: {a.backoff_first:g})")
+    p.add_argument("--password-backoff-max", type=_seconds(0.0, 86_400.0),
+                   default=a.backoff_max,
+                   help=f"the longest such wait, 0-86400 (default: {a.backoff_max:g})")
     p.add_argument("--loop", choices=EVENT_LOOPS, default=None,
                    help="the event loop of the backends built on one (default: asyncio's own;"
                         " uvloop needs the uvloop package)")
@@ -219,6 +242,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             f"argument --output-limit: must be at least twice --max-line "
             f"({2 * args.max_line} bytes), got {args.output_limit}"
         )
+    if args.accounts is not None:
+        try:
+            hasher_from_spec(args.password_hash)
+        except ValueError as error:
+            parser.error(f"argument --password-hash: {error}")
     return args
 
 
@@ -237,6 +265,12 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
             lines_per_second=args.line_rate, lines_burst=args.line_burst,
             deliveries_per_second=args.delivery_rate, deliveries_burst=args.delivery_burst,
             logins_per_second=args.login_rate, logins_burst=args.login_burst,
+        ),
+        accounts=None if args.accounts is None else AccountsConfig(
+            path=args.accounts, password_hash=args.password_hash,
+            allow_plaintext_passwords=args.allow_plaintext_passwords,
+            max_tries=args.password_tries, backoff_first=args.password_backoff,
+            backoff_max=max(args.password_backoff, args.password_backoff_max),
         ),
     )
 
@@ -380,11 +414,24 @@ def _serve(args: argparse.Namespace, signals: SignalHandlers) -> int:
     except ValueError as error:  # e.g. uvloop asked for and not installed
         complain(f"{PROGRAM}: {error}")
         return 2
+    except StoreUnavailable as error:
+        complain(f"{PROGRAM}: {error}")
+        return 1
     except OSError as error:
         port = getattr(error, "port", args.port)  # the TLS port's, if that failed
         complain(f"{PROGRAM}: cannot listen on {_address(args.host, port)}: "
                  f"{_why_not_listening(error)}")
         return 1
+    if config.accounts is not None:
+        hasher = hasher_from_spec(config.accounts.password_hash)
+        log.info("Registered names in %s; new passwords hashed with %s",
+                 config.accounts.path, hasher.spec)
+        if below_recommended(hasher):
+            log.warning("--password-hash %s is weaker than OWASP's minimum",
+                        config.accounts.password_hash)
+        if config.accounts.allow_plaintext_passwords:
+            log.warning("Passwords are accepted over plain TCP from any address "
+                        "(--allow-plaintext-passwords)")
     signals.attach(server)
     try:
         return server.serve_forever()  # 1 if the loop itself failed

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable
 from protocol import (
     Broadcast,
     Bye,
+    ChangePassword,
     Chat,
     Help,
     HelpText,
@@ -30,6 +31,7 @@ from protocol import (
     NotDelivered,
     OnlineUsers,
     ProtocolError,
+    Register,
     ServerFull,
     ShuttingDown,
     TooManyFromAddress,
@@ -52,6 +54,7 @@ from protocol.events import (
     format_message_sent,
 )
 from protocol.framing import Received
+from reactor.accounts.service import Accounts
 from reactor.config import ServerConfig
 from reactor.connection import Connection, Phase
 from reactor.flow import TokenBucket
@@ -75,6 +78,9 @@ HOUSEKEEPING_INTERVAL = 1.0
 YIELD_AFTER_DELIVERIES = 64
 
 CallLater = Callable[[float, Callable[[], None]], TimerHandle]
+CallSoon = Callable[[Callable[[], None]], None]
+
+NO_ACCOUNTS = "this server keeps no registered names; the operator can turn them on with --accounts"
 
 
 class ChatService:
@@ -83,6 +89,7 @@ class ChatService:
         config: ServerConfig,
         whiteboard: Whiteboard[Connection] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        accounts: Accounts | None = None,
     ) -> None:
         self.config = config
         self.whiteboard: Whiteboard[Connection] = (
@@ -93,21 +100,45 @@ class ChatService:
         self._per_address: Counter[str] = Counter()
         self._login_buckets: dict[str, TokenBucket] = {}
         self._call_later: CallLater | None = None
+        self._call_soon: CallSoon | None = None
         self._shutting_down = False
         # Offline notices held while a fan-out is under way (see user_left).
         self._fan_out_depth = 0
         self._deferred_notices: list[bytes] = []
+        # Registered names: None is the open chat.  Opened here (raising
+        # StoreUnavailable or ValueError) before the backend binds its port.
+        if accounts is None and config.accounts is not None:
+            accounts = Accounts.open(config.accounts)
+        self.accounts = accounts
+        if accounts is not None:
+            accounts.bind(self)
 
     # -- set-up by the backend ------------------------------------------------
 
-    def attach(self, call_later: CallLater) -> None:
-        """Give the service the backend's timers; starts its housekeeping."""
+    def attach(self, call_later: CallLater, call_soon_threadsafe: CallSoon | None = None) -> None:
+        """Give the service the backend's timers and its way in from other
+        threads; starts its housekeeping.  Without ``call_soon_threadsafe``
+        (in-memory tests whose "workers" run on the chat thread) answers are
+        scheduled with ``call_later(0, ...)``."""
         self._call_later = call_later
+        self._call_soon = call_soon_threadsafe
         call_later(HOUSEKEEPING_INTERVAL, self._housekeeping)
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
         assert self._call_later is not None, "attach() the service to a backend first"
         return self._call_later(delay, callback)
+
+    def call_soon_threadsafe(self, callback: Callable[[], None]) -> None:
+        """From any thread: run ``callback`` on the chat thread soon."""
+        if self._call_soon is not None:
+            self._call_soon(callback)
+        else:
+            self.call_later(0.0, callback)
+
+    def close(self) -> None:
+        """The backend has stopped serving: release the accounts' workers and store."""
+        if self.accounts is not None:
+            self.accounts.close()
 
     # -- connection lifecycle -------------------------------------------------
 
@@ -260,11 +291,14 @@ class ChatService:
             self._reject(connection, f"line longer than {item.limit} bytes, discarded")
         elif connection.phase is Phase.CHATTING:
             self._command_line(connection, item)
+        elif connection.password_for is not None:
+            if item.strip(b" ") and self.accounts is not None:
+                self.accounts.password_line(connection, item)
         else:
             self._login_line(connection, item)
 
     def _reject(self, connection: Connection, reason: str) -> None:
-        if connection.phase is Phase.LOGIN:
+        if connection.phase is Phase.LOGIN and connection.password_for is None:
             connection.send(format_event(InvalidUsername(reason)))
         else:
             connection.send(format_event(InvalidInput(reason)))
@@ -277,6 +311,18 @@ class ChatService:
         except ProtocolError as error:
             connection.send(format_event(InvalidUsername(error.reason)))
             return
+        if self.accounts is not None:
+            # Taken already: say so now, rather than after a password.
+            online = self.whiteboard.lookup(name)
+            if online is not None:
+                connection.send(format_event(UsernameTaken(online[0])))
+                return
+            self.accounts.login(connection, name)  # asks for a password if registered
+            return
+        self.claim(connection, name)
+
+    def claim(self, connection: Connection, name: str) -> None:
+        """Put ``name`` online for ``connection``; the line waits for the verdict."""
         connection.await_answer()
         self.whiteboard.claim(
             name, connection, connection.guard(lambda taken: self._claimed(connection, name, taken))
@@ -326,6 +372,16 @@ class ChatService:
             case Bye():
                 connection.send(format_event(UserOffline(sender)))
                 connection.close("bye")
+            case Register(password):
+                if self.accounts is None:
+                    connection.send(format_event(InvalidInput(NO_ACCOUNTS)))
+                else:
+                    self.accounts.register(connection, sender, password)
+            case ChangePassword(old, new):
+                if self.accounts is None:
+                    connection.send(format_event(InvalidInput(NO_ACCOUNTS)))
+                else:
+                    self.accounts.change_password(connection, sender, old, new)
 
     # -- what commands cause --------------------------------------------------
 

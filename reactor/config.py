@@ -11,6 +11,29 @@ MiB = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
+class AccountsConfig:
+    """Registered names (``--accounts PATH``); see :mod:`reactor.accounts`."""
+
+    path: str
+    # scrypt (standard library) or argon2id (argon2-cffi), with optional
+    # parameters: "scrypt:ln=15,r=8,p=3"; see reactor.accounts.hashing.
+    password_hash: str = "scrypt"
+    # Passwords only over TLS or from a loopback peer, unless this is set.
+    allow_plaintext_passwords: bool = False
+    # Loopback peers count as secure (they are this machine).  Off only in
+    # tests, to stand for a remote peer.
+    trust_loopback: bool = True
+    # Wrong passwords per connection before it is closed.
+    max_tries: int = 3
+    # Back-off after failures, per name and per address: first, doubling to most.
+    backoff_first: float = 1.0
+    backoff_max: float = 300.0
+    backoff_keys: int = 10_000
+    # Threads that hash passwords and talk to the store.
+    workers: int = 2
+
+
+@dataclass(frozen=True, slots=True)
 class ServerConfig:
     host: str = "0.0.0.0"
     port: int = 1234
@@ -55,3 +78,5 @@ class ServerConfig:
     tls_key: str | None = None
     tls_key_password_file: str | None = None
     tls_port: int | None = None
+    # None: the open chat, every name free to whoever comes first.
+    accounts: AccountsConfig | None = None

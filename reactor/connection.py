@@ -3,7 +3,7 @@
 In the manner of h11's connection object, everything that moves a connection
 from one phase to the next happens here::
 
-    LOGIN --(username claimed)--> CHATTING
+    LOGIN --(username claimed, after its password if registered)--> CHATTING
       |                              |
       +--(bye, end of input, login timeout, shutdown, abort)--> CLOSING --(socket closed)--> CLOSED
 
@@ -103,6 +103,10 @@ class Connection:
         # A direct message to this client timed out, and it has not read its
         # queue empty since: further messages are refused at once.
         self.not_reading = False
+        # The registered name whose password the next line is (reactor.accounts),
+        # and the wrong passwords sent on this connection so far.
+        self.password_for: str | None = None
+        self.password_tries = 0
 
     def __repr__(self) -> str:
         who = self.username or "(no name yet)"

@@ -46,6 +46,9 @@ class Transport(ABC):
         self.output = OutputBuffer()
         self.tls: TLSWire | None = None
         self.wire: OutputBuffer | TLSWire = self.output
+        # True if the bytes are protected on the way (TLS): passwords may be
+        # sent over it.  Loopback peers are trusted as well (reactor.accounts).
+        self.secure = False
         # Set by ChatService.connection_made; the backend reports to it.
         self.connection: Connection | None = None
 
@@ -53,6 +56,7 @@ class Transport(ABC):
         """Speak TLS on this connection (before the chat logic sees it)."""
         self.tls = TLSWire(context, self.output)
         self.wire = self.tls
+        self.secure = True  # passwords may cross it (reactor.accounts)
 
     @property
     def owes_output(self) -> bool:

@@ -5,11 +5,14 @@ from __future__ import annotations
 from hypothesis import strategies as st
 
 from protocol import (
+    MAX_PASSWORD_LENGTH,
+    MIN_PASSWORD_LENGTH,
     USERNAME_PATTERN,
     Broadcast,
     BroadcastFrom,
     BroadcastSent,
     Bye,
+    ChangePassword,
     Chat,
     Event,
     Help,
@@ -21,15 +24,22 @@ from protocol import (
     MessageSent,
     NotDelivered,
     OnlineUsers,
+    PasswordChanged,
+    PasswordRequired,
+    Register,
+    Registered,
     ServerFull,
     ShuttingDown,
     TooManyFromAddress,
+    TooManyTries,
     UsernameTaken,
     UserOffline,
     UserOnline,
     Users,
     UserUnknown,
+    WrongPassword,
     is_valid_username,
+    password_problem,
 )
 
 usernames = st.from_regex(USERNAME_PATTERN, fullmatch=True).filter(is_valid_username)
@@ -54,10 +64,20 @@ tricky_texts = st.lists(
 # only the empty message is not a message.
 texts = st.one_of(st.text(), tricky_texts)
 messages = texts.filter(bool)
+# Any text of an acceptable length; a password is never shown, so any
+# character (escaped inside quotes on the wire) will do.
+passwords = st.one_of(
+    st.text(min_size=MIN_PASSWORD_LENGTH, max_size=40),
+    tricky_texts.filter(lambda text: MIN_PASSWORD_LENGTH <= len(text) <= MAX_PASSWORD_LENGTH),
+).filter(lambda text: password_problem(text) is None)
+# What a login password line may carry: any non-empty password, short ones too.
+any_passwords = st.one_of(st.text(min_size=1, max_size=40), passwords)
 commands = st.one_of(
     st.builds(Chat, usernames, messages),
     st.builds(Broadcast, messages),
     st.just(Users()), st.just(Help()), st.just(Bye()),
+    st.builds(Register, passwords),
+    st.builds(ChangePassword, any_passwords, passwords),
 )
 # Reasons are written by the server: printable ASCII, not ending in a period.
 reasons = st.from_regex(r"[ -~]*[ -\-/-~]", fullmatch=True)
@@ -69,6 +89,8 @@ events: st.SearchStrategy[Event] = st.one_of(
     st.builds(BroadcastSent, texts), st.builds(BroadcastFrom, usernames, texts),
     st.builds(OnlineUsers, st.lists(usernames, max_size=5).map(tuple)),
     st.builds(InvalidInput, reasons), st.builds(InvalidUsername, reasons),
+    st.builds(PasswordRequired, usernames), st.builds(WrongPassword, usernames),
+    st.builds(Registered, usernames), st.builds(PasswordChanged, usernames),
     st.sampled_from([HelpText(), ServerFull(), TooManyFromAddress(), LoginTimedOut(),
-                     ShuttingDown()]),
+                     ShuttingDown(), TooManyTries()]),
 )

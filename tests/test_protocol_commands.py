@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from protocol import (
     Broadcast,
     Bye,
+    ChangePassword,
     Chat,
     Help,
     InvalidInput,
@@ -16,16 +17,20 @@ from protocol import (
     LocalProtocolError,
     Login,
     ProtocolError,
+    Register,
     RemoteProtocolError,
     Users,
     decode_line,
     format_command,
     format_event,
+    format_password,
     parse_command,
     parse_login,
+    parse_password,
+    password_problem,
 )
 from protocol.escaping import find_unsafe
-from tests.strategies import commands, tricky_texts, usernames
+from tests.strategies import any_passwords, commands, passwords, tricky_texts, usernames
 
 USERNAME_RULE = (
     "a username is 1-32 ASCII letters, digits, '_', '-' or '.', starting with a letter or digit"
@@ -200,3 +205,86 @@ def test_both_kinds_of_error_are_protocol_errors() -> None:
     assert issubclass(RemoteProtocolError, ProtocolError)
     assert issubclass(LocalProtocolError, ProtocolError)
     assert not issubclass(LocalProtocolError, RemoteProtocolError)
+
+
+# -- registered names: register, password, and the password line ----------------------
+
+
+@given(any_passwords)
+def test_every_password_line_survives_format_then_parse(password: str) -> None:
+    data = format_password(password)
+    assert data.endswith(b"\n") and data.count(b"\n") == 1
+    assert parse_password(decode_line(data[:-1])) == password
+
+
+@given(st.text())
+def test_the_password_line_parser_raises_only_remote_protocol_error(line: str) -> None:
+    try:
+        parse_password(line)
+    except RemoteProtocolError as error:
+        format_event(InvalidInput(error.reason))
+
+
+@given(passwords)
+def test_a_password_typed_bare_or_quoted_is_the_same_in_register_and_at_login(
+    password: str,
+) -> None:
+    quoted = format_password(password)[:-1].decode()
+    assert parse_command(f"register {quoted}") == Register(password)
+    assert parse_password(quoted) == password
+    bare = password.strip(" ")
+    if bare and not bare.startswith('"') and find_unsafe(bare) is None and "\n" not in bare \
+            and password_problem(bare) is None:
+        assert parse_command(f"register {bare}") == Register(bare)
+        assert parse_password(bare) == bare
+
+
+@pytest.mark.parametrize(
+    ("line", "command"),
+    [
+        ('register "correct horse"', Register("correct horse")),
+        ("register correct horse battery  ", Register("correct horse battery")),
+        ('REGISTER "with \\"quotes\\""', Register('with "quotes"')),
+        ('password "old one" "new one!"', ChangePassword("old one", "new one!")),
+        ("password old12345 new12345", ChangePassword("old12345", "new12345")),
+        ('password  x   "new \\\\ one"', ChangePassword("x", "new \\ one")),
+    ],
+)
+def test_password_commands_as_people_type_them(line: str, command: object) -> None:
+    assert parse_command(line) == command
+
+
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [
+        ("register", 'usage is register "<password>"'),
+        ('register ""', "the password is empty"),
+        ("register short", "a password has at least 8 characters"),
+        ("register " + "x" * 257, "a password has at most 256 characters"),
+        ("password", 'usage is password "<old>" "<new>"'),
+        ("password onlyone", 'usage is password "<old>" "<new>"'),
+        ("password a b c", 'usage is password "<old>" "<new>"'),
+        ('password "a"x newpassword', "text after the closing quote"),
+        ('password "a', "unterminated quote"),
+        ("password old new", "a password has at least 8 characters"),
+    ],
+)
+def test_password_command_mistakes_get_a_reason(line: str, reason: str) -> None:
+    with pytest.raises(RemoteProtocolError) as caught:
+        parse_command(line)
+    assert caught.value.reason == reason
+
+
+def test_the_password_line_is_bare_or_quoted() -> None:
+    assert parse_password("  hunter22  ") == "hunter22"
+    assert parse_password('"  spaced  "') == "  spaced  "
+    assert parse_password("short") == "short"  # merely wrong, not malformed
+    with pytest.raises(RemoteProtocolError):
+        parse_password('"open')
+    with pytest.raises(RemoteProtocolError):
+        parse_password("   ")
+
+
+def test_passwords_never_show_in_a_repr() -> None:
+    assert "hunter22" not in repr(Register("hunter22"))
+    assert "hunter22" not in repr(ChangePassword("hunter22", "hunter23"))

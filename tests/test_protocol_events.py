@@ -17,13 +17,18 @@ from protocol import (
     MessageSent,
     NotDelivered,
     OnlineUsers,
+    PasswordChanged,
+    PasswordRequired,
+    Registered,
     RemoteProtocolError,
     ServerFull,
     ShuttingDown,
+    TooManyTries,
     UsernameTaken,
     UserOffline,
     UserOnline,
     UserUnknown,
+    WrongPassword,
     format_command,
     format_event,
     parse_command,
@@ -174,3 +179,18 @@ def test_a_long_line_of_names_that_is_no_event_is_refused_quickly() -> None:
 def test_formatting_an_event_the_wire_cannot_carry_is_our_own_error(event: object) -> None:
     with pytest.raises(LocalProtocolError):
         format_event(event)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("event", "line"),
+    [
+        (PasswordRequired("Alice"), "<Password required for Alice.>"),
+        (WrongPassword("Alice"), "<Wrong password for Alice.>"),
+        (TooManyTries(), "<Too many wrong passwords.>"),
+        (Registered("Alice"), "<Username Alice is now registered.>"),
+        (PasswordChanged("Alice"), "<Password changed for Alice.>"),
+    ],
+)
+def test_the_account_events_on_the_wire(event: object, line: str) -> None:
+    assert wire_line(event) == line
+    assert parse_event(line) == event

@@ -129,8 +129,8 @@ def test_the_ends_of_every_range_are_accepted() -> None:
                       "--keepalive-idle", "0"])
     high = parse_args(["--port", "65535", "--max-clients", "1000000",
                        "--max-clients-per-ip", "1000000", "--max-line", "1048576",
-                       "--output-limit", "1073741824", "--login-timeout", "86400",
-                       "--keepalive-idle", "32767"])
+                       "--output-limit", "1073741824", "--output-hard-limit", "1073741824",
+                       "--login-timeout", "86400", "--keepalive-idle", "32767"])
     assert (low.login_timeout, high.login_timeout) == (0.1, 86400.0)
     assert (low.keepalive_idle, high.keepalive_idle) == (0, 32767)
 
@@ -273,6 +273,8 @@ def _chat_in_bulk(port: int, count: int) -> None:
 
 
 def test_a_log_nobody_reads_stops_neither_serving_nor_shutdown(backend: str) -> None:
+    # Flood control off: its subject is the log, and 3,000 pipelined lines at
+    # the default line rate would take a minute.
     with server_process(backend, "--flood-control", "off", log_level="INFO",
                         read_log=False) as server:
         _shrink_pipe(server.log_pipe_fd())

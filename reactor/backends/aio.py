@@ -321,6 +321,12 @@ class AsyncioServer(Server):
     def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
         return self.loop.call_later(delay, callback)
 
+    def call_soon_threadsafe(self, callback: Callable[[], None]) -> None:
+        try:
+            self.loop.call_soon_threadsafe(callback)
+        except RuntimeError:
+            pass  # the loop is closed: the server has stopped
+
     def _serve(self) -> None:
         try:
             self.loop.run_until_complete(self._main())

@@ -45,7 +45,8 @@ benchmark all read the registry.
    ``connection.connection_lost()`` exactly once.
 7. Run every call into the chat logic on one thread at a time -- one loop
    thread, or under one lock -- including timer callbacks
-   (:meth:`Server.call_later`) and handoff callbacks.
+   (:meth:`Server.call_later`), handoff callbacks and callbacks handed in
+   from other threads (:meth:`Server.call_soon_threadsafe`).
 8. Contain failures: an exception raised while serving one connection
    (its read, its write, its timers) goes to ``connection.fail(error)``,
    which logs it and aborts that connection only.  An exception in the
@@ -57,6 +58,16 @@ benchmark all read the registry.
    connections to close, abort the rest, and return from ``serve_forever``.
 10. When woken (the wakeup socket), call :meth:`Server.serve_requests` on
    the serving thread: it does a requested reload (SIGHUP).
+11. Offer :meth:`Server.call_soon_threadsafe`: from any other thread (a
+   worker that hashed a password, a store's reply), run a callback on the
+   chat thread (or under the chat lock) soon, in the order of the calls.
+   The select backend queues it and writes to its wakeup socket, asyncio
+   uses the loop's own ``call_soon_threadsafe`` -- the caller returns at
+   once -- and the threads backend runs it on the calling thread under the
+   chat lock (so it must never be called with that lock held).  Callbacks
+   that come after the server stopped may be dropped.  (When the loop has
+   ended, :meth:`Server.serve_forever` calls ``self.chat.close()``, which
+   waits for the workers.)
 
 **A backend may assume** that the chat logic never blocks, never calls the
 transport from another thread, calls ``close``/``abort`` at most once each
@@ -136,6 +147,7 @@ class Server(ABC):
         except BaseException:
             for listener in self.listeners:
                 listener.sock.close()
+            self.chat.close()  # the accounts file it opened
             raise
         for listener in self.listeners:
             listener.sock.setblocking(False)
@@ -210,10 +222,11 @@ class Server(ABC):
                 log.log(level, "Listening on port %d (TLS)...", listener.port)
             else:
                 log.log(level, "Listening on port %d...", listener.port)
-        self.chat.attach(self.call_later)
+        self.chat.attach(self.call_later, self.call_soon_threadsafe)
         try:
             self._serve()
         finally:
+            self.chat.close()
             for listener in self.listeners:
                 listener.sock.close()
             self._wakeup_reader.close()
@@ -234,3 +247,8 @@ class Server(ABC):
     @abstractmethod
     def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
         """Run ``callback`` on the chat thread (or under the chat lock) after ``delay``."""
+
+    @abstractmethod
+    def call_soon_threadsafe(self, callback: Callable[[], None]) -> None:
+        """From any thread: run ``callback`` on the chat thread (or under the
+        chat lock) soon.  Never waits for the chat thread (item 10 above)."""

@@ -24,6 +24,7 @@ until the peer's EOF or a linger deadline) -> closed.
 
 from __future__ import annotations
 
+import collections
 import logging
 import selectors
 import socket
@@ -367,9 +368,17 @@ class SelectorServer(Server):
         self.write_through = False
         self.dead: list[SelectorTransport] = []
         self._listening = False
+        # Callbacks from other threads; deque's append and popleft are atomic.
+        self._soon: collections.deque[Callable[[], None]] = collections.deque()
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
         return self.timers.call_at(time.monotonic() + delay, callback)
+
+    def call_soon_threadsafe(self, callback: Callable[[], None]) -> None:
+        # Queued before the wakeup byte is written, so the pass that the byte
+        # wakes finds it.
+        self._soon.append(callback)
+        self._wake()
 
     # -- the loop -------------------------------------------------------------
 
@@ -441,6 +450,9 @@ class SelectorServer(Server):
                     self._contain(transport, error)
         for callback in self.timers.pop_due(time.monotonic()):
             callback()
+        soon = self._soon
+        for _ in range(len(soon)):  # not those queued meanwhile: they woke us again
+            soon.popleft()()
         self._settle()
 
     def _settle(self) -> None:

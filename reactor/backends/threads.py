@@ -24,6 +24,7 @@ import collections
 import contextlib
 import logging
 import select
+import signal
 import socket
 import threading
 import time
@@ -455,8 +456,22 @@ class ThreadsServer(Server):
 
         return self.timers.call_at(time.monotonic() + delay, locked)
 
+    def call_soon_threadsafe(self, callback: Callable[[], None]) -> None:
+        # The calling thread (a worker) runs it itself, under the chat lock:
+        # the lock is the threads backend's chat thread.
+        with self.lock:
+            callback()
+
     def _serve(self) -> None:
         accept_paused_until = 0.0
+        # A signal may be delivered to any thread -- with a thread per
+        # client, most likely not to this one, blocked in select() -- and
+        # Python runs its handler here only when this thread next runs.  So
+        # every signal also writes a byte to the wakeup socket.
+        previous_wakeup_fd: int | None = None
+        if threading.current_thread() is threading.main_thread():
+            previous_wakeup_fd = signal.set_wakeup_fd(self._wakeup_writer.fileno(),
+                                                      warn_on_full_buffer=False)
         try:
             while not self._stop_requested:
                 try:
@@ -483,6 +498,8 @@ class ThreadsServer(Server):
                     self.loop_failed(error)
             self._shut_down()
         finally:
+            if previous_wakeup_fd is not None:
+                signal.set_wakeup_fd(previous_wakeup_fd)
             self.timers.stop()
 
     def _accept_one(self, listener: Listener) -> str | None:

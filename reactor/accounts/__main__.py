@@ -1,0 +1,130 @@
+"""``python -m reactor.accounts --db PATH list|remove NAME|reset NAME``: the operator's tools.
+
+* ``list`` -- every registered name, when it was registered and when its
+  password last changed (UTC), and its hash scheme;
+* ``remove NAME`` -- forget the name: it is open again from the next login;
+* ``reset NAME`` -- give a registered name a new password, asked for with
+  ``getpass`` (twice) on a terminal, or read as one line from stdin
+  otherwise (``printf '%s\\n' "$PW" | python -m reactor.accounts ... reset Alice``);
+  with ``--create`` the name need not be registered yet.
+
+These work on the file while a server uses it (SQLite in WAL mode); the
+server sees a change at the next login.  Exit status: 0 done, 1 no such name
+or the file cannot be used, 2 wrong arguments or an unfit password.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import sys
+import time
+
+from protocol import ProtocolError, password_problem, validate_username
+from reactor.accounts.hashing import SCRYPT_DEFAULT, hasher_from_spec
+from reactor.accounts.store import SQLiteAccountStore, StoreUnavailable
+
+PROG = "python -m reactor.accounts"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="List, remove and reset the registered names of a "
+                               "reactor-chat server (its --accounts file).")
+    parser.add_argument("--db", required=True, metavar="PATH",
+                        help="the SQLite file the server was given with --accounts")
+    parser.add_argument("--password-hash", default="scrypt", metavar="SCHEME",
+                        help="hash for the new password of reset: scrypt or argon2id, "
+                             "with optional parameters (default: scrypt:ln={ln},r={r},p={p})"
+                        .format(**SCRYPT_DEFAULT))
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser("list", help="list the registered names")
+    remove = commands.add_parser("remove", help="forget a registered name")
+    remove.add_argument("name")
+    reset = commands.add_parser("reset", help="set a new password for a registered name")
+    reset.add_argument("name")
+    reset.add_argument("--create", action="store_true",
+                       help="register the name if it is not registered yet")
+    return parser
+
+
+def _when(timestamp: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(timestamp))
+
+
+def _read_password(name: str) -> str:
+    if sys.stdin.isatty():
+        first = getpass.getpass(f"New password for {name}: ")
+        if getpass.getpass("Again: ") != first:
+            raise ValueError("the two passwords differ")
+        return first
+    line = sys.stdin.readline()
+    return line[:-1] if line.endswith("\n") else line
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        store = SQLiteAccountStore(args.db)
+    except StoreUnavailable as error:
+        print(f"{PROG}: {error}", file=sys.stderr)
+        return 1
+    try:
+        return _run(args, store)
+    finally:
+        store.close()
+
+
+def _run(args: argparse.Namespace, store: SQLiteAccountStore) -> int:
+    if args.command == "list":
+        accounts = store.accounts()
+        for account in accounts:
+            scheme = account.password_hash.split("$")[1] if "$" in account.password_hash else "?"
+            print(f"{account.name}\tregistered {_when(account.created)}\t"
+                  f"password set {_when(account.updated)}\t{scheme}")
+        print(f"{len(accounts)} registered name{'' if len(accounts) == 1 else 's'}",
+              file=sys.stderr)
+        return 0
+    name = args.name
+    try:
+        validate_username(name)
+    except ProtocolError as error:
+        print(f"{PROG}: {name!r} is not a username: {error.reason}", file=sys.stderr)
+        return 2
+    if args.command == "remove":
+        account = store.get(name)
+        if account is None or not store.remove(name):
+            print(f"{PROG}: {name} is not registered", file=sys.stderr)
+            return 1
+        print(f"Removed {account.name}; the name is open again.")
+        return 0
+    # reset
+    if store.get(name) is None and not args.create:
+        print(f"{PROG}: {name} is not registered (--create registers it)", file=sys.stderr)
+        return 1
+    try:
+        hasher = hasher_from_spec(args.password_hash)
+        password = _read_password(name)
+    except ValueError as error:
+        print(f"{PROG}: {error}", file=sys.stderr)
+        return 2
+    except (EOFError, KeyboardInterrupt):
+        print(f"{PROG}: no password given; nothing changed", file=sys.stderr)
+        return 2
+    problem = password_problem(password)
+    if problem is not None:
+        print(f"{PROG}: {problem}; nothing changed", file=sys.stderr)
+        return 2
+    password_hash = hasher.hash(password)
+    if store.set_password(name, password_hash):
+        print(f"New password set for {name}.")
+    elif args.create and store.create(name, password_hash):
+        print(f"Registered {name}.")
+    else:
+        print(f"{PROG}: {name} is not registered", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

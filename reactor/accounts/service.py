@@ -1,0 +1,323 @@
+"""Registered names in the chat: the password step of a login, ``register`` and ``password``.
+
+This is chat logic, run on the chat thread like the rest of
+:class:`~reactor.chat.ChatService`; the slow parts -- the store and the
+memory-hard hash, tens to hundreds of milliseconds -- run on a small pool of
+worker threads, and their result comes back to the chat thread through the
+backend's ``call_soon_threadsafe``.  Meanwhile the line that caused them is
+a line waiting for an answer (``Connection.await_answer``): the client's
+later lines wait behind it, the event loop serves everybody else, and the
+threads backend's chat lock is not held.
+
+A login as a registered name::
+
+    Alice                        -> <Password required for Alice.>
+    "wrong"                      -> <Wrong password for Alice.>     (back-off starts)
+    "right one"                  -> <User Alice is online.>         (after the back-off)
+
+The line after ``<Password required ...>`` is the password (bare or quoted,
+:func:`protocol.parse_password`); a wrong one may be followed by another, up
+to ``max_tries`` per connection, after which the connection gets ``<Too many
+wrong passwords.>`` and is closed.  While a name or an address is backing off
+(:mod:`reactor.accounts.backoff`), its password line waits, unread, like a
+line over the flood-control rate: nothing is dropped or refused, the answer
+just comes later.  Waiting rather than refusing keeps one answer per line in
+order and needs nothing of a client but patience, and a guesser gains nothing
+by sending faster.
+
+Passwords are accepted only from a secure transport (TLS), a loopback peer,
+or anywhere if the operator said ``--allow-plaintext-passwords``; otherwise a
+registered name is refused before the client is asked for its password, and
+``register``/``password`` are refused.  A password is never logged, never
+sent to anyone, and not kept once it is hashed.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any, Protocol
+
+from protocol import (
+    InvalidInput,
+    InvalidUsername,
+    PasswordChanged,
+    PasswordRequired,
+    ProtocolError,
+    Registered,
+    TooManyTries,
+    WrongPassword,
+    decode_line,
+    format_event,
+    parse_password,
+    username_key,
+)
+from reactor.accounts.backoff import BackOff
+from reactor.accounts.hashing import PasswordHasher, hasher_from_spec, verify_password
+from reactor.accounts.store import AccountStore, SQLiteAccountStore
+from reactor.config import AccountsConfig
+
+if TYPE_CHECKING:
+    from reactor.chat import ChatService
+    from reactor.connection import Connection
+
+log = logging.getLogger("reactor")
+
+INSECURE = ("passwords are only accepted over TLS or from this machine;"
+            " ask the operator")
+UNAVAILABLE = "the account store is unavailable; try again later"
+_TOO_MANY = format_event(TooManyTries())
+
+
+class Executor(Protocol):
+    def submit(self, fn: Callable[[], Any]) -> object: ...
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None: ...
+
+
+class Accounts:
+    """The chat side of registered names; one per :class:`ChatService`."""
+
+    def __init__(self, settings: AccountsConfig, store: AccountStore,
+                 hasher: PasswordHasher | None = None,
+                 executor: Executor | None = None) -> None:
+        self.settings = settings
+        self.store = store
+        self.hasher = hasher or hasher_from_spec(settings.password_hash)
+        self.executor: Executor = executor or ThreadPoolExecutor(
+            max_workers=settings.workers, thread_name_prefix="accounts")
+        self.names = BackOff(settings.backoff_first, settings.backoff_max,
+                             settings.backoff_keys)
+        self.addresses = BackOff(settings.backoff_first, settings.backoff_max,
+                                 settings.backoff_keys)
+        self._chat: ChatService | None = None
+
+    @classmethod
+    def open(cls, settings: AccountsConfig) -> Accounts:
+        """Open the SQLite store named in ``settings`` (raises StoreUnavailable)."""
+        hasher = hasher_from_spec(settings.password_hash)  # ValueError first: nothing opened
+        return cls(settings, SQLiteAccountStore(settings.path), hasher)
+
+    def bind(self, chat: ChatService) -> None:
+        self._chat = chat
+
+    @property
+    def chat(self) -> ChatService:
+        assert self._chat is not None, "bind() the accounts to a chat service first"
+        return self._chat
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True, cancel_futures=True)
+        self.store.close()
+
+    # -- the rules ------------------------------------------------------------
+
+    def is_secure(self, connection: Connection) -> bool:
+        """May this connection send passwords?"""
+        if getattr(connection.transport, "secure", False):
+            return True
+        if self.settings.allow_plaintext_passwords:
+            return True
+        if self.settings.trust_loopback:
+            try:
+                return ipaddress.ip_address(connection.peer_host).is_loopback
+            except ValueError:
+                return False
+        return False
+
+    def _wait(self, name: str, host: str) -> float:
+        now = self.chat.clock()
+        return max(self.names.wait(username_key(name), now), self.addresses.wait(host, now))
+
+    def _failed(self, name: str, host: str) -> None:
+        now = self.chat.clock()
+        delay = max(self.names.failed(username_key(name), now),
+                    self.addresses.failed(host, now))
+        log.warning("Login failures for %s from %s: backing off %g s", name, host, delay)
+
+    # -- the worker pool --------------------------------------------------------
+
+    def _in_worker(self, connection: Connection, work: Callable[[], Any],
+                   done: Callable[[Any], None]) -> None:
+        """Run ``work`` on a worker; ``done(result)`` (or ``done(exception)``)
+        later on the chat thread, under the connection's containment.
+
+        The worker hands the result back itself, rather than through a
+        future's done-callback: that would run on the chat thread when the
+        future is already done, and the threads backend's lock is not
+        reentrant.
+        """
+        guarded = connection.guard(done)
+        call_soon = self.chat.call_soon_threadsafe
+
+        def run() -> None:
+            try:
+                result = work()
+            except Exception as error:  # reported on the chat thread
+                result = error
+            call_soon(lambda: guarded(result))
+
+        try:
+            self.executor.submit(run)
+        except RuntimeError as error:  # shut down: the server is stopping
+            guarded(error)
+
+    # -- logging in ---------------------------------------------------------------
+
+    def login(self, connection: Connection, name: str) -> None:
+        """A valid username: registered (ask the password) or open (claim it)."""
+        connection.await_answer()
+        self._in_worker(connection, lambda: self.store.get(name),
+                        lambda found: self._looked_up(connection, name, found))
+
+    def _looked_up(self, connection: Connection, name: str, found: object) -> None:
+        if not connection.is_open:
+            connection.answer_arrived()
+            return
+        if isinstance(found, Exception):
+            log.error("Account store failed looking up %s: %s", name, found)
+            connection.send(format_event(InvalidUsername(UNAVAILABLE)))
+        elif found is None:
+            self.chat.claim(connection, name)  # the open chat: answer_arrived follows
+            return
+        elif not self.is_secure(connection):
+            log.info("Refused registered name %s from %s: not a secure connection",
+                     name, connection.peer_host)
+            connection.send(format_event(InvalidUsername(f"{name} is registered, and {INSECURE}")))
+        else:
+            # Logged in under the spelling it was registered with.
+            registered_as = getattr(found, "name", name)
+            connection.password_for = registered_as
+            connection.send(format_event(PasswordRequired(registered_as)))
+        connection.answer_arrived()
+
+    def password_line(self, connection: Connection, raw: bytes) -> None:
+        """The line after ``<Password required for NAME.>``.  Never logged."""
+        name = connection.password_for
+        assert name is not None
+        try:
+            password = parse_password(decode_line(raw))
+        except ProtocolError as error:
+            connection.send(format_event(InvalidInput(error.reason)))
+            return
+        connection.await_answer()
+        self._after_back_off(connection, name, lambda: self._check_login(connection, name,
+                                                                         password))
+
+    def _after_back_off(self, connection: Connection, name: str,
+                        then: Callable[[], None]) -> None:
+        wait = self._wait(name, connection.peer_host)
+        if wait > 0:
+            connection.call_later(wait, lambda: then() if connection.is_open
+                                  else connection.answer_arrived())
+        else:
+            then()
+
+    def _check_login(self, connection: Connection, name: str, password: str) -> None:
+        store, hasher = self.store, self.hasher
+
+        def work() -> str:
+            account = store.get(name)
+            if account is None:
+                return "unregistered"  # removed meanwhile: an open name now
+            if not verify_password(account.password_hash, password):
+                return "wrong"
+            if hasher.needs_rehash(account.password_hash):
+                # Parameters were raised since: the hash catches up now,
+                # the one moment the password is known.
+                store.set_password(name, hasher.hash(password))
+            return "right"
+
+        self._in_worker(connection, work, lambda verdict: self._checked(connection, name,
+                                                                        verdict))
+
+    def _checked(self, connection: Connection, name: str, verdict: object) -> None:
+        if not connection.is_open:
+            connection.answer_arrived()
+            return
+        host = connection.peer_host
+        if isinstance(verdict, Exception):
+            log.error("Account store failed checking %s: %s", name, verdict)
+            connection.password_for = None
+            connection.send(format_event(InvalidUsername(UNAVAILABLE)))
+        elif verdict == "wrong":
+            connection.password_tries += 1
+            self._failed(name, host)
+            connection.send(format_event(WrongPassword(name)))
+            if connection.password_tries >= self.settings.max_tries:
+                log.warning("Closed the connection from %s: %d wrong passwords for %s",
+                            host, connection.password_tries, name)
+                connection.send(_TOO_MANY)
+                connection.close("too many wrong passwords")
+        else:
+            connection.password_for = None
+            if verdict == "right":
+                self.names.succeeded(username_key(name))
+            self.chat.claim(connection, name)  # answer_arrived follows
+            return
+        connection.answer_arrived()
+
+    # -- register and password ------------------------------------------------------
+
+    def register(self, connection: Connection, name: str, password: str) -> None:
+        if not self.is_secure(connection):
+            connection.send(format_event(InvalidInput(INSECURE)))
+            return
+        store, hasher = self.store, self.hasher
+
+        def work() -> bool:
+            if store.get(name) is not None:
+                return False  # no hash spent on a name that is taken
+            return store.create(name, hasher.hash(password))
+
+        def done(created: object) -> None:
+            if isinstance(created, Exception):
+                log.error("Account store failed registering %s: %s", name, created)
+                connection.send(format_event(InvalidInput(UNAVAILABLE)))
+            elif created:
+                log.info("%s registered (%s)", name, connection.peer_host)
+                connection.send(format_event(Registered(name)))
+            else:
+                connection.send(format_event(InvalidInput(
+                    f"{name} is already registered; change its password with"
+                    ' password "<old>" "<new>"')))
+            connection.answer_arrived()
+
+        connection.await_answer()
+        self._in_worker(connection, work, done)
+
+    def change_password(self, connection: Connection, name: str, old: str, new: str) -> None:
+        if not self.is_secure(connection):
+            connection.send(format_event(InvalidInput(INSECURE)))
+            return
+        store, hasher = self.store, self.hasher
+
+        def work() -> str:
+            account = store.get(name)
+            if account is None:
+                return "unregistered"
+            if not verify_password(account.password_hash, old):
+                return "wrong"
+            return "changed" if store.set_password(name, hasher.hash(new)) else "unregistered"
+
+        def done(verdict: object) -> None:
+            if isinstance(verdict, Exception):
+                log.error("Account store failed changing the password of %s: %s", name, verdict)
+                connection.send(format_event(InvalidInput(UNAVAILABLE)))
+            elif verdict == "changed":
+                self.names.succeeded(username_key(name))
+                log.info("Password changed for %s (%s)", name, connection.peer_host)
+                connection.send(format_event(PasswordChanged(name)))
+            elif verdict == "wrong":
+                self._failed(name, connection.peer_host)
+                connection.send(format_event(WrongPassword(name)))
+            else:
+                connection.send(format_event(InvalidInput(
+                    f'{name} is not registered; register it with register "<password>"')))
+            connection.answer_arrived()
+
+        connection.await_answer()
+        self._after_back_off(connection, name,
+                             lambda: self._in_worker(connection, work, done))

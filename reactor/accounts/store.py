@@ -1,0 +1,152 @@
+"""Where registered names live: a narrow interface, and SQLite behind it.
+
+:class:`AccountStore` is all the server asks of a store, so that a shared
+one (Redis, for several server processes) can replace
+:class:`SQLiteAccountStore` later without touching the chat logic.  Its
+methods may block -- they are called on the accounts worker threads, never on
+the chat thread -- and must be safe to call from several threads at once.
+Names are matched ignoring case (:func:`protocol.username_key`), as
+everywhere in the chat; the spelling given at registration is kept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import threading
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+from protocol import username_key
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    name: str
+    password_hash: str = field(repr=False)
+    created: float
+    updated: float
+
+
+class AccountStore(ABC):
+    @abstractmethod
+    def get(self, name: str) -> Account | None:
+        """The account registered under ``name`` (any case), or None."""
+
+    @abstractmethod
+    def create(self, name: str, password_hash: str) -> bool:
+        """Register ``name``; False if it already is (nothing changes then)."""
+
+    @abstractmethod
+    def set_password(self, name: str, password_hash: str) -> bool:
+        """Replace the hash of a registered name; False if it is not registered."""
+
+    @abstractmethod
+    def remove(self, name: str) -> bool:
+        """Forget ``name``; False if it was not registered."""
+
+    @abstractmethod
+    def accounts(self) -> list[Account]:
+        """Every account, sorted by name ignoring case."""
+
+    def close(self) -> None:  # noqa: B027 - optional for stores that hold nothing
+        """Release what the store holds open."""
+
+
+class StoreUnavailable(Exception):
+    """The store could not be opened or used; ``str`` says why, in one line."""
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS accounts (
+    key TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    password_hash TEXT NOT NULL,
+    created REAL NOT NULL,
+    updated REAL NOT NULL
+)
+"""
+
+
+class SQLiteAccountStore(AccountStore):
+    """One SQLite file (standard library ``sqlite3``), one connection per thread.
+
+    The file is created readable by its owner only: it holds password
+    hashes.  WAL mode lets the operator's ``python -m reactor.accounts`` change
+    it while a server reads it; every lookup reads the file, so a change is
+    seen at the next login.
+    """
+
+    def __init__(self, path: str, busy_timeout: float = 5.0) -> None:
+        self.path = path
+        self._busy_timeout = busy_timeout
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self._closed = False
+        try:
+            if path != ":memory:" and not os.path.exists(path):
+                os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
+            db = self._db()
+            with db:
+                db.execute(_SCHEMA)
+        except (OSError, sqlite3.Error) as error:
+            self.close()
+            reason = getattr(error, "strerror", None) or str(error)
+            raise StoreUnavailable(f"cannot open the accounts file {path}: {reason}") from None
+
+    def _db(self) -> sqlite3.Connection:
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is None:
+            if self._closed:
+                raise StoreUnavailable("the account store is closed")
+            db = sqlite3.connect(self.path, timeout=self._busy_timeout,
+                                 check_same_thread=False, isolation_level=None)
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("PRAGMA journal_mode=WAL")
+            self._local.db = db
+            with self._lock:
+                self._all.append(db)
+        return db
+
+    def get(self, name: str) -> Account | None:
+        row = self._db().execute(
+            "SELECT name, password_hash, created, updated FROM accounts WHERE key = ?",
+            (username_key(name),),
+        ).fetchone()
+        return None if row is None else Account(*row)
+
+    def create(self, name: str, password_hash: str) -> bool:
+        now = time.time()
+        cursor = self._db().execute(
+            "INSERT OR IGNORE INTO accounts VALUES (?, ?, ?, ?, ?)",
+            (username_key(name), name, password_hash, now, now),
+        )
+        return cursor.rowcount == 1
+
+    def set_password(self, name: str, password_hash: str) -> bool:
+        cursor = self._db().execute(
+            "UPDATE accounts SET password_hash = ?, updated = ? WHERE key = ?",
+            (password_hash, time.time(), username_key(name)),
+        )
+        return cursor.rowcount == 1
+
+    def remove(self, name: str) -> bool:
+        cursor = self._db().execute("DELETE FROM accounts WHERE key = ?", (username_key(name),))
+        return cursor.rowcount == 1
+
+    def accounts(self) -> list[Account]:
+        rows = self._db().execute(
+            "SELECT name, password_hash, created, updated FROM accounts ORDER BY key"
+        ).fetchall()
+        return [Account(*row) for row in rows]
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            connections, self._all = self._all, []
+        for db in connections:
+            with contextlib.suppress(sqlite3.Error):
+                db.close()
