@@ -373,11 +373,14 @@ def test_sigterm_under_full_load_tells_everyone_and_exits_0_promptly(
         collected: dict[socket.socket, bytes] = {}
         collector = threading.Thread(target=lambda: collected.update(
             read_all_until_closed([c.sock for c in listeners], timeout=30, close=True)))
-        collector.start()
         cpu_before = server.cpu_seconds()
         for thread in threads:
             thread.start()
-        wait_until(lambda: server.cpu_seconds() > cpu_before + 0.5, message="load to build up")
+        # (With flood control on, the talkers are metered: the load takes longer
+        # to build, and the listeners' deadline starts only once it has.)
+        wait_until(lambda: server.cpu_seconds() > cpu_before + 0.5, timeout=30,
+                   message="load to build up")
+        collector.start()
         started = time.monotonic()
         server.process.send_signal(signal.SIGTERM)
         status = server.process.wait(timeout=15)
