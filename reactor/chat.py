@@ -73,10 +73,6 @@ _LOGIN_TIMED_OUT = format_event(LoginTimedOut())
 # soft limit's grace period, the server-wide budget).
 HOUSEKEEPING_INTERVAL = 1.0
 
-# A broadcast to at least this many ends its sender's turn: one client's
-# fan-outs come one per pass of the loop, with everybody else served between.
-YIELD_AFTER_DELIVERIES = 64
-
 CallLater = Callable[[float, Callable[[], None]], TimerHandle]
 CallSoon = Callable[[Callable[[], None]], None]
 
@@ -102,10 +98,6 @@ class ChatService:
         self._call_later: CallLater | None = None
         self._call_soon: CallSoon | None = None
         self._shutting_down = False
-        # Set by a backend whose loop serves everybody in passes; a threads
-        # backend's fair lock already hands the turn on between chunks, and a
-        # continuation there would queue behind every reader for the lock.
-        self.fan_out_ends_turn = True
         # Offline notices held while a fan-out is under way (see user_left).
         self._fan_out_depth = 0
         self._deferred_notices: list[bytes] = []
@@ -451,8 +443,6 @@ class ChatService:
             but=connection,
         )
         connection.delivery_bucket.charge(recipients, self.clock())
-        if recipients >= YIELD_AFTER_DELIVERIES and self.fan_out_ends_turn:
-            connection.yield_turn = True
 
     def _fan_out(self, data: bytes, connections: Iterable[Connection],
                  but: Connection | None = None) -> int:

@@ -95,9 +95,6 @@ class Connection:
         self.delivery_bucket = TokenBucket(
             flood.deliveries_per_second, flood.deliveries_burst, now
         )
-        # Set by the chat logic after a line that fanned out widely: the next
-        # line waits for the next pass of the loop.
-        self.yield_turn = False
         # Since when the output queue has been above the soft limit.
         self.over_soft_limit_since: float | None = None
         # A direct message to this client timed out, and it has not read its
@@ -336,12 +333,6 @@ class Connection:
                     break
                 item = lines.popleft()
                 chat.line_received(self, item)
-                if self.yield_turn:
-                    # That line fanned out to many: let every other client have
-                    # its turn (the rest of this pass) before the next one.
-                    self.yield_turn = False
-                    self._rate_timer = self.call_later(0, self._rate_refilled)
-                    break
         finally:
             self._processing = False
         if not self.is_open:

@@ -118,10 +118,6 @@ class Server(ABC):
     the loop itself failed).
     """
 
-    # Whether a broadcast to many ends its sender's turn until the next pass
-    # of the loop (see ChatService._broadcast): right for a loop that serves
-    # everybody in passes, not for a thread per client behind a fair lock.
-    fan_out_ends_turn = True
 
     def __init__(
         self, config: ServerConfig, whiteboard: Whiteboard[Connection] | None = None
@@ -138,7 +134,6 @@ class Server(ABC):
         elif config.tls_port is not None:
             raise ValueError("a TLS port needs a certificate and a key")
         self.chat = ChatService(config, whiteboard)
-        self.chat.fan_out_ends_turn = self.fan_out_ends_turn
         self.listeners: list[Listener] = []
         try:
             main_is_tls = self.certificate is not None and config.tls_port is None

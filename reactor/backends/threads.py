@@ -432,7 +432,6 @@ class ThreadTransport(Transport):
 
 
 class ThreadsServer(Server):
-    fan_out_ends_turn = False  # the FairLock hands the turn on between chunks
     def __init__(
         self, config: ServerConfig, whiteboard: Whiteboard[Connection] | None = None
     ) -> None:
