@@ -20,9 +20,11 @@ from collections.abc import Callable, Iterable
 
 from protocol import (
     Broadcast,
+    BroadcastNotSent,
     Bye,
     ChangePassword,
     Chat,
+    Disconnected,
     Help,
     HelpText,
     InvalidInput,
@@ -33,6 +35,7 @@ from protocol import (
     ProtocolError,
     Register,
     ServerFull,
+    ServiceUnavailable,
     ShuttingDown,
     TooManyFromAddress,
     UsernameTaken,
@@ -88,6 +91,12 @@ class ChatService:
         accounts: Accounts | None = None,
     ) -> None:
         self.config = config
+        if whiteboard is None and config.cluster is not None:
+            # Checks the URL and the redis package now (LinkError), before
+            # the backend binds its port; talks to Redis only once started.
+            from reactor.cluster.whiteboard import ClusterWhiteboard
+
+            whiteboard = ClusterWhiteboard(config.cluster, config.delivery_timeout)
         self.whiteboard: Whiteboard[Connection] = (
             MemoryWhiteboard() if whiteboard is None else whiteboard
         )
@@ -119,6 +128,7 @@ class ChatService:
         self._call_later = call_later
         self._call_soon = call_soon_threadsafe
         call_later(HOUSEKEEPING_INTERVAL, self._housekeeping)
+        self.whiteboard.start(self)
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
         assert self._call_later is not None, "attach() the service to a backend first"
@@ -132,7 +142,9 @@ class ChatService:
             self.call_later(0.0, callback)
 
     def close(self) -> None:
-        """The backend has stopped serving: release the accounts' workers and store."""
+        """The backend has stopped serving: leave the cluster, release the
+        accounts' workers and store."""
+        self.whiteboard.close()
         if self.accounts is not None:
             self.accounts.close()
 
@@ -321,17 +333,24 @@ class ChatService:
         """Put ``name`` online for ``connection``; the line waits for the verdict."""
         connection.await_answer()
         self.whiteboard.claim(
-            name, connection, connection.guard(lambda taken: self._claimed(connection, name, taken))
+            name, connection,
+            connection.guard(lambda taken, refused=None: self._claimed(
+                connection, name, taken, refused)),
         )
 
-    def _claimed(self, connection: Connection, name: str, taken_as: str | None) -> None:
+    def _claimed(self, connection: Connection, name: str, taken_as: str | None,
+                 refused: str | None = None) -> None:
         if not connection.is_open:
             # Gone while the claim was under way: give the name back.
-            if taken_as is None:
+            if taken_as is None and refused is None:
                 self.whiteboard.release(name)
             connection.answer_arrived()
             return
-        if taken_as is not None:
+        if refused is not None:
+            # Undecided (the chat service is out of reach): say so; the
+            # client may try again on this connection.
+            connection.send(format_event(ServiceUnavailable(f"{refused}, try again later")))
+        elif taken_as is not None:
             connection.send(format_event(UsernameTaken(taken_as)))
         else:
             connection.logged_in(name)
@@ -382,7 +401,15 @@ class ChatService:
     # -- what commands cause --------------------------------------------------
 
     def _direct_message(self, connection: Connection, sender: str, to: str, text: str) -> None:
-        found = self.whiteboard.lookup(to)
+        whiteboard = self.whiteboard
+        if whiteboard.clustered:
+            # Even a message between two users of this server: one that has
+            # lost the cluster may already have been declared dead.
+            down = whiteboard.unavailable_reason()
+            if down is not None:
+                connection.send(format_event(NotDelivered(to, down)))
+                return
+        found = whiteboard.lookup(to)
         if found is None:
             seen = self.whiteboard.seen_as(to)
             reply = UserUnknown(to) if seen is None else UserOffline(seen)
@@ -437,12 +464,54 @@ class ChatService:
         if log.isEnabledFor(logging.INFO):
             shown = f'"{escape(text)}"' if self.config.log_text else f"({len(text)} characters)"
             log.info("Broadcast from %s: %s", sender, shown)
+        data = format_broadcast_from(sender, text)
+        if not self.whiteboard.clustered:
+            self._broadcast_here(connection, text, data)
+            return
+
+        # Other servers first: the echo and this server's deliveries wait
+        # until the broadcast is on its way to all of them, so that nobody
+        # gets it unless everyone will, and the echo is never false.
+        def published(refused: str | None) -> None:
+            if refused is not None:
+                connection.send(format_event(BroadcastNotSent(refused)))
+            else:
+                self._broadcast_here(connection, text, data)
+            connection.answer_arrived()
+
+        connection.await_answer()
+        self.whiteboard.publish(data, connection.guard(published))
+
+    def _broadcast_here(self, connection: Connection, text: str, data: bytes) -> None:
         connection.send(format_broadcast_sent(text))
-        recipients = self._fan_out(
-            format_broadcast_from(sender, text), self.whiteboard.online_sessions(),
-            but=connection,
-        )
+        recipients = self._fan_out(data, self.whiteboard.online_sessions(), but=connection)
+        recipients += self.whiteboard.remote_count()
         connection.delivery_bucket.charge(recipients, self.clock())
+
+    # -- what other servers of the cluster cause ----------------------------------
+
+    def remote_user_online(self, name: str) -> None:
+        if not self._shutting_down:
+            self._fan_out(format_event(UserOnline(name)), self.whiteboard.online_sessions())
+
+    def remote_user_offline(self, name: str) -> None:
+        if self._shutting_down:
+            return
+        notice = format_event(UserOffline(name))
+        if self._fan_out_depth:
+            self._deferred_notices.append(notice)
+            return
+        self._fan_out(notice, self.whiteboard.online_sessions())
+
+    def remote_broadcast(self, data: bytes) -> None:
+        """A broadcast from a user of another server, for ours."""
+        self._fan_out(data, self.whiteboard.online_sessions())
+
+    def disconnect(self, connection: Connection, reason: str) -> None:
+        """Close a connection for a reason of the server's own, telling it why."""
+        if connection.is_open:
+            connection.send(format_event(Disconnected(reason)))
+            connection.close(reason)
 
     def _fan_out(self, data: bytes, connections: Iterable[Connection],
                  but: Connection | None = None) -> int:

@@ -1,0 +1,290 @@
+"""The node's connection to Redis: two threads of its own, so that the chat
+thread never waits for Redis.
+
+The chat thread only *submits* a script call and gets its reply later,
+through the backend's ``call_soon_threadsafe`` (the select backend's wakeup
+socket, asyncio's own, or the threads backend's chat lock).  One thread sends
+what was submitted in pipelined batches -- everything queued since the last
+batch goes out as one write, as Redis's own clients flush once per pass --
+and hands all the replies of a batch back in one callback.  A second thread
+blocks in ``XREAD`` on this node's inbox and hands each batch of entries over
+in the same way, waiting until the chat thread has handled it before reading
+more: the node's inbound backlog is one batch, whatever the other nodes send.
+
+When Redis cannot be reached (refused, reset, or paused past the command
+timeout), every call in flight and every call submitted until it is back is
+answered :data:`UNAVAILABLE` -- at once, never queued -- and the link
+reconnects with back-off, logging the outage once and the recovery once.
+redis-py's own retries are off: a retried script could run twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from reactor.cluster.scripts import PREFIX, SCRIPTS
+
+log = logging.getLogger("reactor")
+
+# A reply that never came: Redis was unreachable, or the call timed out.
+UNAVAILABLE = object()
+
+Reply = Any  # a script's reply (a list), or UNAVAILABLE
+CallSoon = Callable[[Callable[[], None]], None]
+
+BATCH = 512  # script calls per pipeline
+READ_COUNT = 1000  # inbox entries per read: the node's whole inbound backlog
+READ_BLOCK_MS = 500
+BACKOFF_FIRST, BACKOFF_MAX = 0.05, 2.0
+
+
+class LinkError(Exception):
+    """The cluster cannot be used as configured (a bad URL, no redis package)."""
+
+
+def _client(url: str, timeout: float) -> Any:
+    try:
+        import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+    except ImportError:
+        raise LinkError("--cluster needs the redis package: pip install "
+                        "'reactor-chat[cluster]'") from None
+    try:
+        return redis.Redis.from_url(
+            url, socket_timeout=timeout, socket_connect_timeout=timeout,
+            retry=Retry(NoBackoff(), 0), health_check_interval=0,
+        )
+    except ValueError as error:
+        raise LinkError(f"--cluster: {error}") from None
+
+
+def check_url(url: str) -> None:
+    """Raise LinkError if ``url`` is not a Redis URL or redis is not installed."""
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise LinkError(f"--cluster: {url!r} is not a Redis URL "
+                        "(redis://HOST:PORT, rediss://HOST:PORT for TLS, or unix://PATH)")
+    _client(url, 1.0).close()
+
+
+def _is_outage(error: BaseException) -> bool:
+    import redis
+
+    return isinstance(error, (redis.ConnectionError, redis.TimeoutError, OSError))
+
+
+class Link:
+    """Script calls to Redis and the reading of one inbox, off the chat thread."""
+
+    def __init__(self, url: str, timeout: float, call_soon: CallSoon,
+                 on_up: Callable[[], None], on_down: Callable[[str], None],
+                 on_entries: Callable[[list[tuple[bytes, dict[bytes, bytes]]]], None]) -> None:
+        self.url = url
+        self.timeout = timeout
+        self._call_soon = call_soon
+        self._on_up = on_up
+        self._on_down = on_down
+        self._on_entries = on_entries
+        self._commands = _client(url, timeout)
+        # XREAD BLOCK holds its connection: a second one, with a timeout
+        # longer than the block.
+        self._reader = _client(url, timeout + READ_BLOCK_MS / 1000)
+        self._scripts = {name: self._commands.register_script(text)
+                         for name, text in SCRIPTS.items()}
+        self._queue: queue.SimpleQueue[tuple[str, Sequence[object], Callable[[Reply], None]]
+                                       | None] = queue.SimpleQueue()
+        self.up = False  # read on the chat thread; written by the command thread
+        self._stopping = threading.Event()
+        # Where the reader reads: set by the chat thread after (re)registering.
+        self._inbox_lock = threading.Lock()
+        self._inbox: tuple[str, bytes] | None = None
+        self._inbox_generation = 0
+        self._handled = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._command_loop, name="cluster-commands", daemon=True),
+            threading.Thread(target=self._read_loop, name="cluster-inbox", daemon=True),
+        ]
+
+    def start(self) -> None:
+        for thread in self._threads:
+            thread.start()
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Send what is queued (the last releases), then stop both threads."""
+        self._queue.put(None)
+        self._stopping.set()
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            if thread.is_alive():
+                thread.join(max(0.0, deadline - time.monotonic()))
+        for client in (self._commands, self._reader):
+            try:
+                client.close()
+            except Exception:  # closing a broken connection: nothing left to do
+                pass
+
+    # -- the chat thread's side ------------------------------------------------
+
+    def call(self, script: str, node: str, epoch: str, deadline_ms: int, maxlen: int,
+             maxseen: int, args: Sequence[object], on_reply: Callable[[Reply], None]) -> None:
+        """Run a script; ``on_reply`` gets its reply on the chat thread
+        (at once with UNAVAILABLE while Redis is out of reach)."""
+        if not self.up:
+            on_reply(UNAVAILABLE)
+            return
+        argv = (node, epoch, deadline_ms, maxlen, maxseen, *args)
+        self._queue.put((script, argv, on_reply))
+
+    def read_from(self, inbox: str, after_id: bytes) -> None:
+        """Read this inbox from just after ``after_id`` (a new registration)."""
+        with self._inbox_lock:
+            self._inbox = (inbox, after_id)
+            self._inbox_generation += 1
+
+    # -- the command thread ----------------------------------------------------
+
+    def _command_loop(self) -> None:
+        backoff = BACKOFF_FIRST
+        while True:
+            if not self.up:
+                if self._stopping.is_set():
+                    self._fail_queued()
+                    return
+                if not self._connect():
+                    self._fail_queued()
+                    self._stopping.wait(backoff)
+                    backoff = min(BACKOFF_MAX, backoff * 2)
+                    continue
+                backoff = BACKOFF_FIRST
+            try:
+                first = self._queue.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            batch = []
+            stop = first is None
+            if first is not None:
+                batch.append(first)
+            while len(batch) < BATCH and not stop:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stop = True
+                else:
+                    batch.append(item)
+            if batch:
+                self._run(batch)
+            if stop:
+                return
+
+    def _connect(self) -> bool:
+        try:
+            self._commands.ping()
+        except Exception as error:
+            if not _is_outage(error):
+                log.error("Redis at %s: %s", self.url, error)
+            return False
+        self.up = True
+        self._call_soon(self._on_up)
+        return True
+
+    def _run(self, batch: list[tuple[str, Sequence[object], Callable[[Reply], None]]]) -> None:
+        pipe = self._commands.pipeline(transaction=False)
+        for script, argv, _ in batch:
+            self._scripts[script](keys=[PREFIX], args=argv, client=pipe)
+        try:
+            replies: list[Reply] = pipe.execute(raise_on_error=False)
+        except Exception as error:
+            if not _is_outage(error):
+                log.exception("Redis pipeline failed")
+            replies = [UNAVAILABLE] * len(batch)
+            self._went_down(f"{type(error).__name__}: {error}")
+        for index, reply in enumerate(replies):
+            if isinstance(reply, Exception):
+                log.error("Redis script %s failed: %s", batch[index][0], reply)
+                replies[index] = UNAVAILABLE
+        callbacks = [callback for _, _, callback in batch]
+
+        def hand_over() -> None:
+            for callback, reply in zip(callbacks, replies, strict=True):
+                callback(reply)
+
+        self._call_soon(hand_over)
+
+    def _went_down(self, why: str) -> None:
+        if self.up:
+            self.up = False
+            self._call_soon(lambda: self._on_down(why))
+        try:
+            self._commands.connection_pool.disconnect()
+        except Exception:  # the connection is broken already
+            pass
+
+    def _fail_queued(self) -> None:
+        """While down: answer whatever was queued meanwhile, at once."""
+        failed = []
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                failed.append(item[2])
+        if failed:
+            self._call_soon(lambda: [callback(UNAVAILABLE) for callback in failed] and None)
+
+    # -- the inbox thread ------------------------------------------------------
+
+    def _read_loop(self) -> None:
+        backoff = BACKOFF_FIRST
+        generation = -1
+        position: tuple[str, bytes] | None = None
+        while not self._stopping.is_set():
+            with self._inbox_lock:
+                if self._inbox_generation != generation:
+                    generation, position = self._inbox_generation, self._inbox
+            if position is None or not self.up:
+                self._stopping.wait(0.05)
+                continue
+            inbox, last_id = position
+            try:
+                reply = self._reader.xread({inbox: last_id}, count=READ_COUNT,
+                                           block=READ_BLOCK_MS)
+            except Exception as error:
+                if not _is_outage(error):
+                    log.exception("Reading the cluster inbox failed")
+                try:
+                    self._reader.connection_pool.disconnect()
+                except Exception:  # the connection is broken already
+                    pass
+                self._stopping.wait(backoff)
+                backoff = min(BACKOFF_MAX, backoff * 2)
+                continue
+            backoff = BACKOFF_FIRST
+            if not reply:
+                continue
+            entries = reply[0][1]
+            with self._inbox_lock:
+                if self._inbox_generation != generation:
+                    continue  # re-registered meanwhile: read the new inbox instead
+                position = (inbox, entries[-1][0])
+                self._inbox = position
+            self._handled.clear()
+
+            def handle(entries: list[tuple[bytes, dict[bytes, bytes]]] = entries) -> None:
+                try:
+                    self._on_entries(entries)
+                finally:
+                    self._handled.set()
+
+            self._call_soon(handle)
+            # One batch in flight: wait until the chat thread has handled it.
+            while not self._handled.wait(0.2):
+                if self._stopping.is_set():
+                    return
