@@ -416,13 +416,15 @@ def main(argv: list[str] | None = None) -> int:
     _reserve_standard_descriptors()
     if args.workers is not None and args.worker_of is None:
         return _supervise(args, sys.argv[1:] if argv is None else argv)
+    label = "Server"
     if args.worker_of is not None:
-        parent, _, port = args.worker_of.partition(":")
+        parent, port, index = args.worker_of.split(":")
         die_with_parent(int(parent))
         args.port = int(port)
+        label = f"Worker {index}"
     signals = SignalHandlers(args.backend)
     signals.install()
-    logs = LogPipeline(args.log_level, PROGRAM)
+    logs = LogPipeline(args.log_level, PROGRAM, label=label)
     logs.start()
     try:
         return _serve(args, signals)

@@ -349,7 +349,7 @@ class ChatService:
         if refused is not None:
             # Undecided (the chat service is out of reach): say so; the
             # client may try again on this connection.
-            connection.send(format_event(ServiceUnavailable(f"{refused}, try again later")))
+            connection.send(format_event(ServiceUnavailable("try again later")))
         elif taken_as is not None:
             connection.send(format_event(UsernameTaken(taken_as)))
         else:

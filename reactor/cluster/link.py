@@ -40,7 +40,7 @@ CallSoon = Callable[[Callable[[], None]], None]
 BATCH = 512  # script calls per pipeline
 READ_COUNT = 1000  # inbox entries per read: the node's whole inbound backlog
 READ_BLOCK_MS = 500
-BACKOFF_FIRST, BACKOFF_MAX = 0.05, 2.0
+BACKOFF_FIRST = 0.05
 
 
 class LinkError(Exception):
@@ -81,11 +81,14 @@ def _is_outage(error: BaseException) -> bool:
 class Link:
     """Script calls to Redis and the reading of one inbox, off the chat thread."""
 
-    def __init__(self, url: str, timeout: float, call_soon: CallSoon,
+    def __init__(self, url: str, timeout: float, backoff_max: float, call_soon: CallSoon,
                  on_up: Callable[[], None], on_down: Callable[[str], None],
                  on_entries: Callable[[list[tuple[bytes, dict[bytes, bytes]]]], None]) -> None:
         self.url = url
         self.timeout = timeout
+        # Short: a node that reconnects late after Redis comes back would be
+        # reaped by the others, whose renewals resume at once.
+        self.backoff_max = backoff_max
         self._call_soon = call_soon
         self._on_up = on_up
         self._on_down = on_down
@@ -158,7 +161,7 @@ class Link:
                 if not self._connect():
                     self._fail_queued()
                     self._stopping.wait(backoff)
-                    backoff = min(BACKOFF_MAX, backoff * 2)
+                    backoff = min(self.backoff_max, backoff * 2)
                     continue
                 backoff = BACKOFF_FIRST
             try:
@@ -264,7 +267,7 @@ class Link:
                 except Exception:  # the connection is broken already
                     pass
                 self._stopping.wait(backoff)
-                backoff = min(BACKOFF_MAX, backoff * 2)
+                backoff = min(self.backoff_max, backoff * 2)
                 continue
             backoff = BACKOFF_FIRST
             if not reply:

@@ -115,21 +115,27 @@ local function take(key, name)
 end
 """
 
-# Join (or join again) the chat with the users this node has now, given as
-# ARGV[6..] key, name pairs.  Creates the epoch on a fresh Redis.  Names held
+# Join (or join again: ARGV[6] = '1') the chat with the users this node has
+# now, given as ARGV[7..] key, name pairs.  ARGV[2] is the epoch this node knows (empty
+# at first); a fresh Redis gets a new one.  Names held
 # elsewhere meanwhile come back as conflicts; names Redis has for this node
 # that it no longer has are released.  Returns the epoch, the id of the hello
 # entry where this node's reading of its inbox starts, the users and the
 # remembered names, and the conflicts.
 REGISTER = _PRELUDE + r"""
 local current = redis.call('GET', P .. 'epoch')
-if not current then
-  current = epoch
+if not current then  -- a fresh Redis (or one that lost its data): a new epoch
+  current = now_ms() .. ':' .. node
   redis.call('SET', P .. 'epoch', current)
+end
+-- A node joining again (after an outage) that was reaped meanwhile must not
+-- bring back users already announced offline.
+if ARGV[6] == '1' and current == epoch and not redis.call('ZSCORE', P .. 'nodes', node) then
+  return {'FENCED'}
 end
 redis.call('ZADD', P .. 'nodes', now_ms(), node)
 local wanted, conflicts = {}, {}
-for i = 6, #ARGV, 2 do
+for i = 7, #ARGV, 2 do
   local key, name = ARGV[i], ARGV[i + 1]
   wanted[key] = true
   local entry = redis.call('HGET', P .. 'users', key)

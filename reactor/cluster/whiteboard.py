@@ -123,11 +123,13 @@ class ClusterWhiteboard(Whiteboard[Connection]):
         self._down_since: float | None = None
         self._ever_up = False
         self._ever_registered = False
+        self._ever_registered_as = ""  # the node id of this node's last registration
         # Inbox bookkeeping: presence entries at or before the snapshot are
         # already in it; ``n`` must be contiguous, or entries were trimmed.
         self._snapshot_id: tuple[int, int] = (0, 0)
         self._expected_n: int | None = None
         self._closing = False
+        self._keep_missing_until = 0.0
 
     @staticmethod
     def _new_node_id() -> str:
@@ -137,7 +139,8 @@ class ClusterWhiteboard(Whiteboard[Connection]):
 
     def start(self, chat: Any) -> None:
         self.chat = chat
-        self.link = Link(self.config.url, self.config.command_timeout, chat.call_soon_threadsafe,
+        self.link = Link(self.config.url, self.config.command_timeout,
+                         self.config.renew_interval, chat.call_soon_threadsafe,
                          on_up=self._link_up, on_down=self._link_down,
                          on_entries=self._entries)
         log.info("Joining the chat through Redis at %s as node %s", self.config.url,
@@ -409,9 +412,9 @@ class ClusterWhiteboard(Whiteboard[Connection]):
         users: list[str] = []
         for key, name in self._local_names.items():
             users += (key, name)
-        epoch = self.epoch or secrets.token_hex(8)
-        self.link.call("register", node, epoch, 0, self.config.inbox_max,
-                       self.max_remembered, users,
+        rejoin = "1" if self._ever_registered_as == node else "0"
+        self.link.call("register", node, self.epoch, 0, self.config.inbox_max,
+                       self.max_remembered, [rejoin, *users],
                        lambda reply: self._registered_as(node, reply))
 
     def _registered_as(self, node: str, reply: Reply) -> None:
@@ -420,6 +423,9 @@ class ClusterWhiteboard(Whiteboard[Connection]):
             return
         if reply is UNAVAILABLE or not isinstance(reply, list) or node != self.node_id:
             self._register_soon()
+            return
+        if _text(reply[0]) == "FENCED":
+            self._fenced()
             return
         epoch, hello, users, seen, conflicts = reply
         epoch = _text(epoch)
@@ -434,17 +440,25 @@ class ClusterWhiteboard(Whiteboard[Connection]):
             self.link.read_from(f"{PREFIX}inbox:{node}", hello)
             self._expected_n = None
         self._snapshot_id = _stream_id(hello)
-        self._load_snapshot(users, seen, keep_missing=lost_state, announce=self._ever_registered)
+        if lost_state:
+            # The other nodes register again at their next renewal: until
+            # then (and in any registration meanwhile) their users are kept,
+            # rather than announced offline and online again.
+            self._keep_missing_until = time.monotonic() + self.config.lease
+        keep_missing = time.monotonic() < self._keep_missing_until
+        self._load_snapshot(users, seen, keep_missing=keep_missing,
+                            announce=self._ever_registered)
         self._ever_registered = True
+        self._ever_registered_as = node
         for name in (_text(n) for n in conflicts):
             self._lost_name(name)
         self._registered = True
         self._lease_until = time.monotonic() + self.config.lease
         if lost_state:
-            # The other nodes register again at their next renewal: until
-            # then their users are kept; check again after that.
+            # Then look again: whoever has not come back by now is gone.
             assert self.chat is not None
-            self.chat.call_later(self.config.lease, self._register)
+            self.chat.call_later(self.config.lease + self.config.renew_interval,
+                                 self._register)
         if self._register_again:
             self._register_again = False
             self._register()

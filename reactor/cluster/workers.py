@@ -71,12 +71,12 @@ class Supervisor:
         self.wake = threading.Event()
         self.forward: list[int] = []
 
-    def _command(self) -> list[str]:
+    def _command(self, index: int) -> list[str]:
         return [sys.executable, "-m", "reactor", *self.argv,
-                "--worker-of", f"{os.getpid()}:{self.port}"]
+                "--worker-of", f"{os.getpid()}:{self.port}:{index + 1}"]
 
     def _start(self, index: int) -> None:
-        proc = subprocess.Popen(self._command())
+        proc = subprocess.Popen(self._command(index))
         self.procs[index] = proc
         self.started_at[index] = time.monotonic()
         self.restart_at[index] = None
