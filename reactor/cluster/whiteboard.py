@@ -313,12 +313,13 @@ class ClusterWhiteboard(Whiteboard[Connection]):
                 self._expected_n = n + 1
                 continue
             if self._expected_n is not None and n != self._expected_n:
+                # Trimmed before we read them (MAXLEN): presence changes may
+                # be missing, so reload the state; the entries that are here
+                # are still good.
                 log.warning("This node's inbox lost %d entries (it fell more than %d behind);"
                             " reloading the chat's state", n - self._expected_n,
                             self.config.inbox_max)
-                self._expected_n = None
                 self._register()
-                return
             if self._expected_n is not None:
                 self._expected_n = n + 1
             try:
