@@ -20,6 +20,7 @@ redis-py's own retries are off: a retried script could run twice.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import queue
 import threading
@@ -97,8 +98,11 @@ class Link:
         # XREAD BLOCK holds its connection: a second one, with a timeout
         # longer than the block.
         self._reader = _client(url, timeout + READ_BLOCK_MS / 1000)
-        self._scripts = {name: self._commands.register_script(text)
-                         for name, text in SCRIPTS.items()}
+        # Loaded on every (re)connection; then each call is a plain EVALSHA
+        # in the pipeline (redis-py's Script objects would ask SCRIPT EXISTS
+        # first, one more round trip per batch).
+        self._sha = {name: hashlib.sha1(text.encode()).hexdigest()
+                     for name, text in SCRIPTS.items()}
         self._queue: queue.SimpleQueue[tuple[str, Sequence[object], Callable[[Reply], None]]
                                        | None] = queue.SimpleQueue()
         self.up = False  # read on the chat thread; written by the command thread
@@ -108,6 +112,7 @@ class Link:
         self._inbox: tuple[str, bytes] | None = None
         self._inbox_generation = 0
         self._handled = threading.Event()
+        self._inbox_set = threading.Event()  # wakes the reader for a new inbox
         self._threads = [
             threading.Thread(target=self._command_loop, name="cluster-commands", daemon=True),
             threading.Thread(target=self._read_loop, name="cluster-inbox", daemon=True),
@@ -148,6 +153,7 @@ class Link:
         with self._inbox_lock:
             self._inbox = (inbox, after_id)
             self._inbox_generation += 1
+        self._inbox_set.set()
 
     # -- the command thread ----------------------------------------------------
 
@@ -189,6 +195,7 @@ class Link:
     def _connect(self) -> bool:
         try:
             self._commands.ping()
+            self._load_scripts()
         except Exception as error:
             if not _is_outage(error):
                 log.error("Redis at %s: %s", self.url, error)
@@ -197,12 +204,32 @@ class Link:
         self._call_soon(self._on_up)
         return True
 
-    def _run(self, batch: list[tuple[str, Sequence[object], Callable[[Reply], None]]]) -> None:
+    def _load_scripts(self) -> None:
+        for text in SCRIPTS.values():
+            self._commands.script_load(text)
+
+    def _execute(self, batch: Sequence[tuple[str, Sequence[object], object]]) -> list[Reply]:
         pipe = self._commands.pipeline(transaction=False)
         for script, argv, _ in batch:
-            self._scripts[script](keys=[PREFIX], args=argv, client=pipe)
+            pipe.execute_command("EVALSHA", self._sha[script], 1, PREFIX, *argv)
+        replies: list[Reply] = pipe.execute(raise_on_error=False)
+        return replies
+
+    def _run(self, batch: list[tuple[str, Sequence[object], Callable[[Reply], None]]]) -> None:
+        import redis
+
         try:
-            replies: list[Reply] = pipe.execute(raise_on_error=False)
+            replies = self._execute(batch)
+            missing = [i for i, reply in enumerate(replies)
+                       if isinstance(reply, redis.exceptions.NoScriptError)]
+            if missing:
+                # SCRIPT FLUSH, or a Redis that restarted under a connection
+                # that survived: NOSCRIPT means the call did not run, so
+                # running it again is safe.
+                self._load_scripts()
+                again = self._execute([batch[i] for i in missing])
+                for i, reply in zip(missing, again, strict=True):
+                    replies[i] = reply
         except Exception as error:
             if not _is_outage(error):
                 log.exception("Redis pipeline failed")
@@ -253,7 +280,8 @@ class Link:
                 if self._inbox_generation != generation:
                     generation, position = self._inbox_generation, self._inbox
             if position is None or not self.up:
-                self._stopping.wait(0.05)
+                self._inbox_set.wait(0.05)
+                self._inbox_set.clear()
                 continue
             inbox, last_id = position
             try:

@@ -186,14 +186,19 @@ end
 return {'OK', now, #dead}
 """
 
-# Claim ARGV[6] (key) as ARGV[7] (display name) for this node.
+# Claim ARGV[6] (key) as ARGV[7] (display name) for this node.  Answers OK
+# with this node's inbox sequence number at that moment, or TAKEN with the
+# holder's spelling.
 CLAIM = _PRELUDE + r"""
 local why = refused()
 if why then return {why} end
 local entry = redis.call('HGET', P .. 'users', ARGV[6])
 if entry then return {'TAKEN', display(entry)} end
 take(ARGV[6], ARGV[7])
-return {'OK'}
+-- The last entry written to this node's inbox: the node applies everything
+-- up to it before it answers the login, so that the new user sees exactly
+-- the presence changes that came after it.
+return {'OK', tonumber(redis.call('HGET', P .. 'seq', node) or '0')}
 """
 
 # Release ARGV[6] (key) if this node holds it.  No deadline: a late release

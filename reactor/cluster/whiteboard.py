@@ -130,6 +130,10 @@ class ClusterWhiteboard(Whiteboard[Connection]):
         self._expected_n: int | None = None
         self._closing = False
         self._keep_missing_until = 0.0
+        # The last inbox entry applied (its n), and claims waiting for an n.
+        self._applied_n = 0
+        self._stream_generation = 0
+        self._after_inbox: list[tuple[int, Callable[[], None]]] = []
 
     @staticmethod
     def _new_node_id() -> str:
@@ -178,17 +182,35 @@ class ClusterWhiteboard(Whiteboard[Connection]):
             on_result(None, reason)
             return
 
+        stream = self._stream_generation
+
+        def won() -> None:
+            if stream != self._stream_generation:
+                # Fenced, or Redis lost its data, since: the claim was made
+                # in a state that no longer exists.
+                on_result(None, UNAVAILABLE_REASON)
+                return
+            if key in self._local_names:  # won twice?  The first one holds it.
+                on_result(self._local_names[key])
+                return
+            self._local[key] = session
+            self._local_names[key] = name
+            self._offline.pop(key, None)
+            self._remote.pop(key, None)
+            on_result(None)
+
         def claimed(reply: Reply) -> None:
             status = self._status(reply)
             if status == "OK":
-                if key in self._local_names:  # won twice?  The first one holds it.
-                    on_result(self._local_names[key])
-                    return
-                self._local[key] = session
-                self._local_names[key] = name
-                self._offline.pop(key, None)
-                self._remote.pop(key, None)
-                on_result(None)
+                # The claim's reply and the inbox come by different threads:
+                # apply what Redis wrote to our inbox before the claim first,
+                # so that the newcomer neither hears of users who were already
+                # online nor misses anyone in `users`.
+                written = int(reply[1])
+                if self._applied_n >= written:
+                    won()
+                else:
+                    self._after_inbox.append((written, won))
             elif status == "TAKEN":
                 on_result(_text(reply[1]))
             else:
@@ -309,6 +331,7 @@ class ClusterWhiteboard(Whiteboard[Connection]):
                 return
             kind = fields.get(b"t", b"")
             n = int(fields.get(b"n", b"0"))
+            self._applied_n = n
             if kind == b"hello":
                 self._expected_n = n + 1
                 continue
@@ -326,6 +349,16 @@ class ClusterWhiteboard(Whiteboard[Connection]):
                 self._entry(kind, entry_id, fields)
             except Exception:
                 log.exception("Could not handle a cluster event (%r)", kind)
+        self._run_after_inbox()
+
+    def _run_after_inbox(self, everything: bool = False) -> None:
+        """Answer the claims whose inbox entries have now been applied."""
+        if not self._after_inbox:
+            return
+        ready = [w for w in self._after_inbox if everything or w[0] <= self._applied_n]
+        self._after_inbox = [w for w in self._after_inbox if w not in ready]
+        for _, answer in ready:
+            answer()
 
     def _entry(self, kind: bytes, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
         chat = self.chat
@@ -440,6 +473,10 @@ class ClusterWhiteboard(Whiteboard[Connection]):
             assert self.link is not None
             self.link.read_from(f"{PREFIX}inbox:{node}", hello)
             self._expected_n = None
+            self._applied_n = 0
+            self._stream_generation += 1
+            # Claims waiting for the old inbox: the snapshot holds it all.
+            self._run_after_inbox(everything=True)
         self._snapshot_id = _stream_id(hello)
         if lost_state:
             # The other nodes register again at their next renewal: until
