@@ -9,6 +9,11 @@ stops whatever is still running (the benchmark calls it at exit and on signals).
 
 Our backends come from the registry ``reactor.BACKENDS``: a backend added there
 is benchmarked as ``python -m reactor --backend NAME`` with no change here.
+Beside them runs ``select-tls`` (``TLS``): the primary backend again, its main
+port speaking TLS only (``--tls-cert``/``--tls-key``), with a throwaway
+certificate made for the run (:func:`make_certificate`) in a temporary
+directory that is removed with the server; every harness client of that
+system speaks TLS (``Running.tls``).
 """
 
 from __future__ import annotations
@@ -41,10 +46,17 @@ LOG_LEVEL = "WARNING"
 PEER = "asyncio-peer"
 REDIS = "redis"
 TARGET = "target"
-#: Our backends, as `python -m reactor --backend NAME`, then the two references.
-KNOWN: tuple[str, ...] = (*BACKENDS, PEER, REDIS)
 #: The backend the issue's goals are checked for: the registry's first, the default.
 PRIMARY: str = BACKENDS[0]
+#: The primary backend with TLS on its main port; ``-`` and not ``+``, which
+#: joins system names in the names of the output files.
+TLS = f"{PRIMARY}-tls"
+#: Our backends, as `python -m reactor --backend NAME` (the TLS one beside the
+#: plain one it is compared with), then the two references.
+KNOWN: tuple[str, ...] = (PRIMARY, TLS, *BACKENDS[1:], PEER, REDIS)
+#: The certificate's key: ECDSA P-256, what trustme makes by default and what
+#: certbot has issued by default since 2.0; the openssl fallback makes the same.
+CERT_KEY = "ECDSA P-256"
 
 _LIVE: dict[int, Running] = {}  # started and not yet stopped, for stop_all()
 
@@ -57,7 +69,7 @@ def stop_all() -> None:
 
 def log_level(name: str) -> str:
     """The log level ``name`` runs at, as the report quotes it."""
-    if name in BACKENDS:
+    if name in BACKENDS or name == TLS:
         return LOG_LEVEL
     return {PEER: "none (logs nothing)", REDIS: "warning"}.get(name, "unknown (already running)")
 
@@ -75,6 +87,7 @@ class Running:
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
     workdir: Path | None = None  # removed on stop
+    tls: bool = False  # every client speaks TLS (certificates are not verified)
 
     def alive(self) -> bool:
         return self.proc is None or self.proc.poll() is None
@@ -101,9 +114,53 @@ def unavailable_reason(name: str) -> str | None:
     """Why ``name`` cannot run on this machine, or None if it can."""
     if name == REDIS and not redis_available():
         return "redis-server not installed (apt-get install redis-server); Redis column skipped"
-    if name in BACKENDS and not (REPO / "reactor" / "__main__.py").exists():
+    if (name in BACKENDS or name == TLS) and not (REPO / "reactor" / "__main__.py").exists():
         return "reactor/__main__.py not found; `python -m reactor` cannot start"
+    if name == TLS and certificate_maker() is None:
+        return "no way to make a certificate (pip install trustme, or install openssl)"
     return None
+
+
+def certificate_maker() -> str | None:
+    """``trustme`` if importable, else ``openssl`` if on PATH, else None."""
+    try:
+        import trustme  # noqa: F401
+    except ImportError:
+        return "openssl" if shutil.which("openssl") else None
+    return "trustme"
+
+
+def make_certificate(workdir: Path) -> tuple[Path, Path, str]:
+    """A throwaway certificate for 127.0.0.1 and its key in ``workdir``: (cert, key, how).
+
+    With trustme: a leaf issued by a throwaway CA; else a self-signed one from
+    the openssl command line.  Either way an ECDSA P-256 key (``CERT_KEY``).
+    The harness does not verify it, so which CA signed it does not matter.
+    """
+    cert, key = workdir / "server.pem", workdir / "server.key"
+    how = certificate_maker()
+    if how == "trustme":
+        import trustme
+
+        leaf = trustme.CA(key_type=trustme.KeyType.ECDSA).issue_cert(
+            "127.0.0.1", "localhost", key_type=trustme.KeyType.ECDSA
+        )
+        leaf.cert_chain_pems[0].write_to_path(str(cert))
+        leaf.private_key_pem.write_to_path(str(key))
+    elif how == "openssl":
+        done = subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+             "ec_paramgen_curve:P-256", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
+             "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+             "-keyout", str(key), "-out", str(cert)],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        if done.returncode != 0:
+            raise RuntimeError(f"openssl could not make a certificate: {done.stderr[-300:]}")
+    else:
+        raise RuntimeError("no way to make a certificate (pip install trustme, or openssl)")
+    key.chmod(0o600)
+    return cert, key, how
 
 
 def start(
@@ -132,22 +189,40 @@ def start(
         )
         _LIVE[id(running)] = running
         return running
-    if name in BACKENDS:
+    workdir = None
+    if name in BACKENDS or name == TLS:
         # The benchmark measures capacity: one sender offers up to 40,000 direct
         # messages a second, far past what flood control lets one client send
         # (bench/flood.py measures flood control itself).
-        cmd = [sys.executable, "-m", "reactor", "--backend", name, "--flood-control", "off"]
+        backend = PRIMARY if name == TLS else name
+        cmd = [sys.executable, "-m", "reactor", "--backend", backend, "--flood-control", "off"]
+        if name == TLS:
+            workdir = Path(tempfile.mkdtemp(prefix="bench-tls-"))
+            try:
+                cert, key, _how = make_certificate(workdir)
+            except BaseException:
+                shutil.rmtree(workdir, ignore_errors=True)
+                raise
+            cmd += ["--tls-cert", str(cert), "--tls-key", str(key)]  # TLS on the main port
     elif name == PEER:
         cmd = [sys.executable, str(YARDSTICK)]
     else:
         raise ValueError(f"unknown system {name!r}; choose from {', '.join(KNOWN)}")
     cmd += ["--host", "127.0.0.1", "--log-level", LOG_LEVEL, "--max-clients", str(max_clients)]
     error = RuntimeError(f"{name} did not start")
-    for _attempt in range(3):  # the free port may be taken between probe and bind
-        try:
-            return _start_listening(name, [*cmd, "--port", str(free_port())])
-        except RuntimeError as exc:
-            error = exc
+    try:
+        for _attempt in range(3):  # the free port may be taken between probe and bind
+            try:
+                running = _start_listening(name, [*cmd, "--port", str(free_port())])
+            except RuntimeError as exc:
+                error = exc
+                continue
+            running.tls, running.workdir = name == TLS, workdir
+            workdir = None  # the running system removes it on stop
+            return running
+    finally:
+        if workdir is not None:
+            shutil.rmtree(workdir, ignore_errors=True)
     raise error
 
 

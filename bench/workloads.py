@@ -40,6 +40,8 @@ class Config:
     drain_stall: float = 3.0
     skip: frozenset[str] = frozenset()  # of "presence", "broadcast", "direct"
     receiver_exe: Path | None = None  # the compiled C receiver; None: the Python one
+    # The one built with OpenSSL, for a system whose clients speak TLS; None: Python's.
+    receiver_tls_exe: Path | None = None
 
 
 def run_system(sys_: Running, cfg: Config, base: int, progress: Progress) -> dict[str, Any]:
@@ -54,9 +56,10 @@ def run_system(sys_: Running, cfg: Config, base: int, progress: Progress) -> dic
         indices,
         cfg.receivers,
         cfg.login_window,
-        cfg.receiver_exe,
+        cfg.receiver_tls_exe if sys_.tls else cfg.receiver_exe,
         # Our servers all set TCP_NODELAY; an unknown --target might wait on ACKs (Nagle).
         delay_acks=sys_.name != TARGET,
+        tls=sys_.tls,
     ) as fl:
         out["storm"] = login_storm(sys_, cfg, fl, progress)
         rss1 = rss_bytes(sys_.pid) if sys_.pid else None
@@ -64,7 +67,7 @@ def run_system(sys_: Running, cfg: Config, base: int, progress: Progress) -> dic
         if out["storm"]["logged_in"] < cfg.n:
             out["error"] = f"only {out['storm']['logged_in']} of {cfg.n} clients logged in"
             return out
-        sender = Conn(sys_.host, sys_.port)
+        sender = Conn(sys_.host, sys_.port, tls=sys_.tls)
         try:
             name = wire.sender_name(base)
             sender.send(wire.login(sys_.dialect, name))
@@ -144,7 +147,7 @@ def presence(sys_: Running, cfg: Config, fl: Fleet, progress: Progress) -> dict[
     starts: list[int] = []
     progress.start(f"{sys_.name}: presence", cfg.probes)
     for k in range(cfg.probes):
-        conn, t0 = probe_login(sys_.dialect, sys_.host, sys_.port, wire.probe_name(k))
+        conn, t0 = probe_login(sys_.dialect, sys_.host, sys_.port, wire.probe_name(k), tls=sys_.tls)
         starts.append(t0)
         try:
             want = cfg.n * (k + 1)
