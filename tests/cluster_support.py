@@ -189,6 +189,7 @@ class Client(LineClient):
     kernel never grows it: a client that stops reading is noticed soon)."""
 
     def __init__(self, port: int, rcvbuf: int | None = None) -> None:
+        self.history: list[str] = []  # every line read, for checks after the fact
         if rcvbuf is None:
             super().__init__(port)
             return
@@ -199,6 +200,11 @@ class Client(LineClient):
         self.sock = sock
         self._buffer = bytearray()
         self.closed_by_server = False
+
+    def read_line(self, timeout: float = DEFAULT_TIMEOUT) -> str:
+        line = super().read_line(timeout)
+        self.history.append(line)
+        return line
 
     def expect(self, *lines: str, timeout: float = DEFAULT_TIMEOUT) -> None:
         for index, expected in enumerate(lines):
