@@ -29,16 +29,17 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from reactor import BACKENDS
+from reactor import BACKENDS, make_server
 from reactor.backends.base import Server
 from reactor.config import ClusterConfig, FloodLimits
 from tests.faults import ServerProcess, server_process
-from tests.support import DEFAULT_TIMEOUT, LineClient, running_server
+from tests.support import DEFAULT_TIMEOUT, TEST_CONFIG, LineClient, running_server
 
 REPO = Path(__file__).resolve().parent.parent
 REDIS_SERVER = shutil.which("redis-server")
@@ -268,9 +269,29 @@ def node(backend: str, url: str, lease: float = LEASE, *, ready: bool = True,
 @contextlib.contextmanager
 def nodes(backends: Sequence[str], url: str, lease: float = LEASE,
           **overrides: object) -> Iterator[list[Server]]:
-    """Several in-process nodes of one cluster, all joined."""
-    with contextlib.ExitStack() as stack:
-        yield [stack.enter_context(node(b, url, lease, **overrides)) for b in backends]
+    """Several in-process nodes of one cluster, all joined; stopped together
+    at the end (each one's stop waits for its Redis threads)."""
+    overrides.setdefault("close_linger", 0.2)
+    config = replace(TEST_CONFIG, cluster=cluster_config(url, lease), **overrides)
+    servers: list[Server] = []
+    threads: list[threading.Thread] = []
+    try:
+        for backend in backends:
+            server = make_server(config, backend)
+            servers.append(server)
+            thread = threading.Thread(target=server.serve_forever, name=f"server-{backend}",
+                                      daemon=True)
+            thread.start()
+            threads.append(thread)
+        for server in servers:
+            wait_ready(server.port)
+        yield servers
+    finally:
+        for server in servers:
+            server.stop()
+        for thread in threads:
+            thread.join(timeout=15)
+        assert not any(thread.is_alive() for thread in threads), "a node did not stop"
 
 
 @contextlib.contextmanager
