@@ -385,6 +385,9 @@ class ChatService:
             case Help():
                 connection.send(_HELP)
             case Bye():
+                if self.whiteboard.clustered:
+                    self._leave_cluster_then_close(connection, sender)
+                    return
                 connection.send(format_event(UserOffline(sender)))
                 connection.close("bye")
             case Register(password):
@@ -487,6 +490,19 @@ class ChatService:
         recipients = self._fan_out(data, self.whiteboard.online_sessions(), but=connection)
         recipients += self.whiteboard.remote_count()
         connection.delivery_bucket.charge(recipients, self.clock())
+
+    def _leave_cluster_then_close(self, connection: Connection, sender: str) -> None:
+        """``bye`` on a cluster node: the name is given up in the shared store
+        before the client hears its own offline notice, so that whatever it
+        (or anyone it tells) does next, on any node, comes after its leaving."""
+
+        def released() -> None:
+            connection.send(format_event(UserOffline(sender)))
+            connection.close("bye")  # its user_left finds the name already released
+            connection.answer_arrived()
+
+        connection.await_answer()
+        self.whiteboard.release(sender, connection.guard(released))
 
     # -- what other servers of the cluster cause ----------------------------------
 

@@ -54,7 +54,9 @@ class ClusterConfig:
     @property
     def command_timeout(self) -> float:
         """How long a Redis call may take before Redis counts as out of reach."""
-        return min(1.0, self.lease / 3)
+        # Short enough that a stalled Redis is reported well within the lease;
+        # not so short that a busy 2-core machine looks like an outage.
+        return min(1.0, max(0.3, self.lease / 3))
 
 
 @dataclass(frozen=True, slots=True)

@@ -65,8 +65,9 @@ class Whiteboard(ABC, Generic[S]):
         """Put ``name`` online for ``session`` unless it is taken (ignoring case)."""
 
     @abstractmethod
-    def release(self, name: str) -> None:
-        """Take ``name`` offline; it can be claimed again at once."""
+    def release(self, name: str, on_done: Callable[[], None] | None = None) -> None:
+        """Take ``name`` offline; it can be claimed again at once (here), and
+        everywhere once ``on_done`` is called."""
 
     @abstractmethod
     def lookup(self, name: str) -> tuple[str, S] | None:
@@ -110,13 +111,14 @@ class MemoryWhiteboard(Whiteboard[S]):
         self._offline.pop(key, None)
         on_result(None)
 
-    def release(self, name: str) -> None:
+    def release(self, name: str, on_done: Callable[[], None] | None = None) -> None:
         key = username_key(name)
-        if self._online.pop(key, None) is None:
-            return
-        self._offline[key] = self._names.pop(key)
-        if len(self._offline) > self._max_remembered:
-            del self._offline[next(iter(self._offline))]  # the longest gone
+        if self._online.pop(key, None) is not None:
+            self._offline[key] = self._names.pop(key)
+            if len(self._offline) > self._max_remembered:
+                del self._offline[next(iter(self._offline))]  # the longest gone
+        if on_done is not None:
+            on_done()
 
     def lookup(self, name: str) -> tuple[str, S] | None:
         key = username_key(name)

@@ -24,7 +24,6 @@ import hashlib
 import logging
 import queue
 import threading
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -105,7 +104,10 @@ class Link:
                      for name, text in SCRIPTS.items()}
         self._queue: queue.SimpleQueue[tuple[str, Sequence[object], Callable[[Reply], None]]
                                        | None] = queue.SimpleQueue()
-        self.up = False  # read on the chat thread; written by the command thread
+        # Whether calls are taken; changed with the queue's emptying under
+        # _state, so that no call made before an outage is sent after it.
+        self.up = False
+        self._state = threading.Lock()
         self._stopping = threading.Event()
         # Where the reader reads: set by the chat thread after (re)registering.
         self._inbox_lock = threading.Lock()
@@ -123,13 +125,15 @@ class Link:
             thread.start()
 
     def close(self, timeout: float = 2.0) -> None:
-        """Send what is queued (the last releases), then stop both threads."""
+        """Send what is queued (the last releases), then stop.  The inbox
+        thread is not waited for (it may be in a blocking read; it stops at
+        its next turn, and what it hands over then is ignored)."""
         self._queue.put(None)
         self._stopping.set()
-        deadline = time.monotonic() + timeout
-        for thread in self._threads:
-            if thread.is_alive():
-                thread.join(max(0.0, deadline - time.monotonic()))
+        self._inbox_set.set()
+        commands = self._threads[0]
+        if commands.is_alive():
+            commands.join(timeout)
         for client in (self._commands, self._reader):
             try:
                 client.close()
@@ -142,11 +146,12 @@ class Link:
              maxseen: int, args: Sequence[object], on_reply: Callable[[Reply], None]) -> None:
         """Run a script; ``on_reply`` gets its reply on the chat thread
         (at once with UNAVAILABLE while Redis is out of reach)."""
-        if not self.up:
-            on_reply(UNAVAILABLE)
-            return
         argv = (node, epoch, deadline_ms, maxlen, maxseen, *args)
-        self._queue.put((script, argv, on_reply))
+        with self._state:
+            if self.up:
+                self._queue.put((script, argv, on_reply))
+                return
+        on_reply(UNAVAILABLE)
 
     def read_from(self, inbox: str, after_id: bytes) -> None:
         """Read this inbox from just after ``after_id`` (a new registration)."""
@@ -200,7 +205,10 @@ class Link:
             if not _is_outage(error):
                 log.error("Redis at %s: %s", self.url, error)
             return False
-        self.up = True
+        with self._state:
+            stale = self._take_queued()  # (nothing, normally: calls fail fast while down)
+            self.up = True
+        self._answer_unavailable(stale)
         self._call_soon(self._on_up)
         return True
 
@@ -248,8 +256,16 @@ class Link:
         self._call_soon(hand_over)
 
     def _went_down(self, why: str) -> None:
-        if self.up:
-            self.up = False
+        with self._state:
+            was_up, self.up = self.up, False
+            # Calls queued behind the failed batch were made before the
+            # outage was known: answered now, never sent after reconnecting
+            # (the node registers again first).
+            stale = self._take_queued()
+        # Outside the lock: the threads backend runs the callbacks right here,
+        # under its chat lock, which a chat thread in call() may hold.
+        self._answer_unavailable(stale)
+        if was_up:
             self._call_soon(lambda: self._on_down(why))
         try:
             self._commands.connection_pool.disconnect()
@@ -258,16 +274,24 @@ class Link:
 
     def _fail_queued(self) -> None:
         """While down: answer whatever was queued meanwhile, at once."""
-        failed = []
+        self._answer_unavailable(self._take_queued())
+
+    def _take_queued(self) -> list[Callable[[Reply], None]]:
+        taken = []
         while True:
             try:
                 item = self._queue.get_nowait()
             except queue.Empty:
                 break
-            if item is not None:
-                failed.append(item[2])
-        if failed:
-            self._call_soon(lambda: [callback(UNAVAILABLE) for callback in failed] and None)
+            if item is None:
+                self._queue.put(None)  # close() asked us to stop: keep that
+                break
+            taken.append(item[2])
+        return taken
+
+    def _answer_unavailable(self, callbacks: list[Callable[[Reply], None]]) -> None:
+        if callbacks:
+            self._call_soon(lambda: [callback(UNAVAILABLE) for callback in callbacks] and None)
 
     # -- the inbox thread ------------------------------------------------------
 

@@ -116,17 +116,23 @@ end
 """
 
 # Join (or join again: ARGV[6] = '1') the chat with the users this node has
-# now, given as ARGV[7..] key, name pairs.  ARGV[2] is the epoch this node knows (empty
-# at first); a fresh Redis gets a new one.  Names held
+# now.  ARGV[7] = the lease (ms), ARGV[8] = K, then K keys of names whose
+# claims are in flight, then key, name pairs of this node's users.  ARGV[2]
+# is the epoch this node knows (empty at first); a fresh Redis gets a new
+# one.  Names held
 # elsewhere meanwhile come back as conflicts; names Redis has for this node
 # that it no longer has are released.  Returns the epoch, the id of the hello
 # entry where this node's reading of its inbox starts, the users and the
-# remembered names, and the conflicts.
+# remembered names, the conflicts, and the hello entry's number.
 REGISTER = _PRELUDE + r"""
 local current = redis.call('GET', P .. 'epoch')
 if not current then  -- a fresh Redis (or one that lost its data): a new epoch
   current = now_ms() .. ':' .. node
   redis.call('SET', P .. 'epoch', current)
+  -- Every other node registers its users again within a lease (its next
+  -- renewal answers EPOCH); until then a claim could take a name that one
+  -- of them holds, so claims wait.
+  if epoch ~= '' then redis.call('SET', P .. 'recovering', '1', 'PX', ARGV[7]) end
 end
 -- A node joining again (after an outage) that was reaped meanwhile must not
 -- bring back users already announced offline.
@@ -135,7 +141,10 @@ if ARGV[6] == '1' and current == epoch and not redis.call('ZSCORE', P .. 'nodes'
 end
 redis.call('ZADD', P .. 'nodes', now_ms(), node)
 local wanted, conflicts = {}, {}
-for i = 7, #ARGV, 2 do
+-- Names with a claim in flight on this node: neither taken nor given up here.
+local keep = tonumber(ARGV[8])
+for i = 9, 8 + keep do wanted[ARGV[i]] = true end
+for i = 9 + keep, #ARGV, 2 do
   local key, name = ARGV[i], ARGV[i + 1]
   wanted[key] = true
   local entry = redis.call('HGET', P .. 'users', key)
@@ -155,7 +164,8 @@ end
 announce('off', node, gone, node)
 local hello = post(node, 't', 'hello')
 return {current, hello, redis.call('HGETALL', P .. 'users'),
-        redis.call('HGETALL', P .. 'seen'), conflicts}
+        redis.call('HGETALL', P .. 'seen'), conflicts,
+        tonumber(redis.call('HGET', P .. 'seq', node))}
 """
 
 # Renew this node's lease (ARGV[6] = lease ms) and reap the nodes whose lease
@@ -192,6 +202,7 @@ return {'OK', now, #dead}
 CLAIM = _PRELUDE + r"""
 local why = refused()
 if why then return {why} end
+if redis.call('EXISTS', P .. 'recovering') == 1 then return {'RECOVERING'} end
 local entry = redis.call('HGET', P .. 'users', ARGV[6])
 if entry then return {'TAKEN', display(entry)} end
 take(ARGV[6], ARGV[7])

@@ -133,6 +133,7 @@ class ClusterWhiteboard(Whiteboard[Connection]):
         # The last inbox entry applied (its n), and claims waiting for an n.
         self._applied_n = 0
         self._stream_generation = 0
+        self._claims_in_flight: dict[str, int] = {}
         self._after_inbox: list[tuple[int, Callable[[], None]]] = []
 
     @staticmethod
@@ -200,6 +201,9 @@ class ClusterWhiteboard(Whiteboard[Connection]):
             on_result(None)
 
         def claimed(reply: Reply) -> None:
+            self._claims_in_flight[key] -= 1
+            if not self._claims_in_flight[key]:
+                del self._claims_in_flight[key]
             status = self._status(reply)
             if status == "OK":
                 # The claim's reply and the inbox come by different threads:
@@ -214,20 +218,30 @@ class ClusterWhiteboard(Whiteboard[Connection]):
             elif status == "TAKEN":
                 on_result(_text(reply[1]))
             else:
+                if status == "UNAVAILABLE" and key not in self._local:
+                    # It may have run before its reply was lost: give it
+                    # back (now, or through the registration on reconnect).
+                    self._call("release", (key,), lambda reply: None)
                 on_result(None, UNAVAILABLE_REASON)
 
+        self._claims_in_flight[key] = self._claims_in_flight.get(key, 0) + 1
         self._call("claim", (key, name), claimed, deadline=True)
 
-    def release(self, name: str) -> None:
+    def release(self, name: str, on_done: Callable[[], None] | None = None) -> None:
         key = username_key(name)
         if self._local.pop(key, None) is None:
+            if on_done is not None:
+                on_done()
             return
         shown = self._local_names.pop(key)
         self._remember(key, shown)
-        if self.link is not None and self._registered:
-            # If Redis is out of reach, the next registration (on reconnect)
-            # gives up the names this node no longer has.
-            self._call("release", (key,), lambda reply: None)
+        if self.link is None or not self._registered:
+            if on_done is not None:
+                on_done()
+            return
+        # If Redis is out of reach, the next registration (on reconnect)
+        # gives up the names this node no longer has.
+        self._call("release", (key,), lambda reply: on_done() if on_done is not None else None)
 
     def lookup(self, name: str) -> tuple[str, Any] | None:
         key = username_key(name)
@@ -443,7 +457,8 @@ class ClusterWhiteboard(Whiteboard[Connection]):
             return  # again when the link is up
         self._registering = True
         node = self.node_id
-        users: list[str] = []
+        users: list[str] = [str(int(self.config.lease * 1000)),
+                            str(len(self._claims_in_flight)), *self._claims_in_flight]
         for key, name in self._local_names.items():
             users += (key, name)
         rejoin = "1" if self._ever_registered_as == node else "0"
@@ -461,7 +476,7 @@ class ClusterWhiteboard(Whiteboard[Connection]):
         if _text(reply[0]) == "FENCED":
             self._fenced()
             return
-        epoch, hello, users, seen, conflicts = reply
+        epoch, hello, users, seen, conflicts, hello_n = reply
         epoch = _text(epoch)
         new_stream = not self._registered or epoch != self.epoch
         if self.epoch and epoch != self.epoch:
@@ -472,8 +487,9 @@ class ClusterWhiteboard(Whiteboard[Connection]):
         if new_stream:
             assert self.link is not None
             self.link.read_from(f"{PREFIX}inbox:{node}", hello)
-            self._expected_n = None
-            self._applied_n = 0
+            # Reading starts after the hello entry: as if it had been read.
+            self._expected_n = int(hello_n) + 1
+            self._applied_n = int(hello_n)
             self._stream_generation += 1
             # Claims waiting for the old inbox: the snapshot holds it all.
             self._run_after_inbox(everything=True)
