@@ -123,7 +123,7 @@ end
 # elsewhere meanwhile come back as conflicts; names Redis has for this node
 # that it no longer has are released.  Returns the epoch, the id of the hello
 # entry where this node's reading of its inbox starts, the users and the
-# remembered names, the conflicts, and the hello entry's number.
+# remembered names, the conflicts, the hello entry's number, and Redis's time.
 REGISTER = _PRELUDE + r"""
 local current = redis.call('GET', P .. 'epoch')
 if not current then  -- a fresh Redis (or one that lost its data): a new epoch
@@ -165,7 +165,7 @@ announce('off', node, gone, node)
 local hello = post(node, 't', 'hello')
 return {current, hello, redis.call('HGETALL', P .. 'users'),
         redis.call('HGETALL', P .. 'seen'), conflicts,
-        tonumber(redis.call('HGET', P .. 'seq', node))}
+        tonumber(redis.call('HGET', P .. 'seq', node)), now_ms()}
 """
 
 # Renew this node's lease (ARGV[6] = lease ms) and reap the nodes whose lease

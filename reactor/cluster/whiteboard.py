@@ -321,8 +321,19 @@ class ClusterWhiteboard(Whiteboard[Connection]):
     def _deliver_here(self, origin: str, seq: str, key: str, data: bytes) -> None:
         """A direct message from another node to one of our users."""
 
+        assert self.chat is not None
+        chat = self.chat
+        give_up = time.monotonic() + self.delivery_timeout + ANSWER_GRACE
+
         def answer(ok: bool, reason: str) -> None:
-            self._call("answer", (origin, seq, "1" if ok else "0", reason), lambda reply: None)
+            # Sent again while Redis is out of reach, until the sender would
+            # have given up: the message is delivered, so the sender must
+            # hear it.  (A second copy of an answer is ignored there.)
+            def sent(reply: Reply) -> None:
+                if reply is UNAVAILABLE and time.monotonic() < give_up and not self._closing:
+                    chat.call_later(self.config.renew_interval, lambda: answer(ok, reason))
+
+            self._call("answer", (origin, seq, "1" if ok else "0", reason), sent)
 
         connection = self._local.get(key)
         if connection is None or not connection.is_open:
@@ -476,7 +487,8 @@ class ClusterWhiteboard(Whiteboard[Connection]):
         if _text(reply[0]) == "FENCED":
             self._fenced()
             return
-        epoch, hello, users, seen, conflicts, hello_n = reply
+        epoch, hello, users, seen, conflicts, hello_n, redis_now = reply
+        self._redis_offset_ms = int(redis_now) - time.monotonic() * 1000
         epoch = _text(epoch)
         new_stream = not self._registered or epoch != self.epoch
         if self.epoch and epoch != self.epoch:
@@ -606,9 +618,10 @@ class ClusterWhiteboard(Whiteboard[Connection]):
         deadline_ms = 0
         if deadline and self._redis_offset_ms is not None:
             # Redis drops the call if it runs after its sender gave up on it
-            # (stuck while Redis was paused).
+            # (stuck while Redis was paused): half the time-out, so that a
+            # call that does run has its reply back before the time-out.
             deadline_ms = int(time.monotonic() * 1000 + self._redis_offset_ms
-                              + self.config.command_timeout * 1000)
+                              + self.config.command_timeout * 500)
         self.link.call(script, self.node_id, self.epoch, deadline_ms, self.config.inbox_max,
                        self.max_remembered, args, on_reply)
 
