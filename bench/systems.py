@@ -19,12 +19,19 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.harness import wire
 from bench.harness.deathsig import wrap
-from bench.harness.procstat import free_port, listening, stop_process
+from bench.harness.procstat import (
+    cpu_seconds,
+    free_port,
+    listening,
+    process_tree,
+    rss_bytes,
+    stop_process,
+)
 from bench.peers.redis_peer import redis_available, start_redis
 
 REPO = Path(__file__).resolve().parent.parent
@@ -41,8 +48,12 @@ LOG_LEVEL = "WARNING"
 PEER = "asyncio-peer"
 REDIS = "redis"
 TARGET = "target"
+#: One chat through Redis: ``--workers CLUSTER_WORKERS`` of our default backend
+#: on one port (SO_REUSEPORT) plus a redis-server of its own (bench/cluster.py).
+CLUSTER = "cluster"
+CLUSTER_WORKERS = 2
 #: Our backends, as `python -m reactor --backend NAME`, then the two references.
-KNOWN: tuple[str, ...] = (*BACKENDS, PEER, REDIS)
+KNOWN: tuple[str, ...] = (*BACKENDS, PEER, REDIS, CLUSTER)
 #: The backend the issue's goals are checked for: the registry's first, the default.
 PRIMARY: str = BACKENDS[0]
 
@@ -59,6 +70,8 @@ def log_level(name: str) -> str:
     """The log level ``name`` runs at, as the report quotes it."""
     if name in BACKENDS:
         return LOG_LEVEL
+    if name == CLUSTER:
+        return f"{LOG_LEVEL} (Redis: warning)"
     return {PEER: "none (logs nothing)", REDIS: "warning"}.get(name, "unknown (already running)")
 
 
@@ -75,9 +88,35 @@ class Running:
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
     workdir: Path | None = None  # removed on stop
+    # Processes that are part of this system (a cluster's redis-server, its
+    # other nodes): counted in its CPU and memory, stopped after ``proc``.
+    companions: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    redis_port: int | None = None  # a cluster's Redis
 
     def alive(self) -> bool:
         return self.proc is None or self.proc.poll() is None
+
+    def pids(self) -> list[int]:
+        """Every live process of this system: ``pid``'s tree and the companions'."""
+        roots = [] if self.pid is None else [self.pid]
+        roots += [c.pid for c in self.companions if c.poll() is None]
+        if not self.companions and self.proc is None:
+            return roots  # --target: the pid given, nothing else
+        return list(dict.fromkeys(p for root in roots for p in process_tree(root)))
+
+    def cpu_seconds(self) -> float | None:
+        """CPU seconds of the whole system so far (None without a pid)."""
+        if self.pid is None:
+            return None
+        values = [cpu_seconds(p) for p in self.pids()]
+        return sum(v for v in values if v is not None) if values[0] is not None else None
+
+    def rss_bytes(self) -> int | None:
+        """Resident memory of the whole system (None without a pid)."""
+        if self.pid is None:
+            return None
+        values = [rss_bytes(p) for p in self.pids()]
+        return sum(v for v in values if v is not None) if values[0] is not None else None
 
     def log_tail(self, limit: int = 600) -> str:
         if self.log_path is None:
@@ -90,7 +129,9 @@ class Running:
     def stop(self) -> None:
         if self.proc is not None:
             stop_process(self.proc)
-            _LIVE.pop(id(self), None)
+        for companion in self.companions:
+            stop_process(companion)
+        _LIVE.pop(id(self), None)
         if self.log_path is not None:
             self.log_path.unlink(missing_ok=True)
         if self.workdir is not None:
@@ -101,7 +142,15 @@ def unavailable_reason(name: str) -> str | None:
     """Why ``name`` cannot run on this machine, or None if it can."""
     if name == REDIS and not redis_available():
         return "redis-server not installed (apt-get install redis-server); Redis column skipped"
-    if name in BACKENDS and not (REPO / "reactor" / "__main__.py").exists():
+    if name == CLUSTER:
+        if not redis_available():
+            return "redis-server not installed (apt-get install redis-server); cluster skipped"
+        try:
+            import hiredis  # noqa: F401
+            import redis  # noqa: F401
+        except ImportError:
+            return "the cluster extra is not installed (pip install -e '.[cluster]'); skipped"
+    if name in (*BACKENDS, CLUSTER) and not (REPO / "reactor" / "__main__.py").exists():
         return "reactor/__main__.py not found; `python -m reactor` cannot start"
     return None
 
@@ -132,6 +181,8 @@ def start(
         )
         _LIVE[id(running)] = running
         return running
+    if name == CLUSTER:
+        return start_cluster(max_clients, workers=CLUSTER_WORKERS)
     if name in BACKENDS:
         # The benchmark measures capacity: one sender offers up to 40,000 direct
         # messages a second, far past what flood control lets one client send
@@ -187,3 +238,71 @@ def _start_listening(name: str, cmd: list[str], timeout: float = 15.0) -> Runnin
     except BaseException:
         running.stop()
         raise
+
+
+def server_command(backend: str, max_clients: int) -> list[str]:
+    """``python -m reactor`` as the benchmark runs it (flood control off, see ``start``)."""
+    return [
+        *(sys.executable, "-m", "reactor", "--backend", backend, "--flood-control", "off"),
+        *("--host", "127.0.0.1", "--log-level", LOG_LEVEL, "--max-clients", str(max_clients)),
+    ]
+
+
+def cluster_nodes(redis_port: int) -> int:
+    """How many nodes hold a lease in the cluster of that Redis (0 if it cannot tell)."""
+    import redis
+
+    try:
+        with redis.Redis(port=redis_port, socket_timeout=2) as r:
+            return int(r.zcard("{chat}:nodes"))
+    except redis.RedisError:
+        return 0
+
+
+def start_member(
+    redis_port: int,
+    max_clients: int,
+    workers: int | None = None,
+    expect_nodes: int = 1,
+    backend: str = PRIMARY,
+    extra: tuple[str, ...] = (),
+) -> Running:
+    """One member of the cluster on ``redis_port``: a node (``workers`` None) or a
+    supervisor of ``workers`` nodes on one port.  Ready once it listens and
+    ``expect_nodes`` nodes in all hold a lease in Redis."""
+    cmd = server_command(backend, max_clients)
+    cmd += ["--cluster", f"redis://127.0.0.1:{redis_port}", *extra]
+    if workers is not None:
+        cmd += ["--workers", str(workers)]
+    error = RuntimeError("cluster member did not start")
+    for _attempt in range(3):
+        try:
+            running = _start_listening(CLUSTER, [*cmd, "--port", str(free_port())])
+        except RuntimeError as exc:
+            error = exc
+            continue
+        deadline = time.monotonic() + 15.0
+        while time.monotonic() < deadline and running.alive():
+            if cluster_nodes(redis_port) >= expect_nodes:
+                time.sleep(0.2)  # every worker's listener is open by now
+                running.redis_port = redis_port
+                return running
+            time.sleep(0.05)
+        running.stop()
+        error = RuntimeError(f"cluster member did not join: {running.log_tail()!r}")
+    raise error
+
+
+def start_cluster(max_clients: int, workers: int | None = CLUSTER_WORKERS) -> Running:
+    """A redis-server and one cluster member on it (see ``start_member``); stopping
+    the member stops the redis-server too."""
+    proc, port, workdir = start_redis(max_clients)
+    try:
+        running = start_member(port, max_clients, workers, expect_nodes=workers or 1)
+    except BaseException:
+        stop_process(proc)
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
+    running.companions.append(proc)
+    running.workdir = workdir
+    return running
