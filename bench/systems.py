@@ -211,6 +211,12 @@ def _start_listening(name: str, cmd: list[str], timeout: float = 15.0) -> Runnin
     in the server as a client.  Output goes to a file rather than a pipe: a pipe
     nobody drains would block a server that logs at the worst moment.
     """
+    return _wait_listening(_spawn(name, cmd), timeout)
+
+
+def _spawn(name: str, cmd: list[str]) -> Running:
+    """Start ``cmd`` (with ``--port P``) from this thread: the kernel kills it
+    when the thread that started it ends (``PR_SET_PDEATHSIG``)."""
     port = int(cmd[cmd.index("--port") + 1])
     with tempfile.NamedTemporaryFile(prefix=f"bench-{name}-", suffix=".log", delete=False) as log:
         log_path = Path(log.name)
@@ -224,6 +230,13 @@ def _start_listening(name: str, cmd: list[str], timeout: float = 15.0) -> Runnin
         )
     running = Running(name, "chat", "127.0.0.1", port, proc.pid, log_level(name), proc, log_path)
     _LIVE[id(running)] = running
+    return running
+
+
+def _wait_listening(running: Running, timeout: float = 15.0) -> Running:
+    """``running`` once it listens (see ``_start_listening``); stopped if it never does."""
+    assert running.proc is not None and running.log_path is not None
+    port, proc, log_path = running.port, running.proc, running.log_path
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:
@@ -234,7 +247,7 @@ def _start_listening(name: str, cmd: list[str], timeout: float = 15.0) -> Runnin
             if proc.poll() is not None:
                 break
             time.sleep(0.02)
-        raise RuntimeError(f"{name} did not start listening: {running.log_tail()!r}")
+        raise RuntimeError(f"{running.name} did not start listening: {running.log_tail()!r}")
     except BaseException:
         running.stop()
         raise
@@ -270,26 +283,45 @@ def start_member(
     """One member of the cluster on ``redis_port``: a node (``workers`` None) or a
     supervisor of ``workers`` nodes on one port.  Ready once it listens and
     ``expect_nodes`` nodes in all hold a lease in Redis."""
+    [running] = start_members(redis_port, max_clients, 1, workers, expect_nodes, backend, extra)
+    return running
+
+
+def start_members(
+    redis_port: int,
+    max_clients: int,
+    count: int,
+    workers: int | None = None,
+    expect_nodes: int | None = None,
+    backend: str = PRIMARY,
+    extra: tuple[str, ...] = (),
+) -> list[Running]:
+    """``count`` members (see ``start_member``) started at once, each on its own
+    port; ready once ``expect_nodes`` (default: all of theirs) hold a lease."""
     cmd = server_command(backend, max_clients)
     cmd += ["--cluster", f"redis://127.0.0.1:{redis_port}", *extra]
     if workers is not None:
         cmd += ["--workers", str(workers)]
+    expect = expect_nodes if expect_nodes is not None else count * (workers or 1)
     error = RuntimeError("cluster member did not start")
-    for _attempt in range(3):
+    for _attempt in range(3):  # a free port may be taken between probe and bind
+        members = [_spawn(CLUSTER, [*cmd, "--port", str(free_port())]) for _ in range(count)]
         try:
-            running = _start_listening(CLUSTER, [*cmd, "--port", str(free_port())])
+            for member in members:
+                _wait_listening(member)
+            deadline = time.monotonic() + 15.0
+            while time.monotonic() < deadline and all(m.alive() for m in members):
+                if cluster_nodes(redis_port) >= expect:
+                    time.sleep(0.2)  # every worker's listener is open by now
+                    for member in members:
+                        member.redis_port = redis_port
+                    return members
+                time.sleep(0.05)
+            error = RuntimeError(f"cluster member did not join: {members[0].log_tail()!r}")
         except RuntimeError as exc:
             error = exc
-            continue
-        deadline = time.monotonic() + 15.0
-        while time.monotonic() < deadline and running.alive():
-            if cluster_nodes(redis_port) >= expect_nodes:
-                time.sleep(0.2)  # every worker's listener is open by now
-                running.redis_port = redis_port
-                return running
-            time.sleep(0.05)
-        running.stop()
-        error = RuntimeError(f"cluster member did not join: {running.log_tail()!r}")
+        for member in members:
+            member.stop()
     raise error
 
 
