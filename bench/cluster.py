@@ -886,6 +886,8 @@ def _med(values: list[float | None]) -> float | None:
 def _f(x: float | None, digits: int = 3) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "n/a"
+    if abs(x) < 0.0005:
+        return "0"
     if abs(x) >= 1000:
         return f"{x:,.0f}"
     return f"{x:.{digits}g}" if abs(x) < 100 else f"{x:.0f}"
@@ -1083,7 +1085,7 @@ def table(doc: dict[str, Any]) -> str:
                 f"{_f(r['kernel_p50_ms']):>8}")  # fmt: skip
         if tp["1w"]["rate"] and tp["2w"]["rate"]:
             add(f"  2 workers / 1 worker: {tp['2w']['rate'] / tp['1w']['rate']:.2f}x msg/s "
-                f"(on {m['cores']} cores shared with Redis and the harness)")  # fmt: skip
+                f"({m['cores']} cores, shared with Redis and the harness)")  # fmt: skip
     nd = doc.get("node_death")
     if nd:
         add("")
