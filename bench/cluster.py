@@ -1272,8 +1272,9 @@ def main(argv: list[str] | None = None) -> int:
     doc["seconds"] = time.time() - started
     summarize(doc)
     print(table(doc), flush=True)
-    for path in write(doc, args.out, f"cluster-n{args.clients}" + ("-quick" if args.quick
-                                                                   else "")):  # fmt: skip
+    tag = f"cluster-n{args.clients}" + ("-quick" if args.quick else "")
+    tag += f"-r{args.rate:g}" if args.rate != 150.0 and not args.quick else ""
+    for path in write(doc, args.out, tag):
         print(f"wrote {path}")
     return 1 if doc.get("interrupted") else 0
 
