@@ -364,7 +364,9 @@ def fanout_spread(cfg: Config, base: int, progress: Progress) -> dict[str, Any]:
                 s0 = nodes.stats.snap()
                 time.sleep(1.0)
                 s1 = nodes.stats.snap()
+                c0 = [a.cpu_seconds() or 0.0, b.cpu_seconds() or 0.0, nodes.redis_cpu()]
                 bc = broadcast(sys_, cfg, fl, sender, progress)
+                c1 = [a.cpu_seconds() or 0.0, b.cpu_seconds() or 0.0, nodes.redis_cpu()]
                 s2 = nodes.stats.snap()
             finally:
                 sender.close()
@@ -374,6 +376,13 @@ def fanout_spread(cfg: Config, base: int, progress: Progress) -> dict[str, Any]:
                 bc[f"{label}_kernel_p50_ms"] = _p50_ms(lat)
                 bc[f"{label}_kernel_p99_ms"] = nearest_rank(sorted(lat), 99) / 1e6 if lat else None
             bc["redis"] = per_op(delta(s1, s2), bc["sent"], delta(s0, s1))
+            # CPU per delivery of the sender's node, the other node (N/2 each) and Redis.
+            per = 1e6 / (bc["delivered"] / 2) if bc["delivered"] else math.nan
+            bc["cpu_us_per_local_delivery"] = {
+                "sender_node": (c1[0] - c0[0]) * per,
+                "other_node": (c1[1] - c0[1]) * per,
+                "redis": (c1[2] - c0[2]) * per / 2,
+            }
             out["broadcast"] = bc
     finally:
         nodes.stop()
@@ -507,10 +516,12 @@ def _deliveries(fl: Fleet, want: int, sent_echoes: array) -> dict[str, Any]:
     }
 
 
-def costs(args: argparse.Namespace, cfg: Config, progress: Progress) -> dict[str, Any]:
+def costs(
+    args: argparse.Namespace, cfg: Config, progress: Progress, n: int | None = None
+) -> dict[str, Any]:
     """Redis commands per local DM, per cross-node DM and per broadcast, on two
-    nodes with ``--costs-n`` clients spread over both."""
-    n = args.costs_n
+    nodes with ``n`` (default ``--costs-n``) clients spread over both."""
+    n = n or args.costs_n
     progress.set_stage("costs")
     nodes = Nodes(n + 64)
     out: dict[str, Any] = {"n": n}
@@ -932,6 +943,9 @@ def summarize(doc: dict[str, Any]) -> dict[str, Any]:
                                             for r in rs])  # fmt: skip
         s[SPREAD]["commands_per_bc"] = _med([_dig(r, "broadcast", "redis", "commands")
                                              for r in rs])  # fmt: skip
+        for part in ("sender_node", "other_node"):
+            s[SPREAD][f"{part}_us"] = _med([_dig(r, "broadcast", "cpu_us_per_local_delivery", part)
+                                           for r in rs])  # fmt: skip
         s[SPREAD]["redis_us_per_bc"] = _med([(_dig(r, "broadcast", "redis", "cpu_s") or math.nan)
                                              * 1e6 for r in rs])  # fmt: skip
         sel, cross = s[systems.PRIMARY]["p50"], s[SPREAD]["cross_p50"]
@@ -942,12 +956,14 @@ def summarize(doc: dict[str, Any]) -> dict[str, Any]:
         lf = doc["load_fanout"]
         ratio = lf["cluster_p50"] / lf["select_p50"] if lf["cluster_p50"] and lf["select_p50"] \
             else None  # fmt: skip
-        goals.append((f"cluster broadcast p50 <= {GOAL_P50_RATIO}x single-node select (load.py)",
+        goals.append((f"cluster broadcast p50 <= {GOAL_P50_RATIO}x select (load.py's table)",
                       ratio is not None and ratio <= GOAL_P50_RATIO, f"{_f(ratio)}x"))  # fmt: skip
     co = doc.get("costs")
     if co:
         small = _dig(co, "broadcast", "redis", "commands")
-        large = s.get(SPREAD, {}).get("commands_per_bc") or doc.get("load_commands_per_bc")
+        large = s.get(SPREAD, {}).get("commands_per_bc") or _dig(
+            doc, "costs_large", "broadcast", "redis", "commands"
+        )
         if small and large:
             same = abs(large / small - 1) <= 0.15
             goals.append((f"Redis commands per broadcast same at N={co['n']} and N={doc['n']}",
@@ -1023,7 +1039,9 @@ def table(doc: dict[str, Any]) -> str:
         c = s[SPREAD]
         add(f"  {SPREAD}: p50 sender's node {_f(c['local_p50'])} ms, other node "
             f"{_f(c['cross_p50'])} ms; Redis per broadcast")  # fmt: skip
-        add(f"  {_f(c['commands_per_bc'])} commands, {_f(c['redis_us_per_bc'])} us CPU")
+        add(f"  {_f(c['commands_per_bc'])} commands, {_f(c['redis_us_per_bc'])} us CPU; "
+            f"CPU us per delivery: sender's node {_f(c['sender_node_us'])}, "
+            f"other {_f(c['other_node_us'])}")  # fmt: skip
         for n in names:
             for err in s[n]["errors"]:
                 add(f"  {n}: {err[:70]}")
@@ -1046,9 +1064,14 @@ def table(doc: dict[str, Any]) -> str:
             add(f"{label:20}{_f(r.get('commands')):>10}{_f(r.get('scripts')):>9}"
                 f"{_f(r.get('reads')):>8}{_f((r.get('cpu_s') or 0) * 1e6):>10}"
                 f"{_f(rate) if rate else '':>10}")  # fmt: skip
+        big = doc.get("costs_large", {}).get("broadcast", {}).get("redis")
+        big_label = f"broadcast (N={doc['n']})"
         if s.get(SPREAD):
-            add(f"{f'broadcast (N={doc[chr(110)]})':20}{_f(s[SPREAD]['commands_per_bc']):>10}"
+            add(f"{big_label:20}{_f(s[SPREAD]['commands_per_bc']):>10}"
                 f"{'':17}{_f(s[SPREAD]['redis_us_per_bc']):>10}")  # fmt: skip
+        elif big:
+            add(f"{big_label:20}{_f(big['commands']):>10}{_f(big['scripts']):>9}"
+                f"{_f(big['reads']):>8}{_f(big['cpu_s'] * 1e6):>10}")  # fmt: skip
         ops = co.get("dm_cross", {}).get("redis", {})
         if ops.get("calls"):
             top = ", ".join(f"{k} {v:.2g}" for k, v in list(ops["calls"].items())[:6])
@@ -1191,6 +1214,9 @@ def run(
     phases: list[tuple[str, str, Callable[[], dict[str, Any]]]] = [
         ("fanout", "fanout", lambda: fanout(args, cfg, progress)),
         ("costs", "costs", lambda: costs(args, cfg, progress)),
+        # Without the fan-out phase, the large N's Redis commands per broadcast come from here.
+        ("costs", "costs_large",
+         lambda: costs(args, cfg, progress, args.clients) if "fanout" in skip else None),
         ("latency", "dm_latency", lambda: dm_latency(args, progress)),
         ("throughput", "throughput", lambda: throughput(args, cfg, progress)),
         ("death", "node_death", lambda: node_death(args, progress)),
@@ -1201,8 +1227,11 @@ def run(
             continue
         t0 = time.monotonic()
         try:
-            doc[key] = phase()
-            doc.setdefault("phase_seconds", {})[name] = round(time.monotonic() - t0, 1)
+            result = phase()
+            if result is None:
+                continue
+            doc[key] = result
+            doc.setdefault("phase_seconds", {})[key] = round(time.monotonic() - t0, 1)
         except (RuntimeError, OSError) as exc:
             progress.note(f"cluster: {name} failed: {exc!r}")
             doc.setdefault("errors", {})[name] = repr(exc)
@@ -1243,7 +1272,7 @@ def after_load(
     doc["n"] = load_args.clients
     summarize(doc)
     print(table(doc), flush=True)
-    tag = f"cluster-n{load_args.clients}" + ("-quick" if load_args.quick else "")
+    tag = f"cluster-extras-n{load_args.clients}" + ("-quick" if load_args.quick else "")
     return write(doc, load_args.out, tag)
 
 
