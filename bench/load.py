@@ -87,7 +87,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--dm-step", type=float, default=1.5, help="seconds per direct-message rate")
     p.add_argument("--dm-slo", type=float, default=50.0, help="p99 ms a sustained rate stays under")
-    p.add_argument("--skip", default="", help="phases to leave out: presence,broadcast,direct")
+    p.add_argument(
+        "--skip",
+        default="",
+        help="phases to leave out: presence,broadcast,direct,cluster-extras "
+        "(the cluster's own phases, bench/cluster.py, run after the table when "
+        "the systems include cluster)",
+    )
     p.add_argument("--sweep", help="comma list of N; runs every N (rate scaled, see --budget)")
     p.add_argument(
         "--budget",
@@ -308,6 +314,10 @@ def run(args: argparse.Namespace, argv: list[str] | None, progress: Progress) ->
         if pngs is None:
             progress.note("note: matplotlib not installed; plots skipped (pip install matplotlib)")
         written += pngs or []
+    if systems.CLUSTER in names and not doc.get("interrupted") and "cluster-extras" not in skip:
+        from bench import cluster  # the cluster's own phases: DM costs, node death, Redis stall
+
+        written += cluster.after_load(args, doc, Progress(enabled=not args.quiet))
     for path in written:
         print(f"wrote {path}")
     return 1 if doc.get("interrupted") else 0

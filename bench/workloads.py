@@ -17,7 +17,7 @@ from typing import Any
 from bench.harness import wire
 from bench.harness.driver import NS, Conn, open_loop, probe_login
 from bench.harness.fleet import Fleet
-from bench.harness.procstat import cpu_seconds, machine_busy_seconds, rss_bytes
+from bench.harness.procstat import machine_busy_seconds
 from bench.progress import Progress
 from bench.stats import cdf_points, latency_summary, nearest_rank
 from bench.systems import TARGET, Running
@@ -48,7 +48,7 @@ def run_system(sys_: Running, cfg: Config, base: int, progress: Progress) -> dic
     """Measure ``sys_``; client names start at ``c<base>`` (unique across rounds)."""
     out: dict[str, Any] = {"system": sys_.name, "log_level": sys_.log_level, "n": cfg.n}
     indices = list(range(base, base + cfg.n))
-    rss0 = rss_bytes(sys_.pid) if sys_.pid else None
+    rss0 = sys_.rss_bytes()
     with Fleet(
         sys_.dialect,
         sys_.host,
@@ -62,7 +62,7 @@ def run_system(sys_: Running, cfg: Config, base: int, progress: Progress) -> dic
         tls=sys_.tls,
     ) as fl:
         out["storm"] = login_storm(sys_, cfg, fl, progress)
-        rss1 = rss_bytes(sys_.pid) if sys_.pid else None
+        rss1 = sys_.rss_bytes()
         out["memory"] = memory(rss0, rss1, cfg.n)
         if out["storm"]["logged_in"] < cfg.n:
             out["error"] = f"only {out['storm']['logged_in']} of {cfg.n} clients logged in"
@@ -114,7 +114,7 @@ def login_storm(sys_: Running, cfg: Config, fl: Fleet, progress: Progress) -> di
     """
     n = cfg.n
     expected = n * (n + 1) // 2
-    cpu0 = cpu_seconds(sys_.pid) if sys_.pid else None
+    cpu0 = sys_.cpu_seconds()
     progress.start(f"{sys_.name}: login storm", n)
     t0 = time.monotonic_ns()
     fl.send("login")
@@ -125,7 +125,7 @@ def login_storm(sys_: Running, cfg: Config, fl: Fleet, progress: Progress) -> di
         on_status=lambda s: progress.update(s["logged_in"]),
     )
     progress.done()
-    cpu1 = cpu_seconds(sys_.pid) if sys_.pid else None
+    cpu1 = sys_.cpu_seconds()
     end = st["last_notice_ns"] or time.monotonic_ns()
     return {
         "seconds": (end - t0) / NS if ok else math.nan,
@@ -186,7 +186,7 @@ def broadcast(
     count = warm + int(cfg.rate * cfg.duration)
     n = cfg.n
     fl.measure(count, 0, 0)
-    cpu0 = cpu_seconds(sys_.pid) if sys_.pid else None
+    cpu0 = sys_.cpu_seconds()
     rcpu0, scpu0 = fl.cpu_seconds(), time.process_time()
     busy0, wall0 = machine_busy_seconds(), time.monotonic()
     progress.start(f"{sys_.name}: broadcast {cfg.rate:g}/s", count)
@@ -198,7 +198,7 @@ def broadcast(
     log = open_loop(sender, line, cfg.rate, count, tick=progress.update)
     st, _ = fl.wait_for(lambda s: s["b"] >= n * count, stall=cfg.drain_stall, cap=60.0)
     progress.done()
-    cpu1 = cpu_seconds(sys_.pid) if sys_.pid else None
+    cpu1 = sys_.cpu_seconds()
     rcpu, scpu = fl.cpu_seconds() - rcpu0, time.process_time() - scpu0
     hcpu = rcpu + scpu
     busy, wall = machine_busy_seconds() - busy0, time.monotonic() - wall0
@@ -275,11 +275,11 @@ def direct(
             to = wire.client_name(indices[(seq * 7919) % n])
             return wire.direct(sys_.dialect, to, wire.payload(wire.KIND_DIRECT, seq, t))
 
-        cpu0 = cpu_seconds(sys_.pid) if sys_.pid else None
+        cpu0 = sys_.cpu_seconds()
         log = open_loop(sender, line, rate, count, first_seq=first, tick=progress.update)
         # Counters restart at every collect, so a step waits for its own count.
         fl.wait_for(lambda s, w=count: s["d"] >= w, stall=cfg.drain_stall, cap=60.0)
-        cpu1 = cpu_seconds(sys_.pid) if sys_.pid else None
+        cpu1 = sys_.cpu_seconds()
         progress.done()
         rec = fl.collect()
         lat = list(rec["d_lat"])

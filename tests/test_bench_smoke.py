@@ -252,3 +252,47 @@ def test_a_stopped_benchmark_leaves_no_child_behind(tmp_path: Path, sig: signal.
         for pid, start in (seen | _descendants(proc.pid)).items():  # never leak into other tests
             if _alive(pid, start):
                 os.kill(pid, signal.SIGKILL)
+
+
+def _cluster_available() -> bool:
+    if shutil.which("redis-server") is None:
+        return False
+    try:
+        import hiredis  # noqa: F401
+        import redis  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _cluster_available(), reason="needs redis-server and the [cluster] extra")
+def test_tiny_cluster_run_counts_everything_and_meets_the_death_and_stall_goals(
+    tmp_path: Path,
+) -> None:
+    """bench/cluster.py --quick, the slow phases left out (~25 s): Redis commands
+    per DM and broadcast over two nodes, SIGKILL of a node, a Redis stall."""
+    out_dir = tmp_path / "out"
+    cmd = [sys.executable, "bench/cluster.py", "--quick", "--quiet", "--out", str(out_dir),
+           "--skip", "fanout,latency,throughput"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    table = [line for line in proc.stdout.splitlines() if not line.startswith("wrote ")]
+    assert all(len(line) <= 80 for line in table), proc.stdout
+    doc = json.loads((out_dir / "cluster-n20-quick.json").read_text())
+    assert not doc.get("errors"), doc.get("errors")
+    assert doc["summary"]["integrity"] == {"lost": 0, "duplicated": 0, "false_echoes": 0}
+    costs = doc["costs"]
+    # A local DM needs no Redis; a cross-node one does; a broadcast is one script.
+    assert costs["dm_local"]["redis"]["scripts"] < 0.1
+    assert costs["dm_cross"]["redis"]["scripts"] >= 1
+    assert 0.5 < costs["broadcast"]["redis"]["scripts"] < 2
+    death = doc["node_death"]
+    [trial] = death["trials"]
+    # The goal is 5 s (lease 3 s); a loaded CI machine gets some slack.
+    assert trial["complete"] and trial["last_s"] < 8, trial
+    assert trial["missing"] == 0 and trial["duplicated"] == 0 and trial["names_reusable"]
+    stall = doc["stall"]
+    assert stall["offline_notices"] == 0 and stall["false_echoes"] == 0, stall
+    assert all(t["disconnected"] == 0 and t["after_delivered"] == 2 for t in stall["trials"])
+    goals = {g["goal"]: g["met"] for g in doc["summary"]["goals"]}
+    assert any(g.startswith("SIGKILL") for g in goals), goals
