@@ -17,6 +17,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from protocol import (
     Broadcast,
@@ -78,6 +79,9 @@ HOUSEKEEPING_INTERVAL = 1.0
 
 CallLater = Callable[[float, Callable[[], None]], TimerHandle]
 CallSoon = Callable[[Callable[[], None]], None]
+
+# Answers a client may have in flight (cluster nodes) before its next line waits.
+MAX_IN_FLIGHT = 64
 
 NO_ACCOUNTS = "this server keeps no registered names; the operator can turn them on with --accounts"
 
@@ -369,6 +373,9 @@ class ChatService:
             return
         sender = connection.username
         assert sender is not None
+        if connection.in_flight and not self._may_go_ahead(connection, command):
+            connection.hold(raw)
+            return
         if type(command) is Chat:
             # The hot command, dispatched before the match (whose class
             # patterns cost a few isinstance and attribute look-ups each).
@@ -403,6 +410,21 @@ class ChatService:
 
     # -- what commands cause --------------------------------------------------
 
+    def _may_go_ahead(self, connection: Connection, command: object) -> bool:
+        """Whether a command may be handled while earlier answers are still
+        in flight: broadcasts, and messages to users of other servers, whose
+        order Redis keeps (one pipeline, one inbox per server).  Anything
+        else -- a message to a user here, who would get it before a
+        broadcast still on its way -- waits for them."""
+        if len(connection.in_flight) >= MAX_IN_FLIGHT:
+            return False
+        if type(command) is Broadcast:
+            return True
+        if type(command) is Chat:
+            found = self.whiteboard.lookup(command.to)
+            return found is not None and not isinstance(found[1], Connection)
+        return False
+
     def _direct_message(self, connection: Connection, sender: str, to: str, text: str) -> None:
         whiteboard = self.whiteboard
         if whiteboard.clustered:
@@ -410,18 +432,18 @@ class ChatService:
             # lost the cluster may already have been declared dead.
             down = whiteboard.unavailable_reason()
             if down is not None:
-                connection.send(format_event(NotDelivered(to, down)))
+                connection.reply(format_event(NotDelivered(to, down)))
                 return
         found = whiteboard.lookup(to)
         if found is None:
             seen = self.whiteboard.seen_as(to)
             reply = UserUnknown(to) if seen is None else UserOffline(seen)
-            connection.send(format_event(reply))
+            connection.reply(format_event(reply))
             return
         recipient_name, recipient = found
         if not recipient.is_open:
             # Leaving but not yet gone: to a sender it is offline.
-            connection.send(format_event(UserOffline(recipient_name)))
+            connection.reply(format_event(UserOffline(recipient_name)))
             return
         if log.isEnabledFor(logging.INFO):
             shown = f'"{escape(text)}"' if self.config.log_text else f"({len(text)} characters)"
@@ -432,6 +454,10 @@ class ChatService:
             # echo can never be seen without the message after it.
             connection.send(format_message_sent(recipient_name, text))
             connection.send(format_message_from(sender, text))
+            return
+
+        if whiteboard.clustered and not isinstance(recipient, Connection):
+            self._direct_message_elsewhere(connection, sender, recipient_name, recipient, text)
             return
 
         # The echo "<To Bob> ..." promises that the message was handed to
@@ -463,6 +489,32 @@ class ChatService:
             recipient.fail(error)  # the recipient's failure, not the sender's
             delivered(False, "internal error")
 
+    def _direct_message_elsewhere(self, connection: Connection, sender: str,
+                                  recipient_name: str, recipient: Any, text: str) -> None:
+        """A message to a user of another server: its echo waits in command
+        order for that server's answer, while the sender's next broadcasts
+        and messages to other servers go ahead (as Redis pipelines)."""
+        slot = connection.reserve_answer()
+        answered = False
+
+        def delivered(ok: bool, reason: str) -> None:
+            nonlocal answered
+            if answered:
+                return
+            answered = True
+            reply = (format_message_sent(recipient_name, text) if ok
+                     else format_event(NotDelivered(recipient_name, reason)))
+            try:
+                connection.fill_answer(slot, lambda: connection.send(reply))
+            except Exception as error:
+                connection.fail(error)
+
+        try:
+            recipient.deliver(format_message_from(sender, text), delivered)
+        except Exception as error:
+            recipient.fail(error)
+            delivered(False, "internal error")
+
     def _broadcast(self, connection: Connection, sender: str, text: str) -> None:
         if log.isEnabledFor(logging.INFO):
             shown = f'"{escape(text)}"' if self.config.log_text else f"({len(text)} characters)"
@@ -474,15 +526,18 @@ class ChatService:
 
         # Other servers first: the echo and this server's deliveries wait
         # until the broadcast is on its way to all of them, so that nobody
-        # gets it unless everyone will, and the echo is never false.
+        # gets it unless everyone will, and the echo is never false.  They
+        # wait in command order; the sender's next broadcast goes ahead, so
+        # that a fast sender's broadcasts share Redis round trips.
+        slot = connection.reserve_answer()
+
         def published(refused: str | None) -> None:
             if refused is not None:
-                connection.send(format_event(BroadcastNotSent(refused)))
+                notice = format_event(BroadcastNotSent(refused))
+                connection.fill_answer(slot, lambda: connection.send(notice))
             else:
-                self._broadcast_here(connection, text, data)
-            connection.answer_arrived()
+                connection.fill_answer(slot, lambda: self._broadcast_here(connection, text, data))
 
-        connection.await_answer()
         self.whiteboard.publish(data, connection.guard(published))
 
     def _broadcast_here(self, connection: Connection, text: str, data: bytes) -> None:
