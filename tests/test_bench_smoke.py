@@ -266,14 +266,16 @@ def _cluster_available() -> bool:
 
 
 @pytest.mark.skipif(not _cluster_available(), reason="needs redis-server and the [cluster] extra")
-def test_tiny_cluster_run_counts_everything_and_meets_the_death_and_stall_goals(
+def test_tiny_cluster_run_counts_redis_commands_per_operation(
     tmp_path: Path,
 ) -> None:
-    """bench/cluster.py --quick, the slow phases left out (~25 s): Redis commands
-    per DM and broadcast over two nodes, SIGKILL of a node, a Redis stall."""
+    """bench/cluster.py --quick with its fast phase only: Redis commands per DM
+    and broadcast over two nodes.  (What its slow phases measure -- a node's
+    death, a Redis stall -- the cluster tests check directly, in
+    tests/test_cluster_failures.py; the full run is `python bench/cluster.py`.)"""
     out_dir = tmp_path / "out"
     cmd = [sys.executable, "bench/cluster.py", "--quick", "--quiet", "--out", str(out_dir),
-           "--skip", "fanout,latency,throughput"]  # fmt: skip
+           "--skip", "fanout,latency,throughput,death,stall"]  # fmt: skip
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     table = [line for line in proc.stdout.splitlines() if not line.startswith("wrote ")]
@@ -286,13 +288,5 @@ def test_tiny_cluster_run_counts_everything_and_meets_the_death_and_stall_goals(
     assert costs["dm_local"]["redis"]["scripts"] < 0.1
     assert costs["dm_cross"]["redis"]["scripts"] >= 1
     assert 0.5 < costs["broadcast"]["redis"]["scripts"] < 2
-    death = doc["node_death"]
-    [trial] = death["trials"]
-    # The goal is 5 s (lease 3 s); a loaded CI machine gets some slack.
-    assert trial["complete"] and trial["last_s"] < 8, trial
-    assert trial["missing"] == 0 and trial["duplicated"] == 0 and trial["names_reusable"]
-    stall = doc["stall"]
-    assert stall["offline_notices"] == 0 and stall["false_echoes"] == 0, stall
-    assert all(t["disconnected"] == 0 and t["after_delivered"] == 2 for t in stall["trials"])
     goals = {g["goal"]: g["met"] for g in doc["summary"]["goals"]}
-    assert any(g.startswith("SIGKILL") for g in goals), goals
+    assert goals, doc["summary"]
