@@ -203,6 +203,9 @@ class ChatService:
             log.warning("%s disconnected: %s.", name, reason)
         else:
             log.info("%s disconnected.", name)
+        self._announce_offline(name)
+
+    def _announce_offline(self, name: str) -> None:
         if self._shutting_down:
             return
         notice = format_event(UserOffline(name))
@@ -566,13 +569,7 @@ class ChatService:
             self._fan_out(format_event(UserOnline(name)), self.whiteboard.online_sessions())
 
     def remote_user_offline(self, name: str) -> None:
-        if self._shutting_down:
-            return
-        notice = format_event(UserOffline(name))
-        if self._fan_out_depth:
-            self._deferred_notices.append(notice)
-            return
-        self._fan_out(notice, self.whiteboard.online_sessions())
+        self._announce_offline(name)
 
     def remote_broadcast(self, data: bytes) -> None:
         """A broadcast from a user of another server, for ours."""

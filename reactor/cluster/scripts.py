@@ -104,6 +104,18 @@ local function announce(kind, holder, names, except)
     end
   end
 end
+-- Remove a node and every name it holds; returns those names.
+local function forget_node(gone)
+  local names = {}
+  for _, key in ipairs(redis.call('SMEMBERS', P .. 'node:' .. gone)) do
+    local name = drop(key, gone)
+    if name then table.insert(names, name) end
+  end
+  redis.call('ZREM', P .. 'nodes', gone)
+  redis.call('DEL', P .. 'node:' .. gone, P .. 'inbox:' .. gone)
+  redis.call('HDEL', P .. 'seq', gone)
+  return names
+end
 local function take(key, name)
   redis.call('HSET', P .. 'users', key, node .. '\n' .. name)
   redis.call('SADD', P .. 'node:' .. node, key)
@@ -182,14 +194,7 @@ local lease = tonumber(ARGV[6])
 local dead = redis.call('ZRANGEBYSCORE', P .. 'nodes', '-inf', '(' .. (tonumber(previous) - lease))
 for _, gone in ipairs(dead) do
   if gone ~= node then
-    local names = {}
-    for _, key in ipairs(redis.call('SMEMBERS', P .. 'node:' .. gone)) do
-      local name = drop(key, gone)
-      if name then table.insert(names, name) end
-    end
-    redis.call('ZREM', P .. 'nodes', gone)
-    redis.call('DEL', P .. 'node:' .. gone, P .. 'inbox:' .. gone)
-    redis.call('HDEL', P .. 'seq', gone)
+    local names = forget_node(gone)
     announce('dead', gone, names, gone)  -- this node too: it reaped, it must hear it
   end
 end
@@ -260,15 +265,7 @@ return {'OK', #others}
 # others at once, rather than after the lease) and leave.
 LEAVE = _PRELUDE + r"""
 if redis.call('GET', P .. 'epoch') ~= epoch then return {'EPOCH'} end
-local names = {}
-for _, key in ipairs(redis.call('SMEMBERS', P .. 'node:' .. node)) do
-  local name = drop(key, node)
-  if name then table.insert(names, name) end
-end
-redis.call('ZREM', P .. 'nodes', node)
-redis.call('DEL', P .. 'node:' .. node, P .. 'inbox:' .. node)
-redis.call('HDEL', P .. 'seq', node)
-announce('off', node, names, node)
+announce('off', node, forget_node(node), node)
 return {'OK'}
 """
 
