@@ -96,9 +96,6 @@ class SelectorTransport(Transport):
             # The first output owed to this connection in this turn.
             self._turn = server.turn
             if self.tls is not None:
-                if not self._in_pending:
-                    self._in_pending = True
-                    server.pending_writes.append(self)
                 return self._write_tls(data, on_handoff)
             if server.write_through and not self.output.size:
                 # asyncio's "try to send now": in a short pass the recipients
@@ -132,12 +129,38 @@ class SelectorTransport(Transport):
         return entry
 
     def _write_tls(self, data: bytes, on_handoff: Handoff | None) -> Entry | None:
-        """The first output this pass, on TLS: queued, and in a short pass
-        encrypted and sent at once, as the plain path sends it."""
+        """The first output this turn, on TLS: in a short pass, with nothing
+        queued, encrypted and sent at once, as the plain path sends it; only
+        what the kernel refuses is kept.  Else queued for _settle."""
+        tls = self.tls
+        assert tls is not None
+        if self.server.write_through and not self.output.size and not self._events & _WRITE:
+            ciphertext = tls.seal(data)  # None during the handshake, or behind ciphertext
+            if ciphertext is not None:
+                try:
+                    sent = self.sock.send(ciphertext)
+                except (BlockingIOError, InterruptedError):
+                    sent = 0
+                except OSError as error:
+                    self._connection_error(error)
+                    if on_handoff is not None:
+                        on_handoff(False)
+                    return None
+                if sent == len(ciphertext):
+                    if on_handoff is not None:
+                        on_handoff(True)
+                    return None  # nothing owed: _settle need not visit it
+                entry = tls.keep(ciphertext, sent, data, on_handoff)
+                self._want_settle()
+                return entry
         entry = self.output.append(data, on_handoff)
-        if self.server.write_through and self.tls and not self._events & _WRITE:
-            self._send_wire()
-        return entry if self.output else None  # empty: this entry went, its handoff ran
+        self._want_settle()
+        return entry
+
+    def _want_settle(self) -> None:
+        if not self._in_pending:
+            self._in_pending = True
+            self.server.pending_writes.append(self)
 
     def flush(self) -> None:
         """Write what is queued; watch for EVENT_WRITE only while some remains."""
