@@ -275,10 +275,34 @@ class TLSWire:
         entry = self.output.append(data, on_handoff)
         if entry is not None:
             entry.started = True
-        rest = memoryview(ciphertext)[sent:] if sent else ciphertext
-        self._pieces.append([rest, len(data)])
-        self.size += len(rest)
+        self.keep_sealed(ciphertext, sent, len(data))
         return entry
+
+    def seal_queue(self) -> bytes | None:
+        """The whole output queue encrypted now, in one record, for a send at
+        once; None if ciphertext waits, or the queue is too big for one record.
+
+        Its entries are marked started.  Once the kernel took all of it, the
+        caller consumes the plaintext (``output.consume(size)``: the
+        handoffs); if only part, it hands the rest to :meth:`keep_sealed`.
+        """
+        if self._pieces or not self.handshake_done or self.failed or self._notified:
+            return None
+        output = self.output
+        buffers = output.buffers()
+        count = len(buffers)
+        if count >= MAX_BUFFERS_PER_SEND or output.size > RECORD_SIZE:
+            return None
+        self._ssl.write(buffers[0] if count == 1 else b"".join(buffers))
+        output.mark_started(count)
+        return self._out.read()
+
+    def keep_sealed(self, ciphertext: bytes, sent: int, plain: int) -> None:
+        """The kernel took ``sent`` bytes of ``ciphertext``, made from the
+        first ``plain`` bytes of the output queue: the rest waits to be sent."""
+        rest = memoryview(ciphertext)[sent:] if sent else ciphertext
+        self._pieces.append([rest, plain])
+        self.size += len(rest)
 
     def consume(self, sent: int) -> list[Handoff]:
         """The kernel took ``sent`` bytes of ciphertext: return the handoffs now due."""

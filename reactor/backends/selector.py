@@ -377,6 +377,47 @@ class SelectorTransport(Transport):
         self.server.dead.append(self)
 
 
+class SelectorTLSTransport(SelectorTransport):
+    """A TLS connection's transport: its flush() has a fast path."""
+
+    def flush(self) -> None:
+        """flush() on TLS, its common case written out: nothing is waiting
+        for EVENT_WRITE, so the whole queue is encrypted in one record and
+        sent; anything else is flush()'s."""
+        output = self.output
+        tls = self.tls
+        assert tls is not None
+        if self._events & _WRITE or self._closing or self.socket_closed or not output.size:
+            SelectorTransport.flush(self)
+            return
+        ciphertext = tls.seal_queue()  # None: during the handshake, or too big
+        if ciphertext is None:
+            SelectorTransport.flush(self)
+            return
+        plain = output.size
+        try:
+            sent = self.sock.send(ciphertext)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError as error:
+            tls.keep_sealed(ciphertext, 0, plain)
+            self._connection_error(error)
+            return
+        if sent < len(ciphertext):
+            tls.keep_sealed(ciphertext, sent, plain)
+            self._update_events()  # EVENT_WRITE for the rest
+            return
+        for callback in output.consume(plain):
+            callback(True)
+        if self.socket_closed:
+            return
+        if not output.size and self.connection is not None:
+            self.connection.output_drained()
+        if output.size or self._closing:
+            # What the handoffs or the drain queued, or a close: flush()'s.
+            SelectorTransport.flush(self)
+
+
 class SelectorServer(Server):
     def __init__(
         self, config: ServerConfig, whiteboard: Whiteboard[Connection] | None = None
@@ -549,8 +590,10 @@ class SelectorServer(Server):
         except OSError:
             sock.close()  # the peer is already gone
             return
-        transport = SelectorTransport(sock, host, self)
         if tls:
+            transport: SelectorTransport = SelectorTLSTransport(sock, host, self)
             transport.start_tls(self.tls_context())
+        else:
+            transport = SelectorTransport(sock, host, self)
         self.selector.register(sock, _READ, transport)
         self.chat.connection_made(transport)
