@@ -26,6 +26,15 @@ Plaintext not yet encrypted can still be withdrawn; once encrypted, it is
 marked started.  :class:`TLSWire` offers the same ``buffers``/``consume``
 pair as the plain buffer, so a backend's send path is the same for both.
 
+**A fast path for a backend that wants one** (the select backend's): when
+no ciphertext waits, :meth:`TLSWire.seal` encrypts one message straight
+from the caller, and :meth:`TLSWire.seal_queue` the whole queue in one
+record, for a send at once; what the kernel does not take is handed back
+(:meth:`TLSWire.keep`, :meth:`TLSWire.keep_sealed`) and waits as above.
+The handoffs stay exact: the caller runs them only once the kernel took
+all the ciphertext.  A fan-out's delivery then costs one record, one send
+and no Python objects but the ciphertext.
+
 Not thread-safe: the threads backend makes every call under the
 connection's send lock (OpenSSL forbids using one SSL object from two
 threads at once, and a lock held across a blocking ``SSL_read`` would stop
