@@ -857,7 +857,16 @@ def redis_stall(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
             false_echoes = lost_echoed = 0
             for to, text in texts:
                 line = next((ln for _, ln in sender.lines[marks[sender.name]:] if text in ln), b"")
-                kind = "echo" if line.startswith(b"<To ") else line.split(b":")[0].decode()[:30]
+                if not line:
+                    # A refusal does not repeat the text: it names the recipient.
+                    refusal = b"<Message to %s not delivered" % to.name.encode()
+                    refused = [ln for _, ln in sender.lines[marks[sender.name]:]
+                               if ln.startswith(refusal)]
+                    if refused:
+                        line = refused[0]
+                kind = ("echo" if line.startswith(b"<To ")
+                        else "not delivered" if b" not delivered: " in line
+                        else line.split(b":")[0].decode()[:30])
                 answers[kind or "no answer"] = answers.get(kind or "no answer", 0) + 1
                 got = to.find(text, marks[to.name]) is not None
                 if kind == "echo" and not got:
