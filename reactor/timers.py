@@ -59,6 +59,12 @@ class Timers:
             heapq.heappop(heap)
         return max(0.0, heap[0][0] - now) if heap else None
 
+    def due(self, now: float) -> bool:
+        """Whether a deadline (perhaps of a cancelled timer) has come, or the
+        heap should be looked over: pop_due has something to do."""
+        heap = self._heap
+        return bool(heap) and (heap[0][0] <= now or len(heap) >= self._next_scan)
+
     def pop_due(self, now: float) -> list[Callable[[], None]]:
         due = []
         heap = self._heap
