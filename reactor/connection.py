@@ -120,9 +120,9 @@ class Connection:
                 return  # after bye, or while draining: discarded
             if not data:
                 self._input_ended = True
-                self._cancel_pause_timer()
             lines = self._buffer.feed(data)
-            self._cancel_pause_timer()
+            if self._pause_timer is not None:
+                self._cancel_pause_timer()
             self.pending_lines.extend(lines)
             if (self.phase is Phase.LOGIN and data and self._buffer.pending
                     and not any(isinstance(x, bytes) and x.strip() for x in self.pending_lines)):
@@ -243,7 +243,15 @@ class Connection:
                 timer.cancel()
             on_result(ok, "" if ok else f"{name} left before it could be sent")
 
-        entry = self.send(data, handoff)
+        transport = self.transport
+        output = transport.output
+        if self.is_open and output.size + len(data) <= self._hard_limit:
+            # send() written out for the common case: open, within the limit.
+            entry = transport.write(data, handoff)
+            if output.size > self._high_water:
+                self.output_backlog = True
+        else:
+            entry = self.send(data, handoff)
         if entry is None:
             return  # sent at once, or refused: handoff has run
         queued = entry
@@ -267,7 +275,8 @@ class Connection:
 
     def answer_arrived(self) -> None:
         self._awaiting_answer = False
-        self._process()
+        if not self._processing:  # else the running _process goes on to the next line
+            self._process()
 
     def logged_in(self, name: str) -> None:
         self.username = name

@@ -557,10 +557,16 @@ class SelectorServer(Server):
 
     def _pass(self, shutdown_deadline: float | None) -> None:
         # Output queued outside a pass (by shutdown) must not wait for select().
-        self._settle()
+        if self.pending_writes or self.dead:
+            self._settle()
         self.turn += 1
         now = time.monotonic()
-        timeout = self.timers.timeout(now)
+        timers = self.timers
+        heap = timers.heap
+        if heap and heap[0][2].callback is not None:
+            timeout = max(0.0, heap[0][0] - now)  # Timers.timeout, without the call
+        else:
+            timeout = timers.timeout(now) if heap else None
         if shutdown_deadline is not None:
             remaining = max(0.0, shutdown_deadline - now)
             timeout = remaining if timeout is None else min(timeout, remaining)
@@ -595,9 +601,9 @@ class SelectorServer(Server):
                         transport.flush()
                 except Exception as error:
                     self._contain(transport, error)
-        timers = self.timers
         now = time.monotonic()
-        if timers.due(now):
+        heap = timers.heap
+        if heap and (heap[0][0] <= now or timers.due(now)):
             for callback in timers.pop_due(now):
                 callback()
         soon = self._soon
