@@ -236,6 +236,20 @@ class Connection:
             # than make every sender wait out the same timeout again.
             on_result(False, f"{name} is not reading")
             return
+        transport = self.transport
+        output = transport.output
+        sent = 0
+        if self.is_open and output.size + len(data) <= self._hard_limit:
+            # The common case: the kernel takes it at once (no handoff to make).
+            sent = transport.send_now(data)
+            if sent == len(data):
+                on_result(True, "")
+                return
+            if sent < 0:
+                on_result(False, f"{name} left before it could be sent")
+                return
+            if sent:
+                data = memoryview(data)[sent:]  # type: ignore[assignment]
         timer: TimerHandle | None = None
 
         def handoff(ok: bool) -> None:
@@ -243,8 +257,6 @@ class Connection:
                 timer.cancel()
             on_result(ok, "" if ok else f"{name} left before it could be sent")
 
-        transport = self.transport
-        output = transport.output
         if self.is_open and output.size + len(data) <= self._hard_limit:
             # send() written out for the common case: open, within the limit.
             entry = transport.write(data, handoff)
@@ -254,6 +266,8 @@ class Connection:
             entry = self.send(data, handoff)
         if entry is None:
             return  # sent at once, or refused: handoff has run
+        if sent:
+            entry.started = True  # its head went out: it cannot be taken back
         queued = entry
 
         def overdue() -> None:

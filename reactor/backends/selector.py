@@ -223,6 +223,23 @@ class SelectorTransport(Transport):
             entry.started = True
         return entry
 
+    def send_now(self, data: bytes) -> int:
+        """write()'s first branch, for a direct message: no handoff to make
+        when the kernel takes it whole."""
+        server = self.server
+        if (self._turn == server.turn or self.socket_closed or self.tls is not None
+                or not server.write_through or self.output.size
+                or (server.reading is self and self.connection.pending_lines)):  # type: ignore[union-attr]
+            return -1 if self.socket_closed else 0
+        self._turn = server.turn
+        try:
+            return self.sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            return 0
+        except OSError as error:
+            self._connection_error(error)
+            return -1
+
     def _write_tls(self, data: bytes, on_handoff: Handoff | None) -> Entry | None:
         """The first output this pass, on TLS: queued, and in a short pass
         encrypted and sent at once, as the plain path sends it."""
