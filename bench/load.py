@@ -7,8 +7,10 @@
     python bench/load.py --quick                 # the smoke run (~20 s)
 
 Our backends are every name in the registry ``reactor.BACKENDS``, each run as
-``python -m reactor --backend NAME``; beside them run ``asyncio-peer`` (the
-plain asyncio server of bench/peers/asyncio_server.py) and Redis pub/sub.
+``python -m reactor --backend NAME``, and ``select-tls``, the select backend
+with TLS on its port (a throwaway certificate; every client speaks TLS);
+beside them run ``asyncio-peer`` (the plain asyncio server of
+bench/peers/asyncio_server.py) and Redis pub/sub.
 Each round starts every system afresh on a free 127.0.0.1 port, in rotated
 order (round-robin interleaving, so a noisy minute on a shared machine spreads
 over all systems instead of one), connects N clients through the same lean
@@ -85,7 +87,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--dm-step", type=float, default=1.5, help="seconds per direct-message rate")
     p.add_argument("--dm-slo", type=float, default=50.0, help="p99 ms a sustained rate stays under")
-    p.add_argument("--skip", default="", help="phases to leave out: presence,broadcast,direct")
+    p.add_argument(
+        "--skip",
+        default="",
+        help="phases to leave out: presence,broadcast,direct,cluster-extras "
+        "(the cluster's own phases, bench/cluster.py, run after the table when "
+        "the systems include cluster)",
+    )
     p.add_argument("--sweep", help="comma list of N; runs every N (rate scaled, see --budget)")
     p.add_argument(
         "--budget",
@@ -253,12 +261,21 @@ def run(args: argparse.Namespace, argv: list[str] | None, progress: Progress) ->
                 raise SystemExit(how)
             progress.note(f"note: {how}; using the Python receiver")
             how = f"Python ({how})"
-    base_cfg = replace(base_cfg, receiver_exe=exe)
+    tls_exe, tls_note = None, ""
+    if systems.TLS in names:
+        tls_how = "Python with the ssl module (--receiver python)"
+        if args.receiver != "python":
+            tls_exe, tls_how = build_receiver(tls=True)
+            if tls_exe is None:
+                progress.note(f"note: {tls_how}; {systems.TLS} gets the Python receiver")
+                tls_how = f"Python with the ssl module ({tls_how})"
+        tls_note = f"; {systems.TLS}: {tls_how}, {systems.CERT_KEY} certificate, not verified"
+    base_cfg = replace(base_cfg, receiver_exe=exe, receiver_tls_exe=tls_exe)
     started = time.time()
     doc: dict[str, Any] = {
         "command": "python bench/load.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "machine": machine_facts(),
-        "receiver": f"{how}, {args.receivers} process(es)",
+        "receiver": f"{how}, {args.receivers} process(es){tls_note}",
         "started_unix": started,
         "log_level": {name: systems.log_level(name) for name in names},
         "notes": notes,
@@ -297,6 +314,10 @@ def run(args: argparse.Namespace, argv: list[str] | None, progress: Progress) ->
         if pngs is None:
             progress.note("note: matplotlib not installed; plots skipped (pip install matplotlib)")
         written += pngs or []
+    if systems.CLUSTER in names and not doc.get("interrupted") and "cluster-extras" not in skip:
+        from bench import cluster  # the cluster's own phases: DM costs, node death, Redis stall
+
+        written += cluster.after_load(args, doc, Progress(enabled=not args.quiet))
     for path in written:
         print(f"wrote {path}")
     return 1 if doc.get("interrupted") else 0

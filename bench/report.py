@@ -101,6 +101,9 @@ MIN_CPU_S = 0.2
 GOAL_BROADCAST = {"n": 500, "rate": 150.0}
 GOAL_STORM_N = 5000
 GOAL_SERVED_N = (500, 5000)
+#: TLS broadcast p50 at most this many times the plain primary backend's
+#: (checked where the broadcast goals are: N = 500, 150/s).
+GOAL_TLS_P50 = 1.5
 
 
 def dig(obj: Any, path: Path_) -> Any:
@@ -196,6 +199,17 @@ def goals(run: dict[str, Any]) -> list[dict[str, Any]]:
             met = a < b if _num(a) and _num(b) else None
             text = f"{me} ahead of {systems.PEER} on {key[10:13]} ({where})"
             add(text, met, f"{_fmt(a)} vs {_fmt(b)} ms")
+    tls = s.get(systems.TLS)
+    if ours and tls and at_broadcast:
+        key = "broadcast p50 ms"
+        r = ratio(tls[key], ours[key])
+        met = None if r is None else r <= GOAL_TLS_P50
+        p99 = ratio(tls["broadcast p99 ms"], ours["broadcast p99 ms"])
+        add(
+            f"{systems.TLS} p50 <= {GOAL_TLS_P50}x {me} ({where})",
+            met,
+            f"{_fmt(r)}x ({_fmt(tls[key])} vs {_fmt(ours[key])} ms; p99 {_fmt(p99)}x)",
+        )
     if ours and peer and n == GOAL_STORM_N:
         r = ratio(peer["login storm s"], ours["login storm s"])
         met = None if r is None else r >= 3.0
@@ -391,8 +405,13 @@ def _json_default(obj: Any) -> Any:
 
 # -- plots -------------------------------------------------------------------
 
-_PALETTE = ["#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
-_FIXED = {systems.REDIS: "#d62728", systems.PEER: "#7f7f7f", systems.TARGET: "#bcbd22"}
+_PALETTE = ["#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2"]
+_FIXED = {
+    systems.REDIS: "#d62728",
+    systems.PEER: "#7f7f7f",
+    systems.TARGET: "#bcbd22",
+    systems.TLS: "#17becf",  # cyan: kept out of the palette, so no backend shares it
+}
 
 
 def color(name: str) -> str:

@@ -17,7 +17,7 @@ from typing import Any
 from bench.harness import wire
 from bench.harness.driver import NS, Conn, open_loop, probe_login
 from bench.harness.fleet import Fleet
-from bench.harness.procstat import cpu_seconds, machine_busy_seconds, rss_bytes
+from bench.harness.procstat import machine_busy_seconds
 from bench.progress import Progress
 from bench.stats import cdf_points, latency_summary, nearest_rank
 from bench.systems import TARGET, Running
@@ -40,13 +40,15 @@ class Config:
     drain_stall: float = 3.0
     skip: frozenset[str] = frozenset()  # of "presence", "broadcast", "direct"
     receiver_exe: Path | None = None  # the compiled C receiver; None: the Python one
+    # The one built with OpenSSL, for a system whose clients speak TLS; None: Python's.
+    receiver_tls_exe: Path | None = None
 
 
 def run_system(sys_: Running, cfg: Config, base: int, progress: Progress) -> dict[str, Any]:
     """Measure ``sys_``; client names start at ``c<base>`` (unique across rounds)."""
     out: dict[str, Any] = {"system": sys_.name, "log_level": sys_.log_level, "n": cfg.n}
     indices = list(range(base, base + cfg.n))
-    rss0 = rss_bytes(sys_.pid) if sys_.pid else None
+    rss0 = sys_.rss_bytes()
     with Fleet(
         sys_.dialect,
         sys_.host,
@@ -54,17 +56,18 @@ def run_system(sys_: Running, cfg: Config, base: int, progress: Progress) -> dic
         indices,
         cfg.receivers,
         cfg.login_window,
-        cfg.receiver_exe,
+        cfg.receiver_tls_exe if sys_.tls else cfg.receiver_exe,
         # Our servers all set TCP_NODELAY; an unknown --target might wait on ACKs (Nagle).
         delay_acks=sys_.name != TARGET,
+        tls=sys_.tls,
     ) as fl:
         out["storm"] = login_storm(sys_, cfg, fl, progress)
-        rss1 = rss_bytes(sys_.pid) if sys_.pid else None
+        rss1 = sys_.rss_bytes()
         out["memory"] = memory(rss0, rss1, cfg.n)
         if out["storm"]["logged_in"] < cfg.n:
             out["error"] = f"only {out['storm']['logged_in']} of {cfg.n} clients logged in"
             return out
-        sender = Conn(sys_.host, sys_.port)
+        sender = Conn(sys_.host, sys_.port, tls=sys_.tls)
         try:
             name = wire.sender_name(base)
             sender.send(wire.login(sys_.dialect, name))
@@ -111,7 +114,7 @@ def login_storm(sys_: Running, cfg: Config, fl: Fleet, progress: Progress) -> di
     """
     n = cfg.n
     expected = n * (n + 1) // 2
-    cpu0 = cpu_seconds(sys_.pid) if sys_.pid else None
+    cpu0 = sys_.cpu_seconds()
     progress.start(f"{sys_.name}: login storm", n)
     t0 = time.monotonic_ns()
     fl.send("login")
@@ -122,7 +125,7 @@ def login_storm(sys_: Running, cfg: Config, fl: Fleet, progress: Progress) -> di
         on_status=lambda s: progress.update(s["logged_in"]),
     )
     progress.done()
-    cpu1 = cpu_seconds(sys_.pid) if sys_.pid else None
+    cpu1 = sys_.cpu_seconds()
     end = st["last_notice_ns"] or time.monotonic_ns()
     return {
         "seconds": (end - t0) / NS if ok else math.nan,
@@ -144,7 +147,7 @@ def presence(sys_: Running, cfg: Config, fl: Fleet, progress: Progress) -> dict[
     starts: list[int] = []
     progress.start(f"{sys_.name}: presence", cfg.probes)
     for k in range(cfg.probes):
-        conn, t0 = probe_login(sys_.dialect, sys_.host, sys_.port, wire.probe_name(k))
+        conn, t0 = probe_login(sys_.dialect, sys_.host, sys_.port, wire.probe_name(k), tls=sys_.tls)
         starts.append(t0)
         try:
             want = cfg.n * (k + 1)
@@ -183,7 +186,7 @@ def broadcast(
     count = warm + int(cfg.rate * cfg.duration)
     n = cfg.n
     fl.measure(count, 0, 0)
-    cpu0 = cpu_seconds(sys_.pid) if sys_.pid else None
+    cpu0 = sys_.cpu_seconds()
     rcpu0, scpu0 = fl.cpu_seconds(), time.process_time()
     busy0, wall0 = machine_busy_seconds(), time.monotonic()
     progress.start(f"{sys_.name}: broadcast {cfg.rate:g}/s", count)
@@ -195,7 +198,7 @@ def broadcast(
     log = open_loop(sender, line, cfg.rate, count, tick=progress.update)
     st, _ = fl.wait_for(lambda s: s["b"] >= n * count, stall=cfg.drain_stall, cap=60.0)
     progress.done()
-    cpu1 = cpu_seconds(sys_.pid) if sys_.pid else None
+    cpu1 = sys_.cpu_seconds()
     rcpu, scpu = fl.cpu_seconds() - rcpu0, time.process_time() - scpu0
     hcpu = rcpu + scpu
     busy, wall = machine_busy_seconds() - busy0, time.monotonic() - wall0
@@ -272,11 +275,11 @@ def direct(
             to = wire.client_name(indices[(seq * 7919) % n])
             return wire.direct(sys_.dialect, to, wire.payload(wire.KIND_DIRECT, seq, t))
 
-        cpu0 = cpu_seconds(sys_.pid) if sys_.pid else None
+        cpu0 = sys_.cpu_seconds()
         log = open_loop(sender, line, rate, count, first_seq=first, tick=progress.update)
         # Counters restart at every collect, so a step waits for its own count.
         fl.wait_for(lambda s, w=count: s["d"] >= w, stall=cfg.drain_stall, cap=60.0)
-        cpu1 = cpu_seconds(sys_.pid) if sys_.pid else None
+        cpu1 = sys_.cpu_seconds()
         progress.done()
         rec = fl.collect()
         lat = list(rec["d_lat"])

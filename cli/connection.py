@@ -27,12 +27,14 @@ from cli.tls import TLSStream, handshake_error
 from protocol import (
     Bye,
     Command,
+    Disconnected,
     InvalidUsername,
     LineBuffer,
     Login,
     LoginTimedOut,
     PasswordRequired,
     ServerFull,
+    ServiceUnavailable,
     ShuttingDown,
     TooManyFromAddress,
     TooManyTries,
@@ -157,6 +159,10 @@ def refusal(event: object) -> str | None:
             return "the server is shutting down"
         case TooManyTries():
             return "too many wrong passwords"
+        case ServiceUnavailable(reason):
+            return f"the chat service is unavailable: {reason}"
+        case Disconnected(reason):
+            return f"the server disconnected: {reason}"
     return None
 
 

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 
 from protocol import (
     Broadcast,
+    BroadcastNotSent,
     BroadcastSent,
     Bye,
     ChangePassword,
@@ -149,6 +150,8 @@ class Outbox:
                                     f"{name} does not exist")
             case NotDelivered(to, reason):
                 return self._answer(lambda c: _is_chat_to(c, to), False, reason)
+            case BroadcastNotSent(reason):
+                return self._answer(lambda c: isinstance(c, Broadcast), False, reason)
             case InvalidInput(reason):
                 if not self._queue:
                     return [], False

@@ -38,7 +38,9 @@ from prompt_toolkit.utils import get_cwidth
 from protocol import (
     MAX_COMBINING_MARKS,
     BroadcastFrom,
+    BroadcastNotSent,
     BroadcastSent,
+    Disconnected,
     Event,
     HelpText,
     InvalidInput,
@@ -49,6 +51,7 @@ from protocol import (
     PasswordChanged,
     PasswordRequired,
     Registered,
+    ServiceUnavailable,
     ShuttingDown,
     UserOffline,
     UserOnline,
@@ -311,6 +314,12 @@ class Presenter:
                 return Line("class:failed", f"✗ a message to {to} was not delivered: ", reason)
             case ShuttingDown():
                 return Line("class:presence", "-- the server is shutting down")
+            case BroadcastNotSent(reason):
+                return Line("class:failed", "✗ a broadcast was not sent: ", reason)
+            case ServiceUnavailable(reason):
+                return Line("class:failed", "✗ the chat service is unavailable: ", reason)
+            case Disconnected(reason):
+                return Line("class:presence", "-- disconnected by the server: ", reason)
             case PasswordRequired(name):
                 return Line("class:info", f"-- {name} is registered: password required")
             case WrongPassword(name):

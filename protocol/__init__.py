@@ -33,7 +33,9 @@ from protocol.errors import LocalProtocolError, ProtocolError, RemoteProtocolErr
 from protocol.escaping import MAX_COMBINING_MARKS, escape, unescape
 from protocol.events import (
     BroadcastFrom,
+    BroadcastNotSent,
     BroadcastSent,
+    Disconnected,
     Event,
     HelpText,
     InvalidInput,
@@ -47,6 +49,7 @@ from protocol.events import (
     PasswordRequired,
     Registered,
     ServerFull,
+    ServiceUnavailable,
     ShuttingDown,
     TooManyFromAddress,
     TooManyTries,
@@ -82,4 +85,5 @@ __all__ = [
     "Register", "ChangePassword", "MIN_PASSWORD_LENGTH", "MAX_PASSWORD_LENGTH",
     "format_password", "parse_password", "password_problem",
     "PasswordRequired", "WrongPassword", "TooManyTries", "Registered", "PasswordChanged",
+    "BroadcastNotSent", "ServiceUnavailable", "Disconnected",
 ]

@@ -168,11 +168,36 @@ class PasswordChanged:
     name: str
 
 
+@dataclass(frozen=True, slots=True)
+class BroadcastNotSent:
+    """Sent instead of the echo when a broadcast reached nobody (for instance,
+    the chat service that links the servers was unavailable)."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceUnavailable:
+    """A login that cannot be decided now: the chat service is out of reach.
+    The connection stays open and may try again."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Disconnected:
+    """The server closes this connection for a reason of its own (for
+    instance, it lost its place in the chat); the client may reconnect."""
+
+    reason: str
+
+
 Event = (
     UserOnline | UserOffline | UserUnknown | MessageSent | MessageFrom | NotDelivered
     | BroadcastSent | BroadcastFrom | OnlineUsers | HelpText | InvalidInput | InvalidUsername
     | UsernameTaken | ServerFull | TooManyFromAddress | LoginTimedOut | ShuttingDown
     | PasswordRequired | WrongPassword | TooManyTries | Registered | PasswordChanged
+    | BroadcastNotSent | ServiceUnavailable | Disconnected
 )
 
 HELP_LINE = (
@@ -310,6 +335,12 @@ def _format(event: Event) -> str:
             return f"<Username {_checked_name(name)} is now registered.>"
         case PasswordChanged(name):
             return f"<Password changed for {_checked_name(name)}.>"
+        case BroadcastNotSent(reason):
+            return f"<Broadcast not sent: {_checked_reason(reason)}.>"
+        case ServiceUnavailable(reason):
+            return f"<Chat service unavailable: {_checked_reason(reason)}.>"
+        case Disconnected(reason):
+            return f"<Disconnected: {_checked_reason(reason)}.>"
         case _:
             line = _FIXED_LINES.get(type(event))
             if line is None:
@@ -377,6 +408,9 @@ _PATTERNS: list[tuple[re.Pattern[str], type]] = [
     (re.compile(rf"<Wrong password for {_NAME}\.>"), WrongPassword),
     (re.compile(rf"<Username {_NAME} is now registered\.>"), Registered),
     (re.compile(rf"<Password changed for {_NAME}\.>"), PasswordChanged),
+    (re.compile(r"<Broadcast not sent: (.+)\.>"), BroadcastNotSent),
+    (re.compile(r"<Chat service unavailable: (.+)\.>"), ServiceUnavailable),
+    (re.compile(r"<Disconnected: (.+)\.>"), Disconnected),
 ]
 _TEXT_EVENTS = (MessageSent, MessageFrom, BroadcastSent, BroadcastFrom)
 # Events whose first field is a username.

@@ -25,12 +25,15 @@ import socket
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, NoReturn
 
 from reactor.accounts.hashing import below_recommended, hasher_from_spec
 from reactor.accounts.store import StoreUnavailable
 from reactor.backends import BACKENDS, DEFAULT_BACKEND, EVENT_LOOPS, make_server
-from reactor.config import AccountsConfig, ServerConfig
+from reactor.cluster.link import LinkError
+from reactor.cluster.workers import die_with_parent, supervise
+from reactor.config import AccountsConfig, ClusterConfig, ServerConfig
 from reactor.flow import FloodLimits
 from reactor.logs import LogPipeline, complain
 from reactor.sockets import raise_open_file_limit
@@ -209,6 +212,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--password-backoff-max", type=_seconds(0.0, 86_400.0),
                    default=a.backoff_max,
                    help=f"the longest such wait, 0-86400 (default: {a.backoff_max:g})")
+    p.add_argument("--cluster", metavar="URL", default=None,
+                   help="join one chat shared by every server pointed at this Redis "
+                        "(redis://HOST:PORT[/DB], rediss:// for TLS; needs the [cluster] "
+                        "extra); default: this process is the whole chat")
+    c = ClusterConfig(url="")
+    p.add_argument("--cluster-lease", type=_seconds(0.3, 60.0), default=c.lease,
+                   help="seconds after which a server that stopped answering is declared "
+                        "dead and its users offline, 0.3-60 (they are announced within "
+                        f"about 1.3 x this; default: {c.lease:g})")
+    p.add_argument("--workers", type=_whole_number(1, 256), default=None,
+                   help="run this many server processes sharing the port (SO_REUSEPORT), "
+                        "supervised and restarted if they die; needs --cluster "
+                        "(default: one process, no supervisor)")
+    p.add_argument("--worker-of", default=None, help=argparse.SUPPRESS)
     p.add_argument("--loop", choices=EVENT_LOOPS, default=None,
                    help="the event loop of the backends built on one (default: asyncio's own;"
                         " uvloop needs the uvloop package)")
@@ -242,6 +259,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             f"argument --output-limit: must be at least twice --max-line "
             f"({2 * args.max_line} bytes), got {args.output_limit}"
         )
+    if args.workers is not None and args.cluster is None:
+        parser.error("argument --workers: needs --cluster (separate processes share "
+                     "one chat only through Redis)")
+    if args.accounts is not None and args.cluster is not None:
+        parser.error("argument --accounts: not available with --cluster yet (each server "
+                     "would keep its own registered names)")
     if args.accounts is not None:
         try:
             hasher_from_spec(args.password_hash)
@@ -271,6 +294,9 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
             allow_plaintext_passwords=args.allow_plaintext_passwords,
             max_tries=args.password_tries, backoff_first=args.password_backoff,
             backoff_max=max(args.password_backoff, args.password_backoff_max),
+        ),
+        cluster=None if args.cluster is None else ClusterConfig(
+            url=args.cluster, lease=args.cluster_lease,
         ),
     )
 
@@ -388,9 +414,17 @@ def _reserve_standard_descriptors() -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     _reserve_standard_descriptors()
+    if args.workers is not None and args.worker_of is None:
+        return _supervise(args, sys.argv[1:] if argv is None else argv)
+    label = "Server"
+    if args.worker_of is not None:
+        parent, port, index = args.worker_of.split(":")
+        die_with_parent(int(parent))
+        args.port = int(port)
+        label = f"Worker {index}"
     signals = SignalHandlers(args.backend)
     signals.install()
-    logs = LogPipeline(args.log_level, PROGRAM)
+    logs = LogPipeline(args.log_level, PROGRAM, label=label)
     logs.start()
     try:
         return _serve(args, signals)
@@ -399,8 +433,23 @@ def main(argv: list[str] | None = None) -> int:
         signals.restore()
 
 
+def _supervise(args: argparse.Namespace, argv: list[str]) -> int:
+    logs = LogPipeline(args.log_level, PROGRAM)
+    logs.start()
+    try:
+        return supervise(argv, args.workers, args.host, args.port)
+    except OSError as error:
+        complain(f"{PROGRAM}: cannot listen on {_address(args.host, args.port)}: "
+                 f"{_why_not_listening(error)}")
+        return 1
+    finally:
+        logs.stop()
+
+
 def _serve(args: argparse.Namespace, signals: SignalHandlers) -> int:
     config = config_from_args(args)
+    if args.worker_of is not None:
+        config = replace(config, reuse_port=True)
     raise_open_file_limit(config.max_clients)
     options = {} if args.loop is None else {"loop": args.loop}
     try:
@@ -417,6 +466,9 @@ def _serve(args: argparse.Namespace, signals: SignalHandlers) -> int:
     except StoreUnavailable as error:
         complain(f"{PROGRAM}: {error}")
         return 1
+    except LinkError as error:  # a bad --cluster URL, or no redis package
+        complain(f"{PROGRAM}: {error}")
+        return 2
     except OSError as error:
         port = getattr(error, "port", args.port)  # the TLS port's, if that failed
         complain(f"{PROGRAM}: cannot listen on {_address(args.host, port)}: "

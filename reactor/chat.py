@@ -17,12 +17,15 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from protocol import (
     Broadcast,
+    BroadcastNotSent,
     Bye,
     ChangePassword,
     Chat,
+    Disconnected,
     Help,
     HelpText,
     InvalidInput,
@@ -33,6 +36,7 @@ from protocol import (
     ProtocolError,
     Register,
     ServerFull,
+    ServiceUnavailable,
     ShuttingDown,
     TooManyFromAddress,
     UsernameTaken,
@@ -76,6 +80,9 @@ HOUSEKEEPING_INTERVAL = 1.0
 CallLater = Callable[[float, Callable[[], None]], TimerHandle]
 CallSoon = Callable[[Callable[[], None]], None]
 
+# Answers a client may have in flight (cluster nodes) before its next line waits.
+MAX_IN_FLIGHT = 64
+
 NO_ACCOUNTS = "this server keeps no registered names; the operator can turn them on with --accounts"
 
 
@@ -88,6 +95,12 @@ class ChatService:
         accounts: Accounts | None = None,
     ) -> None:
         self.config = config
+        if whiteboard is None and config.cluster is not None:
+            # Checks the URL and the redis package now (LinkError), before
+            # the backend binds its port; talks to Redis only once started.
+            from reactor.cluster.whiteboard import ClusterWhiteboard
+
+            whiteboard = ClusterWhiteboard(config.cluster, config.delivery_timeout)
         self.whiteboard: Whiteboard[Connection] = (
             MemoryWhiteboard() if whiteboard is None else whiteboard
         )
@@ -119,6 +132,7 @@ class ChatService:
         self._call_later = call_later
         self._call_soon = call_soon_threadsafe
         call_later(HOUSEKEEPING_INTERVAL, self._housekeeping)
+        self.whiteboard.start(self)
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
         assert self._call_later is not None, "attach() the service to a backend first"
@@ -132,7 +146,9 @@ class ChatService:
             self.call_later(0.0, callback)
 
     def close(self) -> None:
-        """The backend has stopped serving: release the accounts' workers and store."""
+        """The backend has stopped serving: leave the cluster, release the
+        accounts' workers and store."""
+        self.whiteboard.close()
         if self.accounts is not None:
             self.accounts.close()
 
@@ -187,6 +203,9 @@ class ChatService:
             log.warning("%s disconnected: %s.", name, reason)
         else:
             log.info("%s disconnected.", name)
+        self._announce_offline(name)
+
+    def _announce_offline(self, name: str) -> None:
         if self._shutting_down:
             return
         notice = format_event(UserOffline(name))
@@ -321,17 +340,24 @@ class ChatService:
         """Put ``name`` online for ``connection``; the line waits for the verdict."""
         connection.await_answer()
         self.whiteboard.claim(
-            name, connection, connection.guard(lambda taken: self._claimed(connection, name, taken))
+            name, connection,
+            connection.guard(lambda taken, refused=None: self._claimed(
+                connection, name, taken, refused)),
         )
 
-    def _claimed(self, connection: Connection, name: str, taken_as: str | None) -> None:
+    def _claimed(self, connection: Connection, name: str, taken_as: str | None,
+                 refused: str | None = None) -> None:
         if not connection.is_open:
             # Gone while the claim was under way: give the name back.
-            if taken_as is None:
+            if taken_as is None and refused is None:
                 self.whiteboard.release(name)
             connection.answer_arrived()
             return
-        if taken_as is not None:
+        if refused is not None:
+            # Undecided (the chat service is out of reach): say so; the
+            # client may try again on this connection.
+            connection.send(format_event(ServiceUnavailable("try again later")))
+        elif taken_as is not None:
             connection.send(format_event(UsernameTaken(taken_as)))
         else:
             connection.logged_in(name)
@@ -350,6 +376,9 @@ class ChatService:
             return
         sender = connection.username
         assert sender is not None
+        if connection.in_flight and not self._may_go_ahead(connection, command):
+            connection.hold(raw)
+            return
         if type(command) is Chat:
             # The hot command, dispatched before the match (whose class
             # patterns cost a few isinstance and attribute look-ups each).
@@ -366,6 +395,9 @@ class ChatService:
             case Help():
                 connection.send(_HELP)
             case Bye():
+                if self.whiteboard.clustered:
+                    self._leave_cluster_then_close(connection, sender)
+                    return
                 connection.send(format_event(UserOffline(sender)))
                 connection.close("bye")
             case Register(password):
@@ -381,17 +413,40 @@ class ChatService:
 
     # -- what commands cause --------------------------------------------------
 
+    def _may_go_ahead(self, connection: Connection, command: object) -> bool:
+        """Whether a command may be handled while earlier answers are still
+        in flight: broadcasts, and messages to users of other servers, whose
+        order Redis keeps (one pipeline, one inbox per server).  Anything
+        else -- a message to a user here, who would get it before a
+        broadcast still on its way -- waits for them."""
+        if len(connection.in_flight) >= MAX_IN_FLIGHT:
+            return False
+        if type(command) is Broadcast:
+            return True
+        if type(command) is Chat:
+            found = self.whiteboard.lookup(command.to)
+            return found is not None and not isinstance(found[1], Connection)
+        return False
+
     def _direct_message(self, connection: Connection, sender: str, to: str, text: str) -> None:
-        found = self.whiteboard.lookup(to)
+        whiteboard = self.whiteboard
+        if whiteboard.clustered:
+            # Even a message between two users of this server: one that has
+            # lost the cluster may already have been declared dead.
+            down = whiteboard.unavailable_reason()
+            if down is not None:
+                connection.reply(format_event(NotDelivered(to, down)))
+                return
+        found = whiteboard.lookup(to)
         if found is None:
             seen = self.whiteboard.seen_as(to)
             reply = UserUnknown(to) if seen is None else UserOffline(seen)
-            connection.send(format_event(reply))
+            connection.reply(format_event(reply))
             return
         recipient_name, recipient = found
         if not recipient.is_open:
             # Leaving but not yet gone: to a sender it is offline.
-            connection.send(format_event(UserOffline(recipient_name)))
+            connection.reply(format_event(UserOffline(recipient_name)))
             return
         if log.isEnabledFor(logging.INFO):
             shown = f'"{escape(text)}"' if self.config.log_text else f"({len(text)} characters)"
@@ -402,6 +457,10 @@ class ChatService:
             # echo can never be seen without the message after it.
             connection.send(format_message_sent(recipient_name, text))
             connection.send(format_message_from(sender, text))
+            return
+
+        if whiteboard.clustered and not isinstance(recipient, Connection):
+            self._direct_message_elsewhere(connection, sender, recipient_name, recipient, text)
             return
 
         # The echo "<To Bob> ..." promises that the message was handed to
@@ -433,16 +492,94 @@ class ChatService:
             recipient.fail(error)  # the recipient's failure, not the sender's
             delivered(False, "internal error")
 
+    def _direct_message_elsewhere(self, connection: Connection, sender: str,
+                                  recipient_name: str, recipient: Any, text: str) -> None:
+        """A message to a user of another server: its echo waits in command
+        order for that server's answer, while the sender's next broadcasts
+        and messages to other servers go ahead (as Redis pipelines)."""
+        slot = connection.reserve_answer()
+        answered = False
+
+        def delivered(ok: bool, reason: str) -> None:
+            nonlocal answered
+            if answered:
+                return
+            answered = True
+            reply = (format_message_sent(recipient_name, text) if ok
+                     else format_event(NotDelivered(recipient_name, reason)))
+            try:
+                connection.fill_answer(slot, lambda: connection.send(reply))
+            except Exception as error:
+                connection.fail(error)
+
+        try:
+            recipient.deliver(format_message_from(sender, text), delivered)
+        except Exception as error:
+            recipient.fail(error)
+            delivered(False, "internal error")
+
     def _broadcast(self, connection: Connection, sender: str, text: str) -> None:
         if log.isEnabledFor(logging.INFO):
             shown = f'"{escape(text)}"' if self.config.log_text else f"({len(text)} characters)"
             log.info("Broadcast from %s: %s", sender, shown)
+        data = format_broadcast_from(sender, text)
+        if not self.whiteboard.clustered:
+            self._broadcast_here(connection, text, data)
+            return
+
+        # Other servers first: the echo and this server's deliveries wait
+        # until the broadcast is on its way to all of them, so that nobody
+        # gets it unless everyone will, and the echo is never false.  They
+        # wait in command order; the sender's next broadcast goes ahead, so
+        # that a fast sender's broadcasts share Redis round trips.
+        slot = connection.reserve_answer()
+
+        def published(refused: str | None) -> None:
+            if refused is not None:
+                notice = format_event(BroadcastNotSent(refused))
+                connection.fill_answer(slot, lambda: connection.send(notice))
+            else:
+                connection.fill_answer(slot, lambda: self._broadcast_here(connection, text, data))
+
+        self.whiteboard.publish(data, connection.guard(published))
+
+    def _broadcast_here(self, connection: Connection, text: str, data: bytes) -> None:
         connection.send(format_broadcast_sent(text))
-        recipients = self._fan_out(
-            format_broadcast_from(sender, text), self.whiteboard.online_sessions(),
-            but=connection,
-        )
+        recipients = self._fan_out(data, self.whiteboard.online_sessions(), but=connection)
+        recipients += self.whiteboard.remote_count()
         connection.delivery_bucket.charge(recipients, self.clock())
+
+    def _leave_cluster_then_close(self, connection: Connection, sender: str) -> None:
+        """``bye`` on a cluster node: the name is given up in the shared store
+        before the client hears its own offline notice, so that whatever it
+        (or anyone it tells) does next, on any node, comes after its leaving."""
+
+        def released() -> None:
+            connection.send(format_event(UserOffline(sender)))
+            connection.close("bye")  # its user_left finds the name already released
+            connection.answer_arrived()
+
+        connection.await_answer()
+        self.whiteboard.release(sender, connection.guard(released))
+
+    # -- what other servers of the cluster cause ----------------------------------
+
+    def remote_user_online(self, name: str) -> None:
+        if not self._shutting_down:
+            self._fan_out(format_event(UserOnline(name)), self.whiteboard.online_sessions())
+
+    def remote_user_offline(self, name: str) -> None:
+        self._announce_offline(name)
+
+    def remote_broadcast(self, data: bytes) -> None:
+        """A broadcast from a user of another server, for ours."""
+        self._fan_out(data, self.whiteboard.online_sessions())
+
+    def disconnect(self, connection: Connection, reason: str) -> None:
+        """Close a connection for a reason of the server's own, telling it why."""
+        if connection.is_open:
+            connection.send(format_event(Disconnected(reason)))
+            connection.close(reason)
 
     def _fan_out(self, data: bytes, connections: Iterable[Connection],
                  but: Connection | None = None) -> int:

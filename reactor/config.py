@@ -34,6 +34,32 @@ class AccountsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ClusterConfig:
+    """One chat across server processes through Redis (``--cluster URL``);
+    see :mod:`reactor.cluster`."""
+
+    url: str
+    # A node that stops renewing its lease for this long is dead: its users
+    # are announced offline and their names freed.  Renewed every lease / 6,
+    # so a death is noticed within about lease + 2 renewals.
+    lease: float = 3.0
+    # Entries kept in a node's inbox stream (MAXLEN ~): how far a node may
+    # fall behind before it must reload the state (and lose what it missed).
+    inbox_max: int = 10_000
+
+    @property
+    def renew_interval(self) -> float:
+        return self.lease / 6
+
+    @property
+    def command_timeout(self) -> float:
+        """How long a Redis call may take before Redis counts as out of reach."""
+        # Short enough that a stalled Redis is reported well within the lease;
+        # not so short that a busy 2-core machine looks like an outage.
+        return min(1.0, max(0.3, self.lease / 3))
+
+
+@dataclass(frozen=True, slots=True)
 class ServerConfig:
     host: str = "0.0.0.0"
     port: int = 1234
@@ -80,3 +106,7 @@ class ServerConfig:
     tls_port: int | None = None
     # None: the open chat, every name free to whoever comes first.
     accounts: AccountsConfig | None = None
+    # None: this process is the whole chat.
+    cluster: ClusterConfig | None = None
+    # SO_REUSEPORT on the listeners, so that --workers processes share a port.
+    reuse_port: bool = False

@@ -106,6 +106,12 @@ class Connection:
         # and the wrong passwords sent on this connection so far.
         self.password_for: str | None = None
         self.password_tries = 0
+        # Answers awaited in command order while the next lines go ahead
+        # (cluster nodes pipeline broadcasts and messages to other nodes
+        # through Redis): each is a slot, filled with what to do once it
+        # arrives, done strictly from the front.
+        self.in_flight: deque[list[Callable[[], None] | None]] = deque()
+        self._held = False
 
     def __repr__(self) -> str:
         who = self.username or "(no name yet)"
@@ -282,6 +288,40 @@ class Connection:
                            f"{self.config.delivery_timeout:g} s")
 
         timer = self.call_later(self.config.delivery_timeout, overdue)
+
+    def reserve_answer(self) -> list[Callable[[], None] | None]:
+        """A place in command order for an answer that comes later, while
+        the lines after this one are handled meanwhile."""
+        slot: list[Callable[[], None] | None] = [None]
+        self.in_flight.append(slot)
+        return slot
+
+    def fill_answer(self, slot: list[Callable[[], None] | None],
+                    finish: Callable[[], None]) -> None:
+        """The answer for ``slot`` arrived: ``finish`` runs once every answer
+        before it has run."""
+        slot[0] = finish
+        in_flight = self.in_flight
+        while in_flight and in_flight[0][0] is not None:
+            done = in_flight.popleft()[0]
+            assert done is not None
+            done()
+        if not in_flight and self._held:
+            self._held = False
+            self.answer_arrived()
+
+    def reply(self, data: bytes) -> None:
+        """Send a reply in command order, behind any answer still awaited."""
+        if self.in_flight:
+            self.in_flight.append([lambda: self.send(data)])
+        else:
+            self.send(data)
+
+    def hold(self, item: Received) -> None:
+        """This line must wait until every answer in flight has arrived."""
+        self.pending_lines.appendleft(item)
+        self._held = True
+        self._awaiting_answer = True
 
     def await_answer(self) -> None:
         """The line just handled needs an answer before the next one runs."""

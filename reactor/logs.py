@@ -121,9 +121,10 @@ class StdoutWriter(logging.Handler):
     simply ended with the process.
     """
 
-    def __init__(self, fd: int, queued: Callable[[], int], program: str) -> None:
+    def __init__(self, fd: int, queued: Callable[[], int], program: str,
+                 label: str = "Server") -> None:
         super().__init__()
-        self.setFormatter(logging.Formatter(FORMAT))
+        self.setFormatter(logging.Formatter(FORMAT.replace("Server", label)))
         self.fd = fd
         self.broken = False
         self._queued = queued
@@ -198,11 +199,12 @@ class LogPipeline:
     """
 
     def __init__(self, level: int | str, program: str, *, fd: int = 1,
-                 bound: int = QUEUE_BOUND) -> None:
+                 bound: int = QUEUE_BOUND, label: str = "Server") -> None:
         self.level = level
         self.queue: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
         self.handler = DroppingQueueHandler(self.queue, bound)
-        self.writer = StdoutWriter(fd, self.queue.qsize, program)
+        # "[Server] ...", or "[Worker 2] ..." under --workers.
+        self.writer = StdoutWriter(fd, self.queue.qsize, program, label)
         self.listener = LogWriter(self.queue, self.writer)
 
     def start(self) -> None:

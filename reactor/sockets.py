@@ -35,7 +35,8 @@ def open_listener(config: ServerConfig) -> socket.socket:
         family == socket.AF_INET6 and address[0] == "::" and socket.has_dualstack_ipv6()
     )
     return socket.create_server(
-        address, family=family, backlog=config.backlog, dualstack_ipv6=dual_stack
+        address, family=family, backlog=config.backlog, dualstack_ipv6=dual_stack,
+        reuse_port=config.reuse_port,
     )
 
 

@@ -26,6 +26,15 @@ Plaintext not yet encrypted can still be withdrawn; once encrypted, it is
 marked started.  :class:`TLSWire` offers the same ``buffers``/``consume``
 pair as the plain buffer, so a backend's send path is the same for both.
 
+**A fast path for a backend that wants one** (the select backend's): when
+no ciphertext waits, :meth:`TLSWire.seal` encrypts one message straight
+from the caller, and :meth:`TLSWire.seal_queue` the whole queue in one
+record, for a send at once; what the kernel does not take is handed back
+(:meth:`TLSWire.keep`, :meth:`TLSWire.keep_sealed`) and waits as above.
+The handoffs stay exact: the caller runs them only once the kernel took
+all the ciphertext.  A fan-out's delivery then costs one record, one send
+and no Python objects but the ciphertext.
+
 Not thread-safe: the threads backend makes every call under the
 connection's send lock (OpenSSL forbids using one SSL object from two
 threads at once, and a lock held across a blocking ``SSL_read`` would stop
@@ -41,7 +50,7 @@ from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
-from reactor.outbuf import Handoff, OutputBuffer
+from reactor.outbuf import MAX_BUFFERS_PER_SEND, Entry, Handoff, OutputBuffer
 
 log = logging.getLogger("reactor")
 
@@ -247,16 +256,75 @@ class TLSWire:
 
     def buffers(self) -> list[bytes | memoryview]:
         """Ciphertext to send, encrypting the head of the output queue if none waits."""
-        if not self._pieces and self.handshake_done and not self.failed and self.output:
-            self._encrypt_batch()
         pieces = self._pieces
+        if not pieces and self.handshake_done and not self.failed and self.output:
+            self._encrypt_batch()
+        if len(pieces) == 1:
+            return [pieces[0][0]]  # type: ignore[list-item]
         return [pieces[i][0] for i in range(min(len(pieces), 256))]  # type: ignore[misc]
+
+    def seal(self, data: bytes) -> bytes | None:
+        """``data`` encrypted now, for a send at once; None if it must queue.
+
+        For the caller whose output queue is empty (it checks): with no
+        ciphertext waiting either, ``data`` is next on the wire, so it is
+        encrypted straight from the caller, with no queue entry, piece or
+        list made for it.  What the kernel does not take goes to :meth:`keep`.
+        """
+        if self._pieces or not self.handshake_done or self.failed or self._notified:
+            return None
+        self._ssl.write(data)
+        return self._out.read()
+
+    def keep(self, ciphertext: bytes, sent: int, data: bytes,
+             on_handoff: Handoff | None) -> Entry | None:
+        """The kernel took ``sent`` bytes of ``seal(data)``'s ``ciphertext``:
+        queue the rest, with ``data`` as its plaintext in the output queue
+        (started, so it cannot be withdrawn); its handoff runs with the rest."""
+        entry = self.output.append(data, on_handoff)
+        if entry is not None:
+            entry.started = True
+        self.keep_sealed(ciphertext, sent, len(data))
+        return entry
+
+    def seal_queue(self) -> bytes | None:
+        """The whole output queue encrypted now, in one record, for a send at
+        once; None if ciphertext waits, or the queue is too big for one record.
+
+        Its entries are marked started.  Once the kernel took all of it, the
+        caller consumes the plaintext (``output.consume(size)``: the
+        handoffs); if only part, it hands the rest to :meth:`keep_sealed`.
+        """
+        if self._pieces or not self.handshake_done or self.failed or self._notified:
+            return None
+        output = self.output
+        buffers = output.buffers()
+        count = len(buffers)
+        if count >= MAX_BUFFERS_PER_SEND or output.size > RECORD_SIZE:
+            return None
+        self._ssl.write(buffers[0] if count == 1 else b"".join(buffers))
+        output.mark_started(count)
+        return self._out.read()
+
+    def keep_sealed(self, ciphertext: bytes, sent: int, plain: int) -> None:
+        """The kernel took ``sent`` bytes of ``ciphertext``, made from the
+        first ``plain`` bytes of the output queue: the rest waits to be sent."""
+        rest = memoryview(ciphertext)[sent:] if sent else ciphertext
+        self._pieces.append([rest, plain])
+        self.size += len(rest)
 
     def consume(self, sent: int) -> list[Handoff]:
         """The kernel took ``sent`` bytes of ciphertext: return the handoffs now due."""
+        pieces = self._pieces
+        if sent == self.size:
+            # All of it (the common case): every piece is done.
+            self.size = 0
+            plain = (pieces[0][1] if len(pieces) == 1
+                     else sum(piece[1] for piece in pieces))  # type: ignore[misc]
+            pieces.clear()
+            return self.output.consume(plain) if plain else []  # type: ignore[arg-type]
         self.size -= sent
         plain = 0
-        pieces = self._pieces
         while sent:
             piece = pieces[0]
             data = piece[0]
@@ -289,11 +357,20 @@ class TLSWire:
         return data
 
     def _encrypt_batch(self) -> None:
+        output = self.output
+        buffers = output.buffers()
+        count = len(buffers)
+        if count < MAX_BUFFERS_PER_SEND and output.size <= RECORD_SIZE:
+            # The common case: all of it (fewer buffers than one send's
+            # worth is the whole queue), in one record.
+            self._encrypt(buffers, output.size)
+            output.mark_started(count)
+            return
         budget = BATCH_SIZE
         group: list[bytes | memoryview] = []
         group_size = 0
         entries = 0
-        for buffer in self.output.buffers():
+        for buffer in buffers:
             if len(buffer) > budget:
                 buffer = memoryview(buffer)[:budget]
             group.append(buffer)

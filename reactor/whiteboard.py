@@ -16,15 +16,19 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from protocol import username_key
 
 S = TypeVar("S")
 
 # Called with None if the name is now ours, or with the spelling under which
-# it is taken.
-ClaimResult = Callable[[str | None], None]
+# it is taken; or, with a second argument, the reason the claim could not be
+# decided now (a shared store out of reach).
+ClaimResult = Callable[..., None]
+# Called with None once a broadcast reached every other server, or with the
+# reason it was not sent.
+PublishResult = Callable[[str | None], None]
 
 # Names remembered after their owner left, to tell "offline" from "does not
 # exist".  Bounded so that a client cycling through fresh names cannot grow
@@ -33,13 +37,37 @@ MAX_REMEMBERED_NAMES = 100_000
 
 
 class Whiteboard(ABC, Generic[S]):
+    #: True when other server processes share this whiteboard: then the chat
+    #: asks :meth:`unavailable_reason` before acting, and broadcasts go
+    #: through :meth:`publish`.
+    clustered: bool = False
+
+    def start(self, chat: Any) -> None:
+        """The chat service is attached to its backend: start talking to peers."""
+
+    def close(self) -> None:
+        """The server has stopped: say goodbye to peers, stop threads."""
+
+    def unavailable_reason(self) -> str | None:
+        """Why cluster-wide actions cannot be done now, or None."""
+        return None
+
+    def publish(self, data: bytes, on_result: PublishResult) -> None:
+        """Send a broadcast line to every other server's users (none here)."""
+        on_result(None)
+
+    def remote_count(self) -> int:
+        """Users online on other servers."""
+        return 0
+
     @abstractmethod
     def claim(self, name: str, session: S, on_result: ClaimResult) -> None:
         """Put ``name`` online for ``session`` unless it is taken (ignoring case)."""
 
     @abstractmethod
-    def release(self, name: str) -> None:
-        """Take ``name`` offline; it can be claimed again at once."""
+    def release(self, name: str, on_done: Callable[[], None] | None = None) -> None:
+        """Take ``name`` offline; it can be claimed again at once (here), and
+        everywhere once ``on_done`` is called."""
 
     @abstractmethod
     def lookup(self, name: str) -> tuple[str, S] | None:
@@ -83,13 +111,14 @@ class MemoryWhiteboard(Whiteboard[S]):
         self._offline.pop(key, None)
         on_result(None)
 
-    def release(self, name: str) -> None:
+    def release(self, name: str, on_done: Callable[[], None] | None = None) -> None:
         key = username_key(name)
-        if self._online.pop(key, None) is None:
-            return
-        self._offline[key] = self._names.pop(key)
-        if len(self._offline) > self._max_remembered:
-            del self._offline[next(iter(self._offline))]  # the longest gone
+        if self._online.pop(key, None) is not None:
+            self._offline[key] = self._names.pop(key)
+            if len(self._offline) > self._max_remembered:
+                del self._offline[next(iter(self._offline))]  # the longest gone
+        if on_done is not None:
+            on_done()
 
     def lookup(self, name: str) -> tuple[str, S] | None:
         key = username_key(name)

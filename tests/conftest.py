@@ -5,12 +5,19 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from reactor import BACKENDS
 from reactor.backends.base import Server
 from tests.support import Clients, running_server
+
+# Property tests check what is true of every input, not how fast: on shared,
+# noisy 2-core machines one example can stall for hundreds of milliseconds,
+# which hypothesis's default 200 ms deadline would report as a failure.
+settings.register_profile("reactor", deadline=None)
+settings.load_profile("reactor")
 
 
 @pytest.fixture(params=BACKENDS)

@@ -24,7 +24,24 @@ from reactor import BACKENDS
 
 REPO = Path(__file__).resolve().parent.parent
 PEER = "asyncio-peer"
-SYSTEMS = [*BACKENDS, PEER] + (["redis"] if shutil.which("redis-server") else [])
+TLS = f"{BACKENDS[0]}-tls"  # the primary backend with TLS on its port
+
+
+def _can_make_certificates() -> bool:
+    try:
+        import trustme  # noqa: F401
+    except ImportError:
+        return shutil.which("openssl") is not None
+    return True
+
+
+# In the benchmark's own order: the TLS system beside the backend it is compared with.
+SYSTEMS = (
+    [BACKENDS[0]]
+    + ([TLS] if _can_make_certificates() else [])
+    + [*BACKENDS[1:], PEER]
+    + (["redis"] if shutil.which("redis-server") else [])
+)
 
 
 def run_quick(
@@ -87,6 +104,9 @@ def test_quick_run_delivers_everything_once_with_sane_latencies(tmp_path: Path) 
     assert "server RSS KB/conn" in result.stdout and "0.000" not in _row(lines, "server RSS")
     for suffix in (".json", ".txt"):
         assert f"wrote {out_dir / (tag + suffix)}" in lines
+    if TLS in SYSTEMS:  # its clients spoke TLS, through a receiver that says which
+        assert f"{TLS}: C (" in doc["receiver"] or f"{TLS}: Python" in doc["receiver"]
+        assert "OpenSSL" in doc["receiver"] or "ssl module" in doc["receiver"]
     # Goals are checked at their own N only, and one round has no round-to-round spread.
     assert "[MET " not in result.stdout and "[MISS]" not in result.stdout
     assert "Round to round" not in result.stdout
@@ -102,16 +122,42 @@ def test_quick_run_delivers_everything_once_with_sane_latencies(tmp_path: Path) 
 
 
 def test_the_python_receiver_still_works_as_the_fallback(tmp_path: Path) -> None:
-    """Machines without a C compiler get the Python receive path: same records."""
+    """Machines without a C compiler get the Python receive path: same records,
+    over TLS too (its ssl module stands in for the C receiver's OpenSSL)."""
+    wanted = [BACKENDS[0]] + ([TLS] if TLS in SYSTEMS else [])
     _, out_dir = run_quick(tmp_path, "--receiver", "python", "--skip", "direct",
-                           systems=[BACKENDS[0]])  # fmt: skip
+                           systems=wanted)  # fmt: skip
     doc = json.loads(next(out_dir.glob("*.json")).read_text())
     assert doc["receiver"].startswith("Python")
     [rnd] = doc["runs"][0]["rounds"]
-    b = rnd[BACKENDS[0]]["broadcast"]
-    assert "error" not in rnd[BACKENDS[0]]
-    assert b["lost"] == 0 and b["duplicated"] == 0 and b["delivered"] == 20 * b["sent"] > 0
-    assert 0 < b["kernel_ms"]["p50"] <= b["per_recipient_ms"]["p50"] < 1000
+    for name in wanted:
+        b = rnd[name]["broadcast"]
+        assert "error" not in rnd[name]
+        assert rnd[name]["storm"]["complete"] and rnd[name]["storm"]["lost"] == 0
+        assert b["lost"] == 0 and b["duplicated"] == 0 and b["delivered"] == 20 * b["sent"] > 0
+        assert 0 < b["kernel_ms"]["p50"] <= b["per_recipient_ms"]["p50"] < 1000
+
+
+def test_the_tls_goal_is_checked_at_n_500_only_and_with_both_systems() -> None:
+    """'TLS p50 <= 1.5x plain' appears where the broadcast goals do, when both ran."""
+    from bench import report
+
+    def run(n: int, rate: float, names: list[str], p50: dict[str, float]) -> dict[str, object]:
+        row = {"broadcast p50 ms": 0.0, "broadcast p99 ms": 1.0, "errors": [],
+               "broadcast lost": 0, "presence lost": 0, "login storm lost": 0}  # fmt: skip
+        summary = {name: row | {"broadcast p50 ms": p50[name]} for name in names}
+        return {"n": n, "rate": rate, "summary": summary}
+
+    def tls_goals(r: dict[str, object]) -> list[dict[str, object]]:
+        return [g for g in report.goals(r) if str(g["goal"]).startswith(TLS)]
+
+    [g] = tls_goals(run(500, 150.0, [BACKENDS[0], TLS], {BACKENDS[0]: 2.0, TLS: 2.8}))
+    assert g["met"] is True and g["goal"] == f"{TLS} p50 <= 1.5x {BACKENDS[0]} (N=500, 150/s)"
+    assert str(g["detail"]).startswith("1.40x")
+    [g] = tls_goals(run(500, 150.0, [BACKENDS[0], TLS], {BACKENDS[0]: 2.0, TLS: 3.2}))
+    assert g["met"] is False
+    assert not tls_goals(run(20, 150.0, [BACKENDS[0], TLS], {BACKENDS[0]: 2.0, TLS: 2.8}))
+    assert not tls_goals(run(500, 150.0, [TLS], {TLS: 2.8}))
 
 
 def _row(lines: list[str], label: str) -> str:
@@ -206,3 +252,41 @@ def test_a_stopped_benchmark_leaves_no_child_behind(tmp_path: Path, sig: signal.
         for pid, start in (seen | _descendants(proc.pid)).items():  # never leak into other tests
             if _alive(pid, start):
                 os.kill(pid, signal.SIGKILL)
+
+
+def _cluster_available() -> bool:
+    if shutil.which("redis-server") is None:
+        return False
+    try:
+        import hiredis  # noqa: F401
+        import redis  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _cluster_available(), reason="needs redis-server and the [cluster] extra")
+def test_tiny_cluster_run_counts_redis_commands_per_operation(
+    tmp_path: Path,
+) -> None:
+    """bench/cluster.py --quick with its fast phase only: Redis commands per DM
+    and broadcast over two nodes.  (What its slow phases measure -- a node's
+    death, a Redis stall -- the cluster tests check directly, in
+    tests/test_cluster_failures.py; the full run is `python bench/cluster.py`.)"""
+    out_dir = tmp_path / "out"
+    cmd = [sys.executable, "bench/cluster.py", "--quick", "--quiet", "--out", str(out_dir),
+           "--skip", "fanout,latency,throughput,death,stall"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    table = [line for line in proc.stdout.splitlines() if not line.startswith("wrote ")]
+    assert all(len(line) <= 80 for line in table), proc.stdout
+    doc = json.loads((out_dir / "cluster-n20-quick.json").read_text())
+    assert not doc.get("errors"), doc.get("errors")
+    assert doc["summary"]["integrity"] == {"lost": 0, "duplicated": 0, "false_echoes": 0}
+    costs = doc["costs"]
+    # A local DM needs no Redis; a cross-node one does; a broadcast is one script.
+    assert costs["dm_local"]["redis"]["scripts"] < 0.1
+    assert costs["dm_cross"]["redis"]["scripts"] >= 1
+    assert 0.5 < costs["broadcast"]["redis"]["scripts"] < 2
+    goals = {g["goal"]: g["met"] for g in doc["summary"]["goals"]}
+    assert goals, doc["summary"]

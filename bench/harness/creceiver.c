@@ -12,7 +12,7 @@
  * bench/harness/creceiver.py compiles this at run time when a C compiler exists
  * and speaks to it over stdin/stdout:
  *
- *   setup (binary, once):  "host port window count chat ppid delay_acks\n", then per client
+ *   setup (binary, once):  "host port window count chat ppid delay_acks [tls]\n", then per client
  *                          u32 login_len, u32 notice_len, login bytes, notice bytes
  *   "L\n"                  connect and log in every client, `window` in flight
  *   "M nb nd np\n"         arm recording (forget earlier records); answers "A\n"
@@ -28,6 +28,16 @@
  * the kernel ACKs on its delayed-ACK timer or every ~two segments instead.
  * Only for servers that set TCP_NODELAY (all the benchmark starts do); a
  * Nagle server would wait for those ACKs, so a --target gets plain ACKs.
+ *
+ * TLS (the select-tls system): compiled with -DWITH_TLS and linked with
+ * OpenSSL, and given tls=1 in the header, every client runs TLS over a pair of
+ * memory BIOs, as the server does: the socket is still read with recvmsg, so
+ * the kernel's arrival stamp is that of the ciphertext, and the ciphertext
+ * goes to the SSL object, the plaintext it yields to the same line handling.
+ * The server's certificate is not verified (it is a throwaway one; verifying
+ * would cost the harness, not the server).  The handshake's flights and the
+ * login are small enough for an empty socket buffer; a send the kernel does not
+ * take whole drops the client.
  *
  * It dies with its parent (PR_SET_PDEATHSIG), so even a SIGKILLed benchmark
  * leaves no receiver holding connections.
@@ -49,6 +59,10 @@
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
+#ifdef WITH_TLS
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#endif
 
 #define MAX_EVENTS 256
 #define RECV_SIZE (256 * 1024)
@@ -84,6 +98,10 @@ typedef struct {
     uint32_t login_len, own_len;
     char *carry;
     size_t carry_len;
+#ifdef WITH_TLS
+    SSL *ssl; /* NULL on plain TCP, and until the TCP connection is up */
+    char handshaken;
+#endif
 } client;
 
 static client *cl;
@@ -97,6 +115,9 @@ static unsigned char *b_seen, *d_seen, *p_seen;
 static vec b_seq, b_lat, b_klat, d_seq, d_lat, d_klat, p_seq, p_ts, p_kts;
 static char samples[5][200];
 static size_t sample_len[5], nsamples;
+#ifdef WITH_TLS
+static SSL_CTX *tls_ctx; /* NULL: plain TCP */
+#endif
 
 static int64_t clock_ns(clockid_t id) {
     struct timespec ts;
@@ -158,6 +179,11 @@ static void drop(size_t k) {
     free(c->carry);
     c->carry = NULL;
     c->carry_len = 0;
+#ifdef WITH_TLS
+    if (c->ssl) SSL_free(c->ssl); /* frees its BIOs too */
+    c->ssl = NULL;
+    c->handshaken = 0;
+#endif
     dropped++;
     if (!c->logged) {
         inflight--;
@@ -188,6 +214,47 @@ static void connect_more(void) {
     }
 }
 
+#ifdef WITH_TLS
+/* Send whatever OpenSSL wrote into the client's outgoing memory BIO.
+ * Returns 0 (and drops the client) if the kernel did not take all of it. */
+static int tls_flush(size_t k) {
+    client *c = &cl[k];
+    BIO *w = SSL_get_wbio(c->ssl);
+    char buf[16 * 1024];
+    int n;
+    while ((n = BIO_read(w, buf, sizeof buf)) > 0) {
+        if (send(c->fd, buf, (size_t)n, MSG_NOSIGNAL) != n) {
+            drop(k);
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* Drive the handshake on; once done, send the login.  Returns 1 when the
+ * handshake is complete, 0 while it waits for the server, -1 if the client
+ * was dropped. */
+static int tls_handshake(size_t k) {
+    client *c = &cl[k];
+    int rc = SSL_do_handshake(c->ssl);
+    if (!tls_flush(k)) return -1;
+    if (rc != 1) {
+        if (SSL_get_error(c->ssl, rc) == SSL_ERROR_WANT_READ) return 0;
+        ERR_clear_error();
+        connect_errors++;
+        drop(k);
+        return -1;
+    }
+    c->handshaken = 1;
+    if (SSL_write(c->ssl, c->login, (int)c->login_len) != (int)c->login_len) {
+        ERR_clear_error();
+        drop(k);
+        return -1;
+    }
+    return tls_flush(k) ? 1 : -1;
+}
+#endif
+
 static void connected(size_t k) {
     client *c = &cl[k];
     c->connecting = 0;
@@ -201,6 +268,20 @@ static void connected(size_t k) {
     }
     struct epoll_event ev = {.events = EPOLLIN, .data.u64 = k};
     epoll_ctl(ep, EPOLL_CTL_MOD, c->fd, &ev);
+#ifdef WITH_TLS
+    if (tls_ctx) { /* the ClientHello first; the login once the handshake is done */
+        c->ssl = SSL_new(tls_ctx);
+        BIO *r = BIO_new(BIO_s_mem()), *w = BIO_new(BIO_s_mem());
+        if (!c->ssl || !r || !w) {
+            fprintf(stderr, "creceiver: out of memory for TLS\n");
+            exit(3);
+        }
+        SSL_set_bio(c->ssl, r, w);
+        SSL_set_connect_state(c->ssl);
+        tls_handshake(k);
+        return;
+    }
+#endif
     /* Tiny; fits an empty socket buffer. */
     if (send(c->fd, c->login, c->login_len, MSG_NOSIGNAL) != (ssize_t)c->login_len) drop(k);
 }
@@ -325,33 +406,13 @@ static char rbuf[RECV_SIZE + MAX_CARRY];
 static int delay_acks = 1;
 static const int zero = 0;
 
-static void readable(size_t k, int64_t offset) {
+/* `len` bytes of input of client k, received at rbuf + MAX_CARRY (so that the
+ * carried partial line fits in front of them): account for the complete lines. */
+static void lines(size_t k, size_t len, int64_t now, int64_t know) {
     client *c = &cl[k];
-    char cmsg[CMSG_SPACE(sizeof(struct timespec))];
-    /* Room before the data for the carried partial line, so joining is one memcpy. */
-    char *base = rbuf + MAX_CARRY;
-    struct iovec iov = {.iov_base = base, .iov_len = RECV_SIZE};
-    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cmsg,
-                         .msg_controllen = sizeof cmsg};
-    ssize_t r = recvmsg(c->fd, &msg, MSG_DONTWAIT);
-    if (r < 0 && (errno == EAGAIN || errno == EINTR)) return;
-    if (r <= 0) {
-        drop(k);
-        return;
-    }
-    if (delay_acks) setsockopt(c->fd, IPPROTO_TCP, TCP_QUICKACK, &zero, sizeof zero);
-    int64_t now = clock_ns(CLOCK_MONOTONIC), know = now;
-    for (struct cmsghdr *h = CMSG_FIRSTHDR(&msg); h; h = CMSG_NXTHDR(&msg, h)) {
-        if (h->cmsg_level == SOL_SOCKET && h->cmsg_type == SO_TIMESTAMPNS) {
-            struct timespec ts;
-            memcpy(&ts, CMSG_DATA(h), sizeof ts);
-            know = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec - offset;
-        }
-    }
-    char *data = base;
-    size_t len = (size_t)r;
+    char *data = rbuf + MAX_CARRY;
     if (c->carry_len) {
-        data = base - c->carry_len;
+        data -= c->carry_len;
         memcpy(data, c->carry, c->carry_len);
         len += c->carry_len;
         c->carry_len = 0;
@@ -373,6 +434,76 @@ static void readable(size_t k, int64_t offset) {
         if (!len) return;
     }
     chunk(k, data, len, now, know);
+}
+
+#ifdef WITH_TLS
+static char tbuf[RECV_SIZE]; /* ciphertext as read */
+
+/* The TLS half of readable(): ciphertext in, plaintext through lines(). */
+static void tls_readable(size_t k, const char *cipher, size_t clen, int64_t now, int64_t know) {
+    client *c = &cl[k];
+    if (BIO_write(SSL_get_rbio(c->ssl), cipher, (int)clen) != (int)clen) {
+        fprintf(stderr, "creceiver: out of memory for TLS\n");
+        exit(3);
+    }
+    if (!c->handshaken && tls_handshake(k) != 1) return;
+    char *base = rbuf + MAX_CARRY;
+    size_t len = 0;
+    for (;;) {
+        int n = SSL_read(c->ssl, base + len, (int)(RECV_SIZE - len));
+        if (n > 0) {
+            len += (size_t)n;
+            if (len == RECV_SIZE) { /* full: hand it on, read on */
+                lines(k, len, now, know);
+                len = 0;
+            }
+            continue;
+        }
+        int err = SSL_get_error(c->ssl, n);
+        if (err == SSL_ERROR_WANT_READ) break;
+        ERR_clear_error(); /* close_notify or a TLS error: this connection is over */
+        if (len) lines(k, len, now, know);
+        drop(k);
+        return;
+    }
+    if (BIO_ctrl_pending(SSL_get_wbio(c->ssl)) && !tls_flush(k)) return;
+    if (len) lines(k, len, now, know);
+}
+#endif
+
+static void readable(size_t k, int64_t offset) {
+    client *c = &cl[k];
+    char cmsg[CMSG_SPACE(sizeof(struct timespec))];
+    /* Room before the data for the carried partial line, so joining is one memcpy. */
+    char *base = rbuf + MAX_CARRY;
+#ifdef WITH_TLS
+    if (c->ssl) base = tbuf;
+#endif
+    struct iovec iov = {.iov_base = base, .iov_len = RECV_SIZE};
+    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cmsg,
+                         .msg_controllen = sizeof cmsg};
+    ssize_t r = recvmsg(c->fd, &msg, MSG_DONTWAIT);
+    if (r < 0 && (errno == EAGAIN || errno == EINTR)) return;
+    if (r <= 0) {
+        drop(k);
+        return;
+    }
+    if (delay_acks) setsockopt(c->fd, IPPROTO_TCP, TCP_QUICKACK, &zero, sizeof zero);
+    int64_t now = clock_ns(CLOCK_MONOTONIC), know = now;
+    for (struct cmsghdr *h = CMSG_FIRSTHDR(&msg); h; h = CMSG_NXTHDR(&msg, h)) {
+        if (h->cmsg_level == SOL_SOCKET && h->cmsg_type == SO_TIMESTAMPNS) {
+            struct timespec ts;
+            memcpy(&ts, CMSG_DATA(h), sizeof ts);
+            know = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec - offset;
+        }
+    }
+#ifdef WITH_TLS
+    if (c->ssl) {
+        tls_readable(k, tbuf, (size_t)r, now, know);
+        return;
+    }
+#endif
+    lines(k, (size_t)r, now, know);
 }
 
 static void reply_status(void) {
@@ -458,11 +589,24 @@ int main(void) {
     header[hl] = 0;
     char host[256];
     char port[16];
-    long long win = 0, n = 0, ischat = 0, ppid = 0, delay = 1;
-    if (sscanf(header, "%255s %15s %lld %lld %lld %lld %lld", host, port, &win, &n, &ischat, &ppid,
-               &delay) != 7) {
+    long long win = 0, n = 0, ischat = 0, ppid = 0, delay = 1, tls = 0;
+    if (sscanf(header, "%255s %15s %lld %lld %lld %lld %lld %lld", host, port, &win, &n, &ischat,
+               &ppid, &delay, &tls) < 7) {
         fprintf(stderr, "creceiver: bad header\n");
         return 2;
+    }
+    if (tls) {
+#ifdef WITH_TLS
+        tls_ctx = SSL_CTX_new(TLS_client_method());
+        if (!tls_ctx || !SSL_CTX_set_min_proto_version(tls_ctx, TLS1_2_VERSION)) {
+            fprintf(stderr, "creceiver: cannot make a TLS context\n");
+            return 2;
+        }
+        SSL_CTX_set_verify(tls_ctx, SSL_VERIFY_NONE, NULL);
+#else
+        fprintf(stderr, "creceiver: built without TLS (-DWITH_TLS)\n");
+        return 2;
+#endif
     }
     if (getppid() != (pid_t)ppid) return 0; /* the parent died before prctl */
     window = win > 0 ? (size_t)win : 1;

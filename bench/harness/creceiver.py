@@ -3,7 +3,10 @@
 ``build()`` compiles the source once per source version with the machine's C
 compiler (``$CC``, ``cc``, ``gcc`` or ``clang``) into a per-user cache
 directory, and returns ``None`` with a reason when it cannot, so the benchmark
-falls back to the Python receiver.  ``CReceiverProc`` starts one compiled
+falls back to the Python receiver.  ``build(tls=True)`` compiles a second
+binary from the same source with ``-DWITH_TLS``, linked with OpenSSL, for the
+TLS system's clients; it fails on its own (no ``libssl-dev``) and leaves the
+plain one alone.  ``CReceiverProc`` starts one compiled
 receiver and gives the fleet the same ``send``/``poll``/``recv`` surface a
 ``multiprocessing`` pipe has, translating the tuples of
 ``bench.harness.receiver`` to the line commands of the C program and its
@@ -42,7 +45,10 @@ _STATUS = (
     "p",
     "last_record_ns",
 )
-_built: dict[str, tuple[Path | None, str]] = {}
+_built: dict[tuple[str, bool], tuple[Path | None, str]] = {}
+#: Extra compiler arguments of the TLS build (after the source: the libraries).
+TLS_FLAGS = ("-DWITH_TLS",)
+TLS_LIBS = ("-lssl", "-lcrypto")
 
 
 def compiler() -> str | None:
@@ -52,26 +58,31 @@ def compiler() -> str | None:
     return None
 
 
-def build() -> tuple[Path | None, str]:
-    """(path of the compiled receiver, description) or (None, why not)."""
+def build(tls: bool = False) -> tuple[Path | None, str]:
+    """(path of the compiled receiver, description) or (None, why not).
+
+    With ``tls``, the receiver that can speak TLS (OpenSSL), built apart.
+    """
     cc = compiler()
     if cc is None:
         return None, "no C compiler found ($CC, cc, gcc, clang)"
-    if cc in _built:
-        return _built[cc]
+    if (cc, tls) in _built:
+        return _built[cc, tls]
+    flags, libs = (TLS_FLAGS, TLS_LIBS) if tls else ((), ())
     source = SOURCE.read_bytes()
-    digest = hashlib.sha256(source + cc.encode()).hexdigest()[:16]
+    digest = hashlib.sha256(source + cc.encode() + " ".join(flags).encode()).hexdigest()[:16]
     cache = Path(tempfile.gettempdir()) / f"reactor-chat-bench-{os.getuid()}"
-    exe = cache / f"creceiver-{digest}"
+    exe = cache / f"creceiver-{'tls-' if tls else ''}{digest}"
+    what = f"C ({Path(cc).name} -O2{', OpenSSL' if tls else ''})"
     result: tuple[Path | None, str]
     if exe.exists():
-        result = exe, f"C ({Path(cc).name} -O2)"
+        result = exe, what
     else:
         cache.mkdir(mode=0o700, exist_ok=True)
         tmp = cache / f".creceiver-{digest}-{os.getpid()}"
         try:
             done = subprocess.run(
-                [cc, "-O2", "-o", str(tmp), str(SOURCE)],
+                [cc, "-O2", *flags, "-o", str(tmp), str(SOURCE), *libs],
                 capture_output=True,
                 text=True,
                 timeout=120,
@@ -81,12 +92,15 @@ def build() -> tuple[Path | None, str]:
             result = None, f"C receiver did not compile: {exc}"
         if done is not None and done.returncode == 0:
             os.replace(tmp, exe)  # atomic: a concurrent run sees all of it or nothing
-            result = exe, f"C ({Path(cc).name} -O2)"
+            result = exe, what
         elif done is not None:
-            result = None, f"C receiver did not compile: {done.stderr.strip()[:300]}"
+            why = done.stderr.strip()[:300]
+            if tls and "openssl/ssl.h" in why:
+                why = "no OpenSSL headers (apt-get install libssl-dev)"
+            result = None, f"C receiver{' with TLS' if tls else ''} did not compile: {why}"
         with contextlib.suppress(OSError):
             tmp.unlink()
-    _built[cc] = result
+    _built[cc, tls] = result
     return result
 
 
@@ -113,7 +127,7 @@ class CReceiverProc:
         self.w, self.r = self.proc.stdin, self.proc.stdout
         head = (
             f"{share.host} {share.port} {share.window} {len(logins)} "
-            f"{int(share.dialect == 'chat')} {os.getpid()} {int(delay_acks)}\n"
+            f"{int(share.dialect == 'chat')} {os.getpid()} {int(delay_acks)} {int(share.tls)}\n"
         ).encode()
         body = b"".join(
             struct.pack("=II", len(a), len(b)) + a + b for a, b in zip(logins, notices, strict=True)

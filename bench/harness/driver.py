@@ -13,14 +13,21 @@ from __future__ import annotations
 
 import select
 import socket
+import ssl
 import time
 from array import array
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from bench.harness import wire
+from bench.harness.tlsclient import client_context
 
 NS = 1_000_000_000
+
+
+#: What a non-blocking socket raises when it cannot go on now; an SSL socket
+#: raises the SSL ones (which are no BlockingIOError) when a record is incomplete.
+_WOULD_BLOCK = (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 
 
 class Conn:
@@ -28,11 +35,21 @@ class Conn:
 
     Discarding matters: a sender that never read would have the server's
     replies (echoes, notices) pile up until the server throttled or dropped it.
+    With ``tls`` the handshake is done (blocking, within ``timeout``) before
+    the constructor returns, and ``sock`` is an ``ssl.SSLSocket``.
     """
 
-    def __init__(self, host: str, port: int, timeout: float = 5.0) -> None:
-        self.sock = socket.create_connection((host, port), timeout=timeout)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    def __init__(self, host: str, port: int, timeout: float = 5.0, tls: bool = False) -> None:
+        sock = socket.create_connection((host, port), timeout=timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if tls:
+            try:
+                sock = client_context().wrap_socket(sock)
+            except BaseException:
+                sock.close()
+                raise
+        self.sock = sock
+        self.tls = tls
         self.sock.setblocking(False)
         self.out = bytearray()
         self.seen = b""  # tail of input, kept only while wait_for_text looks for something
@@ -46,7 +63,7 @@ class Conn:
         while self.out:
             try:
                 n = self.sock.send(self.out)
-            except BlockingIOError:
+            except _WOULD_BLOCK:
                 return
             del self.out[:n]
 
@@ -62,8 +79,8 @@ class Conn:
                 self.flush()
             if r:
                 try:
-                    data = self.sock.recv(1 << 18)
-                except BlockingIOError:
+                    data = self.read()
+                except _WOULD_BLOCK:
                     continue
                 if not data:
                     self.closed = True
@@ -88,13 +105,36 @@ class Conn:
         if self.out:
             self.flush()
         try:
-            data = self.sock.recv(1 << 18)
-        except BlockingIOError:
+            data = self.read()
+        except _WOULD_BLOCK:
             return
         except OSError:
             data = b""
         if not data:
             self.closed = True
+
+    def read(self) -> bytes:
+        """What has arrived (b"" at the end); raises what the socket raises if nothing.
+
+        On TLS one ``recv`` yields one record at most, so it reads on until
+        the SSL layer has nothing more: the input must not pile up at the
+        server while the kernel holds records nobody decrypts.
+        """
+        data = self.sock.recv(1 << 18)
+        if not self.tls or not data:
+            return data
+        parts = [data]
+        while True:
+            try:
+                more = self.sock.recv(1 << 18)
+            except _WOULD_BLOCK:
+                break
+            except OSError:
+                break  # reported by the next read
+            if not more:
+                break
+            parts.append(more)
+        return b"".join(parts)
 
     def wait_for_text(self, text: bytes, timeout: float) -> bool:
         deadline = time.monotonic_ns() + int(timeout * NS)
@@ -174,13 +214,16 @@ def open_loop(
     return SendLog(first_seq, i - queued, count - i + queued, lag, seconds)
 
 
-def probe_login(dialect: wire.Dialect, host: str, port: int, name: str) -> tuple[Conn, int]:
+def probe_login(
+    dialect: wire.Dialect, host: str, port: int, name: str, tls: bool = False
+) -> tuple[Conn, int]:
     """Connect, then log ``name`` in; return the connection and the login time (ns).
 
-    The clock starts after the TCP handshake, when the login bytes go out: the
-    presence fan-out is timed from login, not from connect.
+    The clock starts after the TCP handshake (and the TLS one, with ``tls``),
+    when the login bytes go out: the presence fan-out is timed from login, not
+    from connect.
     """
-    conn = Conn(host, port)
+    conn = Conn(host, port, tls=tls)
     t0 = time.monotonic_ns()
     conn.send(wire.login(dialect, name))
     return conn, t0

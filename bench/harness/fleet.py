@@ -3,7 +3,8 @@
 Clients are dealt round-robin to ``receivers`` processes: compiled C receivers
 (``bench.harness.creceiver``) when ``exe`` is given, else forked Python ones
 (fork, not spawn: the children start in milliseconds and need no importable
-main).  Both answer the same commands with the same records.  Every
+main).  Both answer the same commands with the same records, and both speak
+TLS when ``tls`` is set (the C one only if it was built with OpenSSL).  Every
 call here is bounded in time; ``close`` always leaves no child behind, which is
 what makes Ctrl-C and errors safe for callers that use ``with Fleet(...)``.
 """
@@ -39,6 +40,7 @@ class Fleet:
         window: int,
         exe: Path | None = None,
         delay_acks: bool = True,
+        tls: bool = False,
     ) -> None:
         self.size = len(indices)
         count = max(1, min(receivers, len(indices)))
@@ -46,7 +48,7 @@ class Fleet:
         self.procs: list[Any] = []
         try:
             for r in range(count):
-                share = Share(dialect, host, port, tuple(indices[r::count]), max(1, window))
+                share = Share(dialect, host, port, tuple(indices[r::count]), max(1, window), tls)
                 if exe is not None:
                     names = [wire.client_name(i) for i in share.indices]
                     proc = CReceiverProc(

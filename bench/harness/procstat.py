@@ -143,3 +143,24 @@ def stop_process(proc: subprocess.Popen[bytes], grace: float = 3.0) -> None:
             except OSError:
                 proc.kill()
             proc.wait(grace)
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its live descendants (a supervisor's workers), from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                raw = f.read()
+        except OSError:
+            continue
+        ppid = int(raw[raw.rindex(b")") + 2 :].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    tree, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        tree.append(p)
+        todo.extend(children.get(p, ()))
+    return tree

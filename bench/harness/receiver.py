@@ -21,6 +21,11 @@ harness's own queueing.
 This is the fallback receive path; ``creceiver.c`` does the same for a fraction
 of the CPU where a C compiler exists (see ``bench.harness.creceiver``).
 
+With ``Share.tls`` every client speaks TLS through an ``ssl.SSLObject`` over
+two ``ssl.MemoryBIO`` (as the server does, and as ``creceiver.c`` does with
+OpenSSL): the socket is still read with ``recvmsg``, so the kernel stamp is the
+ciphertext's arrival, and the plaintext takes the same path as plain input.
+
 The parent drives the process over a ``multiprocessing`` pipe with tuples:
 ``("login",)`` connects and logs in every client of the share, at most
 ``window`` logins in flight; ``("measure", n_broadcast, n_direct, n_probes)``
@@ -37,6 +42,7 @@ import os
 import select
 import signal
 import socket
+import ssl
 import struct
 import time
 from array import array
@@ -46,6 +52,7 @@ from typing import Any
 
 from bench.harness import wire
 from bench.harness.deathsig import set_pdeathsig
+from bench.harness.tlsclient import client_context
 
 MAX_EVENTS = 128
 RECV_SIZE = 256 * 1024
@@ -68,6 +75,7 @@ class Share:
     port: int
     indices: tuple[int, ...]  # global client indices, named wire.client_name(i)
     window: int  # logins in flight at most, so the listen backlog never overflows
+    tls: bool = False  # every client speaks TLS (bench.harness.tlsclient)
 
 
 class Receiver:
@@ -81,6 +89,9 @@ class Receiver:
         self.fd_local: dict[int, int] = {}
         self.connecting: set[int] = set()
         self.carry: dict[int, bytes] = {}
+        # TLS only: per local client, (SSLObject, incoming BIO, outgoing BIO) once connected.
+        self.tls: list[tuple[ssl.SSLObject, ssl.MemoryBIO, ssl.MemoryBIO] | None] = [None] * n
+        self.handshaken = bytearray(n)
         self.own = [wire.online_notice(wire.client_name(i)) for i in share.indices]
         self.logged = bytearray(n)
         self.next_login = 0
@@ -168,11 +179,83 @@ class Receiver:
             self.drop(k, s)
             return
         self.ep.modify(s.fileno(), _IN)
-        name = wire.client_name(self.share.indices[k])
+        if self.share.tls:  # the ClientHello first; the login once the handshake is done
+            incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+            self.tls[k] = (client_context().wrap_bio(incoming, outgoing), incoming, outgoing)
+            self.tls_handshake(k, s)
+            return
+        self.send_login(k, s)
+
+    def send_login(self, k: int, s: socket.socket) -> None:
+        login = wire.login(self.share.dialect, wire.client_name(self.share.indices[k]))
+        tls = self.tls[k]
+        if tls is not None:
+            tls[0].write(login)
+            self.tls_flush(k, s)
+            return
         try:
-            s.send(wire.login(self.share.dialect, name))  # tiny; fits an empty buffer
+            s.send(login)  # tiny; fits an empty buffer
         except OSError:
             self.drop(k, s)
+
+    # -- TLS ---------------------------------------------------------------
+    def tls_flush(self, k: int, s: socket.socket) -> bool:
+        """Send what the SSL object wrote; False (client dropped) if not all went.
+
+        Handshake flights and the login are small: an empty socket buffer takes them.
+        """
+        tls = self.tls[k]
+        assert tls is not None
+        data = tls[2].read()
+        try:
+            if not data or s.send(data) == len(data):
+                return True
+        except OSError:
+            pass
+        self.drop(k, s)
+        return False
+
+    def tls_handshake(self, k: int, s: socket.socket) -> bool:
+        """Drive the handshake on; True once it is done (and the login sent)."""
+        tls = self.tls[k]
+        assert tls is not None
+        try:
+            tls[0].do_handshake()
+        except ssl.SSLWantReadError:
+            self.tls_flush(k, s)
+            return False
+        except ssl.SSLError:
+            self.connect_errors += 1
+            self.drop(k, s)
+            return False
+        if not self.tls_flush(k, s):
+            return False
+        self.handshaken[k] = 1
+        self.send_login(k, s)
+        return self.socks[k] is not None
+
+    def tls_input(self, k: int, s: socket.socket, cipher: bytes) -> bytes | None:
+        """The plaintext ``cipher`` completes; None if the client was dropped."""
+        tls = self.tls[k]
+        assert tls is not None
+        tls[1].write(cipher)
+        if not self.handshaken[k] and not self.tls_handshake(k, s):
+            return None if self.socks[k] is None else b""
+        sslobj, out = tls[0], []
+        while True:
+            try:
+                chunk = sslobj.read(RECV_SIZE)
+            except ssl.SSLWantReadError:
+                break
+            except ssl.SSLError:
+                chunk = b""
+            if not chunk:  # close_notify, or a TLS error: this connection is over
+                self.drop(k, s)
+                return None
+            out.append(chunk)
+        if tls[2].pending and not self.tls_flush(k, s):
+            return None
+        return b"".join(out)
 
     def drop(self, k: int, s: socket.socket) -> None:
         self.connecting.discard(k)
@@ -184,6 +267,8 @@ class Receiver:
         s.close()
         self.socks[k] = None
         self.carry.pop(k, None)
+        self.tls[k] = None
+        self.handshaken[k] = 0
         self.dropped += 1
         if not self.logged[k]:
             self.inflight -= 1
@@ -335,6 +420,10 @@ class Receiver:
                 if not data:
                     self.drop(k, s)
                     continue
+                if self.tls[k] is not None:
+                    data = self.tls_input(k, s, data)
+                    if not data:
+                        continue
                 if k in self.carry:
                     data = self.carry.pop(k) + data
                 if data[-1] != 10:  # a partial line: keep its tail for the next read

@@ -182,9 +182,6 @@ class SelectorTransport(Transport):
             # The first output owed to this connection in this turn.
             self._turn = server.turn
             if self.tls is not None:
-                if not self._in_pending:
-                    self._in_pending = True
-                    server.pending_writes.append(self)
                 return self._write_tls(data, on_handoff)
             if server.write_through and not self.output.size and not (
                 server.reading is self and self.connection.pending_lines  # type: ignore[union-attr]
@@ -239,14 +236,6 @@ class SelectorTransport(Transport):
         except OSError as error:
             self._connection_error(error)
             return -1
-
-    def _write_tls(self, data: bytes, on_handoff: Handoff | None) -> Entry | None:
-        """The first output this pass, on TLS: queued, and in a short pass
-        encrypted and sent at once, as the plain path sends it."""
-        entry = self.output.append(data, on_handoff)
-        if self.server.write_through and self.tls and not self._events & _WRITE:
-            self._send_wire()
-        return entry if self.output else None  # empty: this entry went, its handoff ran
 
     def flush(self) -> None:
         """Write what is queued; watch for EVENT_WRITE only while some remains."""
@@ -505,6 +494,103 @@ class SelectorTransport(Transport):
         self.server.dead.append(self)
 
 
+class SelectorTLSTransport(SelectorTransport):
+    """A TLS connection's transport: its sends written out for speed.
+
+    Each record costs OpenSSL a few microseconds, and each send a system
+    call, so a connection that gets several messages per turn (a busy
+    server: fan-outs back to back in one pass) is *batching*: the first
+    message of a turn waits, like the rest, for the end of the pass, and
+    they all go in one record and one send.  A turn with one message ends
+    that, and the next first message is sent at once again.
+    """
+
+    # Only the select loop's thread touches these.
+    _batching = False
+    _sealed_turn = -1  # the turn whose first message was sent at once
+    _queued = 0  # while batching: the queue's size after the turn's first message
+
+    def _write_tls(self, data: bytes, on_handoff: Handoff | None) -> Entry | None:
+        """The first output this turn: in a short pass, with nothing queued
+        and not batching, encrypted and sent at once, as the plain path
+        sends it; only what the kernel refuses is kept.  Else queued."""
+        tls = self.tls
+        assert tls is not None
+        output = self.output
+        if (self.server.write_through and not output.size and not self._batching
+                and not self._events & _WRITE):
+            ciphertext = tls.seal(data)  # None during the handshake, or behind ciphertext
+            if ciphertext is not None:
+                try:
+                    sent = self.sock.send(ciphertext)
+                except (BlockingIOError, InterruptedError):
+                    sent = 0
+                except OSError as error:
+                    self._connection_error(error)
+                    if on_handoff is not None:
+                        on_handoff(False)
+                    return None
+                if sent == len(ciphertext):
+                    self._sealed_turn = self._turn
+                    if on_handoff is not None:
+                        on_handoff(True)
+                    return None  # nothing owed: _settle need not visit it
+                entry = tls.keep(ciphertext, sent, data, on_handoff)
+                self._want_settle()
+                return entry
+        entry = output.append(data, on_handoff)
+        self._queued = output.size
+        self._want_settle()
+        return entry
+
+    def _want_settle(self) -> None:
+        if not self._in_pending:
+            self._in_pending = True
+            self.server.pending_writes.append(self)
+
+    def flush(self) -> None:
+        """flush() on TLS, its common case written out: nothing is waiting
+        for EVENT_WRITE, so the whole queue is encrypted in one record and
+        sent; anything else is flush()'s."""
+        output = self.output
+        tls = self.tls
+        assert tls is not None
+        if self._events & _WRITE or self._closing or self.socket_closed or not output.size:
+            SelectorTransport.flush(self)
+            return
+        # More than one message this turn: batch the next turn; one: stop.
+        if self._batching:
+            self._batching = output.size != self._queued
+        elif self._sealed_turn == self._turn:
+            self._batching = True
+        ciphertext = tls.seal_queue()  # None: during the handshake, or too big
+        if ciphertext is None:
+            SelectorTransport.flush(self)
+            return
+        plain = output.size
+        try:
+            sent = self.sock.send(ciphertext)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError as error:
+            tls.keep_sealed(ciphertext, 0, plain)
+            self._connection_error(error)
+            return
+        if sent < len(ciphertext):
+            tls.keep_sealed(ciphertext, sent, plain)
+            self._update_events()  # EVENT_WRITE for the rest
+            return
+        for callback in output.consume(plain):
+            callback(True)
+        if self.socket_closed:
+            return
+        if not output.size and self.connection is not None:
+            self.connection.output_drained()
+        if output.size or self._closing:
+            # What the handoffs or the drain queued, or a close: flush()'s.
+            SelectorTransport.flush(self)
+
+
 class SelectorServer(Server):
     def __init__(
         self, config: ServerConfig, whiteboard: Whiteboard[Connection] | None = None
@@ -703,8 +789,10 @@ class SelectorServer(Server):
         except OSError:
             sock.close()  # the peer is already gone
             return
-        transport = SelectorTransport(sock, host, self)
         if tls:
+            transport: SelectorTransport = SelectorTLSTransport(sock, host, self)
             transport.start_tls(self.tls_context())
+        else:
+            transport = SelectorTransport(sock, host, self)
         self.selector.register(sock, _READ, transport)
         self.chat.connection_made(transport)

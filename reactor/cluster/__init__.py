@@ -1,0 +1,11 @@
+"""One chat across many server processes and hosts, through Redis.
+
+Every server started with ``--cluster redis://HOST:PORT`` joins the same
+chat: names are unique across all of them, presence notices, direct messages
+and broadcasts cross between them, and a server that dies takes its users
+offline everywhere within a few seconds.  :mod:`reactor.cluster.whiteboard`
+is the shared whiteboard (the chat logic is unchanged),
+:mod:`reactor.cluster.scripts` the state in Redis and the scripts that change
+it, :mod:`reactor.cluster.link` the connection to Redis, and
+:mod:`reactor.cluster.workers` runs ``--workers N`` processes on one port.
+"""
