@@ -21,7 +21,7 @@ from typing import Any
 
 from protocol.commands import BROADCAST_USAGE, CHAT_USAGE, PASSWORD_USAGE, REGISTER_USAGE
 from protocol.errors import LocalProtocolError, RemoteProtocolError
-from protocol.escaping import QUOTED_PATTERN, escape, find_unsafe, unescape
+from protocol.escaping import _ASCII_NEEDS_ESCAPE, QUOTED_PATTERN, escape, find_unsafe, unescape
 from protocol.usernames import (
     RESERVED_USERNAMES,
     USERNAME_PATTERN,
@@ -243,10 +243,22 @@ def _encode(line: str) -> bytes:
 # server's hot paths call these rather than make an event to format.  Each
 # gives exactly what format_event gives for the event.
 
+# The last text found to need no escaping, quoted or bare (ASCII with no
+# control, backslash or quote): a direct message formats its text twice, the
+# delivery and the echo.  Held, so that ``is`` can never match a new string
+# that took a freed one's place.
+_clean = ""
+
 def format_message_from(sender: str, text: str) -> bytes:
     """``format_event(MessageFrom(sender, text))``."""
     if sender not in VALID_NAMES:
         _checked_name(sender)
+    global _clean
+    if text is _clean or (text.isascii() and _ASCII_NEEDS_ESCAPE.search(text) is None):
+        _clean = text
+        # escape() and _encode() written out for the common case: ASCII
+        # with nothing to escape is itself, and ASCII always encodes.
+        return f'<Message from {sender}: "{text}">\n'.encode()
     return _encode(f'<Message from {sender}: "{escape(text)}">\n')
 
 
@@ -254,6 +266,10 @@ def format_message_sent(to: str, text: str) -> bytes:
     """``format_event(MessageSent(to, text))``."""
     if to not in VALID_NAMES:
         _checked_name(to)
+    global _clean
+    if text is _clean or (text.isascii() and _ASCII_NEEDS_ESCAPE.search(text) is None):
+        _clean = text
+        return f"<To {to}> {text}\n".encode()
     return _encode(f"<To {to}> {escape(text, quoted=False)}\n")
 
 
@@ -261,11 +277,19 @@ def format_broadcast_from(sender: str, text: str) -> bytes:
     """``format_event(BroadcastFrom(sender, text))``."""
     if sender not in VALID_NAMES:
         _checked_name(sender)
+    global _clean
+    if text is _clean or (text.isascii() and _ASCII_NEEDS_ESCAPE.search(text) is None):
+        _clean = text
+        return f'<Broadcast from {sender}: "{text}">\n'.encode()
     return _encode(f'<Broadcast from {sender}: "{escape(text)}">\n')
 
 
 def format_broadcast_sent(text: str) -> bytes:
     """``format_event(BroadcastSent(text))``."""
+    global _clean
+    if text is _clean or (text.isascii() and _ASCII_NEEDS_ESCAPE.search(text) is None):
+        _clean = text
+        return f"<To everyone> {text}\n".encode()
     return _encode(f"<To everyone> {escape(text, quoted=False)}\n")
 
 

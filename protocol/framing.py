@@ -66,6 +66,11 @@ class LineBuffer:
         line of its own (nothing, if nothing is held or an overlong line is
         being discarded: the rest of that line is still thrown away).
         """
+        if (data[-1:] == b"\n" and len(data) <= self.max_line and not self._partial
+                and not self._discarding and b"\r" not in data):
+            # The common case: whole lines, none too long (the data is not),
+            # nothing pending, no CR to remove.
+            return data[:-1].split(b"\n")  # type: ignore[return-value]
         out: list[Received] = []
         if not data:
             if self._partial and not self._discarding:

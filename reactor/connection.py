@@ -78,13 +78,15 @@ class Connection:
         self._hard_limit = config.output_hard_limit
         self._high_water = config.output_high_water
         self._buffer = LineBuffer(config.max_line)
-        self._lines: deque[Received] = deque()
+        # Lines received and not yet handled (read by the select backend: a
+        # reply while more wait is not the last of its pass).
+        self.pending_lines: deque[Received] = deque()
         self._processing = False
         self._input_ended = False
         self._reading_paused = False
         # Reasons the next line waits (see the module docstring).
         self._awaiting_answer = False
-        self._output_backlog = False
+        self.output_backlog = False  # output above the high-water mark (read by backends)
         self._rate_timer: TimerHandle | None = None
         self._login_timer: TimerHandle | None = None
         self._pause_timer: TimerHandle | None = None
@@ -124,12 +126,12 @@ class Connection:
                 return  # after bye, or while draining: discarded
             if not data:
                 self._input_ended = True
-                self._cancel_pause_timer()
             lines = self._buffer.feed(data)
-            self._cancel_pause_timer()
-            self._lines.extend(lines)
+            if self._pause_timer is not None:
+                self._cancel_pause_timer()
+            self.pending_lines.extend(lines)
             if (self.phase is Phase.LOGIN and data and self._buffer.pending
-                    and not any(isinstance(x, bytes) and x.strip() for x in self._lines)):
+                    and not any(isinstance(x, bytes) and x.strip() for x in self.pending_lines)):
                 # The original client sends its name with no newline, then
                 # waits for its user: a pause ends that first line -- unless a
                 # username line is already waiting its turn.
@@ -143,8 +145,8 @@ class Connection:
         try:
             self.over_soft_limit_since = None
             self.not_reading = False
-            if self._output_backlog:
-                self._output_backlog = False
+            if self.output_backlog:
+                self.output_backlog = False
                 self._process()
         except Exception as error:
             self.fail(error)
@@ -160,7 +162,7 @@ class Connection:
                 if timer is not None:
                     timer.cancel()
             self._login_timer = self._pause_timer = self._rate_timer = None
-            self._lines.clear()
+            self.pending_lines.clear()
             self.transport.fail_handoffs()
         except Exception as error:
             self.fail(error)
@@ -219,7 +221,7 @@ class Connection:
                 return None
         entry = transport.write(data, on_handoff)
         if output.size > self._high_water:
-            self._output_backlog = True
+            self.output_backlog = True
         return entry
 
     def deliver(self, data: bytes, on_result: DeliveryResult) -> None:
@@ -240,6 +242,20 @@ class Connection:
             # than make every sender wait out the same timeout again.
             on_result(False, f"{name} is not reading")
             return
+        transport = self.transport
+        output = transport.output
+        sent = 0
+        if self.is_open and output.size + len(data) <= self._hard_limit:
+            # The common case: the kernel takes it at once (no handoff to make).
+            sent = transport.send_now(data)
+            if sent == len(data):
+                on_result(True, "")
+                return
+            if sent < 0:
+                on_result(False, f"{name} left before it could be sent")
+                return
+            if sent:
+                data = memoryview(data)[sent:]  # type: ignore[assignment]
         timer: TimerHandle | None = None
 
         def handoff(ok: bool) -> None:
@@ -247,9 +263,17 @@ class Connection:
                 timer.cancel()
             on_result(ok, "" if ok else f"{name} left before it could be sent")
 
-        entry = self.send(data, handoff)
+        if self.is_open and output.size + len(data) <= self._hard_limit:
+            # send() written out for the common case: open, within the limit.
+            entry = transport.write(data, handoff)
+            if output.size > self._high_water:
+                self.output_backlog = True
+        else:
+            entry = self.send(data, handoff)
         if entry is None:
             return  # sent at once, or refused: handoff has run
+        if sent:
+            entry.started = True  # its head went out: it cannot be taken back
         queued = entry
 
         def overdue() -> None:
@@ -295,7 +319,7 @@ class Connection:
 
     def hold(self, item: Received) -> None:
         """This line must wait until every answer in flight has arrived."""
-        self._lines.appendleft(item)
+        self.pending_lines.appendleft(item)
         self._held = True
         self._awaiting_answer = True
 
@@ -305,7 +329,8 @@ class Connection:
 
     def answer_arrived(self) -> None:
         self._awaiting_answer = False
-        self._process()
+        if not self._processing:  # else the running _process goes on to the next line
+            self._process()
 
     def logged_in(self, name: str) -> None:
         self.username = name
@@ -344,7 +369,7 @@ class Connection:
         output still drains (a user who has left frees the name at once)."""
         self.is_open = False
         self.phase = Phase.CLOSING
-        self._lines.clear()
+        self.pending_lines.clear()
         for timer in (self._login_timer, self._pause_timer, self._rate_timer):
             if timer is not None:
                 timer.cancel()
@@ -362,12 +387,12 @@ class Connection:
             return  # re-entered from an answer that arrived at once
         self._processing = True
         try:
-            lines = self._lines
+            lines = self.pending_lines
             chat = self.chat
             metered = self._metered
             # _waiting() written out: this loop runs once per line.
             while lines and self.is_open and not (
-                self._awaiting_answer or self._output_backlog or self._rate_timer is not None
+                self._awaiting_answer or self.output_backlog or self._rate_timer is not None
             ):
                 if metered and not self._within_rate():
                     break
@@ -377,19 +402,19 @@ class Connection:
             self._processing = False
         if not self.is_open:
             return
-        want_pause = bool(self._lines)
+        want_pause = bool(self.pending_lines)
         if want_pause != self._reading_paused:
             self._reading_paused = want_pause
             if want_pause:
                 self.transport.pause_reading()
             else:
                 self.transport.resume_reading()
-        if self._input_ended and not self._lines and not self._awaiting_answer:
+        if self._input_ended and not self.pending_lines and not self._awaiting_answer:
             # The peer is done sending and everything it sent is answered.
             self.close("connection closed by peer")
 
     def _waiting(self) -> bool:
-        return self._awaiting_answer or self._output_backlog or self._rate_timer is not None
+        return self._awaiting_answer or self.output_backlog or self._rate_timer is not None
 
     def _within_rate(self) -> bool:
         """Charge the next line to the client's meters, or arrange to retry."""
@@ -414,7 +439,7 @@ class Connection:
     def _pause_ended(self) -> None:
         self._pause_timer = None
         if self.phase is Phase.LOGIN and self.is_open and not self._awaiting_answer:
-            self._lines.extend(self._buffer.feed(b""))
+            self.pending_lines.extend(self._buffer.feed(b""))
             self._process()
 
     def _cancel_pause_timer(self) -> None:

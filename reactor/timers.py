@@ -39,29 +39,35 @@ class Timers:
     """
 
     def __init__(self) -> None:
-        self._heap: list[tuple[float, int, Timer]] = []
+        self.heap: list[tuple[float, int, Timer]] = []
         self._order = itertools.count()
         self._next_scan = 64  # heap size at which _compact next looks
 
     def __len__(self) -> int:
-        return len(self._heap)
+        return len(self.heap)
 
     def call_at(self, deadline: float, callback: Callable[[], None]) -> Timer:
         order = next(self._order)
         timer = Timer(deadline, order, callback)
-        heapq.heappush(self._heap, (deadline, order, timer))
+        heapq.heappush(self.heap, (deadline, order, timer))
         return timer
 
     def timeout(self, now: float) -> float | None:
         """Seconds until the next deadline, or None if there is none."""
-        heap = self._heap
+        heap = self.heap
         while heap and heap[0][2].callback is None:
             heapq.heappop(heap)
         return max(0.0, heap[0][0] - now) if heap else None
 
+    def due(self, now: float) -> bool:
+        """Whether a deadline (perhaps of a cancelled timer) has come, or the
+        heap should be looked over: pop_due has something to do."""
+        heap = self.heap
+        return bool(heap) and (heap[0][0] <= now or len(heap) >= self._next_scan)
+
     def pop_due(self, now: float) -> list[Callable[[], None]]:
         due = []
-        heap = self._heap
+        heap = self.heap
         while heap and heap[0][0] <= now:
             callback = heapq.heappop(heap)[2].callback
             if callback is not None:
@@ -73,13 +79,13 @@ class Timers:
         # Scanned only once the heap has doubled since the last scan, not on
         # every pass: with thousands of live timers (a login storm's
         # deadlines) a scan per pass cost more than the timers themselves.
-        heap = self._heap
+        heap = self.heap
         if len(heap) < self._next_scan:
             return
         live = [entry for entry in heap if entry[2].callback is not None]
         if len(live) * 2 < len(heap):
             heapq.heapify(live)
-            self._heap = live
+            self.heap = live
         self._next_scan = max(64, 2 * len(live))
 
 

@@ -75,6 +75,13 @@ class Transport(ABC):
         (aborted, withdrawn).  Returns the queue entry of a write with a
         handoff that had to wait (for :meth:`withdraw`), else None."""
 
+    def send_now(self, data: bytes) -> int:
+        """Hand ``data`` to the kernel now if this backend would write it
+        through at once (see the select backend), before it is queued: the
+        bytes the kernel took (``len(data)`` if all; the rest must then be
+        written), 0 if none, -1 if the connection failed (it is aborted)."""
+        return 0
+
     def withdraw(self, entry: Entry) -> bool:
         """Take back a queued write that has not started; True if done."""
         return self.output.withdraw(entry)
