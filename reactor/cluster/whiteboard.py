@@ -26,10 +26,11 @@ import os
 import secrets
 import socket
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from protocol import username_key
+from protocol import UserOffline, UserOnline, format_event, username_key
 from reactor.cluster.link import UNAVAILABLE, Link, Reply, check_url
 from reactor.cluster.scripts import PREFIX
 from reactor.config import ClusterConfig
@@ -134,6 +135,8 @@ class ClusterWhiteboard(Whiteboard[Connection]):
         self._applied_n = 0
         self._stream_generation = 0
         self._claims_in_flight: dict[str, int] = {}
+        # (inbox n, notice) applied while logins were awaiting their verdict.
+        self._recent_presence: deque[tuple[int, bytes]] = deque(maxlen=100_000)
         self._after_inbox: list[tuple[int, Callable[[], None]]] = []
 
     @staticmethod
@@ -185,7 +188,7 @@ class ClusterWhiteboard(Whiteboard[Connection]):
 
         stream = self._stream_generation
 
-        def won() -> None:
+        def won(written: int) -> None:
             if stream != self._stream_generation:
                 # Fenced, or Redis lost its data, since: the claim was made
                 # in a state that no longer exists.
@@ -199,6 +202,12 @@ class ClusterWhiteboard(Whiteboard[Connection]):
             self._offline.pop(key, None)
             self._remote.pop(key, None)
             on_result(None)
+            # Presence changes Redis made after the claim that this node
+            # applied before the claim's reply came back: the newcomer was
+            # not yet among its users, so tell it now, after its own notice.
+            for n, line in self._recent_presence:
+                if n > written:
+                    session.send(line)
 
         def claimed(reply: Reply) -> None:
             self._claims_in_flight[key] -= 1
@@ -212,9 +221,9 @@ class ClusterWhiteboard(Whiteboard[Connection]):
                 # online nor misses anyone in `users`.
                 written = int(reply[1])
                 if self._applied_n >= written:
-                    won()
+                    won(written)
                 else:
-                    self._after_inbox.append((written, won))
+                    self._after_inbox.append((written, lambda: won(written)))
             elif status == "TAKEN":
                 on_result(_text(reply[1]))
             else:
@@ -418,6 +427,15 @@ class ClusterWhiteboard(Whiteboard[Connection]):
         if known is None:
             assert self.chat is not None
             self.chat.remote_user_online(name)
+            self._note_presence(format_event(UserOnline(name)))
+
+    def _note_presence(self, line: bytes) -> None:
+        """Keep a presence notice for the logins whose verdicts are still on
+        their way (see ``claim``); nothing is kept while there are none."""
+        if self._claims_in_flight or self._after_inbox:
+            self._recent_presence.append((self._applied_n, line))
+        elif self._recent_presence:
+            self._recent_presence.clear()
 
     def _remote_offline(self, name: str, node: str) -> None:
         key = username_key(name)
@@ -428,6 +446,7 @@ class ClusterWhiteboard(Whiteboard[Connection]):
         self._remember(key, known.name)
         assert self.chat is not None
         self.chat.remote_user_offline(known.name)
+        self._note_presence(format_event(UserOffline(known.name)))
 
     def _node_gone(self, node: str) -> None:
         log.warning("Node %s stopped renewing its lease: its users are offline", node)
@@ -502,6 +521,7 @@ class ClusterWhiteboard(Whiteboard[Connection]):
             # Reading starts after the hello entry: as if it had been read.
             self._expected_n = int(hello_n) + 1
             self._applied_n = int(hello_n)
+            self._recent_presence.clear()
             self._stream_generation += 1
             # Claims waiting for the old inbox: the snapshot holds it all.
             self._run_after_inbox(everything=True)
