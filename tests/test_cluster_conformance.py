@@ -25,7 +25,7 @@ from tests.cluster_support import (
     redis_server,  # noqa: F401  (a fixture)
 )
 from tests.faults import Drain, read_all_until_closed
-from tests.support import LineClient
+from tests.support import LineClient, wait_until
 
 KiB = 1024
 
@@ -315,3 +315,43 @@ def test_a_mixed_cluster_of_every_backend_is_one_chat(redis_server: RedisServer)
                 f'<Message from {names[index]}: "ring{index}">')
         for client in clients:
             expect_users(client, *names)
+
+
+def test_a_login_storm_over_two_nodes_tells_every_pair_exactly_once(
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    """120 clients log in at once, alternately on two nodes.  As on one
+    server, of any two users exactly one hears of the other (the one who was
+    online first), and everyone hears of themselves: N(N+1)/2 notices, none
+    twice -- also when a node answers a login only after it has applied
+    presence changes that Redis made after that login."""
+    count = 120
+    names = [f"storm{i}" for i in range(count)]
+    expected = count * (count + 1) // 2
+    with nodes(("select", "threads"), redis_server.url, flood=NO_FLOOD_CONTROL) as servers:
+        clients = [LineClient(servers[i % 2].port) for i in range(count)]
+        drains = [Drain(c.sock, keep=lambda line: line.startswith(b"<")) for c in clients]
+        try:
+            for client, name in zip(clients, names, strict=True):
+                client.send_raw(f"{name}\n".encode())
+
+            def total() -> int:
+                return sum(len(d.kept()) for d in drains)
+
+            wait_until(lambda: total() >= expected, timeout=30,
+                       message=f"{expected} online notices")
+            heard: list[list[str]] = []
+            for drain in drains:
+                lines = [line.decode() for line in drain.kept()]
+                found = [re.fullmatch(r"<User (storm\d+) is online\.>", line) for line in lines]
+                assert all(found), lines
+                heard.append([m.group(1) for m in found if m])
+            assert total() == expected
+            for i in range(count):
+                assert len(set(heard[i])) == len(heard[i]), f"{names[i]} heard one twice"
+                assert names[i] in heard[i]
+                for j in range(i + 1, count):
+                    assert (names[j] in heard[i]) != (names[i] in heard[j]), (names[i], names[j])
+        finally:
+            for drain in drains:
+                drain.stop()
