@@ -123,8 +123,8 @@ class ClusterWhiteboard(Whiteboard[Connection]):
         self._redis_offset_ms: float | None = None  # Redis ms - local monotonic ms
         self._down_since: float | None = None
         self._ever_up = False
-        self._ever_registered = False
-        self._ever_registered_as = ""  # the node id of this node's last registration
+        # The node id of this node's last registration ("" before the first).
+        self._ever_registered_as = ""
         # Inbox bookkeeping: presence entries at or before the snapshot are
         # already in it; ``n`` must be contiguous, or entries were trimmed.
         self._snapshot_id: tuple[int, int] = (0, 0)
@@ -533,8 +533,7 @@ class ClusterWhiteboard(Whiteboard[Connection]):
             self._keep_missing_until = time.monotonic() + self.config.lease
         keep_missing = time.monotonic() < self._keep_missing_until
         self._load_snapshot(users, seen, keep_missing=keep_missing,
-                            announce=self._ever_registered)
-        self._ever_registered = True
+                            announce=bool(self._ever_registered_as))
         self._ever_registered_as = node
         for name in (_text(n) for n in conflicts):
             self._lost_name(name)
