@@ -85,7 +85,6 @@ class Link:
                  on_up: Callable[[], None], on_down: Callable[[str], None],
                  on_entries: Callable[[list[tuple[bytes, dict[bytes, bytes]]]], None]) -> None:
         self.url = url
-        self.timeout = timeout
         # Short: a node that reconnects late after Redis comes back would be
         # reaped by the others, whose renewals resume at once.
         self.backoff_max = backoff_max
