@@ -90,7 +90,7 @@ class Driver:
         self.n = n
         self.dm_batch = dm_batch
         self.server = server = SelectorServer(config)
-        server.chat.attach(server.call_later)
+        server.chat.attach(server.call_later, server.call_soon_threadsafe, server.send_at_once)
         server.selector.register(server._wakeup_reader, selector_backend._READ, None)
         server._listen(True)
         self.child = subprocess.Popen(

@@ -69,6 +69,11 @@ benchmark all read the registry.
    ended, :meth:`Server.serve_forever` calls ``self.chat.close()``, which
    waits for the workers.)
 
+**A backend may** (an optimisation, nothing depends on it) offer
+:meth:`Server.send_at_once`: the first sends of a fan-out in one tight loop,
+for the connections with nothing queued, where the kernel takes the line
+whole; the rest go through ``connection.send`` as ever.
+
 **A backend may assume** that the chat logic never blocks, never calls the
 transport from another thread, calls ``close``/``abort`` at most once each
 and nothing but ``abort`` after ``close``, and answers every connection it
@@ -223,7 +228,7 @@ class Server(ABC):
                 log.log(level, "Listening on port %d (TLS)...", listener.port)
             else:
                 log.log(level, "Listening on port %d...", listener.port)
-        self.chat.attach(self.call_later, self.call_soon_threadsafe)
+        self.chat.attach(self.call_later, self.call_soon_threadsafe, self.send_at_once)
         try:
             self._serve()
         finally:
@@ -241,6 +246,14 @@ class Server(ABC):
                      type(self).__name__, exc_info=error)
         self.exit_status = 1
         self._stop_requested = True
+
+    #: ``send_at_once(data, connections)``: hand ``data`` to the kernel now for
+    #: those of ``connections`` (a fan-out's recipients, in order) that have
+    #: nothing queued and whose socket takes all of it; return the others,
+    #: in order, which the chat then sends to with ``connection.send``.  A
+    #: connection whose socket took part of ``data`` gets the rest queued.
+    #: Failures are contained per connection (item 8).  None: no fast path.
+    send_at_once: Callable[[bytes, list[Connection]], list[Connection]] | None = None
 
     @abstractmethod
     def _serve(self) -> None: ...
