@@ -636,13 +636,30 @@ class SelectorServer(Server):
         empty queue passes anyway.
         """
         reading = self.reading
-        if not self.write_through or (
-            reading is not None and reading.connection.pending_lines  # type: ignore[union-attr]
-        ):
-            return connections  # batching this pass (see write)
         turn = self.turn
         size = len(data)
         rest: list[Connection] = []
+        if not self.write_through or (
+            reading is not None and reading.connection.pending_lines  # type: ignore[union-attr]
+        ):
+            # Batching this pass (see write): queued, for one send per
+            # connection at the end of it.  Below the high-water mark
+            # connection.send checks nothing more than this.
+            high_water = self.config.output_high_water
+            pending = self.pending_writes
+            for connection in connections:
+                transport = connection.transport  # type: ignore[assignment]
+                output = transport.output
+                if (transport.tls is not None or transport.socket_closed
+                        or not connection.is_open or output.size + size > high_water):
+                    rest.append(connection)
+                    continue
+                transport._turn = turn
+                if not transport._in_pending:
+                    transport._in_pending = True
+                    pending.append(transport)
+                output.append(data)
+            return rest
         for connection in connections:
             transport: SelectorTransport = connection.transport  # type: ignore[assignment]
             if (transport._turn == turn or transport.output.size or transport.tls is not None
@@ -773,16 +790,19 @@ class SelectorServer(Server):
             self.turn += 1
             for transport in pending:
                 transport._in_pending = False
-                # Nothing to do for the common case, a write-through that the
-                # kernel took whole; a closing transport needs flush() to shut down.
-                if not transport._events & _WRITE and (
-                    (transport.output.size if transport.tls is None else transport.wire)
-                    or transport._closing
-                ):
-                    try:
+                if transport._events & _WRITE:
+                    continue  # the kernel is full: EVENT_WRITE will flush it
+                try:
+                    if transport.tls is None and not transport._closing:
+                        # The common case, without flush()'s other cases;
+                        # nothing to do after a write-through the kernel took.
+                        if transport.output.size:
+                            transport._flush_plain()
+                    elif transport.wire or transport._closing:
+                        # A closing transport needs flush() to shut down.
                         transport.flush()
-                    except Exception as error:
-                        self._contain(transport, error)
+                except Exception as error:
+                    self._contain(transport, error)
             dead, self.dead = self.dead, []
             for transport in dead:
                 if transport.connection is not None:
