@@ -16,6 +16,12 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 
+from protocol.events import (
+    format_broadcast_from,
+    format_broadcast_sent,
+    format_message_from,
+    format_message_sent,
+)
 from reactor import ServerConfig, make_server
 from reactor.backends import server_class
 from reactor.backends.base import Server
@@ -199,3 +205,41 @@ class Clients:
         for client in self._all:
             client.close()
 
+
+
+def send_a_burst_and_check_it(sender: LineClient, readers: dict[str, LineClient],
+                              every_nth_a_message: int) -> None:
+    """``sender`` writes 60 broadcasts and direct messages (every nth, 0 for
+    none) to ``readers`` (logged in, in that order, after the sender) in one
+    write, then ``users``; each reader must get exactly its lines, in order,
+    and the sender every echo in command order."""
+    names = list(readers)
+    for client in (sender, *list(readers.values())[:-1]):  # the last one read its own
+        client.read_until(lambda line: line == f"<User {names[-1]} is online.>")
+    lines: list[str] = []
+    echoes: list[bytes] = []
+    expected: dict[str, list[bytes]] = {name: [] for name in names}
+    for i in range(60):
+        if every_nth_a_message and i % every_nth_a_message == every_nth_a_message - 1:
+            to = names[i % len(names)]
+            lines.append(f'chat {to} "d{i}"')
+            echoes.append(format_message_sent(to, f"d{i}"))
+            expected[to].append(format_message_from("Sender", f"d{i}"))
+        else:
+            lines.append(f'broadcast "b{i}"')
+            echoes.append(format_broadcast_sent(f"b{i}"))
+            for name in names:
+                expected[name].append(format_broadcast_from("Sender", f"b{i}"))
+    # Last, a line that sends the readers nothing: the burst's fan-outs must
+    # go out without help from a later write.
+    lines.append("users")
+    sender.send_raw("".join(line + "\n" for line in lines).encode())
+
+    assert [sender.read_line_bytes() for _ in echoes] == echoes
+    assert sender.read_line().startswith("<Online users: ")
+    for name, client in readers.items():
+        assert [client.read_line_bytes() for _ in expected[name]] == expected[name]
+    # Nothing more (a marker round trip: anything doubled would come first).
+    for client in (sender, *readers.values()):
+        client.send("users")
+        assert client.read_line().startswith("<Online users: ")

@@ -5,14 +5,8 @@ from __future__ import annotations
 import pytest
 
 from protocol import HelpText, format_event
-from protocol.events import (
-    format_broadcast_from,
-    format_broadcast_sent,
-    format_message_from,
-    format_message_sent,
-)
 from reactor.backends.base import Server
-from tests.support import Clients, running_server
+from tests.support import Clients, running_server, send_a_burst_and_check_it
 
 INVALID = '<Invalid input: {}. Type "help" for commands.>'
 
@@ -263,36 +257,6 @@ def test_a_burst_of_broadcasts_and_messages_in_one_write_arrives_once_each_in_or
     then queues the whole burst and sends once per recipient -- and every
     reader still gets each broadcast and each of its messages once, in the
     order they were sent, and the sender every echo in command order."""
-    names = [f"Reader{i}" for i in range(5)]
     sender = clients.login("Sender")
-    readers = {name: clients.login(name) for name in names}
-    for client in (sender, *list(readers.values())[:-1]):  # the last one read its own
-        client.read_until(lambda line: line == f"<User {names[-1]} is online.>")
-
-    lines: list[str] = []
-    echoes: list[bytes] = []
-    expected: dict[str, list[bytes]] = {name: [] for name in names}
-    for i in range(60):
-        if every_nth_a_message and i % every_nth_a_message == every_nth_a_message - 1:
-            to = names[i % len(names)]
-            lines.append(f'chat {to} "d{i}"')
-            echoes.append(format_message_sent(to, f"d{i}"))
-            expected[to].append(format_message_from("Sender", f"d{i}"))
-        else:
-            lines.append(f'broadcast "b{i}"')
-            echoes.append(format_broadcast_sent(f"b{i}"))
-            for name in names:
-                expected[name].append(format_broadcast_from("Sender", f"b{i}"))
-    # Last, a line that sends the readers nothing: the burst's fan-outs must
-    # go out without help from a later write.
-    lines.append("users")
-    sender.send_raw("".join(line + "\n" for line in lines).encode())
-
-    assert [sender.read_line_bytes() for _ in echoes] == echoes
-    assert sender.read_line().startswith("<Online users: ")
-    for name, client in readers.items():
-        assert [client.read_line_bytes() for _ in expected[name]] == expected[name]
-    # Nothing more (a marker round trip: anything doubled would come first).
-    for client in (sender, *readers.values()):
-        client.send("users")
-        assert client.read_line().startswith("<Online users: ")
+    readers = {f"Reader{i}": clients.login(f"Reader{i}") for i in range(5)}
+    send_a_burst_and_check_it(sender, readers, every_nth_a_message)

@@ -31,7 +31,13 @@ from reactor.backends.base import Server
 from reactor.flow import FloodLimits
 from tests.cli_support import cli_args, piped_client, run_cli, terminal
 from tests.faults import REPO, Drain, client_pool, server_process
-from tests.support import DEFAULT_TIMEOUT, LineClient, running_server, wait_until
+from tests.support import (
+    DEFAULT_TIMEOUT,
+    LineClient,
+    running_server,
+    send_a_burst_and_check_it,
+    wait_until,
+)
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -130,6 +136,26 @@ def test_the_conversation_over_tls(backend: str, certs: Certs) -> None:
             alice.expect("<User Alice is offline.>")
             assert alice.expect_closed() == b""
             bob.expect("<User Alice is offline.>")
+
+
+@pytest.mark.parametrize("every_nth_a_message", [0, 3], ids=["broadcasts", "mixed"])
+def test_a_burst_over_tls_arrives_once_each_in_order(
+    backend: str, certs: Certs, every_nth_a_message: int
+) -> None:
+    """As over plain TCP (test_commands): a burst in one write is batched
+    into fewer records, and still nothing is lost, doubled or reordered."""
+    with tls_server(backend, certs) as server:
+        port = server.tls_port
+        assert port is not None
+        clients = [TLSClient(port, certs.client_context()) for _ in range(6)]
+        try:
+            sender = log_in(clients[0], "Sender")
+            readers = {f"Reader{i}": log_in(client, f"Reader{i}")
+                       for i, client in enumerate(clients[1:])}
+            send_a_burst_and_check_it(sender, readers, every_nth_a_message)
+        finally:
+            for client in clients:
+                client.close()
 
 
 def test_plain_and_tls_ports_side_by_side_are_one_chat(backend: str, certs: Certs) -> None:

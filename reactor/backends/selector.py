@@ -183,10 +183,8 @@ class SelectorTransport(Transport):
             self._turn = server.turn
             if self.tls is not None:
                 return self._write_tls(data, on_handoff)
-            reading = server.reading
             if server.write_through and not self.output.size and not (
-                reading is not None and reading.connection.pending_lines  # type: ignore[union-attr]
-                and (reading is self or on_handoff is None)
+                (on_handoff is None or server.reading is self) and server.more_input_waits()
             ):
                 # asyncio's "try to send now": in a short pass the recipients
                 # of a fan-out should not wait for the whole fan-out to be
@@ -400,15 +398,15 @@ class SelectorTransport(Transport):
                 self._received_tls(data)
             return  # input after bye, or while draining, is discarded
         assert self.connection is not None
-        if self.tls is not None:
-            self._received_tls(data)
-        else:
-            server = self.server
-            server.reading = self
-            try:
+        server = self.server
+        server.reading = self
+        try:
+            if self.tls is not None:
+                self._received_tls(data)
+            else:
                 self.connection.data_received(data)
-            finally:
-                server.reading = None
+        finally:
+            server.reading = None
 
     def _received_tls(self, data: bytes) -> None:
         tls = self.tls
@@ -528,8 +526,11 @@ class SelectorTLSTransport(SelectorTransport):
         tls = self.tls
         assert tls is not None
         output = self.output
-        if (self.server.write_through and not output.size and not self._batching
-                and not self._events & _WRITE):
+        server = self.server
+        if (server.write_through and not output.size and not self._batching
+                and not self._events & _WRITE
+                and not ((on_handoff is None or server.reading is self)
+                         and server.more_input_waits())):
             ciphertext = tls.seal(data)  # None during the handshake, or behind ciphertext
             if ciphertext is not None:
                 try:
@@ -624,6 +625,13 @@ class SelectorServer(Server):
     def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
         return self.timers.call_at(time.monotonic() + delay, callback)
 
+    def more_input_waits(self) -> bool:
+        """More lines of the connection being read wait in this pass: output
+        that can share a send with what they cause waits for the end of the
+        pass (see SelectorTransport.write)."""
+        reading = self.reading
+        return reading is not None and bool(reading.connection.pending_lines)  # type: ignore[union-attr]
+
     def send_at_once(self, data: bytes, connections: list[Connection]) -> list[Connection]:
         """A fan-out's first sends (see Server.send_at_once): ``write``'s
         write-through, for many connections in one loop.
@@ -635,13 +643,10 @@ class SelectorServer(Server):
         work of ``connection.send``, which adds the limit checks that an
         empty queue passes anyway.
         """
-        reading = self.reading
         turn = self.turn
         size = len(data)
         rest: list[Connection] = []
-        if not self.write_through or (
-            reading is not None and reading.connection.pending_lines  # type: ignore[union-attr]
-        ):
+        if not self.write_through or self.more_input_waits():
             # Batching this pass (see write): queued, for one send per
             # connection at the end of it.  Below the high-water mark
             # connection.send checks nothing more than this.
