@@ -638,10 +638,9 @@ class SelectorServer(Server):
 
         Only where ``write`` would send at once -- in a short pass, with
         nothing queued for the connection, its first output this turn, and no
-        more lines of the connection being read waiting in this pass -- and
-        only on plain TCP.  Per recipient this costs a third of the Python
-        work of ``connection.send``, which adds the limit checks that an
-        empty queue passes anyway.
+        more lines of the connection being read waiting in this pass.  Per
+        recipient this costs half the Python work of ``connection.send``,
+        which adds the limit checks that an empty queue passes anyway.
         """
         turn = self.turn
         size = len(data)
@@ -665,13 +664,22 @@ class SelectorServer(Server):
                     pending.append(transport)
                 output.append(data)
             return rest
+        if size > self.config.output_high_water:
+            return connections  # connection.send has limits to check
         for connection in connections:
             transport: SelectorTransport = connection.transport  # type: ignore[assignment]
-            if (transport._turn == turn or transport.output.size or transport.tls is not None
+            if (transport._turn == turn or transport.output.size
                     or transport.socket_closed or not connection.is_open):
                 rest.append(connection)
                 continue
             transport._turn = turn
+            if transport.tls is not None:
+                # Encrypted and sent at once, or queued: write()'s TLS path.
+                try:
+                    transport._write_tls(data, None)  # type: ignore[attr-defined]
+                except Exception as error:
+                    connection.fail(error)
+                continue
             try:
                 sent = transport.sock.send(data)
                 if sent != size:
