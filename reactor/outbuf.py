@@ -118,6 +118,8 @@ class OutputBuffer:
     def mark_started(self, count: int) -> None:
         """The first ``count`` items are being sent (by another thread):
         none of them may be withdrawn any more."""
+        if not self._entries:
+            return  # plain bytes only: nothing can be withdrawn anyway
         items = self._items
         for i in range(min(count, len(items))):
             item = items[i]

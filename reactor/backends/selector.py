@@ -596,8 +596,12 @@ class SelectorTLSTransport(SelectorTransport):
             callback(True)
         if self.socket_closed:
             return
-        if not output.size and self.connection is not None:
-            self.connection.output_drained()
+        connection = self.connection
+        if (not output.size and connection is not None
+                and (connection.over_soft_limit_since is not None or connection.not_reading
+                     or connection.output_backlog)):
+            # Only when it changes something, as in _flush_plain.
+            connection.output_drained()
         if output.size or self._closing:
             # What the handoffs or the drain queued, or a close: flush()'s.
             SelectorTransport.flush(self)
@@ -654,15 +658,18 @@ class SelectorServer(Server):
             for connection in connections:
                 transport = connection.transport  # type: ignore[assignment]
                 output = transport.output
-                if (transport.tls is not None or transport.socket_closed
-                        or not connection.is_open or output.size + size > high_water):
+                if (transport.socket_closed or not connection.is_open
+                        or output.size + size > high_water):
                     rest.append(connection)
                     continue
+                first = transport._turn != turn
                 transport._turn = turn
                 if not transport._in_pending:
                     transport._in_pending = True
                     pending.append(transport)
                 output.append(data)
+                if first and transport.tls is not None:
+                    transport._queued = output.size  # as _write_tls queues a first message
             return rest
         if size > self.config.output_high_water:
             return connections  # connection.send has limits to check
