@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import json
 import os
 import signal
 import sys
@@ -126,6 +127,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--quick", action="store_true", help="smoke run: n=20, one short round, two direct rates"
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar, no notes")
+    p.add_argument(
+        "--report", type=Path, metavar="JSON",
+        help="run nothing: print the table of an earlier run's JSON again, "
+        "its goals judged by this code",
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.clients, args.rounds, args.rate, args.duration, args.warmup = 20, 1, 50.0, 1.0, 0.2
@@ -219,6 +225,14 @@ def file_tag(args: argparse.Namespace, names: list[str], ns: list[int]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.report is not None:
+        try:
+            doc = json.loads(args.report.read_text())
+        except (OSError, ValueError) as error:
+            raise SystemExit(f"cannot read {args.report}: {error}") from None
+        report.summarize(doc)
+        print(report.table(doc, wide=args.wide))
+        return 0
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _on_signal)
     atexit.register(systems.stop_all)
