@@ -79,7 +79,7 @@ HOUSEKEEPING_INTERVAL = 1.0
 
 CallLater = Callable[[float, Callable[[], None]], TimerHandle]
 CallSoon = Callable[[Callable[[], None]], None]
-SendAtOnce = Callable[[bytes, list[Connection]], list[Connection]]
+SendAtOnce = Callable[[bytes, list[Connection], bool], list[Connection]]
 
 # Answers a client may have in flight (cluster nodes) before its next line waits.
 MAX_IN_FLIGHT = 64
@@ -576,9 +576,11 @@ class ChatService:
     def remote_user_offline(self, name: str) -> None:
         self._announce_offline(name)
 
-    def remote_broadcast(self, data: bytes) -> None:
-        """A broadcast from a user of another server, for ours."""
-        self._fan_out(data, self.whiteboard.online_sessions())
+    def remote_broadcast(self, data: bytes, more_follow: bool = False) -> None:
+        """A broadcast from a user of another server, for ours.  ``more_follow``:
+        the next thing handed over with it is another broadcast, so the
+        backend may hold this one for one send with it (Server.send_at_once)."""
+        self._fan_out(data, self.whiteboard.online_sessions(), batch=more_follow)
 
     def disconnect(self, connection: Connection, reason: str) -> None:
         """Close a connection for a reason of the server's own, telling it why."""
@@ -587,7 +589,7 @@ class ChatService:
             connection.close(reason)
 
     def _fan_out(self, data: bytes, connections: Iterable[Connection],
-                 but: Connection | None = None) -> int:
+                 but: Connection | None = None, batch: bool = False) -> int:
         """Send ``data`` to each connection; returns how many it was sent to.
 
         Iterates over a copy: a recipient cut off as a slow consumer leaves
@@ -605,7 +607,7 @@ class ChatService:
                 # The backend's tight loop sends to whoever can take it now
                 # (most recipients, most of the time): a fan-out costs about
                 # a system call per recipient, not three Python calls more.
-                recipients = self._send_at_once(data, recipients)
+                recipients = self._send_at_once(data, recipients, batch)
             for connection in recipients:
                 try:
                     connection.send(data)

@@ -247,13 +247,15 @@ class Server(ABC):
         self.exit_status = 1
         self._stop_requested = True
 
-    #: ``send_at_once(data, connections)``: hand ``data`` to the kernel now for
-    #: those of ``connections`` (a fan-out's recipients, in order) that have
-    #: nothing queued and whose socket takes all of it; return the others,
-    #: in order, which the chat then sends to with ``connection.send``.  A
-    #: connection whose socket took part of ``data`` gets the rest queued.
-    #: Failures are contained per connection (item 8).  None: no fast path.
-    send_at_once: Callable[[bytes, list[Connection]], list[Connection]] | None = None
+    #: ``send_at_once(data, connections, batch)``: hand ``data`` to the kernel
+    #: now for those of ``connections`` (a fan-out's recipients, in order)
+    #: that have nothing queued and whose socket takes all of it; return the
+    #: others, in order, which the chat then sends to with ``connection.send``.
+    #: A connection whose socket took part of ``data`` gets the rest queued.
+    #: ``batch``: another fan-out follows at once, so the backend may queue
+    #: this one for one send with it.  Failures are contained per connection
+    #: (item 8).  None: no fast path.
+    send_at_once: Callable[[bytes, list[Connection], bool], list[Connection]] | None = None
 
     @abstractmethod
     def _serve(self) -> None: ...

@@ -636,7 +636,8 @@ class SelectorServer(Server):
         reading = self.reading
         return reading is not None and bool(reading.connection.pending_lines)  # type: ignore[union-attr]
 
-    def send_at_once(self, data: bytes, connections: list[Connection]) -> list[Connection]:
+    def send_at_once(self, data: bytes, connections: list[Connection],
+                     batch: bool = False) -> list[Connection]:
         """A fan-out's first sends (see Server.send_at_once): ``write``'s
         write-through, for many connections in one loop.
 
@@ -649,7 +650,7 @@ class SelectorServer(Server):
         turn = self.turn
         size = len(data)
         rest: list[Connection] = []
-        if not self.write_through or self.more_input_waits():
+        if batch or not self.write_through or self.more_input_waits():
             # Batching this pass (see write): queued, for one send per
             # connection at the end of it.  Below the high-water mark
             # connection.send checks nothing more than this.

@@ -360,7 +360,7 @@ class ClusterWhiteboard(Whiteboard[Connection]):
     def _entries(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
         """A batch from this node's inbox, in the order Redis wrote it."""
         assert self.chat is not None
-        for entry_id, fields in entries:
+        for index, (entry_id, fields) in enumerate(entries):
             if self._closing:
                 return
             kind = fields.get(b"t", b"")
@@ -380,7 +380,12 @@ class ClusterWhiteboard(Whiteboard[Connection]):
             if self._expected_n is not None:
                 self._expected_n = n + 1
             try:
-                self._entry(kind, entry_id, fields)
+                if kind == b"bc":
+                    # Broadcasts back to back go out in one send per user.
+                    more = index + 1 < len(entries) and entries[index + 1][1].get(b"t") == b"bc"
+                    self.chat.remote_broadcast(fields[b"data"], more)
+                else:
+                    self._entry(kind, entry_id, fields)
             except Exception:
                 log.exception("Could not handle a cluster event (%r)", kind)
         self._run_after_inbox()
@@ -402,8 +407,6 @@ class ClusterWhiteboard(Whiteboard[Connection]):
                                _text(fields[b"to"]), fields[b"data"])
         elif kind == b"ack":
             self._answered(int(fields[b"seq"]), fields[b"ok"] == b"1", _text(fields[b"reason"]))
-        elif kind == b"bc":
-            chat.remote_broadcast(fields[b"data"])
         elif kind in (b"on", b"off", b"dead"):
             node = _text(fields[b"node"])
             if kind == b"dead":
