@@ -227,7 +227,10 @@ class ChatMachine(RuleBasedStateMachine):
         finally:
             for connection in self.connections:
                 connection.client.close()
-            self._server.__exit__(None, None, None)
+            self._stop_servers()
+
+    def _stop_servers(self) -> None:
+        self._server.__exit__(None, None, None)
 
 
 SETTINGS = settings(max_examples=60, stateful_step_count=30, deadline=None,
