@@ -64,7 +64,7 @@ from bench import systems
 from bench.harness import wire
 from bench.harness.creceiver import build as build_receiver
 from bench.harness.driver import Conn
-from bench.harness.fleet import Fleet
+from bench.harness.fleet import Fleet, merge_records
 from bench.harness.procstat import cpu_seconds, machine_facts, raise_nofile_limit, stop_process
 from bench.peers.redis_peer import start_redis
 from bench.progress import Progress
@@ -313,14 +313,7 @@ class Spread(Fleet):
 
     def collect(self) -> dict[str, Any]:
         self.parts = [f.collect() for f in self.fleets]
-        out: dict[str, Any] = {}
-        for rep in self.parts:
-            for key, value in rep.items():
-                if isinstance(value, array):
-                    out.setdefault(key, array("q")).extend(value)
-                else:
-                    out[key] = out.get(key, 0) + value
-        return out
+        return merge_records(self.parts)
 
     def close(self) -> None:
         for f in self.fleets:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import time
 from array import array
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,18 @@ from bench.harness.receiver import Share, receiver_main
 
 _CTX = mp.get_context("fork")
 
+
+
+def merge_records(reports: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """Receivers' records as one: latency arrays concatenated, counters added."""
+    out: dict[str, Any] = {}
+    for rep in reports:
+        for key, value in rep.items():
+            if isinstance(value, array):
+                out.setdefault(key, array("q")).extend(value)
+            else:
+                out[key] = out.get(key, 0) + value
+    return out
 
 class FleetError(RuntimeError):
     """A receiver stopped answering; the run for this system is void."""
@@ -118,14 +131,7 @@ class Fleet:
 
     def collect(self) -> dict[str, Any]:
         """Records of all receivers, concatenated; clears them in the receivers."""
-        out: dict[str, Any] = {}
-        for rep in self.ask("collect", timeout=60.0):
-            for key, value in rep.items():
-                if isinstance(value, array):
-                    out.setdefault(key, array("q")).extend(value)
-                else:
-                    out[key] = out.get(key, 0) + value
-        return out
+        return merge_records(self.ask("collect", timeout=60.0))
 
     def cpu_seconds(self) -> float:
         """CPU the receivers used so far: the harness's own cost, reported beside the server's."""
