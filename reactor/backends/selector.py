@@ -202,12 +202,8 @@ class SelectorTransport(Transport):
                 # message to someone else (with a handoff to wait for) is
                 # still sent at once: no other line of the batch is likely to
                 # share its send, and its echo waits for it.
-                try:
-                    sent = self.sock.send(data)
-                except (BlockingIOError, InterruptedError):
-                    sent = 0
-                except OSError as error:
-                    self._connection_error(error)
+                sent = self._send([data])
+                if sent is None:  # the connection failed: it is aborted
                     if on_handoff is not None:
                         on_handoff(False)
                     return None
@@ -221,9 +217,7 @@ class SelectorTransport(Transport):
                     data = memoryview(data)[sent:]
                     started = True
         # Anything more this turn goes out in one sendmsg at the end of it.
-        if not self._in_pending:
-            self._in_pending = True
-            server.pending_writes.append(self)
+        self._want_settle()
         entry = self.output.append(data, on_handoff)
         if started and entry is not None:
             entry.started = True
@@ -235,9 +229,10 @@ class SelectorTransport(Transport):
         server = self.server
         if (self._turn == server.turn or self.socket_closed or self.tls is not None
                 or not server.write_through or self.output.size
-                or (server.reading is self and self.connection.pending_lines)):  # type: ignore[union-attr]
+                or (server.reading is self and server.more_input_waits())):
             return -1 if self.socket_closed else 0
         self._turn = server.turn
+        # _send, written out: this runs once per direct message.
         try:
             return self.sock.send(data)
         except (BlockingIOError, InterruptedError):
@@ -297,7 +292,7 @@ class SelectorTransport(Transport):
         while output.size:
             size = output.size
             buffers = output.buffers()
-            try:
+            try:  # _send, written out: this runs once per recipient of a busy pass
                 sent = sock.send(buffers[0]) if len(buffers) == 1 else sock.sendmsg(buffers)
             except (BlockingIOError, InterruptedError):
                 sent = 0
@@ -337,9 +332,7 @@ class SelectorTransport(Transport):
         self._closing = True
         self._reading = True  # discard input until the peer's FIN
         self._update_events()
-        if not self._in_pending:
-            self._in_pending = True
-            self.server.pending_writes.append(self)
+        self._want_settle()
         self._linger = self.server.call_later(self.server.config.close_linger, self._linger_expired)
 
     def abort(self) -> None:
@@ -419,14 +412,19 @@ class SelectorTransport(Transport):
             self._send(tls.buffers())  # the alert, if the kernel takes it now
             connection.abort(reason)
             return
-        if tls and not self._in_pending:
+        if tls:
             # Handshake messages, or output that waited for the handshake.
-            self._in_pending = True
-            self.server.pending_writes.append(self)
+            self._want_settle()
         if plain:
             connection.data_received(plain)
         if ended:
             connection.data_received(b"")
+
+    def _want_settle(self) -> None:
+        """Be visited by _settle at the end of this pass (to send what is queued)."""
+        if not self._in_pending:
+            self._in_pending = True
+            self.server.pending_writes.append(self)
 
     def _send(self, buffers: list[bytes | memoryview]) -> int | None:
         """One non-blocking send: the bytes the kernel took, or None if the
@@ -533,12 +531,8 @@ class SelectorTLSTransport(SelectorTransport):
                          and server.more_input_waits())):
             ciphertext = tls.seal(data)  # None during the handshake, or behind ciphertext
             if ciphertext is not None:
-                try:
-                    sent = self.sock.send(ciphertext)
-                except (BlockingIOError, InterruptedError):
-                    sent = 0
-                except OSError as error:
-                    self._connection_error(error)
+                sent = self._send([ciphertext])
+                if sent is None:  # the connection failed: it is aborted
                     if on_handoff is not None:
                         on_handoff(False)
                     return None
@@ -554,11 +548,6 @@ class SelectorTLSTransport(SelectorTransport):
         self._queued = output.size
         self._want_settle()
         return entry
-
-    def _want_settle(self) -> None:
-        if not self._in_pending:
-            self._in_pending = True
-            self.server.pending_writes.append(self)
 
     def flush(self) -> None:
         """flush() on TLS, its common case written out: nothing is waiting
@@ -665,7 +654,7 @@ class SelectorServer(Server):
                     continue
                 first = transport._turn != turn
                 transport._turn = turn
-                if not transport._in_pending:
+                if not transport._in_pending:  # _want_settle, written out: once per recipient
                     transport._in_pending = True
                     pending.append(transport)
                 output.append(data)
