@@ -482,20 +482,13 @@ class ChatService:
                 return
             answered = True
             try:
-                if ok:
-                    connection.send(format_message_sent(recipient_name, text))
-                else:
-                    connection.send(format_event(NotDelivered(recipient_name, reason)))
+                connection.send(_delivery_answer(recipient_name, text, ok, reason))
                 connection.answer_arrived()
             except Exception as error:
                 connection.fail(error)
 
         connection.await_answer()
-        try:
-            recipient.deliver(format_message_from(sender, text), delivered)
-        except Exception as error:
-            recipient.fail(error)  # the recipient's failure, not the sender's
-            delivered(False, "internal error")
+        _hand_over(recipient, format_message_from(sender, text), delivered)
 
     def _direct_message_elsewhere(self, connection: Connection, sender: str,
                                   recipient_name: str, recipient: Any, text: str) -> None:
@@ -510,18 +503,13 @@ class ChatService:
             if answered:
                 return
             answered = True
-            reply = (format_message_sent(recipient_name, text) if ok
-                     else format_event(NotDelivered(recipient_name, reason)))
+            reply = _delivery_answer(recipient_name, text, ok, reason)
             try:
                 connection.fill_answer(slot, lambda: connection.send(reply))
             except Exception as error:
                 connection.fail(error)
 
-        try:
-            recipient.deliver(format_message_from(sender, text), delivered)
-        except Exception as error:
-            recipient.fail(error)
-            delivered(False, "internal error")
+        _hand_over(recipient, format_message_from(sender, text), delivered)
 
     def _broadcast(self, connection: Connection, sender: str, text: str) -> None:
         if log.isEnabledFor(logging.INFO):
@@ -620,3 +608,20 @@ class ChatService:
             while deferred:
                 self._fan_out(deferred.pop(0), self.whiteboard.online_sessions())
         return count
+
+
+def _delivery_answer(recipient_name: str, text: str, ok: bool, reason: str) -> bytes:
+    """What the sender of a direct message is told once its delivery is decided."""
+    if ok:
+        return format_message_sent(recipient_name, text)
+    return format_event(NotDelivered(recipient_name, reason))
+
+
+def _hand_over(recipient: Any, data: bytes, delivered: Callable[[bool, str], None]) -> None:
+    """``recipient.deliver(data, delivered)``; a failure there is the
+    recipient's (it is contained there), and the message was not delivered."""
+    try:
+        recipient.deliver(data, delivered)
+    except Exception as error:
+        recipient.fail(error)
+        delivered(False, "internal error")
