@@ -26,7 +26,7 @@ from tests.cluster_support import (
     redis_server,  # noqa: F401  (a fixture)
 )
 from tests.faults import Drain, read_all_until_closed
-from tests.support import LineClient, wait_until
+from tests.support import LineClient, send_a_burst_and_check_it, wait_until
 
 KiB = 1024
 
@@ -160,6 +160,18 @@ def test_a_broadcast_reaches_everyone_on_both_nodes_and_the_sender_gets_an_echo(
         client.expect('<Broadcast from Carol: "and from here">')
     for client in (alice, bob, carol, dave):
         expect_users(client, "Alice", "Bob", "Carol", "Dave")
+
+
+@pytest.mark.parametrize("every_nth_a_message", [0, 3], ids=["broadcasts", "mixed"])
+def test_a_burst_in_one_write_reaches_both_nodes_once_each_in_order(
+    pool: ClusterClients, every_nth_a_message: int
+) -> None:
+    """As on one server (test_commands): the other node gets the burst's
+    broadcasts back to back in its inbox and sends them together, and nobody
+    on either node misses, doubles or reorders a line."""
+    sender = pool.login(0, "Sender")
+    readers = {f"Reader{i}": pool.login(1 - i % 2, f"Reader{i}") for i in range(5)}
+    send_a_burst_and_check_it(sender, readers, every_nth_a_message)
 
 
 def test_does_not_exist_and_is_offline_are_decided_cluster_wide(pool: ClusterClients) -> None:
