@@ -31,7 +31,7 @@ from typing import Any, NoReturn
 from reactor.accounts.hashing import below_recommended, hasher_from_spec
 from reactor.accounts.store import StoreUnavailable
 from reactor.backends import BACKENDS, DEFAULT_BACKEND, EVENT_LOOPS, make_server
-from reactor.cluster.link import LinkError
+from reactor.cluster.link import LinkError, is_redis_url, without_password
 from reactor.cluster.workers import die_with_parent, supervise
 from reactor.config import AccountsConfig, ClusterConfig, ServerConfig
 from reactor.flow import FloodLimits
@@ -192,9 +192,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a second port, speaking TLS, beside the plain --port "
                         "(like IRC's 6667/6697); needs --tls-cert and --tls-key")
     a = AccountsConfig(path="")
-    p.add_argument("--accounts", metavar="PATH", default=None,
-                   help="keep registered names in this SQLite file (created if missing): "
-                        "a user can then register their name with a password "
+    p.add_argument("--accounts", metavar="PATH|URL", nargs="?", const="", default=None,
+                   help="keep registered names in this SQLite file (created if missing) "
+                        "or Redis URL: a user can then register their name with a "
+                        "password; with --cluster, give no value: the cluster's Redis "
                         "(default: none, the open chat)")
     p.add_argument("--allow-plaintext-passwords", action="store_true",
                    help="accept passwords over plain TCP from other machines too (by "
@@ -262,9 +263,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.workers is not None and args.cluster is None:
         parser.error("argument --workers: needs --cluster (separate processes share "
                      "one chat only through Redis)")
-    if args.accounts is not None and args.cluster is not None:
-        parser.error("argument --accounts: not available with --cluster yet (each server "
-                     "would keep its own registered names)")
+    if args.accounts == "":  # --accounts with no value: the cluster's Redis
+        if args.cluster is None:
+            parser.error("argument --accounts: give a SQLite file or a Redis URL "
+                         "(with no value it means the --cluster Redis)")
+        args.accounts = args.cluster
+    if args.accounts is not None and args.cluster is not None \
+            and not is_redis_url(args.accounts):
+        parser.error("argument --accounts: with --cluster, every node must see the same "
+                     "registered names: give no value (the cluster's Redis) or a Redis URL, "
+                     "not a file")
     if args.accounts is not None:
         try:
             hasher_from_spec(args.password_hash)
@@ -477,7 +485,7 @@ def _serve(args: argparse.Namespace, signals: SignalHandlers) -> int:
     if config.accounts is not None:
         hasher = hasher_from_spec(config.accounts.password_hash)
         log.info("Registered names in %s; new passwords hashed with %s",
-                 config.accounts.path, hasher.spec)
+                 without_password(config.accounts.path), hasher.spec)
         if below_recommended(hasher):
             log.warning("--password-hash %s is weaker than OWASP's minimum",
                         config.accounts.password_hash)

@@ -12,8 +12,9 @@ MiB = 1024 * 1024
 
 @dataclass(frozen=True, slots=True)
 class AccountsConfig:
-    """Registered names (``--accounts PATH``); see :mod:`reactor.accounts`."""
+    """Registered names (``--accounts PATH|URL``); see :mod:`reactor.accounts`."""
 
+    # A SQLite file, or a Redis URL (a cluster's nodes share their accounts).
     path: str
     # scrypt (standard library) or argon2id (argon2-cffi), with optional
     # parameters: "scrypt:ln=15,r=8,p=3"; see reactor.accounts.hashing.

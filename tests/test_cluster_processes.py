@@ -39,10 +39,11 @@ def run_server(*args: str) -> subprocess.CompletedProcess[str]:
     (["--cluster", "http://127.0.0.1:6379"], "is not a Redis URL"),
     (["--cluster", "redis://127.0.0.1:notaport"], "--cluster"),
     (["--cluster", "redis://127.0.0.1:6379", "--accounts", "/tmp/never-created.db"],
-     "argument --accounts: not available with --cluster"),
+     "argument --accounts: with --cluster, every node must see the same registered names"),
+    (["--accounts"], "argument --accounts: give a SQLite file or a Redis URL"),
     (["--cluster", "redis://127.0.0.1:6379", "--cluster-lease", "0.1"], "--cluster-lease"),
-], ids=["workers-without-cluster", "not-a-redis-url", "bad-port", "accounts-with-cluster",
-        "lease-too-short"])
+], ids=["workers-without-cluster", "not-a-redis-url", "bad-port", "accounts-file-with-cluster",
+        "accounts-with-no-value-and-no-cluster", "lease-too-short"])
 def test_a_bad_cluster_command_line_is_one_line_on_stderr_and_exit_2(
     args: list[str], complaint: str,
 ) -> None:

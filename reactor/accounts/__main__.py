@@ -1,4 +1,8 @@
-"""``python -m reactor.accounts --db PATH list|remove NAME|reset NAME``: the operator's tools.
+"""``python -m reactor.accounts --db PATH|URL list|remove NAME|reset NAME``: the operator's tools.
+
+``--db`` is what the server was given with ``--accounts``: a SQLite file, or
+the Redis URL of a cluster (its ``--cluster`` URL when ``--accounts`` had no
+value).
 
 * ``list`` -- every registered name, when it was registered and when its
   password last changed (UTC), and its hash scheme;
@@ -8,9 +12,9 @@
   otherwise (``printf '%s\\n' "$PW" | python -m reactor.accounts ... reset Alice``);
   with ``--create`` the name need not be registered yet.
 
-These work on the file while a server uses it (SQLite in WAL mode); the
-server sees a change at the next login.  Exit status: 0 done, 1 no such name
-or the file cannot be used, 2 wrong arguments or an unfit password.
+These work on the store while servers use it (SQLite in WAL mode, or Redis);
+the servers see a change at the next login.  Exit status: 0 done, 1 no such
+name or the store cannot be used, 2 wrong arguments or an unfit password.
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ import time
 
 from protocol import ProtocolError, password_problem, validate_username
 from reactor.accounts.hashing import SCRYPT_DEFAULT, hasher_from_spec
-from reactor.accounts.store import SQLiteAccountStore, StoreUnavailable
+from reactor.accounts.store import AccountStore, StoreUnavailable, open_store
+from reactor.cluster.link import LinkError
 
 PROG = "python -m reactor.accounts"
 
@@ -31,8 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG, description="List, remove and reset the registered names of a "
                                "reactor-chat server (its --accounts file).")
-    parser.add_argument("--db", required=True, metavar="PATH",
-                        help="the SQLite file the server was given with --accounts")
+    parser.add_argument("--db", required=True, metavar="PATH|URL",
+                        help="the server's --accounts: a SQLite file, or a Redis URL "
+                             "(a cluster's --cluster URL)")
     parser.add_argument("--password-hash", default="scrypt", metavar="SCHEME",
                         help="hash for the new password of reset: scrypt or argon2id, "
                              "with optional parameters (default: scrypt:ln={ln},r={r},p={p})"
@@ -65,17 +71,22 @@ def _read_password(name: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        store = SQLiteAccountStore(args.db)
-    except StoreUnavailable as error:
+        store = open_store(args.db)
+    except (StoreUnavailable, LinkError) as error:
         print(f"{PROG}: {error}", file=sys.stderr)
         return 1
+    for warning in store.warnings():
+        print(f"{PROG}: {warning}", file=sys.stderr)
     try:
         return _run(args, store)
+    except StoreUnavailable as error:  # e.g. Redis went away meanwhile
+        print(f"{PROG}: {error}", file=sys.stderr)
+        return 1
     finally:
         store.close()
 
 
-def _run(args: argparse.Namespace, store: SQLiteAccountStore) -> int:
+def _run(args: argparse.Namespace, store: AccountStore) -> int:
     if args.command == "list":
         accounts = store.accounts()
         for account in accounts:

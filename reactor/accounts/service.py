@@ -56,7 +56,7 @@ from protocol import (
 )
 from reactor.accounts.backoff import BackOff
 from reactor.accounts.hashing import PasswordHasher, hasher_from_spec, verify_password
-from reactor.accounts.store import AccountStore, SQLiteAccountStore
+from reactor.accounts.store import AccountStore, open_store
 from reactor.config import AccountsConfig
 
 if TYPE_CHECKING:
@@ -96,9 +96,13 @@ class Accounts:
 
     @classmethod
     def open(cls, settings: AccountsConfig) -> Accounts:
-        """Open the SQLite store named in ``settings`` (raises StoreUnavailable)."""
+        """Open the store named in ``settings`` (raises StoreUnavailable, or
+        LinkError for a bad Redis URL)."""
         hasher = hasher_from_spec(settings.password_hash)  # ValueError first: nothing opened
-        return cls(settings, SQLiteAccountStore(settings.path), hasher)
+        store = open_store(settings.path)
+        for warning in store.warnings():
+            log.warning("%s", warning)
+        return cls(settings, store, hasher)
 
     def bind(self, chat: ChatService) -> None:
         self._chat = chat

@@ -1,8 +1,10 @@
-"""Where registered names live: a narrow interface, and SQLite behind it.
+"""Where registered names live: a narrow interface, SQLite and Redis behind it.
 
-:class:`AccountStore` is all the server asks of a store, so that a shared
-one (Redis, for several server processes) can replace
-:class:`SQLiteAccountStore` later without touching the chat logic.  Its
+:class:`AccountStore` is all the server asks of a store: the embedded
+default is :class:`SQLiteAccountStore` (one file, one server); a cluster
+shares :class:`~reactor.accounts.redis_store.RedisAccountStore`, so that
+every node agrees on who owns a name.  :func:`open_store` picks one from
+what the operator wrote after ``--accounts``.  Its
 methods may block -- they are called on the accounts worker threads, never on
 the chat thread -- and must be safe to call from several threads at once.
 Names are matched ignoring case (:func:`protocol.username_key`), as
@@ -53,6 +55,10 @@ class AccountStore(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional for stores that hold nothing
         """Release what the store holds open."""
+
+    def warnings(self) -> list[str]:
+        """What the operator should know about the store as opened (logged at start)."""
+        return []
 
 
 class StoreUnavailable(Exception):
@@ -150,3 +156,16 @@ class SQLiteAccountStore(AccountStore):
         for db in connections:
             with contextlib.suppress(sqlite3.Error):
                 db.close()
+
+
+def open_store(location: str) -> AccountStore:
+    """The store at ``location``: a Redis URL (``redis://``, ``rediss://``,
+    ``unix://``), or else a SQLite file.  Raises StoreUnavailable, or
+    LinkError for a bad URL or a missing redis package."""
+    from reactor.cluster.link import is_redis_url
+
+    if is_redis_url(location):
+        from reactor.accounts.redis_store import RedisAccountStore
+
+        return RedisAccountStore(location)
+    return SQLiteAccountStore(location)

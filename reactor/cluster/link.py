@@ -47,13 +47,15 @@ class LinkError(Exception):
     """The cluster cannot be used as configured (a bad URL, no redis package)."""
 
 
-def _client(url: str, timeout: float) -> Any:
+def redis_client(url: str, timeout: float, option: str = "--cluster") -> Any:
+    """A redis-py client for ``url`` that never retries on its own (a retried
+    script could run twice); ``option`` names the flag in error messages."""
     try:
         import redis
         from redis.backoff import NoBackoff
         from redis.retry import Retry
     except ImportError:
-        raise LinkError("--cluster needs the redis package: pip install "
+        raise LinkError(f"{option} needs the redis package: pip install "
                         "'reactor-chat[cluster]'") from None
     try:
         return redis.Redis.from_url(
@@ -61,15 +63,25 @@ def _client(url: str, timeout: float) -> Any:
             retry=Retry(NoBackoff(), 0), health_check_interval=0,
         )
     except ValueError as error:
-        raise LinkError(f"--cluster: {error}") from None
+        raise LinkError(f"{option}: {error}") from None
 
 
-def check_url(url: str) -> None:
+def is_redis_url(text: str) -> bool:
+    return text.startswith(("redis://", "rediss://", "unix://"))
+
+
+def without_password(url: str) -> str:
+    """``url`` fit for a log line: a password in it (``redis://:secret@host``) left out."""
+    scheme, sep, rest = url.partition("://")
+    return f"{scheme}{sep}{rest.rpartition('@')[2]}" if sep else url
+
+
+def check_url(url: str, option: str = "--cluster") -> None:
     """Raise LinkError if ``url`` is not a Redis URL or redis is not installed."""
-    if not url.startswith(("redis://", "rediss://", "unix://")):
-        raise LinkError(f"--cluster: {url!r} is not a Redis URL "
+    if not is_redis_url(url):
+        raise LinkError(f"{option}: {url!r} is not a Redis URL "
                         "(redis://HOST:PORT, rediss://HOST:PORT for TLS, or unix://PATH)")
-    _client(url, 1.0).close()
+    redis_client(url, 1.0, option).close()
 
 
 def _is_outage(error: BaseException) -> bool:
@@ -92,10 +104,10 @@ class Link:
         self._on_up = on_up
         self._on_down = on_down
         self._on_entries = on_entries
-        self._commands = _client(url, timeout)
+        self._commands = redis_client(url, timeout)
         # XREAD BLOCK holds its connection: a second one, with a timeout
         # longer than the block.
-        self._reader = _client(url, timeout + READ_BLOCK_MS / 1000)
+        self._reader = redis_client(url, timeout + READ_BLOCK_MS / 1000)
         # Loaded on every (re)connection; then each call is a plain EVALSHA
         # in the pipeline (redis-py's Script objects would ask SCRIPT EXISTS
         # first, one more round trip per batch).
@@ -202,7 +214,7 @@ class Link:
             self._load_scripts()
         except Exception as error:
             if not _is_outage(error):
-                log.error("Redis at %s: %s", self.url, error)
+                log.error("Redis at %s: %s", without_password(self.url), error)
             return False
         with self._state:
             stale = self._take_queued()  # (nothing, normally: calls fail fast while down)

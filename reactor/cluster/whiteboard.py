@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from protocol import UserOffline, UserOnline, format_event, username_key
-from reactor.cluster.link import UNAVAILABLE, Link, Reply, check_url
+from reactor.cluster.link import UNAVAILABLE, Link, Reply, check_url, without_password
 from reactor.cluster.scripts import PREFIX
 from reactor.config import ClusterConfig
 from reactor.connection import Connection, DeliveryResult
@@ -100,6 +100,7 @@ class ClusterWhiteboard(Whiteboard[Connection]):
                  max_remembered: int = MAX_REMEMBERED_NAMES) -> None:
         check_url(config.url)  # LinkError now, not once serving
         self.config = config
+        self.where = without_password(config.url)  # for log lines
         self.delivery_timeout = delivery_timeout
         self.max_remembered = max_remembered
         self.node_id = self._new_node_id()
@@ -151,7 +152,7 @@ class ClusterWhiteboard(Whiteboard[Connection]):
                          self.config.renew_interval, chat.call_soon_threadsafe,
                          on_up=self._link_up, on_down=self._link_down,
                          on_entries=self._entries)
-        log.info("Joining the chat through Redis at %s as node %s", self.config.url,
+        log.info("Joining the chat through Redis at %s as node %s", self.where,
                  self.node_id)
         self.link.start()
         self._renew_timer = chat.call_later(self.config.renew_interval, self._renew_tick)
@@ -467,11 +468,11 @@ class ClusterWhiteboard(Whiteboard[Connection]):
 
     def _link_up(self) -> None:
         if self._down_since is not None:
-            log.warning("Redis at %s is reachable again after %.1f s", self.config.url,
+            log.warning("Redis at %s is reachable again after %.1f s", self.where,
                         time.monotonic() - self._down_since)
             self._down_since = None
         elif not self._ever_up:
-            log.info("Connected to Redis at %s", self.config.url)
+            log.info("Connected to Redis at %s", self.where)
         self._ever_up = True
         self._register()
 
@@ -479,7 +480,7 @@ class ClusterWhiteboard(Whiteboard[Connection]):
         if self._down_since is None:
             self._down_since = time.monotonic()
             log.warning("Lost Redis at %s (%s): logins and messages that need the cluster are"
-                        " refused until it is back; retrying", self.config.url, why)
+                        " refused until it is back; retrying", self.where, why)
 
     def _register(self) -> None:
         """Join (or join again), announcing this node's users; reload the mirror."""

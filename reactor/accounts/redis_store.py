@@ -1,0 +1,153 @@
+"""Registered names in Redis, so that every node of a cluster agrees on them.
+
+``--cluster URL --accounts`` (or ``--accounts redis://...`` on any server)
+keeps the accounts beside the cluster's state, under the same hash tag
+(one slot on Redis Cluster).  Keys (``P`` is ``{chat}:``):
+
+``P accounts``        HASH name key (casefolded) -> JSON ``{"name", "hash",
+                      "created", "updated"}``: one field per account, so that
+                      registering is one ``HSETNX`` (of two nodes racing to
+                      register one name, exactly one wins).
+``P accounts:kept``   a marker, set when a server first opens the store.
+
+**Fail closed when Redis forgets.**  A Redis that restarts without
+persistence comes back empty, and an empty store would make every
+registered name open again: anyone could log in as Alice, without a
+password, and read what her friends send her.  So a lookup also checks the
+marker, and a store whose marker is gone answers :class:`StoreUnavailable`
+(the client is told the account store is unavailable, and nobody logs in
+under any name) until a server (or ``python -m reactor.accounts``) opens it
+again, which says that the accounts are new or lost, and sets the marker.  At start the server also
+warns if Redis keeps nothing on disk.
+
+The methods block (redis-py, with timeouts); they run on the accounts worker
+threads, never on the chat thread, like SQLite's.  redis-py's client is
+safe to share between threads (a pool of connections).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Iterator
+
+from protocol import username_key
+from reactor.accounts.store import Account, AccountStore, StoreUnavailable
+from reactor.cluster.link import redis_client, without_password
+from reactor.cluster.scripts import PREFIX
+
+log = logging.getLogger("reactor")
+
+ACCOUNTS = PREFIX + "accounts"
+KEPT = PREFIX + "accounts:kept"
+TIMEOUT = 2.0  # seconds a store call may take before the store counts as unavailable
+LOST = ("the registered names are gone from Redis (restarted without persistence?); "
+        "logins are refused until an operator restores them, or starts a server on it "
+        "again to begin with none")
+
+# KEYS: accounts, kept.  ARGV: name key.  A missing marker is an error, so that
+# a lookup cannot mistake lost data for an unregistered name.
+_GET = """
+if redis.call('EXISTS', KEYS[2]) == 0 then return redis.error_reply('LOST') end
+return redis.call('HGET', KEYS[1], ARGV[1])
+"""
+
+# ARGV: name key, new hash, now.  Keeps the spelling and the creation time.
+_SET_PASSWORD = """
+local value = redis.call('HGET', KEYS[1], ARGV[1])
+if not value then return 0 end
+local account = cjson.decode(value)
+account.hash = ARGV[2]
+account.updated = tonumber(ARGV[3])
+redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(account))
+return 1
+"""
+
+
+def _account(value: bytes | str | None) -> Account | None:
+    if value is None:
+        return None
+    fields = json.loads(value)
+    return Account(fields["name"], fields["hash"], float(fields["created"]),
+                   float(fields["updated"]))
+
+
+class RedisAccountStore(AccountStore):
+    def __init__(self, url: str, timeout: float = TIMEOUT) -> None:
+        self.url = url
+        self._redis = redis_client(url, timeout, "--accounts")  # LinkError: a bad URL
+        self._warnings: list[str] = []
+        try:
+            self._get = self._redis.register_script(_GET)
+            self._set_password = self._redis.register_script(_SET_PASSWORD)
+            if self._redis.set(KEPT, "1", nx=True):
+                self._warnings.append(
+                    f"Registered names in Redis at {without_password(url)}: none kept "
+                    f"before (new, or Redis lost them); starting with "
+                    f"{self._redis.hlen(ACCOUNTS)}")
+            if not self._persistent():
+                self._warnings.append(
+                    f"Redis at {without_password(url)} keeps nothing on disk (appendonly "
+                    "no, save ''): a restart loses every registered name; turn on appendonly")
+        except Exception as error:
+            self.close()
+            raise StoreUnavailable(f"cannot use the accounts in Redis at "
+                                   f"{without_password(url)}: {_reason(error)}") from None
+
+    def _persistent(self) -> bool:
+        try:
+            config = self._redis.config_get("appendonly") | self._redis.config_get("save")
+        except Exception:  # CONFIG is often renamed away on managed Redis: cannot tell
+            return True
+        return config.get("appendonly") == "yes" or bool(config.get("save"))
+
+    def warnings(self) -> list[str]:
+        return list(self._warnings)
+
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
+        """Any failure of a call as :class:`StoreUnavailable`, in one line."""
+        try:
+            yield
+        except Exception as error:
+            if str(error) == "LOST":
+                raise StoreUnavailable(LOST) from None
+            raise StoreUnavailable(
+                f"Redis at {without_password(self.url)}: {_reason(error)}") from None
+
+    def get(self, name: str) -> Account | None:
+        with self._errors():
+            value = self._get(keys=[ACCOUNTS, KEPT], args=[username_key(name)])
+        return _account(value)
+
+    def create(self, name: str, password_hash: str) -> bool:
+        now = time.time()
+        value = json.dumps({"name": name, "hash": password_hash, "created": now,
+                            "updated": now})
+        with self._errors():
+            return bool(self._redis.hsetnx(ACCOUNTS, username_key(name), value))
+
+    def set_password(self, name: str, password_hash: str) -> bool:
+        with self._errors():
+            return bool(self._set_password(
+                keys=[ACCOUNTS], args=[username_key(name), password_hash, repr(time.time())]))
+
+    def remove(self, name: str) -> bool:
+        with self._errors():
+            return bool(self._redis.hdel(ACCOUNTS, username_key(name)))
+
+    def accounts(self) -> list[Account]:
+        with self._errors():
+            fields: dict[bytes, bytes] = self._redis.hgetall(ACCOUNTS)
+        # Sorted by name key, as SQLite's ORDER BY key (UTF-8 bytes sort as code points).
+        found = [_account(fields[key]) for key in sorted(fields)]
+        return [account for account in found if account is not None]
+
+    def close(self) -> None:
+        self._redis.close()
+
+
+def _reason(error: BaseException) -> str:
+    return str(error).splitlines()[0] if str(error) else type(error).__name__

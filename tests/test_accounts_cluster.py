@@ -1,0 +1,133 @@
+"""Registered names in a cluster: the accounts live in the cluster's Redis, so
+that a name registered through one node is owned on every node.
+
+Real ``redis-server`` processes (one per test), nodes on every backend pair,
+and the failure that matters most for owned names: a Redis that restarts
+empty must not hand every registered name to whoever types it first.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from reactor.accounts.service import UNAVAILABLE
+from tests.cluster_support import (
+    LEASE,
+    PAIR_IDS,
+    PAIRS,
+    RedisServer,
+    eventually_lists,
+    login,
+    node,
+    node_process,
+    nodes,
+    redis_server,  # noqa: F401  (a fixture)
+    wait_ready,
+)
+from tests.support import DEFAULT_TIMEOUT, LineClient, wait_until
+from tests.test_accounts import (
+    FAST_HASH,
+    OTHER,
+    PASSWORD,
+    Records,
+    log_in,
+    operator,
+    records,  # noqa: F401  (a fixture)
+    register,
+    settings,
+)
+
+REFUSED = f"<Invalid username: {UNAVAILABLE}.>"
+
+
+@pytest.mark.parametrize("pair", PAIRS, ids=PAIR_IDS)
+def test_a_name_registered_through_one_node_is_owned_on_every_node(
+    redis_server: RedisServer, pair: tuple[str, str],  # noqa: F811
+) -> None:
+    with nodes(pair, redis_server.url, accounts=settings(redis_server.url)) as servers:
+        first, second = (server.port for server in servers)
+        register(first, "Alice")
+        with LineClient(second) as client:
+            client.send("ALICE")  # any case: asked under the registered spelling
+            client.expect("<Password required for Alice.>")
+            client.send('"not the password"')
+            client.expect("<Wrong password for Alice.>")
+            client.send(f'"{PASSWORD}"')
+            client.expect("<User Alice is online.>")
+            client.send(f'password "{PASSWORD}" "{OTHER}"')
+            client.expect("<Password changed for Alice.>")
+            client.send("bye")
+            client.expect("<User Alice is offline.>")
+        # The first node checks the password the second one changed.
+        with LineClient(first) as client:
+            client.send("Alice")
+            client.expect("<Password required for Alice.>")
+            client.send(f'"{PASSWORD}"')
+            client.expect("<Wrong password for Alice.>")
+            client.send(f'"{OTHER}"')
+            client.expect("<User Alice is online.>")
+
+
+def test_a_redis_that_lost_the_accounts_refuses_every_login_rather_than_open_the_names(
+    redis_server: RedisServer, records: Records,  # noqa: F811
+) -> None:
+    url = redis_server.url
+    with node("select", url, accounts=settings(url)) as server:
+        register(server.port, "Alice")
+        redis_server.restart_empty()  # no persistence: every key is gone
+
+        def refused_as_lost() -> bool:
+            # The first call may only meet the closed connection; a later one
+            # reaches the empty Redis and finds the accounts' marker gone.
+            with LineClient(server.port) as client:
+                client.send("Alice")
+                assert client.read_line() == REFUSED  # never a password prompt, never online
+            return any("gone from Redis" in line for line in records.snapshot())
+
+        wait_until(refused_as_lost, DEFAULT_TIMEOUT, "a login refused for the lost accounts")
+        with LineClient(server.port) as client:
+            client.send("Bob")  # any name: who owned what is not known any more
+            client.expect(REFUSED)
+
+        # The operator opens the store again: it says so, and the names are open.
+        listed = operator(url, "list")
+        assert listed.returncode == 0
+        assert "none kept before (new, or Redis lost them)" in listed.stderr
+        login(server.port, "Alice").close()  # (once the node has registered again)
+
+
+def test_a_paused_redis_is_a_clear_answer_and_then_the_names_are_owned_again(
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    url = redis_server.url
+    # A lease longer than the store's 2 s timeout: the pause is not a node death.
+    with node("select", url, lease=3.0, accounts=settings(url)) as server:
+        register(server.port, "Alice")
+        redis_server.pause()
+        try:
+            with LineClient(server.port) as client:
+                client.send("Alice")
+                client.expect(REFUSED, timeout=10)
+        finally:
+            redis_server.resume()
+        wait_ready(server.port)  # the node is back in the cluster
+        with LineClient(server.port) as client:
+            client.send("Alice")
+            client.expect("<Password required for Alice.>")
+            client.send(f'"{PASSWORD}"')
+            client.expect("<User Alice is online.>")
+
+
+def test_nodes_started_with_accounts_share_them_across_restarts_and_warn_of_no_persistence(
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    args = ("--accounts", "--password-hash", FAST_HASH, "--password-backoff", "0")
+    with node_process("select", redis_server.url, LEASE, *args, log_level="INFO") as first:
+        first.wait_for_log(lambda line: "keeps nothing on disk" in line)
+        register(first.port, "Alice")
+        with node_process("threads", redis_server.url, LEASE, *args) as second, \
+                log_in(second.port, "Alice", PASSWORD) as alice:
+            eventually_lists(alice, ["Alice"])
+        assert first.terminate() == 0
+    with node_process("select", redis_server.url, LEASE, *args) as again:
+        log_in(again.port, "Alice", PASSWORD).close()
