@@ -131,3 +131,27 @@ def test_nodes_started_with_accounts_share_them_across_restarts_and_warn_of_no_p
         assert first.terminate() == 0
     with node_process("select", redis_server.url, LEASE, *args) as again:
         log_in(again.port, "Alice", PASSWORD).close()
+
+
+def test_the_password_back_off_is_shared_by_the_nodes(
+    redis_server: RedisServer, records: Records,  # noqa: F811
+) -> None:
+    url = redis_server.url
+    with nodes(("select", "threads"), url, accounts=settings(url, backoff_first=3.0,
+                                                            backoff_max=60.0)) as servers:
+        first, second = (server.port for server in servers)
+        register(first, "Alice")
+        with LineClient(first) as guesser:
+            guesser.send("Alice")
+            guesser.expect("<Password required for Alice.>")
+            guesser.send('"a wrong guess"')
+            guesser.expect("<Wrong password for Alice.>")
+        # The other node knows of that failure: its password check waits too.
+        with LineClient(second) as client:
+            client.send("Alice")
+            client.expect("<Password required for Alice.>")
+            client.send(f'"{PASSWORD}"')
+            client.expect_silence(1.0)  # backing off (3 s): not answered yet
+            client.expect("<User Alice is online.>", timeout=10)
+        assert any("Login failures for Alice from 127.0.0.1: backing off 3 s" in line
+                   for line in records.snapshot())

@@ -51,3 +51,13 @@ class BackOff:
 
     def succeeded(self, key: str) -> None:
         self._keys.pop(key, None)
+
+    def adopt(self, key: str, now: float, wait: float) -> None:
+        """Wait at least ``wait`` more seconds for ``key``: a back-off that other
+        servers of a cluster counted (the store shares them)."""
+        if wait <= 0:
+            return
+        failures, until = self._keys.pop(key, (0, now))
+        self._keys[key] = (failures, max(until, now + wait))
+        while len(self._keys) > self.max_keys:
+            self._keys.popitem(last=False)

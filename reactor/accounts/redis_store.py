@@ -9,6 +9,9 @@ keeps the accounts beside the cluster's state, under the same hash tag
                       registering is one ``HSETNX`` (of two nodes racing to
                       register one name, exactly one wins).
 ``P accounts:kept``   a marker, set when a server first opens the store.
+``P backoff:<key>``   HASH {n, until}: the password back-off of a name
+                      (``name:<key>``) or an address (``address:<host>``),
+                      shared by every node; expires once quiet.
 
 **Fail closed when Redis forgets.**  A Redis that restarts without
 persistence comes back empty, and an empty store would make every
@@ -42,6 +45,7 @@ log = logging.getLogger("reactor")
 
 ACCOUNTS = PREFIX + "accounts"
 KEPT = PREFIX + "accounts:kept"
+BACKOFF = PREFIX + "backoff:"
 TIMEOUT = 2.0  # seconds a store call may take before the store counts as unavailable
 LOST = ("the registered names are gone from Redis (restarted without persistence?); "
         "logins are refused until an operator restores them, or starts a server on it "
@@ -66,6 +70,45 @@ return 1
 """
 
 
+# Back-off shared by the nodes (see reactor.accounts.backoff for the rule):
+# one small hash per key, ``P backoff:<key>`` = {n: failures in a row, until:
+# Redis ms}, expiring once quiet for ``most`` past its back-off -- so what it
+# holds is bounded by the failures of the last 2 x most seconds, and every
+# failure costs its server a memory-hard hash first.  Redis's own clock, so
+# that the hosts' clocks do not matter.
+_NOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
+
+# KEYS: the back-off hashes.  Returns each one's remaining wait, in ms.
+_WAITS = _NOW + """
+local waits = {}
+for i, key in ipairs(KEYS) do
+  local ends = tonumber(redis.call('HGET', key, 'until') or 0)
+  waits[i] = math.max(0, ends - now)
+end
+return waits
+"""
+
+# ARGV: first, most (ms).  Returns each key's new back-off, in ms.
+_FAILED = _NOW + """
+local first, most = tonumber(ARGV[1]), tonumber(ARGV[2])
+local delays = {}
+for i, key in ipairs(KEYS) do
+  local n = tonumber(redis.call('HGET', key, 'n') or 0)
+  local ends = tonumber(redis.call('HGET', key, 'until') or 0)
+  if now >= ends + most then n = 0 end
+  n = n + 1
+  local delay = math.min(most, first * 2 ^ math.min(n - 1, 64))
+  redis.call('HSET', key, 'n', n, 'until', now + delay)
+  redis.call('PEXPIRE', key, math.ceil(delay + most) + 1)
+  delays[i] = math.floor(delay)
+end
+return delays
+"""
+
+
 def _account(value: bytes | str | None) -> Account | None:
     if value is None:
         return None
@@ -82,6 +125,8 @@ class RedisAccountStore(AccountStore):
         try:
             self._get = self._redis.register_script(_GET)
             self._set_password = self._redis.register_script(_SET_PASSWORD)
+            self._waits = self._redis.register_script(_WAITS)
+            self._failed = self._redis.register_script(_FAILED)
             if self._redis.set(KEPT, "1", nx=True):
                 self._warnings.append(
                     f"Registered names in Redis at {without_password(url)}: none kept "
@@ -144,6 +189,21 @@ class RedisAccountStore(AccountStore):
         # Sorted by name key, as SQLite's ORDER BY key (UTF-8 bytes sort as code points).
         found = [_account(fields[key]) for key in sorted(fields)]
         return [account for account in found if account is not None]
+
+    def shared_waits(self, keys: list[str]) -> list[float]:
+        with self._errors():
+            waits = self._waits(keys=[BACKOFF + key for key in keys])
+        return [int(ms) / 1000 for ms in waits]
+
+    def shared_failure(self, keys: list[str], first: float, most: float) -> list[float]:
+        with self._errors():
+            delays = self._failed(keys=[BACKOFF + key for key in keys],
+                                  args=[round(first * 1000), round(most * 1000)])
+        return [int(ms) / 1000 for ms in delays]
+
+    def shared_success(self, key: str) -> None:
+        with self._errors():
+            self._redis.delete(BACKOFF + key)
 
     def close(self) -> None:
         self._redis.close()

@@ -23,7 +23,10 @@ wrong passwords.>`` and is closed.  While a name or an address is backing off
 line over the flood-control rate: nothing is dropped or refused, the answer
 just comes later.  Waiting rather than refusing keeps one answer per line in
 order and needs nothing of a client but patience, and a guesser gains nothing
-by sending faster.
+by sending faster.  A store shared by a cluster (Redis) also counts the
+failures for every node (``AccountStore.shared_failure``), and a login adopts
+the back-off that other nodes counted, so a guesser gains nothing by
+spreading over nodes either.
 
 Passwords are accepted only from a secure transport (TLS), a loopback peer,
 or anywhere if the operator said ``--allow-plaintext-passwords``; otherwise a
@@ -56,7 +59,7 @@ from protocol import (
 )
 from reactor.accounts.backoff import BackOff
 from reactor.accounts.hashing import PasswordHasher, hasher_from_spec, verify_password
-from reactor.accounts.store import AccountStore, open_store
+from reactor.accounts.store import Account, AccountStore, open_store
 from reactor.config import AccountsConfig
 
 if TYPE_CHECKING:
@@ -135,10 +138,22 @@ class Accounts:
         now = self.chat.clock()
         return max(self.names.wait(username_key(name), now), self.addresses.wait(host, now))
 
-    def _failed(self, name: str, host: str) -> None:
+    @staticmethod
+    def _shared_keys(name: str, host: str) -> list[str]:
+        """The name's and the address's keys in a store's shared back-off."""
+        return [f"name:{username_key(name)}", f"address:{host}"]
+
+    def _adopt(self, name: str, host: str, waits: list[float]) -> None:
+        """Back-offs that other servers of a cluster counted hold here too."""
+        now = self.chat.clock()
+        self.names.adopt(username_key(name), now, waits[0])
+        self.addresses.adopt(host, now, waits[1])
+
+    def _failed(self, name: str, host: str, shared: list[float]) -> None:
         now = self.chat.clock()
         delay = max(self.names.failed(username_key(name), now),
-                    self.addresses.failed(host, now))
+                    self.addresses.failed(host, now), *shared)
+        self._adopt(name, host, shared)
         log.warning("Login failures for %s from %s: backing off %g s", name, host, delay)
 
     # -- the worker pool --------------------------------------------------------
@@ -173,17 +188,26 @@ class Accounts:
     def login(self, connection: Connection, name: str) -> None:
         """A valid username: registered (ask the password) or open (claim it)."""
         connection.await_answer()
-        self._in_worker(connection, lambda: self.store.get(name),
-                        lambda found: self._looked_up(connection, name, found))
+        store, keys = self.store, self._shared_keys(name, connection.peer_host)
 
-    def _looked_up(self, connection: Connection, name: str, found: object) -> None:
+        def look_up() -> tuple[Account | None, list[float]]:
+            account = store.get(name)
+            return account, [] if account is None else store.shared_waits(keys)
+
+        self._in_worker(connection, look_up,
+                        lambda result: self._looked_up(connection, name, result))
+
+    def _looked_up(self, connection: Connection, name: str, result: object) -> None:
         if not connection.is_open:
             connection.answer_arrived()
             return
-        if isinstance(found, Exception):
-            log.error("Account store failed looking up %s: %s", name, found)
+        if isinstance(result, Exception):
+            log.error("Account store failed looking up %s: %s", name, result)
             connection.send(format_event(InvalidUsername(UNAVAILABLE)))
-        elif found is None:
+            connection.answer_arrived()
+            return
+        found, waits = result  # type: ignore[misc]
+        if found is None:
             self.chat.claim(connection, name)  # the open chat: answer_arrived follows
             return
         elif not self.is_secure(connection):
@@ -192,7 +216,8 @@ class Accounts:
             connection.send(format_event(InvalidUsername(f"{name} is registered, and {INSECURE}")))
         else:
             # Logged in under the spelling it was registered with.
-            registered_as = getattr(found, "name", name)
+            registered_as = found.name
+            self._adopt(name, connection.peer_host, waits)
             connection.password_for = registered_as
             connection.send(format_event(PasswordRequired(registered_as)))
         connection.answer_arrived()
@@ -221,34 +246,38 @@ class Accounts:
 
     def _check_login(self, connection: Connection, name: str, password: str) -> None:
         store, hasher = self.store, self.hasher
+        keys, settings = self._shared_keys(name, connection.peer_host), self.settings
 
-        def work() -> str:
+        def work() -> tuple[str, list[float]]:
             account = store.get(name)
             if account is None:
-                return "unregistered"  # removed meanwhile: an open name now
+                return "unregistered", []  # removed meanwhile: an open name now
             if not verify_password(account.password_hash, password):
-                return "wrong"
+                return "wrong", store.shared_failure(keys, settings.backoff_first,
+                                                     settings.backoff_max)
             if hasher.needs_rehash(account.password_hash):
                 # Parameters were raised since: the hash catches up now,
                 # the one moment the password is known.
                 store.set_password(name, hasher.hash(password))
-            return "right"
+            store.shared_success(keys[0])
+            return "right", []
 
         self._in_worker(connection, work, lambda verdict: self._checked(connection, name,
                                                                         verdict))
 
-    def _checked(self, connection: Connection, name: str, verdict: object) -> None:
+    def _checked(self, connection: Connection, name: str, result: object) -> None:
         if not connection.is_open:
             connection.answer_arrived()
             return
         host = connection.peer_host
+        verdict, shared = (result, []) if isinstance(result, Exception) else result
         if isinstance(verdict, Exception):
             log.error("Account store failed checking %s: %s", name, verdict)
             connection.password_for = None
             connection.send(format_event(InvalidUsername(UNAVAILABLE)))
         elif verdict == "wrong":
             connection.password_tries += 1
-            self._failed(name, host)
+            self._failed(name, host, shared)
             connection.send(format_event(WrongPassword(name)))
             if connection.password_tries >= self.settings.max_tries:
                 log.warning("Closed the connection from %s: %d wrong passwords for %s",
@@ -297,16 +326,22 @@ class Accounts:
             connection.send(format_event(InvalidInput(INSECURE)))
             return
         store, hasher = self.store, self.hasher
+        keys, settings = self._shared_keys(name, connection.peer_host), self.settings
 
-        def work() -> str:
+        def work() -> tuple[str, list[float]]:
             account = store.get(name)
             if account is None:
-                return "unregistered"
+                return "unregistered", []
             if not verify_password(account.password_hash, old):
-                return "wrong"
-            return "changed" if store.set_password(name, hasher.hash(new)) else "unregistered"
+                return "wrong", store.shared_failure(keys, settings.backoff_first,
+                                                     settings.backoff_max)
+            if not store.set_password(name, hasher.hash(new)):
+                return "unregistered", []
+            store.shared_success(keys[0])
+            return "changed", []
 
-        def done(verdict: object) -> None:
+        def done(result: object) -> None:
+            verdict, shared = (result, []) if isinstance(result, Exception) else result
             if isinstance(verdict, Exception):
                 log.error("Account store failed changing the password of %s: %s", name, verdict)
                 connection.send(format_event(InvalidInput(UNAVAILABLE)))
@@ -315,7 +350,7 @@ class Accounts:
                 log.info("Password changed for %s (%s)", name, connection.peer_host)
                 connection.send(format_event(PasswordChanged(name)))
             elif verdict == "wrong":
-                self._failed(name, connection.peer_host)
+                self._failed(name, connection.peer_host, shared)
                 connection.send(format_event(WrongPassword(name)))
             else:
                 connection.send(format_event(InvalidInput(

@@ -56,6 +56,21 @@ class AccountStore(ABC):
     def close(self) -> None:  # noqa: B027 - optional for stores that hold nothing
         """Release what the store holds open."""
 
+    # Back-off shared by the servers of a cluster.  A store that only one
+    # server uses shares nothing: its in-memory back-off is the whole truth.
+    # ``keys`` are a name's and an address's (``name:...``, ``address:...``).
+
+    def shared_waits(self, keys: list[str]) -> list[float]:
+        """Seconds each key must still wait because of failures counted here."""
+        return [0.0] * len(keys)
+
+    def shared_failure(self, keys: list[str], first: float, most: float) -> list[float]:
+        """Count a wrong password against each key; the back-off each now starts."""
+        return [0.0] * len(keys)
+
+    def shared_success(self, key: str) -> None:  # noqa: B027 - nothing to share
+        """A right password: ``key`` (a name's) starts afresh."""
+
     def warnings(self) -> list[str]:
         """What the operator should know about the store as opened (logged at start)."""
         return []
