@@ -29,7 +29,7 @@ from reactor.accounts import (
     hasher_from_spec,
     verify_password,
 )
-from reactor.accounts.hashing import PasswordHasher
+from reactor.accounts.hashing import PasswordHasher, below_recommended
 from reactor.accounts.service import INSECURE, Accounts
 from reactor.accounts.store import open_store
 from reactor.backends.base import Server
@@ -790,3 +790,22 @@ def test_call_soon_threadsafe_runs_callbacks_in_order_on_the_chat_thread(backend
         # The loop's own thread -- or, for threads, the caller under the chat lock.
         expected = "a-worker" if backend == "threads" else f"server-{backend}"
         assert {name for _, name in seen} == {expected}
+
+
+@pytest.mark.parametrize(("spec", "weak"), [
+    ("scrypt", False),  # the default: OWASP's N=2^15, r=8, p=3
+    ("scrypt:ln=17,r=8,p=1", False),
+    ("scrypt:ln=14,r=8,p=5", False),
+    ("scrypt:ln=14,r=8,p=4", True),
+    ("scrypt:ln=16,r=8,p=1", True),
+    ("scrypt:ln=12,r=8,p=16", True),
+    ("scrypt:ln=17,r=4,p=1", True),
+    ("argon2id", False),  # OWASP's m=19 MiB, t=2
+    ("argon2id:m=12288,t=3,p=1", False),
+    ("argon2id:m=12288,t=2,p=1", True),
+    ("argon2id:m=7168,t=9,p=1", False),
+])
+def test_only_hashes_below_every_owasp_minimum_are_called_weak(spec: str, weak: bool) -> None:
+    if spec.startswith("argon2id"):
+        pytest.importorskip("argon2")
+    assert below_recommended(hasher_from_spec(spec)) is weak

@@ -172,10 +172,20 @@ def hasher_from_spec(spec: str) -> PasswordHasher:
     raise ValueError(f"unknown password hash {scheme!r}; choose scrypt or argon2id")
 
 
+_OWASP_SCRYPT_P = {17: 1, 16: 2, 15: 3, 14: 5, 13: 10}
+_OWASP_ARGON2_M = {1: 47104, 2: 19456, 3: 12288, 4: 9216, 5: 7168}
+
+
 def below_recommended(hasher: PasswordHasher) -> bool:
     """True if ``hasher`` is weaker than OWASP's minimum (for a warning)."""
     if isinstance(hasher, ScryptHasher):
-        return (1 << hasher.ln) * hasher.r * hasher.p < (1 << 17) * 8
+        # OWASP's equivalent minimums (r=8): N=2^17 p=1, 2^16 p=2, 2^15 p=3,
+        # 2^14 p=5, 2^13 p=10 -- a table, not a constant N*p.
+        least_p = _OWASP_SCRYPT_P.get(min(hasher.ln, 17))
+        return hasher.r < 8 or least_p is None or hasher.p < least_p
     if isinstance(hasher, Argon2Hasher):
-        return hasher.m * hasher.t < ARGON2_DEFAULT["m"] * ARGON2_DEFAULT["t"]
+        # OWASP's equivalent minimums (KiB, iterations): 47104 t=1, 19456 t=2,
+        # 12288 t=3, 9216 t=4, 7168 t=5.
+        least_m = _OWASP_ARGON2_M[min(max(hasher.t, 1), 5)]
+        return hasher.m < least_m
     return False
