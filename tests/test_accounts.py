@@ -529,9 +529,19 @@ def operator(db: str, *args: str, stdin: str = "") -> subprocess.CompletedProces
 
 
 def test_the_operator_lists_removes_and_resets_names_while_the_server_runs(
-    backend: str, location: str
+    backend: str, db: str
 ) -> None:
-    db = location  # a SQLite file, or the Redis URL the server was given
+    operate_on_a_running_server(backend, db)
+
+
+def test_the_operator_manages_the_names_in_redis_the_same_way(
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    operate_on_a_running_server("select", redis_server.url)  # (the store is the point)
+
+
+def operate_on_a_running_server(backend: str, db: str) -> None:
+    """``db``: a SQLite file, or the Redis URL the server was given."""
     with accounts_server(backend, db) as server:
         register(server.port, "Alice")
         register(server.port, "bob", OTHER)

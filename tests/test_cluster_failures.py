@@ -180,9 +180,12 @@ def test_a_node_frozen_past_its_lease_is_fenced_when_it_wakes_and_names_stay_uni
 # -- Redis fails ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("renewals", [2, 4])
+# Every backend stalls on some node, each pairing with a different stall length.
+@pytest.mark.parametrize(("pair", "renewals"), [(("select", "threads"), 2),
+                                                (("asyncio", "select"), 4)],
+                         ids=["select+threads-2-renewals", "asyncio+select-4-renewals"])
 def test_a_redis_stall_shorter_than_the_lease_gives_answers_and_no_false_offline_notice(
-    redis_server: RedisServer, renewals: int,  # noqa: F811
+    redis_server: RedisServer, pair: tuple[str, str], renewals: int,  # noqa: F811
 ) -> None:
     """Redis is SIGSTOPped for ``renewals`` renewal intervals (less than the
     lease).  A DM, a broadcast and a login made meanwhile are each answered
@@ -190,7 +193,7 @@ def test_a_redis_stall_shorter_than_the_lease_gives_answers_and_no_false_offline
     is announced offline; afterwards everything works again."""
     lease = 1.2
     stall = renewals * lease / 6
-    with nodes(("select", "threads"), redis_server.url, lease) as (first, second), \
+    with nodes(pair, redis_server.url, lease) as (first, second), \
             cluster_clients([first.port, second.port]) as pool:
         ann = pool.login(0, "Ann")
         bob = pool.login(1, "Bob")
