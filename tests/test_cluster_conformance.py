@@ -9,6 +9,7 @@ fresh ``redis-server``; what crosses between them goes through Redis only.
 from __future__ import annotations
 
 import re
+import threading
 from collections import Counter
 from collections.abc import Iterator
 
@@ -172,6 +173,40 @@ def test_a_burst_in_one_write_reaches_both_nodes_once_each_in_order(
     sender = pool.login(0, "Sender")
     readers = {f"Reader{i}": pool.login(1 - i % 2, f"Reader{i}") for i in range(5)}
     send_a_burst_and_check_it(sender, readers, every_nth_a_message)
+
+
+def test_broadcast_replies_handed_over_together_reach_the_senders_node_once_each_in_order(
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    """The sender's node fans a broadcast out once Redis has answered it; the
+    answers of one pipeline come back in one callback, and their fan-outs are
+    queued for one send per recipient (ChatService.together).  Held here
+    until the whole burst is queued behind the first, so that the rest come
+    back together: nothing may wait for a later write to go out."""
+    with nodes(["select", "select"], redis_server.url) as (first, second), \
+            cluster_clients([first.port, second.port]) as pool:
+        link = first.chat.whiteboard.link  # type: ignore[attr-defined]
+        execute, together = link._execute, link._together
+        held = threading.Event()
+        batches: list[int] = []
+
+        def gated(batch: list[tuple[str, object, object]]) -> object:
+            broadcasts = sum(script == "broadcast" for script, _, _ in batch)
+            if broadcasts and not held.is_set():
+                held.set()
+                wait_until(lambda: link._queue.qsize() + broadcasts >= 60,
+                           message="the burst queued behind its first broadcast")
+            return execute(batch)
+
+        def counted() -> object:
+            batches.append(1)
+            return together()
+
+        link._execute, link._together = gated, counted
+        sender = pool.login(0, "Sender")
+        readers = {f"Reader{i}": pool.login(0 if i < 4 else 1, f"Reader{i}") for i in range(5)}
+        send_a_burst_and_check_it(sender, readers, every_nth_a_message=0)
+        assert held.is_set() and batches, "the replies were not handed over together"
 
 
 def test_does_not_exist_and_is_offline_are_decided_cluster_wide(pool: ClusterClients) -> None:

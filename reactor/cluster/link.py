@@ -25,6 +25,7 @@ import logging
 import queue
 import threading
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 from reactor.cluster.scripts import PREFIX, SCRIPTS
@@ -83,7 +84,8 @@ class Link:
 
     def __init__(self, url: str, timeout: float, backoff_max: float, call_soon: CallSoon,
                  on_up: Callable[[], None], on_down: Callable[[str], None],
-                 on_entries: Callable[[list[tuple[bytes, dict[bytes, bytes]]]], None]) -> None:
+                 on_entries: Callable[[list[tuple[bytes, dict[bytes, bytes]]]], None],
+                 together: Callable[[], AbstractContextManager[None]] = nullcontext) -> None:
         self.url = url
         # Short: a node that reconnects late after Redis comes back would be
         # reaped by the others, whose renewals resume at once.
@@ -92,6 +94,10 @@ class Link:
         self._on_up = on_up
         self._on_down = on_down
         self._on_entries = on_entries
+        # Around the replies of one pipeline, handed over in one callback:
+        # the chat's fan-outs then go out in one send per recipient
+        # (ChatService.together).
+        self._together = together
         self._commands = _client(url, timeout)
         # XREAD BLOCK holds its connection: a second one, with a timeout
         # longer than the block.
@@ -249,8 +255,12 @@ class Link:
         callbacks = [callback for _, _, callback in batch]
 
         def hand_over() -> None:
-            for callback, reply in zip(callbacks, replies, strict=True):
-                callback(reply)
+            if len(callbacks) == 1:
+                callbacks[0](replies[0])  # its fan-out, if any, goes out at once
+                return
+            with self._together():
+                for callback, reply in zip(callbacks, replies, strict=True):
+                    callback(reply)
 
         self._call_soon(hand_over)
 
