@@ -222,7 +222,14 @@ class Link:
             self._commands.script_load(text)
 
     def _execute(self, batch: Sequence[tuple[str, Sequence[object], object]]) -> list[Reply]:
-        pipe = self._commands.pipeline(transaction=False)
+        # Several calls go as one MULTI/EXEC: Redis answers a blocked XREAD
+        # after each command, so a plain pipeline of broadcasts would wake
+        # the other nodes' inbox readers with the first entry alone and leave
+        # the rest for their next read (two sends per recipient there
+        # instead of one).  After EXEC they read the whole batch at once.
+        # (Nothing is rolled back: each script answers for itself, as in a
+        # plain pipeline.)
+        pipe = self._commands.pipeline(transaction=len(batch) > 1)
         for script, argv, _ in batch:
             pipe.execute_command("EVALSHA", self._sha[script], 1, PREFIX, *argv)
         replies: list[Reply] = pipe.execute(raise_on_error=False)
