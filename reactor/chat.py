@@ -16,7 +16,8 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from protocol import (
@@ -116,6 +117,8 @@ class ChatService:
         # Offline notices held while a fan-out is under way (see user_left).
         self._fan_out_depth = 0
         self._deferred_notices: list[bytes] = []
+        # Inside together(): fan-outs are queued for one send per recipient.
+        self._together = 0
         # Registered names: None is the open chat.  Opened here (raising
         # StoreUnavailable or ValueError) before the backend binds its port.
         if accounts is None and config.accounts is not None:
@@ -149,6 +152,21 @@ class ChatService:
             self._call_soon(callback)
         else:
             self.call_later(0.0, callback)
+
+    @contextmanager
+    def together(self) -> Iterator[None]:
+        """Around work handed over together from another thread (a Redis
+        pipeline's replies, a batch of a cluster inbox, the callbacks one
+        wakeup found): its fan-outs are queued and go out in one send per
+        recipient once the batch is done (``Server.send_at_once``'s
+        ``batch``), not in one send per fan-out.  Several broadcasts that
+        arrive together then cost one system call per recipient, as a batch
+        of broadcast lines read from one client does on one server."""
+        self._together += 1
+        try:
+            yield
+        finally:
+            self._together -= 1
 
     def close(self) -> None:
         """The backend has stopped serving: leave the cluster, release the
@@ -564,11 +582,9 @@ class ChatService:
     def remote_user_offline(self, name: str) -> None:
         self._announce_offline(name)
 
-    def remote_broadcast(self, data: bytes, more_follow: bool = False) -> None:
-        """A broadcast from a user of another server, for ours.  ``more_follow``:
-        the next thing handed over with it is another broadcast, so the
-        backend may hold this one for one send with it (Server.send_at_once)."""
-        self._fan_out(data, self.whiteboard.online_sessions(), batch=more_follow)
+    def remote_broadcast(self, data: bytes) -> None:
+        """A broadcast from a user of another server, for ours."""
+        self._fan_out(data, self.whiteboard.online_sessions())
 
     def disconnect(self, connection: Connection, reason: str) -> None:
         """Close a connection for a reason of the server's own, telling it why."""
@@ -577,7 +593,7 @@ class ChatService:
             connection.close(reason)
 
     def _fan_out(self, data: bytes, connections: Iterable[Connection],
-                 but: Connection | None = None, batch: bool = False) -> int:
+                 but: Connection | None = None) -> int:
         """Send ``data`` to each connection; returns how many it was sent to.
 
         Iterates over a copy: a recipient cut off as a slow consumer leaves
@@ -595,7 +611,7 @@ class ChatService:
                 # The backend's tight loop sends to whoever can take it now
                 # (most recipients, most of the time): a fan-out costs about
                 # a system call per recipient, not three Python calls more.
-                recipients = self._send_at_once(data, recipients, batch)
+                recipients = self._send_at_once(data, recipients, self._together > 0)
             for connection in recipients:
                 try:
                     connection.send(data)

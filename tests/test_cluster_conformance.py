@@ -8,6 +8,7 @@ fresh ``redis-server``; what crosses between them goes through Redis only.
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections import Counter
 from collections.abc import Iterator
@@ -172,6 +173,60 @@ def test_a_burst_in_one_write_reaches_both_nodes_once_each_in_order(
     sender = pool.login(0, "Sender")
     readers = {f"Reader{i}": pool.login(1 - i % 2, f"Reader{i}") for i in range(5)}
     send_a_burst_and_check_it(sender, readers, every_nth_a_message)
+
+
+def test_broadcast_replies_handed_over_together_reach_the_senders_node_once_each_in_order(
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    """The sender's node fans a broadcast out once Redis has answered it; the
+    answers of one pipeline come back in one callback, and their fan-outs are
+    queued for one send per recipient (ChatService.together): nothing may
+    wait for a later write to go out.  The other node reads a pipeline's
+    broadcasts in one inbox batch (MULTI/EXEC), never split."""
+    with nodes(["select", "select"], redis_server.url) as (first, second), \
+            cluster_clients([first.port, second.port]) as pool:
+        link = first.chat.whiteboard.link  # type: ignore[attr-defined]
+        execute, together = link._execute, link._together
+        pipelines: list[int] = []  # broadcasts per pipeline sent
+        together_batches: list[int] = []
+
+        def gated(batch: list[tuple[str, object, object]]) -> object:
+            broadcasts = sum(script == "broadcast" for script, _, _ in batch)
+            if broadcasts and not pipelines:
+                # Held until the whole burst is queued behind the first (so
+                # that the rest come back together) and both nodes' readers
+                # wait in XREAD (Redis wakes a blocked reader after the first
+                # script of a plain pipeline).
+                wait_until(lambda: link._queue.qsize() + broadcasts >= 60
+                           and blocked_readers() >= 2,
+                           message="the burst queued behind its first broadcast")
+            if broadcasts:
+                pipelines.append(broadcasts)
+            return execute(batch)
+
+        def blocked_readers() -> int:
+            return int(redis_server.command("INFO", "clients")["blocked_clients"])
+
+        def counted() -> object:
+            together_batches.append(1)
+            return together()
+
+        other = second.chat.whiteboard.link  # type: ignore[attr-defined]
+        on_entries = other._on_entries
+        reads: list[int] = []  # broadcasts per inbox batch on the other node
+
+        def read(entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
+            reads.append(sum(fields.get(b"t") == b"bc" for _, fields in entries))
+            on_entries(entries)
+
+        link._execute, link._together, other._on_entries = gated, counted, read
+        sender = pool.login(0, "Sender")
+        readers = {f"Reader{i}": pool.login(0 if i < 4 else 1, f"Reader{i}") for i in range(5)}
+        send_a_burst_and_check_it(sender, readers, every_nth_a_message=0)
+        assert together_batches, "the replies were not handed over together"
+        # Every read ends where a pipeline ended (it may hold several).
+        ends = set(itertools.accumulate(pipelines))
+        assert set(itertools.accumulate(r for r in reads if r)) <= ends, (pipelines, reads)
 
 
 def test_does_not_exist_and_is_offline_are_decided_cluster_wide(pool: ClusterClients) -> None:

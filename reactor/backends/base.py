@@ -252,8 +252,9 @@ class Server(ABC):
     #: that have nothing queued and whose socket takes all of it; return the
     #: others, in order, which the chat then sends to with ``connection.send``.
     #: A connection whose socket took part of ``data`` gets the rest queued.
-    #: ``batch``: another fan-out follows at once, so the backend may queue
-    #: this one for one send with it.  Failures are contained per connection
+    #: ``batch``: more work handed over together follows in this pass
+    #: (``ChatService.together``), so the backend may queue this one for one
+    #: send per connection with what follows.  Failures are contained per connection
     #: (item 8).  None: no fast path.
     send_at_once: Callable[[bytes, list[Connection], bool], list[Connection]] | None = None
 

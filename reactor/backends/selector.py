@@ -788,8 +788,15 @@ class SelectorServer(Server):
                 callback()
         soon = self._soon
         if soon:
-            for _ in range(len(soon)):  # not those queued meanwhile: they woke us again
+            count = len(soon)  # not those queued meanwhile: they woke us again
+            if count == 1:
                 soon.popleft()()
+            else:
+                # Handed over together (a pipeline's replies and an inbox
+                # batch, say): their fan-outs share one send per recipient.
+                with self.chat.together():
+                    for _ in range(count):
+                        soon.popleft()()
         self._settle()
 
     def _settle(self) -> None:

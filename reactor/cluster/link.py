@@ -25,6 +25,7 @@ import logging
 import queue
 import threading
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 from reactor.cluster.scripts import PREFIX, SCRIPTS
@@ -95,7 +96,8 @@ class Link:
 
     def __init__(self, url: str, timeout: float, backoff_max: float, call_soon: CallSoon,
                  on_up: Callable[[], None], on_down: Callable[[str], None],
-                 on_entries: Callable[[list[tuple[bytes, dict[bytes, bytes]]]], None]) -> None:
+                 on_entries: Callable[[list[tuple[bytes, dict[bytes, bytes]]]], None],
+                 together: Callable[[], AbstractContextManager[None]] = nullcontext) -> None:
         self.url = url
         # Short: a node that reconnects late after Redis comes back would be
         # reaped by the others, whose renewals resume at once.
@@ -104,6 +106,10 @@ class Link:
         self._on_up = on_up
         self._on_down = on_down
         self._on_entries = on_entries
+        # Around the replies of one pipeline, handed over in one callback:
+        # the chat's fan-outs then go out in one send per recipient
+        # (ChatService.together).
+        self._together = together
         self._commands = redis_client(url, timeout)
         # XREAD BLOCK holds its connection: a second one, with a timeout
         # longer than the block.
@@ -228,7 +234,14 @@ class Link:
             self._commands.script_load(text)
 
     def _execute(self, batch: Sequence[tuple[str, Sequence[object], object]]) -> list[Reply]:
-        pipe = self._commands.pipeline(transaction=False)
+        # Several calls go as one MULTI/EXEC: Redis answers a blocked XREAD
+        # after each command, so a plain pipeline of broadcasts would wake
+        # the other nodes' inbox readers with the first entry alone and leave
+        # the rest for their next read (two sends per recipient there
+        # instead of one).  After EXEC they read the whole batch at once.
+        # (Nothing is rolled back: each script answers for itself, as in a
+        # plain pipeline.)
+        pipe = self._commands.pipeline(transaction=len(batch) > 1)
         for script, argv, _ in batch:
             pipe.execute_command("EVALSHA", self._sha[script], 1, PREFIX, *argv)
         replies: list[Reply] = pipe.execute(raise_on_error=False)
@@ -261,8 +274,12 @@ class Link:
         callbacks = [callback for _, _, callback in batch]
 
         def hand_over() -> None:
-            for callback, reply in zip(callbacks, replies, strict=True):
-                callback(reply)
+            if len(callbacks) == 1:
+                callbacks[0](replies[0])  # its fan-out, if any, goes out at once
+                return
+            with self._together():
+                for callback, reply in zip(callbacks, replies, strict=True):
+                    callback(reply)
 
         self._call_soon(hand_over)
 

@@ -151,7 +151,7 @@ class ClusterWhiteboard(Whiteboard[Connection]):
         self.link = Link(self.config.url, self.config.command_timeout,
                          self.config.renew_interval, chat.call_soon_threadsafe,
                          on_up=self._link_up, on_down=self._link_down,
-                         on_entries=self._entries)
+                         on_entries=self._entries, together=chat.together)
         log.info("Joining the chat through Redis at %s as node %s", self.where,
                  self.node_id)
         self.link.start()
@@ -361,7 +361,18 @@ class ClusterWhiteboard(Whiteboard[Connection]):
     def _entries(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
         """A batch from this node's inbox, in the order Redis wrote it."""
         assert self.chat is not None
-        for index, (entry_id, fields) in enumerate(entries):
+        if len(entries) == 1:
+            # One entry (a quiet moment): its fan-out goes out at once.
+            self._apply(entries)
+            return
+        # Broadcasts and notices back to back go out in one send per user.
+        with self.chat.together():
+            self._apply(entries)
+
+    def _apply(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
+        """Each entry in turn: the mirror, deliveries, answers, notices."""
+        assert self.chat is not None
+        for entry_id, fields in entries:
             if self._closing:
                 return
             kind = fields.get(b"t", b"")
@@ -382,9 +393,7 @@ class ClusterWhiteboard(Whiteboard[Connection]):
                 self._expected_n = n + 1
             try:
                 if kind == b"bc":
-                    # Broadcasts back to back go out in one send per user.
-                    more = index + 1 < len(entries) and entries[index + 1][1].get(b"t") == b"bc"
-                    self.chat.remote_broadcast(fields[b"data"], more)
+                    self.chat.remote_broadcast(fields[b"data"])
                 else:
                     self._entry(kind, entry_id, fields)
             except Exception:
