@@ -298,3 +298,41 @@ def test_a_node_without_redis_refuses_logins_with_a_line_and_joins_once_redis_is
         ann.expect("<Message to Ann not delivered: the chat service is unavailable.>")
         ann.send("users")
         ann.expect("<Online users: Ann>")
+
+
+# -- a bug on the node ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_bug_handling_one_redis_reply_costs_that_call_alone(
+    redis_server: RedisServer, backend: str, monkeypatch: pytest.MonkeyPatch,  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A reply handler that raises (planted in the reply to Ann's broadcast)
+    is logged; the node goes on serving everyone else, on both nodes."""
+    with nodes((backend, backend), redis_server.url) as (first, second), \
+            cluster_clients([first.port, second.port]) as pool:
+        ann = pool.login(0, "Ann")
+        carl = pool.login(0, "Carl")
+        bob = pool.login(1, "Bob")
+        carl.read_until(lambda line: line == online("Bob"))
+        link = first.chat.whiteboard.link  # type: ignore[attr-defined]
+        real_call = link.call
+
+        def call(script: str, *params: object) -> None:
+            *head, args, on_reply = params
+            if script == "broadcast" and b"boom" in args[0]:  # type: ignore[index]
+                def on_reply(reply: object) -> None:
+                    raise RuntimeError("planted in the reply to Ann's broadcast")
+            real_call(script, *head, args, on_reply)
+
+        monkeypatch.setattr(link, "call", call)
+        ann.send('broadcast "boom"')
+        bob.read_until(lambda line: line == '<Broadcast from Ann: "boom">')  # Redis ran it
+        carl.send('broadcast "after"')
+        carl.expect("<To everyone> after")
+        bob.read_until(lambda line: line == '<Broadcast from Carl: "after">')
+        send_until_echoed(carl, "Bob", "still here")
+        send_until_echoed(bob, "Carl", "still here")
+        assert any("Handling the reply of Redis script broadcast failed" in record.message
+                   for record in caplog.records)

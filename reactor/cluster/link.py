@@ -271,15 +271,25 @@ class Link:
             if isinstance(reply, Exception):
                 log.error("Redis script %s failed: %s", batch[index][0], reply)
                 replies[index] = UNAVAILABLE
+        scripts = [script for script, _, _ in batch]
         callbacks = [callback for _, _, callback in batch]
+
+        def answer(index: int) -> None:
+            # A bug in one reply's handling is that call's alone: the other
+            # replies of the batch are still handed over, and the server
+            # goes on (as each inbox entry is handled on its own).
+            try:
+                callbacks[index](replies[index])
+            except Exception:
+                log.exception("Handling the reply of Redis script %s failed", scripts[index])
 
         def hand_over() -> None:
             if len(callbacks) == 1:
-                callbacks[0](replies[0])  # its fan-out, if any, goes out at once
+                answer(0)  # its fan-out, if any, goes out at once
                 return
             with self._together():
-                for callback, reply in zip(callbacks, replies, strict=True):
-                    callback(reply)
+                for index in range(len(callbacks)):
+                    answer(index)
 
         self._call_soon(hand_over)
 
