@@ -9,7 +9,9 @@ this process over real loopback sockets:
   discards everything (it runs natively: valgrind does not follow ``exec``);
 * one sender in this process, which broadcasts (one broadcast at a time,
   each a pass or more of the loop, as at 150 broadcasts/s in the standard
-  run) and then sends direct messages in batches (as an open-loop sender
+  run; then two per write, as a server that fell behind reads them there:
+  the first is queued, the second joins it, one send per recipient) and
+  then sends direct messages in batches (as an open-loop sender
   near saturation does), to one recipient and spread over all N as
   ``bench/load.py`` spreads them.
 
@@ -22,6 +24,15 @@ few hundred instructions per operation.
     python bench/profile_fanout.py                # instructions per delivery / per DM
     python bench/profile_fanout.py --profile      # cProfile top entries per phase
     python bench/profile_fanout.py --no-valgrind  # just run the phases (a smoke test)
+    python bench/profile_fanout.py --tls          # the same over TLS (select-tls)
+
+With ``--tls`` the server's port speaks TLS, with a throwaway certificate
+(``bench.systems.make_certificate``), and so do the receivers and the
+sender.  The receivers complete the handshake and log in through ``ssl``,
+then read the raw socket and discard the ciphertext (nothing to decrypt
+for a receiver that drops everything); the sender is a memory-BIO client in
+this process, so its encryption of each line and decryption of its echoes
+are counted too: per delivery of a broadcast, a few instructions.
 """
 
 from __future__ import annotations
@@ -32,7 +43,9 @@ import glob
 import os
 import pstats
 import re
+import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -44,19 +57,32 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.systems import make_certificate  # noqa: E402
 from reactor.backends import selector as selector_backend  # noqa: E402
 from reactor.backends.selector import SelectorServer  # noqa: E402
 from reactor.config import ServerConfig  # noqa: E402
 from reactor.flow import FloodLimits  # noqa: E402
 
 # The receivers: connect, log in, read and discard until the server closes.
+# With TLS (a third argument), each logs in through ssl and then reads the
+# raw socket (a duplicate of its descriptor): the ciphertext is discarded.
 RECEIVERS = r"""
-import selectors, socket, sys
-port, n = int(sys.argv[1]), int(sys.argv[2])
+import os, selectors, socket, ssl, sys
+port, n, tls = int(sys.argv[1]), int(sys.argv[2]), len(sys.argv) > 3
+if tls:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    wrapped = []  # kept open: closing one would send its close_notify
 sel = selectors.DefaultSelector()
 for i in range(n):
     s = socket.create_connection(("127.0.0.1", port))
-    s.sendall(b"c%d\n" % i)
+    if tls:
+        wrapped.append(context.wrap_socket(s))
+        wrapped[-1].sendall(b"c%d\n" % i)
+        s = socket.socket(fileno=os.dup(wrapped[-1].fileno()))
+    else:
+        s.sendall(b"c%d\n" % i)
     s.setblocking(False)
     sel.register(s, selectors.EVENT_READ)
 open_ = n
@@ -74,7 +100,62 @@ while open_:
             open_ -= 1
 """
 
-PHASES = ("broadcast", "broadcast-queued", "dm-one", "dm-spread")
+class TLSSender:
+    """The sender over TLS, in this process: a memory-BIO client on a
+    non-blocking socket, with the three calls the driver makes of a socket."""
+
+    def __init__(self, sock: socket.socket, pump: Callable[[], None]) -> None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        self.sock = sock
+        self._in, self._out = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self._ssl = context.wrap_bio(self._in, self._out)
+        while True:  # the handshake, the server's loop run meanwhile
+            try:
+                self._ssl.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                self._flush()
+                pump()
+                self._fill()
+
+    def _flush(self) -> None:
+        if self._out.pending:
+            self.sock.setblocking(True)
+            self.sock.sendall(self._out.read())
+            self.sock.setblocking(False)
+
+    def _fill(self) -> bool:
+        try:
+            data = self.sock.recv(1 << 16)
+        except BlockingIOError:
+            return False
+        if data:
+            self._in.write(data)
+        else:
+            self._in.write_eof()
+        return True
+
+    def sendall(self, data: bytes) -> None:
+        self._ssl.write(data)
+        self._flush()
+
+    def recv(self, size: int) -> bytes:
+        while True:
+            try:
+                return self._ssl.read(size)
+            except ssl.SSLWantReadError:
+                if not self._fill():
+                    raise BlockingIOError from None
+            except ssl.SSLZeroReturnError:
+                return b""
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+PHASES = ("broadcast", "broadcast-queued", "broadcast-pairs", "dm-one", "dm-spread")
 
 
 def text(kind: bytes, seq: int) -> bytes:
@@ -83,10 +164,15 @@ def text(kind: bytes, seq: int) -> bytes:
 
 
 class Driver:
-    def __init__(self, n: int, flood: bool, dm_batch: int) -> None:
+    def __init__(self, n: int, flood: bool, dm_batch: int, tls: bool) -> None:
         config = ServerConfig(host="127.0.0.1", port=0, max_clients=n + 16)
         if not flood:
             config = replace(config, flood=FloodLimits(enabled=False))
+        self.workdir: Path | None = None
+        if tls:
+            self.workdir = Path(tempfile.mkdtemp(prefix="profile-tls-"))
+            cert, key, _ = make_certificate(self.workdir)
+            config = replace(config, tls_cert=str(cert), tls_key=str(key))
         self.n = n
         self.dm_batch = dm_batch
         self.server = server = SelectorServer(config)
@@ -94,10 +180,13 @@ class Driver:
         server.selector.register(server._wakeup_reader, selector_backend._READ, None)
         server._listen(True)
         self.child = subprocess.Popen(
-            [sys.executable, "-c", RECEIVERS, str(server.port), str(n)]
+            [sys.executable, "-c", RECEIVERS, str(server.port), str(n), *(["tls"] if tls else [])]
         )
-        self.sender = socket.create_connection(("127.0.0.1", server.port))
-        self.sender.setblocking(False)
+        sock = socket.create_connection(("127.0.0.1", server.port))
+        sock.setblocking(False)
+        self.sender: socket.socket | TLSSender = (
+            TLSSender(sock, lambda: server._pass(None)) if tls else sock
+        )
         self.sender.sendall(b"sender\n")
         self.lines_in = 0
         self._until(lambda: len(server.chat.whiteboard) == n + 1)
@@ -123,10 +212,12 @@ class Driver:
         target = self.lines_in + count
         self._until(lambda: self.lines_in >= target)
 
-    def broadcasts(self, count: int, first: int = 0) -> int:
-        for seq in range(first, first + count):
-            self.sender.sendall(b'broadcast "%s"\n' % text(b"B", seq))
-            self._await_lines(1)  # the echo: sent before the fan-out, read after its pass
+    def broadcasts(self, count: int, first: int = 0, per_write: int = 1) -> int:
+        for seq in range(first, first + count, per_write):
+            self.sender.sendall(b"".join(b'broadcast "%s"\n' % text(b"B", seq + i)
+                                         for i in range(per_write)))
+            # The echoes: sent before the fan-outs, read after their pass.
+            self._await_lines(per_write)
         self._check_flushed()
         return count * self.n
 
@@ -158,6 +249,8 @@ class Driver:
                 break
             self.server._pass(None)
         self.child.wait(timeout=30)
+        if self.workdir is not None:
+            shutil.rmtree(self.workdir)  # the throwaway key goes with it
 
 
 def run_phase(driver: Driver, phase: str, count: int, seq: int) -> int:
@@ -172,6 +265,8 @@ def run_phase(driver: Driver, phase: str, count: int, seq: int) -> int:
             return driver.broadcasts(count, seq)
         finally:
             selector_backend.WRITE_THROUGH_MAX_READY = 4
+    if phase == "broadcast-pairs":
+        return driver.broadcasts(count, seq, per_write=2)
     if phase == "dm-one":
         return driver.direct(count, spread=False, first=seq)
     if phase == "dm-spread":
@@ -181,13 +276,14 @@ def run_phase(driver: Driver, phase: str, count: int, seq: int) -> int:
 
 def child_main(args: argparse.Namespace) -> None:
     """The measured process (under valgrind when counting)."""
-    driver = Driver(args.n, args.flood == "on", args.dm_batch)
+    driver = Driver(args.n, args.flood == "on", args.dm_batch, args.tls)
     counts = {"broadcast": args.broadcasts, "broadcast-queued": args.broadcasts,
+              "broadcast-pairs": args.broadcasts,
               "dm-one": args.dms, "dm-spread": args.dms}
     seq = 0
     # Warm up every path (caches, first-time allocations) before measuring.
     for phase in PHASES:
-        run_phase(driver, phase, 3 if phase.startswith("broadcast") else 50, seq)
+        run_phase(driver, phase, 4 if phase.startswith("broadcast") else 50, seq)
         seq += 1000
     profiles = {}
     for phase in PHASES:
@@ -230,7 +326,8 @@ def count_main(args: argparse.Namespace) -> None:
         found = re.search(r"^(?:totals|summary):\s*(\d+)", body, re.M)
         totals.append(int(found.group(1)) if found else 0)
     # Dumps come in phase order; the last one (if any) is the final dump at exit.
-    print(f"select backend, N={args.n}, flood control {args.flood}, DM batch {args.dm_batch}")
+    print(f"select backend{' over TLS' if args.tls else ''}, N={args.n}, "
+          f"flood control {args.flood}, DM batch {args.dm_batch}")
     for (_, phase, count), total in zip(done, totals, strict=False):
         unit = "delivery" if phase.startswith("broadcast") else "DM"
         print(f"{phase:18} {total / int(count):10,.0f} instructions per {unit}"
@@ -247,6 +344,8 @@ def main() -> None:
                         help="direct messages the sender writes at once (default 20)")
     parser.add_argument("--flood", choices=("on", "off"), default="off",
                         help="flood control (off in the benchmark, which measures capacity)")
+    parser.add_argument("--tls", action="store_true",
+                        help="the server's port, the receivers and the sender speak TLS")
     parser.add_argument("--profile", action="store_true", help="cProfile each phase instead")
     parser.add_argument("--top", type=int, default=18, help="entries per profile")
     parser.add_argument("--no-valgrind", action="store_true", help="run the phases only")

@@ -85,6 +85,29 @@ class OutputBuffer:
         return [item.data if type(item) is Entry else item  # type: ignore[misc]
                 for item in (items[i] for i in range(count))]
 
+    def joined(self, limit: int) -> bytes | memoryview | None:
+        """The whole queue as one piece of bytes, its entries marked started
+        (it is about to be encrypted in one record); None if it holds more
+        than ``limit`` bytes or one send's worth of buffers.
+
+        One call where ``buffers`` and ``mark_started`` would be two and a
+        list: this runs once per recipient of a busy pass on TLS.
+        """
+        items = self._items
+        count = len(items)
+        if count >= MAX_BUFFERS_PER_SEND or self.size > limit:
+            return None
+        if self._entries:
+            self.mark_started(count)
+            return b"".join([item.data if type(item) is Entry else item  # type: ignore[misc]
+                             for item in items])
+        if count == 1:
+            return items[0]  # type: ignore[return-value]
+        if count == 2:
+            # A tuple: join() would first copy a deque into a list.
+            return b"".join((items[0], items[1]))  # type: ignore[arg-type]
+        return b"".join(items)  # type: ignore[arg-type]
+
     def consume(self, sent: int) -> list[Handoff]:
         """Drop ``sent`` bytes from the head; return the callbacks now due (with True)."""
         due: list[Handoff] = []

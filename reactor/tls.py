@@ -50,7 +50,7 @@ from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
-from reactor.outbuf import MAX_BUFFERS_PER_SEND, Entry, Handoff, OutputBuffer
+from reactor.outbuf import Entry, Handoff, OutputBuffer
 
 log = logging.getLogger("reactor")
 
@@ -297,13 +297,10 @@ class TLSWire:
         """
         if self._pieces or not self.handshake_done or self.failed or self._notified:
             return None
-        output = self.output
-        buffers = output.buffers()
-        count = len(buffers)
-        if count >= MAX_BUFFERS_PER_SEND or output.size > RECORD_SIZE:
+        plain = self.output.joined(RECORD_SIZE)
+        if plain is None:
             return None
-        self._ssl.write(buffers[0] if count == 1 else b"".join(buffers))
-        output.mark_started(count)
+        self._ssl.write(plain)
         return self._out.read()
 
     def keep_sealed(self, ciphertext: bytes, sent: int, plain: int) -> None:
@@ -358,14 +355,13 @@ class TLSWire:
 
     def _encrypt_batch(self) -> None:
         output = self.output
-        buffers = output.buffers()
-        count = len(buffers)
-        if count < MAX_BUFFERS_PER_SEND and output.size <= RECORD_SIZE:
-            # The common case: all of it (fewer buffers than one send's
-            # worth is the whole queue), in one record.
-            self._encrypt(buffers, output.size)
-            output.mark_started(count)
+        size = output.size
+        plain = output.joined(RECORD_SIZE)
+        if plain is not None:
+            # The common case: all of it, in one record.
+            self._encrypt([plain], size)
             return
+        buffers = output.buffers()
         budget = BATCH_SIZE
         group: list[bytes | memoryview] = []
         group_size = 0

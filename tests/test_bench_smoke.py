@@ -290,3 +290,20 @@ def test_tiny_cluster_run_counts_redis_commands_per_operation(
     assert 0.5 < costs["broadcast"]["redis"]["scripts"] < 2
     goals = {g["goal"]: g["met"] for g in doc["summary"]["goals"]}
     assert goals, doc["summary"]
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+def test_the_fanout_profiler_runs_its_phases(tls: bool) -> None:
+    """bench/profile_fanout.py, without valgrind, at small N: every phase
+    runs to its end (each waits for its echoes and for every queue to be
+    sent) and reports what it delivered -- over TLS too."""
+    if tls and not _can_make_certificates():
+        pytest.skip("no way to make a certificate")
+    cmd = [sys.executable, "bench/profile_fanout.py", "--no-valgrind", "-n", "20",
+           "--broadcasts", "4", "--dms", "40", *(["--tls"] if tls else [])]
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    phases = dict(line.split()[1:] for line in done.stdout.splitlines()
+                  if line.startswith("phase "))
+    assert phases == {"broadcast": "80", "broadcast-queued": "80", "broadcast-pairs": "80",
+                      "dm-one": "40", "dm-spread": "40"}

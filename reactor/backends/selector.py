@@ -521,29 +521,44 @@ class SelectorTLSTransport(SelectorTransport):
         """The first output this turn: in a short pass, with nothing queued
         and not batching, encrypted and sent at once, as the plain path
         sends it; only what the kernel refuses is kept.  Else queued."""
+        server = self.server
+        if server.write_through and not (
+            (on_handoff is None or server.reading is self) and server.more_input_waits()
+        ):
+            return self._write_through_tls(data, on_handoff)
+        return self._queue_first(data, on_handoff)
+
+    def _write_through_tls(self, data: bytes, on_handoff: Handoff | None) -> Entry | None:
+        """_write_tls in a short pass (checked by the caller: send_at_once
+        checks it once for a whole fan-out)."""
         tls = self.tls
         assert tls is not None
+        if self.output.size or self._batching or self._events & _WRITE:
+            return self._queue_first(data, on_handoff)
+        ciphertext = tls.seal(data)  # None during the handshake, or behind ciphertext
+        if ciphertext is None:
+            return self._queue_first(data, on_handoff)
+        try:  # _send, written out: this runs once per recipient of a fan-out
+            sent = self.sock.send(ciphertext)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError as error:  # the connection failed: it is aborted
+            self._connection_error(error)
+            if on_handoff is not None:
+                on_handoff(False)
+            return None
+        if sent == len(ciphertext):
+            self._sealed_turn = self._turn
+            if on_handoff is not None:
+                on_handoff(True)
+            return None  # nothing owed: _settle need not visit it
+        entry = tls.keep(ciphertext, sent, data, on_handoff)
+        self._want_settle()
+        return entry
+
+    def _queue_first(self, data: bytes, on_handoff: Handoff | None) -> Entry | None:
+        """The turn's first message, queued for the end of the pass."""
         output = self.output
-        server = self.server
-        if (server.write_through and not output.size and not self._batching
-                and not self._events & _WRITE
-                and not ((on_handoff is None or server.reading is self)
-                         and server.more_input_waits())):
-            ciphertext = tls.seal(data)  # None during the handshake, or behind ciphertext
-            if ciphertext is not None:
-                sent = self._send([ciphertext])
-                if sent is None:  # the connection failed: it is aborted
-                    if on_handoff is not None:
-                        on_handoff(False)
-                    return None
-                if sent == len(ciphertext):
-                    self._sealed_turn = self._turn
-                    if on_handoff is not None:
-                        on_handoff(True)
-                    return None  # nothing owed: _settle need not visit it
-                entry = tls.keep(ciphertext, sent, data, on_handoff)
-                self._want_settle()
-                return entry
         entry = output.append(data, on_handoff)
         self._queued = output.size
         self._want_settle()
@@ -630,64 +645,74 @@ class SelectorServer(Server):
         """A fan-out's first sends (see Server.send_at_once): ``write``'s
         write-through, for many connections in one loop.
 
-        Only where ``write`` would send at once -- in a short pass, with
-        nothing queued for the connection, its first output this turn, and no
-        more lines of the connection being read waiting in this pass.  Per
-        recipient this costs half the Python work of ``connection.send``,
-        which adds the limit checks that an empty queue passes anyway.
+        Sent at once only where ``write`` would send at once -- in a short
+        pass, with nothing queued for the connection, its first output this
+        turn, and no more lines of the connection being read waiting in this
+        pass; else queued, as ``write`` queues, while below the high-water
+        mark.  Per recipient this costs half the Python work of
+        ``connection.send``, which adds the limit checks that a queue below
+        the mark passes anyway.  The others are returned (those the kernel
+        refused, then those over the mark or closed).
         """
         turn = self.turn
         size = len(data)
         rest: list[Connection] = []
-        if batch or not self.write_through or self.more_input_waits():
-            # Batching this pass (see write): queued, for one send per
-            # connection at the end of it.  Below the high-water mark
-            # connection.send checks nothing more than this.
-            high_water = self.config.output_high_water
-            pending = self.pending_writes
+        high_water = self.config.output_high_water
+        if not batch and self.write_through and not self.more_input_waits():
+            if size > high_water:
+                return connections  # connection.send has limits to check
+            # Those that already have output this turn (an earlier fan-out of
+            # a batched pass) or waiting get this one queued after it, in the
+            # loop below, as write() would queue it.
+            queued: list[Connection] = []
             for connection in connections:
-                transport = connection.transport  # type: ignore[assignment]
-                output = transport.output
-                if (transport.socket_closed or not connection.is_open
-                        or output.size + size > high_water):
-                    rest.append(connection)
+                transport: SelectorTransport = connection.transport  # type: ignore[assignment]
+                if (transport._turn == turn or transport.output.size
+                        or transport.socket_closed or not connection.is_open):
+                    queued.append(connection)
                     continue
-                first = transport._turn != turn
                 transport._turn = turn
-                if not transport._in_pending:  # _want_settle, written out: once per recipient
-                    transport._in_pending = True
-                    pending.append(transport)
-                output.append(data)
-                if first and transport.tls is not None:
-                    transport._queued = output.size  # as _write_tls queues a first message
-            return rest
-        if size > self.config.output_high_water:
-            return connections  # connection.send has limits to check
-        for connection in connections:
-            transport: SelectorTransport = connection.transport  # type: ignore[assignment]
-            if (transport._turn == turn or transport.output.size
-                    or transport.socket_closed or not connection.is_open):
-                rest.append(connection)
-                continue
-            transport._turn = turn
-            if transport.tls is not None:
-                # Encrypted and sent at once, or queued: write()'s TLS path.
+                if transport.tls is not None:
+                    # Encrypted and sent at once, or queued: write()'s TLS
+                    # path, past the checks of the pass made above.
+                    try:
+                        transport._write_through_tls(data, None)  # type: ignore[attr-defined]
+                    except Exception as error:
+                        connection.fail(error)
+                    continue
                 try:
-                    transport._write_tls(data, None)  # type: ignore[attr-defined]
+                    sent = transport.sock.send(data)
+                    if sent != size:
+                        # The rest is queued (this is the connection's turn now).
+                        connection.send(memoryview(data)[sent:])  # type: ignore[arg-type]
+                except (BlockingIOError, InterruptedError):
+                    rest.append(connection)
+                except OSError as error:
+                    transport._connection_error(error)
                 except Exception as error:
                     connection.fail(error)
-                continue
-            try:
-                sent = transport.sock.send(data)
-                if sent != size:
-                    # The rest is queued (this is the connection's turn now).
-                    connection.send(memoryview(data)[sent:])  # type: ignore[arg-type]
-            except (BlockingIOError, InterruptedError):
+            if not queued:
+                return rest
+            connections = queued
+        # Batching this pass (see write), or output waits: queued, for one
+        # send per connection at the end of the pass.  Below the high-water
+        # mark connection.send checks nothing more than this.
+        pending = self.pending_writes
+        for connection in connections:
+            transport = connection.transport  # type: ignore[assignment]
+            output = transport.output
+            if (transport.socket_closed or not connection.is_open
+                    or output.size + size > high_water):
                 rest.append(connection)
-            except OSError as error:
-                transport._connection_error(error)
-            except Exception as error:
-                connection.fail(error)
+                continue
+            first = transport._turn != turn
+            transport._turn = turn
+            if not transport._in_pending:  # _want_settle, written out: once per recipient
+                transport._in_pending = True
+                pending.append(transport)
+            output.append(data)
+            if first and transport.tls is not None:
+                transport._queued = output.size  # as _write_tls queues a first message
         return rest
 
     def call_soon_threadsafe(self, callback: Callable[[], None]) -> None:
@@ -815,8 +840,10 @@ class SelectorServer(Server):
                         # nothing to do after a write-through the kernel took.
                         if transport.output.size:
                             transport._flush_plain()
-                    elif transport.wire or transport._closing:
-                        # A closing transport needs flush() to shut down.
+                    elif transport.output.size or transport._closing or transport.wire:
+                        # TLS: plaintext queued (the common case, tested
+                        # first), or ciphertext of the handshake or a partial
+                        # send.  A closing transport needs flush() to shut down.
                         transport.flush()
                 except Exception as error:
                     self._contain(transport, error)
