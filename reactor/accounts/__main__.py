@@ -35,7 +35,7 @@ PROG = "python -m reactor.accounts"
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG, description="List, remove and reset the registered names of a "
-                               "reactor-chat server (its --accounts file).")
+                               "reactor-chat server (its --accounts file or Redis).")
     parser.add_argument("--db", required=True, metavar="PATH|URL",
                         help="the server's --accounts: a SQLite file, or a Redis URL "
                              "(a cluster's --cluster URL)")
