@@ -351,9 +351,9 @@ class ChatService:
             return
         if self.accounts is not None:
             # Taken already: say so now, rather than after a password.
-            online = self.whiteboard.lookup(name)
-            if online is not None:
-                connection.send(format_event(UsernameTaken(online[0])))
+            taken_as = self.whiteboard.surely_taken(name)
+            if taken_as is not None:
+                connection.send(format_event(UsernameTaken(taken_as)))
                 return
             self.accounts.login(connection, name)  # asks for a password if registered
             return

@@ -73,6 +73,13 @@ class Whiteboard(ABC, Generic[S]):
     def lookup(self, name: str) -> tuple[str, S] | None:
         """The online user's canonical name and session, or None."""
 
+    def surely_taken(self, name: str) -> str | None:
+        """The spelling ``name`` is online under, if a claim would certainly be
+        refused; None when only a claim can tell.  Lets the chat refuse a
+        taken name before asking for its password."""
+        found = self.lookup(name)
+        return None if found is None else found[0]
+
     @abstractmethod
     def seen_as(self, name: str) -> str | None:
         """How ``name`` was spelled when last online, if it ever was."""

@@ -155,3 +155,37 @@ def test_the_password_back_off_is_shared_by_the_nodes(
             client.expect("<User Alice is online.>", timeout=10)
         assert any("Login failures for Alice from 127.0.0.1: backing off 3 s" in line
                    for line in records.snapshot())
+
+
+def test_a_name_given_up_on_another_node_is_not_refused_from_a_lagging_view(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch,  # noqa: F811
+) -> None:
+    """Alice leaves on one node and logs in at once on the other, whose
+    mirror of the cluster has not yet heard of her leaving (its inbox is
+    held here): she is asked for her password, not told her name is taken."""
+    url = redis_server.url
+    with nodes(("select", "select"), url, accounts=settings(url)) as (first, second):
+        register(first.port, "Alice")
+        alice = log_in(second.port, "Alice", PASSWORD)
+        board = first.chat.whiteboard  # type: ignore[attr-defined]
+        wait_until(lambda: board.lookup("Alice") is not None, message="the first node's mirror")
+        link = board.link
+        apply_entries = link._on_entries
+        held: list[object] = []
+        monkeypatch.setattr(link, "_on_entries", held.append)  # (on the chat thread)
+        alice.send("bye")
+        alice.expect("<User Alice is offline.>")  # given up in Redis
+        alice.close()
+        with LineClient(first.port) as again:
+            again.send("Alice")
+            again.expect("<Password required for Alice.>")
+            assert board.lookup("Alice") is not None  # the view still lagged
+
+            def catch_up() -> None:
+                link._on_entries = apply_entries
+                for batch in held:
+                    apply_entries(batch)
+
+            first.call_soon_threadsafe(catch_up)
+            again.send(f'"{PASSWORD}"')
+            again.expect("<User Alice is online.>")

@@ -261,6 +261,12 @@ class ClusterWhiteboard(Whiteboard[Connection]):
         remote = self._remote.get(key)
         return None if remote is None else (remote.name, remote)
 
+    def surely_taken(self, name: str) -> str | None:
+        """Only this node's own users are certain: the mirror of the other
+        nodes' users lags behind Redis (a user who has just left on another
+        node may still be in it), so for those the claim decides."""
+        return self._local_names.get(username_key(name))
+
     def seen_as(self, name: str) -> str | None:
         key = username_key(name)
         remote = self._remote.get(key)
