@@ -20,8 +20,8 @@ password, and read what her friends send her.  So a lookup also checks the
 marker, and a store whose marker is gone answers :class:`StoreUnavailable`
 (the client is told the account store is unavailable, and nobody logs in
 under any name) until a server (or ``python -m reactor.accounts``) opens it
-again, which says that the accounts are new or lost, and sets the marker.  At start the server also
-warns if Redis keeps nothing on disk.
+again, which says that the accounts are new or lost, and sets the marker.
+At start the server also warns if Redis keeps nothing on disk.
 
 The methods block (redis-py, with timeouts); they run on the accounts worker
 threads, never on the chat thread, like SQLite's.  redis-py's client is
@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import time
 from collections.abc import Iterator
 
@@ -40,8 +39,6 @@ from protocol import username_key
 from reactor.accounts.store import Account, AccountStore, StoreUnavailable
 from reactor.cluster.link import redis_client, without_password
 from reactor.cluster.scripts import PREFIX
-
-log = logging.getLogger("reactor")
 
 ACCOUNTS = PREFIX + "accounts"
 KEPT = PREFIX + "accounts:kept"
