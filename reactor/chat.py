@@ -154,14 +154,20 @@ class ChatService:
             self.call_later(0.0, callback)
 
     @contextmanager
-    def together(self) -> Iterator[None]:
+    def together(self, several: bool = True) -> Iterator[None]:
         """Around work handed over together from another thread (a Redis
         pipeline's replies, a batch of a cluster inbox, the callbacks one
         wakeup found): its fan-outs are queued and go out in one send per
         recipient once the batch is done (``Server.send_at_once``'s
         ``batch``), not in one send per fan-out.  Several broadcasts that
         arrive together then cost one system call per recipient, as a batch
-        of broadcast lines read from one client does on one server."""
+        of broadcast lines read from one client does on one server.
+
+        Not ``several`` (one item alone, a quiet moment): nothing changes,
+        and its fan-out is written through at once."""
+        if not several:
+            yield
+            return
         self._together += 1
         try:
             yield

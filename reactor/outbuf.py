@@ -99,8 +99,7 @@ class OutputBuffer:
             return None
         if self._entries:
             self.mark_started(count)
-            return b"".join([item.data if type(item) is Entry else item  # type: ignore[misc]
-                             for item in items])
+            return b"".join(self.buffers())  # (all of it: fewer than one send's worth)
         if count == 1:
             return items[0]  # type: ignore[return-value]
         if count == 2:

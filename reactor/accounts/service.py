@@ -270,7 +270,7 @@ class Accounts:
             connection.answer_arrived()
             return
         host = connection.peer_host
-        verdict, shared = (result, []) if isinstance(result, Exception) else result
+        verdict, shared = _outcome(result)
         if isinstance(verdict, Exception):
             log.error("Account store failed checking %s: %s", name, verdict)
             connection.password_for = None
@@ -341,7 +341,7 @@ class Accounts:
             return "changed", []
 
         def done(result: object) -> None:
-            verdict, shared = (result, []) if isinstance(result, Exception) else result
+            verdict, shared = _outcome(result)
             if isinstance(verdict, Exception):
                 log.error("Account store failed changing the password of %s: %s", name, verdict)
                 connection.send(format_event(InvalidInput(UNAVAILABLE)))
@@ -360,3 +360,12 @@ class Accounts:
         connection.await_answer()
         self._after_back_off(connection, name,
                              lambda: self._in_worker(connection, work, done))
+
+
+def _outcome(result: object) -> tuple[object, list[float]]:
+    """A password check's result from a worker: its verdict and the shared
+    back-off it started, or the exception it raised (and no back-off)."""
+    if isinstance(result, Exception):
+        return result, []
+    verdict, shared = result  # type: ignore[misc]
+    return verdict, shared

@@ -183,9 +183,8 @@ class SelectorTransport(Transport):
             self._turn = server.turn
             if self.tls is not None:
                 return self._write_tls(data, on_handoff)
-            if server.write_through and not self.output.size and not (
-                (on_handoff is None or server.reading is self) and server.more_input_waits()
-            ):
+            if server.write_through and not self.output.size \
+                    and not self._waits_for_the_pass(on_handoff):
                 # asyncio's "try to send now": in a short pass the recipients
                 # of a fan-out should not wait for the whole fan-out to be
                 # queued.  Only what the kernel refuses is kept.
@@ -420,6 +419,13 @@ class SelectorTransport(Transport):
         if ended:
             connection.data_received(b"")
 
+    def _waits_for_the_pass(self, on_handoff: Handoff | None) -> bool:
+        """Output that waits for the end of the pass (see write): more lines
+        of the connection being read wait in it, and this is a reply to that
+        connection or has no handoff (a fan-out), so it can share their send."""
+        server = self.server
+        return (on_handoff is None or server.reading is self) and server.more_input_waits()
+
     def _want_settle(self) -> None:
         """Be visited by _settle at the end of this pass (to send what is queued)."""
         if not self._in_pending:
@@ -521,10 +527,7 @@ class SelectorTLSTransport(SelectorTransport):
         """The first output this turn: in a short pass, with nothing queued
         and not batching, encrypted and sent at once, as the plain path
         sends it; only what the kernel refuses is kept.  Else queued."""
-        server = self.server
-        if server.write_through and not (
-            (on_handoff is None or server.reading is self) and server.more_input_waits()
-        ):
+        if self.server.write_through and not self._waits_for_the_pass(on_handoff):
             return self._write_through_tls(data, on_handoff)
         return self._queue_first(data, on_handoff)
 
@@ -814,14 +817,11 @@ class SelectorServer(Server):
         soon = self._soon
         if soon:
             count = len(soon)  # not those queued meanwhile: they woke us again
-            if count == 1:
-                soon.popleft()()
-            else:
-                # Handed over together (a pipeline's replies and an inbox
-                # batch, say): their fan-outs share one send per recipient.
-                with self.chat.together():
-                    for _ in range(count):
-                        soon.popleft()()
+            # Handed over together (a pipeline's replies and an inbox batch,
+            # say): their fan-outs share one send per recipient.
+            with self.chat.together(count > 1):
+                for _ in range(count):
+                    soon.popleft()()
         self._settle()
 
     def _settle(self) -> None:

@@ -97,7 +97,8 @@ class Link:
     def __init__(self, url: str, timeout: float, backoff_max: float, call_soon: CallSoon,
                  on_up: Callable[[], None], on_down: Callable[[str], None],
                  on_entries: Callable[[list[tuple[bytes, dict[bytes, bytes]]]], None],
-                 together: Callable[[], AbstractContextManager[None]] = nullcontext) -> None:
+                 together: Callable[[bool], AbstractContextManager[object]] = nullcontext,
+                 ) -> None:
         self.url = url
         # Short: a node that reconnects late after Redis comes back would be
         # reaped by the others, whose renewals resume at once.
@@ -284,10 +285,7 @@ class Link:
                 log.exception("Handling the reply of Redis script %s failed", scripts[index])
 
         def hand_over() -> None:
-            if len(callbacks) == 1:
-                answer(0)  # its fan-out, if any, goes out at once
-                return
-            with self._together():
+            with self._together(len(callbacks) > 1):  # one alone goes out at once
                 for index in range(len(callbacks)):
                     answer(index)
 

@@ -367,44 +367,33 @@ class ClusterWhiteboard(Whiteboard[Connection]):
     def _entries(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
         """A batch from this node's inbox, in the order Redis wrote it."""
         assert self.chat is not None
-        if len(entries) == 1:
-            # One entry (a quiet moment): its fan-out goes out at once.
-            self._apply(entries)
-            return
-        # Broadcasts and notices back to back go out in one send per user.
-        with self.chat.together():
-            self._apply(entries)
-
-    def _apply(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
-        """Each entry in turn: the mirror, deliveries, answers, notices."""
-        assert self.chat is not None
-        for entry_id, fields in entries:
-            if self._closing:
-                return
-            kind = fields.get(b"t", b"")
-            n = int(fields.get(b"n", b"0"))
-            self._applied_n = n
-            if kind == b"hello":
-                self._expected_n = n + 1
-                continue
-            if self._expected_n is not None and n != self._expected_n:
-                # Trimmed before we read them (MAXLEN): presence changes may
-                # be missing, so reload the state; the entries that are here
-                # are still good.
-                log.warning("This node's inbox lost %d entries (it fell more than %d behind);"
-                            " reloading the chat's state", n - self._expected_n,
-                            self.config.inbox_max)
-                self._register()
-            if self._expected_n is not None:
-                self._expected_n = n + 1
-            try:
-                if kind == b"bc":
-                    self.chat.remote_broadcast(fields[b"data"])
-                else:
+        # Broadcasts and notices back to back go out in one send per user
+        # (one entry alone, a quiet moment, goes out at once).
+        with self.chat.together(len(entries) > 1):
+            for entry_id, fields in entries:
+                if self._closing:
+                    return
+                kind = fields.get(b"t", b"")
+                n = int(fields.get(b"n", b"0"))
+                self._applied_n = n
+                if kind == b"hello":
+                    self._expected_n = n + 1
+                    continue
+                if self._expected_n is not None and n != self._expected_n:
+                    # Trimmed before we read them (MAXLEN): presence changes may
+                    # be missing, so reload the state; the entries that are here
+                    # are still good.
+                    log.warning("This node's inbox lost %d entries (it fell more than %d behind);"
+                                " reloading the chat's state", n - self._expected_n,
+                                self.config.inbox_max)
+                    self._register()
+                if self._expected_n is not None:
+                    self._expected_n = n + 1
+                try:
                     self._entry(kind, entry_id, fields)
-            except Exception:
-                log.exception("Could not handle a cluster event (%r)", kind)
-        self._run_after_inbox()
+                except Exception:
+                    log.exception("Could not handle a cluster event (%r)", kind)
+            self._run_after_inbox()
 
     def _run_after_inbox(self, everything: bool = False) -> None:
         """Answer the claims whose inbox entries have now been applied."""
@@ -423,6 +412,8 @@ class ClusterWhiteboard(Whiteboard[Connection]):
                                _text(fields[b"to"]), fields[b"data"])
         elif kind == b"ack":
             self._answered(int(fields[b"seq"]), fields[b"ok"] == b"1", _text(fields[b"reason"]))
+        elif kind == b"bc":
+            chat.remote_broadcast(fields[b"data"])
         elif kind in (b"on", b"off", b"dead"):
             node = _text(fields[b"node"])
             if kind == b"dead":
