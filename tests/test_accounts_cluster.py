@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 
+from reactor import BACKENDS
 from reactor.accounts.service import UNAVAILABLE
 from tests.cluster_support import (
     LEASE,
@@ -68,11 +69,12 @@ def test_a_name_registered_through_one_node_is_owned_on_every_node(
             client.expect("<User Alice is online.>")
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_a_redis_that_lost_the_accounts_refuses_every_login_rather_than_open_the_names(
-    redis_server: RedisServer, records: Records,  # noqa: F811
+    redis_server: RedisServer, records: Records, backend: str,  # noqa: F811
 ) -> None:
     url = redis_server.url
-    with node("select", url, accounts=settings(url)) as server:
+    with node(backend, url, accounts=settings(url)) as server:
         register(server.port, "Alice")
         redis_server.restart_empty()  # no persistence: every key is gone
 
@@ -96,12 +98,13 @@ def test_a_redis_that_lost_the_accounts_refuses_every_login_rather_than_open_the
         login(server.port, "Alice").close()  # (once the node has registered again)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_a_paused_redis_is_a_clear_answer_and_then_the_names_are_owned_again(
-    redis_server: RedisServer,  # noqa: F811
+    redis_server: RedisServer, backend: str,  # noqa: F811
 ) -> None:
     url = redis_server.url
     # A lease longer than the store's 2 s timeout: the pause is not a node death.
-    with node("select", url, lease=3.0, accounts=settings(url)) as server:
+    with node(backend, url, lease=3.0, accounts=settings(url)) as server:
         register(server.port, "Alice")
         redis_server.pause()
         try:
@@ -133,11 +136,12 @@ def test_nodes_started_with_accounts_share_them_across_restarts_and_warn_of_no_p
         log_in(again.port, "Alice", PASSWORD).close()
 
 
+@pytest.mark.parametrize("pair", PAIRS, ids=PAIR_IDS)
 def test_the_password_back_off_is_shared_by_the_nodes(
-    redis_server: RedisServer, records: Records,  # noqa: F811
+    redis_server: RedisServer, records: Records, pair: tuple[str, str],  # noqa: F811
 ) -> None:
     url = redis_server.url
-    with nodes(("select", "threads"), url, accounts=settings(url, backoff_first=3.0,
+    with nodes(pair, url, accounts=settings(url, backoff_first=3.0,
                                                             backoff_max=60.0)) as servers:
         first, second = (server.port for server in servers)
         register(first, "Alice")
@@ -157,14 +161,15 @@ def test_the_password_back_off_is_shared_by_the_nodes(
                    for line in records.snapshot())
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_a_name_given_up_on_another_node_is_not_refused_from_a_lagging_view(
-    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch,  # noqa: F811
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch, backend: str,  # noqa: F811
 ) -> None:
     """Alice leaves on one node and logs in at once on the other, whose
     mirror of the cluster has not yet heard of her leaving (its inbox is
     held here): she is asked for her password, not told her name is taken."""
     url = redis_server.url
-    with nodes(("select", "select"), url, accounts=settings(url)) as (first, second):
+    with nodes((backend, backend), url, accounts=settings(url)) as (first, second):
         register(first.port, "Alice")
         alice = log_in(second.port, "Alice", PASSWORD)
         board = first.chat.whiteboard  # type: ignore[attr-defined]

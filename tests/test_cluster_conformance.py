@@ -15,6 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from reactor import BACKENDS
 from tests.cluster_support import (
     NO_FLOOD_CONTROL,
     PAIR_IDS,
@@ -175,15 +176,16 @@ def test_a_burst_in_one_write_reaches_both_nodes_once_each_in_order(
     send_a_burst_and_check_it(sender, readers, every_nth_a_message)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_broadcast_replies_handed_over_together_reach_the_senders_node_once_each_in_order(
-    redis_server: RedisServer,  # noqa: F811
+    redis_server: RedisServer, backend: str,  # noqa: F811
 ) -> None:
     """The sender's node fans a broadcast out once Redis has answered it; the
     answers of one pipeline come back in one callback, and their fan-outs are
     queued for one send per recipient (ChatService.together): nothing may
     wait for a later write to go out.  The other node reads a pipeline's
     broadcasts in one inbox batch (MULTI/EXEC), never split."""
-    with nodes(["select", "select"], redis_server.url) as (first, second), \
+    with nodes([backend, backend], redis_server.url) as (first, second), \
             cluster_clients([first.port, second.port]) as pool:
         link = first.chat.whiteboard.link  # type: ignore[attr-defined]
         execute, together = link._execute, link._together
