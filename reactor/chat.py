@@ -63,7 +63,7 @@ from reactor.accounts.service import Accounts
 from reactor.config import ServerConfig
 from reactor.connection import Connection, Phase
 from reactor.flow import TokenBucket
-from reactor.transport import TimerHandle, Transport
+from reactor.transport import SocketLoop, TimerHandle, Transport
 from reactor.whiteboard import MemoryWhiteboard, Whiteboard
 
 log = logging.getLogger("reactor")
@@ -113,6 +113,7 @@ class ChatService:
         self._call_later: CallLater | None = None
         self._call_soon: CallSoon | None = None
         self._send_at_once: SendAtOnce | None = None
+        self.socket_loop: SocketLoop | None = None
         self._shutting_down = False
         # Offline notices held while a fan-out is under way (see user_left).
         self._fan_out_depth = 0
@@ -130,15 +131,18 @@ class ChatService:
     # -- set-up by the backend ------------------------------------------------
 
     def attach(self, call_later: CallLater, call_soon_threadsafe: CallSoon | None = None,
-               send_at_once: SendAtOnce | None = None) -> None:
+               send_at_once: SendAtOnce | None = None,
+               socket_loop: SocketLoop | None = None) -> None:
         """Give the service the backend's timers, its way in from other
-        threads and its fan-out fast path, if any (``Server.send_at_once``);
+        threads, its fan-out fast path (``Server.send_at_once``) and its
+        event loop for other sockets (``Server.socket_loop``), if any;
         starts its housekeeping.  Without ``call_soon_threadsafe`` (in-memory
         tests whose "workers" run on the chat thread) answers are scheduled
         with ``call_later(0, ...)``."""
         self._call_later = call_later
         self._call_soon = call_soon_threadsafe
         self._send_at_once = send_at_once
+        self.socket_loop = socket_loop
         call_later(HOUSEKEEPING_INTERVAL, self._housekeeping)
         self.whiteboard.start(self)
 

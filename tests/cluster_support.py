@@ -24,6 +24,7 @@ import selectors
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -82,23 +83,33 @@ def free_port() -> int:
 
 class RedisServer:
     """A ``redis-server`` child on 127.0.0.1, which a test may pause, kill and
-    start again (empty) on the same port."""
+    start again (empty) on the same port.  With ``tls`` (a CA's certificate,
+    and a certificate and key it issued for 127.0.0.1), it speaks TLS only."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: tuple[Path, Path, Path] | None = None) -> None:
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
         self.paused = False
+        self.tls = tls
 
     @property
     def url(self) -> str:
+        if self.tls is not None:
+            return f"rediss://127.0.0.1:{self.port}?ssl_ca_certs={self.tls[0]}"
         return f"redis://127.0.0.1:{self.port}"
 
     def start(self, port: int | None = None) -> None:
         """Start (on ``port``, or a free one), and wait until it answers."""
         for _attempt in range(5):
             self.port = port or free_port()
+            listen = ["--port", str(self.port)]
+            if self.tls is not None:
+                ca, cert, key = self.tls
+                listen = ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file",
+                          str(cert), "--tls-key-file", str(key), "--tls-ca-cert-file", str(ca),
+                          "--tls-auth-clients", "no"]
             self.process = subprocess.Popen(
-                [REDIS_SERVER or "redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+                [REDIS_SERVER or "redis-server", *listen, "--bind", "127.0.0.1",
                  "--save", "", "--appendonly", "no", "--enable-debug-command", "local",
                  "--protected-mode", "no", "--daemonize", "no", "--logfile", ""],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -113,7 +124,11 @@ class RedisServer:
 
     def _answers(self) -> bool:
         try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as plain:
+                sock = plain
+                if self.tls is not None:
+                    context = ssl.create_default_context(cafile=str(self.tls[0]))
+                    sock = context.wrap_socket(plain, server_hostname="127.0.0.1")
                 sock.sendall(b"PING\r\n")
                 return sock.recv(64).startswith(b"+PONG")
         except OSError:
@@ -122,7 +137,7 @@ class RedisServer:
     def client(self, timeout: float = 5.0) -> Any:
         import redis
 
-        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=timeout)
+        return redis.Redis.from_url(self.url, socket_timeout=timeout)
 
     def command(self, *args: object) -> Any:
         client = self.client()
@@ -177,6 +192,25 @@ def redis_server() -> Iterator[RedisServer]:
     """A fresh, empty redis-server for one test, killed at its end."""
     require_redis()
     server = RedisServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def redis_tls_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """The same, speaking TLS only, with a certificate made by trustme."""
+    require_redis()
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    issued = ca.issue_cert("127.0.0.1")
+    files = (tmp_path / "ca.pem", tmp_path / "redis.pem", tmp_path / "redis.key")
+    ca.cert_pem.write_to_path(str(files[0]))
+    issued.cert_chain_pems[0].write_to_path(str(files[1]))
+    issued.private_key_pem.write_to_path(str(files[2]))
+    server = RedisServer(tls=files)
     server.start()
     try:
         yield server

@@ -16,6 +16,8 @@ from collections.abc import Iterator
 import pytest
 
 from reactor import BACKENDS
+from reactor.cluster.link import ThreadLink
+from reactor.cluster.resp import Batch
 from tests.cluster_support import (
     NO_FLOOD_CONTROL,
     PAIR_IDS,
@@ -26,6 +28,7 @@ from tests.cluster_support import (
     expect_users,
     nodes,
     redis_server,  # noqa: F401  (a fixture)
+    redis_tls_server,  # noqa: F401  (a fixture)
 )
 from tests.faults import Drain, read_all_until_closed
 from tests.support import LineClient, send_a_burst_and_check_it, wait_until
@@ -188,23 +191,24 @@ def test_broadcast_replies_handed_over_together_reach_the_senders_node_once_each
     with nodes([backend, backend], redis_server.url) as (first, second), \
             cluster_clients([first.port, second.port]) as pool:
         link = first.chat.whiteboard.link  # type: ignore[attr-defined]
-        execute, together = link._execute, link._together
+        send_batch, together = link._send_batch, link._together
         pipelines: list[int] = []  # broadcasts per pipeline sent
         together_batches: list[int] = []
 
-        def gated(batch: list[tuple[str, object, object]]) -> object:
-            broadcasts = sum(script == "broadcast" for script, _, _ in batch)
-            if broadcasts and not pipelines:
+        def gated(batch: Batch) -> None:
+            broadcasts = sum(call.script == "broadcast" for call in batch.calls)
+            if broadcasts and not pipelines and isinstance(link, ThreadLink):
                 # Held until the whole burst is queued behind the first (so
                 # that the rest come back together) and both nodes' readers
                 # wait in XREAD (Redis wakes a blocked reader after the first
-                # script of a plain pipeline).
+                # script of a plain pipeline).  (A loop's link batches what
+                # one pass queued: the burst, read in one pass.)
                 wait_until(lambda: link._queue.qsize() + broadcasts >= 60
                            and blocked_readers() >= 2,
                            message="the burst queued behind its first broadcast")
             if broadcasts:
                 pipelines.append(broadcasts)
-            return execute(batch)
+            send_batch(batch)
 
         def blocked_readers() -> int:
             return int(redis_server.command("INFO", "clients")["blocked_clients"])
@@ -222,7 +226,7 @@ def test_broadcast_replies_handed_over_together_reach_the_senders_node_once_each
             reads.append(sum(fields.get(b"t") == b"bc" for _, fields in entries))
             on_entries(entries)
 
-        link._execute, link._together, other._on_entries = gated, counted, read
+        link._send_batch, link._together, other._on_entries = gated, counted, read
         sender = pool.login(0, "Sender")
         readers = {f"Reader{i}": pool.login(0 if i < 4 else 1, f"Reader{i}") for i in range(5)}
         send_a_burst_and_check_it(sender, readers, every_nth_a_message=0)
@@ -435,3 +439,16 @@ def test_a_login_storm_over_two_nodes_tells_every_pair_exactly_once(
         finally:
             for drain in drains:
                 drain.stop()
+
+
+@pytest.mark.parametrize("backends", PAIRS, ids=PAIR_IDS)
+def test_nodes_that_reach_redis_over_tls_are_one_chat(
+    redis_tls_server: RedisServer, backends: tuple[str, str],  # noqa: F811
+) -> None:
+    """``rediss://``: the link speaks TLS to Redis (redis-py's URL syntax,
+    here with the CA to trust), on the loop's own sockets or on threads."""
+    with nodes(backends, redis_tls_server.url) as (first, second), \
+            cluster_clients([first.port, second.port]) as pool:
+        sender = pool.login(0, "Sender")
+        readers = {f"Reader{i}": pool.login(i % 2, f"Reader{i}") for i in range(4)}
+        send_a_burst_and_check_it(sender, readers, every_nth_a_message=3)

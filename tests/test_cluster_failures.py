@@ -16,6 +16,7 @@ from collections.abc import Iterable
 import pytest
 
 from reactor import BACKENDS
+from reactor.cluster.resp import Batch
 from tests.cluster_support import (
     LEASE,
     UNAVAILABLE_PREFIX,
@@ -31,7 +32,7 @@ from tests.cluster_support import (
     reap_deadline,
     redis_server,  # noqa: F401  (a fixture)
 )
-from tests.support import DEFAULT_TIMEOUT
+from tests.support import DEFAULT_TIMEOUT, send_a_burst_and_check_it
 
 
 def offline(name: str) -> str:
@@ -336,3 +337,34 @@ def test_a_bug_handling_one_redis_reply_costs_that_call_alone(
         send_until_echoed(bob, "Carl", "still here")
         assert any("Handling the reply of Redis script broadcast failed" in record.message
                    for record in caplog.records)
+
+
+# -- Redis forgets the scripts ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_calls_that_find_the_scripts_flushed_run_once_each_in_order(
+    redis_server: RedisServer, backend: str,  # noqa: F811
+) -> None:
+    """``SCRIPT FLUSH`` (or a Redis restarted under a connection that
+    survived) just before a burst's calls reach Redis: Redis answers NOSCRIPT
+    to each, which means it did not run them, so the node loads the scripts
+    and sends them again -- and nobody misses, doubles or reorders a line."""
+    with nodes((backend, backend), redis_server.url) as (first, second), \
+            cluster_clients([first.port, second.port]) as pool:
+        link = first.chat.whiteboard.link  # type: ignore[attr-defined]
+        send_batch = link._send_batch
+        flushed: list[int] = []
+
+        def flush_first(batch: Batch) -> None:
+            broadcasts = sum(call.script == "broadcast" for call in batch.calls)
+            if broadcasts and not flushed:
+                redis_server.command("SCRIPT", "FLUSH")
+                flushed.append(broadcasts)
+            send_batch(batch)
+
+        link._send_batch = flush_first
+        sender = pool.login(0, "Sender")
+        readers = {f"Reader{i}": pool.login(i % 2, f"Reader{i}") for i in range(4)}
+        send_a_burst_and_check_it(sender, readers, every_nth_a_message=3)
+        assert flushed, "no broadcast went through the link"

@@ -36,7 +36,7 @@ from reactor.sockets import (
     peer_host,
 )
 from reactor.tls import TLSFailure, log_failure
-from reactor.transport import TimerHandle, Transport
+from reactor.transport import SocketLoop, TimerHandle, Transport
 from reactor.whiteboard import Whiteboard
 
 log = logging.getLogger("reactor")
@@ -320,6 +320,38 @@ class AsyncioServer(Server):
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
         return self.loop.call_later(delay, callback)
+
+    # -- other sockets of the server's own (SocketLoop): the cluster's Redis --
+
+    def socket_loop(self) -> SocketLoop:
+        return self
+
+    def watch(self, sock: socket.socket, on_ready: Callable[[bool, bool], None],
+              write: bool = False) -> None:
+        def ready(readable: bool, writable: bool) -> None:
+            try:
+                on_ready(readable, writable)
+            except Exception:
+                # A bug there is its own: the clients are served on.
+                log.exception("Serving a connection to another server failed")
+
+        fd = sock.fileno()
+        self.loop.add_reader(fd, ready, True, False)
+        if write:
+            self.loop.add_writer(fd, ready, False, True)
+        else:
+            self.loop.remove_writer(fd)
+
+    def unwatch(self, sock: socket.socket) -> None:
+        self.loop.remove_reader(sock.fileno())
+        self.loop.remove_writer(sock.fileno())
+
+    def at_end_of_pass(self, callback: Callable[[], None]) -> None:
+        # Run after the callbacks already ready in this iteration of the loop;
+        # once the loop is closed, nothing runs (the link's close() sends
+        # what is left).
+        if not self.loop.is_closed():
+            self.loop.call_soon(callback)
 
     def call_soon_threadsafe(self, callback: Callable[[], None]) -> None:
         try:

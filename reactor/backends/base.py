@@ -94,7 +94,7 @@ from reactor.config import ServerConfig
 from reactor.connection import Connection
 from reactor.sockets import open_listener
 from reactor.tls import TLSCertificate
-from reactor.transport import TimerHandle
+from reactor.transport import SocketLoop, TimerHandle
 from reactor.whiteboard import Whiteboard
 
 log = logging.getLogger("reactor")
@@ -228,7 +228,8 @@ class Server(ABC):
                 log.log(level, "Listening on port %d (TLS)...", listener.port)
             else:
                 log.log(level, "Listening on port %d...", listener.port)
-        self.chat.attach(self.call_later, self.call_soon_threadsafe, self.send_at_once)
+        self.chat.attach(self.call_later, self.call_soon_threadsafe, self.send_at_once,
+                         self.socket_loop())
         try:
             self._serve()
         finally:
@@ -257,6 +258,11 @@ class Server(ABC):
     #: send per connection with what follows.  Failures are contained per connection
     #: (item 8).  None: no fast path.
     send_at_once: Callable[[bytes, list[Connection], bool], list[Connection]] | None = None
+
+    def socket_loop(self) -> SocketLoop | None:
+        """The backend's event loop, lent to the server's own other sockets
+        (the cluster's Redis connections); None without one (threads)."""
+        return None
 
     @abstractmethod
     def _serve(self) -> None: ...

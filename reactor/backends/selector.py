@@ -47,7 +47,7 @@ from reactor.sockets import (
 )
 from reactor.timers import Timer, Timers
 from reactor.tls import TLSFailure, log_failure
-from reactor.transport import Transport
+from reactor.transport import SocketLoop, Transport
 from reactor.whiteboard import Whiteboard
 
 log = logging.getLogger("reactor")
@@ -141,6 +141,16 @@ class _SelectorsPoller:
         ready = self._selector.select(None if timeout < 0 else timeout)
         return [(key.fd, (_IN if events & _READ else 0) | (_OUT if events & _WRITE else 0))
                 for key, events in ready]
+
+
+class _Watched:
+    """A socket of the server's own in the loop (see SelectorServer.watch)."""
+
+    __slots__ = ("on_ready", "write")
+
+    def __init__(self, on_ready: Callable[[bool, bool], None]) -> None:
+        self.on_ready = on_ready
+        self.write = False
 
 
 _GONE = object()
@@ -632,6 +642,7 @@ class SelectorServer(Server):
         self._listening = False
         # Callbacks from other threads; deque's append and popleft are atomic.
         self._soon: collections.deque[Callable[[], None]] = collections.deque()
+        self._end_of_pass: list[Callable[[], None]] = []
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
         return self.timers.call_at(time.monotonic() + delay, callback)
@@ -718,6 +729,27 @@ class SelectorServer(Server):
                 transport._queued = output.size  # as _write_tls queues a first message
         return rest
 
+    # -- other sockets of the server's own (SocketLoop): the cluster's Redis --
+
+    def socket_loop(self) -> SocketLoop:
+        return self
+
+    def watch(self, sock: socket.socket, on_ready: Callable[[bool, bool], None],
+              write: bool = False) -> None:
+        watched = self.selector.data.get(sock.fileno())
+        if not isinstance(watched, _Watched):
+            watched = _Watched(on_ready)
+            self.selector.register(sock, _READ | _WRITE if write else _READ, watched)
+        elif watched.write != write:
+            self.selector.modify(sock, _READ | _WRITE if write else _READ, watched)
+        watched.write = write
+
+    def unwatch(self, sock: socket.socket) -> None:
+        self.selector.unregister(sock)
+
+    def at_end_of_pass(self, callback: Callable[[], None]) -> None:
+        self._end_of_pass.append(callback)
+
     def call_soon_threadsafe(self, callback: Callable[[], None]) -> None:
         # Queued before the wakeup byte is written, so the pass that the byte
         # wakes finds it.
@@ -800,6 +832,12 @@ class SelectorServer(Server):
                 self.serve_requests()
             elif isinstance(transport, Listener):
                 self._accept_batch(transport)
+            elif type(transport) is _Watched:
+                try:
+                    transport.on_ready(bool(mask & _READABLE), bool(mask & _WRITABLE))
+                except Exception:
+                    # A bug there is its own: the clients are served on.
+                    log.exception("Serving a connection to another server failed")
             else:
                 try:
                     # A transport closed earlier in this pass may still be listed.
@@ -822,6 +860,9 @@ class SelectorServer(Server):
             with self.chat.together(count > 1):
                 for _ in range(count):
                     soon.popleft()()
+        end_of_pass = self._end_of_pass
+        while end_of_pass:  # (what they run may queue more)
+            end_of_pass.pop(0)()
         self._settle()
 
     def _settle(self) -> None:

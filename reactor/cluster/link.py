@@ -1,54 +1,81 @@
-"""The node's connection to Redis: two threads of its own, so that the chat
-thread never waits for Redis.
+"""The node's connection to Redis, never on the chat thread's time.
 
-The chat thread only *submits* a script call and gets its reply later,
-through the backend's ``call_soon_threadsafe`` (the select backend's wakeup
-socket, asyncio's own, or the threads backend's chat lock).  One thread sends
-what was submitted in pipelined batches -- everything queued since the last
-batch goes out as one write, as Redis's own clients flush once per pass --
-and hands all the replies of a batch back in one callback.  A second thread
-blocks in ``XREAD`` on this node's inbox and hands each batch of entries over
-in the same way, waiting until the chat thread has handled it before reading
-more: the node's inbound backlog is one batch, whatever the other nodes send.
+The chat thread only *submits* a script call and gets its reply later, on
+the chat thread.  Calls queued meanwhile go out as one write (one
+``MULTI``/``EXEC``, see :class:`~reactor.cluster.resp.Batch`), as Redis's
+own clients flush once per pass, and the replies of a batch are handed over
+together.  A second connection blocks in ``XREAD`` on this node's inbox and
+hands each batch of entries over in the same way, reading more only once the
+chat thread has handled it: the node's inbound backlog is one batch,
+whatever the other nodes send.
 
 When Redis cannot be reached (refused, reset, or paused past the command
 timeout), every call in flight and every call submitted until it is back is
 answered :data:`UNAVAILABLE` -- at once, never queued -- and the link
-reconnects with back-off, logging the outage once and the recovery once.
-redis-py's own retries are off: a retried script could run twice.
+reconnects with back-off; the whiteboard logs the outage once and the
+recovery once.  Nothing is retried after an outage: a retried script could
+run twice.
+
+Two drivers move the bytes, sharing :mod:`reactor.cluster.resp` for what
+they say and how the replies are matched:
+
+* :class:`ThreadLink` (here): two threads of its own with blocking sockets,
+  handing replies over through the backend's ``call_soon_threadsafe``; for
+  the threads and asyncio backends.
+* :class:`~reactor.cluster.loop_link.LoopLink`: the select backend's own
+  loop, where the Redis connections are two more non-blocking sockets in the
+  selector -- no thread hand-offs on the way of a broadcast.
+
+redis-py opens the connections (its URL syntax, TLS, AUTH and SELECT); from
+then on the link speaks RESP on the socket itself.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import queue
+import socket
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
-from reactor.cluster.scripts import PREFIX, SCRIPTS
+from reactor.cluster.resp import (
+    BATCH,
+    LOAD_SCRIPTS,
+    UNAVAILABLE,
+    Batch,
+    Call,
+    Entry,
+    ProtocolError,
+    Replies,
+    Reply,
+    inbox_entries,
+    is_error,
+    pack,
+    read_inbox,
+)
+from reactor.cluster.scripts import SCRIPTS
+
+__all__ = ["UNAVAILABLE", "Link", "LinkError", "Reply", "ThreadLink", "check_url",
+           "is_redis_url", "redis_client", "without_password"]
 
 log = logging.getLogger("reactor")
 
-# A reply that never came: Redis was unreachable, or the call timed out.
-UNAVAILABLE = object()
-
-Reply = Any  # a script's reply (a list), or UNAVAILABLE
 CallSoon = Callable[[Callable[[], None]], None]
 
-BATCH = 512  # script calls per pipeline
 READ_COUNT = 1000  # inbox entries per read: the node's whole inbound backlog
 READ_BLOCK_MS = 500
 BACKOFF_FIRST = 0.05
+_PING = pack(("PING",))
 
 
 class LinkError(Exception):
     """The cluster cannot be used as configured (a bad URL, no redis package)."""
 
 
-def redis_client(url: str, timeout: float, option: str = "--cluster") -> Any:
+def redis_client(url: str, timeout: float, option: str = "--cluster", **settings: Any) -> Any:
     """A redis-py client for ``url`` that never retries on its own (a retried
     script could run twice); ``option`` names the flag in error messages."""
     try:
@@ -61,7 +88,7 @@ def redis_client(url: str, timeout: float, option: str = "--cluster") -> Any:
     try:
         return redis.Redis.from_url(
             url, socket_timeout=timeout, socket_connect_timeout=timeout,
-            retry=Retry(NoBackoff(), 0), health_check_interval=0,
+            retry=Retry(NoBackoff(), 0), health_check_interval=0, **settings,
         )
     except ValueError as error:
         raise LinkError(f"{option}: {error}") from None
@@ -85,46 +112,150 @@ def check_url(url: str, option: str = "--cluster") -> None:
     redis_client(url, 1.0, option).close()
 
 
-def _is_outage(error: BaseException) -> bool:
+def is_outage(error: BaseException) -> bool:
+    """Redis out of reach (to retry quietly), rather than a bug or a refusal."""
     import redis
 
     return isinstance(error, (redis.ConnectionError, redis.TimeoutError, OSError))
 
 
-class Link:
-    """Script calls to Redis and the reading of one inbox, off the chat thread."""
+def open_socket(url: str, timeout: float, load_scripts: bool) -> socket.socket:
+    """A blocking socket to Redis (with ``timeout`` on every operation),
+    connected, authenticated and on its database, with the cluster's scripts
+    loaded if ``load_scripts``."""
+    # RESP2, whatever redis-py's default: the replies' shapes that resp.py reads.
+    client = redis_client(url, timeout, protocol=2)
+    connection = client.connection_pool.make_connection()
+    connection.connect()
+    # redis-py's socket, its handshake's replies all read (its parser holds
+    # nothing more): the link's from here.  Taken out of the connection so
+    # that dropping the connection does not shut the socket down.
+    sock: socket.socket = connection._sock
+    connection._sock = None
+    try:
+        if load_scripts:
+            exchange(sock, Replies(), LOAD_SCRIPTS, len(SCRIPTS))
+        else:
+            exchange(sock, Replies(), _PING, 1)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
-    def __init__(self, url: str, timeout: float, backoff_max: float, call_soon: CallSoon,
+
+def exchange(sock: socket.socket, replies: Replies, data: bytes, count: int) -> list[Reply]:
+    """Send ``data`` and read its ``count`` replies (blocking); an error reply raises."""
+    sock.sendall(data)
+    received: list[Reply] = []
+    while len(received) < count:
+        received += replies.feed(receive(sock))
+    if len(received) > count:
+        raise ProtocolError("more replies than commands")
+    for reply in received:
+        if is_error(reply):
+            raise ProtocolError(f"Redis refused: {reply}")
+    return received
+
+
+def complete(sock: socket.socket, replies: Replies, batch: Batch) -> None:
+    """Read the replies of a batch that was sent (blocking), sending what its
+    retry needs (see Batch.add)."""
+    while not batch.done:
+        for reply in replies.feed(receive(sock)):
+            if batch.done:
+                raise ProtocolError("a reply to no command")
+            more = batch.add(reply)
+            if more is not None:
+                sock.sendall(more)
+
+
+def receive(sock: socket.socket) -> bytes:
+    data = sock.recv(65536)
+    if not data:
+        raise ConnectionResetError("Redis closed the connection")
+    return data
+
+
+class Link(ABC):
+    """Script calls to Redis and the reading of one inbox, for the whiteboard.
+
+    ``on_up``, ``on_down(why)`` and ``on_entries(entries)`` run on the chat
+    thread; so does every call's ``on_reply``.  ``together(several)`` is
+    entered around the replies of one batch (``ChatService.together``): the
+    chat's fan-outs then go out in one send per recipient.
+    """
+
+    def __init__(self, url: str, timeout: float, backoff_max: float,
                  on_up: Callable[[], None], on_down: Callable[[str], None],
-                 on_entries: Callable[[list[tuple[bytes, dict[bytes, bytes]]]], None],
+                 on_entries: Callable[[list[Entry]], None],
                  together: Callable[[bool], AbstractContextManager[object]] = nullcontext,
                  ) -> None:
         self.url = url
+        self.timeout = timeout
         # Short: a node that reconnects late after Redis comes back would be
         # reaped by the others, whose renewals resume at once.
         self.backoff_max = backoff_max
-        self._call_soon = call_soon
         self._on_up = on_up
         self._on_down = on_down
         self._on_entries = on_entries
-        # Around the replies of one pipeline, handed over in one callback:
-        # the chat's fan-outs then go out in one send per recipient
-        # (ChatService.together).
         self._together = together
-        self._commands = redis_client(url, timeout)
-        # XREAD BLOCK holds its connection: a second one, with a timeout
-        # longer than the block.
-        self._reader = redis_client(url, timeout + READ_BLOCK_MS / 1000)
-        # Loaded on every (re)connection; then each call is a plain EVALSHA
-        # in the pipeline (redis-py's Script objects would ask SCRIPT EXISTS
-        # first, one more round trip per batch).
-        self._sha = {name: hashlib.sha1(text.encode()).hexdigest()
-                     for name, text in SCRIPTS.items()}
-        self._queue: queue.SimpleQueue[tuple[str, Sequence[object], Callable[[Reply], None]]
-                                       | None] = queue.SimpleQueue()
-        # Whether calls are taken; changed with the queue's emptying under
-        # _state, so that no call made before an outage is sent after it.
+        # Whether calls are taken (else answered UNAVAILABLE at once).
         self.up = False
+
+    @abstractmethod
+    def start(self) -> None: ...
+
+    @abstractmethod
+    def close(self, timeout: float = 2.0) -> None:
+        """Send what is queued (the last releases), then stop."""
+
+    @abstractmethod
+    def read_from(self, inbox: str, after_id: bytes) -> None:
+        """Read this inbox from just after ``after_id`` (a new registration)."""
+
+    @abstractmethod
+    def _submit(self, call: Call) -> None:
+        """Queue ``call`` for the next batch, or answer it UNAVAILABLE at once."""
+
+    def call(self, script: str, node: str, epoch: str, deadline_ms: int, maxlen: int,
+             maxseen: int, args: Sequence[object], on_reply: Callable[[Reply], None]) -> None:
+        """Run a script; ``on_reply`` gets its reply on the chat thread
+        (at once with UNAVAILABLE while Redis is out of reach)."""
+        self._submit(Call(script, (node, epoch, deadline_ms, maxlen, maxseen, *args), on_reply))
+
+    def _answer(self, calls: Sequence[Call], replies: Sequence[Reply]) -> None:
+        """On the chat thread: hand a batch's replies over, together."""
+        with self._together(len(calls) > 1):  # one alone goes out at once
+            for call, reply in zip(calls, replies, strict=True):
+                # A bug in one reply's handling is that call's alone: the
+                # other replies of the batch are still handed over, and the
+                # server goes on (as each inbox entry is handled on its own).
+                try:
+                    call.on_reply(reply)
+                except Exception:
+                    log.exception("Handling the reply of Redis script %s failed", call.script)
+
+    def _answer_unavailable(self, calls: Sequence[Call]) -> None:
+        if calls:
+            self._answer(calls, [UNAVAILABLE] * len(calls))
+
+
+class ThreadLink(Link):
+    """The link on two threads of its own: one sends the batches and waits
+    for their replies, one blocks in ``XREAD``.  Replies reach the chat
+    thread through ``call_soon`` (the backend's ``call_soon_threadsafe``)."""
+
+    def __init__(self, url: str, timeout: float, backoff_max: float, call_soon: CallSoon,
+                 on_up: Callable[[], None], on_down: Callable[[str], None],
+                 on_entries: Callable[[list[Entry]], None],
+                 together: Callable[[bool], AbstractContextManager[object]] = nullcontext,
+                 ) -> None:
+        super().__init__(url, timeout, backoff_max, on_up, on_down, on_entries, together)
+        self._call_soon = call_soon
+        self._commands: socket.socket | None = None
+        self._queue: queue.SimpleQueue[Call | None] = queue.SimpleQueue()
+        # `up` changes with the queue's emptying under _state, so that no
+        # call made before an outage is sent after it.
         self._state = threading.Lock()
         self._stopping = threading.Event()
         # Where the reader reads: set by the chat thread after (re)registering.
@@ -152,27 +283,17 @@ class Link:
         commands = self._threads[0]
         if commands.is_alive():
             commands.join(timeout)
-        for client in (self._commands, self._reader):
-            try:
-                client.close()
-            except Exception:  # closing a broken connection: nothing left to do
-                pass
 
     # -- the chat thread's side ------------------------------------------------
 
-    def call(self, script: str, node: str, epoch: str, deadline_ms: int, maxlen: int,
-             maxseen: int, args: Sequence[object], on_reply: Callable[[Reply], None]) -> None:
-        """Run a script; ``on_reply`` gets its reply on the chat thread
-        (at once with UNAVAILABLE while Redis is out of reach)."""
-        argv = (node, epoch, deadline_ms, maxlen, maxseen, *args)
+    def _submit(self, call: Call) -> None:
         with self._state:
             if self.up:
-                self._queue.put((script, argv, on_reply))
+                self._queue.put(call)
                 return
-        on_reply(UNAVAILABLE)
+        call.on_reply(UNAVAILABLE)
 
     def read_from(self, inbox: str, after_id: bytes) -> None:
-        """Read this inbox from just after ``after_id`` (a new registration)."""
         with self._inbox_lock:
             self._inbox = (inbox, after_id)
             self._inbox_generation += 1
@@ -182,114 +303,72 @@ class Link:
 
     def _command_loop(self) -> None:
         backoff = BACKOFF_FIRST
-        while True:
-            if not self.up:
-                if self._stopping.is_set():
-                    self._fail_queued()
-                    return
-                if not self._connect():
-                    self._fail_queued()
-                    self._stopping.wait(backoff)
-                    backoff = min(self.backoff_max, backoff * 2)
-                    continue
-                backoff = BACKOFF_FIRST
-            try:
-                first = self._queue.get(timeout=0.2)
-            except queue.Empty:
-                continue
-            batch = []
-            stop = first is None
-            if first is not None:
-                batch.append(first)
-            while len(batch) < BATCH and not stop:
+        try:
+            while True:
+                if not self.up:
+                    if self._stopping.is_set():
+                        self._fail_queued()
+                        return
+                    if not self._connect():
+                        self._fail_queued()
+                        self._stopping.wait(backoff)
+                        backoff = min(self.backoff_max, backoff * 2)
+                        continue
+                    backoff = BACKOFF_FIRST
                 try:
-                    item = self._queue.get_nowait()
+                    first = self._queue.get(timeout=0.2)
                 except queue.Empty:
-                    break
-                if item is None:
-                    stop = True
-                else:
-                    batch.append(item)
-            if batch:
-                self._run(batch)
-            if stop:
-                return
+                    continue
+                batch: list[Call] = []
+                stop = first is None
+                if first is not None:
+                    batch.append(first)
+                while len(batch) < BATCH and not stop:
+                    try:
+                        item = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if item is None:
+                        stop = True
+                    else:
+                        batch.append(item)
+                if batch:
+                    self._send_batch(Batch(batch))
+                if stop:
+                    return
+        finally:
+            if self._commands is not None:
+                self._commands.close()
 
     def _connect(self) -> bool:
         try:
-            self._commands.ping()
-            self._load_scripts()
+            self._commands = open_socket(self.url, self.timeout, load_scripts=True)
         except Exception as error:
-            if not _is_outage(error):
+            if not is_outage(error):
                 log.error("Redis at %s: %s", without_password(self.url), error)
             return False
+        self._replies = Replies()
         with self._state:
             stale = self._take_queued()  # (nothing, normally: calls fail fast while down)
             self.up = True
-        self._answer_unavailable(stale)
+        self._call_soon(lambda: self._answer_unavailable(stale))
         self._call_soon(self._on_up)
         return True
 
-    def _load_scripts(self) -> None:
-        for text in SCRIPTS.values():
-            self._commands.script_load(text)
-
-    def _execute(self, batch: Sequence[tuple[str, Sequence[object], object]]) -> list[Reply]:
-        # Several calls go as one MULTI/EXEC: Redis answers a blocked XREAD
-        # after each command, so a plain pipeline of broadcasts would wake
-        # the other nodes' inbox readers with the first entry alone and leave
-        # the rest for their next read (two sends per recipient there
-        # instead of one).  After EXEC they read the whole batch at once.
-        # (Nothing is rolled back: each script answers for itself, as in a
-        # plain pipeline.)
-        pipe = self._commands.pipeline(transaction=len(batch) > 1)
-        for script, argv, _ in batch:
-            pipe.execute_command("EVALSHA", self._sha[script], 1, PREFIX, *argv)
-        replies: list[Reply] = pipe.execute(raise_on_error=False)
-        return replies
-
-    def _run(self, batch: list[tuple[str, Sequence[object], Callable[[Reply], None]]]) -> None:
-        import redis
-
+    def _send_batch(self, batch: Batch) -> None:
+        """Send a batch, wait for its replies and hand them over."""
+        sock = self._commands
+        assert sock is not None
         try:
-            replies = self._execute(batch)
-            missing = [i for i, reply in enumerate(replies)
-                       if isinstance(reply, redis.exceptions.NoScriptError)]
-            if missing:
-                # SCRIPT FLUSH, or a Redis that restarted under a connection
-                # that survived: NOSCRIPT means the call did not run, so
-                # running it again is safe.
-                self._load_scripts()
-                again = self._execute([batch[i] for i in missing])
-                for i, reply in zip(missing, again, strict=True):
-                    replies[i] = reply
+            sock.sendall(batch.data)
+            complete(sock, self._replies, batch)
+            replies = batch.outcomes()
         except Exception as error:
-            if not _is_outage(error):
+            if not is_outage(error):
                 log.exception("Redis pipeline failed")
-            replies = [UNAVAILABLE] * len(batch)
+            replies = [UNAVAILABLE] * len(batch.calls)
             self._went_down(f"{type(error).__name__}: {error}")
-        for index, reply in enumerate(replies):
-            if isinstance(reply, Exception):
-                log.error("Redis script %s failed: %s", batch[index][0], reply)
-                replies[index] = UNAVAILABLE
-        scripts = [script for script, _, _ in batch]
-        callbacks = [callback for _, _, callback in batch]
-
-        def answer(index: int) -> None:
-            # A bug in one reply's handling is that call's alone: the other
-            # replies of the batch are still handed over, and the server
-            # goes on (as each inbox entry is handled on its own).
-            try:
-                callbacks[index](replies[index])
-            except Exception:
-                log.exception("Handling the reply of Redis script %s failed", scripts[index])
-
-        def hand_over() -> None:
-            with self._together(len(callbacks) > 1):  # one alone goes out at once
-                for index in range(len(callbacks)):
-                    answer(index)
-
-        self._call_soon(hand_over)
+        self._call_soon(lambda: self._answer(batch.calls, replies))
 
     def _went_down(self, why: str) -> None:
         with self._state:
@@ -300,19 +379,20 @@ class Link:
             stale = self._take_queued()
         # Outside the lock: the threads backend runs the callbacks right here,
         # under its chat lock, which a chat thread in call() may hold.
-        self._answer_unavailable(stale)
+        self._call_soon(lambda: self._answer_unavailable(stale))
         if was_up:
             self._call_soon(lambda: self._on_down(why))
-        try:
-            self._commands.connection_pool.disconnect()
-        except Exception:  # the connection is broken already
-            pass
+        if self._commands is not None:
+            self._commands.close()
+            self._commands = None
 
     def _fail_queued(self) -> None:
         """While down: answer whatever was queued meanwhile, at once."""
-        self._answer_unavailable(self._take_queued())
+        stale = self._take_queued()
+        if stale:
+            self._call_soon(lambda: self._answer_unavailable(stale))
 
-    def _take_queued(self) -> list[Callable[[Reply], None]]:
+    def _take_queued(self) -> list[Call]:
         taken = []
         while True:
             try:
@@ -322,12 +402,8 @@ class Link:
             if item is None:
                 self._queue.put(None)  # close() asked us to stop: keep that
                 break
-            taken.append(item[2])
+            taken.append(item)
         return taken
-
-    def _answer_unavailable(self, callbacks: list[Callable[[Reply], None]]) -> None:
-        if callbacks:
-            self._call_soon(lambda: [callback(UNAVAILABLE) for callback in callbacks] and None)
 
     # -- the inbox thread ------------------------------------------------------
 
@@ -335,6 +411,7 @@ class Link:
         backoff = BACKOFF_FIRST
         generation = -1
         position: tuple[str, bytes] | None = None
+        sock: socket.socket | None = None
         while not self._stopping.is_set():
             with self._inbox_lock:
                 if self._inbox_generation != generation:
@@ -345,22 +422,30 @@ class Link:
                 continue
             inbox, last_id = position
             try:
-                reply = self._reader.xread({inbox: last_id}, count=READ_COUNT,
-                                           block=READ_BLOCK_MS)
+                if sock is None:
+                    # XREAD BLOCK holds its connection: a timeout longer than the block.
+                    sock = open_socket(self.url, self.timeout + READ_BLOCK_MS / 1000,
+                                       load_scripts=False)
+                    replies = Replies()
+                sock.sendall(read_inbox(inbox, last_id, READ_COUNT, READ_BLOCK_MS))
+                received: list[Reply] = []
+                while not received:
+                    received += replies.feed(receive(sock))
+                if len(received) > 1:
+                    raise ProtocolError("more replies than reads")
+                entries = inbox_entries(received[0])
             except Exception as error:
-                if not _is_outage(error):
+                if not is_outage(error):
                     log.exception("Reading the cluster inbox failed")
-                try:
-                    self._reader.connection_pool.disconnect()
-                except Exception:  # the connection is broken already
-                    pass
+                if sock is not None:
+                    sock.close()
+                    sock = None
                 self._stopping.wait(backoff)
                 backoff = min(self.backoff_max, backoff * 2)
                 continue
             backoff = BACKOFF_FIRST
-            if not reply:
+            if not entries:
                 continue
-            entries = reply[0][1]
             with self._inbox_lock:
                 if self._inbox_generation != generation:
                     continue  # re-registered meanwhile: read the new inbox instead
@@ -368,7 +453,7 @@ class Link:
                 self._inbox = position
             self._handled.clear()
 
-            def handle(entries: list[tuple[bytes, dict[bytes, bytes]]] = entries) -> None:
+            def handle(entries: list[Entry] = entries) -> None:
                 try:
                     self._on_entries(entries)
                 finally:
@@ -378,4 +463,6 @@ class Link:
             # One batch in flight: wait until the chat thread has handled it.
             while not self._handled.wait(0.2):
                 if self._stopping.is_set():
-                    return
+                    break
+        if sock is not None:
+            sock.close()

@@ -38,6 +38,8 @@ already reported as failed) changes nothing and answers ``EXPIRED``.
 
 from __future__ import annotations
 
+import hashlib
+
 PREFIX = "{chat}:"
 
 # Shared by every script.  Lua's unpack() is limited to a few thousand
@@ -279,3 +281,8 @@ SCRIPTS: dict[str, str] = {
     "broadcast": BROADCAST,
     "leave": LEAVE,
 }
+
+# What EVALSHA names each script by: loaded on every (re)connection, then
+# each call is a plain EVALSHA (no SCRIPT EXISTS round trip first).
+SHAS: dict[str, str] = {name: hashlib.sha1(text.encode()).hexdigest()
+                        for name, text in SCRIPTS.items()}

@@ -31,7 +31,15 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from protocol import UserOffline, UserOnline, format_event, username_key
-from reactor.cluster.link import UNAVAILABLE, Link, Reply, check_url, without_password
+from reactor.cluster.link import (
+    UNAVAILABLE,
+    Link,
+    Reply,
+    ThreadLink,
+    check_url,
+    without_password,
+)
+from reactor.cluster.loop_link import LoopLink
 from reactor.cluster.scripts import PREFIX
 from reactor.config import ClusterConfig
 from reactor.connection import Connection, DeliveryResult
@@ -148,10 +156,16 @@ class ClusterWhiteboard(Whiteboard[Connection]):
 
     def start(self, chat: Any) -> None:
         self.chat = chat
-        self.link = Link(self.config.url, self.config.command_timeout,
-                         self.config.renew_interval, chat.call_soon_threadsafe,
-                         on_up=self._link_up, on_down=self._link_down,
-                         on_entries=self._entries, together=chat.together)
+        config = self.config
+        events = {"on_up": self._link_up, "on_down": self._link_down,
+                  "on_entries": self._entries, "together": chat.together}
+        loop = chat.socket_loop
+        if loop is not None:  # an event loop: Redis's sockets join it
+            self.link = LoopLink(config.url, config.command_timeout, config.renew_interval,
+                                 loop, **events)
+        else:  # threads: the link's own
+            self.link = ThreadLink(config.url, config.command_timeout, config.renew_interval,
+                                   chat.call_soon_threadsafe, **events)
         log.info("Joining the chat through Redis at %s as node %s", self.where,
                  self.node_id)
         self.link.start()
