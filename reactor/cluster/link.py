@@ -169,8 +169,8 @@ def complete(sock: socket.socket, replies: Replies, batch: Batch) -> None:
                 sock.sendall(more)
 
 
-def receive(sock: socket.socket) -> bytes:
-    data = sock.recv(65536)
+def receive(sock: socket.socket, size: int = 65536) -> bytes:
+    data = sock.recv(size)
     if not data:
         raise ConnectionResetError("Redis closed the connection")
     return data

@@ -122,7 +122,7 @@ class _Connection:
             # Read and parse under the try; hand over outside it, so that a
             # bug in the chat's handling is not taken for a Redis failure.
             try:
-                data = receive(self.sock)
+                data = receive(self.sock, READ_SIZE)
                 replies = list(self.replies.feed(data))
             except _NOT_READY:
                 return
