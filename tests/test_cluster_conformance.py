@@ -17,7 +17,7 @@ import pytest
 
 from reactor import BACKENDS
 from reactor.cluster.link import ThreadLink
-from reactor.cluster.resp import Batch
+from reactor.cluster.resp import BATCH, Batch
 from tests.cluster_support import (
     NO_FLOOD_CONTROL,
     PAIR_IDS,
@@ -452,3 +452,24 @@ def test_nodes_that_reach_redis_over_tls_are_one_chat(
         sender = pool.login(0, "Sender")
         readers = {f"Reader{i}": pool.login(i % 2, f"Reader{i}") for i in range(4)}
         send_a_burst_and_check_it(sender, readers, every_nth_a_message=3)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_more_calls_at_once_than_one_batch_holds_are_all_answered_in_order(
+    redis_server: RedisServer, backend: str,  # noqa: F811
+) -> None:
+    """Calls queued beyond one batch (BATCH) go out in the batches after it,
+    each once the one before it is answered; none is left waiting."""
+    count = 2 * BATCH + 100
+    with nodes([backend], redis_server.url) as (only,):
+        board = only.chat.whiteboard  # type: ignore[attr-defined]
+        answers: list[tuple[int, str]] = []
+
+        def call_many() -> None:
+            for i in range(count):
+                board._call("renew", (3000,),
+                            lambda reply, i=i: answers.append((i, board._status(reply))))
+
+        only.call_soon_threadsafe(call_many)
+        wait_until(lambda: len(answers) == count, message=f"{count} answers")
+        assert answers == [(i, "OK") for i in range(count)]

@@ -6,6 +6,9 @@ and broadcasts cross between them, and a server that dies takes its users
 offline everywhere within a few seconds.  :mod:`reactor.cluster.whiteboard`
 is the shared whiteboard (the chat logic is unchanged),
 :mod:`reactor.cluster.scripts` the state in Redis and the scripts that change
-it, :mod:`reactor.cluster.link` the connection to Redis, and
-:mod:`reactor.cluster.workers` runs ``--workers N`` processes on one port.
+it, :mod:`reactor.cluster.resp` what a node says to Redis and how the replies
+are matched (sans-IO), :mod:`reactor.cluster.loop_link` and
+:mod:`reactor.cluster.link` the connection to Redis (in the backend's event
+loop, or on two threads of its own), and :mod:`reactor.cluster.workers` runs
+``--workers N`` processes on one port.
 """

@@ -222,10 +222,9 @@ class LoopLink(Link):
         self._flush_due = False
         if self._batch is not None or not self._queued or self._commands is None:
             return
+        # More than a batch's worth: the rest once its replies are in.
         calls, self._queued = self._queued[:BATCH], self._queued[BATCH:]
         self._send_batch(Batch(calls))
-        if self._queued:  # more than one batch's worth: the next after this one
-            self._flush_due = True
 
     def _send_batch(self, batch: Batch) -> None:
         assert self._commands is not None
