@@ -259,9 +259,10 @@ class Nodes:
         self.nodes: dict[int, int] = {}  # id(member) -> nodes it runs
         self.stats = RedisStats(self.redis_port, self.redis_proc.pid)
 
-    def add(self, workers: int | None = None) -> systems.Running:
+    def add(self, workers: int | None = None, extra: tuple[str, ...] = ()) -> systems.Running:
         expect = sum(self.nodes[id(m)] for m in self.members) + (workers or 1)
-        member = systems.start_member(self.redis_port, self.max_clients, workers, expect)
+        member = systems.start_member(self.redis_port, self.max_clients, workers, expect,
+                                      extra=extra)
         self.members.append(member)
         self.nodes[id(member)] = workers or 1
         return member

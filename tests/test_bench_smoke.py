@@ -292,6 +292,21 @@ def test_tiny_cluster_run_counts_redis_commands_per_operation(
     assert goals, doc["summary"]
 
 
+@pytest.mark.skipif(not _cluster_available(), reason="needs redis-server and the [cluster] extra")
+def test_the_node_death_benchmark_counts_every_notice_once(tmp_path: Path) -> None:
+    """bench/node_death.py, tiny and with a short lease: it runs, and its
+    check (every observer got each offline notice once) holds."""
+    out = tmp_path / "death.json"
+    cmd = [sys.executable, "bench/node_death.py", "--victims", "30", "--observers", "20",
+           "--trials", "1", "--lease", "0.6", "--json", str(out)]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    [trial] = json.loads(out.read_text())["trials"]
+    assert trial["complete"] and trial["exactly_once"], trial
+    assert trial["notices"] == trial["expected"] == 30 * 20
+    assert 0.6 <= trial["last_s"] < 10, trial
+
+
 @pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
 def test_the_fanout_profiler_runs_its_phases(tls: bool) -> None:
     """bench/profile_fanout.py, without valgrind, at small N: every phase

@@ -368,3 +368,23 @@ def test_calls_that_find_the_scripts_flushed_run_once_each_in_order(
         readers = {f"Reader{i}": pool.login(i % 2, f"Reader{i}") for i in range(4)}
         send_a_burst_and_check_it(sender, readers, every_nth_a_message=3)
         assert flushed, "no broadcast went through the link"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_many_users_gone_at_once_reach_every_user_once_each_in_order(
+    redis_server: RedisServer, backend: str,  # noqa: F811
+) -> None:
+    """A node's users announced offline together (its death, its leaving)
+    go out as a few fan-outs of their notices joined: every user still gets
+    each notice once, in order, as one fan-out per name would send them."""
+    names = [f"Gone{i}" for i in range(1100)]  # more than two fan-outs' worth
+    with nodes([backend], redis_server.url) as (only,), \
+            cluster_clients([only.port]) as pool:
+        ann = pool.login(0, "Ann")
+        bob = pool.login(0, "Bob")
+        ann.read_until(lambda line: line == online("Bob"))
+        only.call_soon_threadsafe(lambda: only.chat.remote_users_offline(names))
+        for client in (ann, bob):
+            assert [client.read_line() for _ in names] == [offline(name) for name in names]
+            client.send("users")
+            client.expect("<Online users: Ann, Bob>")

@@ -438,8 +438,10 @@ class ClusterWhiteboard(Whiteboard[Connection]):
                 self._remote_online(_text(fields[b"name"]), node)
             else:
                 names = _text(fields[b"names"])
-                for name in names.split("\n") if names else ():
-                    self._remote_offline(name, node)
+                gone = [known for name in (names.split("\n") if names else ())
+                        if (known := self._forget_remote(name, node)) is not None]
+                if gone:  # announced together (a node's users, at its death)
+                    chat.remote_users_offline(gone)
 
     def _remote_online(self, name: str, node: str) -> None:
         key = username_key(name)
@@ -461,16 +463,17 @@ class ClusterWhiteboard(Whiteboard[Connection]):
         elif self._recent_presence:
             self._recent_presence.clear()
 
-    def _remote_offline(self, name: str, node: str) -> None:
+    def _forget_remote(self, name: str, node: str) -> str | None:
+        """``name`` left ``node``: its display name, to announce (None if
+        the mirror did not hold it there: a stale or repeated event)."""
         key = username_key(name)
         known = self._remote.get(key)
         if known is None or known.node != node:
-            return
+            return None
         del self._remote[key]
         self._remember(key, known.name)
-        assert self.chat is not None
-        self.chat.remote_user_offline(known.name)
         self._note_presence(format_event(UserOffline(known.name)))
+        return known.name
 
     def _node_gone(self, node: str) -> None:
         log.warning("Node %s stopped renewing its lease: its users are offline", node)
@@ -598,10 +601,11 @@ class ClusterWhiteboard(Whiteboard[Connection]):
         self._remote = current
         if not announce:
             return
-        for key, user in previous.items():
-            if key not in current:
-                self._remember(key, user.name)
-                chat.remote_user_offline(user.name)
+        gone = [(key, user.name) for key, user in previous.items() if key not in current]
+        for key, name in gone:
+            self._remember(key, name)
+        if gone:
+            chat.remote_users_offline([name for _, name in gone])
         for key, user in current.items():
             if key not in previous:
                 chat.remote_user_online(user.name)
