@@ -34,14 +34,15 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make `bench` importable from the repo root
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.cluster import LEASE_DEFAULT, Nodes
+from bench.cluster import LEASE_DEFAULT, Hub, Nodes
 from bench.harness.procstat import machine_facts, raise_nofile_limit
 
 OFFLINE = b" is offline.>\n"
 
 
 class Counter:
-    """A logged-in connection that counts offline notices and drops the rest."""
+    """A logged-in connection that counts offline notices and drops the rest
+    (what ``Hub`` asks of a client: ``sock``, ``read``, ``closed``, ``close``)."""
 
     def __init__(self, port: int, name: str) -> None:
         self.name = name
@@ -50,18 +51,19 @@ class Counter:
         self.sock.setblocking(False)
         self.own = f"<User {name} is online.>\n".encode()
         self.logged_in = False
+        self.closed = False
         self.tail = b""  # the last bytes read: a line split over two reads
         self.offline = 0
         self.last_ns = 0
 
-    def read(self) -> bool:
-        """Read what is there; False once the server closed the connection."""
+    def read(self) -> None:
         try:
             data = self.sock.recv(1 << 18)
         except BlockingIOError:
-            return True
+            return
         if not data:
-            return False
+            self.closed = True
+            return
         joined = self.tail + data
         if not self.logged_in and self.own in joined:
             self.logged_in = True
@@ -70,59 +72,30 @@ class Counter:
             self.offline += count
             self.last_ns = time.monotonic_ns()
         self.tail = joined[-64:]
-        return True
+
+    def close(self) -> None:
+        self.sock.close()
 
 
-class Crowd:
+class Crowd(Hub):
     """Many Counters, read together."""
 
-    def __init__(self) -> None:
-        self.selector = selectors.DefaultSelector()
-        self.members: list[Counter] = []
-
     def join(self, port: int, names: list[str], timeout: float = 30.0) -> list[Counter]:
-        joined = []
-        for name in names:
-            member = Counter(port, name)
-            self.selector.register(member.sock, selectors.EVENT_READ, member)
-            joined.append(member)
-        self.members += joined
+        joined = [Counter(port, name) for name in names]
+        for member in joined:
+            self.sel.register(member.sock, selectors.EVENT_READ, member)
+        self.clients += joined  # type: ignore[arg-type]
         if not self.until(lambda: all(m.logged_in for m in joined), timeout):
             raise RuntimeError("not every login was answered")
         return joined
-
-    def until(self, done: Any, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while not done():
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return False
-            self.poll(min(0.05, left))
-        return True
-
-    def poll(self, timeout: float) -> None:
-        for key, _ in self.selector.select(timeout):
-            member: Counter = key.data
-            if not member.read():
-                self.leave(member)
 
     def quiet(self, seconds: float, limit: float = 60.0) -> None:
         """Read until nothing arrives for ``seconds``."""
         deadline = time.monotonic() + limit
         while time.monotonic() < deadline:
-            if not self.selector.select(seconds):
+            if not self.sel.select(seconds):
                 return
             self.poll(0)
-
-    def leave(self, member: Counter) -> None:
-        self.selector.unregister(member.sock)
-        member.sock.close()
-        self.members.remove(member)
-
-    def close(self) -> None:
-        for member in list(self.members):
-            self.leave(member)
-        self.selector.close()
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -157,8 +130,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             print(f"trial {trial + 1}: last notice after {last_s} s, survivor CPU "
                   f"{cpu:.3f} s, exactly once: {trials[-1]['exactly_once']}", flush=True)
             for member in victims:
-                if member in crowd.members:
-                    crowd.leave(member)
+                crowd.drop(member)  # type: ignore[arg-type]
             nodes.remove(doomed)
     finally:
         crowd.close()

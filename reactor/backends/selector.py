@@ -797,6 +797,8 @@ class SelectorServer(Server):
 
     def _pass(self, shutdown_deadline: float | None) -> None:
         # Output queued outside a pass (by shutdown) must not wait for select().
+        if self._end_of_pass:
+            self._run_end_of_pass()
         if self.pending_writes or self.dead:
             self._settle()
         self.turn += 1
@@ -860,10 +862,14 @@ class SelectorServer(Server):
             with self.chat.together(count > 1):
                 for _ in range(count):
                     soon.popleft()()
+        if self._end_of_pass:
+            self._run_end_of_pass()
+        self._settle()
+
+    def _run_end_of_pass(self) -> None:
         end_of_pass = self._end_of_pass
         while end_of_pass:  # (what they run may queue more)
             end_of_pass.pop(0)()
-        self._settle()
 
     def _settle(self) -> None:
         """Write everything owed, then report the closed; repeat while either
