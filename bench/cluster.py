@@ -1045,6 +1045,10 @@ def table(doc: dict[str, Any]) -> str:
         add(f"  {_f(c['commands_per_bc'])} commands, {_f(c['redis_us_per_bc'])} us CPU; "
             f"CPU us per delivery: sender's node {_f(c['sender_node_us'])}, "
             f"other {_f(c['other_node_us'])}")  # fmt: skip
+        if c.get("commands_per_bc") is not None and doc.get("n", 0) > 1:
+            # Each broadcast reaches every client but its sender.
+            per_1k = c["commands_per_bc"] / (doc["n"] - 1) * 1000
+            add(f"  Redis commands per 1,000 deliveries: {_f(per_1k)}")
         for n in names:
             for err in s[n]["errors"]:
                 add(f"  {n}: {err[:70]}")
