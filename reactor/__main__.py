@@ -31,7 +31,7 @@ from typing import Any, NoReturn
 from reactor.accounts.hashing import below_recommended, hasher_from_spec
 from reactor.accounts.store import StoreUnavailable
 from reactor.backends import BACKENDS, DEFAULT_BACKEND, EVENT_LOOPS, make_server
-from reactor.cluster.link import LinkError, is_redis_url, without_password
+from reactor.cluster.redis_url import LinkError, is_redis_url, without_password
 from reactor.cluster.workers import die_with_parent, supervise
 from reactor.config import AccountsConfig, ClusterConfig, ServerConfig
 from reactor.flow import FloodLimits

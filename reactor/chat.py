@@ -102,8 +102,12 @@ class ChatService:
     ) -> None:
         self.config = config
         if whiteboard is None and config.cluster is not None:
-            # Checks the URL and the redis package now (LinkError), before
-            # the backend binds its port; talks to Redis only once started.
+            # Checks the URL and the packages now (LinkError), before the
+            # backend binds its port -- and before importing the link, which
+            # needs them; talks to Redis only once started.
+            from reactor.cluster.redis_url import check_url
+
+            check_url(config.cluster.url)
             from reactor.cluster.whiteboard import ClusterWhiteboard
 
             whiteboard = ClusterWhiteboard(config.cluster, config.delivery_timeout)

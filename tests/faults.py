@@ -208,11 +208,14 @@ class ServerProcess:
 @contextlib.contextmanager
 def server_process(backend: str, *args: str, max_open_files: int | None = None,
                    log_level: str = "WARNING", read_log: bool = True,
+                   standard_library_only: bool = False,
                    ) -> Iterator[ServerProcess]:
     """``python -m reactor`` on 127.0.0.1 and a free port, stopped on exit.
 
     With ``read_log=False`` nobody reads the server's stdout until the test
     calls ``start_reading_log()``: a log pipe that fills up.
+
+    ``standard_library_only`` runs it without site-packages (``python -S``).
 
     ``max_open_files`` sets RLIMIT_NOFILE (soft and hard) for the child only:
     a tiny exec wrapper sets it and then becomes the server, so the pid is the
@@ -222,6 +225,10 @@ def server_process(backend: str, *args: str, max_open_files: int | None = None,
         "-m", "reactor", "--host", "127.0.0.1", "--port", "0", "--backend", backend,
         "--log-level", log_level, "--keepalive-idle", "0", *args,
     ]
+    if standard_library_only:
+        # No site-packages on the path (python -S): what a machine without
+        # any extra installed has; the repository itself is the cwd.
+        command = ["-S", *command]
     if max_open_files is None:
         argv = [sys.executable, *command]
     else:

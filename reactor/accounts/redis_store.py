@@ -37,7 +37,7 @@ from collections.abc import Iterator
 
 from protocol import username_key
 from reactor.accounts.store import Account, AccountStore, StoreUnavailable
-from reactor.cluster.link import redis_client, without_password
+from reactor.cluster.redis_url import redis_client, without_password
 from reactor.cluster.scripts import PREFIX
 
 ACCOUNTS = PREFIX + "accounts"

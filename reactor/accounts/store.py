@@ -177,7 +177,7 @@ def open_store(location: str) -> AccountStore:
     """The store at ``location``: a Redis URL (``redis://``, ``rediss://``,
     ``unix://``), or else a SQLite file.  Raises StoreUnavailable, or
     LinkError for a bad URL or a missing redis package."""
-    from reactor.cluster.link import is_redis_url
+    from reactor.cluster.redis_url import is_redis_url
 
     if is_redis_url(location):
         from reactor.accounts.redis_store import RedisAccountStore

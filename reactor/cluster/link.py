@@ -39,8 +39,8 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from typing import Any
 
+from reactor.cluster.redis_url import redis_client, without_password
 from reactor.cluster.resp import (
     BATCH,
     LOAD_SCRIPTS,
@@ -58,8 +58,7 @@ from reactor.cluster.resp import (
 )
 from reactor.cluster.scripts import SCRIPTS
 
-__all__ = ["UNAVAILABLE", "Link", "LinkError", "Reply", "ThreadLink", "check_url",
-           "is_redis_url", "redis_client", "without_password"]
+__all__ = ["UNAVAILABLE", "Link", "Reply", "ThreadLink"]
 
 log = logging.getLogger("reactor")
 
@@ -69,47 +68,6 @@ READ_COUNT = 1000  # inbox entries per read: the node's whole inbound backlog
 READ_BLOCK_MS = 500
 BACKOFF_FIRST = 0.05
 _PING = pack(("PING",))
-
-
-class LinkError(Exception):
-    """The cluster cannot be used as configured (a bad URL, no redis package)."""
-
-
-def redis_client(url: str, timeout: float, option: str = "--cluster", **settings: Any) -> Any:
-    """A redis-py client for ``url`` that never retries on its own (a retried
-    script could run twice); ``option`` names the flag in error messages."""
-    try:
-        import redis
-        from redis.backoff import NoBackoff
-        from redis.retry import Retry
-    except ImportError:
-        raise LinkError(f"{option} needs the redis package: pip install "
-                        "'reactor-chat[cluster]'") from None
-    try:
-        return redis.Redis.from_url(
-            url, socket_timeout=timeout, socket_connect_timeout=timeout,
-            retry=Retry(NoBackoff(), 0), health_check_interval=0, **settings,
-        )
-    except ValueError as error:
-        raise LinkError(f"{option}: {error}") from None
-
-
-def is_redis_url(text: str) -> bool:
-    return text.startswith(("redis://", "rediss://", "unix://"))
-
-
-def without_password(url: str) -> str:
-    """``url`` fit for a log line: a password in it (``redis://:secret@host``) left out."""
-    scheme, sep, rest = url.partition("://")
-    return f"{scheme}{sep}{rest.rpartition('@')[2]}" if sep else url
-
-
-def check_url(url: str, option: str = "--cluster") -> None:
-    """Raise LinkError if ``url`` is not a Redis URL or redis is not installed."""
-    if not is_redis_url(url):
-        raise LinkError(f"{option}: {url!r} is not a Redis URL "
-                        "(redis://HOST:PORT, rediss://HOST:PORT for TLS, or unix://PATH)")
-    redis_client(url, 1.0, option).close()
 
 
 def is_outage(error: BaseException) -> bool:

@@ -44,8 +44,8 @@ from reactor.cluster.link import (
     is_outage,
     open_socket,
     receive,
-    without_password,
 )
+from reactor.cluster.redis_url import without_password
 from reactor.cluster.resp import (
     BATCH,
     UNAVAILABLE,

@@ -31,15 +31,9 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from protocol import UserOffline, UserOnline, format_event, username_key
-from reactor.cluster.link import (
-    UNAVAILABLE,
-    Link,
-    Reply,
-    ThreadLink,
-    check_url,
-    without_password,
-)
+from reactor.cluster.link import UNAVAILABLE, Link, Reply, ThreadLink
 from reactor.cluster.loop_link import LoopLink
+from reactor.cluster.redis_url import check_url, without_password
 from reactor.cluster.scripts import PREFIX
 from reactor.config import ClusterConfig
 from reactor.connection import Connection, DeliveryResult
