@@ -493,3 +493,44 @@ class VanishingPeerNetwork:
     def vanish(self) -> None:
         """The peer's machine is gone: its link goes down, silently."""
         self._ip("-n", self.peer_ns, "link", "set", self._link_peer, "down")
+
+
+# -- a process's sockets, from /proc ------------------------------------------------
+
+
+def listening_ports_of(pid: int) -> set[int]:
+    """The TCP ports ``pid`` listens on (from /proc)."""
+    inodes = _socket_inodes(pid)
+    ports = set()
+    for row in _tcp_rows(pid):
+        if row[3] == "0A" and row[9] in inodes:
+            ports.add(int(row[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+def peer_ports_of(pid: int) -> set[int]:
+    """The remote ports of ``pid``'s established TCP connections (from /proc):
+    for a server on loopback, the local ports of its clients."""
+    inodes = _socket_inodes(pid)
+    return {int(row[2].rsplit(":", 1)[1], 16)
+            for row in _tcp_rows(pid) if row[3] == "01" and row[9] in inodes}
+
+
+def _socket_inodes(pid: int) -> set[str]:
+    inodes = set()
+    with contextlib.suppress(FileNotFoundError):
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+    return inodes
+
+
+def _tcp_rows(pid: int) -> list[list[str]]:
+    rows: list[list[str]] = []
+    for table in ("tcp", "tcp6"):
+        with contextlib.suppress(FileNotFoundError), open(f"/proc/{pid}/net/{table}") as lines:
+            next(lines)
+            rows += [line.split() for line in lines]
+    return rows

@@ -17,12 +17,11 @@ from tests.cluster_support import (
     Supervised,
     cluster_clients,
     eventually_lists,
-    listening_ports_of,
-    peer_ports_of,
     process_gone,
     reap_deadline,
     redis_server,  # noqa: F401  (a fixture)
 )
+from tests.faults import listening_ports_of, peer_ports_of
 from tests.support import DEFAULT_TIMEOUT, wait_until
 
 PROGRAM = "reactor-chat-server"
