@@ -155,22 +155,8 @@ class ServerProcess:
         would be most of what a load test measures), and without a probe
         connection that would count against ``--max-clients``.
         """
-        inodes = set()
-        with contextlib.suppress(FileNotFoundError):
-            for fd in os.listdir(f"/proc/{self.pid}/fd"):
-                with contextlib.suppress(OSError):
-                    target = os.readlink(f"/proc/{self.pid}/fd/{fd}")
-                    if target.startswith("socket:["):
-                        inodes.add(target[8:-1])
-        for table in ("tcp", "tcp6"):
-            with contextlib.suppress(FileNotFoundError), \
-                    open(f"/proc/{self.pid}/net/{table}") as rows:
-                next(rows)
-                for row in rows:
-                    fields = row.split()
-                    if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
-                        return int(fields[1].rsplit(":", 1)[1], 16)
-        return None
+        ports = listening_ports_of(self.pid)
+        return min(ports) if ports else None
 
     def wait_listening(self, timeout: float = DEFAULT_TIMEOUT) -> None:
         deadline = time.monotonic() + timeout
