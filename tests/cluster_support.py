@@ -301,17 +301,19 @@ def node(backend: str, url: str, lease: float = LEASE, *, ready: bool = True,
 
 
 @contextlib.contextmanager
-def nodes(backends: Sequence[str], url: str, lease: float = LEASE,
+def nodes(backends: Sequence[str], url: str, lease: float = LEASE, *, uvloop: bool = False,
           **overrides: object) -> Iterator[list[Server]]:
     """Several in-process nodes of one cluster, all joined; stopped together
-    at the end (each one's stop waits for its Redis threads)."""
+    at the end (each one's stop waits for its Redis threads).  With
+    ``uvloop``, the asyncio nodes run on it."""
     overrides.setdefault("close_linger", 0.2)
     config = replace(TEST_CONFIG, cluster=cluster_config(url, lease), **overrides)
     servers: list[Server] = []
     threads: list[threading.Thread] = []
     try:
         for backend in backends:
-            server = make_server(config, backend)
+            options = {"loop": "uvloop"} if uvloop and backend == "asyncio" else {}
+            server = make_server(config, backend, **options)
             servers.append(server)
             thread = threading.Thread(target=server.serve_forever, name=f"server-{backend}",
                                       daemon=True)

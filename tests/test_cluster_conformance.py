@@ -473,3 +473,16 @@ def test_more_calls_at_once_than_one_batch_holds_are_all_answered_in_order(
         only.call_soon_threadsafe(call_many)
         wait_until(lambda: len(answers) == count, message=f"{count} answers")
         assert answers == [(i, "OK") for i in range(count)]
+
+
+def test_an_asyncio_node_on_uvloop_carries_the_chat_with_a_select_node(
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    """The loop link on uvloop: Redis's sockets watched through libuv."""
+    pytest.importorskip("uvloop")
+    with nodes(("asyncio", "select"), redis_server.url, uvloop=True) as (first, second), \
+            cluster_clients([first.port, second.port]) as pool:
+        assert type(first.loop).__module__.startswith("uvloop")  # type: ignore[attr-defined]
+        sender = pool.login(0, "Sender")
+        readers = {f"Reader{i}": pool.login(i % 2, f"Reader{i}") for i in range(4)}
+        send_a_burst_and_check_it(sender, readers, every_nth_a_message=3)
