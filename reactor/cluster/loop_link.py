@@ -167,7 +167,7 @@ class LoopLink(Link):
         self._read_deadline: TimerHandle | None = None
 
     def start(self) -> None:
-        self._open(True, self._commands_opened, self._commands_not_opened)
+        self._open(commands=True)
 
     def close(self, timeout: float = 2.0) -> None:
         """Send what is queued (the last releases) and read the replies,
@@ -258,8 +258,9 @@ class LoopLink(Link):
         self._commands_failed(TimeoutError(f"no reply from Redis within {self.timeout:g} s"))
 
     def _commands_failed(self, error: BaseException) -> None:
-        """Redis out of reach (or talking nonsense): everything in flight and
-        queued is answered UNAVAILABLE, and the connection opened again."""
+        """Redis out of reach (or talking nonsense), or the connection could
+        not be opened: everything in flight and queued is answered
+        UNAVAILABLE, and the connection opened again."""
         if not is_outage(error):
             log.error("Redis at %s: %s; reconnecting", without_password(self.url), error)
         was_up, self.up = self.up, False
@@ -274,8 +275,7 @@ class LoopLink(Link):
         self._answer_unavailable(stale)
         if was_up:
             self._on_down(f"{type(error).__name__}: {error}")
-        self._retry(self._commands_backoff, True)
-        self._commands_backoff = min(self.backoff_max, self._commands_backoff * 2)
+        self._retry(commands=True)
 
     def _commands_opened(self, sock: socket.socket) -> None:
         if self._closing:
@@ -288,12 +288,6 @@ class LoopLink(Link):
         self._on_up()
         self._read_more()
 
-    def _commands_not_opened(self, error: BaseException) -> None:
-        if not is_outage(error):
-            log.error("Redis at %s: %s", without_password(self.url), error)
-        self._retry(self._commands_backoff, True)
-        self._commands_backoff = min(self.backoff_max, self._commands_backoff * 2)
-
     # -- the inbox -----------------------------------------------------------------
 
     def _read_more(self) -> None:
@@ -303,7 +297,7 @@ class LoopLink(Link):
         if self._reader is None:
             if not self._reader_opening:
                 self._reader_opening = True
-                self._open(False, self._reader_opened, self._reader_not_opened)
+                self._open(commands=False)
             return
         inbox, after_id = self._inbox
         self._reading = self._generation
@@ -341,6 +335,9 @@ class LoopLink(Link):
         self._reader_failed(TimeoutError("the inbox read was not answered"))
 
     def _reader_failed(self, error: BaseException) -> None:
+        """The inbox connection broke, timed out or could not be opened:
+        opened again, and the read sent again, after the back-off."""
+        self._reader_opening = False
         if not is_outage(error):
             log.error("Reading the cluster inbox failed: %s", error)
         if self._reader is not None:
@@ -350,8 +347,7 @@ class LoopLink(Link):
             self._read_deadline.cancel()
             self._read_deadline = None
         self._reading = None
-        self._retry(self._reader_backoff, False)
-        self._reader_backoff = min(self.backoff_max, self._reader_backoff * 2)
+        self._retry(commands=False)
 
     def _reader_opened(self, sock: socket.socket) -> None:
         self._reader_opening = False
@@ -361,32 +357,33 @@ class LoopLink(Link):
         self._reader = _Connection(self._loop, sock, self._inbox_reply, self._reader_failed)
         self._read_more()
 
-    def _reader_not_opened(self, error: BaseException) -> None:
-        self._reader_opening = False
-        if not is_outage(error):
-            log.error("Reading the cluster inbox failed: %s", error)
-        self._retry(self._reader_backoff, False)
-        self._reader_backoff = min(self.backoff_max, self._reader_backoff * 2)
-
     # -- opening connections -------------------------------------------------------
 
-    def _retry(self, delay: float, commands: bool) -> None:
-        if self._closing:
-            return
+    def _retry(self, commands: bool) -> None:
+        """Open that connection again after its back-off, which doubles each
+        time up to ``backoff_max`` (reset once it works)."""
         if commands:
-            self._loop.call_later(delay, lambda: self._open(
-                True, self._commands_opened, self._commands_not_opened))
+            delay = self._commands_backoff
+            self._commands_backoff = min(self.backoff_max, delay * 2)
+            again: Callable[[], None] = lambda: self._open(commands=True)  # noqa: E731
         else:
-            self._loop.call_later(delay, self._read_more)
+            delay = self._reader_backoff
+            self._reader_backoff = min(self.backoff_max, delay * 2)
+            again = self._read_more  # (which opens it)
+        if not self._closing:
+            self._loop.call_later(delay, again)
 
-    def _open(self, commands: bool, opened: Callable[[socket.socket], None],
-              failed: Callable[[BaseException], None]) -> None:
-        """Open a connection on a thread of its own (it blocks); the result
-        comes back to the loop."""
+    def _open(self, commands: bool) -> None:
+        """Open the commands or the inbox connection on a thread of its own
+        (it blocks); the result comes back to the loop."""
         if self._closing:
             return
         timeout = self.timeout
         loop = self._loop
+        if commands:
+            opened, failed = self._commands_opened, self._commands_failed
+        else:
+            opened, failed = self._reader_opened, self._reader_failed
 
         def opening() -> None:
             try:

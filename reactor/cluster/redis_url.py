@@ -46,17 +46,16 @@ def without_password(url: str) -> str:
     return f"{scheme}{sep}{rest.rpartition('@')[2]}" if sep else url
 
 
-def check_url(url: str, option: str = "--cluster") -> None:
-    """Raise LinkError if ``url`` is not a Redis URL or the packages its
-    use needs are not installed: redis-py, and for ``--cluster`` hiredis
-    too (the link speaks RESP through it)."""
+def check_url(url: str) -> None:
+    """Raise LinkError if ``url`` cannot be a ``--cluster``: not a Redis URL,
+    or the packages the link needs not installed (redis-py, and hiredis,
+    through which it speaks RESP).  Called before the link is imported."""
     if not is_redis_url(url):
-        raise LinkError(f"{option}: {url!r} is not a Redis URL "
+        raise LinkError(f"--cluster: {url!r} is not a Redis URL "
                         "(redis://HOST:PORT, rediss://HOST:PORT for TLS, or unix://PATH)")
-    redis_client(url, 1.0, option).close()
-    if option == "--cluster":
-        try:
-            import hiredis  # noqa: F401
-        except ImportError:
-            raise LinkError("--cluster needs the hiredis package: pip install "
-                            "'reactor-chat[cluster]'") from None
+    redis_client(url, 1.0).close()
+    try:
+        import hiredis  # noqa: F401
+    except ImportError:
+        raise LinkError("--cluster needs the hiredis package: pip install "
+                        "'reactor-chat[cluster]'") from None

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from protocol import UserOffline, UserOnline, format_event, username_key
 from reactor.cluster.link import UNAVAILABLE, Link, Reply, ThreadLink
 from reactor.cluster.loop_link import LoopLink
-from reactor.cluster.redis_url import check_url, without_password
+from reactor.cluster.redis_url import without_password
 from reactor.cluster.scripts import PREFIX
 from reactor.config import ClusterConfig
 from reactor.connection import Connection, DeliveryResult
@@ -96,11 +96,14 @@ class _Pending:
 
 
 class ClusterWhiteboard(Whiteboard[Connection]):
+    """(Its URL and packages are checked by ``ChatService`` with
+    ``redis_url.check_url`` before this module is imported: the link needs
+    hiredis to be imported at all.)"""
+
     clustered = True
 
     def __init__(self, config: ClusterConfig, delivery_timeout: float = 5.0,
                  max_remembered: int = MAX_REMEMBERED_NAMES) -> None:
-        check_url(config.url)  # LinkError now, not once serving
         self.config = config
         self.where = without_password(config.url)  # for log lines
         self.delivery_timeout = delivery_timeout
