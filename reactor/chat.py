@@ -167,9 +167,9 @@ class ChatService:
 
     @contextmanager
     def together(self, several: bool = True) -> Iterator[None]:
-        """Around work handed over together from another thread (a Redis
-        pipeline's replies, a batch of a cluster inbox, the callbacks one
-        wakeup found): its fan-outs are queued and go out in one send per
+        """Around work that arrives together (a Redis batch's replies, a
+        batch of a cluster inbox, the callbacks one wakeup found): its
+        fan-outs are queued and go out in one send per
         recipient once the batch is done (``Server.send_at_once``'s
         ``batch``), not in one send per fan-out.  Several broadcasts that
         arrive together then cost one system call per recipient, as a batch
