@@ -4,8 +4,8 @@
   ``python -m reactor --help`` shows: an option added, renamed or removed
   without its row fails here, and so does a row left for an option that is
   gone.  The ``--backend`` row names every backend of the registry.
-* The README's test command is the command CI runs (the last line of
-  ``.ci/run``), so that a newcomer runs what CI runs.
+* The README's test command is a command CI runs (a line of ``.ci/run``),
+  so that a newcomer runs what CI runs.
 * Every relative link in the README, ``docs/*.md`` and ``bench/README.md``
   leads to a file that exists, and a ``#fragment`` to a heading of that page,
   with the anchors GitHub makes.
@@ -125,11 +125,10 @@ def test_the_backend_row_names_every_registered_backend() -> None:
     assert not missing, f"the --backend row of docs/running.md does not name {missing}"
 
 
-def _ci_test_command() -> str:
-    """The last command of .ci/run: what CI runs once it has set up."""
+def _ci_lines() -> list[str]:
+    """The lines of .ci/run, stripped, comments left out."""
     lines = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
-    commands = [line for line in lines if line and not line.startswith("#")]
-    return commands[-1]
+    return [line for line in lines if line and not line.startswith("#")]
 
 
 def _readme_pytest_commands() -> list[str]:
@@ -146,7 +145,11 @@ def _readme_pytest_commands() -> list[str]:
 
 
 def test_the_readme_runs_the_tests_as_ci_does() -> None:
-    assert _readme_pytest_commands() == [_ci_test_command()]
+    """The README shows one test command, and .ci/run runs exactly that
+    command, on a line of its own (whatever else CI runs around it)."""
+    readme = _readme_pytest_commands()
+    assert len(readme) == 1, f"the README shows {len(readme)} pytest commands: {readme}"
+    assert readme[0] in _ci_lines(), f".ci/run does not run the README's {readme[0]!r}"
 
 
 def github_anchor(heading: str) -> str:
