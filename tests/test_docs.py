@@ -26,7 +26,10 @@ import pytest
 from reactor import BACKENDS
 from reactor.__main__ import build_parser
 
-ROOT = Path(__file__).resolve().parent.parent
+# The repository: the nearest directory above this file with a pyproject.toml
+# (so the test can move between the layers' test directories).
+ROOT = next(folder for folder in Path(__file__).resolve().parents
+            if (folder / "pyproject.toml").exists())
 RUNNING = ROOT / "docs" / "running.md"
 PAGES = [ROOT / "README.md", ROOT / "bench" / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
