@@ -202,7 +202,7 @@ class Connection:
         # A full server says so and closes at once, possibly before our name
         # arrives; a failed send is no verdict, the reason is read below.
         with contextlib.suppress(ConnectionLost):
-            self._send_bytes(format_command(Login(name)))
+            self.send_bytes(format_command(Login(name)))
         deadline = time.monotonic() + timeout
         while True:
             remaining = deadline - time.monotonic()
@@ -229,7 +229,7 @@ class Connection:
                     if given is None:
                         raise LoginRefused(no_password(who, attempt))
                     with contextlib.suppress(ConnectionLost):
-                        self._send_bytes(format_password(given))
+                        self.send_bytes(format_password(given))
                     deadline = time.monotonic() + timeout  # the person took their time
                     continue
                 if isinstance(line.event, UserOnline) and self._is_me(line.event.name):
@@ -244,23 +244,25 @@ class Connection:
 
     # -- the session ----------------------------------------------------------
 
-    def start(self, on_line: Callable[[ServerLine], None],
+    def start(self, on_lines: Callable[[list[ServerLine], int], None],
               on_closed: Callable[[bool], None]) -> None:
         """Start the reader thread.
 
-        ``on_line`` is called in that thread for every line; ``on_closed``
-        once at the end, with True if the close followed a confirmed logout.
+        ``on_lines`` is called in that thread with the lines of each read
+        and the bytes they came in; the socket is not read again until it
+        returns, so a slow ``on_lines`` slows the server down.  ``on_closed``
+        is called once at the end, with True if the close followed a
+        confirmed logout.
         """
         self._reader = threading.Thread(
-            target=self._read_loop, args=(on_line, on_closed), name="server-reader", daemon=True
+            target=self._read_loop, args=(on_lines, on_closed), name="server-reader", daemon=True
         )
         self._reader.start()
 
-    def _read_loop(self, on_line: Callable[[ServerLine], None],
+    def _read_loop(self, on_lines: Callable[[list[ServerLine], int], None],
                    on_closed: Callable[[bool], None]) -> None:
-        for line in self._pending:
-            self._deliver(line, on_line)
-        self._pending = []
+        pending, self._pending = self._pending, []
+        on_lines(self._seen(pending), 0)
         while True:
             try:
                 data = self._sock.recv(65536)
@@ -268,29 +270,37 @@ class Connection:
                 data = b""
             if not data:
                 break
-            for item in self._buffer.feed(data):
-                self._deliver(render(item), on_line)
+            on_lines(self._seen([render(item) for item in self._buffer.feed(data)]), len(data))
         if self._buffer.pending:
             # A last line without its newline is still shown (escaped).
-            for item in self._buffer.feed(b"\n"):
-                self._deliver(render(item), on_line)
+            on_lines(self._seen([render(item) for item in self._buffer.feed(b"\n")]), 0)
         on_closed(self._logout_confirmed)
 
-    def _deliver(self, line: ServerLine, on_line: Callable[[ServerLine], None]) -> None:
-        if self._bye_sent and isinstance(line.event, UserOffline) and self._is_me(line.event.name):
-            self._logout_confirmed = True
-        on_line(line)
+    def _seen(self, lines: list[ServerLine]) -> list[ServerLine]:
+        """Note our own offline line after ``bye``: the logout is confirmed."""
+        if self._bye_sent:
+            for line in lines:
+                if isinstance(line.event, UserOffline) and self._is_me(line.event.name):
+                    self._logout_confirmed = True
+        return lines
 
     def send(self, command: Command) -> None:
         """Send one command; raises :class:`ConnectionLost` if the server is gone."""
-        self._send_bytes(format_command(command))
+        self.send_bytes(format_command(command))
 
-    def log_out(self) -> None:
-        """Send ``bye``; the reader reports the server's confirmation via ``on_closed``."""
+    def logging_out(self) -> bytes:
+        """``bye`` on the wire, for the caller to send: from now on our own
+        offline line confirms the logout (reported via ``on_closed``)."""
         self._bye_sent = True
-        self.send(Bye())
+        return format_command(Bye())
 
-    def _send_bytes(self, data: bytes) -> None:
+    def abort(self) -> None:
+        """Shut the socket down; the reader thread sees the end and reports it."""
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
+
+    def send_bytes(self, data: bytes) -> None:
+        """Send bytes already formatted; raises :class:`ConnectionLost` if the server is gone."""
         try:
             with self._send_lock:
                 self._sock.sendall(data)
