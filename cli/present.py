@@ -167,8 +167,12 @@ def wrap(prefix: StyleAndTextTuples, body: StyleAndTextTuples, width: int | None
     at newlines in the body (for output that is not a terminal).
     """
     one_row = _one_row(prefix, body, width, indent)
-    if one_row is not None:
-        return [one_row]
+    return [one_row] if one_row is not None else wrap_cells(prefix, body, width, indent)
+
+
+def wrap_cells(prefix: StyleAndTextTuples, body: StyleAndTextTuples, width: int | None,
+               indent: int) -> list[StyleAndTextTuples]:
+    """:func:`wrap` the general way, cell by cell (what its fast path must match)."""
     rows: list[StyleAndTextTuples] = []
     row: StyleAndTextTuples = []
     col = 0
