@@ -329,3 +329,69 @@ class FakeServer:
             with contextlib.suppress(OSError):
                 self._conn.shutdown(socket.SHUT_RDWR)
         self.close()
+
+
+# -- a server that floods the client, and the client's process as /proc sees it --
+
+FLOOD_LINE = b'<Broadcast from Bob: "' + b"hello world " * 8 + b'">\n'
+
+
+class FloodServer:
+    """Logs one client in, then, once :meth:`start` is called, sends ``lines``
+    copies of :data:`FLOOD_LINE` as fast as the client takes them; ``sent``
+    counts the bytes the client's side has accepted so far."""
+
+    def __init__(self, lines: int) -> None:
+        self.total = lines * len(FLOOD_LINE)
+        self.sent = 0
+        self.finished = threading.Event()
+        self._go = threading.Event()
+        self._lines = lines
+        self.server = FakeServer()
+        self.port = self.server.port
+        self._thread = threading.Thread(target=self._flood, name="flood", daemon=True)
+        self._thread.start()
+
+    def _flood(self) -> None:
+        if not self._go.wait(TIMEOUT * 6):
+            return
+        per_send = 512
+        with contextlib.suppress(OSError, AssertionError):
+            left = self._lines
+            while left:
+                count = min(per_send, left)
+                self.server.send(FLOOD_LINE * count)
+                self.sent += count * len(FLOOD_LINE)
+                left -= count
+            self.finished.set()
+
+    def start(self) -> None:
+        self._go.set()
+
+    def close(self) -> None:
+        self._go.set()
+        with contextlib.suppress(OSError):
+            if self.server._conn is not None:
+                self.server._conn.shutdown(socket.SHUT_RDWR)
+        self.server.close()
+        self._thread.join(TIMEOUT)
+
+    def __enter__(self) -> FloodServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def rss_bytes(pid: int) -> int:
+    """The resident memory of a process, from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time a process has used so far, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

@@ -1,0 +1,135 @@
+"""The piped client flooded with well-formed lines: bounded memory, and people's lines cheap.
+
+A stand-in server on a real socket sends line after line as fast as the
+client takes them.  The client must hold the server back (stop reading the
+socket) while its stdout is behind, so its memory stays bounded whatever the
+server sends, whether stdout is not read at all or read as fast as it comes;
+and nothing is lost on the way.  How fast is compared with a baseline taken
+in the same test, in CPU time rather than wall-clock time: writing the lines
+for people (the default) must cost about what passing them through raw does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+from tests.cli_support import (
+    ROOT,
+    TIMEOUT,
+    FloodServer,
+    cli_args,
+    client_env,
+    cpu_seconds,
+    piped_client,
+    rss_bytes,
+)
+
+MiB = 1 << 20
+# Far more than the socket buffers and the client's budgets hold together,
+# and than the memory bound below.
+FLOOD_LINES = 100_000
+# What the client may grow by while flooded: its budgets and Python's own
+# slack, but nothing that grows with the amount sent.
+MEMORY_BOUND = 16 * MiB
+POLL = 0.05
+# The server is held back once its sends make no progress over this many
+# looks at the client's memory.
+STALLED_AFTER = 20
+
+
+@contextlib.contextmanager
+def _client(port: int, *options: str) -> Iterator[subprocess.Popen[bytes]]:
+    """The client with its stdout on a pipe that nobody reads until the test does."""
+    process = subprocess.Popen(
+        cli_args(port, "Alice", "--timestamps", "off", *options), stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=client_env(), cwd=str(ROOT))
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(TIMEOUT)
+        for stream in (process.stdin, process.stdout, process.stderr):
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()
+
+
+def _watch_memory(pid: int, done: Callable[[], bool], what: str,
+                  timeout: float = TIMEOUT * 6) -> int:
+    """Look at the client's memory until ``done()``; return the most seen."""
+    peak = rss_bytes(pid)
+    deadline = time.monotonic() + timeout
+    while not done():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(POLL)  # a poll interval, not a synchronisation
+        peak = max(peak, rss_bytes(pid))
+    return peak
+
+
+def test_memory_stays_bounded_with_stdout_unread_and_then_drained_and_nothing_is_lost() -> None:
+    with FloodServer(FLOOD_LINES) as flood, _client(flood.port) as client:
+        assert client.stdout is not None and client.stdin is not None
+        assert client.stdout.readline() == b"-- logged in as Alice\n"
+        at_rest = rss_bytes(client.pid)
+        flood.start()
+
+        # stdout not read: the client holds the server back.
+        progress = {"sent": -1, "same": 0}
+
+        def held_back() -> bool:
+            progress["same"] = progress["same"] + 1 if flood.sent == progress["sent"] else 0
+            progress["sent"] = flood.sent
+            return progress["same"] >= STALLED_AFTER or flood.finished.is_set()
+
+        peak = _watch_memory(client.pid, held_back, "the server to be held back or done")
+        assert not flood.finished.is_set(), "the client took the whole flood in"
+        assert peak - at_rest < MEMORY_BOUND, (at_rest, peak)
+
+        # stdout read as fast as it comes: every line arrives, memory stays bounded.
+        counted = {"lines": 0}
+
+        def drain() -> None:
+            assert client.stdout is not None
+            while data := client.stdout.read1(65536):
+                counted["lines"] += data.count(b"\n")
+
+        reader = threading.Thread(target=drain, daemon=True)
+        reader.start()
+        peak = _watch_memory(client.pid, lambda: counted["lines"] >= FLOOD_LINES,
+                             "every flooded line on stdout")
+        assert peak - at_rest < MEMORY_BOUND, (at_rest, peak)
+        client.stdin.close()
+        assert client.wait(TIMEOUT) == 0
+        reader.join(TIMEOUT)
+        assert counted["lines"] == FLOOD_LINES + 1  # and "-- logged out"
+        assert flood.sent == flood.total
+
+
+SPEED_LINES = 20_000
+
+
+def _cpu_for_flood(*options: str) -> float:
+    """CPU seconds the client spends taking in and writing out the flood."""
+    with FloodServer(SPEED_LINES) as flood, piped_client(flood.port, "Alice", "--timestamps",
+                                                         "off", *options) as client:
+        client.read_line()  # logged in
+        before = cpu_seconds(client.process.pid)
+        flood.start()
+        for _ in range(SPEED_LINES):
+            client.read_line()
+        used = cpu_seconds(client.process.pid) - before
+        client.close_stdin()
+        assert client.wait() == 0
+    return used
+
+
+def test_lines_for_people_cost_about_what_raw_lines_cost() -> None:
+    raw = _cpu_for_flood("--raw")
+    for_people = _cpu_for_flood()
+    assert for_people < 3 * raw, (for_people, raw)
