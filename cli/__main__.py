@@ -54,7 +54,7 @@ TLS:
   everything.
 
 commands:
-  /msg <user> <text> | /query [<user>] | /who | /quit | /help
+  /msg <user> <text> | /broadcast <text> | /query [<user>] | /who | /quit | /help
   chat <user> "<message>" | broadcast <message> | users | help | bye
 
 registered names:

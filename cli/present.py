@@ -365,4 +365,5 @@ class Presenter:
                 return Line("class:info", "-- ", wire_text.strip("<>"))
 
 
-HELP_SUFFIX = " Also: /msg <user> <text>, /query <user>, /who, /quit, /help."
+HELP_SUFFIX = (" Also: /msg <user> <text>, /broadcast <text>, /query <user>, /who, /quit,"
+               " /help.")

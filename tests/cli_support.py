@@ -261,6 +261,9 @@ def run_cli(args: list[str], stdin: bytes = b"",
 class FakeServer:
     """A one-client stand-in server: logs the client in, then sends ``script`` raw.
 
+    With ``password`` the name is registered: the server asks for it, says
+    it was wrong until it is given, and only then logs the client in.
+
     It records every line the client sends (``received``), answers each with
     ``answer(line)`` if given (bytes, or None for no answer), and the test can
     send more at any time with :meth:`send`.  On ``bye`` it confirms the way
@@ -268,9 +271,11 @@ class FakeServer:
     """
 
     def __init__(self, script: bytes = b"",
-                 answer: Callable[[str], bytes | None] | None = None) -> None:
+                 answer: Callable[[str], bytes | None] | None = None,
+                 password: str | None = None) -> None:
         self.script = script
         self.answer = answer
+        self.password = password
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.listener.settimeout(TIMEOUT)
         self.port: int = self.listener.getsockname()[1]
@@ -290,6 +295,8 @@ class FakeServer:
             reader = conn.makefile("rb")
             name = reader.readline().decode().strip()
             self.received.append(name)
+            if self.password is not None and not self._password_given(conn, reader, name):
+                return
             conn.sendall(f"<User {name} is online.>\n".encode() + self.script)
             self._conn = conn
             self._ready.set()
@@ -303,6 +310,16 @@ class FakeServer:
                     reply = self.answer(line)
                     if reply:
                         conn.sendall(reply)
+
+    def _password_given(self, conn: socket.socket, reader: IO[bytes], name: str) -> bool:
+        """Ask for the password until it comes (True) or the client goes (False)."""
+        conn.sendall(f"<Password required for {name}.>\n".encode())
+        for raw in reader:
+            self.received.append(raw.decode().rstrip("\n"))
+            if raw.decode().rstrip("\n") == f'"{self.password}"':
+                return True
+            conn.sendall(f"<Wrong password for {name}.>\n".encode())
+        return False
 
     def send(self, data: bytes) -> None:
         assert self._ready.wait(TIMEOUT), "the client never logged in"
