@@ -2,14 +2,17 @@
 
 ``printf 'chat Bob "hi"\\nbye\\n' | python -m cli 127.0.0.1 1234 Alice``
 
-Two threads feed one queue -- one reads stdin, one reads the socket -- and
-the main thread is its only consumer, so the order of events is decided in
-one place and a server that goes away is noticed even while stdin is idle.
-Stdin is read with ``os.read`` rather than through ``sys.stdin``: a daemon
-thread blocked inside a buffered file object can deadlock interpreter
-shutdown, a raw read cannot.
+Two threads feed the main thread -- one reads stdin, one reads the socket --
+and a third sends our commands, all through one bounded hand-off
+(:mod:`cli.handoff`): the main thread is its only consumer, so the order of
+events is decided in one place and a server that goes away is noticed even
+while stdin is idle; and while stdout is behind, the socket is not read, so
+memory stays bounded however much the server sends.  Stdin is read with
+``os.read`` rather than through ``sys.stdin``: a daemon thread blocked inside
+a buffered file object can deadlock interpreter shutdown, a raw read cannot.
 
-stdout carries the server's lines as they arrive, each flushed: for people
+stdout carries the server's lines as they arrive -- all that has arrived is
+written and flushed before the client waits for more: for people
 (``✓ you → Bob: hi``, see :mod:`cli.present`, no colour), or with ``--raw``
 exactly the wire lines in their safe display form (see :mod:`cli.display`).
 The client's own remarks go to stderr, one line each, naming the input line.

@@ -81,6 +81,7 @@ def test_an_overlong_line_is_reported_not_shown() -> None:
 
 # -- for people: cli.present ------------------------------------------------------
 
+from prompt_toolkit.formatted_text import StyleAndTextTuples  # noqa: E402
 from prompt_toolkit.utils import get_cwidth  # noqa: E402
 
 from cli.present import Line, Presenter, is_harmful, plain, wrap, wrap_cells  # noqa: E402
@@ -163,6 +164,6 @@ _MESSAGES = st.text(alphabet=" ab中😀é\u0301", max_size=200) | st.text(max_s
        st.sampled_from(["", "class:own"]))
 def test_a_line_with_nothing_to_lay_out_comes_out_as_laid_out_cell_by_cell(
         text: str, width: int | None, style: str) -> None:
-    prefix = [("class:time", "[09:05] "), ("class:dm-in", "Bob → you: ")]
-    body = [(style, text)]
+    prefix: StyleAndTextTuples = [("class:time", "[09:05] "), ("class:dm-in", "Bob → you: ")]
+    body: StyleAndTextTuples = [(style, text)]
     assert wrap(prefix, body, width, 12) == wrap_cells(prefix, body, width, 12)
