@@ -19,14 +19,17 @@ import time
 from collections.abc import Callable, Iterator
 
 from tests.cli_support import (
+    FLOOD_LINE,
     ROOT,
     TIMEOUT,
+    FakeServer,
     FloodServer,
     cli_args,
     client_env,
     cpu_seconds,
     piped_client,
     rss_bytes,
+    run_cli,
 )
 
 MiB = 1 << 20
@@ -134,3 +137,28 @@ def test_lines_for_people_cost_about_what_raw_lines_cost() -> None:
     raw = _cpu_for_flood("--raw")
     for_people = _cpu_for_flood()
     assert for_people < 3 * raw, (for_people, raw)
+
+
+SCRIPT_LINES = 20_000
+
+
+def test_a_script_sending_while_the_server_floods_it_finishes_and_loses_nothing() -> None:
+    # The stand-in server sends its whole flood before it reads a command (the
+    # real one, too, reads no more commands from a client while output to it
+    # is queued): the client must take the flood in while its commands wait.
+    text = "x" * 150
+
+    def echo(line: str) -> bytes:
+        quoted = line.removeprefix("broadcast ")
+        return b"<To everyone> " + quoted[1:-1].encode() + b"\n"
+
+    script = f"broadcast {text}\n".encode() * SCRIPT_LINES
+    with FakeServer(FLOOD_LINE * SCRIPT_LINES, answer=echo) as fake:
+        result = run_cli(cli_args(fake.port, "Alice", "--raw"), script, timeout=TIMEOUT * 6)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.decode().splitlines()
+    flooded = FLOOD_LINE.decode().rstrip("\n")
+    assert lines[0] == "<User Alice is online.>"
+    assert lines[1:SCRIPT_LINES + 1] == [flooded] * SCRIPT_LINES
+    assert lines[SCRIPT_LINES + 1:-1] == [f"<To everyone> {text}"] * SCRIPT_LINES
+    assert lines[-1] == "<User Alice is offline.>"
