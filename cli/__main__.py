@@ -45,6 +45,8 @@ modes:
   Otherwise (a pipe or a file): commands are read line by line, every server
   line is printed to stdout as it arrives (--raw: the wire form), and at bye
   or end of input the client logs out and waits for the server to confirm.
+  While stdout is not read, the client stops reading the server: its memory
+  stays bounded (and the server may cut off a client that does not read).
 
 TLS:
   --tls verifies the server's certificate and its host name (the SERVER
@@ -54,7 +56,7 @@ TLS:
   everything.
 
 commands:
-  /msg <user> <text> | /query [<user>] | /who | /quit | /help
+  /msg <user> <text> | /broadcast <text> | /query [<user>] | /who | /quit | /help
   chat <user> "<message>" | broadcast <message> | users | help | bye
 
 registered names:
