@@ -23,12 +23,13 @@ Everything here is the standard library (``tomllib``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import json
 import os
 import re
 import tomllib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -142,6 +143,8 @@ class Setting:
 
 def _check(option: Option, text: str) -> None:
     """The option's own checks, as argparse would run them on ``text``."""
+    if option.is_flag:
+        return  # "on" or "off", nothing more to check
     try:
         value = option.action.type(text) if callable(option.action.type) else text
     except argparse.ArgumentTypeError as error:
@@ -151,6 +154,15 @@ def _check(option: Option, text: str) -> None:
     choices = option.action.choices
     if choices is not None and value not in choices:
         raise SettingsError(f"must be one of {', '.join(map(str, choices))}, got {text!r}")
+
+
+@contextlib.contextmanager
+def _named(where: str) -> Iterator[None]:
+    """Prefix a SettingsError's message with where the value was."""
+    try:
+        yield
+    except SettingsError as error:
+        raise SettingsError(f"{where}: {error}") from None
 
 
 _TOML_TYPE_NAMES = {bool: "a boolean (true or false)", int: "an integer", float: "a number",
@@ -255,12 +267,9 @@ def read_file(path: str, options: list[Option]) -> list[Setting]:
                 raise SettingsError(f"{origin}: unknown key {key!r} in [{table}]"
                                     f"{_suggestion(key, known)}")
             option = known[key]
-            try:
+            with _named(f"{origin}: [{table}] {key}"):
                 text_value = _file_value_as_text(option, value)
-                if not option.is_flag:
-                    _check(option, text_value)
-            except SettingsError as error:
-                raise SettingsError(f"{origin}: [{table}] {key}: {error}") from None
+                _check(option, text_value)
             settings.append(Setting(option, text_value, origin))
     return settings
 
@@ -281,16 +290,13 @@ def read_environment(environ: Mapping[str, str], options: list[Option]) -> list[
                                     f"{_suggestion(name, by_variable)}")
             continue
         text = environ[name]
-        try:
+        with _named(f"environment variable {name}"):
             if bool in option.types:
                 word = text.strip().lower()
                 if word not in _BOOLEAN_WORDS:
                     raise SettingsError(f"must be on or off, got {text!r}")
                 text = "on" if _BOOLEAN_WORDS[word] else "off"
-            if not option.is_flag:
-                _check(option, text)
-        except SettingsError as error:
-            raise SettingsError(f"environment variable {name}: {error}") from None
+            _check(option, text)
         settings.append(Setting(option, text, name))
     return settings
 

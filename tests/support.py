@@ -205,6 +205,12 @@ class Clients:
         for client in self._all:
             client.close()
 
+    def __enter__(self) -> Clients:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close_all()
+
 
 
 def the_original_conversation(clients: Clients) -> None:

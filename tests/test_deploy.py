@@ -119,11 +119,8 @@ def test_the_server_tells_systemd_it_is_ready_reloading_and_stopping(
         assert notify_socket.receive() == {"READY": "1"}
         # Ready means serving: the listening line is out and a conversation works.
         server.wait_for_log(lambda line: line == f"[Server] Listening on port {server.port}...")
-        clients = Clients(server.port)
-        try:
+        with Clients(server.port) as clients:
             the_original_conversation(clients)
-        finally:
-            clients.close_all()
 
         before = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
         server.process.send_signal(signal.SIGHUP)
@@ -143,11 +140,8 @@ def test_without_notify_socket_the_server_sends_nothing_and_serves(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
     with server_process("select") as server:
-        clients = Clients(server.port)
-        try:
+        with Clients(server.port) as clients:
             the_original_conversation(clients)
-        finally:
-            clients.close_all()
         assert server.terminate() == 0
 
 
@@ -184,11 +178,8 @@ def test_the_image_entry_point_serves_and_its_health_check_passes() -> None:
            "REACTOR_LOG_LEVEL": "WARNING"}
     server = _started(argv, env)
     try:
-        clients = Clients(server.port)
-        try:
+        with Clients(server.port) as clients:
             the_original_conversation(clients)
-        finally:
-            clients.close_all()
         check = _dockerfile_json("HEALTHCHECK")
         assert check[0] == "python"
         health = subprocess.run([sys.executable, *check[1:]], timeout=30,

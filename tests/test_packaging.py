@@ -141,11 +141,8 @@ def test_the_installed_server_passes_the_original_conversation(installed: Path) 
     server = ServerProcess(process)
     try:
         server.wait_listening()
-        clients = Clients(server.port)
-        try:
+        with Clients(server.port) as clients:
             the_original_conversation(clients)
-        finally:
-            clients.close_all()
         assert server.terminate() == 0
     finally:
         server.cleanup()

@@ -23,7 +23,7 @@ import pytest
 from reactor.__main__ import build_parser, config_from_args, parse_args
 from reactor.settings import Option, line_of, options_of
 from tests.faults import REPO, server_process
-from tests.support import Clients, LineClient, the_original_conversation
+from tests.support import Clients, the_original_conversation
 
 PROGRAM = "reactor-chat-server"
 OPTIONS = {option.flag: option for option in options_of(build_parser())}
@@ -411,16 +411,11 @@ def test_a_server_started_with_a_config_file_serves_by_it(
         backend: str, config_file: Callable[[str], str]) -> None:
     path = config_file("[limits]\nmax-line = 64\n")
     with server_process(backend, "--config", path) as server:
-        clients = Clients(server.port)
-        try:
+        with Clients(server.port) as clients:
             the_original_conversation(clients)
-            with LineClient(server.port) as carol:
-                carol.send("Carol")
-                carol.expect("<User Carol is online.>")
-                carol.send("broadcast " + "x" * 100)
-                assert "line longer than 64 bytes" in carol.read_line()
-        finally:
-            clients.close_all()
+            carol = clients.login("Carol")
+            carol.send("broadcast " + "x" * 100)
+            assert "line longer than 64 bytes" in carol.read_line()
         assert server.terminate() == 0
 
 
@@ -430,11 +425,8 @@ def test_a_server_started_with_a_config_file_logs_by_it(
     with server_process("select", log_level="INFO") as plain, \
             server_process("select", "--config", path, log_level="INFO") as configured:
         for server in (plain, configured):
-            clients = Clients(server.port)
-            try:
+            with Clients(server.port) as clients:
                 the_original_conversation(clients)
-            finally:
-                clients.close_all()
             server.wait_for_log(lambda line: "Bob disconnected." in line)
         assert any('"Hello Bob!"' in line for line in plain.log)
         assert "[Server] Message from Alice to Bob: (10 characters)" in configured.log, \
