@@ -124,10 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog=_invoked_as(),
         description="reactor-chat: a multi-client TCP chat server. "
                     "Signals: SIGINT/SIGTERM shut down cleanly, SIGHUP reloads, "
-                    "SIGUSR1 logs a status line. Every option but --config can also be "
-                    "set in the --config file (in the [section] shown beside it) or in "
-                    "the environment (REACTOR_SECTION_KEY); the command line wins over "
-                    "the environment, which wins over the file.",
+                    "SIGUSR1 logs a status line. The options listed under a [section] "
+                    "can also be set in that table of the --config file, as their name "
+                    "without the section's prefix (--tls-cert is cert in [tls]), or in "
+                    "the environment (REACTOR_TLS_CERT); the command line wins over the "
+                    "environment, which wins over the file.",
         epilog="python -m reactor check-config [options] checks the configuration and "
                "prints it, for a service's pre-start step.",
     )

@@ -54,7 +54,9 @@ class SettingsError(Exception):
 def section(parser: argparse.ArgumentParser, name: str,
             description: str | None = None) -> argparse._ArgumentGroup:
     """An argparse group whose options are the ``[name]`` table of the file."""
-    group = parser.add_argument_group(f"[{name}]", description)
+    variables = f"{ENV_PREFIX}{name.upper()}_<KEY> in the environment"
+    group = parser.add_argument_group(
+        f"[{name}]", f"{description}; {variables}" if description else variables)
     group.config_section = name  # type: ignore[attr-defined]
     return group
 
@@ -63,6 +65,7 @@ def name_in_file(action: argparse.Action, key: str, *, secret: bool = False) -> 
     """Give an option a key other than its long name; ``secret`` masks its
     value where the effective configuration is shown (a URL's password)."""
     action.config_key = key  # type: ignore[attr-defined]
+    action.help = f"{action.help}; key in the file: {key}"
     action.config_secret = secret  # type: ignore[attr-defined]
 
 
