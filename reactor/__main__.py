@@ -32,7 +32,7 @@ from reactor import notify
 from reactor.accounts.hashing import below_recommended, hasher_from_spec
 from reactor.accounts.store import StoreUnavailable
 from reactor.backends import BACKENDS, DEFAULT_BACKEND, EVENT_LOOPS, make_server
-from reactor.cluster.redis_url import LinkError, is_redis_url, without_password
+from reactor.cluster.redis_url import LinkError, check_url, is_redis_url, without_password
 from reactor.cluster.workers import die_with_parent, supervise
 from reactor.config import AccountsConfig, ClusterConfig, ServerConfig
 from reactor.flow import FloodLimits
@@ -487,12 +487,17 @@ def check_config(argv: list[str], environ: Mapping[str, str] | None = None) -> i
     exit status 0 if the server would start with it, 2 and one line if not."""
     environ = os.environ if environ is None else environ
     args = parse_args(argv, environ)  # exits 2 with one line on a mistake
-    if args.tls_cert is not None:
-        try:
+    try:
+        if args.tls_cert is not None:
             load_context(args.tls_cert, args.tls_key, args.tls_key_password_file)
-        except TLSSetupError as error:
-            complain(f"{PROGRAM}: TLS: {error}")
-            return 2
+        if args.cluster is not None:
+            check_url(args.cluster)  # a Redis URL, and the [cluster] extra installed
+    except TLSSetupError as error:
+        complain(f"{PROGRAM}: TLS: {error}")
+        return 2
+    except LinkError as error:
+        complain(f"{PROGRAM}: {error}")
+        return 2
     parser = build_parser()
     _, settings = layered(parser, argv, environ)
     origins = {setting.option.action.dest: setting.origin for setting in settings}

@@ -360,6 +360,10 @@ def test_check_config_fails_with_one_line_and_status_2(
     result = check_config("--config", path)
     assert result.returncode == 2
     assert result.stderr.startswith(f"{PROGRAM}: TLS: ") and result.stderr.count("\n") == 1
+    # So is the cluster's URL (not reached: Redis may start after us).
+    result = check_config("--config", config_file("[cluster]\nurl = 'http://db:6379'\n"))
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"{PROGRAM}: --cluster: 'http://db:6379' is not a Redis URL")
 
 
 # -- the example file ---------------------------------------------------------------
