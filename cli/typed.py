@@ -21,6 +21,7 @@ import difflib
 from dataclasses import dataclass
 
 from protocol import (
+    COMMAND_NAMES,
     DEFAULT_MAX_LINE,
     Broadcast,
     Bye,
@@ -71,7 +72,7 @@ class Refused:
 
 Action = Send | SetQuery | Quit | ShowHelp | AskPasswords | Refused
 
-SUGGESTABLE = ("chat", "broadcast", "users", "help", "bye", "register", "password",
+SUGGESTABLE = (*COMMAND_NAMES,
                "/msg", "/query", "/quit", "/who", "/help", "/register", "/password")
 
 HELP_TEXT = """\
