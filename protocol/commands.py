@@ -1,19 +1,18 @@
 """Client commands: what a client sends, as values, declared once in one table.
 
-The grammar, one command per line::
+The first line of a connection is the username (:class:`Login`).  Every
+later line is one command: its word, then its arguments, as its row of
+:data:`COMMANDS` defines them.  The server's ``help`` line lists every row's
+usage: ``chat <user> "<message>"``, ``broadcast "<message>"``, ``users`` and
+the rest.
 
-    <username>                      the first line of a connection
-    chat <user> "<message>"         direct message; a bare rest-of-line works too
-    broadcast "<message>"           to everybody else online
-    users | help | bye
-    register "<password>"           make the name you are logged in as yours
-    password "<old>" "<new>"        change its password
-
+A message is written in quotes, with escapes, or bare: the rest of the line.
 A password is written like a message: in quotes with escapes, or bare (the
 rest of the line for ``register``, one word without spaces for each of
 ``password``'s two).  The line a client sends after ``<Password required for
-NAME.>`` is a password in the same form (:func:`~protocol.arguments.parse_password`), so a
-password typed the same way works in both places.
+NAME.>`` is a password in the same form
+(:func:`~protocol.arguments.parse_password`), so a password typed the same
+way works in both places.
 
 Command words are case-insensitive and words are separated by spaces only: a
 TAB is an ordinary character, so ``chat<TAB>Bob hi`` is not a command and
@@ -94,28 +93,32 @@ class Login:
 
 @dataclass(frozen=True, slots=True)
 class Chat(Command):
+    """A direct message to one user."""
+
     to: Username
     text: Message
 
 
 @dataclass(frozen=True, slots=True)
 class Broadcast(Command):
+    """A message to everybody else online."""
+
     text: Message
 
 
 @dataclass(frozen=True, slots=True)
 class Users(Command):
-    pass
+    """Who is online."""
 
 
 @dataclass(frozen=True, slots=True)
 class Help(Command):
-    pass
+    """The server's one-line summary of the commands."""
 
 
 @dataclass(frozen=True, slots=True)
 class Bye(Command):
-    pass
+    """Log out: the server says the sender is offline and closes the connection."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +130,8 @@ class Register(Command):
 
 @dataclass(frozen=True, slots=True)
 class ChangePassword(Command):
+    """Change the password of the name the sender is logged in as."""
+
     old: Password = field(repr=False)
     new: NewPassword = field(repr=False)
 
