@@ -22,6 +22,7 @@ import difflib
 from dataclasses import dataclass
 
 from protocol import (
+    COMMAND_NAMES,
     DEFAULT_MAX_LINE,
     Broadcast,
     Bye,
@@ -72,7 +73,7 @@ class Refused:
 
 Action = Send | SetQuery | Quit | ShowHelp | AskPasswords | Refused
 
-SUGGESTABLE = ("chat", "broadcast", "users", "help", "bye", "register", "password",
+SUGGESTABLE = (*COMMAND_NAMES,
                "/msg", "/broadcast", "/query", "/quit", "/who", "/help", "/register",
                "/password")
 
