@@ -26,8 +26,9 @@ import time
 
 from protocol import ProtocolError, password_problem, validate_username
 from reactor.accounts.hashing import SCRYPT_DEFAULT, hasher_from_spec
-from reactor.accounts.store import AccountStore, StoreUnavailable, open_store
-from reactor.cluster.redis_url import LinkError
+from reactor.accounts.store import AccountStore, StoreUnavailable
+from reactor.app import open_store
+from reactor.redis.url import LinkError
 
 PROG = "python -m reactor.accounts"
 
