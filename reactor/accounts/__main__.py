@@ -104,11 +104,11 @@ def _run(args: argparse.Namespace, store: AccountStore) -> int:
         print(f"{PROG}: {name!r} is not a username: {error.reason}", file=sys.stderr)
         return 2
     if args.command == "remove":
-        account = store.get(name)
-        if account is None or not store.remove(name):
+        removed = store.get(name)
+        if removed is None or not store.remove(name):
             print(f"{PROG}: {name} is not registered", file=sys.stderr)
             return 1
-        print(f"Removed {account.name}; the name is open again.")
+        print(f"Removed {removed.name}; the name is open again.")
         return 0
     # reset
     if store.get(name) is None and not args.create:

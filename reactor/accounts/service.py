@@ -43,7 +43,7 @@ import ipaddress
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from protocol import (
     InvalidInput,
@@ -189,28 +189,26 @@ class Accounts:
     def _looked_up(self, connection: LoginSession, slot: object, name: str, admit: Admit,
                    result: object) -> None:
         if not connection.is_open:
-            pass
-        elif isinstance(result, Exception):
+            connection.answer(slot)
+            return
+        if isinstance(result, Exception):
             log.error("Account store failed looking up %s: %s", name, result)
             connection.answer(slot, format_event(InvalidUsername(UNAVAILABLE)))
             return
-        elif result[0] is None:  # type: ignore[index]
+        found, waits = cast(tuple[Account | None, list[float]], result)
+        if found is None:
             admit(connection, name)  # the open chat: the claim's answer follows this one
+            connection.answer(slot)
         elif not self.is_secure(connection):
             log.info("Refused registered name %s from %s: not a secure connection",
                      name, connection.peer_host)
             connection.answer(slot, format_event(
                 InvalidUsername(f"{name} is registered, and {INSECURE}")))
-            return
         else:
             # Logged in under the spelling it was registered with.
-            found, waits = result  # type: ignore[misc]
-            registered_as = found.name
             self._adopt(name, connection.peer_host, waits)
-            connection.ask_password(registered_as)
-            connection.answer(slot, format_event(PasswordRequired(registered_as)))
-            return
-        connection.answer(slot)
+            connection.ask_password(found.name)
+            connection.answer(slot, format_event(PasswordRequired(found.name)))
 
     def password_line(self, connection: LoginSession, raw: bytes, admit: Admit) -> None:
         """The line after ``<Password required for NAME.>``.  Never logged."""
@@ -362,5 +360,4 @@ def _outcome(result: object) -> tuple[object, list[float]]:
     back-off it started, or the exception it raised (and no back-off)."""
     if isinstance(result, Exception):
         return result, []
-    verdict, shared = result  # type: ignore[misc]
-    return verdict, shared
+    return cast(tuple[object, list[float]], result)

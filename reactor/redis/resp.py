@@ -22,7 +22,7 @@ import hashlib
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import hiredis
 
@@ -37,7 +37,9 @@ Entry = tuple[bytes, dict[bytes, bytes]]  # an inbox entry: its id and its field
 
 BATCH = 512  # script calls per write
 
-pack = hiredis.pack_command  # one command's bytes, from str/bytes/int/float arguments
+# One command's bytes, from str/bytes/int/float arguments.  (Cast: hiredis's
+# stub types its argument as a tuple of one.)
+pack = cast(Callable[[tuple[object, ...]], bytes], hiredis.pack_command)
 
 _MULTI = pack(("MULTI",))
 _EXEC = pack(("EXEC",))
