@@ -444,19 +444,30 @@ class ChatService:
 
         # The echo "<To Bob> ..." promises that the message was handed to
         # Bob's connection, so it waits for that, in command order; the
-        # sender's next lines go ahead meanwhile.
-        slot = connection.answer_later()
+        # sender's next lines go ahead meanwhile.  Most messages are taken
+        # at once, while this line is handled: their echo is a plain reply,
+        # and only an answer still awaited when the hand-over returns takes
+        # a slot (reserved before any later line is handled).
+        slot: Slot | None = None
+        answered = False
 
         def delivered(ok: bool, reason: str) -> None:
             # Its own containment (what connection.guard would add, without
             # a second closure and call per message): a failure here is the
             # sender's.
+            nonlocal answered
+            answered = True
             try:
-                connection.answer(slot, _delivery_answer(recipient_name, text, ok, reason))
+                if slot is None:
+                    connection.reply(_delivery_answer(recipient_name, text, ok, reason))
+                else:
+                    connection.answer(slot, _delivery_answer(recipient_name, text, ok, reason))
             except Exception as error:
                 connection.fail(error)
 
         connection.hand_over(recipient, format_message_from(sender, text), delivered)
+        if not answered:
+            slot = connection.answer_later()
 
     def _broadcast(self, connection: Connection, sender: str, text: str) -> None:
         if log.isEnabledFor(logging.INFO):
@@ -468,19 +479,40 @@ class ChatService:
         # to all of them, so that nobody gets it unless everyone will, and
         # the echo is never false.  The echo waits in command order, the
         # deliveries in delivery order; the sender's next lines go ahead, so
-        # that a fast sender's broadcasts share Redis round trips.
-        slot = connection.answer_later()
-        fan_out = connection.delivery_later()
+        # that a fast sender's broadcasts share Redis round trips.  As for a
+        # direct message, only an answer still awaited when publish returns
+        # takes slots (reserved before any later line is handled).
+        slot: Slot | None = None
+        fan_out: Slot | None = None
+        answered = False
 
         def published(refused: str | None) -> None:
-            if refused is not None:
-                connection.answer(slot, format_event(BroadcastNotSent(refused)))
-                connection.delivery_ready(fan_out, _nothing)
-            else:
-                connection.answer(slot, format_broadcast_sent(text))
-                connection.delivery_ready(fan_out, lambda: self._broadcast_here(connection, data))
+            nonlocal answered
+            answered = True
+            try:
+                if refused is not None:
+                    notice = format_event(BroadcastNotSent(refused))
+                    if slot is None:
+                        connection.reply(notice)
+                    else:
+                        assert fan_out is not None  # reserved with slot
+                        connection.answer(slot, notice)
+                        connection.delivery_ready(fan_out, _nothing)
+                elif slot is None:
+                    connection.reply(format_broadcast_sent(text))
+                    connection.in_delivery_order(self._broadcast_here, connection, data)
+                else:
+                    assert fan_out is not None  # reserved with slot
+                    connection.answer(slot, format_broadcast_sent(text))
+                    connection.delivery_ready(
+                        fan_out, lambda: self._broadcast_here(connection, data))
+            except Exception as error:
+                connection.fail(error)
 
-        self.whiteboard.publish(data, connection.guard(published))
+        self.whiteboard.publish(data, published)
+        if not answered:
+            slot = connection.answer_later()
+            fan_out = connection.delivery_later()
 
     def _broadcast_here(self, connection: Connection, data: bytes) -> None:
         recipients = self._fan_out(data, self.whiteboard.online_sessions(), but=connection)

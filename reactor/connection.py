@@ -52,7 +52,13 @@ from typing import Any
 
 from protocol import LineBuffer
 from protocol.framing import Received
-from reactor.contracts import ChatForConnection, DeliveryResult, Recipient, TimerHandle
+from reactor.contracts import (
+    ChatForConnection,
+    DeliveryResult,
+    Recipient,
+    TimerHandle,
+    hand_over,
+)
 from reactor.flow import TokenBucket
 from reactor.outbuf import Entry, Handoff
 from reactor.transport import Transport
@@ -376,9 +382,23 @@ class Connection:
         to a user here, after the fan-outs this client caused before it that
         still wait (see :meth:`delivery_later`)."""
         if self._deliveries and not recipient.remote:
-            self._deliveries.append([lambda: _hand_over(recipient, data, on_result)])
+            self._deliveries.append([lambda: hand_over(recipient, data, on_result)])
+            return
+        # contracts.hand_over written out: this runs once per direct message.
+        try:
+            recipient.deliver(data, on_result)
+        except Exception as error:
+            recipient.fail(error)
+            on_result(False, "internal error")
+
+    def in_delivery_order(self, deliver: Callable[..., None], *args: object) -> None:
+        """``deliver(*args)`` (a fan-out of this client's) after the fan-outs
+        it caused before that still wait (see :meth:`delivery_later`); now if
+        there are none."""
+        if self._deliveries:
+            self._deliveries.append([lambda: deliver(*args)])
         else:
-            _hand_over(recipient, data, on_result)
+            deliver(*args)
 
     def delivery_later(self) -> Slot:
         """A place in command order for a fan-out that waits for an answer
@@ -537,12 +557,3 @@ class Connection:
         if self.phase in LOGGING_IN:
             self.chat.login_timed_out(self)
 
-
-def _hand_over(recipient: Recipient, data: bytes, on_result: DeliveryResult) -> None:
-    """``recipient.deliver(data, on_result)``; a failure there is the
-    recipient's (it is contained there), and the message was not delivered."""
-    try:
-        recipient.deliver(data, on_result)
-    except Exception as error:
-        recipient.fail(error)
-        on_result(False, "internal error")

@@ -176,6 +176,16 @@ class Recipient(Protocol):
         """Contain an error raised on this recipient's behalf."""
 
 
+def hand_over(recipient: Recipient, data: bytes, on_result: DeliveryResult) -> None:
+    """``recipient.deliver(data, on_result)``; a failure there is the
+    recipient's (contained by its ``fail``), and the message was not delivered."""
+    try:
+        recipient.deliver(data, on_result)
+    except Exception as error:
+        recipient.fail(error)
+        on_result(False, "internal error")
+
+
 class Session(Recipient, Protocol):
     """A user of this server, as a roster holds it (a connection)."""
 

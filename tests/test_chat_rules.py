@@ -16,6 +16,7 @@ from protocol.events import HELP_LINE
 from reactor.chat import ChatService
 from reactor.connection import Connection, Slot
 from reactor.flow import FloodLimits
+from reactor.whiteboard import MemoryWhiteboard
 from tests.fake_transport import DeferredWhiteboard, FakePeer, Harness
 
 INVALID = '<Invalid input: {}. Type "help" for commands.>'
@@ -492,6 +493,67 @@ def test_a_login_then_end_of_input_is_answered_then_closed(make: MakeHarness) ->
     assert alice.closed
     watcher.expect("<User Alice is online.>", "<User Alice is offline.>")
     assert h.online() == ["Watcher"]
+
+
+class SlowPublishing(MemoryWhiteboard[Connection]):
+    """A roster whose broadcasts reach "the other servers" only when the test
+    says so, as a cluster's do: the chat cannot tell it from Redis."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting: list[Callable[[str | None], None]] = []
+
+    def publish(self, data: bytes, on_result: Callable[[str | None], None]) -> None:
+        self.waiting.append(on_result)
+
+    def answer_all(self, refused: str | None = None) -> None:
+        waiting, self.waiting = self.waiting, []
+        for on_result in waiting:
+            on_result(refused)
+
+
+def _a_broadcast_then_a_message(make: MakeHarness, board: MemoryWhiteboard[Connection]
+                                ) -> tuple[list[str], list[str], list[str]]:
+    h = make(whiteboard=board)
+    alice, bob, carol = trio(h)
+    alice.send('broadcast "first"', 'chat Bob "second"', 'chat Carol "third"', "users")
+    if isinstance(board, SlowPublishing):
+        # Nothing yet: the broadcast is not on its way, and the messages
+        # after it wait for its fan-out here; the sender is not held up.
+        assert bob.lines() == carol.lines() == alice.lines() == []
+        assert not alice.paused
+        h.settle()
+        board.answer_all()
+        h.settle()
+    return alice.lines(), bob.lines(), carol.lines()
+
+
+def test_a_broadcast_published_later_keeps_every_order_a_published_one_keeps(
+    make: MakeHarness,
+) -> None:
+    """The chat's one path, whichever way the roster answers: at once (in
+    memory) or later (a cluster's Redis)."""
+    at_once = _a_broadcast_then_a_message(make, MemoryWhiteboard())
+    later = _a_broadcast_then_a_message(make, SlowPublishing())
+    assert later == at_once
+    alice, bob, carol = at_once
+    assert alice == ["<To everyone> first", "<To Bob> second", "<To Carol> third",
+                     "<Online users: Alice, Bob, Carol>"]
+    assert bob == ['<Broadcast from Alice: "first">', '<Message from Alice: "second">']
+    assert carol == ['<Broadcast from Alice: "first">', '<Message from Alice: "third">']
+
+
+def test_a_broadcast_refused_later_is_answered_in_its_turn_and_reaches_nobody(
+    make: MakeHarness,
+) -> None:
+    board = SlowPublishing()
+    h = make(whiteboard=board)
+    alice, bob, carol = trio(h)
+    alice.send('broadcast "lost"', 'chat Bob "kept"')
+    board.answer_all("the chat service is unavailable")
+    alice.expect("<Broadcast not sent: the chat service is unavailable.>", "<To Bob> kept")
+    bob.expect('<Message from Alice: "kept">')
+    carol.expect_nothing()
 
 
 # -- end of input and the original client's habits ---------------------------------------

@@ -43,6 +43,7 @@ from reactor.contracts import (
     Scheduler,
     Session,
     TimerHandle,
+    hand_over,
 )
 from reactor.redis.keys import PREFIX
 from reactor.redis.url import without_password
@@ -378,11 +379,7 @@ class ClusterWhiteboard(Whiteboard[S]):
             shown = self._local_names.get(key) or self._offline.get(key) or key
             answer(False, f"{shown} left before it could be sent")
             return
-        try:
-            connection.deliver(data, answer)
-        except Exception as error:
-            connection.fail(error)
-            answer(False, "internal error")
+        hand_over(connection, data, answer)
 
     # -- the inbox -------------------------------------------------------------------
 
