@@ -64,9 +64,10 @@ from protocol.events import (
 )
 from protocol.framing import Received
 from reactor.config import ServerConfig
-from reactor.connection import Connection, Phase, Slot
+from reactor.connection import Connection, Slot
 from reactor.contracts import LoginStep, Roster, Session, SocketLoop, TimerHandle
 from reactor.flow import TokenBucket
+from reactor.phases import Phase
 from reactor.scheduling import CallLater, CallSoon, LoopScheduler
 from reactor.transport import Transport
 

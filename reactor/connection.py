@@ -1,14 +1,8 @@
 """One client connection's life, written once for every backend.
 
-In the manner of h11's ``_state.py``, every phase a connection can be in and
-every move between them is one table, :data:`TRANSITIONS`::
-
-    LOGIN --(password asked)--> PASSWORD --(password done)--> LOGIN
-      |
-      +--(name claimed)--> CHATTING
-
-    LOGIN, PASSWORD, CHATTING --(bye, end of input, login timeout, shutdown, abort)--> CLOSING
-    CLOSING --(socket closed)--> CLOSED
+Its phases -- LOGIN, PASSWORD (a registered name's password is next),
+CHATTING, CLOSING, CLOSED -- and every move between them are one table,
+:data:`reactor.phases.TRANSITIONS`, as h11's ``_state.py``.
 
 The backend only moves bytes: it calls :meth:`Connection.data_received` with
 what it read (``b""`` for end of input, as h11's ``receive_data(b"")``),
@@ -44,7 +38,6 @@ is free again, and everyone else carries on.
 
 from __future__ import annotations
 
-import enum
 import logging
 from collections import deque
 from collections.abc import Callable
@@ -61,44 +54,17 @@ from reactor.contracts import (
 )
 from reactor.flow import TokenBucket
 from reactor.outbuf import Entry, Handoff
+from reactor.phases import LOGGING_IN, OPEN, Move, Phase, next_phase
 from reactor.transport import Transport
 
 log = logging.getLogger("reactor")
 
-__all__ = ["MAX_IN_FLIGHT", "TRANSITIONS", "Connection", "DeliveryResult", "Phase"]
+__all__ = ["MAX_IN_FLIGHT", "Connection", "DeliveryResult", "Phase", "Slot"]
 
 # Answers a chatting client may be waiting for before its next line waits too:
 # what bounds the reply queue, whatever the client sends.
 MAX_IN_FLIGHT = 64
 
-
-class Phase(enum.Enum):
-    LOGIN = "awaiting username"
-    PASSWORD = "awaiting password"  # the next line is a registered name's password
-    CHATTING = "chatting"
-    CLOSING = "closing"  # no more input is handled; queued output drains
-    CLOSED = "closed"
-
-
-class Move(enum.Enum):
-    PASSWORD_ASKED = "password asked"
-    PASSWORD_DONE = "password done"
-    NAME_CLAIMED = "name claimed"
-    LEAVE = "leave"
-    SOCKET_CLOSED = "socket closed"
-
-
-LOGGING_IN = frozenset({Phase.LOGIN, Phase.PASSWORD})
-OPEN = LOGGING_IN | {Phase.CHATTING}
-
-#: (phase, move) -> the phase it leads to; a move not listed is a bug.
-TRANSITIONS: dict[tuple[Phase, Move], Phase] = {
-    (Phase.LOGIN, Move.PASSWORD_ASKED): Phase.PASSWORD,
-    (Phase.PASSWORD, Move.PASSWORD_DONE): Phase.LOGIN,
-    (Phase.LOGIN, Move.NAME_CLAIMED): Phase.CHATTING,
-    **{(phase, Move.LEAVE): Phase.CLOSING for phase in OPEN},
-    **{(phase, Move.SOCKET_CLOSED): Phase.CLOSED for phase in (*OPEN, Phase.CLOSING)},
-}
 
 # A slot of the reply queue: [answer, blocking].  The answer is None while
 # awaited, then the bytes to send or what to do; a blocking slot holds the
@@ -417,10 +383,7 @@ class Connection:
     # -- phases -------------------------------------------------------------------
 
     def _move(self, move: Move) -> None:
-        try:
-            self.phase = TRANSITIONS[self.phase, move]
-        except KeyError:
-            raise RuntimeError(f"{move.value!r} is not a move from {self.phase.name}") from None
+        self.phase = next_phase(self.phase, move)
         self.is_open = self.phase in OPEN
 
     @property

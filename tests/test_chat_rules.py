@@ -16,6 +16,7 @@ from protocol.events import HELP_LINE
 from reactor.chat import ChatService
 from reactor.connection import Connection, Slot
 from reactor.flow import FloodLimits
+from reactor.phases import Move, Phase, next_phase
 from reactor.whiteboard import MemoryWhiteboard
 from tests.fake_transport import DeferredWhiteboard, FakePeer, Harness
 
@@ -1000,3 +1001,31 @@ def test_a_failure_in_one_recipients_send_during_a_broadcast_ends_that_recipient
     bob.expect('<Broadcast from Alice: "hello">', "<User Carol is offline.>")
     dave.expect('<Broadcast from Alice: "hello">', "<User Carol is offline.>")
     assert "injected send failure" in caplog.text
+
+
+# -- phases ---------------------------------------------------------------------------------
+
+
+def test_a_connection_moves_only_along_the_phase_table() -> None:
+    assert next_phase(Phase.LOGIN, Move.PASSWORD_ASKED) is Phase.PASSWORD
+    assert next_phase(Phase.PASSWORD, Move.PASSWORD_DONE) is Phase.LOGIN
+    assert next_phase(Phase.LOGIN, Move.NAME_CLAIMED) is Phase.CHATTING
+    for phase in (Phase.LOGIN, Phase.PASSWORD, Phase.CHATTING):
+        assert next_phase(phase, Move.LEAVE) is Phase.CLOSING
+    with pytest.raises(RuntimeError, match="'name claimed' is not a move from CHATTING"):
+        next_phase(Phase.CHATTING, Move.NAME_CLAIMED)
+    with pytest.raises(RuntimeError):
+        next_phase(Phase.CLOSED, Move.LEAVE)
+
+
+def test_the_password_step_is_a_phase_of_its_own() -> None:
+    h = Harness()
+    peer = h.connect()
+    connection = peer.transport.connection
+    assert isinstance(connection, Connection)
+    connection.ask_password("Alice")
+    assert (connection.phase, connection.password_for) == (Phase.PASSWORD, "Alice")
+    peer.send("x" * 5000)  # an overlong line here is invalid input, not an invalid name
+    assert peer.lines()[0].startswith("<Invalid input: line longer than")
+    connection.password_done()
+    assert (connection.phase, connection.password_for) == (Phase.LOGIN, None)
