@@ -1,4 +1,5 @@
-"""A sender is never held up by someone else's slow reader, on every backend.
+"""A sender is never held up by someone else's slow reader, on every backend,
+on one server and in a cluster.
 
 Shout sends a direct message to Sloth, who is not reading (its queue on the
 server is not empty, so the message waits for Sloth's connection to take it,
@@ -15,7 +16,12 @@ import pytest
 from reactor import BACKENDS
 from reactor.backends.base import Server
 from reactor.flow import FloodLimits
-from tests.cluster_support import Client
+from tests.cluster_support import (  # noqa: F401  (redis_server: a fixture)
+    Client,
+    RedisServer,
+    nodes,
+    redis_server,
+)
 from tests.support import Clients, LineClient, running_server, wait_until
 
 KiB = 1024
@@ -85,3 +91,39 @@ def test_a_message_to_a_slow_reader_does_not_hold_up_the_senders_next_message(
         finally:
             sloth.close()
             clients.close_all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_in_a_cluster_a_message_to_a_slow_reader_holds_up_no_message_here_or_elsewhere(
+    backend: str, redis_server: RedisServer,  # noqa: F811
+) -> None:
+    with nodes([backend, backend], redis_server.url, flood=FloodLimits(enabled=False),
+               delivery_timeout=3600, output_limit=256 << 20, output_hard_limit=256 << 20,
+               slow_consumer_grace=3600) as (here, there):
+        clients = Clients(here.port)
+        elsewhere = Clients(there.port)
+        sloth = Client(here.port, rcvbuf=4 * KiB)
+        try:
+            shout = clients.login("Shout")
+            sloth.send("Sloth")
+            sloth.expect("<User Sloth is online.>")
+            hare = elsewhere.login("Hare")
+            robin = clients.login("Robin")
+            shout.read_until(lambda line: line == "<User Robin is online.>")
+            hare.read_until(lambda line: line == "<User Robin is online.>")
+            _fill_sloths_queue(here, shout, hare)
+
+            shout.send('chat Sloth "are you there?"')
+            shout.send('chat Hare "hello"')
+            shout.send('chat Robin "hi"')
+            hare.expect('<Message from Shout: "hello">')
+            # (Robin reads the broadcasts before it, and so takes it.)
+            robin.read_until(lambda line: line == '<Message from Shout: "hi">', timeout=60)
+            assert _queued_for(here, "Sloth")
+            sloth.read_until(lambda line: line == '<Message from Shout: "are you there?">',
+                             timeout=60)
+            shout.expect("<To Sloth> are you there?", "<To Hare> hello", "<To Robin> hi")
+        finally:
+            sloth.close()
+            clients.close_all()
+            elsewhere.close_all()
