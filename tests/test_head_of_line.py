@@ -11,6 +11,9 @@ second message waited for the first, Hare would wait that long.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import pytest
 
 from reactor import BACKENDS
@@ -59,54 +62,65 @@ def _fill_sloths_queue(server: Server, shout: LineClient, hare: LineClient) -> N
     raise AssertionError("Sloth's queue never filled")
 
 
+# Everything far from the point: no flood control, no time-outs that a
+# slow test machine could reach.
+PATIENT = {"flood": FloodLimits(enabled=False), "delivery_timeout": 3600,
+           "output_limit": 256 << 20, "output_hard_limit": 256 << 20,
+           "slow_consumer_grace": 3600}
+
+
+@contextlib.contextmanager
+def _shout_and_sloth(server: Server) -> Iterator[tuple[Clients, LineClient, Client]]:
+    """Shout, and Sloth with a small receive buffer from the start, which the
+    kernel never grows: the window stays small while Sloth does not read."""
+    clients = Clients(server.port)
+    sloth = Client(server.port, rcvbuf=4 * KiB)
+    try:
+        shout = clients.login("Shout")
+        sloth.send("Sloth")
+        sloth.expect("<User Sloth is online.>")
+        shout.expect("<User Sloth is online.>")
+        yield clients, shout, sloth
+    finally:
+        sloth.close()
+        clients.close_all()
+
+
+def _sloth_reads_and_is_answered_last(sloth: Client, shout: LineClient, *echoes: str) -> None:
+    """The message to Sloth was still waiting: it is delivered (not timed
+    out, not refused) only now that Sloth reads, and Shout's replies come
+    in command order."""
+    sloth.read_until(lambda line: line == '<Message from Shout: "are you there?">',
+                     timeout=60)
+    shout.expect("<To Sloth> are you there?", *echoes)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_message_to_a_slow_reader_does_not_hold_up_the_senders_next_message(
     backend: str,
 ) -> None:
-    with running_server(backend, flood=FloodLimits(enabled=False), delivery_timeout=3600,
-                        output_limit=256 << 20, output_hard_limit=256 << 20,
-                        slow_consumer_grace=3600) as server:
-        clients = Clients(server.port)
-        # A small receive buffer from the start, which the kernel never
-        # grows: the window stays small while Sloth does not read.
-        sloth = Client(server.port, rcvbuf=4 * KiB)
-        try:
-            shout = clients.login("Shout")
-            sloth.send("Sloth")
-            sloth.expect("<User Sloth is online.>")
-            hare = clients.login("Hare")
-            shout.expect("<User Sloth is online.>", "<User Hare is online.>")
-            _fill_sloths_queue(server, shout, hare)
+    with running_server(backend, **PATIENT) as server, \
+            _shout_and_sloth(server) as (clients, shout, sloth):
+        hare = clients.login("Hare")
+        shout.expect("<User Hare is online.>")
+        _fill_sloths_queue(server, shout, hare)
 
-            shout.send('chat Sloth "are you there?"')
-            shout.send('chat Hare "hello"')
-            hare.expect('<Message from Shout: "hello">')
-            # The message to Sloth was still waiting then: it is delivered
-            # (not timed out, not refused) only now that Sloth reads.
-            assert _queued_for(server, "Sloth")
-            sloth.read_until(lambda line: line == '<Message from Shout: "are you there?">',
-                             timeout=60)
-            shout.expect("<To Sloth> are you there?", "<To Hare> hello")
-            wait_until(lambda: _queued_for(server, "Sloth") == 0, message="Sloth's queue read")
-        finally:
-            sloth.close()
-            clients.close_all()
+        shout.send('chat Sloth "are you there?"')
+        shout.send('chat Hare "hello"')
+        hare.expect('<Message from Shout: "hello">')
+        assert _queued_for(server, "Sloth")
+        _sloth_reads_and_is_answered_last(sloth, shout, "<To Hare> hello")
+        wait_until(lambda: _queued_for(server, "Sloth") == 0, message="Sloth's queue read")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_in_a_cluster_a_message_to_a_slow_reader_holds_up_no_message_here_or_elsewhere(
     backend: str, redis_server: RedisServer,  # noqa: F811
 ) -> None:
-    with nodes([backend, backend], redis_server.url, flood=FloodLimits(enabled=False),
-               delivery_timeout=3600, output_limit=256 << 20, output_hard_limit=256 << 20,
-               slow_consumer_grace=3600) as (here, there):
-        clients = Clients(here.port)
+    with nodes([backend, backend], redis_server.url, **PATIENT) as (here, there), \
+            _shout_and_sloth(here) as (clients, shout, sloth):
         elsewhere = Clients(there.port)
-        sloth = Client(here.port, rcvbuf=4 * KiB)
         try:
-            shout = clients.login("Shout")
-            sloth.send("Sloth")
-            sloth.expect("<User Sloth is online.>")
             hare = elsewhere.login("Hare")
             robin = clients.login("Robin")
             shout.read_until(lambda line: line == "<User Robin is online.>")
@@ -120,10 +134,6 @@ def test_in_a_cluster_a_message_to_a_slow_reader_holds_up_no_message_here_or_els
             # (Robin reads the broadcasts before it, and so takes it.)
             robin.read_until(lambda line: line == '<Message from Shout: "hi">', timeout=60)
             assert _queued_for(here, "Sloth")
-            sloth.read_until(lambda line: line == '<Message from Shout: "are you there?">',
-                             timeout=60)
-            shout.expect("<To Sloth> are you there?", "<To Hare> hello", "<To Robin> hi")
+            _sloth_reads_and_is_answered_last(sloth, shout, "<To Hare> hello", "<To Robin> hi")
         finally:
-            sloth.close()
-            clients.close_all()
             elsewhere.close_all()
