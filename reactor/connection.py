@@ -336,6 +336,17 @@ class Connection:
         if not self._processing and (self.pending_lines or self._input_ended):
             self._process()
 
+    def hold_lines(self) -> None:
+        """Handle none of this client's lines until :meth:`release_lines`,
+        for a reason of the server's own (not an answer in the reply queue,
+        so nothing waits behind the answers already awaited)."""
+        self._blocking += 1
+
+    def release_lines(self) -> None:
+        self._blocking -= 1
+        if not self._processing:
+            self._process()
+
     def reply(self, data: bytes) -> None:
         """Send a reply in command order, behind any answer still awaited."""
         if self._replies:

@@ -1029,3 +1029,21 @@ def test_the_password_step_is_a_phase_of_its_own() -> None:
     assert peer.lines()[0].startswith("<Invalid input: line longer than")
     connection.password_done()
     assert (connection.phase, connection.password_for) == (Phase.LOGIN, None)
+
+
+def test_lines_held_for_a_reason_of_the_servers_wait_in_order_behind_no_answer(
+    h: Harness,
+) -> None:
+    alice, bob, carol = trio(h)
+    bob.stop_reading()
+    alice.send('chat Bob "slow"')  # an answer awaited, before the hold
+    connection = alice.transport.connection
+    assert isinstance(connection, Connection)
+    connection.hold_lines()
+    alice.send("users", 'chat Carol "later"')
+    carol.expect_nothing()
+    assert alice.paused
+    connection.release_lines()
+    carol.expect('<Message from Alice: "later">')  # not behind Bob's answer
+    bob.read_all()
+    alice.expect("<To Bob> slow", "<Online users: Alice, Bob, Carol>", "<To Carol> later")
