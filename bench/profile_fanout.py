@@ -58,6 +58,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.systems import make_certificate  # noqa: E402
+from reactor.app import build_chat  # noqa: E402
 from reactor.backends import selector as selector_backend  # noqa: E402
 from reactor.backends.selector import SelectorServer  # noqa: E402
 from reactor.config import ServerConfig  # noqa: E402
@@ -175,7 +176,7 @@ class Driver:
             config = replace(config, tls_cert=str(cert), tls_key=str(key))
         self.n = n
         self.dm_batch = dm_batch
-        self.server = server = SelectorServer(config)
+        self.server = server = SelectorServer(config, build_chat(config))
         server.chat.attach(server.call_later, server.call_soon_threadsafe, server.send_at_once)
         server.selector.register(server._wakeup_reader, selector_backend._READ, None)
         server._listen(True)

@@ -31,12 +31,13 @@ from typing import Any, NoReturn
 from reactor import notify
 from reactor.accounts.hashing import below_recommended, hasher_from_spec
 from reactor.accounts.store import StoreUnavailable
-from reactor.backends import BACKENDS, DEFAULT_BACKEND, EVENT_LOOPS, make_server
-from reactor.cluster.redis_url import LinkError, check_url, is_redis_url, without_password
+from reactor.app import make_server
+from reactor.backends import BACKENDS, DEFAULT_BACKEND, EVENT_LOOPS
 from reactor.cluster.workers import die_with_parent, supervise
 from reactor.config import AccountsConfig, ClusterConfig, ServerConfig
 from reactor.flow import FloodLimits
 from reactor.logs import LogPipeline, complain
+from reactor.redis.url import LinkError, check_url, is_redis_url, without_password
 from reactor.settings import (
     CONFIG_VARIABLE,
     SettingsError,

@@ -7,6 +7,11 @@ and never touches a socket.  It is not thread-safe: the threads backend holds
 one lock around every call, as the original held its mutex around the
 whiteboard.
 
+It is given what it works with -- a roster and, with registered names, a
+login step (:mod:`reactor.contracts`) -- by the composition root,
+:mod:`reactor.app`; it builds neither.  There is one chat path: a roster in
+memory answers at once, a cluster's later, and the chat does not ask which.
+
 A fan-out formats its event once and hands the same ``bytes`` object to every
 recipient.
 """
@@ -16,9 +21,8 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
-from typing import Any
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 
 from protocol import (
     Broadcast,
@@ -59,12 +63,13 @@ from protocol.events import (
     format_message_sent,
 )
 from protocol.framing import Received
-from reactor.accounts.service import Accounts
 from reactor.config import ServerConfig
-from reactor.connection import Connection, Phase
+from reactor.connection import Connection, Slot
+from reactor.contracts import LoginStep, Roster, Session, SocketLoop, TimerHandle
 from reactor.flow import TokenBucket
-from reactor.transport import SocketLoop, TimerHandle, Transport
-from reactor.whiteboard import MemoryWhiteboard, Whiteboard
+from reactor.phases import Phase
+from reactor.scheduling import CallLater, CallSoon, LoopScheduler
+from reactor.transport import Transport
 
 log = logging.getLogger("reactor")
 
@@ -78,12 +83,7 @@ _LOGIN_TIMED_OUT = format_event(LoginTimedOut())
 # soft limit's grace period, the server-wide budget).
 HOUSEKEEPING_INTERVAL = 1.0
 
-CallLater = Callable[[float, Callable[[], None]], TimerHandle]
-CallSoon = Callable[[Callable[[], None]], None]
 SendAtOnce = Callable[[bytes, list[Connection], bool], list[Connection]]
-
-# Answers a client may have in flight (cluster nodes) before its next line waits.
-MAX_IN_FLIGHT = 64
 # Offline notices joined into one fan-out when many users leave together
 # (~15 KiB): far below a connection's output limit, so that a chat of any
 # size never cuts a reader off for one server's death.
@@ -93,48 +93,32 @@ NO_ACCOUNTS = "this server keeps no registered names; the operator can turn them
 
 
 class ChatService:
+    """The chat: what it promises is in the module docstring; what it asks of
+    its roster and login step, and what the roster may tell it
+    (:class:`~reactor.contracts.RosterEvents`), is in
+    :mod:`reactor.contracts`."""
+
     def __init__(
         self,
         config: ServerConfig,
-        whiteboard: Whiteboard[Connection] | None = None,
+        whiteboard: Roster[Connection],
+        accounts: LoginStep | None = None,
         clock: Callable[[], float] = time.monotonic,
-        accounts: Accounts | None = None,
     ) -> None:
         self.config = config
-        if whiteboard is None and config.cluster is not None:
-            # Checks the URL and the packages now (LinkError), before the
-            # backend binds its port -- and before importing the link, which
-            # needs them; talks to Redis only once started.
-            from reactor.cluster.redis_url import check_url
-
-            check_url(config.cluster.url)
-            from reactor.cluster.whiteboard import ClusterWhiteboard
-
-            whiteboard = ClusterWhiteboard(config.cluster, config.delivery_timeout)
-        self.whiteboard: Whiteboard[Connection] = (
-            MemoryWhiteboard() if whiteboard is None else whiteboard
-        )
+        self.whiteboard = whiteboard  # the roster
+        # Registered names (--accounts): None is the open chat.
+        self.accounts = accounts
         self.clock = clock
+        self.scheduler = LoopScheduler(clock)
         self._connections: set[Connection] = set()
         self._per_address: Counter[str] = Counter()
         self._login_buckets: dict[str, TokenBucket] = {}
-        self._call_later: CallLater | None = None
-        self._call_soon: CallSoon | None = None
         self._send_at_once: SendAtOnce | None = None
-        self.socket_loop: SocketLoop | None = None
         self._shutting_down = False
         # Offline notices held while a fan-out is under way (see user_left).
         self._fan_out_depth = 0
         self._deferred_notices: list[bytes] = []
-        # Inside together(): fan-outs are queued for one send per recipient.
-        self._together = 0
-        # Registered names: None is the open chat.  Opened here (raising
-        # StoreUnavailable or ValueError) before the backend binds its port.
-        if accounts is None and config.accounts is not None:
-            accounts = Accounts.open(config.accounts)
-        self.accounts = accounts
-        if accounts is not None:
-            accounts.bind(self)
 
     # -- set-up by the backend ------------------------------------------------
 
@@ -144,47 +128,20 @@ class ChatService:
         """Give the service the backend's timers, its way in from other
         threads, its fan-out fast path (``Server.send_at_once``) and its
         event loop for other sockets (``Server.socket_loop``), if any;
-        starts its housekeeping.  Without ``call_soon_threadsafe`` (in-memory
-        tests whose "workers" run on the chat thread) answers are scheduled
-        with ``call_later(0, ...)``."""
-        self._call_later = call_later
-        self._call_soon = call_soon_threadsafe
+        starts its housekeeping, its roster and its login step."""
+        self.scheduler.attach(call_later, call_soon_threadsafe, socket_loop)
         self._send_at_once = send_at_once
-        self.socket_loop = socket_loop
         call_later(HOUSEKEEPING_INTERVAL, self._housekeeping)
-        self.whiteboard.start(self)
+        self.whiteboard.start(self, self.scheduler)
+        if self.accounts is not None:
+            self.accounts.start(self.scheduler)
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
-        assert self._call_later is not None, "attach() the service to a backend first"
-        return self._call_later(delay, callback)
+        return self.scheduler.call_later(delay, callback)
 
-    def call_soon_threadsafe(self, callback: Callable[[], None]) -> None:
-        """From any thread: run ``callback`` on the chat thread soon."""
-        if self._call_soon is not None:
-            self._call_soon(callback)
-        else:
-            self.call_later(0.0, callback)
-
-    @contextmanager
-    def together(self, several: bool = True) -> Iterator[None]:
-        """Around work that arrives together (a Redis batch's replies, a
-        batch of a cluster inbox, the callbacks one wakeup found): its
-        fan-outs are queued and go out in one send per
-        recipient once the batch is done (``Server.send_at_once``'s
-        ``batch``), not in one send per fan-out.  Several broadcasts that
-        arrive together then cost one system call per recipient, as a batch
-        of broadcast lines read from one client does on one server.
-
-        Not ``several`` (one item alone, a quiet moment): nothing changes,
-        and its fan-out is written through at once."""
-        if not several:
-            yield
-            return
-        self._together += 1
-        try:
-            yield
-        finally:
-            self._together -= 1
+    def together(self, several: bool = True) -> AbstractContextManager[None]:
+        """See :meth:`LoopScheduler.together <reactor.scheduling.LoopScheduler.together>`."""
+        return self.scheduler.together(several)
 
     def close(self) -> None:
         """The backend has stopped serving: leave the cluster, release the
@@ -308,8 +265,8 @@ class ChatService:
             for host in [h for h, b in self._login_buckets.items() if b.full(now)]:
                 del self._login_buckets[host]
         finally:
-            if self._call_later is not None:
-                self._call_later(HOUSEKEEPING_INTERVAL, self._housekeeping)
+            if self.scheduler.attached:
+                self.scheduler.call_later(HOUSEKEEPING_INTERVAL, self._housekeeping)
 
     def _enforce_output_limits(self) -> None:
         config = self.config
@@ -352,19 +309,21 @@ class ChatService:
         """Act on one line (or an overlong line's report) from a client."""
         if isinstance(item, LineTooLong):
             self._reject(connection, f"line longer than {item.limit} bytes, discarded")
-        elif connection.phase is Phase.CHATTING:
+            return
+        phase = connection.phase
+        if phase is Phase.CHATTING:
             self._command_line(connection, item)
-        elif connection.password_for is not None:
+        elif phase is Phase.PASSWORD:
             if item.strip(b" ") and self.accounts is not None:
-                self.accounts.password_line(connection, item)
+                self.accounts.password_line(connection, item, self.claim)
         else:
             self._login_line(connection, item)
 
     def _reject(self, connection: Connection, reason: str) -> None:
-        if connection.phase is Phase.LOGIN and connection.password_for is None:
-            connection.send(format_event(InvalidUsername(reason)))
+        if connection.phase is Phase.LOGIN:
+            connection.reply(format_event(InvalidUsername(reason)))
         else:
-            connection.send(format_event(InvalidInput(reason)))
+            connection.reply(format_event(InvalidInput(reason)))
 
     def _login_line(self, connection: Connection, raw: bytes) -> None:
         if not raw.strip(b" "):
@@ -380,28 +339,30 @@ class ChatService:
             if taken_as is not None:
                 connection.send(format_event(UsernameTaken(taken_as)))
                 return
-            self.accounts.login(connection, name)  # asks for a password if registered
+            self.accounts.login(connection, name, self.claim)  # may ask for a password
             return
         self.claim(connection, name)
 
     def claim(self, connection: Connection, name: str) -> None:
-        """Put ``name`` online for ``connection``; the line waits for the verdict."""
-        connection.await_answer()
+        """Put ``name`` online for ``connection`` (the login step's ``admit``);
+        the next line waits for the verdict."""
+        slot = connection.answer_later()
         self.whiteboard.claim(
             name, connection,
             connection.guard(lambda taken, refused=None: self._claimed(
-                connection, name, taken, refused)),
+                connection, slot, name, taken, refused)),
         )
 
-    def _claimed(self, connection: Connection, name: str, taken_as: str | None,
+    def _claimed(self, connection: Connection, slot: Slot, name: str, taken_as: str | None,
                  refused: str | None = None) -> None:
+        # Said at once, not through the slot: while logging in nothing else
+        # is awaited before it, and a cluster's roster sends the newcomer the
+        # presence notices that crossed its claim right after this.
         if not connection.is_open:
             # Gone while the claim was under way: give the name back.
             if taken_as is None and refused is None:
                 self.whiteboard.release(name)
-            connection.answer_arrived()
-            return
-        if refused is not None:
+        elif refused is not None:
             # Undecided (the chat service is out of reach): say so; the
             # client may try again on this connection.
             connection.send(format_event(ServiceUnavailable("try again later")))
@@ -412,7 +373,7 @@ class ChatService:
             log.info("%s connected (%s)", name, connection.peer_host)
             online = self.whiteboard.online_sessions()
             self._fan_out(format_event(UserOnline(name)), online)
-        connection.answer_arrived()
+        connection.answer(slot)
 
     def _command_line(self, connection: Connection, raw: bytes) -> None:
         if not raw.strip(b" "):
@@ -420,74 +381,49 @@ class ChatService:
         try:
             command = parse_command(decode_line(raw))
         except ProtocolError as error:
-            connection.send(format_event(InvalidInput(error.reason)))
+            connection.reply(format_event(InvalidInput(error.reason)))
             return
         sender = connection.username
         assert sender is not None
-        if connection.in_flight and not self._may_go_ahead(connection, command):
-            connection.hold(raw)
-            return
         if type(command) is Chat:
             # The hot command, dispatched before the match (whose class
             # patterns cost a few isinstance and attribute look-ups each).
             self._direct_message(connection, sender, command.to, command.text)
             return
         match command:
-            case Chat(to, text):
-                self._direct_message(connection, sender, to, text)
             case Broadcast(text):
                 self._broadcast(connection, sender, text)
             case Users():
                 names = tuple(self.whiteboard.online_names())
-                connection.send(format_event(OnlineUsers(names)))
+                connection.reply(format_event(OnlineUsers(names)))
             case Help():
-                connection.send(_HELP)
+                connection.reply(_HELP)
             case Bye():
-                if self.whiteboard.clustered:
-                    self._leave_cluster_then_close(connection, sender)
-                    return
-                connection.send(format_event(UserOffline(sender)))
-                connection.close("bye")
+                self._bye(connection, sender)
             case Register(password):
                 if self.accounts is None:
-                    connection.send(format_event(InvalidInput(NO_ACCOUNTS)))
+                    connection.reply(format_event(InvalidInput(NO_ACCOUNTS)))
                 else:
                     self.accounts.register(connection, sender, password)
             case ChangePassword(old, new):
                 if self.accounts is None:
-                    connection.send(format_event(InvalidInput(NO_ACCOUNTS)))
+                    connection.reply(format_event(InvalidInput(NO_ACCOUNTS)))
                 else:
                     self.accounts.change_password(connection, sender, old, new)
 
     # -- what commands cause --------------------------------------------------
 
-    def _may_go_ahead(self, connection: Connection, command: object) -> bool:
-        """Whether a command may be handled while earlier answers are still
-        in flight: broadcasts, and messages to users of other servers, whose
-        order Redis keeps (one pipeline, one inbox per server).  Anything
-        else -- a message to a user here, who would get it before a
-        broadcast still on its way -- waits for them."""
-        if len(connection.in_flight) >= MAX_IN_FLIGHT:
-            return False
-        if type(command) is Broadcast:
-            return True
-        if type(command) is Chat:
-            found = self.whiteboard.lookup(command.to)
-            return found is not None and not isinstance(found[1], Connection)
-        return False
-
     def _direct_message(self, connection: Connection, sender: str, to: str, text: str) -> None:
         whiteboard = self.whiteboard
-        if whiteboard.clustered:
-            # Even a message between two users of this server: one that has
-            # lost the cluster may already have been declared dead.
-            down = whiteboard.unavailable_reason()
-            if down is not None:
-                connection.reply(format_event(NotDelivered(to, down)))
-                return
+        # Even a message between two users of this server: a cluster node
+        # that has lost the cluster may already have been declared dead.
+        down = whiteboard.unavailable_reason()
+        if down is not None:
+            connection.reply(format_event(NotDelivered(to, down)))
+            return
         found = whiteboard.lookup(to)
         if found is None:
-            seen = self.whiteboard.seen_as(to)
+            seen = whiteboard.seen_as(to)
             reply = UserUnknown(to) if seen is None else UserOffline(seen)
             connection.reply(format_event(reply))
             return
@@ -503,17 +439,17 @@ class ChatService:
         if recipient is connection:
             # To oneself: the echo and the message share one stream, so the
             # echo can never be seen without the message after it.
-            connection.send(format_message_sent(recipient_name, text))
-            connection.send(format_message_from(sender, text))
-            return
-
-        if whiteboard.clustered and not isinstance(recipient, Connection):
-            self._direct_message_elsewhere(connection, sender, recipient_name, recipient, text)
+            connection.reply(format_message_sent(recipient_name, text))
+            connection.reply(format_message_from(sender, text))
             return
 
         # The echo "<To Bob> ..." promises that the message was handed to
-        # Bob's connection, so it waits for that; the sender's next line
-        # waits with it, which keeps every reply in command order.
+        # Bob's connection, so it waits for that, in command order; the
+        # sender's next lines go ahead meanwhile.  Most messages are taken
+        # at once, while this line is handled: their echo is a plain reply,
+        # and only an answer still awaited when the hand-over returns takes
+        # a slot (reserved before any later line is handled).
+        slot: Slot | None = None
         answered = False
 
         def delivered(ok: bool, reason: str) -> None:
@@ -521,102 +457,106 @@ class ChatService:
             # a second closure and call per message): a failure here is the
             # sender's.
             nonlocal answered
-            if answered:
-                return
             answered = True
             try:
-                connection.send(_delivery_answer(recipient_name, text, ok, reason))
-                connection.answer_arrived()
+                if slot is None:
+                    connection.reply(_delivery_answer(recipient_name, text, ok, reason))
+                else:
+                    connection.answer(slot, _delivery_answer(recipient_name, text, ok, reason))
             except Exception as error:
                 connection.fail(error)
 
-        connection.await_answer()
-        _hand_over(recipient, format_message_from(sender, text), delivered)
-
-    def _direct_message_elsewhere(self, connection: Connection, sender: str,
-                                  recipient_name: str, recipient: Any, text: str) -> None:
-        """A message to a user of another server: its echo waits in command
-        order for that server's answer, while the sender's next broadcasts
-        and messages to other servers go ahead (as Redis pipelines)."""
-        slot = connection.reserve_answer()
-        answered = False
-
-        def delivered(ok: bool, reason: str) -> None:
-            nonlocal answered
-            if answered:
-                return
-            answered = True
-            reply = _delivery_answer(recipient_name, text, ok, reason)
-            try:
-                connection.fill_answer(slot, lambda: connection.send(reply))
-            except Exception as error:
-                connection.fail(error)
-
-        _hand_over(recipient, format_message_from(sender, text), delivered)
+        connection.hand_over(recipient, format_message_from(sender, text), delivered)
+        if not answered:
+            slot = connection.answer_later()
 
     def _broadcast(self, connection: Connection, sender: str, text: str) -> None:
         if log.isEnabledFor(logging.INFO):
             shown = f'"{escape(text)}"' if self.config.log_text else f"({len(text)} characters)"
             log.info("Broadcast from %s: %s", sender, shown)
         data = format_broadcast_from(sender, text)
-        if not self.whiteboard.clustered:
-            self._broadcast_here(connection, text, data)
-            return
-
-        # Other servers first: the echo and this server's deliveries wait
-        # until the broadcast is on its way to all of them, so that nobody
-        # gets it unless everyone will, and the echo is never false.  They
-        # wait in command order; the sender's next broadcast goes ahead, so
-        # that a fast sender's broadcasts share Redis round trips.
-        slot = connection.reserve_answer()
+        # Other servers first (none in memory: published at once): the echo
+        # and this server's deliveries wait until the broadcast is on its way
+        # to all of them, so that nobody gets it unless everyone will, and
+        # the echo is never false.  The echo waits in command order, the
+        # deliveries in delivery order; the sender's next lines go ahead, so
+        # that a fast sender's broadcasts share Redis round trips.  As for a
+        # direct message, only an answer still awaited when publish returns
+        # takes slots (reserved before any later line is handled).
+        slot: Slot | None = None
+        fan_out: Slot | None = None
+        answered = False
 
         def published(refused: str | None) -> None:
-            if refused is not None:
-                notice = format_event(BroadcastNotSent(refused))
-                connection.fill_answer(slot, lambda: connection.send(notice))
-            else:
-                connection.fill_answer(slot, lambda: self._broadcast_here(connection, text, data))
+            nonlocal answered
+            answered = True
+            try:
+                if refused is not None:
+                    notice = format_event(BroadcastNotSent(refused))
+                    if slot is None:
+                        connection.reply(notice)
+                    else:
+                        assert fan_out is not None  # reserved with slot
+                        connection.answer(slot, notice)
+                        connection.delivery_ready(fan_out, _nothing)
+                elif slot is None:
+                    connection.reply(format_broadcast_sent(text))
+                    connection.in_delivery_order(self._broadcast_here, connection, data)
+                else:
+                    assert fan_out is not None  # reserved with slot
+                    connection.answer(slot, format_broadcast_sent(text))
+                    connection.delivery_ready(
+                        fan_out, lambda: self._broadcast_here(connection, data))
+            except Exception as error:
+                connection.fail(error)
 
-        self.whiteboard.publish(data, connection.guard(published))
+        self.whiteboard.publish(data, published)
+        if not answered:
+            slot = connection.answer_later()
+            fan_out = connection.delivery_later()
 
-    def _broadcast_here(self, connection: Connection, text: str, data: bytes) -> None:
-        connection.send(format_broadcast_sent(text))
+    def _broadcast_here(self, connection: Connection, data: bytes) -> None:
         recipients = self._fan_out(data, self.whiteboard.online_sessions(), but=connection)
         recipients += self.whiteboard.remote_count()
         connection.delivery_bucket.charge(recipients, self.clock())
 
-    def _leave_cluster_then_close(self, connection: Connection, sender: str) -> None:
-        """``bye`` on a cluster node: the name is given up in the shared store
-        before the client hears its own offline notice, so that whatever it
-        (or anyone it tells) does next, on any node, comes after its leaving."""
+    def _bye(self, connection: Connection, sender: str) -> None:
+        """``bye``, in its turn: the name is given up (in a cluster, in the
+        shared store) before the client hears its own offline notice, so that
+        whatever it (or anyone it tells) does next, on any node, comes after
+        its leaving.  The lines after it are never handled."""
 
-        def released() -> None:
-            connection.send(format_event(UserOffline(sender)))
-            connection.close("bye")  # its user_left finds the name already released
-            connection.answer_arrived()
+        def leave() -> None:
+            released = connection.answer_later(blocking=True)
+            self.whiteboard.release(sender, connection.guard(
+                lambda: connection.answer(released, lambda: self._said_bye(connection, sender))))
 
-        connection.await_answer()
-        self.whiteboard.release(sender, connection.guard(released))
+        connection.answer(connection.answer_later(blocking=True), leave)
 
-    # -- what other servers of the cluster cause ----------------------------------
+    @staticmethod
+    def _said_bye(connection: Connection, sender: str) -> None:
+        connection.send(format_event(UserOffline(sender)))
+        connection.close("bye")  # its user_left finds the name already released
 
-    def remote_user_online(self, name: str) -> None:
+    # -- what other servers of the cluster cause (contracts.RosterEvents) ---------
+
+    def user_online(self, name: str) -> None:
         if not self._shutting_down:
             self._fan_out(format_event(UserOnline(name)), self.whiteboard.online_sessions())
 
-    def remote_users_offline(self, names: list[str]) -> None:
+    def users_offline(self, names: list[str]) -> None:
         """Users of other servers gone, announced in this order."""
         self._announce_offline(*names)
 
-    def remote_broadcast(self, data: bytes) -> None:
+    def broadcast_arrived(self, data: bytes) -> None:
         """A broadcast from a user of another server, for ours."""
         self._fan_out(data, self.whiteboard.online_sessions())
 
-    def disconnect(self, connection: Connection, reason: str) -> None:
+    def disconnect(self, session: Session, reason: str) -> None:
         """Close a connection for a reason of the server's own, telling it why."""
-        if connection.is_open:
-            connection.send(format_event(Disconnected(reason)))
-            connection.close(reason)
+        if session.is_open:
+            session.send(format_event(Disconnected(reason)))
+            session.close(reason)
 
     def _fan_out(self, data: bytes, connections: Iterable[Connection],
                  but: Connection | None = None) -> int:
@@ -637,7 +577,7 @@ class ChatService:
                 # The backend's tight loop sends to whoever can take it now
                 # (most recipients, most of the time): a fan-out costs about
                 # a system call per recipient, not three Python calls more.
-                recipients = self._send_at_once(data, recipients, self._together > 0)
+                recipients = self._send_at_once(data, recipients, self.scheduler.batching > 0)
             for connection in recipients:
                 try:
                     connection.send(data)
@@ -659,11 +599,5 @@ def _delivery_answer(recipient_name: str, text: str, ok: bool, reason: str) -> b
     return format_event(NotDelivered(recipient_name, reason))
 
 
-def _hand_over(recipient: Any, data: bytes, delivered: Callable[[bool, str], None]) -> None:
-    """``recipient.deliver(data, delivered)``; a failure there is the
-    recipient's (it is contained there), and the message was not delivered."""
-    try:
-        recipient.deliver(data, delivered)
-    except Exception as error:
-        recipient.fail(error)
-        delivered(False, "internal error")
+def _nothing() -> None:
+    pass

@@ -1,11 +1,8 @@
 """One client connection's life, written once for every backend.
 
-In the manner of h11's connection object, everything that moves a connection
-from one phase to the next happens here::
-
-    LOGIN --(username claimed, after its password if registered)--> CHATTING
-      |                              |
-      +--(bye, end of input, login timeout, shutdown, abort)--> CLOSING --(socket closed)--> CLOSED
+Its phases -- LOGIN, PASSWORD (a registered name's password is next),
+CHATTING, CLOSING, CLOSED -- and every move between them are one table,
+:data:`reactor.phases.TRANSITIONS`, as h11's ``_state.py``.
 
 The backend only moves bytes: it calls :meth:`Connection.data_received` with
 what it read (``b""`` for end of input, as h11's ``receive_data(b"")``),
@@ -13,13 +10,24 @@ what it read (``b""`` for end of input, as h11's ``receive_data(b"")``),
 :meth:`connection_lost` once the socket is closed.  This class owns the
 receive buffer, decoding, the login deadline, and the order of lines.
 
-**Lines are handled strictly in order, one at a time.**  A line may need an
-answer that comes later -- the whiteboard's verdict on a username claim, or
-the recipient's connection taking a direct message -- and the lines after it
-wait, in order, until it arrives (as do lines over the client's rate, and
-lines from a client that is not reading its own replies).  While lines wait,
-the socket is not read: the client's further input waits in TCP.  Every reply
-therefore comes back in the order of the commands that caused it.
+**One reply queue.**  Lines are handled in order, one at a time.  A line whose
+answer comes later -- a direct message waiting for its recipient's connection
+to take it, a broadcast on its way to other servers, a claim, a password
+check -- takes a *slot* in the connection's reply queue
+(:meth:`answer_later`), and the answer is sent once every answer before it
+has been (:meth:`answer`).  Replies therefore come back in the order of the
+commands that caused them.  While chatting, the lines after a waiting one go
+ahead -- a slow reader's direct message holds up only its own echo, not its
+sender -- up to :data:`MAX_IN_FLIGHT` waiting answers; while logging in, the
+next line waits for the answer, since what it means depends on it.  Lines
+also wait while the client is over its rate, or is not reading its own
+replies; while lines wait, the socket is not read: the client's further
+input waits in TCP.
+
+**Deliveries in command order.**  A broadcast that must first reach the
+other servers is fanned out here only once it has; a direct message to a user
+here that follows it waits for that fan-out (:meth:`hand_over`), so
+that every recipient sees one sender's lines in the order they were sent.
 
 **A failure stays in its connection.**  Every entry point catches what the
 chat logic raises on this connection's behalf, logs it once with its
@@ -30,46 +38,54 @@ is free again, and everyone else carries on.
 
 from __future__ import annotations
 
-import enum
 import logging
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from protocol import LineBuffer
 from protocol.framing import Received
+from reactor.contracts import (
+    ChatForConnection,
+    DeliveryResult,
+    Recipient,
+    TimerHandle,
+    hand_over,
+)
 from reactor.flow import TokenBucket
 from reactor.outbuf import Entry, Handoff
-from reactor.transport import TimerHandle, Transport
-
-if TYPE_CHECKING:
-    from reactor.chat import ChatService
+from reactor.phases import LOGGING_IN, OPEN, Move, Phase, next_phase
+from reactor.transport import Transport
 
 log = logging.getLogger("reactor")
 
-# Called with (True, "") once a message was handed to the recipient's
-# connection, or (False, reason) if it never will be.
-DeliveryResult = Callable[[bool, str], None]
+__all__ = ["MAX_IN_FLIGHT", "Connection", "DeliveryResult", "Phase", "Slot"]
+
+# Answers a chatting client may be waiting for before its next line waits too:
+# what bounds the reply queue, whatever the client sends.
+MAX_IN_FLIGHT = 64
 
 
-class Phase(enum.Enum):
-    LOGIN = "awaiting username"
-    CHATTING = "chatting"
-    CLOSING = "closing"  # no more input is handled; queued output drains
-    CLOSED = "closed"
+# A slot of the reply queue: [answer, blocking].  The answer is None while
+# awaited, then the bytes to send or what to do; a blocking slot holds the
+# client's next lines until it is done.
+Slot = list[Any]
 
 
 class Connection:
     """A client connection as the chat logic sees it."""
 
-    def __init__(self, transport: Transport, chat: ChatService) -> None:
+    #: Its deliveries are made here, in this server's order (see contracts.Recipient).
+    remote = False
+
+    def __init__(self, transport: Transport, chat: ChatForConnection) -> None:
         config = chat.config
         self.transport = transport
         self.chat = chat
         self.config = config
         self.peer_host = transport.peer_host
         self.phase = Phase.LOGIN
-        # True while LOGIN or CHATTING: a plain attribute, because every
+        # True in the open phases (OPEN): a plain attribute, because every
         # delivery of every fan-out reads it.
         self.is_open = True
         self.username: str | None = None
@@ -84,8 +100,12 @@ class Connection:
         self._processing = False
         self._input_ended = False
         self._reading_paused = False
-        # Reasons the next line waits (see the module docstring).
-        self._awaiting_answer = False
+        # The reply queue (see the module docstring), and how many of its
+        # slots hold the next lines until they are done.
+        self._replies: deque[Slot] = deque()
+        self._blocking = 0
+        # Local deliveries waiting, in command order, for a fan-out before them.
+        self._deliveries: deque[Slot] = deque()
         self.output_backlog = False  # output above the high-water mark (read by backends)
         self._rate_timer: TimerHandle | None = None
         self._login_timer: TimerHandle | None = None
@@ -102,16 +122,10 @@ class Connection:
         # A direct message to this client timed out, and it has not read its
         # queue empty since: further messages are refused at once.
         self.not_reading = False
-        # The registered name whose password the next line is (reactor.accounts),
-        # and the wrong passwords sent on this connection so far.
+        # The registered name whose password the next line is, and the wrong
+        # passwords sent on this connection so far (the login step counts).
         self.password_for: str | None = None
         self.password_tries = 0
-        # Answers awaited in command order while the next lines go ahead
-        # (cluster nodes pipeline broadcasts and messages to other nodes
-        # through Redis): each is a slot, filled with what to do once it
-        # arrives, done strictly from the front.
-        self.in_flight: deque[list[Callable[[], None] | None]] = deque()
-        self._held = False
 
     def __repr__(self) -> str:
         who = self.username or "(no name yet)"
@@ -130,7 +144,7 @@ class Connection:
             if self._pause_timer is not None:
                 self._cancel_pause_timer()
             self.pending_lines.extend(lines)
-            if (self.phase is Phase.LOGIN and data and self._buffer.pending
+            if (self.phase in LOGGING_IN and data and self._buffer.pending
                     and not any(isinstance(x, bytes) and x.strip() for x in self.pending_lines)):
                 # The original client sends its name with no newline, then
                 # waits for its user: a pause ends that first line -- unless a
@@ -156,8 +170,7 @@ class Connection:
         try:
             if self.is_open:
                 self._leave("connection lost")
-            self.phase = Phase.CLOSED
-            self.is_open = False
+            self._move(Move.SOCKET_CLOSED)
             for timer in (self._login_timer, self._pause_timer, self._rate_timer):
                 if timer is not None:
                     timer.cancel()
@@ -289,52 +302,120 @@ class Connection:
 
         timer = self.call_later(self.config.delivery_timeout, overdue)
 
-    def reserve_answer(self) -> list[Callable[[], None] | None]:
-        """A place in command order for an answer that comes later, while
-        the lines after this one are handled meanwhile."""
-        slot: list[Callable[[], None] | None] = [None]
-        self.in_flight.append(slot)
+    # -- the reply queue -----------------------------------------------------------
+
+    def answer_later(self, blocking: bool = False) -> Slot:
+        """A place in command order for an answer that comes later.  While
+        logging in, or if ``blocking``, the next lines wait until it is done;
+        while chatting they go ahead."""
+        blocking = blocking or self.phase is not Phase.CHATTING
+        slot: Slot = [None, blocking]
+        if blocking:
+            self._blocking += 1
+        self._replies.append(slot)
         return slot
 
-    def fill_answer(self, slot: list[Callable[[], None] | None],
-                    finish: Callable[[], None]) -> None:
-        """The answer for ``slot`` arrived: ``finish`` runs once every answer
-        before it has run."""
-        slot[0] = finish
-        in_flight = self.in_flight
-        while in_flight and in_flight[0][0] is not None:
-            done = in_flight.popleft()[0]
-            assert done is not None
-            done()
-        if not in_flight and self._held:
-            self._held = False
-            self.answer_arrived()
+    def answer(self, slot: Slot, answer: bytes | Callable[[], object] = b"") -> None:
+        """The answer for ``slot`` arrived: the bytes to send (or nothing), or
+        what to do; sent or done once every answer before it has been."""
+        if slot[0] is not None:
+            return  # answered already (a late answer after a time-out)
+        slot[0] = answer
+        replies = self._replies
+        if replies[0] is not slot:
+            return  # waits its turn
+        while replies and replies[0][0] is not None:
+            done, blocking = replies.popleft()
+            if blocking:
+                self._blocking -= 1
+            if type(done) is bytes:
+                if done:
+                    self.send(done)
+            else:
+                done()
+        if not self._processing and (self.pending_lines or self._input_ended):
+            self._process()
+
+    def hold_lines(self) -> None:
+        """Handle none of this client's lines until :meth:`release_lines`,
+        for a reason of the server's own (not an answer in the reply queue,
+        so nothing waits behind the answers already awaited)."""
+        self._blocking += 1
+
+    def release_lines(self) -> None:
+        self._blocking -= 1
+        if not self._processing:
+            self._process()
 
     def reply(self, data: bytes) -> None:
         """Send a reply in command order, behind any answer still awaited."""
-        if self.in_flight:
-            self.in_flight.append([lambda: self.send(data)])
+        if self._replies:
+            self._replies.append([data, False])
         else:
             self.send(data)
 
-    def hold(self, item: Received) -> None:
-        """This line must wait until every answer in flight has arrived."""
-        self.pending_lines.appendleft(item)
-        self._held = True
-        self._awaiting_answer = True
+    def hand_over(self, recipient: Recipient, data: bytes, on_result: DeliveryResult) -> None:
+        """Deliver this client's direct message to ``recipient``: now, or,
+        to a user here, after the fan-outs this client caused before it that
+        still wait (see :meth:`delivery_later`)."""
+        if self._deliveries and not recipient.remote:
+            self._deliveries.append([lambda: hand_over(recipient, data, on_result)])
+            return
+        # contracts.hand_over written out: this runs once per direct message.
+        try:
+            recipient.deliver(data, on_result)
+        except Exception as error:
+            recipient.fail(error)
+            on_result(False, "internal error")
 
-    def await_answer(self) -> None:
-        """The line just handled needs an answer before the next one runs."""
-        self._awaiting_answer = True
+    def in_delivery_order(self, deliver: Callable[..., None], *args: object) -> None:
+        """``deliver(*args)`` (a fan-out of this client's) after the fan-outs
+        it caused before that still wait (see :meth:`delivery_later`); now if
+        there are none."""
+        if self._deliveries:
+            self._deliveries.append([lambda: deliver(*args)])
+        else:
+            deliver(*args)
 
-    def answer_arrived(self) -> None:
-        self._awaiting_answer = False
-        if not self._processing:  # else the running _process goes on to the next line
-            self._process()
+    def delivery_later(self) -> Slot:
+        """A place in command order for a fan-out that waits for an answer
+        (a broadcast on its way to other servers)."""
+        slot: Slot = [None]
+        self._deliveries.append(slot)
+        return slot
+
+    def delivery_ready(self, slot: Slot, deliver: Callable[[], None]) -> None:
+        """The fan-out for ``slot`` may go; so may the deliveries behind it."""
+        slot[0] = deliver
+        deliveries = self._deliveries
+        while deliveries and deliveries[0][0] is not None:
+            deliveries.popleft()[0]()
+
+    # -- phases -------------------------------------------------------------------
+
+    def _move(self, move: Move) -> None:
+        self.phase = next_phase(self.phase, move)
+        self.is_open = self.phase in OPEN
+
+    @property
+    def secure(self) -> bool:
+        """The bytes are protected on the way (TLS): passwords may cross."""
+        return self.transport.secure
+
+    def ask_password(self, name: str) -> None:
+        """The next line is the password of the registered ``name``."""
+        self._move(Move.PASSWORD_ASKED)
+        self.password_for = name
+
+    def password_done(self) -> None:
+        """The password step is over (a right password, or none could be
+        checked): the name is claimed next, or another asked for."""
+        self._move(Move.PASSWORD_DONE)
+        self.password_for = None
 
     def logged_in(self, name: str) -> None:
+        self._move(Move.NAME_CLAIMED)
         self.username = name
-        self.phase = Phase.CHATTING
         if self._login_timer is not None:
             self._login_timer.cancel()
             self._login_timer = None
@@ -367,8 +448,7 @@ class Connection:
     def _leave(self, reason: str) -> None:
         """Open -> closing: the user, if any, leaves the chat now, even while
         output still drains (a user who has left frees the name at once)."""
-        self.is_open = False
-        self.phase = Phase.CLOSING
+        self._move(Move.LEAVE)
         self.pending_lines.clear()
         for timer in (self._login_timer, self._pause_timer, self._rate_timer):
             if timer is not None:
@@ -390,9 +470,11 @@ class Connection:
             lines = self.pending_lines
             chat = self.chat
             metered = self._metered
-            # _waiting() written out: this loop runs once per line.
+            # The reasons to wait, written out: this loop runs once per line.
+            replies = self._replies
             while lines and self.is_open and not (
-                self._awaiting_answer or self.output_backlog or self._rate_timer is not None
+                self._blocking or self.output_backlog or self._rate_timer is not None
+                or len(replies) >= MAX_IN_FLIGHT
             ):
                 if metered and not self._within_rate():
                     break
@@ -409,12 +491,9 @@ class Connection:
                 self.transport.pause_reading()
             else:
                 self.transport.resume_reading()
-        if self._input_ended and not self.pending_lines and not self._awaiting_answer:
+        if self._input_ended and not self.pending_lines and not self._replies:
             # The peer is done sending and everything it sent is answered.
             self.close("connection closed by peer")
-
-    def _waiting(self) -> bool:
-        return self._awaiting_answer or self.output_backlog or self._rate_timer is not None
 
     def _within_rate(self) -> bool:
         """Charge the next line to the client's meters, or arrange to retry."""
@@ -422,7 +501,7 @@ class Connection:
             return True
         now = self.chat.clock()
         wait = max(self._line_bucket.wait(now), self.delivery_bucket.wait(now))
-        if not wait and self.phase is Phase.LOGIN:
+        if not wait and self.phase is not Phase.CHATTING:
             # Last: login_wait charges the address when it lets the line through,
             # so it must be asked only when the line will be handled now.
             wait = self.chat.login_wait(self, now)
@@ -438,7 +517,7 @@ class Connection:
 
     def _pause_ended(self) -> None:
         self._pause_timer = None
-        if self.phase is Phase.LOGIN and self.is_open and not self._awaiting_answer:
+        if self.phase in LOGGING_IN and not self._blocking:
             self.pending_lines.extend(self._buffer.feed(b""))
             self._process()
 
@@ -449,5 +528,6 @@ class Connection:
 
     def _login_timed_out(self) -> None:
         self._login_timer = None
-        if self.phase is Phase.LOGIN and self.is_open:
+        if self.phase in LOGGING_IN:
             self.chat.login_timed_out(self)
+

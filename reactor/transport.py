@@ -12,44 +12,14 @@ What the backend promises in return is stated on
 
 from __future__ import annotations
 
-import socket
 import ssl
 from abc import ABC, abstractmethod
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
 
+from reactor.contracts import ConnectionEvents, SocketLoop, TimerHandle
 from reactor.outbuf import Entry, Handoff, OutputBuffer
 from reactor.tls import TLSWire
 
-if TYPE_CHECKING:
-    from reactor.connection import Connection
-
-
-class TimerHandle(Protocol):
-    def cancel(self) -> None: ...
-
-
-class SocketLoop(Protocol):
-    """What an event-loop backend lends the server's own other sockets (the
-    cluster's Redis connections), so that they are served by its loop, on
-    its thread, with no thread in between.  A backend without a loop of its
-    own (threads) has none."""
-
-    def watch(self, sock: socket.socket, on_ready: Callable[[bool, bool], None],
-              write: bool = False) -> None:
-        """Call ``on_ready(readable, writable)`` when ``sock`` is readable, or
-        writable too with ``write``; called again, it changes ``write``."""
-
-    def unwatch(self, sock: socket.socket) -> None: ...
-
-    def at_end_of_pass(self, callback: Callable[[], None]) -> None:
-        """Run ``callback`` once this pass of the loop has handled what was
-        ready, before the clients' output is flushed: the place to flush
-        what the pass queued for another server, once."""
-
-    def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle: ...
-
-    def call_soon_threadsafe(self, callback: Callable[[], None]) -> None: ...
+__all__ = ["SocketLoop", "TimerHandle", "Transport"]
 
 
 class Transport(ABC):
@@ -74,8 +44,8 @@ class Transport(ABC):
         # True if the bytes are protected on the way (TLS): passwords may be
         # sent over it.  Loopback peers are trusted as well (reactor.accounts).
         self.secure = False
-        # Set by ChatService.connection_made; the backend reports to it.
-        self.connection: Connection | None = None
+        # Set by the chat's connection_made; the backend reports to it.
+        self.connection: ConnectionEvents | None = None
 
     def start_tls(self, context: ssl.SSLContext) -> None:
         """Speak TLS on this connection (before the chat logic sees it)."""

@@ -1,12 +1,14 @@
-"""The shared whiteboard: who is online, and which names were ever seen.
+"""The roster in memory: who is online, and which names were ever seen.
 
 In the original C server this was a username-to-socket table behind a mutex.
-Here it is a narrow interface, :class:`Whiteboard`, so that the same chat
-logic can run on a table in this process (:class:`MemoryWhiteboard`) or on a
-store shared by several server processes, whose answers come later.  That is
-why :meth:`Whiteboard.claim` reports through a callback: the in-memory table
-calls it at once, a shared store when its reply arrives, and the chat logic
-holds the client's next lines until then.
+Here it is one implementation of :class:`~reactor.contracts.Roster`, the
+contract the chat speaks to, so that the same chat logic runs on a table in
+this process (:class:`MemoryWhiteboard`) or on a store shared by several
+server processes (:mod:`reactor.cluster.whiteboard`), whose answers come
+later.  That is why :meth:`Whiteboard.claim` reports through a callback: the
+in-memory table calls it at once, a shared store when its reply arrives.
+:class:`Whiteboard` is a base class with the defaults of a roster that has
+no peers.
 
 Implementations do no locking: the threads backend holds its chat lock around
 every chat call, the single-threaded loops need none.
@@ -16,19 +18,22 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 from protocol import username_key
+from reactor.contracts import (
+    ClaimResult,
+    PublishResult,
+    Recipient,
+    RosterEvents,
+    Scheduler,
+    Session,
+)
 
-S = TypeVar("S")
+S = TypeVar("S", bound=Session)
 
-# Called with None if the name is now ours, or with the spelling under which
-# it is taken; or, with a second argument, the reason the claim could not be
-# decided now (a shared store out of reach).
-ClaimResult = Callable[..., None]
-# Called with None once a broadcast reached every other server, or with the
-# reason it was not sent.
-PublishResult = Callable[[str | None], None]
+__all__ = ["MAX_REMEMBERED_NAMES", "ClaimResult", "MemoryWhiteboard", "PublishResult",
+           "Whiteboard"]
 
 # Names remembered after their owner left, to tell "offline" from "does not
 # exist".  Bounded so that a client cycling through fresh names cannot grow
@@ -37,13 +42,8 @@ MAX_REMEMBERED_NAMES = 100_000
 
 
 class Whiteboard(ABC, Generic[S]):
-    #: True when other server processes share this whiteboard: then the chat
-    #: asks :meth:`unavailable_reason` before acting, and broadcasts go
-    #: through :meth:`publish`.
-    clustered: bool = False
-
-    def start(self, chat: Any) -> None:
-        """The chat service is attached to its backend: start talking to peers."""
+    def start(self, events: RosterEvents, scheduler: Scheduler) -> None:
+        """The chat is served: start talking to peers (none here)."""
 
     def close(self) -> None:
         """The server has stopped: say goodbye to peers, stop threads."""
@@ -70,8 +70,8 @@ class Whiteboard(ABC, Generic[S]):
         everywhere once ``on_done`` is called."""
 
     @abstractmethod
-    def lookup(self, name: str) -> tuple[str, S] | None:
-        """The online user's canonical name and session, or None."""
+    def lookup(self, name: str) -> tuple[str, Recipient] | None:
+        """The online user's canonical name and how to reach it, or None."""
 
     def surely_taken(self, name: str) -> str | None:
         """The spelling ``name`` is online under, if a claim would certainly be
@@ -127,7 +127,7 @@ class MemoryWhiteboard(Whiteboard[S]):
         if on_done is not None:
             on_done()
 
-    def lookup(self, name: str) -> tuple[str, S] | None:
+    def lookup(self, name: str) -> tuple[str, Recipient] | None:
         key = username_key(name)
         session = self._online.get(key)
         return None if session is None else (self._names[key], session)

@@ -28,12 +28,13 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from reactor.chat import ChatService
+from reactor.app import build_chat
 from reactor.config import ServerConfig
 from reactor.connection import Connection
+from reactor.contracts import LoginStep, Roster
 from reactor.outbuf import Entry, Handoff
 from reactor.transport import Transport
-from reactor.whiteboard import ClaimResult, MemoryWhiteboard, Whiteboard
+from reactor.whiteboard import ClaimResult, MemoryWhiteboard
 
 EOF = b""
 
@@ -373,7 +374,8 @@ class Harness:
     def __init__(
         self,
         config: ServerConfig | None = None,
-        whiteboard: Whiteboard[Connection] | None = None,
+        whiteboard: Roster[Connection] | None = None,
+        accounts: LoginStep | None = None,
         **overrides: Any,
     ) -> None:
         self.config = replace(config or ServerConfig(), **overrides)
@@ -382,7 +384,9 @@ class Harness:
         self.whiteboard = whiteboard
         if isinstance(whiteboard, DeferredWhiteboard):
             whiteboard.after_answer = self.settle
-        self.chat = ChatService(self.config, whiteboard, clock=self.clock)
+        self.chat = build_chat(self.config, whiteboard, accounts, clock=self.clock)
+        # No call_soon_threadsafe: the "workers" of these tests run on the
+        # chat thread, and their answers come through call_later(0).
         self.chat.attach(self.scheduler.call_later)
         self.dead: list[FakeTransport] = []
         self.transports: list[FakeTransport] = []

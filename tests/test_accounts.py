@@ -31,7 +31,7 @@ from reactor.accounts import (
 )
 from reactor.accounts.hashing import PasswordHasher, below_recommended
 from reactor.accounts.service import INSECURE, Accounts
-from reactor.accounts.store import open_store
+from reactor.app import open_store
 from reactor.backends.base import Server
 from reactor.chat import NO_ACCOUNTS
 from reactor.config import AccountsConfig
@@ -611,10 +611,9 @@ class InlineExecutor:
 def harness_with_accounts(db: str, **overrides: object) -> Harness:
     accounts = Accounts(settings(db, **overrides), SQLiteAccountStore(db),
                         executor=InlineExecutor())
-    h = Harness()
-    h.chat.accounts = accounts
-    accounts.bind(h.chat)
-    h.chat._call_soon = lambda callback: callback()
+    h = Harness(accounts=accounts)
+    # The workers' answers come back at once, as the inline executor runs them.
+    h.chat.scheduler.attach(h.scheduler.call_later, lambda callback: callback())
     return h
 
 

@@ -14,8 +14,10 @@ import pytest
 
 from protocol.events import HELP_LINE
 from reactor.chat import ChatService
-from reactor.connection import Connection
+from reactor.connection import Connection, Slot
 from reactor.flow import FloodLimits
+from reactor.phases import Move, Phase, next_phase
+from reactor.whiteboard import MemoryWhiteboard
 from tests.fake_transport import DeferredWhiteboard, FakePeer, Harness
 
 INVALID = '<Invalid input: {}. Type "help" for commands.>'
@@ -257,20 +259,22 @@ def test_the_echo_waits_until_the_recipients_connection_took_the_message(h: Harn
     alice, bob, carol = trio(h)
     bob.stop_reading()
     alice.send('chat Bob "hi"', "users")
-    alice.expect_nothing()  # no echo yet, and the next command waits behind it
-    assert alice.paused  # its further input waits in TCP
-    alice.send("help")
+    alice.expect_nothing()  # no echo yet, and the next reply waits behind it
+    alice.send('chat Carol "meanwhile"', "help")
+    # The sender's later commands are not held up: Carol has Alice's message
+    # while Alice's message to Bob still waits.
+    carol.expect('<Message from Alice: "meanwhile">')
+    assert not alice.paused
     # Nobody else is held up.
     carol.send('chat Alice "meanwhile"')
     carol.expect("<To Alice> meanwhile")
     bob.read_all()
     assert bob.lines() == ['<Message from Alice: "hi">']
+    # The replies come in command order.
     alice.expect(
         '<Message from Carol: "meanwhile">', "<To Bob> hi", "<Online users: Alice, Bob, Carol>",
-        HELP_LINE,
+        "<To Carol> meanwhile", HELP_LINE,
     )
-    assert not alice.paused
-    assert alice.transport.calls[-2:] == ["pause_reading", "resume_reading"]
 
 
 def test_a_message_whose_sending_started_is_echoed_once_it_is_all_taken(h: Harness) -> None:
@@ -490,6 +494,67 @@ def test_a_login_then_end_of_input_is_answered_then_closed(make: MakeHarness) ->
     assert alice.closed
     watcher.expect("<User Alice is online.>", "<User Alice is offline.>")
     assert h.online() == ["Watcher"]
+
+
+class SlowPublishing(MemoryWhiteboard[Connection]):
+    """A roster whose broadcasts reach "the other servers" only when the test
+    says so, as a cluster's do: the chat cannot tell it from Redis."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting: list[Callable[[str | None], None]] = []
+
+    def publish(self, data: bytes, on_result: Callable[[str | None], None]) -> None:
+        self.waiting.append(on_result)
+
+    def answer_all(self, refused: str | None = None) -> None:
+        waiting, self.waiting = self.waiting, []
+        for on_result in waiting:
+            on_result(refused)
+
+
+def _a_broadcast_then_a_message(make: MakeHarness, board: MemoryWhiteboard[Connection]
+                                ) -> tuple[list[str], list[str], list[str]]:
+    h = make(whiteboard=board)
+    alice, bob, carol = trio(h)
+    alice.send('broadcast "first"', 'chat Bob "second"', 'chat Carol "third"', "users")
+    if isinstance(board, SlowPublishing):
+        # Nothing yet: the broadcast is not on its way, and the messages
+        # after it wait for its fan-out here; the sender is not held up.
+        assert bob.lines() == carol.lines() == alice.lines() == []
+        assert not alice.paused
+        h.settle()
+        board.answer_all()
+        h.settle()
+    return alice.lines(), bob.lines(), carol.lines()
+
+
+def test_a_broadcast_published_later_keeps_every_order_a_published_one_keeps(
+    make: MakeHarness,
+) -> None:
+    """The chat's one path, whichever way the roster answers: at once (in
+    memory) or later (a cluster's Redis)."""
+    at_once = _a_broadcast_then_a_message(make, MemoryWhiteboard())
+    later = _a_broadcast_then_a_message(make, SlowPublishing())
+    assert later == at_once
+    alice, bob, carol = at_once
+    assert alice == ["<To everyone> first", "<To Bob> second", "<To Carol> third",
+                     "<Online users: Alice, Bob, Carol>"]
+    assert bob == ['<Broadcast from Alice: "first">', '<Message from Alice: "second">']
+    assert carol == ['<Broadcast from Alice: "first">', '<Message from Alice: "third">']
+
+
+def test_a_broadcast_refused_later_is_answered_in_its_turn_and_reaches_nobody(
+    make: MakeHarness,
+) -> None:
+    board = SlowPublishing()
+    h = make(whiteboard=board)
+    alice, bob, carol = trio(h)
+    alice.send('broadcast "lost"', 'chat Bob "kept"')
+    board.answer_all("the chat service is unavailable")
+    alice.expect("<Broadcast not sent: the chat service is unavailable.>", "<To Bob> kept")
+    bob.expect('<Message from Alice: "kept">')
+    carol.expect_nothing()
 
 
 # -- end of input and the original client's habits ---------------------------------------
@@ -894,13 +959,20 @@ def test_a_failure_handling_one_clients_line_ends_that_client_only(
     again.expect("<Online users: Alice, Bob, Carol>")
 
 
-def test_a_failure_in_a_line_run_by_another_clients_handoff_ends_the_sender_only(
+def test_a_failure_in_an_answer_run_by_another_clients_handoff_ends_the_sender_only(
     h: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     alice, bob, carol = trio(h)
     bob.stop_reading()
-    alice.send('chat Bob "hi"', "users")  # "users" runs when Bob's kernel takes "hi"
-    _fail_for(monkeypatch, "Alice")
+    alice.send('chat Bob "hi"')  # its echo is answered when Bob's kernel takes "hi"
+    original = Connection.answer
+
+    def answer(self: Connection, slot: Slot, answer: object = b"") -> None:
+        if self.username == "Alice":
+            raise RuntimeError("injected failure")
+        original(self, slot, answer)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Connection, "answer", answer)
     bob.start_reading()
     assert alice.closed
     assert not bob.closed
@@ -929,3 +1001,49 @@ def test_a_failure_in_one_recipients_send_during_a_broadcast_ends_that_recipient
     bob.expect('<Broadcast from Alice: "hello">', "<User Carol is offline.>")
     dave.expect('<Broadcast from Alice: "hello">', "<User Carol is offline.>")
     assert "injected send failure" in caplog.text
+
+
+# -- phases ---------------------------------------------------------------------------------
+
+
+def test_a_connection_moves_only_along_the_phase_table() -> None:
+    assert next_phase(Phase.LOGIN, Move.PASSWORD_ASKED) is Phase.PASSWORD
+    assert next_phase(Phase.PASSWORD, Move.PASSWORD_DONE) is Phase.LOGIN
+    assert next_phase(Phase.LOGIN, Move.NAME_CLAIMED) is Phase.CHATTING
+    for phase in (Phase.LOGIN, Phase.PASSWORD, Phase.CHATTING):
+        assert next_phase(phase, Move.LEAVE) is Phase.CLOSING
+    with pytest.raises(RuntimeError, match="'name claimed' is not a move from CHATTING"):
+        next_phase(Phase.CHATTING, Move.NAME_CLAIMED)
+    with pytest.raises(RuntimeError):
+        next_phase(Phase.CLOSED, Move.LEAVE)
+
+
+def test_the_password_step_is_a_phase_of_its_own() -> None:
+    h = Harness()
+    peer = h.connect()
+    connection = peer.transport.connection
+    assert isinstance(connection, Connection)
+    connection.ask_password("Alice")
+    assert (connection.phase, connection.password_for) == (Phase.PASSWORD, "Alice")
+    peer.send("x" * 5000)  # an overlong line here is invalid input, not an invalid name
+    assert peer.lines()[0].startswith("<Invalid input: line longer than")
+    connection.password_done()
+    assert (connection.phase, connection.password_for) == (Phase.LOGIN, None)
+
+
+def test_lines_held_for_a_reason_of_the_servers_wait_in_order_behind_no_answer(
+    h: Harness,
+) -> None:
+    alice, bob, carol = trio(h)
+    bob.stop_reading()
+    alice.send('chat Bob "slow"')  # an answer awaited, before the hold
+    connection = alice.transport.connection
+    assert isinstance(connection, Connection)
+    connection.hold_lines()
+    alice.send("users", 'chat Carol "later"')
+    carol.expect_nothing()
+    assert alice.paused
+    connection.release_lines()
+    carol.expect('<Message from Alice: "later">')  # not behind Bob's answer
+    bob.read_all()
+    alice.expect("<To Bob> slow", "<Online users: Alice, Bob, Carol>", "<To Carol> later")

@@ -17,7 +17,7 @@ import pytest
 
 from reactor import BACKENDS
 from reactor.cluster.link import ThreadLink
-from reactor.cluster.resp import BATCH, Batch
+from reactor.redis.resp import BATCH, Batch
 from tests.cluster_support import (
     NO_FLOOD_CONTROL,
     PAIR_IDS,

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 import pytest
 
 from reactor import BACKENDS
-from reactor.cluster.resp import Batch
+from reactor.redis.resp import Batch
 from tests.cluster_support import (
     LEASE,
     UNAVAILABLE_PREFIX,
@@ -383,7 +383,7 @@ def test_many_users_gone_at_once_reach_every_user_once_each_in_order(
         ann = pool.login(0, "Ann")
         bob = pool.login(0, "Bob")
         ann.read_until(lambda line: line == online("Bob"))
-        only.call_soon_threadsafe(lambda: only.chat.remote_users_offline(names))
+        only.call_soon_threadsafe(lambda: only.chat.users_offline(names))
         for client in (ann, bob):
             assert [client.read_line() for _ in names] == [offline(name) for name in names]
             client.send("users")

@@ -1,4 +1,4 @@
-"""The link's wire format without sockets (reactor.cluster.resp): what a batch
+"""The link's wire format without sockets (reactor.redis.resp): what a batch
 of script calls sends, and how Redis's replies are matched to its calls."""
 
 from __future__ import annotations
@@ -6,17 +6,22 @@ from __future__ import annotations
 import hiredis
 import pytest
 
-from reactor.cluster.resp import (
-    LOAD_SCRIPTS,
+from reactor.cluster.scripts import CLUSTER_SCRIPTS, PREFIX, SCRIPTS, SHAS
+from reactor.redis.resp import (
     UNAVAILABLE,
-    Batch,
     Call,
     ProtocolError,
     Replies,
     inbox_entries,
     pack,
 )
-from reactor.cluster.scripts import PREFIX, SCRIPTS, SHAS
+from reactor.redis.resp import Batch as ScriptBatch
+
+LOAD_SCRIPTS = CLUSTER_SCRIPTS.load
+
+
+def Batch(calls: list[Call]) -> ScriptBatch:
+    return ScriptBatch(calls, CLUSTER_SCRIPTS)
 
 
 def calls(*scripts: str) -> list[Call]:

@@ -179,7 +179,7 @@ def test_serve_forever_returns_1_after_a_loop_failure(
     monkeypatch.setattr(ChatService, "connection_made", buggy)
     thread.start()
     try:
-        wait_until(lambda: server.chat._call_later is not None, message="the loop to start")
+        wait_until(lambda: server.chat.scheduler.attached, message="the loop to start")
         try:
             LineClient(server.port).close()
         except OSError:

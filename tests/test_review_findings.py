@@ -48,7 +48,7 @@ def test_end_of_input_is_reported_once_while_a_line_waits_for_its_answer(
 
     monkeypatch.setattr(Connection, "data_received", counting)
     whiteboard = DeferredWhiteboard()  # never answers here
-    server = make_server(replace(TEST_CONFIG), backend, whiteboard=whiteboard)
+    server = make_server(replace(TEST_CONFIG), backend, roster=whiteboard)
     for _ in _serve(server):
         client = LineClient(server.port)
         client.send_raw(b"Alice\n")

@@ -26,8 +26,9 @@ import time
 
 from protocol import ProtocolError, password_problem, validate_username
 from reactor.accounts.hashing import SCRYPT_DEFAULT, hasher_from_spec
-from reactor.accounts.store import AccountStore, StoreUnavailable, open_store
-from reactor.cluster.redis_url import LinkError
+from reactor.accounts.store import AccountStore, StoreUnavailable
+from reactor.app import open_store
+from reactor.redis.url import LinkError
 
 PROG = "python -m reactor.accounts"
 
@@ -103,11 +104,11 @@ def _run(args: argparse.Namespace, store: AccountStore) -> int:
         print(f"{PROG}: {name!r} is not a username: {error.reason}", file=sys.stderr)
         return 2
     if args.command == "remove":
-        account = store.get(name)
-        if account is None or not store.remove(name):
+        removed = store.get(name)
+        if removed is None or not store.remove(name):
             print(f"{PROG}: {name} is not registered", file=sys.stderr)
             return 1
-        print(f"Removed {account.name}; the name is open again.")
+        print(f"Removed {removed.name}; the name is open again.")
         return 0
     # reset
     if store.get(name) is None and not args.create:

@@ -37,8 +37,8 @@ from collections.abc import Iterator
 
 from protocol import username_key
 from reactor.accounts.store import Account, AccountStore, StoreUnavailable
-from reactor.cluster.redis_url import redis_client, without_password
-from reactor.cluster.scripts import PREFIX
+from reactor.redis.keys import PREFIX
+from reactor.redis.url import redis_client, without_password
 
 ACCOUNTS = PREFIX + "accounts"
 KEPT = PREFIX + "accounts:kept"

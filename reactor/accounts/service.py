@@ -1,13 +1,15 @@
 """Registered names in the chat: the password step of a login, ``register`` and ``password``.
 
-This is chat logic, run on the chat thread like the rest of
-:class:`~reactor.chat.ChatService`; the slow parts -- the store and the
-memory-hard hash, tens to hundreds of milliseconds -- run on a small pool of
-worker threads, and their result comes back to the chat thread through the
-backend's ``call_soon_threadsafe``.  Meanwhile the line that caused them is
-a line waiting for an answer (``Connection.await_answer``): the client's
-later lines wait behind it, the event loop serves everybody else, and the
-threads backend's chat lock is not held.
+:class:`Accounts` is the chat's login step (:class:`~reactor.contracts.LoginStep`):
+the chat hands it each valid name, each password line and the account
+commands, and it lets a name in by calling the chat's ``admit``.  It runs on
+the chat thread; the slow parts -- the store and the memory-hard hash, tens
+to hundreds of milliseconds -- run on a small pool of worker threads, and
+their result comes back to the chat thread through the scheduler's
+``call_soon_threadsafe``.  Meanwhile the line's answer is a slot in the
+client's reply queue (``LoginSession.answer_later``): while logging in the
+client's later lines wait behind it, the event loop serves everybody else,
+and the threads backend's chat lock is not held.
 
 A login as a registered name::
 
@@ -41,7 +43,7 @@ import ipaddress
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol, cast
 
 from protocol import (
     InvalidInput,
@@ -59,12 +61,9 @@ from protocol import (
 )
 from reactor.accounts.backoff import BackOff
 from reactor.accounts.hashing import PasswordHasher, hasher_from_spec, verify_password
-from reactor.accounts.store import Account, AccountStore, open_store
+from reactor.accounts.store import Account, AccountStore
 from reactor.config import AccountsConfig
-
-if TYPE_CHECKING:
-    from reactor.chat import ChatService
-    from reactor.connection import Connection
+from reactor.contracts import Admit, LoginSession, Scheduler
 
 log = logging.getLogger("reactor")
 
@@ -81,7 +80,7 @@ class Executor(Protocol):
 
 
 class Accounts:
-    """The chat side of registered names; one per :class:`ChatService`."""
+    """The chat side of registered names: the chat's login step."""
 
     def __init__(self, settings: AccountsConfig, store: AccountStore,
                  hasher: PasswordHasher | None = None,
@@ -95,25 +94,15 @@ class Accounts:
                              settings.backoff_keys)
         self.addresses = BackOff(settings.backoff_first, settings.backoff_max,
                                  settings.backoff_keys)
-        self._chat: ChatService | None = None
+        self._scheduler: Scheduler | None = None
 
-    @classmethod
-    def open(cls, settings: AccountsConfig) -> Accounts:
-        """Open the store named in ``settings`` (raises StoreUnavailable, or
-        LinkError for a bad Redis URL)."""
-        hasher = hasher_from_spec(settings.password_hash)  # ValueError first: nothing opened
-        store = open_store(settings.path)
-        for warning in store.warnings():
-            log.warning("%s", warning)
-        return cls(settings, store, hasher)
-
-    def bind(self, chat: ChatService) -> None:
-        self._chat = chat
+    def start(self, scheduler: Scheduler) -> None:
+        self._scheduler = scheduler
 
     @property
-    def chat(self) -> ChatService:
-        assert self._chat is not None, "bind() the accounts to a chat service first"
-        return self._chat
+    def scheduler(self) -> Scheduler:
+        assert self._scheduler is not None, "start() the accounts with a scheduler first"
+        return self._scheduler
 
     def close(self) -> None:
         self.executor.shutdown(wait=True, cancel_futures=True)
@@ -121,9 +110,9 @@ class Accounts:
 
     # -- the rules ------------------------------------------------------------
 
-    def is_secure(self, connection: Connection) -> bool:
+    def is_secure(self, connection: LoginSession) -> bool:
         """May this connection send passwords?"""
-        if getattr(connection.transport, "secure", False):
+        if connection.secure:
             return True
         if self.settings.allow_plaintext_passwords:
             return True
@@ -135,7 +124,7 @@ class Accounts:
         return False
 
     def _wait(self, name: str, host: str) -> float:
-        now = self.chat.clock()
+        now = self.scheduler.clock()
         return max(self.names.wait(username_key(name), now), self.addresses.wait(host, now))
 
     @staticmethod
@@ -145,12 +134,12 @@ class Accounts:
 
     def _adopt(self, name: str, host: str, waits: list[float]) -> None:
         """Back-offs that other servers of a cluster counted hold here too."""
-        now = self.chat.clock()
+        now = self.scheduler.clock()
         self.names.adopt(username_key(name), now, waits[0])
         self.addresses.adopt(host, now, waits[1])
 
     def _failed(self, name: str, host: str, shared: list[float]) -> None:
-        now = self.chat.clock()
+        now = self.scheduler.clock()
         delay = max(self.names.failed(username_key(name), now),
                     self.addresses.failed(host, now), *shared)
         self._adopt(name, host, shared)
@@ -158,7 +147,7 @@ class Accounts:
 
     # -- the worker pool --------------------------------------------------------
 
-    def _in_worker(self, connection: Connection, work: Callable[[], Any],
+    def _in_worker(self, connection: LoginSession, work: Callable[[], Any],
                    done: Callable[[Any], None]) -> None:
         """Run ``work`` on a worker; ``done(result)`` (or ``done(exception)``)
         later on the chat thread, under the connection's containment.
@@ -169,7 +158,7 @@ class Accounts:
         reentrant.
         """
         guarded = connection.guard(done)
-        call_soon = self.chat.call_soon_threadsafe
+        call_soon = self.scheduler.call_soon_threadsafe
 
         def run() -> None:
             try:
@@ -185,9 +174,9 @@ class Accounts:
 
     # -- logging in ---------------------------------------------------------------
 
-    def login(self, connection: Connection, name: str) -> None:
-        """A valid username: registered (ask the password) or open (claim it)."""
-        connection.await_answer()
+    def login(self, connection: LoginSession, name: str, admit: Admit) -> None:
+        """A valid username: registered (ask the password) or open (admit it)."""
+        slot = connection.answer_later()
         store, keys = self.store, self._shared_keys(name, connection.peer_host)
 
         def look_up() -> tuple[Account | None, list[float]]:
@@ -195,56 +184,56 @@ class Accounts:
             return account, [] if account is None else store.shared_waits(keys)
 
         self._in_worker(connection, look_up,
-                        lambda result: self._looked_up(connection, name, result))
+                        lambda result: self._looked_up(connection, slot, name, admit, result))
 
-    def _looked_up(self, connection: Connection, name: str, result: object) -> None:
+    def _looked_up(self, connection: LoginSession, slot: object, name: str, admit: Admit,
+                   result: object) -> None:
         if not connection.is_open:
-            connection.answer_arrived()
+            connection.answer(slot)
             return
         if isinstance(result, Exception):
             log.error("Account store failed looking up %s: %s", name, result)
-            connection.send(format_event(InvalidUsername(UNAVAILABLE)))
-            connection.answer_arrived()
+            connection.answer(slot, format_event(InvalidUsername(UNAVAILABLE)))
             return
-        found, waits = result  # type: ignore[misc]
+        found, waits = cast(tuple[Account | None, list[float]], result)
         if found is None:
-            self.chat.claim(connection, name)  # the open chat: answer_arrived follows
-            return
+            admit(connection, name)  # the open chat: the claim's answer follows this one
+            connection.answer(slot)
         elif not self.is_secure(connection):
             log.info("Refused registered name %s from %s: not a secure connection",
                      name, connection.peer_host)
-            connection.send(format_event(InvalidUsername(f"{name} is registered, and {INSECURE}")))
+            connection.answer(slot, format_event(
+                InvalidUsername(f"{name} is registered, and {INSECURE}")))
         else:
             # Logged in under the spelling it was registered with.
-            registered_as = found.name
             self._adopt(name, connection.peer_host, waits)
-            connection.password_for = registered_as
-            connection.send(format_event(PasswordRequired(registered_as)))
-        connection.answer_arrived()
+            connection.ask_password(found.name)
+            connection.answer(slot, format_event(PasswordRequired(found.name)))
 
-    def password_line(self, connection: Connection, raw: bytes) -> None:
+    def password_line(self, connection: LoginSession, raw: bytes, admit: Admit) -> None:
         """The line after ``<Password required for NAME.>``.  Never logged."""
         name = connection.password_for
         assert name is not None
         try:
             password = parse_password(decode_line(raw))
         except ProtocolError as error:
-            connection.send(format_event(InvalidInput(error.reason)))
+            connection.reply(format_event(InvalidInput(error.reason)))
             return
-        connection.await_answer()
-        self._after_back_off(connection, name, lambda: self._check_login(connection, name,
-                                                                         password))
+        slot = connection.answer_later()
+        self._after_back_off(connection, slot, name, lambda: self._check_login(
+            connection, slot, name, password, admit))
 
-    def _after_back_off(self, connection: Connection, name: str,
+    def _after_back_off(self, connection: LoginSession, slot: object, name: str,
                         then: Callable[[], None]) -> None:
         wait = self._wait(name, connection.peer_host)
         if wait > 0:
             connection.call_later(wait, lambda: then() if connection.is_open
-                                  else connection.answer_arrived())
+                                  else connection.answer(slot))
         else:
             then()
 
-    def _check_login(self, connection: Connection, name: str, password: str) -> None:
+    def _check_login(self, connection: LoginSession, slot: object, name: str, password: str,
+                     admit: Admit) -> None:
         store, hasher = self.store, self.hasher
         keys, settings = self._shared_keys(name, connection.peer_host), self.settings
 
@@ -262,42 +251,48 @@ class Accounts:
             store.shared_success(keys[0])
             return "right", []
 
-        self._in_worker(connection, work, lambda verdict: self._checked(connection, name,
-                                                                        verdict))
+        self._in_worker(connection, work, lambda verdict: self._checked(
+            connection, slot, name, admit, verdict))
 
-    def _checked(self, connection: Connection, name: str, result: object) -> None:
+    def _checked(self, connection: LoginSession, slot: object, name: str, admit: Admit,
+                 result: object) -> None:
         if not connection.is_open:
-            connection.answer_arrived()
+            connection.answer(slot)
             return
         host = connection.peer_host
         verdict, shared = _outcome(result)
         if isinstance(verdict, Exception):
             log.error("Account store failed checking %s: %s", name, verdict)
-            connection.password_for = None
-            connection.send(format_event(InvalidUsername(UNAVAILABLE)))
+            connection.password_done()
+            connection.answer(slot, format_event(InvalidUsername(UNAVAILABLE)))
         elif verdict == "wrong":
             connection.password_tries += 1
             self._failed(name, host, shared)
+            if connection.password_tries < self.settings.max_tries:
+                connection.answer(slot, format_event(WrongPassword(name)))
+                return
+            log.warning("Closed the connection from %s: %d wrong passwords for %s",
+                        host, connection.password_tries, name)
+            # Said at once: while logging in, nothing else is awaited.
             connection.send(format_event(WrongPassword(name)))
-            if connection.password_tries >= self.settings.max_tries:
-                log.warning("Closed the connection from %s: %d wrong passwords for %s",
-                            host, connection.password_tries, name)
-                connection.send(_TOO_MANY)
-                connection.close("too many wrong passwords")
+            connection.send(_TOO_MANY)
+            connection.close("too many wrong passwords")
+            connection.answer(slot)
         else:
-            connection.password_for = None
+            connection.password_done()
             if verdict == "right":
                 self.names.succeeded(username_key(name))
-            self.chat.claim(connection, name)  # answer_arrived follows
-            return
-        connection.answer_arrived()
+            admit(connection, name)  # the claim's answer follows this one
+            connection.answer(slot)
 
     # -- register and password ------------------------------------------------------
 
-    def register(self, connection: Connection, name: str, password: str) -> None:
+    def register(self, connection: LoginSession, name: str, password: str) -> None:
         if not self.is_secure(connection):
-            connection.send(format_event(InvalidInput(INSECURE)))
+            connection.reply(format_event(InvalidInput(INSECURE)))
             return
+        # Later lines may depend on the store as this leaves it: they wait.
+        slot = connection.answer_later(blocking=True)
         store, hasher = self.store, self.hasher
 
         def work() -> bool:
@@ -308,23 +303,23 @@ class Accounts:
         def done(created: object) -> None:
             if isinstance(created, Exception):
                 log.error("Account store failed registering %s: %s", name, created)
-                connection.send(format_event(InvalidInput(UNAVAILABLE)))
+                connection.answer(slot, format_event(InvalidInput(UNAVAILABLE)))
             elif created:
                 log.info("%s registered (%s)", name, connection.peer_host)
-                connection.send(format_event(Registered(name)))
+                connection.answer(slot, format_event(Registered(name)))
             else:
-                connection.send(format_event(InvalidInput(
+                connection.answer(slot, format_event(InvalidInput(
                     f"{name} is already registered; change its password with"
                     ' password "<old>" "<new>"')))
-            connection.answer_arrived()
 
-        connection.await_answer()
         self._in_worker(connection, work, done)
 
-    def change_password(self, connection: Connection, name: str, old: str, new: str) -> None:
+    def change_password(self, connection: LoginSession, name: str, old: str, new: str) -> None:
         if not self.is_secure(connection):
-            connection.send(format_event(InvalidInput(INSECURE)))
+            connection.reply(format_event(InvalidInput(INSECURE)))
             return
+        # Later lines may depend on the store as this leaves it: they wait.
+        slot = connection.answer_later(blocking=True)
         store, hasher = self.store, self.hasher
         keys, settings = self._shared_keys(name, connection.peer_host), self.settings
 
@@ -344,21 +339,19 @@ class Accounts:
             verdict, shared = _outcome(result)
             if isinstance(verdict, Exception):
                 log.error("Account store failed changing the password of %s: %s", name, verdict)
-                connection.send(format_event(InvalidInput(UNAVAILABLE)))
+                connection.answer(slot, format_event(InvalidInput(UNAVAILABLE)))
             elif verdict == "changed":
                 self.names.succeeded(username_key(name))
                 log.info("Password changed for %s (%s)", name, connection.peer_host)
-                connection.send(format_event(PasswordChanged(name)))
+                connection.answer(slot, format_event(PasswordChanged(name)))
             elif verdict == "wrong":
                 self._failed(name, connection.peer_host, shared)
-                connection.send(format_event(WrongPassword(name)))
+                connection.answer(slot, format_event(WrongPassword(name)))
             else:
-                connection.send(format_event(InvalidInput(
+                connection.answer(slot, format_event(InvalidInput(
                     f'{name} is not registered; register it with register "<password>"')))
-            connection.answer_arrived()
 
-        connection.await_answer()
-        self._after_back_off(connection, name,
+        self._after_back_off(connection, slot, name,
                              lambda: self._in_worker(connection, work, done))
 
 
@@ -367,5 +360,4 @@ def _outcome(result: object) -> tuple[object, list[float]]:
     back-off it started, or the exception it raised (and no back-off)."""
     if isinstance(result, Exception):
         return result, []
-    verdict, shared = result  # type: ignore[misc]
-    return verdict, shared
+    return cast(tuple[object, list[float]], result)

@@ -3,8 +3,9 @@
 :class:`AccountStore` is all the server asks of a store: the embedded
 default is :class:`SQLiteAccountStore` (one file, one server); a cluster
 shares :class:`~reactor.accounts.redis_store.RedisAccountStore`, so that
-every node agrees on who owns a name.  :func:`open_store` picks one from
-what the operator wrote after ``--accounts``.  Its
+every node agrees on who owns a name.  The composition root
+(:func:`reactor.app.open_store`) picks one from what the operator wrote
+after ``--accounts``.  Its
 methods may block -- they are called on the accounts worker threads, never on
 the chat thread -- and must be safe to call from several threads at once.
 Names are matched ignoring case (:func:`protocol.username_key`), as
@@ -172,15 +173,3 @@ class SQLiteAccountStore(AccountStore):
             with contextlib.suppress(sqlite3.Error):
                 db.close()
 
-
-def open_store(location: str) -> AccountStore:
-    """The store at ``location``: a Redis URL (``redis://``, ``rediss://``,
-    ``unix://``), or else a SQLite file.  Raises StoreUnavailable, or
-    LinkError for a bad URL or a missing redis package."""
-    from reactor.cluster.redis_url import is_redis_url
-
-    if is_redis_url(location):
-        from reactor.accounts.redis_store import RedisAccountStore
-
-        return RedisAccountStore(location)
-    return SQLiteAccountStore(location)

@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from reactor.backends.base import Server
-    from reactor.config import ServerConfig
 
 # name -> "module:class"; the first is the default.  Imported only when used,
 # so that an optional dependency of one backend never breaks the others.
@@ -36,8 +35,3 @@ def server_class(name: str) -> type[Server]:
     module_name, _, class_name = target.partition(":")
     cls: type[Server] = getattr(importlib.import_module(module_name), class_name)
     return cls
-
-
-def make_server(config: ServerConfig, backend: str = DEFAULT_BACKEND, **options: object) -> Server:
-    """Bind a server of the named backend (raises OSError if the port is busy)."""
-    return server_class(backend)(config, **options)  # type: ignore[arg-type]

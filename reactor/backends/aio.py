@@ -25,8 +25,8 @@ from typing import Any, cast
 
 from reactor.backends import EVENT_LOOPS
 from reactor.backends.base import Server
+from reactor.chat import ChatService
 from reactor.config import ServerConfig
-from reactor.connection import Connection
 from reactor.outbuf import Entry, Handoff
 from reactor.sockets import (
     ACCEPT_RETRY_DELAY,
@@ -37,7 +37,6 @@ from reactor.sockets import (
 )
 from reactor.tls import TLSFailure, log_failure
 from reactor.transport import SocketLoop, TimerHandle, Transport
-from reactor.whiteboard import Whiteboard
 
 log = logging.getLogger("reactor")
 
@@ -299,12 +298,12 @@ class AsyncioServer(Server):
     def __init__(
         self,
         config: ServerConfig,
-        whiteboard: Whiteboard[Connection] | None = None,
+        chat: ChatService,
         loop: str = "asyncio",
     ) -> None:
         if loop not in EVENT_LOOPS:
             raise ValueError(f"unknown loop {loop!r}; choose from {', '.join(EVENT_LOOPS)}")
-        super().__init__(config, whiteboard)
+        super().__init__(config, chat)
         if loop == "uvloop":
             try:
                 import uvloop

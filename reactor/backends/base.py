@@ -5,7 +5,9 @@ about the chat.  To add one, subclass :class:`Server` and
 :class:`~reactor.transport.Transport` in one new file under
 ``reactor/backends/`` and add one line to the registry in
 ``reactor/backends/__init__.py``; the command line, the tests and the
-benchmark all read the registry.
+benchmark all read the registry.  Its constructor takes ``(config, chat)``
+(and options of its own as keywords): the chat is built for it by
+:mod:`reactor.app`.
 
 **A backend must:**
 
@@ -93,10 +95,9 @@ from reactor import notify
 from reactor.chat import ChatService
 from reactor.config import ServerConfig
 from reactor.connection import Connection
+from reactor.contracts import SocketLoop, TimerHandle
 from reactor.sockets import open_listener
 from reactor.tls import TLSCertificate
-from reactor.transport import SocketLoop, TimerHandle
-from reactor.whiteboard import Whiteboard
 
 log = logging.getLogger("reactor")
 
@@ -125,9 +126,10 @@ class Server(ABC):
     """
 
 
-    def __init__(
-        self, config: ServerConfig, whiteboard: Whiteboard[Connection] | None = None
-    ) -> None:
+    def __init__(self, config: ServerConfig, chat: ChatService) -> None:
+        """Bind the listeners for ``chat``, built by the composition root
+        (:func:`reactor.app.make_server`); if binding fails, the caller
+        closes the chat."""
         self.config = config
         # Certificate problems are found before any socket is bound.
         self.certificate: TLSCertificate | None = None
@@ -139,7 +141,7 @@ class Server(ABC):
             )
         elif config.tls_port is not None:
             raise ValueError("a TLS port needs a certificate and a key")
-        self.chat = ChatService(config, whiteboard)
+        self.chat = chat
         self.listeners: list[Listener] = []
         try:
             main_is_tls = self.certificate is not None and config.tls_port is None
@@ -154,7 +156,6 @@ class Server(ABC):
         except BaseException:
             for listener in self.listeners:
                 listener.sock.close()
-            self.chat.close()  # the accounts file it opened
             raise
         for listener in self.listeners:
             listener.sock.setblocking(False)

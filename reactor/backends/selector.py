@@ -34,6 +34,7 @@ import time
 from collections.abc import Callable
 
 from reactor.backends.base import Listener, Server
+from reactor.chat import ChatService
 from reactor.config import ServerConfig
 from reactor.connection import Connection
 from reactor.outbuf import Entry, Handoff
@@ -48,7 +49,6 @@ from reactor.sockets import (
 from reactor.timers import Timer, Timers
 from reactor.tls import TLSFailure, log_failure
 from reactor.transport import SocketLoop, Transport
-from reactor.whiteboard import Whiteboard
 
 log = logging.getLogger("reactor")
 
@@ -625,10 +625,8 @@ class SelectorTLSTransport(SelectorTransport):
 
 
 class SelectorServer(Server):
-    def __init__(
-        self, config: ServerConfig, whiteboard: Whiteboard[Connection] | None = None
-    ) -> None:
-        super().__init__(config, whiteboard)
+    def __init__(self, config: ServerConfig, chat: ChatService) -> None:
+        super().__init__(config, chat)
         self.selector = _Poller()
         self.timers = Timers()
         self.pending_writes: list[SelectorTransport] = []

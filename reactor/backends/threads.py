@@ -31,8 +31,8 @@ import time
 from collections.abc import Callable
 
 from reactor.backends.base import Listener, Server
+from reactor.chat import ChatService
 from reactor.config import ServerConfig
-from reactor.connection import Connection
 from reactor.outbuf import Entry, Handoff
 from reactor.sockets import (
     ACCEPT_RETRY_DELAY,
@@ -45,7 +45,6 @@ from reactor.sockets import (
 from reactor.timers import Timer, TimerThread
 from reactor.tls import TLSFailure, log_failure
 from reactor.transport import Transport
-from reactor.whiteboard import Whiteboard
 
 log = logging.getLogger("reactor")
 
@@ -432,10 +431,8 @@ class ThreadTransport(Transport):
 
 
 class ThreadsServer(Server):
-    def __init__(
-        self, config: ServerConfig, whiteboard: Whiteboard[Connection] | None = None
-    ) -> None:
-        super().__init__(config, whiteboard)
+    def __init__(self, config: ServerConfig, chat: ChatService) -> None:
+        super().__init__(config, chat)
         self.lock = FairLock()  # the whiteboard mutex
         self.timers = TimerThread(time.monotonic)
         self._readers: dict[threading.Thread, ThreadTransport] = {}

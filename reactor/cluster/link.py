@@ -2,7 +2,7 @@
 
 The chat thread only *submits* a script call and gets its reply later, on
 the chat thread.  Calls queued meanwhile go out as one write (one
-``MULTI``/``EXEC``, see :class:`~reactor.cluster.resp.Batch`), as Redis's
+``MULTI``/``EXEC``, see :class:`~reactor.redis.resp.Batch`), as Redis's
 own clients flush once per pass, and the replies of a batch are handed over
 together.  A second connection blocks in ``XREAD`` on this node's inbox and
 hands each batch of entries over in the same way, reading more only once the
@@ -16,7 +16,7 @@ reconnects with back-off; the whiteboard logs the outage once and the
 recovery once.  Nothing is retried after an outage: a retried script could
 run twice.
 
-Two drivers move the bytes, sharing :mod:`reactor.cluster.resp` for what
+Two drivers move the bytes, sharing :mod:`reactor.redis.resp` for what
 they say and how the replies are matched:
 
 * :class:`ThreadLink` (here): two threads of its own with blocking sockets,
@@ -40,10 +40,9 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 
-from reactor.cluster.redis_url import redis_client, without_password
-from reactor.cluster.resp import (
+from reactor.cluster.scripts import CLUSTER_SCRIPTS
+from reactor.redis.resp import (
     BATCH,
-    LOAD_SCRIPTS,
     UNAVAILABLE,
     Batch,
     Call,
@@ -56,7 +55,7 @@ from reactor.cluster.resp import (
     pack,
     read_inbox,
 )
-from reactor.cluster.scripts import SCRIPTS
+from reactor.redis.url import redis_client, without_password
 
 __all__ = ["UNAVAILABLE", "Link", "Reply", "ThreadLink"]
 
@@ -92,7 +91,7 @@ def open_socket(url: str, timeout: float, load_scripts: bool) -> socket.socket:
     connection._sock = None
     try:
         if load_scripts:
-            exchange(sock, Replies(), LOAD_SCRIPTS, len(SCRIPTS))
+            exchange(sock, Replies(), CLUSTER_SCRIPTS.load, len(CLUSTER_SCRIPTS.texts))
         else:
             exchange(sock, Replies(), _PING, 1)
     except BaseException:
@@ -291,7 +290,7 @@ class ThreadLink(Link):
                     else:
                         batch.append(item)
                 if batch:
-                    self._send_batch(Batch(batch))
+                    self._send_batch(Batch(batch, CLUSTER_SCRIPTS))
                 if stop:
                     return
         finally:

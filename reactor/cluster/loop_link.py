@@ -45,8 +45,9 @@ from reactor.cluster.link import (
     open_socket,
     receive,
 )
-from reactor.cluster.redis_url import without_password
-from reactor.cluster.resp import (
+from reactor.cluster.scripts import CLUSTER_SCRIPTS
+from reactor.contracts import SocketLoop, TimerHandle
+from reactor.redis.resp import (
     BATCH,
     UNAVAILABLE,
     Batch,
@@ -58,7 +59,7 @@ from reactor.cluster.resp import (
     inbox_entries,
     read_inbox,
 )
-from reactor.transport import SocketLoop, TimerHandle
+from reactor.redis.url import without_password
 
 log = logging.getLogger("reactor")
 
@@ -191,7 +192,7 @@ class LoopLink(Link):
                 complete(sock, connection.replies, self._batch)
             while self._queued:
                 calls, self._queued = self._queued[:BATCH], self._queued[BATCH:]
-                batch = Batch(calls)
+                batch = Batch(calls, CLUSTER_SCRIPTS)
                 sock.sendall(batch.data)
                 complete(sock, connection.replies, batch)
         except Exception as error:
@@ -224,7 +225,7 @@ class LoopLink(Link):
             return
         # More than a batch's worth: the rest once its replies are in.
         calls, self._queued = self._queued[:BATCH], self._queued[BATCH:]
-        self._send_batch(Batch(calls))
+        self._send_batch(Batch(calls, CLUSTER_SCRIPTS))
 
     def _send_batch(self, batch: Batch) -> None:
         assert self._commands is not None

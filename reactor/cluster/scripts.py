@@ -38,9 +38,10 @@ already reported as failed) changes nothing and answers ``EXPIRED``.
 
 from __future__ import annotations
 
-import hashlib
+from reactor.redis.keys import PREFIX
+from reactor.redis.resp import Scripts
 
-PREFIX = "{chat}:"
+__all__ = ["CLUSTER_SCRIPTS", "PREFIX", "SCRIPTS", "SHAS"]
 
 # Shared by every script.  Lua's unpack() is limited to a few thousand
 # values, so long lists go in chunks.
@@ -282,7 +283,5 @@ SCRIPTS: dict[str, str] = {
     "leave": LEAVE,
 }
 
-# What EVALSHA names each script by: loaded on every (re)connection, then
-# each call is a plain EVALSHA (no SCRIPT EXISTS round trip first).
-SHAS: dict[str, str] = {name: hashlib.sha1(text.encode()).hexdigest()
-                        for name, text in SCRIPTS.items()}
+CLUSTER_SCRIPTS = Scripts(SCRIPTS, PREFIX)
+SHAS = CLUSTER_SCRIPTS.shas

@@ -28,20 +28,28 @@ import socket
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TypeVar
 
 from protocol import UserOffline, UserOnline, format_event, username_key
 from reactor.cluster.link import UNAVAILABLE, Link, Reply, ThreadLink
 from reactor.cluster.loop_link import LoopLink
-from reactor.cluster.redis_url import without_password
-from reactor.cluster.scripts import PREFIX
 from reactor.config import ClusterConfig
-from reactor.connection import Connection, DeliveryResult
-from reactor.transport import TimerHandle
-from reactor.whiteboard import MAX_REMEMBERED_NAMES, ClaimResult, PublishResult, Whiteboard
+from reactor.contracts import (
+    ClaimResult,
+    DeliveryResult,
+    PublishResult,
+    Recipient,
+    RosterEvents,
+    Scheduler,
+    Session,
+    TimerHandle,
+    hand_over,
+)
+from reactor.redis.keys import PREFIX
+from reactor.redis.url import without_password
+from reactor.whiteboard import MAX_REMEMBERED_NAMES, Whiteboard
 
-if TYPE_CHECKING:
-    from reactor.chat import ChatService
+S = TypeVar("S", bound=Session)
 
 log = logging.getLogger("reactor")
 
@@ -67,8 +75,9 @@ class RemoteUser:
 
     __slots__ = ("board", "name", "node")
     is_open = True
+    remote = True  # delivered through Redis, in the order of this node's calls
 
-    def __init__(self, board: ClusterWhiteboard, name: str, node: str) -> None:
+    def __init__(self, board: ClusterWhiteboard[S], name: str, node: str) -> None:
         self.board = board
         self.name = name
         self.node = node
@@ -95,12 +104,12 @@ class _Pending:
         self.timer = timer
 
 
-class ClusterWhiteboard(Whiteboard[Connection]):
-    """(Its URL and packages are checked by ``ChatService`` with
-    ``redis_url.check_url`` before this module is imported: the link needs
-    hiredis to be imported at all.)"""
+class ClusterWhiteboard(Whiteboard[S]):
+    """The cluster's roster (:class:`~reactor.contracts.Roster`).
 
-    clustered = True
+    (Its URL and packages are checked by the composition root,
+    :mod:`reactor.app`, with ``reactor.redis.url.check_url`` before this
+    module is imported: the link needs hiredis to be imported at all.)"""
 
     def __init__(self, config: ClusterConfig, delivery_timeout: float = 5.0,
                  max_remembered: int = MAX_REMEMBERED_NAMES) -> None:
@@ -110,10 +119,11 @@ class ClusterWhiteboard(Whiteboard[Connection]):
         self.max_remembered = max_remembered
         self.node_id = self._new_node_id()
         self.epoch = ""
-        self.chat: ChatService | None = None
+        self.events: RosterEvents | None = None
+        self.scheduler: Scheduler | None = None
         self.link: Link | None = None
         # This node's users, and everyone else's.
-        self._local: dict[str, Connection] = {}
+        self._local: dict[str, S] = {}
         self._local_names: dict[str, str] = {}
         self._remote: dict[str, RemoteUser] = {}
         self._offline: dict[str, str] = {}
@@ -151,22 +161,24 @@ class ClusterWhiteboard(Whiteboard[Connection]):
 
     # -- lifecycle ---------------------------------------------------------------
 
-    def start(self, chat: Any) -> None:
-        self.chat = chat
+    def start(self, events: RosterEvents, scheduler: Scheduler) -> None:
+        self.events = events
+        self.scheduler = scheduler
         config = self.config
-        events = {"on_up": self._link_up, "on_down": self._link_down,
-                  "on_entries": self._entries, "together": chat.together}
-        loop = chat.socket_loop
+        loop = scheduler.socket_loop
         if loop is not None:  # an event loop: Redis's sockets join it
             self.link = LoopLink(config.url, config.command_timeout, config.renew_interval,
-                                 loop, **events)
+                                 loop, on_up=self._link_up, on_down=self._link_down,
+                                 on_entries=self._entries, together=scheduler.together)
         else:  # threads: the link's own
             self.link = ThreadLink(config.url, config.command_timeout, config.renew_interval,
-                                   chat.call_soon_threadsafe, **events)
+                                   scheduler.call_soon_threadsafe, on_up=self._link_up,
+                                   on_down=self._link_down, on_entries=self._entries,
+                                   together=scheduler.together)
         log.info("Joining the chat through Redis at %s as node %s", self.where,
                  self.node_id)
         self.link.start()
-        self._renew_timer = chat.call_later(self.config.renew_interval, self._renew_tick)
+        self._renew_timer = scheduler.call_later(self.config.renew_interval, self._renew_tick)
 
     def close(self) -> None:
         self._closing = True
@@ -187,7 +199,7 @@ class ClusterWhiteboard(Whiteboard[Connection]):
             return UNAVAILABLE_REASON
         return None
 
-    def claim(self, name: str, session: Connection, on_result: ClaimResult) -> None:
+    def claim(self, name: str, session: S, on_result: ClaimResult) -> None:
         key = username_key(name)
         local = self._local_names.get(key)
         if local is not None:
@@ -264,7 +276,7 @@ class ClusterWhiteboard(Whiteboard[Connection]):
         # gives up the names this node no longer has.
         self._call("release", (key,), lambda reply: on_done() if on_done is not None else None)
 
-    def lookup(self, name: str) -> tuple[str, Any] | None:
+    def lookup(self, name: str) -> tuple[str, Recipient] | None:
         key = username_key(name)
         session = self._local.get(key)
         if session is not None:
@@ -285,7 +297,7 @@ class ClusterWhiteboard(Whiteboard[Connection]):
             return remote.name
         return self._local_names.get(key) or self._offline.get(key)
 
-    def online_sessions(self) -> Iterable[Connection]:
+    def online_sessions(self) -> Iterable[S]:
         return self._local.values()
 
     def online_names(self) -> list[str]:
@@ -318,10 +330,10 @@ class ClusterWhiteboard(Whiteboard[Connection]):
         if reason is not None:
             on_result(False, reason)
             return
-        assert self.chat is not None
+        assert self.scheduler is not None
         self._next_seq += 1
         seq = self._next_seq
-        timer = self.chat.call_later(
+        timer = self.scheduler.call_later(
             self.delivery_timeout + ANSWER_GRACE,
             lambda: self._answered(seq, False, f"{user.name}'s server did not answer"),
         )
@@ -348,8 +360,8 @@ class ClusterWhiteboard(Whiteboard[Connection]):
     def _deliver_here(self, origin: str, seq: str, key: str, data: bytes) -> None:
         """A direct message from another node to one of our users."""
 
-        assert self.chat is not None
-        chat = self.chat
+        assert self.scheduler is not None
+        scheduler = self.scheduler
         give_up = time.monotonic() + self.delivery_timeout + ANSWER_GRACE
 
         def answer(ok: bool, reason: str) -> None:
@@ -358,7 +370,7 @@ class ClusterWhiteboard(Whiteboard[Connection]):
             # hear it.  (A second copy of an answer is ignored there.)
             def sent(reply: Reply) -> None:
                 if reply is UNAVAILABLE and time.monotonic() < give_up and not self._closing:
-                    chat.call_later(self.config.renew_interval, lambda: answer(ok, reason))
+                    scheduler.call_later(self.config.renew_interval, lambda: answer(ok, reason))
 
             self._call("answer", (origin, seq, "1" if ok else "0", reason), sent)
 
@@ -367,20 +379,16 @@ class ClusterWhiteboard(Whiteboard[Connection]):
             shown = self._local_names.get(key) or self._offline.get(key) or key
             answer(False, f"{shown} left before it could be sent")
             return
-        try:
-            connection.deliver(data, answer)
-        except Exception as error:
-            connection.fail(error)
-            answer(False, "internal error")
+        hand_over(connection, data, answer)
 
     # -- the inbox -------------------------------------------------------------------
 
     def _entries(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
         """A batch from this node's inbox, in the order Redis wrote it."""
-        assert self.chat is not None
+        assert self.scheduler is not None
         # Broadcasts and notices back to back go out in one send per user
         # (one entry alone, a quiet moment, goes out at once).
-        with self.chat.together(len(entries) > 1):
+        with self.scheduler.together(len(entries) > 1):
             for entry_id, fields in entries:
                 if self._closing:
                     return
@@ -416,7 +424,7 @@ class ClusterWhiteboard(Whiteboard[Connection]):
             answer()
 
     def _entry(self, kind: bytes, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
-        chat = self.chat
+        chat = self.events
         assert chat is not None
         if kind == b"dm":
             self._deliver_here(_text(fields[b"from"]), _text(fields[b"seq"]),
@@ -424,7 +432,7 @@ class ClusterWhiteboard(Whiteboard[Connection]):
         elif kind == b"ack":
             self._answered(int(fields[b"seq"]), fields[b"ok"] == b"1", _text(fields[b"reason"]))
         elif kind == b"bc":
-            chat.remote_broadcast(fields[b"data"])
+            chat.broadcast_arrived(fields[b"data"])
         elif kind in (b"on", b"off", b"dead"):
             node = _text(fields[b"node"])
             if kind == b"dead":
@@ -438,7 +446,7 @@ class ClusterWhiteboard(Whiteboard[Connection]):
                 gone = [known for name in (names.split("\n") if names else ())
                         if (known := self._forget_remote(name, node)) is not None]
                 if gone:  # announced together (a node's users, at its death)
-                    chat.remote_users_offline(gone)
+                    chat.users_offline(gone)
 
     def _remote_online(self, name: str, node: str) -> None:
         key = username_key(name)
@@ -448,8 +456,8 @@ class ClusterWhiteboard(Whiteboard[Connection]):
         self._remote[key] = RemoteUser(self, name, node)
         self._offline.pop(key, None)
         if known is None:
-            assert self.chat is not None
-            self.chat.remote_user_online(name)
+            assert self.events is not None
+            self.events.user_online(name)
             self._note_presence(format_event(UserOnline(name)))
 
     def _note_presence(self, line: bytes) -> None:
@@ -565,22 +573,22 @@ class ClusterWhiteboard(Whiteboard[Connection]):
         self._lease_until = time.monotonic() + self.config.lease
         if lost_state:
             # Then look again: whoever has not come back by now is gone.
-            assert self.chat is not None
-            self.chat.call_later(self.config.lease + self.config.renew_interval,
+            assert self.scheduler is not None
+            self.scheduler.call_later(self.config.lease + self.config.renew_interval,
                                  self._register)
         if self._register_again:
             self._register_again = False
             self._register()
 
     def _register_soon(self) -> None:
-        if self.chat is not None and not self._closing:
-            self.chat.call_later(self.config.renew_interval, self._register)
+        if self.scheduler is not None and not self._closing:
+            self.scheduler.call_later(self.config.renew_interval, self._register)
 
     def _load_snapshot(self, users: list[bytes], seen: list[bytes], keep_missing: bool,
                        announce: bool) -> None:
         """Replace the mirror of other nodes' users; with ``announce``, tell our
         users who came and went meanwhile (a registration after an outage)."""
-        chat = self.chat
+        chat = self.events
         assert chat is not None
         previous = self._remote
         current: dict[str, RemoteUser] = {}
@@ -602,24 +610,24 @@ class ClusterWhiteboard(Whiteboard[Connection]):
         for key, name in gone:
             self._remember(key, name)
         if gone:
-            chat.remote_users_offline([name for _, name in gone])
+            chat.users_offline([name for _, name in gone])
         for key, user in current.items():
             if key not in previous:
-                chat.remote_user_online(user.name)
+                chat.user_online(user.name)
 
     def _lost_name(self, name: str) -> None:
         """Registering again found ``name`` held by another node: ours goes."""
         key = username_key(name)
         connection = self._local.pop(key, None)
         self._local_names.pop(key, None)
-        if connection is not None and self.chat is not None:
+        if connection is not None and self.events is not None:
             log.warning("%s was claimed on another node while this one was out of contact;"
                         " disconnecting ours", name)
-            self.chat.disconnect(connection, CONFLICT_REASON)
+            self.events.disconnect(connection, CONFLICT_REASON)
 
     def _renew_tick(self) -> None:
-        assert self.chat is not None
-        self._renew_timer = self.chat.call_later(self.config.renew_interval, self._renew_tick)
+        assert self.scheduler is not None
+        self._renew_timer = self.scheduler.call_later(self.config.renew_interval, self._renew_tick)
         if not self._registered or self.link is None or not self.link.up:
             return
         sent = time.monotonic()
@@ -637,7 +645,7 @@ class ClusterWhiteboard(Whiteboard[Connection]):
     def _fenced(self) -> None:
         """This node was reaped while it could not renew: its users were
         announced offline and their names may be someone else's now."""
-        assert self.chat is not None
+        assert self.events is not None
         log.error("This node was declared dead by the cluster (frozen or cut off for longer"
                   " than its %g s lease); disconnecting its %d users and joining again as a"
                   " new node", self.config.lease, len(self._local))
@@ -648,7 +656,7 @@ class ClusterWhiteboard(Whiteboard[Connection]):
         for seq in list(self._pending):
             self._answered(seq, False, UNAVAILABLE_REASON)
         for connection in victims:
-            self.chat.disconnect(connection, FENCED_REASON)
+            self.events.disconnect(connection, FENCED_REASON)
         self.node_id = self._new_node_id()
         self._register()
 

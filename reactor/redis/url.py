@@ -1,10 +1,10 @@
 """Reaching Redis from a URL: redis-py's client, the URL checks, and URLs fit
 for a log line.
 
-Kept apart from the link (:mod:`reactor.cluster.link`), which needs the
-``[cluster]`` extra (redis-py and hiredis): the server imports this at start
-to check its command line, and must start without the extra when it is not
-asked to join a cluster (the single-node server uses the standard library
+Kept apart from the cluster's link (:mod:`reactor.cluster.link`), which needs
+the ``[cluster]`` extra (redis-py and hiredis): the server imports this at
+start to check its command line, and must start without the extra when it is
+not asked to join a cluster (the single-node server uses the standard library
 alone).  redis-py is imported only when a client is made.
 """
 

@@ -1,12 +1,13 @@
-"""What the node says to Redis and how it reads the answers, without sockets.
+"""What a server says to Redis and how it reads the answers, without sockets.
 
 Redis's wire format (RESP) is written by ``hiredis.pack_command`` and read by
 ``hiredis.Reader``, a parser that is fed bytes and hands back whole replies:
-sans-IO, as :mod:`protocol` is for the chat.  This module adds what the link
-does with them, so that both of its drivers share it -- the threads that the
-threads and asyncio backends run (:mod:`reactor.cluster.link`) and the select
-loop's own non-blocking sockets (:mod:`reactor.cluster.loop_link`):
+sans-IO, as :mod:`protocol` is for the chat.  This module adds what a link
+does with them, so that every driver shares it -- the cluster's threads
+(:mod:`reactor.cluster.link`) and the select loop's own non-blocking sockets
+(:mod:`reactor.cluster.loop_link`):
 
+* :class:`Scripts`: a set of Lua scripts, by name, called by their SHA;
 * :class:`Batch`: the script calls queued since the last write, as one write,
   and the matching of its replies to the calls (a ``MULTI``/``EXEC`` when
   there are several; the calls that Redis did not know the script for are
@@ -17,14 +18,13 @@ loop's own non-blocking sockets (:mod:`reactor.cluster.loop_link`):
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, cast
 
 import hiredis
-
-from reactor.cluster.scripts import PREFIX, SCRIPTS, SHAS
 
 log = logging.getLogger("reactor")
 
@@ -37,11 +37,31 @@ Entry = tuple[bytes, dict[bytes, bytes]]  # an inbox entry: its id and its field
 
 BATCH = 512  # script calls per write
 
-pack = hiredis.pack_command  # one command's bytes, from str/bytes/int/float arguments
+# One command's bytes, from str/bytes/int/float arguments.  (Cast: hiredis's
+# stub types its argument as a tuple of one.)
+pack = cast(Callable[[tuple[object, ...]], bytes], hiredis.pack_command)
 
 _MULTI = pack(("MULTI",))
 _EXEC = pack(("EXEC",))
-LOAD_SCRIPTS = b"".join(pack(("SCRIPT", "LOAD", text)) for text in SCRIPTS.values())
+
+
+@dataclass(frozen=True)
+class Scripts:
+    """Lua scripts by name, each called with one key, ``key``."""
+
+    texts: dict[str, str]
+    key: str
+    #: What EVALSHA names each script by: loaded on every (re)connection,
+    #: then each call is a plain EVALSHA (no SCRIPT EXISTS round trip first).
+    shas: dict[str, str] = field(init=False)
+    #: The commands that load them all (one reply each).
+    load: bytes = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "shas", {name: hashlib.sha1(text.encode()).hexdigest()
+                                          for name, text in self.texts.items()})
+        object.__setattr__(self, "load", b"".join(pack(("SCRIPT", "LOAD", text))
+                                                  for text in self.texts.values()))
 
 
 class ProtocolError(Exception):
@@ -100,18 +120,20 @@ class Batch:
     when every call has its own, in the order of the calls.
     """
 
-    __slots__ = ("calls", "data", "_expected", "_received", "_replies", "_missing", "_skip")
+    __slots__ = ("calls", "data", "scripts", "_expected", "_received", "_replies", "_missing",
+                 "_skip")
 
-    def __init__(self, calls: list[Call]) -> None:
+    def __init__(self, calls: list[Call], scripts: Scripts) -> None:
         self.calls = calls
+        self.scripts = scripts
         self._missing: list[int] | None = None  # the calls being retried
         self._replies: list[Reply] = []
         self._skip = 0  # replies to the scripts' loading, before the retry's
         self.data = self._request(calls)
 
     def _request(self, calls: list[Call]) -> bytes:
-        commands = [pack(("EVALSHA", SHAS[call.script], 1, PREFIX, *call.argv))
-                    for call in calls]
+        shas, key = self.scripts.shas, self.scripts.key
+        commands = [pack(("EVALSHA", shas[call.script], 1, key, *call.argv)) for call in calls]
         if len(commands) > 1:
             commands = [_MULTI, *commands, _EXEC]
         self._expected = len(commands)
@@ -128,7 +150,7 @@ class Batch:
         if self._skip:
             self._skip -= 1
             if is_error(reply):
-                log.error("Loading the cluster's scripts into Redis failed: %s", reply)
+                log.error("Loading scripts into Redis failed: %s", reply)
             return None
         received = self._received
         received.append(reply)
@@ -146,8 +168,8 @@ class Batch:
         if not missing:
             return None
         self._missing = missing
-        self._skip = len(SCRIPTS)
-        return LOAD_SCRIPTS + self._request([self.calls[index] for index in missing])
+        self._skip = len(self.scripts.texts)
+        return self.scripts.load + self._request([self.calls[index] for index in missing])
 
     def _unwrap(self, received: list[Reply]) -> list[Reply]:
         if len(received) == 1:

@@ -1,0 +1,104 @@
+"""The composition root: the one place that builds the server from its configuration.
+
+From a :class:`~reactor.config.ServerConfig` it builds, in this order, what
+the chat is given -- the roster (in memory, or the cluster's over Redis), the
+login step (registered names, ``--accounts``) -- then the chat service, then
+the backend's server around it, and hands each only what it needs::
+
+    roster  = make_roster(config)                # contracts.Roster
+    login   = open_accounts(config.accounts)     # contracts.LoginStep, or None
+    chat    = ChatService(config, roster, login)
+    server  = server_class(backend)(config, chat, **options)
+
+Nothing else in the server constructs a feature.  The optional packages
+(redis-py, hiredis) are imported here, lazily, and only when the
+configuration asks for Redis: the single-node server runs on the standard
+library alone.  Everything that can be refused (a bad Redis URL, a missing
+package, an accounts file that cannot be opened, a busy port) is refused
+here, before anything is served, and whatever was opened is closed again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from reactor.accounts.hashing import hasher_from_spec
+from reactor.accounts.service import Accounts
+from reactor.accounts.store import AccountStore, SQLiteAccountStore
+from reactor.backends import DEFAULT_BACKEND, server_class
+from reactor.backends.base import Server
+from reactor.chat import ChatService
+from reactor.config import AccountsConfig, ServerConfig
+from reactor.connection import Connection
+from reactor.contracts import LoginStep, Roster
+from reactor.redis.url import check_url, is_redis_url
+from reactor.whiteboard import MemoryWhiteboard
+
+log = logging.getLogger("reactor")
+
+
+def make_roster(config: ServerConfig) -> Roster[Connection]:
+    """The roster the configuration asks for: this process's own, or the
+    cluster's (``--cluster URL``; raises LinkError for a bad URL or a
+    missing package, before anything is bound).  It talks to Redis only once
+    the chat is served."""
+    if config.cluster is None:
+        return MemoryWhiteboard()
+    # Checked before importing the cluster's modules, which need the packages.
+    check_url(config.cluster.url)
+    from reactor.cluster.whiteboard import ClusterWhiteboard
+
+    return ClusterWhiteboard(config.cluster, config.delivery_timeout)
+
+
+def open_store(location: str) -> AccountStore:
+    """The account store at ``location``: a Redis URL (``redis://``,
+    ``rediss://``, ``unix://``), or else a SQLite file.  Raises
+    StoreUnavailable, or LinkError for a bad URL or a missing redis package."""
+    if is_redis_url(location):
+        from reactor.accounts.redis_store import RedisAccountStore
+
+        return RedisAccountStore(location)
+    return SQLiteAccountStore(location)
+
+
+def open_accounts(settings: AccountsConfig | None) -> Accounts | None:
+    """The login step for registered names, if the configuration has them
+    (raises ValueError for a bad hash spec, before any store is opened;
+    StoreUnavailable or LinkError for a store that cannot be)."""
+    if settings is None:
+        return None
+    hasher = hasher_from_spec(settings.password_hash)
+    store = open_store(settings.path)
+    for warning in store.warnings():
+        log.warning("%s", warning)
+    return Accounts(settings, store, hasher)
+
+
+def build_chat(config: ServerConfig, roster: Roster[Connection] | None = None,
+               accounts: LoginStep | None = None,
+               clock: Callable[[], float] = time.monotonic) -> ChatService:
+    """The chat service, with the roster and login step the configuration
+    asks for (or those given, as tests give theirs)."""
+    if roster is None:
+        roster = make_roster(config)
+    if accounts is None:
+        accounts = open_accounts(config.accounts)
+    return ChatService(config, roster, accounts, clock)
+
+
+def make_server(config: ServerConfig, backend: str = DEFAULT_BACKEND, *,
+                roster: Roster[Connection] | None = None,
+                accounts: LoginStep | None = None, **options: object) -> Server:
+    """Build the chat and bind a server of the named backend around it
+    (raises OSError if the port is busy; nothing stays open then).
+    ``options`` are the backend's own (``loop=`` for asyncio)."""
+    cls = server_class(backend)  # an unknown backend is refused before anything opens
+    chat = build_chat(config, roster, accounts)
+    try:
+        return cls(config, chat, **options)  # type: ignore[arg-type]
+    except BaseException:
+        chat.close()
+        raise

@@ -1,0 +1,329 @@
+"""The written contracts between the chat and what plugs into it.
+
+Small :class:`typing.Protocol` s, in the manner of Centrifuge's ``Broker``
+(what the node asks of the engine) and ``BrokerEventHandler`` (what the
+engine tells the node).  Neither side holds the other whole: a feature
+receives the narrow protocol it needs and nothing else, and mypy checks that
+both sides keep it.
+
+=========================  =====================================================
+:class:`Scheduler`         what the backend's loop offers everyone: call later,
+                           call soon from another thread, the clock, batches
+:class:`ChatForConnection` what a connection asks of the chat
+:class:`ConnectionEvents`  what a backend tells a connection
+:class:`Recipient`         whom a direct message can be handed to
+:class:`Session`           a local user's connection, as a roster holds it
+:class:`Roster`            what the chat asks of a roster (who is online)
+:class:`RosterEvents`      what a roster tells the chat
+:class:`LoginSession`      what a login step may do with a client
+:class:`LoginStep`         what the chat asks of a login step (accounts)
+=========================  =====================================================
+
+Every answer that may take time comes by callback; an implementation that
+knows at once (the in-memory roster) calls it at once, before returning.
+Everything here runs on the chat thread, except where a method says
+otherwise.
+
+This module sits at the bottom of the server: it imports nothing of the
+server but its configuration and the framing types, so that every layer
+above can speak of the others through it.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable, Iterable, Sized
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+
+if TYPE_CHECKING:
+    from protocol.framing import Received
+    from reactor.config import ServerConfig
+
+# Called with (True, "") once a message was handed to the recipient's
+# connection, or (False, reason) if it never will be.
+DeliveryResult = Callable[[bool, str], None]
+# Called with None if the name is now ours, or with the spelling under which
+# it is taken; or, with a second argument, the reason the claim could not be
+# decided now (a shared store out of reach).
+ClaimResult = Callable[..., None]
+# Called with None once a broadcast reached every other server, or with the
+# reason it was not sent.
+PublishResult = Callable[[str | None], None]
+# A login step's way to let a name in, ``admit(session, name)``: the chat
+# claims it on the roster; the claim's answer takes the next slot.
+Admit = Callable[[Any, str], None]
+
+
+class TimerHandle(Protocol):
+    def cancel(self) -> None: ...
+
+
+class SocketLoop(Protocol):
+    """What an event-loop backend lends the server's own other sockets (the
+    cluster's Redis connections), so that they are served by its loop, on
+    its thread, with no thread in between.  A backend without a loop of its
+    own (threads) has none."""
+
+    def watch(self, sock: socket.socket, on_ready: Callable[[bool, bool], None],
+              write: bool = False) -> None:
+        """Call ``on_ready(readable, writable)`` when ``sock`` is readable, or
+        writable too with ``write``; called again, it changes ``write``."""
+
+    def unwatch(self, sock: socket.socket) -> None: ...
+
+    def at_end_of_pass(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` once this pass of the loop has handled what was
+        ready, before the clients' output is flushed: the place to flush
+        what the pass queued for another server, once."""
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle: ...
+
+    def call_soon_threadsafe(self, callback: Callable[[], None]) -> None: ...
+
+
+class Scheduler(Protocol):
+    """Time and threads, as the backend serving the chat provides them."""
+
+    #: The backend's event loop for other sockets, or None (threads).
+    socket_loop: SocketLoop | None
+
+    def clock(self) -> float:
+        """Monotonic seconds (a fake clock in the in-memory tests)."""
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
+        """Run ``callback`` on the chat thread after ``delay`` seconds."""
+
+    def call_soon_threadsafe(self, callback: Callable[[], None]) -> None:
+        """From any thread: run ``callback`` on the chat thread soon, in call order."""
+
+    def together(self, several: bool = True) -> AbstractContextManager[None]:
+        """Around work that arrives together (a batch of replies from another
+        server): its fan-outs go out in one send per recipient once the
+        batch is done.  Not ``several``: nothing changes."""
+
+
+class ChatForConnection(Protocol):
+    """What a :class:`~reactor.connection.Connection` asks of the chat.
+
+    (``connection`` is typed ``Any`` here: this module sits below the
+    connection, and each side names its own class.)"""
+
+    config: ServerConfig
+
+    def clock(self) -> float: ...
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle: ...
+
+    def line_received(self, connection: Any, item: Received) -> None:
+        """Act on one line (or an overlong line's report) from the client."""
+
+    def user_left(self, connection: Any, reason: str) -> None:
+        """The connection's user leaves the chat (once, as it stops being open)."""
+
+    def login_wait(self, connection: Any, now: float) -> float:
+        """Seconds before a login line from this address may be handled."""
+
+    def login_timed_out(self, connection: Any) -> None: ...
+
+    def connection_closed(self, connection: Any) -> None:
+        """Bookkeeping once the socket is closed."""
+
+
+class ConnectionEvents(Protocol):
+    """What a backend tells a connection (the contract in
+    :mod:`reactor.backends.base`), and the state of it that a backend may
+    read to choose how to write."""
+
+    is_open: bool
+    #: Output above the high-water mark.
+    output_backlog: bool
+    #: A direct message to it timed out, and it has not read its queue empty since.
+    not_reading: bool
+    #: Since when its output has been above the soft limit, or None.
+    over_soft_limit_since: float | None
+
+    @property
+    def pending_lines(self) -> Sized:
+        """Lines received and not yet handled."""
+
+    def data_received(self, data: bytes) -> None: ...
+
+    def output_drained(self) -> None: ...
+
+    def connection_lost(self) -> None: ...
+
+    def abort(self, reason: str) -> None: ...
+
+    def fail(self, error: BaseException) -> None: ...
+
+
+class Recipient(Protocol):
+    """Whom a direct message can be handed to: a connection here, or a user
+    of another server."""
+
+    #: False once leaving: to a sender it is offline.
+    is_open: bool
+    #: True if a delivery travels in the roster's own order (through the
+    #: shared store, behind this server's broadcasts still being published),
+    #: so it need not wait here for them; False for a connection here.
+    remote: bool
+
+    def deliver(self, data: bytes, on_result: DeliveryResult) -> None:
+        """Hand over a direct message; ``on_result`` once it was taken, or never will be."""
+
+    def fail(self, error: BaseException) -> None:
+        """Contain an error raised on this recipient's behalf."""
+
+
+def hand_over(recipient: Recipient, data: bytes, on_result: DeliveryResult) -> None:
+    """``recipient.deliver(data, on_result)``; a failure there is the
+    recipient's (contained by its ``fail``), and the message was not delivered."""
+    try:
+        recipient.deliver(data, on_result)
+    except Exception as error:
+        recipient.fail(error)
+        on_result(False, "internal error")
+
+
+class Session(Recipient, Protocol):
+    """A user of this server, as a roster holds it (a connection)."""
+
+    def send(self, data: bytes) -> object: ...
+
+    def close(self, reason: str) -> None: ...
+
+
+class RosterEvents(Protocol):
+    """What a roster tells the chat (registered once, at ``Roster.start``)."""
+
+    def user_online(self, name: str) -> None:
+        """A user of another server came online."""
+
+    def users_offline(self, names: list[str]) -> None:
+        """Users of other servers left, to be announced in this order."""
+
+    def broadcast_arrived(self, data: bytes) -> None:
+        """A broadcast line from a user of another server, for ours."""
+
+    def disconnect(self, session: Session, reason: str) -> None:
+        """Close one of ours for a reason of the roster's (its name was lost)."""
+
+
+S = TypeVar("S", bound=Session)
+
+
+class Roster(Protocol, Generic[S]):
+    """Who is online: what the chat asks of it.
+
+    The chat never blocks on an answer: ``claim``, ``release`` and
+    ``publish`` report through callbacks (at once in memory, when a shared
+    store replies in a cluster).  ``lookup`` and the others read what this
+    server knows now."""
+
+    def start(self, events: RosterEvents, scheduler: Scheduler) -> None:
+        """The chat is served: start talking to peers, if any."""
+
+    def close(self) -> None:
+        """The server has stopped: say goodbye to peers, stop threads."""
+
+    def unavailable_reason(self) -> str | None:
+        """Why the chat cannot act now (a shared store out of reach), or None."""
+
+    def claim(self, name: str, session: S, on_result: ClaimResult) -> None:
+        """Put ``name`` online for ``session`` unless it is taken (ignoring case)."""
+
+    def release(self, name: str, on_done: Callable[[], None] | None = None) -> None:
+        """Take ``name`` offline; claimable again here at once, and everywhere
+        once ``on_done`` is called."""
+
+    def publish(self, data: bytes, on_result: PublishResult) -> None:
+        """Send a broadcast line to every other server's users."""
+
+    def lookup(self, name: str) -> tuple[str, Recipient] | None:
+        """The online user's canonical name and how to reach it, or None."""
+
+    def surely_taken(self, name: str) -> str | None:
+        """The spelling ``name`` is online under, if a claim would certainly be refused."""
+
+    def seen_as(self, name: str) -> str | None:
+        """How ``name`` was spelled when last online, if it ever was."""
+
+    def online_sessions(self) -> Iterable[S]:
+        """This server's users.  Callers must not claim or release while iterating."""
+
+    def online_names(self) -> list[str]:
+        """Every online name, sorted ignoring case."""
+
+    def remote_count(self) -> int:
+        """Users online on other servers."""
+
+    def __len__(self) -> int: ...
+
+
+class LoginSession(Protocol):
+    """What a login step may do with the client logging in.
+
+    Its answers take their place in the client's reply queue: ``answer_later``
+    reserves one (the client's next lines wait while logging in), and
+    ``answer`` fills it."""
+
+    peer_host: str
+    is_open: bool
+    #: The registered name whose password the next line is (see ask_password).
+    password_for: str | None
+    #: Wrong passwords sent on this connection so far (the login step counts).
+    password_tries: int
+
+    @property
+    def secure(self) -> bool:
+        """The bytes are protected on the way (TLS)."""
+
+    def answer_later(self, blocking: bool = False) -> Any:
+        """A slot in the reply queue for an answer that comes later; while
+        logging in, or if ``blocking``, the next lines wait until it is done."""
+
+    def answer(self, slot: Any, data: bytes = b"") -> None:
+        """Fill ``slot``: ``data`` is sent once every answer before it has been."""
+
+    def reply(self, data: bytes) -> None:
+        """Send ``data`` in command order, behind any answer still awaited."""
+
+    def send(self, data: bytes) -> object:
+        """Send ``data`` now (while logging in, nothing else is awaited)."""
+
+    def ask_password(self, name: str) -> None:
+        """The next line is the password of the registered ``name``."""
+
+    def password_done(self) -> None:
+        """The password step is over (a right password: the name is claimed
+        next; or none could be checked: a name is asked for again)."""
+
+    def guard(self, callback: Callable[..., None]) -> Callable[..., None]:
+        """``callback`` under this connection's containment."""
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle: ...
+
+    def close(self, reason: str) -> None: ...
+
+
+class LoginStep(Protocol):
+    """What the chat asks of a login step (registered names, ``--accounts``).
+
+    Without one, every valid name goes straight to the roster.  With one,
+    the chat hands it each valid name, each password line, and the account
+    commands; it lets a name in by calling ``admit(name)``."""
+
+    def start(self, scheduler: Scheduler) -> None: ...
+
+    def close(self) -> None: ...
+
+    def login(self, session: LoginSession, name: str, admit: Admit) -> None:
+        """A valid username: ask for its password, or ``admit`` it."""
+
+    def password_line(self, session: LoginSession, raw: bytes, admit: Admit) -> None:
+        """The line after ``ask_password``.  Never logged."""
+
+    def register(self, session: LoginSession, name: str, password: str) -> None: ...
+
+    def change_password(self, session: LoginSession, name: str, old: str, new: str) -> None: ...
