@@ -36,6 +36,7 @@ from reactor.backends import BACKENDS, DEFAULT_BACKEND, EVENT_LOOPS
 from reactor.cluster.workers import die_with_parent, supervise
 from reactor.config import AccountsConfig, ClusterConfig, ServerConfig
 from reactor.flow import FloodLimits
+from reactor.log_format import FORMAT_CHOICES, TIME_CHOICES
 from reactor.logs import LogPipeline, complain
 from reactor.redis.url import LinkError, check_url, is_redis_url, without_password
 from reactor.settings import (
@@ -284,6 +285,13 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument("--log-text", type=_on_off, default=d.log_text, metavar="on|off",
                       help="off keeps what users write out of the log, for operators who "
                            "must not read private messages (default: on)")
+    logs.add_argument("--log-time", choices=TIME_CHOICES, default="utc", type=str.lower,
+                      help="each line begins with its time (RFC 3339) in UTC or local time, "
+                           "or not at all: off under journald, which stamps lines itself "
+                           "(default: utc)")
+    logs.add_argument("--log-format", choices=FORMAT_CHOICES, default="text", type=str.lower,
+                      help="text: the original's lines; json: one JSON object per line, with "
+                           "time, level, event and its fields (default: text)")
     return p
 
 
@@ -523,7 +531,8 @@ def main(argv: list[str] | None = None) -> int:
         label = f"Worker {index}"
     signals = SignalHandlers(args.backend)
     signals.install()
-    logs = LogPipeline(args.log_level, PROGRAM, label=label)
+    logs = LogPipeline(args.log_level, PROGRAM, label=label, log_format=args.log_format,
+                       time=args.log_time)
     logs.start()
     try:
         return _serve(args, signals)
@@ -533,7 +542,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _supervise(args: argparse.Namespace, argv: list[str]) -> int:
-    logs = LogPipeline(args.log_level, PROGRAM)
+    logs = LogPipeline(args.log_level, PROGRAM, log_format=args.log_format, time=args.log_time)
     logs.start()
     try:
         return supervise(argv, args.workers, args.host, args.port)

@@ -50,7 +50,6 @@ from protocol import (
     Users,
     UserUnknown,
     decode_line,
-    escape,
     format_event,
     parse_command,
     parse_login,
@@ -67,6 +66,7 @@ from reactor.config import ServerConfig
 from reactor.connection import Connection, Slot
 from reactor.contracts import LoginStep, Roster, Session, SocketLoop, TimerHandle
 from reactor.flow import TokenBucket
+from reactor.log_format import UserText
 from reactor.phases import Phase
 from reactor.scheduling import CallLater, CallSoon, LoopScheduler
 from reactor.transport import Transport
@@ -433,8 +433,8 @@ class ChatService:
             connection.reply(format_event(UserOffline(recipient_name)))
             return
         if log.isEnabledFor(logging.INFO):
-            shown = f'"{escape(text)}"' if self.config.log_text else f"({len(text)} characters)"
-            log.info("Message from %s to %s: %s", sender, recipient_name, shown)
+            log.info("Message from %s to %s: %s", sender, recipient_name,
+                     UserText.of(text, self.config.log_text))
 
         if recipient is connection:
             # To oneself: the echo and the message share one stream, so the
@@ -472,8 +472,7 @@ class ChatService:
 
     def _broadcast(self, connection: Connection, sender: str, text: str) -> None:
         if log.isEnabledFor(logging.INFO):
-            shown = f'"{escape(text)}"' if self.config.log_text else f"({len(text)} characters)"
-            log.info("Broadcast from %s: %s", sender, shown)
+            log.info("Broadcast from %s: %s", sender, UserText.of(text, self.config.log_text))
         data = format_broadcast_from(sender, text)
         # Other servers first (none in memory: published at once): the echo
         # and this server's deliveries wait until the broadcast is on its way

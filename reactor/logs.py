@@ -11,7 +11,9 @@ SIGTERM ignored until the pipe drains).  So:
   again the count is logged as one line, ``N log lines dropped (output was
   not keeping up)``, in the place where the gap is;
 * one :class:`LogWriter` thread (a ``QueueListener``) takes records off the
-  queue and writes them to stdout, several at a time when they come fast;
+  queue, makes them into lines (``reactor.log_format``: the text form or
+  JSON, timestamped; the serving thread queues a record without formatting
+  it) and writes them to stdout, several at a time when they come fast;
 * if stdout is broken (closed pipe, hung-up terminal) the writer stops
   writing to it, says so in one line on stderr, and discards the log from
   then on: no ``--- Logging error ---`` tracebacks, and the server serves on;
@@ -37,6 +39,8 @@ import queue
 import select
 import time
 from collections.abc import Callable
+
+from reactor.log_format import formatter, ready_to_queue
 
 FORMAT = "[Server] %(message)s"
 # About 10,000 x ~1 KB per queued record: ~10 MB at worst, and at the
@@ -67,7 +71,7 @@ def _dropped_notice(count: int) -> logging.LogRecord:
     lines = "log line" if count == 1 else "log lines"
     return logging.LogRecord(
         "reactor", logging.WARNING, __file__, 0,
-        f"{count} {lines} dropped (output was not keeping up)", None, None,
+        f"%d {lines} dropped (output was not keeping up)", (count,), None,
     )
 
 
@@ -105,6 +109,11 @@ class DroppingQueueHandler(logging.handlers.QueueHandler):
             count, self._unreported = self._unreported, 0
             self.queue.put_nowait(_dropped_notice(count))
         self.queue.put_nowait(record)
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        # Not QueueHandler.prepare, which formats the record here, on the
+        # serving thread: the writer thread formats it (reactor.log_format).
+        return ready_to_queue(record)
 
 
 def _never_dropped(record: logging.LogRecord) -> bool:
@@ -199,12 +208,14 @@ class LogPipeline:
     """
 
     def __init__(self, level: int | str, program: str, *, fd: int = 1,
-                 bound: int = QUEUE_BOUND, label: str = "Server") -> None:
+                 bound: int = QUEUE_BOUND, label: str = "Server",
+                 log_format: str = "text", time: str = "utc") -> None:
         self.level = level
         self.queue: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
         self.handler = DroppingQueueHandler(self.queue, bound)
         # "[Server] ...", or "[Worker 2] ..." under --workers.
         self.writer = StdoutWriter(fd, self.queue.qsize, program, label)
+        self.writer.setFormatter(formatter(log_format, label, time))
         self.listener = LogWriter(self.queue, self.writer)
 
     def start(self) -> None:

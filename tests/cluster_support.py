@@ -40,7 +40,13 @@ from reactor import BACKENDS, make_server
 from reactor.backends.base import Server
 from reactor.config import ClusterConfig, FloodLimits
 from tests.faults import ServerProcess, server_process
-from tests.support import DEFAULT_TIMEOUT, TEST_CONFIG, LineClient, running_server
+from tests.support import (
+    DEFAULT_TIMEOUT,
+    TEST_CONFIG,
+    LineClient,
+    running_server,
+    without_log_time,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 REDIS_SERVER = shutil.which("redis-server")
@@ -490,13 +496,14 @@ class Supervised:
         assert self.process.stdout is not None
         for line in self.process.stdout:
             with self._changed:
-                self._lines.append(line.rstrip("\n"))
+                self._lines.append(without_log_time(line.rstrip("\n")))
                 self._changed.notify_all()
         with self._changed:
             self._changed.notify_all()
 
     @property
     def log(self) -> list[str]:
+        """The lines so far, each without the timestamp it may begin with."""
         with self._changed:
             return list(self._lines)
 

@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-from tests.support import DEFAULT_TIMEOUT, Clients, LineClient
+from tests.support import DEFAULT_TIMEOUT, Clients, LineClient, without_log_time
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -61,7 +61,8 @@ class ServerProcess:
         self.process = process
         self.pid = process.pid
         self.port = 0
-        self._lines: list[str] = []
+        self._lines: list[str] = []  # without their timestamps, as the original's
+        self._raw_lines: list[str] = []  # as written
         self._changed = threading.Condition()
         # The pipe is drained all the time, unless a test wants to see what the
         # server does when nobody reads its log (``read_log=False``, and
@@ -91,15 +92,23 @@ class ServerProcess:
         assert self.process.stdout is not None
         for line in self.process.stdout:
             with self._changed:
-                self._lines.append(line.rstrip("\n"))
+                self._raw_lines.append(line.rstrip("\n"))
+                self._lines.append(without_log_time(self._raw_lines[-1]))
                 self._changed.notify_all()
         with self._changed:
             self._changed.notify_all()
 
     @property
     def log(self) -> list[str]:
+        """The lines so far, each without the timestamp it may begin with."""
         with self._changed:
             return list(self._lines)
+
+    @property
+    def raw_log(self) -> list[str]:
+        """The lines so far, exactly as the server wrote them."""
+        with self._changed:
+            return list(self._raw_lines)
 
     def wait_for_log(self, predicate: Callable[[str], bool],
                      timeout: float = DEFAULT_TIMEOUT) -> str:

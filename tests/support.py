@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import os
+import re
 import socket
 import threading
 import time
@@ -28,6 +29,17 @@ from reactor.backends.base import Server
 
 DEFAULT_TIMEOUT = 10.0
 TEST_CONFIG = ServerConfig(host="127.0.0.1", port=0, keepalive_idle=0)
+
+# The time a server's log line begins with unless --log-time off (RFC 3339,
+# to the millisecond, in UTC or with an offset).
+LOG_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}(?:Z|[+-]\d\d:\d\d) ")
+
+
+def without_log_time(line: str) -> str:
+    """A server's log line as the original wrote it: ``[Server] ...``, without
+    the timestamp it begins with (if it has one)."""
+    found = LOG_TIME.match(line)
+    return line[found.end():] if found else line
 
 
 def accepts_loop(backend: str) -> bool:

@@ -21,7 +21,7 @@ import pytest
 from reactor import DEFAULT_BACKEND
 from reactor.backends.base import Server
 from tests.cli_support import ROOT, TIMEOUT, FakeServer, cli_args, piped_client, run_cli
-from tests.support import Clients, running_server
+from tests.support import Clients, running_server, without_log_time
 
 
 def test_the_issue_example_works_as_a_pipe(server: Server, clients: Clients) -> None:
@@ -263,7 +263,7 @@ def killable_server(backend: str) -> Iterator[tuple[subprocess.Popen[bytes], int
     )
     try:
         assert process.stdout is not None
-        first = process.stdout.readline().decode()
+        first = without_log_time(process.stdout.readline().decode())
         assert first.startswith("[Server] Listening on port "), first
         yield process, int(first.rsplit(" ", 1)[1].rstrip(".\n"))
     finally:

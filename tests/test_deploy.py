@@ -78,6 +78,12 @@ def test_the_unit_checks_the_configuration_before_starting_and_reloads_with_sigh
         assert sandboxing in UNIT.read_text().splitlines(), sandboxing
 
 
+def test_under_the_unit_the_log_leaves_the_time_to_journald() -> None:
+    environment = dict(line.split("=", 1) for line in _unit_lines("Environment"))
+    assert parse_args([], environment).log_time == "off"
+    assert parse_args([], {}).log_time == "utc"
+
+
 # -- the notify protocol --------------------------------------------------------------
 
 

@@ -31,7 +31,8 @@ EXAMPLE = REPO / "deploy" / "reactor-chat.toml"
 
 # Process-wide choices that ServerConfig does not hold (the backend, its
 # loop, the supervisor, the log): checked on the parsed options instead.
-NOT_IN_SERVER_CONFIG = {"--backend", "--loop", "--workers", "--log-level"}
+NOT_IN_SERVER_CONFIG = {"--backend", "--loop", "--workers", "--log-level", "--log-time",
+                        "--log-format"}
 
 # For each option: a value other than its default (as TOML would hold it),
 # with the other options it needs to be accepted at all.
@@ -73,6 +74,8 @@ SAMPLES: dict[str, dict[str, Any]] = {
     "--cluster-lease": {"--cluster": "redis://127.0.0.1:1", "--cluster-lease": 1.5},
     "--log-level": {"--log-level": "debug"},
     "--log-text": {"--log-text": False},
+    "--log-time": {"--log-time": "local"},
+    "--log-format": {"--log-format": "json"},
 }
 
 
