@@ -532,7 +532,7 @@ def main(argv: list[str] | None = None) -> int:
     signals = SignalHandlers(args.backend)
     signals.install()
     logs = LogPipeline(args.log_level, PROGRAM, label=label, log_format=args.log_format,
-                       time=args.log_time)
+                       log_time=args.log_time)
     logs.start()
     try:
         return _serve(args, signals)
@@ -542,7 +542,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _supervise(args: argparse.Namespace, argv: list[str]) -> int:
-    logs = LogPipeline(args.log_level, PROGRAM, log_format=args.log_format, time=args.log_time)
+    logs = LogPipeline(args.log_level, PROGRAM, log_format=args.log_format, log_time=args.log_time)
     logs.start()
     try:
         return supervise(argv, args.workers, args.host, args.port)

@@ -209,13 +209,13 @@ class LogPipeline:
 
     def __init__(self, level: int | str, program: str, *, fd: int = 1,
                  bound: int = QUEUE_BOUND, label: str = "Server",
-                 log_format: str = "text", time: str = "utc") -> None:
+                 log_format: str = "text", log_time: str = "utc") -> None:
         self.level = level
         self.queue: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
         self.handler = DroppingQueueHandler(self.queue, bound)
         # "[Server] ...", or "[Worker 2] ..." under --workers.
         self.writer = StdoutWriter(fd, self.queue.qsize, program, label)
-        self.writer.setFormatter(formatter(log_format, label, time))
+        self.writer.setFormatter(formatter(log_format, label, log_time))
         self.listener = LogWriter(self.queue, self.writer)
 
     def start(self) -> None:
