@@ -6,6 +6,7 @@ import ast
 import calendar
 import json
 import logging
+import queue
 import re
 import sys
 from datetime import UTC, datetime, timedelta
@@ -23,7 +24,7 @@ from reactor.log_format import (
     formatter,
     ready_to_queue,
 )
-from reactor.logs import LogPipeline
+from reactor.logs import DroppingQueueHandler, LogPipeline
 
 REACTOR = Path(__file__).resolve().parent.parent / "reactor"
 # 2026-12-07T05:40:12.345Z
@@ -103,8 +104,10 @@ def test_a_template_not_in_the_table_keeps_its_arguments_in_order() -> None:
 
 
 def test_a_record_of_plain_values_is_queued_unformatted() -> None:
+    waiting: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
     made = record("Message from %s to %s: %s", "Alice", "Bob", UserText.of("hi", True))
-    queued = ready_to_queue(made)
+    DroppingQueueHandler(waiting, bound=10).handle(made)
+    queued = waiting.get_nowait()
     assert queued is made and queued.args == made.args
     assert not hasattr(queued, "message")  # nothing was formatted on this thread
 
