@@ -8,9 +8,14 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 
+import pytest
+
 from protocol import BroadcastFrom, LineBuffer, MessageFrom, UserOnline, parse_event
 from reactor.backends.base import Server
 from tests.faults import raise_own_open_file_limit
+
+# Slow: hundreds of clients at once.
+pytestmark = pytest.mark.slow
 
 CLIENTS = 300
 DIRECT_PER_CLIENT = 10
