@@ -17,7 +17,7 @@ from tests.faults import raise_own_open_file_limit
 # Slow: hundreds of clients at once.
 pytestmark = pytest.mark.slow
 
-CLIENTS = 300
+CLIENTS = 200
 DIRECT_PER_CLIENT = 10
 BROADCASTS_PER_CLIENT = 2
 

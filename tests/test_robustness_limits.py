@@ -417,10 +417,10 @@ def test_sigterm_under_full_load_tells_everyone_and_exits_0_promptly(
         cpu_before = server.cpu_seconds()
         for thread in threads:
             thread.start()
-        # (With flood control on, the talkers are metered: the load takes longer
-        # to build -- 0.5 s of server CPU took ~10 s -- so a smaller sign of it
-        # will do; the listeners' deadline starts only once it is there.)
-        built = 0.5 if flood_control == "off" else 0.2
+        # (With flood control on, the talkers are metered: the load takes much
+        # longer to build, so a smaller sign of it will do; the listeners'
+        # deadline starts only once it is there.)
+        built = 0.5 if flood_control == "off" else 0.1
         wait_until(lambda: server.cpu_seconds() > cpu_before + built, timeout=30,
                    message="load to build up")
         collector.start()
