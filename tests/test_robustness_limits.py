@@ -42,7 +42,7 @@ MiB = 1024 * 1024
 # A round trip next to two flooders, in flood answers served meanwhile: with
 # reads of 16 KiB a pass serves each flooder at most ~2,700 "users" (6 bytes
 # each) and a fair round trip takes a pass or two; reads of 256 KiB would
-# serve ~44,000 of each flooder's a pass.
+# serve ~44,000 of each flooder's commands a pass.
 FAIR_SHARE = 25_000
 OFFLINE_SLOW = b"<User Slow is offline.>"
 
