@@ -95,7 +95,6 @@ def test_numbered_messages_across_three_nodes_arrive_once_each_in_order(
 
 
 @pytest.mark.soak
-@pytest.mark.slow
 def test_300_clients_on_three_nodes_exchange_numbered_messages_once_each_in_order(
     redis_server: RedisServer,  # noqa: F811
 ) -> None:

@@ -28,7 +28,7 @@ import pytest
 
 from tests.faults import raise_own_open_file_limit, server_process
 
-pytestmark = [pytest.mark.soak, pytest.mark.slow]
+pytestmark = pytest.mark.soak
 
 CLIENTS = int(os.environ.get("SOAK_CLIENTS", "2000"))
 SECONDS = float(os.environ.get("SOAK_SECONDS", "150"))
