@@ -85,6 +85,7 @@ class DroppingQueueHandler(logging.handlers.QueueHandler):
 
     def __init__(self, log_queue: queue.SimpleQueue[logging.LogRecord], bound: int) -> None:
         super().__init__(log_queue)
+        self._queued = log_queue.qsize
         self.bound = bound
         self.dropped_total = 0
         self._unreported = 0
@@ -95,7 +96,7 @@ class DroppingQueueHandler(logging.handlers.QueueHandler):
             return
         # Decided before prepare(), which formats the message: under
         # overload a record that is going to be dropped costs nothing more.
-        if self.queue.qsize() >= self.bound and not _never_dropped(record):
+        if self._queued() >= self.bound and not _never_dropped(record):
             # Counters updated without a lock of our own: Handler.handle()
             # already serialises threads; only a signal handler on the same
             # thread could interleave, and at worst miscount one drop.
@@ -141,11 +142,21 @@ class StdoutWriter(logging.Handler):
         self._buffer = bytearray()
         self._oldest = 0.0
 
-    def createLock(self) -> None:
-        # No lock: only the writer thread calls this handler.  And the
-        # logging.shutdown() that runs at exit takes every handler's lock: it
-        # must not wait for a writer blocked on a full pipe.
-        self.lock = None
+    def handle(self, record: logging.LogRecord) -> bool:
+        """``Handler.handle`` without taking the handler's lock around ``emit``.
+
+        Only the writer thread calls this handler, so the lock has nothing to
+        serialise; and ``logging.shutdown()``, run at exit, takes every
+        handler's lock: held by a writer blocked on a full pipe, it would keep
+        the process from exiting.  The lock itself stays the standard one, as
+        ``Handler.handle`` and ``logging.shutdown`` of every version expect.
+        """
+        kept = self.filter(record)
+        if isinstance(kept, logging.LogRecord):  # a filter's replacement (3.12+)
+            record = kept
+        if kept:
+            self.emit(record)
+        return bool(kept)
 
     def emit(self, record: logging.LogRecord) -> None:
         if self.broken:

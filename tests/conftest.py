@@ -20,6 +20,14 @@ settings.register_profile("reactor", deadline=None)
 settings.load_profile("reactor")
 
 
+@pytest.hookimpl(tryfirst=True)  # before -m deselects
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # A soak test is slow too: -m "not slow" replaces the default -m "not soak".
+    for item in items:
+        if item.get_closest_marker("soak") is not None:
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest) -> str:
     """Every test that takes this runs once per backend."""

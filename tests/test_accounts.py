@@ -492,6 +492,7 @@ def test_an_unusable_accounts_file_is_one_line_at_start(tmp_path: Path) -> None:
 # -- a server process, restarted -------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_registered_names_survive_a_restart_and_the_log_never_holds_a_password(
     backend: str, db: str
 ) -> None:
@@ -528,12 +529,12 @@ def operator(db: str, *args: str, stdin: str = "") -> subprocess.CompletedProces
     )
 
 
-def test_the_operator_lists_removes_and_resets_names_while_the_server_runs(
-    backend: str, db: str
-) -> None:
-    operate_on_a_running_server(backend, db)
+@pytest.mark.slow
+def test_the_operator_lists_removes_and_resets_names_while_the_server_runs(db: str) -> None:
+    operate_on_a_running_server("select", db)  # (the store is the point, not the backend)
 
 
+@pytest.mark.slow
 def test_the_operator_manages_the_names_in_redis_the_same_way(
     redis_server: RedisServer,  # noqa: F811
 ) -> None:
@@ -698,6 +699,7 @@ def run_client(port: int, name: str, stdin: bytes, **env: str) -> subprocess.Com
                           check=False, start_new_session=True)
 
 
+@pytest.mark.slow
 def test_a_script_gives_the_password_in_the_environment(backend: str, db: str) -> None:
     with accounts_server(backend, db) as server:
         register(server.port, "Alice")
@@ -733,6 +735,7 @@ def test_a_script_registers_and_changes_its_password(backend: str, db: str) -> N
         log_in(server.port, "Alice", OTHER).close()
 
 
+@pytest.mark.slow
 def test_the_terminal_client_asks_for_the_password_without_echo(backend: str, db: str) -> None:
     with accounts_server(backend, db) as server:
         register(server.port, "Alice")
@@ -759,6 +762,7 @@ def test_the_terminal_client_asks_for_the_password_without_echo(backend: str, db
         log_in(server.port, "Alice", OTHER).close()
 
 
+@pytest.mark.slow
 def test_the_terminal_client_registers_with_slash_register(backend: str, db: str) -> None:
     with accounts_server(backend, db) as server:
         with terminal(server.port, "Alice") as term:

@@ -38,6 +38,9 @@ from tests.test_accounts import (
     settings,
 )
 
+# Slow: nodes on a real Redis, and back-offs that are waited out.
+pytestmark = pytest.mark.slow
+
 REFUSED = f"<Invalid username: {UNAVAILABLE}.>"
 
 

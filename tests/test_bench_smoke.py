@@ -22,6 +22,9 @@ import pytest
 
 from reactor import BACKENDS
 
+# Slow: the benchmarks themselves, briefly.
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parent.parent
 PEER = "asyncio-peer"
 TLS = f"{BACKENDS[0]}-tls"  # the primary backend with TLS on its port

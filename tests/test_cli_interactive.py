@@ -19,6 +19,9 @@ from reactor.backends.base import Server
 from tests.cli_support import FakeServer, Terminal, cli_args, terminal
 from tests.support import Clients, running_server
 
+# Slow: the terminal client in a pseudo-terminal per test.
+pytestmark = pytest.mark.slow
+
 UP = "\x1b[A"
 CTRL_C = "\x03"
 CTRL_D = "\x04"

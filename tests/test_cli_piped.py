@@ -78,6 +78,7 @@ def test_sigterm_logs_out_like_the_end_of_input(server: Server, clients: Clients
     bob.expect("<User Alice is online.>", "<User Alice is offline.>")
 
 
+@pytest.mark.slow
 def test_a_malformed_command_is_reported_the_rest_run_and_the_status_is_3(
         server: Server, clients: Clients) -> None:
     clients.login("Bob")
@@ -149,6 +150,7 @@ def test_slash_broadcast_reaches_everyone_and_every_help_lists_it(server: Server
                "<User Alice is offline.>")
 
 
+@pytest.mark.slow
 def test_lines_after_bye_are_not_sent(server: Server, clients: Clients) -> None:
     bob = clients.login("Bob")
     result = run_cli(cli_args(server.port, "Alice"), b'bye\nchat Bob "too late"\n')
@@ -231,6 +233,7 @@ def test_a_refused_connection_is_one_line_and_status_1() -> None:
     )
 
 
+@pytest.mark.slow
 def test_a_taken_username_gives_the_servers_reason(server: Server, clients: Clients) -> None:
     clients.login("Alice")
     result = run_cli(cli_args(server.port, "ALICE"))
@@ -241,6 +244,7 @@ def test_a_taken_username_gives_the_servers_reason(server: Server, clients: Clie
     assert result.stdout == b""
 
 
+@pytest.mark.slow
 def test_a_full_server_gives_its_reason(backend: str) -> None:
     with running_server(backend, max_clients=1) as server:
         clients = Clients(server.port)
@@ -273,6 +277,7 @@ def killable_server(backend: str) -> Iterator[tuple[subprocess.Popen[bytes], int
             process.stdout.close()
 
 
+@pytest.mark.slow
 def test_a_server_killed_mid_session_is_reported(
         killable_server: tuple[subprocess.Popen[bytes], int]) -> None:
     process, port = killable_server
@@ -294,6 +299,7 @@ def test_a_name_that_looks_like_an_option_gets_the_username_rule(args: list[str]
         "or '.', starting with a letter or digit")
 
 
+@pytest.mark.slow
 def test_any_valid_name_works_as_the_argument() -> None:
     with running_server(DEFAULT_BACKEND) as server:
         for name in ("0.-_", "X" * 32):

@@ -13,10 +13,15 @@ import socket
 import threading
 from collections.abc import Iterator
 
+import pytest
+
 from reactor import DEFAULT_BACKEND
 from tests.cli_support import TIMEOUT, terminal
 from tests.faults import server_process
 from tests.support import LineClient
+
+# Slow: servers killed and restarted under the client.
+pytestmark = pytest.mark.slow
 
 CTRL_C = "\x03"
 

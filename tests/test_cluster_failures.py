@@ -34,6 +34,9 @@ from tests.cluster_support import (
 )
 from tests.support import DEFAULT_TIMEOUT, send_a_burst_and_check_it
 
+# Slow: nodes killed and frozen, Redis stalled: leases are waited out.
+pytestmark = pytest.mark.slow
+
 
 def offline(name: str) -> str:
     return f"<User {name} is offline.>"

@@ -24,6 +24,9 @@ from tests.cluster_support import (
 from tests.faults import listening_ports_of, peer_ports_of
 from tests.support import DEFAULT_TIMEOUT, wait_until
 
+# Slow: worker processes under a supervisor.
+pytestmark = pytest.mark.slow
+
 PROGRAM = "reactor-chat-server"
 
 

@@ -23,6 +23,9 @@ from tests.faults import reset
 from tests.support import LineClient
 from tests.test_stateful import ChatMachine, Connection, picks
 
+# Slow: a long hypothesis state-machine run on two nodes and Redis.
+pytestmark = pytest.mark.slow
+
 SECOND_OBSERVER = "watch2"
 BACKENDS_OF_NODES = ("select", "threads")
 

@@ -118,6 +118,7 @@ def test_a_failing_send_to_one_recipient_ends_that_recipient_not_the_sender(
     assert any(r.exc_info and r.exc_info[0] is PlantedBug for r in caplog.records)
 
 
+@pytest.mark.slow
 def test_a_timer_callback_that_raises_ends_only_its_connection(
     backend: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

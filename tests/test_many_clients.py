@@ -8,11 +8,16 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 
+import pytest
+
 from protocol import BroadcastFrom, LineBuffer, MessageFrom, UserOnline, parse_event
 from reactor.backends.base import Server
 from tests.faults import raise_own_open_file_limit
 
-CLIENTS = 300
+# Slow: hundreds of clients at once.
+pytestmark = pytest.mark.slow
+
+CLIENTS = 200
 DIRECT_PER_CLIENT = 10
 BROADCASTS_PER_CLIENT = 2
 

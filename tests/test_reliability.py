@@ -159,6 +159,7 @@ def test_every_echoed_message_reaches_a_recipient_who_stops_reading_and_is_cut(
 # -- 4. flood control: too fast is read later, never dropped ------------------------
 
 
+@pytest.mark.slow
 def test_lines_over_the_rate_wait_their_turn_and_none_is_dropped(backend: str) -> None:
     limits = FloodLimits(lines_per_second=200, lines_burst=20)
     with running_server(backend, flood=limits) as server:
@@ -277,6 +278,7 @@ def test_a_closed_connection_is_freed_at_once_not_when_its_login_deadline_passes
 # -- 9. all queues together stay within a budget ------------------------------------
 
 
+@pytest.mark.slow
 def test_past_the_output_budget_the_largest_queues_are_cut(
     backend: str, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -151,6 +151,7 @@ def vanishing_network() -> Iterator[VanishingPeerNetwork]:
         network.__exit__()
 
 
+@pytest.mark.slow
 def test_a_peer_whose_machine_vanished_is_found_by_keepalive_and_dropped(
     backend: str, vanishing_network: VanishingPeerNetwork,
 ) -> None:

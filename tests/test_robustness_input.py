@@ -225,6 +225,7 @@ def _says_bye(attack: bytes) -> bool:
     return any(line.strip(b" \r").lower() == b"bye" for line in attack.split(b"\n"))
 
 
+@pytest.mark.slow
 @settings(max_examples=150, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(attack=ATTACKS.filter(lambda attack: not _says_bye(attack)))
@@ -278,6 +279,7 @@ def _send_in_chunks(sock: socket.socket, total: int, chunk: bytes = b"x" * MiB) 
         sock.sendall(chunk)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("logged_in", [False, True], ids=["at-login", "chatting"])
 def test_a_64_mib_line_costs_the_server_no_more_than_the_line_limit(
     backend: str, logged_in: bool,

@@ -12,7 +12,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections import defaultdict
 
 import pytest
@@ -148,7 +147,9 @@ def test_a_user_leaving_while_messages_are_in_flight_loses_none(backend: str, wa
 def _leave_in_the_middle(clients: Clients, way: str) -> None:
     alice = clients.login("Alice")
     answers = Drain(alice.sock, keep=lambda line: True)
-    slowest_exit = 0.0
+    # How long Bob's exit takes, counted in Alice's messages answered
+    # meanwhile, so that a loaded machine slows both sides alike.
+    most_answered_during_exit = 0
     try:
         for round_ in range(5):
             before = len(answers.kept())
@@ -179,14 +180,15 @@ def _leave_in_the_middle(clients: Clients, way: str) -> None:
             pourer = threading.Thread(target=pour)
             pourer.start()
             bob.expect(f'<Message from Alice: "r{round_}m0">')
-            leaving = time.monotonic()
+            answered_before_exit = len(answers.kept())
             if way == "bye":
                 bob.send("bye")
             else:
                 bob.sock.shutdown(socket.SHUT_WR)
             rest = bob.expect_closed()
             # Bob's last word waits its turn, not for Alice's flood to end.
-            slowest_exit = max(slowest_exit, time.monotonic() - leaving)
+            most_answered_during_exit = max(most_answered_during_exit,
+                                            len(answers.kept()) - answered_before_exit)
             stop.set()
             pourer.join(timeout=30)
             pour_chunk()  # Bob is gone: at least these are answered "offline"
@@ -205,7 +207,10 @@ def _leave_in_the_middle(clients: Clients, way: str) -> None:
             bob.close()
     finally:
         answers.stop()
-    assert slowest_exit < 1.5, f"Bob's exit took {slowest_exit:.2f} s behind Alice's flood"
+    # At most ~2,000 of Alice's messages wait for an answer at any time, and a
+    # pass reads some hundreds more: Bob's exit takes the backlog and a few passes.
+    assert most_answered_during_exit < 10_000, (
+        f"{most_answered_during_exit} of Alice's messages answered while Bob left")
 
 
 def test_between_one_sender_and_one_recipient_nothing_is_duplicated_or_reordered(

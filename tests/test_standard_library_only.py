@@ -30,6 +30,7 @@ def test_importing_every_server_module_loads_only_the_standard_library() -> None
     assert result.stdout.strip() == "[]"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_server_without_site_packages_serves_the_conversation(backend: str) -> None:
     with server_process(backend, standard_library_only=True) as server, \

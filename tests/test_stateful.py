@@ -17,6 +17,7 @@ from __future__ import annotations
 import select
 from dataclasses import dataclass, field
 
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition, rule
@@ -45,6 +46,9 @@ from protocol import (
 from reactor import BACKENDS, DEFAULT_BACKEND
 from tests.faults import reset
 from tests.support import LineClient, running_server
+
+# Slow: long hypothesis state-machine runs against every backend.
+pytestmark = pytest.mark.slow
 
 OBSERVER = "watch"
 NAMES = ["ann", "Ann", "bob", "BOB", "cy", "dee"]  # case variants collide

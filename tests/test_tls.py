@@ -138,6 +138,7 @@ def test_the_conversation_over_tls(backend: str, certs: Certs) -> None:
             bob.expect("<User Alice is offline.>")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("every_nth_a_message", [0, 3], ids=["broadcasts", "mixed"])
 def test_a_burst_over_tls_arrives_once_each_in_order(
     backend: str, certs: Certs, every_nth_a_message: int
@@ -158,6 +159,7 @@ def test_a_burst_over_tls_arrives_once_each_in_order(
                 client.close()
 
 
+@pytest.mark.slow
 def test_plain_and_tls_ports_side_by_side_are_one_chat(backend: str, certs: Certs) -> None:
     with tls_server(backend, certs) as server:
         assert server.tls_port not in (None, server.port)
@@ -193,6 +195,7 @@ def test_an_overlong_line_over_tls_is_refused_without_harm(backend: str, certs: 
             alice.expect("<Online users: Alice>")
 
 
+@pytest.mark.slow
 def test_a_slow_tls_consumer_is_cut_off_and_holds_nobody_up(backend: str, certs: Certs) -> None:
     """Slow, on TLS, never reads.  Its queue (plaintext not yet taken by the
     kernel as ciphertext) passes the hard limit and it is cut off; Bob, who
@@ -233,6 +236,7 @@ def test_a_slow_tls_consumer_is_cut_off_and_holds_nobody_up(backend: str, certs:
             slow.close()
 
 
+@pytest.mark.slow
 def test_every_echoed_message_reached_the_tls_recipient(backend: str, certs: Certs) -> None:
     """Bob (TLS) stops reading; Alice pipelines messages to him.  An echo
     ``<To Bob>`` is sent only once the kernel took the message's ciphertext;
@@ -291,6 +295,7 @@ def _read_to_the_end(client: LineClient, timeout: float = 30) -> bytes:
     return bytes(received)
 
 
+@pytest.mark.slow
 def test_a_tls_flooder_is_metered_and_holds_nobody_up(backend: str, certs: Certs) -> None:
     """Flood control and fairness over TLS: the flooder's 300 lines all get
     answered, in order and metered, while a plain and a TLS client chat."""
@@ -339,6 +344,7 @@ def test_tls_clients_get_the_login_timeout_and_server_full_notices(
 # -- peers that do not speak TLS, or stall -----------------------------------------
 
 
+@pytest.mark.slow
 def test_a_stalled_handshake_costs_nothing_and_ends_at_the_login_timeout(
     backend: str, certs: Certs
 ) -> None:
@@ -380,6 +386,7 @@ GARBAGE = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("what", list(GARBAGE))
 def test_garbage_instead_of_a_client_hello_is_closed_with_one_log_line(
     backend: str, certs: Certs, what: str, caplog: pytest.LogCaptureFixture
@@ -429,6 +436,7 @@ def _run_server(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 def test_bad_certificate_or_key_files_are_one_line_and_exit_status_2(
     certs: Certs, tmp_path: Path
 ) -> None:
@@ -456,6 +464,7 @@ def test_bad_certificate_or_key_files_are_one_line_and_exit_status_2(
                              "--tls-key (see --help)\n")
 
 
+@pytest.mark.slow
 def test_an_encrypted_key_needs_its_password_file(certs: Certs, tmp_path: Path) -> None:
     from cryptography.hazmat.primitives import serialization
 
@@ -481,6 +490,7 @@ def test_an_encrypted_key_needs_its_password_file(certs: Certs, tmp_path: Path) 
         log_in(alice, "Alice")
 
 
+@pytest.mark.slow
 def test_sighup_reloads_the_certificate_without_dropping_anyone(
     backend: str, tmp_path: Path
 ) -> None:
@@ -610,6 +620,7 @@ def test_tls_options_are_checked(certs: Certs) -> None:
                                       "No such file or directory\n")
 
 
+@pytest.mark.slow
 def test_the_interactive_client_over_tls(select_tls_server: Server, certs: Certs) -> None:
     port = select_tls_server.tls_port
     assert port is not None

@@ -258,7 +258,12 @@ class AsyncioTransport(Transport, asyncio.BufferedProtocol):
         if wire is self.output:
             self.output.mark_started(len(buffers))  # (TLS marks what it encrypts)
         self._in_flight = sum(len(b) for b in buffers)
-        transport.writelines(buffers)
+        # One write() of the joined batch, which is what writelines() does on
+        # 3.11: on 3.12.0-3.12.8 and 3.13.0-3.13.1 the selector transport's
+        # own writelines() never pauses the protocol (CPython gh-127655), so
+        # resume_writing() would never come and this connection's output
+        # would stop for good.
+        transport.write(buffers[0] if len(buffers) == 1 else b"".join(buffers))
         if transport.get_write_buffer_size():
             return False
         sent, self._in_flight = self._in_flight, 0
