@@ -45,6 +45,8 @@ modes:
   Otherwise (a pipe or a file): commands are read line by line, every server
   line is printed to stdout as it arrives (--raw: the wire form), and at bye
   or end of input the client logs out and waits for the server to confirm.
+  While stdout is not read, the client stops reading the server: its memory
+  stays bounded (and the server may cut off a client that does not read).
 
 TLS:
   --tls verifies the server's certificate and its host name (the SERVER
@@ -54,7 +56,7 @@ TLS:
   everything.
 
 commands:
-  /msg <user> <text> | /query [<user>] | /who | /quit | /help
+  /msg <user> <text> | /broadcast <text> | /query [<user>] | /who | /quit | /help
   chat <user> "<message>" | broadcast <message> | users | help | bye
 
 registered names:
@@ -94,6 +96,21 @@ def _port(text: str) -> int:
     return value
 
 
+class _ShowVersion(argparse.Action):
+    """--version: the package's version, looked up only when asked for (the
+    server's package, imported for it, is not a cost of every start)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS,
+                         help="print the program's version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        from reactor.version import version
+
+        print(f"{PROG} {version()}")
+        parser.exit()
+
+
 def _prog() -> str:
     # Run as "python -m cli" argv[0] is .../cli/__main__.py; say so in messages.
     return "python -m cli" if Path(sys.argv[0]).name == "__main__.py" else PROG
@@ -107,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action=_ShowVersion)
     parser.add_argument("server", help="server address or host name, e.g. 127.0.0.1")
     parser.add_argument("port", type=_port, help="server TCP port, e.g. 1234")
     parser.add_argument("username",

@@ -67,12 +67,37 @@ def password_needed(event: object, own_key: str) -> int:
     return 0
 
 
-def no_password(who: str, attempt: int) -> str:
+def no_password(attempt: int) -> str:
     """Why the login ends when no password (or no other one) is given."""
     if attempt > 1:
-        return f"{who}: wrong password"
-    return (f"{who}: the name is registered; give its password in {PASSWORD_VARIABLE} "
+        return "wrong password"
+    return (f"the name is registered; give its password in {PASSWORD_VARIABLE} "
             "or on a terminal")
+
+
+def speaks_tls(first_bytes: bytes) -> bool:
+    """True if a server's first bytes are a TLS record (an alert or a handshake):
+    a plain client has reached a TLS port."""
+    return (len(first_bytes) >= 3 and first_bytes[0] in (0x15, 0x16)
+            and first_bytes[1] == 3 and first_bytes[2] <= 4)
+
+
+ANSWERED_IN_TLS = "the server answered in TLS (that is its TLS port: add --tls)"
+
+
+def closed_before_verdict(heard: bytes, plain: bool) -> str:
+    """Why the login ended when the server closed before its verdict.
+
+    A chat server answers every login with a line; a TLS port shuts a plain
+    client out without a word, or with a TLS alert.  Both get the hint the
+    opposite mistake gets (a TLS client on the plain port).
+    """
+    if plain and speaks_tls(heard):
+        return ANSWERED_IN_TLS
+    if plain and not heard:
+        return ("the server closed the connection without a word "
+                "(is that the server's TLS port? then add --tls)")
+    return "the server closed the connection"
 
 
 class ClientError(Exception):
@@ -115,7 +140,7 @@ def connect(host: str, port: int, timeout: float = CONNECT_TIMEOUT,
     with contextlib.suppress(OSError):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     if tls is None:
-        return Connection(sock)
+        return Connection(sock, plain=True)
     stream = TLSStream(sock, tls, host.strip("[]"))
     try:
         stream.handshake()
@@ -128,18 +153,25 @@ def connect(host: str, port: int, timeout: float = CONNECT_TIMEOUT,
 def connect_error(error: BaseException, host: str, port: int, timeout: float) -> str:
     """``cannot connect to HOST:PORT: REASON`` for an exception from connecting."""
     where = f"{escape(host, quoted=False)}:{port}"
-    if isinstance(error, socket.gaierror):
-        return f"cannot connect to {where}: unknown host ({error.strerror})"
-    if isinstance(error, TimeoutError):
-        return f"cannot connect to {where}: timed out after {timeout:g} s"
+    reason = connect_reason(error, timeout)
     if isinstance(error, ConnectionRefusedError):
-        return f"cannot connect to {where}: connection refused (is the server running?)"
+        reason += " (is the server running?)"
+    return f"cannot connect to {where}: {reason}"
+
+
+def connect_reason(error: BaseException, timeout: float) -> str:
+    """Why connecting failed, in a few words (``connection refused``)."""
+    if isinstance(error, socket.gaierror):
+        return f"unknown host ({error.strerror})"
+    if isinstance(error, TimeoutError):
+        return f"timed out after {timeout:g} s"
+    if isinstance(error, ConnectionRefusedError):
+        return "connection refused"
     tls_reason = handshake_error(error)
     if tls_reason is not None:
-        return f"cannot connect to {where}: {tls_reason}"
+        return tls_reason
     reason = getattr(error, "strerror", None) or str(error) or type(error).__name__
-    reason = reason[:1].lower() + reason[1:]
-    return f"cannot connect to {where}: {reason}"
+    return reason[:1].lower() + reason[1:]
 
 
 def refusal(event: object) -> str | None:
@@ -173,8 +205,9 @@ class Connection:
     socket is never read by two threads at once.
     """
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, plain: bool = False) -> None:
         self._sock = sock
+        self._plain = plain  # not TLS: a TLS port's answer gets a hint
         self._buffer = LineBuffer(MAX_SERVER_LINE)
         self._send_lock = threading.Lock()
         self._pending: list[ServerLine] = []
@@ -202,8 +235,9 @@ class Connection:
         # A full server says so and closes at once, possibly before our name
         # arrives; a failed send is no verdict, the reason is read below.
         with contextlib.suppress(ConnectionLost):
-            self._send_bytes(format_command(Login(name)))
+            self.send_bytes(format_command(Login(name)))
         deadline = time.monotonic() + timeout
+        heard = b""  # the server's first bytes: are they TLS?
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -213,10 +247,16 @@ class Connection:
                 data = self._sock.recv(65536)
             except TimeoutError:
                 continue
+            except ConnectionResetError:
+                data = b""  # closed with our name unread: a close all the same
             except OSError as error:
                 raise LoginRefused(f"{who}: {error.strerror or error}") from None
             if not data:
-                raise LoginRefused(f"{who}: the server closed the connection")
+                raise LoginRefused(f"{who}: {closed_before_verdict(heard, self._plain)}")
+            if len(heard) < 3:
+                heard = (heard + data)[:3]
+                if self._plain and speaks_tls(heard):
+                    raise LoginRefused(f"{who}: {ANSWERED_IN_TLS}")
             lines = [render(item) for item in self._buffer.feed(data)]
             for index, line in enumerate(lines):
                 reason = refusal(line.event)
@@ -227,9 +267,9 @@ class Connection:
                     attempt += 1
                     given = password(name, attempt) if password is not None else None
                     if given is None:
-                        raise LoginRefused(no_password(who, attempt))
+                        raise LoginRefused(f"{who}: {no_password(attempt)}")
                     with contextlib.suppress(ConnectionLost):
-                        self._send_bytes(format_password(given))
+                        self.send_bytes(format_password(given))
                     deadline = time.monotonic() + timeout  # the person took their time
                     continue
                 if isinstance(line.event, UserOnline) and self._is_me(line.event.name):
@@ -244,23 +284,25 @@ class Connection:
 
     # -- the session ----------------------------------------------------------
 
-    def start(self, on_line: Callable[[ServerLine], None],
+    def start(self, on_lines: Callable[[list[ServerLine], int], None],
               on_closed: Callable[[bool], None]) -> None:
         """Start the reader thread.
 
-        ``on_line`` is called in that thread for every line; ``on_closed``
-        once at the end, with True if the close followed a confirmed logout.
+        ``on_lines`` is called in that thread with the lines of each read
+        and the bytes they came in; the socket is not read again until it
+        returns, so a slow ``on_lines`` slows the server down.  ``on_closed``
+        is called once at the end, with True if the close followed a
+        confirmed logout.
         """
         self._reader = threading.Thread(
-            target=self._read_loop, args=(on_line, on_closed), name="server-reader", daemon=True
+            target=self._read_loop, args=(on_lines, on_closed), name="server-reader", daemon=True
         )
         self._reader.start()
 
-    def _read_loop(self, on_line: Callable[[ServerLine], None],
+    def _read_loop(self, on_lines: Callable[[list[ServerLine], int], None],
                    on_closed: Callable[[bool], None]) -> None:
-        for line in self._pending:
-            self._deliver(line, on_line)
-        self._pending = []
+        pending, self._pending = self._pending, []
+        on_lines(self._seen(pending), 0)
         while True:
             try:
                 data = self._sock.recv(65536)
@@ -268,29 +310,37 @@ class Connection:
                 data = b""
             if not data:
                 break
-            for item in self._buffer.feed(data):
-                self._deliver(render(item), on_line)
+            on_lines(self._seen([render(item) for item in self._buffer.feed(data)]), len(data))
         if self._buffer.pending:
             # A last line without its newline is still shown (escaped).
-            for item in self._buffer.feed(b"\n"):
-                self._deliver(render(item), on_line)
+            on_lines(self._seen([render(item) for item in self._buffer.feed(b"\n")]), 0)
         on_closed(self._logout_confirmed)
 
-    def _deliver(self, line: ServerLine, on_line: Callable[[ServerLine], None]) -> None:
-        if self._bye_sent and isinstance(line.event, UserOffline) and self._is_me(line.event.name):
-            self._logout_confirmed = True
-        on_line(line)
+    def _seen(self, lines: list[ServerLine]) -> list[ServerLine]:
+        """Note our own offline line after ``bye``: the logout is confirmed."""
+        if self._bye_sent:
+            for line in lines:
+                if isinstance(line.event, UserOffline) and self._is_me(line.event.name):
+                    self._logout_confirmed = True
+        return lines
 
     def send(self, command: Command) -> None:
         """Send one command; raises :class:`ConnectionLost` if the server is gone."""
-        self._send_bytes(format_command(command))
+        self.send_bytes(format_command(command))
 
-    def log_out(self) -> None:
-        """Send ``bye``; the reader reports the server's confirmation via ``on_closed``."""
+    def logging_out(self) -> bytes:
+        """``bye`` on the wire, for the caller to send: from now on our own
+        offline line confirms the logout (reported via ``on_closed``)."""
         self._bye_sent = True
-        self.send(Bye())
+        return format_command(Bye())
 
-    def _send_bytes(self, data: bytes) -> None:
+    def abort(self) -> None:
+        """Shut the socket down; the reader thread sees the end and reports it."""
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
+
+    def send_bytes(self, data: bytes) -> None:
+        """Send bytes already formatted; raises :class:`ConnectionLost` if the server is gone."""
         try:
             with self._send_lock:
                 self._sock.sendall(data)

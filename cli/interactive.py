@@ -45,14 +45,18 @@ from prompt_toolkit.renderer import print_formatted_text as render_fragments
 
 from cli.completion import ChatCompleter, Roster
 from cli.connection import (
+    ANSWERED_IN_TLS,
     CONNECT_TIMEOUT,
     LOGIN_TIMEOUT,
     PASSWORD_VARIABLE,
     PROG,
+    closed_before_verdict,
     connect_error,
+    connect_reason,
     no_password,
     password_needed,
     refusal,
+    speaks_tls,
 )
 from cli.display import MAX_SERVER_LINE, ServerLine, render
 from cli.outbox import ANSWER_TIMEOUT, Outbox, Outgoing, Resolution
@@ -106,10 +110,12 @@ class Options:
 
 
 class _LoginFailed(Exception):
-    """Could not connect or log in; ``str`` is the reason, ``taken`` for a ghost."""
+    """Could not connect or log in: ``str`` says so in full, ``brief`` in a few
+    words (for a reconnect attempt's one line); ``taken`` for a ghost."""
 
-    def __init__(self, reason: str, taken: bool = False) -> None:
-        super().__init__(reason)
+    def __init__(self, full: str, brief: str, taken: bool = False) -> None:
+        super().__init__(full)
+        self.brief = brief
         self.taken = taken
 
 
@@ -275,6 +281,8 @@ class Client:
             app.exit(exception=_End())
         elif self._secret_request is not None:
             self._draft = app.current_buffer.text  # given back when the prompt returns
+            # The prompt makes way for the password's: no copy of it stays behind.
+            app.erase_when_done = True
             app.exit(exception=_PasswordWanted())
 
     async def ask_secret(self, prompt: str) -> str | None:
@@ -365,6 +373,7 @@ class Client:
                 await self._read_secret()
                 continue
             draft, self._draft = self._draft, ""
+            self.session.app.erase_when_done = False  # an accepted line stays in the scrollback
             try:
                 text = await self.session.prompt_async(pre_run=self._end_prompt_if_due,
                                                        default=draft)
@@ -472,8 +481,9 @@ class Client:
                     self._end_prompt()
                     return
                 delay = next(delays)
-                why = (f"the name {self.name} is still taken (probably our old connection, "
-                       "not yet timed out)" if failure.taken else str(failure))
+                # One row per attempt: the address is on the bottom line already.
+                why = (f"the name {self.name} is still taken (by our old connection?)"
+                       if failure.taken else failure.brief)
                 self.show(Line("class:failed", "-- reconnecting failed: ",
                                f"{why}; next try in {delay:.1f} s", "class:failed"))
                 await self._wait(delay)
@@ -522,13 +532,20 @@ class Client:
                 ),
                 CONNECT_TIMEOUT)
         except (OSError, TimeoutError, UnicodeError, OverflowError) as error:
-            raise _LoginFailed(connect_error(error, host, port, CONNECT_TIMEOUT)) from None
+            raise _LoginFailed(connect_error(error, host, port, CONNECT_TIMEOUT),
+                               connect_reason(error, CONNECT_TIMEOUT)) from None
         sock = writer.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         who = f"cannot log in as {self.name}"
+
+        def failed(reason: str, taken: bool = False) -> _LoginFailed:
+            return _LoginFailed(f"{who}: {reason}", reason, taken)
+
         attempt = 0
+        heard = b""  # the server's first bytes: are they TLS?
+        plain = self.options.tls is None
         try:
             writer.write(format_command(Login(self.name)))
             buffer = LineBuffer(MAX_SERVER_LINE)
@@ -536,26 +553,30 @@ class Client:
             while True:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise _LoginFailed(f"{who}: no reply from the server within "
-                                       f"{LOGIN_TIMEOUT:g} s")
+                    raise failed(f"no reply from the server within {LOGIN_TIMEOUT:g} s")
                 try:
                     data = await asyncio.wait_for(reader.read(65536), remaining)
                 except TimeoutError:
                     continue
+                except ConnectionResetError:
+                    data = b""  # closed with our name unread: a close all the same
                 if not data:
-                    raise _LoginFailed(f"{who}: the server closed the connection")
+                    raise failed(closed_before_verdict(heard, plain))
+                if len(heard) < 3:
+                    heard = (heard + data)[:3]
+                    if plain and speaks_tls(heard):
+                        raise failed(ANSWERED_IN_TLS)
                 lines = [render(item) for item in buffer.feed(data)]
                 for index, line in enumerate(lines):
                     reason = refusal(line.event)
                     if reason is not None:
-                        raise _LoginFailed(f"{who}: {reason}",
-                                           taken=isinstance(line.event, UsernameTaken))
+                        raise failed(reason, taken=isinstance(line.event, UsernameTaken))
                     if password_needed(line.event, username_key(self.name)):
                         self._on_line(line)
                         attempt += 1
                         given = await self._login_password(attempt)
                         if given is None:
-                            raise _LoginFailed(no_password(who, attempt))
+                            raise failed(no_password(attempt))
                         writer.write(format_password(given))
                         deadline = time.monotonic() + LOGIN_TIMEOUT
                         continue
@@ -569,7 +590,7 @@ class Client:
                     self._on_line(line)
         except OSError as error:
             writer.close()
-            raise _LoginFailed(f"{who}: {error.strerror or error}") from None
+            raise failed(f"{error.strerror or error}") from None
         except _LoginFailed:
             writer.close()
             raise

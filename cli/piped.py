@@ -2,14 +2,17 @@
 
 ``printf 'chat Bob "hi"\\nbye\\n' | python -m cli 127.0.0.1 1234 Alice``
 
-Two threads feed one queue -- one reads stdin, one reads the socket -- and
-the main thread is its only consumer, so the order of events is decided in
-one place and a server that goes away is noticed even while stdin is idle.
-Stdin is read with ``os.read`` rather than through ``sys.stdin``: a daemon
-thread blocked inside a buffered file object can deadlock interpreter
-shutdown, a raw read cannot.
+Two threads feed the main thread -- one reads stdin, one reads the socket --
+and a third sends our commands, all through one bounded hand-off
+(:mod:`cli.handoff`): the main thread is its only consumer, so the order of
+events is decided in one place and a server that goes away is noticed even
+while stdin is idle; and while stdout is behind, the socket is not read, so
+memory stays bounded however much the server sends.  Stdin is read with
+``os.read`` rather than through ``sys.stdin``: a daemon thread blocked inside
+a buffered file object can deadlock interpreter shutdown, a raw read cannot.
 
-stdout carries the server's lines as they arrive, each flushed: for people
+stdout carries the server's lines as they arrive -- all that has arrived is
+written and flushed before the client waits for more: for people
 (``✓ you → Bob: hi``, see :mod:`cli.present`, no colour), or with ``--raw``
 exactly the wire lines in their safe display form (see :mod:`cli.display`).
 The client's own remarks go to stderr, one line each, naming the input line.
@@ -23,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import queue
 import threading
 import time
 from dataclasses import dataclass
@@ -31,6 +33,7 @@ from typing import TextIO
 
 from cli.connection import PROG, Connection, ConnectionLost
 from cli.display import MAX_SERVER_LINE, ServerLine
+from cli.handoff import Closed, Handoff
 from cli.outbox import Outbox, Resolution
 from cli.present import Line, Presenter
 from cli.typed import (
@@ -43,13 +46,15 @@ from cli.typed import (
     ShowHelp,
     interpret,
 )
-from protocol import Bye, LineBuffer, LineTooLong
+from protocol import Bye, LineBuffer, LineTooLong, format_command
 
 EXIT_UNDELIVERED = 3
 
 # A script may queue many commands before bye; give the server time to work
 # through them.
 LOGOUT_TIMEOUT = 10.0
+# Characters of server lines gathered before they are written out at once.
+OUTPUT_BATCH = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,40 +75,83 @@ class _Closed:
 _Item = _Input | _InputEnded | ServerLine | _Closed
 
 
-def _read_stdin(fd: int, items: queue.Queue[_Item]) -> None:
+def _read_stdin(fd: int, handoff: Handoff[_Item]) -> None:
     buffer = LineBuffer(MAX_SERVER_LINE)
     try:
         while data := os.read(fd, 65536):
-            for line in buffer.feed(data):
-                items.put(_Input(line))
+            handoff.put_input([_Input(line) for line in buffer.feed(data)], len(data))
         if buffer.pending:
-            for line in buffer.feed(b"\n"):
-                items.put(_Input(line))
+            handoff.put_input([_Input(line) for line in buffer.feed(b"\n")], 0)
     except OSError:
         pass
-    items.put(_InputEnded())
+    handoff.put_input([_InputEnded()], 0)
+
+
+def _send_commands(conn: Connection, handoff: Handoff[_Item]) -> None:
+    try:
+        while True:
+            conn.send_bytes(handoff.outgoing())
+    except Closed:
+        pass
+    except ConnectionLost:
+        conn.abort()  # the reader sees the end and reports it, as for any close
+
+
+class _Output:
+    """stdout and stderr.  Server lines are written out a batch at a time --
+    all that has arrived, before waiting for more -- rather than one system
+    call each; a remark on stderr first writes out what came before it."""
+
+    def __init__(self, out: TextIO, err: TextIO) -> None:
+        self._out = out
+        self._err = err
+        self._lines: list[str] = []
+        self._size = 0
+
+    def line(self, text: str) -> None:
+        self._lines.append(text)
+        self._size += len(text)
+        if self._size >= OUTPUT_BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._lines:
+            return
+        text = "\n".join(self._lines) + "\n"
+        self._lines.clear()
+        self._size = 0
+        # If whoever reads our output has gone (``| head -1``), the session
+        # still runs to its end; there is just nobody left to show lines to.
+        with contextlib.suppress(OSError):
+            self._out.write(text)
+            self._out.flush()
+
+    def complain(self, text: str) -> None:
+        self.flush()
+        self._err.write(f"{PROG}: {text}\n")
+        self._err.flush()
 
 
 def run_piped(conn: Connection, stdin_fd: int, out: TextIO, err: TextIO, name: str,
               raw: bool = False, timestamps: str | None = None,
               logout_timeout: float = LOGOUT_TIMEOUT) -> int:
     """Run until ``bye``, end of input or the server going away; return the exit status."""
-    items: queue.Queue[_Item] = queue.Queue()
+    handoff: Handoff[_Item] = Handoff()
+    try:
+        return _run(conn, handoff, stdin_fd, _Output(out, err), name, raw, timestamps,
+                    logout_timeout)
+    finally:
+        handoff.close()
+
+
+def _run(conn: Connection, handoff: Handoff[_Item], stdin_fd: int, output: _Output,
+         name: str, raw: bool, timestamps: str | None, logout_timeout: float) -> int:
     presenter = Presenter(name, timestamps)
     outbox = Outbox(name)
     failures = 0
     query: str | None = None
-
-    def write(text: str) -> None:
-        # If whoever reads our output has gone (``| head -1``), the session
-        # still runs to its end; there is just nobody left to show lines to.
-        with contextlib.suppress(OSError):
-            out.write(text + "\n")
-            out.flush()
-
-    def complain(text: str) -> None:
-        err.write(f"{PROG}: {text}\n")
-        err.flush()
+    write = output.line
+    complain = output.complain
 
     def resolved(resolution: Resolution) -> None:
         nonlocal failures
@@ -127,20 +175,30 @@ def run_piped(conn: Connection, stdin_fd: int, out: TextIO, err: TextIO, name: s
         elif not was_reply or any(r.delivered or not r.reason for r in resolutions):
             write(presenter.text(presenter.event(line.event, line.text)))
 
-    conn.start(items.put, lambda confirmed: items.put(_Closed(confirmed)))
-    threading.Thread(target=_read_stdin, args=(stdin_fd, items), name="stdin-reader",
+    def take(timeout: float | None = None, with_input: bool = True) -> _Item | None:
+        item = handoff.take(0, with_input)
+        if item is None:
+            output.flush()  # nothing more has arrived: show what has, before waiting
+            item = handoff.take(timeout, with_input)
+        return item
+
+    conn.start(handoff.put_server, lambda confirmed: handoff.put_server([_Closed(confirmed)], 0))
+    threading.Thread(target=_read_stdin, args=(stdin_fd, handoff), name="stdin-reader",
+                     daemon=True).start()
+    threading.Thread(target=_send_commands, args=(conn, handoff), name="sender",
                      daemon=True).start()
     line_number = 0
     try:
         while True:
-            item = items.get()
+            item = take()
             if isinstance(item, ServerLine):
                 show(item)
             elif isinstance(item, _Closed):
+                output.flush()
                 raise ConnectionLost
             elif isinstance(item, _InputEnded):
                 break
-            else:
+            elif isinstance(item, _Input):
                 line_number += 1
                 action = _action(item.line, query)
                 match action:
@@ -162,28 +220,27 @@ def run_piped(conn: Connection, stdin_fd: int, out: TextIO, err: TextIO, name: s
                         query = target
                     case Send(command):
                         outbox.sent(command, time.monotonic(), tag=line_number)
-                        conn.send(command)
+                        handoff.send(format_command(command))
     except KeyboardInterrupt:
         pass  # Ctrl-C, SIGTERM, SIGHUP: log out as at the end of input
     outbox.sent(Bye(), time.monotonic())
-    conn.log_out()
+    handoff.send(conn.logging_out())
     deadline = time.monotonic() + logout_timeout
     while True:
-        remaining = deadline - time.monotonic()
-        try:
-            item = items.get(timeout=max(remaining, 0))
-        except queue.Empty:
-            err.write(f"{PROG}: the server did not confirm the logout within "
-                      f"{logout_timeout:g} s\n")
+        item = take(max(deadline - time.monotonic(), 0), with_input=False)
+        if item is None:
+            complain(f"the server did not confirm the logout within {logout_timeout:g} s")
             return 1
         if isinstance(item, ServerLine):
             show(item)
         elif isinstance(item, _Closed):
             if not item.logout_confirmed:
+                output.flush()
                 raise ConnectionLost
             for entry in outbox.drop_all():
                 if entry.is_message:
                     resolved(Resolution(entry, None, "the server never answered"))
+            output.flush()
             return EXIT_UNDELIVERED if failures else 0
 
 

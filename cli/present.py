@@ -59,7 +59,12 @@ from protocol import (
     WrongPassword,
     username_key,
 )
-from protocol.escaping import ESCAPED_CATEGORIES, INVISIBLE_LETTERS, is_combining_mark
+from protocol.escaping import (
+    ESCAPED_CATEGORIES,
+    INVISIBLE_LETTERS,
+    find_unsafe,
+    is_combining_mark,
+)
 
 STYLE = Style.from_dict({
     "time": "ansibrightblack",
@@ -161,6 +166,13 @@ def wrap(prefix: StyleAndTextTuples, body: StyleAndTextTuples, width: int | None
     are dropped; a word longer than a row is cut.  ``width=None`` breaks only
     at newlines in the body (for output that is not a terminal).
     """
+    one_row = _one_row(prefix, body, width, indent)
+    return [one_row] if one_row is not None else wrap_cells(prefix, body, width, indent)
+
+
+def wrap_cells(prefix: StyleAndTextTuples, body: StyleAndTextTuples, width: int | None,
+               indent: int) -> list[StyleAndTextTuples]:
+    """:func:`wrap` the general way, cell by cell (what its fast path must match)."""
     rows: list[StyleAndTextTuples] = []
     row: StyleAndTextTuples = []
     col = 0
@@ -213,6 +225,24 @@ def wrap(prefix: StyleAndTextTuples, body: StyleAndTextTuples, width: int | None
         wrapped = False
     rows.append(row)
     return [_merge(r) for r in rows]
+
+
+def _one_row(prefix: StyleAndTextTuples, body: StyleAndTextTuples, width: int | None,
+             indent: int) -> StyleAndTextTuples | None:
+    """What :func:`wrap` makes of a line that fits on one row and has nothing to
+    escape, lay out or break (no tab, newline or pile of marks); else None.
+
+    Most lines are such lines, and one regex search over the text is far
+    cheaper than laying it out cell by cell.
+    """
+    text = "".join(fragment[1] for fragment in body)
+    if find_unsafe(text) is not None:
+        return None
+    if width is not None:
+        used = sum(get_cwidth(fragment[1]) for fragment in prefix) + get_cwidth(text)
+        if used > max(width, indent + 8):
+            return None
+    return _merge([*prefix, *body])
 
 
 def _merge(row: StyleAndTextTuples) -> StyleAndTextTuples:
@@ -335,4 +365,5 @@ class Presenter:
                 return Line("class:info", "-- ", wire_text.strip("<>"))
 
 
-HELP_SUFFIX = " Also: /msg <user> <text>, /query <user>, /who, /quit, /help."
+HELP_SUFFIX = (" Also: /msg <user> <text>, /broadcast <text>, /query <user>, /who, /quit,"
+               " /help.")

@@ -5,6 +5,7 @@ The original commands (``chat Bob "hi"``, ``broadcast``, ``users``, ``help``,
 Alongside them, IRC-style commands whose text is taken literally, no quoting:
 
     /msg <user> <text>    a direct message
+    /broadcast <text>     a message to everyone online
     /query <user>         plain text now goes to <user>; /query alone ends it
     /who                  who is online (= users)
     /quit                 log out (= bye)
@@ -21,6 +22,7 @@ import difflib
 from dataclasses import dataclass
 
 from protocol import (
+    COMMAND_NAMES,
     DEFAULT_MAX_LINE,
     Broadcast,
     Bye,
@@ -71,14 +73,15 @@ class Refused:
 
 Action = Send | SetQuery | Quit | ShowHelp | AskPasswords | Refused
 
-SUGGESTABLE = ("chat", "broadcast", "users", "help", "bye", "register", "password",
-               "/msg", "/query", "/quit", "/who", "/help", "/register", "/password")
+SUGGESTABLE = (*COMMAND_NAMES,
+               "/msg", "/broadcast", "/query", "/quit", "/who", "/help", "/register",
+               "/password")
 
 HELP_TEXT = """\
 Commands:
   /msg <user> <text>      send <user> a direct message (text as typed, no quotes needed)
   /query <user>           talk to <user>: plain lines go to them; /query alone ends it
-  broadcast <text>        send everyone online a message
+  /broadcast <text>       send everyone online a message (or: broadcast <text>)
   /who  (or users)        who is online
   /quit (or bye)          log out and exit; Ctrl-D on an empty line does too
   /register               make your name yours: asks for a password (no echo)
@@ -128,6 +131,10 @@ def _slash(text: str) -> Action:
         if problem:
             return Refused(problem)
         return Send(Chat(name, message))
+    if word == "broadcast":
+        if not rest.strip(" \t\n"):
+            return Refused("usage: /broadcast <text>")
+        return Send(Broadcast(rest))
     if word == "query":
         name = rest.strip(" ")
         if not name:

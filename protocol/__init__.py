@@ -2,32 +2,37 @@
 
 Bytes and text only: no sockets, threads or clocks, so that the server, the
 client and the benchmark share one definition of the wire and every rule is
-testable with plain values.  See ``commands`` (client to server), ``events``
+testable with plain values.  See ``commands`` (client to server, one table
+entry per command, its arguments in ``arguments``), ``events``
 (server to client), ``escaping`` (how text is kept visible and reversible),
 ``framing`` (the receive buffer), ``usernames`` and ``errors`` (``ProtocolError``
 and, as in h11, whose fault it was: ``RemoteProtocolError`` from the parsers,
 ``LocalProtocolError`` from the formatters).
 """
 
-from protocol.commands import (
-    COMMAND_NAMES,
+from protocol.arguments import (
     MAX_PASSWORD_LENGTH,
     MIN_PASSWORD_LENGTH,
+    format_password,
+    parse_password,
+    password_problem,
+)
+from protocol.commands import (
+    COMMAND_NAMES,
+    COMMANDS,
     Broadcast,
     Bye,
     ChangePassword,
     Chat,
     Command,
+    CommandSpec,
     Help,
     Login,
     Register,
     Users,
     format_command,
-    format_password,
     parse_command,
     parse_login,
-    parse_password,
-    password_problem,
 )
 from protocol.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 from protocol.escaping import MAX_COMBINING_MARKS, escape, unescape
@@ -73,7 +78,8 @@ from protocol.usernames import (
 )
 
 __all__ = [
-    "COMMAND_NAMES", "Broadcast", "Bye", "Chat", "Command", "Help", "Login", "Users",
+    "COMMANDS", "COMMAND_NAMES", "CommandSpec", "Broadcast", "Bye", "Chat", "Command", "Help",
+    "Login", "Users",
     "format_command", "parse_command", "parse_login", "ProtocolError", "RemoteProtocolError",
     "LocalProtocolError", "MAX_COMBINING_MARKS", "escape", "unescape",
     "BroadcastFrom", "BroadcastSent", "Event", "HelpText", "InvalidInput", "InvalidUsername",

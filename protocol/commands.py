@@ -1,19 +1,18 @@
-"""Client commands: what a client sends, as values, with one parser and one formatter.
+"""Client commands: what a client sends, as values, declared once in one table.
 
-The grammar, one command per line::
+The first line of a connection is the username (:class:`Login`).  Every
+later line is one command: its word, then its arguments, as its row of
+:data:`COMMANDS` defines them.  The server's ``help`` line lists every row's
+usage: ``chat <user> "<message>"``, ``broadcast "<message>"``, ``users`` and
+the rest.
 
-    <username>                      the first line of a connection
-    chat <user> "<message>"         direct message; a bare rest-of-line works too
-    broadcast "<message>"           to everybody else online
-    users | help | bye
-    register "<password>"           make the name you are logged in as yours
-    password "<old>" "<new>"        change its password
-
+A message is written in quotes, with escapes, or bare: the rest of the line.
 A password is written like a message: in quotes with escapes, or bare (the
 rest of the line for ``register``, one word without spaces for each of
 ``password``'s two).  The line a client sends after ``<Password required for
-NAME.>`` is a password in the same form (:func:`parse_password`), so a
-password typed the same way works in both places.
+NAME.>`` is a password in the same form
+(:func:`~protocol.arguments.parse_password`), so a password typed the same
+way works in both places.
 
 Command words are case-insensitive and words are separated by spaces only: a
 TAB is an ordinary character, so ``chat<TAB>Bob hi`` is not a command and
@@ -23,93 +22,235 @@ bare message is taken exactly as typed, TABs included.
 
 The parsers raise :class:`RemoteProtocolError`, the formatter
 :class:`LocalProtocolError`.
+
+Adding a command
+----------------
+Everything the protocol knows about a command is its row in :data:`COMMANDS`;
+:func:`parse_command`, :func:`format_command`, :data:`COMMAND_NAMES` (which
+the client completes), the server's help line (``HelpText``) and the tests'
+round trips are all derived from the table.  To add, say, ``kick``:
+
+1. Its value: a frozen, slotted dataclass deriving from :class:`Command`,
+   each field annotated with an argument kind from :mod:`protocol.arguments`
+   (``name: Username``), so that the round-trip property can make values for
+   it.  A new kind of argument is an :class:`~protocol.arguments.Argument`
+   member and one strategy in ``tests/strategies.py``.
+2. If it takes arguments, two functions beside the others below:
+   ``_parse_kick(arguments)`` gets what follows the command word (leading
+   spaces dropped) and returns the value, None when the arguments do not
+   have the command's shape (the sender is then shown its usage), or raises
+   :class:`RemoteProtocolError` with a reason; ``_format_kick(command)``
+   writes the arguments back so that the parser returns an equal value, and
+   raises :class:`LocalProtocolError` for a value the wire cannot carry.
+   Build both from the readers and checks in :mod:`protocol.arguments`.
+3. One row: ``CommandSpec("kick", Kick, "<user> [<reason>]", _parse_kick,
+   _format_kick)``.  A command without arguments is just
+   ``CommandSpec("bans", Bans)``.  The row's position is its place in the
+   help line.
+
+Then the server handles the new value (``reactor/chat.py``) and, when it
+answers with a new line, that line is an event in :mod:`protocol.events`.
+The rest of the package imports the new class from here.
 """
 
 from __future__ import annotations
 
-import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar, cast
 
-from protocol.errors import LocalProtocolError, RemoteProtocolError
-from protocol.escaping import QUOTED_PATTERN, escape, unescape
-from protocol.usernames import (
-    VALID_NAMES,
-    is_valid_username,
-    username_problem,
-    validate_username,
+from protocol.arguments import (
+    Message,
+    NewPassword,
+    Password,
+    Username,
+    check_message,
+    check_new_password,
+    checked_name,
+    existing_password,
+    format_password,
+    new_password,
+    quote,
+    read_text,
+    read_word,
 )
+from protocol.errors import RemoteProtocolError
+from protocol.usernames import VALID_NAMES, is_valid_username, validate_username
+
+
+class Command:
+    """What a logged-in client asks of the server: one row of :data:`COMMANDS`."""
+
+    __slots__ = ()
 
 
 @dataclass(frozen=True, slots=True)
 class Login:
-    """The first line of a connection: the username."""
+    """The first line of a connection: the username.  Not a command word."""
 
-    name: str
-
-
-@dataclass(frozen=True, slots=True)
-class Chat:
-    to: str
-    text: str
+    name: Username
 
 
 @dataclass(frozen=True, slots=True)
-class Broadcast:
-    text: str
+class Chat(Command):
+    """A direct message to one user."""
+
+    to: Username
+    text: Message
 
 
 @dataclass(frozen=True, slots=True)
-class Users:
-    pass
+class Broadcast(Command):
+    """A message to everybody else online."""
+
+    text: Message
 
 
 @dataclass(frozen=True, slots=True)
-class Help:
-    pass
+class Users(Command):
+    """Who is online."""
 
 
 @dataclass(frozen=True, slots=True)
-class Bye:
-    pass
+class Help(Command):
+    """The server's one-line summary of the commands."""
 
 
 @dataclass(frozen=True, slots=True)
-class Register:
+class Bye(Command):
+    """Log out: the server says the sender is offline and closes the connection."""
+
+
+@dataclass(frozen=True, slots=True)
+class Register(Command):
     """Register the name the sender is logged in as, with this password."""
 
-    password: str = field(repr=False)
+    password: NewPassword = field(repr=False)
 
 
 @dataclass(frozen=True, slots=True)
-class ChangePassword:
-    old: str = field(repr=False)
-    new: str = field(repr=False)
+class ChangePassword(Command):
+    """Change the password of the name the sender is logged in as."""
+
+    old: Password = field(repr=False)
+    new: NewPassword = field(repr=False)
 
 
-Command = Chat | Broadcast | Users | Help | Bye | Register | ChangePassword
-
-COMMAND_NAMES = ("chat", "broadcast", "users", "help", "bye", "register", "password")
-CHAT_USAGE = 'chat <user> "<message>"'
-BROADCAST_USAGE = 'broadcast "<message>"'
-REGISTER_USAGE = 'register "<password>"'
-PASSWORD_USAGE = 'password "<old>" "<new>"'
-
-# NIST SP 800-63B: at least 8 characters; the upper bound only keeps the
-# work of hashing (and the line) bounded.
-MIN_PASSWORD_LENGTH = 8
-MAX_PASSWORD_LENGTH = 256
-
-# Matched at the start of a message; what follows the closing quote is checked.
-_QUOTED = re.compile(QUOTED_PATTERN)
 _TAB_AS_SEPARATOR = "a tab does not separate words; use a space"
+
+
+# -- each command's arguments: read, and written back -------------------------
+
+
+def _parse_chat(arguments: str) -> Chat | None:
+    recipient, _, message = arguments.partition(" ")
+    if "\t" in recipient:
+        raise RemoteProtocolError(_TAB_AS_SEPARATOR)
+    if not recipient or not message.strip(" "):
+        return None
+    if recipient not in VALID_NAMES and not is_valid_username(recipient):
+        raise RemoteProtocolError("the recipient is not a valid username")
+    return Chat(recipient, read_text(message.lstrip(" "), "message"))
+
+
+def _format_chat(command: Chat) -> str:
+    checked_name(command.to)
+    check_message(command.text)
+    return f"{command.to} {quote(command.text)}"
+
+
+def _parse_broadcast(arguments: str) -> Broadcast | None:
+    return Broadcast(read_text(arguments, "message")) if arguments else None
+
+
+def _format_broadcast(command: Broadcast) -> str:
+    check_message(command.text)
+    return quote(command.text)
+
+
+def _parse_register(arguments: str) -> Register | None:
+    if not arguments:
+        return None
+    return Register(new_password(read_text(arguments, "password")))
+
+
+def _format_register(command: Register) -> str:
+    check_new_password(command.password)
+    return quote(command.password)
+
+
+def _parse_change_password(arguments: str) -> ChangePassword | None:
+    old, after = read_word(arguments)
+    new, after = read_word(after)
+    if old is None or new is None or after:
+        return None
+    return ChangePassword(existing_password(old), new_password(new))
+
+
+def _format_change_password(command: ChangePassword) -> str:
+    format_password(command.old)  # the same checks as a password line
+    check_new_password(command.new)
+    return f"{quote(command.old)} {quote(command.new)}"
+
+
+# -- the table ------------------------------------------------------------------
+
+C = TypeVar("C", bound=Command)
+
+
+@dataclass(frozen=True, slots=True)
+class CommandSpec(Generic[C]):
+    """One command: its word, its value, and how its arguments are read and written.
+
+    A command without arguments leaves ``arguments``, ``parse`` and
+    ``format`` out; anything after its word is then refused.
+    """
+
+    name: str  # the command word, lower case
+    kind: type[C]
+    arguments: str = ""  # their shape, for the help line and the usage error
+    parse: Callable[[str], C | None] | None = None
+    format: Callable[[C], str] | None = None
+
+    def __post_init__(self) -> None:
+        if (self.parse is None) != (self.format is None) or self.name != self.name.lower():
+            raise ValueError(f"malformed command table entry: {self.name}")
+
+    @property
+    def usage(self) -> str:
+        """How to write the command, as the help line and a usage error show it."""
+        return f"{self.name} {self.arguments}" if self.arguments else self.name
+
+
+COMMANDS: tuple[CommandSpec[Any], ...] = (
+    CommandSpec("chat", Chat, '<user> "<message>"', _parse_chat, _format_chat),
+    CommandSpec("broadcast", Broadcast, '"<message>"', _parse_broadcast, _format_broadcast),
+    CommandSpec("users", Users),
+    CommandSpec("help", Help),
+    CommandSpec("bye", Bye),
+    CommandSpec("register", Register, '"<password>"', _parse_register, _format_register),
+    CommandSpec(
+        "password", ChangePassword, '"<old>" "<new>"', _parse_change_password,
+        _format_change_password,
+    ),
+)
+
+COMMAND_NAMES = tuple(spec.name for spec in COMMANDS)
+_BY_NAME: dict[str, CommandSpec[Any]] = {spec.name: spec for spec in COMMANDS}
+_BY_KIND: dict[type, CommandSpec[Any]] = {spec.kind: spec for spec in COMMANDS}
+if len(_BY_NAME) != len(COMMANDS) or len(_BY_KIND) != len(COMMANDS):
+    raise ValueError("a command word or class appears twice in COMMANDS")
+
+
+# -- parsing and formatting, derived from the table -----------------------------
 
 # The hot line in its common form: ``chat``, one space, a name already found
 # valid, one space, one quoted message with nothing escaped, nothing after it.
-# For such a line the general parser below returns exactly Chat(name,
-# message), after a dozen string operations and calls; this takes a few.
-_new_command = object.__new__
-_set_to = Chat.to.__set__  # type: ignore[attr-defined]
-_set_text = Chat.text.__set__  # type: ignore[attr-defined]
+# For such a line the general parser returns exactly Chat(name, message),
+# after a table look-up and a dozen string operations; this takes a few.
+_new_chat = cast(Callable[[type[Chat]], Chat], object.__new__)
+_set_to = Chat.__dict__["to"].__set__
+_set_text = Chat.__dict__["text"].__set__
 
 
 def parse_login(line: str) -> Login:
@@ -130,7 +271,7 @@ def parse_command(line: str) -> Command:
             if '"' not in text and "\\" not in text:
                 # Chat(to, text) without the frozen dataclass's __init__,
                 # which sets each field through object.__setattr__.
-                command = _new_command(Chat)
+                command = _new_chat(Chat)
                 _set_to(command, to)
                 _set_text(command, text)
                 return command
@@ -139,133 +280,21 @@ def parse_command(line: str) -> Command:
         raise RemoteProtocolError("empty command")
     word, _, rest = stripped.partition(" ")
     word = word.lower()
-    rest = rest.lstrip(" ")
-    if word == "chat":
-        recipient, _, message = rest.partition(" ")
-        if "\t" in recipient:
+    spec = _BY_NAME.get(word)
+    if spec is None:
+        if "\t" in word and word.partition("\t")[0] in _BY_NAME:
             raise RemoteProtocolError(_TAB_AS_SEPARATOR)
-        if not recipient or not message.strip(" "):
-            raise RemoteProtocolError(f"usage is {CHAT_USAGE}")
-        if not is_valid_username(recipient):
-            raise RemoteProtocolError("the recipient is not a valid username")
-        return Chat(recipient, _parse_message(message.lstrip(" ")))
-    if word == "broadcast":
-        if not rest:
-            raise RemoteProtocolError(f"usage is {BROADCAST_USAGE}")
-        return Broadcast(_parse_message(rest))
-    if word == "register":
-        if not rest:
-            raise RemoteProtocolError(f"usage is {REGISTER_USAGE}")
-        return Register(_new_password(_parse_text(rest, "password")))
-    if word == "password":
-        old, after = _parse_word(rest)
-        new, after = _parse_word(after)
-        if old is None or new is None or after:
-            raise RemoteProtocolError(f"usage is {PASSWORD_USAGE}")
-        if len(old) > MAX_PASSWORD_LENGTH:
-            raise RemoteProtocolError(f"a password has at most {MAX_PASSWORD_LENGTH} characters")
-        return ChangePassword(old, _new_password(new))
-    if word in ("users", "help", "bye"):
+        raise RemoteProtocolError("unknown command")
+    rest = rest.lstrip(" ")
+    parse = spec.parse
+    if parse is None:
         if rest:
             raise RemoteProtocolError(f"{word} takes no arguments")
-        return {"users": Users, "help": Help, "bye": Bye}[word]()
-    if "\t" in word and word.partition("\t")[0] in COMMAND_NAMES:
-        raise RemoteProtocolError(_TAB_AS_SEPARATOR)
-    raise RemoteProtocolError("unknown command")
-
-
-def _parse_message(text: str) -> str:
-    return _parse_text(text, "message")
-
-
-def _parse_text(text: str, what: str) -> str:
-    if not text.startswith('"'):
-        # The unquoted form: the rest of the line, exactly as typed.
-        return text.rstrip(" ")
-    inner = text[1:-1]
-    if len(text) > 2 and text[-1] == '"' and '"' not in inner and "\\" not in inner:
-        # The common case: one quoted string, nothing escaped, nothing after
-        # it -- what the regex below would match, without running it.
-        return inner
-    match = _QUOTED.match(text)
-    if match is None:
-        raise RemoteProtocolError("unterminated quote")
-    if text[match.end() :].strip(" "):
-        raise RemoteProtocolError("text after the closing quote")
-    value = unescape(match.group(1))
-    if not value:
-        raise RemoteProtocolError(f"the {what} is empty")
-    return value
-
-
-def _parse_word(text: str) -> tuple[str | None, str]:
-    """One argument of ``password``: quoted, or a bare word; and what follows it."""
-    if not text:
-        return None, ""
-    if not text.startswith('"'):
-        word, _, rest = text.partition(" ")
-        return word, rest.lstrip(" ")
-    match = _QUOTED.match(text)
-    if match is None:
-        raise RemoteProtocolError("unterminated quote")
-    rest = text[match.end() :]
-    if rest and not rest.startswith(" "):
-        raise RemoteProtocolError("text after the closing quote")
-    value = unescape(match.group(1))
-    if not value:
-        raise RemoteProtocolError("the password is empty")
-    return value, rest.lstrip(" ")
-
-
-def password_problem(password: str) -> str | None:
-    """Why ``password`` cannot be a new password, or None if it can."""
-    if len(password) < MIN_PASSWORD_LENGTH:
-        return f"a password has at least {MIN_PASSWORD_LENGTH} characters"
-    if len(password) > MAX_PASSWORD_LENGTH:
-        return f"a password has at most {MAX_PASSWORD_LENGTH} characters"
-    try:
-        password.encode("utf-8")
-    except UnicodeEncodeError:
-        return "the password is not valid Unicode"
-    return None
-
-
-def _new_password(password: str) -> str:
-    problem = password_problem(password)
-    if problem is not None:
-        raise RemoteProtocolError(problem)
-    return password
-
-
-def parse_password(line: str) -> str:
-    """Parse the line that answers ``<Password required for NAME.>``.
-
-    In quotes with escapes, or bare: the line as typed, surrounding spaces
-    dropped.  Only the form is checked (and the upper length bound): a
-    password too short to have been registered is simply a wrong one.
-    """
-    password = _parse_text(line.lstrip(" "), "password")
-    if not password:
-        raise RemoteProtocolError("the password is empty")
-    if len(password) > MAX_PASSWORD_LENGTH:
-        raise RemoteProtocolError(f"a password has at most {MAX_PASSWORD_LENGTH} characters")
-    return password
-
-
-def format_password(password: str) -> bytes:
-    """The line that answers ``<Password required for NAME.>``: always quoted."""
-    if not password:
-        raise LocalProtocolError("the password is empty")
-    if len(password) > MAX_PASSWORD_LENGTH:
-        raise LocalProtocolError(f"a password has at most {MAX_PASSWORD_LENGTH} characters")
-    try:
-        return (_quote(password) + "\n").encode("utf-8")
-    except UnicodeEncodeError:
-        raise LocalProtocolError("the password is not valid Unicode") from None
-
-
-def _quote(text: str) -> str:
-    return '"' + escape(text, quoted=True) + '"'
+        return spec.kind()
+    parsed = parse(rest)
+    if parsed is None:
+        raise RemoteProtocolError(f"usage is {spec.usage}")
+    return parsed
 
 
 def format_command(command: Command | Login) -> bytes:
@@ -275,60 +304,12 @@ def format_command(command: Command | Login) -> bytes:
     and all, survives the trip and ``parse_command`` gives it back unchanged.
     Raises :class:`LocalProtocolError` for an invalid username or message.
     """
-    match command:
-        case Login(name):
-            line = _checked_name(name)
-        case Chat(to, text):
-            _checked_name(to)
-            _check_message(text)
-            line = f"chat {to} {_quote(text)}"
-        case Broadcast(text):
-            _check_message(text)
-            line = f"broadcast {_quote(text)}"
-        case Users():
-            line = "users"
-        case Help():
-            line = "help"
-        case Bye():
-            line = "bye"
-        case Register(password):
-            _check_new_password(password)
-            line = f"register {_quote(password)}"
-        case ChangePassword(old, new):
-            format_password(old)  # the same checks as a password line
-            _check_new_password(new)
-            line = f"password {_quote(old)} {_quote(new)}"
-        case _:
-            raise TypeError(f"not a command: {command!r}")
+    spec = _BY_KIND.get(type(command))
+    if spec is not None:
+        line = spec.name if spec.format is None else f"{spec.name} {spec.format(command)}"
+    elif isinstance(command, Login):
+        line = checked_name(command.name)
+    else:
+        raise TypeError(f"not a command: {command!r}")
     return line.encode("utf-8") + b"\n"
 
-
-def _checked_name(name: str) -> str:
-    problem = username_problem(name)
-    if problem is not None:
-        raise LocalProtocolError(problem)
-    return name
-
-
-def _check_new_password(password: str) -> None:
-    problem = password_problem(password)
-    if problem is not None:
-        raise LocalProtocolError(problem)
-
-
-def _check_message(text: str) -> None:
-    if not text:
-        raise LocalProtocolError("the message is empty")
-    # Surrogates cannot be encoded; catch them here rather than as a UnicodeError.
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise LocalProtocolError("the message is not valid Unicode") from None
-
-
-__all__ = [
-    "Login", "Chat", "Broadcast", "Users", "Help", "Bye", "Register", "ChangePassword",
-    "Command", "COMMAND_NAMES", "MIN_PASSWORD_LENGTH", "MAX_PASSWORD_LENGTH",
-    "parse_login", "parse_command", "format_command", "parse_password", "format_password",
-    "password_problem",
-]

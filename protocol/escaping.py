@@ -183,8 +183,8 @@ def _split_bmp(ranges: _Ranges) -> tuple[_Ranges, _Ranges]:
 
 
 def _without_surrogates(ranges: _Ranges) -> _Ranges:
-    pieces = ((first, min(last, 0xD7FF)) for first, last in ranges)
-    pieces = [*pieces, *((max(first, 0xE000), last) for first, last in ranges)]
+    below = [(first, min(last, 0xD7FF)) for first, last in ranges]
+    pieces = below + [(max(first, 0xE000), last) for first, last in ranges]
     return _merged([(first, last) for first, last in pieces if first <= last])
 
 

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from protocol.commands import BROADCAST_USAGE, CHAT_USAGE, PASSWORD_USAGE, REGISTER_USAGE
+from protocol.commands import COMMANDS
 from protocol.errors import LocalProtocolError, RemoteProtocolError
 from protocol.escaping import _ASCII_NEEDS_ESCAPE, QUOTED_PATTERN, escape, find_unsafe, unescape
 from protocol.usernames import (
@@ -200,9 +200,9 @@ Event = (
     | BroadcastNotSent | ServiceUnavailable | Disconnected
 )
 
+# Every command's usage, in the order of the command table.
 HELP_LINE = (
-    f"<Commands: {CHAT_USAGE} | {BROADCAST_USAGE} | users | help | bye"
-    f" | {REGISTER_USAGE} | {PASSWORD_USAGE}."
+    f"<Commands: {' | '.join(spec.usage for spec in COMMANDS)}."
     ' Inside quotes write \\" for a quote and \\\\ for a backslash.>'
 )
 _FIXED_LINES: dict[type, str] = {
@@ -391,7 +391,7 @@ _NAME = f"({USERNAME_PATTERN})"
 _NAME_LIST_PATTERN = f"(?:{USERNAME_PATTERN}(?:, {USERNAME_PATTERN})*)?"
 _NAME_LIST = re.compile(_NAME_LIST_PATTERN)
 
-_PATTERNS: list[tuple[re.Pattern[str], type]] = [
+_PATTERNS: list[tuple[re.Pattern[str], Callable[..., Event]]] = [
     (re.compile(rf"<User {_NAME} is online\.>"), UserOnline),
     (re.compile(rf"<User {_NAME} is offline\.>"), UserOffline),
     (re.compile(rf"<User {_NAME} does not exist\.>"), UserUnknown),
@@ -451,7 +451,7 @@ def parse_event(line: str) -> Event:
             _check_received_name(groups[0])
         if kind in _TEXT_EVENTS:
             *head, text = groups
-            return kind(*head, unescape(text))
+            groups = (*head, unescape(text))
         return kind(*groups)
     raise RemoteProtocolError("not a server event")
 

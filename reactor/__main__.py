@@ -24,10 +24,11 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any, NoReturn
 
+from reactor import notify
 from reactor.accounts.hashing import below_recommended, hasher_from_spec
 from reactor.accounts.store import StoreUnavailable
 from reactor.app import make_server
@@ -36,9 +37,21 @@ from reactor.cluster.workers import die_with_parent, supervise
 from reactor.config import AccountsConfig, ClusterConfig, ServerConfig
 from reactor.flow import FloodLimits
 from reactor.logs import LogPipeline, complain
-from reactor.redis.url import LinkError, is_redis_url, without_password
+from reactor.redis.url import LinkError, check_url, is_redis_url, without_password
+from reactor.settings import (
+    CONFIG_VARIABLE,
+    SettingsError,
+    accepts,
+    describe,
+    given_on_command_line,
+    layered,
+    name_in_file,
+    options_of,
+    section,
+)
 from reactor.sockets import raise_open_file_limit
-from reactor.tls import TLSSetupError
+from reactor.tls import TLSSetupError, load_context
+from reactor.version import version
 
 log = logging.getLogger("reactor")
 
@@ -65,6 +78,7 @@ def _invoked_as() -> str:
 
 
 def _whole_number(low: int, high: int, unit: str = "") -> Callable[[str], int]:
+    @accepts(int)
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -78,6 +92,7 @@ def _whole_number(low: int, high: int, unit: str = "") -> Callable[[str], int]:
 
 
 def _seconds(low: float, high: float, unit: str = "seconds") -> Callable[[str], float]:
+    @accepts(int, float)
     def parse(text: str) -> float:
         try:
             value = float(text)
@@ -90,6 +105,7 @@ def _seconds(low: float, high: float, unit: str = "seconds") -> Callable[[str], 
     return parse
 
 
+@accepts(bool)
 def _on_off(text: str) -> bool:
     if text.lower() in ("on", "off"):
         return text.lower() == "on"
@@ -109,140 +125,179 @@ def build_parser() -> argparse.ArgumentParser:
         prog=_invoked_as(),
         description="reactor-chat: a multi-client TCP chat server. "
                     "Signals: SIGINT/SIGTERM shut down cleanly, SIGHUP reloads, "
-                    "SIGUSR1 logs a status line.",
+                    "SIGUSR1 logs a status line. The options listed under a [section] "
+                    "can also be set in that table of the --config file, as their name "
+                    "without the section's prefix (--tls-cert is cert in [tls]), or in "
+                    "the environment (REACTOR_TLS_CERT); the command line wins over the "
+                    "environment, which wins over the file.",
+        epilog="python -m reactor check-config [options] checks the configuration and "
+               "prints it, for a service's pre-start step.",
     )
-    p.add_argument("--backend", choices=BACKENDS, default=DEFAULT_BACKEND,
-                   help="I/O design: a selectors loop, a thread per client, or asyncio "
-                        f"(default: {DEFAULT_BACKEND})")
-    p.add_argument("--host", default=d.host,
-                   help="address or host name to listen on; '::' listens on every IPv6 "
-                        f"and IPv4 address (default: {d.host}, every IPv4 address)")
-    p.add_argument("--port", type=_whole_number(0, 65535), default=d.port,
-                   help=f"TCP port, 0-65535; 0 picks a free one (default: {d.port})")
-    p.add_argument("--max-clients", type=_whole_number(1, MAX_CLIENTS), default=d.max_clients,
-                   help=f"connections served at once, 1-{MAX_CLIENTS} (default: {d.max_clients})")
-    p.add_argument("--max-clients-per-ip", type=_whole_number(0, MAX_CLIENTS),
-                   default=d.max_clients_per_ip,
-                   help=f"connections from one address, 0-{MAX_CLIENTS}; 0 = no limit "
-                        f"(default: {d.max_clients_per_ip})")
-    p.add_argument("--max-line", type=_whole_number(MIN_LINE, MAX_LINE, " bytes"),
-                   default=d.max_line,
-                   help=f"longest accepted line in bytes, {MIN_LINE}-{MAX_LINE} "
-                        f"(default: {d.max_line})")
-    p.add_argument("--output-limit",
-                   type=_whole_number(MIN_OUTPUT_LIMIT, MAX_OUTPUT_LIMIT, " bytes"),
-                   default=d.output_limit,
-                   help="bytes queued for a client before it is cut off as a slow consumer, "
-                        f"{MIN_OUTPUT_LIMIT}-{MAX_OUTPUT_LIMIT} and at least twice --max-line "
-                        f"(default: {d.output_limit})")
-    p.add_argument("--login-timeout", type=_seconds(MIN_LOGIN_TIMEOUT, MAX_LOGIN_TIMEOUT),
-                   default=d.login_timeout,
-                   help=f"seconds to send a valid username, {MIN_LOGIN_TIMEOUT:g}-"
-                        f"{MAX_LOGIN_TIMEOUT:g} (default: {d.login_timeout:g})")
-    p.add_argument("--keepalive-idle", type=_whole_number(0, MAX_KEEPALIVE_IDLE),
-                   default=d.keepalive_idle,
-                   help=f"idle seconds before TCP keepalive probes, 0-{MAX_KEEPALIVE_IDLE}; "
-                        f"0 = off (default: {d.keepalive_idle})")
-    p.add_argument("--output-hard-limit",
-                   type=_whole_number(MIN_OUTPUT_LIMIT, MAX_OUTPUT_LIMIT, " bytes"),
-                   default=None,
-                   help="bytes queued for a client that cut it off at once; --output-limit "
-                        "cuts it only after --slow-consumer-grace seconds above it "
-                        f"(default: {d.output_hard_limit} or 4 x --output-limit, "
-                        "whichever is larger)")
-    p.add_argument("--slow-consumer-grace", type=_seconds(0.0, 3600.0),
-                   default=d.slow_consumer_grace,
-                   help="seconds a client may stay above --output-limit, 0-3600 "
-                        f"(default: {d.slow_consumer_grace:g})")
-    p.add_argument("--output-budget",
-                   type=_whole_number(MIN_OUTPUT_LIMIT, 64 * MAX_OUTPUT_LIMIT, " bytes"),
-                   default=d.output_budget,
-                   help="bytes queued for all clients together; past it the largest queues "
-                        f"are cut first (default: {d.output_budget})")
-    p.add_argument("--delivery-timeout", type=_seconds(0.1, 3600.0), default=d.delivery_timeout,
-                   help="seconds a direct message may wait for a recipient who is not "
-                        "reading before its sender is told it was not delivered, 0.1-3600 "
-                        f"(default: {d.delivery_timeout:g})")
+    p.add_argument("--version", action="version", version=f"{PROGRAM} {version()}")
+    p.add_argument("--config", metavar="FILE",
+                   help="read options from this TOML file (see the example configuration "
+                        f"file; default: ${CONFIG_VARIABLE} if set, else none)")
+    server = section(p, "server", "where and how to listen")
+    limits = section(p, "limits", "sizes and times a client may use")
+    flood = section(p, "flood", "flood control")
+    tls = section(p, "tls", "TLS on the main port or a second one")
+    accounts = section(p, "accounts", "registered names")
+    cluster = section(p, "cluster", "one chat on many servers")
+    logs = section(p, "log", "the log")
+    server.add_argument("--backend", choices=BACKENDS, default=DEFAULT_BACKEND,
+                        help="I/O design: a selectors loop, a thread per client, or asyncio "
+                             f"(default: {DEFAULT_BACKEND})")
+    server.add_argument("--host", default=d.host,
+                        help="address or host name to listen on; '::' listens on every IPv6 "
+                             f"and IPv4 address (default: {d.host}, every IPv4 address)")
+    server.add_argument("--port", type=_whole_number(0, 65535), default=d.port,
+                        help=f"TCP port, 0-65535; 0 picks a free one (default: {d.port})")
+    server.add_argument("--max-clients", type=_whole_number(1, MAX_CLIENTS),
+                        default=d.max_clients,
+                        help=f"connections served at once, 1-{MAX_CLIENTS} "
+                             f"(default: {d.max_clients})")
+    server.add_argument("--max-clients-per-ip", type=_whole_number(0, MAX_CLIENTS),
+                        default=d.max_clients_per_ip,
+                        help=f"connections from one address, 0-{MAX_CLIENTS}; 0 = no limit "
+                             f"(default: {d.max_clients_per_ip})")
+    limits.add_argument("--max-line", type=_whole_number(MIN_LINE, MAX_LINE, " bytes"),
+                        default=d.max_line,
+                        help=f"longest accepted line in bytes, {MIN_LINE}-{MAX_LINE} "
+                             f"(default: {d.max_line})")
+    limits.add_argument("--output-limit",
+                        type=_whole_number(MIN_OUTPUT_LIMIT, MAX_OUTPUT_LIMIT, " bytes"),
+                        default=d.output_limit,
+                        help="bytes queued for a client before it is cut off as a slow "
+                             f"consumer, {MIN_OUTPUT_LIMIT}-{MAX_OUTPUT_LIMIT} and at least "
+                             "twice --max-line "
+                             f"(default: {d.output_limit})")
+    server.add_argument("--login-timeout", type=_seconds(MIN_LOGIN_TIMEOUT, MAX_LOGIN_TIMEOUT),
+                        default=d.login_timeout,
+                        help=f"seconds to send a valid username, {MIN_LOGIN_TIMEOUT:g}-"
+                             f"{MAX_LOGIN_TIMEOUT:g} (default: {d.login_timeout:g})")
+    server.add_argument("--keepalive-idle", type=_whole_number(0, MAX_KEEPALIVE_IDLE),
+                        default=d.keepalive_idle,
+                        help="idle seconds before TCP keepalive probes, "
+                             f"0-{MAX_KEEPALIVE_IDLE}; 0 = off (default: {d.keepalive_idle})")
+    limits.add_argument("--output-hard-limit",
+                        type=_whole_number(MIN_OUTPUT_LIMIT, MAX_OUTPUT_LIMIT, " bytes"),
+                        default=None,
+                        help="bytes queued for a client that cut it off at once; "
+                             "--output-limit cuts it only after --slow-consumer-grace "
+                             "seconds above it "
+                             f"(default: {d.output_hard_limit} or 4 x --output-limit, "
+                             "whichever is larger)")
+    limits.add_argument("--slow-consumer-grace", type=_seconds(0.0, 3600.0),
+                        default=d.slow_consumer_grace,
+                        help="seconds a client may stay above --output-limit, 0-3600 "
+                             f"(default: {d.slow_consumer_grace:g})")
+    limits.add_argument("--output-budget",
+                        type=_whole_number(MIN_OUTPUT_LIMIT, 64 * MAX_OUTPUT_LIMIT, " bytes"),
+                        default=d.output_budget,
+                        help="bytes queued for all clients together; past it the largest "
+                             f"queues are cut first (default: {d.output_budget})")
+    limits.add_argument("--delivery-timeout", type=_seconds(0.1, 3600.0),
+                        default=d.delivery_timeout,
+                        help="seconds a direct message may wait for a recipient who is not "
+                             "reading before its sender is told it was not delivered, 0.1-3600 "
+                             f"(default: {d.delivery_timeout:g})")
     f = d.flood
-    p.add_argument("--flood-control", type=_on_off, default=f.enabled, metavar="on|off",
-                   help="meter each client's lines, broadcast deliveries and logins per "
-                        "address; excess input is read later, never dropped (default: on)")
-    p.add_argument("--line-rate", type=_seconds(0.1, 1e6, "per second"), default=f.lines_per_second,
-                   help=f"lines per second per client (default: {f.lines_per_second:g})")
-    p.add_argument("--line-burst", type=_whole_number(1, 10**9), default=f.lines_burst,
-                   help=f"lines a client may send at once (default: {f.lines_burst})")
-    p.add_argument("--delivery-rate", type=_seconds(1.0, 1e9, "per second"),
-                   default=f.deliveries_per_second,
-                   help="broadcast deliveries (recipients) per second per client "
-                        f"(default: {f.deliveries_per_second:g})")
-    p.add_argument("--delivery-burst", type=_whole_number(1, 10**12), default=f.deliveries_burst,
-                   help=f"broadcast deliveries at once (default: {f.deliveries_burst})")
-    p.add_argument("--login-rate", type=_seconds(0.01, 1e6, "per second"),
-                   default=f.logins_per_second,
-                   help=f"login attempts per second per address (default: "
-                        f"{f.logins_per_second:g})")
-    p.add_argument("--login-burst", type=_whole_number(1, 10**9), default=f.logins_burst,
-                   help=f"login attempts at once per address (default: {f.logins_burst})")
-    p.add_argument("--tls-cert", metavar="FILE",
-                   help="PEM certificate (chain) for TLS; with --tls-key and no --tls-port, "
-                        "the main port speaks TLS only")
-    p.add_argument("--tls-key", metavar="FILE", help="PEM private key of --tls-cert")
-    p.add_argument("--tls-key-password-file", metavar="FILE",
-                   help="file whose first line is the password of an encrypted --tls-key")
-    p.add_argument("--tls-port", type=_whole_number(0, 65535), default=None,
-                   help="a second port, speaking TLS, beside the plain --port "
-                        "(like IRC's 6667/6697); needs --tls-cert and --tls-key")
+    control = flood.add_argument(
+        "--flood-control", type=_on_off, default=f.enabled, metavar="on|off",
+        help="meter each client's lines, broadcast deliveries and logins per address; "
+             "excess input is read later, never dropped (default: on)")
+    name_in_file(control, "enabled")
+    flood.add_argument("--line-rate", type=_seconds(0.1, 1e6, "per second"),
+                       default=f.lines_per_second,
+                       help=f"lines per second per client (default: {f.lines_per_second:g})")
+    flood.add_argument("--line-burst", type=_whole_number(1, 10**9), default=f.lines_burst,
+                       help=f"lines a client may send at once (default: {f.lines_burst})")
+    flood.add_argument("--delivery-rate", type=_seconds(1.0, 1e9, "per second"),
+                       default=f.deliveries_per_second,
+                       help="broadcast deliveries (recipients) per second per client "
+                            f"(default: {f.deliveries_per_second:g})")
+    flood.add_argument("--delivery-burst", type=_whole_number(1, 10**12),
+                       default=f.deliveries_burst,
+                       help=f"broadcast deliveries at once (default: {f.deliveries_burst})")
+    flood.add_argument("--login-rate", type=_seconds(0.01, 1e6, "per second"),
+                       default=f.logins_per_second,
+                       help=f"login attempts per second per address (default: "
+                            f"{f.logins_per_second:g})")
+    flood.add_argument("--login-burst", type=_whole_number(1, 10**9), default=f.logins_burst,
+                       help=f"login attempts at once per address (default: {f.logins_burst})")
+    tls.add_argument("--tls-cert", metavar="FILE",
+                     help="PEM certificate (chain) for TLS; with --tls-key and no --tls-port, "
+                          "the main port speaks TLS only")
+    tls.add_argument("--tls-key", metavar="FILE", help="PEM private key of --tls-cert")
+    tls.add_argument("--tls-key-password-file", metavar="FILE",
+                     help="file whose first line is the password of an encrypted --tls-key")
+    tls.add_argument("--tls-port", type=_whole_number(0, 65535), default=None,
+                     help="a second port, speaking TLS, beside the plain --port "
+                          "(like IRC's 6667/6697); needs --tls-cert and --tls-key")
     a = AccountsConfig(path="")
-    p.add_argument("--accounts", metavar="PATH|URL", nargs="?", const="", default=None,
-                   help="keep registered names in this SQLite file (created if missing) "
-                        "or Redis URL: a user can then register their name with a "
-                        "password; with --cluster, give no value: the cluster's Redis "
-                        "(default: none, the open chat)")
-    p.add_argument("--allow-plaintext-passwords", action="store_true",
-                   help="accept passwords over plain TCP from other machines too (by "
-                        "default only over TLS or from this machine)")
-    p.add_argument("--password-hash", default=a.password_hash, metavar="SCHEME",
-                   help="hash for new passwords: scrypt (standard library), or argon2id "
-                        "(needs argon2-cffi), with optional parameters such as "
-                        f"scrypt:ln=15,r=8,p=3 (default: {a.password_hash}, OWASP's minimum)")
-    p.add_argument("--password-tries", type=_whole_number(1, 100), default=a.max_tries,
-                   help="wrong passwords per connection before it is closed, 1-100 "
-                        f"(default: {a.max_tries})")
-    p.add_argument("--password-backoff", type=_seconds(0.0, 3600.0), default=a.backoff_first,
-                   help="seconds a name and an address wait after a wrong password, doubling "
-                        f"with each one, 0-3600 (default: {a.backoff_first:g})")
-    p.add_argument("--password-backoff-max", type=_seconds(0.0, 86_400.0),
-                   default=a.backoff_max,
-                   help=f"the longest such wait, 0-86400 (default: {a.backoff_max:g})")
-    p.add_argument("--cluster", metavar="URL", default=None,
-                   help="join one chat shared by every server pointed at this Redis "
-                        "(redis://HOST:PORT[/DB], rediss:// for TLS; needs the [cluster] "
-                        "extra); default: this process is the whole chat")
+    store = accounts.add_argument("--accounts", metavar="PATH|URL", nargs="?", const="",
+                                  default=None,
+                          help="keep registered names in this SQLite file (created if missing) "
+                               "or Redis URL: a user can then register their name with a "
+                               "password; with --cluster, give no value: the cluster's Redis "
+                               "(default: none, the open chat)")
+    name_in_file(store, "store", secret=True)
+    accounts.add_argument("--allow-plaintext-passwords", action="store_true",
+                          help="accept passwords over plain TCP from other machines too (by "
+                               "default only over TLS or from this machine)")
+    accounts.add_argument("--password-hash", default=a.password_hash, metavar="SCHEME",
+                          help="hash for new passwords: scrypt (standard library), or argon2id "
+                               "(needs argon2-cffi), with optional parameters such as "
+                               f"scrypt:ln=15,r=8,p=3 (default: {a.password_hash}, "
+                               "OWASP's minimum)")
+    accounts.add_argument("--password-tries", type=_whole_number(1, 100), default=a.max_tries,
+                          help="wrong passwords per connection before it is closed, 1-100 "
+                               f"(default: {a.max_tries})")
+    accounts.add_argument("--password-backoff", type=_seconds(0.0, 3600.0),
+                          default=a.backoff_first,
+                          help="seconds a name and an address wait after a wrong password, "
+                               f"doubling with each one, 0-3600 (default: {a.backoff_first:g})")
+    accounts.add_argument("--password-backoff-max", type=_seconds(0.0, 86_400.0),
+                          default=a.backoff_max,
+                          help=f"the longest such wait, 0-86400 (default: {a.backoff_max:g})")
+    url = cluster.add_argument("--cluster", metavar="URL", default=None,
+                         help="join one chat shared by every server pointed at this Redis "
+                              "(redis://HOST:PORT[/DB], rediss:// for TLS; needs the [cluster] "
+                              "extra); default: this process is the whole chat")
+    name_in_file(url, "url", secret=True)
     c = ClusterConfig(url="")
-    p.add_argument("--cluster-lease", type=_seconds(0.3, 60.0), default=c.lease,
-                   help="seconds after which a server that stopped answering is declared "
-                        "dead and its users offline, 0.3-60 (they are announced within "
-                        f"about 1.3 x this; default: {c.lease:g})")
-    p.add_argument("--workers", type=_whole_number(1, 256), default=None,
-                   help="run this many server processes sharing the port (SO_REUSEPORT), "
-                        "supervised and restarted if they die; needs --cluster "
-                        "(default: one process, no supervisor)")
+    cluster.add_argument("--cluster-lease", type=_seconds(0.3, 60.0), default=c.lease,
+                         help="seconds after which a server that stopped answering is declared "
+                              "dead and its users offline, 0.3-60 (they are announced within "
+                              f"about 1.3 x this; default: {c.lease:g})")
+    server.add_argument("--workers", type=_whole_number(1, 256), default=None,
+                        help="run this many server processes sharing the port (SO_REUSEPORT), "
+                             "supervised and restarted if they die; needs --cluster "
+                             "(default: one process, no supervisor)")
     p.add_argument("--worker-of", default=None, help=argparse.SUPPRESS)
-    p.add_argument("--loop", choices=EVENT_LOOPS, default=None,
-                   help="the event loop of the backends built on one (default: asyncio's own;"
-                        " uvloop needs the uvloop package)")
-    p.add_argument("--log-level", default="INFO", type=str.upper,
-                   choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-                   help="INFO logs every message, as the original did (default: INFO)")
-    p.add_argument("--log-text", type=_on_off, default=d.log_text, metavar="on|off",
-                   help="off keeps what users write out of the log, for operators who "
-                        "must not read private messages (default: on)")
+    server.add_argument("--loop", choices=EVENT_LOOPS, default=None,
+                        help="the event loop of the backends built on one (default: asyncio's own;"
+                             " uvloop needs the uvloop package)")
+    logs.add_argument("--log-level", default="INFO", type=str.upper,
+                      choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                      help="INFO logs every message, as the original did (default: INFO)")
+    logs.add_argument("--log-text", type=_on_off, default=d.log_text, metavar="on|off",
+                      help="off keeps what users write out of the log, for operators who "
+                           "must not read private messages (default: on)")
     return p
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None,
+               environ: Mapping[str, str] | None = None) -> argparse.Namespace:
+    """The options from the command line, over ``REACTOR_*`` variables of
+    ``environ`` (default: the process's), over the ``--config`` file."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        beneath, _ = layered(parser, argv, environ)
+    except SettingsError as error:
+        parser.exit(2, f"{PROGRAM}: {error}\n")
+    args = parser.parse_args([*beneath, *argv])
     if args.output_hard_limit is None:
         args.output_hard_limit = max(ServerConfig().output_hard_limit, 4 * args.output_limit)
     if args.output_hard_limit < args.output_limit:
@@ -371,6 +426,7 @@ class SignalHandlers:
             server.stop()
 
     def stop(self, *_: object) -> None:
+        notify.stopping()
         self._stop_requested = True
         if self.server is not None:
             self.server.stop()
@@ -381,10 +437,15 @@ class SignalHandlers:
         if reload is None:
             log.log(_always(), "Nothing to reload")
             return
+        # The serving thread reloads right after this request; a service
+        # manager waiting for READY=1 again is not kept waiting for it.
+        notify.reloading()
         try:
             reload()
         except Exception:  # never let a failed reload escape into the serving loop
             log.exception("Reload failed")
+        finally:
+            notify.ready()
 
     def status(self, *_: object) -> None:
         log.log(_always(), "%s", self.status_line())
@@ -420,11 +481,40 @@ def _reserve_standard_descriptors() -> None:
                 os.close(null)
 
 
+def check_config(argv: list[str], environ: Mapping[str, str] | None = None) -> int:
+    """``check-config [options]``: check the configuration as the server
+    would at start (and the TLS files it names), then print it as TOML, each
+    value with where it came from, secrets masked.  For ``ExecStartPre``:
+    exit status 0 if the server would start with it, 2 and one line if not."""
+    environ = os.environ if environ is None else environ
+    args = parse_args(argv, environ)  # exits 2 with one line on a mistake
+    try:
+        if args.tls_cert is not None:
+            load_context(args.tls_cert, args.tls_key, args.tls_key_password_file)
+        if args.cluster is not None:
+            check_url(args.cluster)  # a Redis URL, and the [cluster] extra installed
+    except TLSSetupError as error:
+        complain(f"{PROGRAM}: TLS: {error}")
+        return 2
+    except LinkError as error:
+        complain(f"{PROGRAM}: {error}")
+        return 2
+    parser = build_parser()
+    _, settings = layered(parser, argv, environ)
+    origins = {setting.option.action.dest: setting.origin for setting in settings}
+    origins.update(dict.fromkeys(given_on_command_line(build_parser(), argv), "command line"))
+    print(describe(options_of(parser), args, origins, mask=without_password), end="")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["check-config"]:
+        return check_config(argv[1:])
     args = parse_args(argv)
     _reserve_standard_descriptors()
     if args.workers is not None and args.worker_of is None:
-        return _supervise(args, sys.argv[1:] if argv is None else argv)
+        return _supervise(args, argv)
     label = "Server"
     if args.worker_of is not None:
         parent, port, index = args.worker_of.split(":")

@@ -261,6 +261,9 @@ def run_cli(args: list[str], stdin: bytes = b"",
 class FakeServer:
     """A one-client stand-in server: logs the client in, then sends ``script`` raw.
 
+    With ``password`` the name is registered: the server asks for it, says
+    it was wrong until it is given, and only then logs the client in.
+
     It records every line the client sends (``received``), answers each with
     ``answer(line)`` if given (bytes, or None for no answer), and the test can
     send more at any time with :meth:`send`.  On ``bye`` it confirms the way
@@ -268,9 +271,11 @@ class FakeServer:
     """
 
     def __init__(self, script: bytes = b"",
-                 answer: Callable[[str], bytes | None] | None = None) -> None:
+                 answer: Callable[[str], bytes | None] | None = None,
+                 password: str | None = None) -> None:
         self.script = script
         self.answer = answer
+        self.password = password
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.listener.settimeout(TIMEOUT)
         self.port: int = self.listener.getsockname()[1]
@@ -290,6 +295,8 @@ class FakeServer:
             reader = conn.makefile("rb")
             name = reader.readline().decode().strip()
             self.received.append(name)
+            if self.password is not None and not self._password_given(conn, reader, name):
+                return
             conn.sendall(f"<User {name} is online.>\n".encode() + self.script)
             self._conn = conn
             self._ready.set()
@@ -303,6 +310,16 @@ class FakeServer:
                     reply = self.answer(line)
                     if reply:
                         conn.sendall(reply)
+
+    def _password_given(self, conn: socket.socket, reader: IO[bytes], name: str) -> bool:
+        """Ask for the password until it comes (True) or the client goes (False)."""
+        conn.sendall(f"<Password required for {name}.>\n".encode())
+        for raw in reader:
+            self.received.append(raw.decode().rstrip("\n"))
+            if raw.decode().rstrip("\n") == f'"{self.password}"':
+                return True
+            conn.sendall(f"<Wrong password for {name}.>\n".encode())
+        return False
 
     def send(self, data: bytes) -> None:
         assert self._ready.wait(TIMEOUT), "the client never logged in"
@@ -329,3 +346,69 @@ class FakeServer:
             with contextlib.suppress(OSError):
                 self._conn.shutdown(socket.SHUT_RDWR)
         self.close()
+
+
+# -- a server that floods the client, and the client's process as /proc sees it --
+
+FLOOD_LINE = b'<Broadcast from Bob: "' + b"hello world " * 8 + b'">\n'
+
+
+class FloodServer:
+    """Logs one client in, then, once :meth:`start` is called, sends ``lines``
+    copies of :data:`FLOOD_LINE` as fast as the client takes them; ``sent``
+    counts the bytes the client's side has accepted so far."""
+
+    def __init__(self, lines: int) -> None:
+        self.total = lines * len(FLOOD_LINE)
+        self.sent = 0
+        self.finished = threading.Event()
+        self._go = threading.Event()
+        self._lines = lines
+        self.server = FakeServer()
+        self.port = self.server.port
+        self._thread = threading.Thread(target=self._flood, name="flood", daemon=True)
+        self._thread.start()
+
+    def _flood(self) -> None:
+        if not self._go.wait(TIMEOUT * 6):
+            return
+        per_send = 512
+        with contextlib.suppress(OSError, AssertionError):
+            left = self._lines
+            while left:
+                count = min(per_send, left)
+                self.server.send(FLOOD_LINE * count)
+                self.sent += count * len(FLOOD_LINE)
+                left -= count
+            self.finished.set()
+
+    def start(self) -> None:
+        self._go.set()
+
+    def close(self) -> None:
+        self._go.set()
+        with contextlib.suppress(OSError):
+            if self.server._conn is not None:
+                self.server._conn.shutdown(socket.SHUT_RDWR)
+        self.server.close()
+        self._thread.join(TIMEOUT)
+
+    def __enter__(self) -> FloodServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def rss_bytes(pid: int) -> int:
+    """The resident memory of a process, from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time a process has used so far, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

@@ -2,22 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
+import types
+import typing
+
 from hypothesis import strategies as st
 
 from protocol import (
+    COMMANDS,
     MAX_PASSWORD_LENGTH,
     MIN_PASSWORD_LENGTH,
     USERNAME_PATTERN,
-    Broadcast,
     BroadcastFrom,
     BroadcastNotSent,
     BroadcastSent,
-    Bye,
-    ChangePassword,
-    Chat,
+    CommandSpec,
     Disconnected,
     Event,
-    Help,
     HelpText,
     InvalidInput,
     InvalidUsername,
@@ -28,7 +29,6 @@ from protocol import (
     OnlineUsers,
     PasswordChanged,
     PasswordRequired,
-    Register,
     Registered,
     ServerFull,
     ServiceUnavailable,
@@ -38,12 +38,12 @@ from protocol import (
     UsernameTaken,
     UserOffline,
     UserOnline,
-    Users,
     UserUnknown,
     WrongPassword,
     is_valid_username,
     password_problem,
 )
+from protocol.arguments import Argument
 
 usernames = st.from_regex(USERNAME_PATTERN, fullmatch=True).filter(is_valid_username)
 # Characters that random text rarely holds but attacks and pasted text do:
@@ -63,9 +63,23 @@ tricky_texts = st.lists(
     st.one_of(st.characters(), tricky_characters,
               st.lists(combining_marks, min_size=1, max_size=12).map("".join)),
 ).map("".join)
+
+
+def is_unicode(text: str) -> bool:
+    """False for text holding a lone surrogate, which tricky_texts may (as text
+    decoded with surrogateescape does): no formatter writes one on the wire."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+# Text as it is held in memory, lone surrogates included.
+raw_texts = st.one_of(st.text(), tricky_texts)
 # Any text a person could mean, control characters and astral planes included;
 # only the empty message is not a message.
-texts = st.one_of(st.text(), tricky_texts)
+texts = raw_texts.filter(is_unicode)
 messages = texts.filter(bool)
 # Any text of an acceptable length; a password is never shown, so any
 # character (escaped inside quotes on the wire) will do.
@@ -75,13 +89,39 @@ passwords = st.one_of(
 ).filter(lambda text: password_problem(text) is None)
 # What a login password line may carry: any non-empty password, short ones too.
 any_passwords = st.one_of(st.text(min_size=1, max_size=40), passwords)
-commands = st.one_of(
-    st.builds(Chat, usernames, messages),
-    st.builds(Broadcast, messages),
-    st.just(Users()), st.just(Help()), st.just(Bye()),
-    st.builds(Register, passwords),
-    st.builds(ChangePassword, any_passwords, passwords),
-)
+# The values of each kind of command argument (see protocol.arguments).
+ARGUMENTS: dict[Argument, st.SearchStrategy[typing.Any]] = {
+    Argument.USERNAME: usernames,
+    Argument.MESSAGE: messages,
+    Argument.PASSWORD: any_passwords,
+    Argument.NEW_PASSWORD: passwords,
+}
+
+
+def command_values(spec: CommandSpec[typing.Any]) -> st.SearchStrategy[typing.Any]:
+    """Any value of the command in this table entry, made from its fields' annotations."""
+    hints = typing.get_type_hints(spec.kind, include_extras=True)
+    return st.builds(spec.kind, **{
+        field.name: _argument_values(hints[field.name], f"{spec.kind.__name__}.{field.name}")
+        for field in dataclasses.fields(spec.kind)
+    })
+
+
+def _argument_values(hint: typing.Any, where: str) -> st.SearchStrategy[typing.Any]:
+    if typing.get_origin(hint) is typing.Annotated:
+        kinds = [meta for meta in hint.__metadata__ if isinstance(meta, Argument)]
+        if kinds:
+            if kinds[0] not in ARGUMENTS:
+                raise LookupError(f"{where}: give {kinds[0]} a strategy in ARGUMENTS")
+            return ARGUMENTS[kinds[0]]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):  # an optional argument
+        return st.one_of(*(_argument_values(arg, where) for arg in typing.get_args(hint)))
+    if hint is type(None):
+        return st.none()
+    return st.from_type(hint)
+
+
+commands = st.one_of(*(command_values(spec) for spec in COMMANDS))
 # Reasons are written by the server: printable ASCII, not ending in a period.
 reasons = st.from_regex(r"[ -~]*[ -\-/-~]", fullmatch=True)
 events: st.SearchStrategy[Event] = st.one_of(

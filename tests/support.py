@@ -205,6 +205,31 @@ class Clients:
         for client in self._all:
             client.close()
 
+    def __enter__(self) -> Clients:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close_all()
+
+
+
+def the_original_conversation(clients: Clients) -> None:
+    """The original exercise's conversation, byte for byte: the seed test of
+    any server, however it was started."""
+    alice = clients.login("Alice")
+    bob = clients.connect()
+    bob.send("Bob")
+    bob.expect("<User Bob is online.>")
+    alice.expect("<User Bob is online.>")
+
+    alice.send('chat Bob "Hello Bob!"')
+    assert alice.read_line_bytes() == b"<To Bob> Hello Bob!\n"
+    assert bob.read_line_bytes() == b'<Message from Alice: "Hello Bob!">\n'
+
+    bob.send("bye")
+    assert bob.read_line_bytes() == b"<User Bob is offline.>\n"
+    assert bob.expect_closed() == b""
+    assert alice.read_line_bytes() == b"<User Bob is offline.>\n"
 
 
 def send_a_burst_and_check_it(sender: LineClient, readers: dict[str, LineClient],

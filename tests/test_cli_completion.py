@@ -29,9 +29,11 @@ def test_the_first_word_completes_to_a_command() -> None:
     assert _complete(completer, "ch") == ["chat "]
     assert _complete(completer, "B") == ["broadcast ", "bye "]
     assert _complete(completer, "") == ["chat ", "broadcast ", "users ", "help ", "bye ",
-                                        "register ", "password ", "/msg ", "/query ", "/who ",
-                                        "/quit ", "/help ", "/register ", "/password "]
+                                        "register ", "password ", "/msg ", "/broadcast ",
+                                        "/query ", "/who ", "/quit ", "/help ", "/register ",
+                                        "/password "]
     assert _complete(completer, "/r") == ["/register "]
+    assert _complete(completer, "/b") == ["/broadcast "]
     assert _complete(completer, "/q") == ["/query ", "/quit "]
 
 

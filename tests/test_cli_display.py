@@ -81,9 +81,10 @@ def test_an_overlong_line_is_reported_not_shown() -> None:
 
 # -- for people: cli.present ------------------------------------------------------
 
+from prompt_toolkit.formatted_text import StyleAndTextTuples  # noqa: E402
 from prompt_toolkit.utils import get_cwidth  # noqa: E402
 
-from cli.present import Line, Presenter, is_harmful, plain, wrap  # noqa: E402
+from cli.present import Line, Presenter, is_harmful, plain, wrap, wrap_cells  # noqa: E402
 from protocol import MessageFrom, NotDelivered, UserOffline, UserOnline  # noqa: E402
 
 
@@ -153,3 +154,16 @@ def test_events_read_as_sentences() -> None:
 def test_wrap_with_no_width_breaks_only_at_newlines() -> None:
     assert [plain(r) for r in wrap([("", "> ")], [("", "a " * 100 + "\nb")], None, 2)] == [
         "> " + "a " * 99 + "a", "  b"]
+
+
+# Mostly text the fast path takes (plain, wide, emoji, a few marks), and any text.
+_MESSAGES = st.text(alphabet=" ab中😀é\u0301", max_size=200) | st.text(max_size=200)
+
+
+@given(_MESSAGES, st.none() | st.integers(min_value=1, max_value=120),
+       st.sampled_from(["", "class:own"]))
+def test_a_line_with_nothing_to_lay_out_comes_out_as_laid_out_cell_by_cell(
+        text: str, width: int | None, style: str) -> None:
+    prefix: StyleAndTextTuples = [("class:time", "[09:05] "), ("class:dm-in", "Bob → you: ")]
+    body: StyleAndTextTuples = [(style, text)]
+    assert wrap(prefix, body, width, 12) == wrap_cells(prefix, body, width, 12)

@@ -405,3 +405,20 @@ def test_a_first_connection_that_fails_ends_the_client_with_status_1() -> None:
         assert alice.wait_exit() == 1
         assert any(line.startswith(f"reactor-chat: cannot connect to 127.0.0.1:{port}: "
                                    "connection refused") for line in alice.lines), alice.dump()
+
+
+def test_the_password_prompt_takes_the_prompts_place_and_leaves_no_copy_of_it() -> None:
+    with FakeServer(password="sesame") as fake, \
+            terminal(fake.port, logged_in=False, env={"REACTOR_CHAT_PASSWORD": ""}) as alice:
+        alice.wait_for_input_line("Password for Alice:")
+        alice.enter("wrong")
+        alice.wait_for_text("✗ wrong password for Alice")
+        alice.wait_for_input_line("Password for Alice:")
+        alice.enter("sesame")
+        alice.wait_for_text("-- logged in as Alice")
+        alice.wait_for_input_line("Alice>")
+        above = alice.lines[:alice.screen.cursor.y]
+        assert [line for line in above if line.startswith("Alice>")] == [], alice.dump()
+        assert sum(line.startswith("Password for Alice:") for line in above) == 2
+        alice.enter("/quit")
+        assert alice.wait_exit() == 0

@@ -134,6 +134,21 @@ def test_every_message_delivered_is_status_0(server: Server, clients: Clients) -
     assert "\x1b" not in result.stdout.decode()  # no colour into a pipe
 
 
+def test_slash_broadcast_reaches_everyone_and_every_help_lists_it(server: Server,
+                                                                  clients: Clients) -> None:
+    bob = clients.login("Bob")
+    result = run_cli(cli_args(server.port, "Alice"), b"/broadcast hello all\n/help\nhelp\n")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.decode().splitlines()
+    assert lines[0] == "-- logged in as Alice" and "✓ you → everyone: hello all" in lines
+    client_help, server_help = (line for line in lines if "/broadcast <text>" in line)
+    assert client_help.startswith("  /broadcast <text>")
+    assert server_help.startswith("-- ") and "Also: /msg <user> <text>, /broadcast" in server_help
+    assert "/broadcast <text>" in run_cli([sys.executable, "-m", "cli", "--help"]).stdout.decode()
+    bob.expect("<User Alice is online.>", '<Broadcast from Alice: "hello all">',
+               "<User Alice is offline.>")
+
+
 def test_lines_after_bye_are_not_sent(server: Server, clients: Clients) -> None:
     bob = clients.login("Bob")
     result = run_cli(cli_args(server.port, "Alice"), b'bye\nchat Bob "too late"\n')

@@ -65,6 +65,22 @@ def test_while_disconnected_messages_are_refused_and_ctrl_c_exits_cleanly() -> N
         assert alice.wait_exit() == 0
 
 
+def test_each_reconnect_attempt_is_one_row() -> None:
+    with server_process(DEFAULT_BACKEND) as server, \
+            terminal(server.port, "Alice", "--timestamps", "HH:MM") as alice:
+        server.process.kill()
+        server.process.wait(TIMEOUT)
+        alice.wait_for(lambda: alice.count("-- reconnecting failed: ") >= 2,
+                       "two failed attempts", timeout=15)
+        attempts = [line for line in alice.lines if "-- reconnecting failed: " in line]
+        for attempt in attempts:
+            # The reason and the next try, on the row of a timestamped line.
+            assert attempt.startswith("[") and " -- reconnecting failed: connection " \
+                "refused; next try in " in attempt and attempt.endswith(" s"), alice.dump()
+        alice.type(CTRL_C)
+        assert alice.wait_exit() == 0
+
+
 class _FlakyServer:
     """Connection 1: log in, say the server shuts down, close.  Connection 2: the
     name is still taken (a ghost).  Connection 3 on: log in and stay."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cli.typed import Quit, Refused, Send, SetQuery, ShowHelp, interpret, too_long
+from cli.typed import HELP_TEXT, Quit, Refused, Send, SetQuery, ShowHelp, interpret, too_long
 from protocol import DEFAULT_MAX_LINE, Broadcast, Chat, Help, Users, format_command
 
 
@@ -20,6 +20,8 @@ from protocol import DEFAULT_MAX_LINE, Broadcast, Chat, Help, Users, format_comm
     # The ones people reach for; text is literal, no quoting.
     ('/msg Bob say "hi" to C:\\x1b', Send(Chat("Bob", 'say "hi" to C:\\x1b'))),
     ("/MSG bob  two  spaces ", Send(Chat("bob", " two  spaces "))),
+    ('/broadcast say "hi" to C:\\x1b', Send(Broadcast('say "hi" to C:\\x1b'))),
+    ("/BROADCAST  hello all ", Send(Broadcast("hello all "))),
     ("/query Bob", SetQuery("Bob")),
     ("/query", SetQuery(None)),
     ("/who", Send(Users())),
@@ -53,6 +55,9 @@ def test_in_a_query_plain_text_goes_to_the_partner() -> None:
     ("chat Bob", 'usage is chat <user> "<message>" (or: /msg <user> <text>)'),
     ('chat Bob "no end', "unterminated quote"),
     ("/msg Bob", "usage: /msg <user> <text>"),
+    ("/broadcast", "usage: /broadcast <text>"),
+    ("/broadcast  ", "usage: /broadcast <text>"),
+    ("/brodcast hi", '"/brodcast" is not a command; did you mean /broadcast?'),
     ("/msg -x hi", "-x is not a valid username: a username is 1-32 ASCII letters, digits, "
                    "'_', '-' or '.', starting with a letter or digit"),
     ("/query everyone", "everyone is not a valid username: the name everyone is reserved"),
@@ -76,3 +81,9 @@ def test_an_overlong_message_is_refused_with_how_much_too_long() -> None:
     # What the client lets through, the server's limit lets through.
     fitting = Broadcast("é" * 2038 + "x")
     assert too_long(fitting) is None and len(format_command(fitting)) - 1 <= DEFAULT_MAX_LINE
+
+
+def test_the_help_lists_every_slash_command() -> None:
+    for command in ("/msg <user> <text>", "/broadcast <text>", "/query <user>", "/who", "/quit",
+                    "/register", "/password", "/help"):
+        assert command in HELP_TEXT, command

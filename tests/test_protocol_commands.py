@@ -7,10 +7,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from protocol import (
+    COMMAND_NAMES,
+    COMMANDS,
     Broadcast,
     Bye,
     ChangePassword,
     Chat,
+    Command,
+    CommandSpec,
     Help,
     InvalidInput,
     InvalidUsername,
@@ -29,8 +33,19 @@ from protocol import (
     parse_password,
     password_problem,
 )
+from protocol.arguments import Argument
 from protocol.escaping import find_unsafe
-from tests.strategies import any_passwords, commands, passwords, tricky_texts, usernames
+from protocol.events import HELP_LINE
+from tests.strategies import (
+    ARGUMENTS,
+    any_passwords,
+    command_values,
+    commands,
+    passwords,
+    texts,
+    tricky_texts,
+    usernames,
+)
 
 USERNAME_RULE = (
     "a username is 1-32 ASCII letters, digits, '_', '-' or '.', starting with a letter or digit"
@@ -56,6 +71,75 @@ def test_a_formatted_command_is_one_line_of_safe_characters(command: object) -> 
     assert find_unsafe(line) is None
     # ... so the server takes it as it is.
     assert decode_line(data[:-1]) == line
+
+
+# -- the command table: every entry gets these properties without a test of its own ----
+
+
+def _by_name(spec: CommandSpec[Command]) -> str:
+    return spec.name
+
+
+@pytest.mark.parametrize("spec", COMMANDS, ids=_by_name)
+@given(data=st.data())
+def test_every_entry_of_the_table_survives_format_then_parse(
+    spec: CommandSpec[Command], data: st.DataObject
+) -> None:
+    command = data.draw(command_values(spec))
+    wire = format_command(command)
+    assert parse_wire(wire) == command
+    assert type(parse_wire(wire)) is spec.kind
+    # ... written as one line of safe characters, that starts with its word ...
+    line = wire[:-1].decode("utf-8")
+    assert find_unsafe(line) is None and decode_line(wire[:-1]) == line
+    assert line.split(" ", 1)[0] == spec.name
+    # ... which may be written in any case, with spaces around the line.
+    shouted = spec.name.upper() + line[len(spec.name) :]
+    assert parse_command(f"  {shouted}  ") == command
+
+
+@pytest.mark.parametrize("spec", COMMANDS, ids=_by_name)
+def test_every_entry_answers_a_misuse_with_its_own_usage(spec: CommandSpec[Command]) -> None:
+    if spec.parse is None:
+        with pytest.raises(RemoteProtocolError) as caught:
+            parse_command(f"{spec.name} something")
+        assert caught.value.reason == f"{spec.name} takes no arguments"
+        assert parse_command(spec.name) == spec.kind()
+    else:
+        with pytest.raises(RemoteProtocolError) as caught:
+            parse_command(spec.name)
+        assert caught.value.reason == f"usage is {spec.usage}"
+
+
+def test_the_names_and_the_help_line_come_from_the_table_in_its_order() -> None:
+    assert tuple(spec.name for spec in COMMANDS) == COMMAND_NAMES
+    usages = HELP_LINE.removeprefix("<Commands: ").split(". Inside quotes")[0]
+    assert usages.split(" | ") == [spec.usage for spec in COMMANDS]
+
+
+def test_every_argument_kind_has_values_for_the_round_trips() -> None:
+    assert set(ARGUMENTS) == set(Argument)
+
+
+def test_a_word_that_names_no_entry_is_an_unknown_command() -> None:
+    for spec in COMMANDS:
+        with pytest.raises(RemoteProtocolError, match="unknown command"):
+            parse_command(spec.name + "x")
+
+
+@given(usernames, texts)
+def test_the_fast_path_for_chat_gives_what_the_general_parser_gives(name: str, text: str) -> None:
+    # A leading space takes a line past the fast path; the parser ignores it.
+    for line in (f'chat {name} "{text}"', f"chat {name} {text}"):
+        try:
+            fast = parse_command(line)
+        except RemoteProtocolError as error:
+            with pytest.raises(RemoteProtocolError) as caught:
+                parse_command(" " + line)
+            assert caught.value.reason == error.reason
+        else:
+            assert parse_command(" " + line) == fast
+            assert type(fast) is Chat
 
 
 @given(st.text())

@@ -91,6 +91,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import replace
 
+from reactor import notify
 from reactor.chat import ChatService
 from reactor.config import ServerConfig
 from reactor.connection import Connection
@@ -231,6 +232,7 @@ class Server(ABC):
                 log.log(level, "Listening on port %d...", listener.port)
         self.chat.attach(self.call_later, self.call_soon_threadsafe, self.send_at_once,
                          self.socket_loop())
+        notify.ready()  # to systemd (Type=notify), if it started us
         try:
             self._serve()
         finally:
