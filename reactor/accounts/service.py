@@ -234,7 +234,12 @@ class Accounts:
                 take()
 
         def start() -> None:
-            if not self._in_worker(connection, work, back, hashing=True):
+            try:
+                submitted = self._in_worker(connection, work, back, hashing=True)
+            except BaseException:
+                self.turns.done(key, host)  # a turn is never left taken
+                raise
+            if not submitted:
                 self.turns.done(key, host)
                 connection.answer(slot, _BUSY)
 
