@@ -39,12 +39,13 @@ from tests.test_accounts import (
 )
 from tests.test_accounts_load import (
     OWNER,
+    Guesses,
     RecordingHasher,
     Timeline,
     accounts_of,
-    alice_checks_and_failures,
     assert_one_check_per_window,
     guess_in_parallel,
+    three_back_offs,
     timeline,  # noqa: F401  (a fixture)
 )
 
@@ -220,10 +221,8 @@ def test_parallel_guesses_spread_over_the_nodes_are_checked_one_per_back_off_win
             accounts_of(server).hasher = hasher  # one record of the checks of both
         guessers = guess_in_parallel(ports, 8)
         try:
-            wait_until(lambda: len([kind for _, kind in alice_checks_and_failures(
-                timeline.snapshot()) if kind.startswith("off")]) >= 3,
-                message="three back-offs, counted by either node")
-            assert_one_check_per_window(alice_checks_and_failures(timeline.snapshot()))
+            wait_until(three_back_offs(timeline), message="three back-offs, by either node")
+            assert_one_check_per_window(Guesses(timeline.snapshot()))
         finally:
             for client in guessers:
                 client.close()
@@ -233,4 +232,4 @@ def test_parallel_guesses_spread_over_the_nodes_are_checked_one_per_back_off_win
             owner.expect("<Password required for Alice.>")
             owner.send(f'"{PASSWORD}"')
             owner.expect("<User Alice is online.>")
-        assert_one_check_per_window(alice_checks_and_failures(timeline.snapshot()))
+        assert_one_check_per_window(Guesses(timeline.snapshot()))

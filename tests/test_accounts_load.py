@@ -14,7 +14,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -75,7 +75,10 @@ class RecordingHasher(PasswordHasher):
 
     def verify(self, encoded: str, password: str) -> bool:
         self.timeline.add("check", password)
-        return super().verify(encoded, password)
+        try:
+            return super().verify(encoded, password)
+        finally:
+            self.timeline.add("checked", password)  # before its failure is counted
 
 
 class TimelineHandler(logging.Handler):
@@ -105,25 +108,38 @@ def accounts_of(server: Server) -> Accounts:
     return accounts
 
 
-def alice_checks_and_failures(entries: list[tuple[float, str, str]]) -> list[tuple[float, str]]:
-    """Alice's checks ("check") and the back-offs they started ("off N")."""
-    seen: list[tuple[float, str]] = []
-    for when, kind, what in entries:
-        if kind == "check" and what.startswith("wrong guess"):
-            seen.append((when, "check"))
-        elif kind == "log" and (match := BACKING_OFF.fullmatch(what)) and match[1] == "Alice":
-            seen.append((when, f"off {match[2]}"))
-    return seen
+class Guesses:
+    """Alice's wrong guesses as the hasher saw them (when each check started
+    and ended), and the back-offs the server logged for her, shortest first
+    (failures in a row only lengthen it, whichever node logged first)."""
+
+    def __init__(self, entries: list[tuple[float, str, str]]) -> None:
+        self.checks: list[tuple[float, float]] = []
+        self.back_offs: list[float] = []
+        started: dict[str, float] = {}
+        for when, kind, what in entries:
+            if kind == "check" and what.startswith("wrong guess"):
+                started[what] = when
+            elif kind == "checked" and what in started:
+                self.checks.append((started.pop(what), when))
+            elif kind == "log" and (match := BACKING_OFF.fullmatch(what)) and match[1] == "Alice":
+                self.back_offs.append(float(match[2]))
+        self.back_offs.sort()
 
 
-def assert_one_check_per_window(seen: list[tuple[float, str]]) -> None:
-    """Each guess is checked alone -- its failure counted before the next one
-    starts -- and not before the back-off the last failure started is over."""
-    kinds = [kind.split()[0] for _, kind in seen]
-    assert kinds[: len(kinds) // 2 * 2] == ["check", "off"] * (len(kinds) // 2), kinds
-    for (failed_at, off), (checked_at, _) in zip(seen[1::2], seen[2::2], strict=False):
+def assert_one_check_per_window(guesses: Guesses) -> None:
+    """Each guess is checked alone, and not before the back-off that the
+    previous one started is over."""
+    checks = guesses.checks
+    assert len(checks) <= len(guesses.back_offs) + 1, vars(guesses)
+    for (_, ended), (started, _), back_off in zip(checks, checks[1:], guesses.back_offs,
+                                                   strict=False):
         # The server's own timer; a lower bound, never a deadline.
-        assert checked_at - failed_at >= float(off.split()[1]) * 0.9, seen
+        assert started - ended >= back_off * 0.8, vars(guesses)
+
+
+def three_back_offs(timeline: Timeline) -> Callable[[], bool]:
+    return lambda: len(Guesses(timeline.snapshot()).back_offs) >= 3
 
 
 def guess_in_parallel(ports: list[int], guesses: int) -> list[LineClient]:
@@ -151,9 +167,7 @@ def test_parallel_wrong_guesses_are_checked_one_per_back_off_window(
         accounts_of(server).hasher = RecordingHasher(timeline)
         guessers = guess_in_parallel([server.port], 8)
         try:
-            wait_until(lambda: len([kind for _, kind in alice_checks_and_failures(
-                timeline.snapshot()) if kind.startswith("off")]) >= 3,
-                message="three back-offs (0.25, 0.5 and 1 s)")
+            wait_until(three_back_offs(timeline), message="three back-offs")
             # Another name from another address is not held up by them.
             bob = LineClient(server.port, source=OWNER)
             bob.send("Bob")
@@ -161,10 +175,9 @@ def test_parallel_wrong_guesses_are_checked_one_per_back_off_window(
             bob.send(f'"{OTHER}"')
             bob.expect("<User Bob is online.>")
             bob.close()
-            seen = alice_checks_and_failures(timeline.snapshot())
-            assert_one_check_per_window(seen)
-            assert [kind for _, kind in seen][:6] == [
-                "check", "off 0.25", "check", "off 0.5", "check", "off 1"]
+            guesses = Guesses(timeline.snapshot())
+            assert_one_check_per_window(guesses)
+            assert guesses.back_offs[:3] == [0.25, 0.5, 1]
         finally:
             for client in guessers:
                 client.close()
@@ -175,7 +188,7 @@ def test_parallel_wrong_guesses_are_checked_one_per_back_off_window(
             owner.expect("<Password required for Alice.>")
             owner.send(f'"{PASSWORD}"')
             owner.expect("<User Alice is online.>")
-        assert_one_check_per_window(alice_checks_and_failures(timeline.snapshot()))
+        assert_one_check_per_window(Guesses(timeline.snapshot()))
 
 
 # -- item 2: a storm of hashes ---------------------------------------------------------------
