@@ -1,11 +1,11 @@
 """The accounts' worker threads: look-ups on their own, hashes in a bounded queue.
 
-A login looks its name up in the store (a fraction of a millisecond for
-SQLite, one round trip for Redis); a password check, ``register`` or
-``password`` spends a memory-hard hash (tens to hundreds of milliseconds).
-On one pool, a few dozen registrations would make every login wait behind
-their hashes.  So the look-ups have their own threads and never queue behind
-a hash, and the hashes wait in a queue that is
+A login looks its name up in the store (one indexed read, or one round trip
+to Redis); a password check, ``register`` or ``password`` spends a
+memory-hard hash, orders of magnitude slower by design.  On one pool, a few
+dozen registrations would make every login wait behind their hashes.  So the
+look-ups have their own threads and never queue behind a hash, and the hashes
+wait in a queue that is
 
 * bounded: at most ``capacity`` hashes waiting or under way; the next one is
   refused at once, and its client told the server is busy;
