@@ -5,10 +5,10 @@ the chat hands it each valid name, each password line and the account
 commands, and it lets a name in by calling the chat's ``admit``.  It runs on
 the chat thread; the slow parts run on worker threads
 (:mod:`reactor.accounts.workers`) -- a login's look-up on threads of its own,
-the memory-hard hashes (tens to hundreds of milliseconds) in a bounded queue
-that is fair per address and answers ``<Server busy: try again in a
-moment.>`` when full -- and their result comes back to the chat thread
-through the scheduler's ``call_soon_threadsafe``.  Meanwhile the line's answer is a slot in the
+the memory-hard hashes in a bounded queue that is fair per address and
+answers ``<Server busy: try again in a moment.>`` when full -- and their
+result comes back to the chat thread through the scheduler's
+``call_soon_threadsafe``.  Meanwhile the line's answer is a slot in the
 client's reply queue (``LoginSession.answer_later``): while logging in the
 client's later lines wait behind it, the event loop serves everybody else,
 and the threads backend's chat lock is not held.
@@ -244,8 +244,10 @@ class Accounts:
                 connection.answer(slot, _BUSY)
 
         def take() -> None:
+            # (Both under the connection's containment: a turn's timer is the
+            # scheduler's, not the connection's.)
             self.turns.take(key, host, connection.guard(start), lambda: connection.is_open,
-                            lambda: connection.answer(slot))
+                            connection.guard(lambda: connection.answer(slot)))
 
         take()
 
