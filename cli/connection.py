@@ -33,6 +33,7 @@ from protocol import (
     Login,
     LoginTimedOut,
     PasswordRequired,
+    ServerBusy,
     ServerFull,
     ServiceUnavailable,
     ShuttingDown,
@@ -183,6 +184,8 @@ def refusal(event: object) -> str | None:
             return f"the server rejected the username: {reason}"
         case ServerFull():
             return "the server is full"
+        case ServerBusy():
+            return "the server is busy: try again in a moment"
         case TooManyFromAddress():
             return "the server allows no more connections from your address"
         case LoginTimedOut():

@@ -155,6 +155,12 @@ class TooManyTries:
 
 
 @dataclass(frozen=True, slots=True)
+class ServerBusy:
+    """A password could not be hashed now: the server's queue of hashes is
+    full.  Nothing happened (no try is counted); the line may be sent again."""
+
+
+@dataclass(frozen=True, slots=True)
 class Registered:
     """The reply to ``register``: the name is now the sender's."""
 
@@ -197,7 +203,7 @@ Event = (
     | BroadcastSent | BroadcastFrom | OnlineUsers | HelpText | InvalidInput | InvalidUsername
     | UsernameTaken | ServerFull | TooManyFromAddress | LoginTimedOut | ShuttingDown
     | PasswordRequired | WrongPassword | TooManyTries | Registered | PasswordChanged
-    | BroadcastNotSent | ServiceUnavailable | Disconnected
+    | BroadcastNotSent | ServiceUnavailable | Disconnected | ServerBusy
 )
 
 # Every command's usage, in the order of the command table.
@@ -212,6 +218,7 @@ _FIXED_LINES: dict[type, str] = {
     LoginTimedOut: "<Login timed out.>",
     ShuttingDown: "<Server is shutting down.>",
     TooManyTries: "<Too many wrong passwords.>",
+    ServerBusy: "<Server busy: try again in a moment.>",
 }
 _FIXED_EVENTS: dict[str, Event] = {line: kind() for kind, line in _FIXED_LINES.items()}
 _INPUT_SUFFIX = '. Type "help" for commands.>'

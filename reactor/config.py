@@ -30,8 +30,13 @@ class AccountsConfig:
     backoff_first: float = 1.0
     backoff_max: float = 300.0
     backoff_keys: int = 10_000
-    # Threads that hash passwords and talk to the store.
+    # Threads that hash passwords (and, as many again, threads that look
+    # names up in the store: a login never waits behind a hash).
     workers: int = 2
+    # Hashes waiting or under way at once, and of those from one address;
+    # the next gets <Server busy: try again in a moment.>.
+    hash_queue: int = 32
+    hash_queue_per_address: int = 4
 
 
 @dataclass(frozen=True, slots=True)

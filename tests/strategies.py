@@ -30,6 +30,7 @@ from protocol import (
     PasswordChanged,
     PasswordRequired,
     Registered,
+    ServerBusy,
     ServerFull,
     ServiceUnavailable,
     ShuttingDown,
@@ -137,5 +138,5 @@ events: st.SearchStrategy[Event] = st.one_of(
     st.builds(BroadcastNotSent, reasons), st.builds(ServiceUnavailable, reasons),
     st.builds(Disconnected, reasons),
     st.sampled_from([HelpText(), ServerFull(), TooManyFromAddress(), LoginTimedOut(),
-                     ShuttingDown(), TooManyTries()]),
+                     ShuttingDown(), TooManyTries(), ServerBusy()]),
 )

@@ -37,6 +37,17 @@ from tests.test_accounts import (
     register,
     settings,
 )
+from tests.test_accounts_load import (
+    OWNER,
+    Guesses,
+    RecordingHasher,
+    Timeline,
+    accounts_of,
+    assert_one_check_per_window,
+    guess_in_parallel,
+    three_back_offs,
+    timeline,  # noqa: F401  (a fixture)
+)
 
 # Slow: nodes on a real Redis, and back-offs that are waited out.
 pytestmark = pytest.mark.slow
@@ -197,3 +208,31 @@ def test_a_name_given_up_on_another_node_is_not_refused_from_a_lagging_view(
             first.call_soon_threadsafe(catch_up)
             again.send(f'"{PASSWORD}"')
             again.expect("<User Alice is online.>")
+
+
+@pytest.mark.parametrize("pair", PAIRS, ids=PAIR_IDS)
+def test_parallel_guesses_spread_over_the_nodes_are_checked_one_per_back_off_window(
+    redis_server: RedisServer, timeline: Timeline, pair: tuple[str, str],  # noqa: F811
+) -> None:
+    url = redis_server.url
+    with nodes(pair, url, accounts=settings(url, backoff_first=0.25,
+                                            backoff_max=60.0)) as servers:
+        ports = [server.port for server in servers]
+        register(ports[0], "Alice")
+        hasher = RecordingHasher(timeline)
+        for server in servers:
+            accounts_of(server).hasher = hasher  # one record of the checks of both
+        guessers = guess_in_parallel(ports, 8)
+        try:
+            wait_until(three_back_offs(timeline), message="three back-offs, by either node")
+            assert_one_check_per_window(Guesses(timeline.snapshot()))
+        finally:
+            for client in guessers:
+                client.close()
+        # The owner, on the other node and after the back-off, logs in.
+        with LineClient(ports[1], source=OWNER) as owner:
+            owner.send("Alice")
+            owner.expect("<Password required for Alice.>")
+            owner.send(f'"{PASSWORD}"')
+            owner.expect("<User Alice is online.>")
+        assert_one_check_per_window(Guesses(timeline.snapshot()))

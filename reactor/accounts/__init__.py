@@ -6,6 +6,10 @@
   PHC-style strings that carry their parameters;
 * :mod:`reactor.accounts.backoff` -- exponential back-off per name and per
   address, in bounded memory;
+* :mod:`reactor.accounts.turns` -- one password check at a time per name and
+  per address, taken before it is hashed;
+* :mod:`reactor.accounts.workers` -- look-ups on threads of their own, hashes
+  in a bounded queue, fair per address;
 * :mod:`reactor.accounts.service` -- :class:`Accounts`, what the chat does with
   them (the password step of a login, ``register``, ``password``);
 * ``python -m reactor.accounts`` -- the operator's list/remove/reset.

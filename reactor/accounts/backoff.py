@@ -37,6 +37,13 @@ class BackOff:
             return 0.0
         return max(0.0, until - now)
 
+    def failures(self, key: str, now: float) -> int:
+        """Failures in a row counted against ``key`` and not yet forgotten."""
+        entry = self._keys.get(key)
+        if entry is None or now >= entry[1] + self.most:
+            return 0
+        return entry[0]
+
     def failed(self, key: str, now: float) -> float:
         """Count a failure; returns the back-off it starts, in seconds."""
         entry = self._keys.pop(key, None)

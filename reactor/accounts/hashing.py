@@ -69,6 +69,11 @@ class PasswordHasher(ABC):
     def needs_rehash(self, encoded: str) -> bool:
         """True if ``encoded`` was made with another scheme or weaker parameters."""
 
+    def verify(self, encoded: str, password: str) -> bool:
+        """Whether ``password`` matches ``encoded``, whichever scheme made it
+        (:func:`verify_password`; the server checks through its hasher)."""
+        return verify_password(encoded, password)
+
 
 class ScryptHasher(PasswordHasher):
     def __init__(self, ln: int = 15, r: int = 8, p: int = 3) -> None:

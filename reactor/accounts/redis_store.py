@@ -9,9 +9,10 @@ keeps the accounts beside the cluster's state, under the same hash tag
                       registering is one ``HSETNX`` (of two nodes racing to
                       register one name, exactly one wins).
 ``P accounts:kept``   a marker, set when a server first opens the store.
-``P backoff:<key>``   HASH {n, until}: the password back-off of a name
-                      (``name:<key>``) or an address (``address:<host>``),
-                      shared by every node; expires once quiet.
+``P backoff:<key>``   HASH {n, until, checking}: the password back-off of a
+                      name (``name:<key>``) or an address (``address:<host>``),
+                      and the turn of the one check under way for it, shared
+                      by every node; expires once quiet.
 
 **Fail closed when Redis forgets.**  A Redis that restarts without
 persistence comes back empty, and an empty store would make every
@@ -88,6 +89,29 @@ end
 return waits
 """
 
+# ARGV: hold, retry (ms).  A turn is the field ``checking`` (until when, Redis
+# ms) on every key at once, or on none: returns all zeros if taken, else each
+# key's wait in ms (its back-off, or at most ``retry`` while checked elsewhere).
+_TURN = _NOW + """
+local hold, retry = tonumber(ARGV[1]), tonumber(ARGV[2])
+local waits, free = {}, true
+for i, key in ipairs(KEYS) do
+  local ends = tonumber(redis.call('HGET', key, 'until') or 0)
+  local checking = tonumber(redis.call('HGET', key, 'checking') or 0)
+  local wait = math.max(0, ends - now)
+  if checking > now then wait = math.max(wait, math.min(retry, checking - now)) end
+  waits[i] = wait
+  if wait > 0 then free = false end
+end
+if free then
+  for i, key in ipairs(KEYS) do
+    redis.call('HSET', key, 'checking', now + hold)
+    if redis.call('PTTL', key) < hold then redis.call('PEXPIRE', key, hold) end
+  end
+end
+return waits
+"""
+
 # ARGV: first, most (ms).  Returns each key's new back-off, in ms.
 _FAILED = _NOW + """
 local first, most = tonumber(ARGV[1]), tonumber(ARGV[2])
@@ -124,6 +148,7 @@ class RedisAccountStore(AccountStore):
             self._set_password = self._redis.register_script(_SET_PASSWORD)
             self._waits = self._redis.register_script(_WAITS)
             self._failed = self._redis.register_script(_FAILED)
+            self._turn = self._redis.register_script(_TURN)
             if self._redis.set(KEPT, "1", nx=True):
                 self._warnings.append(
                     f"Registered names in Redis at {without_password(url)}: none kept "
@@ -191,6 +216,18 @@ class RedisAccountStore(AccountStore):
         with self._errors():
             waits = self._waits(keys=[BACKOFF + key for key in keys])
         return [int(ms) / 1000 for ms in waits]
+
+    def shared_turn(self, keys: list[str], hold: float, retry: float) -> list[float]:
+        with self._errors():
+            waits = self._turn(keys=[BACKOFF + key for key in keys],
+                               args=[round(hold * 1000), max(1, round(retry * 1000))])
+        return [int(ms) / 1000 for ms in waits]
+
+    def shared_release(self, keys: list[str]) -> None:
+        with self._errors(), self._redis.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.hdel(BACKOFF + key, "checking")
+            pipe.execute()
 
     def shared_failure(self, keys: list[str], first: float, most: float) -> list[float]:
         with self._errors():

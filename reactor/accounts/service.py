@@ -3,9 +3,11 @@
 :class:`Accounts` is the chat's login step (:class:`~reactor.contracts.LoginStep`):
 the chat hands it each valid name, each password line and the account
 commands, and it lets a name in by calling the chat's ``admit``.  It runs on
-the chat thread; the slow parts -- the store and the memory-hard hash, tens
-to hundreds of milliseconds -- run on a small pool of worker threads, and
-their result comes back to the chat thread through the scheduler's
+the chat thread; the slow parts run on worker threads
+(:mod:`reactor.accounts.workers`) -- a login's look-up on threads of its own,
+the memory-hard hashes in a bounded queue that is fair per address and
+answers ``<Server busy: try again in a moment.>`` when full -- and their
+result comes back to the chat thread through the scheduler's
 ``call_soon_threadsafe``.  Meanwhile the line's answer is a slot in the
 client's reply queue (``LoginSession.answer_later``): while logging in the
 client's later lines wait behind it, the event loop serves everybody else,
@@ -21,14 +23,17 @@ The line after ``<Password required ...>`` is the password (bare or quoted,
 :func:`protocol.parse_password`); a wrong one may be followed by another, up
 to ``max_tries`` per connection, after which the connection gets ``<Too many
 wrong passwords.>`` and is closed.  While a name or an address is backing off
-(:mod:`reactor.accounts.backoff`), its password line waits, unread, like a
-line over the flood-control rate: nothing is dropped or refused, the answer
-just comes later.  Waiting rather than refusing keeps one answer per line in
-order and needs nothing of a client but patience, and a guesser gains nothing
-by sending faster.  A store shared by a cluster (Redis) also counts the
-failures for every node (``AccountStore.shared_failure``), and a login adopts
-the back-off that other nodes counted, so a guesser gains nothing by
-spreading over nodes either.
+(:mod:`reactor.accounts.backoff`), or has a password check under way, its
+password line waits, unread, like a line over the flood-control rate: nothing
+is dropped or refused, the answer just comes later.  A check takes its turn
+(:mod:`reactor.accounts.turns`) before it is hashed, so at most one per name
+and one per address is under way, and one per back-off window goes.  Waiting
+rather than refusing keeps one answer per line in order and needs nothing of
+a client but patience, and a guesser gains nothing by sending faster.  A
+store shared by a cluster (Redis) also counts the failures for every node
+(``AccountStore.shared_failure``), a check takes its turn there too
+(``shared_turn``), and a login adopts the back-off that other nodes counted,
+so a guesser gains nothing by spreading over nodes either.
 
 Passwords are accepted only from a secure transport (TLS), a loopback peer,
 or anywhere if the operator said ``--allow-plaintext-passwords``; otherwise a
@@ -39,11 +44,12 @@ sent to anyone, and not kept once it is hashed.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Protocol, cast
+from typing import Any, cast
 
 from protocol import (
     InvalidInput,
@@ -52,6 +58,7 @@ from protocol import (
     PasswordRequired,
     ProtocolError,
     Registered,
+    ServerBusy,
     TooManyTries,
     WrongPassword,
     decode_line,
@@ -60,8 +67,10 @@ from protocol import (
     username_key,
 )
 from reactor.accounts.backoff import BackOff
-from reactor.accounts.hashing import PasswordHasher, hasher_from_spec, verify_password
+from reactor.accounts.hashing import PasswordHasher, hasher_from_spec
 from reactor.accounts.store import Account, AccountStore
+from reactor.accounts.turns import Turns
+from reactor.accounts.workers import Executor, HashQueue
 from reactor.config import AccountsConfig
 from reactor.contracts import Admit, LoginSession, Scheduler
 
@@ -71,12 +80,14 @@ INSECURE = ("passwords are only accepted over TLS or from this machine;"
             " ask the operator")
 UNAVAILABLE = "the account store is unavailable; try again later"
 _TOO_MANY = format_event(TooManyTries())
+_BUSY = format_event(ServerBusy())
+# Seconds a turn in a shared store stays taken at most: a server that dies
+# while checking cannot hold a name (or an address) back for longer.
+TURN_HOLD = 10.0
+# A check's verdict when another server of the cluster has the turn.
+_LATER = "later"
 
-
-class Executor(Protocol):
-    def submit(self, fn: Callable[[], Any]) -> object: ...
-
-    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None: ...
+Verdict = tuple[str, list[float]]
 
 
 class Accounts:
@@ -85,15 +96,23 @@ class Accounts:
     def __init__(self, settings: AccountsConfig, store: AccountStore,
                  hasher: PasswordHasher | None = None,
                  executor: Executor | None = None) -> None:
+        """``executor`` (tests) runs both look-ups and hashes; by default each
+        has ``settings.workers`` threads of its own."""
         self.settings = settings
         self.store = store
         self.hasher = hasher or hasher_from_spec(settings.password_hash)
-        self.executor: Executor = executor or ThreadPoolExecutor(
-            max_workers=settings.workers, thread_name_prefix="accounts")
+        self.lookups: Executor = executor or ThreadPoolExecutor(
+            max_workers=settings.workers, thread_name_prefix="accounts-lookup")
+        self.hashes = HashQueue(
+            executor or ThreadPoolExecutor(max_workers=settings.workers,
+                                           thread_name_prefix="accounts-hash"),
+            settings.hash_queue, settings.hash_queue_per_address)
         self.names = BackOff(settings.backoff_first, settings.backoff_max,
                              settings.backoff_keys)
         self.addresses = BackOff(settings.backoff_first, settings.backoff_max,
                                  settings.backoff_keys)
+        self.turns = Turns(self.names, self.addresses, lambda: self.scheduler.clock(),
+                           lambda delay, then: self.scheduler.call_later(delay, then))
         self._scheduler: Scheduler | None = None
 
     def start(self, scheduler: Scheduler) -> None:
@@ -105,7 +124,8 @@ class Accounts:
         return self._scheduler
 
     def close(self) -> None:
-        self.executor.shutdown(wait=True, cancel_futures=True)
+        self.lookups.shutdown(wait=True, cancel_futures=True)
+        self.hashes.executor.shutdown(wait=True, cancel_futures=True)
         self.store.close()
 
     # -- the rules ------------------------------------------------------------
@@ -123,10 +143,6 @@ class Accounts:
                 return False
         return False
 
-    def _wait(self, name: str, host: str) -> float:
-        now = self.scheduler.clock()
-        return max(self.names.wait(username_key(name), now), self.addresses.wait(host, now))
-
     @staticmethod
     def _shared_keys(name: str, host: str) -> list[str]:
         """The name's and the address's keys in a store's shared back-off."""
@@ -142,15 +158,18 @@ class Accounts:
         now = self.scheduler.clock()
         delay = max(self.names.failed(username_key(name), now),
                     self.addresses.failed(host, now), *shared)
-        self._adopt(name, host, shared)
+        if shared:
+            self._adopt(name, host, shared)
         log.warning("Login failures for %s from %s: backing off %g s", name, host, delay)
 
-    # -- the worker pool --------------------------------------------------------
+    # -- the worker threads -------------------------------------------------------
 
     def _in_worker(self, connection: LoginSession, work: Callable[[], Any],
-                   done: Callable[[Any], None]) -> None:
-        """Run ``work`` on a worker; ``done(result)`` (or ``done(exception)``)
-        later on the chat thread, under the connection's containment.
+                   done: Callable[[Any], None], *, hashing: bool = False) -> bool:
+        """Run ``work`` on a worker (a hash worker if ``hashing``);
+        ``done(result)`` (or ``done(exception)``) later on the chat thread,
+        under the connection's containment.  False, and nothing done, if the
+        hash queue is full.
 
         The worker hands the result back itself, rather than through a
         future's done-callback: that would run on the chat thread when the
@@ -159,18 +178,78 @@ class Accounts:
         """
         guarded = connection.guard(done)
         call_soon = self.scheduler.call_soon_threadsafe
+        host, hashes = connection.peer_host, self.hashes
+
+        def back(result: object) -> None:
+            if hashing:
+                hashes.finished(host)
+            guarded(result)
 
         def run() -> None:
             try:
                 result = work()
             except Exception as error:  # reported on the chat thread
                 result = error
-            call_soon(lambda: guarded(result))
+            call_soon(lambda: back(result))
 
         try:
-            self.executor.submit(run)
+            if not hashing:
+                self.lookups.submit(run)
+            elif not hashes.submit(host, run):
+                return False
         except RuntimeError as error:  # shut down: the server is stopping
             guarded(error)
+        return True
+
+    def _in_turn(self, connection: LoginSession, slot: object, name: str,
+                 check: Callable[[], Verdict], decided: Callable[[object], None]) -> None:
+        """Run the password check ``check`` on a hash worker in its turn
+        (:mod:`reactor.accounts.turns`), then ``decided(verdict)``; the turn
+        is given back only once the verdict is counted."""
+        key, host = username_key(name), connection.peer_host
+        keys, store, retry = self._shared_keys(name, host), self.store, self.settings.backoff_first
+
+        def work() -> Verdict:
+            if retry <= 0:  # no back-off: nothing to take turns for across servers
+                return check()
+            waits = store.shared_turn(keys, TURN_HOLD, retry)
+            if any(wait > 0 for wait in waits):
+                return _LATER, waits
+            try:
+                return check()
+            finally:
+                with contextlib.suppress(Exception):  # else it lapses after TURN_HOLD
+                    store.shared_release(keys)
+
+        def back(result: object) -> None:
+            verdict, waits = _outcome(result)
+            try:
+                if verdict == _LATER:  # another server checks, or counted a failure
+                    self._adopt(name, host, waits)
+                else:
+                    decided(result)
+            finally:
+                self.turns.done(key, host)
+            if verdict == _LATER:
+                take()
+
+        def start() -> None:
+            try:
+                submitted = self._in_worker(connection, work, back, hashing=True)
+            except BaseException:
+                self.turns.done(key, host)  # a turn is never left taken
+                raise
+            if not submitted:
+                self.turns.done(key, host)
+                connection.answer(slot, _BUSY)
+
+        def take() -> None:
+            # (Both under the connection's containment: a turn's timer is the
+            # scheduler's, not the connection's.)
+            self.turns.take(key, host, connection.guard(start), lambda: connection.is_open,
+                            connection.guard(lambda: connection.answer(slot)))
+
+        take()
 
     # -- logging in ---------------------------------------------------------------
 
@@ -220,28 +299,14 @@ class Accounts:
             connection.reply(format_event(InvalidInput(error.reason)))
             return
         slot = connection.answer_later()
-        self._after_back_off(connection, slot, name, lambda: self._check_login(
-            connection, slot, name, password, admit))
-
-    def _after_back_off(self, connection: LoginSession, slot: object, name: str,
-                        then: Callable[[], None]) -> None:
-        wait = self._wait(name, connection.peer_host)
-        if wait > 0:
-            connection.call_later(wait, lambda: then() if connection.is_open
-                                  else connection.answer(slot))
-        else:
-            then()
-
-    def _check_login(self, connection: LoginSession, slot: object, name: str, password: str,
-                     admit: Admit) -> None:
         store, hasher = self.store, self.hasher
         keys, settings = self._shared_keys(name, connection.peer_host), self.settings
 
-        def work() -> tuple[str, list[float]]:
+        def check() -> Verdict:
             account = store.get(name)
             if account is None:
                 return "unregistered", []  # removed meanwhile: an open name now
-            if not verify_password(account.password_hash, password):
+            if not hasher.verify(account.password_hash, password):
                 return "wrong", store.shared_failure(keys, settings.backoff_first,
                                                      settings.backoff_max)
             if hasher.needs_rehash(account.password_hash):
@@ -251,23 +316,24 @@ class Accounts:
             store.shared_success(keys[0])
             return "right", []
 
-        self._in_worker(connection, work, lambda verdict: self._checked(
+        self._in_turn(connection, slot, name, check, lambda verdict: self._checked(
             connection, slot, name, admit, verdict))
 
     def _checked(self, connection: LoginSession, slot: object, name: str, admit: Admit,
                  result: object) -> None:
+        host = connection.peer_host
+        verdict, shared = _outcome(result)
+        if verdict == "wrong":
+            self._failed(name, host, shared)  # counted even if the guesser has gone
         if not connection.is_open:
             connection.answer(slot)
             return
-        host = connection.peer_host
-        verdict, shared = _outcome(result)
         if isinstance(verdict, Exception):
             log.error("Account store failed checking %s: %s", name, verdict)
             connection.password_done()
             connection.answer(slot, format_event(InvalidUsername(UNAVAILABLE)))
         elif verdict == "wrong":
             connection.password_tries += 1
-            self._failed(name, host, shared)
             if connection.password_tries < self.settings.max_tries:
                 connection.answer(slot, format_event(WrongPassword(name)))
                 return
@@ -312,7 +378,8 @@ class Accounts:
                     f"{name} is already registered; change its password with"
                     ' password "<old>" "<new>"')))
 
-        self._in_worker(connection, work, done)
+        if not self._in_worker(connection, work, done, hashing=True):
+            connection.answer(slot, _BUSY)
 
     def change_password(self, connection: LoginSession, name: str, old: str, new: str) -> None:
         if not self.is_secure(connection):
@@ -323,11 +390,11 @@ class Accounts:
         store, hasher = self.store, self.hasher
         keys, settings = self._shared_keys(name, connection.peer_host), self.settings
 
-        def work() -> tuple[str, list[float]]:
+        def check() -> Verdict:
             account = store.get(name)
             if account is None:
                 return "unregistered", []
-            if not verify_password(account.password_hash, old):
+            if not hasher.verify(account.password_hash, old):
                 return "wrong", store.shared_failure(keys, settings.backoff_first,
                                                      settings.backoff_max)
             if not store.set_password(name, hasher.hash(new)):
@@ -351,8 +418,7 @@ class Accounts:
                 connection.answer(slot, format_event(InvalidInput(
                     f'{name} is not registered; register it with register "<password>"')))
 
-        self._after_back_off(connection, slot, name,
-                             lambda: self._in_worker(connection, work, done))
+        self._in_turn(connection, slot, name, check, done)
 
 
 def _outcome(result: object) -> tuple[object, list[float]]:

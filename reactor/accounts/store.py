@@ -65,6 +65,18 @@ class AccountStore(ABC):
         """Seconds each key must still wait because of failures counted here."""
         return [0.0] * len(keys)
 
+    def shared_turn(self, keys: list[str], hold: float, retry: float) -> list[float]:
+        """Take the keys' turn for one password check, before it is hashed.
+
+        All zeros: taken, by this server alone, until ``shared_release`` or for
+        ``hold`` seconds at most (a server that dies mid-check cannot hold a
+        name for longer).  Otherwise nothing is taken, and each key's wait:
+        its back-off, or at most ``retry`` while another server checks."""
+        return [0.0] * len(keys)
+
+    def shared_release(self, keys: list[str]) -> None:  # noqa: B027 - nothing to share
+        """Give back the turn taken by ``shared_turn`` (the verdict is counted)."""
+
     def shared_failure(self, keys: list[str], first: float, most: float) -> list[float]:
         """Count a wrong password against each key; the back-off each now starts."""
         return [0.0] * len(keys)
