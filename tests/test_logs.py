@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 from tests.faults import REPO
+from tests.support import without_log_time
 
 LOG_AND_STOP = """
 import logging, sys
@@ -33,7 +34,8 @@ def _run(count: int, stop_timeout: float, stdout: int) -> subprocess.CompletedPr
 
 def test_every_record_is_written_in_order_and_stop_says_so() -> None:
     result = _run(3, 5.0, subprocess.PIPE)
-    assert result.stdout == "[Test] line 0\n[Test] line 1\n[Test] line 2\n"
+    lines = [without_log_time(line) for line in result.stdout.splitlines()]
+    assert lines == ["[Test] line 0", "[Test] line 1", "[Test] line 2"]
     assert result.stderr == "stopped\n"
 
 
