@@ -61,7 +61,7 @@ def dm_until_echoed(ann: Client, tag: str, sent: list[str],
     """Ann DMs Bob until one is echoed; returns the refusals.  ``sent``
     collects the texts that were echoed (those Bob must get)."""
     deadline = time.monotonic() + timeout
-    refusals = []
+    refusals: list[str] = []
     for attempt in range(10_000):
         text = f"{tag}-{attempt}"
         line = answer_to_dm(ann, text)
