@@ -63,10 +63,11 @@ def _on_worker(worker: int, client_port: int) -> bool:
 
 
 def test_two_workers_share_the_port_are_one_chat_restart_a_killed_worker_and_stop_on_sigterm(
-    redis_server: RedisServer,  # noqa: F811
+    redis_server: RedisServer, backend: str,  # noqa: F811
 ) -> None:
+    """On every backend: the workers are whole servers of that backend."""
     supervisor = Supervised("--cluster", redis_server.url, "--cluster-lease", f"{LEASE:g}",
-                            "--workers", "2", "--backend", "select")
+                            "--workers", "2", "--backend", backend)
     try:
         port = int(supervisor.wait_for_log(r"Started 2 workers on port (\d+)")[0].group(1))
         supervisor.wait_for_log(rf"Listening on port {port}\.\.\.", count=2)

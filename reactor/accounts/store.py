@@ -19,7 +19,9 @@ import os
 import sqlite3
 import threading
 import time
+import urllib.parse
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from protocol import username_key
@@ -111,6 +113,15 @@ class SQLiteAccountStore(AccountStore):
     hashes.  WAL mode lets the operator's ``python -m reactor.accounts`` change
     it while a server reads it; every lookup reads the file, so a change is
     seen at the next login.
+
+    The file is the truth, whatever happens to it while the server runs.
+    Each use checks that the path still names the file this thread has open:
+    a file deleted meanwhile makes the store unavailable (rather than
+    acknowledging registrations into an unlinked file that the next restart
+    would not see, or creating an empty one that would open every name), and
+    a file replaced (a backup restored) is reopened.  Every SQLite error
+    becomes :class:`StoreUnavailable` with a one-line reason, and the
+    connection that met it is replaced at the next use.
     """
 
     def __init__(self, path: str, busy_timeout: float = 5.0) -> None:
@@ -131,50 +142,95 @@ class SQLiteAccountStore(AccountStore):
             reason = getattr(error, "strerror", None) or str(error)
             raise StoreUnavailable(f"cannot open the accounts file {path}: {reason}") from None
 
+    def _identity(self) -> tuple[int, int] | None:
+        """The (device, inode) the path names now; None for ``:memory:``."""
+        if self.path == ":memory:":
+            return None
+        try:
+            found = os.stat(self.path)
+        except FileNotFoundError:
+            raise StoreUnavailable(
+                f"the accounts file {self.path} is gone (deleted while the server ran?)"
+            ) from None
+        return found.st_dev, found.st_ino
+
     def _db(self) -> sqlite3.Connection:
+        identity = self._identity()
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is not None and self._local.identity != identity:
+            self._forget(db)  # replaced: the new file is the truth now
+            db = None
         if db is None:
             if self._closed:
                 raise StoreUnavailable("the account store is closed")
-            db = sqlite3.connect(self.path, timeout=self._busy_timeout,
+            # mode=rw: never create the file here (an empty one would
+            # open every registered name); __init__ alone creates it.
+            target = self.path if identity is None else (
+                "file:" + urllib.parse.quote(os.path.abspath(self.path)) + "?mode=rw")
+            db = sqlite3.connect(target, timeout=self._busy_timeout, uri=identity is not None,
                                  check_same_thread=False, isolation_level=None)
             with contextlib.suppress(sqlite3.Error):
                 db.execute("PRAGMA journal_mode=WAL")
-            self._local.db = db
+            self._local.db, self._local.identity = db, identity
             with self._lock:
                 self._all.append(db)
         return db
 
+    def _forget(self, db: sqlite3.Connection) -> None:
+        self._local.db = None
+        with self._lock:
+            if db in self._all:
+                self._all.remove(db)
+        with contextlib.suppress(sqlite3.Error):
+            db.close()
+
+    @contextlib.contextmanager
+    def _using(self) -> Iterator[sqlite3.Connection]:
+        """This thread's connection; SQLite's errors as one-line StoreUnavailable."""
+        db = self._db()
+        try:
+            yield db
+        except sqlite3.Error as error:
+            # A connection that found the file damaged may keep saying so
+            # after a repair: the next use opens a fresh one.
+            self._forget(db)
+            raise StoreUnavailable(f"the accounts file {self.path}: {error}") from None
+
     def get(self, name: str) -> Account | None:
-        row = self._db().execute(
-            "SELECT name, password_hash, created, updated FROM accounts WHERE key = ?",
-            (username_key(name),),
-        ).fetchone()
+        with self._using() as db:
+            row = db.execute(
+                "SELECT name, password_hash, created, updated FROM accounts WHERE key = ?",
+                (username_key(name),),
+            ).fetchone()
         return None if row is None else Account(*row)
 
     def create(self, name: str, password_hash: str) -> bool:
         now = time.time()
-        cursor = self._db().execute(
-            "INSERT OR IGNORE INTO accounts VALUES (?, ?, ?, ?, ?)",
-            (username_key(name), name, password_hash, now, now),
-        )
+        with self._using() as db:
+            cursor = db.execute(
+                "INSERT OR IGNORE INTO accounts VALUES (?, ?, ?, ?, ?)",
+                (username_key(name), name, password_hash, now, now),
+            )
         return cursor.rowcount == 1
 
     def set_password(self, name: str, password_hash: str) -> bool:
-        cursor = self._db().execute(
-            "UPDATE accounts SET password_hash = ?, updated = ? WHERE key = ?",
-            (password_hash, time.time(), username_key(name)),
-        )
+        with self._using() as db:
+            cursor = db.execute(
+                "UPDATE accounts SET password_hash = ?, updated = ? WHERE key = ?",
+                (password_hash, time.time(), username_key(name)),
+            )
         return cursor.rowcount == 1
 
     def remove(self, name: str) -> bool:
-        cursor = self._db().execute("DELETE FROM accounts WHERE key = ?", (username_key(name),))
+        with self._using() as db:
+            cursor = db.execute("DELETE FROM accounts WHERE key = ?", (username_key(name),))
         return cursor.rowcount == 1
 
     def accounts(self) -> list[Account]:
-        rows = self._db().execute(
-            "SELECT name, password_hash, created, updated FROM accounts ORDER BY key"
-        ).fetchall()
+        with self._using() as db:
+            rows = db.execute(
+                "SELECT name, password_hash, created, updated FROM accounts ORDER BY key"
+            ).fetchall()
         return [Account(*row) for row in rows]
 
     def close(self) -> None:
