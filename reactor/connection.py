@@ -181,6 +181,10 @@ class Connection:
             self.fail(error)
         finally:
             self.chat.connection_closed(self)
+            # Break the connection <-> transport cycle, so that reference
+            # counting frees both (and their buffers) now rather than at the
+            # cyclic collector's next full pass.
+            self.transport.connection = None
 
     def fail(self, error: BaseException) -> None:
         """Contain an error raised on this connection's behalf: log, abort it, carry on."""
