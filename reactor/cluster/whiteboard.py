@@ -16,7 +16,13 @@ reaped -- it was frozen past its lease -- is *fenced*: it tells its clients,
 closes them, and joins again as a new node.  Until a renewal succeeds within
 the lease, the node does nothing that needs the cluster, local direct
 messages included: a node cut off from Redis cannot know whether it has
-already been declared dead.
+already been declared dead.  For the same reason it hands its users nothing
+from its inbox (direct messages, broadcasts) while its own lease may have run
+out: those entries wait for the next renewal, and are dropped if it answers
+that the node was fenced.
+
+A node listens before it has joined; a login that arrives meanwhile waits
+for the join (up to a lease) rather than being refused.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ import socket
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 from protocol import UserOffline, UserOnline, format_event, username_key
 from reactor.cluster.link import UNAVAILABLE, Link, Reply, ThreadLink
@@ -104,6 +110,19 @@ class _Pending:
         self.timer = timer
 
 
+class _HeldClaim(Generic[S]):
+    """A login that arrived before this node joined, waiting for the join."""
+
+    __slots__ = ("name", "on_result", "session", "timer")
+
+    def __init__(self, name: str, session: S, on_result: ClaimResult,
+                 timer: TimerHandle) -> None:
+        self.name = name
+        self.session = session
+        self.on_result = on_result
+        self.timer = timer
+
+
 class ClusterWhiteboard(Whiteboard[S]):
     """The cluster's roster (:class:`~reactor.contracts.Roster`).
 
@@ -154,6 +173,8 @@ class ClusterWhiteboard(Whiteboard[S]):
         # (inbox n, notice) applied while logins were awaiting their verdict.
         self._recent_presence: deque[tuple[int, bytes]] = deque(maxlen=100_000)
         self._after_inbox: list[tuple[int, Callable[[], None]]] = []
+        # Logins waiting for this node to join.
+        self._held_claims: list[_HeldClaim[S]] = []
 
     @staticmethod
     def _new_node_id() -> str:
@@ -184,6 +205,9 @@ class ClusterWhiteboard(Whiteboard[S]):
         self._closing = True
         if self._renew_timer is not None:
             self._renew_timer.cancel()
+        for held in self._held_claims:
+            held.timer.cancel()
+        self._held_claims.clear()
         if self.link is None:
             return
         if self._registered and self.link.up:
@@ -204,6 +228,9 @@ class ClusterWhiteboard(Whiteboard[S]):
         local = self._local_names.get(key)
         if local is not None:
             on_result(local)
+            return
+        if not self._registered and not self._closing:
+            self._hold_until_joined(name, session, on_result)
             return
         reason = self.unavailable_reason()
         if reason is not None:
@@ -259,6 +286,30 @@ class ClusterWhiteboard(Whiteboard[S]):
 
         self._claims_in_flight[key] = self._claims_in_flight.get(key, 0) + 1
         self._call("claim", (key, name), claimed, deadline=True)
+
+    def _hold_until_joined(self, name: str, session: S, on_result: ClaimResult) -> None:
+        """Not joined yet (just started, or joining again after being fenced):
+        the claim waits for the join, up to a lease, then is refused."""
+        assert self.scheduler is not None
+
+        def give_up() -> None:
+            if held in self._held_claims:
+                self._held_claims.remove(held)
+                on_result(None, UNAVAILABLE_REASON)
+
+        timer = self.scheduler.call_later(self.config.lease, give_up)
+        held = _HeldClaim(name, session, on_result, timer)
+        self._held_claims.append(held)
+
+    def _claim_held(self) -> None:
+        """Joined: the logins that waited are claimed now, in arrival order."""
+        held_claims, self._held_claims = self._held_claims, []
+        for held in held_claims:
+            held.timer.cancel()
+            if held.session.is_open:
+                self.claim(held.name, held.session, held.on_result)
+            else:
+                held.on_result(None, UNAVAILABLE_REASON)
 
     def release(self, name: str, on_done: Callable[[], None] | None = None) -> None:
         key = username_key(name)
@@ -571,6 +622,7 @@ class ClusterWhiteboard(Whiteboard[S]):
             self._lost_name(name)
         self._registered = True
         self._lease_until = time.monotonic() + self.config.lease
+        self._claim_held()
         if lost_state:
             # Then look again: whoever has not come back by now is gone.
             assert self.scheduler is not None
