@@ -153,6 +153,7 @@ class ClusterWhiteboard(Whiteboard[S]):
         self._registered = False
         self._registering = False
         self._register_again = False
+        self._register_sent = 0.0
         self._lease_until = 0.0
         self._renew_timer: TimerHandle | None = None
         self._redis_offset_ms: float | None = None  # Redis ms - local monotonic ms
@@ -173,6 +174,8 @@ class ClusterWhiteboard(Whiteboard[S]):
         # (inbox n, notice) applied while logins were awaiting their verdict.
         self._recent_presence: deque[tuple[int, bytes]] = deque(maxlen=100_000)
         self._after_inbox: list[tuple[int, Callable[[], None]]] = []
+        # Inbox entries waiting for a renewal to confirm the lease.
+        self._held_entries: list[tuple[bytes, dict[bytes, bytes]]] = []
         # Logins waiting for this node to join.
         self._held_claims: list[_HeldClaim[S]] = []
 
@@ -437,13 +440,25 @@ class ClusterWhiteboard(Whiteboard[S]):
     def _entries(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
         """A batch from this node's inbox, in the order Redis wrote it."""
         assert self.scheduler is not None
+        if self._held_entries:  # behind those, in order
+            self._held_entries += entries
+            return
+        # This node may have been declared dead since its last renewal (it was
+        # frozen, or Redis was out of reach): then what its inbox holds must
+        # reach nobody (a sender may have been told its message was not
+        # delivered).  Deliveries wait for the next renewal's verdict.
+        lease_out = time.monotonic() > self._lease_until
         # Broadcasts and notices back to back go out in one send per user
         # (one entry alone, a quiet moment, goes out at once).
         with self.scheduler.together(len(entries) > 1):
-            for entry_id, fields in entries:
+            for index, (entry_id, fields) in enumerate(entries):
                 if self._closing:
                     return
                 kind = fields.get(b"t", b"")
+                if lease_out and kind in (b"dm", b"bc"):
+                    self._held_entries = entries[index:]
+                    self._renew()
+                    break
                 n = int(fields.get(b"n", b"0"))
                 self._applied_n = n
                 if kind == b"hello":
@@ -569,6 +584,7 @@ class ClusterWhiteboard(Whiteboard[S]):
         if self.link is None or not self.link.up:
             return  # again when the link is up
         self._registering = True
+        self._register_sent = time.monotonic()
         node = self.node_id
         users: list[str] = [str(int(self.config.lease * 1000)),
                             str(len(self._claims_in_flight)), *self._claims_in_flight]
@@ -605,6 +621,7 @@ class ClusterWhiteboard(Whiteboard[S]):
             self._expected_n = int(hello_n) + 1
             self._applied_n = int(hello_n)
             self._recent_presence.clear()
+            self._held_entries.clear()  # of the old inbox: the snapshot replaces it
             self._stream_generation += 1
             # Claims waiting for the old inbox: the snapshot holds it all.
             self._run_after_inbox(everything=True)
@@ -621,7 +638,9 @@ class ClusterWhiteboard(Whiteboard[S]):
         for name in (_text(n) for n in conflicts):
             self._lost_name(name)
         self._registered = True
-        self._lease_until = time.monotonic() + self.config.lease
+        # From when it was sent: Redis's own count started no earlier.
+        self._lease_until = self._register_sent + self.config.lease
+        self._deliver_held_entries()
         self._claim_held()
         if lost_state:
             # Then look again: whoever has not come back by now is gone.
@@ -680,6 +699,9 @@ class ClusterWhiteboard(Whiteboard[S]):
     def _renew_tick(self) -> None:
         assert self.scheduler is not None
         self._renew_timer = self.scheduler.call_later(self.config.renew_interval, self._renew_tick)
+        self._renew()
+
+    def _renew(self) -> None:
         if not self._registered or self.link is None or not self.link.up:
             return
         sent = time.monotonic()
@@ -691,8 +713,15 @@ class ClusterWhiteboard(Whiteboard[S]):
             if self._status(reply) == "OK":  # (FENCED and EPOCH are acted on there)
                 self._lease_until = sent + self.config.lease
                 self._redis_offset_ms = int(reply[1]) - time.monotonic() * 1000
+                self._deliver_held_entries()
 
         self._call("renew", (int(self.config.lease * 1000),), renewed)
+
+    def _deliver_held_entries(self) -> None:
+        """The lease is confirmed: the inbox entries held meanwhile go out."""
+        if self._held_entries:
+            held, self._held_entries = self._held_entries, []
+            self._entries(held)
 
     def _fenced(self) -> None:
         """This node was reaped while it could not renew: its users were
@@ -702,6 +731,7 @@ class ClusterWhiteboard(Whiteboard[S]):
                   " than its %g s lease); disconnecting its %d users and joining again as a"
                   " new node", self.config.lease, len(self._local))
         victims = list(self._local.values())
+        self._held_entries.clear()  # sent to a node declared dead: never delivered
         self._local.clear()
         self._local_names.clear()
         self._registered = False
