@@ -441,7 +441,12 @@ class ClusterWhiteboard(Whiteboard[S]):
         """A batch from this node's inbox, in the order Redis wrote it."""
         assert self.scheduler is not None
         if self._held_entries:  # behind those, in order
-            self._held_entries += entries
+            held = self._held_entries
+            held += entries
+            if len(held) > self.config.inbox_max:
+                # Bounded as the inbox itself is: the oldest go, as if Redis
+                # had trimmed them (the gap in ``n`` reloads the state).
+                del held[: len(held) - self.config.inbox_max]
             return
         # This node may have been declared dead since its last renewal (it was
         # frozen, or Redis was out of reach): then what its inbox holds must
