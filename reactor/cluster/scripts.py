@@ -10,7 +10,10 @@ Keys (``P`` is the prefix, ``{chat}:`` by default):
 ``P epoch``           a random value set by the first node of a fresh Redis:
                       a node that finds another (or none) knows Redis lost
                       its data, and registers its users again.
-``P nodes``           ZSET node id -> its last lease renewal (Redis time, ms).
+``P nodes``           ZSET node id -> its last lease renewal (Redis time, ms),
+                      moved later by any gap in Redis's service.
+``P served``          Redis's time at the last renewal or registration: a
+                      gap since then is a gap in Redis's service.
 ``P users``           HASH name key (casefolded) -> ``node \\n display name``.
 ``P node:<id>``       SET of the name keys that node holds.
 ``P seen``            HASH name key -> display name, of names that were online
@@ -119,6 +122,24 @@ local function forget_node(gone)
   redis.call('HDEL', P .. 'seq', gone)
   return names
 end
+-- Leases count only the time Redis was serving.  Renewals reach Redis from
+-- every node many times a lease; a longer silence (Redis paused, stopped or
+-- starved) gave no node a chance to renew, so every lease is extended by it,
+-- and the first renewals after it cannot reap nodes that have not yet had
+-- theirs.  Returns Redis's time now.
+local function bridge_gap(lease)
+  local now = now_ms()
+  local last = tonumber(redis.call('GET', P .. 'served') or now)
+  local gap = now - last
+  if gap > lease / 2 then
+    local scores = redis.call('ZRANGE', P .. 'nodes', 0, -1, 'WITHSCORES')
+    for i = 1, #scores, 2 do
+      redis.call('ZADD', P .. 'nodes', tonumber(scores[i + 1]) + gap, scores[i])
+    end
+  end
+  redis.call('SET', P .. 'served', now)
+  return now
+end
 local function take(key, name)
   redis.call('HSET', P .. 'users', key, node .. '\n' .. name)
   redis.call('SADD', P .. 'node:' .. node, key)
@@ -154,7 +175,7 @@ end
 if ARGV[6] == '1' and current == epoch and not redis.call('ZSCORE', P .. 'nodes', node) then
   return {'FENCED'}
 end
-redis.call('ZADD', P .. 'nodes', now_ms(), node)
+redis.call('ZADD', P .. 'nodes', bridge_gap(tonumber(ARGV[7])), node)
 local wanted, conflicts = {}, {}
 -- Names with a claim in flight on this node: neither taken nor given up here.
 local keep = tonumber(ARGV[8])
@@ -184,16 +205,16 @@ return {current, hello, redis.call('HGETALL', P .. 'users'),
 """
 
 # Renew this node's lease (ARGV[6] = lease ms) and reap the nodes whose lease
-# ran out.  "Ran out" is judged against this node's *previous* renewal, not
-# against now: after Redis itself was paused, every lease looks old compared
-# with now, but none compared with the last renewal before the pause.
+# ran out.  Time Redis was not serving does not count (``bridge_gap``); and
+# "ran out" is judged against this node's *previous* renewal, not against
+# now, which also covers a pause shorter than the gap that is bridged.
 RENEW = _PRELUDE + r"""
 if redis.call('GET', P .. 'epoch') ~= epoch then return {'EPOCH'} end
-local previous = redis.call('ZSCORE', P .. 'nodes', node)
-if not previous then return {'FENCED'} end
-local now = now_ms()
-redis.call('ZADD', P .. 'nodes', now, node)
+if not redis.call('ZSCORE', P .. 'nodes', node) then return {'FENCED'} end
 local lease = tonumber(ARGV[6])
+local now = bridge_gap(lease)
+local previous = redis.call('ZSCORE', P .. 'nodes', node)
+redis.call('ZADD', P .. 'nodes', now, node)
 local dead = redis.call('ZRANGEBYSCORE', P .. 'nodes', '-inf', '(' .. (tonumber(previous) - lease))
 for _, gone in ipairs(dead) do
   if gone ~= node then

@@ -16,7 +16,13 @@ reaped -- it was frozen past its lease -- is *fenced*: it tells its clients,
 closes them, and joins again as a new node.  Until a renewal succeeds within
 the lease, the node does nothing that needs the cluster, local direct
 messages included: a node cut off from Redis cannot know whether it has
-already been declared dead.
+already been declared dead.  For the same reason it hands its users nothing
+from its inbox (direct messages, broadcasts) while its own lease may have run
+out: those entries wait for the next renewal, and are dropped if it answers
+that the node was fenced.
+
+A node listens before it has joined; a login that arrives meanwhile waits
+for the join (up to a lease) rather than being refused.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ import socket
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 from protocol import UserOffline, UserOnline, format_event, username_key
 from reactor.cluster.link import UNAVAILABLE, Link, Reply, ThreadLink
@@ -104,6 +110,19 @@ class _Pending:
         self.timer = timer
 
 
+class _HeldClaim(Generic[S]):
+    """A login that arrived before this node joined, waiting for the join."""
+
+    __slots__ = ("name", "on_result", "session", "timer")
+
+    def __init__(self, name: str, session: S, on_result: ClaimResult,
+                 timer: TimerHandle) -> None:
+        self.name = name
+        self.session = session
+        self.on_result = on_result
+        self.timer = timer
+
+
 class ClusterWhiteboard(Whiteboard[S]):
     """The cluster's roster (:class:`~reactor.contracts.Roster`).
 
@@ -134,6 +153,7 @@ class ClusterWhiteboard(Whiteboard[S]):
         self._registered = False
         self._registering = False
         self._register_again = False
+        self._register_sent = 0.0
         self._lease_until = 0.0
         self._renew_timer: TimerHandle | None = None
         self._redis_offset_ms: float | None = None  # Redis ms - local monotonic ms
@@ -154,6 +174,10 @@ class ClusterWhiteboard(Whiteboard[S]):
         # (inbox n, notice) applied while logins were awaiting their verdict.
         self._recent_presence: deque[tuple[int, bytes]] = deque(maxlen=100_000)
         self._after_inbox: list[tuple[int, Callable[[], None]]] = []
+        # Inbox entries waiting for a renewal to confirm the lease.
+        self._held_entries: list[tuple[bytes, dict[bytes, bytes]]] = []
+        # Logins waiting for this node to join.
+        self._held_claims: list[_HeldClaim[S]] = []
 
     @staticmethod
     def _new_node_id() -> str:
@@ -184,6 +208,9 @@ class ClusterWhiteboard(Whiteboard[S]):
         self._closing = True
         if self._renew_timer is not None:
             self._renew_timer.cancel()
+        for held in self._held_claims:
+            held.timer.cancel()
+        self._held_claims.clear()
         if self.link is None:
             return
         if self._registered and self.link.up:
@@ -204,6 +231,9 @@ class ClusterWhiteboard(Whiteboard[S]):
         local = self._local_names.get(key)
         if local is not None:
             on_result(local)
+            return
+        if not self._registered and not self._closing:
+            self._hold_until_joined(name, session, on_result)
             return
         reason = self.unavailable_reason()
         if reason is not None:
@@ -259,6 +289,30 @@ class ClusterWhiteboard(Whiteboard[S]):
 
         self._claims_in_flight[key] = self._claims_in_flight.get(key, 0) + 1
         self._call("claim", (key, name), claimed, deadline=True)
+
+    def _hold_until_joined(self, name: str, session: S, on_result: ClaimResult) -> None:
+        """Not joined yet (just started, or joining again after being fenced):
+        the claim waits for the join, up to a lease, then is refused."""
+        assert self.scheduler is not None
+
+        def give_up() -> None:
+            if held in self._held_claims:
+                self._held_claims.remove(held)
+                on_result(None, UNAVAILABLE_REASON)
+
+        timer = self.scheduler.call_later(self.config.lease, give_up)
+        held = _HeldClaim(name, session, on_result, timer)
+        self._held_claims.append(held)
+
+    def _claim_held(self) -> None:
+        """Joined: the logins that waited are claimed now, in arrival order."""
+        held_claims, self._held_claims = self._held_claims, []
+        for held in held_claims:
+            held.timer.cancel()
+            if held.session.is_open:
+                self.claim(held.name, held.session, held.on_result)
+            else:
+                held.on_result(None, UNAVAILABLE_REASON)
 
     def release(self, name: str, on_done: Callable[[], None] | None = None) -> None:
         key = username_key(name)
@@ -386,13 +440,30 @@ class ClusterWhiteboard(Whiteboard[S]):
     def _entries(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
         """A batch from this node's inbox, in the order Redis wrote it."""
         assert self.scheduler is not None
+        if self._held_entries:  # behind those, in order
+            held = self._held_entries
+            held += entries
+            if len(held) > self.config.inbox_max:
+                # Bounded as the inbox itself is: the oldest go, as if Redis
+                # had trimmed them (the gap in ``n`` reloads the state).
+                del held[: len(held) - self.config.inbox_max]
+            return
+        # This node may have been declared dead since its last renewal (it was
+        # frozen, or Redis was out of reach): then what its inbox holds must
+        # reach nobody (a sender may have been told its message was not
+        # delivered).  Deliveries wait for the next renewal's verdict.
+        lease_out = time.monotonic() > self._lease_until
         # Broadcasts and notices back to back go out in one send per user
         # (one entry alone, a quiet moment, goes out at once).
         with self.scheduler.together(len(entries) > 1):
-            for entry_id, fields in entries:
+            for index, (entry_id, fields) in enumerate(entries):
                 if self._closing:
                     return
                 kind = fields.get(b"t", b"")
+                if lease_out and kind in (b"dm", b"bc"):
+                    self._held_entries = entries[index:]
+                    self._renew()
+                    break
                 n = int(fields.get(b"n", b"0"))
                 self._applied_n = n
                 if kind == b"hello":
@@ -518,6 +589,7 @@ class ClusterWhiteboard(Whiteboard[S]):
         if self.link is None or not self.link.up:
             return  # again when the link is up
         self._registering = True
+        self._register_sent = time.monotonic()
         node = self.node_id
         users: list[str] = [str(int(self.config.lease * 1000)),
                             str(len(self._claims_in_flight)), *self._claims_in_flight]
@@ -554,6 +626,7 @@ class ClusterWhiteboard(Whiteboard[S]):
             self._expected_n = int(hello_n) + 1
             self._applied_n = int(hello_n)
             self._recent_presence.clear()
+            self._held_entries.clear()  # of the old inbox: the snapshot replaces it
             self._stream_generation += 1
             # Claims waiting for the old inbox: the snapshot holds it all.
             self._run_after_inbox(everything=True)
@@ -570,7 +643,10 @@ class ClusterWhiteboard(Whiteboard[S]):
         for name in (_text(n) for n in conflicts):
             self._lost_name(name)
         self._registered = True
-        self._lease_until = time.monotonic() + self.config.lease
+        # From when it was sent: Redis's own count started no earlier.
+        self._lease_until = self._register_sent + self.config.lease
+        self._deliver_held_entries()
+        self._claim_held()
         if lost_state:
             # Then look again: whoever has not come back by now is gone.
             assert self.scheduler is not None
@@ -628,6 +704,9 @@ class ClusterWhiteboard(Whiteboard[S]):
     def _renew_tick(self) -> None:
         assert self.scheduler is not None
         self._renew_timer = self.scheduler.call_later(self.config.renew_interval, self._renew_tick)
+        self._renew()
+
+    def _renew(self) -> None:
         if not self._registered or self.link is None or not self.link.up:
             return
         sent = time.monotonic()
@@ -639,8 +718,15 @@ class ClusterWhiteboard(Whiteboard[S]):
             if self._status(reply) == "OK":  # (FENCED and EPOCH are acted on there)
                 self._lease_until = sent + self.config.lease
                 self._redis_offset_ms = int(reply[1]) - time.monotonic() * 1000
+                self._deliver_held_entries()
 
         self._call("renew", (int(self.config.lease * 1000),), renewed)
+
+    def _deliver_held_entries(self) -> None:
+        """The lease is confirmed: the inbox entries held meanwhile go out."""
+        if self._held_entries:
+            held, self._held_entries = self._held_entries, []
+            self._entries(held)
 
     def _fenced(self) -> None:
         """This node was reaped while it could not renew: its users were
@@ -650,6 +736,7 @@ class ClusterWhiteboard(Whiteboard[S]):
                   " than its %g s lease); disconnecting its %d users and joining again as a"
                   " new node", self.config.lease, len(self._local))
         victims = list(self._local.values())
+        self._held_entries.clear()  # sent to a node declared dead: never delivered
         self._local.clear()
         self._local_names.clear()
         self._registered = False
