@@ -25,7 +25,7 @@ from reactor import BACKENDS
 # Slow: the benchmarks themselves, briefly.
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 PEER = "asyncio-peer"
 TLS = f"{BACKENDS[0]}-tls"  # the primary backend with TLS on its port
 
@@ -275,7 +275,7 @@ def test_tiny_cluster_run_counts_redis_commands_per_operation(
     """bench/cluster.py --quick with its fast phase only: Redis commands per DM
     and broadcast over two nodes.  (What its slow phases measure -- a node's
     death, a Redis stall -- the cluster tests check directly, in
-    tests/test_cluster_failures.py; the full run is `python bench/cluster.py`.)"""
+    tests/cluster/test_cluster_failures.py; the full run is `python bench/cluster.py`.)"""
     out_dir = tmp_path / "out"
     cmd = [sys.executable, "bench/cluster.py", "--quick", "--quiet", "--out", str(out_dir),
            "--skip", "fanout,latency,throughput,death,stall"]  # fmt: skip
