@@ -13,6 +13,7 @@ import pytest
 
 from reactor import BACKENDS
 from reactor.cluster.scripts import PREFIX, SCRIPTS
+from tests.cluster.test_cluster_failures import answered, false_offline, send_until_echoed
 from tests.cluster_support import (
     LEASE,
     RedisServer,
@@ -24,7 +25,6 @@ from tests.cluster_support import (
     reap_deadline,
     redis_server,  # noqa: F401  (a fixture)
 )
-from tests.test_cluster_failures import answered, false_offline, send_until_echoed
 
 
 def online(name: str) -> str:

@@ -22,9 +22,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.faults import REPO
-from tests.support import LineClient
-from tests.test_accounts import (
+from tests.accounts.test_accounts import (
     FAST_HASH,
     OTHER,
     PASSWORD,
@@ -33,7 +31,11 @@ from tests.test_accounts import (
     operator,
     register,
 )
-from tests.test_accounts import db as db  # a fixture, re-exported so that pytest finds it here
+from tests.accounts.test_accounts import (
+    db as db,  # a fixture, re-exported so that pytest finds it here
+)
+from tests.faults import REPO
+from tests.support import LineClient
 
 
 def reply(client: LineClient) -> str:
