@@ -1,0 +1,329 @@
+"""One web connection's wire: its HTTP request, then WebSocket frames, sans-IO.
+
+The same shape as :class:`reactor.tls.TLSWire`, so a backend plugs it in at
+the same place: it reads and writes a plain socket, hands what it read to
+:meth:`WebWire.receive` (chat lines come back, ``b"\\n"``-terminated, for the
+connection's usual line path), and sends what :meth:`WebWire.buffers` gives
+it, reporting back with :meth:`WebWire.consume`.  The connection's
+:class:`~reactor.outbuf.OutputBuffer` holds chat lines, as on TCP; the wire
+turns each into one text frame, and runs a line's handoff (the ``<To Bob>``
+echo) only once the kernel took its whole frame.  With TLS, a backend stacks
+the two: this wire's frames are the TLS wire's plaintext.
+
+* **A frame built once per broadcast.**  Server frames are unmasked and
+  uncompressed (no permessage-deflate: it would make every recipient's bytes
+  differ), so one line's frame is the same bytes for everyone; the fan-out
+  hands the same ``bytes`` object to every recipient's queue, and
+  :func:`frames_for` keeps the frame of the last one it built, by identity.
+* **Limits as on TCP.**  A message is at most the line limit (the library
+  checks it while reading, before anything is buffered: close 1009); text
+  only (a binary message: close 1003); valid UTF-8 (else 1007); one line per
+  message (a newline inside: 1007, since it would forge a second command).
+* **Keepalive.**  Browsers cannot ping from JavaScript and proxies drop idle
+  connections, so the server pings; :meth:`WebWire.heartbeat`, called by the
+  backend's timer every :data:`PING_INTERVAL`, sends a ping, or closes the
+  connection if the previous ping got no pong.
+
+The WebSocket protocol itself (handshake checks, masking, control frames,
+the closing handshake, size limits) is ``websockets``' sans-IO
+``ServerProtocol``.  Not thread-safe, like ``TLSWire``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+
+from websockets.exceptions import InvalidMessage
+from websockets.frames import CloseCode, Frame, Opcode
+from websockets.http11 import Request
+from websockets.protocol import State
+from websockets.server import ServerProtocol
+
+from reactor.outbuf import Handoff, OutputBuffer
+from reactor.web.http import (
+    SECURITY_HEADERS,
+    HTTPRefusal,
+    Site,
+    head_end,
+    parse_head,
+    refusal_response,
+)
+
+log = logging.getLogger("reactor")
+
+PING_INTERVAL = 20.0
+# Lines framed at once: one sendmsg's worth, like the plain path.
+BATCH_LINES = 256
+
+_SHORT, _MEDIUM = 126, 65536
+
+
+class WebFailure(Exception):
+    """The peer broke HTTP or WebSocket rules; ``reason`` says how.  What to
+    tell it (a 4xx, a close frame) is already in :meth:`WebWire.buffers`."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def text_frame(payload: bytes | memoryview) -> bytes:
+    """One unmasked, final text frame carrying ``payload`` (already UTF-8)."""
+    length = len(payload)
+    if length < _SHORT:
+        return bytes((0x81, length)) + payload
+    if length < _MEDIUM:
+        return bytes((0x81, 126)) + length.to_bytes(2, "big") + payload
+    return bytes((0x81, 127)) + length.to_bytes(8, "big") + payload
+
+
+_last: tuple[bytes | memoryview, bytes] = (b"", b"")
+
+
+def frames_for(data: bytes | memoryview) -> bytes:
+    """The text frames for ``data``, one or more ``\\n``-terminated chat lines.
+
+    The frame of the last object framed is kept, so a broadcast's shared
+    line is framed once however many recipients it has (one tuple swap, so
+    a reader on another thread sees an old or a new pair, never a mix)."""
+    global _last
+    last = _last
+    if last[0] is data:
+        return last[1]
+    if type(data) is memoryview:
+        data = data.tobytes()  # the rest of a line a plain send had begun
+    if data.count(b"\n") == 1:
+        frames = text_frame(data[:-1])
+    else:
+        frames = b"".join(text_frame(line) for line in bytes(data).split(b"\n")[:-1])
+    _last = (data, frames)
+    return frames
+
+
+class WebWire:
+    """One web connection; see the module docstring."""
+
+    __slots__ = ("_head", "_message", "_pieces", "_protocol", "_site", "awaiting_pong",
+                 "closing", "ended", "max_line", "output", "peer_host", "size", "upgraded")
+
+    def __init__(self, site: Site, output: OutputBuffer, max_line: int, peer_host: str) -> None:
+        self._site = site
+        self.output = output
+        self.max_line = max_line
+        self.peer_host = peer_host
+        self._head = bytearray()
+        self._protocol: ServerProtocol | None = None
+        self._message: list[bytes] = []  # the fragments of a message still coming
+        # [bytes still to send, chat-line bytes of the output queue they complete]
+        self._pieces: deque[list[bytes | memoryview | int]] = deque()
+        self.size = 0  # bytes of pieces not yet taken by the kernel
+        self.upgraded = False  # the WebSocket is open: a chat connection exists
+        self.closing = False  # nothing more is framed: close once the pieces are sent
+        self.ended = False  # the peer's side is over
+        self.awaiting_pong = False
+
+    def __bool__(self) -> bool:
+        """Something can be sent now."""
+        return bool(self._pieces) or (self.upgraded and not self.closing and bool(self.output))
+
+    # -- input ---------------------------------------------------------------
+
+    def receive(self, data: bytes) -> tuple[bytes, bool]:
+        """Feed what the socket read (``b""`` at its end of input).
+
+        Returns the chat lines completed (each ending in ``\\n``) and whether
+        the peer's side ended just now (a close frame, the end of input, or a
+        page request answered).  Raises :class:`WebFailure` for a bad request
+        or a broken WebSocket rule, its answer queued in :meth:`buffers`.
+        """
+        if self.ended:
+            return b"", False
+        if not self.upgraded:
+            return self._receive_head(data)
+        return self._receive_frames(data)
+
+    def _receive_head(self, data: bytes) -> tuple[bytes, bool]:
+        if not data:
+            self.ended = self.closing = True
+            return b"", True
+        head = self._head
+        head += data
+        try:
+            end = head_end(head)
+            if end < 0:
+                return b"", False
+            request = parse_head(bytes(head[:end]))
+            if not request.wants_websocket:
+                self._queue(self._site.page(request))
+                self.ended = self.closing = True
+                return b"", True
+            self._site.check_upgrade(request, self.peer_host)
+        except HTTPRefusal as refusal:
+            self._queue(refusal_response(refusal))
+            self.ended = self.closing = True
+            raise WebFailure(f"HTTP {refusal.status}: {refusal.reason}") from None
+        rest = bytes(head[end:])
+        self._head = bytearray()
+        return self._upgrade(bytes(head[:end]), rest)
+
+    def _upgrade(self, head: bytes, rest: bytes) -> tuple[bytes, bool]:
+        # The head was bounded and checked above; the library checks the
+        # WebSocket headers (key, version) and answers the handshake.
+        protocol = ServerProtocol(max_size=self.max_line)
+        self._protocol = protocol
+        protocol.receive_data(head)
+        events = protocol.events_received()
+        if not events or not isinstance(events[0], Request):
+            self._collect()
+            self.ended = self.closing = True
+            raise WebFailure(f"HTTP 400: {protocol.handshake_exc or InvalidMessage()}")
+        answer = protocol.accept(events[0])
+        for name, value in SECURITY_HEADERS:
+            answer.headers[name] = value
+        protocol.send_response(answer)
+        if answer.status_code != 101:
+            self._collect()
+            self.ended = self.closing = True
+            body = (answer.body or b"").decode("utf-8", "replace").strip().partition("\n")[0]
+            raise WebFailure(f"HTTP {answer.status_code}: {body}")
+        self.upgraded = True
+        self._collect()
+        return self._receive_frames(rest) if rest else (b"", False)
+
+    def _receive_frames(self, data: bytes) -> tuple[bytes, bool]:
+        protocol = self._protocol
+        assert protocol is not None
+        if data:
+            protocol.receive_data(data)
+        else:
+            protocol.receive_eof()
+        lines: list[bytes] = []
+        failure = None
+        for event in protocol.events_received():
+            assert isinstance(event, Frame)
+            failure = self._frame_received(event, lines)
+            if failure:
+                break
+        self._collect()
+        if failure is None and protocol.close_sent is not None and protocol.close_rcvd is None:
+            # The library failed the connection (too big, bad UTF-8, bad framing).
+            failure = f"{protocol.close_sent.code} {protocol.close_sent.reason}"
+        if failure is not None:
+            self.ended = self.closing = True
+            raise WebFailure(f"WebSocket closed: {failure}")
+        if protocol.state is State.CLOSING or protocol.state is State.CLOSED or not data:
+            self.ended = self.closing = True
+            return b"".join(lines), True
+        return b"".join(lines), False
+
+    def _frame_received(self, frame: Frame, lines: list[bytes]) -> str | None:
+        """Take one frame; return why the connection fails, if it does."""
+        opcode = frame.opcode
+        if opcode is Opcode.PONG:
+            self.awaiting_pong = False
+            return None
+        if opcode is Opcode.BINARY:
+            return self._fail(CloseCode.UNSUPPORTED_DATA, "text messages only")
+        if opcode not in (Opcode.TEXT, Opcode.CONT):
+            return None  # ping and close: the library answered them
+        message = self._message
+        message.append(bytes(frame.data))
+        if not frame.fin:
+            return None
+        self._message = []
+        text = message[0] if len(message) == 1 else b"".join(message)
+        if b"\n" in text or b"\r" in text:
+            return self._fail(CloseCode.INVALID_DATA, "one line per message")
+        if not text.isascii():
+            try:
+                text.decode()
+            except UnicodeDecodeError:
+                return self._fail(CloseCode.INVALID_DATA, "not UTF-8")
+        lines.append(text + b"\n")
+        return None
+
+    def _fail(self, code: CloseCode, reason: str) -> str:
+        assert self._protocol is not None
+        self._protocol.fail(code, reason)
+        return f"{int(code)} {reason}"
+
+    # -- output --------------------------------------------------------------
+
+    def buffers(self) -> list[bytes | memoryview]:
+        """Bytes to send, framing the head of the output queue if none waits."""
+        pieces = self._pieces
+        if not pieces and self.upgraded and not self.closing and self.output:
+            self._frame_batch()
+        return [pieces[i][0] for i in range(min(len(pieces), 256))]  # type: ignore[misc]
+
+    def consume(self, sent: int) -> list[Handoff]:
+        """The kernel took ``sent`` bytes: return the handoffs now due."""
+        pieces = self._pieces
+        self.size -= sent
+        plain = 0
+        while sent:
+            piece = pieces[0]
+            data = piece[0]
+            length = len(data)  # type: ignore[arg-type]
+            if sent < length:
+                piece[0] = memoryview(data)[sent:]  # type: ignore[arg-type]
+                break
+            sent -= length
+            plain += piece[1]  # type: ignore[operator]
+            pieces.popleft()
+        return self.output.consume(plain) if plain else []
+
+    def heartbeat(self) -> None:
+        """Called every :data:`PING_INTERVAL`: ping, or fail if the last ping
+        got no pong (raises :class:`WebFailure`, the close frame queued)."""
+        protocol = self._protocol
+        if not self.upgraded or self.closing or protocol is None:
+            return
+        if self.awaiting_pong:
+            reason = self._fail(CloseCode.INTERNAL_ERROR, "no pong to the last ping")
+            self._collect()
+            self.ended = self.closing = True
+            raise WebFailure(f"WebSocket closed: {reason}")
+        protocol.send_ping(b"")
+        self.awaiting_pong = True
+        self._collect()
+
+    def close(self, reason: str = "") -> bool:
+        """Queue a close frame (going away); True if there is one.  Called once
+        the output queue is empty, as :meth:`TLSWire.close_notify` is."""
+        protocol = self._protocol
+        if protocol is None or self.closing or protocol.state is not State.OPEN:
+            return False
+        protocol.send_close(CloseCode.GOING_AWAY, reason[:120])
+        self._collect()
+        self.closing = True
+        return True
+
+    def take_all(self) -> bytes:
+        """All bytes waiting, as one piece (their handoffs are not run)."""
+        data = b"".join(bytes(p[0]) for p in self._pieces)  # type: ignore[arg-type]
+        self._pieces.clear()
+        self.size = 0
+        return data
+
+    def _frame_batch(self) -> None:
+        buffers = self.output.buffers()[:BATCH_LINES]
+        if len(buffers) == 1:
+            self._pieces.append([frames_for(buffers[0]), len(buffers[0])])
+        else:
+            frames = b"".join(map(frames_for, buffers))
+            self._pieces.append([frames, sum(map(len, buffers))])
+        self.size += len(self._pieces[-1][0])  # type: ignore[arg-type]
+        self.output.mark_started(len(buffers))
+
+    def _queue(self, data: bytes) -> None:
+        self._pieces.append([data, 0])
+        self.size += len(data)
+
+    def _collect(self) -> None:
+        """What the library made by itself: the handshake answer, pongs, close frames."""
+        assert self._protocol is not None
+        for data in self._protocol.data_to_send():
+            if data:
+                self._queue(data)
