@@ -1,7 +1,7 @@
 // Reads JSON {unescape: [...], quote: [...], visible: [...], events: [...]} on
 // stdin and writes what reactor/web/static/text.js makes of each, for
 // tests/test_web_text.py to compare with the Python it ports.
-import { parseEvent, quote, unescapeWire, visibleParts } from "../reactor/web/static/text.js";
+import { parseEvent, quote, unescapeWire, visibleParts } from "../../reactor/web/static/text.js";
 
 let input = "";
 process.stdin.setEncoding("utf8");
