@@ -14,7 +14,6 @@ import socket
 import threading
 from collections.abc import Iterator
 
-from reactor.outbuf import OutputBuffer
 from reactor.web.http import Site
 from reactor.web.wire import WebFailure, WebWire
 
@@ -33,17 +32,14 @@ class _Pair:
         self.browser = browser
         self.bridge = bridge
         self.chat: socket.socket | None = None
-        self.wire = WebWire(site, OutputBuffer(), 4096, browser.getpeername()[0])
+        self.wire = WebWire(site, 4096, browser.getpeername()[0])
         self.lock = threading.Lock()
         self.threads = [threading.Thread(target=self.from_browser, daemon=True)]
 
-    def flush(self) -> None:
+    def flush(self, frames: bytes = b"") -> None:
+        """Send ``frames`` and then what the wire has to say, in that order."""
         with self.lock:
-            while self.wire:
-                data = b"".join(bytes(b) for b in self.wire.buffers())
-                self.browser.sendall(data)
-                for handoff in self.wire.consume(len(data)):
-                    handoff(True)
+            self.browser.sendall(frames + self.wire.data_to_send())
 
     def from_browser(self) -> None:
         try:
@@ -73,11 +69,11 @@ class _Pair:
         rest = b""
         try:
             while data := self.chat.recv(65536):
-                *lines, rest = (rest + data).split(b"\n")
-                with self.lock:
-                    for line in lines:
-                        self.wire.output.append(line + b"\n")
-                self.flush()
+                buffer = rest + data
+                end = buffer.rfind(b"\n") + 1
+                lines, rest = buffer[:end], buffer[end:]
+                if lines:
+                    self.flush(WebWire.frame(lines))
             with self.lock:
                 self.wire.close("the chat closed the connection")
             self.flush()

@@ -1,27 +1,35 @@
 """One web connection's wire: its HTTP request, then WebSocket frames, sans-IO.
 
-The same shape as :class:`reactor.tls.TLSWire`, so a backend plugs it in at
-the same place: it reads and writes a plain socket, hands what it read to
-:meth:`WebWire.receive` (chat lines come back, ``b"\\n"``-terminated, for the
-connection's usual line path), and sends what :meth:`WebWire.buffers` gives
-it, reporting back with :meth:`WebWire.consume`.  The connection's
-:class:`~reactor.outbuf.OutputBuffer` holds chat lines, as on TCP; the wire
-turns each into one text frame, and runs a line's handoff (the ``<To Bob>``
-echo) only once the kernel took its whole frame.  With TLS, a backend stacks
-the two: this wire's frames are the TLS wire's plaintext.
+It sits where :class:`reactor.tls.TLSWire` sits, under the connection, and
+offers the same input shape: the backend hands what the socket read to
+:meth:`WebWire.receive`, which returns the chat lines it completes
+(``b"\\n"``-terminated, for the connection's usual line path) or raises
+:class:`WebFailure` with the reason to log and close with.
+
+Output is framed as it is queued, not as it is sent: a web connection's
+transport writes ``frames_for(line)`` where a plain one writes ``line``, so
+its :class:`~reactor.outbuf.OutputBuffer` holds whole frames.  Everything
+the output queue gives stays true unchanged -- a line's handoff (the
+``<To Bob>`` echo) runs once the kernel took its whole frame, an entry not
+yet started can be withdrawn (a whole frame), the send-at-once paths and
+the budget see bytes as ever -- and TLS stacks under it for free (the TLS
+wire encrypts frames as it encrypts lines).  What the wire says by itself
+(the HTTP answer, the handshake, pongs, pings, close frames) comes from
+:meth:`WebWire.data_to_send` and is queued the same way, between frames.
 
 * **A frame built once per broadcast.**  Server frames are unmasked and
   uncompressed (no permessage-deflate: it would make every recipient's bytes
   differ), so one line's frame is the same bytes for everyone; the fan-out
-  hands the same ``bytes`` object to every recipient's queue, and
-  :func:`frames_for` keeps the frame of the last one it built, by identity.
+  hands the same ``bytes`` object to every recipient, and :func:`frames_for`
+  keeps the frame of the last one it built, by identity, so every queue
+  holds the one frame object.
 * **Limits as on TCP.**  A message is at most the line limit (the library
   checks it while reading, before anything is buffered: close 1009); text
   only (a binary message: close 1003); valid UTF-8 (else 1007); one line per
   message (a newline inside: 1007, since it would forge a second command).
 * **Keepalive.**  Browsers cannot ping from JavaScript and proxies drop idle
   connections, so the server pings; :meth:`WebWire.heartbeat`, called by the
-  backend's timer every :data:`PING_INTERVAL`, sends a ping, or closes the
+  backend's timer every :data:`PING_INTERVAL`, sends a ping, or fails the
   connection if the previous ping got no pong.
 
 The WebSocket protocol itself (handshake checks, masking, control frames,
@@ -32,7 +40,6 @@ the closing handshake, size limits) is ``websockets``' sans-IO
 from __future__ import annotations
 
 import logging
-from collections import deque
 
 from websockets.exceptions import InvalidMessage
 from websockets.frames import CloseCode, Frame, Opcode
@@ -40,7 +47,6 @@ from websockets.http11 import Request
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
-from reactor.outbuf import Handoff, OutputBuffer
 from reactor.web.http import (
     SECURITY_HEADERS,
     HTTPRefusal,
@@ -53,8 +59,6 @@ from reactor.web.http import (
 log = logging.getLogger("reactor")
 
 PING_INTERVAL = 20.0
-# Lines framed at once: one sendmsg's worth, like the plain path.
-BATCH_LINES = 256
 
 _SHORT, _MEDIUM = 126, 65536
 
@@ -92,7 +96,7 @@ def frames_for(data: bytes | memoryview) -> bytes:
     if last[0] is data:
         return last[1]
     if type(data) is memoryview:
-        data = data.tobytes()  # the rest of a line a plain send had begun
+        data = data.tobytes()  # (a view: framed from a copy)
     if data.count(b"\n") == 1:
         frames = text_frame(data[:-1])
     else:
@@ -104,28 +108,36 @@ def frames_for(data: bytes | memoryview) -> bytes:
 class WebWire:
     """One web connection; see the module docstring."""
 
-    __slots__ = ("_head", "_message", "_pieces", "_protocol", "_site", "awaiting_pong",
-                 "closing", "ended", "max_line", "output", "peer_host", "size", "upgraded")
+    __slots__ = ("_head", "_message", "_outgoing", "_protocol", "_site", "awaiting_pong",
+                 "closing", "ended", "max_line", "peer_host", "upgraded")
 
-    def __init__(self, site: Site, output: OutputBuffer, max_line: int, peer_host: str) -> None:
+    # How a web connection's transport turns queued chat lines into bytes.
+    frame = staticmethod(frames_for)
+
+    def __init__(self, site: Site, max_line: int, peer_host: str) -> None:
         self._site = site
-        self.output = output
         self.max_line = max_line
         self.peer_host = peer_host
         self._head = bytearray()
         self._protocol: ServerProtocol | None = None
         self._message: list[bytes] = []  # the fragments of a message still coming
-        # [bytes still to send, chat-line bytes of the output queue they complete]
-        self._pieces: deque[list[bytes | memoryview | int]] = deque()
-        self.size = 0  # bytes of pieces not yet taken by the kernel
+        self._outgoing: list[bytes] = []  # what the wire says by itself, in order
         self.upgraded = False  # the WebSocket is open: a chat connection exists
-        self.closing = False  # nothing more is framed: close once the pieces are sent
+        self.closing = False  # nothing more to frame: close once the queue is sent
         self.ended = False  # the peer's side is over
         self.awaiting_pong = False
 
     def __bool__(self) -> bool:
-        """Something can be sent now."""
-        return bool(self._pieces) or (self.upgraded and not self.closing and bool(self.output))
+        """The wire has something of its own to send."""
+        return bool(self._outgoing)
+
+    def data_to_send(self) -> bytes:
+        """What the wire says by itself (HTTP answer, handshake, control
+        frames), to queue as it is, after what is queued already."""
+        outgoing = self._outgoing
+        data = outgoing[0] if len(outgoing) == 1 else b"".join(outgoing)
+        outgoing.clear()
+        return data
 
     # -- input ---------------------------------------------------------------
 
@@ -248,31 +260,7 @@ class WebWire:
         self._protocol.fail(code, reason)
         return f"{int(code)} {reason}"
 
-    # -- output --------------------------------------------------------------
-
-    def buffers(self) -> list[bytes | memoryview]:
-        """Bytes to send, framing the head of the output queue if none waits."""
-        pieces = self._pieces
-        if not pieces and self.upgraded and not self.closing and self.output:
-            self._frame_batch()
-        return [pieces[i][0] for i in range(min(len(pieces), 256))]  # type: ignore[misc]
-
-    def consume(self, sent: int) -> list[Handoff]:
-        """The kernel took ``sent`` bytes: return the handoffs now due."""
-        pieces = self._pieces
-        self.size -= sent
-        plain = 0
-        while sent:
-            piece = pieces[0]
-            data = piece[0]
-            length = len(data)  # type: ignore[arg-type]
-            if sent < length:
-                piece[0] = memoryview(data)[sent:]  # type: ignore[arg-type]
-                break
-            sent -= length
-            plain += piece[1]  # type: ignore[operator]
-            pieces.popleft()
-        return self.output.consume(plain) if plain else []
+    # -- on the backend's timer and at the end -------------------------------
 
     def heartbeat(self) -> None:
         """Called every :data:`PING_INTERVAL`: ping, or fail if the last ping
@@ -290,8 +278,9 @@ class WebWire:
         self._collect()
 
     def close(self, reason: str = "") -> bool:
-        """Queue a close frame (going away); True if there is one.  Called once
-        the output queue is empty, as :meth:`TLSWire.close_notify` is."""
+        """Queue a close frame (going away) in :meth:`data_to_send`; True if
+        there is one.  The backend queues it after the last line, as it does
+        TLS's close_notify."""
         protocol = self._protocol
         if protocol is None or self.closing or protocol.state is not State.OPEN:
             return False
@@ -300,26 +289,8 @@ class WebWire:
         self.closing = True
         return True
 
-    def take_all(self) -> bytes:
-        """All bytes waiting, as one piece (their handoffs are not run)."""
-        data = b"".join(bytes(p[0]) for p in self._pieces)  # type: ignore[arg-type]
-        self._pieces.clear()
-        self.size = 0
-        return data
-
-    def _frame_batch(self) -> None:
-        buffers = self.output.buffers()[:BATCH_LINES]
-        if len(buffers) == 1:
-            self._pieces.append([frames_for(buffers[0]), len(buffers[0])])
-        else:
-            frames = b"".join(map(frames_for, buffers))
-            self._pieces.append([frames, sum(map(len, buffers))])
-        self.size += len(self._pieces[-1][0])  # type: ignore[arg-type]
-        self.output.mark_started(len(buffers))
-
     def _queue(self, data: bytes) -> None:
-        self._pieces.append([data, 0])
-        self.size += len(data)
+        self._outgoing.append(data)
 
     def _collect(self) -> None:
         """What the library made by itself: the handshake answer, pongs, close frames."""

@@ -24,19 +24,12 @@ PAGE = StaticFile(b"<!doctype html><title>chat</title>", "text/html; charset=utf
 
 def make_wire(origins: tuple[str, ...] = ()) -> WebWire:
     site = Site(OriginRule(origins), {"/": PAGE, "/index.html": PAGE})
-    return WebWire(site, OutputBuffer(), MAX_LINE, "203.0.113.5")
+    return WebWire(site, MAX_LINE, "203.0.113.5")
 
 
 def sent(wire: WebWire) -> bytes:
-    """Everything the wire has to send, as the kernel taking all of it."""
-    data = b""
-    while wire:
-        buffers = wire.buffers()
-        chunk = b"".join(bytes(b) for b in buffers)
-        data += chunk
-        for handoff in wire.consume(len(chunk)):
-            handoff(True)
-    return data
+    """What the wire has to say by itself."""
+    return wire.data_to_send()
 
 
 def browser(origin: str | None = "http://chat.example:8080") -> tuple[ClientProtocol, bytes]:
@@ -82,29 +75,34 @@ def test_a_message_in_fragments_is_one_line() -> None:
 
 
 def test_each_queued_chat_line_reaches_the_browser_as_one_text_message() -> None:
-    wire, client = opened()
-    done: list[bool] = []
-    wire.output.append(b"<User Ann is online.>\n<User Bob is online.>\n")
-    wire.output.append(b"<To Bob> hi\n", done.append)
-    frames = client_frames(client, wire)
-    assert [(f.opcode, f.data) for f in frames] == [
+    _, client = opened()
+    client.receive_data(WebWire.frame(b"<User Ann is online.>\n<User Bob is online.>\n"))
+    client.receive_data(WebWire.frame(b"<To Bob> hi\n"))
+    frames = client.events_received()
+    assert [(f.opcode, f.data) for f in frames] == [  # type: ignore[union-attr]
         (Opcode.TEXT, b"<User Ann is online.>"), (Opcode.TEXT, b"<User Bob is online.>"),
         (Opcode.TEXT, b"<To Bob> hi")]
-    assert done == [True]
 
 
-def test_a_handoff_waits_until_its_whole_frame_is_taken() -> None:
-    wire, _ = opened()
+def test_queued_frames_keep_the_output_queues_promises() -> None:
+    """Frames are queued whole: a line's handoff runs when its frame is sent."""
     done: list[bool] = []
-    wire.output.append(b"<To Bob> hi\n", done.append)
-    frame = b"".join(bytes(b) for b in wire.buffers())
-    assert wire.consume(len(frame) - 1) == []
-    assert [h(True) for h in wire.consume(1)] == [None] and done == [True]
+    output = OutputBuffer()
+    frame = WebWire.frame(b"<To Bob> hi\n")
+    output.append(frame, done.append)
+    assert output.consume(len(frame) - 1) == []
+    for handoff in output.consume(1):
+        handoff(True)
+    assert done == [True]
 
 
 def test_a_broadcast_line_is_framed_once_for_every_recipient() -> None:
     line = b'<Broadcast from Ann: "hello">\n'
-    assert frames_for(line) is frames_for(line)
+    queues = [OutputBuffer() for _ in range(3)]
+    for queue in queues:
+        queue.append(WebWire.frame(line))
+    first = queues[0].buffers()[0]
+    assert all(queue.buffers()[0] is first for queue in queues)
     assert frames_for(line) == Frame(Opcode.TEXT, line[:-1]).serialize(mask=False)
 
 
