@@ -97,10 +97,13 @@ def frames_for(data: bytes | memoryview) -> bytes:
         return last[1]
     if type(data) is memoryview:
         data = data.tobytes()  # (a view: framed from a copy)
-    if data.count(b"\n") == 1:
-        frames = text_frame(data[:-1])
+    if data.count(b"\n") == 1 and data.endswith(b"\n"):
+        frames = text_frame(data[:-1])  # the common case: one line
     else:
-        frames = b"".join(text_frame(line) for line in bytes(data).split(b"\n")[:-1])
+        lines = data.split(b"\n")
+        if not lines[-1]:
+            lines.pop()  # (the terminator of the last line, not an empty line)
+        frames = b"".join(map(text_frame, lines))
     _last = (data, frames)
     return frames
 

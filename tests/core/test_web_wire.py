@@ -84,6 +84,10 @@ def test_each_queued_chat_line_reaches_the_browser_as_one_text_message() -> None
         (Opcode.TEXT, b"<To Bob> hi")]
 
 
+def test_every_line_is_a_frame_even_without_its_terminator() -> None:
+    assert WebWire.frame(b"a\n\nb") == text_frame(b"a") + text_frame(b"") + text_frame(b"b")
+
+
 def test_queued_frames_keep_the_output_queues_promises() -> None:
     """Frames are queued whole: a line's handoff runs when its frame is sent."""
     done: list[bool] = []
