@@ -20,6 +20,7 @@ def test_importing_every_server_module_loads_only_the_standard_library() -> None
         "import sys\n"
         "import reactor.__main__, reactor.backends.selector, reactor.backends.threads\n"
         "import reactor.backends.aio, reactor.accounts.store, reactor.accounts.__main__\n"
+        "import reactor.web.http\n"
         "ours = {'reactor', 'protocol', '__main__'}\n"
         "print(sorted({m.split('.')[0] for m in sys.modules}\n"
         "             - set(sys.stdlib_module_names) - ours))\n"

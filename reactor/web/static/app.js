@@ -268,6 +268,13 @@ function loginEvent(event) {
     case "invalidUsername":
       return failLogin(`That name cannot be used: ${event.reason}.`);
     case "usernameTaken":
+      if (state.loggedIn) {
+        // A reconnect that came before the server noticed the old connection
+        // was gone: the name is still ours there; try again after a while.
+        setStatus(`${event.name} is still logged in from before; trying again…`);
+        state.socket?.close();
+        return undefined;
+      }
       return failLogin(`${event.name} is already taken; choose another name.`);
     case "invalidInput":
     case "serviceUnavailable":
