@@ -259,3 +259,17 @@ def test_lines_that_arrive_with_the_handshake_are_not_lost() -> None:
     client.receive_data(b"HTTP/1.1 101 Switching Protocols\r\n")  # not read back: only bytes
     frame = Frame(Opcode.TEXT, b"Ann").serialize(mask=True)
     assert wire.receive(request + frame) == (b"Ann\n", False)
+
+
+def test_a_frame_split_across_reads_is_one_line() -> None:
+    wire, client = opened()
+    client.send_text(b"hi")
+    data = b"".join(client.data_to_send())
+    assert wire.receive(data[:3]) == (b"", False)
+    assert wire.receive(data[3:]) == (b"hi\n", False)
+
+
+def test_the_end_of_input_without_a_close_frame_ends_the_peers_side() -> None:
+    wire, _ = opened()
+    assert wire.receive(b"") == (b"", True)
+    assert wire.ended and not wire.data_to_send()
