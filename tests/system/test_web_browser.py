@@ -23,6 +23,7 @@ selenium = pytest.importorskip("selenium")
 from selenium import webdriver  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 from reactor.config import AccountsConfig  # noqa: E402
@@ -195,3 +196,28 @@ def test_the_page_reconnects_after_a_server_restart_keeping_the_draft(
             assert draft == "half-written thought"
             type_message(browser, "")  # Enter: the kept draft goes out now
             bob.read_until(lambda line: line == '<Broadcast from Ann: "half-written thought">')
+
+
+def test_a_taken_name_is_said_and_the_page_works_by_keyboard_alone(
+        browser: webdriver.Chrome) -> None:
+    with running_server("select") as server, web_bridge(server.port) as bridge, \
+            LineClient(server.port) as bob:
+        bob.send("Bob")
+        bob.expect("<User Bob is online.>")
+        browser.get(f"http://127.0.0.1:{bridge.port}/")
+        browser.switch_to.active_element.send_keys("bob", Keys.ENTER)  # the name box has focus
+        until(browser, lambda d: "Bob is already taken" in text_of(d, "login-error"))
+        assert text_of(browser, "status") == "Connected, not logged in"
+        name = browser.switch_to.active_element
+        name.send_keys(Keys.CONTROL, "a")
+        name.send_keys("Ann", Keys.ENTER)  # on the same connection
+        until(browser, logged_in)
+        bob.expect("<User Ann is online.>")
+        # From the message box, back through the page to "Message Bob".
+        for _ in range(10):
+            browser.switch_to.active_element.send_keys(Keys.SHIFT, Keys.TAB)
+            if browser.switch_to.active_element.get_attribute("aria-label") == "Message Bob":
+                break
+        browser.switch_to.active_element.send_keys(Keys.ENTER)
+        browser.switch_to.active_element.send_keys("by keyboard", Keys.ENTER)
+        bob.expect('<Message from Ann: "by keyboard">')

@@ -291,6 +291,7 @@ function loginEvent(event) {
 
 function failLogin(text) {
   loginError(text);
+  setStatus(state.socket ? "Connected, not logged in" : "Not connected");
   showLogin(state.phase === "password");
 }
 
