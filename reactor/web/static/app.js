@@ -3,7 +3,8 @@
 // the network goes into the page as text (textContent, text nodes), never as
 // HTML; the protocol's rules live in text.js.
 
-import { nameKey, parseEvent, quote, visibleParts } from "./text.js";
+import { conversationEntry, personEntry, renderItem } from "./render.js";
+import { nameKey, parseEvent, quote } from "./text.js";
 
 const MAX_LINE_BYTES = 4096;  // the server's default line limit
 const RETRY_FIRST = 1000;  // ms; doubled after each failed try, up to RETRY_MOST
@@ -79,54 +80,6 @@ function scrollToEnd() {
   list.scrollTop = list.scrollHeight;
 }
 
-// -- rendering: text only ----------------------------------------------------------
-
-function textWithTokens(text) {
-  const span = document.createElement("span");
-  span.className = "text";
-  for (const part of visibleParts(text)) {
-    if (part.token) {
-      const token = document.createElement("span");
-      token.className = "token";
-      token.title = "a control or invisible character, shown as its code";
-      token.textContent = part.text;
-      span.append(token);
-    } else {
-      span.append(document.createTextNode(part.text));
-    }
-  }
-  return span;
-}
-
-function renderItem(item) {
-  const li = document.createElement("li");
-  li.className = `item ${item.kind}`;
-  const time = document.createElement("time");
-  time.dateTime = item.time.toISOString();
-  time.textContent = item.time.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
-  li.append(time, " ");
-  if (item.from) {
-    const who = document.createElement("span");
-    who.className = "from";
-    who.textContent = item.from + ": ";
-    li.append(who);
-  }
-  li.append(textWithTokens(item.text));
-  if (item.kind === "out") {
-    const mark = document.createElement("span");
-    mark.className = `delivery ${item.state}`;
-    mark.textContent = {
-      pending: " · sending…",
-      delivered: " ✓ delivered",
-      failed: ` ✗ not delivered: ${item.reason}`,
-      unknown: ` ? ${item.reason}`,
-    }[item.state];
-    li.append(mark);
-  }
-  item.element = li;
-  return li;
-}
-
 function settle(item, outcome, reason = "") {
   item.state = outcome;
   item.reason = reason;
@@ -135,24 +88,8 @@ function settle(item, outcome, reason = "") {
 
 function renderConversations() {
   const list = $("conversations");
-  const items = [...state.conversations.values()].map((conv) => {
-    const li = document.createElement("li");
-    const button = document.createElement("button");
-    button.type = "button";
-    button.textContent = conv.title;
-    if (conv.key === state.current) button.setAttribute("aria-current", "true");
-    if (conv.unread) {
-      const badge = document.createElement("span");
-      badge.className = "unread";
-      badge.textContent = String(conv.unread);
-      badge.setAttribute("aria-label", `${conv.unread} unread`);
-      button.append(" ", badge);
-    }
-    button.addEventListener("click", () => { show(conv.key); $("draft").focus(); });
-    li.append(button);
-    return li;
-  });
-  list.replaceChildren(...items);
+  list.replaceChildren(...[...state.conversations.values()].map((conv) => conversationEntry(
+    conv, conv.key === state.current, () => { show(conv.key); $("draft").focus(); })));
   const unread = [...state.conversations.values()].reduce((sum, c) => sum + c.unread, 0);
   document.title = unread ? `(${unread}) reactor-chat` : "reactor-chat";
 }
@@ -160,20 +97,9 @@ function renderConversations() {
 function renderPeople() {
   const names = [...state.online.values()].sort((a, b) => a.localeCompare(b));
   $("online-count").textContent = `(${names.length})`;
-  $("people").replaceChildren(...names.map((name) => {
-    const li = document.createElement("li");
-    if (nameKey(name) === nameKey(state.name)) {
-      li.textContent = `${name} (you)`;
-      return li;
-    }
-    const button = document.createElement("button");
-    button.type = "button";
-    button.textContent = name;
-    button.setAttribute("aria-label", `Message ${name}`);
-    button.addEventListener("click", () => { show(dmWith(name).key); $("draft").focus(); });
-    li.append(button);
-    return li;
-  }));
+  $("people").replaceChildren(...names.map((name) => personEntry(
+    name, nameKey(name) === nameKey(state.name),
+    () => { show(dmWith(name).key); $("draft").focus(); })));
 }
 
 // -- the connection ----------------------------------------------------------------
