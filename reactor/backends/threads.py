@@ -28,7 +28,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from reactor.backends.base import Listener, Server
 from reactor.config import ServerConfig
@@ -88,7 +88,8 @@ class FairLock:
         """Threads queued for the lock (read without the guard: a hint)."""
         return len(self._waiters)
 
-    def acquire(self) -> None:
+    def acquire(self, first: bool = False) -> None:
+        """Wait for the lock; ``first``: ahead of every thread waiting."""
         with self._guard:
             if not self._held:
                 self._held = True
@@ -96,7 +97,10 @@ class FairLock:
                 return
             baton = threading.Lock()
             baton.acquire()
-            self._waiters.append(baton)
+            if first:
+                self._waiters.appendleft(baton)
+            else:
+                self._waiters.append(baton)
         baton.acquire()  # released by the holder's release(): the lock is ours
 
     def release(self) -> None:
@@ -110,6 +114,15 @@ class FairLock:
     def __enter__(self) -> FairLock:
         self.acquire()
         return self
+
+    @contextlib.contextmanager
+    def first(self) -> Iterator[None]:
+        """``with lock:``, ahead of every thread waiting."""
+        self.acquire(first=True)
+        try:
+            yield
+        finally:
+            self.__exit__()
 
     def __exit__(self, *exc: object) -> None:
         try:
@@ -555,14 +568,12 @@ class ThreadsServer(Server):
 
     def send_at_once(self, data: bytes, connections: list[Connection],
                      batch: bool = False) -> list[Connection]:
-        """A fan-out in a busy pass (see Server.send_at_once): queued for
-        the end of the pass in one loop, at half the Python work of
-        ``connection.send``, whose limit checks a queue below the
-        high-water mark passes anyway.  Returns the others (TLS, closed,
-        over the mark), and all of them in a quiet moment, when
-        ``connection.send`` writes through at once."""
-        if not (batch or self.lock.waiting):
-            return connections
+        """A fan-out (see Server.send_at_once): queued in one loop, at half
+        the Python work of ``connection.send`` (whose limit checks a queue
+        below the high-water mark passes anyway), and sent at the end of
+        the pass -- at the end of this turn if nobody waits, which costs
+        the sends that writing through would.  Returns the others (TLS,
+        closed, over the mark)."""
         size = len(data)
         high_water = self.config.output_high_water
         rest: list[Connection] = []
@@ -684,8 +695,9 @@ class ThreadsServer(Server):
             return refusal
         # Admitted (or refused) here, in accept order, as in the select
         # backend: were it left to the reader threads, whichever got the lock
-        # first would take the last slot.
-        with self.lock:
+        # first would take the last slot.  Ahead of the readers waiting: a
+        # short turn, and in a storm every login waits for it.
+        with self.lock.first():
             for transport in transports:
                 self.chat.connection_made(transport)
         for index, transport in enumerate(transports):
