@@ -427,7 +427,10 @@ class AsyncioServer(Server):
         servers = [
             await loop.create_server(
                 lambda tls=listener.tls: AsyncioTransport(self, tls),  # type: ignore[misc]
-                sock=listener.sock,
+                # Else asyncio listens again with its own backlog of 100: a
+                # storm of connections overflows it, and their SYNs wait out
+                # retransmission timeouts.
+                sock=listener.sock, backlog=self.config.backlog,
             )
             for listener in self.listeners
         ]

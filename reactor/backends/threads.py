@@ -13,6 +13,13 @@ lock, and takes the chat lock only to report what it sent.  Deadlines (login
 timeouts, close lingers, flood-control retries) are served by one timer
 thread, under the chat lock.
 
+While other threads wait for the chat lock, output is queued rather than
+sent, and the holder that ends the *pass* -- once every thread that waited at
+its start has had its turn, as the select backend's pass serves every
+connection ready at its start -- sends it, one send per client.  A storm of
+logins, each announced to everyone, then costs each client one system call
+per pass rather than one per login (see ``ThreadsServer._end_turn``).
+
 Lock order, to stay free of deadlocks: the chat lock, then a transport's
 ``_send_lock``; never the other way round, and no callback runs under a
 ``_send_lock``.
@@ -26,6 +33,7 @@ import logging
 import select
 import signal
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -279,7 +287,12 @@ class ThreadTransport(Transport):
         due: list[Handoff] = []
         wire = self.wire
         while wire:
-            buffers = wire.buffers()
+            try:
+                buffers = wire.buffers()
+            except ssl.SSLError as error:
+                # Encrypting after the reader thread fed the peer's end of
+                # the session in (under this lock, but between our turns).
+                return due, f"connection error: {error.reason or error}"
             try:
                 sent = self.sock.sendmsg(buffers, [], socket.MSG_DONTWAIT)
             except (BlockingIOError, InterruptedError):
@@ -287,8 +300,10 @@ class ThreadTransport(Transport):
             except OSError as error:
                 return due, f"connection error: {error.strerror or error}"
             due += wire.consume(sent)
-            if sent < sum(map(len, buffers)):
-                break  # the kernel is full: the writer thread waits for it
+            if self.tls is not None or sent < sum(map(len, buffers)):
+                # The kernel is full: the writer thread waits for it.  (TLS:
+                # one record batch here; the writer encrypts the rest.)
+                break
         self._end_output_locked()
         if self.wire:
             if not self._start_writer():
@@ -662,7 +677,7 @@ class ThreadsServer(Server):
         One turn for the batch, not one per connection: in a login storm
         every turn waits behind the logins queued for the lock.
         """
-        accepted: list[tuple[socket.socket, str]] = []
+        accepted: list[tuple[socket.socket, object]] = []
         refusal: str | None = None
         for _ in range(limit):
             try:
@@ -675,22 +690,22 @@ class ThreadsServer(Server):
                 if error.errno in RESOURCE_ERRNOS:
                     refusal = f"accept() failed: {error.strerror}"
                     break
-                for sock, _host in accepted:
+                for sock, _address in accepted:
                     sock.close()
                 raise
-            accepted.append((sock, peer_host(address)))
-        transports: list[ThreadTransport] = []
-        for sock, host in accepted:
+            accepted.append((sock, address))
+        transports: list[tuple[ThreadTransport, object]] = []
+        for sock, address in accepted:
             sock.setblocking(True)
             try:
                 configure_client(sock, self.config)
             except OSError:
                 sock.close()
                 continue
-            transport = ThreadTransport(sock, host, self)
+            transport = ThreadTransport(sock, peer_host(address), self)
             if listener.tls:
                 transport.start_tls(self.tls_context())
-            transports.append(transport)
+            transports.append((transport, address))
         if not transports:
             return refusal
         # Admitted (or refused) here, in accept order, as in the select
@@ -698,12 +713,11 @@ class ThreadsServer(Server):
         # first would take the last slot.  Ahead of the readers waiting: a
         # short turn, and in a storm every login waits for it.
         with self.lock.first():
-            for transport in transports:
+            for transport, _address in transports:
                 self.chat.connection_made(transport)
-        for index, transport in enumerate(transports):
+        for index, (transport, address) in enumerate(transports):
             reader = threading.Thread(
-                target=self._serve_client, args=(transport,),
-                name=f"client-{transport.peer_host}", daemon=True,
+                target=self._serve_client, args=(transport,), name=f"client-{address}", daemon=True
             )
             with self._readers_changed:
                 self._readers[reader] = transport
@@ -712,7 +726,7 @@ class ThreadsServer(Server):
             except RuntimeError:  # can't start new thread
                 with self._readers_changed:
                     del self._readers[reader]
-                for unserved in transports[index:]:
+                for unserved, _address in transports[index:]:
                     self._finish(unserved, "cannot start a thread for it")
                 return "cannot start a thread for a new connection"
         return refusal
