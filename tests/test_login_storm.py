@@ -20,14 +20,15 @@ from tests.support import LineClient, running_server, wait_until
 # them) to back up behind the clients' small windows.
 STORM = 2000
 # A receive window this small fills with a few hundred notices, so the rest
-# queue in the server, as they do for a client that stopped reading.
+# back up in the server (its socket buffer, then its queue), as they do for
+# a client that stopped reading.
 SMALL_WINDOW = 4096
 # The clients that start reading when the server is told to stop.
 LATE_READERS = 50
 SHUTTING_DOWN = b"<Server is shutting down.>\n"
 # The server promises to end about close_linger seconds after telling
 # everyone, under flood too; this bound is ten times that (the machine may be
-# shared), far from the minute a storm's backlog took to drain.
+# shared), and far below draining a storm's backlog login by login.
 SHUTDOWN_BOUND = 10 * ServerConfig().close_linger
 
 
