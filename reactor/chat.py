@@ -232,6 +232,7 @@ class ChatService:
         self._shutting_down = True
         for connection in list(self._connections):
             if connection.is_open:
+                connection.transport.drop_unsent()  # the notice next, not after a backlog
                 connection.send(_SHUTTING_DOWN)
                 connection.close("server shutting down")
 

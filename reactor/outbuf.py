@@ -160,6 +160,24 @@ class OutputBuffer:
         self.size -= len(entry.data)
         return True
 
+    def drop_unsent(self, keep: int = 0) -> list[Handoff]:
+        """Discard what the kernel has not started on, keeping the first
+        ``keep`` bytes (handed to a lower buffer already) and the head if a
+        send cut into it, so that the client's stream stays whole lines.
+        Returns the callbacks that will now never run with True."""
+        items = self._items
+        kept: deque[Item] = deque()
+        size = 0
+        while items and (size < keep or (not kept and _started(items[0]))):
+            item = items.popleft()
+            kept.append(item)
+            size += len(item)
+        waiting = self.clear()
+        self._items = kept
+        self.size = size
+        self._entries = sum(1 for item in kept if type(item) is Entry)
+        return waiting
+
     def clear(self) -> list[Handoff]:
         """Discard everything; return the callbacks that will now never run with True."""
         waiting = [item.on_handoff for item in self._items if type(item) is Entry]
@@ -167,3 +185,9 @@ class OutputBuffer:
         self.size = 0
         self._entries = 0
         return waiting
+
+
+def _started(item: Item) -> bool:
+    """Whether a send has cut into ``item`` (the head of a queue): a
+    memoryview is what is left of a partial send; an Entry says so."""
+    return item.started if type(item) is Entry else type(item) is memoryview  # type: ignore[union-attr]
