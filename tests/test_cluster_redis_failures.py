@@ -206,11 +206,6 @@ def test_redis_out_of_memory_refuses_what_needs_it_and_keeps_everyone(
     chat_on.everything_works_again()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "finding: while Redis refuses writes (OOM), every refused lease renewal logs "
-    "'Redis script renew failed: OOM command not allowed ...' (reactor/cluster/resp.py, "
-    "Batch reply handling): one ERROR line per refused renewal (several a second per node) "
-    "instead of one line when writes start failing and one when they work again"))
 def test_redis_refusing_writes_is_one_log_line_per_node_not_one_per_renewal(
     redis_server: RedisServer, chat_on: Chat, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -48,6 +48,7 @@ from reactor.redis.resp import (
     Call,
     Entry,
     ProtocolError,
+    Refusals,
     Replies,
     Reply,
     inbox_entries,
@@ -158,6 +159,7 @@ class Link(ABC):
         self._together = together
         # Whether calls are taken (else answered UNAVAILABLE at once).
         self.up = False
+        self._refusals = Refusals(without_password(url))
 
     @abstractmethod
     def start(self) -> None: ...
@@ -319,7 +321,7 @@ class ThreadLink(Link):
         try:
             sock.sendall(batch.data)
             complete(sock, self._replies, batch)
-            replies = batch.outcomes()
+            replies = batch.outcomes(self._refusals)
         except Exception as error:
             if not is_outage(error):
                 log.exception("Redis pipeline failed")

@@ -249,7 +249,7 @@ class LoopLink(Link):
         if self._batch_deadline is not None:
             self._batch_deadline.cancel()
             self._batch_deadline = None
-        self._answer(batch.calls, batch.outcomes())
+        self._answer(batch.calls, batch.outcomes(self._refusals))
         if self._queued and not self._flush_due:
             self._flush_due = True
             self._loop.at_end_of_pass(self._flush)
