@@ -218,16 +218,6 @@ def test_redis_refusing_writes_is_one_log_line_per_node_not_one_per_renewal(
     assert len(reactor_lines(caplog, "OOM")) <= 2, reactor_lines(caplog, "OOM")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "finding: when the users hash ({chat}:users) alone is lost -- what an evicting "
-    "maxmemory-policy (allkeys-lru, allkeys-random) does to one key -- nodes do not notice "
-    "(the epoch is still there): a second 'Ann' logs in on the other node while Ann is "
-    "online, DMs to Bob are answered 'Bob left before it could be sent', and the nodes' "
-    "user lists differ from then on.  Losing {chat}:nodes alone makes every node "
-    "fence itself and disconnect all its users, though a missing lease set cannot mean "
-    "a reaping (the reaper is a member).  Suggested: renew/claim scripts treat a missing "
-    "users hash or lease set as lost state (re-register, as after FLUSHALL), and the node "
-    "warns at start when maxmemory-policy is not noeviction"))
 def test_a_chat_key_evicted_alone_is_noticed_and_names_stay_unique(
     redis_server: RedisServer, chat_on: Chat
 ) -> None:
@@ -243,6 +233,46 @@ def test_a_chat_key_evicted_alone_is_noticed_and_names_stay_unique(
                         "<Chat service unavailable: try again later.>"), line
         time.sleep(0.05)  # a retry interval, not a synchronisation
     chat_on.everything_works_again()
+
+
+def test_the_lease_set_evicted_alone_fences_nobody(
+    redis_server: RedisServer, chat_on: Chat, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="reactor")
+    redis_server.command("DEL", "{chat}:nodes")
+    chat_on.everything_works_again()
+    assert len(reactor_lines(caplog, "Redis lost the chat's state")) == 2  # once per node
+    assert not reactor_lines(caplog, "declared dead")
+
+
+def policy_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return reactor_lines(caplog, "maxmemory-policy")
+
+
+def test_a_redis_that_may_evict_keys_is_warned_of_once_per_node(
+    redis_server: RedisServer, pair: tuple[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="reactor")
+    redis_server.command("CONFIG", "SET", "maxmemory-policy", "allkeys-lru")
+    with nodes(pair, redis_server.url):
+        pass
+    warnings = policy_warnings(caplog)
+    assert len(warnings) == 2 and all("allkeys-lru" in line for line in warnings), warnings
+
+
+def test_noeviction_or_a_refused_config_get_is_not_warned_of(
+    redis_server: RedisServer, pair: tuple[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="reactor")
+    with nodes(pair, redis_server.url):
+        pass
+    # A Redis user that may not use CONFIG (as on managed services).
+    redis_server.command("CONFIG", "SET", "maxmemory-policy", "allkeys-lru")
+    redis_server.command("ACL", "SETUSER", "chat", "on", ">secret", "~*", "&*", "+@all",
+                         "-config")
+    with nodes(pair, redis_server.url.replace("redis://", "redis://chat:secret@")):
+        pass
+    assert not policy_warnings(caplog)
 
 
 @pytest.mark.xfail(strict=True, reason=(

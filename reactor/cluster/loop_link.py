@@ -388,7 +388,10 @@ class LoopLink(Link):
 
         def opening() -> None:
             try:
-                sock = open_socket(self.url, timeout, load_scripts=commands)
+                if commands:
+                    sock = self._open_commands()
+                else:
+                    sock = open_socket(self.url, timeout, load_scripts=False)
             except Exception as error:
                 caught = error
                 loop.call_soon_threadsafe(lambda: failed(caught))

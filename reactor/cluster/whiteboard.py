@@ -670,6 +670,8 @@ class ClusterWhiteboard(Whiteboard[S]):
         current: dict[str, RemoteUser] = {}
         for i in range(0, len(users), 2):
             key = _text(users[i])
+            if not key:
+                continue  # the hash's marker (see scripts), not a user
             node, _, name = _text(users[i + 1]).partition("\n")
             if node != self.node_id:
                 current[key] = previous.get(key) or RemoteUser(self, name, node)
