@@ -13,9 +13,6 @@ The promises, as users and peers observe them:
 * every command gets an answer meanwhile (a refusal, never silence), and
   once Redis works again DMs cross both ways and new logins are seen by all;
 * the log says what happened in a line per episode, not a line per retry.
-
-Where a promise does not hold yet, the test says so (``xfail``, strict) with
-the finding; see each one's reason.
 """
 
 from __future__ import annotations
@@ -275,14 +272,6 @@ def test_noeviction_or_a_refused_config_get_is_not_warned_of(
     assert not policy_warnings(caplog)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "finding: right after FLUSHALL, DMs to "
-    "Bob -- online all along -- are answered '<Message to Bob not delivered: Bob left "
-    "before it could be sent.>' (3-5 times, every run on every pair) until Bob's node has "
-    "registered him again: the 'direct' script answers OFFLINE for a name missing from the "
-    "users hash, and reactor/cluster/whiteboard.py (the 'sent' callback of the direct call) "
-    "takes that for 'left'.  A name missing because the state was lost (no epoch yet) "
-    "should be answered as the chat service being unavailable"))
 def test_after_flushall_a_refused_dm_never_says_its_recipient_left(
     redis_server: RedisServer, chat_on: Chat
 ) -> None:

@@ -276,6 +276,9 @@ DIRECT = _PRELUDE + r"""
 local why = refused()
 if why then return {why} end
 local entry = redis.call('HGET', P .. 'users', ARGV[6])
+-- While the nodes register their users again, a missing name may be one
+-- not yet registered: no answer yet, rather than "left".
+if not entry and redis.call('EXISTS', P .. 'recovering') == 1 then return {'RECOVERING'} end
 if not entry then return {'OFFLINE'} end
 local target = owner(entry)
 if target == node then return {'LOCAL'} end

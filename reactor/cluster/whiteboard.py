@@ -397,12 +397,21 @@ class ClusterWhiteboard(Whiteboard[S]):
             status = self._status(reply)
             if status == "OK":
                 return  # the answer comes through the inbox
-            if status in ("OFFLINE", "LOCAL"):
+            if status == "OFFLINE" and self._recovering():
+                # Redis lost the chat's state and the nodes are registering
+                # their users again: not registered yet is not "left".
+                self._answered(seq, False, UNAVAILABLE_REASON)
+            elif status in ("OFFLINE", "LOCAL"):
                 self._answered(seq, False, f"{user.name} left before it could be sent")
             else:
                 self._answered(seq, False, UNAVAILABLE_REASON)
 
         self._call("direct", (username_key(user.name), seq, data), sent, deadline=True)
+
+    def _recovering(self) -> bool:
+        """Whether the other nodes may not have registered their users
+        again yet, since this node found Redis had lost the chat's state."""
+        return time.monotonic() < self._keep_missing_until
 
     def _answered(self, seq: int, ok: bool, reason: str) -> None:
         pending = self._pending.pop(seq, None)
@@ -636,7 +645,7 @@ class ClusterWhiteboard(Whiteboard[S]):
             # then (and in any registration meanwhile) their users are kept,
             # rather than announced offline and online again.
             self._keep_missing_until = time.monotonic() + self.config.lease
-        keep_missing = time.monotonic() < self._keep_missing_until
+        keep_missing = self._recovering()
         self._load_snapshot(users, seen, keep_missing=keep_missing,
                             announce=bool(self._ever_registered_as))
         self._ever_registered_as = node
