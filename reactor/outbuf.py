@@ -53,14 +53,14 @@ Item = bytes | memoryview | Entry
 
 
 class OutputBuffer:
-    __slots__ = ("_entries", "_items", "size")
+    __slots__ = ("entries", "_items", "size")
 
     def __init__(self) -> None:
         self._items: deque[Item] = deque()
         self.size = 0  # bytes queued and not yet taken by the kernel
         # How many of the items are Entries: with none, the queue is plain
-        # bytes and the hot paths below need not look at each item.
-        self._entries = 0
+        # bytes (nothing to withdraw) and the hot paths need not look at each item.
+        self.entries = 0
 
     def __bool__(self) -> bool:
         return self.size > 0
@@ -73,13 +73,13 @@ class OutputBuffer:
             return None
         entry = Entry(data, on_handoff)
         self._items.append(entry)
-        self._entries += 1
+        self.entries += 1
         return entry
 
     def buffers(self) -> list[bytes | memoryview]:
         """The head of the queue, for one ``sendmsg`` call."""
         items = self._items
-        if not self._entries and len(items) <= MAX_BUFFERS_PER_SEND:
+        if not self.entries and len(items) <= MAX_BUFFERS_PER_SEND:
             return list(items)
         count = min(len(items), MAX_BUFFERS_PER_SEND)
         return [item.data if type(item) is Entry else item  # type: ignore[misc]
@@ -97,7 +97,7 @@ class OutputBuffer:
         count = len(items)
         if count >= MAX_BUFFERS_PER_SEND or self.size > limit:
             return None
-        if self._entries:
+        if self.entries:
             self.mark_started(count)
             return b"".join(self.buffers())  # (all of it: fewer than one send's worth)
         if count == 1:
@@ -113,9 +113,9 @@ class OutputBuffer:
         items = self._items
         if sent == self.size:
             # All of it (the common case): no item is looked at but the Entries.
-            if self._entries:
+            if self.entries:
                 due = [item.on_handoff for item in items if type(item) is Entry]
-                self._entries = 0
+                self.entries = 0
             items.clear()
             self.size = 0
             return due
@@ -133,14 +133,14 @@ class OutputBuffer:
             sent -= length
             items.popleft()
             if type(head) is Entry:
-                self._entries -= 1
+                self.entries -= 1
                 due.append(head.on_handoff)
         return due
 
     def mark_started(self, count: int) -> None:
         """The first ``count`` items are being sent (by another thread):
         none of them may be withdrawn any more."""
-        if not self._entries:
+        if not self.entries:
             return  # plain bytes only: nothing can be withdrawn anyway
         items = self._items
         for i in range(min(count, len(items))):
@@ -156,7 +156,7 @@ class OutputBuffer:
             self._items.remove(entry)
         except ValueError:
             return False  # already sent (or discarded)
-        self._entries -= 1
+        self.entries -= 1
         self.size -= len(entry.data)
         return True
 
@@ -165,5 +165,5 @@ class OutputBuffer:
         waiting = [item.on_handoff for item in self._items if type(item) is Entry]
         self._items.clear()
         self.size = 0
-        self._entries = 0
+        self.entries = 0
         return waiting
