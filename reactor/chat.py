@@ -77,6 +77,8 @@ _LOGIN_TIMED_OUT = format_event(LoginTimedOut())
 # Seconds between checks of the output limits that take time to judge (the
 # soft limit's grace period, the server-wide budget).
 HOUSEKEEPING_INTERVAL = 1.0
+# While broadcasts wait for the queues to drain: seconds between counts.
+HELD_RECOUNT_INTERVAL = 0.05
 
 CallLater = Callable[[float, Callable[[], None]], TimerHandle]
 CallSoon = Callable[[Callable[[], None]], None]
@@ -128,6 +130,14 @@ class ChatService:
         self._deferred_notices: list[bytes] = []
         # Inside together(): fan-outs are queued for one send per recipient.
         self._together = 0
+        # The output budget (see _keep_the_budget): all queues' total at the
+        # last count, what fan-outs may have added since, the senders whose
+        # broadcasts wait while it is over the high-water mark (None: none
+        # wait), and each queue's progress at the last housekeeping.
+        self._output_total = 0
+        self._fanned_out = 0
+        self._held_broadcasts: list[Connection] | None = None
+        self._consumed_at_check: dict[Connection, int] = {}
         # Registered names: None is the open chat.  Opened here (raising
         # StoreUnavailable or ValueError) before the backend binds its port.
         if accounts is None and config.accounts is not None:
@@ -315,7 +325,8 @@ class ChatService:
         config = self.config
         now = self.clock()
         total = 0
-        queued: list[tuple[int, Connection]] = []
+        stalled: list[tuple[int, Connection]] = []
+        previous, progress = self._consumed_at_check, {}
         for connection in list(self._connections):
             size = connection.transport.queued
             if not size:
@@ -331,20 +342,73 @@ class ChatService:
                 )
                 continue  # its queue is discarded: it no longer counts against the budget
             total += size
-            queued.append((size, connection))
-        if total <= config.output_budget:
+            consumed = connection.transport.output.consumed
+            progress[connection] = consumed
+            if previous.get(connection) == consumed:
+                # Output waited at the last check too, and the kernel has
+                # taken none of it since: this client is not reading.
+                stalled.append((size, connection))
+        self._consumed_at_check = progress
+        self._keep_the_budget(total, stalled)
+
+    def _keep_the_budget(self, total: int, stalled: list[tuple[int, Connection]]) -> None:
+        """All queues together stay within the output budget, and no reader
+        is cut for it.  Over half the budget (the high-water mark), the
+        broadcasts of every sender wait, and their input with them in TCP,
+        until the total is under a quarter (_recount_held); meanwhile, or
+        over the budget, the largest queues of clients that do not read are
+        cut."""
+        budget = self.config.output_budget
+        held = self._held_broadcasts
+        limit = budget // 4 if held is not None else budget
+        if total > limit and stalled:
+            stalled.sort(key=lambda item: item[0], reverse=True)
+            log.warning("Output queued for all clients (%d bytes) is over the budget of %d"
+                        " bytes or its high-water mark; cutting off the largest queues of"
+                        " clients that do not read", total, budget)
+            for size, connection in stalled:
+                if total <= limit:
+                    break
+                if connection.phase is not Phase.CLOSED:
+                    connection.guard(connection.abort)(
+                        "slow consumer: cut to keep the server's output budget"
+                    )
+                    total -= size
+        self._output_total, self._fanned_out = total, 0
+        if held is None and total > budget // 2:
+            self._hold_broadcasts(total)
+
+    def _count_output(self) -> None:
+        """Count all queues again, fan-outs having perhaps taken the total
+        past the high-water mark (then broadcasts wait: _keep_the_budget)."""
+        total = sum(connection.transport.queued for connection in self._connections)
+        self._output_total, self._fanned_out = total, 0
+        if total > self.config.output_budget // 2 and self._held_broadcasts is None:
+            self._hold_broadcasts(total)
+
+    def _hold_broadcasts(self, total: int) -> None:
+        log.warning("Output queued for all clients (%d bytes) is over half the budget of"
+                    " %d bytes; broadcasts wait until it is under a quarter",
+                    total, self.config.output_budget)
+        self._held_broadcasts = []
+        if self._call_later is not None:
+            self._call_later(HELD_RECOUNT_INTERVAL, self._recount_held)
+
+    def _recount_held(self) -> None:
+        """While broadcasts wait: are the queues under a quarter of the budget yet?"""
+        held = self._held_broadcasts
+        if held is None:
+            return  # released by the housekeeping meanwhile
+        total = sum(connection.transport.queued for connection in self._connections)
+        self._output_total, self._fanned_out = total, 0
+        if total > self.config.output_budget // 4:
+            if self._call_later is not None:
+                self._call_later(HELD_RECOUNT_INTERVAL, self._recount_held)
             return
-        queued.sort(key=lambda item: item[0], reverse=True)
-        log.warning("Output queued for all clients (%d bytes) is over the budget of %d bytes;"
-                    " cutting off the largest queues", total, config.output_budget)
-        for size, connection in queued:
-            if total <= config.output_budget:
-                break
-            if connection.phase is not Phase.CLOSED:
-                connection.guard(connection.abort)(
-                    "slow consumer: cut to keep the server's output budget"
-                )
-                total -= size
+        self._held_broadcasts = None
+        for connection in held:
+            if connection.is_open:
+                connection.answer_arrived()
 
     # -- input ----------------------------------------------------------------
 
@@ -436,6 +500,14 @@ class ChatService:
             case Chat(to, text):
                 self._direct_message(connection, sender, to, text)
             case Broadcast(text):
+                held = self._held_broadcasts
+                if held is not None:
+                    # Over the output high-water mark: it waits, and its
+                    # sender's further input with it (_keep_the_budget).
+                    connection.pending_lines.appendleft(raw)
+                    connection.await_answer()
+                    held.append(connection)
+                    return
                 self._broadcast(connection, sender, text)
             case Users():
                 names = tuple(self.whiteboard.online_names())
@@ -645,6 +717,10 @@ class ChatService:
                     connection.fail(error)
         finally:
             self._fan_out_depth -= 1
+        self._fanned_out += len(data) * count
+        if (self._output_total + self._fanned_out > self.config.output_budget // 2
+                and self._held_broadcasts is None):
+            self._count_output()  # (an upper bound passed the mark: count)
         if not self._fan_out_depth:
             deferred = self._deferred_notices
             while deferred:

@@ -721,8 +721,12 @@ def test_the_hard_limit_cuts_at_once(make: MakeHarness) -> None:
     carol.expect(*[f'<Broadcast from Alice: "{text}">'] * 3, "<User Bob is offline.>")
 
 
-def test_past_the_output_budget_the_largest_queues_are_cut_first(make: MakeHarness) -> None:
-    h = make(output_budget=250, output_limit=100_000)
+def test_over_the_budgets_high_water_mark_the_largest_queues_not_read_are_cut_first(
+    make: MakeHarness,
+) -> None:
+    """Over half the budget, queues the kernel took nothing of between two
+    checks are cut, largest first, until the total is under a quarter."""
+    h = make(output_budget=1000, output_limit=100_000)
     alice, bob, carol = trio(h)
     dave = h.login("Dave")
     for peer in (alice, bob, carol):
@@ -736,6 +740,8 @@ def test_past_the_output_budget_the_largest_queues_are_cut_first(make: MakeHarne
     dave.stop_reading()
     alice.send(f'broadcast "{text}"')
     assert (bob.queued, carol.queued, dave.queued) == (300, 200, 100)
+    h.advance(1)  # the first check: nobody has been seen not reading yet
+    assert not (bob.closed or carol.closed or dave.closed)
     h.advance(1)
     assert bob.closed and carol.closed and not dave.closed
     alice.expect(*[f"<To everyone> {text}"] * 3, "<User Bob is offline.>",
@@ -776,7 +782,7 @@ def test_a_queue_cut_at_the_soft_limit_no_longer_counts_against_the_budget(
 def test_a_queue_cut_at_the_soft_limit_is_not_cut_again_for_the_budget(
     make: MakeHarness,
 ) -> None:
-    h = make(output_limit=150, slow_consumer_grace=1.0, output_budget=250,
+    h = make(output_limit=150, slow_consumer_grace=1.0, output_budget=450,
              output_high_water=10_000)
     alice, bob, carol = trio(h)
     for peer in (alice, bob, carol):
