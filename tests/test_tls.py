@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+import select
 import shutil
 import signal
 import socket
@@ -372,6 +373,60 @@ def test_a_tls_flooder_is_metered_and_holds_nobody_up(backend: str, certs: Certs
                                       timeout=30)
             echoes = [line for line in seen if line.startswith("<To Flooder> ")]
             assert echoes == [f"<To Flooder> f{i}" for i in range(300)]
+
+
+@pytest.fixture(scope="module")
+def rsa_certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
+    """An RSA-2048 certificate: each handshake signs with RSA, the costly case."""
+    certs = Certs.__new__(Certs)
+    directory = tmp_path_factory.mktemp("tls-rsa")
+    certs.ca = trustme.CA(key_type=trustme.KeyType.RSA)
+    issued = certs.ca.issue_cert("127.0.0.1", "localhost", key_type=trustme.KeyType.RSA)
+    certs.cert, certs.key = directory / "server.pem", directory / "server.key"
+    certs.ca_file = directory / "server-ca.pem"
+    issued.cert_chain_pems[0].write_to_path(str(certs.cert))
+    issued.private_key_pem.write_to_path(str(certs.key))
+    return certs
+
+
+def test_a_flood_of_stalled_handshakes_waits_its_turn_behind_established_users(
+    rsa_certs: Certs,
+) -> None:
+    """300 connections each send a ClientHello and nothing more (a replayed
+    first flight: every one costs the server a signature).  Alice, already
+    chatting, sends Bob a message as the flood lands, and Bob answers: the
+    round trip completes while most of the flood still waits for its
+    ServerHello -- the handshakes are spread over the loop's passes, a few
+    per pass, instead of all coming before the users' lines."""
+    flood = 300
+    with tls_server("select", rsa_certs, flood=NO_FLOOD_CONTROL,
+                    max_clients=flood + 10) as server, \
+            LineClient(server.port) as alice, LineClient(server.port) as bob:
+        assert server.tls_port is not None
+        log_in(alice, "Alice")
+        log_in(bob, "Bob")
+        alice.expect("<User Bob is online.>")
+        stalled = [socket.create_connection(("127.0.0.1", server.tls_port))
+                   for _ in range(flood)]
+        try:
+            wait_until(lambda: server.chat.connection_count == flood + 2,
+                       message="the flood accepted")
+            hello = client_hello()
+            for sock in stalled:
+                sock.sendall(hello)
+            alice.send('chat Bob "ping"')
+            bob.expect('<Message from Alice: "ping">', timeout=30)
+            bob.send('chat Alice "pong"')
+            alice.read_until(lambda line: line == '<Message from Bob: "pong">', timeout=30)
+            answered = select.select(stalled, [], [], 0)[0]
+            assert len(answered) < flood // 2, f"{len(answered)} of {flood} handshakes first"
+            # And the flood is served in the end.
+            for sock in stalled:
+                sock.settimeout(DEFAULT_TIMEOUT)
+                assert sock.recv(1)
+        finally:
+            for sock in stalled:
+                sock.close()
 
 
 def test_tls_clients_get_the_login_timeout_and_server_full_notices(

@@ -65,6 +65,10 @@ READ_SIZE = 16 * 1024
 ACCEPTS_PER_PASS = 128
 # Passes with at most this many ready connections send output at once.
 WRITE_THROUGH_MAX_READY = 4
+# TLS handshake steps per pass, and per address per pass: a step may sign
+# with the server's key, far more work than a line, so a flood of stalled
+# handshakes waits its turn over many passes instead of holding up everyone.
+HANDSHAKES_PER_PASS = 2
 
 _READ = selectors.EVENT_READ
 _WRITE = selectors.EVENT_WRITE
@@ -689,6 +693,14 @@ class SelectorTLSTransport(SelectorTransport):
     _sealed_turn = -1  # the turn whose first message was sent at once
     _queued = 0  # while batching: the queue's size after the turn's first message
 
+    def on_readable(self) -> None:
+        tls = self.tls
+        assert tls is not None
+        if (not tls.handshake_done and not self._closing
+                and not self.server.may_handshake(self.peer_host)):
+            return  # a later pass: its socket stays readable (level-triggered)
+        SelectorTransport.on_readable(self)
+
     def _may_send_now(self, handed_over: bool) -> bool:
         return (not self._batching and not self._events & _WRITE
                 and SelectorTransport._may_send_now(self, handed_over))
@@ -777,12 +789,23 @@ class SelectorServer(Server):
         self.reading: SelectorTransport | None = None
         self.dead: list[SelectorTransport] = []
         self._listening = False
+        self._handshaking: set[str] = set()  # addresses with a handshake step this pass
         # Callbacks from other threads; deque's append and popleft are atomic.
         self._soon: collections.deque[Callable[[], None]] = collections.deque()
         self._end_of_pass: list[Callable[[], None]] = []
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
         return self.timers.call_at(time.monotonic() + delay, callback)
+
+    def may_handshake(self, host: str) -> bool:
+        """A TLS handshake step for a client at ``host`` may run in this
+        pass: at most HANDSHAKES_PER_PASS, and one per address, so that
+        established users' lines are served between them."""
+        shaking = self._handshaking
+        if len(shaking) >= HANDSHAKES_PER_PASS or host in shaking:
+            return False
+        shaking.add(host)
+        return True
 
     def more_input_waits(self) -> bool:
         """More lines of the connection being read wait in this pass: output
@@ -909,6 +932,8 @@ class SelectorServer(Server):
         # Few ready connections: a short pass, where latency is won by sending
         # at once.  Many: batch, one send per connection per pass, as Redis does.
         self.write_through = len(ready) <= WRITE_THROUGH_MAX_READY
+        if self._handshaking:
+            self._handshaking.clear()
         for fd, mask in ready:
             # Unregistered earlier in this pass (closed): skipped.
             transport = data.get(fd, _GONE)
