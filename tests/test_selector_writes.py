@@ -34,8 +34,9 @@ from tests.support import TEST_CONFIG
 LINE = b"<Broadcast from Alice: %s>\n" % (b"x" * 8000)  # more than a little room
 
 
-@pytest.fixture
-def server() -> Iterator[SelectorServer]:
+@contextlib.contextmanager
+def idle_server() -> Iterator[SelectorServer]:
+    """A select server built and attached, but not run; closed on exit."""
     server = SelectorServer(TEST_CONFIG)
     server.chat.attach(server.call_later, server.call_soon_threadsafe, server.send_at_once)
     try:
@@ -46,6 +47,12 @@ def server() -> Iterator[SelectorServer]:
         for listener in server.listeners:
             listener.sock.close()
         server.selector.close()
+
+
+@pytest.fixture
+def server() -> Iterator[SelectorServer]:
+    with idle_server() as server:
+        yield server
 
 
 @dataclass
@@ -143,16 +150,8 @@ def test_fan_out_fast_path(batch: bool) -> None:
     every recipient as connection.send would."""
     states = []
     for fast in (True, False):
-        server = SelectorServer(TEST_CONFIG)
-        server.chat.attach(server.call_later, server.call_soon_threadsafe, server.send_at_once)
-        try:
+        with idle_server() as server:
             states.append(run_fan_out(server, fast, batch))
-        finally:
-            for connection in list(server.chat.connections):
-                connection.transport.sock.close()  # type: ignore[attr-defined]
-            for listener in server.listeners:
-                listener.sock.close()
-            server.selector.close()
     fast_states, general_states = states
     for name, fast_state, general_state in zip(SETUPS, fast_states, general_states,
                                                strict=True):
@@ -250,9 +249,7 @@ def test_tls_flush_fast_path(tmp_path: Path) -> None:
     issued.cert_chain_pems[0].write_to_path(str(cert))
     issued.private_key_pem.write_to_path(str(key))
     context = load_context(str(cert), str(key))
-    server = SelectorServer(TEST_CONFIG)
-    server.chat.attach(server.call_later, server.call_soon_threadsafe, server.send_at_once)
-    try:
+    with idle_server() as server:
         fast, general = TLSPeer(server, ca, context), TLSPeer(server, ca, context)
         for peer in (fast, general):
             peer.received()  # what the handshake brought (a session ticket)
@@ -268,9 +265,3 @@ def test_tls_flush_fast_path(tmp_path: Path) -> None:
         assert fast.state() == general.state()
         assert fast.handoffs == [True] * 7
         assert fast.plain.count(b"\n") == 20
-    finally:
-        for connection in list(server.chat.connections):
-            connection.transport.sock.close()  # type: ignore[attr-defined]
-        for listener in server.listeners:
-            listener.sock.close()
-        server.selector.close()
