@@ -188,8 +188,10 @@ class SelectorTransport(Transport):
 
     # -- the chat logic's operations ------------------------------------------
     #
-    # Every byte this transport sends goes through _send, the one send.  The
-    # writers decide only what to offer it and when:
+    # Every byte this transport sends goes through _send, the one send, or a
+    # fast path that writes it out where it runs once per recipient of a
+    # fan-out (each says so, and tests/test_selector_writes.py checks it
+    # against the general path).  The writers decide what to offer and when:
     #
     # * write: the turn's first output in a short pass is offered at once
     #   (_send_first, asyncio's "try to send now"); the rest is queued for
@@ -197,8 +199,8 @@ class SelectorTransport(Transport):
     # * send_now: write's first branch for a direct message, without a handoff;
     # * flush: the queue (or on TLS the ciphertext made from it), until the
     #   kernel is full -- then EVENT_WRITE, dropped again once it is empty;
-    # * fan_out_first / enqueue: write's two branches for a fan-out, called by
-    #   SelectorServer.send_at_once for each recipient.
+    # * fan_out_first / enqueue_each: write's two branches for a fan-out's
+    #   recipients, in one loop each (SelectorServer.send_at_once).
     #
     # A message someone waits for (a direct message: an Entry) can be taken
     # back only while none of it is in the kernel -- and on TLS only while it
@@ -264,10 +266,10 @@ class SelectorTransport(Transport):
             transport._turn = turn
             try:
                 if transport.tls is not None:
-                    if transport._may_send_now(False):  # TLS: not while batching
-                        transport._send_first(data, None)
+                    if transport._batching or transport._events & _WRITE:  # type: ignore[attr-defined]
+                        transport._queue_first(data, None)  # as _may_send_now says on TLS
                     else:
-                        transport._queue_first(data, None)
+                        transport._send_first(data, None)
                     continue
                 try:
                     sent = transport.sock.send(data)
@@ -318,20 +320,6 @@ class SelectorTransport(Transport):
             self._flush_plain()
         else:
             self._flush_wire()
-
-    def settle(self) -> None:
-        """Write what this pass queued (SelectorServer._settle, once per pass)."""
-        self._in_pending = False
-        if self._events & _WRITE:
-            return  # the kernel is full: EVENT_WRITE will flush it
-        if self.tls is None and not self._closing:
-            # The common case; nothing to do after a write-through the kernel took.
-            if self.output.size:
-                self._flush_plain()
-        elif self.output.size or self._closing or self.wire:
-            # TLS: plaintext queued, or ciphertext of the handshake or a
-            # partial send.  A closing transport needs flush() to shut down.
-            self.flush()
 
     # -- writing: the one send and its callers --------------------------------
 
@@ -486,14 +474,6 @@ class SelectorTransport(Transport):
             self._shut_write()  # closed by a handoff meanwhile
         if (self._events & _WRITE) != (_WRITE if output.size else 0) or self._closing:
             self._update_events()
-
-    @staticmethod
-    def _drained(connection: Connection) -> None:
-        """The queue emptied: tell the connection, only when it changes
-        something (output_drained() is a no-op otherwise)."""
-        if (connection.over_soft_limit_since is not None or connection.not_reading
-                or connection.output_backlog):
-            connection.output_drained()
 
     def _send_wire(self) -> bool:
         """One send from the wire; its due handoffs run.  False if the send failed."""
@@ -714,8 +694,12 @@ class SelectorTLSTransport(SelectorTransport):
         ciphertext = tls.seal(data)  # None during the handshake, or behind ciphertext
         if ciphertext is None:
             return self._queue_first(data, on_handoff)
-        sent = self._send([ciphertext])
-        if sent is None:  # the connection failed: it is aborted
+        try:  # _send, written out: once per recipient of a fan-out on TLS
+            sent = self.sock.send(ciphertext)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError as error:  # the connection failed: it is aborted
+            self._connection_error(error)
             if on_handoff is not None:
                 on_handoff(False)
             return None
@@ -742,7 +726,7 @@ class SelectorTLSTransport(SelectorTransport):
         tls = self.tls
         assert tls is not None
         if (self._events & _WRITE or self._closing or self.socket_closed or not output.size
-                or not self._may_offer()):
+                or (output.entries and not self._may_offer())):
             SelectorTransport.flush(self)
             return
         # More than one message this turn: batch the next turn; one: stop.
@@ -755,19 +739,28 @@ class SelectorTLSTransport(SelectorTransport):
             SelectorTransport.flush(self)
             return
         plain = output.size
-        sent = self._send([ciphertext])
-        if sent is None or sent < len(ciphertext):
-            tls.keep_sealed(ciphertext, sent or 0, plain)
-            if sent is not None:
-                self._update_events()  # EVENT_WRITE for the rest
+        try:  # _send, written out: once per recipient of a busy pass on TLS
+            sent = self.sock.send(ciphertext)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError as error:
+            tls.keep_sealed(ciphertext, 0, plain)
+            self._connection_error(error)
+            return
+        if sent < len(ciphertext):
+            tls.keep_sealed(ciphertext, sent, plain)
+            self._update_events()  # EVENT_WRITE for the rest
             return
         for callback in output.consume(plain):
             callback(True)
         if self.socket_closed:
             return
         connection = self.connection
-        if not output.size and connection is not None:
-            self._drained(connection)
+        if (not output.size and connection is not None
+                and (connection.over_soft_limit_since is not None or connection.not_reading
+                     or connection.output_backlog)):
+            # Only when it changes something, as in _flush_plain.
+            connection.output_drained()
         if output.size or self._closing:
             # What the handoffs or the drain queued, or a close: _flush_wire's.
             SelectorTransport.flush(self)
@@ -988,15 +981,20 @@ class SelectorServer(Server):
             pending, self.pending_writes = self.pending_writes, []
             self.turn += 1
             for transport in pending:
+                transport._in_pending = False
+                if transport._events & _WRITE:
+                    continue  # the kernel is full: EVENT_WRITE will flush it
                 try:
-                    if (transport.tls is None and transport.output.size
-                            and not transport._events & _WRITE and not transport._closing):
-                        # Fast path of settle(), a call less per recipient
-                        # of a busy pass: plain, open, something queued.
-                        transport._in_pending = False
-                        transport._flush_plain()
-                    else:
-                        transport.settle()
+                    if transport.tls is None and not transport._closing:
+                        # The common case, without flush()'s other cases;
+                        # nothing to do after a write-through the kernel took.
+                        if transport.output.size:
+                            transport._flush_plain()
+                    elif transport.output.size or transport._closing or transport.wire:
+                        # TLS: plaintext queued (the common case, tested
+                        # first), or ciphertext of the handshake or a partial
+                        # send.  A closing transport needs flush() to shut down.
+                        transport.flush()
                 except Exception as error:
                     self._contain(transport, error)
             dead, self.dead = self.dead, []
