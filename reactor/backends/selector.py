@@ -185,6 +185,9 @@ class SelectorTransport(Transport):
         self._linger: Timer | None = None
         self.socket_closed = False
         self._room: select.poll | None = None  # see _has_room
+        # A withdraw emptied the queue while the kernel was full: EVENT_WRITE
+        # (the client read) is what tells the connection it drained.
+        self._drain_watch = False
 
     # -- the chat logic's operations ------------------------------------------
     #
@@ -401,12 +404,14 @@ class SelectorTransport(Transport):
         ciphertext made from it), handshakes and closing included."""
         output = self.output
         wire = self.wire  # the output itself, or on TLS the ciphertext made from it
-        if not output.size and not wire and self._events & _WRITE and self.connection is not None:
+        if self._drain_watch and not output.size and not wire:
             # Writable again, with a queue a withdraw emptied while the kernel
             # was full: the client has read (clears "not reading").
-            self.connection.output_drained()
-            if self.socket_closed:
-                return
+            self._drain_watch = False
+            if self.connection is not None:
+                self.connection.output_drained()
+                if self.socket_closed:
+                    return
         while wire and self._may_offer():
             buffers = wire.buffers()
             offered = len(buffers[0]) if len(buffers) == 1 else sum(map(len, buffers))
@@ -483,6 +488,14 @@ class SelectorTransport(Transport):
         if sent:
             for callback in self.wire.consume(sent):
                 callback(True)
+        return True
+
+    def withdraw(self, entry: Entry) -> bool:
+        if not self.output.withdraw(entry):
+            return False
+        if not self.output.size and not self.socket_closed:
+            self._drain_watch = True
+            self._update_events()
         return True
 
     def close(self) -> None:
@@ -627,7 +640,7 @@ class SelectorTransport(Transport):
         if self.socket_closed:
             return
         reading = self._reading and not self._eof_received
-        events = (_READ if reading else 0) | (_WRITE if self.wire else 0)
+        events = (_READ if reading else 0) | (_WRITE if self.wire or self._drain_watch else 0)
         if events == self._events:
             return
         selector = self.server.selector
