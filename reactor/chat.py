@@ -381,8 +381,7 @@ class ChatService:
     def _count_output(self) -> None:
         """Count all queues again, fan-outs having perhaps taken the total
         past the high-water mark (then broadcasts wait: _keep_the_budget)."""
-        total = sum(connection.transport.queued for connection in self._connections)
-        self._output_total, self._fanned_out = total, 0
+        total = self._total_queued()
         if total > self.config.output_budget // 2 and self._held_broadcasts is None:
             self._hold_broadcasts(total)
 
@@ -399,8 +398,7 @@ class ChatService:
         held = self._held_broadcasts
         if held is None:
             return  # released by the housekeeping meanwhile
-        total = sum(connection.transport.queued for connection in self._connections)
-        self._output_total, self._fanned_out = total, 0
+        total = self._total_queued()
         if total > self.config.output_budget // 4:
             if self._call_later is not None:
                 self._call_later(HELD_RECOUNT_INTERVAL, self._recount_held)
@@ -408,7 +406,12 @@ class ChatService:
         self._held_broadcasts = None
         for connection in held:
             if connection.is_open:
-                connection.answer_arrived()
+                connection.guard(connection.answer_arrived)()
+
+    def _total_queued(self) -> int:
+        total = sum(connection.transport.queued for connection in self._connections)
+        self._output_total, self._fanned_out = total, 0
+        return total
 
     # -- input ----------------------------------------------------------------
 
