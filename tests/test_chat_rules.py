@@ -751,6 +751,35 @@ def test_over_the_budgets_high_water_mark_the_largest_queues_not_read_are_cut_fi
                 "<User Carol is offline.>")
 
 
+def test_over_half_the_budget_broadcasts_wait_until_the_queues_are_under_a_quarter(
+    make: MakeHarness,
+) -> None:
+    """Past the high-water mark a broadcast waits (its sender's later lines
+    with it) instead of anyone being cut; once readers have read the queues
+    down, it goes, in order."""
+    h = make(output_budget=800, output_limit=100_000)
+    alice, bob, carol = trio(h)
+    for peer in (alice, bob, carol):
+        peer.lines()
+    text = "x" * 73  # 100 bytes for each recipient
+    bob.stop_reading()
+    carol.stop_reading()
+    alice.send(*[f'broadcast "{text}"'] * 3, f'broadcast "{text}!"', "users")
+    assert (bob.queued, carol.queued) == (300, 300)  # over 400: the fourth waits
+    alice.expect(*[f"<To everyone> {text}"] * 3)
+    bob.read_all()
+    h.advance(0.1)
+    alice.expect_nothing()  # 300 queued for Carol: not yet under a quarter (200)
+    carol.read_all()
+    h.advance(0.1)
+    alice.expect(f"<To everyone> {text}!", "<Online users: Alice, Bob, Carol>")
+    bob.read_all()
+    carol.read_all()
+    for peer in (bob, carol):
+        assert peer.lines()[-1] == f'<Broadcast from Alice: "{text}!">'
+        assert not peer.closed
+
+
 def test_a_queue_cut_at_the_soft_limit_no_longer_counts_against_the_budget(
     make: MakeHarness,
 ) -> None:
