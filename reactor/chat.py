@@ -133,11 +133,11 @@ class ChatService:
         # The output budget (see _keep_the_budget): all queues' total at the
         # last count, what fan-outs may have added since, the senders whose
         # broadcasts wait while it is over the high-water mark (None: none
-        # wait), and each queue's progress at the last housekeeping.
+        # wait), and the connections with output queued at the last check.
         self._output_total = 0
         self._fanned_out = 0
         self._held_broadcasts: list[Connection] | None = None
-        self._consumed_at_check: dict[Connection, int] = {}
+        self._queued_at_check: set[Connection] = set()
         # Registered names: None is the open chat.  Opened here (raising
         # StoreUnavailable or ValueError) before the backend binds its port.
         if accounts is None and config.accounts is not None:
@@ -326,7 +326,7 @@ class ChatService:
         now = self.clock()
         total = 0
         stalled: list[tuple[int, Connection]] = []
-        previous, progress = self._consumed_at_check, {}
+        previous, queued = self._queued_at_check, set()
         for connection in list(self._connections):
             size = connection.transport.queued
             if not size:
@@ -342,13 +342,14 @@ class ChatService:
                 )
                 continue  # its queue is discarded: it no longer counts against the budget
             total += size
-            consumed = connection.transport.output.consumed
-            progress[connection] = consumed
-            if previous.get(connection) == consumed:
+            output = connection.transport.output
+            if connection in previous and not output.progressed:
                 # Output waited at the last check too, and the kernel has
                 # taken none of it since: this client is not reading.
                 stalled.append((size, connection))
-        self._consumed_at_check = progress
+            output.progressed = False
+            queued.add(connection)
+        self._queued_at_check = queued
         self._keep_the_budget(total, stalled)
 
     def _keep_the_budget(self, total: int, stalled: list[tuple[int, Connection]]) -> None:

@@ -53,14 +53,16 @@ Item = bytes | memoryview | Entry
 
 
 class OutputBuffer:
-    __slots__ = ("_items", "consumed", "entries", "size")
+    __slots__ = ("_items", "entries", "progressed", "size")
 
     def __init__(self) -> None:
         self._items: deque[Item] = deque()
         self.size = 0  # bytes queued and not yet taken by the kernel
-        # Bytes the kernel has taken from the queue, ever: whether a client
-        # with output waiting is reading at all (ChatService's budget).
-        self.consumed = 0
+        # Set whenever the kernel takes bytes from the queue, cleared by
+        # ChatService's budget check: whether a client with output waiting
+        # reads at all.  (A flag, not a count: storing a constant allocates
+        # nothing, where a growing count would, once per send.)
+        self.progressed = False
         # How many of the items are Entries: with none, the queue is plain
         # bytes (nothing to withdraw) and the hot paths need not look at each item.
         self.entries = 0
@@ -114,7 +116,7 @@ class OutputBuffer:
         """Drop ``sent`` bytes from the head; return the callbacks now due (with True)."""
         due: list[Handoff] = []
         items = self._items
-        self.consumed += sent
+        self.progressed = True
         if sent == self.size:
             # All of it (the common case): no item is looked at but the Entries.
             if self.entries:
