@@ -82,6 +82,8 @@ _LOGIN_TIMED_OUT = format_event(LoginTimedOut())
 # Seconds between checks of the output limits that take time to judge (the
 # soft limit's grace period, the server-wide budget).
 HOUSEKEEPING_INTERVAL = 1.0
+# While broadcasts wait for the queues to drain: seconds between counts.
+HELD_RECOUNT_INTERVAL = 0.05
 
 SendAtOnce = Callable[[bytes, list[Connection], bool], list[Connection]]
 # Offline notices joined into one fan-out when many users leave together
@@ -119,6 +121,14 @@ class ChatService:
         # Offline notices held while a fan-out is under way (see user_left).
         self._fan_out_depth = 0
         self._deferred_notices: list[bytes] = []
+        # The output budget (see _keep_the_budget): all queues' total at the
+        # last count, what fan-outs may have added since, the senders whose
+        # broadcasts wait while it is over the high-water mark (None: none
+        # wait), and the connections with output queued at the last check.
+        self._output_total = 0
+        self._fanned_out = 0
+        self._held_broadcasts: list[Connection] | None = None
+        self._queued_at_check: set[Connection] = set()
 
     # -- set-up by the backend ------------------------------------------------
 
@@ -273,7 +283,8 @@ class ChatService:
         config = self.config
         now = self.clock()
         total = 0
-        queued: list[tuple[int, Connection]] = []
+        stalled: list[tuple[int, Connection]] = []
+        previous, queued = self._queued_at_check, set()
         for connection in list(self._connections):
             size = connection.transport.queued
             if not size:
@@ -289,20 +300,75 @@ class ChatService:
                 )
                 continue  # its queue is discarded: it no longer counts against the budget
             total += size
-            queued.append((size, connection))
-        if total <= config.output_budget:
+            output = connection.transport.output
+            if connection in previous and not output.progressed:
+                # Output waited at the last check too, and the kernel has
+                # taken none of it since: this client is not reading.
+                stalled.append((size, connection))
+            output.progressed = False
+            queued.add(connection)
+        self._queued_at_check = queued
+        self._keep_the_budget(total, stalled)
+
+    def _keep_the_budget(self, total: int, stalled: list[tuple[int, Connection]]) -> None:
+        """All queues together stay within the output budget, and no reader
+        is cut for it.  Over half the budget (the high-water mark), the
+        broadcasts of every sender wait, and their input with them in TCP,
+        until the total is under a quarter (_recount_held); meanwhile, or
+        over the budget, the largest queues of clients that do not read are
+        cut."""
+        budget = self.config.output_budget
+        held = self._held_broadcasts
+        limit = budget // 4 if held is not None else budget
+        if total > limit and stalled:
+            stalled.sort(key=lambda item: item[0], reverse=True)
+            log.warning("Output queued for all clients (%d bytes) is over the budget of %d"
+                        " bytes or its high-water mark; cutting off the largest queues of"
+                        " clients that do not read", total, budget)
+            for size, connection in stalled:
+                if total <= limit:
+                    break
+                if connection.phase is not Phase.CLOSED:
+                    connection.guard(connection.abort)(
+                        "slow consumer: cut to keep the server's output budget"
+                    )
+                    total -= size
+        self._output_total, self._fanned_out = total, 0
+        if held is None and total > budget // 2:
+            self._hold_broadcasts(total)
+
+    def _count_output(self) -> None:
+        """Count all queues again, fan-outs having perhaps taken the total
+        past the high-water mark (then broadcasts wait: _keep_the_budget)."""
+        total = self._total_queued()
+        if total > self.config.output_budget // 2 and self._held_broadcasts is None:
+            self._hold_broadcasts(total)
+
+    def _hold_broadcasts(self, total: int) -> None:
+        log.warning("Output queued for all clients (%d bytes) is over half the budget of"
+                    " %d bytes; broadcasts wait until it is under a quarter",
+                    total, self.config.output_budget)
+        self._held_broadcasts = []
+        self.scheduler.call_later(HELD_RECOUNT_INTERVAL, self._recount_held)
+
+    def _recount_held(self) -> None:
+        """While broadcasts wait: are the queues under a quarter of the budget yet?"""
+        held = self._held_broadcasts
+        if held is None:
+            return  # released by the housekeeping meanwhile
+        total = self._total_queued()
+        if total > self.config.output_budget // 4:
+            self.scheduler.call_later(HELD_RECOUNT_INTERVAL, self._recount_held)
             return
-        queued.sort(key=lambda item: item[0], reverse=True)
-        log.warning("Output queued for all clients (%d bytes) is over the budget of %d bytes;"
-                    " cutting off the largest queues", total, config.output_budget)
-        for size, connection in queued:
-            if total <= config.output_budget:
-                break
-            if connection.phase is not Phase.CLOSED:
-                connection.guard(connection.abort)(
-                    "slow consumer: cut to keep the server's output budget"
-                )
-                total -= size
+        self._held_broadcasts = None
+        for connection in held:
+            if connection.is_open:
+                connection.guard(connection.release_lines)()
+
+    def _total_queued(self) -> int:
+        total = sum(connection.transport.queued for connection in self._connections)
+        self._output_total, self._fanned_out = total, 0
+        return total
 
     # -- input ----------------------------------------------------------------
 
@@ -393,6 +459,14 @@ class ChatService:
             return
         match command:
             case Broadcast(text):
+                held = self._held_broadcasts
+                if held is not None:
+                    # Over the output high-water mark: it waits, and its
+                    # sender's further input with it (_keep_the_budget).
+                    connection.pending_lines.appendleft(raw)
+                    connection.hold_lines()
+                    held.append(connection)
+                    return
                 self._broadcast(connection, sender, text)
             case Users():
                 names = tuple(self.whiteboard.online_names())
@@ -585,6 +659,10 @@ class ChatService:
                     connection.fail(error)
         finally:
             self._fan_out_depth -= 1
+        self._fanned_out += len(data) * count
+        if (self._output_total + self._fanned_out > self.config.output_budget // 2
+                and self._held_broadcasts is None):
+            self._count_output()  # (an upper bound passed the mark: count)
         if not self._fan_out_depth:
             deferred = self._deferred_notices
             while deferred:
