@@ -85,7 +85,7 @@ class OutputBuffer:
         """The head of the queue, for one ``sendmsg`` call."""
         items = self._items
         if not self.entries and len(items) <= MAX_BUFFERS_PER_SEND:
-            return list(items)
+            return list(items)  # type: ignore[arg-type]  # no Entry among them: entries == 0
         count = min(len(items), MAX_BUFFERS_PER_SEND)
         return [item.data if type(item) is Entry else item  # type: ignore[misc]
                 for item in (items[i] for i in range(count))]

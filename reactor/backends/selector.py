@@ -917,6 +917,7 @@ class SelectorServer(Server):
         now = time.monotonic()
         timers = self.timers
         heap = timers.heap
+        timeout: float | None
         if heap and heap[0][2].callback is not None:
             timeout = max(0.0, heap[0][0] - now)  # Timers.timeout, without the call
         else:
@@ -940,7 +941,11 @@ class SelectorServer(Server):
             self._handshaking.clear()
         for fd, mask in ready:
             # Unregistered earlier in this pass (closed): skipped.
-            transport = data.get(fd, _GONE)
+            # What was registered for fd: a transport, a listener, another
+            # server's socket (_Watched), None for the wakeup pipe; _GONE is
+            # checked at once.
+            transport: SelectorTransport | Listener | _Watched | None = (
+                data.get(fd, _GONE))  # type: ignore[assignment]
             if transport is _GONE:
                 continue
             if transport is None:
@@ -948,7 +953,7 @@ class SelectorServer(Server):
                 self.serve_requests()
             elif isinstance(transport, Listener):
                 self._accept_batch(transport)
-            elif type(transport) is _Watched:
+            elif isinstance(transport, _Watched):
                 try:
                     transport.on_ready(bool(mask & _READABLE), bool(mask & _WRITABLE))
                 except Exception:
