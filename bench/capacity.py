@@ -188,6 +188,8 @@ def _spread_text(points: list[float], rounds: int) -> str:
     text = f"{med:.2f}x"
     if len(points) > 1:
         text += f" (rounds {min(points):.2f}-{max(points):.2f}x)"
+    elif rounds == 1:
+        text += " (1 round: no spread to judge by)"
     if len(points) < rounds:
         text += f", {rounds - len(points)} round(s) only a bound"
     return text
@@ -247,13 +249,14 @@ def table_lines(
             if row["capacity"] <= 0 and row["below"]:
                 cap = "<" + _k(row["below"])
             span = f"{_k(row['min'])}-{_k(row['max'])}" if row["rounds"] > 1 else "-"
-            r_red = _x(row, red) if name != systems.REDIS else ""
-            r_sel = _x(row, sel) if name != systems.PRIMARY else ""
+            r_red = ratio_text(row, red) if name != systems.REDIS else ""
+            r_sel = ratio_text(row, sel) if name != systems.PRIMARY else ""
             lines.append(f"{name:16}{cap:>10}{span:>20}{r_red:>10}{r_sel:>12}".rstrip())
     return lines
 
 
-def _x(row: dict[str, Any], anchor: dict[str, Any] | None) -> str:
+def ratio_text(row: dict[str, Any], anchor: dict[str, Any] | None) -> str:
+    """``row``'s capacity over ``anchor``'s as printed: ``>=`` or ``<=`` where one is a bound."""
     if not anchor or not anchor["capacity"] or not row["capacity"]:
         return "-"
     text = f"{row['capacity'] / anchor['capacity']:.2f}x"

@@ -167,11 +167,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.target and args.systems == p.get_default("systems"):
         args.systems = f"{systems.TARGET},{systems.REDIS}"
-    if args.quick:
-        args.clients, args.rounds, args.probes = 20, 1, 2
-        args.ladder, args.dm_ladder, args.bisect = "2000,8000", "1000,4000", 1
-        args.step, args.step_warmup, args.dm_step = 0.3, 0.1, 0.3
+    if args.quick:  # its sizes, where the command line gave none
+        for key, value in QUICK.items():
+            if getattr(args, key) == p.get_default(key):
+                setattr(args, key, value)
     return args
+
+
+#: What --quick changes (an option given on the command line wins).
+QUICK: dict[str, Any] = {
+    "clients": 20, "rounds": 1, "probes": 2, "ladder": "2000,8000", "dm_ladder": "1000,4000",
+    "bisect": 1, "step": 0.3, "step_warmup": 0.1, "dm_step": 0.3,
+}  # fmt: skip
 
 
 def _epilog() -> str:
@@ -223,7 +230,9 @@ def run_n(
         results: dict[str, Any] = {}
         rounds.append(results)
         for name in order:
+            t0 = time.monotonic()
             results[name] = run_one(name, cfg, args, progress, base[0])
+            results[name]["seconds"] = round(time.monotonic() - t0, 1)
             base[0] += cfg.n + 1
             time.sleep(0.5)  # let the last server's sockets and CPU settle
             progress.next_part()
@@ -296,6 +305,9 @@ def main(argv: list[str] | None = None) -> int:
             doc = json.loads(args.report.read_text())
         except (OSError, ValueError) as error:
             raise SystemExit(f"cannot read {args.report}: {error}") from None
+        if not all("ladder" in run.get("config", {}) for run in doc.get("runs", [])):
+            raise SystemExit(f"{args.report} is from before the capacity search; its own "
+                             "commit's bench/load.py prints it (git keeps that)")  # fmt: skip
         report.summarize(doc)
         print(report.table(doc, wide=args.wide))
         return 0

@@ -388,9 +388,7 @@ def _sweep_lines(doc: dict[str, Any]) -> list[str]:
         for name in run["systems"]:
             row = run["summary"][name]
             cap = caps.get(name)
-            x = "-"
-            if cap and red and red["capacity"] and name != systems.REDIS:
-                x = f"{cap['capacity'] / red['capacity']:.2f}x"
+            x = capacity.ratio_text(cap, red) if cap and name != systems.REDIS else ""
             cap_text = "-" if not cap else (">=" if not cap["reached"] else "") + _fmt(
                 cap["capacity"]
             )

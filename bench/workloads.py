@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -291,52 +292,68 @@ def _per_s(x: float) -> str:
     return f"{x / 1000:g}k" if x >= 1000 else f"{x:g}"
 
 
-def _broken(sys_: Running, fl_status: dict[str, Any], sender: Conn) -> str | None:
+def _broken(sys_: Running, dropped: int, sender: Conn) -> str | None:
     """Why the system can no longer be measured with this fleet, or None."""
     if not sys_.alive():
         return "the server exited"
     if sender.closed:
         return "the server closed the sender's connection"
-    if fl_status.get("dropped"):
-        return f"the server dropped {fl_status['dropped']} client(s)"
+    if dropped:
+        return f"the server dropped {dropped} client(s)"
     return None
 
 
-def broadcast_capacity(
-    sys_: Running, cfg: Config, fl: Fleet, sender: Conn, progress: Progress
+def _search(
+    sys_: Running,
+    sender: Conn,
+    ladder: list[float],
+    bisections: int,
+    objective_ms: float,
+    run_step: Callable[[float, int], dict[str, Any]],
 ) -> dict[str, Any]:
-    """Broadcast capacity (``bench.capacity.search``) over ``cfg.ladder``, in
-    deliveries/s: a step offers ``deliveries / N`` broadcasts a second for
-    ``cfg.step`` seconds, or long enough for ``cfg.min_broadcasts`` at large N.
-    The first step keeps its latency distribution (the CDF plot)."""
-    first = [0]
+    """One capacity search (``bench.capacity.search``): ``run_step(rate,
+    first_seq)`` measures a step; it passes with nothing lost or unsent and
+    kernel-stamped p99 within ``objective_ms``.  Sequence numbers run on
+    across steps, so a late delivery is never taken for a later step's."""
+    first = 0
 
-    def measure(deliveries: float) -> dict[str, Any]:
-        rate = deliveries / cfg.n
-        seconds = max(cfg.step, cfg.min_broadcasts / rate)
-        step = broadcast(sys_, cfg, fl, sender, progress, rate, seconds, cfg.step_warmup,
-                         first[0], cdf=first[0] == 0)  # fmt: skip
-        first[0] += step["count"]
+    def measure(rate: float) -> dict[str, Any]:
+        nonlocal first
+        step = run_step(rate, first)
+        first += step["count"]
         step["ok"] = (
-            step["lost"] == 0
-            and step["unsent"] == 0
-            and step["kernel_ms"]["p99"] <= cfg.objective_ms
+            step["lost"] == 0 and step["unsent"] == 0 and step["kernel_ms"]["p99"] <= objective_ms
         )
-        broken = _broken(sys_, {"dropped": step["dropped"]}, sender)
+        broken = _broken(sys_, step["dropped"], sender)
         if broken:
             step["broken"] = broken
         time.sleep(0.2)  # the next step starts from an idle server
         return step
 
-    found = search(measure, cfg.ladder, cfg.bisections)
-    found["objective_ms"] = cfg.objective_ms
-    found["at_capacity"] = _at(found)
+    found = search(measure, ladder, bisections)
+    found["objective_ms"] = objective_ms
+    # The step at the capacity, the busiest that passed: CPU per delivery is read there.
+    found["at_capacity"] = next(
+        (s for s in found["steps"] if s["ok"] and s["offered"] == found["capacity"]), None
+    )
     return found
 
 
-def _at(found: dict[str, Any]) -> dict[str, Any] | None:
-    """The step measured at the capacity (the busiest that passed)."""
-    return next((s for s in found["steps"] if s["ok"] and s["offered"] == found["capacity"]), None)
+def broadcast_capacity(
+    sys_: Running, cfg: Config, fl: Fleet, sender: Conn, progress: Progress
+) -> dict[str, Any]:
+    """Broadcast capacity over ``cfg.ladder``, in deliveries/s: a step offers
+    ``deliveries / N`` broadcasts a second for ``cfg.step`` seconds, or long
+    enough for ``cfg.min_broadcasts`` at large N.  The first step keeps its
+    latency distribution (the CDF plot)."""
+
+    def run_step(deliveries: float, first: int) -> dict[str, Any]:
+        rate = deliveries / cfg.n
+        seconds = max(cfg.step, cfg.min_broadcasts / rate)
+        return broadcast(sys_, cfg, fl, sender, progress, rate, seconds, cfg.step_warmup,
+                         first, cdf=first == 0)  # fmt: skip
+
+    return _search(sys_, sender, cfg.ladder, cfg.bisections, cfg.objective_ms, run_step)
 
 
 def direct_step(
@@ -394,25 +411,9 @@ def direct_step(
 def direct_capacity(
     sys_: Running, cfg: Config, fl: Fleet, sender: Conn, indices: list[int], progress: Progress
 ) -> dict[str, Any]:
-    """Direct-message capacity (``bench.capacity.search``) over ``cfg.dm_ladder``:
-    messages/s with p99 at or under ``cfg.dm_objective_ms`` and none lost."""
-    first = [0]
+    """Direct-message capacity over ``cfg.dm_ladder``, in messages/s."""
 
-    def measure(rate: float) -> dict[str, Any]:
-        step = direct_step(sys_, cfg, fl, sender, indices, rate, first[0], progress)
-        first[0] += step["count"]
-        step["ok"] = (
-            step["lost"] == 0
-            and step["unsent"] == 0
-            and step["kernel_ms"]["p99"] <= cfg.dm_objective_ms
-        )
-        broken = _broken(sys_, {"dropped": step["dropped"]}, sender)
-        if broken:
-            step["broken"] = broken
-        time.sleep(0.2)  # the next step starts from an idle server
-        return step
+    def run_step(rate: float, first: int) -> dict[str, Any]:
+        return direct_step(sys_, cfg, fl, sender, indices, rate, first, progress)
 
-    found = search(measure, cfg.dm_ladder, cfg.bisections)
-    found["objective_ms"] = cfg.dm_objective_ms
-    found["at_capacity"] = _at(found)
-    return found
+    return _search(sys_, sender, cfg.dm_ladder, cfg.bisections, cfg.dm_objective_ms, run_step)

@@ -156,6 +156,24 @@ def _check_search(found: dict[str, object], config: dict[str, object], key: str)
     assert len(steps) <= len(ladder) + int(config["bisections"])
 
 
+@pytest.mark.skipif(not shutil.which("redis-server"), reason="the sweep table's ratios need Redis")
+def test_a_tiny_sweep_reports_against_n(tmp_path: Path) -> None:
+    """--sweep: every N measured, a table against N, one plot against N."""
+    result, out_dir = run_quick(tmp_path, "--sweep", "10,20", "--skip", "direct,presence",
+                                systems=[BACKENDS[0], "redis"])  # fmt: skip
+    lines = result.stdout.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("Against N"))
+    header = next(i for i in range(at, len(lines)) if lines[i].split()[:2] == ["N", "system"])
+    rows = [line.split()[:2] for line in lines[header + 1 : header + 5]]
+    assert rows == [["10", BACKENDS[0]], ["10", "redis"], ["20", BACKENDS[0]], ["20", "redis"]]
+    doc = json.loads(next(out_dir.glob("load-sweep-*.json")).read_text())
+    assert [run["n"] for run in doc["runs"]] == [10, 20]
+    for run in doc["runs"]:
+        for name in (BACKENDS[0], "redis"):
+            _check_search(run["rounds"][0][name]["broadcast_curve"], run["config"],
+                          "broadcast_curve")  # fmt: skip
+
+
 def test_the_capacity_search_climbs_the_ladder_then_bisects() -> None:
     """With a system that keeps its objective up to 30,000/s: the ladder up to
     the first failure, then geometric bisections inside the bracket."""
@@ -295,7 +313,7 @@ def test_a_stopped_benchmark_leaves_no_child_behind(tmp_path: Path, sig: signal.
     # A long broadcast phase, so the run is surely mid-measurement when stopped.
     server = BACKENDS[0]
     wanted = [server] + (["redis"] if shutil.which("redis-server") else [])
-    cmd = [sys.executable, "bench/load.py", "--quick", "--quiet", "--duration", "60",
+    cmd = [sys.executable, "bench/load.py", "--quick", "--quiet", "--step", "60",
            "--systems", ",".join(wanted), "--out", str(tmp_path)]  # fmt: skip
     proc = subprocess.Popen(
         cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
