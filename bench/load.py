@@ -354,7 +354,7 @@ def run(args: argparse.Namespace, argv: list[str] | None, progress: Progress) ->
         bisections=args.bisect,
         step=args.step,
         step_warmup=args.step_warmup,
-        min_broadcasts=4 if args.quick else 8,
+        min_broadcasts=4 if args.quick else 16,
         dm_step=args.dm_step,
         dm_objective_ms=args.dm_objective,
     )

@@ -52,8 +52,9 @@ def _lat(kind: str, key: str) -> Path_:
     return ("broadcast", kind, key)
 
 
-#: Figures of the step at each system's broadcast capacity (its busiest passing one).
-AT_CAP: Path_ = ("broadcast_curve", "at_capacity")
+#: The step of each system's broadcast search that CPU figures are read at:
+#: its capacity (the busiest passing step), or the first if none passed.
+AT_CAP: Path_ = ("broadcast_curve", "cpu_step")
 
 METRICS: list[Metric] = [
     Metric("broadcast capacity/s", ("broadcast_curve", "capacity"), narrow=False),
@@ -96,7 +97,7 @@ METRICS: list[Metric] = [
     ),
     Metric(
         "DM server CPU us/msg",
-        ("direct_curve", "at_capacity", "server_cpu_per_1k"),
+        ("direct_curve", "cpu_step", "server_cpu_per_1k"),
         narrow=False,
         scale=1000.0,
     ),
@@ -316,6 +317,7 @@ def table(doc: dict[str, Any], wide: bool = False) -> str:
                     + " / ".join(_fmt(v) for v in sp["direct_curve"]),
                     "      ",
                 )
+        lines += _floor_lines(run)
         lines += _foreign_lines(doc, run)
         for name in names:
             for err in s[name]["errors"]:
@@ -358,6 +360,22 @@ def _foreign_lines(doc: dict[str, Any], run: dict[str, Any]) -> list[str]:
         f"{statistics.median(foreign):.2f}): expect noise, and UNSURE verdicts.",
         "    ",
     )
+
+
+def _floor_lines(run: dict[str, Any]) -> list[str]:
+    """Redis, the floor, missing the objective at every rate: the machine is the limit."""
+    lines = []
+    for key, what in capacity.WORKLOADS:
+        red = run.get("capacity", {}).get(key, {}).get(systems.REDIS)
+        if red and red["capacity"] <= 0 and red["below"]:
+            lines += _wrap(
+                f"  NOTE: Redis, the floor, missed the {what} objective even at "
+                f"{_fmt(red['below'])}/s: on this machine now nothing meets it, so "
+                "those capacities say more about the machine than about the servers "
+                "(a quieter machine, or a looser objective).",
+                "    ",
+            )
+    return lines
 
 
 def _search_notes(run: dict[str, Any], name: str) -> list[str]:
@@ -403,6 +421,8 @@ def _sweep_lines(doc: dict[str, Any]) -> list[str]:
 def _harness_lines(doc: dict[str, Any], run: dict[str, Any]) -> list[str]:
     worst = run["harness"]["worst_ratio_to_redis"]
     if worst is None:
+        if systems.REDIS in run["systems"]:
+            return _wrap("  Harness check: none; no CPU per delivery for Redis in this run.")
         return _wrap("  Harness check: no Redis in this run, so no floor to compare with.")
     if _coarse(run):
         return _wrap(
