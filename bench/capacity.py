@@ -233,25 +233,26 @@ def table_lines(
         rows = run.get("capacity", {}).get(key)
         if not rows:
             continue
-        red = rows.get(systems.REDIS)
-        sel = rows.get(systems.PRIMARY)
         lines.append("")
         lines.append(
             f"{what.capitalize()} capacity: highest offered {unit[key]} with p99 <= "
             f"{objective[key]:g} ms, 0 lost"
         )
+        # A ratio column only for an anchor that ran.
+        anchors = [(a, f"x {label}") for a, label in ((systems.REDIS, "Redis"),
+                   (systems.PRIMARY, systems.PRIMARY)) if a in rows]  # fmt: skip
         lines.append(
-            f"{'':16}{'capacity':>10}{'rounds: min-max':>20}{'x Redis':>10}"
-            f"{'x ' + systems.PRIMARY:>12}"
+            f"{'':16}{'capacity':>10}{'rounds: min-max':>20}"
+            + "".join(f"{label:>11}" for _a, label in anchors)
         )
         for name, row in rows.items():
             cap = (">=" if not row["reached"] else "") + _k(row["capacity"])
             if row["capacity"] <= 0 and row["below"]:
                 cap = "<" + _k(row["below"])
             span = f"{_k(row['min'])}-{_k(row['max'])}" if row["rounds"] > 1 else "-"
-            r_red = ratio_text(row, red) if name != systems.REDIS else ""
-            r_sel = ratio_text(row, sel) if name != systems.PRIMARY else ""
-            lines.append(f"{name:16}{cap:>10}{span:>20}{r_red:>10}{r_sel:>12}".rstrip())
+            ratios = [ratio_text(row, rows[a]) if name != a else "" for a, _label in anchors]
+            line = f"{name:16}{cap:>10}{span:>20}" + "".join(f"{r:>11}" for r in ratios)
+            lines.append(line.rstrip())
     return lines
 
 
