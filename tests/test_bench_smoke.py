@@ -125,7 +125,9 @@ def test_quick_run_delivers_everything_once_with_sane_latencies(tmp_path: Path) 
     assert "Round to round" not in result.stdout
     if "redis" in SYSTEMS:
         assert "Harness check:" in result.stdout
-        assert run["harness"]["worst_ratio_to_redis"] > 0
+        # Steps this short may give Redis no 10 ms CPU tick at all: then no ratio.
+        worst = run["harness"]["worst_ratio_to_redis"]
+        assert worst is None or worst > 0
     try:
         import matplotlib  # noqa: F401
     except ImportError:
