@@ -38,7 +38,6 @@ def search(
     measure: Callable[[float], Step],
     ladder: Sequence[float],
     bisections: int,
-    on_step: Callable[[Step], None] | None = None,
 ) -> dict[str, Any]:
     """Offer the ``ladder`` rates, then bisect; return the steps and the capacity.
 
@@ -55,8 +54,6 @@ def search(
         step = measure(rate)
         step["offered"] = rate
         steps.append(step)
-        if on_step is not None:
-            on_step(step)
         if step["ok"]:
             passed = max(passed, rate)
         else:
