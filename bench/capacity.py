@@ -9,8 +9,10 @@ The search (``search``) offers the rates of a ladder in rising order until
 one fails, then bisects between the last rate that passed and the first that
 failed (geometric midpoints: the ladder is geometric, and a ratio is what the
 goals compare).  Three bisections of a ladder of doublings bracket the
-capacity within 2^(1/8), about 9 %.  A ladder whose top rate passes gives a
-lower bound only (``reached`` false); a failing first rate bisects downward.
+capacity within 2^(1/8), about 9 %.  A ladder step that fails on latency
+alone is measured once more before the climb ends.  A ladder whose top rate
+passes gives a lower bound only (``reached`` false); a failing first rate
+bisects downward.
 
 Goals compare two systems measured in the same round, so a noisy minute on
 a shared machine hits both sides of the ratio.  A goal is **MET** when every
@@ -42,18 +44,26 @@ def search(
     """Offer the ``ladder`` rates, then bisect; return the steps and the capacity.
 
     ``measure(rate)`` runs one step at ``rate`` offered per second and returns
-    a dict with at least ``ok`` (objective kept, nothing lost) and optionally
-    ``broken`` (the system can no longer be measured: clients dropped, server
-    gone), which ends the search where it is.
+    a dict with at least ``ok`` (objective kept, nothing lost), optionally
+    ``retry`` (a failure worth measuring again: latency only, nothing lost)
+    and ``broken`` (the system can no longer be measured: clients dropped,
+    server gone), which ends the search where it is.
+
+    On the ladder, a step that failed on latency alone is measured once more
+    and the rate fails only if that fails too: one stall of a shared machine
+    would otherwise end the climb for good.  Bisection steps are measured once.
     """
     steps: list[Step] = []
     passed, failed = 0.0, math.inf
 
-    def run(rate: float) -> Step:
+    def run(rate: float, again: bool) -> Step:
         nonlocal passed, failed
         step = measure(rate)
         step["offered"] = rate
         steps.append(step)
+        if not step["ok"] and again and step.get("retry") and not step.get("broken"):
+            step["retried"] = True
+            return run(rate, again=False)
         if step["ok"]:
             passed = max(passed, rate)
         else:
@@ -61,7 +71,7 @@ def search(
         return step
 
     for rate in ladder:
-        step = run(rate)
+        step = run(rate, again=True)
         if not step["ok"] or step.get("broken"):
             break
     for _ in range(bisections if failed < math.inf else 0):
@@ -70,7 +80,7 @@ def search(
         mid = _round3(math.sqrt(passed * failed) if passed > 0 else failed / 2)
         if not passed < mid < failed:
             break
-        run(mid)
+        run(mid, again=False)
     return {
         "steps": steps,
         "capacity": passed,

@@ -323,9 +323,9 @@ def _search(
         nonlocal first
         step = run_step(rate, first)
         first += step["count"]
-        step["ok"] = (
-            step["lost"] == 0 and step["unsent"] == 0 and step["kernel_ms"]["p99"] <= objective_ms
-        )
+        intact = step["lost"] == 0 and step["unsent"] == 0
+        step["ok"] = intact and step["kernel_ms"]["p99"] <= objective_ms
+        step["retry"] = intact  # a loss is the system's; a slow step may be the machine's
         broken = _broken(sys_, step["dropped"], sender)
         if broken:
             step["broken"] = broken
