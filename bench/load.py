@@ -284,12 +284,13 @@ def estimates(cfg: Config, args: argparse.Namespace, systems_per_round: int) -> 
     for n in [int(x) for x in args.sweep.split(",")] if args.sweep else [cfg.n]:
         # The login storm announces every login to everyone: N^2/2 notices.
         setup = 2.0 + 0.2 * (n / 1000) ** 2 + cfg.probes * (0.1 + n / 20_000)
-        # Most searches climb most of the ladder, then bisect near its top.
+        # Most searches climb most of the ladder, measure the failing step
+        # again, then bisect near the top.
         climbed = cfg.ladder[: max(1, round(len(cfg.ladder) * 0.7))]
         steps = [max(cfg.step, cfg.min_broadcasts * n / d) for d in climbed]
-        steps += [steps[-1]] * cfg.bisections
+        steps += [steps[-1]] * (1 + cfg.bisections)
         broadcast = sum(s + cfg.step_warmup + 0.8 for s in steps)
-        direct = (len(cfg.dm_ladder) * 0.7 + cfg.bisections) * (cfg.dm_step + 0.6)
+        direct = (len(cfg.dm_ladder) * 0.7 + 1 + cfg.bisections) * (cfg.dm_step + 0.6)
         parts += [setup + broadcast + direct] * (args.rounds * systems_per_round)
     return parts
 
