@@ -268,10 +268,12 @@ def _curves_plot(plt: Any, run: dict[str, Any], path: Path) -> None:
                         xytext=(2, -11), fontsize=8)  # fmt: skip
         ax.set_xscale("log")
         ax.set_yscale("log")
-        # Ticks at the rates offered (the ladder and the bisections), thinned to stay legible.
-        ticks = sorted(rates)
-        while len(ticks) > 9:
-            ticks = ticks[::2]
+        # Ticks at the ladder's rates (a bisection's rates would crowd them),
+        # and at the lowest rate offered when a search went below the ladder.
+        ladder = run["config"]["ladder" if key == "broadcast_curve" else "dm_ladder"]
+        ticks = [r for r in ladder if rates and min(rates) <= r <= max(rates)]
+        if rates and min(rates) < ladder[0]:
+            ticks.insert(0, min(rates))
         ax.set_xticks(ticks)
         ax.xaxis.set_major_formatter(plt.FuncFormatter(lambda v, _p: _plain(v)))
         ax.xaxis.set_minor_formatter(plt.NullFormatter())
