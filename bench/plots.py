@@ -121,7 +121,7 @@ def _style_legend(ax: Any, names: list[str], styles: list[tuple[str, str]], **kw
     from matplotlib.lines import Line2D
 
     handles = [Line2D([], [], color=color(n), lw=2.5, label=n) for n in names]
-    handles += [Line2D([], [], color="black", linestyle=ls, label=text) for ls, text in styles]
+    handles += [Line2D([], [], color="black", ls=ls, label=text) for ls, text in styles]
     ax.legend(handles=handles, **kw)
 
 
@@ -205,8 +205,7 @@ def _sweep_plot(plt: Any, runs: list[dict[str, Any]], path: Path) -> None:
         ax.set_xticks(ns)
         ax.xaxis.set_major_formatter(plt.FuncFormatter(lambda v, _p: f"{v:,.0f}"))
         ax.xaxis.set_minor_formatter(plt.NullFormatter())
-        ys = [y for line in ax.get_lines() for y in line.get_ydata() if _num(y) and y > 0]
-        _plain_log(ax.yaxis, min(ys, default=0.0), max(ys, default=0.0))
+        _plain_log(ax.yaxis, *_span(ax, "y"))
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("connected clients N (log scale)")
         ax.grid(True, which="major", alpha=0.35)

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -139,7 +140,7 @@ def test_quick_run_delivers_everything_once_with_sane_latencies(tmp_path: Path) 
         assert any(line.startswith("wrote ") and line.endswith(png.name) for line in lines)
 
 
-def _check_search(found: dict[str, object], config: dict[str, object], key: str) -> None:
+def _check_search(found: dict[str, Any], config: dict[str, Any], key: str) -> None:
     """A capacity search as bench/capacity.py defines it: the ladder in order up to
     the first failure, then bisections strictly inside the bracket; the capacity
     is the highest rate that passed, and a passing step kept the objective."""
