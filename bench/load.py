@@ -113,11 +113,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="offered direct messages/s, rising")  # fmt: skip
     g.add_argument("--bisect", type=int, default=3,
                    help="bisections after the first failing step")  # fmt: skip
-    g.add_argument("--step", type=float, default=1.2,
+    g.add_argument("--step", type=float, default=1.0,
                    help="measured seconds per broadcast step")  # fmt: skip
     g.add_argument("--step-warmup", type=float, default=0.25,
                    help="unmeasured seconds before each broadcast step")  # fmt: skip
-    g.add_argument("--dm-step", type=float, default=0.8, help="seconds per direct-message step")
+    g.add_argument("--dm-step", type=float, default=0.6, help="seconds per direct-message step")
     p.add_argument("--pad", type=int, default=0, help="extra bytes per broadcast payload")
     p.add_argument("--probes", type=int, default=5, help="presence probes per run")
     p.add_argument(

@@ -49,12 +49,12 @@ class Config:
     ladder: list[float] = field(default_factory=lambda: [10e3, 20e3, 40e3, 80e3, 160e3])
     dm_ladder: list[float] = field(default_factory=lambda: [5e3, 10e3, 20e3, 40e3, 80e3])
     bisections: int = 3
-    step: float = 1.2  # measured seconds per broadcast step
+    step: float = 1.0  # measured seconds per broadcast step
     step_warmup: float = 0.25  # unmeasured seconds before that
     # A step lasts long enough for this many broadcasts (large N): with fewer,
     # one slow fan-out is the whole p99.
     min_broadcasts: int = 16
-    dm_step: float = 0.8  # seconds per direct-message step
+    dm_step: float = 0.6  # seconds per direct-message step
     objective_ms: float = 20.0  # broadcast p99 a passing step stays at or under
     dm_objective_ms: float = 20.0
 
