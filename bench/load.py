@@ -127,7 +127,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "(the cluster's own phases, bench/cluster.py, run after the table when "
         "the systems include cluster)",
     )
-    p.add_argument("--sweep", help="comma list of N: every phase at every N (up to 10000)")
+    p.add_argument("--sweep", help="comma list of N: every phase at every N, up to 10000 "
+                   "(default: none, -n alone)")  # fmt: skip
     p.add_argument("--receivers", type=int, default=2, help="receiver processes")
     p.add_argument(
         "--receiver",
@@ -136,8 +137,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="receive path: C compiled at run time, or Python (auto: C if a compiler exists)",
     )
     p.add_argument("--login-window", type=int, default=32, help="logins in flight per receiver")
-    p.add_argument("--target", metavar="HOST:PORT", help="measure a server already running")
-    p.add_argument("--target-pid", type=int, help="its pid, for CPU and memory figures")
+    p.add_argument("--target", metavar="HOST:PORT",
+                   help="measure a server already running (default: none, each system "
+                   "is started afresh)")  # fmt: skip
+    p.add_argument("--target-pid", type=int,
+                   help="its pid, for CPU and memory figures (default: none, no such figures)")
     p.add_argument(
         "--target-dialect",
         choices=("chat", "redis"),
@@ -162,7 +166,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--report", type=Path, metavar="JSON",
         help="run nothing: print the report of an earlier run's JSON again, "
-        "its goals judged by this code",
+        "its goals judged by this code (default: none, run the benchmark)",
     )  # fmt: skip
     args = p.parse_args(argv)
     if args.target and args.systems == p.get_default("systems"):
