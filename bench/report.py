@@ -420,11 +420,11 @@ def _sweep_lines(doc: dict[str, Any]) -> list[str]:
 
 def _harness_lines(doc: dict[str, Any], run: dict[str, Any]) -> list[str]:
     worst = run["harness"]["worst_ratio_to_redis"]
-    if worst is None:
-        if systems.REDIS in run["systems"]:
-            return _wrap("  Harness check: none; no CPU per delivery for Redis in this run.")
+    if systems.REDIS not in run["systems"]:
         return _wrap("  Harness check: no Redis in this run, so no floor to compare with.")
-    if _coarse(run):
+    if run["harness"]["redis_cpu_s"] is None:
+        return _wrap("  Harness check: none; no CPU per delivery for Redis in this run.")
+    if worst is None or _coarse(run):
         return _wrap(
             f"  Harness check: none; Redis used {run['harness']['redis_cpu_s']:.2f} s of CPU "
             "here, too few 10 ms ticks for a per-delivery ratio (more N or --step).",
