@@ -253,10 +253,10 @@ def table_lines(
             + "".join(f"{label:>11}" for _a, label in anchors)
         )
         for name, row in rows.items():
-            cap = (">=" if not row["reached"] else "") + _k(row["capacity"])
+            cap = (">=" if not row["reached"] else "") + rate_text(row["capacity"])
             if row["capacity"] <= 0 and row["below"]:
-                cap = "<" + _k(row["below"])
-            span = f"{_k(row['min'])}-{_k(row['max'])}" if row["rounds"] > 1 else "-"
+                cap = "<" + rate_text(row["below"])
+            span = f"{rate_text(row['min'])}-{rate_text(row['max'])}" if row["rounds"] > 1 else "-"
             ratios = [ratio_text(row, rows[a]) if name != a else "" for a, _label in anchors]
             line = f"{name:16}{cap:>10}{span:>20}" + "".join(f"{r:>11}" for r in ratios)
             lines.append(line.rstrip())
@@ -275,7 +275,8 @@ def ratio_text(row: dict[str, Any], anchor: dict[str, Any] | None) -> str:
     return text if row["reached"] else "-"
 
 
-def _k(v: float) -> str:
+def rate_text(v: float) -> str:
+    """A rate as the tables print it: 61.2k, 160k, 4,210, 0."""
     if v >= 10_000:
         return f"{v / 1000:.0f}k" if v >= 100_000 else f"{v / 1000:.1f}k"
     return f"{v:,.0f}"

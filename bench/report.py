@@ -312,9 +312,9 @@ def table(doc: dict[str, Any], wide: bool = False) -> str:
                 sp = run["spread"][name]
                 lines += _wrap(
                     f"  {name:14} "
-                    + " / ".join(_fmt(v) for v in sp["broadcast_curve"])
+                    + " / ".join(capacity.rate_text(v) for v in sp["broadcast_curve"])
                     + ";  "
-                    + " / ".join(_fmt(v) for v in sp["direct_curve"]),
+                    + " / ".join(capacity.rate_text(v) for v in sp["direct_curve"]),
                     "      ",
                 )
         lines += _floor_lines(run)
