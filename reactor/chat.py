@@ -567,33 +567,37 @@ class ChatService:
 
     # -- what operators cause (contracts.ModerationEvents) -------------------------
 
-    def _named_by(self, target: str) -> list[Connection]:
-        return [session for session in self.whiteboard.online_sessions()
-                if session.username is not None and (
-                    username_key(session.username) == target
-                    or canonical_address(session.peer_host) == target)]
+    def moderation_disconnect(self, targets: dict[str, tuple[bytes, str]]) -> set[str]:
+        hit: set[str] = set()
+        for session in list(self.whiteboard.online_sessions()):
+            if session.username is None or not session.is_open:
+                continue
+            target = username_key(session.username)
+            if target not in targets:
+                target = canonical_address(session.peer_host)
+                if target not in targets:
+                    continue
+            line, reason = targets[target]
+            hit.add(target)
+            session.send(line)
+            session.close(reason)
+        return hit
 
-    def moderation_disconnect(self, target: str, line: bytes, reason: str) -> int:
-        found = self._named_by(target)
-        for session in found:
-            if session.is_open:
-                session.send(line)
-                session.close(reason)
-        return len(found)
-
-    def moderation_mutes(self, mutes: dict[str, float], complete: bool,
-                         line: bytes | None = None) -> None:
+    def moderation_mutes(self, mutes: dict[str, tuple[float, bytes | None]],
+                         complete: bool) -> None:
         now = self.clock()
         for session in list(self.whiteboard.online_sessions()):
             if session.username is None:
                 continue
-            seconds = mutes.get(username_key(session.username))
-            if seconds is None:
+            was_muted = session.muted_until is not None and session.muted_until > now
+            found = mutes.get(username_key(session.username))
+            if found is None:
                 if complete:
                     session.muted_until = None
                 continue
+            seconds, line = found
             session.muted_until = now + seconds if seconds > 0 else None
-            if line is not None:
+            if line is not None and was_muted != (seconds > 0):
                 session.send(line)
 
     def online_anywhere(self, name: str) -> bool:

@@ -314,16 +314,17 @@ class ModerationEvents(Protocol):
     users of this server.  A target is a username's key
     (``protocol.username_key``) or an address (``protocol.canonical_address``)."""
 
-    def moderation_disconnect(self, target: str, line: bytes, reason: str) -> int:
-        """Send ``line`` to every user here that ``target`` names and close
-        their connections; how many there were."""
+    def moderation_disconnect(self, targets: dict[str, tuple[bytes, str]]) -> set[str]:
+        """For each target, send its line to every user here that it names
+        and close their connections with its reason, in one pass over this
+        server's users; the targets that named somebody."""
 
-    def moderation_mutes(self, mutes: dict[str, float], complete: bool,
-                         line: bytes | None = None) -> None:
+    def moderation_mutes(self, mutes: dict[str, tuple[float, bytes | None]],
+                         complete: bool) -> None:
         """Mute the users here whose key is in ``mutes`` for that many more
-        seconds (``math.inf``: until unmuted), 0 to unmute, and send them
-        ``line``; ``complete``: these are all the mutes in force, anyone else
-        here is unmuted."""
+        seconds (``math.inf``: until unmuted; 0 unmutes), and send them the
+        line when that changes whether they are muted; ``complete``: these
+        are all the mutes in force, so anyone else here is unmuted."""
 
     def online_anywhere(self, name: str) -> bool:
         """Is ``name`` online on any server of the chat?"""

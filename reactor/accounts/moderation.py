@@ -107,6 +107,9 @@ class Moderator:
         self.accounts = accounts
         self.store: AccountStore = accounts.store
         self.events: ModerationEvents | None = None
+        # Counts the commands applied here: a sweep that read the store
+        # before one of them was written is stale, and skipped.
+        self._applied = 0
 
     def start(self, events: ModerationEvents) -> None:
         self.events = events
@@ -133,6 +136,7 @@ class Moderator:
                 log.warning("Refused %s from %s: not an operator", word, sender)
                 session.answer(slot, format_event(InvalidInput(NOT_OPERATOR.format(word=word))))
             else:
+                self._applied += 1
                 session.answer(slot, format_event(Moderation(self._effect(
                     sender, command, result, events))))
 
@@ -166,7 +170,8 @@ class Moderator:
             case Kick(name, reason):
                 log.warning("%s kicked %s: %s", sender, name, reason or "no reason given")
                 line = format_event(Kicked(sender, reason))
-                if events.moderation_disconnect(username_key(name), line, f"kicked by {sender}"):
+                key = username_key(name)
+                if events.moderation_disconnect({key: (line, f"kicked by {sender}")}):
                     return f"{name} kicked"
                 if not events.online_anywhere(name):
                     return f"{name} is not online"
@@ -176,23 +181,24 @@ class Moderator:
                 log.warning("%s banned %s for %s: %s", sender, target, duration or "ever",
                             reason or "no reason given")
                 line = format_event(Banned(sender, duration, reason))
-                count = events.moderation_disconnect(_target_key(target), line,
-                                                     f"banned by {sender}")
-                return (f"{target} banned {'for ' + duration if duration else 'until unbanned'}"
-                        f"; {count} disconnected here")
+                hit = events.moderation_disconnect({_target_key(target): (
+                    line, f"banned by {sender}")})
+                lasting = f"for {duration}" if duration else "until unbanned"
+                return f"{target} banned {lasting}{'; disconnected' if hit else ''}"
             case Unban(target):
                 log.warning("%s unbanned %s", sender, target)
                 return f"{target} unbanned" if result else f"{target} was not banned"
             case Mute(name, duration):
                 log.warning("%s muted %s for %s", sender, name, duration or "ever")
                 seconds = math.inf if duration is None else duration_seconds(duration)
-                events.moderation_mutes({username_key(name): seconds}, complete=False,
-                                        line=format_event(Muted(sender, duration)))
+                events.moderation_mutes(
+                    {username_key(name): (seconds, format_event(Muted(sender, duration)))},
+                    complete=False)
                 return f"{name} muted {'for ' + duration if duration else 'until unmuted'}"
             case Unmute(name):
                 log.warning("%s unmuted %s", sender, name)
-                events.moderation_mutes({username_key(name): 0}, complete=False,
-                                        line=format_event(Unmuted(sender)))
+                events.moderation_mutes(
+                    {username_key(name): (0, format_event(Unmuted(sender)))}, complete=False)
                 return f"{name} unmuted" if result else f"{name} was not muted"
             case Bans():
                 return _listing(result, time.time())
@@ -208,15 +214,16 @@ class Moderator:
 
     def _sweep(self) -> None:
         scheduler = self.accounts.scheduler
-        store = self.store
+        store, applied = self.store, self._applied
 
         def read() -> None:
             try:
-                sanctions = store.sanctions(time.time())
+                sanctions = store.sanctions(time.time(), prune=True)
             except Exception as error:  # logged once per sweep; tried again next time
                 log.warning("Could not read the bans: %s", error)
                 sanctions = None
-            scheduler.call_soon_threadsafe(lambda: self._apply(sanctions))
+            scheduler.call_soon_threadsafe(lambda: self._apply(
+                None if applied != self._applied else sanctions))
 
         try:
             self.accounts.lookups.submit(read)
@@ -224,26 +231,37 @@ class Moderator:
             return
 
     def _apply(self, sanctions: list[Sanction] | None) -> None:
+        # (None: the store could not be read, or the read is stale.)
         events = self.events
         try:
             if sanctions is not None and events is not None:
-                now = time.time()
-                mutes: dict[str, float] = {}
-                for sanction in sanctions:
-                    if sanction.kind == "ban":
-                        events.moderation_disconnect(sanction.target, banned_line(sanction, now),
-                                                     f"banned by {sanction.by}")
-                    elif sanction.kind == "mute":
-                        mutes[sanction.target] = (math.inf if sanction.until is None
-                                                  else sanction.until - now)
-                    elif sanction.kind == "kick" and events.moderation_disconnect(
-                            sanction.target, format_event(Kicked(sanction.by, sanction.reason)),
-                            f"kicked by {sanction.by}"):
-                        self.accounts.lookups.submit(
-                            _forget(self.store, sanction.kind, sanction.target))
-                events.moderation_mutes(mutes, complete=True)
+                self._enforce(events, sanctions, time.time())
         finally:
             self.accounts.scheduler.call_later(SWEEP_INTERVAL, self._sweep)
+
+    def _enforce(self, events: ModerationEvents, sanctions: list[Sanction], now: float) -> None:
+        """What the store holds, on this server's users: one pass for the
+        bans and kicks, one for the mutes."""
+        leaving: dict[str, tuple[bytes, str]] = {}
+        kicks: set[str] = set()
+        mutes: dict[str, tuple[float, bytes | None]] = {}
+        for sanction in sanctions:
+            if sanction.kind == "ban":
+                leaving[sanction.target] = (banned_line(sanction, now),
+                                            f"banned by {sanction.by}")
+            elif sanction.kind == "kick":
+                kicks.add(sanction.target)
+                leaving.setdefault(sanction.target, (
+                    format_event(Kicked(sanction.by, sanction.reason)),
+                    f"kicked by {sanction.by}"))
+            elif sanction.kind == "mute":
+                lasting = remaining(sanction.until, now)
+                mutes[sanction.target] = (
+                    math.inf if sanction.until is None else sanction.until - now,
+                    format_event(Muted(sanction.by, lasting)))
+        for target in events.moderation_disconnect(leaving) & kicks:
+            self.accounts.lookups.submit(_forget(self.store, "kick", target))
+        events.moderation_mutes(mutes, complete=True)
 
     # -- at login -------------------------------------------------------------------
 

@@ -246,7 +246,7 @@ class RedisAccountStore(AccountStore):
         with self._errors():
             return bool(self._redis.hdel(SANCTIONS, f"{kind}:{target}"))
 
-    def sanctions(self, now: float) -> list[Sanction]:
+    def sanctions(self, now: float, prune: bool = False) -> list[Sanction]:
         with self._errors():
             fields: dict[bytes, bytes] = self._redis.hgetall(SANCTIONS)
         found: list[Sanction] = []
@@ -257,7 +257,7 @@ class RedisAccountStore(AccountStore):
                 found.append(sanction)
             else:
                 past.append(field_name)
-        if past:
+        if past and prune:
             with self._errors():
                 self._redis.hdel(SANCTIONS, *past)
         return found

@@ -104,8 +104,9 @@ class AccountStore(ABC):
         """Lift a ban or mute; False if none was in force."""
 
     @abstractmethod
-    def sanctions(self, now: float) -> list[Sanction]:
-        """Every ban and mute in force at ``now`` (those past forgotten)."""
+    def sanctions(self, now: float, prune: bool = False) -> list[Sanction]:
+        """Every ban, mute and kick record in force at ``now``; with ``prune``
+        those past are forgotten too."""
 
     # Back-off shared by the servers of a cluster.  A store that only one
     # server uses shares nothing: its in-memory back-off is the whole truth.
@@ -331,11 +332,13 @@ class SQLiteAccountStore(AccountStore):
                                 (kind, target))
         return cursor.rowcount == 1
 
-    def sanctions(self, now: float) -> list[Sanction]:
+    def sanctions(self, now: float, prune: bool = False) -> list[Sanction]:
         with self._using() as db:
-            db.execute("DELETE FROM sanctions WHERE until IS NOT NULL AND until <= ?", (now,))
+            if prune:  # a write: not at every login
+                db.execute("DELETE FROM sanctions WHERE until <= ?", (now,))
             rows = db.execute("SELECT kind, target, shown, by, reason, created, until"
-                              " FROM sanctions ORDER BY kind, target").fetchall()
+                              " FROM sanctions WHERE until IS NULL OR until > ?"
+                              " ORDER BY kind, target", (now,)).fetchall()
         return [Sanction(*row) for row in rows]
 
     def close(self) -> None:
