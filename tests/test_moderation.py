@@ -17,6 +17,7 @@ from protocol import Ban, Mute, RemoteProtocolError, duration_seconds, parse_com
 from reactor.accounts.moderation import remaining
 from reactor.app import open_store
 from reactor.chat import NO_OPERATORS
+from tests.cli_support import cli_args, run_cli
 from tests.cluster_support import (
     PAIR_IDS,
     PAIRS,
@@ -255,6 +256,16 @@ def test_operators_act_on_users_of_every_node(
             # Until it ends, on either node.
             wait_until(lambda: login_refused(second, "Carol") is None, timeout=15)
             assert login_refused(first, "Carol") is None
+
+
+def test_the_client_says_why_a_banned_login_is_refused(chat: tuple[int, str]) -> None:
+    port, _ = chat
+    with op_online(port) as op:
+        moderation(op, 'ban Bob 1h "spam"')
+    result = run_cli(cli_args(port, "Bob"))
+    assert result.returncode == 1
+    assert result.stderr.decode().strip() == \
+        "reactor-chat: cannot log in as Bob: banned by Op for 1h: spam"
 
 
 # -- the rules without sockets ----------------------------------------------------------------
