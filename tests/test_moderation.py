@@ -9,12 +9,14 @@ that is let in again, a message that is delivered again), never slept.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
 
 from protocol import Ban, Mute, RemoteProtocolError, duration_seconds, parse_command
-from reactor.accounts.moderation import remaining
+from reactor.accounts.moderation import LISTED, remaining
+from reactor.accounts.store import Sanction
 from reactor.app import open_store
 from reactor.chat import NO_OPERATORS
 from tests.cli_support import cli_args, run_cli
@@ -109,6 +111,23 @@ def test_a_banned_name_is_disconnected_and_kept_out_until_unbanned(
         assert moderation(op, "unban Bob") == '<Moderation: "Bob unbanned">'
         assert login_refused(port, "Bob") is None
         assert moderation(op, "unban Bob") == '<Moderation: "Bob was not banned">'
+
+
+def test_the_list_of_bans_stays_one_short_line_however_many_there_are(
+    chat: tuple[int, str],
+) -> None:
+    port, db_path = chat
+    store = open_store(db_path)
+    try:
+        for number in range(LISTED + 5):
+            store.add_sanction(Sanction("ban", f"user{number:02}", f"User{number:02}", "Op",
+                                        "x" * 500, time.time(), None))
+    finally:
+        store.close()
+    with op_online(port) as op:
+        listing = moderation(op, "bans")
+    assert listing.count("ban User") == LISTED and listing.endswith('; and 5 more">')
+    assert len(listing) < LISTED * 200
 
 
 def test_a_timed_ban_ends_by_itself(chat: tuple[int, str]) -> None:

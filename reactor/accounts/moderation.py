@@ -59,6 +59,10 @@ SWEEP_INTERVAL = 1.0
 # on; one nobody acted on lapses after this many seconds.
 KICK_RECORD_LIFE = 10.0
 NOT_OPERATOR = "only operators may {word}; operators are named by the server's administrator"
+# Entries in the reply to ``bans``: one line, which must stay well inside a
+# client's line limit whatever the operators did.
+LISTED = 20
+REASON_SHOWN = 80
 UNAVAILABLE = "the account store is unavailable; try again later"
 
 
@@ -286,19 +290,21 @@ def _forget(store: AccountStore, kind: str, target: str) -> Callable[[], object]
 
 
 def _listing(sanctions: list[Sanction], now: float) -> str:
-    if not sanctions:
+    shown = [sanction for sanction in sanctions if sanction.kind != "kick"]
+    if not shown:
         return "no bans or mutes"
     parts = []
-    for sanction in sanctions:
-        if sanction.kind == "kick":
-            continue
+    for sanction in shown[:LISTED]:
         lasting = remaining(sanction.until, now)
         part = (f"{sanction.kind} {sanction.shown} by {sanction.by} "
                 f"{'for ' + lasting + ' more' if lasting else 'until lifted'}")
         if sanction.reason:
-            part += f": {sanction.reason}"
+            reason = sanction.reason
+            part += f": {reason if len(reason) <= REASON_SHOWN else reason[:REASON_SHOWN] + '...'}"
         parts.append(part)
-    return "; ".join(parts) or "no bans or mutes"
+    if len(shown) > LISTED:
+        parts.append(f"and {len(shown) - LISTED} more")
+    return "; ".join(parts)
 
 
 _WORDS = {Kick: "kick", Ban: "ban", Unban: "unban", Mute: "mute", Unmute: "unmute", Bans: "bans"}
