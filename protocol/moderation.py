@@ -25,9 +25,18 @@ import re
 from dataclasses import dataclass
 from typing import Annotated
 
-from protocol.arguments import Argument, Command, Message, Username, check_message, quote, read_text
+from protocol.arguments import (
+    Argument,
+    Command,
+    Message,
+    Username,
+    check_message,
+    checked_name,
+    quote,
+    read_text,
+)
 from protocol.errors import LocalProtocolError, RemoteProtocolError
-from protocol.usernames import is_valid_username, username_problem
+from protocol.usernames import username_problem
 
 Target = Annotated[str, Argument.TARGET]
 Duration = Annotated[str, Argument.DURATION]
@@ -198,18 +207,12 @@ def parse_unmute(arguments: str) -> Unmute | None:
 # -- writing ---------------------------------------------------------------------
 
 
-def _checked_name(name: str) -> str:
-    if not is_valid_username(name) and username_problem(name) is not None:
-        raise LocalProtocolError(f"unfit username: {username_problem(name)}")
-    return name
-
-
 def _checked_target(target: str) -> str:
     if is_address(target):
         if canonical_address(target) != target:
             raise LocalProtocolError(f"write the address as {canonical_address(target)}")
         return target
-    return _checked_name(target)
+    return checked_name(target)
 
 
 def _checked_duration(duration: str | None) -> str:
@@ -229,7 +232,7 @@ def _quoted_reason(reason: str | None) -> str:
 
 
 def format_kick(command: Kick) -> str:
-    return _checked_name(command.name) + _quoted_reason(command.reason)
+    return checked_name(command.name) + _quoted_reason(command.reason)
 
 
 def format_ban(command: Ban) -> str:
@@ -242,8 +245,8 @@ def format_unban(command: Unban) -> str:
 
 
 def format_mute(command: Mute) -> str:
-    return _checked_name(command.name) + _checked_duration(command.duration)
+    return checked_name(command.name) + _checked_duration(command.duration)
 
 
 def format_unmute(command: Unmute) -> str:
-    return _checked_name(command.name)
+    return checked_name(command.name)
