@@ -25,6 +25,8 @@ from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 
 from protocol import (
+    Ban,
+    Bans,
     Broadcast,
     BroadcastNotSent,
     Bye,
@@ -35,7 +37,9 @@ from protocol import (
     HelpText,
     InvalidInput,
     InvalidUsername,
+    Kick,
     LineTooLong,
+    Mute,
     NotDelivered,
     OnlineUsers,
     ProtocolError,
@@ -44,15 +48,20 @@ from protocol import (
     ServiceUnavailable,
     ShuttingDown,
     TooManyFromAddress,
+    Unban,
+    Unmute,
     UsernameTaken,
     UserOffline,
     UserOnline,
     Users,
     UserUnknown,
+    YouAreMuted,
+    canonical_address,
     decode_line,
     format_event,
     parse_command,
     parse_login,
+    username_key,
 )
 from protocol.events import (
     LoginTimedOut,
@@ -78,6 +87,7 @@ _FULL = format_event(ServerFull())
 _TOO_MANY_FROM_ADDRESS = format_event(TooManyFromAddress())
 _SHUTTING_DOWN = format_event(ShuttingDown())
 _LOGIN_TIMED_OUT = format_event(LoginTimedOut())
+_MUTED = format_event(YouAreMuted())
 
 # Seconds between checks of the output limits that take time to judge (the
 # soft limit's grace period, the server-wide budget).
@@ -92,6 +102,8 @@ SendAtOnce = Callable[[bytes, list[Connection], bool], list[Connection]]
 OFFLINE_NOTICES_PER_FAN_OUT = 512
 
 NO_ACCOUNTS = "this server keeps no registered names; the operator can turn them on with --accounts"
+NO_OPERATORS = ("this server has no operators: operators are registered names, and it keeps"
+                " none (no --accounts)")
 
 
 class ChatService:
@@ -144,7 +156,7 @@ class ChatService:
         call_later(HOUSEKEEPING_INTERVAL, self._housekeeping)
         self.whiteboard.start(self, self.scheduler)
         if self.accounts is not None:
-            self.accounts.start(self.scheduler)
+            self.accounts.start(self.scheduler, self)
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
         return self.scheduler.call_later(delay, callback)
@@ -455,10 +467,13 @@ class ChatService:
         if type(command) is Chat:
             # The hot command, dispatched before the match (whose class
             # patterns cost a few isinstance and attribute look-ups each).
-            self._direct_message(connection, sender, command.to, command.text)
+            if connection.muted_until is None or not self._muted(connection):
+                self._direct_message(connection, sender, command.to, command.text)
             return
         match command:
             case Broadcast(text):
+                if connection.muted_until is not None and self._muted(connection):
+                    return  # refused with its line (_muted)
                 held = self._held_broadcasts
                 if held is not None:
                     # Over the output high-water mark: it waits, and its
@@ -485,6 +500,20 @@ class ChatService:
                     connection.reply(format_event(InvalidInput(NO_ACCOUNTS)))
                 else:
                     self.accounts.change_password(connection, sender, old, new)
+            case Kick() | Ban() | Unban() | Mute() | Unmute() | Bans():
+                if self.accounts is None:
+                    connection.reply(format_event(InvalidInput(NO_OPERATORS)))
+                else:
+                    self.accounts.moderate(connection, sender, command, self)
+
+    def _muted(self, connection: Connection) -> bool:
+        """Refuse the message of a muted user (True), or lift a mute past its end."""
+        muted_until = connection.muted_until
+        if muted_until is not None and self.clock() < muted_until:
+            connection.reply(_MUTED)
+            return True
+        connection.muted_until = None
+        return False
 
     # -- what commands cause --------------------------------------------------
 
@@ -611,6 +640,44 @@ class ChatService:
     def _said_bye(connection: Connection, sender: str) -> None:
         connection.send(format_event(UserOffline(sender)))
         connection.close("bye")  # its user_left finds the name already released
+
+    # -- what operators cause (contracts.ModerationEvents) -------------------------
+
+    def moderation_disconnect(self, targets: dict[str, tuple[bytes, str]]) -> set[str]:
+        hit: set[str] = set()
+        for session in list(self.whiteboard.online_sessions()):
+            if session.username is None or not session.is_open:
+                continue
+            target = username_key(session.username)
+            if target not in targets:
+                target = canonical_address(session.peer_host)
+                if target not in targets:
+                    continue
+            line, reason = targets[target]
+            hit.add(target)
+            session.send(line)
+            session.close(reason)
+        return hit
+
+    def moderation_mutes(self, mutes: dict[str, tuple[float, bytes | None]],
+                         complete: bool) -> None:
+        now = self.clock()
+        for session in list(self.whiteboard.online_sessions()):
+            if session.username is None:
+                continue
+            was_muted = session.muted_until is not None and session.muted_until > now
+            found = mutes.get(username_key(session.username))
+            if found is None:
+                if complete:
+                    session.muted_until = None
+                continue
+            seconds, line = found
+            session.muted_until = now + seconds if seconds > 0 else None
+            if line is not None and was_muted != (seconds > 0):
+                session.send(line)
+
+    def online_anywhere(self, name: str) -> bool:
+        return self.whiteboard.lookup(name) is not None
 
     # -- what other servers of the cluster cause (contracts.RosterEvents) ---------
 

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from protocol.events import HELP_LINE
-from reactor.chat import ChatService
+from reactor.chat import NO_OPERATORS, ChatService
 from reactor.connection import Connection, Slot
 from reactor.flow import FloodLimits
 from reactor.phases import Move, Phase, next_phase
@@ -1082,3 +1082,15 @@ def test_lines_held_for_a_reason_of_the_servers_wait_in_order_behind_no_answer(
     carol.expect('<Message from Alice: "later">')  # not behind Bob's answer
     bob.read_all()
     alice.expect("<To Bob> slow", "<Online users: Alice, Bob, Carol>", "<To Carol> later")
+
+
+def test_without_registered_names_every_operator_command_is_refused_with_the_reason() -> None:
+    h = Harness()
+    alice, bob = h.login("Alice"), h.login("Bob")
+    alice.expect("<User Bob is online.>")
+    for command in ("kick Bob", "ban Bob 1h spam", "unban Bob", "mute Bob", "unmute Bob", "bans"):
+        alice.send(command)
+        alice.expect(f'<Invalid input: {NO_OPERATORS}. Type "help" for commands.>')
+    bob.expect_nothing()  # nothing reached the target
+    alice.send('chat Bob "still here"')
+    bob.expect('<Message from Alice: "still here">')
