@@ -37,6 +37,7 @@ from protocol.commands import (
 from protocol.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 from protocol.escaping import MAX_COMBINING_MARKS, escape, unescape
 from protocol.events import (
+    Banned,
     BroadcastFrom,
     BroadcastNotSent,
     BroadcastSent,
@@ -45,9 +46,12 @@ from protocol.events import (
     HelpText,
     InvalidInput,
     InvalidUsername,
+    Kicked,
     LoginTimedOut,
     MessageFrom,
     MessageSent,
+    Moderation,
+    Muted,
     NotDelivered,
     OnlineUsers,
     PasswordChanged,
@@ -59,16 +63,29 @@ from protocol.events import (
     ShuttingDown,
     TooManyFromAddress,
     TooManyTries,
+    Unmuted,
     UsernameTaken,
     UserOffline,
     UserOnline,
     UserUnknown,
     WrongPassword,
+    YouAreMuted,
     format_event,
     parse_event,
 )
 from protocol.framing import DEFAULT_MAX_LINE, LineBuffer, LineTooLong
 from protocol.lines import decode_line
+from protocol.moderation import (
+    Ban,
+    Bans,
+    Kick,
+    Mute,
+    Unban,
+    Unmute,
+    canonical_address,
+    duration_seconds,
+    is_address,
+)
 from protocol.usernames import (
     MAX_USERNAME_LENGTH,
     USERNAME_PATTERN,
@@ -94,4 +111,6 @@ __all__ = [
     "format_password", "parse_password", "password_problem",
     "PasswordRequired", "WrongPassword", "TooManyTries", "Registered", "PasswordChanged",
     "BroadcastNotSent", "ServiceUnavailable", "Disconnected",
+    "Kick", "Ban", "Unban", "Mute", "Unmute", "Bans", "canonical_address", "duration_seconds",
+    "is_address", "Kicked", "Banned", "Muted", "Unmuted", "YouAreMuted", "Moderation",
 ]

@@ -31,6 +31,16 @@ class Argument(enum.Enum):
     MESSAGE = "any non-empty text"
     PASSWORD = "a password as sent at login: 1 to MAX_PASSWORD_LENGTH characters"
     NEW_PASSWORD = "a password that password_problem accepts"
+    TARGET = "a valid username or an IP address (protocol.moderation)"
+    DURATION = "a number and a unit, 10m (protocol.moderation)"
+
+
+class Command:
+    """What a logged-in client asks of the server: one row of
+    :data:`protocol.commands.COMMANDS` (here, below every module that
+    declares commands)."""
+
+    __slots__ = ()
 
 
 Username = Annotated[str, Argument.USERNAME]

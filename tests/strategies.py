@@ -13,6 +13,7 @@ from protocol import (
     MAX_PASSWORD_LENGTH,
     MIN_PASSWORD_LENGTH,
     USERNAME_PATTERN,
+    Banned,
     BroadcastFrom,
     BroadcastNotSent,
     BroadcastSent,
@@ -22,9 +23,12 @@ from protocol import (
     HelpText,
     InvalidInput,
     InvalidUsername,
+    Kicked,
     LoginTimedOut,
     MessageFrom,
     MessageSent,
+    Moderation,
+    Muted,
     NotDelivered,
     OnlineUsers,
     PasswordChanged,
@@ -36,15 +40,18 @@ from protocol import (
     ShuttingDown,
     TooManyFromAddress,
     TooManyTries,
+    Unmuted,
     UsernameTaken,
     UserOffline,
     UserOnline,
     UserUnknown,
     WrongPassword,
+    YouAreMuted,
     is_valid_username,
     password_problem,
 )
 from protocol.arguments import Argument
+from protocol.moderation import canonical_address, is_address
 
 usernames = st.from_regex(USERNAME_PATTERN, fullmatch=True).filter(is_valid_username)
 # Characters that random text rarely holds but attacks and pasted text do:
@@ -90,12 +97,17 @@ passwords = st.one_of(
 ).filter(lambda text: password_problem(text) is None)
 # What a login password line may carry: any non-empty password, short ones too.
 any_passwords = st.one_of(st.text(min_size=1, max_size=40), passwords)
+durations = st.builds(lambda n, unit: f"{n}{unit}", st.integers(1, 3650),
+                      st.sampled_from("smhd"))
 # The values of each kind of command argument (see protocol.arguments).
 ARGUMENTS: dict[Argument, st.SearchStrategy[typing.Any]] = {
     Argument.USERNAME: usernames,
     Argument.MESSAGE: messages,
     Argument.PASSWORD: any_passwords,
     Argument.NEW_PASSWORD: passwords,
+    Argument.TARGET: st.one_of(usernames.filter(lambda name: not is_address(name)),
+                               st.ip_addresses().map(lambda a: canonical_address(str(a)))),
+    Argument.DURATION: durations,
 }
 
 
@@ -137,6 +149,10 @@ events: st.SearchStrategy[Event] = st.one_of(
     st.builds(Registered, usernames), st.builds(PasswordChanged, usernames),
     st.builds(BroadcastNotSent, reasons), st.builds(ServiceUnavailable, reasons),
     st.builds(Disconnected, reasons),
+    st.builds(Kicked, usernames, st.none() | messages),
+    st.builds(Banned, usernames, st.none() | durations, st.none() | messages),
+    st.builds(Muted, usernames, st.none() | durations), st.builds(Unmuted, usernames),
+    st.builds(Moderation, texts),
     st.sampled_from([HelpText(), ServerFull(), TooManyFromAddress(), LoginTimedOut(),
-                     ShuttingDown(), TooManyTries(), ServerBusy()]),
+                     ShuttingDown(), TooManyTries(), ServerBusy(), YouAreMuted()]),
 )
