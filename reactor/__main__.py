@@ -53,6 +53,8 @@ from reactor.settings import (
 from reactor.sockets import raise_open_file_limit
 from reactor.tls import TLSSetupError, load_context
 from reactor.version import version
+from reactor.web import WebSetupError, require_websockets
+from reactor.web.http import parse_origins
 
 log = logging.getLogger("reactor")
 
@@ -90,6 +92,13 @@ def _whole_number(low: int, high: int, unit: str = "") -> Callable[[str], int]:
         return value
 
     return parse
+
+
+def _origins(text: str) -> tuple[str, ...]:
+    try:
+        return parse_origins(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _seconds(low: float, high: float, unit: str = "seconds") -> Callable[[str], float]:
@@ -144,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     tls = section(p, "tls", "TLS on the main port or a second one")
     accounts = section(p, "accounts", "registered names")
     cluster = section(p, "cluster", "one chat on many servers")
+    web = section(p, "web", "the chat page and its WebSocket, for browsers")
     logs = section(p, "log", "the log")
     server.add_argument("--backend", choices=BACKENDS, default=DEFAULT_BACKEND,
                         help="I/O design: a selectors loop, a thread per client, or asyncio "
@@ -235,6 +245,17 @@ def build_parser() -> argparse.ArgumentParser:
     tls.add_argument("--tls-port", type=_whole_number(0, 65535), default=None,
                      help="a second port, speaking TLS, beside the plain --port "
                           "(like IRC's 6667/6697); needs --tls-cert and --tls-key")
+    web.add_argument("--web-port", type=_whole_number(0, 65535), default=None,
+                     help="serve the chat page at http://HOST:PORT/ and its WebSocket on this "
+                          "port, 0-65535 (https and wss with --tls-cert; needs the [web] extra; "
+                          "default: none)")
+    web.add_argument("--web-host", default=None,
+                     help="address to serve the page on (default: --host)")
+    origins = web.add_argument(
+        "--web-origin", type=_origins, default=(), metavar="ORIGIN[,ORIGIN...]",
+        help="pages that may open the chat's WebSocket, as http[s]://host[:port], separated "
+             "by commas, e.g. for a proxy in front (default: only the page's own host and port)")
+    name_in_file(origins, "origins")
     a = AccountsConfig(path="")
     store = accounts.add_argument("--accounts", metavar="PATH|URL", nargs="?", const="",
                                   default=None,
@@ -324,6 +345,9 @@ def parse_args(argv: list[str] | None = None,
             f"argument --output-limit: must be at least twice --max-line "
             f"({2 * args.max_line} bytes), got {args.output_limit}"
         )
+    if args.web_port is None and (args.web_host is not None or args.web_origin):
+        option = "--web-host" if args.web_host is not None else "--web-origin"
+        parser.error(f"argument {option}: needs --web-port")
     if args.workers is not None and args.cluster is None:
         parser.error("argument --workers: needs --cluster (separate processes share "
                      "one chat only through Redis)")
@@ -355,6 +379,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         output_budget=args.output_budget, delivery_timeout=args.delivery_timeout,
         tls_cert=args.tls_cert, tls_key=args.tls_key,
         tls_key_password_file=args.tls_key_password_file, tls_port=args.tls_port,
+        web_port=args.web_port, web_host=args.web_host, web_origins=args.web_origin,
         flood=FloodLimits(
             enabled=args.flood_control,
             lines_per_second=args.line_rate, lines_burst=args.line_burst,
@@ -501,6 +526,11 @@ def check_config(argv: list[str], environ: Mapping[str, str] | None = None) -> i
             load_context(args.tls_cert, args.tls_key, args.tls_key_password_file)
         if args.cluster is not None:
             check_url(args.cluster)  # a Redis URL, and the [cluster] extra installed
+        if args.web_port is not None:
+            require_websockets()  # the [web] extra installed
+    except WebSetupError as error:
+        complain(f"{PROGRAM}: {error}")
+        return 2
     except TLSSetupError as error:
         complain(f"{PROGRAM}: TLS: {error}")
         return 2
@@ -568,6 +598,9 @@ def _serve(args: argparse.Namespace, signals: SignalHandlers) -> int:
     except TLSSetupError as error:  # a missing or bad certificate or key file
         complain(f"{PROGRAM}: TLS: {error}")
         return 2
+    except WebSetupError as error:  # --web-port without the websockets package
+        complain(f"{PROGRAM}: {error}")
+        return 2
     except ValueError as error:  # e.g. uvloop asked for and not installed
         complain(f"{PROGRAM}: {error}")
         return 2
@@ -578,8 +611,9 @@ def _serve(args: argparse.Namespace, signals: SignalHandlers) -> int:
         complain(f"{PROGRAM}: {error}")
         return 2
     except OSError as error:
-        port = getattr(error, "port", args.port)  # the TLS port's, if that failed
-        complain(f"{PROGRAM}: cannot listen on {_address(args.host, port)}: "
+        port = getattr(error, "port", args.port)  # the TLS or web port's, if that failed
+        host = getattr(error, "host", args.host)
+        complain(f"{PROGRAM}: cannot listen on {_address(host, port)}: "
                  f"{_why_not_listening(error)}")
         return 1
     if config.accounts is not None:

@@ -8,12 +8,13 @@ the backend's server around it, and hands each only what it needs::
     roster  = make_roster(config)                # contracts.Roster
     login   = open_accounts(config.accounts)     # contracts.LoginStep, or None
     chat    = ChatService(config, roster, login)
-    server  = server_class(backend)(config, chat, **options)
+    site    = make_site(config)                  # the --web-port page, or None
+    server  = server_class(backend)(config, chat, web=site, **options)
 
 Nothing else in the server constructs a feature.  The optional packages
-(redis-py, hiredis) are imported here, lazily, and only when the
-configuration asks for Redis: the single-node server runs on the standard
-library alone.  Everything that can be refused (a bad Redis URL, a missing
+(redis-py, hiredis; websockets) are imported here, lazily, and only when the
+configuration asks for Redis (or a web port): the single-node server runs
+on the standard library alone.  Everything that can be refused (a bad Redis URL, a missing
 package, an accounts file that cannot be opened, a busy port) is refused
 here, before anything is served, and whatever was opened is closed again.
 """
@@ -34,6 +35,8 @@ from reactor.config import AccountsConfig, ServerConfig
 from reactor.connection import Connection
 from reactor.contracts import LoginStep, Roster
 from reactor.redis.url import check_url, is_redis_url
+from reactor.web import require_websockets
+from reactor.web.http import OriginRule, Site
 from reactor.whiteboard import MemoryWhiteboard
 
 log = logging.getLogger("reactor")
@@ -89,6 +92,16 @@ def build_chat(config: ServerConfig, roster: Roster[Connection] | None = None,
     return ChatService(config, roster, accounts, clock)
 
 
+def make_site(config: ServerConfig) -> Site | None:
+    """What the web port serves (the page, the origin rule), if the
+    configuration has one (``--web-port``); raises WebSetupError without
+    the ``websockets`` package, before anything is bound."""
+    if config.web_port is None:
+        return None
+    require_websockets()
+    return Site(OriginRule(config.web_origins))
+
+
 def make_server(config: ServerConfig, backend: str = DEFAULT_BACKEND, *,
                 roster: Roster[Connection] | None = None,
                 accounts: LoginStep | None = None, **options: object) -> Server:
@@ -96,9 +109,10 @@ def make_server(config: ServerConfig, backend: str = DEFAULT_BACKEND, *,
     (raises OSError if the port is busy; nothing stays open then).
     ``options`` are the backend's own (``loop=`` for asyncio)."""
     cls = server_class(backend)  # an unknown backend is refused before anything opens
+    site = make_site(config)
     chat = build_chat(config, roster, accounts)
     try:
-        return cls(config, chat, **options)  # type: ignore[arg-type]
+        return cls(config, chat, web=site, **options)  # type: ignore[arg-type]
     except BaseException:
         chat.close()
         raise

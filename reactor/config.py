@@ -114,5 +114,12 @@ class ServerConfig:
     accounts: AccountsConfig | None = None
     # None: this process is the whole chat.
     cluster: ClusterConfig | None = None
+    # The chat page and its WebSocket (reactor.web) on this port, off if
+    # None; on ``web_host`` (None: ``host``).  TLS with the certificate above
+    # (https, wss).  ``web_origins``: the pages that may open the socket
+    # (scheme://host[:port]); empty: only the page's own host and port.
+    web_port: int | None = None
+    web_host: str | None = None
+    web_origins: tuple[str, ...] = ()
     # SO_REUSEPORT on the listeners, so that --workers processes share a port.
     reuse_port: bool = False

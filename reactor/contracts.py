@@ -155,6 +155,13 @@ class ConnectionEvents(Protocol):
 
     def abort(self, reason: str) -> None: ...
 
+    def close(self, reason: str) -> None:
+        """Stop reading, let queued output drain, then close (a wire's own
+        answer to bad input must still go out: reactor.web)."""
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
+        """A timer of this connection's, its failures contained (a wire's keepalive)."""
+
     def fail(self, error: BaseException) -> None: ...
 
 

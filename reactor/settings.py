@@ -351,6 +351,8 @@ def _toml_value(value: object) -> str:
         return "true" if value else "false"
     if isinstance(value, int | float):
         return repr(value)
+    if isinstance(value, tuple):  # a list option, written as on the command line
+        value = ",".join(map(str, value))
     return json.dumps(str(value), ensure_ascii=False)  # a valid TOML basic string
 
 

@@ -14,10 +14,14 @@ from __future__ import annotations
 
 import ssl
 from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING
 
 from reactor.contracts import ConnectionEvents, SocketLoop, TimerHandle
 from reactor.outbuf import Entry, Handoff, OutputBuffer
 from reactor.tls import TLSWire
+
+if TYPE_CHECKING:
+    from reactor.web.wire import WebWire
 
 __all__ = ["SocketLoop", "TimerHandle", "Transport"]
 
@@ -34,7 +38,15 @@ class Transport(ABC):
     encrypts from ``output``.  Both offer ``buffers()`` for one send,
     ``consume(sent)`` for what the kernel took (returning the handoffs now
     due), and truth while something can be sent.
+
+    ``web`` is the connection's :class:`~reactor.web.wire.WebWire` on a web
+    listener's transport (:class:`reactor.web.transport.WebTransport`, which
+    frames what is written), None elsewhere: the backend hands such a
+    transport's input to ``web_received`` instead of the connection, and
+    keeps it out of its fan-out fast paths, which queue unframed bytes.
     """
+
+    web: WebWire | None = None
 
     def __init__(self, peer_host: str) -> None:
         self.peer_host = peer_host
@@ -52,6 +64,10 @@ class Transport(ABC):
         self.tls = TLSWire(context, self.output)
         self.wire = self.tls
         self.secure = True  # passwords may cross it (reactor.accounts)
+
+    def web_received(self, data: bytes) -> None:
+        """Input on a web connection, for its wire (only when ``web`` is set)."""
+        raise NotImplementedError("not a web connection")
 
     @property
     def owes_output(self) -> bool:

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import Any, cast
 
 from reactor.backends import EVENT_LOOPS
-from reactor.backends.base import Server
+from reactor.backends.base import Listener, Server
 from reactor.chat import ChatService
 from reactor.config import ServerConfig
 from reactor.connection import Connection
@@ -38,6 +38,8 @@ from reactor.sockets import (
 )
 from reactor.tls import TLSFailure, log_failure
 from reactor.transport import SocketLoop, TimerHandle, Transport
+from reactor.web.http import Site
+from reactor.web.transport import WebTransport
 
 log = logging.getLogger("reactor")
 
@@ -105,6 +107,8 @@ class AsyncioTransport(Transport, asyncio.BufferedProtocol):
             # (While closing: only to complete the handshake, so that a notice
             # such as "server full" can be sent; the chat ignores the input.)
             self._received_tls(data)
+        elif self.web is not None:
+            self.web_received(data)
         else:
             self.connection.data_received(data)
 
@@ -122,16 +126,19 @@ class AsyncioTransport(Transport, asyncio.BufferedProtocol):
             return
         if tls and not self._in_flight and not self._burst:
             self._push()  # handshake messages, or output that waited for it
+        received = connection.data_received if self.web is None else self.web_received
         if plain:
-            connection.data_received(plain)
+            received(plain)
         if ended:
-            connection.data_received(b"")
+            received(b"")
 
     def eof_received(self) -> bool:
         self._eof_received = True
         if self._closing:
             if not self.output:
                 self._close_now()
+        elif self.web is not None:
+            self.web_received(b"")
         elif self.connection is not None:
             self.connection.data_received(b"")
         return True  # keep the write side open: we close when we are done
@@ -307,16 +314,29 @@ class AsyncioTransport(Transport, asyncio.BufferedProtocol):
         self.abort()
 
 
+class AsyncioWebTransport(WebTransport, AsyncioTransport):
+    """A web connection, plain or TLS (see reactor.web.transport)."""
+
+    def __init__(self, server: AsyncioServer, tls: bool, site: Site) -> None:
+        super().__init__(server, tls)
+        self.start_web(site, server.config.max_line)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.web.peer_host = self.peer_host  # known only now
+
+
 class AsyncioServer(Server):
     def __init__(
         self,
         config: ServerConfig,
         chat: ChatService,
         loop: str = "asyncio",
+        web: Site | None = None,
     ) -> None:
         if loop not in EVENT_LOOPS:
             raise ValueError(f"unknown loop {loop!r}; choose from {', '.join(EVENT_LOOPS)}")
-        super().__init__(config, chat)
+        super().__init__(config, chat, web)
         if loop == "uvloop":
             try:
                 import uvloop
@@ -363,7 +383,7 @@ class AsyncioServer(Server):
             transport: AsyncioTransport = connection.transport  # type: ignore[assignment]
             output = transport.output
             if (transport.tls is not None or transport._closed or not connection.is_open
-                    or output.size + size > high_water):
+                    or output.size + size > high_water or transport.web is not None):
                 rest.append(connection)
                 continue
             output.append(data)
@@ -431,7 +451,7 @@ class AsyncioServer(Server):
         loop.add_reader(self._wakeup_reader.fileno(), woken)
         servers = [
             await loop.create_server(
-                lambda tls=listener.tls: AsyncioTransport(self, tls),  # type: ignore[misc]
+                self._transport_factory(listener),
                 # Else asyncio listens again with its own backlog of 100: a
                 # storm of connections overflows it, and their SYNs wait out
                 # retransmission timeouts.
@@ -457,6 +477,12 @@ class AsyncioServer(Server):
         for connection in list(self.chat.connections):
             connection.transport.abort()
         await asyncio.sleep(0)  # let the aborts' connection_lost callbacks run
+
+    def _transport_factory(self, listener: Listener) -> Callable[[], AsyncioTransport]:
+        tls, site = listener.tls, listener.web
+        if site is None:
+            return lambda: AsyncioTransport(self, tls)
+        return lambda: AsyncioWebTransport(self, tls, site)
 
     async def _accept_backlog(self) -> None:
         for _ in range(3):

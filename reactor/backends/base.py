@@ -18,6 +18,9 @@ benchmark all read the registry.  Its constructor takes ``(config, chat)``
 2. For every accepted socket, create a transport; if its listener is
    ``tls``, call ``transport.start_tls(self.tls_context())`` -- the
    context at accept time, so that a reload affects new connections only --
+   and if it has ``web`` (the web port), make the transport the backend's
+   web class (:class:`reactor.web.transport.WebTransport` in front of its
+   own) and call ``transport.start_web(listener.web, config.max_line)``;
    then call ``self.chat.connection_made(transport)``, in accept order;
    admission (server full, per-address limit, shutdown) is the chat's
    decision.  The TLS handshake is part of the login: it runs under the
@@ -38,7 +41,10 @@ benchmark all read the registry.  Its constructor takes ``(config, chat)``
    pass on the plaintext; a :class:`~reactor.tls.TLSFailure` (a plaintext
    client, garbage instead of a ClientHello) is one log line from
    :func:`~reactor.tls.log_failure` and an abort, never a traceback; send
-   what the wire holds after a read (handshake messages).
+   what the wire holds after a read (handshake messages).  On a web
+   transport (``transport.web``), hand what was read (after TLS) to
+   ``transport.web_received`` instead of the connection, and keep it out
+   of ``send_at_once``'s loops (they queue unframed bytes).
 5. ``close()``: drain the queue (on TLS, then send ``close_notify``
    from ``tls.close_notify()``), shut down the write side, keep reading and
    discarding until the peer's EOF or ``config.close_linger`` seconds, then
@@ -98,18 +104,21 @@ from reactor.connection import Connection
 from reactor.contracts import SocketLoop, TimerHandle
 from reactor.sockets import open_listener
 from reactor.tls import TLSCertificate
+from reactor.web.http import Site
 
 log = logging.getLogger("reactor")
 
 
 class Listener:
-    """One listening socket, and whether it speaks TLS."""
+    """One listening socket, whether it speaks TLS, and what it serves the
+    web (the page and its WebSocket) if it is the web port."""
 
-    __slots__ = ("sock", "tls")
+    __slots__ = ("sock", "tls", "web")
 
-    def __init__(self, sock: socket.socket, tls: bool) -> None:
+    def __init__(self, sock: socket.socket, tls: bool, web: Site | None = None) -> None:
         self.sock = sock
         self.tls = tls
+        self.web = web
 
     @property
     def port(self) -> int:
@@ -126,10 +135,11 @@ class Server(ABC):
     """
 
 
-    def __init__(self, config: ServerConfig, chat: ChatService) -> None:
+    def __init__(self, config: ServerConfig, chat: ChatService, web: Site | None = None) -> None:
         """Bind the listeners for ``chat``, built by the composition root
-        (:func:`reactor.app.make_server`); if binding fails, the caller
-        closes the chat."""
+        (:func:`reactor.app.make_server`), and for ``web`` on
+        ``config.web_port`` if given; if binding fails, the caller closes
+        the chat."""
         self.config = config
         # Certificate problems are found before any socket is bound.
         self.certificate: TLSCertificate | None = None
@@ -152,6 +162,17 @@ class Server(ABC):
                     self.listeners.append(Listener(open_listener(tls_config), True))
                 except OSError as error:
                     error.port = config.tls_port  # type: ignore[attr-defined]  # for the message
+                    raise
+            if web is not None and config.web_port is not None:
+                web_config = replace(config, host=config.web_host or config.host,
+                                     port=config.web_port)
+                try:
+                    # TLS with the same certificate: https and wss.
+                    self.listeners.append(Listener(open_listener(web_config),
+                                                   self.certificate is not None, web))
+                except OSError as error:
+                    error.port = config.web_port  # type: ignore[attr-defined]
+                    error.host = web_config.host  # type: ignore[attr-defined]
                     raise
         except BaseException:
             for listener in self.listeners:
@@ -177,7 +198,15 @@ class Server(ABC):
     def tls_port(self) -> int | None:
         """The port that speaks TLS, if any."""
         for listener in self.listeners:
-            if listener.tls:
+            if listener.tls and listener.web is None:
+                return listener.port
+        return None
+
+    @property
+    def web_port(self) -> int | None:
+        """The port that serves the page and its WebSocket, if any."""
+        for listener in self.listeners:
+            if listener.web is not None:
                 return listener.port
         return None
 
@@ -226,7 +255,10 @@ class Server(ABC):
         # line to learn the port (with --port 0) and that the server is up.
         level = max(logging.INFO, log.getEffectiveLevel())
         for listener in self.listeners:
-            if listener.tls:
+            if listener.web is not None:
+                log.log(level, "Serving the web page on port %d (%s)...", listener.port,
+                        "https" if listener.tls else "http")
+            elif listener.tls:
                 log.log(level, "Listening on port %d (TLS)...", listener.port)
             else:
                 log.log(level, "Listening on port %d...", listener.port)

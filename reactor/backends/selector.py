@@ -52,6 +52,8 @@ from reactor.sockets import (
 from reactor.timers import Timer, Timers
 from reactor.tls import TLSFailure, log_failure
 from reactor.transport import SocketLoop, Transport
+from reactor.web.http import Site
+from reactor.web.transport import WebTransport
 
 log = logging.getLogger("reactor")
 
@@ -263,8 +265,8 @@ class SelectorTransport(Transport):
         for connection in connections:
             transport: SelectorTransport = connection.transport  # type: ignore[assignment]
             if (transport._turn == turn or transport.output.size or transport.socket_closed
-                    or not connection.is_open):
-                later.append(connection)
+                    or not connection.is_open or transport.web is not None):
+                later.append(connection)  # (a web connection: write() frames it)
                 continue
             transport._turn = turn
             try:
@@ -302,8 +304,9 @@ class SelectorTransport(Transport):
         for connection in connections:
             transport: SelectorTransport = connection.transport  # type: ignore[assignment]
             output = transport.output
-            if transport.socket_closed or not connection.is_open or output.size > limit:
-                rest.append(connection)
+            if (transport.socket_closed or not connection.is_open or output.size > limit
+                    or transport.web is not None):
+                rest.append(connection)  # (a web connection: write() frames it)
                 continue
             first = transport._turn != turn
             transport._turn = turn
@@ -566,6 +569,8 @@ class SelectorTransport(Transport):
         try:
             if self.tls is not None:
                 self._received_tls(data)
+            elif self.web is not None:
+                self.web_received(data)
             else:
                 self.connection.data_received(data)
         finally:
@@ -585,10 +590,11 @@ class SelectorTransport(Transport):
         if tls:
             # Handshake messages, or output that waited for the handshake.
             self._want_settle()
+        received = connection.data_received if self.web is None else self.web_received
         if plain:
-            connection.data_received(plain)
+            received(plain)
         if ended:
-            connection.data_received(b"")
+            received(b"")
 
     def _waits_for_the_pass(self, handed_over: bool) -> bool:
         """Output that waits for the end of the pass: more lines of the
@@ -779,9 +785,17 @@ class SelectorTLSTransport(SelectorTransport):
             SelectorTransport.flush(self)
 
 
+class SelectorWebTransport(WebTransport, SelectorTransport):
+    """A web connection (see reactor.web.transport)."""
+
+
+class SelectorWebTLSTransport(WebTransport, SelectorTLSTransport):
+    """A web connection over TLS: https and wss."""
+
+
 class SelectorServer(Server):
-    def __init__(self, config: ServerConfig, chat: ChatService) -> None:
-        super().__init__(config, chat)
+    def __init__(self, config: ServerConfig, chat: ChatService, web: Site | None = None) -> None:
+        super().__init__(config, chat, web)
         self.selector = _Poller()
         self.timers = Timers()
         self.pending_writes: list[SelectorTransport] = []
@@ -1060,19 +1074,26 @@ class SelectorServer(Server):
                     self.call_later(ACCEPT_RETRY_DELAY, self._resume_accepting)
                     return
                 raise
-            self._admit(sock, peer_host(address), listener.tls)
+            self._admit(sock, peer_host(address), listener)
 
-    def _admit(self, sock: socket.socket, host: str, tls: bool) -> None:
+    def _admit(self, sock: socket.socket, host: str, listener: Listener) -> None:
         sock.setblocking(False)
         try:
             configure_client(sock, self.config)
         except OSError:
             sock.close()  # the peer is already gone
             return
-        if tls:
-            transport: SelectorTransport = SelectorTLSTransport(sock, host, self)
-            transport.start_tls(self.tls_context())
+        transport: SelectorTransport
+        if listener.web is not None:
+            web_class = SelectorWebTLSTransport if listener.tls else SelectorWebTransport
+            web_transport = web_class(sock, host, self)
+            web_transport.start_web(listener.web, self.config.max_line)
+            transport = web_transport
+        elif listener.tls:
+            transport = SelectorTLSTransport(sock, host, self)
         else:
             transport = SelectorTransport(sock, host, self)
+        if listener.tls:
+            transport.start_tls(self.tls_context())
         self.selector.register(sock, _READ, transport)
         self.chat.connection_made(transport)

@@ -54,6 +54,8 @@ from reactor.sockets import (
 from reactor.timers import Timer, TimerThread
 from reactor.tls import TLSFailure, log_failure
 from reactor.transport import Transport
+from reactor.web.http import Site
+from reactor.web.transport import WebTransport
 
 log = logging.getLogger("reactor")
 
@@ -354,10 +356,11 @@ class ThreadTransport(Transport):
             if send_failure is not None:
                 connection.abort(send_failure)
                 return False
+            received = connection.data_received if self.web is None else self.web_received
             if plain:
-                connection.data_received(plain)
+                received(plain)
             if ended:
-                connection.data_received(b"")
+                received(b"")
         return ended
 
     def flush(self) -> None:
@@ -527,9 +530,13 @@ class ThreadTransport(Transport):
             self._linger.cancel()
 
 
+class ThreadWebTransport(WebTransport, ThreadTransport):
+    """A web connection, plain or TLS (see reactor.web.transport)."""
+
+
 class ThreadsServer(Server):
-    def __init__(self, config: ServerConfig, chat: ChatService) -> None:
-        super().__init__(config, chat)
+    def __init__(self, config: ServerConfig, chat: ChatService, web: Site | None = None) -> None:
+        super().__init__(config, chat, web)
         self.lock = FairLock(self._end_turn)  # the whiteboard mutex
         # Transports with output queued in this pass (see _end_turn), and
         # the lock's turn count at which the pass is over.
@@ -594,7 +601,7 @@ class ThreadsServer(Server):
             transport: ThreadTransport = connection.transport  # type: ignore[assignment]
             output = transport.output
             if (transport.tls is not None or transport._socket_closed or not connection.is_open
-                    or output.size + size > high_water):
+                    or output.size + size > high_water or transport.web is not None):
                 rest.append(connection)
                 continue
             if transport._writer is None:
@@ -700,7 +707,12 @@ class ThreadsServer(Server):
             except OSError:
                 sock.close()
                 continue
-            transport = ThreadTransport(sock, peer_host(address), self)
+            if listener.web is not None:
+                web_transport = ThreadWebTransport(sock, peer_host(address), self)
+                web_transport.start_web(listener.web, self.config.max_line)
+                transport: ThreadTransport = web_transport
+            else:
+                transport = ThreadTransport(sock, peer_host(address), self)
             if listener.tls:
                 transport.start_tls(self.tls_context())
             transports.append((transport, address))
@@ -754,7 +766,10 @@ class ThreadsServer(Server):
                     ended = transport.received_tls(data)
                 else:
                     with self.lock:
-                        connection.data_received(data)
+                        if transport.web is not None:
+                            transport.web_received(data)
+                        else:
+                            connection.data_received(data)
                     ended = not data
                 if ended:
                     # The peer is done sending: the connection answers what

@@ -62,6 +62,16 @@ _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _HOST = re.compile(r"[A-Za-z0-9.\-]+(?::\d{1,5})?|\[[0-9A-Fa-f:.]+\](?::\d{1,5})?")
 
 
+class WebFailure(Exception):
+    """The peer broke HTTP or WebSocket rules; ``reason`` says how.  What to
+    tell it (a 4xx, a close frame) is already in the wire's ``data_to_send()``.
+    (Here, not in ``wire``, so that the backends catch it without the extra.)"""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 class HTTPRefusal(Exception):
     """A request answered with an error status and then closed."""
 
@@ -176,6 +186,22 @@ def load_static() -> dict[str, StaticFile]:
     if "/index.html" in files:
         files["/"] = files["/index.html"]
     return files
+
+
+_ORIGIN = re.compile(r"https?://(?:[A-Za-z0-9.\-]+|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?")
+
+
+def parse_origins(text: str) -> tuple[str, ...]:
+    """``--web-origin``'s value: origins separated by commas, each
+    ``http[s]://host[:port]`` as a browser sends it; ValueError, with the
+    one it cannot use, for anything else.  Empty: none listed."""
+    if not text.strip():
+        return ()
+    origins = tuple(part.strip().rstrip("/").lower() for part in text.split(","))
+    for origin in origins:
+        if _ORIGIN.fullmatch(origin) is None:
+            raise ValueError(f"not an origin (http[s]://host[:port]): {origin!r}")
+    return origins
 
 
 class OriginRule:

@@ -51,6 +51,7 @@ from reactor.web.http import (
     SECURITY_HEADERS,
     HTTPRefusal,
     Site,
+    WebFailure,
     head_end,
     parse_head,
     refusal_response,
@@ -62,14 +63,7 @@ PING_INTERVAL = 20.0
 
 _SHORT, _MEDIUM = 126, 65536
 
-
-class WebFailure(Exception):
-    """The peer broke HTTP or WebSocket rules; ``reason`` says how.  What to
-    tell it (a 4xx, a close frame) is already in :meth:`WebWire.buffers`."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
+__all__ = ["PING_INTERVAL", "WebFailure", "WebWire", "frames_for", "text_frame"]
 
 
 def text_frame(payload: bytes | memoryview) -> bytes:
@@ -150,7 +144,7 @@ class WebWire:
         Returns the chat lines completed (each ending in ``\\n``) and whether
         the peer's side ended just now (a close frame, the end of input, or a
         page request answered).  Raises :class:`WebFailure` for a bad request
-        or a broken WebSocket rule, its answer queued in :meth:`buffers`.
+        or a broken WebSocket rule, its answer queued in :meth:`data_to_send`.
         """
         if self.ended:
             return b"", False

@@ -1,0 +1,141 @@
+"""What a backend's transport does on a web connection: one mixin for all three.
+
+A backend serves its web listener with its own transport class and this
+mixin in front of it (``class SelectorWebTransport(WebTransport,
+SelectorTransport)``), so that the plain and TLS transports' hot paths gain
+no test for a wire they do not have.  The mixin does, on the chat thread:
+
+* **Output** (``write``): after the upgrade, a chat line is queued as its
+  WebSocket frame (:func:`reactor.web.wire.frames_for`), through the
+  backend's own ``write`` -- so the queue, its handoffs, withdrawal, the
+  budget and TLS under it work as on TCP.  Before the upgrade the chat can
+  only have said a refusal (server full, shutting down) or a login timeout:
+  there is no socket to say it on yet, so it is dropped with the close.
+  ``send_now`` (a direct message written through before it is queued)
+  declines: a partial frame cannot be withdrawn line by line.
+* **Input** (:meth:`WebTransport.web_received`, called by the backend where
+  it would call ``connection.data_received``, after TLS): the wire's lines
+  go to the connection; what the wire says by itself (the HTTP answer, the
+  handshake, pongs, close frames) is queued unframed; a
+  :class:`~reactor.web.http.WebFailure` is one log line and a close, so
+  that the answer (a 4xx, a close frame) still goes out.
+* **Keepalive**: from the upgrade on, :meth:`WebWire.heartbeat` every
+  :data:`~reactor.web.wire.PING_INTERVAL` on the connection's timers.
+* **Closing**: ``close`` queues the close frame after the last line, before
+  TLS's close_notify and the FIN.
+
+Standard library only: the wire (and ``websockets``) is imported when a web
+connection starts, which happens only when the ``[web]`` extra was checked.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from reactor.contracts import TimerHandle
+from reactor.outbuf import Entry, Handoff
+from reactor.transport import Transport
+from reactor.web.http import WebFailure
+
+if TYPE_CHECKING:
+    from reactor.web.http import Site
+    from reactor.web.wire import WebWire
+
+log = logging.getLogger("reactor")
+
+
+class WebTransport(Transport):
+    """The web wire's part of a backend's transport; see the module docstring.
+    Put it first among the bases, before the backend's transport class,
+    whose methods its ``super()`` calls reach (hence mypy's safe-super
+    notes: they are never Transport's abstract ones)."""
+
+    web: WebWire
+    _heartbeat: TimerHandle | None = None
+
+    def start_web(self, site: Site, max_line: int) -> None:
+        """Speak HTTP and WebSocket on this connection (after ``start_tls``, if any)."""
+        from reactor.web.wire import WebWire
+
+        self.web = WebWire(site, max_line, self.peer_host)
+
+    def write(self, data: bytes, on_handoff: Handoff | None = None) -> Entry | None:
+        web = self.web
+        if web.upgraded and not web.closing:
+            return super().write(web.frame(data), on_handoff)  # type: ignore[safe-super]
+        # Before the upgrade (a refusal, a timeout) or after the close frame:
+        # nothing the peer could read as a message.
+        if on_handoff is not None:
+            on_handoff(False)
+        return None
+
+    def send_now(self, data: bytes) -> int:
+        return 0
+
+    def web_received(self, data: bytes) -> None:
+        """What the socket read (after TLS), ``b""`` at its end: the wire's
+        chat lines to the connection, its own answers queued."""
+        web = self.web
+        connection = self.connection
+        if connection is None or not connection.is_open:
+            return  # after a close, input is discarded (as the connection does)
+        was_upgraded = web.upgraded
+        try:
+            lines, ended = web.receive(data)
+        except WebFailure as failure:
+            log.info("web: closed the connection from %s: %s", self.peer_host, failure.reason)
+            self._say()
+            connection.close(failure.reason)
+            return
+        self._say()
+        if web.upgraded and not was_upgraded:
+            self._heartbeat = connection.call_later(_ping_interval(), self._beat)
+        if lines:
+            connection.data_received(lines)
+        if ended:
+            if web.upgraded:
+                connection.data_received(b"")
+            else:
+                connection.close("web page served")
+
+    def close(self) -> None:
+        self._stop_heartbeat()
+        if self.web.close():
+            self._say()
+        super().close()  # type: ignore[safe-super]
+
+    def abort(self) -> None:
+        self._stop_heartbeat()
+        super().abort()  # type: ignore[safe-super]
+
+    def _say(self) -> None:
+        """Queue what the wire says by itself, as it is (unframed)."""
+        if self.web:
+            super().write(self.web.data_to_send())  # type: ignore[safe-super]
+
+    def _beat(self) -> None:
+        self._heartbeat = None
+        connection = self.connection
+        if connection is None or self.web.closing:
+            return
+        try:
+            self.web.heartbeat()
+        except WebFailure as failure:
+            log.info("web: closed the connection from %s: %s", self.peer_host, failure.reason)
+            self._say()
+            connection.close(failure.reason)
+            return
+        self._say()
+        self._heartbeat = connection.call_later(_ping_interval(), self._beat)
+
+    def _stop_heartbeat(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            self._heartbeat = None
+
+
+def _ping_interval() -> float:
+    from reactor.web import wire
+
+    return wire.PING_INTERVAL  # read at each use, so that a test can shorten it
