@@ -218,11 +218,12 @@ def test_an_origin_listed_with_web_origin_is_let_in(backend: str) -> None:
 
 @pytest.mark.parametrize(("message", "code"), [
     ("x" * 5000, 1009),  # longer than --max-line
+    (["x" * 3000, "x" * 3000], 1009),  # ... in fragments, each within it
     (b"\x00binary", 1003),
     ("two\nlines", 1007),
-], ids=["oversize", "binary", "newline"])
+], ids=["oversize", "oversize-in-fragments", "binary", "newline"])
 def test_a_message_the_chat_cannot_take_closes_the_socket_with_its_code(
-        backend: str, message: str | bytes, code: int) -> None:
+        backend: str, message: str | bytes | list[str], code: int) -> None:
     with running_server(backend, web_port=0, max_line=4096) as server, \
             client_pool(server.port) as pool:
         bob = pool.login("Bob")
