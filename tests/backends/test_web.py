@@ -21,7 +21,7 @@ import pytest
 pytest.importorskip("websockets")
 
 from websockets.client import ClientProtocol
-from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Response
 from websockets.sync.client import ClientConnection, connect
@@ -278,6 +278,20 @@ def test_shutdown_tells_a_browser_and_sends_a_close_frame(backend: str) -> None:
         with pytest.raises(ConnectionClosed) as closed:
             alice.recv(timeout=DEFAULT_TIMEOUT)
         assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
+        alice.close()
+
+
+def test_a_browser_counts_against_max_clients_and_a_full_server_turns_it_away(
+        backend: str) -> None:
+    with running_server(backend, web_port=0, max_clients=1) as server:
+        alice = login(server, "Alice")
+        with pytest.raises((InvalidHandshake, ConnectionClosed, OSError)):
+            browser(server)  # closed before its handshake is answered
+        with LineClient(server.port) as bob:
+            bob.send("Bob")
+            assert b"full" in bob.expect_closed().lower()
+        alice.send("users")
+        assert alice.recv(timeout=DEFAULT_TIMEOUT) == "<Online users: Alice>"
         alice.close()
 
 
