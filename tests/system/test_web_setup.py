@@ -26,3 +26,13 @@ def test_without_websockets_the_page_loads_and_the_socket_asks_for_the_extra() -
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [
         "--web-port needs the websockets package: pip install 'reactor-chat[web]'"]
+
+
+def test_a_server_asked_for_a_web_port_without_the_extra_says_what_to_install() -> None:
+    result = subprocess.run([sys.executable, "-S", "-m", "reactor", "--host", "127.0.0.1",
+                             "--port", "0", "--web-port", "0"],
+                            cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "reactor-chat-server: --web-port needs the websockets package: "
+        "pip install 'reactor-chat[web]'"]
