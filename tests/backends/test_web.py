@@ -15,6 +15,7 @@ from __future__ import annotations
 import http.client
 import socket
 import ssl
+from pathlib import Path
 
 import pytest
 
@@ -184,6 +185,33 @@ def test_a_browser_and_a_tcp_user_chat(backend: str, tls: bool, certs: Certs) ->
         alice.send("bye")
         recv_until(alice, "<User Alice is offline.>")
         bob.read_until(lambda line: line == "<User Alice is offline.>")
+        alice.close()
+
+
+def test_the_web_ports_certificate_is_reloaded_with_the_others(
+        backend: str, tmp_path: Path) -> None:
+    first, second = Certs(tmp_path, "first"), Certs(tmp_path, "second")
+    cert, key = tmp_path / "live.pem", tmp_path / "live.key"
+    cert.write_bytes(first.cert.read_bytes())
+    key.write_bytes(first.key.read_bytes())
+    with running_server(backend, web_port=0, tls_cert=str(cert), tls_key=str(key)) as server:
+        alice = login(server, "Alice", first.client_context())
+        cert.write_bytes(second.cert.read_bytes())
+        key.write_bytes(second.key.read_bytes())
+        server.reload()  # what SIGHUP does
+
+        def reloaded() -> bool:
+            try:
+                browser(server, second.client_context()).close()
+            except ssl.SSLCertVerificationError:
+                return False
+            return True
+
+        wait_until(reloaded, message="the new certificate on the web port")
+        with pytest.raises(ssl.SSLCertVerificationError):
+            browser(server, first.client_context())
+        alice.send("users")  # the connection made before the reload carries on
+        assert alice.recv(timeout=DEFAULT_TIMEOUT) == "<Online users: Alice>"
         alice.close()
 
 
