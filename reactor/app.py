@@ -14,9 +14,10 @@ the backend's server around it, and hands each only what it needs::
 Nothing else in the server constructs a feature.  The optional packages
 (redis-py, hiredis; websockets) are imported here, lazily, and only when the
 configuration asks for Redis (or a web port): the single-node server runs
-on the standard library alone.  Everything that can be refused (a bad Redis URL, a missing
-package, an accounts file that cannot be opened, a busy port) is refused
-here, before anything is served, and whatever was opened is closed again.
+on the standard library alone.  Everything that can be refused (a bad Redis
+URL, a missing package, an accounts file that cannot be opened, a busy
+port) is refused here, before anything is served, and whatever was opened
+is closed again.
 """
 
 from __future__ import annotations
