@@ -319,7 +319,7 @@ class AsyncioWebTransport(WebTransport, AsyncioTransport):
 
     def __init__(self, server: AsyncioServer, tls: bool, site: Site) -> None:
         super().__init__(server, tls)
-        self.start_web(site, server.config.max_line)
+        self.start_web(site, server.config.max_line, server.config.output_hard_limit)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)

@@ -20,7 +20,8 @@ benchmark all read the registry.  Its constructor takes ``(config, chat)``
    context at accept time, so that a reload affects new connections only --
    and if it has ``web`` (the web port), make the transport the backend's
    web class (:class:`reactor.web.transport.WebTransport` in front of its
-   own) and call ``transport.start_web(listener.web, config.max_line)``;
+   own) and call ``transport.start_web(listener.web, config.max_line,
+   config.output_hard_limit)``;
    then call ``self.chat.connection_made(transport)``, in accept order;
    admission (server full, per-address limit, shutdown) is the chat's
    decision.  The TLS handshake is part of the login: it runs under the

@@ -1087,7 +1087,8 @@ class SelectorServer(Server):
         if listener.web is not None:
             web_class = SelectorWebTLSTransport if listener.tls else SelectorWebTransport
             web_transport = web_class(sock, host, self)
-            web_transport.start_web(listener.web, self.config.max_line)
+            web_transport.start_web(listener.web, self.config.max_line,
+                                    self.config.output_hard_limit)
             transport = web_transport
         elif listener.tls:
             transport = SelectorTLSTransport(sock, host, self)

@@ -709,7 +709,8 @@ class ThreadsServer(Server):
                 continue
             if listener.web is not None:
                 web_transport = ThreadWebTransport(sock, peer_host(address), self)
-                web_transport.start_web(listener.web, self.config.max_line)
+                web_transport.start_web(listener.web, self.config.max_line,
+                                        self.config.output_hard_limit)
                 transport: ThreadTransport = web_transport
             else:
                 transport = ThreadTransport(sock, peer_host(address), self)

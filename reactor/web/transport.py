@@ -53,12 +53,16 @@ class WebTransport(Transport):
 
     web: WebWire
     _heartbeat: TimerHandle | None = None
+    _output_limit = 0
 
-    def start_web(self, site: Site, max_line: int) -> None:
-        """Speak HTTP and WebSocket on this connection (after ``start_tls``, if any)."""
+    def start_web(self, site: Site, max_line: int, output_limit: int) -> None:
+        """Speak HTTP and WebSocket on this connection (after ``start_tls``,
+        if any); ``output_limit`` is the hard limit of output queued, which
+        the wire's own answers (pongs) must keep too."""
         from reactor.web.wire import WebWire
 
         self.web = WebWire(site, max_line, self.peer_host)
+        self._output_limit = output_limit
 
     def write(self, data: bytes, on_handoff: Handoff | None = None) -> Entry | None:
         web = self.web
@@ -89,6 +93,8 @@ class WebTransport(Transport):
             connection.close(failure.reason)
             return
         self._say()
+        if not connection.is_open:
+            return  # cut meanwhile (its pongs unread)
         if web.upgraded and not was_upgraded:
             self._heartbeat = connection.call_later(_ping_interval(), self._beat)
         if lines:
@@ -110,14 +116,19 @@ class WebTransport(Transport):
         super().abort()  # type: ignore[safe-super]
 
     def _say(self) -> None:
-        """Queue what the wire says by itself, as it is (unframed)."""
-        if self.web:
-            super().write(self.web.data_to_send())  # type: ignore[safe-super]
+        """Queue what the wire says by itself, as it is (unframed).  A peer
+        that sends pings and never reads their pongs is a slow consumer."""
+        if not self.web:
+            return
+        super().write(self.web.data_to_send())  # type: ignore[safe-super]
+        limit = self._output_limit
+        if self.output.size > limit and self.connection is not None:
+            self.connection.abort(f"slow consumer: more than {limit} bytes of output queued")
 
     def _beat(self) -> None:
         self._heartbeat = None
         connection = self.connection
-        if connection is None or self.web.closing:
+        if connection is None or not connection.is_open or self.web.closing:
             return
         try:
             self.web.heartbeat()

@@ -297,6 +297,34 @@ def test_a_browser_that_stops_reading_is_cut_off_like_a_tcp_client(backend: str)
         alice_lines.stop()
 
 
+def test_a_peer_that_pings_and_never_reads_the_pongs_is_cut_off(backend: str) -> None:
+    """Pings are not chat lines (no flood control meters them), but their
+    pongs are output like any other: past the hard limit, a slow consumer."""
+    hard = 1 * MiB
+    with running_server(backend, web_port=0, output_limit=256 * KiB,
+                        output_hard_limit=hard) as server:
+        assert server.web_port is not None
+        pinger = RawBrowser(server.web_port, rcvbuf=16 * KiB)
+        pinger.send("Pinger")
+        wait_until(lambda: server.chat.whiteboard.lookup("Pinger") is not None,
+                   message="Pinger online")
+        connection = server.chat.whiteboard.lookup("Pinger")[1]  # type: ignore[index]
+        ping = b"p" * 125
+        try:
+            for _ in range(64 * hard // 128):  # (far more pongs than the limit)
+                for _ in range(64):
+                    pinger.protocol.send_ping(ping)
+                for data in pinger.protocol.data_to_send():
+                    pinger.sock.sendall(data)
+                if not connection.is_open:
+                    break
+        except OSError:
+            pass  # cut off while sending
+        wait_until(lambda: not connection.is_open, message="Pinger cut off")
+        assert connection.close_reason == f"slow consumer: more than {hard} bytes of output queued"
+        pinger.close()
+
+
 def test_shutdown_tells_a_browser_and_sends_a_close_frame(backend: str) -> None:
     with running_server(backend, web_port=0) as server:
         alice = login(server, "Alice")
