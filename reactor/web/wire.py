@@ -117,7 +117,9 @@ class WebWire:
         self.peer_host = peer_host
         self._head = bytearray()
         self._protocol: ServerProtocol | None = None
-        self._message: list[bytes] = []  # the fragments of a message still coming
+        # The fragments of a message still coming, joined as they come: at
+        # most max_line bytes however many (empty) fragments the peer sends.
+        self._message = bytearray()
         self._outgoing: list[bytes] = []  # what the wire says by itself, in order
         self.upgraded = False  # the WebSocket is open: a chat connection exists
         self.closing = False  # nothing more to frame: close once the queue is sent
@@ -237,11 +239,14 @@ class WebWire:
         if opcode not in (Opcode.TEXT, Opcode.CONT):
             return None  # ping and close: the library answered them
         message = self._message
-        message.append(bytes(frame.data))
-        if not frame.fin:
-            return None
-        self._message = []
-        text = message[0] if len(message) == 1 else b"".join(message)
+        if frame.fin and not message:
+            text = bytes(frame.data)  # the common case: a message in one frame
+        else:
+            message += frame.data
+            if not frame.fin:
+                return None
+            text = bytes(message)
+            message.clear()
         if b"\n" in text or b"\r" in text:
             return self._fail(CloseCode.INVALID_DATA, "one line per message")
         if not text.isascii():

@@ -4,6 +4,7 @@ sans-IO) and the connection's line path see, with no socket and no clock."""
 from __future__ import annotations
 
 import logging
+import tracemalloc
 
 import pytest
 
@@ -70,6 +71,31 @@ def test_the_handshake_opens_the_socket_and_a_text_message_is_one_chat_line() ->
 def test_a_message_in_fragments_is_one_line() -> None:
     wire, client = opened()
     client.send_text(b"broad", fin=False)
+    client.send_continuation(b'cast "x"', fin=True)
+    assert wire.receive(b"".join(client.data_to_send())) == (b'broadcast "x"\n', False)
+
+
+def test_a_message_in_countless_empty_fragments_holds_only_its_bytes() -> None:
+    """Memory while fragments keep coming does not grow with their number:
+    the peak over ten times more of them is about the same as over a few."""
+    wire, client = opened()
+    client.send_text(b"broad", fin=False)
+    wire.receive(b"".join(client.data_to_send()))
+
+    def peak_while_fed(chunks: int) -> int:
+        tracemalloc.start()
+        try:
+            for _ in range(chunks):
+                for _ in range(250):
+                    client.send_continuation(b"", fin=False)
+                assert wire.receive(b"".join(client.data_to_send())) == (b"", False)
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    few = peak_while_fed(10)
+    many = peak_while_fed(100)
+    assert many < 1.5 * few, (few, many)
     client.send_continuation(b'cast "x"', fin=True)
     assert wire.receive(b"".join(client.data_to_send())) == (b'broadcast "x"\n', False)
 
