@@ -348,6 +348,9 @@ def parse_args(argv: list[str] | None = None,
     if args.web_port is None and (args.web_host is not None or args.web_origin):
         option = "--web-host" if args.web_host is not None else "--web-origin"
         parser.error(f"argument {option}: needs --web-port")
+    if args.workers is not None and args.web_port == 0:
+        parser.error("argument --web-port: with --workers, give a fixed port (the workers "
+                     "share it, as they share --port; 0 would give each its own)")
     if args.workers is not None and args.cluster is None:
         parser.error("argument --workers: needs --cluster (separate processes share "
                      "one chat only through Redis)")

@@ -304,6 +304,19 @@ def test_options_that_need_each_other_are_checked_across_the_layers(
     assert parse_args(["--config", path, "--tls-key", "k.pem"], {}).tls_key == "k.pem"
 
 
+def test_the_web_options_need_a_web_port_and_workers_a_fixed_one(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert refusal(capsys, ["--web-origin", "https://chat.example.org"]) == (
+        f"{PROGRAM}: argument --web-origin: needs --web-port (see --help)")
+    assert refusal(capsys, ["--web-port", "8080", "--web-origin", "ftp://x"]) == (
+        f"{PROGRAM}: argument --web-origin: not an origin (http[s]://host[:port]): "
+        "'ftp://x' (see --help)")
+    cluster = ["--cluster", "redis://127.0.0.1:1", "--workers", "2"]
+    assert refusal(capsys, [*cluster, "--web-port", "0"]).startswith(
+        f"{PROGRAM}: argument --web-port: with --workers, give a fixed port")
+    assert parse_args([*cluster, "--web-port", "8080"], {}).web_port == 8080
+
+
 def test_the_line_scan_finds_keys_under_their_own_table_only() -> None:
     text = "port = 1\n[server]\n# port = 2\n'port'=3\n[tls]\nport = 4\n"
     assert line_of(text, "server", "port") == 4
