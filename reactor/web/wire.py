@@ -58,6 +58,10 @@ from reactor.web.http import (
 )
 
 log = logging.getLogger("reactor")
+# websockets logs every connection it opens at INFO ("connection open"): the
+# server's log has its own line for each user, so only its warnings show.
+_protocol_log = logging.getLogger("reactor.web.protocol")
+_protocol_log.setLevel(logging.WARNING)
 
 PING_INTERVAL = 20.0
 
@@ -181,7 +185,7 @@ class WebWire:
     def _upgrade(self, head: bytes, rest: bytes) -> tuple[bytes, bool]:
         # The head was bounded and checked above; the library checks the
         # WebSocket headers (key, version) and answers the handshake.
-        protocol = ServerProtocol(max_size=self.max_line)
+        protocol = ServerProtocol(max_size=self.max_line, logger=_protocol_log)
         self._protocol = protocol
         protocol.receive_data(head)
         events = protocol.events_received()

@@ -13,6 +13,7 @@ or its sans-IO client over a socket the test reads only when it wants to.
 from __future__ import annotations
 
 import http.client
+import logging
 import socket
 import ssl
 from pathlib import Path
@@ -162,12 +163,14 @@ def test_a_request_that_is_not_http_gets_400_and_a_close(backend: str) -> None:
 
 
 @pytest.mark.parametrize("tls", [False, True], ids=["ws", "wss"])
-def test_a_browser_and_a_tcp_user_chat(backend: str, tls: bool, certs: Certs) -> None:
+def test_a_browser_and_a_tcp_user_chat(backend: str, tls: bool, certs: Certs,
+                                       caplog: pytest.LogCaptureFixture) -> None:
     options: dict[str, object] = {"web_port": 0}
     if tls:
         options.update(tls_cert=str(certs.cert), tls_key=str(certs.key), tls_port=0)
     context = certs.client_context() if tls else None
-    with running_server(backend, **options) as server, client_pool(server.port) as pool:
+    with caplog.at_level(logging.INFO), running_server(backend, **options) as server, \
+            client_pool(server.port) as pool:
         bob = pool.login("Bob")
         alice = login(server, "Alice", context)
         bob.expect("<User Alice is online.>")
@@ -186,6 +189,9 @@ def test_a_browser_and_a_tcp_user_chat(backend: str, tls: bool, certs: Certs) ->
         recv_until(alice, "<User Alice is offline.>")
         bob.read_until(lambda line: line == "<User Alice is offline.>")
         alice.close()
+    # The server's log has its own lines about Alice, not the library's.
+    assert "Alice connected (127.0.0.1)" in caplog.text
+    assert "connection open" not in caplog.text
 
 
 def test_the_web_ports_certificate_is_reloaded_with_the_others(
