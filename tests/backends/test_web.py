@@ -373,7 +373,8 @@ def test_a_browser_that_answers_pings_stays_and_one_that_does_not_is_closed(
     peer that never answers is closed (1011) after the next one."""
     from reactor.web import wire
 
-    monkeypatch.setattr(wire, "PING_INTERVAL", 0.05)
+    # Long enough for a loaded machine to answer a ping in time.
+    monkeypatch.setattr(wire, "PING_INTERVAL", 0.3)
     with running_server(backend, web_port=0) as server:
         assert server.web_port is not None
         mute = RawBrowser(server.web_port)
@@ -398,7 +399,7 @@ def test_a_browser_that_answers_pings_stays_and_one_that_does_not_is_closed(
             original(frame)
 
         alice.protocol.recv_frame = counting  # type: ignore[method-assign]
-        wait_until(lambda: pings >= 3, message="three pings")
+        wait_until(lambda: pings >= 2, message="two pings")
         alice.send("users")
         assert alice.recv(timeout=DEFAULT_TIMEOUT) == "<Online users: Alice>"
         alice.close()
