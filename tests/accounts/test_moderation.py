@@ -277,6 +277,25 @@ def test_operators_act_on_users_of_every_node(
             assert login_refused(first, "Carol") is None
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("pair", PAIRS, ids=PAIR_IDS)
+def test_an_unmute_on_another_node_is_announced_to_the_muted_user(
+    redis_server: RedisServer, pair: tuple[str, str],  # noqa: F811
+) -> None:
+    url = redis_server.url
+    with nodes(pair, url, accounts=settings(url)) as servers:
+        first, second = (server.port for server in servers)
+        register(first, "Op")
+        make_operator(url)
+        with op_online(first) as op, log_in(second, "Carol") as carol:
+            moderation(op, "mute Carol")
+            carol.read_until(lambda line: line == "<Muted by Op.>")
+            assert moderation(op, "unmute Carol") == '<Moderation: "Carol unmuted">'
+            carol.read_until(lambda line: line == "<Unmuted by Op.>")
+            carol.send('broadcast "free again"')
+            carol.expect("<To everyone> free again")
+
+
 def test_the_client_says_why_a_banned_login_is_refused(chat: tuple[int, str]) -> None:
     port, _ = chat
     with op_online(port) as op:
