@@ -283,8 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
                       choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                       help="INFO logs every message, as the original did (default: INFO)")
     logs.add_argument("--log-text", type=_on_off, default=d.log_text, metavar="on|off",
-                      help="off keeps what users write out of the log, for operators who "
-                           "must not read private messages (default: on)")
+                      help="on logs what users write, as the original did; off logs only its "
+                           "length, so that the log holds no private messages (default: off)")
     logs.add_argument("--log-time", choices=TIME_CHOICES, default="utc", type=str.lower,
                       help="each line begins with its time (RFC 3339) in UTC or local time, "
                            "or not at all: off under journald, which stamps lines itself "

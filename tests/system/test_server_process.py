@@ -132,13 +132,13 @@ def test_help_shows_how_the_server_was_started() -> None:
 
 
 def test_log_text_is_a_config_field() -> None:
-    assert config_from_args(parse_args([])).log_text is True
+    assert config_from_args(parse_args([])).log_text is False  # private by default
     assert config_from_args(parse_args(["--log-text", "off"])).log_text is False
     assert config_from_args(parse_args(["--log-text", "ON"])).log_text is True
 
 
-def test_log_text_off_keeps_messages_out_of_the_log(backend: str) -> None:
-    with server_process(backend, "--log-text", "off", log_level="INFO") as server:
+def test_by_default_messages_stay_out_of_the_log(backend: str) -> None:
+    with server_process(backend, log_level="INFO") as server:
         with LineClient(server.port) as alice, LineClient(server.port) as bob:
             alice.send("Alice")
             alice.expect("<User Alice is online.>")
@@ -292,8 +292,8 @@ DROPPED = re.compile(r"\[Server\] (\d+) log lines? dropped \(output was not keep
 
 def test_log_lines_dropped_while_nobody_reads_are_counted(backend: str) -> None:
     count = QUEUE_BOUND + 5000  # more than the queue, the writer's batch and the pipe hold
-    with server_process(backend, "--flood-control", "off", log_level="INFO",
-                        read_log=False) as server:
+    with server_process(backend, "--flood-control", "off", "--log-text", "on",
+                        log_level="INFO", read_log=False) as server:
         _shrink_pipe(server.log_pipe_fd())
         _chat_in_bulk(server.port, count)
         server.start_reading_log()
