@@ -144,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     tls = section(p, "tls", "TLS on the main port or a second one")
     accounts = section(p, "accounts", "registered names")
     cluster = section(p, "cluster", "one chat on many servers")
+    admin = section(p, "admin", "metrics and health over HTTP")
     logs = section(p, "log", "the log")
     server.add_argument("--backend", choices=BACKENDS, default=DEFAULT_BACKEND,
                         help="I/O design: a selectors loop, a thread per client, or asyncio "
@@ -271,6 +272,13 @@ def build_parser() -> argparse.ArgumentParser:
                          help="seconds after which a server that stopped answering is declared "
                               "dead and its users offline, 0.3-60 (they are announced within "
                               f"about 1.3 x this; default: {c.lease:g})")
+    admin.add_argument("--admin-port", type=_whole_number(0, 65535), default=d.admin_port,
+                       help="serve /metrics (Prometheus), /healthz and /readyz over HTTP on this "
+                            "port; 0 picks a free one; with --workers, worker N uses this + N - 1 "
+                            "(default: none, off)")
+    admin.add_argument("--admin-host", default=d.admin_host,
+                       help="address the admin port listens on; anyone who reaches it reads the "
+                            f"server's metrics (default: {d.admin_host}, this machine only)")
     server.add_argument("--workers", type=_whole_number(1, 256), default=None,
                         help="run this many server processes sharing the port (SO_REUSEPORT), "
                              "supervised and restarted if they die; needs --cluster "
@@ -370,6 +378,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         cluster=None if args.cluster is None else ClusterConfig(
             url=args.cluster, lease=args.cluster_lease,
         ),
+        admin_port=args.admin_port, admin_host=args.admin_host,
     )
 
 
@@ -528,6 +537,8 @@ def main(argv: list[str] | None = None) -> int:
         parent, port, index = args.worker_of.split(":")
         die_with_parent(int(parent))
         args.port = int(port)
+        if args.admin_port:  # each worker's own (0: each picks a free one)
+            args.admin_port += int(index) - 1
         label = f"Worker {index}"
     signals = SignalHandlers(args.backend)
     signals.install()
@@ -578,8 +589,9 @@ def _serve(args: argparse.Namespace, signals: SignalHandlers) -> int:
         complain(f"{PROGRAM}: {error}")
         return 2
     except OSError as error:
-        port = getattr(error, "port", args.port)  # the TLS port's, if that failed
-        complain(f"{PROGRAM}: cannot listen on {_address(args.host, port)}: "
+        port = getattr(error, "port", args.port)  # the TLS or admin port's, if that failed
+        host = getattr(error, "host", args.host)
+        complain(f"{PROGRAM}: cannot listen on {_address(host, port)}: "
                  f"{_why_not_listening(error)}")
         return 1
     if config.accounts is not None:

@@ -117,3 +117,8 @@ class ServerConfig:
     cluster: ClusterConfig | None = None
     # SO_REUSEPORT on the listeners, so that --workers processes share a port.
     reuse_port: bool = False
+    # The admin endpoint (/metrics, /healthz, /readyz over HTTP): off (None)
+    # unless a port is given; loopback by default, as nobody outside this
+    # machine should read it unless the operator says so.
+    admin_port: int | None = None
+    admin_host: str = "127.0.0.1"

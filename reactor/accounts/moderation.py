@@ -116,6 +116,9 @@ class Moderator:
         # Counts the commands applied here: a sweep that read the store
         # before one of them was written is stale, and skipped.
         self._applied = 0
+        # Why the last sweep could not read the store, or None: the accounts'
+        # readiness (written by a worker, read by the chat thread).
+        self.store_error: str | None = None
 
     def start(self, events: ModerationEvents) -> None:
         self.events = events
@@ -230,8 +233,10 @@ class Moderator:
         def read() -> None:
             try:
                 sanctions = store.sanctions(time.time(), prune=True)
+                self.store_error = None
             except Exception as error:  # logged once per sweep; tried again next time
                 log.warning("Could not read the bans: %s", error)
+                self.store_error = str(error) or type(error).__name__
                 sanctions = None
             scheduler.call_soon_threadsafe(lambda: self._apply(
                 None if applied != self._applied else sanctions))

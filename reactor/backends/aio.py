@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import Any, cast
 
 from reactor.backends import EVENT_LOOPS
-from reactor.backends.base import Server
+from reactor.backends.base import Listener, Server
 from reactor.chat import ChatService
 from reactor.config import ServerConfig
 from reactor.connection import Connection
@@ -48,10 +48,11 @@ READ_SIZE = 16 * 1024
 
 
 class AsyncioTransport(Transport, asyncio.BufferedProtocol):
-    def __init__(self, server: AsyncioServer, tls: bool = False) -> None:
+    def __init__(self, server: AsyncioServer, listener: Listener) -> None:
         Transport.__init__(self, "unknown")
         self.server = server
-        self._speaks_tls = tls
+        self._listener = listener
+        self._speaks_tls = listener.tls
         self._transport: asyncio.Transport | None = None
         self.sock: Any = None  # asyncio's socket-like view, for options
         self._in_flight = 0  # bytes handed to asyncio, not yet known to be sent
@@ -88,7 +89,7 @@ class AsyncioTransport(Transport, asyncio.BufferedProtocol):
             # mean "taken by the kernel", and the handshake is then part of
             # the login, under the login timeout, as in the other backends.
             self.start_tls(self.server.tls_context())
-        self.server.chat.connection_made(self)
+        self._listener.service.connection_made(self)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self._read_buffer
@@ -431,7 +432,7 @@ class AsyncioServer(Server):
         loop.add_reader(self._wakeup_reader.fileno(), woken)
         servers = [
             await loop.create_server(
-                lambda tls=listener.tls: AsyncioTransport(self, tls),  # type: ignore[misc]
+                lambda listener=listener: AsyncioTransport(self, listener),  # type: ignore[misc]
                 # Else asyncio listens again with its own backlog of 100: a
                 # storm of connections overflows it, and their SYNs wait out
                 # retransmission timeouts.
@@ -450,7 +451,7 @@ class AsyncioServer(Server):
         await self._accept_backlog()
         for server in servers:
             server.close()
-        self.chat.shutdown()
+        self.shutdown_services()
         deadline = loop.time() + self.config.close_linger
         while self.chat.connection_count and loop.time() < deadline:
             await asyncio.sleep(0.01)  # a poll, within the linger, of our own state

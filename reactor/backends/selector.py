@@ -886,7 +886,7 @@ class SelectorServer(Server):
                         for listener in self.listeners:
                             self._accept_batch(listener, self.config.backlog)
                         self._listen(False)
-                        self.chat.shutdown()
+                        self.shutdown_services()
                     if shutdown_deadline is not None and (
                         self.chat.connection_count == 0 or time.monotonic() >= shutdown_deadline
                     ):
@@ -1060,19 +1060,19 @@ class SelectorServer(Server):
                     self.call_later(ACCEPT_RETRY_DELAY, self._resume_accepting)
                     return
                 raise
-            self._admit(sock, peer_host(address), listener.tls)
+            self._admit(sock, peer_host(address), listener)
 
-    def _admit(self, sock: socket.socket, host: str, tls: bool) -> None:
+    def _admit(self, sock: socket.socket, host: str, listener: Listener) -> None:
         sock.setblocking(False)
         try:
             configure_client(sock, self.config)
         except OSError:
             sock.close()  # the peer is already gone
             return
-        if tls:
+        if listener.tls:
             transport: SelectorTransport = SelectorTLSTransport(sock, host, self)
             transport.start_tls(self.tls_context())
         else:
             transport = SelectorTransport(sock, host, self)
         self.selector.register(sock, _READ, transport)
-        self.chat.connection_made(transport)
+        listener.service.connection_made(transport)

@@ -72,6 +72,8 @@ SAMPLES: dict[str, dict[str, Any]] = {
     "--password-backoff-max": {"--accounts": "a.db", "--password-backoff-max": 60.0},
     "--cluster": {"--cluster": "redis://:secret@127.0.0.1:6379/2"},
     "--cluster-lease": {"--cluster": "redis://127.0.0.1:1", "--cluster-lease": 1.5},
+    "--admin-port": {"--admin-port": 9234},
+    "--admin-host": {"--admin-port": 9234, "--admin-host": "0.0.0.0"},
     "--log-level": {"--log-level": "debug"},
     "--log-text": {"--log-text": True},
     "--log-time": {"--log-time": "local"},
