@@ -64,6 +64,16 @@ def test_a_busy_port_is_one_clear_line(backend: str) -> None:
     assert result.stdout == ""
 
 
+def test_a_busy_admin_port_is_one_clear_line_and_nothing_is_served(backend: str) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        result = run_server("--backend", backend, "--host", "127.0.0.1", "--port", "0",
+                            "--admin-host", "127.0.0.1", "--admin-port", str(port))
+    assert result.returncode == 1
+    assert result.stderr == f"{PROGRAM}: cannot listen on 127.0.0.1:{port}: Address already in use\n"
+    assert result.stdout == ""
+
+
 @pytest.mark.parametrize(
     ("args", "complaint"),
     [
