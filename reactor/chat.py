@@ -157,6 +157,7 @@ class ChatService:
         event loop for other sockets (``Server.socket_loop``), if any;
         starts its housekeeping, its roster and its login step."""
         self.scheduler.attach(call_later, call_soon_threadsafe, socket_loop)
+        self.housekeeping_at = self.clock()
         self._send_at_once = send_at_once
         call_later(HOUSEKEEPING_INTERVAL, self._housekeeping)
         self.whiteboard.start(self, self.scheduler)

@@ -158,6 +158,12 @@ class AdminConnection:
         if not self.is_open:
             return  # after the response: discarded until the peer closes
         try:
+            if not data and not self._head.started:
+                # Connected and gone without a word (a TCP probe): nobody to answer.
+                self.is_open = False
+                self._cancel_timer()
+                self.transport.close()
+                return
             got = self._head.feed(data)
             if got is None:
                 return

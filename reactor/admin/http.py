@@ -55,6 +55,11 @@ class HeadReader:
         self._buffer = bytearray()
         self._done = False
 
+    @property
+    def started(self) -> bool:
+        """Some of a request has arrived."""
+        return bool(self._buffer)
+
     def feed(self, data: bytes) -> Request | Refusal | None:
         if self._done:
             return None

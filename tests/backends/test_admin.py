@@ -161,6 +161,17 @@ def test_a_bad_request_gets_its_status_and_the_server_carries_on(
     assert scrape(port)[f'reactor_admin_requests_total{{status="{status}"}}'] >= 1
 
 
+def test_a_connection_that_says_nothing_gets_nothing(server: Server) -> None:
+    # As a TCP health check does: connect, close.
+    port = admin(server)
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.shutdown(socket.SHUT_WR)
+        sock.settimeout(10)
+        assert sock.recv(100) == b""
+    assert get(port, "/healthz").status == 200
+    assert 'reactor_admin_requests_total{status="400"}' not in scrape(port)
+
+
 def test_slow_and_idle_admin_clients_are_bounded_and_chat_users_never_wait_for_them(
         server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(endpoint, "REQUEST_TIMEOUT", 0.5)
