@@ -14,7 +14,7 @@ from reactor.admin import endpoint
 from reactor.admin.http import MAX_HEAD
 from reactor.backends.base import Server
 from tests.admin_support import exchange, get, parse_exposition, read_reply, scrape
-from tests.support import LineClient, running_server, wait_until
+from tests.support import Clients, LineClient, running_server, wait_until
 
 
 @pytest.fixture
@@ -29,19 +29,13 @@ def admin(server: Server) -> int:
     return port
 
 
-def log_in(port: int, name: str) -> LineClient:
-    client = LineClient(port)
-    client.send(name)
-    client.expect(f"<User {name} is online.>")
-    return client
-
-
 def test_the_metrics_count_what_users_do(server: Server) -> None:
     port = admin(server)
     before = scrape(port)
     assert before["reactor_users_online"] == 0
     assert before["reactor_logins_total"] == 0
-    with log_in(server.port, "Alice") as alice, log_in(server.port, "Bob") as bob:
+    with Clients(server.port) as clients:
+        alice, bob = clients.login("Alice"), clients.login("Bob")
         alice.read_until(lambda line: line == "<User Bob is online.>")
         alice.send('chat Bob "hi"')
         bob.expect('<Message from Alice: "hi">')
@@ -183,7 +177,8 @@ def test_slow_and_idle_admin_clients_are_bounded_and_chat_users_never_wait_for_t
         busy = get(port, "/healthz")
         assert (busy.status, busy.text) == (503, "too many admin connections\n")
         # ... while the chat serves its users as ever.
-        with log_in(server.port, "Alice") as alice:
+        with Clients(server.port) as clients:
+            alice = clients.login("Alice")
             alice.send('chat Alice "still here"')
             alice.expect("<To Alice> still here", '<Message from Alice: "still here">')
         # The slow ones are cut once their time is up, with a 408.
