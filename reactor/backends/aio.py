@@ -440,7 +440,7 @@ class AsyncioServer(Server):
             )
             for listener in self.listeners
         ]
-        if self._stop_requested:
+        if self._stop_requested and not stop.done():  # (woken while the listeners started)
             stop.set_result(None)
         try:
             await stop
