@@ -49,37 +49,37 @@ class HeadReader:
     :class:`Request` or the :class:`Refusal` -- once; what follows the head
     is ignored (the response ends the connection)."""
 
-    __slots__ = ("_buffer", "_done")
+    __slots__ = ("_buffer", "_done", "started")
 
     def __init__(self) -> None:
         self._buffer = bytearray()
         self._done = False
-
-    @property
-    def started(self) -> bool:
-        """Some of a request has arrived."""
-        return bool(self._buffer)
+        self.started = False  # some of a request has arrived
 
     def feed(self, data: bytes) -> Request | Refusal | None:
         if self._done:
             return None
         buffer = self._buffer
+        self.started = self.started or bool(data)
         # Only the last three bytes of what came before can start the end.
         start = max(0, len(buffer) - 3)
         buffer += data
         end = _head_end(buffer, start)
         if end < 0:
             if len(buffer) > MAX_HEAD:
-                self._done = True
-                return Refusal(431, f"request head longer than {MAX_HEAD} bytes")
+                return self._finish(Refusal(431, f"request head longer than {MAX_HEAD} bytes"))
             if not data:
-                self._done = True
-                return Refusal(400, "the request ended before its head did")
+                return self._finish(Refusal(400, "the request ended before its head did"))
             return None
-        self._done = True
         if end > MAX_HEAD:
-            return Refusal(431, f"request head longer than {MAX_HEAD} bytes")
-        return parse_head(bytes(buffer[:end]))
+            return self._finish(Refusal(431, f"request head longer than {MAX_HEAD} bytes"))
+        return self._finish(parse_head(bytes(buffer[:end])))
+
+    def _finish(self, result: Request | Refusal) -> Request | Refusal:
+        """Answered: nothing more is read, nor kept."""
+        self._done = True
+        self._buffer = bytearray()
+        return result
 
 
 def _head_end(buffer: bytearray, start: int) -> int:
