@@ -20,6 +20,7 @@ import pytest
 from reactor import BACKENDS
 from reactor.__main__ import config_from_args, parse_args
 from reactor.logs import QUEUE_BOUND, STOP_TIMEOUT
+from tests.admin_support import get, scrape
 from tests.faults import REPO, Drain, server_process
 from tests.support import DEFAULT_TIMEOUT, LineClient, without_log_time
 
@@ -62,6 +63,20 @@ def test_a_busy_port_is_one_clear_line(backend: str) -> None:
     assert result.returncode == 1
     assert result.stderr == f"{PROGRAM}: cannot listen on 127.0.0.1:{port}: Address already in use\n"
     assert result.stdout == ""
+
+
+def test_the_admin_port_is_served_on_the_standard_library_alone(backend: str) -> None:
+    with server_process(backend, "--admin-port", "0", standard_library_only=True) as server:
+        line = server.wait_for_log(lambda line: "Admin endpoint on port " in line)
+        found = re.search(r"Admin endpoint on port (\d+) \(/metrics, /healthz, /readyz\)", line)
+        assert found is not None, line
+        port = int(found[1])
+        with LineClient(server.port) as alice:
+            alice.send("Alice")
+            alice.expect("<User Alice is online.>")
+            assert scrape(port)["reactor_users_online"] == 1
+        assert get(port, "/readyz").text == "ready\n"
+        assert server.terminate() == 0
 
 
 def test_a_busy_admin_port_is_one_clear_line_and_nothing_is_served(backend: str) -> None:
