@@ -23,7 +23,7 @@ import time
 from collections import Counter
 
 from reactor.admin.chat_metrics import chat_metrics
-from reactor.admin.http import HeadReader, Refusal, Request, response
+from reactor.admin.http import TEXT, HeadReader, Refusal, Request, response
 from reactor.contracts import ChatForAdmin, Monitored, TimerHandle
 from reactor.metrics import CONTENT_TYPE, Metric, counter, exposition, gauge
 from reactor.transport import Transport
@@ -52,6 +52,7 @@ class AdminEndpoint:
         self.parts = parts
         self.version = version
         self.started = time.time()
+        self._started_at = time.monotonic()
         self._connections: set[AdminConnection] = set()
         self._shutting_down = False
         self.requests: Counter[str] = Counter()  # answered, by status code
@@ -83,18 +84,20 @@ class AdminEndpoint:
     def answer(self, request: Request) -> tuple[int, bytes, str]:
         """Status, body and content type for a well-formed request."""
         if request.path not in PATHS:
-            return 404, b"not found: try /metrics, /healthz or /readyz\n", ""
+            return 404, b"not found: try /metrics, /healthz or /readyz\n", TEXT
         if request.method not in ("GET", "HEAD"):
-            return 405, b"only GET and HEAD\n", ""
+            return 405, b"only GET and HEAD\n", TEXT
         if request.path == "/metrics":
             return 200, exposition(self.metrics()), CONTENT_TYPE
         if request.path == "/healthz":
             problem = self.health_problem()
-            return (503, f"unhealthy: {problem}\n".encode(), "") if problem else (200, b"ok\n", "")
+            if problem is not None:
+                return 503, f"unhealthy: {problem}\n".encode(), TEXT
+            return 200, b"ok\n", TEXT
         reason = self.unready_reason()
         if reason is not None:
-            return 503, f"not ready: {reason}\n".encode(), ""
-        return 200, b"ready\n", ""
+            return 503, f"not ready: {reason}\n".encode(), TEXT
+        return 200, b"ready\n", TEXT
 
     def health_problem(self) -> str | None:
         """Why the server is not alive though it answers (its timers stopped), or None."""
@@ -116,12 +119,11 @@ class AdminEndpoint:
         families = chat_metrics(self.chat)
         for part in self.parts:
             families += part.metrics()
-        now = time.time()
         families += [
             gauge("reactor_start_time_seconds", "When the server started (Unix time).",
                   self.started),
             gauge("reactor_uptime_seconds", "Seconds since the server started.",
-                  now - self.started),
+                  round(time.monotonic() - self._started_at, 3)),
             gauge("reactor_ready", "1 if /readyz answers ready, else 0.",
                   int(self.unready_reason() is None)),
             counter("reactor_admin_requests_total",
@@ -176,7 +178,7 @@ class AdminConnection:
         except Exception as error:
             self.fail(error)
 
-    def respond(self, status: int, body: bytes, content_type: str = "",
+    def respond(self, status: int, body: bytes, content_type: str = TEXT,
                 head_only: bool = False, extra: tuple[str, ...] = ()) -> None:
         """Send the one response and close."""
         if not self.is_open:
@@ -184,9 +186,7 @@ class AdminConnection:
         self.is_open = False
         self._cancel_timer()
         self.endpoint.requests[str(status)] += 1
-        data = (response(status, body, content_type, head_only, extra) if content_type
-                else response(status, body, head_only=head_only, extra=extra))
-        self.transport.write(data)
+        self.transport.write(response(status, body, content_type, head_only, extra))
         self.transport.close()
 
     def timed_out(self) -> None:

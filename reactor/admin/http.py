@@ -14,6 +14,7 @@ from dataclasses import dataclass
 # A request head (request line and headers) larger than this is refused (431):
 # a scraper's is a few hundred bytes.
 MAX_HEAD = 8192
+TEXT = "text/plain; charset=utf-8"
 
 REASONS = {
     200: "OK",
@@ -115,7 +116,7 @@ def parse_head(head: bytes) -> Request | Refusal:
     return Request(method, target.split("?", 1)[0])
 
 
-def response(status: int, body: bytes, content_type: str = "text/plain; charset=utf-8",
+def response(status: int, body: bytes, content_type: str = TEXT,
              head_only: bool = False, extra: tuple[str, ...] = ()) -> bytes:
     """One whole response; the connection closes after it."""
     lines = [
