@@ -3,9 +3,11 @@ the text format writer, and the close reasons' labels."""
 
 from __future__ import annotations
 
+from reactor.admin.endpoint import HOUSEKEEPING_LATE, AdminEndpoint
 from reactor.admin.http import MAX_HEAD, HeadReader, Refusal, Request, parse_head, response
 from reactor.metrics import CLOSE_LABELS, Metric, close_label, counter, exposition, gauge
 from tests.admin_support import parse_exposition
+from tests.fake_transport import Harness
 
 
 def test_a_head_split_anywhere_is_read_whole_once() -> None:
@@ -78,3 +80,15 @@ def test_close_reasons_map_to_a_fixed_set_of_labels() -> None:
     assert close_label(None) == "peer_closed"
     assert close_label("anything a client could say") == "other"
     assert {close_label(reason) for reason in ("bye", "login timed out")} <= set(CLOSE_LABELS)
+
+
+def test_healthz_says_unhealthy_once_the_loop_s_timers_stop_firing() -> None:
+    harness = Harness()
+    admin = AdminEndpoint(harness.chat, [])
+    harness.advance(30)  # timers fire as time passes: healthy
+    assert admin.answer(Request("GET", "/healthz"))[:2] == (200, b"ok\n")
+    harness.clock.now += HOUSEKEEPING_LATE + 5  # time passes, and no timer runs
+    status, body, _ = admin.answer(Request("GET", "/healthz"))
+    assert (status, body) == (503, b"unhealthy: the loop's timers are 15 s late\n")
+    harness.advance(1)  # they run again
+    assert admin.answer(Request("GET", "/healthz"))[0] == 200
