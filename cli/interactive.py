@@ -65,6 +65,7 @@ from cli.typed import (
     HELP_TEXT,
     AskPasswords,
     Quit,
+    Reconnect,
     Refused,
     Send,
     SetQuery,
@@ -72,9 +73,11 @@ from cli.typed import (
     interpret,
 )
 from protocol import (
+    Banned,
     Bye,
     ChangePassword,
     Command,
+    Kicked,
     LineBuffer,
     Login,
     MessageFrom,
@@ -111,12 +114,14 @@ class Options:
 
 class _LoginFailed(Exception):
     """Could not connect or log in: ``str`` says so in full, ``brief`` in a few
-    words (for a reconnect attempt's one line); ``taken`` for a ghost."""
+    words (for a reconnect attempt's one line); ``taken`` for a ghost;
+    ``final`` if trying again cannot help (a ban)."""
 
-    def __init__(self, full: str, brief: str, taken: bool = False) -> None:
+    def __init__(self, full: str, brief: str, taken: bool = False, final: bool = False) -> None:
         super().__init__(full)
         self.brief = brief
         self.taken = taken
+        self.final = final
 
 
 class _End(Exception):
@@ -159,7 +164,7 @@ class Client:
         self.roster = Roster(options.name)
         self.outbox = Outbox(options.name)
         self.query: str | None = None
-        self.state = "connecting"  # connecting | online | waiting | leaving
+        self.state = "connecting"  # connecting | online | waiting | kicked | leaving
         self.retry_at = 0.0
         self.writer: asyncio.StreamWriter | None = None
         self.bye_sent = False
@@ -167,6 +172,10 @@ class Client:
         self.fatal: str | None = None
         self.ended = False
         self.ever_online = False
+        # An operator's kick or ban heard on this connection: the server's
+        # close that follows is theirs, and is not undone by reconnecting.
+        self.removed: Kicked | Banned | None = None
+        self.reconnect_wanted = asyncio.Event()
         self.output_queue: asyncio.Queue[tuple[StyleAndTextTuples, bool]] = asyncio.Queue()
         # The password of a registered name: from the environment, or as typed
         # (kept for reconnecting); a new one once the server confirms it.
@@ -260,6 +269,9 @@ class Client:
             seconds = max(0.0, self.retry_at - time.monotonic())
             return [("class:toolbar.offline",
                      f" disconnected from {where}; retrying in {seconds:.0f} s")]
+        if self.state == "kicked":
+            return [("class:toolbar.offline",
+                     f" kicked out of {where}; /reconnect to come back, /quit to leave")]
         if self.state == "leaving":
             return [("", " logging out...")]
         return [("class:toolbar.offline", f" connecting to {where}...")]
@@ -391,7 +403,8 @@ class Client:
                 return
             self._act(action)
 
-    def _act(self, action: Send | SetQuery | ShowHelp | AskPasswords | Refused) -> None:
+    def _act(self, action: Send | SetQuery | ShowHelp | AskPasswords | Reconnect | Refused,
+             ) -> None:
         match action:
             case AskPasswords(change):
                 task = asyncio.get_running_loop().create_task(self._password_command(change))
@@ -401,6 +414,12 @@ class Client:
                 self.show(Line("class:error", "✗ not sent: ", reason, "class:error"))
             case ShowHelp():
                 self.show(Line("class:info", "", HELP_TEXT))
+            case Reconnect():
+                if self.state == "kicked":
+                    self.reconnect_wanted.set()
+                else:
+                    self.show(Line("class:info", "-- /reconnect is for after a kick: ",
+                                   "the client reconnects by itself after a drop"))
             case SetQuery(None):
                 if self.query:
                     self.show(Line("class:info", f"-- no longer talking to {self.query}"))
@@ -436,9 +455,10 @@ class Client:
 
     def _send(self, command: Command) -> None:
         if self.state != "online" or self.writer is None:
+            why = ("kicked out: /reconnect to come back" if self.state == "kicked"
+                   else "reconnecting; see the bottom line")
             self.show(Line("class:error", "✗ not sent: ",
-                           "not connected to the server (reconnecting; see the bottom line)",
-                           "class:error"))
+                           f"not connected to the server ({why})", "class:error"))
             return
         self.outbox.sent(command, time.monotonic())
         self.writer.write(format_command(command))
@@ -476,7 +496,7 @@ class Client:
             try:
                 reader, writer, early = await self._log_in()
             except _LoginFailed as failure:
-                if not self.ever_online:
+                if not self.ever_online or failure.final:
                     self.fatal = str(failure)
                     self._end_prompt()
                     return
@@ -508,6 +528,21 @@ class Client:
                 if entry.is_message:
                     self._show_resolution(Resolution(
                         entry, None, "the connection dropped before the server answered"))
+            removed, self.removed = self.removed, None
+            if isinstance(removed, Banned):
+                self.fatal = f"disconnected: {refusal(removed)}"
+                self._end_prompt()
+                return
+            if isinstance(removed, Kicked):
+                # The operator meant it: coming straight back would undo the
+                # kick, so only the user's /reconnect does.
+                self.state = "kicked"
+                self.show(Line("class:failed", "-- kicked out by the server's operator: ",
+                               "type /reconnect to come back, /quit to leave "
+                               "(your draft is kept)", "class:failed"))
+                self.reconnect_wanted.clear()
+                await self.reconnect_wanted.wait()
+                continue
             delay = next(delays)
             self.show(Line("class:failed", "-- disconnected from the server: ",
                            f"{reason}; reconnecting in {delay:.1f} s (your draft is kept)",
@@ -540,8 +575,8 @@ class Client:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         who = f"cannot log in as {self.name}"
 
-        def failed(reason: str, taken: bool = False) -> _LoginFailed:
-            return _LoginFailed(f"{who}: {reason}", reason, taken)
+        def failed(reason: str, taken: bool = False, final: bool = False) -> _LoginFailed:
+            return _LoginFailed(f"{who}: {reason}", reason, taken, final)
 
         attempt = 0
         heard = b""  # the server's first bytes: are they TLS?
@@ -570,7 +605,8 @@ class Client:
                 for index, line in enumerate(lines):
                     reason = refusal(line.event)
                     if reason is not None:
-                        raise failed(reason, taken=isinstance(line.event, UsernameTaken))
+                        raise failed(reason, taken=isinstance(line.event, UsernameTaken),
+                                     final=isinstance(line.event, Banned))
                     if password_needed(line.event, username_key(self.name)):
                         self._on_line(line)
                         attempt += 1
@@ -633,6 +669,8 @@ class Client:
     def _on_line(self, line: ServerLine) -> None:
         event = line.event
         self.roster.observe(event)  # type: ignore[arg-type]
+        if isinstance(event, Kicked | Banned):
+            self.removed = event
         if self.bye_sent and isinstance(event, UserOffline) and self._is_me(event.name):
             self.logged_out.set()
         if isinstance(event, Registered | PasswordChanged) and self._is_me(event.name) \

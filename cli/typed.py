@@ -65,17 +65,22 @@ class AskPasswords:
 
 
 @dataclass(frozen=True, slots=True)
+class Reconnect:
+    """``/reconnect``: come back after an operator's kick (never automatic)."""
+
+
+@dataclass(frozen=True, slots=True)
 class Refused:
     """Not sent; ``reason`` says why (it may quote what was typed)."""
 
     reason: str
 
 
-Action = Send | SetQuery | Quit | ShowHelp | AskPasswords | Refused
+Action = Send | SetQuery | Quit | ShowHelp | AskPasswords | Reconnect | Refused
 
 SUGGESTABLE = (*COMMAND_NAMES,
                "/msg", "/broadcast", "/query", "/quit", "/who", "/help", "/register",
-               "/password")
+               "/password", "/reconnect")
 
 HELP_TEXT = """\
 Commands:
@@ -86,6 +91,7 @@ Commands:
   /quit (or bye)          log out and exit; Ctrl-D on an empty line does too
   /register               make your name yours: asks for a password (no echo)
   /password               change that password (asks for the old and the new one)
+  /reconnect              log in again after an operator kicked you out
   /help                   this help
 The server's own forms work too: chat <user> "<message>" (inside quotes \\" and \\\\).
 Keys: Tab completes commands and names, Up/Ctrl-R search history, Ctrl-C clears the line
@@ -147,6 +153,8 @@ def _slash(text: str) -> Action:
         return Send(Users())
     if word == "help":
         return ShowHelp()
+    if word == "reconnect":
+        return Reconnect()
     if word in ("register", "password"):
         if rest.strip(" "):
             return Refused(f"/{word} takes no arguments: it asks for the password"

@@ -154,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     accounts = section(p, "accounts", "registered names")
     cluster = section(p, "cluster", "one chat on many servers")
     web = section(p, "web", "the chat page and its WebSocket, for browsers")
+    admin = section(p, "admin", "metrics and health over HTTP")
     logs = section(p, "log", "the log")
     server.add_argument("--backend", choices=BACKENDS, default=DEFAULT_BACKEND,
                         help="I/O design: a selectors loop, a thread per client, or asyncio "
@@ -292,6 +293,13 @@ def build_parser() -> argparse.ArgumentParser:
                          help="seconds after which a server that stopped answering is declared "
                               "dead and its users offline, 0.3-60 (they are announced within "
                               f"about 1.3 x this; default: {c.lease:g})")
+    admin.add_argument("--admin-port", type=_whole_number(0, 65535), default=d.admin_port,
+                       help="serve /metrics (Prometheus), /healthz and /readyz over HTTP on this "
+                            "port; 0 picks a free one; with --workers, worker N uses this + N - 1 "
+                            "(default: none, off)")
+    admin.add_argument("--admin-host", default=d.admin_host,
+                       help="address the admin port listens on; anyone who reaches it reads the "
+                            f"server's metrics (default: {d.admin_host}, this machine only)")
     server.add_argument("--workers", type=_whole_number(1, 256), default=None,
                         help="run this many server processes sharing the port (SO_REUSEPORT), "
                              "supervised and restarted if they die; needs --cluster "
@@ -304,8 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
                       choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                       help="INFO logs every message, as the original did (default: INFO)")
     logs.add_argument("--log-text", type=_on_off, default=d.log_text, metavar="on|off",
-                      help="off keeps what users write out of the log, for operators who "
-                           "must not read private messages (default: on)")
+                      help="on logs what users write, as the original did; off logs only its "
+                           "length, so that the log holds no private messages (default: off)")
     logs.add_argument("--log-time", choices=TIME_CHOICES, default="utc", type=str.lower,
                       help="each line begins with its time (RFC 3339) in UTC or local time, "
                            "or not at all: off under journald, which stamps lines itself "
@@ -398,6 +406,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         cluster=None if args.cluster is None else ClusterConfig(
             url=args.cluster, lease=args.cluster_lease,
         ),
+        admin_port=args.admin_port, admin_host=args.admin_host,
     )
 
 
@@ -561,6 +570,8 @@ def main(argv: list[str] | None = None) -> int:
         parent, port, index = args.worker_of.split(":")
         die_with_parent(int(parent))
         args.port = int(port)
+        if args.admin_port:  # each worker's own (0: each picks a free one)
+            args.admin_port += int(index) - 1
         label = f"Worker {index}"
     signals = SignalHandlers(args.backend)
     signals.install()
@@ -614,7 +625,7 @@ def _serve(args: argparse.Namespace, signals: SignalHandlers) -> int:
         complain(f"{PROGRAM}: {error}")
         return 2
     except OSError as error:
-        port = getattr(error, "port", args.port)  # the TLS or web port's, if that failed
+        port = getattr(error, "port", args.port)  # the TLS, web or admin port's, if that failed
         host = getattr(error, "host", args.host)
         complain(f"{PROGRAM}: cannot listen on {_address(host, port)}: "
                  f"{_why_not_listening(error)}")

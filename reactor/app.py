@@ -23,19 +23,24 @@ is closed again.
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 from reactor.accounts.hashing import hasher_from_spec
 from reactor.accounts.service import Accounts
 from reactor.accounts.store import AccountStore, SQLiteAccountStore
+from reactor.admin.endpoint import AdminEndpoint
 from reactor.backends import DEFAULT_BACKEND, server_class
 from reactor.backends.base import Server
 from reactor.chat import ChatService
 from reactor.config import AccountsConfig, ServerConfig
 from reactor.connection import Connection
-from reactor.contracts import LoginStep, Roster
+from reactor.contracts import LoginStep, Monitored, Roster
 from reactor.redis.url import check_url, is_redis_url
+from reactor.sockets import open_listener
+from reactor.version import version
 from reactor.web import require_websockets
 from reactor.web.http import OriginRule, Site
 from reactor.whiteboard import MemoryWhiteboard
@@ -106,14 +111,46 @@ def make_site(config: ServerConfig) -> Site | None:
 def make_server(config: ServerConfig, backend: str = DEFAULT_BACKEND, *,
                 roster: Roster[Connection] | None = None,
                 accounts: LoginStep | None = None, **options: object) -> Server:
-    """Build the chat and bind a server of the named backend around it
-    (raises OSError if the port is busy; nothing stays open then).
-    ``options`` are the backend's own (``loop=`` for asyncio)."""
+    """Build the chat and bind a server of the named backend around it, and
+    the admin endpoint's listener if ``config.admin_port`` is set (raises
+    OSError if a port is busy; nothing stays open then).  ``options`` are
+    the backend's own (``loop=`` for asyncio)."""
     cls = server_class(backend)  # an unknown backend is refused before anything opens
     site = make_site(config)
     chat = build_chat(config, roster, accounts)
+    admin: socket.socket | None = None
     try:
-        return cls(config, chat, web=site, **options)  # type: ignore[arg-type]
+        if config.admin_port is not None:
+            admin = open_admin_listener(config)
+        server = cls(config, chat, web=site, **options)  # type: ignore[arg-type]
     except BaseException:
         chat.close()
+        if admin is not None:
+            admin.close()
         raise
+    if admin is not None:
+        server.listen_for(admin_endpoint(chat), admin)
+    return server
+
+
+def open_admin_listener(config: ServerConfig) -> socket.socket:
+    """The admin endpoint's listening socket (raises OSError, naming the
+    address, if it cannot be bound)."""
+    assert config.admin_port is not None
+    try:
+        return open_listener(replace(config, host=config.admin_host, port=config.admin_port,
+                                     reuse_port=False))
+    except OSError as error:
+        error.host, error.port = config.admin_host, config.admin_port  # type: ignore[attr-defined]
+        raise
+
+
+def admin_endpoint(chat: ChatService) -> AdminEndpoint:
+    """The admin endpoint over the chat, and over the parts it was given
+    that report metrics and readiness of their own (the cluster's roster,
+    the accounts)."""
+    parts: list[Monitored] = []
+    for part in (chat.whiteboard, chat.accounts):
+        if isinstance(part, Monitored):
+            parts.append(part)
+    return AdminEndpoint(chat, parts, version())

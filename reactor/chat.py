@@ -76,6 +76,7 @@ from reactor.connection import Connection, Slot
 from reactor.contracts import LoginStep, Roster, Session, SocketLoop, TimerHandle
 from reactor.flow import TokenBucket
 from reactor.log_format import UserText
+from reactor.metrics import ChatStats, close_label
 from reactor.phases import Phase
 from reactor.scheduling import CallLater, CallSoon, LoopScheduler
 from reactor.transport import Transport
@@ -125,6 +126,10 @@ class ChatService:
         self.accounts = accounts
         self.clock = clock
         self.scheduler = LoopScheduler(clock)
+        # What happened, counted for the admin endpoint's /metrics.
+        self.stats = ChatStats()
+        # When the housekeeping timer last ran: /healthz's sign that timers fire.
+        self.housekeeping_at = clock()
         self._connections: set[Connection] = set()
         self._per_address: Counter[str] = Counter()
         self._login_buckets: dict[str, TokenBucket] = {}
@@ -152,6 +157,7 @@ class ChatService:
         event loop for other sockets (``Server.socket_loop``), if any;
         starts its housekeeping, its roster and its login step."""
         self.scheduler.attach(call_later, call_soon_threadsafe, socket_loop)
+        self.housekeeping_at = self.clock()
         self._send_at_once = send_at_once
         call_later(HOUSEKEEPING_INTERVAL, self._housekeeping)
         self.whiteboard.start(self, self.scheduler)
@@ -184,22 +190,27 @@ class ChatService:
         per_ip = self.config.max_clients_per_ip
         if len(self._connections) > self.config.max_clients:
             log.warning("Refused a connection from %s: server full", host)
+            self.stats.refused["server_full"] += 1
             connection.send(_FULL)
             connection.close("server full")
         elif per_ip and self._per_address[host] > per_ip:
             log.warning("Refused a connection from %s: too many from it", host)
+            self.stats.refused["too_many_from_address"] += 1
             connection.send(_TOO_MANY_FROM_ADDRESS)
             connection.close("too many connections from one address")
         elif self._shutting_down:
+            self.stats.refused["shutdown"] += 1
             connection.send(_SHUTTING_DOWN)
             connection.close("server shutting down")
         else:
+            self.stats.accepted += 1
             connection.start_login_timer()
         return connection
 
     def connection_closed(self, connection: Connection) -> None:
         """Bookkeeping once a connection's socket is closed."""
         if connection in self._connections:
+            self.stats.closed[close_label(connection.close_reason)] += 1
             self._connections.discard(connection)
             host = connection.peer_host
             self._per_address[host] -= 1
@@ -246,6 +257,7 @@ class ChatService:
                 self._fan_out(chunk, self.whiteboard.online_sessions())
 
     def login_timed_out(self, connection: Connection) -> None:
+        self.stats.login_refusals["timed_out"] += 1
         connection.send(_LOGIN_TIMED_OUT)
         connection.close("login timed out")
 
@@ -266,6 +278,15 @@ class ChatService:
     def connections(self) -> Iterable[Connection]:
         return self._connections
 
+    def user_counts(self) -> tuple[int, int]:
+        """Users online here, and on the cluster's other servers."""
+        remote = self.whiteboard.remote_count()
+        return len(self.whiteboard) - remote, remote
+
+    def output_queued(self) -> int:
+        """Bytes queued for all clients now (for the admin endpoint; O(connections))."""
+        return sum(connection.transport.queued for connection in self._connections)
+
     # -- flood control and output limits ----------------------------------------
 
     def login_wait(self, connection: Connection, now: float) -> float:
@@ -282,6 +303,7 @@ class ChatService:
         return wait
 
     def _housekeeping(self) -> None:
+        self.housekeeping_at = self.clock()
         try:
             self._enforce_output_limits()
             now = self.clock()
@@ -410,12 +432,14 @@ class ChatService:
         try:
             name = parse_login(decode_line(raw)).name
         except ProtocolError as error:
+            self.stats.login_refusals["invalid_name"] += 1
             connection.send(format_event(InvalidUsername(error.reason)))
             return
         if self.accounts is not None:
             # Taken already: say so now, rather than after a password.
             taken_as = self.whiteboard.surely_taken(name)
             if taken_as is not None:
+                self.stats.login_refusals["name_taken"] += 1
                 connection.send(format_event(UsernameTaken(taken_as)))
                 return
             self.accounts.login(connection, name, self.claim)  # may ask for a password
@@ -444,10 +468,13 @@ class ChatService:
         elif refused is not None:
             # Undecided (the chat service is out of reach): say so; the
             # client may try again on this connection.
+            self.stats.login_refusals["unavailable"] += 1
             connection.send(format_event(ServiceUnavailable("try again later")))
         elif taken_as is not None:
+            self.stats.login_refusals["name_taken"] += 1
             connection.send(format_event(UsernameTaken(taken_as)))
         else:
+            self.stats.logins += 1
             connection.logged_in(name)
             log.info("%s connected (%s)", name, connection.peer_host)
             online = self.whiteboard.online_sessions()
@@ -518,15 +545,19 @@ class ChatService:
     # -- what commands cause --------------------------------------------------
 
     def _direct_message(self, connection: Connection, sender: str, to: str, text: str) -> None:
+        stats = self.stats
+        stats.received_direct += 1
         whiteboard = self.whiteboard
         # Even a message between two users of this server: a cluster node
         # that has lost the cluster may already have been declared dead.
         down = whiteboard.unavailable_reason()
         if down is not None:
+            stats.not_delivered += 1
             connection.reply(format_event(NotDelivered(to, down)))
             return
         found = whiteboard.lookup(to)
         if found is None:
+            stats.not_delivered += 1
             seen = whiteboard.seen_as(to)
             reply = UserUnknown(to) if seen is None else UserOffline(seen)
             connection.reply(format_event(reply))
@@ -534,6 +565,7 @@ class ChatService:
         recipient_name, recipient = found
         if not recipient.is_open:
             # Leaving but not yet gone: to a sender it is offline.
+            stats.not_delivered += 1
             connection.reply(format_event(UserOffline(recipient_name)))
             return
         if log.isEnabledFor(logging.INFO):
@@ -543,6 +575,7 @@ class ChatService:
         if recipient is connection:
             # To oneself: the echo and the message share one stream, so the
             # echo can never be seen without the message after it.
+            stats.delivered_direct += 1
             connection.reply(format_message_sent(recipient_name, text))
             connection.reply(format_message_from(sender, text))
             return
@@ -562,6 +595,10 @@ class ChatService:
             # sender's.
             nonlocal answered
             answered = True
+            if ok:
+                stats.delivered_direct += 1
+            else:
+                stats.not_delivered += 1
             try:
                 if slot is None:
                     connection.reply(_delivery_answer(recipient_name, text, ok, reason))
@@ -575,6 +612,7 @@ class ChatService:
             slot = connection.answer_later()
 
     def _broadcast(self, connection: Connection, sender: str, text: str) -> None:
+        self.stats.received_broadcast += 1
         if log.isEnabledFor(logging.INFO):
             log.info("Broadcast from %s: %s", sender, UserText.of(text, self.config.log_text))
         data = format_broadcast_from(sender, text)
@@ -620,6 +658,7 @@ class ChatService:
 
     def _broadcast_here(self, connection: Connection, data: bytes) -> None:
         recipients = self._fan_out(data, self.whiteboard.online_sessions(), but=connection)
+        self.stats.delivered_broadcast += recipients
         recipients += self.whiteboard.remote_count()
         connection.delivery_bucket.charge(recipients, self.clock())
 
@@ -691,7 +730,7 @@ class ChatService:
 
     def broadcast_arrived(self, data: bytes) -> None:
         """A broadcast from a user of another server, for ours."""
-        self._fan_out(data, self.whiteboard.online_sessions())
+        self.stats.delivered_broadcast += self._fan_out(data, self.whiteboard.online_sessions())
 
     def disconnect(self, session: Session, reason: str) -> None:
         """Close a connection for a reason of the server's own, telling it why."""
@@ -718,7 +757,10 @@ class ChatService:
                 # The backend's tight loop sends to whoever can take it now
                 # (most recipients, most of the time): a fan-out costs about
                 # a system call per recipient, not three Python calls more.
-                recipients = self._send_at_once(data, recipients, self.scheduler.batching > 0)
+                rest = self._send_at_once(data, recipients, self.scheduler.batching > 0)
+                # (connection.send counts the rest's bytes itself)
+                self.stats.bytes_out += len(data) * (len(recipients) - len(rest))
+                recipients = rest
             for connection in recipients:
                 try:
                     connection.send(data)

@@ -100,9 +100,10 @@ class ServerConfig:
     close_linger: float = 2.0
     backlog: int = 1024
     flood: FloodLimits = field(default_factory=FloodLimits)
-    # Off keeps what users write (message and broadcast text) out of the log,
-    # for operators who must not read private messages (--log-text off).
-    log_text: bool = True
+    # What users write (message and broadcast text) stays out of the log
+    # unless an operator asks for it (--log-text on): only its length is
+    # logged, so that whoever reads the log does not read private messages.
+    log_text: bool = False
     # TLS (reactor.tls): with a certificate and key, ``port`` speaks TLS --
     # unless ``tls_port`` is set, which adds a TLS listener beside the plain
     # one on ``port`` (0 picks a free port).
@@ -123,3 +124,8 @@ class ServerConfig:
     web_origins: tuple[str, ...] = ()
     # SO_REUSEPORT on the listeners, so that --workers processes share a port.
     reuse_port: bool = False
+    # The admin endpoint (/metrics, /healthz, /readyz over HTTP): off (None)
+    # unless a port is given; loopback by default, as nobody outside this
+    # machine should read it unless the operator says so.
+    admin_port: int | None = None
+    admin_host: str = "127.0.0.1"

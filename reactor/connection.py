@@ -83,6 +83,7 @@ class Connection:
         self.transport = transport
         self.chat = chat
         self.config = config
+        self._stats = chat.stats
         self.peer_host = transport.peer_host
         self.phase = Phase.LOGIN
         # True in the open phases (OPEN): a plain attribute, because every
@@ -141,6 +142,7 @@ class Connection:
         try:
             if not self.is_open:
                 return  # after bye, or while draining: discarded
+            self._stats.bytes_in += len(data)
             if not data:
                 self._input_ended = True
             lines = self._buffer.feed(data)
@@ -240,6 +242,7 @@ class Connection:
                     on_handoff(False)
                 return None
         entry = transport.write(data, on_handoff)
+        self._stats.bytes_out += len(data)
         if output.size > self._high_water:
             self.output_backlog = True
         return entry
@@ -269,6 +272,7 @@ class Connection:
             # The common case: the kernel takes it at once (no handoff to make).
             sent = transport.send_now(data)
             if sent == len(data):
+                self._stats.bytes_out += sent
                 on_result(True, "")
                 return
             if sent < 0:
@@ -286,6 +290,7 @@ class Connection:
         if self.is_open and output.size + len(data) <= self._hard_limit:
             # send() written out for the common case: open, within the limit.
             entry = transport.write(data, handoff)
+            self._stats.bytes_out += len(data) + sent
             if output.size > self._high_water:
                 self.output_backlog = True
         else:
@@ -513,6 +518,7 @@ class Connection:
             # so it must be asked only when the line will be handled now.
             wait = self.chat.login_wait(self, now)
         if wait > 0:
+            self._stats.flood_delays += 1
             self._rate_timer = self.call_later(wait, self._rate_refilled)
             return False
         self._line_bucket.charge(1, now)

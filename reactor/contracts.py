@@ -17,6 +17,8 @@ both sides keep it.
 :class:`RosterEvents`      what a roster tells the chat
 :class:`LoginSession`      what a login step may do with a client
 :class:`LoginStep`         what the chat asks of a login step (accounts)
+:class:`ChatForAdmin`      what the admin endpoint reads of the chat
+:class:`Monitored`         what the admin endpoint reads of a part (metrics, readiness)
 =========================  =====================================================
 
 Every answer that may take time comes by callback; an implementation that
@@ -34,11 +36,12 @@ from __future__ import annotations
 import socket
 from collections.abc import Callable, Iterable, Sized
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, runtime_checkable
 
 if TYPE_CHECKING:
     from protocol.framing import Received
     from reactor.config import ServerConfig
+    from reactor.metrics import ChatStats, Metric
 
 # Called with (True, "") once a message was handed to the recipient's
 # connection, or (False, reason) if it never will be.
@@ -110,6 +113,8 @@ class ChatForConnection(Protocol):
     connection, and each side names its own class.)"""
 
     config: ServerConfig
+    #: The counters a connection bumps (bytes in and out, flood delays).
+    stats: ChatStats
 
     def clock(self) -> float: ...
 
@@ -154,13 +159,6 @@ class ConnectionEvents(Protocol):
     def connection_lost(self) -> None: ...
 
     def abort(self, reason: str) -> None: ...
-
-    def close(self, reason: str) -> None:
-        """Stop reading, let queued output drain, then close (a wire's own
-        answer to bad input must still go out: reactor.web)."""
-
-    def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
-        """A timer of this connection's, its failures contained (a wire's keepalive)."""
 
     def fail(self, error: BaseException) -> None: ...
 
@@ -363,3 +361,38 @@ class LoginStep(Protocol):
     def register(self, session: LoginSession, name: str, password: str) -> None: ...
 
     def change_password(self, session: LoginSession, name: str, old: str, new: str) -> None: ...
+
+
+class ChatForAdmin(Protocol):
+    """What the admin endpoint (``--admin-port``) reads of the chat, on the
+    chat thread, when asked."""
+
+    #: The chat's counters.
+    stats: ChatStats
+    #: When the housekeeping timer last ran (the chat's clock): timers fire.
+    housekeeping_at: float
+
+    @property
+    def connection_count(self) -> int: ...
+
+    def user_counts(self) -> tuple[int, int]:
+        """Users online on this server, and on the cluster's others."""
+
+    def output_queued(self) -> int:
+        """Bytes queued for all clients, not yet taken by the kernel."""
+
+    def clock(self) -> float: ...
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle: ...
+
+
+@runtime_checkable
+class Monitored(Protocol):
+    """What the admin endpoint (``--admin-port``) reads of a part of the
+    server when asked, on the chat thread: nothing is pushed to it."""
+
+    def metrics(self) -> list[Metric]:
+        """The part's metric families, read from its state now."""
+
+    def unready_reason(self) -> str | None:
+        """Why the part cannot serve now (one line, for ``/readyz``), or None."""

@@ -77,6 +77,7 @@ class Event:
 EVENTS: dict[str, Event] = {
     "Listening on port %d...": Event("listening", ("port",)),
     "Listening on port %d (TLS)...": Event("listening_tls", ("port",)),
+    "Admin endpoint on port %d (/metrics, /healthz, /readyz)": Event("listening_admin", ("port",)),
     "Server stopped.": Event("stopped"),
     "%s connected (%s)": Event("connected", ("user", "address")),
     "%s disconnected.": Event("disconnected", ("user",)),

@@ -56,6 +56,7 @@ WRITE_DELAY = 0.05
 # Logged once per run, and what scripts and tests wait for: never dropped,
 # so that a flood cannot hide that the server is up, or that it stopped.
 NEVER_DROPPED = frozenset({"Listening on port %d...", "Listening on port %d (TLS)...",
+                           "Admin endpoint on port %d (/metrics, /healthz, /readyz)",
                            "Server stopped."})
 
 

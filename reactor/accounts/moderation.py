@@ -56,7 +56,9 @@ log = logging.getLogger("reactor")
 # Seconds between two reads of the bans and mutes in force by each server.
 SWEEP_INTERVAL = 1.0
 # A kick of a user of another server is a record that server's sweep acts
-# on; one nobody acted on lapses after this many seconds.
+# on; one nobody acted on lapses after this many seconds.  So is an unmute
+# (kind "unmute"): the sweep of the muted user's server can then say who
+# lifted the mute, which it could not tell from the mute's mere absence.
 KICK_RECORD_LIFE = 10.0
 NOT_OPERATOR = "only operators may {word}; operators are named by the server's administrator"
 # Entries in the reply to ``bans``: one line, which must stay well inside a
@@ -114,6 +116,9 @@ class Moderator:
         # Counts the commands applied here: a sweep that read the store
         # before one of them was written is stale, and skipped.
         self._applied = 0
+        # Why the last sweep could not read the store, or None: the accounts'
+        # readiness (written by a worker, read by the chat thread).
+        self.store_error: str | None = None
 
     def start(self, events: ModerationEvents) -> None:
         self.events = events
@@ -163,7 +168,12 @@ class Moderator:
             case Unban(target):
                 return self.store.remove_sanction("ban", _target_key(target))
             case Unmute(name):
-                return self.store.remove_sanction("mute", username_key(name))
+                key = username_key(name)
+                if not self.store.remove_sanction("mute", key):
+                    return False
+                self.store.add_sanction(Sanction("unmute", key, name, sender, None, now,
+                                                 now + KICK_RECORD_LIFE))
+                return True
             case Bans():
                 return self.store.sanctions(now)
         return True  # kick: nothing to store unless the user is elsewhere
@@ -223,8 +233,10 @@ class Moderator:
         def read() -> None:
             try:
                 sanctions = store.sanctions(time.time(), prune=True)
+                self.store_error = None
             except Exception as error:  # logged once per sweep; tried again next time
                 log.warning("Could not read the bans: %s", error)
+                self.store_error = str(error) or type(error).__name__
                 sanctions = None
             scheduler.call_soon_threadsafe(lambda: self._apply(
                 None if applied != self._applied else sanctions))
@@ -249,6 +261,7 @@ class Moderator:
         leaving: dict[str, tuple[bytes, str]] = {}
         kicks: set[str] = set()
         mutes: dict[str, tuple[float, bytes | None]] = {}
+        unmutes: dict[str, tuple[float, bytes | None]] = {}
         for sanction in sanctions:
             if sanction.kind == "ban":
                 leaving[sanction.target] = (banned_line(sanction, now),
@@ -263,9 +276,13 @@ class Moderator:
                 mutes[sanction.target] = (
                     math.inf if sanction.until is None else sanction.until - now,
                     format_event(Muted(sanction.by, lasting)))
+            elif sanction.kind == "unmute":
+                # Said only to a user still muted here (the chat sends the
+                # line when that changes), so once; a newer mute wins.
+                unmutes[sanction.target] = (0, format_event(Unmuted(sanction.by)))
         for target in events.moderation_disconnect(leaving) & kicks:
             self.accounts.lookups.submit(_forget(self.store, "kick", target))
-        events.moderation_mutes(mutes, complete=True)
+        events.moderation_mutes(unmutes | mutes, complete=True)
 
     # -- at login -------------------------------------------------------------------
 
@@ -290,7 +307,7 @@ def _forget(store: AccountStore, kind: str, target: str) -> Callable[[], object]
 
 
 def _listing(sanctions: list[Sanction], now: float) -> str:
-    shown = [sanction for sanction in sanctions if sanction.kind != "kick"]
+    shown = [sanction for sanction in sanctions if sanction.kind in ("ban", "mute")]
     if not shown:
         return "no bans or mutes"
     parts = []

@@ -47,6 +47,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import logging
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
@@ -74,6 +75,7 @@ from reactor.accounts.turns import Turns
 from reactor.accounts.workers import Executor, HashQueue
 from reactor.config import AccountsConfig
 from reactor.contracts import Admit, LoginSession, ModerationEvents, Scheduler
+from reactor.metrics import Metric, counter, gauge
 
 log = logging.getLogger("reactor")
 
@@ -116,6 +118,8 @@ class Accounts:
                            lambda delay, then: self.scheduler.call_later(delay, then))
         self._scheduler: Scheduler | None = None
         self.moderator = Moderator(self)
+        # Logins and account commands refused here, by reason (/metrics).
+        self.refusals: Counter[str] = Counter()
 
     def start(self, scheduler: Scheduler, events: ModerationEvents | None = None) -> None:
         self._scheduler = scheduler
@@ -142,6 +146,25 @@ class Accounts:
         self.lookups.shutdown(wait=True, cancel_futures=True)
         self.hashes.executor.shutdown(wait=True, cancel_futures=True)
         self.store.close()
+
+    # -- for the admin endpoint (contracts.Monitored) ---------------------------------
+
+    def metrics(self) -> list[Metric]:
+        return [
+            gauge("reactor_accounts_hash_queue", "Password hashes waiting or under way.",
+                  len(self.hashes)),
+            gauge("reactor_accounts_hash_queue_limit",
+                  "Hashes that may wait or run at once; past it logins are told the server"
+                  " is busy.", self.hashes.capacity),
+            counter("reactor_accounts_refusals_total",
+                    "Logins and account commands refused by the accounts, by reason.",
+                    label="reason", values=self.refusals,
+                    known=("wrong_password", "busy", "banned")),
+        ]
+
+    def unready_reason(self) -> str | None:
+        error = self.moderator.store_error
+        return None if error is None else f"the account store is out of reach: {error}"
 
     # -- the rules ------------------------------------------------------------
 
@@ -256,6 +279,7 @@ class Accounts:
                 raise
             if not submitted:
                 self.turns.done(key, host)
+                self.refusals["busy"] += 1
                 connection.answer(slot, _BUSY)
 
         def take() -> None:
@@ -299,6 +323,7 @@ class Accounts:
             tuple[Account | None, list[float], bytes | None, float], result)
         if banned is not None:
             log.warning("Refused %s from %s: banned", name, connection.peer_host)
+            self.refusals["banned"] += 1
             connection.send(banned)  # while logging in, nothing else is awaited
             connection.close("banned")
             connection.answer(slot)
@@ -363,6 +388,7 @@ class Accounts:
             connection.password_done()
             connection.answer(slot, format_event(InvalidUsername(UNAVAILABLE)))
         elif verdict == "wrong":
+            self.refusals["wrong_password"] += 1
             connection.password_tries += 1
             if connection.password_tries < self.settings.max_tries:
                 connection.answer(slot, format_event(WrongPassword(name)))
@@ -409,6 +435,7 @@ class Accounts:
                     ' password "<old>" "<new>"')))
 
         if not self._in_worker(connection, work, done, hashing=True):
+            self.refusals["busy"] += 1
             connection.answer(slot, _BUSY)
 
     def change_password(self, connection: LoginSession, name: str, old: str, new: str) -> None:

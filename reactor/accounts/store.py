@@ -37,7 +37,8 @@ class Account:
 
 @dataclass(frozen=True, slots=True)
 class Sanction:
-    """A ban (``kind`` "ban") or a mute ("mute") in force.
+    """A ban (``kind`` "ban") or a mute ("mute") in force, or the short-lived
+    record of a kick or an unmute that other servers' sweeps act on.
 
     ``target`` is how it is matched: a username's key
     (:func:`protocol.username_key`) or an address as

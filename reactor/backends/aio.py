@@ -50,10 +50,11 @@ READ_SIZE = 16 * 1024
 
 
 class AsyncioTransport(Transport, asyncio.BufferedProtocol):
-    def __init__(self, server: AsyncioServer, tls: bool = False) -> None:
+    def __init__(self, server: AsyncioServer, listener: Listener) -> None:
         Transport.__init__(self, "unknown")
         self.server = server
-        self._speaks_tls = tls
+        self._listener = listener
+        self._speaks_tls = listener.tls
         self._transport: asyncio.Transport | None = None
         self.sock: Any = None  # asyncio's socket-like view, for options
         self._in_flight = 0  # bytes handed to asyncio, not yet known to be sent
@@ -90,7 +91,7 @@ class AsyncioTransport(Transport, asyncio.BufferedProtocol):
             # mean "taken by the kernel", and the handshake is then part of
             # the login, under the login timeout, as in the other backends.
             self.start_tls(self.server.tls_context())
-        self.server.chat.connection_made(self)
+        self._listener.service.connection_made(self)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self._read_buffer
@@ -317,9 +318,10 @@ class AsyncioTransport(Transport, asyncio.BufferedProtocol):
 class AsyncioWebTransport(WebTransport, AsyncioTransport):
     """A web connection, plain or TLS (see reactor.web.transport)."""
 
-    def __init__(self, server: AsyncioServer, tls: bool, site: Site) -> None:
-        super().__init__(server, tls)
-        self.start_web(site, server.config.max_line, server.config.output_hard_limit)
+    def __init__(self, server: AsyncioServer, listener: Listener) -> None:
+        super().__init__(server, listener)
+        assert listener.web is not None
+        self.start_web(listener.web, server.config.max_line, server.config.output_hard_limit)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -459,7 +461,7 @@ class AsyncioServer(Server):
             )
             for listener in self.listeners
         ]
-        if self._stop_requested:
+        if self._stop_requested and not stop.done():  # (woken while the listeners started)
             stop.set_result(None)
         try:
             await stop
@@ -470,7 +472,7 @@ class AsyncioServer(Server):
         await self._accept_backlog()
         for server in servers:
             server.close()
-        self.chat.shutdown()
+        self.shutdown_services()
         deadline = loop.time() + self.config.close_linger
         while self.chat.connection_count and loop.time() < deadline:
             await asyncio.sleep(0.01)  # a poll, within the linger, of our own state
@@ -479,10 +481,9 @@ class AsyncioServer(Server):
         await asyncio.sleep(0)  # let the aborts' connection_lost callbacks run
 
     def _transport_factory(self, listener: Listener) -> Callable[[], AsyncioTransport]:
-        tls, site = listener.tls, listener.web
-        if site is None:
-            return lambda: AsyncioTransport(self, tls)
-        return lambda: AsyncioWebTransport(self, tls, site)
+        if listener.web is None:
+            return lambda: AsyncioTransport(self, listener)
+        return lambda: AsyncioWebTransport(self, listener)
 
     async def _accept_backlog(self) -> None:
         for _ in range(3):

@@ -14,7 +14,8 @@ benchmark all read the registry.  Its constructor takes ``(config, chat)``
 1. Bind the listeners in ``__init__`` (``Server.__init__`` does), so that a
    busy port is an ``OSError`` before anything runs.  There may be several
    (``self.listeners``): a plain one and a TLS one side by side, or one
-   that speaks TLS only; accept from every one of them.
+   that speaks TLS only, and the admin endpoint's (:meth:`Server.listen_for`);
+   accept from every one of them.
 2. For every accepted socket, create a transport; if its listener is
    ``tls``, call ``transport.start_tls(self.tls_context())`` -- the
    context at accept time, so that a reload affects new connections only --
@@ -22,7 +23,8 @@ benchmark all read the registry.  Its constructor takes ``(config, chat)``
    web class (:class:`reactor.web.transport.WebTransport` in front of its
    own) and call ``transport.start_web(listener.web, config.max_line,
    config.output_hard_limit)``;
-   then call ``self.chat.connection_made(transport)``, in accept order;
+   then call ``listener.service.connection_made(transport)`` (the chat's,
+   or the admin endpoint's), in accept order;
    admission (server full, per-address limit, shutdown) is the chat's
    decision.  The TLS handshake is part of the login: it runs under the
    login timeout, inside the transport, and the chat logic never knows.
@@ -63,8 +65,9 @@ benchmark all read the registry.  Its constructor takes ``(config, chat)``
    shutdown notice and ``serve_forever()`` returning 1.
 9. On :meth:`Server.stop` (from any thread or a signal handler): accept what
    is already in the listen backlogs, stop listening, call
-   ``self.chat.shutdown()``, wait up to ``config.close_linger`` seconds for
-   connections to close, abort the rest, and return from ``serve_forever``.
+   ``self.shutdown_services()`` (the chat's shutdown), wait up to
+   ``config.close_linger`` seconds for connections to close, abort the
+   rest, and return from ``serve_forever``.
 10. When woken (the wakeup socket), call :meth:`Server.serve_requests` on
    the serving thread: it does a requested reload (SIGHUP).
 11. Offer :meth:`Server.call_soon_threadsafe`: from any other thread (a
@@ -97,6 +100,7 @@ import ssl
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import replace
+from typing import Protocol
 
 from reactor import notify
 from reactor.chat import ChatService
@@ -105,20 +109,33 @@ from reactor.connection import Connection
 from reactor.contracts import SocketLoop, TimerHandle
 from reactor.sockets import open_listener
 from reactor.tls import TLSCertificate
+from reactor.transport import Transport
 from reactor.web.http import Site
 
 log = logging.getLogger("reactor")
 
 
+class Service(Protocol):
+    """What a listener's connections are handed to: the chat, or the admin endpoint."""
+
+    def connection_made(self, transport: Transport) -> object: ...
+
+    def shutdown(self) -> None:
+        """The server is stopping: tell its connections, start closing them."""
+
+
 class Listener:
-    """One listening socket, whether it speaks TLS, and what it serves the
-    web (the page and its WebSocket) if it is the web port."""
+    """One listening socket, whether it speaks TLS, whom its connections are
+    for, and what it serves the web (the page and its WebSocket) if it is
+    the web port."""
 
-    __slots__ = ("sock", "tls", "web")
+    __slots__ = ("service", "sock", "tls", "web")
 
-    def __init__(self, sock: socket.socket, tls: bool, web: Site | None = None) -> None:
+    def __init__(self, sock: socket.socket, tls: bool, service: Service,
+                 web: Site | None = None) -> None:
         self.sock = sock
         self.tls = tls
+        self.service = service
         self.web = web
 
     @property
@@ -156,11 +173,11 @@ class Server(ABC):
         self.listeners: list[Listener] = []
         try:
             main_is_tls = self.certificate is not None and config.tls_port is None
-            self.listeners.append(Listener(open_listener(config), main_is_tls))
+            self.listeners.append(Listener(open_listener(config), main_is_tls, chat))
             if config.tls_port is not None:
                 tls_config = replace(config, port=config.tls_port)
                 try:
-                    self.listeners.append(Listener(open_listener(tls_config), True))
+                    self.listeners.append(Listener(open_listener(tls_config), True, chat))
                 except OSError as error:
                     error.port = config.tls_port  # type: ignore[attr-defined]  # for the message
                     raise
@@ -170,7 +187,7 @@ class Server(ABC):
                 try:
                     # TLS with the same certificate: https and wss.
                     self.listeners.append(Listener(open_listener(web_config),
-                                                   self.certificate is not None, web))
+                                                   self.certificate is not None, chat, web))
                 except OSError as error:
                     error.port = config.web_port  # type: ignore[attr-defined]
                     error.host = web_config.host  # type: ignore[attr-defined]
@@ -210,6 +227,31 @@ class Server(ABC):
             if listener.web is not None:
                 return listener.port
         return None
+
+    def listen_for(self, service: Service, sock: socket.socket) -> None:
+        """Also accept on ``sock`` (a bound, listening socket; plain TCP),
+        for ``service``: the admin endpoint's connections, served by this
+        backend like the chat's, on the same loop or threads.  Before
+        :meth:`serve_forever`, which closes it."""
+        sock.setblocking(False)
+        self.listeners.append(Listener(sock, False, service))
+
+    @property
+    def admin_port(self) -> int | None:
+        """The port of the admin endpoint, if it is served."""
+        for listener in self.listeners:
+            if listener.service is not self.chat:
+                return listener.port
+        return None
+
+    def shutdown_services(self) -> None:
+        """Stopping: the chat tells its users; the other services (the admin
+        endpoint) close their connections."""
+        self.chat.shutdown()
+        for service in {id(listener.service): listener.service
+                        for listener in self.listeners}.values():
+            if service is not self.chat:
+                service.shutdown()
 
     def tls_context(self) -> ssl.SSLContext:
         """The context for a TLS connection accepted now."""
@@ -259,6 +301,9 @@ class Server(ABC):
             if listener.web is not None:
                 log.log(level, "Serving the web page on port %d (%s)...", listener.port,
                         "https" if listener.tls else "http")
+            elif listener.service is not self.chat:
+                log.log(level, "Admin endpoint on port %d (/metrics, /healthz, /readyz)",
+                        listener.port)
             elif listener.tls:
                 log.log(level, "Listening on port %d (TLS)...", listener.port)
             else:

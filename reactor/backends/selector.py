@@ -900,7 +900,7 @@ class SelectorServer(Server):
                         for listener in self.listeners:
                             self._accept_batch(listener, self.config.backlog)
                         self._listen(False)
-                        self.chat.shutdown()
+                        self.shutdown_services()
                     if shutdown_deadline is not None and (
                         self.chat.connection_count == 0 or time.monotonic() >= shutdown_deadline
                     ):
@@ -1097,4 +1097,4 @@ class SelectorServer(Server):
         if listener.tls:
             transport.start_tls(self.tls_context())
         self.selector.register(sock, _READ, transport)
-        self.chat.connection_made(transport)
+        listener.service.connection_made(transport)

@@ -725,7 +725,7 @@ class ThreadsServer(Server):
         # short turn, and in a storm every login waits for it.
         with self.lock.first():
             for transport, _address in transports:
-                self.chat.connection_made(transport)
+                listener.service.connection_made(transport)
         for index, (transport, address) in enumerate(transports):
             reader = threading.Thread(
                 target=self._serve_client, args=(transport,), name=f"client-{address}", daemon=True
@@ -807,7 +807,7 @@ class ThreadsServer(Server):
         shutdown does it), so the notice does not wait behind a backlog.
         """
         with self.lock:
-            self.chat.shutdown()
+            self.shutdown_services()
         deadline = time.monotonic() + self.config.close_linger
         # Clients already in the listen backlog have connected as far as they
         # can tell: accept them so that they are told too, rather than reset.

@@ -31,6 +31,7 @@ from reactor.contracts import (
     Session,
     TimerHandle,
 )
+from reactor.metrics import Metric, gauge
 from reactor.redis.url import without_password
 from reactor.whiteboard import MAX_REMEMBERED_NAMES
 
@@ -165,6 +166,32 @@ class BoardState(Generic[S]):
         if time.monotonic() > self._lease_until:
             return UNAVAILABLE_REASON
         return None
+
+    # -- for the admin endpoint (contracts.Monitored) ----------------------------------------
+
+    def unready_reason(self) -> str | None:
+        if self.link is not None and not self.link.up:
+            return f"Redis at {self.where} is out of reach"
+        if not self._registered:
+            return "this node has not joined the cluster"
+        if time.monotonic() > self._lease_until:
+            return "this node's lease in the cluster has run out"
+        return None
+
+    def metrics(self) -> list[Metric]:
+        lease = self._lease_until - time.monotonic() if self._registered else 0.0
+        return [
+            gauge("reactor_cluster_joined", "1 while this node is joined to the cluster.",
+                  int(self._registered)),
+            gauge("reactor_cluster_redis_up", "1 while this node's link to Redis is up.",
+                  int(self.link is not None and self.link.up)),
+            gauge("reactor_cluster_lease_remaining_seconds",
+                  "Seconds left on this node's lease before the others count it dead.",
+                  round(lease, 3)),
+            gauge("reactor_cluster_deliveries_waiting",
+                  "Direct messages to users of other nodes awaiting their answer.",
+                  len(self._pending)),
+        ]
 
     # -- calls that go up the stack -------------------------------------------------------
 

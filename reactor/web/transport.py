@@ -31,9 +31,10 @@ connection starts, which happens only when the ``[web]`` extra was checked.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol, cast
 
-from reactor.contracts import TimerHandle
+from reactor.contracts import ConnectionEvents, TimerHandle
 from reactor.outbuf import Entry, Handoff
 from reactor.transport import Transport
 from reactor.web.http import WebFailure
@@ -43,6 +44,18 @@ if TYPE_CHECKING:
     from reactor.web.wire import WebWire
 
 log = logging.getLogger("reactor")
+
+
+class ChatConnection(ConnectionEvents, Protocol):
+    """What a web transport asks of its connection beyond what every
+    backend does: a web port's connections are the chat's
+    (:class:`reactor.connection.Connection`), never another service's."""
+
+    def close(self, reason: str) -> None:
+        """Stop reading, let queued output drain (the wire's answer), then close."""
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
+        """A timer of the connection's, its failures contained (the keepalive)."""
 
 
 class WebTransport(Transport):
@@ -81,7 +94,7 @@ class WebTransport(Transport):
         """What the socket read (after TLS), ``b""`` at its end: the wire's
         chat lines to the connection, its own answers queued."""
         web = self.web
-        connection = self.connection
+        connection = cast("ChatConnection | None", self.connection)
         if connection is None or not connection.is_open:
             return  # after a close, input is discarded (as the connection does)
         was_upgraded = web.upgraded
@@ -127,7 +140,7 @@ class WebTransport(Transport):
 
     def _beat(self) -> None:
         self._heartbeat = None
-        connection = self.connection
+        connection = cast("ChatConnection | None", self.connection)
         if connection is None or not connection.is_open or self.web.closing:
             return
         try:

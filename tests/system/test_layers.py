@@ -47,7 +47,7 @@ def layer(module: str) -> tuple[int, str]:
     if module == "reactor.app":
         return APP, "app"
     parts = module.split(".")
-    if len(parts) > 1 and parts[1] in ("backends", "accounts", "cluster"):
+    if len(parts) > 1 and parts[1] in ("backends", "accounts", "cluster", "admin"):
         return FEATURES, parts[1]
     if len(parts) > 1 and parts[1] == "redis":
         return REDIS, "redis"

@@ -72,7 +72,7 @@ def _check_times(times: list[str], started: datetime, ended: datetime) -> None:
 
 def test_every_line_begins_with_its_time_in_utc_by_default(backend: str) -> None:
     started = _now()
-    with server_process(backend, log_level="INFO") as server:
+    with server_process(backend, "--log-text", "on", log_level="INFO") as server:
         log = _converse(server)
     ended = datetime.now(UTC)
     assert all(LOG_TIME.match(line) for line in log), log
@@ -84,7 +84,8 @@ def test_every_line_begins_with_its_time_in_utc_by_default(backend: str) -> None
 
 def test_with_log_time_off_the_log_reads_exactly_like_the_original(backend: str) -> None:
     # As under journald, and as scripts written for the original expect.
-    with server_process(backend, "--log-time", "off", log_level="INFO") as server:
+    with server_process(backend, "--log-time", "off", "--log-text", "on",
+                        log_level="INFO") as server:
         log = _converse(server)
     assert log == [line.format(port=server.port) for line in THE_ORIGINALS_LOG]
 
@@ -92,7 +93,8 @@ def test_with_log_time_off_the_log_reads_exactly_like_the_original(backend: str)
 def test_every_line_of_a_conversation_in_json_is_an_object_with_time_level_and_event(
         backend: str) -> None:
     started = _now()
-    with server_process(backend, "--log-format", "json", log_level="INFO") as server:
+    with server_process(backend, "--log-format", "json", "--log-text", "on",
+                        log_level="INFO") as server:
         log = _converse(server)
     ended = datetime.now(UTC)
     entries = [json.loads(line) for line in log]
@@ -111,10 +113,9 @@ def test_every_line_of_a_conversation_in_json_is_an_object_with_time_level_and_e
 
 
 @pytest.mark.parametrize("log_format", ["text", "json"])
-def test_with_log_text_off_no_line_holds_what_users_wrote(backend: str, log_format: str) -> None:
-    # At DEBUG, the most the server ever logs.
-    with server_process(backend, "--log-text", "off", "--log-format", log_format,
-                        log_level="DEBUG") as server:
+def test_by_default_no_line_holds_what_users_wrote(backend: str, log_format: str) -> None:
+    # At DEBUG, the most the server ever logs; --log-text off is the default.
+    with server_process(backend, "--log-format", log_format, log_level="DEBUG") as server:
         log = _converse(server)
     assert not any("Hello" in line or "everyone" in line for line in log), log
     messages = [line for line in log if "Message from Alice to Bob" in line]

@@ -20,6 +20,7 @@ import pytest
 from reactor import BACKENDS
 from reactor.__main__ import config_from_args, parse_args
 from reactor.logs import QUEUE_BOUND, STOP_TIMEOUT
+from tests.admin_support import get, scrape
 from tests.faults import REPO, Drain, server_process
 from tests.support import DEFAULT_TIMEOUT, LineClient, without_log_time
 
@@ -59,6 +60,35 @@ def test_a_busy_port_is_one_clear_line(backend: str) -> None:
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]
         result = run_server("--backend", backend, "--host", "127.0.0.1", "--port", str(port))
+    assert result.returncode == 1
+    assert result.stderr == f"{PROGRAM}: cannot listen on 127.0.0.1:{port}: Address already in use\n"
+    assert result.stdout == ""
+
+
+def test_the_admin_port_is_served_on_the_standard_library_alone(backend: str) -> None:
+    with server_process(backend, "--admin-port", "0", standard_library_only=True) as server:
+        # (Two listening ports: each is read from its own log line.)
+        chat = _port_in(server.wait_for_log(lambda line: "Listening on port " in line))
+        port = _port_in(server.wait_for_log(lambda line: "Admin endpoint on port " in line))
+        with LineClient(chat) as alice:
+            alice.send("Alice")
+            alice.expect("<User Alice is online.>")
+            assert scrape(port)["reactor_users_online"] == 1
+        assert get(port, "/readyz").text == "ready\n"
+        assert server.terminate() == 0
+
+
+def _port_in(line: str) -> int:
+    found = re.search(r"on port (\d+)", line)
+    assert found is not None, line
+    return int(found[1])
+
+
+def test_a_busy_admin_port_is_one_clear_line_and_nothing_is_served(backend: str) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        result = run_server("--backend", backend, "--host", "127.0.0.1", "--port", "0",
+                            "--admin-host", "127.0.0.1", "--admin-port", str(port))
     assert result.returncode == 1
     assert result.stderr == f"{PROGRAM}: cannot listen on 127.0.0.1:{port}: Address already in use\n"
     assert result.stdout == ""
@@ -132,13 +162,13 @@ def test_help_shows_how_the_server_was_started() -> None:
 
 
 def test_log_text_is_a_config_field() -> None:
-    assert config_from_args(parse_args([])).log_text is True
+    assert config_from_args(parse_args([])).log_text is False  # private by default
     assert config_from_args(parse_args(["--log-text", "off"])).log_text is False
     assert config_from_args(parse_args(["--log-text", "ON"])).log_text is True
 
 
-def test_log_text_off_keeps_messages_out_of_the_log(backend: str) -> None:
-    with server_process(backend, "--log-text", "off", log_level="INFO") as server:
+def test_by_default_messages_stay_out_of_the_log(backend: str) -> None:
+    with server_process(backend, log_level="INFO") as server:
         with LineClient(server.port) as alice, LineClient(server.port) as bob:
             alice.send("Alice")
             alice.expect("<User Alice is online.>")
@@ -292,8 +322,8 @@ DROPPED = re.compile(r"\[Server\] (\d+) log lines? dropped \(output was not keep
 
 def test_log_lines_dropped_while_nobody_reads_are_counted(backend: str) -> None:
     count = QUEUE_BOUND + 5000  # more than the queue, the writer's batch and the pipe hold
-    with server_process(backend, "--flood-control", "off", log_level="INFO",
-                        read_log=False) as server:
+    with server_process(backend, "--flood-control", "off", "--log-text", "on",
+                        log_level="INFO", read_log=False) as server:
         _shrink_pipe(server.log_pipe_fd())
         _chat_in_bulk(server.port, count)
         server.start_reading_log()

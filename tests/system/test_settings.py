@@ -76,8 +76,10 @@ SAMPLES: dict[str, dict[str, Any]] = {
     "--web-host": {"--web-port": 8080, "--web-host": "127.0.0.1"},
     "--web-origin": {"--web-port": 8080,
                      "--web-origin": "https://chat.example.org,http://localhost:8080"},
+    "--admin-port": {"--admin-port": 9234},
+    "--admin-host": {"--admin-port": 9234, "--admin-host": "0.0.0.0"},
     "--log-level": {"--log-level": "debug"},
-    "--log-text": {"--log-text": False},
+    "--log-text": {"--log-text": True},
     "--log-time": {"--log-time": "local"},
     "--log-format": {"--log-format": "json"},
 }
@@ -342,7 +344,7 @@ def test_check_config_prints_the_effective_configuration_with_secrets_masked(
     path = config_file("[server]\nport = 4000\n[cluster]\nurl = 'redis://:hunter2@db:6379/1'\n"
                        "[accounts]\nstore = 'rediss://chat:hunter2@db:6380/2'\n")
     result = check_config("--config", path, "--max-line", "8192",
-                          env={"REACTOR_LOG_TEXT": "off"})
+                          env={"REACTOR_LOG_TEXT": "on"})
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
     assert "hunter2" not in result.stdout
@@ -352,7 +354,7 @@ def test_check_config_prints_the_effective_configuration_with_secrets_masked(
     assert any(line.startswith("url ") and '"redis://db:6379/1"' in line for line in lines)
     assert any(line.startswith("store ") and '"rediss://db:6380/2"' in line for line in lines)
     assert any(line.startswith("max-line ") and line.endswith("# command line") for line in lines)
-    assert any(line.startswith("text ") and "false" in line and line.endswith(
+    assert any(line.startswith("text ") and "true" in line and line.endswith(
         "# REACTOR_LOG_TEXT") for line in lines)
     assert any(line.startswith("backend ") and line.endswith("# default") for line in lines)
 
@@ -445,17 +447,16 @@ def test_a_server_started_with_a_config_file_serves_by_it(
 
 def test_a_server_started_with_a_config_file_logs_by_it(
         config_file: Callable[[str], str]) -> None:
-    path = config_file("[log]\ntext = false\nlevel = 'info'\n")
+    path = config_file("[log]\ntext = true\nlevel = 'info'\n")
     with server_process("select", log_level="INFO") as plain, \
             server_process("select", "--config", path, log_level="INFO") as configured:
         for server in (plain, configured):
             with Clients(server.port) as clients:
                 the_original_conversation(clients)
             server.wait_for_log(lambda line: "Bob disconnected." in line)
-        assert any('"Hello Bob!"' in line for line in plain.log)
-        assert "[Server] Message from Alice to Bob: (10 characters)" in configured.log, \
-            configured.log
-        assert not any("Hello Bob!" in line for line in configured.log)
+        assert any('"Hello Bob!"' in line for line in configured.log), configured.log
+        assert "[Server] Message from Alice to Bob: (10 characters)" in plain.log, plain.log
+        assert not any("Hello Bob!" in line for line in plain.log)
 
 
 def test_an_option_type_that_takes_a_number_refuses_text_in_the_file() -> None:

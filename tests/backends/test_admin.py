@@ -1,0 +1,214 @@
+"""The admin endpoint (``--admin-port``) on every backend, over real sockets:
+the metrics follow a real conversation, health and readiness answer, bad
+requests get their status, and admin clients cannot hurt the chat's users."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from reactor.admin import endpoint
+from reactor.admin.http import MAX_HEAD
+from reactor.backends.base import Server
+from tests.admin_support import exchange, get, parse_exposition, read_reply, scrape
+from tests.support import Clients, LineClient, running_server, wait_until
+
+
+@pytest.fixture
+def server(backend: str) -> Iterator[Server]:
+    with running_server(backend, admin_port=0) as server:
+        yield server
+
+
+def admin(server: Server) -> int:
+    port = server.admin_port
+    assert port is not None
+    return port
+
+
+def test_the_metrics_count_what_users_do(server: Server) -> None:
+    port = admin(server)
+    before = scrape(port)
+    assert before["reactor_users_online"] == 0
+    assert before["reactor_logins_total"] == 0
+    with Clients(server.port) as clients:
+        alice, bob = clients.login("Alice"), clients.login("Bob")
+        alice.read_until(lambda line: line == "<User Bob is online.>")
+        alice.send('chat Bob "hi"')
+        bob.expect('<Message from Alice: "hi">')
+        alice.expect("<To Bob> hi")
+        alice.send('broadcast "all"')
+        bob.expect('<Broadcast from Alice: "all">')
+        alice.expect("<To everyone> all")
+        alice.send('chat Nobody "lost"')
+        alice.expect("<User Nobody does not exist.>")
+        now = scrape(port)
+        assert now["reactor_users_online"] == 2
+        assert now["reactor_connections"] == 2
+        assert now["reactor_logins_total"] == 2
+        assert now["reactor_connections_accepted_total"] == 2
+        assert now['reactor_messages_received_total{kind="direct"}'] == 2
+        assert now['reactor_messages_received_total{kind="broadcast"}'] == 1
+        assert now['reactor_deliveries_total{kind="direct"}'] == 1
+        assert now['reactor_deliveries_total{kind="broadcast"}'] == 1
+        assert now["reactor_direct_not_delivered_total"] == 1
+        assert now["reactor_received_bytes_total"] > 0
+        assert now["reactor_sent_bytes_total"] > now["reactor_received_bytes_total"]
+        bob.send("bye")
+        bob.expect_closed()
+
+        def bob_gone() -> bool:
+            seen = scrape(port)
+            return (seen["reactor_users_online"] == 1
+                    and seen['reactor_connections_closed_total{reason="bye"}'] == 1)
+
+        wait_until(bob_gone, message="Bob's bye counted")
+    with LineClient(server.port) as eve:
+        eve.send("not a name!")
+        eve.read_line()
+        assert scrape(port)['reactor_login_refusals_total{reason="invalid_name"}'] == 1
+
+
+def test_health_and_readiness_answer_and_head_has_no_body(server: Server) -> None:
+    port = admin(server)
+    health = get(port, "/healthz")
+    assert (health.status, health.text) == (200, "ok\n")
+    assert health.headers["connection"] == "close"
+    ready = get(port, "/readyz?verbose")  # a query string is ignored
+    assert (ready.status, ready.text) == (200, "ready\n")
+    head = get(port, "/metrics", "HEAD")
+    assert head.status == 200 and head.body == b""
+    assert int(head.headers["content-length"]) > 0
+    assert scrape(port)["reactor_ready"] == 1
+
+
+def test_healthz_is_answered_by_the_chat_s_own_loop_so_a_wedged_one_fails_it(
+        server: Server) -> None:
+    port = admin(server)
+    release = threading.Event()
+    wedged = threading.Event()
+
+    def wedge() -> None:
+        wedged.set()
+        release.wait(30)
+
+    # On the chat thread (select, asyncio), or under the chat lock (threads:
+    # the helper thread runs it itself, holding the lock).
+    helper = threading.Thread(target=server.call_soon_threadsafe, args=(wedge,))
+    helper.start()
+    try:
+        assert wedged.wait(10)
+        with socket.create_connection(("127.0.0.1", port)) as probe:
+            probe.sendall(b"GET /healthz HTTP/1.1\r\n\r\n")
+            probe.settimeout(0.5)  # a probe's deadline: no answer while wedged
+            with pytest.raises(TimeoutError):
+                probe.recv(100)
+            release.set()
+            probe.settimeout(10)
+            reply = read_reply(probe)
+        assert (reply.status, reply.text) == (200, "ok\n")
+    finally:
+        release.set()
+        helper.join(10)
+
+
+def test_the_metrics_are_the_text_format_that_prometheus_reads(server: Server) -> None:
+    parser = pytest.importorskip("prometheus_client.parser")
+    text = get(admin(server), "/metrics").text
+    families = {family.name: family for family in parser.text_string_to_metric_families(text)}
+    # (The parser names a counter family without its _total.)
+    assert families["reactor_logins"].type == "counter"
+    assert families["reactor_connections"].type == "gauge"
+    assert len(parse_exposition(text)) == sum(len(f.samples) for f in families.values())
+
+
+@pytest.mark.parametrize(("request_bytes", "status"), [
+    (b"\x16\x03\x01\x02\x00\x01\r\n\r\n", 400),
+    (b"\xff\xfe GET / HTTP/1.1\r\n\r\n", 400),
+    (b"GET /metrics\r\n\r\n", 400),
+    (b"GET metrics HTTP/1.1\r\n\r\n", 400),
+    (b"GET /metrics HTTP/2.0\r\n\r\n", 400),
+    (b"GET /metrics HTTP/1.1\r\nno colon here\r\n\r\n", 400),
+    (b"GET /metrics HTTP/1.1\r\n", 400),  # then the end of input
+    (b"POST /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n", 405),
+    (b"DELETE /readyz HTTP/1.1\r\n\r\n", 405),
+    (b"GET /admin HTTP/1.1\r\n\r\n", 404),
+    (b"GET / HTTP/1.0\n\n", 404),
+    (b"GET /metrics HTTP/1.1\r\nX-Pad: " + b"a" * MAX_HEAD + b"\r\n\r\n", 431),
+], ids=["tls-hello", "not-ascii", "no-version", "no-slash", "http2", "bad-header", "cut-short", "post",
+        "delete", "unknown-path", "root", "huge-head"])
+def test_a_bad_request_gets_its_status_and_the_server_carries_on(
+        server: Server, request_bytes: bytes, status: int) -> None:
+    port = admin(server)
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(request_bytes)
+        if status == 400 and not request_bytes.endswith(b"\n\n"):
+            sock.shutdown(socket.SHUT_WR)
+        reply = read_reply(sock)
+    assert reply.status == status, reply
+    if status == 405:
+        assert reply.headers["allow"] == "GET, HEAD"
+    assert get(port, "/healthz").status == 200
+    assert scrape(port)[f'reactor_admin_requests_total{{status="{status}"}}'] >= 1
+
+
+def test_a_connection_that_says_nothing_gets_nothing(server: Server) -> None:
+    # As a TCP health check does: connect, close.
+    port = admin(server)
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.shutdown(socket.SHUT_WR)
+        sock.settimeout(10)
+        assert sock.recv(100) == b""
+    assert get(port, "/healthz").status == 200
+    assert 'reactor_admin_requests_total{status="400"}' not in scrape(port)
+
+
+def test_slow_and_idle_admin_clients_are_bounded_and_chat_users_never_wait_for_them(
+        server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(endpoint, "REQUEST_TIMEOUT", 0.5)
+    port = admin(server)
+    idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(endpoint.MAX_CONNECTIONS)]
+    try:
+        idle[0].sendall(b"GET /metr")  # a request that never ends
+        # Every admin slot is taken: the next is refused at once ...
+        busy = get(port, "/healthz")
+        assert (busy.status, busy.text) == (503, "too many admin connections\n")
+        # ... while the chat serves its users as ever.
+        with Clients(server.port) as clients:
+            alice = clients.login("Alice")
+            alice.send('chat Alice "still here"')
+            alice.expect("<To Alice> still here", '<Message from Alice: "still here">')
+        # The slow ones are cut once their time is up, with a 408.
+        for sock in idle:
+            sock.settimeout(10)
+            assert read_reply(sock).status == 408
+    finally:
+        for sock in idle:
+            sock.close()
+    wait_until(lambda: get(port, "/healthz").status == 200, message="the slots freed")
+
+
+def test_the_admin_port_is_off_unless_asked_for(backend: str) -> None:
+    with running_server(backend) as server:
+        assert server.admin_port is None
+        assert [listener.port for listener in server.listeners] == [server.port]
+
+
+def test_a_stopped_server_closes_its_admin_connections(backend: str) -> None:
+    with running_server(backend, admin_port=0) as server:
+        port = admin(server)
+        waiting = socket.create_connection(("127.0.0.1", port))
+        waiting.sendall(b"GET /healthz HTTP/1.1\r\n")  # not finished
+        assert exchange(port, b"GET /healthz HTTP/1.1\r\n\r\n").status == 200
+    waiting.settimeout(10)
+    try:
+        assert waiting.recv(100) == b""  # closed by the shutdown, not left open
+    except ConnectionResetError:
+        pass
+    finally:
+        waiting.close()
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()

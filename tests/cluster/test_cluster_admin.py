@@ -1,0 +1,54 @@
+"""The admin endpoint of a cluster node, on a real Redis: ``/readyz`` says
+when the node cannot serve the chat (Redis out of reach), and the cluster's
+metrics say the same; both recover when Redis is back."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.accounts.test_accounts import settings
+from tests.admin_support import get, scrape
+from tests.cluster_support import (
+    RedisServer,
+    node,
+    redis_server,  # noqa: F401  (a fixture)
+)
+from tests.support import LineClient, wait_until
+
+# Slow: Redis is killed and started again under a node.
+pytestmark = pytest.mark.slow
+
+
+def test_readyz_follows_redis_out_of_reach_and_back(
+        backend: str, redis_server: RedisServer) -> None:  # noqa: F811
+    port = redis_server.port
+    with node(backend, redis_server.url, admin_port=0,
+              accounts=settings(redis_server.url)) as server:
+        admin = server.admin_port
+        assert admin is not None
+        wait_until(lambda: get(admin, "/readyz").status == 200, message="ready once joined")
+        joined = scrape(admin)
+        assert (joined["reactor_cluster_joined"], joined["reactor_cluster_redis_up"]) == (1, 1)
+        assert joined["reactor_cluster_lease_remaining_seconds"] > 0
+        with LineClient(server.port) as ann:
+            ann.send("Ann")
+            ann.expect("<User Ann is online.>")
+            assert scrape(admin)["reactor_users_online"] == 1
+
+        redis_server.kill()
+
+        def unready() -> bool:
+            reply = get(admin, "/readyz")
+            return reply.status == 503 and reply.text.startswith("not ready: ")
+
+        wait_until(unready, timeout=15, message="not ready without Redis")
+        reply = get(admin, "/readyz")
+        assert "\n" not in reply.text.rstrip("\n"), "one line"
+        assert "Redis" in reply.text or "store" in reply.text, reply.text
+        assert get(admin, "/healthz").status == 200  # alive all the same
+        assert scrape(admin)["reactor_ready"] == 0
+
+        redis_server.start(port)
+        wait_until(lambda: get(admin, "/readyz").status == 200, timeout=20,
+                   message="ready again once Redis is back")
+        assert scrape(admin)["reactor_cluster_redis_up"] == 1
