@@ -11,6 +11,8 @@ and, as in h11, whose fault it was: ``RemoteProtocolError`` from the parsers,
 """
 
 from protocol.arguments import (
+    EVERYONE,
+    MAX_HISTORY_PAGE,
     MAX_PASSWORD_LENGTH,
     MIN_PASSWORD_LENGTH,
     format_password,
@@ -27,6 +29,7 @@ from protocol.commands import (
     Command,
     CommandSpec,
     Help,
+    History,
     Login,
     Register,
     Users,
@@ -43,11 +46,14 @@ from protocol.events import (
     Disconnected,
     Event,
     HelpText,
+    HistoryEnd,
+    HistoryLine,
     InvalidInput,
     InvalidUsername,
     LoginTimedOut,
     MessageFrom,
     MessageSent,
+    MessageStored,
     NotDelivered,
     OnlineUsers,
     PasswordChanged,
@@ -63,12 +69,15 @@ from protocol.events import (
     UserOffline,
     UserOnline,
     UserUnknown,
+    WaitingDelivered,
+    WaitingMessage,
     WrongPassword,
     format_event,
     parse_event,
 )
 from protocol.framing import DEFAULT_MAX_LINE, LineBuffer, LineTooLong
 from protocol.lines import decode_line
+from protocol.servertime import format_server_time, parse_server_time
 from protocol.usernames import (
     MAX_USERNAME_LENGTH,
     USERNAME_PATTERN,
@@ -94,4 +103,6 @@ __all__ = [
     "format_password", "parse_password", "password_problem",
     "PasswordRequired", "WrongPassword", "TooManyTries", "Registered", "PasswordChanged",
     "BroadcastNotSent", "ServiceUnavailable", "Disconnected",
+    "EVERYONE", "MAX_HISTORY_PAGE", "History", "HistoryEnd", "HistoryLine", "MessageStored",
+    "WaitingDelivered", "WaitingMessage", "format_server_time", "parse_server_time",
 ]

@@ -33,6 +33,7 @@ from protocol import (
     Disconnected,
     Help,
     HelpText,
+    History,
     InvalidInput,
     InvalidUsername,
     LineTooLong,
@@ -89,6 +90,7 @@ SendAtOnce = Callable[[bytes, list[Connection], bool], list[Connection]]
 # size never cuts a reader off for one server's death.
 OFFLINE_NOTICES_PER_FAN_OUT = 512
 
+NO_HISTORY = "this server keeps no history; the operator can turn it on with --history on"
 NO_ACCOUNTS = "this server keeps no registered names; the operator can turn them on with --accounts"
 
 
@@ -410,6 +412,8 @@ class ChatService:
                     connection.reply(format_event(InvalidInput(NO_ACCOUNTS)))
                 else:
                     self.accounts.change_password(connection, sender, old, new)
+            case History():
+                connection.reply(format_event(InvalidInput(NO_HISTORY)))
 
     # -- what commands cause --------------------------------------------------
 

@@ -10,6 +10,8 @@ from hypothesis import strategies as st
 
 from protocol import (
     COMMANDS,
+    EVERYONE,
+    MAX_HISTORY_PAGE,
     MAX_PASSWORD_LENGTH,
     MIN_PASSWORD_LENGTH,
     USERNAME_PATTERN,
@@ -20,11 +22,14 @@ from protocol import (
     Disconnected,
     Event,
     HelpText,
+    HistoryEnd,
+    HistoryLine,
     InvalidInput,
     InvalidUsername,
     LoginTimedOut,
     MessageFrom,
     MessageSent,
+    MessageStored,
     NotDelivered,
     OnlineUsers,
     PasswordChanged,
@@ -40,11 +45,15 @@ from protocol import (
     UserOffline,
     UserOnline,
     UserUnknown,
+    WaitingDelivered,
+    WaitingMessage,
     WrongPassword,
+    format_server_time,
     is_valid_username,
     password_problem,
 )
-from protocol.arguments import Argument
+from protocol.arguments import MESSAGE_ID_PATTERN, Argument
+from protocol.servertime import MAX_SERVER_TIME_MS
 
 usernames = st.from_regex(USERNAME_PATTERN, fullmatch=True).filter(is_valid_username)
 # Characters that random text rarely holds but attacks and pasted text do:
@@ -90,12 +99,19 @@ passwords = st.one_of(
 ).filter(lambda text: password_problem(text) is None)
 # What a login password line may carry: any non-empty password, short ones too.
 any_passwords = st.one_of(st.text(min_size=1, max_size=40), passwords)
+conversations = st.one_of(st.just(EVERYONE), usernames)
+message_ids = st.from_regex(MESSAGE_ID_PATTERN, fullmatch=True)
+page_sizes = st.integers(1, MAX_HISTORY_PAGE)
+server_times = st.integers(0, MAX_SERVER_TIME_MS).map(format_server_time)
 # The values of each kind of command argument (see protocol.arguments).
 ARGUMENTS: dict[Argument, st.SearchStrategy[typing.Any]] = {
     Argument.USERNAME: usernames,
     Argument.MESSAGE: messages,
     Argument.PASSWORD: any_passwords,
     Argument.NEW_PASSWORD: passwords,
+    Argument.CONVERSATION: conversations,
+    Argument.MESSAGE_ID: message_ids,
+    Argument.PAGE_SIZE: page_sizes,
 }
 
 
@@ -137,6 +153,10 @@ events: st.SearchStrategy[Event] = st.one_of(
     st.builds(Registered, usernames), st.builds(PasswordChanged, usernames),
     st.builds(BroadcastNotSent, reasons), st.builds(ServiceUnavailable, reasons),
     st.builds(Disconnected, reasons),
+    st.builds(MessageStored, usernames), st.builds(WaitingMessage, usernames, server_times, texts),
+    st.builds(WaitingDelivered, usernames, server_times),
+    st.builds(HistoryLine, message_ids, server_times, usernames, conversations, texts),
+    st.builds(HistoryEnd, conversations, st.integers(0, MAX_HISTORY_PAGE)),
     st.sampled_from([HelpText(), ServerFull(), TooManyFromAddress(), LoginTimedOut(),
                      ShuttingDown(), TooManyTries(), ServerBusy()]),
 )

@@ -29,7 +29,7 @@ def test_the_first_word_completes_to_a_command() -> None:
     assert _complete(completer, "ch") == ["chat "]
     assert _complete(completer, "B") == ["broadcast ", "bye "]
     assert _complete(completer, "") == ["chat ", "broadcast ", "users ", "help ", "bye ",
-                                        "register ", "password ", "/msg ", "/broadcast ",
+                                        "register ", "password ", "history ", "/msg ", "/broadcast ",
                                         "/query ", "/who ", "/quit ", "/help ", "/register ",
                                         "/password "]
     assert _complete(completer, "/r") == ["/register "]
