@@ -7,7 +7,8 @@ the backend's server around it, and hands each only what it needs::
 
     roster  = make_roster(config)                # contracts.Roster
     login   = open_accounts(config.accounts)     # contracts.LoginStep, or None
-    chat    = ChatService(config, roster, login)
+    history = open_history(config)               # contracts.MessageStore, or None
+    chat    = ChatService(config, roster, login, history=history)
     server  = server_class(backend)(config, chat, **options)
 
 Nothing else in the server constructs a feature.  The optional packages
@@ -21,6 +22,7 @@ here, before anything is served, and whatever was opened is closed again.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 
@@ -30,9 +32,11 @@ from reactor.accounts.store import AccountStore, SQLiteAccountStore
 from reactor.backends import DEFAULT_BACKEND, server_class
 from reactor.backends.base import Server
 from reactor.chat import ChatService
-from reactor.config import AccountsConfig, ServerConfig
+from reactor.config import AccountsConfig, HistoryConfig, ServerConfig
 from reactor.connection import Connection
-from reactor.contracts import LoginStep, Roster
+from reactor.contracts import LoginStep, MessageStore, Roster
+from reactor.history.memory import MemoryHistory
+from reactor.history.sqlite import SQLiteHistory, history_path
 from reactor.redis.url import check_url, is_redis_url
 from reactor.whiteboard import MemoryWhiteboard
 
@@ -77,16 +81,55 @@ def open_accounts(settings: AccountsConfig | None) -> Accounts | None:
     return Accounts(settings, store, hasher)
 
 
+def open_history(config: ServerConfig) -> MessageStore | None:
+    """The history store, if the configuration keeps history: a SQLite file
+    beside a SQLite accounts database (it survives a restart), else memory.
+    Raises ValueError on a cluster, whose store is not written yet, and
+    sqlite3.Error for a file that cannot be opened."""
+    if config.history is None:
+        return None
+    if config.cluster is not None or (
+            config.accounts is not None and is_redis_url(config.accounts.path)):
+        raise ValueError("--history on is not yet available with --cluster or Redis accounts")
+    if config.accounts is not None:
+        return SQLiteHistory(history_path(config.accounts.path), config.history)
+    return MemoryHistory(config.history)
+
+
+def forget_stored_messages(accounts_location: str, name: str) -> bool:
+    """Remove what history keeps of ``name`` beside the accounts at
+    ``accounts_location`` (its account was removed); False if no history file
+    is there (nothing is created)."""
+    if is_redis_url(accounts_location):
+        return False
+    path = history_path(accounts_location)
+    if not os.path.exists(path):
+        return False
+    store = SQLiteHistory(path, HistoryConfig())
+    try:
+        store.forget(name)
+    finally:
+        store.close()
+    return True
+
+
 def build_chat(config: ServerConfig, roster: Roster[Connection] | None = None,
                accounts: LoginStep | None = None,
                clock: Callable[[], float] = time.monotonic) -> ChatService:
-    """The chat service, with the roster and login step the configuration
-    asks for (or those given, as tests give theirs)."""
+    """The chat service, with the roster, login step and history store the
+    configuration asks for (or the roster and login step given, as tests give
+    theirs)."""
     if roster is None:
         roster = make_roster(config)
     if accounts is None:
         accounts = open_accounts(config.accounts)
-    return ChatService(config, roster, accounts, clock)
+    try:
+        history = open_history(config)
+    except BaseException:
+        if accounts is not None:
+            accounts.close()
+        raise
+    return ChatService(config, roster, accounts, clock, history=history)
 
 
 def make_server(config: ServerConfig, backend: str = DEFAULT_BACKEND, *,

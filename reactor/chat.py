@@ -65,7 +65,14 @@ from protocol.events import (
 from protocol.framing import Received
 from reactor.config import ServerConfig
 from reactor.connection import Connection, Slot
-from reactor.contracts import LoginStep, Roster, Session, SocketLoop, TimerHandle
+from reactor.contracts import (
+    LoginStep,
+    MessageStore,
+    Roster,
+    Session,
+    SocketLoop,
+    TimerHandle,
+)
 from reactor.flow import TokenBucket
 from reactor.log_format import UserText
 from reactor.phases import Phase
@@ -106,12 +113,16 @@ class ChatService:
         whiteboard: Roster[Connection],
         accounts: LoginStep | None = None,
         clock: Callable[[], float] = time.monotonic,
+        history: MessageStore | None = None,
     ) -> None:
         self.config = config
         self.whiteboard = whiteboard  # the roster
         # Registered names (--accounts): None is the open chat.
         self.accounts = accounts
         self.clock = clock
+        # Stored messages (--history on): None keeps nothing and costs a
+        # message nothing.
+        self.history = history
         self.scheduler = LoopScheduler(clock)
         self._connections: set[Connection] = set()
         self._per_address: Counter[str] = Counter()
@@ -147,10 +158,12 @@ class ChatService:
 
     def close(self) -> None:
         """The backend has stopped serving: leave the cluster, release the
-        accounts' workers and store."""
+        accounts' workers and store, and the history store."""
         self.whiteboard.close()
         if self.accounts is not None:
             self.accounts.close()
+        if self.history is not None:
+            self.history.close()
 
     # -- connection lifecycle -------------------------------------------------
 

@@ -17,6 +17,7 @@ both sides keep it.
 :class:`RosterEvents`      what a roster tells the chat
 :class:`LoginSession`      what a login step may do with a client
 :class:`LoginStep`         what the chat asks of a login step (accounts)
+:class:`MessageStore`      what the chat asks of a history store (``--history``)
 =========================  =====================================================
 
 Every answer that may take time comes by callback; an implementation that
@@ -34,6 +35,7 @@ from __future__ import annotations
 import socket
 from collections.abc import Callable, Iterable, Sized
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 if TYPE_CHECKING:
@@ -327,3 +329,54 @@ class LoginStep(Protocol):
     def register(self, session: LoginSession, name: str, password: str) -> None: ...
 
     def change_password(self, session: LoginSession, name: str, old: str, new: str) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    """A message as a history store keeps it.
+
+    ``id`` orders the messages of one conversation (compare ids only for
+    equality: a store writes them as it likes, digits on the wire);
+    ``time_ms`` is the server's wall clock when it was stored, in
+    milliseconds since the epoch; ``to`` is the recipient's name, or
+    ``everyone`` for a broadcast.
+    """
+
+    id: str
+    time_ms: int
+    sender: str
+    to: str
+    text: str
+
+
+class MessageStore(Protocol):
+    """What the chat asks of a history store (``--history on``; see :mod:`reactor.history`).
+
+    A conversation is ``everyone`` (the broadcasts) or the pair of two names,
+    either order, matched ignoring case.  The store keeps at most its
+    retention (a count per conversation and an age) and never more than its
+    bounds, whatever clients do; it decides nothing about who may read: the
+    chat asks only for what the reader may see.  Without ``--history`` the
+    chat holds no store at all, so a message costs nothing here.
+    """
+
+    def record(self, sender: str, to: str, text: str, time_ms: int) -> StoredMessage:
+        """Keep a delivered message (``to`` a name, or ``everyone``)."""
+
+    def page(self, one: str, other: str, before: str | None, count: int,
+             now_ms: int) -> list[StoredMessage]:
+        """The latest ``count`` messages of a conversation older than ``before``
+        (an id; None: the newest), oldest first, none older than the retention."""
+
+    def hold(self, sender: str, to: str, text: str, time_ms: int) -> StoredMessage | None:
+        """Keep a message for ``to``, who is offline; None if ``to`` has as
+        many waiting as the store allows (nothing is kept then)."""
+
+    def take_waiting(self, to: str) -> list[StoredMessage]:
+        """Every message held for ``to``, oldest first; they are no longer held."""
+
+    def forget(self, name: str) -> None:
+        """Remove every message held for ``name`` and every direct message it
+        sent or received (its account was removed)."""
+
+    def close(self) -> None: ...

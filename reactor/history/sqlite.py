@@ -1,0 +1,153 @@
+"""History in a SQLite file beside the accounts database: it survives a restart.
+
+One table of delivered messages (a row per message, keyed by conversation)
+and one of messages waiting for an offline name.  Calls come on the chat
+thread, one at a time (the threads backend's chat lock serialises them), so
+each is a short statement on an indexed key; WAL with ``synchronous=NORMAL``
+keeps a write from waiting for the disk (a crash may lose the last
+transactions, never the file).  Retention: each conversation is trimmed to
+its count every ``TRIM_EVERY`` writes (so it may briefly hold up to that
+many more, as Redis's ``MAXLEN ~``), expired rows are deleted when a
+conversation is written, and no read returns more than the count or older
+than the age.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+
+from protocol import EVERYONE, username_key
+from reactor.config import HistoryConfig
+from reactor.contracts import StoredMessage
+from reactor.history import conversation_key
+
+# Writes to one conversation between two trims of its oldest rows.
+TRIM_EVERY = 16
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    conversation TEXT NOT NULL,
+    time_ms INTEGER NOT NULL,
+    sender TEXT NOT NULL,
+    recipient TEXT NOT NULL,
+    text TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS messages_by_conversation ON messages (conversation, id);
+CREATE TABLE IF NOT EXISTS waiting (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    recipient_key TEXT NOT NULL,
+    sender_key TEXT NOT NULL,
+    time_ms INTEGER NOT NULL,
+    sender TEXT NOT NULL,
+    recipient TEXT NOT NULL,
+    text TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS waiting_by_recipient ON waiting (recipient_key, id);
+"""
+
+
+def history_path(accounts_path: str) -> str:
+    """The history file beside an accounts database: ``chat.db`` -> ``chat.history.db``."""
+    root, extension = os.path.splitext(accounts_path)
+    return f"{root}.history{extension or '.db'}"
+
+
+class SQLiteHistory:
+    """A :class:`~reactor.contracts.MessageStore` in a SQLite file."""
+
+    def __init__(self, path: str, config: HistoryConfig) -> None:
+        self.config = config
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+        self._writes: dict[str, int] = {}
+
+    def record(self, sender: str, to: str, text: str, time_ms: int) -> StoredMessage:
+        key = conversation_key(sender, to)
+        cursor = self._db.execute(
+            "INSERT INTO messages (conversation, time_ms, sender, recipient, text)"
+            " VALUES (?, ?, ?, ?, ?)", (key, time_ms, sender, to, text))
+        writes = self._writes.get(key, 0) + 1
+        if writes >= TRIM_EVERY:
+            self._trim(key, time_ms)
+            writes = 0
+        if len(self._writes) > self.config.max_conversations:
+            self._writes.clear()  # only a count towards the next trim: a bound, nothing lost
+        self._writes[key] = writes
+        return StoredMessage(str(cursor.lastrowid), time_ms, sender, to, text)
+
+    def page(self, one: str, other: str, before: str | None, count: int,
+             now_ms: int) -> list[StoredMessage]:
+        if before is not None and "-" in before:
+            return []  # an id this store never gave (a cluster's a-b)
+        key = conversation_key(one, other)
+        kept = self.config.broadcast_count if key == EVERYONE else self.config.direct_count
+        oldest = now_ms - int(self.config.max_age * 1000)
+        # The retention count is applied to the newest rows, as a trim would.
+        rows = self._db.execute(
+            "SELECT id, time_ms, sender, recipient, text FROM ("
+            "  SELECT * FROM messages WHERE conversation = ? ORDER BY id DESC LIMIT ?"
+            ") WHERE id < ? AND time_ms >= ? ORDER BY id DESC LIMIT ?",
+            (key, kept, _upper_bound(before), oldest, count),
+        ).fetchall()
+        return [StoredMessage(str(row[0]), *row[1:]) for row in reversed(rows)]
+
+    def hold(self, sender: str, to: str, text: str, time_ms: int) -> StoredMessage | None:
+        to_key = username_key(to)
+        (waiting,) = self._db.execute(
+            "SELECT count(*) FROM waiting WHERE recipient_key = ?", (to_key,)).fetchone()
+        if waiting >= self.config.waiting_max:
+            return None
+        cursor = self._db.execute(
+            "INSERT INTO waiting (recipient_key, sender_key, time_ms, sender, recipient, text)"
+            " VALUES (?, ?, ?, ?, ?, ?)", (to_key, username_key(sender), time_ms, sender, to, text))
+        return StoredMessage(str(cursor.lastrowid), time_ms, sender, to, text)
+
+    def take_waiting(self, to: str) -> list[StoredMessage]:
+        to_key = username_key(to)
+        with self._transaction():
+            rows = self._db.execute(
+                "SELECT id, time_ms, sender, recipient, text FROM waiting"
+                " WHERE recipient_key = ? ORDER BY id", (to_key,)).fetchall()
+            if rows:
+                self._db.execute("DELETE FROM waiting WHERE recipient_key = ?", (to_key,))
+        return [StoredMessage(str(row[0]), *row[1:]) for row in rows]
+
+    def forget(self, name: str) -> None:
+        key = username_key(name)
+        with self._transaction():
+            self._db.execute("DELETE FROM waiting WHERE recipient_key = ? OR sender_key = ?",
+                             (key, key))
+            self._db.execute(
+                "DELETE FROM messages WHERE conversation != ?"
+                " AND (conversation LIKE ? ESCAPE '!' OR conversation LIKE ? ESCAPE '!')",
+                (EVERYONE, _like(key) + "\n%", "%\n" + _like(key)))
+
+    def close(self) -> None:
+        self._db.close()
+
+    def _trim(self, key: str, now_ms: int) -> None:
+        kept = self.config.broadcast_count if key == EVERYONE else self.config.direct_count
+        oldest = now_ms - int(self.config.max_age * 1000)
+        self._db.execute(
+            "DELETE FROM messages WHERE conversation = ? AND (time_ms < ? OR id <= ("
+            "  SELECT id FROM messages WHERE conversation = ? ORDER BY id DESC LIMIT 1 OFFSET ?"
+            "))", (key, oldest, key, kept))
+
+    def _transaction(self) -> sqlite3.Connection:
+        # With isolation_level=None, "with connection" does not begin one.
+        self._db.execute("BEGIN")
+        return self._db
+
+
+def _upper_bound(before: str | None) -> int:
+    if before is None:
+        return 2**63 - 1
+    return min(int(before), 2**63 - 1)  # an id past SQLite's integers: every row
+
+
+def _like(text: str) -> str:
+    return text.replace("!", "!!").replace("%", "!%").replace("_", "!_")

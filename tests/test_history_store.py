@@ -1,0 +1,185 @@
+"""The history stores: what the chat reads back from each, their retention and their bounds.
+
+Every store keeps the :class:`~reactor.contracts.MessageStore` contract the
+same way; the SQLite one also keeps it across a restart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from reactor.app import forget_stored_messages
+from reactor.config import HistoryConfig
+from reactor.contracts import MessageStore
+from reactor.history.memory import MemoryHistory
+from reactor.history.sqlite import TRIM_EVERY, SQLiteHistory, history_path
+
+Opener = Callable[[HistoryConfig], MessageStore]
+NOW = 1_796_624_263_000  # ms
+DAY = 86_400_000
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opener]:
+    opened: list[MessageStore] = []
+
+    def open_one(config: HistoryConfig) -> MessageStore:
+        store: MessageStore = (MemoryHistory(config) if request.param == "memory"
+                               else SQLiteHistory(str(tmp_path / "chat.history.db"), config))
+        opened.append(store)
+        return store
+
+    yield open_one
+    for store in opened:
+        store.close()
+
+
+def texts(page: list) -> list[str]:  # type: ignore[type-arg]
+    return [message.text for message in page]
+
+
+def test_a_conversation_reads_back_oldest_first_from_either_side_in_any_case(
+        open_store: Opener) -> None:
+    store = open_store(HistoryConfig())
+    store.record("Alice", "Bob", "one", NOW)
+    store.record("bob", "ALICE", "two", NOW + 1)
+    store.record("Alice", "Carol", "elsewhere", NOW + 2)
+    store.record("Alice", "everyone", "to all", NOW + 3)
+    page = store.page("BOB", "alice", None, 10, NOW + 4)
+    assert texts(page) == ["one", "two"]
+    assert [(m.sender, m.to, m.time_ms) for m in page] == [
+        ("Alice", "Bob", NOW), ("bob", "ALICE", NOW + 1)]
+    assert texts(store.page("Carol", "everyone", None, 10, NOW + 4)) == ["to all"]
+
+
+def test_pages_go_backwards_from_a_message_id(open_store: Opener) -> None:
+    store = open_store(HistoryConfig())
+    for n in range(10):
+        store.record("Alice", "Bob", str(n), NOW + n)
+    newest = store.page("Alice", "Bob", None, 4, NOW + 20)
+    assert texts(newest) == ["6", "7", "8", "9"]
+    earlier = store.page("Alice", "Bob", newest[0].id, 4, NOW + 20)
+    assert texts(earlier) == ["2", "3", "4", "5"]
+    assert texts(store.page("Alice", "Bob", earlier[0].id, 4, NOW + 20)) == ["0", "1"]
+    assert store.page("Alice", "Bob", "1733552263123-0", 4, NOW + 20) == []
+    assert texts(store.page("Alice", "Bob", "9" * 20, 2, NOW + 20)) == ["8", "9"]
+
+
+def test_a_conversation_keeps_its_latest_count_and_nothing_older_than_the_age(
+        open_store: Opener) -> None:
+    store = open_store(HistoryConfig(direct_count=3, broadcast_count=5, max_age=2 * 86_400))
+    for n in range(3 * TRIM_EVERY):
+        store.record("Alice", "Bob", str(n), NOW + n)
+        store.record("Alice", "everyone", str(n), NOW + n)
+    assert texts(store.page("Alice", "Bob", None, 100, NOW + 100)) == ["45", "46", "47"]
+    assert len(store.page("Alice", "everyone", None, 100, NOW + 100)) == 5
+    # Three days later nothing of it is shown.
+    assert store.page("Alice", "Bob", None, 100, NOW + 3 * DAY) == []
+    assert store.page("Alice", "everyone", None, 100, NOW + 3 * DAY) == []
+
+
+def test_messages_wait_for_their_recipient_up_to_the_cap_and_are_taken_once(
+        open_store: Opener) -> None:
+    store = open_store(HistoryConfig(waiting_max=3))
+    for n in range(3):
+        assert store.hold("Alice", "Bob", f"m{n}", NOW + n) is not None
+    assert store.hold("Carol", "BOB", "one too many", NOW + 5) is None
+    assert store.hold("Alice", "Carol", "for Carol", NOW + 6) is not None
+    taken = store.take_waiting("bob")
+    assert [(m.sender, m.text, m.time_ms) for m in taken] == [
+        ("Alice", "m0", NOW), ("Alice", "m1", NOW + 1), ("Alice", "m2", NOW + 2)]
+    assert store.take_waiting("Bob") == []
+    assert texts(store.take_waiting("Carol")) == ["for Carol"]
+
+
+def test_forgetting_a_name_removes_its_waiting_messages_and_its_conversations(
+        open_store: Opener) -> None:
+    store = open_store(HistoryConfig())
+    store.record("Alice", "Bob", "private", NOW)
+    store.record("Carol", "Alice", "also private", NOW)
+    store.record("Bob", "Carol", "not Alice's", NOW)
+    store.record("Alice", "everyone", "public", NOW)
+    store.hold("Bob", "Alice", "waiting for Alice", NOW)
+    store.hold("Alice", "Carol", "from Alice", NOW)
+    store.hold("Bob", "Carol", "from Bob", NOW)
+    store.forget("ALICE")
+    assert store.page("Alice", "Bob", None, 100, NOW) == []
+    assert store.page("alice", "Carol", None, 100, NOW) == []
+    assert store.take_waiting("Alice") == []
+    assert texts(store.page("Bob", "Carol", None, 100, NOW)) == ["not Alice's"]
+    assert texts(store.page("Bob", "everyone", None, 100, NOW)) == ["public"]
+    assert texts(store.take_waiting("Carol")) == ["from Bob"]
+
+
+def test_a_name_with_like_wildcards_forgets_only_its_own(open_store: Opener) -> None:
+    store = open_store(HistoryConfig())
+    store.record("a_c", "Bob", "a_c's", NOW)
+    store.record("abc", "Bob", "abc's", NOW)
+    store.forget("a_c")
+    assert texts(store.page("abc", "Bob", None, 100, NOW)) == ["abc's"]
+
+
+def test_the_memory_store_keeps_a_bounded_number_of_conversations() -> None:
+    store = MemoryHistory(HistoryConfig(max_conversations=2))
+    for name in ("Bob", "Carol", "Dave"):
+        store.record("Alice", name, f"to {name}", NOW)
+    assert store.page("Alice", "Bob", None, 10, NOW) == []  # the least recently written
+    assert texts(store.page("Alice", "Dave", None, 10, NOW)) == ["to Dave"]
+
+
+def test_the_sqlite_store_keeps_history_and_waiting_messages_across_a_restart(
+        tmp_path: Path) -> None:
+    path = str(tmp_path / "chat.history.db")
+    store = SQLiteHistory(path, HistoryConfig())
+    store.record("Alice", "Bob", "kept", NOW)
+    store.hold("Alice", "Bob", "waits", NOW + 1)
+    store.close()
+    again = SQLiteHistory(path, HistoryConfig())
+    try:
+        assert texts(again.page("Bob", "Alice", None, 10, NOW + 2)) == ["kept"]
+        assert texts(again.take_waiting("Bob")) == ["waits"]
+        later = again.record("Alice", "Bob", "after", NOW + 3)
+        assert int(later.id) > 1
+    finally:
+        again.close()
+
+
+def test_removing_an_account_forgets_it_in_the_history_file_beside_it(tmp_path: Path) -> None:
+    accounts = str(tmp_path / "chat.db")
+    assert history_path(accounts) == str(tmp_path / "chat.history.db")
+    assert not forget_stored_messages(accounts, "Alice")  # no file: none is made
+    assert not Path(history_path(accounts)).exists()
+    store = SQLiteHistory(history_path(accounts), HistoryConfig())
+    store.hold("Bob", "Alice", "for Alice", NOW)
+    assert forget_stored_messages(accounts, "alice")
+    assert store.take_waiting("Alice") == []
+    store.close()
+
+
+def test_the_configuration_picks_the_store(tmp_path: Path) -> None:
+    from reactor.app import open_history
+    from reactor.config import AccountsConfig, ClusterConfig, ServerConfig
+
+    assert open_history(ServerConfig()) is None
+    in_memory = open_history(ServerConfig(history=HistoryConfig()))
+    assert isinstance(in_memory, MemoryHistory)
+    accounts = AccountsConfig(path=str(tmp_path / "chat.db"))
+    on_disk = open_history(ServerConfig(history=HistoryConfig(), accounts=accounts))
+    assert isinstance(on_disk, SQLiteHistory)
+    on_disk.close()
+    assert Path(history_path(accounts.path)).exists()
+    with pytest.raises(ValueError, match="not yet available with --cluster"):
+        open_history(ServerConfig(history=HistoryConfig(),
+                                  cluster=ClusterConfig(url="redis://127.0.0.1:1")))
+
+
+def test_history_on_a_cluster_is_refused_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    from reactor.__main__ import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(["--history", "on", "--cluster", "redis://127.0.0.1:1"], {})
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--history: not yet available with --cluster" in err
