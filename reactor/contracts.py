@@ -352,21 +352,29 @@ class StoredMessage:
 class MessageStore(Protocol):
     """What the chat asks of a history store (``--history on``; see :mod:`reactor.history`).
 
-    A conversation is ``everyone`` (the broadcasts) or the pair of two names,
-    either order, matched ignoring case.  The store keeps at most its
-    retention (a count per conversation and an age) and never more than its
-    bounds, whatever clients do; it decides nothing about who may read: the
-    chat asks only for what the reader may see.  Without ``--history`` the
-    chat holds no store at all, so a message costs nothing here.
+    A conversation is ``everyone`` (the broadcasts, one for all) or one
+    registered name's direct messages with one other name: its owner's own
+    copy, so that nobody reads what was said to an earlier holder of a name
+    (a message between two registered names is kept once for each).  Names
+    are matched ignoring case.  The store keeps at most its retention (a
+    count per conversation and an age) and never more than its bounds,
+    whatever clients do; it decides nothing about who may read: the chat
+    records and asks only for what an owner may see.  Without ``--history``
+    the chat holds no store at all, so a message costs nothing here.
     """
 
-    def record(self, sender: str, to: str, text: str, time_ms: int) -> StoredMessage:
-        """Keep a delivered message (``to`` a name, or ``everyone``)."""
+    def record(self, owner: str, sender: str, to: str, text: str,
+               time_ms: int) -> StoredMessage:
+        """Keep a delivered message in ``owner``'s conversation with the other
+        party (``owner`` is the sender or ``to``), or a broadcast when ``to``
+        is ``everyone`` (``owner`` is then ignored)."""
 
-    def page(self, one: str, other: str, before: str | None, count: int,
+    def page(self, owner: str, peer: str, before: str | None, count: int,
              now_ms: int) -> list[StoredMessage]:
-        """The latest ``count`` messages of a conversation older than ``before``
-        (an id; None: the newest), oldest first, none older than the retention."""
+        """The latest ``count`` messages of ``owner``'s conversation with
+        ``peer`` (or of the broadcasts, ``peer`` being ``everyone``) older
+        than ``before`` (an id; None: the newest), oldest first, none older
+        than the retention."""
 
     def hold(self, sender: str, to: str, text: str, time_ms: int) -> StoredMessage | None:
         """Keep a message for ``to``, who is offline; None if ``to`` has as
@@ -376,7 +384,8 @@ class MessageStore(Protocol):
         """Every message held for ``to``, oldest first; they are no longer held."""
 
     def forget(self, name: str) -> None:
-        """Remove every message held for ``name`` and every direct message it
-        sent or received (its account was removed)."""
+        """Remove what is kept for ``name``: the messages waiting for it, those
+        it left waiting for others, and its own conversations (its account was
+        removed).  Others' copies of their conversations with it stay theirs."""
 
     def close(self) -> None: ...

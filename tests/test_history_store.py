@@ -41,24 +41,31 @@ def texts(page: list) -> list[str]:  # type: ignore[type-arg]
     return [message.text for message in page]
 
 
-def test_a_conversation_reads_back_oldest_first_from_either_side_in_any_case(
-        open_store: Opener) -> None:
+def test_a_conversation_reads_back_oldest_first_in_any_case(open_store: Opener) -> None:
     store = open_store(HistoryConfig())
-    store.record("Alice", "Bob", "one", NOW)
-    store.record("bob", "ALICE", "two", NOW + 1)
-    store.record("Alice", "Carol", "elsewhere", NOW + 2)
-    store.record("Alice", "everyone", "to all", NOW + 3)
-    page = store.page("BOB", "alice", None, 10, NOW + 4)
+    store.record("Alice", "Alice", "Bob", "one", NOW)
+    store.record("ALICE", "bob", "ALICE", "two", NOW + 1)
+    store.record("Alice", "Alice", "Carol", "elsewhere", NOW + 2)
+    store.record("Alice", "Alice", "everyone", "to all", NOW + 3)
+    page = store.page("alice", "BOB", None, 10, NOW + 4)
     assert texts(page) == ["one", "two"]
     assert [(m.sender, m.to, m.time_ms) for m in page] == [
         ("Alice", "Bob", NOW), ("bob", "ALICE", NOW + 1)]
     assert texts(store.page("Carol", "everyone", None, 10, NOW + 4)) == ["to all"]
 
 
+def test_each_owner_has_its_own_copy_of_a_conversation(open_store: Opener) -> None:
+    store = open_store(HistoryConfig())
+    store.record("Alice", "Alice", "Bob", "kept for Alice only", NOW)
+    store.record("Bob", "Bob", "Alice", "kept for Bob only", NOW + 1)
+    assert texts(store.page("Alice", "Bob", None, 10, NOW + 2)) == ["kept for Alice only"]
+    assert texts(store.page("Bob", "Alice", None, 10, NOW + 2)) == ["kept for Bob only"]
+
+
 def test_pages_go_backwards_from_a_message_id(open_store: Opener) -> None:
     store = open_store(HistoryConfig())
     for n in range(10):
-        store.record("Alice", "Bob", str(n), NOW + n)
+        store.record("Alice", "Alice", "Bob", str(n), NOW + n)
     newest = store.page("Alice", "Bob", None, 4, NOW + 20)
     assert texts(newest) == ["6", "7", "8", "9"]
     earlier = store.page("Alice", "Bob", newest[0].id, 4, NOW + 20)
@@ -72,8 +79,8 @@ def test_a_conversation_keeps_its_latest_count_and_nothing_older_than_the_age(
         open_store: Opener) -> None:
     store = open_store(HistoryConfig(direct_count=3, broadcast_count=5, max_age=2 * 86_400))
     for n in range(3 * TRIM_EVERY):
-        store.record("Alice", "Bob", str(n), NOW + n)
-        store.record("Alice", "everyone", str(n), NOW + n)
+        store.record("Alice", "Alice", "Bob", str(n), NOW + n)
+        store.record("Alice", "Alice", "everyone", str(n), NOW + n)
     assert texts(store.page("Alice", "Bob", None, 100, NOW + 100)) == ["45", "46", "47"]
     assert len(store.page("Alice", "everyone", None, 100, NOW + 100)) == 5
     # Three days later nothing of it is shown.
@@ -95,13 +102,14 @@ def test_messages_wait_for_their_recipient_up_to_the_cap_and_are_taken_once(
     assert texts(store.take_waiting("Carol")) == ["for Carol"]
 
 
-def test_forgetting_a_name_removes_its_waiting_messages_and_its_conversations(
+def test_forgetting_a_name_removes_its_waiting_messages_and_its_own_conversations(
         open_store: Opener) -> None:
     store = open_store(HistoryConfig())
-    store.record("Alice", "Bob", "private", NOW)
-    store.record("Carol", "Alice", "also private", NOW)
-    store.record("Bob", "Carol", "not Alice's", NOW)
-    store.record("Alice", "everyone", "public", NOW)
+    store.record("Alice", "Alice", "Bob", "private", NOW)
+    store.record("Alice", "Carol", "Alice", "also private", NOW)
+    store.record("Bob", "Alice", "Bob", "Bob's copy", NOW)
+    store.record("Bob", "Bob", "Carol", "not Alice's", NOW)
+    store.record("Alice", "Alice", "everyone", "public", NOW)
     store.hold("Bob", "Alice", "waiting for Alice", NOW)
     store.hold("Alice", "Carol", "from Alice", NOW)
     store.hold("Bob", "Carol", "from Bob", NOW)
@@ -110,14 +118,15 @@ def test_forgetting_a_name_removes_its_waiting_messages_and_its_conversations(
     assert store.page("alice", "Carol", None, 100, NOW) == []
     assert store.take_waiting("Alice") == []
     assert texts(store.page("Bob", "Carol", None, 100, NOW)) == ["not Alice's"]
+    assert texts(store.page("Bob", "Alice", None, 100, NOW)) == ["Bob's copy"]
     assert texts(store.page("Bob", "everyone", None, 100, NOW)) == ["public"]
     assert texts(store.take_waiting("Carol")) == ["from Bob"]
 
 
 def test_a_name_with_like_wildcards_forgets_only_its_own(open_store: Opener) -> None:
     store = open_store(HistoryConfig())
-    store.record("a_c", "Bob", "a_c's", NOW)
-    store.record("abc", "Bob", "abc's", NOW)
+    store.record("a_c", "a_c", "Bob", "a_c's", NOW)
+    store.record("abc", "abc", "Bob", "abc's", NOW)
     store.forget("a_c")
     assert texts(store.page("abc", "Bob", None, 100, NOW)) == ["abc's"]
 
@@ -125,7 +134,7 @@ def test_a_name_with_like_wildcards_forgets_only_its_own(open_store: Opener) -> 
 def test_the_memory_store_keeps_a_bounded_number_of_conversations() -> None:
     store = MemoryHistory(HistoryConfig(max_conversations=2))
     for name in ("Bob", "Carol", "Dave"):
-        store.record("Alice", name, f"to {name}", NOW)
+        store.record("Alice", "Alice", name, f"to {name}", NOW)
     assert store.page("Alice", "Bob", None, 10, NOW) == []  # the least recently written
     assert texts(store.page("Alice", "Dave", None, 10, NOW)) == ["to Dave"]
 
@@ -134,14 +143,14 @@ def test_the_sqlite_store_keeps_history_and_waiting_messages_across_a_restart(
         tmp_path: Path) -> None:
     path = str(tmp_path / "chat.history.db")
     store = SQLiteHistory(path, HistoryConfig())
-    store.record("Alice", "Bob", "kept", NOW)
+    store.record("Bob", "Alice", "Bob", "kept", NOW)
     store.hold("Alice", "Bob", "waits", NOW + 1)
     store.close()
     again = SQLiteHistory(path, HistoryConfig())
     try:
         assert texts(again.page("Bob", "Alice", None, 10, NOW + 2)) == ["kept"]
         assert texts(again.take_waiting("Bob")) == ["waits"]
-        later = again.record("Alice", "Bob", "after", NOW + 3)
+        later = again.record("Bob", "Alice", "Bob", "after", NOW + 3)
         assert int(later.id) > 1
     finally:
         again.close()

@@ -14,11 +14,15 @@ not the store's.
 from protocol import EVERYONE, username_key
 
 
-def conversation_key(one: str, other: str) -> str:
-    """The one key of the conversation between ``one`` and ``other`` (either
-    order, any case), or of the broadcasts when either is ``everyone``."""
-    if one == EVERYONE or other == EVERYONE:
+def conversation_key(owner: str, peer: str) -> str:
+    """The key of ``owner``'s conversation with ``peer`` (any case), or of the
+    broadcasts when ``peer`` is ``everyone``."""
+    if peer == EVERYONE:
         return EVERYONE
-    first, second = sorted((username_key(one), username_key(other)))
     # A newline is in no username, so no two pairs share a key.
-    return f"{first}\n{second}"
+    return f"{username_key(owner)}\n{username_key(peer)}"
+
+
+def peer_of(owner: str, sender: str, to: str) -> str:
+    """The other party of a message in ``owner``'s conversation."""
+    return to if to == EVERYONE or username_key(sender) == username_key(owner) else sender

@@ -16,7 +16,7 @@ from itertools import count
 from protocol import EVERYONE, username_key
 from reactor.config import HistoryConfig
 from reactor.contracts import StoredMessage
-from reactor.history import conversation_key
+from reactor.history import conversation_key, peer_of
 
 
 class MemoryHistory:
@@ -29,13 +29,14 @@ class MemoryHistory:
         self._direct: OrderedDict[str, deque[StoredMessage]] = OrderedDict()
         self._waiting: dict[str, deque[StoredMessage]] = {}
 
-    def record(self, sender: str, to: str, text: str, time_ms: int) -> StoredMessage:
+    def record(self, owner: str, sender: str, to: str, text: str,
+               time_ms: int) -> StoredMessage:
         message = StoredMessage(str(next(self._ids)), time_ms, sender, to, text)
         if to == EVERYONE:
             self._broadcasts.append(message)
             self._expire(self._broadcasts, time_ms)
             return message
-        key = conversation_key(sender, to)
+        key = conversation_key(owner, peer_of(owner, sender, to))
         kept = self._direct.get(key)
         if kept is None:
             kept = self._direct[key] = deque(maxlen=self.config.direct_count)
@@ -47,9 +48,9 @@ class MemoryHistory:
         self._expire(kept, time_ms)
         return message
 
-    def page(self, one: str, other: str, before: str | None, count: int,
+    def page(self, owner: str, peer: str, before: str | None, count: int,
              now_ms: int) -> list[StoredMessage]:
-        key = conversation_key(one, other)
+        key = conversation_key(owner, peer)
         kept = self._broadcasts if key == EVERYONE else self._direct.get(key)
         if not kept or (before is not None and "-" in before):
             return []  # nothing, or an id this store never gave (a cluster's a-b)
@@ -79,7 +80,7 @@ class MemoryHistory:
     def forget(self, name: str) -> None:
         key = username_key(name)
         self._waiting.pop(key, None)
-        for conversation in [k for k in self._direct if key in k.split("\n")]:
+        for conversation in [k for k in self._direct if k.partition("\n")[0] == key]:
             del self._direct[conversation]
         for waiting in self._waiting.values():
             kept = [m for m in waiting if username_key(m.sender) != key]

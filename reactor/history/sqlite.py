@@ -20,7 +20,7 @@ import sqlite3
 from protocol import EVERYONE, username_key
 from reactor.config import HistoryConfig
 from reactor.contracts import StoredMessage
-from reactor.history import conversation_key
+from reactor.history import conversation_key, peer_of
 
 # Writes to one conversation between two trims of its oldest rows.
 TRIM_EVERY = 16
@@ -65,8 +65,9 @@ class SQLiteHistory:
         self._db.executescript(_SCHEMA)
         self._writes: dict[str, int] = {}
 
-    def record(self, sender: str, to: str, text: str, time_ms: int) -> StoredMessage:
-        key = conversation_key(sender, to)
+    def record(self, owner: str, sender: str, to: str, text: str,
+               time_ms: int) -> StoredMessage:
+        key = conversation_key(owner, peer_of(owner, sender, to))
         cursor = self._db.execute(
             "INSERT INTO messages (conversation, time_ms, sender, recipient, text)"
             " VALUES (?, ?, ?, ?, ?)", (key, time_ms, sender, to, text))
@@ -79,11 +80,11 @@ class SQLiteHistory:
         self._writes[key] = writes
         return StoredMessage(str(cursor.lastrowid), time_ms, sender, to, text)
 
-    def page(self, one: str, other: str, before: str | None, count: int,
+    def page(self, owner: str, peer: str, before: str | None, count: int,
              now_ms: int) -> list[StoredMessage]:
         if before is not None and "-" in before:
             return []  # an id this store never gave (a cluster's a-b)
-        key = conversation_key(one, other)
+        key = conversation_key(owner, peer)
         kept = self.config.broadcast_count if key == EVERYONE else self.config.direct_count
         oldest = now_ms - int(self.config.max_age * 1000)
         # The retention count is applied to the newest rows, as a trim would.
@@ -121,10 +122,8 @@ class SQLiteHistory:
         with self._transaction():
             self._db.execute("DELETE FROM waiting WHERE recipient_key = ? OR sender_key = ?",
                              (key, key))
-            self._db.execute(
-                "DELETE FROM messages WHERE conversation != ?"
-                " AND (conversation LIKE ? ESCAPE '!' OR conversation LIKE ? ESCAPE '!')",
-                (EVERYONE, _like(key) + "\n%", "%\n" + _like(key)))
+            self._db.execute("DELETE FROM messages WHERE conversation LIKE ? ESCAPE '!'",
+                             (_like(key) + "\n%",))
 
     def close(self) -> None:
         self._db.close()
