@@ -63,7 +63,7 @@ from protocol.events import (
     format_message_sent,
 )
 from protocol.framing import Received
-from reactor.config import ServerConfig
+from reactor.config import HistoryConfig, ServerConfig
 from reactor.connection import Connection, Slot
 from reactor.contracts import (
     LoginStep,
@@ -77,6 +77,7 @@ from reactor.flow import TokenBucket
 from reactor.log_format import UserText
 from reactor.phases import Phase
 from reactor.scheduling import CallLater, CallSoon, LoopScheduler
+from reactor.stored import HistoryDesk
 from reactor.transport import Transport
 
 log = logging.getLogger("reactor")
@@ -123,6 +124,8 @@ class ChatService:
         # Stored messages (--history on): None keeps nothing and costs a
         # message nothing.
         self.history = history
+        self._desk = None if history is None else HistoryDesk(
+            history, config.history or HistoryConfig(), whiteboard, accounts)
         self.scheduler = LoopScheduler(clock)
         self._connections: set[Connection] = set()
         self._per_address: Counter[str] = Counter()
@@ -388,6 +391,8 @@ class ChatService:
             log.info("%s connected (%s)", name, connection.peer_host)
             online = self.whiteboard.online_sessions()
             self._fan_out(format_event(UserOnline(name)), online)
+            if self._desk is not None:
+                self._desk.logged_in(connection, name)
         connection.answer(slot)
 
     def _command_line(self, connection: Connection, raw: bytes) -> None:
@@ -425,8 +430,11 @@ class ChatService:
                     connection.reply(format_event(InvalidInput(NO_ACCOUNTS)))
                 else:
                     self.accounts.change_password(connection, sender, old, new)
-            case History():
-                connection.reply(format_event(InvalidInput(NO_HISTORY)))
+            case History(peer, before, count):
+                if self._desk is None:
+                    connection.reply(format_event(InvalidInput(NO_HISTORY)))
+                else:
+                    self._desk.history(connection, sender, peer, before, count)
 
     # -- what commands cause --------------------------------------------------
 
@@ -439,14 +447,21 @@ class ChatService:
             connection.reply(format_event(NotDelivered(to, down)))
             return
         found = whiteboard.lookup(to)
+        desk = self._desk
         if found is None:
             seen = whiteboard.seen_as(to)
+            if desk is not None:
+                desk.offline(connection, sender, to, text, seen)
+                return
             reply = UserUnknown(to) if seen is None else UserOffline(seen)
             connection.reply(format_event(reply))
             return
         recipient_name, recipient = found
         if not recipient.is_open:
             # Leaving but not yet gone: to a sender it is offline.
+            if desk is not None:
+                desk.offline(connection, sender, recipient_name, text, recipient_name)
+                return
             connection.reply(format_event(UserOffline(recipient_name)))
             return
         if log.isEnabledFor(logging.INFO):
@@ -458,6 +473,8 @@ class ChatService:
             # echo can never be seen without the message after it.
             connection.reply(format_message_sent(recipient_name, text))
             connection.reply(format_message_from(sender, text))
+            if desk is not None:
+                desk.direct_delivered(connection, sender, connection, recipient_name, text)
             return
 
         # The echo "<To Bob> ..." promises that the message was handed to
@@ -480,6 +497,8 @@ class ChatService:
                     connection.reply(_delivery_answer(recipient_name, text, ok, reason))
                 else:
                     connection.answer(slot, _delivery_answer(recipient_name, text, ok, reason))
+                if desk is not None and ok:
+                    desk.direct_delivered(connection, sender, recipient, recipient_name, text)
             except Exception as error:
                 connection.fail(error)
 
@@ -507,6 +526,8 @@ class ChatService:
             nonlocal answered
             answered = True
             try:
+                if refused is None and self._desk is not None:
+                    self._desk.broadcast_sent(sender, text)
                 if refused is not None:
                     notice = format_event(BroadcastNotSent(refused))
                     if slot is None:

@@ -276,6 +276,9 @@ class LoginSession(Protocol):
     password_for: str | None
     #: Wrong passwords sent on this connection so far (the login step counts).
     password_tries: int
+    #: The name it is logged in as is registered and proven (its password, or
+    #: registered on this connection): the login step sets it.
+    registered: bool
 
     @property
     def secure(self) -> bool:
@@ -329,6 +332,12 @@ class LoginStep(Protocol):
     def register(self, session: LoginSession, name: str, password: str) -> None: ...
 
     def change_password(self, session: LoginSession, name: str, old: str, new: str) -> None: ...
+
+    def is_registered(self, session: LoginSession, name: str,
+                      on_result: Callable[[str | None], None]) -> None:
+        """``on_result(spelling)`` on the chat thread, under ``session``'s
+        containment: the registered spelling of ``name``, or None if it is
+        not registered (or the store could not say)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,143 @@
+"""What the chat does with stored messages (``--history on``): offline messages, history, backlog.
+
+The chat hands this desk the moments that matter -- a direct message
+delivered, a broadcast sent, a message for a name that is offline, a login,
+a ``history`` command -- and the desk decides what is kept and who may read
+it, through the :class:`~reactor.contracts.MessageStore` it was given:
+
+* Nothing private is kept for a name that is not registered and proven on
+  its connection (``connection.registered``): whoever takes an open name next
+  must not read it.  A direct message is kept once for each party that is.
+* A message for a registered name that is offline waits for its next login
+  (at most ``waiting_max``); unregistered names keep the plain ``<User X is
+  offline.>``.
+* The broadcasts are public: any logged-in user may read them.
+
+Without ``--history`` the chat makes no desk, and a message costs nothing
+here.  Everything runs on the chat thread.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from protocol import (
+    EVERYONE,
+    HistoryEnd,
+    HistoryLine,
+    InvalidInput,
+    MessageStored,
+    NotDelivered,
+    UserOffline,
+    UserUnknown,
+    WaitingDelivered,
+    WaitingMessage,
+    format_event,
+    format_server_time,
+)
+from reactor.config import HistoryConfig
+from reactor.connection import Connection
+from reactor.contracts import LoginStep, MessageStore, Roster, StoredMessage
+
+NEEDS_REGISTERED = (
+    'history with one user is kept only for registered names; register yours with register'
+    ' "<password>"'
+)
+
+
+def wall_clock_ms() -> int:
+    """Now, in milliseconds since the epoch: the server time stored messages carry."""
+    return time.time_ns() // 1_000_000
+
+
+class HistoryDesk:
+    """The chat's side of a :class:`~reactor.contracts.MessageStore`."""
+
+    def __init__(self, store: MessageStore, config: HistoryConfig, roster: Roster[Connection],
+                 accounts: LoginStep | None,
+                 now_ms: Callable[[], int] = wall_clock_ms) -> None:
+        self.store = store
+        self.config = config
+        self.roster = roster
+        self.accounts = accounts
+        self.now_ms = now_ms
+
+    # -- live messages --------------------------------------------------------
+
+    def direct_delivered(self, sender: Connection, sender_name: str, recipient: object,
+                         to: str, text: str) -> None:
+        """A direct message was handed to its recipient: kept for each registered party."""
+        now = self.now_ms()
+        if sender.registered:
+            self.store.record(sender_name, sender_name, to, text, now)
+        if getattr(recipient, "registered", False) and recipient is not sender:
+            self.store.record(to, sender_name, to, text, now)
+
+    def broadcast_sent(self, sender_name: str, text: str) -> None:
+        self.store.record(sender_name, sender_name, EVERYONE, text, self.now_ms())
+
+    def offline(self, connection: Connection, sender_name: str, to: str, text: str,
+                seen: str | None) -> None:
+        """A direct message for ``to``, who is not online: held if ``to`` is
+        registered, else the reply the chat always gave (``seen`` is the
+        spelling the roster last saw, None if never)."""
+        plain = UserUnknown(to) if seen is None else UserOffline(seen)
+        if self.accounts is None:
+            connection.reply(format_event(plain))
+            return
+        slot = connection.answer_later()
+
+        def found(spelling: str | None) -> None:
+            if spelling is None:
+                connection.answer(slot, format_event(plain))
+                return
+            now = self.now_ms()
+            if self.store.hold(sender_name, spelling, text, now) is None:
+                connection.answer(slot, format_event(NotDelivered(
+                    spelling, f"too many messages wait for {spelling}")))
+                return
+            if connection.registered:
+                self.store.record(sender_name, sender_name, spelling, text, now)
+            connection.answer(slot, format_event(MessageStored(spelling)))
+
+        self.accounts.is_registered(connection, to, found)
+
+    # -- logging in -------------------------------------------------------------
+
+    def logged_in(self, connection: Connection, name: str) -> None:
+        """After the user's own online notice: what waited for it, oldest
+        first (each sender online told), then the recent broadcasts."""
+        if connection.registered:
+            for message in self.store.take_waiting(name):
+                time_text = format_server_time(message.time_ms)
+                connection.send(format_event(WaitingMessage(message.sender, time_text,
+                                                            message.text)))
+                self.store.record(name, message.sender, name, message.text, message.time_ms)
+                found = self.roster.lookup(message.sender)
+                if found is not None and isinstance(found[1], Connection) and found[1].is_open:
+                    found[1].send(format_event(WaitingDelivered(name, time_text)))
+        now = self.now_ms()
+        since = now - int(self.config.login_backlog_age * 1000)
+        backlog = self.store.page(name, EVERYONE, None, self.config.login_backlog, now)
+        for message in backlog:
+            if message.time_ms >= since:
+                connection.send(_history_line(message))
+
+    # -- the history command ------------------------------------------------------
+
+    def history(self, connection: Connection, reader: str, peer: str, before: str | None,
+                count: int | None) -> None:
+        if peer != EVERYONE and not connection.registered:
+            connection.reply(format_event(InvalidInput(NEEDS_REGISTERED)))
+            return
+        page = self.store.page(reader, peer, before, count or self.config.page_default,
+                               self.now_ms())
+        lines = [_history_line(message) for message in page]
+        lines.append(format_event(HistoryEnd(peer, len(page))))
+        connection.reply(b"".join(lines))
+
+
+def _history_line(message: StoredMessage) -> bytes:
+    return format_event(HistoryLine(message.id, format_server_time(message.time_ms),
+                                    message.sender, message.to, message.text))
