@@ -43,9 +43,12 @@ from protocol import (
     Disconnected,
     Event,
     HelpText,
+    HistoryEnd,
+    HistoryLine,
     InvalidInput,
     MessageFrom,
     MessageSent,
+    MessageStored,
     NotDelivered,
     OnlineUsers,
     PasswordChanged,
@@ -56,6 +59,8 @@ from protocol import (
     UserOffline,
     UserOnline,
     UserUnknown,
+    WaitingDelivered,
+    WaitingMessage,
     WrongPassword,
     username_key,
 )
@@ -359,6 +364,16 @@ class Presenter:
                                          "will ask for the password")
             case PasswordChanged(name):
                 return Line("class:own", f"✓ password changed for {name}")
+            case MessageStored(to):
+                return Line("class:own", f"✓ {to} is offline: the message waits for their login")
+            case WaitingMessage(sender, time, text):
+                return Line("class:dm-in", f"{sender} → you (while away, {time}): ", text)
+            case WaitingDelivered(to, time):
+                return Line("class:own", f"✓ {to} got your message of {time}")
+            case HistoryLine(message_id, time, sender, to, text):
+                return Line("class:info", f"[{time} #{message_id}] {sender} → {to}: ", text)
+            case HistoryEnd(peer, count):
+                return Line("class:info", f"-- end of history with {peer}: {count} shown")
             case None:
                 return Line("class:unknown", "", wire_text, "class:unknown")
             case _:

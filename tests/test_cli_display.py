@@ -167,3 +167,16 @@ def test_a_line_with_nothing_to_lay_out_comes_out_as_laid_out_cell_by_cell(
     prefix: StyleAndTextTuples = [("class:time", "[09:05] "), ("class:dm-in", "Bob → you: ")]
     body: StyleAndTextTuples = [(style, text)]
     assert wrap(prefix, body, width, 12) == wrap_cells(prefix, body, width, 12)
+
+
+def test_stored_messages_read_as_such_with_their_time() -> None:
+    from protocol import HistoryEnd, HistoryLine, WaitingMessage
+
+    presenter = Presenter("Alice", None)
+    sent = "2026-12-07T06:17:43.123Z"
+    assert presenter.text(presenter.event(WaitingMessage("Bob", sent, "hi\x1b"), "")) == (
+        f"Bob → you (while away, {sent}): hi\\x1b")
+    assert presenter.text(presenter.event(HistoryLine("7", sent, "Bob", "Alice", "yo"), "")) == (
+        f"[{sent} #7] Bob → Alice: yo")
+    assert presenter.text(presenter.event(HistoryEnd("Bob", 1), "")) == (
+        "-- end of history with Bob: 1 shown")
