@@ -19,6 +19,7 @@ here.  Everything runs on the chat thread.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 
@@ -39,6 +40,8 @@ from protocol import (
 from reactor.config import HistoryConfig
 from reactor.connection import Connection
 from reactor.contracts import LoginStep, MessageStore, Roster, StoredMessage
+
+log = logging.getLogger("reactor")
 
 NEEDS_REGISTERED = (
     'history with one user is kept only for registered names; register yours with register'
@@ -94,9 +97,11 @@ class HistoryDesk:
                 return
             now = self.now_ms()
             if self.store.hold(sender_name, spelling, text, now) is None:
+                log.info("Message from %s to %s not stored: too many wait", sender_name, spelling)
                 connection.answer(slot, format_event(NotDelivered(
                     spelling, f"too many messages wait for {spelling}")))
                 return
+            log.info("Message from %s to %s stored until they log in", sender_name, spelling)
             if connection.registered:
                 self.store.record(sender_name, sender_name, spelling, text, now)
             connection.answer(slot, format_event(MessageStored(spelling)))
@@ -109,7 +114,10 @@ class HistoryDesk:
         """After the user's own online notice: what waited for it, oldest
         first (each sender online told), then the recent broadcasts."""
         if connection.registered:
-            for message in self.store.take_waiting(name):
+            waiting = self.store.take_waiting(name)
+            if waiting:
+                log.info("%s logged in: waiting messages delivered: %d", name, len(waiting))
+            for message in waiting:
                 time_text = format_server_time(message.time_ms)
                 connection.send(format_event(WaitingMessage(message.sender, time_text,
                                                             message.text)))

@@ -27,6 +27,7 @@ from protocol import (
 from reactor.accounts.store import SQLiteAccountStore
 from reactor.app import forget_stored_messages
 from reactor.backends.base import Server
+from reactor.chat import NO_HISTORY
 from reactor.config import AccountsConfig, HistoryConfig
 from reactor.stored import NEEDS_REGISTERED
 from tests.support import LineClient, running_server
@@ -245,3 +246,17 @@ def test_whoever_takes_a_removed_name_sees_nothing_of_its_messages(
             # Alice keeps her own copy.
             assert [line.text for line in history(alice, "history Bob")] == [
                 "secret", "also secret"]
+
+
+def test_without_history_nothing_is_kept_and_history_is_refused_plainly(
+        backend: str, db: str) -> None:
+    accounts = AccountsConfig(path=db, password_hash=FAST_HASH, backoff_first=0.0,
+                              backoff_max=0.0)
+    with running_server(backend, accounts=accounts) as server:
+        register(server.port, "Bob")
+        with log_in(server.port, "Alice") as alice:
+            alice.send("chat Bob are you there")
+            alice.expect("<User Bob is offline.>")
+            alice.send("history everyone")
+            alice.expect(INVALID.format(NO_HISTORY))
+    assert not Path(db).with_suffix(".history.db").exists()
