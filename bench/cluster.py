@@ -1129,9 +1129,9 @@ def table(doc: dict[str, Any]) -> str:
         add("")
         add(f"Redis SIGSTOPped {len(st['trials'])} x {st['stall_s']:g} s, {st['users']} users "
             f"on 2 nodes: {st['offline_notices']} offline notices")  # fmt: skip
-        for t in st["trials"]:
+        for i, t in enumerate(st["trials"], 1):
             ans = ", ".join(f"{k} {v}" for k, v in sorted(t["answers"].items()))
-            add(f"  DM answers: {ans}; disconnected {t['disconnected']}"[:80])
+            add(f"  stall {i}: DM answers {ans}; disconnected {t['disconnected']}"[:80])
     add("")
     add("Goals:")
     for g in s["goals"]:
@@ -1223,7 +1223,8 @@ def run(
         ("costs", "costs", lambda: costs(args, cfg, progress)),
         # Without the fan-out phase, the large N's Redis commands per broadcast come from here.
         ("costs", "costs_large",
-         lambda: costs(args, cfg, progress, args.clients) if "fanout" in skip else None),
+         lambda: costs(args, cfg, progress, args.clients)
+         if "fanout" in skip and args.clients != args.costs_n else None),
         ("latency", "dm_latency", lambda: dm_latency(args, progress)),
         ("throughput", "throughput", lambda: throughput(args, cfg, progress)),
         ("death", "node_death", lambda: node_death(args, progress)),
@@ -1264,7 +1265,9 @@ def after_load(
 ) -> list[Path]:
     """load.py's hook: the cluster's own phases (load.py did the fan-out), in
     the same run; prints the table and writes ``cluster-n<N>[-quick]``."""
-    args = parse_args(["--skip", "fanout", "-n", str(load_args.clients),
+    # A quick run keeps to the costs (bench/cluster.py --quick runs every phase).
+    skip = "fanout" + (",latency,throughput,death,stall" if load_args.quick else "")
+    args = parse_args(["--skip", skip, "-n", str(load_args.clients),
                        "--rounds", str(load_args.rounds)] + (["--quick"] if load_args.quick
                                                             else []))  # fmt: skip
     args.receiver, args.receivers = load_args.receiver, load_args.receivers
@@ -1276,6 +1279,7 @@ def after_load(
         if systems.CLUSTER in run_["systems"] and systems.PRIMARY in run_["systems"]:
             doc["load_fanout"] = {"n": run_["n"], "select_p50": sel, "cluster_p50": clu}
     run(args, progress, doc)
+    progress.close()
     doc["n"] = load_args.clients
     summarize(doc)
     print(table(doc), flush=True)

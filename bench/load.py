@@ -1,28 +1,33 @@
 #!/usr/bin/env python3
-"""Load benchmark: our backends, an asyncio yardstick and Redis, side by side.
+"""Load benchmark: how much each system carries, ours beside an asyncio yardstick and Redis.
 
-    python bench/load.py -n 500                  # the standard run (a few minutes)
-    python bench/load.py --sweep 100,500,1000,2000,5000 --rounds 1
-    python bench/load.py --target 127.0.0.1:4000 # a server already running (floods it!)
-    python bench/load.py --quick                 # the smoke run (~20 s)
+    python bench/load.py -n 500          # the standard run (about 15 minutes on 2 cores)
+    python bench/load.py --quick         # the smoke run (under a minute)
+    python bench/load.py --systems select,redis --sweep 500,1000,2000,5000,10000 --rounds 1
+    python bench/load.py --target 127.0.0.1:4000   # a server already running (floods it!)
 
 Our backends are every name in the registry ``reactor.BACKENDS``, each run as
 ``python -m reactor --backend NAME``, and ``select-tls``, the select backend
 with TLS on its port (a throwaway certificate; every client speaks TLS);
 beside them run ``asyncio-peer`` (the plain asyncio server of
-bench/peers/asyncio_server.py) and Redis pub/sub.
+bench/peers/asyncio_server.py), Redis pub/sub and the cluster (two workers
+through Redis); ``asyncio-uvloop`` on request.
 Each round starts every system afresh on a free 127.0.0.1 port, in rotated
 order (round-robin interleaving, so a noisy minute on a shared machine spreads
 over all systems instead of one), connects N clients through the same lean
 harness, and measures: login storm, memory per connection, presence fan-out,
-open-loop broadcast fan-out, and direct messages at rising rates.  The report
-gives medians over rounds, ratios to Redis, and checks that the harness spent
-less CPU per delivery than Redis did (otherwise it would be measuring itself).
+then the broadcast and direct-message **capacity**: offered load stepped up,
+open loop, until p99 latency passes the objective or anything is lost, then a
+short bisection (bench/capacity.py; bench/METHOD.md says how to read it).
+The report gives capacities (medians over rounds, their range, ratios to
+Redis and to select), the goals as MET / MISSED / UNSURE, and checks that the
+harness spent less CPU per delivery than Redis did.
 
-Output: an 80-column table on stdout (``--wide`` for every row), and in
-``--out`` (default bench/results/, untracked) the table, JSON and PNG plots,
-named after the systems and N.  Committed reference results live in
-bench/reference/ and are replaced only on purpose (``--out bench/reference``).
+Output: the report on stdout in 80 columns, and in ``--out`` (default
+bench/results/, untracked) the same text, a wide table beside it, the JSON
+and the plots (latency against offered load; the latency distribution).
+Committed reference results live in bench/reference/ and are replaced only on
+purpose (``--out bench/reference``).
 
 Every child (servers, receivers, redis-server) is stopped on exit, on
 exceptions, on SIGINT/SIGTERM/SIGHUP, and killed by the kernel if this process
@@ -37,6 +42,7 @@ import json
 import os
 import signal
 import sys
+import textwrap
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -45,14 +51,15 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make `bench` importable from the repo root
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import report, systems
+from bench import plots, report, systems
 from bench.harness.creceiver import build as build_receiver
 from bench.harness.fleet import FleetError
 from bench.harness.procstat import machine_facts, raise_nofile_limit
 from bench.progress import Progress
 from bench.workloads import Config, run_system
 
-RESULTS = Path(__file__).resolve().parent / "results"  # untracked (.gitignore)
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "bench" / "results"  # untracked (.gitignore)
 
 
 class Terminated(KeyboardInterrupt):
@@ -63,31 +70,56 @@ def _on_signal(signum: int, _frame: object) -> None:
     raise Terminated(signal.Signals(signum).name)
 
 
+class _Help(argparse.RawDescriptionHelpFormatter):
+    """The module docstring as written, and every option's default (a flag's
+    default is off, and an option without one says what happens instead)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if default is None or default is False or default == argparse.SUPPRESS:
+            return text
+        if "default" not in text:
+            text += " (default: %(default)s)" if default != "" else " (default: none)"
+        return text
+
+
+#: Above this N a broadcast's own fan-out approaches the objective (one
+#: message to N sockets), so the objective grows with N: ``--objective`` per
+#: this many clients.
+OBJECTIVE_N = 500
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument(
-        "-n", "--clients", type=int, default=500, help="clients per system (default 500)"
-    )
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=_epilog(),
+                                formatter_class=_Help)  # fmt: skip
+    p.add_argument("-n", "--clients", type=int, default=500, help="clients per system")
     p.add_argument(
         "--systems",
-        help=f"comma list from {','.join(systems.KNOWN)} "
-        "(default: all; with --target: target,redis)",
+        default=",".join(systems.DEFAULT),
+        help=f"comma list from {','.join(systems.KNOWN)} (with --target: target,redis)",
     )
-    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
-    p.add_argument("--rate", type=float, default=150.0, help="broadcasts per second (default 150)")
-    p.add_argument("--duration", type=float, default=10.0, help="measured seconds of broadcasts")
-    p.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before that")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
+    g = p.add_argument_group("capacity search (bench/capacity.py)")
+    g.add_argument("--objective", type=float, default=20.0,
+                   help=f"broadcast p99 ms a step must keep (per {OBJECTIVE_N} clients above "
+                   f"N={OBJECTIVE_N})")  # fmt: skip
+    g.add_argument("--dm-objective", type=float, default=20.0,
+                   help="direct-message p99 ms a step must keep")  # fmt: skip
+    g.add_argument("--ladder", default="10000,20000,40000,80000,160000",
+                   help="offered broadcast deliveries/s, rising (a step sends "
+                   "deliveries / N broadcasts a second)")  # fmt: skip
+    g.add_argument("--dm-ladder", default="5000,10000,20000,40000,80000",
+                   help="offered direct messages/s, rising")  # fmt: skip
+    g.add_argument("--bisect", type=int, default=3,
+                   help="bisections after the first failing step")  # fmt: skip
+    g.add_argument("--step", type=float, default=1.0,
+                   help="measured seconds per broadcast step")  # fmt: skip
+    g.add_argument("--step-warmup", type=float, default=0.25,
+                   help="unmeasured seconds before each broadcast step")  # fmt: skip
+    g.add_argument("--dm-step", type=float, default=0.6, help="seconds per direct-message step")
     p.add_argument("--pad", type=int, default=0, help="extra bytes per broadcast payload")
     p.add_argument("--probes", type=int, default=5, help="presence probes per run")
-    p.add_argument(
-        "--dm-rates",
-        default="1000,2000,5000,10000,20000,40000",
-        help="offered direct-message rates, rising",
-    )
-    p.add_argument("--dm-step", type=float, default=1.5, help="seconds per direct-message rate")
-    p.add_argument("--dm-slo", type=float, default=50.0, help="p99 ms a sustained rate stays under")
     p.add_argument(
         "--skip",
         default="",
@@ -95,56 +127,76 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "(the cluster's own phases, bench/cluster.py, run after the table when "
         "the systems include cluster)",
     )
-    p.add_argument("--sweep", help="comma list of N; runs every N (rate scaled, see --budget)")
-    p.add_argument(
-        "--budget",
-        type=float,
-        default=75_000.0,
-        help="sweep: broadcast rate = min(--rate, budget / N) deliveries/s",
-    )
-    p.add_argument("--receivers", type=int, default=2, help="receiver processes (default 2)")
+    p.add_argument("--sweep", help="comma list of N: every phase at every N, up to 10000 "
+                   "(default: none, -n alone)")  # fmt: skip
+    p.add_argument("--receivers", type=int, default=2, help="receiver processes")
     p.add_argument(
         "--receiver",
         choices=("auto", "c", "python"),
         default="auto",
-        help="receive path: C compiled at run time, or Python (default: C if a compiler exists)",
+        help="receive path: C compiled at run time, or Python (auto: C if a compiler exists)",
     )
     p.add_argument("--login-window", type=int, default=32, help="logins in flight per receiver")
-    p.add_argument("--target", metavar="HOST:PORT", help="measure a server already running")
-    p.add_argument("--target-pid", type=int, help="its pid, for CPU and memory figures")
-    p.add_argument("--target-dialect", choices=("chat", "redis"), default="chat")
+    p.add_argument("--target", metavar="HOST:PORT",
+                   help="measure a server already running (default: none, each system "
+                   "is started afresh)")  # fmt: skip
+    p.add_argument("--target-pid", type=int,
+                   help="its pid, for CPU and memory figures (default: none, no such figures)")
     p.add_argument(
-        "--out",
-        type=Path,
-        default=RESULTS,
-        help="directory for the table, JSON and plots (default bench/results/, untracked)",
+        "--target-dialect",
+        choices=("chat", "redis"),
+        default="chat",
+        help="what --target speaks: chat (this project's line protocol) or redis "
+        "(RESP pub/sub: a login subscribes, a broadcast publishes)",
     )
+    p.add_argument("--out", type=Path, default=RESULTS,
+                   help="directory for the report, the wide table, JSON and plots "
+                   "(default: bench/results/, untracked)")  # fmt: skip
     p.add_argument("--json", type=Path, help="JSON path (default: in --out, named by run)")
     p.add_argument("--plots", type=Path, help="PNG directory (default: --out)")
-    p.add_argument("--no-plots", action="store_true")
-    p.add_argument("--wide", action="store_true", help="every row, wider than 80 columns")
-    p.add_argument(
-        "--quick", action="store_true", help="smoke run: n=20, one short round, two direct rates"
-    )
+    p.add_argument("--no-plots", action="store_true",
+                   help="write no PNG plots (matplotlib is then not needed)")  # fmt: skip
+    p.add_argument("--wide", action="store_true",
+                   help="print the wide table (every row, wider than 80 columns) "
+                   "instead of the 80-column one; both are saved")  # fmt: skip
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run, under a minute: N=20, one round, two short steps "
+                   "and one bisection per workload, the cluster's costs only")  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress bar, no notes")
     p.add_argument(
         "--report", type=Path, metavar="JSON",
-        help="run nothing: print the table of an earlier run's JSON again, "
-        "its goals judged by this code",
-    )
+        help="run nothing: print the report of an earlier run's JSON again, "
+        "its goals judged by this code (default: none, run the benchmark)",
+    )  # fmt: skip
     args = p.parse_args(argv)
-    if args.quick:
-        args.clients, args.rounds, args.rate, args.duration, args.warmup = 20, 1, 50.0, 1.0, 0.2
-        args.probes, args.dm_rates, args.dm_step = 2, "200,1000", 0.5
+    if args.target and args.systems == p.get_default("systems"):
+        args.systems = f"{systems.TARGET},{systems.REDIS}"
+    if args.quick:  # its sizes, where the command line gave none
+        for key, value in QUICK.items():
+            if getattr(args, key) == p.get_default(key):
+                setattr(args, key, value)
     return args
+
+
+#: What --quick changes (an option given on the command line wins).
+QUICK: dict[str, Any] = {
+    "clients": 20, "rounds": 1, "probes": 2, "ladder": "2000,8000", "dm_ladder": "1000,4000",
+    "bisect": 1, "step": 0.3, "step_warmup": 0.1, "dm_step": 0.3,
+}  # fmt: skip
+
+
+def _epilog() -> str:
+    return textwrap.fill(
+        "Capacity: the highest offered rate with p99 <= the objective and nothing lost. "
+        "A goal is MET when every round meets it, MISSED when none does, UNSURE when "
+        "the rounds disagree (bench/METHOD.md).",
+        78,
+    )
 
 
 def choose_systems(args: argparse.Namespace, progress: Progress) -> tuple[list[str], list[str]]:
     """Systems to run and notes on the ones left out (never an error for a missing extra)."""
-    if args.systems:
-        wanted = [s.strip() for s in args.systems.split(",") if s.strip()]
-    else:
-        wanted = [systems.TARGET, systems.REDIS] if args.target else list(systems.KNOWN)
+    wanted = [s.strip() for s in args.systems.split(",") if s.strip()]
     notes = []
     chosen = []
     for name in wanted:
@@ -175,18 +227,19 @@ def run_n(
     an interrupted benchmark still reports every measurement it completed.
     """
     rounds: list[dict[str, Any]] = []
-    runs.append(
-        {"n": cfg.n, "rate": cfg.rate, "config": vars_of(cfg), "systems": names, "rounds": rounds}
-    )
+    runs.append({"n": cfg.n, "config": vars_of(cfg), "systems": names, "rounds": rounds})
     for r in range(args.rounds):
         order = names[r % len(names) :] + names[: r % len(names)]
         progress.set_stage(f"N={cfg.n} {r + 1}/{args.rounds}")
         results: dict[str, Any] = {}
         rounds.append(results)
         for name in order:
+            t0 = time.monotonic()
             results[name] = run_one(name, cfg, args, progress, base[0])
+            results[name]["seconds"] = round(time.monotonic() - t0, 1)
             base[0] += cfg.n + 1
             time.sleep(0.5)  # let the last server's sockets and CPU settle
+            progress.next_part()
 
 
 def run_one(
@@ -213,14 +266,45 @@ def vars_of(cfg: Config) -> dict[str, Any]:
 
 
 def file_tag(args: argparse.Namespace, names: list[str], ns: list[int]) -> str:
-    """Output file stem: the system set, N, and quick; a --target names its address."""
+    """Output file stem, short: ``load-n500``, ``load-sweep``, ``-quick``; a
+    system set other than the default is named when that stays short."""
+    tag = "load-sweep" if args.sweep else f"load-n{ns[0]}"
+    if args.target:
+        tag += "-target-" + args.target.replace(":", "_").replace("/", "_")
+    elif tuple(names) != systems.DEFAULT:
+        joined = "+".join(names)
+        tag += "-" + (joined if len(joined) <= 24 else f"{len(names)}systems")
+    return tag + ("-quick" if args.quick else "")
+
+
+def objective_at(n: int, objective: float) -> float:
+    """The broadcast objective at N clients (see ``OBJECTIVE_N``)."""
+    return objective * max(1.0, n / OBJECTIVE_N)
+
+
+def estimates(cfg: Config, args: argparse.Namespace, systems_per_round: int) -> list[float]:
+    """Seconds each part of the run should take, for the progress bar's time left."""
     parts = []
-    for name in names:
-        if name == systems.TARGET and args.target:
-            name = "target-" + args.target.replace(":", "_").replace("/", "_")
-        parts.append(name)
-    n = f"sweep-{'-'.join(map(str, ns))}" if args.sweep else f"n{ns[0]}"
-    return "+".join(parts) + f"-{n}" + ("-quick" if args.quick else "")
+    for n in [int(x) for x in args.sweep.split(",")] if args.sweep else [cfg.n]:
+        # The login storm announces every login to everyone: N^2/2 notices.
+        setup = 2.0 + 0.2 * (n / 1000) ** 2 + cfg.probes * (0.1 + n / 20_000)
+        # Most searches climb most of the ladder, measure the failing step
+        # again, then bisect near the top.
+        climbed = cfg.ladder[: max(1, round(len(cfg.ladder) * 0.7))]
+        steps = [max(cfg.step, cfg.min_broadcasts * n / d) for d in climbed]
+        steps += [steps[-1]] * (1 + cfg.bisections)
+        broadcast = sum(s + cfg.step_warmup + 0.8 for s in steps)
+        direct = (len(cfg.dm_ladder) * 0.7 + 1 + cfg.bisections) * (cfg.dm_step + 0.6)
+        parts += [setup + broadcast + direct] * (args.rounds * systems_per_round)
+    return parts
+
+
+def _shown(path: Path) -> Path:
+    """``path`` relative to the working directory when it is under it (shorter)."""
+    try:
+        return path.resolve().relative_to(Path.cwd())
+    except ValueError:
+        return path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -230,6 +314,9 @@ def main(argv: list[str] | None = None) -> int:
             doc = json.loads(args.report.read_text())
         except (OSError, ValueError) as error:
             raise SystemExit(f"cannot read {args.report}: {error}") from None
+        if not all("ladder" in run.get("config", {}) for run in doc.get("runs", [])):
+            raise SystemExit(f"{args.report} is from before the capacity search; its own "
+                             "commit's bench/load.py prints it (git keeps that)")  # fmt: skip
         report.summarize(doc)
         print(report.table(doc, wide=args.wide))
         return 0
@@ -244,6 +331,16 @@ def main(argv: list[str] | None = None) -> int:
         systems.stop_all()
 
 
+def _floats(text: str) -> list[float]:
+    try:
+        values = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise SystemExit(f"not a comma list of numbers: {text!r}") from None
+    if not values or values != sorted(values) or values[0] <= 0:
+        raise SystemExit(f"a ladder must rise from above 0: {text!r}")
+    return values
+
+
 def run(args: argparse.Namespace, argv: list[str] | None, progress: Progress) -> int:
     nofile = raise_nofile_limit()
     ns = [int(x) for x in args.sweep.split(",")] if args.sweep else [args.clients]
@@ -255,17 +352,20 @@ def run(args: argparse.Namespace, argv: list[str] | None, progress: Progress) ->
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     base_cfg = Config(
         n=args.clients,
-        rate=args.rate,
-        duration=args.duration,
-        warmup=args.warmup,
         pad=args.pad,
         probes=args.probes,
-        dm_rates=[int(x) for x in args.dm_rates.split(",")],
-        dm_step=args.dm_step,
-        dm_slo_ms=args.dm_slo,
         receivers=args.receivers,
         login_window=args.login_window,
         skip=frozenset(skip),
+        capacity=True,
+        ladder=_floats(args.ladder),
+        dm_ladder=_floats(args.dm_ladder),
+        bisections=args.bisect,
+        step=args.step,
+        step_warmup=args.step_warmup,
+        min_broadcasts=4 if args.quick else 16,
+        dm_step=args.dm_step,
+        dm_objective_ms=args.dm_objective,
     )
     exe, how = None, "Python (--receiver python)"
     if args.receiver != "python":
@@ -285,6 +385,9 @@ def run(args: argparse.Namespace, argv: list[str] | None, progress: Progress) ->
                 tls_how = f"Python with the ssl module ({tls_how})"
         tls_note = f"; {systems.TLS}: {tls_how}, {systems.CERT_KEY} certificate, not verified"
     base_cfg = replace(base_cfg, receiver_exe=exe, receiver_tls_exe=tls_exe)
+    extras = systems.CLUSTER in names and "cluster-extras" not in skip
+    plan = estimates(base_cfg, args, len(names))
+    progress.plan(plan + ([10.0 if args.quick else 90.0] if extras else []))
     started = time.time()
     doc: dict[str, Any] = {
         "command": "python bench/load.py " + " ".join(sys.argv[1:] if argv is None else argv),
@@ -299,8 +402,7 @@ def run(args: argparse.Namespace, argv: list[str] | None, progress: Progress) ->
     base = [(os.getpid() % 1000) * 100_000 if args.target else 0]
     try:
         for n in ns:
-            rate = min(args.rate, args.budget / n) if args.sweep else args.rate
-            cfg = replace(base_cfg, n=n, rate=round(rate, 2))
+            cfg = replace(base_cfg, n=n, objective_ms=objective_at(n, args.objective))
             run_n(cfg, names, args, progress, base, doc["runs"])
     except KeyboardInterrupt as exc:
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
@@ -319,21 +421,22 @@ def run(args: argparse.Namespace, argv: list[str] | None, progress: Progress) ->
     json_path = args.json or args.out / f"{tag}.json"
     report.write_json(doc, json_path)
     written.append(json_path)
-    if not args.json:  # the table beside its JSON, always the wide one
-        txt = args.out / f"{tag}.txt"
-        txt.write_text(report.table(doc, wide=True) + "\n")
-        written.append(txt)
+    if not args.json:  # what was printed, and the wide table beside it
+        txt, wide = args.out / f"{tag}.txt", args.out / f"{tag}-wide.txt"
+        txt.write_text(report.table(doc, wide=False) + "\n")
+        wide.write_text(report.table(doc, wide=True) + "\n")
+        written += [txt, wide]
     if not args.no_plots:
-        pngs = report.plots(doc, args.plots or args.out, tag)
+        pngs = plots.write(doc, args.plots or args.out, tag)
         if pngs is None:
             progress.note("note: matplotlib not installed; plots skipped (pip install matplotlib)")
         written += pngs or []
-    if systems.CLUSTER in names and not doc.get("interrupted") and "cluster-extras" not in skip:
+    if extras and not doc.get("interrupted"):
         from bench import cluster  # the cluster's own phases: DM costs, node death, Redis stall
 
-        written += cluster.after_load(args, doc, Progress(enabled=not args.quiet))
+        written += cluster.after_load(args, doc, progress)
     for path in written:
-        print(f"wrote {path}")
+        print(f"wrote {_shown(path)}")
     return 1 if doc.get("interrupted") else 0
 
 

@@ -62,9 +62,21 @@ PRIMARY: str = BACKENDS[0]
 #: The primary backend with TLS on its main port; ``-`` and not ``+``, which
 #: joins system names in the names of the output files.
 TLS = f"{PRIMARY}-tls"
+#: The asyncio backend on uvloop (``--loop uvloop``): measured on request
+#: (``--systems``), not by default, to keep the standard run within its time.
+UVLOOP = "asyncio-uvloop"
+#: Web clients (WebSocket) of the primary backend: the name their system will
+#: have once the browser client exists.  Not in ``KNOWN`` until ``start``
+#: can start it; the goals and the plots already know the name.
+WEB = f"{PRIMARY}-ws"
 #: Our backends, as `python -m reactor --backend NAME` (the TLS one beside the
 #: plain one it is compared with), then the two references.
-KNOWN: tuple[str, ...] = (PRIMARY, TLS, *BACKENDS[1:], PEER, REDIS, CLUSTER)
+KNOWN: tuple[str, ...] = (
+    PRIMARY, TLS, *BACKENDS[1:], *((UVLOOP,) if "asyncio" in BACKENDS else ()), PEER, REDIS,
+    CLUSTER,
+)  # fmt: skip
+#: What a run measures when ``--systems`` is not given.
+DEFAULT: tuple[str, ...] = tuple(name for name in KNOWN if name != UVLOOP)
 #: The certificate's key: ECDSA P-256, what trustme makes by default and what
 #: certbot has issued by default since 2.0; the openssl fallback makes the same.
 CERT_KEY = "ECDSA P-256"
@@ -80,7 +92,7 @@ def stop_all() -> None:
 
 def log_level(name: str) -> str:
     """The log level ``name`` runs at, as the report quotes it."""
-    if name in BACKENDS or name == TLS:
+    if name in BACKENDS or name in (TLS, UVLOOP):
         return LOG_LEVEL
     if name == CLUSTER:
         return f"{LOG_LEVEL} (Redis: warning)"
@@ -163,8 +175,14 @@ def unavailable_reason(name: str) -> str | None:
             import redis  # noqa: F401
         except ImportError:
             return "the cluster extra is not installed (pip install -e '.[cluster]'); skipped"
-    if name in (*BACKENDS, TLS, CLUSTER) and not (REPO / "reactor" / "__main__.py").exists():
+    runs_reactor = name in (*BACKENDS, TLS, UVLOOP, CLUSTER)
+    if runs_reactor and not (REPO / "reactor" / "__main__.py").exists():
         return "reactor/__main__.py not found; `python -m reactor` cannot start"
+    if name == UVLOOP:
+        try:
+            import uvloop  # noqa: F401
+        except ImportError:
+            return "uvloop not installed (pip install uvloop); skipped"
     if name == TLS and certificate_maker() is None:
         return "no way to make a certificate (pip install trustme, or install openssl)"
     return None
@@ -241,12 +259,14 @@ def start(
     if name == CLUSTER:
         return start_cluster(max_clients, workers=CLUSTER_WORKERS)
     workdir = None
-    if name in BACKENDS or name == TLS:
+    if name in BACKENDS or name in (TLS, UVLOOP):
         # The benchmark measures capacity: one sender offers up to 40,000 direct
         # messages a second, far past what flood control lets one client send
         # (bench/flood.py measures flood control itself).
-        backend = PRIMARY if name == TLS else name
+        backend = {TLS: PRIMARY, UVLOOP: "asyncio"}.get(name, name)
         cmd = [sys.executable, "-m", "reactor", "--backend", backend, "--flood-control", "off"]
+        if name == UVLOOP:
+            cmd += ["--loop", "uvloop"]
         if name == TLS:
             workdir = Path(tempfile.mkdtemp(prefix="bench-tls-"))
             try:

@@ -1,8 +1,11 @@
-"""The four measurements, run against one live system with one fleet of clients.
+"""The measurements, run against one live system with one fleet of clients.
 
 Order matters and is the same for every system: login storm (which also
 leaves N clients online), memory, presence probes, broadcast fan-out, direct
-messages.  Each phase is bounded in time; a phase that cannot finish reports
+messages.  With ``Config.capacity`` the last two are capacity searches
+(``bench.capacity``): steps of rising offered load, each a short open-loop
+phase; without, one broadcast phase at a fixed rate (what bench/cluster.py
+uses).  Each phase is bounded in time; a phase that cannot finish reports
 what it got (lost deliveries count as lost, never as slow).
 """
 
@@ -10,10 +13,12 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.capacity import search
 from bench.harness import wire
 from bench.harness.driver import NS, Conn, open_loop, probe_login
 from bench.harness.fleet import Fleet
@@ -26,14 +31,11 @@ from bench.systems import TARGET, Running
 @dataclass
 class Config:
     n: int = 500
-    rate: float = 150.0  # broadcasts per second
+    rate: float = 150.0  # broadcasts per second (the fixed-rate broadcast, bench/cluster.py)
     duration: float = 10.0  # seconds of broadcasts measured
     warmup: float = 1.0  # seconds of broadcasts sent first and not measured
     pad: int = 0  # extra payload bytes
     probes: int = 5
-    dm_rates: list[int] = field(default_factory=lambda: [1000, 2000, 5000, 10000, 20000, 40000])
-    dm_step: float = 1.5  # seconds per direct-message rate step
-    dm_slo_ms: float = 50.0  # a rate is sustained while p99 stays under this
     receivers: int = 2
     login_window: int = 32
     storm_stall: float = 15.0  # give up on the storm after this long without progress
@@ -42,6 +44,19 @@ class Config:
     receiver_exe: Path | None = None  # the compiled C receiver; None: the Python one
     # The one built with OpenSSL, for a system whose clients speak TLS; None: Python's.
     receiver_tls_exe: Path | None = None
+    # -- capacity search (bench.capacity): broadcast and direct messages stepped up
+    capacity: bool = False  # False: one broadcast phase at ``rate`` (bench/cluster.py)
+    ladder: list[float] = field(default_factory=lambda: [10e3, 20e3, 40e3, 80e3, 160e3])
+    dm_ladder: list[float] = field(default_factory=lambda: [5e3, 10e3, 20e3, 40e3, 80e3])
+    bisections: int = 3
+    step: float = 1.0  # measured seconds per broadcast step
+    step_warmup: float = 0.25  # unmeasured seconds before that
+    # A step lasts long enough for this many broadcasts (large N): with fewer,
+    # one slow fan-out is the whole p99.
+    min_broadcasts: int = 16
+    dm_step: float = 0.6  # seconds per direct-message step
+    objective_ms: float = 20.0  # broadcast p99 a passing step stays at or under
+    dm_objective_ms: float = 20.0
 
 
 def run_system(sys_: Running, cfg: Config, base: int, progress: Progress) -> dict[str, Any]:
@@ -76,10 +91,13 @@ def run_system(sys_: Running, cfg: Config, base: int, progress: Progress) -> dic
                 return out
             if "presence" not in cfg.skip:
                 out["presence"] = presence(sys_, cfg, fl, progress)
-            if "broadcast" not in cfg.skip:
+            if "broadcast" not in cfg.skip and cfg.capacity:
+                out["broadcast_curve"] = broadcast_capacity(sys_, cfg, fl, sender, progress)
+                out["broadcast"] = out["broadcast_curve"]["steps"][0]
+            elif "broadcast" not in cfg.skip:
                 out["broadcast"] = broadcast(sys_, cfg, fl, sender, progress)
-            if "direct" not in cfg.skip:
-                out["direct"] = direct(sys_, cfg, fl, sender, indices, progress)
+            if "direct" not in cfg.skip and cfg.capacity:
+                out["direct_curve"] = direct_capacity(sys_, cfg, fl, sender, indices, progress)
         finally:
             sender.close()
         out["harness_cpu_s"] = fl.cpu_seconds()
@@ -179,23 +197,35 @@ def presence(sys_: Running, cfg: Config, fl: Fleet, progress: Progress) -> dict[
 
 
 def broadcast(
-    sys_: Running, cfg: Config, fl: Fleet, sender: Conn, progress: Progress
+    sys_: Running,
+    cfg: Config,
+    fl: Fleet,
+    sender: Conn,
+    progress: Progress,
+    rate: float | None = None,
+    seconds: float | None = None,
+    warmup: float | None = None,
+    first: int = 0,
+    cdf: bool = True,
 ) -> dict[str, Any]:
-    """Open-loop broadcasts at ``cfg.rate``; latency from each payload's intended time."""
-    warm = int(cfg.rate * cfg.warmup)
-    count = warm + int(cfg.rate * cfg.duration)
+    """Open-loop broadcasts at ``rate`` (default ``cfg.rate``); latency from each
+    payload's intended time.  Sequence numbers start at ``first``, so that a
+    late delivery of an earlier phase is never taken for one of this phase."""
+    rate = cfg.rate if rate is None else rate
+    warm = int(rate * (cfg.warmup if warmup is None else warmup))
+    count = warm + max(1, int(rate * (cfg.duration if seconds is None else seconds)))
     n = cfg.n
-    fl.measure(count, 0, 0)
+    fl.measure(first + count, 0, 0)
     cpu0 = sys_.cpu_seconds()
     rcpu0, scpu0 = fl.cpu_seconds(), time.process_time()
     busy0, wall0 = machine_busy_seconds(), time.monotonic()
-    progress.start(f"{sys_.name}: broadcast {cfg.rate:g}/s", count)
+    progress.start(f"{sys_.name}: broadcast {_per_s(rate * n)} deliveries/s", count)
     pad = cfg.pad
 
     def line(seq: int, t: int) -> bytes:
         return wire.broadcast(sys_.dialect, wire.payload(wire.KIND_BROADCAST, seq, t, pad))
 
-    log = open_loop(sender, line, cfg.rate, count, tick=progress.update)
+    log = open_loop(sender, line, rate, count, first_seq=first, tick=progress.update)
     st, _ = fl.wait_for(lambda s: s["b"] >= n * count, stall=cfg.drain_stall, cap=60.0)
     progress.done()
     cpu1 = sys_.cpu_seconds()
@@ -204,18 +234,22 @@ def broadcast(
     busy, wall = machine_busy_seconds() - busy0, time.monotonic() - wall0
     server_cpu = cpu1 - cpu0 if cpu0 is not None and cpu1 is not None else 0.0
     rec = fl.collect()
-    lat = [x for s, x in zip(rec["b_seq"], rec["b_lat"], strict=True) if s >= warm]
-    klat = [x for s, x in zip(rec["b_seq"], rec["b_klat"], strict=True) if s >= warm]
+    measured = first + warm
+    lat = [x for s, x in zip(rec["b_seq"], rec["b_lat"], strict=True) if s >= measured]
+    klat = [x for s, x in zip(rec["b_seq"], rec["b_klat"], strict=True) if s >= measured]
     worst: dict[int, int] = {}  # kernel-stamped, like the primary latency
     for s, x in zip(rec["b_seq"], rec["b_klat"], strict=True):
-        if s >= warm and x > worst.get(s, -(1 << 62)):
+        if s >= measured and x > worst.get(s, -(1 << 62)):
             worst[s] = x
     to_last = sorted(worst.values())
-    delivered = len(rec["b_seq"])
+    delivered = sum(1 for s in rec["b_seq"] if s >= first)
     lags = sorted(log.lag_ns)
     per_k = 1000.0 / delivered if delivered else math.nan
-    return {
-        "rate": cfg.rate,
+    out = {
+        "rate": rate,
+        "offered_deliveries": rate * n,
+        "first_seq": first,
+        "count": count,
         "sent": log.sent,
         "unsent": log.unsent,
         "measured_broadcasts": count - warm,
@@ -247,78 +281,143 @@ def broadcast(
             "p99": nearest_rank(lags, 99) / 1e6,
             "max": nearest_rank(lags, 100) / 1e6,
         },
-        "cdf_ms": cdf_points(lat),
-        "cdf_kernel_ms": cdf_points(klat),
         "bad_records": st["bad"],
+        "dropped": st["dropped"],
+    }
+    if cdf:
+        out["cdf_ms"] = cdf_points(lat)
+        out["cdf_kernel_ms"] = cdf_points(klat)
+    return out
+
+
+def _per_s(x: float) -> str:
+    return f"{x / 1000:g}k" if x >= 1000 else f"{x:g}"
+
+
+def _broken(sys_: Running, dropped: int, sender: Conn) -> str | None:
+    """Why the system can no longer be measured with this fleet, or None."""
+    if not sys_.alive():
+        return "the server exited"
+    if sender.closed:
+        return "the server closed the sender's connection"
+    if dropped:
+        return f"the server dropped {dropped} client(s)"
+    return None
+
+
+def _search(
+    sys_: Running,
+    sender: Conn,
+    ladder: list[float],
+    bisections: int,
+    objective_ms: float,
+    run_step: Callable[[float, int], dict[str, Any]],
+) -> dict[str, Any]:
+    """One capacity search (``bench.capacity.search``): ``run_step(rate,
+    first_seq)`` measures a step; it passes with nothing lost or unsent and
+    kernel-stamped p99 within ``objective_ms``.  Sequence numbers run on
+    across steps, so a late delivery is never taken for a later step's."""
+    first = 0
+
+    def measure(rate: float) -> dict[str, Any]:
+        nonlocal first
+        step = run_step(rate, first)
+        first += step["count"]
+        intact = step["lost"] == 0 and step["unsent"] == 0
+        step["ok"] = intact and step["kernel_ms"]["p99"] <= objective_ms
+        step["retry"] = intact  # a loss is the system's; a slow step may be the machine's
+        broken = _broken(sys_, step["dropped"], sender)
+        if broken:
+            step["broken"] = broken
+        time.sleep(0.2)  # the next step starts from an idle server
+        return step
+
+    found = search(measure, ladder, bisections)
+    found["objective_ms"] = objective_ms
+    # Where CPU per delivery is read: at the capacity (the busiest step that
+    # passed), where it is steadiest; the first step if none passed.
+    found["cpu_step"] = next(
+        (s for s in found["steps"] if s["ok"] and s["offered"] == found["capacity"]),
+        found["steps"][0],
+    )
+    return found
+
+
+def broadcast_capacity(
+    sys_: Running, cfg: Config, fl: Fleet, sender: Conn, progress: Progress
+) -> dict[str, Any]:
+    """Broadcast capacity over ``cfg.ladder``, in deliveries/s: a step offers
+    ``deliveries / N`` broadcasts a second for ``cfg.step`` seconds, or long
+    enough for ``cfg.min_broadcasts`` at large N.  The first step keeps its
+    latency distribution (the CDF plot)."""
+
+    def run_step(deliveries: float, first: int) -> dict[str, Any]:
+        rate = deliveries / cfg.n
+        seconds = max(cfg.step, cfg.min_broadcasts / rate)
+        return broadcast(sys_, cfg, fl, sender, progress, rate, seconds, cfg.step_warmup,
+                         first, cdf=first == 0)  # fmt: skip
+
+    return _search(sys_, sender, cfg.ladder, cfg.bisections, cfg.objective_ms, run_step)
+
+
+def direct_step(
+    sys_: Running,
+    cfg: Config,
+    fl: Fleet,
+    sender: Conn,
+    indices: list[int],
+    rate: float,
+    first: int,
+    progress: Progress,
+) -> dict[str, Any]:
+    """Direct messages at ``rate``/s for ``cfg.dm_step`` seconds, open loop.
+
+    Recipients are spread over all N clients by a fixed stride, so every run
+    sends the same traffic; sequence numbers start at ``first``.
+    """
+    count = max(1, int(rate * cfg.dm_step))
+    n = len(indices)
+    fl.measure(0, first + count, 0)
+    progress.start(f"{sys_.name}: direct {_per_s(rate)} messages/s", count)
+
+    def line(seq: int, t: int) -> bytes:
+        to = wire.client_name(indices[(seq * 7919) % n])
+        return wire.direct(sys_.dialect, to, wire.payload(wire.KIND_DIRECT, seq, t))
+
+    cpu0 = sys_.cpu_seconds()
+    log = open_loop(sender, line, rate, count, first_seq=first, tick=progress.update)
+    st, _ = fl.wait_for(lambda s: s["d"] >= count, stall=cfg.drain_stall, cap=60.0)
+    cpu1 = sys_.cpu_seconds()
+    progress.done()
+    rec = fl.collect()
+    got = [x for s, x in zip(rec["d_seq"], rec["d_klat"], strict=True) if s >= first]
+    hgot = [x for s, x in zip(rec["d_seq"], rec["d_lat"], strict=True) if s >= first]
+    # Kernel-stamped, like every latency the report leads with.
+    summary, hsummary = latency_summary(got), latency_summary(hgot)
+    return {
+        "offered": rate,
+        "count": count,
+        "sent": log.sent,
+        "unsent": log.unsent,
+        "lost": count - len(got),
+        "duplicated": rec["d_dup"],
+        "achieved": len(got) / log.seconds if log.seconds > 0 else math.nan,
+        "kernel_ms": summary,
+        "per_recipient_ms": hsummary,
+        "server_cpu_per_1k": (cpu1 - cpu0) * 1000.0 / len(got)
+        if got and cpu0 is not None and cpu1 is not None
+        else None,
+        "sender_lag_p99_ms": nearest_rank(sorted(log.lag_ns), 99) / 1e6,
+        "dropped": st["dropped"],
     }
 
 
-def direct(
+def direct_capacity(
     sys_: Running, cfg: Config, fl: Fleet, sender: Conn, indices: list[int], progress: Progress
 ) -> dict[str, Any]:
-    """Direct messages at rising offered rates until one is not sustained.
+    """Direct-message capacity over ``cfg.dm_ladder``, in messages/s."""
 
-    A rate is sustained when p99 stays under ``dm_slo_ms`` and nothing is lost;
-    the saturation rate is the highest sustained one.  Recipients are spread
-    over all N clients by a fixed stride, so every run sends the same traffic.
-    """
-    counts = [max(1, int(r * cfg.dm_step)) for r in cfg.dm_rates]
-    fl.measure(0, sum(counts), 0)
-    steps: list[dict[str, Any]] = []
-    first = 0
-    n = len(indices)
-    saturation = 0.0
-    for rate, count in zip(cfg.dm_rates, counts, strict=True):
-        progress.start(f"{sys_.name}: direct {rate}/s", count)
+    def run_step(rate: float, first: int) -> dict[str, Any]:
+        return direct_step(sys_, cfg, fl, sender, indices, rate, first, progress)
 
-        def line(seq: int, t: int) -> bytes:
-            to = wire.client_name(indices[(seq * 7919) % n])
-            return wire.direct(sys_.dialect, to, wire.payload(wire.KIND_DIRECT, seq, t))
-
-        cpu0 = sys_.cpu_seconds()
-        log = open_loop(sender, line, rate, count, first_seq=first, tick=progress.update)
-        # Counters restart at every collect, so a step waits for its own count.
-        fl.wait_for(lambda s, w=count: s["d"] >= w, stall=cfg.drain_stall, cap=60.0)
-        cpu1 = sys_.cpu_seconds()
-        progress.done()
-        rec = fl.collect()
-        lat = list(rec["d_lat"])
-        summary = latency_summary(lat)
-        ksummary = latency_summary(rec["d_klat"])
-        step = {
-            "offered": rate,
-            "sent": log.sent,
-            "lost": count - len(lat),
-            "duplicated": rec["d_dup"],
-            "achieved": len(lat) / log.seconds if log.seconds > 0 else math.nan,
-            "p50_ms": summary["p50"],
-            "p99_ms": summary["p99"],
-            "max_ms": summary["max"],
-            "kernel_p50_ms": ksummary["p50"],
-            "kernel_p99_ms": ksummary["p99"],
-            "server_cpu_per_1k": (cpu1 - cpu0) * 1000.0 / len(lat)
-            if lat and cpu0 is not None and cpu1 is not None
-            else None,
-        }
-        steps.append(step)
-        first += count
-        # Kernel-stamped, like every latency the report leads with.
-        if step["lost"] == 0 and step["kernel_p99_ms"] <= cfg.dm_slo_ms:
-            saturation = rate
-        else:
-            break
-        # Let the receive side settle so the next step starts from an idle server.
-        time.sleep(0.2)
-    # Messages per second one full core would carry at the CPU cost measured at
-    # the highest sustained rate: less noisy than the latency-based saturation.
-    costs = [s["server_cpu_per_1k"] for s in steps if s["offered"] == saturation]
-    capacity = 1000.0 / costs[0] if costs and costs[0] else None
-    return {
-        "steps": steps,
-        "saturation_rate": saturation,
-        "cpu_capacity": capacity,
-        "saturated": bool(steps) and saturation < cfg.dm_rates[len(steps) - 1],
-        "lost": sum(s["lost"] for s in steps if s["offered"] <= saturation),
-        "duplicated": sum(s["duplicated"] for s in steps),
-        "slo_ms": cfg.dm_slo_ms,
-    }
+    return _search(sys_, sender, cfg.dm_ladder, cfg.bisections, cfg.dm_objective_ms, run_step)

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from cli.display import MAX_SERVER_LINE, ServerLine, render
 from cli.tls import TLSStream, handshake_error
 from protocol import (
+    Banned,
     Bye,
     Command,
     Disconnected,
@@ -198,6 +199,9 @@ def refusal(event: object) -> str | None:
             return f"the chat service is unavailable: {reason}"
         case Disconnected(reason):
             return f"the server disconnected: {reason}"
+        case Banned(by, duration, reason):
+            lasting = f" for {duration}" if duration else ""
+            return f"banned by {by}{lasting}" + (f": {reason}" if reason else "")
     return None
 
 

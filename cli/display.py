@@ -16,7 +16,7 @@ every line is shown in one of two forms, and never raw:
 
 The output of :func:`render` therefore never contains a C0/C1 control
 character, DEL, a Unicode line separator, a bidi override or a lone surrogate,
-which ``tests/test_cli_display.py`` checks for arbitrary bytes.
+which ``tests/cli/test_cli_display.py`` checks for arbitrary bytes.
 """
 
 from __future__ import annotations

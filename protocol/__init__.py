@@ -40,6 +40,7 @@ from protocol.commands import (
 from protocol.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 from protocol.escaping import MAX_COMBINING_MARKS, escape, unescape
 from protocol.events import (
+    Banned,
     BroadcastFrom,
     BroadcastNotSent,
     BroadcastSent,
@@ -50,10 +51,13 @@ from protocol.events import (
     HistoryLine,
     InvalidInput,
     InvalidUsername,
+    Kicked,
     LoginTimedOut,
     MessageFrom,
     MessageSent,
     MessageStored,
+    Moderation,
+    Muted,
     NotDelivered,
     OnlineUsers,
     PasswordChanged,
@@ -65,6 +69,7 @@ from protocol.events import (
     ShuttingDown,
     TooManyFromAddress,
     TooManyTries,
+    Unmuted,
     UsernameTaken,
     UserOffline,
     UserOnline,
@@ -72,11 +77,23 @@ from protocol.events import (
     WaitingDelivered,
     WaitingMessage,
     WrongPassword,
+    YouAreMuted,
     format_event,
     parse_event,
 )
 from protocol.framing import DEFAULT_MAX_LINE, LineBuffer, LineTooLong
 from protocol.lines import decode_line
+from protocol.moderation import (
+    Ban,
+    Bans,
+    Kick,
+    Mute,
+    Unban,
+    Unmute,
+    canonical_address,
+    duration_seconds,
+    is_address,
+)
 from protocol.servertime import format_server_time, parse_server_time
 from protocol.usernames import (
     MAX_USERNAME_LENGTH,
@@ -105,4 +122,6 @@ __all__ = [
     "BroadcastNotSent", "ServiceUnavailable", "Disconnected",
     "EVERYONE", "MAX_HISTORY_PAGE", "History", "HistoryEnd", "HistoryLine", "MessageStored",
     "WaitingDelivered", "WaitingMessage", "format_server_time", "parse_server_time",
+    "Kick", "Ban", "Unban", "Mute", "Unmute", "Bans", "canonical_address", "duration_seconds",
+    "is_address", "Kicked", "Banned", "Muted", "Unmuted", "YouAreMuted", "Moderation",
 ]

@@ -34,6 +34,16 @@ class Argument(enum.Enum):
     CONVERSATION = "a valid username, or everyone for the broadcasts"
     MESSAGE_ID = "a message id as history lines show it"
     PAGE_SIZE = "a number of messages, 1 to MAX_HISTORY_PAGE"
+    TARGET = "a valid username or an IP address (protocol.moderation)"
+    DURATION = "a number and a unit, 10m (protocol.moderation)"
+
+
+class Command:
+    """What a logged-in client asks of the server: one row of
+    :data:`protocol.commands.COMMANDS` (here, below every module that
+    declares commands)."""
+
+    __slots__ = ()
 
 
 Username = Annotated[str, Argument.USERNAME]

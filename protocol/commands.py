@@ -61,6 +61,7 @@ from typing import Any, Generic, TypeVar, cast
 
 from protocol.arguments import (
     EVERYONE,
+    Command,
     Conversation,
     Message,
     MessageId,
@@ -84,13 +85,25 @@ from protocol.arguments import (
     read_word,
 )
 from protocol.errors import RemoteProtocolError
+from protocol.moderation import (
+    Ban,
+    Bans,
+    Kick,
+    Mute,
+    Unban,
+    Unmute,
+    format_ban,
+    format_kick,
+    format_mute,
+    format_unban,
+    format_unmute,
+    parse_ban,
+    parse_kick,
+    parse_mute,
+    parse_unban,
+    parse_unmute,
+)
 from protocol.usernames import VALID_NAMES, is_valid_username, username_key, validate_username
-
-
-class Command:
-    """What a logged-in client asks of the server: one row of :data:`COMMANDS`."""
-
-    __slots__ = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,6 +303,13 @@ COMMANDS: tuple[CommandSpec[Any], ...] = (
         "history", History, "<user>|everyone [before <id>] [<count>]", _parse_history,
         _format_history,
     ),
+    # The operators' (protocol.moderation); anyone else is refused by the server.
+    CommandSpec("kick", Kick, '<user> ["<reason>"]', parse_kick, format_kick),
+    CommandSpec("ban", Ban, '<user>|<address> [<duration>] ["<reason>"]', parse_ban, format_ban),
+    CommandSpec("unban", Unban, "<user>|<address>", parse_unban, format_unban),
+    CommandSpec("mute", Mute, "<user> [<duration>]", parse_mute, format_mute),
+    CommandSpec("unmute", Unmute, "<user>", parse_unmute, format_unmute),
+    CommandSpec("bans", Bans),
 )
 
 COMMAND_NAMES = tuple(spec.name for spec in COMMANDS)

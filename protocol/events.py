@@ -23,6 +23,8 @@ from protocol.arguments import EVERYONE, MESSAGE_ID_PATTERN, check_conversation,
 from protocol.commands import COMMANDS
 from protocol.errors import LocalProtocolError, RemoteProtocolError
 from protocol.escaping import _ASCII_NEEDS_ESCAPE, QUOTED_PATTERN, escape, find_unsafe, unescape
+from protocol.moderation import DURATION_PATTERN as _DURATION
+from protocol.moderation import duration_problem
 from protocol.servertime import SERVER_TIME_PATTERN, check_server_time, parse_server_time
 from protocol.usernames import (
     RESERVED_USERNAMES,
@@ -257,6 +259,49 @@ class HistoryEnd:
     count: int
 
 
+@dataclass(frozen=True, slots=True)
+class Kicked:
+    """An operator disconnects this user (the connection closes after it)."""
+
+    by: str
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Banned:
+    """This user or address is banned: disconnected now, or refused at login.
+    ``duration`` is how long it still lasts (None: until unbanned)."""
+
+    by: str
+    duration: str | None = None
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Muted:
+    """An operator mutes this user: their messages are refused meanwhile."""
+
+    by: str
+    duration: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Unmuted:
+    by: str
+
+
+@dataclass(frozen=True, slots=True)
+class YouAreMuted:
+    """The answer to a message from a muted user: it went to nobody."""
+
+
+@dataclass(frozen=True, slots=True)
+class Moderation:
+    """What an operator's command did, or the list of bans (text of the server's own)."""
+
+    text: str
+
+
 Event = (
     UserOnline | UserOffline | UserUnknown | MessageSent | MessageFrom | NotDelivered
     | BroadcastSent | BroadcastFrom | OnlineUsers | HelpText | InvalidInput | InvalidUsername
@@ -264,6 +309,7 @@ Event = (
     | PasswordRequired | WrongPassword | TooManyTries | Registered | PasswordChanged
     | BroadcastNotSent | ServiceUnavailable | Disconnected | ServerBusy
     | MessageStored | WaitingMessage | WaitingDelivered | HistoryLine | HistoryEnd
+    | Kicked | Banned | Muted | Unmuted | YouAreMuted | Moderation
 )
 
 # Every command's usage, in the order of the command table.
@@ -279,6 +325,7 @@ _FIXED_LINES: dict[type, str] = {
     ShuttingDown: "<Server is shutting down.>",
     TooManyTries: "<Too many wrong passwords.>",
     ServerBusy: "<Server busy: try again in a moment.>",
+    YouAreMuted: "<You are muted: your message was not sent.>",
 }
 _FIXED_EVENTS: dict[str, Event] = {line: kind() for kind, line in _FIXED_LINES.items()}
 _INPUT_SUFFIX = '. Type "help" for commands.>'
@@ -429,11 +476,39 @@ def _format(event: Event) -> str:
             if type(count) is not int or not 0 <= count < 10**9:
                 raise LocalProtocolError(f"not a count: {count!r}")
             return f"<End of history with {check_conversation(peer)}: {count} shown.>"
+        case Kicked(by, reason):
+            return f"<Kicked by {_checked_name(by)}{_why(reason)}>"
+        case Banned(by, duration, reason):
+            return f"<Banned by {_checked_name(by)}{_for(duration)}{_why(reason)}>"
+        case Muted(by, duration):
+            return f"<Muted by {_checked_name(by)}{_for(duration)}.>"
+        case Unmuted(by):
+            return f"<Unmuted by {_checked_name(by)}.>"
+        case Moderation(text):
+            return f'<Moderation: "{escape(text)}">'
         case _:
             line = _FIXED_LINES.get(type(event))
             if line is None:
                 raise TypeError(f"not an event: {event!r}")
             return line
+
+
+def _why(reason: str | None) -> str:
+    # An operator's reason is user text: quoted and escaped like a message.
+    if reason is None:
+        return "."
+    if not reason:
+        raise LocalProtocolError("the reason is empty")
+    return f': "{escape(reason)}"'
+
+
+def _for(duration: str | None) -> str:
+    if duration is None:
+        return ""
+    problem = duration_problem(duration)
+    if problem is not None:
+        raise LocalProtocolError(problem)
+    return f" for {duration}"
 
 
 def _checked_name(name: str) -> str:
@@ -511,16 +586,22 @@ _PATTERNS: list[tuple[re.Pattern[str], Callable[..., Event]]] = [
     (re.compile(
         rf"<End of history with ({EVERYONE}|{USERNAME_PATTERN}): (0|[1-9][0-9]{{0,8}}) shown\.>"
     ), HistoryEnd),
+    (re.compile(rf"<Kicked by {_NAME}(?:\.|: {QUOTED_PATTERN})>"), Kicked),
+    (re.compile(rf"<Banned by {_NAME}(?: for ({_DURATION}))?(?:\.|: {QUOTED_PATTERN})>"),
+     Banned),
+    (re.compile(rf"<Muted by {_NAME}(?: for ({_DURATION}))?\.>"), Muted),
+    (re.compile(rf"<Unmuted by {_NAME}\.>"), Unmuted),
+    (re.compile(rf"<Moderation: {QUOTED_PATTERN}>"), Moderation),
 ]
 _TEXT_EVENTS = (MessageSent, MessageFrom, BroadcastSent, BroadcastFrom, WaitingMessage,
-                HistoryLine)
+                HistoryLine, Kicked, Banned, Moderation)
 # Events carrying a server time, at this place among their fields.
 _TIMED_EVENTS = {WaitingMessage: 1, WaitingDelivered: 1, HistoryLine: 1}
 # Events whose first field is a username.
 _NAME_EVENTS = (
     UserOnline, UserOffline, UserUnknown, MessageSent, MessageFrom, NotDelivered, BroadcastFrom,
     UsernameTaken, PasswordRequired, WrongPassword, Registered, PasswordChanged, MessageStored,
-    WaitingMessage, WaitingDelivered,
+    WaitingMessage, WaitingDelivered, Kicked, Banned, Muted, Unmuted,
 )
 
 
@@ -565,7 +646,7 @@ def parse_event(line: str) -> Event:
             parse_server_time(groups[_TIMED_EVENTS[kind]])
         if kind in _TEXT_EVENTS:
             *head, text = groups
-            groups = (*head, unescape(text))
+            groups = (*head, None if text is None else unescape(text))
         return kind(*groups)
     raise RemoteProtocolError("not a server event")
 

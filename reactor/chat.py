@@ -25,6 +25,8 @@ from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 
 from protocol import (
+    Ban,
+    Bans,
     Broadcast,
     BroadcastNotSent,
     Bye,
@@ -36,7 +38,9 @@ from protocol import (
     History,
     InvalidInput,
     InvalidUsername,
+    Kick,
     LineTooLong,
+    Mute,
     NotDelivered,
     OnlineUsers,
     ProtocolError,
@@ -45,15 +49,20 @@ from protocol import (
     ServiceUnavailable,
     ShuttingDown,
     TooManyFromAddress,
+    Unban,
+    Unmute,
     UsernameTaken,
     UserOffline,
     UserOnline,
     Users,
     UserUnknown,
+    YouAreMuted,
+    canonical_address,
     decode_line,
     format_event,
     parse_command,
     parse_login,
+    username_key,
 )
 from protocol.events import (
     LoginTimedOut,
@@ -87,10 +96,13 @@ _FULL = format_event(ServerFull())
 _TOO_MANY_FROM_ADDRESS = format_event(TooManyFromAddress())
 _SHUTTING_DOWN = format_event(ShuttingDown())
 _LOGIN_TIMED_OUT = format_event(LoginTimedOut())
+_MUTED = format_event(YouAreMuted())
 
 # Seconds between checks of the output limits that take time to judge (the
 # soft limit's grace period, the server-wide budget).
 HOUSEKEEPING_INTERVAL = 1.0
+# While broadcasts wait for the queues to drain: seconds between counts.
+HELD_RECOUNT_INTERVAL = 0.05
 
 SendAtOnce = Callable[[bytes, list[Connection], bool], list[Connection]]
 # Offline notices joined into one fan-out when many users leave together
@@ -100,6 +112,8 @@ OFFLINE_NOTICES_PER_FAN_OUT = 512
 
 NO_HISTORY = "this server keeps no history; the operator can turn it on with --history on"
 NO_ACCOUNTS = "this server keeps no registered names; the operator can turn them on with --accounts"
+NO_OPERATORS = ("this server has no operators: operators are registered names, and it keeps"
+                " none (no --accounts)")
 
 
 class ChatService:
@@ -135,6 +149,14 @@ class ChatService:
         # Offline notices held while a fan-out is under way (see user_left).
         self._fan_out_depth = 0
         self._deferred_notices: list[bytes] = []
+        # The output budget (see _keep_the_budget): all queues' total at the
+        # last count, what fan-outs may have added since, the senders whose
+        # broadcasts wait while it is over the high-water mark (None: none
+        # wait), and the connections with output queued at the last check.
+        self._output_total = 0
+        self._fanned_out = 0
+        self._held_broadcasts: list[Connection] | None = None
+        self._queued_at_check: set[Connection] = set()
 
     # -- set-up by the backend ------------------------------------------------
 
@@ -150,7 +172,7 @@ class ChatService:
         call_later(HOUSEKEEPING_INTERVAL, self._housekeeping)
         self.whiteboard.start(self, self.scheduler)
         if self.accounts is not None:
-            self.accounts.start(self.scheduler)
+            self.accounts.start(self.scheduler, self)
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
         return self.scheduler.call_later(delay, callback)
@@ -250,6 +272,7 @@ class ChatService:
         self._shutting_down = True
         for connection in list(self._connections):
             if connection.is_open:
+                connection.transport.drop_unsent()  # the notice next, not after a backlog
                 connection.send(_SHUTTING_DOWN)
                 connection.close("server shutting down")
 
@@ -290,7 +313,8 @@ class ChatService:
         config = self.config
         now = self.clock()
         total = 0
-        queued: list[tuple[int, Connection]] = []
+        stalled: list[tuple[int, Connection]] = []
+        previous, queued = self._queued_at_check, set()
         for connection in list(self._connections):
             size = connection.transport.queued
             if not size:
@@ -306,20 +330,75 @@ class ChatService:
                 )
                 continue  # its queue is discarded: it no longer counts against the budget
             total += size
-            queued.append((size, connection))
-        if total <= config.output_budget:
+            output = connection.transport.output
+            if connection in previous and not output.progressed:
+                # Output waited at the last check too, and the kernel has
+                # taken none of it since: this client is not reading.
+                stalled.append((size, connection))
+            output.progressed = False
+            queued.add(connection)
+        self._queued_at_check = queued
+        self._keep_the_budget(total, stalled)
+
+    def _keep_the_budget(self, total: int, stalled: list[tuple[int, Connection]]) -> None:
+        """All queues together stay within the output budget, and no reader
+        is cut for it.  Over half the budget (the high-water mark), the
+        broadcasts of every sender wait, and their input with them in TCP,
+        until the total is under a quarter (_recount_held); meanwhile, or
+        over the budget, the largest queues of clients that do not read are
+        cut."""
+        budget = self.config.output_budget
+        held = self._held_broadcasts
+        limit = budget // 4 if held is not None else budget
+        if total > limit and stalled:
+            stalled.sort(key=lambda item: item[0], reverse=True)
+            log.warning("Output queued for all clients (%d bytes) is over the budget of %d"
+                        " bytes or its high-water mark; cutting off the largest queues of"
+                        " clients that do not read", total, budget)
+            for size, connection in stalled:
+                if total <= limit:
+                    break
+                if connection.phase is not Phase.CLOSED:
+                    connection.guard(connection.abort)(
+                        "slow consumer: cut to keep the server's output budget"
+                    )
+                    total -= size
+        self._output_total, self._fanned_out = total, 0
+        if held is None and total > budget // 2:
+            self._hold_broadcasts(total)
+
+    def _count_output(self) -> None:
+        """Count all queues again, fan-outs having perhaps taken the total
+        past the high-water mark (then broadcasts wait: _keep_the_budget)."""
+        total = self._total_queued()
+        if total > self.config.output_budget // 2 and self._held_broadcasts is None:
+            self._hold_broadcasts(total)
+
+    def _hold_broadcasts(self, total: int) -> None:
+        log.warning("Output queued for all clients (%d bytes) is over half the budget of"
+                    " %d bytes; broadcasts wait until it is under a quarter",
+                    total, self.config.output_budget)
+        self._held_broadcasts = []
+        self.scheduler.call_later(HELD_RECOUNT_INTERVAL, self._recount_held)
+
+    def _recount_held(self) -> None:
+        """While broadcasts wait: are the queues under a quarter of the budget yet?"""
+        held = self._held_broadcasts
+        if held is None:
+            return  # released by the housekeeping meanwhile
+        total = self._total_queued()
+        if total > self.config.output_budget // 4:
+            self.scheduler.call_later(HELD_RECOUNT_INTERVAL, self._recount_held)
             return
-        queued.sort(key=lambda item: item[0], reverse=True)
-        log.warning("Output queued for all clients (%d bytes) is over the budget of %d bytes;"
-                    " cutting off the largest queues", total, config.output_budget)
-        for size, connection in queued:
-            if total <= config.output_budget:
-                break
-            if connection.phase is not Phase.CLOSED:
-                connection.guard(connection.abort)(
-                    "slow consumer: cut to keep the server's output budget"
-                )
-                total -= size
+        self._held_broadcasts = None
+        for connection in held:
+            if connection.is_open:
+                connection.guard(connection.release_lines)()
+
+    def _total_queued(self) -> int:
+        total = sum(connection.transport.queued for connection in self._connections)
+        self._output_total, self._fanned_out = total, 0
+        return total
 
     # -- input ----------------------------------------------------------------
 
@@ -408,10 +487,21 @@ class ChatService:
         if type(command) is Chat:
             # The hot command, dispatched before the match (whose class
             # patterns cost a few isinstance and attribute look-ups each).
-            self._direct_message(connection, sender, command.to, command.text)
+            if connection.muted_until is None or not self._muted(connection):
+                self._direct_message(connection, sender, command.to, command.text)
             return
         match command:
             case Broadcast(text):
+                if connection.muted_until is not None and self._muted(connection):
+                    return  # refused with its line (_muted)
+                held = self._held_broadcasts
+                if held is not None:
+                    # Over the output high-water mark: it waits, and its
+                    # sender's further input with it (_keep_the_budget).
+                    connection.pending_lines.appendleft(raw)
+                    connection.hold_lines()
+                    held.append(connection)
+                    return
                 self._broadcast(connection, sender, text)
             case Users():
                 names = tuple(self.whiteboard.online_names())
@@ -435,6 +525,20 @@ class ChatService:
                     connection.reply(format_event(InvalidInput(NO_HISTORY)))
                 else:
                     self._desk.history(connection, sender, peer, before, count)
+            case Kick() | Ban() | Unban() | Mute() | Unmute() | Bans():
+                if self.accounts is None:
+                    connection.reply(format_event(InvalidInput(NO_OPERATORS)))
+                else:
+                    self.accounts.moderate(connection, sender, command, self)
+
+    def _muted(self, connection: Connection) -> bool:
+        """Refuse the message of a muted user (True), or lift a mute past its end."""
+        muted_until = connection.muted_until
+        if muted_until is not None and self.clock() < muted_until:
+            connection.reply(_MUTED)
+            return True
+        connection.muted_until = None
+        return False
 
     # -- what commands cause --------------------------------------------------
 
@@ -575,6 +679,44 @@ class ChatService:
         connection.send(format_event(UserOffline(sender)))
         connection.close("bye")  # its user_left finds the name already released
 
+    # -- what operators cause (contracts.ModerationEvents) -------------------------
+
+    def moderation_disconnect(self, targets: dict[str, tuple[bytes, str]]) -> set[str]:
+        hit: set[str] = set()
+        for session in list(self.whiteboard.online_sessions()):
+            if session.username is None or not session.is_open:
+                continue
+            target = username_key(session.username)
+            if target not in targets:
+                target = canonical_address(session.peer_host)
+                if target not in targets:
+                    continue
+            line, reason = targets[target]
+            hit.add(target)
+            session.send(line)
+            session.close(reason)
+        return hit
+
+    def moderation_mutes(self, mutes: dict[str, tuple[float, bytes | None]],
+                         complete: bool) -> None:
+        now = self.clock()
+        for session in list(self.whiteboard.online_sessions()):
+            if session.username is None:
+                continue
+            was_muted = session.muted_until is not None and session.muted_until > now
+            found = mutes.get(username_key(session.username))
+            if found is None:
+                if complete:
+                    session.muted_until = None
+                continue
+            seconds, line = found
+            session.muted_until = now + seconds if seconds > 0 else None
+            if line is not None and was_muted != (seconds > 0):
+                session.send(line)
+
+    def online_anywhere(self, name: str) -> bool:
+        return self.whiteboard.lookup(name) is not None
+
     # -- what other servers of the cluster cause (contracts.RosterEvents) ---------
 
     def user_online(self, name: str) -> None:
@@ -622,6 +764,10 @@ class ChatService:
                     connection.fail(error)
         finally:
             self._fan_out_depth -= 1
+        self._fanned_out += len(data) * count
+        if (self._output_total + self._fanned_out > self.config.output_budget // 2
+                and self._held_broadcasts is None):
+            self._count_output()  # (an upper bound passed the mark: count)
         if not self._fan_out_depth:
             deferred = self._deferred_notices
             while deferred:

@@ -89,6 +89,9 @@ class Connection:
         # delivery of every fan-out reads it.
         self.is_open = True
         self.username: str | None = None
+        # Until when (the chat's clock) an operator's mute refuses this
+        # user's messages; None: not muted.
+        self.muted_until: float | None = None
         # Why the connection ended, for the log; set by the first close/abort.
         self.close_reason: str | None = None
         self._hard_limit = config.output_hard_limit

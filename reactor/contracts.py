@@ -272,6 +272,8 @@ class LoginSession(Protocol):
 
     peer_host: str
     is_open: bool
+    #: Until when (the scheduler's clock) the user's messages are refused: a mute.
+    muted_until: float | None
     #: The registered name whose password the next line is (see ask_password).
     password_for: str | None
     #: Wrong passwords sent on this connection so far (the login step counts).
@@ -312,6 +314,27 @@ class LoginSession(Protocol):
     def close(self, reason: str) -> None: ...
 
 
+class ModerationEvents(Protocol):
+    """What operators' bans, mutes and kicks (the login step's) do to the
+    users of this server.  A target is a username's key
+    (``protocol.username_key``) or an address (``protocol.canonical_address``)."""
+
+    def moderation_disconnect(self, targets: dict[str, tuple[bytes, str]]) -> set[str]:
+        """For each target, send its line to every user here that it names
+        and close their connections with its reason, in one pass over this
+        server's users; the targets that named somebody."""
+
+    def moderation_mutes(self, mutes: dict[str, tuple[float, bytes | None]],
+                         complete: bool) -> None:
+        """Mute the users here whose key is in ``mutes`` for that many more
+        seconds (``math.inf``: until unmuted; 0 unmutes), and send them the
+        line when that changes whether they are muted; ``complete``: these
+        are all the mutes in force, so anyone else here is unmuted."""
+
+    def online_anywhere(self, name: str) -> bool:
+        """Is ``name`` online on any server of the chat?"""
+
+
 class LoginStep(Protocol):
     """What the chat asks of a login step (registered names, ``--accounts``).
 
@@ -319,9 +342,15 @@ class LoginStep(Protocol):
     the chat hands it each valid name, each password line, and the account
     commands; it lets a name in by calling ``admit(name)``."""
 
-    def start(self, scheduler: Scheduler) -> None: ...
+    def start(self, scheduler: Scheduler, events: ModerationEvents | None = None) -> None:
+        """Begin; what operators do reaches the chat through ``events``."""
 
     def close(self) -> None: ...
+
+    def moderate(self, session: LoginSession, sender: str, command: Any,
+                 events: ModerationEvents) -> None:
+        """An operator's command (``protocol.moderation``) from ``sender``:
+        refused unless the sender is an operator; answered in its turn."""
 
     def login(self, session: LoginSession, name: str, admit: Admit) -> None:
         """A valid username: ask for its password, or ``admit`` it."""

@@ -53,14 +53,19 @@ Item = bytes | memoryview | Entry
 
 
 class OutputBuffer:
-    __slots__ = ("_entries", "_items", "size")
+    __slots__ = ("_items", "entries", "progressed", "size")
 
     def __init__(self) -> None:
         self._items: deque[Item] = deque()
         self.size = 0  # bytes queued and not yet taken by the kernel
+        # Set whenever the kernel takes bytes from the queue, cleared by
+        # ChatService's budget check: whether a client with output waiting
+        # reads at all.  (A flag, not a count: storing a constant allocates
+        # nothing, where a growing count would, once per send.)
+        self.progressed = False
         # How many of the items are Entries: with none, the queue is plain
-        # bytes and the hot paths below need not look at each item.
-        self._entries = 0
+        # bytes (nothing to withdraw) and the hot paths need not look at each item.
+        self.entries = 0
 
     def __bool__(self) -> bool:
         return self.size > 0
@@ -73,14 +78,14 @@ class OutputBuffer:
             return None
         entry = Entry(data, on_handoff)
         self._items.append(entry)
-        self._entries += 1
+        self.entries += 1
         return entry
 
     def buffers(self) -> list[bytes | memoryview]:
         """The head of the queue, for one ``sendmsg`` call."""
         items = self._items
-        if not self._entries and len(items) <= MAX_BUFFERS_PER_SEND:
-            return list(items)
+        if not self.entries and len(items) <= MAX_BUFFERS_PER_SEND:
+            return list(items)  # type: ignore[arg-type]  # no Entry among them: entries == 0
         count = min(len(items), MAX_BUFFERS_PER_SEND)
         return [item.data if type(item) is Entry else item  # type: ignore[misc]
                 for item in (items[i] for i in range(count))]
@@ -97,7 +102,7 @@ class OutputBuffer:
         count = len(items)
         if count >= MAX_BUFFERS_PER_SEND or self.size > limit:
             return None
-        if self._entries:
+        if self.entries:
             self.mark_started(count)
             return b"".join(self.buffers())  # (all of it: fewer than one send's worth)
         if count == 1:
@@ -111,11 +116,12 @@ class OutputBuffer:
         """Drop ``sent`` bytes from the head; return the callbacks now due (with True)."""
         due: list[Handoff] = []
         items = self._items
+        self.progressed = True
         if sent == self.size:
             # All of it (the common case): no item is looked at but the Entries.
-            if self._entries:
+            if self.entries:
                 due = [item.on_handoff for item in items if type(item) is Entry]
-                self._entries = 0
+                self.entries = 0
             items.clear()
             self.size = 0
             return due
@@ -133,14 +139,14 @@ class OutputBuffer:
             sent -= length
             items.popleft()
             if type(head) is Entry:
-                self._entries -= 1
+                self.entries -= 1
                 due.append(head.on_handoff)
         return due
 
     def mark_started(self, count: int) -> None:
         """The first ``count`` items are being sent (by another thread):
         none of them may be withdrawn any more."""
-        if not self._entries:
+        if not self.entries:
             return  # plain bytes only: nothing can be withdrawn anyway
         items = self._items
         for i in range(min(count, len(items))):
@@ -156,14 +162,38 @@ class OutputBuffer:
             self._items.remove(entry)
         except ValueError:
             return False  # already sent (or discarded)
-        self._entries -= 1
+        self.entries -= 1
         self.size -= len(entry.data)
         return True
+
+    def drop_unsent(self, keep: int = 0) -> list[Handoff]:
+        """Discard what the kernel has not started on, keeping the first
+        ``keep`` bytes (handed to a lower buffer already) and the head if a
+        send cut into it, so that the client's stream stays whole lines.
+        Returns the callbacks that will now never run with True."""
+        items = self._items
+        kept: deque[Item] = deque()
+        size = 0
+        while items and (size < keep or (not kept and _started(items[0]))):
+            item = items.popleft()
+            kept.append(item)
+            size += len(item)
+        waiting = self.clear()
+        self._items = kept
+        self.size = size
+        self.entries = sum(1 for item in kept if type(item) is Entry)
+        return waiting
 
     def clear(self) -> list[Handoff]:
         """Discard everything; return the callbacks that will now never run with True."""
         waiting = [item.on_handoff for item in self._items if type(item) is Entry]
         self._items.clear()
         self.size = 0
-        self._entries = 0
+        self.entries = 0
         return waiting
+
+
+def _started(item: Item) -> bool:
+    """Whether a send has cut into ``item`` (the head of a queue): a
+    memoryview is what is left of a partial send; an Entry says so."""
+    return item.started if type(item) is Entry else type(item) is memoryview  # type: ignore[union-attr]

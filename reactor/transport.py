@@ -102,6 +102,17 @@ class Transport(ABC):
     @abstractmethod
     def resume_reading(self) -> None: ...
 
+    def drop_unsent(self) -> None:
+        """The server is shutting down: discard the queued output the kernel
+        has not started on (its handoffs run with False), so that the
+        shutdown notice goes next instead of after a backlog nobody may
+        read.  A message a send cut into is kept: the stream stays whole
+        lines.  TLS output is left to drain within the linger: its
+        plaintext is bound to records already made."""
+        if self.tls is None:
+            for callback in self.output.drop_unsent():
+                callback(False)
+
     def fail_handoffs(self) -> None:
         """Run every waiting handoff with False (the queue is being discarded)."""
         for callback in self.output.clear():

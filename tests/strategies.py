@@ -15,6 +15,7 @@ from protocol import (
     MAX_PASSWORD_LENGTH,
     MIN_PASSWORD_LENGTH,
     USERNAME_PATTERN,
+    Banned,
     BroadcastFrom,
     BroadcastNotSent,
     BroadcastSent,
@@ -26,10 +27,13 @@ from protocol import (
     HistoryLine,
     InvalidInput,
     InvalidUsername,
+    Kicked,
     LoginTimedOut,
     MessageFrom,
     MessageSent,
     MessageStored,
+    Moderation,
+    Muted,
     NotDelivered,
     OnlineUsers,
     PasswordChanged,
@@ -41,6 +45,7 @@ from protocol import (
     ShuttingDown,
     TooManyFromAddress,
     TooManyTries,
+    Unmuted,
     UsernameTaken,
     UserOffline,
     UserOnline,
@@ -48,11 +53,13 @@ from protocol import (
     WaitingDelivered,
     WaitingMessage,
     WrongPassword,
+    YouAreMuted,
     format_server_time,
     is_valid_username,
     password_problem,
 )
 from protocol.arguments import MESSAGE_ID_PATTERN, Argument
+from protocol.moderation import canonical_address, is_address
 from protocol.servertime import MAX_SERVER_TIME_MS
 
 usernames = st.from_regex(USERNAME_PATTERN, fullmatch=True).filter(is_valid_username)
@@ -103,6 +110,8 @@ conversations = st.one_of(st.just(EVERYONE), usernames)
 message_ids = st.from_regex(MESSAGE_ID_PATTERN, fullmatch=True)
 page_sizes = st.integers(1, MAX_HISTORY_PAGE)
 server_times = st.integers(0, MAX_SERVER_TIME_MS).map(format_server_time)
+durations = st.builds(lambda n, unit: f"{n}{unit}", st.integers(1, 3650),
+                      st.sampled_from("smhd"))
 # The values of each kind of command argument (see protocol.arguments).
 ARGUMENTS: dict[Argument, st.SearchStrategy[typing.Any]] = {
     Argument.USERNAME: usernames,
@@ -112,6 +121,9 @@ ARGUMENTS: dict[Argument, st.SearchStrategy[typing.Any]] = {
     Argument.CONVERSATION: conversations,
     Argument.MESSAGE_ID: message_ids,
     Argument.PAGE_SIZE: page_sizes,
+    Argument.TARGET: st.one_of(usernames.filter(lambda name: not is_address(name)),
+                               st.ip_addresses().map(lambda a: canonical_address(str(a)))),
+    Argument.DURATION: durations,
 }
 
 
@@ -157,6 +169,10 @@ events: st.SearchStrategy[Event] = st.one_of(
     st.builds(WaitingDelivered, usernames, server_times),
     st.builds(HistoryLine, message_ids, server_times, usernames, conversations, texts),
     st.builds(HistoryEnd, conversations, st.integers(0, MAX_HISTORY_PAGE)),
+    st.builds(Kicked, usernames, st.none() | messages),
+    st.builds(Banned, usernames, st.none() | durations, st.none() | messages),
+    st.builds(Muted, usernames, st.none() | durations), st.builds(Unmuted, usernames),
+    st.builds(Moderation, texts),
     st.sampled_from([HelpText(), ServerFull(), TooManyFromAddress(), LoginTimedOut(),
-                     ShuttingDown(), TooManyTries(), ServerBusy()]),
+                     ShuttingDown(), TooManyTries(), ServerBusy(), YouAreMuted()]),
 )

@@ -1,4 +1,4 @@
-"""``python -m reactor.accounts --db PATH|URL list|remove NAME|reset NAME``: the operator's tools.
+"""``python -m reactor.accounts --db PATH|URL COMMAND``: the operator's tools.
 
 ``--db`` is what the server was given with ``--accounts``: a SQLite file, or
 the Redis URL of a cluster (its ``--cluster`` URL when ``--accounts`` had no
@@ -12,7 +12,9 @@ value).
 * ``reset NAME`` -- give a registered name a new password, asked for with
   ``getpass`` (twice) on a terminal, or read as one line from stdin
   otherwise (``printf '%s\\n' "$PW" | python -m reactor.accounts ... reset Alice``);
-  with ``--create`` the name need not be registered yet.
+  with ``--create`` the name need not be registered yet;
+* ``op NAME`` / ``deop NAME`` -- make a registered name a chat operator (who
+  may kick, ban, unban, mute, unmute and list bans), or no longer one.
 
 These work on the store while servers use it (SQLite in WAL mode, or Redis);
 the servers see a change at the next login.  Exit status: 0 done, 1 no such
@@ -26,7 +28,7 @@ import getpass
 import sys
 import time
 
-from protocol import ProtocolError, password_problem, validate_username
+from protocol import ProtocolError, password_problem, username_key, validate_username
 from reactor.accounts.hashing import SCRYPT_DEFAULT, hasher_from_spec
 from reactor.accounts.store import AccountStore, StoreUnavailable
 from reactor.app import forget_stored_messages, open_store
@@ -54,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     reset.add_argument("name")
     reset.add_argument("--create", action="store_true",
                        help="register the name if it is not registered yet")
+    commands.add_parser("op", help="make a registered name a chat operator").add_argument("name")
+    commands.add_parser("deop", help="make an operator an ordinary user again").add_argument(
+        "name")
     return parser
 
 
@@ -92,10 +97,12 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace, store: AccountStore) -> int:
     if args.command == "list":
         accounts = store.accounts()
+        operators = set(store.operators())
         for account in accounts:
             scheme = account.password_hash.split("$")[1] if "$" in account.password_hash else "?"
+            role = "\toperator" if username_key(account.name) in operators else ""
             print(f"{account.name}\tregistered {_when(account.created)}\t"
-                  f"password set {_when(account.updated)}\t{scheme}")
+                  f"password set {_when(account.updated)}\t{scheme}{role}")
         print(f"{len(accounts)} registered name{'' if len(accounts) == 1 else 's'}",
               file=sys.stderr)
         return 0
@@ -105,6 +112,13 @@ def _run(args: argparse.Namespace, store: AccountStore) -> int:
     except ProtocolError as error:
         print(f"{PROG}: {name!r} is not a username: {error.reason}", file=sys.stderr)
         return 2
+    if args.command in ("op", "deop"):
+        if not store.set_operator(name, args.command == "op"):
+            print(f"{PROG}: {name} is not registered (only a registered name can be an "
+                  "operator)", file=sys.stderr)
+            return 1
+        print(f"{name} is {'now' if args.command == 'op' else 'no longer'} an operator.")
+        return 0
     if args.command == "remove":
         removed = store.get(name)
         if removed is None or not store.remove(name):

@@ -8,6 +8,10 @@ keeps the accounts beside the cluster's state, under the same hash tag
                       "created", "updated"}``: one field per account, so that
                       registering is one ``HSETNX`` (of two nodes racing to
                       register one name, exactly one wins).
+``P operators``       SET of the operators' name keys.
+``P sanctions``       HASH ``kind:target`` -> JSON of a
+                      :class:`~reactor.accounts.store.Sanction`: the bans and
+                      mutes in force, pruned as they expire.
 ``P accounts:kept``   a marker, set when a server first opens the store.
 ``P backoff:<key>``   HASH {n, until, checking}: the password back-off of a
                       name (``name:<key>``) or an address (``address:<host>``),
@@ -37,11 +41,13 @@ import time
 from collections.abc import Iterator
 
 from protocol import username_key
-from reactor.accounts.store import Account, AccountStore, StoreUnavailable
+from reactor.accounts.store import Account, AccountStore, Sanction, StoreUnavailable
 from reactor.redis.keys import PREFIX
 from reactor.redis.url import redis_client, without_password
 
 ACCOUNTS = PREFIX + "accounts"
+OPERATORS = PREFIX + "operators"
+SANCTIONS = PREFIX + "sanctions"
 KEPT = PREFIX + "accounts:kept"
 BACKOFF = PREFIX + "backoff:"
 TIMEOUT = 2.0  # seconds a store call may take before the store counts as unavailable
@@ -203,7 +209,58 @@ class RedisAccountStore(AccountStore):
 
     def remove(self, name: str) -> bool:
         with self._errors():
+            self._redis.srem(OPERATORS, username_key(name))
             return bool(self._redis.hdel(ACCOUNTS, username_key(name)))
+
+    def set_operator(self, name: str, operator: bool) -> bool:
+        key = username_key(name)
+        with self._errors():
+            if not self._redis.hexists(ACCOUNTS, key):
+                return False
+            if operator:
+                self._redis.sadd(OPERATORS, key)
+            else:
+                self._redis.srem(OPERATORS, key)
+        return True
+
+    def is_operator(self, name: str) -> bool:
+        key = username_key(name)
+        with self._errors():
+            return bool(self._redis.sismember(OPERATORS, key)
+                        and self._redis.hexists(ACCOUNTS, key))
+
+    def operators(self) -> list[str]:
+        with self._errors():
+            keys = self._redis.smembers(OPERATORS)
+        return sorted(key.decode() if isinstance(key, bytes) else key for key in keys)
+
+    def add_sanction(self, sanction: Sanction) -> None:
+        value = json.dumps({"kind": sanction.kind, "target": sanction.target,
+                            "shown": sanction.shown, "by": sanction.by,
+                            "reason": sanction.reason, "created": sanction.created,
+                            "until": sanction.until})
+        with self._errors():
+            self._redis.hset(SANCTIONS, f"{sanction.kind}:{sanction.target}", value)
+
+    def remove_sanction(self, kind: str, target: str) -> bool:
+        with self._errors():
+            return bool(self._redis.hdel(SANCTIONS, f"{kind}:{target}"))
+
+    def sanctions(self, now: float, prune: bool = False) -> list[Sanction]:
+        with self._errors():
+            fields: dict[bytes, bytes] = self._redis.hgetall(SANCTIONS)
+        found: list[Sanction] = []
+        past: list[bytes] = []
+        for field_name in sorted(fields):
+            sanction = Sanction(**json.loads(fields[field_name]))
+            if sanction.active(now):
+                found.append(sanction)
+            else:
+                past.append(field_name)
+        if past and prune:
+            with self._errors():
+                self._redis.hdel(SANCTIONS, *past)
+        return found
 
     def accounts(self) -> list[Account]:
         with self._errors():

@@ -68,11 +68,12 @@ from protocol import (
 )
 from reactor.accounts.backoff import BackOff
 from reactor.accounts.hashing import PasswordHasher, hasher_from_spec
+from reactor.accounts.moderation import Moderator
 from reactor.accounts.store import Account, AccountStore
 from reactor.accounts.turns import Turns
 from reactor.accounts.workers import Executor, HashQueue
 from reactor.config import AccountsConfig
-from reactor.contracts import Admit, LoginSession, Scheduler
+from reactor.contracts import Admit, LoginSession, ModerationEvents, Scheduler
 
 log = logging.getLogger("reactor")
 
@@ -114,9 +115,23 @@ class Accounts:
         self.turns = Turns(self.names, self.addresses, lambda: self.scheduler.clock(),
                            lambda delay, then: self.scheduler.call_later(delay, then))
         self._scheduler: Scheduler | None = None
+        self.moderator = Moderator(self)
 
-    def start(self, scheduler: Scheduler) -> None:
+    def start(self, scheduler: Scheduler, events: ModerationEvents | None = None) -> None:
         self._scheduler = scheduler
+        if events is not None:
+            self.moderator.start(events)
+
+    def moderate(self, session: LoginSession, sender: str, command: Any,
+                 events: ModerationEvents) -> None:
+        """An operator's command: see :mod:`reactor.accounts.moderation`."""
+        self.moderator.moderate(session, sender, command, events)
+
+    def run_in_worker(self, connection: LoginSession, work: Callable[[], Any],
+                      done: Callable[[Any], None]) -> None:
+        """``work()`` on a look-up worker, then ``done(result or exception)``
+        on the chat thread."""
+        self._in_worker(connection, work, done)
 
     @property
     def scheduler(self) -> Scheduler:
@@ -258,9 +273,15 @@ class Accounts:
         slot = connection.answer_later()
         store, keys = self.store, self._shared_keys(name, connection.peer_host)
 
-        def look_up() -> tuple[Account | None, list[float]]:
+        host = connection.peer_host
+
+        def look_up() -> tuple[Account | None, list[float], bytes | None, float]:
+            banned, muted = Moderator.at_login(store, name, host)
+            if banned is not None:
+                return None, [], banned, 0.0
             account = store.get(name)
-            return account, [] if account is None else store.shared_waits(keys)
+            waits = [] if account is None else store.shared_waits(keys)
+            return account, waits, None, muted
 
         self._in_worker(connection, look_up,
                         lambda result: self._looked_up(connection, slot, name, admit, result))
@@ -274,7 +295,16 @@ class Accounts:
             log.error("Account store failed looking up %s: %s", name, result)
             connection.answer(slot, format_event(InvalidUsername(UNAVAILABLE)))
             return
-        found, waits = cast(tuple[Account | None, list[float]], result)
+        found, waits, banned, muted = cast(
+            tuple[Account | None, list[float], bytes | None, float], result)
+        if banned is not None:
+            log.warning("Refused %s from %s: banned", name, connection.peer_host)
+            connection.send(banned)  # while logging in, nothing else is awaited
+            connection.close("banned")
+            connection.answer(slot)
+            return
+        if muted:
+            connection.muted_until = self.scheduler.clock() + muted
         if found is None:
             admit(connection, name)  # the open chat: the claim's answer follows this one
             connection.answer(slot)

@@ -35,6 +35,27 @@ class Account:
     updated: float
 
 
+@dataclass(frozen=True, slots=True)
+class Sanction:
+    """A ban (``kind`` "ban") or a mute ("mute") in force.
+
+    ``target`` is how it is matched: a username's key
+    (:func:`protocol.username_key`) or an address as
+    :func:`protocol.canonical_address` writes it; ``shown`` is as the
+    operator wrote it.  ``until`` is a Unix time, None for no end."""
+
+    kind: str
+    target: str
+    shown: str
+    by: str
+    reason: str | None
+    created: float
+    until: float | None
+
+    def active(self, now: float) -> bool:
+        return self.until is None or self.until > now
+
+
 class AccountStore(ABC):
     @abstractmethod
     def get(self, name: str) -> Account | None:
@@ -58,6 +79,34 @@ class AccountStore(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional for stores that hold nothing
         """Release what the store holds open."""
+
+    # Moderation: operators, bans and mutes, kept with the accounts so that
+    # every server that shares them enforces them.
+
+    @abstractmethod
+    def set_operator(self, name: str, operator: bool) -> bool:
+        """Mark a registered name an operator or not; False if it is not registered."""
+
+    @abstractmethod
+    def is_operator(self, name: str) -> bool:
+        """Is ``name`` registered and an operator?"""
+
+    @abstractmethod
+    def operators(self) -> list[str]:
+        """The keys of the operators' names."""
+
+    @abstractmethod
+    def add_sanction(self, sanction: Sanction) -> None:
+        """Put a ban or mute in force, replacing one of its kind on its target."""
+
+    @abstractmethod
+    def remove_sanction(self, kind: str, target: str) -> bool:
+        """Lift a ban or mute; False if none was in force."""
+
+    @abstractmethod
+    def sanctions(self, now: float, prune: bool = False) -> list[Sanction]:
+        """Every ban, mute and kick record in force at ``now``; with ``prune``
+        those past are forgotten too."""
 
     # Back-off shared by the servers of a cluster.  A store that only one
     # server uses shares nothing: its in-memory back-off is the whole truth.
@@ -95,15 +144,26 @@ class StoreUnavailable(Exception):
     """The store could not be opened or used; ``str`` says why, in one line."""
 
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS accounts (
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS accounts (
     key TEXT PRIMARY KEY,
     name TEXT NOT NULL,
     password_hash TEXT NOT NULL,
     created REAL NOT NULL,
     updated REAL NOT NULL
+)""",
+    "CREATE TABLE IF NOT EXISTS operators (key TEXT PRIMARY KEY)",
+    """CREATE TABLE IF NOT EXISTS sanctions (
+    kind TEXT NOT NULL,
+    target TEXT NOT NULL,
+    shown TEXT NOT NULL,
+    by TEXT NOT NULL,
+    reason TEXT,
+    created REAL NOT NULL,
+    until REAL,
+    PRIMARY KEY (kind, target)
+)""",
 )
-"""
 
 
 class SQLiteAccountStore(AccountStore):
@@ -136,7 +196,8 @@ class SQLiteAccountStore(AccountStore):
                 os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
             db = self._db()
             with db:
-                db.execute(_SCHEMA)
+                for statement in _SCHEMA:
+                    db.execute(statement)
         except (OSError, sqlite3.Error) as error:
             self.close()
             reason = getattr(error, "strerror", None) or str(error)
@@ -224,6 +285,8 @@ class SQLiteAccountStore(AccountStore):
     def remove(self, name: str) -> bool:
         with self._using() as db:
             cursor = db.execute("DELETE FROM accounts WHERE key = ?", (username_key(name),))
+            # A name registered again later is no operator until made one.
+            db.execute("DELETE FROM operators WHERE key = ?", (username_key(name),))
         return cursor.rowcount == 1
 
     def accounts(self) -> list[Account]:
@@ -232,6 +295,51 @@ class SQLiteAccountStore(AccountStore):
                 "SELECT name, password_hash, created, updated FROM accounts ORDER BY key"
             ).fetchall()
         return [Account(*row) for row in rows]
+
+    def set_operator(self, name: str, operator: bool) -> bool:
+        key = username_key(name)
+        with self._using() as db:
+            if db.execute("SELECT 1 FROM accounts WHERE key = ?", (key,)).fetchone() is None:
+                return False
+            if operator:
+                db.execute("INSERT OR IGNORE INTO operators VALUES (?)", (key,))
+            else:
+                db.execute("DELETE FROM operators WHERE key = ?", (key,))
+        return True
+
+    def is_operator(self, name: str) -> bool:
+        with self._using() as db:
+            row = db.execute(
+                "SELECT 1 FROM operators JOIN accounts USING (key) WHERE key = ?",
+                (username_key(name),)).fetchone()
+        return row is not None
+
+    def operators(self) -> list[str]:
+        with self._using() as db:
+            rows = db.execute("SELECT key FROM operators JOIN accounts USING (key)"
+                              " ORDER BY key").fetchall()
+        return [row[0] for row in rows]
+
+    def add_sanction(self, sanction: Sanction) -> None:
+        with self._using() as db:
+            db.execute("INSERT OR REPLACE INTO sanctions VALUES (?, ?, ?, ?, ?, ?, ?)",
+                       (sanction.kind, sanction.target, sanction.shown, sanction.by,
+                        sanction.reason, sanction.created, sanction.until))
+
+    def remove_sanction(self, kind: str, target: str) -> bool:
+        with self._using() as db:
+            cursor = db.execute("DELETE FROM sanctions WHERE kind = ? AND target = ?",
+                                (kind, target))
+        return cursor.rowcount == 1
+
+    def sanctions(self, now: float, prune: bool = False) -> list[Sanction]:
+        with self._using() as db:
+            if prune:  # a write: not at every login
+                db.execute("DELETE FROM sanctions WHERE until <= ?", (now,))
+            rows = db.execute("SELECT kind, target, shown, by, reason, created, until"
+                              " FROM sanctions WHERE until IS NULL OR until > ?"
+                              " ORDER BY kind, target", (now,)).fetchall()
+        return [Sanction(*row) for row in rows]
 
     def close(self) -> None:
         with self._lock:

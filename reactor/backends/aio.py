@@ -27,6 +27,7 @@ from reactor.backends import EVENT_LOOPS
 from reactor.backends.base import Server
 from reactor.chat import ChatService
 from reactor.config import ServerConfig
+from reactor.connection import Connection
 from reactor.outbuf import Entry, Handoff
 from reactor.sockets import (
     ACCEPT_RETRY_DELAY,
@@ -54,7 +55,9 @@ class AsyncioTransport(Transport, asyncio.BufferedProtocol):
         self._transport: asyncio.Transport | None = None
         self.sock: Any = None  # asyncio's socket-like view, for options
         self._in_flight = 0  # bytes handed to asyncio, not yet known to be sent
-        self._burst = False  # wrote through this loop iteration already
+        # Wrote through, or queued, in this iteration of the loop: on the
+        # server's pending list, whose settle sends the rest in one batch.
+        self._burst = False
         self._closing = False
         self._closed = False
         self._eof_received = False
@@ -160,16 +163,14 @@ class AsyncioTransport(Transport, asyncio.BufferedProtocol):
         if self.tls is not None:
             entry = self.output.append(data, on_handoff)
             if not self._in_flight and not self._burst:
-                self._burst = True
-                self.server.loop.call_soon(self._end_burst)
+                self.server.want_settle(self)
                 self._send_batch()
             return entry if self.output else None  # empty: it went, its handoff ran
         if self.output or self._burst:
             # Waits its turn (and can still be withdrawn); what this loop
             # iteration writes after its first line goes out in one batch.
             return self.output.append(data, on_handoff)
-        self._burst = True
-        self.server.loop.call_soon(self._end_burst)
+        self.server.want_settle(self)
         transport.write(data)  # asyncio tries the send at once
         if not transport.get_write_buffer_size():
             if on_handoff is not None:
@@ -200,6 +201,12 @@ class AsyncioTransport(Transport, asyncio.BufferedProtocol):
                 discard_input(self.sock.fileno())
             self._transport.abort()
 
+    def drop_unsent(self) -> None:
+        if self.tls is None:
+            # What asyncio holds already (the head of our queue) goes; the rest is dropped.
+            for callback in self.output.drop_unsent(self._in_flight):
+                callback(False)
+
     def pause_reading(self) -> None:
         if self._transport is not None and not self._closing and not self._closed:
             self._transport.pause_reading()
@@ -229,7 +236,8 @@ class AsyncioTransport(Transport, asyncio.BufferedProtocol):
         self._in_flight = 0
         self._push()
 
-    def _end_burst(self) -> None:
+    def end_burst(self) -> None:
+        """The server's settle: what this iteration queued goes in one batch."""
         self._burst = False
         if not self._in_flight:
             try:
@@ -321,6 +329,47 @@ class AsyncioServer(Server):
             self.loop = asyncio.new_event_loop()
         self.loop.set_exception_handler(self._exception)
         self._accept_error_logged = float("-inf")
+        # Transports that wrote or queued in this iteration of the loop.
+        self._pending: list[AsyncioTransport] = []
+
+    # -- one batch per client per iteration of the loop ---------------------------
+
+    def want_settle(self, transport: AsyncioTransport) -> None:
+        """``transport`` has written in this iteration: what follows is queued
+        and sent in one batch by one callback for all of them, rather than
+        one callback per client (a login storm's notices reach thousands of
+        clients per iteration)."""
+        transport._burst = True
+        if not self._pending:
+            self.loop.call_soon(self._settle)
+        self._pending.append(transport)
+
+    def _settle(self) -> None:
+        pending, self._pending = self._pending, []
+        for transport in pending:
+            transport.end_burst()
+
+    def send_at_once(self, data: bytes, connections: list[Connection],
+                     batch: bool = False) -> list[Connection]:
+        """A fan-out (see Server.send_at_once): queued in one loop and sent
+        by the settle at the end of this iteration, one batch per client for
+        everything the iteration queued; at half the Python work of
+        ``connection.send``, whose limit checks a queue below the high-water
+        mark passes anyway.  Returns the others (TLS, closed, over the mark)."""
+        size = len(data)
+        high_water = self.config.output_high_water
+        rest: list[Connection] = []
+        for connection in connections:
+            transport: AsyncioTransport = connection.transport  # type: ignore[assignment]
+            output = transport.output
+            if (transport.tls is not None or transport._closed or not connection.is_open
+                    or output.size + size > high_water):
+                rest.append(connection)
+                continue
+            output.append(data)
+            if not transport._burst and not transport._in_flight:
+                self.want_settle(transport)
+        return rest
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
         return self.loop.call_later(delay, callback)
@@ -383,7 +432,10 @@ class AsyncioServer(Server):
         servers = [
             await loop.create_server(
                 lambda tls=listener.tls: AsyncioTransport(self, tls),  # type: ignore[misc]
-                sock=listener.sock,
+                # Else asyncio listens again with its own backlog of 100: a
+                # storm of connections overflows it, and their SYNs wait out
+                # retransmission timeouts.
+                sock=listener.sock, backlog=self.config.backlog,
             )
             for listener in self.listeners
         ]

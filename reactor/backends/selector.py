@@ -13,8 +13,11 @@ Each pass of the loop (after CPython's selector_events and Redis's ae loop):
    waits for the whole fan-out to be queued; everything else is queued and
    written once per connection at the end of the pass with one gathering
    ``sendmsg`` (Redis's handleClientsWithPendingWrites) -- which is what keeps
-   a login storm's O(N^2) notices affordable.  Only a partial write registers
-   the socket for EVENT_WRITE, dropped again once its queue is empty;
+   a login storm's O(N^2) notices affordable.  Every send goes through one
+   function (``SelectorTransport._send``, or a fast path written out where
+   the profiler shows a gain, each named and tested against it).  Only a
+   partial write registers the socket for EVENT_WRITE, dropped again once
+   its queue is empty;
 5. report connections whose sockets closed this pass to the chat logic.
 
 A transport's states: open (reading, unless its connection paused it) ->
@@ -54,15 +57,18 @@ log = logging.getLogger("reactor")
 
 # One recv per ready connection per pass, of at most this much: the bound on
 # the work one client can cause per pass.  The cost is per line, not per
-# byte, so it must be small: 16 KiB of 6-byte commands is ~2,700 lines, about
-# 20 ms of Python; the 256 KiB that asyncio reads held everybody else for
-# ~0.2 s per flooding client per pass (Redis reads 16 KiB too).
+# byte, so it must be small: a read of asyncio's 256 KiB of short commands
+# holds everybody else for the whole of its lines (Redis reads 16 KiB too).
 READ_SIZE = 16 * 1024
 # Connections accepted per listener readiness: enough to drain a login storm
 # quickly, few enough that established clients still get their turn.
 ACCEPTS_PER_PASS = 128
 # Passes with at most this many ready connections send output at once.
 WRITE_THROUGH_MAX_READY = 4
+# TLS handshake steps per pass, and per address per pass: a step may sign
+# with the server's key, far more work than a line, so a flood of stalled
+# handshakes waits its turn over many passes instead of holding up everyone.
+HANDSHAKES_PER_PASS = 2
 
 _READ = selectors.EVENT_READ
 _WRITE = selectors.EVENT_WRITE
@@ -82,10 +88,10 @@ class _EpollPoller:
     fd the loop looks up in ``data``.
 
     ``selectors`` builds a key object per registration and looks each ready
-    descriptor's key up through two method calls: ~4.7k instructions more per
-    ``select()`` than ``epoll.poll`` and a dict (callgrind), paid once per
-    pass -- with a sender writing a line or two at a time, once or twice per
-    direct message.
+    descriptor's key up through two method calls, once per pass -- with a
+    sender writing a line or two at a time, once or twice per direct
+    message; ``epoll.poll`` and a dict do without (bench/profile_fanout.py
+    counts the difference).
     """
 
     def __init__(self) -> None:
@@ -178,94 +184,235 @@ class SelectorTransport(Transport):
         self._write_shut = False
         self._linger: Timer | None = None
         self.socket_closed = False
+        self._room: select.poll | None = None  # see _has_room
+        # A withdraw emptied the queue while the kernel was full: EVENT_WRITE
+        # (the client read) is what tells the connection it drained.
+        self._drain_watch = False
 
     # -- the chat logic's operations ------------------------------------------
+    #
+    # Every byte this transport sends goes through _send, the one send, or a
+    # fast path that writes it out where it runs once per recipient of a
+    # fan-out (each says so, and tests/test_selector_writes.py checks it
+    # against the general path).  The writers decide what to offer and when:
+    #
+    # * write: the turn's first output in a short pass is offered at once
+    #   (_send_first, asyncio's "try to send now"); the rest is queued for
+    #   the end of the pass (_enqueue), written once per connection there;
+    # * send_now: write's first branch for a direct message, without a handoff;
+    # * flush: the queue (or on TLS the ciphertext made from it), until the
+    #   kernel is full -- then EVENT_WRITE, dropped again once it is empty;
+    # * fan_out_first / enqueue_each: write's two branches for a fan-out's
+    #   recipients, in one loop each (SelectorServer.send_at_once).
+    #
+    # A message someone waits for (a direct message: an Entry) can be taken
+    # back only while none of it is in the kernel -- and on TLS only while it
+    # is not encrypted (a record once made must be sent).  So it is offered
+    # (or encrypted) only when the socket is writable (_has_room): then the
+    # kernel takes it whole, and what it would refuse stays withdrawable.
 
     def write(self, data: bytes, on_handoff: Handoff | None = None) -> Entry | None:
         if self.socket_closed:
             if on_handoff is not None:
                 on_handoff(False)
             return None
-        server = self.server
-        started = False
-        if self._turn != server.turn:
+        turn = self.server.turn
+        if self._turn != turn:
             # The first output owed to this connection in this turn.
-            self._turn = server.turn
+            self._turn = turn
+            if self._may_send_now(on_handoff is not None):
+                return self._send_first(data, on_handoff)
             if self.tls is not None:
-                return self._write_tls(data, on_handoff)
-            if server.write_through and not self.output.size \
-                    and not self._waits_for_the_pass(on_handoff):
-                # asyncio's "try to send now": in a short pass the recipients
-                # of a fan-out should not wait for the whole fan-out to be
-                # queued.  Only what the kernel refuses is kept.
-                #
-                # But while more lines of the connection being read wait in
-                # this pass, output is queued and goes in one send per
-                # connection at the end of the pass, as Redis writes once per
-                # pass: a reply to that connection (a batch of direct
-                # messages, each with its echo), and a fan-out to everyone
-                # (broadcasts, notices).  A server that fell behind reads
-                # several broadcasts at once, and so catches up with one
-                # system call per recipient for all of them instead of one
-                # each: it stabilises instead of staying behind.  A direct
-                # message to someone else (with a handoff to wait for) is
-                # still sent at once: no other line of the batch is likely to
-                # share its send, and its echo waits for it.
-                sent = self._send([data])
-                if sent is None:  # the connection failed: it is aborted
-                    if on_handoff is not None:
-                        on_handoff(False)
-                    return None
-                if sent == len(data):
-                    if on_handoff is not None:
-                        on_handoff(True)
-                    # Nothing is owed, so _settle need not visit it: a
-                    # broadcast's recipients stay off pending_writes.
-                    return None
-                if sent:
-                    data = memoryview(data)[sent:]
-                    started = True
-        # Anything more this turn goes out in one sendmsg at the end of it.
-        self._want_settle()
-        entry = self.output.append(data, on_handoff)
-        if started and entry is not None:
-            entry.started = True
-        return entry
+                return self._queue_first(data, on_handoff)
+        if not self._in_pending:  # _enqueue, written out: this runs once per reply
+            self._in_pending = True
+            self.server.pending_writes.append(self)
+        return self.output.append(data, on_handoff)
 
     def send_now(self, data: bytes) -> int:
         """write()'s first branch, for a direct message: no handoff to make
-        when the kernel takes it whole."""
-        server = self.server
-        if (self._turn == server.turn or self.socket_closed or self.tls is not None
-                or not server.write_through or self.output.size
-                or (server.reading is self and server.more_input_waits())):
-            return -1 if self.socket_closed else 0
-        self._turn = server.turn
-        # _send, written out: this runs once per direct message.
-        try:
-            return self.sock.send(data)
-        except (BlockingIOError, InterruptedError):
-            return 0
-        except OSError as error:
-            self._connection_error(error)
+        when the kernel takes it whole (plain TCP; TLS goes through write).
+
+        Fast path: _may_send_now written out, once per direct message."""
+        if self.socket_closed:
             return -1
+        server = self.server
+        turn = server.turn
+        if self._turn == turn or self.tls is not None:
+            return 0
+        self._turn = turn  # write() queues what this does not send
+        if (not server.write_through or self.output.size
+                or (server.reading is self and server.more_input_waits())
+                or not self._has_room()):
+            return 0
+        sent = self._send([data])
+        return -1 if sent is None else sent
+
+    @staticmethod
+    def fan_out_first(data: bytes, connections: list[Connection], turn: int) -> list[Connection]:
+        """A fan-out's line as each connection's first output of a short
+        pass: sent now where nothing is queued and it is the connection's
+        first output this turn (what the kernel refuses is queued); returns
+        the others, untouched, for the caller to queue.  The checks of the
+        pass are the caller's (SelectorServer.send_at_once).
+
+        Fast path: _send_first's plain case written out in one loop, a call
+        less per recipient of every broadcast; see test_fan_out_fast_path."""
+        size = len(data)
+        later: list[Connection] = []
+        for connection in connections:
+            transport: SelectorTransport = connection.transport  # type: ignore[assignment]
+            if (transport._turn == turn or transport.output.size or transport.socket_closed
+                    or not connection.is_open):
+                later.append(connection)
+                continue
+            transport._turn = turn
+            try:
+                if transport.tls is not None:
+                    if transport._batching or transport._events & _WRITE:  # type: ignore[attr-defined]
+                        transport._queue_first(data, None)  # as _may_send_now says on TLS
+                    else:
+                        transport._send_first(data, None)
+                    continue
+                try:
+                    sent = transport.sock.send(data)
+                except (BlockingIOError, InterruptedError):
+                    later.append(connection)  # its turn now: queued after those
+                    continue
+                except OSError as error:
+                    transport._connection_error(error)
+                    continue
+                if sent != size:
+                    transport._enqueue(memoryview(data)[sent:], None)  # type: ignore[arg-type]
+            except Exception as error:
+                connection.fail(error)
+        return later
+
+    @staticmethod
+    def enqueue_each(data: bytes, connections: list[Connection], turn: int,
+                     limit: int) -> list[Connection]:
+        """A fan-out's line queued for the end of the pass, as write queues
+        it, for each connection with at most ``limit`` bytes queued; returns
+        the others (closed, or over it).
+
+        Fast path: write's queueing branch (_queue_first, _enqueue) written
+        out in one loop, three calls less per recipient of every busy pass;
+        see test_fan_out_fast_path."""
+        rest: list[Connection] = []
+        for connection in connections:
+            transport: SelectorTransport = connection.transport  # type: ignore[assignment]
+            output = transport.output
+            if transport.socket_closed or not connection.is_open or output.size > limit:
+                rest.append(connection)
+                continue
+            first = transport._turn != turn
+            transport._turn = turn
+            if not transport._in_pending:
+                transport._in_pending = True
+                transport.server.pending_writes.append(transport)
+            output.append(data)
+            if first and transport.tls is not None:
+                transport._queued = output.size  # type: ignore[attr-defined]
+        return rest
 
     def flush(self) -> None:
         """Write what is queued; watch for EVENT_WRITE only while some remains."""
         if self.socket_closed:
             return
-        output = self.output
-        if self.tls is None and output.size and not self._closing:
+        if self.tls is None and self.output.size and not self._closing:
             self._flush_plain()
-            return
+        else:
+            self._flush_wire()
+
+    # -- writing: the one send and its callers --------------------------------
+
+    def _send(self, buffers: list[bytes | memoryview]) -> int | None:
+        """The one send: the bytes the kernel took of ``buffers`` now, or
+        None if the connection failed (it is then aborted)."""
+        try:
+            if len(buffers) == 1:
+                return self.sock.send(buffers[0])
+            return self.sock.sendmsg(buffers)
+        except (BlockingIOError, InterruptedError):
+            return 0
+        except OSError as error:
+            self._connection_error(error)
+            return None
+
+    def _has_room(self) -> bool:
+        """The socket is writable now.  Linux calls a TCP socket writable
+        while a third of its send buffer is free: a message offered then is
+        taken whole, so a direct message never goes out in part (see above)."""
+        room = self._room
+        if room is None:
+            room = self._room = select.poll()
+            room.register(self.sock.fileno(), select.POLLOUT)
+        return bool(room.poll(0))
+
+    def _may_send_now(self, handed_over: bool) -> bool:
+        """The turn's first output may be sent at once: a short pass, nothing
+        queued, and no more lines of the connection being read wait in this
+        pass to share its send (see _waits_for_the_pass); a message someone
+        waits for only if the kernel has room for it whole."""
+        return (self.server.write_through and not self.output.size
+                and not self._waits_for_the_pass(handed_over)
+                and (not handed_over or self._has_room()))
+
+    def _send_first(self, data: bytes, on_handoff: Handoff | None) -> Entry | None:
+        """The turn's first output, sent at once: only what the kernel
+        refuses is queued (asyncio's "try to send now")."""
+        sent = self._send([data])
+        if sent is None:  # the connection failed: it is aborted
+            if on_handoff is not None:
+                on_handoff(False)
+            return None
+        if sent == len(data):
+            if on_handoff is not None:
+                on_handoff(True)
+            # Nothing is owed, so _settle need not visit it: a broadcast's
+            # recipients stay off pending_writes.
+            return None
+        if not sent:
+            return self._enqueue(data, on_handoff)
+        entry = self._enqueue(memoryview(data)[sent:], on_handoff)  # type: ignore[arg-type]
+        if entry is not None:
+            entry.started = True  # its head went out: it cannot be taken back
+        return entry
+
+    def _queue_first(self, data: bytes, on_handoff: Handoff | None) -> Entry | None:
+        """The turn's first output, queued for the end of the pass."""
+        return self._enqueue(data, on_handoff)
+
+    def _enqueue(self, data: bytes, on_handoff: Handoff | None) -> Entry | None:
+        """Queued, for one send per connection at the end of the pass."""
+        self._want_settle()
+        return self.output.append(data, on_handoff)
+
+    def _may_offer(self) -> bool:
+        """The next send may go: nothing withdrawable would be sent (or on
+        TLS encrypted) in part -- the queue holds no direct message, the
+        ciphertext waiting is made already, or the kernel has room."""
+        if not self.output.entries:
+            return True
+        tls = self.tls
+        if tls is not None and tls.size:
+            return True
+        return self._has_room()
+
+    def _flush_wire(self) -> None:
+        """flush(), every case: from the wire (the queue, or on TLS the
+        ciphertext made from it), handshakes and closing included."""
+        output = self.output
         wire = self.wire  # the output itself, or on TLS the ciphertext made from it
-        if not output.size and not wire and self._events & _WRITE and self.connection is not None:
+        if self._drain_watch and not output.size and not wire:
             # Writable again, with a queue a withdraw emptied while the kernel
             # was full: the client has read (clears "not reading").
-            self.connection.output_drained()
-            if self.socket_closed:
-                return
-        while wire:
+            self._drain_watch = False
+            if self.connection is not None:
+                self.connection.output_drained()
+                if self.socket_closed:
+                    return
+        while wire and self._may_offer():
             buffers = wire.buffers()
             offered = len(buffers[0]) if len(buffers) == 1 else sum(map(len, buffers))
             had_output = output.size > 0
@@ -294,15 +441,21 @@ class SelectorTransport(Transport):
         self._update_events()
 
     def _flush_plain(self) -> None:
-        """flush() for the common case, in fewer calls: plain TCP, open, something queued."""
+        """Fast path of _flush_wire for plain TCP, open, with something
+        queued, its send written out: it runs once per recipient of a busy
+        pass; see test_flush_fast_path."""
         output = self.output
-        sock = self.sock
         connection = self.connection
         while output.size:
+            if output.entries and not self._has_room():
+                break  # a direct message waits, withdrawable, for EVENT_WRITE
             size = output.size
             buffers = output.buffers()
-            try:  # _send, written out: this runs once per recipient of a busy pass
-                sent = sock.send(buffers[0]) if len(buffers) == 1 else sock.sendmsg(buffers)
+            try:  # _send, written out (see above)
+                if len(buffers) == 1:
+                    sent = self.sock.send(buffers[0])
+                else:
+                    sent = self.sock.sendmsg(buffers)
             except (BlockingIOError, InterruptedError):
                 sent = 0
             except OSError as error:
@@ -321,7 +474,7 @@ class SelectorTransport(Transport):
             if sent < size and (len(buffers) == 1 or sent < sum(map(len, buffers))):
                 break  # the kernel is full: EVENT_WRITE
             # The kernel took everything offered; what the handoffs queued
-            # meanwhile goes out now (see flush).
+            # meanwhile goes out now (see _flush_wire).
         if self._closing and not self.owes_output:
             self._shut_write()  # closed by a handoff meanwhile
         if (self._events & _WRITE) != (_WRITE if output.size else 0) or self._closing:
@@ -335,6 +488,14 @@ class SelectorTransport(Transport):
         if sent:
             for callback in self.wire.consume(sent):
                 callback(True)
+        return True
+
+    def withdraw(self, entry: Entry) -> bool:
+        if not self.output.withdraw(entry):
+            return False
+        if not self.output.size and not self.socket_closed:
+            self._drain_watch = True
+            self._update_events()
         return True
 
     def close(self) -> None:
@@ -429,31 +590,23 @@ class SelectorTransport(Transport):
         if ended:
             connection.data_received(b"")
 
-    def _waits_for_the_pass(self, on_handoff: Handoff | None) -> bool:
-        """Output that waits for the end of the pass (see write): more lines
-        of the connection being read wait in it, and this is a reply to that
-        connection or has no handoff (a fan-out), so it can share their send."""
+    def _waits_for_the_pass(self, handed_over: bool) -> bool:
+        """Output that waits for the end of the pass: more lines of the
+        connection being read wait in it, and this is a reply to that
+        connection or has no handoff (a fan-out), so it can share their send
+        (as Redis writes once per pass).  A server that fell behind reads
+        several broadcasts at once, and so catches up with one system call
+        per recipient for all of them instead of one each.  A direct message
+        to someone else is still sent at once: no other line of the batch is
+        likely to share its send, and its echo waits for it."""
         server = self.server
-        return (on_handoff is None or server.reading is self) and server.more_input_waits()
+        return (not handed_over or server.reading is self) and server.more_input_waits()
 
     def _want_settle(self) -> None:
         """Be visited by _settle at the end of this pass (to send what is queued)."""
         if not self._in_pending:
             self._in_pending = True
             self.server.pending_writes.append(self)
-
-    def _send(self, buffers: list[bytes | memoryview]) -> int | None:
-        """One non-blocking send: the bytes the kernel took, or None if the
-        connection failed (it is then aborted)."""
-        try:
-            if len(buffers) == 1:
-                return self.sock.send(buffers[0])
-            return self.sock.sendmsg(buffers)
-        except (BlockingIOError, InterruptedError):
-            return 0
-        except OSError as error:
-            self._connection_error(error)
-            return None
 
     def _connection_error(self, error: OSError) -> None:
         reason = f"connection error: {error.strerror or error}"
@@ -487,7 +640,7 @@ class SelectorTransport(Transport):
         if self.socket_closed:
             return
         reading = self._reading and not self._eof_received
-        events = (_READ if reading else 0) | (_WRITE if self.wire else 0)
+        events = (_READ if reading else 0) | (_WRITE if self.wire or self._drain_watch else 0)
         if events == self._events:
             return
         selector = self.server.selector
@@ -518,10 +671,10 @@ class SelectorTransport(Transport):
 
 
 class SelectorTLSTransport(SelectorTransport):
-    """A TLS connection's transport: its sends written out for speed.
+    """A TLS connection's transport: the plain writers, encrypting.
 
-    Each record costs OpenSSL a few microseconds, and each send a system
-    call, so a connection that gets several messages per turn (a busy
+    Each record costs OpenSSL work, and each send a system call, so a
+    connection that gets several messages per turn (a busy
     server: fan-outs back to back in one pass) is *batching*: the first
     message of a turn waits, like the rest, for the end of the pass, and
     they all go in one record and one send.  A turn with one message ends
@@ -533,25 +686,28 @@ class SelectorTLSTransport(SelectorTransport):
     _sealed_turn = -1  # the turn whose first message was sent at once
     _queued = 0  # while batching: the queue's size after the turn's first message
 
-    def _write_tls(self, data: bytes, on_handoff: Handoff | None) -> Entry | None:
-        """The first output this turn: in a short pass, with nothing queued
-        and not batching, encrypted and sent at once, as the plain path
-        sends it; only what the kernel refuses is kept.  Else queued."""
-        if self.server.write_through and not self._waits_for_the_pass(on_handoff):
-            return self._write_through_tls(data, on_handoff)
-        return self._queue_first(data, on_handoff)
-
-    def _write_through_tls(self, data: bytes, on_handoff: Handoff | None) -> Entry | None:
-        """_write_tls in a short pass (checked by the caller: send_at_once
-        checks it once for a whole fan-out)."""
+    def on_readable(self) -> None:
         tls = self.tls
         assert tls is not None
-        if self.output.size or self._batching or self._events & _WRITE:
-            return self._queue_first(data, on_handoff)
+        if (not tls.handshake_done and not self._closing
+                and not self.server.may_handshake(self.peer_host)):
+            return  # a later pass: its socket stays readable (level-triggered)
+        SelectorTransport.on_readable(self)
+
+    def _may_send_now(self, handed_over: bool) -> bool:
+        return (not self._batching and not self._events & _WRITE
+                and SelectorTransport._may_send_now(self, handed_over))
+
+    def _send_first(self, data: bytes, on_handoff: Handoff | None) -> Entry | None:
+        """The turn's first output, encrypted straight from the caller
+        (TLSWire.seal: no queue entry, piece or list) and sent at once; what
+        the kernel refuses waits as ciphertext."""
+        tls = self.tls
+        assert tls is not None
         ciphertext = tls.seal(data)  # None during the handshake, or behind ciphertext
         if ciphertext is None:
             return self._queue_first(data, on_handoff)
-        try:  # _send, written out: this runs once per recipient of a fan-out
+        try:  # _send, written out: once per recipient of a fan-out on TLS
             sent = self.sock.send(ciphertext)
         except (BlockingIOError, InterruptedError):
             sent = 0
@@ -570,21 +726,20 @@ class SelectorTLSTransport(SelectorTransport):
         return entry
 
     def _queue_first(self, data: bytes, on_handoff: Handoff | None) -> Entry | None:
-        """The turn's first message, queued for the end of the pass."""
-        output = self.output
-        entry = output.append(data, on_handoff)
-        self._queued = output.size
-        self._want_settle()
+        entry = self._enqueue(data, on_handoff)
+        self._queued = self.output.size
         return entry
 
     def flush(self) -> None:
-        """flush() on TLS, its common case written out: nothing is waiting
-        for EVENT_WRITE, so the whole queue is encrypted in one record and
-        sent; anything else is flush()'s."""
+        """Fast path of _flush_wire on TLS, in its common case (the end of a
+        pass; nothing waits for EVENT_WRITE): the whole queue encrypted in
+        one record (TLSWire.seal_queue) and sent -- once per recipient of a
+        busy pass.  Anything else is _flush_wire's."""
         output = self.output
         tls = self.tls
         assert tls is not None
-        if self._events & _WRITE or self._closing or self.socket_closed or not output.size:
+        if (self._events & _WRITE or self._closing or self.socket_closed or not output.size
+                or (output.entries and not self._may_offer())):
             SelectorTransport.flush(self)
             return
         # More than one message this turn: batch the next turn; one: stop.
@@ -597,7 +752,7 @@ class SelectorTLSTransport(SelectorTransport):
             SelectorTransport.flush(self)
             return
         plain = output.size
-        try:
+        try:  # _send, written out: once per recipient of a busy pass on TLS
             sent = self.sock.send(ciphertext)
         except (BlockingIOError, InterruptedError):
             sent = 0
@@ -620,7 +775,7 @@ class SelectorTLSTransport(SelectorTransport):
             # Only when it changes something, as in _flush_plain.
             connection.output_drained()
         if output.size or self._closing:
-            # What the handoffs or the drain queued, or a close: flush()'s.
+            # What the handoffs or the drain queued, or a close: _flush_wire's.
             SelectorTransport.flush(self)
 
 
@@ -638,12 +793,23 @@ class SelectorServer(Server):
         self.reading: SelectorTransport | None = None
         self.dead: list[SelectorTransport] = []
         self._listening = False
+        self._handshaking: set[str] = set()  # addresses with a handshake step this pass
         # Callbacks from other threads; deque's append and popleft are atomic.
         self._soon: collections.deque[Callable[[], None]] = collections.deque()
         self._end_of_pass: list[Callable[[], None]] = []
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
         return self.timers.call_at(time.monotonic() + delay, callback)
+
+    def may_handshake(self, host: str) -> bool:
+        """A TLS handshake step for a client at ``host`` may run in this
+        pass: at most HANDSHAKES_PER_PASS, and one per address, so that
+        established users' lines are served between them."""
+        shaking = self._handshaking
+        if len(shaking) >= HANDSHAKES_PER_PASS or host in shaking:
+            return False
+        shaking.add(host)
+        return True
 
     def more_input_waits(self) -> bool:
         """More lines of the connection being read wait in this pass: output
@@ -654,78 +820,26 @@ class SelectorServer(Server):
 
     def send_at_once(self, data: bytes, connections: list[Connection],
                      batch: bool = False) -> list[Connection]:
-        """A fan-out's first sends (see Server.send_at_once): ``write``'s
-        write-through, for many connections in one loop.
+        """A fan-out's first sends (see Server.send_at_once): ``write``'s two
+        branches for many connections in one loop, the checks of the pass
+        made once for all of them.
 
-        Sent at once only where ``write`` would send at once -- in a short
-        pass, with nothing queued for the connection, its first output this
-        turn, and no more lines of the connection being read waiting in this
-        pass; else queued, as ``write`` queues, while below the high-water
-        mark.  Per recipient this costs half the Python work of
-        ``connection.send``, which adds the limit checks that a queue below
-        the mark passes anyway.  The others are returned (those the kernel
-        refused, then those over the mark or closed).
+        Sent at once (SelectorTransport.fan_out_first) only where ``write``
+        would send at once -- in a short pass, with nothing queued for the
+        connection, its first output this turn, and no more lines of the
+        connection being read waiting in this pass; else queued
+        (SelectorTransport.enqueue_each) while below the high-water mark, which
+        is all ``connection.send`` would check.  The others are returned
+        (those over the mark or closed).
         """
-        turn = self.turn
-        size = len(data)
-        rest: list[Connection] = []
-        high_water = self.config.output_high_water
+        if len(data) > self.config.output_high_water:
+            return connections  # connection.send has limits to check
         if not batch and self.write_through and not self.more_input_waits():
-            if size > high_water:
-                return connections  # connection.send has limits to check
-            # Those that already have output this turn (an earlier fan-out of
-            # a batched pass) or waiting get this one queued after it, in the
-            # loop below, as write() would queue it.
-            queued: list[Connection] = []
-            for connection in connections:
-                transport: SelectorTransport = connection.transport  # type: ignore[assignment]
-                if (transport._turn == turn or transport.output.size
-                        or transport.socket_closed or not connection.is_open):
-                    queued.append(connection)
-                    continue
-                transport._turn = turn
-                if transport.tls is not None:
-                    # Encrypted and sent at once, or queued: write()'s TLS
-                    # path, past the checks of the pass made above.
-                    try:
-                        transport._write_through_tls(data, None)  # type: ignore[attr-defined]
-                    except Exception as error:
-                        connection.fail(error)
-                    continue
-                try:
-                    sent = transport.sock.send(data)
-                    if sent != size:
-                        # The rest is queued (this is the connection's turn now).
-                        connection.send(memoryview(data)[sent:])  # type: ignore[arg-type]
-                except (BlockingIOError, InterruptedError):
-                    rest.append(connection)
-                except OSError as error:
-                    transport._connection_error(error)
-                except Exception as error:
-                    connection.fail(error)
-            if not queued:
-                return rest
-            connections = queued
+            connections = SelectorTransport.fan_out_first(data, connections, self.turn)
         # Batching this pass (see write), or output waits: queued, for one
-        # send per connection at the end of the pass.  Below the high-water
-        # mark connection.send checks nothing more than this.
-        pending = self.pending_writes
-        for connection in connections:
-            transport = connection.transport  # type: ignore[assignment]
-            output = transport.output
-            if (transport.socket_closed or not connection.is_open
-                    or output.size + size > high_water):
-                rest.append(connection)
-                continue
-            first = transport._turn != turn
-            transport._turn = turn
-            if not transport._in_pending:  # _want_settle, written out: once per recipient
-                transport._in_pending = True
-                pending.append(transport)
-            output.append(data)
-            if first and transport.tls is not None:
-                transport._queued = output.size  # as _write_tls queues a first message
-        return rest
+        # send per connection at the end of the pass.
+        return SelectorTransport.enqueue_each(
+            data, connections, self.turn, self.config.output_high_water - len(data))
 
     # -- other sockets of the server's own (SocketLoop): the cluster's Redis --
 
@@ -803,6 +917,7 @@ class SelectorServer(Server):
         now = time.monotonic()
         timers = self.timers
         heap = timers.heap
+        timeout: float | None
         if heap and heap[0][2].callback is not None:
             timeout = max(0.0, heap[0][0] - now)  # Timers.timeout, without the call
         else:
@@ -822,9 +937,15 @@ class SelectorServer(Server):
         # Few ready connections: a short pass, where latency is won by sending
         # at once.  Many: batch, one send per connection per pass, as Redis does.
         self.write_through = len(ready) <= WRITE_THROUGH_MAX_READY
+        if self._handshaking:
+            self._handshaking.clear()
         for fd, mask in ready:
             # Unregistered earlier in this pass (closed): skipped.
-            transport = data.get(fd, _GONE)
+            # What was registered for fd: a transport, a listener, another
+            # server's socket (_Watched), None for the wakeup pipe; _GONE is
+            # checked at once.
+            transport: SelectorTransport | Listener | _Watched | None = (
+                data.get(fd, _GONE))  # type: ignore[assignment]
             if transport is _GONE:
                 continue
             if transport is None:
@@ -832,7 +953,7 @@ class SelectorServer(Server):
                 self.serve_requests()
             elif isinstance(transport, Listener):
                 self._accept_batch(transport)
-            elif type(transport) is _Watched:
+            elif isinstance(transport, _Watched):
                 try:
                     transport.on_ready(bool(mask & _READABLE), bool(mask & _WRITABLE))
                 except Exception:

@@ -13,6 +13,13 @@ lock, and takes the chat lock only to report what it sent.  Deadlines (login
 timeouts, close lingers, flood-control retries) are served by one timer
 thread, under the chat lock.
 
+While other threads wait for the chat lock, output is queued rather than
+sent, and the holder that ends the *pass* -- once every thread that waited at
+its start has had its turn, as the select backend's pass serves every
+connection ready at its start -- sends it, one send per client.  A storm of
+logins, each announced to everyone, then costs each client one system call
+per pass rather than one per login (see ``ThreadsServer._end_turn``).
+
 Lock order, to stay free of deadlocks: the chat lock, then a transport's
 ``_send_lock``; never the other way round, and no callback runs under a
 ``_send_lock``.
@@ -26,13 +33,15 @@ import logging
 import select
 import signal
 import socket
+import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from reactor.backends.base import Listener, Server
 from reactor.chat import ChatService
 from reactor.config import ServerConfig
+from reactor.connection import Connection
 from reactor.outbuf import Entry, Handoff
 from reactor.sockets import (
     ACCEPT_RETRY_DELAY,
@@ -54,6 +63,10 @@ READ_SIZE = 16 * 1024
 # Thousands of threads each reserving the default 8 MiB of stack address
 # space is wasteful; our per-connection code needs little.
 THREAD_STACK_SIZE = 512 * 1024
+# Connections accepted and admitted in one turn of the chat lock.
+ACCEPTS_PER_TURN = 128
+# Seconds for the readers cut at the end of a shutdown to finish, all told.
+STRAGGLERS_JOIN_TIMEOUT = 1.0
 
 
 class FairLock:
@@ -68,26 +81,40 @@ class FairLock:
     (the same tail: 0.12 s).  Uncontended, it costs one extra mutex.
     """
 
-    __slots__ = ("_guard", "_held", "_waiters")
+    __slots__ = ("_before_release", "_guard", "_held", "_waiters", "turns")
 
-    def __init__(self) -> None:
+    def __init__(self, before_release: Callable[[], None] | None = None) -> None:
         self._guard = threading.Lock()
         self._held = False
         self._waiters: collections.deque[threading.Lock] = collections.deque()
+        # Run by the holder as it leaves (``with`` only): the end of its turn.
+        self._before_release = before_release
+        self.turns = 0  # how many times the lock has been taken
 
-    def acquire(self) -> None:
+    @property
+    def waiting(self) -> int:
+        """Threads queued for the lock (read without the guard: a hint)."""
+        return len(self._waiters)
+
+    def acquire(self, first: bool = False) -> None:
+        """Wait for the lock; ``first``: ahead of every thread waiting."""
         with self._guard:
             if not self._held:
                 self._held = True
+                self.turns += 1
                 return
             baton = threading.Lock()
             baton.acquire()
-            self._waiters.append(baton)
+            if first:
+                self._waiters.appendleft(baton)
+            else:
+                self._waiters.append(baton)
         baton.acquire()  # released by the holder's release(): the lock is ours
 
     def release(self) -> None:
         with self._guard:
             if self._waiters:
+                self.turns += 1
                 self._waiters.popleft().release()  # still held, by the next in line
             else:
                 self._held = False
@@ -96,8 +123,21 @@ class FairLock:
         self.acquire()
         return self
 
+    @contextlib.contextmanager
+    def first(self) -> Iterator[None]:
+        """``with lock:``, ahead of every thread waiting."""
+        self.acquire(first=True)
+        try:
+            yield
+        finally:
+            self.__exit__()
+
     def __exit__(self, *exc: object) -> None:
-        self.release()
+        try:
+            if self._before_release is not None:
+                self._before_release()
+        finally:
+            self.release()
 
 
 class ThreadTransport(Transport):
@@ -110,6 +150,8 @@ class ThreadTransport(Transport):
         self._send_lock = threading.RLock()
         self._changed = threading.Condition(self._send_lock)
         self._writer: threading.Thread | None = None
+        # On the server's pending list: output queued this pass, sent at its end.
+        self._in_pending = False
         self._closing = False
         self._write_shut = False
         self._socket_closed = False
@@ -123,6 +165,12 @@ class ThreadTransport(Transport):
     def write(self, data: bytes, on_handoff: Handoff | None = None) -> Entry | None:
         if self.tls is not None:
             return self._write_tls(data, on_handoff)
+        if self._in_pending or (on_handoff is None and self.server.lock.waiting):
+            # Others wait for the lock: a busy pass, whose output to this
+            # client goes in one send at its end (see ThreadsServer._end_turn).
+            # A direct message (with a handoff) still goes at once, as in the
+            # select backend: nothing else is likely to share its send.
+            return self._queue(data, on_handoff)
         failure: str | None = None
         entry: Entry | None = None
         queued = False
@@ -163,6 +211,45 @@ class ThreadTransport(Transport):
             self.connection.abort(failure)
         return None
 
+    def _queue(self, data: bytes, on_handoff: Handoff | None) -> Entry | None:
+        """Queue ``data`` for the end of the pass."""
+        with self._send_lock:  # the writer thread consumes under it
+            closed = self._socket_closed
+            entry = None if closed else self.output.append(data, on_handoff)
+        if closed:
+            if on_handoff is not None:
+                on_handoff(False)
+            return None
+        if not self._in_pending:
+            self.server.want_settle(self)
+        return entry
+
+    def settle(self) -> None:
+        """End of the pass (under the chat lock): offer the kernel what this
+        pass queued, in one send; the writer thread takes the rest."""
+        with self._send_lock:
+            if self._socket_closed:
+                return
+            had_output = bool(self.output)
+            due, failure = self._push_locked()
+            drained = had_output and not self.output
+        for callback in due:
+            callback(True)
+        connection = self.connection
+        if connection is None:
+            return
+        if failure is not None:
+            connection.abort(failure)
+        elif drained and (connection.over_soft_limit_since is not None
+                          or connection.not_reading or connection.output_backlog):
+            connection.output_drained()  # only when it changes something
+
+    def drop_unsent(self) -> None:
+        with self._send_lock:  # the writer thread may be sending the head
+            waiting = [] if self.tls is not None else self.output.drop_unsent()
+        for callback in waiting:
+            callback(False)
+
     def withdraw(self, entry: Entry) -> bool:
         # The writer reads and consumes the queue under the send lock, with
         # sendmsg in between: without it, an entry could be sent and also
@@ -199,14 +286,24 @@ class ThreadTransport(Transport):
         thread for the rest.  Returns the handoffs due and a failure, if any."""
         due: list[Handoff] = []
         wire = self.wire
-        if wire:
+        while wire:
             try:
-                sent = self.sock.sendmsg(wire.buffers(), [], socket.MSG_DONTWAIT)
+                buffers = wire.buffers()
+            except ssl.SSLError as error:
+                # Encrypting after the reader thread fed the peer's end of
+                # the session in (under this lock, but between our turns).
+                return due, f"connection error: {error.reason or error}"
+            try:
+                sent = self.sock.sendmsg(buffers, [], socket.MSG_DONTWAIT)
             except (BlockingIOError, InterruptedError):
-                sent = 0
+                break
             except OSError as error:
                 return due, f"connection error: {error.strerror or error}"
-            due = wire.consume(sent) if sent else []
+            due += wire.consume(sent)
+            if self.tls is not None or sent < sum(map(len, buffers)):
+                # The kernel is full: the writer thread waits for it.  (TLS:
+                # one record batch here; the writer encrypts the rest.)
+                break
         self._end_output_locked()
         if self.wire:
             if not self._start_writer():
@@ -433,11 +530,83 @@ class ThreadTransport(Transport):
 class ThreadsServer(Server):
     def __init__(self, config: ServerConfig, chat: ChatService) -> None:
         super().__init__(config, chat)
-        self.lock = FairLock()  # the whiteboard mutex
+        self.lock = FairLock(self._end_turn)  # the whiteboard mutex
+        # Transports with output queued in this pass (see _end_turn), and
+        # the lock's turn count at which the pass is over.
+        self._pending: list[ThreadTransport] = []
+        self._pass_end = 0
         self.timers = TimerThread(time.monotonic)
         self._readers: dict[threading.Thread, ThreadTransport] = {}
         self._readers_changed = threading.Condition()
         threading.stack_size(THREAD_STACK_SIZE)
+
+    # -- one send per client per pass -------------------------------------------
+
+    def want_settle(self, transport: ThreadTransport) -> None:
+        """Under the chat lock: ``transport`` has output queued for the end of the pass."""
+        if not self._pending:
+            # The pass: a turn for each thread waiting now, as the select
+            # backend's pass serves each connection ready at its start.
+            self._pass_end = self.lock.turns + self.lock.waiting
+        transport._in_pending = True
+        self._pending.append(transport)
+
+    def _end_turn(self) -> None:
+        """The lock's holder is leaving.  At the end of a pass -- nobody
+        waits, or every thread that waited at its start has had its turn --
+        it sends what the pass queued, one send per client.
+
+        While others wait, a login's notice to each user online is queued,
+        not sent: a storm of logins then costs each user one system call
+        per pass instead of one per login, as in the select backend.  The
+        holder sends under the chat lock, as a fan-out always has; a send
+        that would block is left to the client's writer thread.
+        """
+        if not self._pending:
+            return
+        lock = self.lock
+        if lock.waiting and lock.turns < self._pass_end:
+            return  # others of this pass still to come: their output shares the sends
+        while self._pending:  # (what the handoffs queue goes out too)
+            pending, self._pending = self._pending, []
+            for transport in pending:
+                transport._in_pending = False
+                try:
+                    transport.settle()
+                except Exception as error:
+                    if transport.connection is not None:
+                        transport.connection.fail(error)
+                    else:
+                        transport.abort()
+
+    def send_at_once(self, data: bytes, connections: list[Connection],
+                     batch: bool = False) -> list[Connection]:
+        """A fan-out (see Server.send_at_once): queued in one loop, at half
+        the Python work of ``connection.send`` (whose limit checks a queue
+        below the high-water mark passes anyway), and sent at the end of
+        the pass -- at the end of this turn if nobody waits, which costs
+        the sends that writing through would.  Returns the others (TLS,
+        closed, over the mark)."""
+        size = len(data)
+        high_water = self.config.output_high_water
+        rest: list[Connection] = []
+        for connection in connections:
+            transport: ThreadTransport = connection.transport  # type: ignore[assignment]
+            output = transport.output
+            if (transport.tls is not None or transport._socket_closed or not connection.is_open
+                    or output.size + size > high_water):
+                rest.append(connection)
+                continue
+            if transport._writer is None:
+                # No writer thread yet: only the chat lock's holder touches
+                # a plain transport's queue (the writer is started under it).
+                output.append(data)
+            else:
+                with transport._send_lock:
+                    output.append(data)
+            if not transport._in_pending:
+                self.want_settle(transport)
+        return rest
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
         def locked() -> None:
@@ -485,7 +654,7 @@ class ThreadsServer(Server):
                     for listener in self.listeners:
                         if listener.sock not in readable:
                             continue
-                        refusal = self._accept_one(listener)
+                        refusal = self._accept_batch(listener, ACCEPTS_PER_TURN)
                         if refusal:
                             log.error("%s; pausing new connections for %.0f s",
                                       refusal, ACCEPT_RETRY_DELAY)
@@ -499,45 +668,66 @@ class ThreadsServer(Server):
                 signal.set_wakeup_fd(previous_wakeup_fd)
             self.timers.stop()
 
-    def _accept_one(self, listener: Listener) -> str | None:
-        """Accept one connection; the reason if out of resources, else None."""
-        try:
-            sock, address = listener.sock.accept()
-        except (BlockingIOError, InterruptedError):
-            return None
-        except OSError as error:
-            if error.errno in TRANSIENT_ACCEPT_ERRNOS:
-                return None
-            if error.errno in RESOURCE_ERRNOS:
-                return f"accept() failed: {error.strerror}"
-            raise
-        sock.setblocking(True)
-        try:
-            configure_client(sock, self.config)
-        except OSError:
-            sock.close()
-            return None
-        transport = ThreadTransport(sock, peer_host(address), self)
-        if listener.tls:
-            transport.start_tls(self.tls_context())
+    def _accept_batch(self, listener: Listener, limit: int) -> str | None:
+        """Accept what waits (up to ``limit``) and admit it in one turn of the
+        chat lock; the reason if out of resources, else None.
+
+        One turn for the batch, not one per connection: in a login storm
+        every turn waits behind the logins queued for the lock.
+        """
+        accepted: list[tuple[socket.socket, object]] = []
+        refusal: str | None = None
+        for _ in range(limit):
+            try:
+                sock, address = listener.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as error:
+                if error.errno in TRANSIENT_ACCEPT_ERRNOS:
+                    continue
+                if error.errno in RESOURCE_ERRNOS:
+                    refusal = f"accept() failed: {error.strerror}"
+                    break
+                for sock, _address in accepted:
+                    sock.close()
+                raise
+            accepted.append((sock, address))
+        transports: list[tuple[ThreadTransport, object]] = []
+        for sock, address in accepted:
+            sock.setblocking(True)
+            try:
+                configure_client(sock, self.config)
+            except OSError:
+                sock.close()
+                continue
+            transport = ThreadTransport(sock, peer_host(address), self)
+            if listener.tls:
+                transport.start_tls(self.tls_context())
+            transports.append((transport, address))
+        if not transports:
+            return refusal
         # Admitted (or refused) here, in accept order, as in the select
         # backend: were it left to the reader threads, whichever got the lock
-        # first would take the last slot.
-        with self.lock:
-            self.chat.connection_made(transport)
-        reader = threading.Thread(
-            target=self._serve_client, args=(transport,), name=f"client-{address}", daemon=True
-        )
-        with self._readers_changed:
-            self._readers[reader] = transport
-        try:
-            reader.start()
-        except RuntimeError:  # can't start new thread
+        # first would take the last slot.  Ahead of the readers waiting: a
+        # short turn, and in a storm every login waits for it.
+        with self.lock.first():
+            for transport, _address in transports:
+                self.chat.connection_made(transport)
+        for index, (transport, address) in enumerate(transports):
+            reader = threading.Thread(
+                target=self._serve_client, args=(transport,), name=f"client-{address}", daemon=True
+            )
             with self._readers_changed:
-                del self._readers[reader]
-            self._finish(transport, "cannot start a thread for it")
-            return "cannot start a thread for a new connection"
-        return None
+                self._readers[reader] = transport
+            try:
+                reader.start()
+            except RuntimeError:  # can't start new thread
+                with self._readers_changed:
+                    del self._readers[reader]
+                for unserved, _address in transports[index:]:
+                    self._finish(unserved, "cannot start a thread for it")
+                return "cannot start a thread for a new connection"
+        return refusal
 
     def _serve_client(self, transport: ThreadTransport) -> None:
         """A reader thread: the life of one connection, once admitted or refused."""
@@ -595,16 +785,24 @@ class ThreadsServer(Server):
                 connection.connection_lost()
 
     def _shut_down(self) -> None:
-        """Tell everyone, give them ``close_linger`` to go, then cut the rest."""
-        # Clients already in the listen backlog have connected as far as they
-        # can tell: accept them so that they are told too, rather than reset.
-        for listener in self.listeners:
-            for _ in range(self.config.backlog):
-                if not select.select([listener.sock], [], [], 0)[0] or self._accept_one(listener):
-                    break
+        """Tell everyone, give them ``close_linger`` to go, then cut the rest.
+
+        What is queued for them and not yet started is dropped (the chat's
+        shutdown does it), so the notice does not wait behind a backlog.
+        """
         with self.lock:
             self.chat.shutdown()
         deadline = time.monotonic() + self.config.close_linger
+        # Clients already in the listen backlog have connected as far as they
+        # can tell: accept them so that they are told too, rather than reset.
+        # Accepted after the chat's shutdown, they are told at once, and
+        # their logins cost nothing.
+        for listener in self.listeners:
+            while select.select([listener.sock], [], [], 0)[0]:
+                if self._accept_batch(listener, ACCEPTS_PER_TURN):
+                    break
+                if time.monotonic() >= deadline:
+                    break
         with self._readers_changed:
             self._readers_changed.wait_for(
                 lambda: not self._readers, max(0.0, deadline - time.monotonic())
@@ -614,5 +812,7 @@ class ThreadsServer(Server):
             with self.lock:
                 for transport in stragglers.values():
                     transport.abort()
+            # One bound for them all: each needs the lock once more to go.
+            joined_by = time.monotonic() + STRAGGLERS_JOIN_TIMEOUT
             for reader in stragglers:
-                reader.join(timeout=1.0)
+                reader.join(timeout=max(0.0, joined_by - time.monotonic()))

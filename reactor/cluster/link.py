@@ -48,6 +48,7 @@ from reactor.redis.resp import (
     Call,
     Entry,
     ProtocolError,
+    Refusals,
     Replies,
     Reply,
     inbox_entries,
@@ -67,6 +68,7 @@ READ_COUNT = 1000  # inbox entries per read: the node's whole inbound backlog
 READ_BLOCK_MS = 500
 BACKOFF_FIRST = 0.05
 _PING = pack(("PING",))
+_EVICTION_POLICY = pack(("CONFIG", "GET", "maxmemory-policy"))
 
 
 def is_outage(error: BaseException) -> bool:
@@ -76,10 +78,12 @@ def is_outage(error: BaseException) -> bool:
     return isinstance(error, (redis.ConnectionError, redis.TimeoutError, OSError))
 
 
-def open_socket(url: str, timeout: float, load_scripts: bool) -> socket.socket:
+def open_socket(url: str, timeout: float, load_scripts: bool,
+                check_policy: bool = False) -> socket.socket:
     """A blocking socket to Redis (with ``timeout`` on every operation),
     connected, authenticated and on its database, with the cluster's scripts
-    loaded if ``load_scripts``."""
+    loaded if ``load_scripts``; with ``check_policy``, a warning if Redis
+    may evict keys."""
     # RESP2, whatever redis-py's default: the replies' shapes that resp.py reads.
     client = redis_client(url, timeout, protocol=2)
     connection = client.connection_pool.make_connection()
@@ -94,10 +98,29 @@ def open_socket(url: str, timeout: float, load_scripts: bool) -> socket.socket:
             exchange(sock, Replies(), CLUSTER_SCRIPTS.load, len(CLUSTER_SCRIPTS.texts))
         else:
             exchange(sock, Replies(), _PING, 1)
+        if check_policy:
+            warn_if_evicting(sock, without_password(url))
     except BaseException:
         sock.close()
         raise
     return sock
+
+
+def warn_if_evicting(sock: socket.socket, where: str) -> None:
+    """Say so if Redis may evict keys when its memory is full: one of the
+    chat's keys lost alone loses the chat's state (every node registers its
+    users again).  Redis may refuse ``CONFIG`` (a managed service, an ACL):
+    then nothing is said."""
+    try:
+        reply = exchange(sock, Replies(), _EVICTION_POLICY, 1)[0]
+    except ProtocolError:
+        return
+    settings = dict(zip(reply[::2], reply[1::2], strict=True)) if isinstance(reply, list) else {}
+    policy = settings.get(b"maxmemory-policy")
+    if isinstance(policy, bytes) and policy != b"noeviction":
+        log.warning("Redis at %s has maxmemory-policy %s: when its memory is full it may evict"
+                    " the chat's keys, and the nodes then register their users again; run it"
+                    " with maxmemory-policy noeviction", where, policy.decode(errors="replace"))
 
 
 def exchange(sock: socket.socket, replies: Replies, data: bytes, count: int) -> list[Reply]:
@@ -158,6 +181,15 @@ class Link(ABC):
         self._together = together
         # Whether calls are taken (else answered UNAVAILABLE at once).
         self.up = False
+        self._refusals = Refusals(without_password(url))
+        self._policy_checked = False  # (at the first connection only)
+
+    def _open_commands(self) -> socket.socket:
+        """The commands connection (blocking: on a thread of its own)."""
+        sock = open_socket(self.url, self.timeout, load_scripts=True,
+                           check_policy=not self._policy_checked)
+        self._policy_checked = True
+        return sock
 
     @abstractmethod
     def start(self) -> None: ...
@@ -299,7 +331,7 @@ class ThreadLink(Link):
 
     def _connect(self) -> bool:
         try:
-            self._commands = open_socket(self.url, self.timeout, load_scripts=True)
+            self._commands = self._open_commands()
         except Exception as error:
             if not is_outage(error):
                 log.error("Redis at %s: %s", without_password(self.url), error)
@@ -319,7 +351,7 @@ class ThreadLink(Link):
         try:
             sock.sendall(batch.data)
             complete(sock, self._replies, batch)
-            replies = batch.outcomes()
+            replies = batch.outcomes(self._refusals)
         except Exception as error:
             if not is_outage(error):
                 log.exception("Redis pipeline failed")

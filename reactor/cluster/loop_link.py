@@ -249,7 +249,7 @@ class LoopLink(Link):
         if self._batch_deadline is not None:
             self._batch_deadline.cancel()
             self._batch_deadline = None
-        self._answer(batch.calls, batch.outcomes())
+        self._answer(batch.calls, batch.outcomes(self._refusals))
         if self._queued and not self._flush_due:
             self._flush_due = True
             self._loop.at_end_of_pass(self._flush)
@@ -388,7 +388,10 @@ class LoopLink(Link):
 
         def opening() -> None:
             try:
-                sock = open_socket(self.url, timeout, load_scripts=commands)
+                if commands:
+                    sock = self._open_commands()
+                else:
+                    sock = open_socket(self.url, timeout, load_scripts=False)
             except Exception as error:
                 caught = error
                 loop.call_soon_threadsafe(lambda: failed(caught))

@@ -10,8 +10,13 @@ Keys (``P`` is the prefix, ``{chat}:`` by default):
 ``P epoch``           a random value set by the first node of a fresh Redis:
                       a node that finds another (or none) knows Redis lost
                       its data, and registers its users again.
-``P nodes``           ZSET node id -> its last lease renewal (Redis time, ms).
-``P users``           HASH name key (casefolded) -> ``node \\n display name``.
+``P nodes``           ZSET node id -> its last lease renewal (Redis time, ms),
+                      moved later by any gap in Redis's service.
+``P served``          Redis's time at the last renewal or registration: a
+                      gap since then is a gap in Redis's service.
+``P users``           HASH name key (casefolded) -> ``node \\n display name``,
+                      and the field ``""`` (no name's key), so that the hash
+                      exists while the epoch does, users or none.
 ``P node:<id>``       SET of the name keys that node holds.
 ``P seen``            HASH name key -> display name, of names that were online
                       and are not now ("offline" vs "does not exist"),
@@ -66,9 +71,22 @@ local function other_nodes(me)
 end
 local function owner(entry) return string.match(entry, '^([^\n]*)\n') end
 local function display(entry) return string.match(entry, '\n(.*)$') end
+-- Redis lost part of the chat's state: a key evicted alone (an evicting
+-- maxmemory-policy), or deleted.  The users hash always holds its marker and
+-- the lease set its caller (a node is only reaped by a member, so an empty
+-- set is no reaping).  Then the epoch goes too: every node registers again,
+-- as after a FLUSHALL, rather than trusting what is left.
+local function state_lost()
+  if redis.call('EXISTS', P .. 'users') == 1 and redis.call('EXISTS', P .. 'nodes') == 1 then
+    return false
+  end
+  redis.call('DEL', P .. 'epoch')
+  return true
+end
 -- Why this node may not act now, or nil.
 local function refused()
   if redis.call('GET', P .. 'epoch') ~= epoch then return 'EPOCH' end
+  if state_lost() then return 'EPOCH' end
   if not redis.call('ZSCORE', P .. 'nodes', node) then return 'FENCED' end
   if deadline > 0 and now_ms() > deadline then return 'EXPIRED' end
   return nil
@@ -119,6 +137,24 @@ local function forget_node(gone)
   redis.call('HDEL', P .. 'seq', gone)
   return names
 end
+-- Leases count only the time Redis was serving.  Renewals reach Redis from
+-- every node many times a lease; a longer silence (Redis paused, stopped or
+-- starved) gave no node a chance to renew, so every lease is extended by it,
+-- and the first renewals after it cannot reap nodes that have not yet had
+-- theirs.  Returns Redis's time now.
+local function bridge_gap(lease)
+  local now = now_ms()
+  local last = tonumber(redis.call('GET', P .. 'served') or now)
+  local gap = now - last
+  if gap > lease / 2 then
+    local scores = redis.call('ZRANGE', P .. 'nodes', 0, -1, 'WITHSCORES')
+    for i = 1, #scores, 2 do
+      redis.call('ZADD', P .. 'nodes', tonumber(scores[i + 1]) + gap, scores[i])
+    end
+  end
+  redis.call('SET', P .. 'served', now)
+  return now
+end
 local function take(key, name)
   redis.call('HSET', P .. 'users', key, node .. '\n' .. name)
   redis.call('SADD', P .. 'node:' .. node, key)
@@ -140,6 +176,7 @@ end
 # entry where this node's reading of its inbox starts, the users and the
 # remembered names, the conflicts, the hello entry's number, and Redis's time.
 REGISTER = _PRELUDE + r"""
+if redis.call('EXISTS', P .. 'epoch') == 1 then state_lost() end
 local current = redis.call('GET', P .. 'epoch')
 if not current then  -- a fresh Redis (or one that lost its data): a new epoch
   current = now_ms() .. ':' .. node
@@ -148,13 +185,14 @@ if not current then  -- a fresh Redis (or one that lost its data): a new epoch
   -- renewal answers EPOCH); until then a claim could take a name that one
   -- of them holds, so claims wait.
   if epoch ~= '' then redis.call('SET', P .. 'recovering', '1', 'PX', ARGV[7]) end
+  redis.call('HSET', P .. 'users', '', '')
 end
 -- A node joining again (after an outage) that was reaped meanwhile must not
 -- bring back users already announced offline.
 if ARGV[6] == '1' and current == epoch and not redis.call('ZSCORE', P .. 'nodes', node) then
   return {'FENCED'}
 end
-redis.call('ZADD', P .. 'nodes', now_ms(), node)
+redis.call('ZADD', P .. 'nodes', bridge_gap(tonumber(ARGV[7])), node)
 local wanted, conflicts = {}, {}
 -- Names with a claim in flight on this node: neither taken nor given up here.
 local keep = tonumber(ARGV[8])
@@ -184,16 +222,16 @@ return {current, hello, redis.call('HGETALL', P .. 'users'),
 """
 
 # Renew this node's lease (ARGV[6] = lease ms) and reap the nodes whose lease
-# ran out.  "Ran out" is judged against this node's *previous* renewal, not
-# against now: after Redis itself was paused, every lease looks old compared
-# with now, but none compared with the last renewal before the pause.
+# ran out.  Time Redis was not serving does not count (``bridge_gap``); and
+# "ran out" is judged against this node's *previous* renewal, not against
+# now, which also covers a pause shorter than the gap that is bridged.
 RENEW = _PRELUDE + r"""
-if redis.call('GET', P .. 'epoch') ~= epoch then return {'EPOCH'} end
-local previous = redis.call('ZSCORE', P .. 'nodes', node)
-if not previous then return {'FENCED'} end
-local now = now_ms()
-redis.call('ZADD', P .. 'nodes', now, node)
+if redis.call('GET', P .. 'epoch') ~= epoch or state_lost() then return {'EPOCH'} end
+if not redis.call('ZSCORE', P .. 'nodes', node) then return {'FENCED'} end
 local lease = tonumber(ARGV[6])
+local now = bridge_gap(lease)
+local previous = redis.call('ZSCORE', P .. 'nodes', node)
+redis.call('ZADD', P .. 'nodes', now, node)
 local dead = redis.call('ZRANGEBYSCORE', P .. 'nodes', '-inf', '(' .. (tonumber(previous) - lease))
 for _, gone in ipairs(dead) do
   if gone ~= node then
@@ -238,6 +276,9 @@ DIRECT = _PRELUDE + r"""
 local why = refused()
 if why then return {why} end
 local entry = redis.call('HGET', P .. 'users', ARGV[6])
+-- While the nodes register their users again, a missing name may be one
+-- not yet registered: no answer yet, rather than "left".
+if not entry and redis.call('EXISTS', P .. 'recovering') == 1 then return {'RECOVERING'} end
 if not entry then return {'OFFLINE'} end
 local target = owner(entry)
 if target == node then return {'LOCAL'} end

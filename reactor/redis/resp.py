@@ -12,6 +12,7 @@ does with them, so that every driver shares it -- the cluster's threads
   and the matching of its replies to the calls (a ``MULTI``/``EXEC`` when
   there are several; the calls that Redis did not know the script for are
   sent again after loading the scripts, once);
+* :class:`Refusals`: the log of Redis refusing calls, a line per episode;
 * :func:`read_inbox` and :func:`inbox_entries`: one blocking read of the
   node's inbox stream, and its reply as ``(id, fields)`` entries.
 """
@@ -181,14 +182,48 @@ class Batch:
         refused = next((one for one in received[1:-1] if is_error(one)), answer)
         return [refused] * (self._expected - 2)
 
-    def outcomes(self) -> list[Reply]:
-        """The calls' replies, once done; an error reply (logged) is UNAVAILABLE."""
+    def outcomes(self, refusals: Refusals) -> list[Reply]:
+        """The calls' replies, once done; an error reply (told to
+        ``refusals``) is UNAVAILABLE."""
         replies = list(self._replies)
         for index, reply in enumerate(replies):
             if is_error(reply):
-                log.error("Redis script %s failed: %s", self.calls[index].script, reply)
+                refusals.refused(self.calls[index].script, reply)
                 replies[index] = UNAVAILABLE
+            else:
+                refusals.ran()
         return replies
+
+
+class Refusals:
+    """Redis refusing script calls (out of memory under ``noeviction``, a
+    replica, a script error) is logged as an episode: a line when it starts
+    (or the refusal changes), a line when calls run again.  A line per
+    refused call would be several a second per node: every lease renewal.
+
+    One per connection, used by the thread that reads its replies."""
+
+    __slots__ = ("where", "_refusal", "_count")
+
+    def __init__(self, where: str) -> None:
+        self.where = where  # for log lines
+        self._refusal = ""  # the first word of the error ("OOM"), or ""
+        self._count = 0
+
+    def refused(self, script: str, error: Reply) -> None:
+        self._count += 1
+        refusal = str(error).split(" ", 1)[0]
+        if refusal != self._refusal:
+            self._refusal = refusal
+            log.error("Redis at %s refuses script calls (%s: %s); what needs them is refused"
+                      " until it runs them again", self.where, script, error)
+
+    def ran(self) -> None:
+        if self._refusal:
+            log.warning("Redis at %s runs script calls again (%d were refused)", self.where,
+                        self._count)
+            self._refusal = ""
+            self._count = 0
 
 
 def read_inbox(inbox: str, after_id: bytes, count: int, block_ms: int) -> bytes:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 PACKAGES = ("protocol", "reactor")
 
 # (rank, group): a module may import a lower rank, or its own group.
@@ -146,3 +146,10 @@ def test_the_layering_test_sees_the_layers() -> None:
     assert "reactor.chat" in GRAPH["reactor.app"]
     assert "reactor.cluster.whiteboard" in GRAPH["reactor.app"]  # the lazy import, too
     assert layer("reactor.redis.url") == (REDIS, "redis")
+
+
+def test_tests_are_sorted_by_layer_too() -> None:
+    """docs/design.md#tests: a test file lives in its layer's folder; only
+    shared helpers and conftest.py stay at the root of tests/."""
+    at_root = sorted(path.name for path in (REPO / "tests").glob("test_*.py"))
+    assert at_root == [], f"move these into a layer's folder under tests/: {at_root}"

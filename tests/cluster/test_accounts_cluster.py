@@ -12,6 +12,28 @@ import pytest
 
 from reactor import BACKENDS
 from reactor.accounts.service import UNAVAILABLE
+from tests.accounts.test_accounts import (
+    FAST_HASH,
+    OTHER,
+    PASSWORD,
+    Records,
+    log_in,
+    operator,
+    records,  # noqa: F401  (a fixture)
+    register,
+    settings,
+)
+from tests.accounts.test_accounts_load import (
+    OWNER,
+    Guesses,
+    RecordingHasher,
+    Timeline,
+    accounts_of,
+    assert_one_check_per_window,
+    guess_in_parallel,
+    three_back_offs,
+    timeline,  # noqa: F401  (a fixture)
+)
 from tests.cluster_support import (
     LEASE,
     PAIR_IDS,
@@ -26,28 +48,6 @@ from tests.cluster_support import (
     wait_ready,
 )
 from tests.support import DEFAULT_TIMEOUT, LineClient, wait_until
-from tests.test_accounts import (
-    FAST_HASH,
-    OTHER,
-    PASSWORD,
-    Records,
-    log_in,
-    operator,
-    records,  # noqa: F401  (a fixture)
-    register,
-    settings,
-)
-from tests.test_accounts_load import (
-    OWNER,
-    Guesses,
-    RecordingHasher,
-    Timeline,
-    accounts_of,
-    assert_one_check_per_window,
-    guess_in_parallel,
-    three_back_offs,
-    timeline,  # noqa: F401  (a fixture)
-)
 
 # Slow: nodes on a real Redis, and back-offs that are waited out.
 pytestmark = pytest.mark.slow

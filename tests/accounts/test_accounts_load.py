@@ -22,9 +22,7 @@ from reactor.accounts import ScryptHasher, hasher_from_spec
 from reactor.accounts.hashing import PasswordHasher
 from reactor.accounts.service import Accounts
 from reactor.backends.base import Server
-from tests.fake_transport import FakePeer
-from tests.support import LineClient, wait_until
-from tests.test_accounts import (
+from tests.accounts.test_accounts import (
     FAST_HASH,
     OTHER,
     PASSWORD,
@@ -35,6 +33,8 @@ from tests.test_accounts import (
     records,  # noqa: F401  (a fixture)
     register,
 )
+from tests.fake_transport import FakePeer
+from tests.support import LineClient, wait_until
 
 GUESSER = "127.0.0.2"  # the address the guesses come from
 OWNER = "127.0.0.3"  # the name's owner, somewhere else

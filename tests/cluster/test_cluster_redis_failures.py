@@ -13,9 +13,6 @@ The promises, as users and peers observe them:
 * every command gets an answer meanwhile (a refusal, never silence), and
   once Redis works again DMs cross both ways and new logins are seen by all;
 * the log says what happened in a line per episode, not a line per retry.
-
-Where a promise does not hold yet, the test says so (``xfail``, strict) with
-the finding; see each one's reason.
 """
 
 from __future__ import annotations
@@ -206,11 +203,6 @@ def test_redis_out_of_memory_refuses_what_needs_it_and_keeps_everyone(
     chat_on.everything_works_again()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "finding: while Redis refuses writes (OOM), every refused lease renewal logs "
-    "'Redis script renew failed: OOM command not allowed ...' (reactor/cluster/resp.py, "
-    "Batch reply handling): one ERROR line per refused renewal (several a second per node) "
-    "instead of one line when writes start failing and one when they work again"))
 def test_redis_refusing_writes_is_one_log_line_per_node_not_one_per_renewal(
     redis_server: RedisServer, chat_on: Chat, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -223,16 +215,6 @@ def test_redis_refusing_writes_is_one_log_line_per_node_not_one_per_renewal(
     assert len(reactor_lines(caplog, "OOM")) <= 2, reactor_lines(caplog, "OOM")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "finding: when the users hash ({chat}:users) alone is lost -- what an evicting "
-    "maxmemory-policy (allkeys-lru, allkeys-random) does to one key -- nodes do not notice "
-    "(the epoch is still there): a second 'Ann' logs in on the other node while Ann is "
-    "online, DMs to Bob are answered 'Bob left before it could be sent', and the nodes' "
-    "user lists differ from then on.  Losing {chat}:nodes alone makes every node "
-    "fence itself and disconnect all its users, though a missing lease set cannot mean "
-    "a reaping (the reaper is a member).  Suggested: renew/claim scripts treat a missing "
-    "users hash or lease set as lost state (re-register, as after FLUSHALL), and the node "
-    "warns at start when maxmemory-policy is not noeviction"))
 def test_a_chat_key_evicted_alone_is_noticed_and_names_stay_unique(
     redis_server: RedisServer, chat_on: Chat
 ) -> None:
@@ -250,14 +232,46 @@ def test_a_chat_key_evicted_alone_is_noticed_and_names_stay_unique(
     chat_on.everything_works_again()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "finding: right after FLUSHALL, DMs to "
-    "Bob -- online all along -- are answered '<Message to Bob not delivered: Bob left "
-    "before it could be sent.>' (3-5 times, every run on every pair) until Bob's node has "
-    "registered him again: the 'direct' script answers OFFLINE for a name missing from the "
-    "users hash, and reactor/cluster/whiteboard.py (the 'sent' callback of the direct call) "
-    "takes that for 'left'.  A name missing because the state was lost (no epoch yet) "
-    "should be answered as the chat service being unavailable"))
+def test_the_lease_set_evicted_alone_fences_nobody(
+    redis_server: RedisServer, chat_on: Chat, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="reactor")
+    redis_server.command("DEL", "{chat}:nodes")
+    chat_on.everything_works_again()
+    assert len(reactor_lines(caplog, "Redis lost the chat's state")) == 2  # once per node
+    assert not reactor_lines(caplog, "declared dead")
+
+
+def policy_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return reactor_lines(caplog, "maxmemory-policy")
+
+
+def test_a_redis_that_may_evict_keys_is_warned_of_once_per_node(
+    redis_server: RedisServer, pair: tuple[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="reactor")
+    redis_server.command("CONFIG", "SET", "maxmemory-policy", "allkeys-lru")
+    with nodes(pair, redis_server.url):
+        pass
+    warnings = policy_warnings(caplog)
+    assert len(warnings) == 2 and all("allkeys-lru" in line for line in warnings), warnings
+
+
+def test_noeviction_or_a_refused_config_get_is_not_warned_of(
+    redis_server: RedisServer, pair: tuple[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="reactor")
+    with nodes(pair, redis_server.url):
+        pass
+    # A Redis user that may not use CONFIG (as on managed services).
+    redis_server.command("CONFIG", "SET", "maxmemory-policy", "allkeys-lru")
+    redis_server.command("ACL", "SETUSER", "chat", "on", ">secret", "~*", "&*", "+@all",
+                         "-config")
+    with nodes(pair, redis_server.url.replace("redis://", "redis://chat:secret@")):
+        pass
+    assert not policy_warnings(caplog)
+
+
 def test_after_flushall_a_refused_dm_never_says_its_recipient_left(
     redis_server: RedisServer, chat_on: Chat
 ) -> None:

@@ -27,9 +27,12 @@ def test_the_roster_follows_the_users_reply_and_online_offline_notices() -> None
 def test_the_first_word_completes_to_a_command() -> None:
     completer = ChatCompleter(Roster("Alice"))
     assert _complete(completer, "ch") == ["chat "]
-    assert _complete(completer, "B") == ["broadcast ", "bye "]
+    assert _complete(completer, "Br") == ["broadcast "]
+    assert _complete(completer, "B") == ["broadcast ", "bye ", "ban ", "bans "]
     assert _complete(completer, "") == ["chat ", "broadcast ", "users ", "help ", "bye ",
-                                        "register ", "password ", "history ", "/msg ", "/broadcast ",
+                                        "register ", "password ", "history ", "kick ", "ban ",
+                                        "unban ",
+                                        "mute ", "unmute ", "bans ", "/msg ", "/broadcast ",
                                         "/query ", "/who ", "/quit ", "/help ", "/register ",
                                         "/password "]
     assert _complete(completer, "/r") == ["/register "]

@@ -3,6 +3,8 @@ of script calls sends, and how Redis's replies are matched to its calls."""
 
 from __future__ import annotations
 
+import logging
+
 import hiredis
 import pytest
 
@@ -11,6 +13,7 @@ from reactor.redis.resp import (
     UNAVAILABLE,
     Call,
     ProtocolError,
+    Refusals,
     Replies,
     inbox_entries,
     pack,
@@ -39,7 +42,7 @@ def test_one_call_is_one_evalsha_and_its_reply_is_its_own() -> None:
     assert not batch.done
     assert batch.add([b"OK", 12]) is None
     assert batch.done
-    assert batch.outcomes() == [[b"OK", 12]]
+    assert batch.outcomes(Refusals("redis")) == [[b"OK", 12]]
 
 
 def test_several_calls_are_one_multi_exec_and_exec_holds_their_replies_in_order() -> None:
@@ -51,7 +54,7 @@ def test_several_calls_are_one_multi_exec_and_exec_holds_their_replies_in_order(
         assert not batch.done
     assert batch.add([[b"OK"], [b"OFFLINE"], [b"OK"]]) is None
     assert batch.done
-    assert batch.outcomes() == [[b"OK"], [b"OFFLINE"], [b"OK"]]
+    assert batch.outcomes(Refusals("redis")) == [[b"OK"], [b"OFFLINE"], [b"OK"]]
 
 
 def test_a_refused_call_is_unavailable_and_costs_the_others_nothing() -> None:
@@ -59,7 +62,7 @@ def test_a_refused_call_is_unavailable_and_costs_the_others_nothing() -> None:
     for reply in [b"OK", b"QUEUED", b"QUEUED",
                   [hiredis.ReplyError("ERR something went wrong"), [b"OK"]]]:
         batch.add(reply)
-    assert batch.outcomes() == [UNAVAILABLE, [b"OK"]]
+    assert batch.outcomes(Refusals("redis")) == [UNAVAILABLE, [b"OK"]]
 
 
 def test_a_transaction_aborted_when_queued_answers_every_call_unavailable() -> None:
@@ -68,7 +71,7 @@ def test_a_transaction_aborted_when_queued_answers_every_call_unavailable() -> N
                   hiredis.ReplyError("EXECABORT Transaction discarded")]:
         batch.add(reply)
     assert batch.done
-    assert batch.outcomes() == [UNAVAILABLE, UNAVAILABLE]
+    assert batch.outcomes(Refusals("redis")) == [UNAVAILABLE, UNAVAILABLE]
 
 
 def test_calls_redis_had_no_script_for_are_sent_again_after_loading_the_scripts() -> None:
@@ -88,7 +91,29 @@ def test_calls_redis_had_no_script_for_are_sent_again_after_loading_the_scripts(
     assert not batch.done
     batch.add([[b"OK", "first"], [b"OK", "third"]])
     assert batch.done
-    assert batch.outcomes() == [[b"OK", "first"], [b"OK", 1], [b"OK", "third"]]
+    assert batch.outcomes(Refusals("redis")) == [[b"OK", "first"], [b"OK", 1], [b"OK", "third"]]
+
+
+def test_refusals_are_logged_once_when_they_start_and_once_when_calls_run_again(
+    caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="reactor")
+    refusals = Refusals("redis")
+    oom = hiredis.ReplyError("OOM command not allowed when used memory > 'maxmemory'.")
+    for _ in range(50):  # every renewal of a long episode, and what it held up
+        batch = Batch(calls("renew"))
+        batch.add(oom)
+        assert batch.outcomes(refusals) == [UNAVAILABLE]
+    other = Batch(calls("claim"))
+    other.add(hiredis.ReplyError("READONLY You can't write against a read only replica."))
+    other.outcomes(refusals)  # a different refusal is news
+    ran = Batch(calls("renew"))
+    ran.add([b"OK", 12])
+    ran.outcomes(refusals)
+    lines = [record.getMessage() for record in caplog.records]
+    assert len(lines) == 3, lines
+    assert "OOM" in lines[0] and "READONLY" in lines[1]
+    assert "runs script calls again (51 were refused)" in lines[2]
 
 
 @pytest.mark.parametrize("split", [1, 2, 7, 1000])

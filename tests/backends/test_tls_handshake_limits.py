@@ -19,10 +19,12 @@ import contextlib
 import socket
 from collections.abc import Iterator
 
+from tests.backends.test_tls import Certs, TLSClient, client_hello, log_in, tls_server
+from tests.backends.test_tls import (
+    certs as certs,  # a fixture, re-exported so that pytest finds it here
+)
 from tests.faults import close_all
 from tests.support import DEFAULT_TIMEOUT, LineClient, wait_until
-from tests.test_tls import Certs, TLSClient, client_hello, log_in, tls_server
-from tests.test_tls import certs as certs  # a fixture, re-exported so that pytest finds it here
 
 ATTACKER = "127.0.0.2"  # any of 127/8 is this machine: one address per role
 USER = "127.0.0.3"

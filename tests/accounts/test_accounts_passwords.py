@@ -19,12 +19,12 @@ import pytest
 
 from protocol.commands import ChangePassword, Register, format_command, format_password
 from reactor.backends.base import Server
-from tests.support import LineClient, running_server
-from tests.test_accounts import INVALID, Records, accounts_server, settings
+from tests.accounts.test_accounts import INVALID, Records, accounts_server, settings
 
 # Fixtures, re-exported so that pytest finds them here.
-from tests.test_accounts import db as db
-from tests.test_accounts import records as records
+from tests.accounts.test_accounts import db as db
+from tests.accounts.test_accounts import records as records
+from tests.support import LineClient, running_server
 
 SMILE = "\U0001f600"  # four bytes of UTF-8, beyond the BMP
 PASSWORDS = {

@@ -32,7 +32,7 @@ class _BrokenSocket:
     def send(self, *args: object) -> int:
         raise PlantedBug("planted in Mallory's socket")
 
-    sendmsg = send
+    sendmsg = write = writelines = send  # (write: asyncio's transport, the layer under ours)
 
 
 class PlantedBug(Exception):
@@ -104,8 +104,11 @@ def test_a_failing_send_to_one_recipient_ends_that_recipient_not_the_sender(
 
             transport.write = broken_write  # type: ignore[method-assign, assignment]
             if server.send_at_once is not None:
-                # The backend's fan-out fast path sends on the socket itself.
+                # The backend's fan-out fast path sends on the socket itself,
+                # or on asyncio's transport at the end of the loop's iteration.
                 transport.sock = _BrokenSocket(transport.sock)  # type: ignore[attr-defined]
+                if hasattr(transport, "_transport"):
+                    transport._transport = _BrokenSocket(transport._transport)
             alice.send('broadcast "hello all"')
             alice.expect("<To everyone> hello all")
             bob.expect('<Broadcast from Alice: "hello all">')

@@ -18,10 +18,10 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, precondition, rule
 
 from protocol import Login, format_command
+from tests.backends.test_stateful import ChatMachine, Connection, picks
 from tests.cluster_support import RedisServer, node, require_redis
 from tests.faults import reset
 from tests.support import LineClient
-from tests.test_stateful import ChatMachine, Connection, picks
 
 # Slow: a long hypothesis state-machine run on two nodes and Redis.
 pytestmark = pytest.mark.slow

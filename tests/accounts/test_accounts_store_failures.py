@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 
 from tests.faults import ServerProcess, server_process
-from tests.support import LineClient
+from tests.support import LineClient, wait_until
 
 FAST_HASH = "scrypt:ln=4,r=8,p=1"
 PASSWORD = "correct horse 42"
@@ -106,6 +106,9 @@ def store_failures(server: ServerProcess) -> list[str]:
 
 
 def assert_one_line_each(server: ServerProcess, count: int, reason: str) -> None:
+    # The log is written by its own thread: a client's reply can come first.
+    wait_until(lambda: len(store_failures(server)) >= count,
+               message=f"{count} store failures in the log")
     failures = store_failures(server)
     assert len(failures) == count, failures
     assert all(reason in line for line in failures), failures

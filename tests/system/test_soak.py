@@ -1,6 +1,6 @@
 """Soak: 2,000 clients through minutes of mixed traffic, nothing lost (opt in).
 
-    python -m pytest -m soak -s tests/test_soak.py
+    python -m pytest -m soak -s tests/system/test_soak.py
 
 On each backend a server runs as its own process on loopback; one asyncio
 driver here holds every client.  Stable clients exchange direct messages at a

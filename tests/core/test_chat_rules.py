@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from protocol.events import HELP_LINE
-from reactor.chat import ChatService
+from reactor.chat import NO_OPERATORS, ChatService
 from reactor.connection import Connection, Slot
 from reactor.flow import FloodLimits
 from reactor.phases import Move, Phase, next_phase
@@ -786,8 +786,12 @@ def test_the_hard_limit_cuts_at_once(make: MakeHarness) -> None:
     carol.expect(*[f'<Broadcast from Alice: "{text}">'] * 3, "<User Bob is offline.>")
 
 
-def test_past_the_output_budget_the_largest_queues_are_cut_first(make: MakeHarness) -> None:
-    h = make(output_budget=250, output_limit=100_000)
+def test_over_the_budgets_high_water_mark_the_largest_queues_not_read_are_cut_first(
+    make: MakeHarness,
+) -> None:
+    """Over half the budget, queues the kernel took nothing of between two
+    checks are cut, largest first, until the total is under a quarter."""
+    h = make(output_budget=1000, output_limit=100_000)
     alice, bob, carol = trio(h)
     dave = h.login("Dave")
     for peer in (alice, bob, carol):
@@ -801,6 +805,8 @@ def test_past_the_output_budget_the_largest_queues_are_cut_first(make: MakeHarne
     dave.stop_reading()
     alice.send(f'broadcast "{text}"')
     assert (bob.queued, carol.queued, dave.queued) == (300, 200, 100)
+    h.advance(1)  # the first check: nobody has been seen not reading yet
+    assert not (bob.closed or carol.closed or dave.closed)
     h.advance(1)
     assert bob.closed and carol.closed and not dave.closed
     alice.expect(*[f"<To everyone> {text}"] * 3, "<User Bob is offline.>",
@@ -808,6 +814,35 @@ def test_past_the_output_budget_the_largest_queues_are_cut_first(make: MakeHarne
     dave.start_reading()
     dave.expect(f'<Broadcast from Alice: "{text}">', "<User Bob is offline.>",
                 "<User Carol is offline.>")
+
+
+def test_over_half_the_budget_broadcasts_wait_until_the_queues_are_under_a_quarter(
+    make: MakeHarness,
+) -> None:
+    """Past the high-water mark a broadcast waits (its sender's later lines
+    with it) instead of anyone being cut; once readers have read the queues
+    down, it goes, in order."""
+    h = make(output_budget=800, output_limit=100_000)
+    alice, bob, carol = trio(h)
+    for peer in (alice, bob, carol):
+        peer.lines()
+    text = "x" * 73  # 100 bytes for each recipient
+    bob.stop_reading()
+    carol.stop_reading()
+    alice.send(*[f'broadcast "{text}"'] * 3, f'broadcast "{text}!"', "users")
+    assert (bob.queued, carol.queued) == (300, 300)  # over 400: the fourth waits
+    alice.expect(*[f"<To everyone> {text}"] * 3)
+    bob.read_all()
+    h.advance(0.1)
+    alice.expect_nothing()  # 300 queued for Carol: not yet under a quarter (200)
+    carol.read_all()
+    h.advance(0.1)
+    alice.expect(f"<To everyone> {text}!", "<Online users: Alice, Bob, Carol>")
+    bob.read_all()
+    carol.read_all()
+    for peer in (bob, carol):
+        assert peer.lines()[-1] == f'<Broadcast from Alice: "{text}!">'
+        assert not peer.closed
 
 
 def test_a_queue_cut_at_the_soft_limit_no_longer_counts_against_the_budget(
@@ -841,7 +876,7 @@ def test_a_queue_cut_at_the_soft_limit_no_longer_counts_against_the_budget(
 def test_a_queue_cut_at_the_soft_limit_is_not_cut_again_for_the_budget(
     make: MakeHarness,
 ) -> None:
-    h = make(output_limit=150, slow_consumer_grace=1.0, output_budget=250,
+    h = make(output_limit=150, slow_consumer_grace=1.0, output_budget=450,
              output_high_water=10_000)
     alice, bob, carol = trio(h)
     for peer in (alice, bob, carol):
@@ -1047,3 +1082,15 @@ def test_lines_held_for_a_reason_of_the_servers_wait_in_order_behind_no_answer(
     carol.expect('<Message from Alice: "later">')  # not behind Bob's answer
     bob.read_all()
     alice.expect("<To Bob> slow", "<Online users: Alice, Bob, Carol>", "<To Carol> later")
+
+
+def test_without_registered_names_every_operator_command_is_refused_with_the_reason() -> None:
+    h = Harness()
+    alice, bob = h.login("Alice"), h.login("Bob")
+    alice.expect("<User Bob is online.>")
+    for command in ("kick Bob", "ban Bob 1h spam", "unban Bob", "mute Bob", "unmute Bob", "bans"):
+        alice.send(command)
+        alice.expect(f'<Invalid input: {NO_OPERATORS}. Type "help" for commands.>')
+    bob.expect_nothing()  # nothing reached the target
+    alice.send('chat Bob "still here"')
+    bob.expect('<Message from Alice: "still here">')

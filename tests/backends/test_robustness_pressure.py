@@ -9,6 +9,7 @@ once.  Timings are never asserted here: latency under flood is a benchmark.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import re
@@ -300,6 +301,79 @@ def test_past_the_output_budget_the_largest_queues_are_cut(
         assert any("slow consumer: cut to keep the server's output budget" in r.getMessage()
                    for r in caplog.records)
         alice_lines.stop()
+
+
+def test_a_broadcast_burst_over_the_budget_slows_the_senders_and_cuts_no_reader(
+    backend: str,
+) -> None:
+    """Five readers, and a crowd that each broadcasts 30,000 backslashes
+    (escaped to 60 KB per recipient) and never reads: ten times the output
+    budget.  The budget is kept by handling the crowd's broadcasts more
+    slowly and by cutting those who do not read -- never a reader: the
+    readers stay, hear the same broadcasts in the same order, and hear the
+    whole crowd leave and a reader's last broadcast."""
+    crowd_size = 100
+    budget = 64 * MiB
+    with running_server(backend, output_budget=budget, max_line=64 * KiB,
+                        flood=NO_FLOOD_CONTROL, max_clients=crowd_size + 16) as server, \
+            client_pool(server.port) as pool:
+        readers = [pool.login(f"Reader{index}") for index in range(5)]
+        heard = [Drain(reader.sock, keep=lambda line: line.startswith(
+                     (b"<Broadcast from ", b"<Disconnected", b"<User Crowd")))
+                 for reader in readers]
+        most_queued = 0
+        sampling = threading.Event()
+
+        def sample() -> None:  # all queues together, as the test sees them
+            nonlocal most_queued
+            while not sampling.is_set():
+                with contextlib.suppress(RuntimeError):  # the set changed meanwhile
+                    total = sum(c.transport.queued for c in list(server.chat.connections))
+                    most_queued = max(most_queued, total)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        crowd = []
+        try:
+            for index in range(crowd_size):
+                sock = socket.socket()
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * KiB)
+                sock.connect(("127.0.0.1", server.port))
+                sock.sendall(b"Crowd%d\n" % index)
+                crowd.append(sock)
+            burst = b"broadcast " + b"\\" * 30000 + b"\n"
+            for sock in crowd:
+                sock.sendall(burst)
+            everyone_online = [b"<User Crowd%d is online.>" % i for i in range(crowd_size)]
+            heard[0].wait_for(lambda d: set(everyone_online) <= set(d.kept()), timeout=30,
+                              message="the crowd online")
+            heard[0].wait_for(lambda d: sum(line.startswith(b"<Broadcast from Crowd")
+                                            for line in d.kept()) >= 10,
+                              timeout=30, message="the burst under way")
+            for sock in crowd:
+                sock.close()
+            gone = {b"<User Crowd%d is offline.>" % i for i in range(crowd_size)}
+            for drain in heard:
+                drain.wait_for(lambda d: gone <= set(d.kept()) or d.eof.is_set(), timeout=60,
+                               message="the crowd gone")
+            readers[0].send_raw(b"broadcast the end\n")
+            for drain in heard[1:]:
+                drain.wait_for(lambda d: b"<Broadcast from Reader0: \"the end\">" in d.kept()
+                               or d.eof.is_set(), timeout=30, message="the last broadcast")
+            for index, drain in enumerate(heard):
+                assert not drain.eof.is_set(), f"Reader{index} was cut off"
+                assert not any(line.startswith(b"<Disconnected") for line in drain.kept())
+            sequences = [[line.split(b":", 1)[0] for line in drain.kept()
+                          if line.startswith(b"<Broadcast from Crowd")] for drain in heard]
+            assert all(sequence == sequences[0] for sequence in sequences[1:])
+            assert most_queued <= budget
+            for drain in heard:
+                drain.stop()
+        finally:
+            sampling.set()
+            sampler.join()
+            for sock in crowd:
+                sock.close()
 
 
 # -- 10. a user who half-closes leaves at once --------------------------------------

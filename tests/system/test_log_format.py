@@ -26,7 +26,7 @@ from reactor.log_format import (
 )
 from reactor.logs import DroppingQueueHandler, LogPipeline
 
-REACTOR = Path(__file__).resolve().parent.parent / "reactor"
+REACTOR = Path(__file__).resolve().parents[2] / "reactor"
 # 2026-12-07T05:40:12.345Z
 CREATED = calendar.timegm((2026, 12, 7, 5, 40, 12, 0, 0, 0)) + 0.345
 

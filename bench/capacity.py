@@ -1,0 +1,295 @@
+"""Capacity at a latency objective: the search, the verdicts, and their table.
+
+A system's **capacity** for a workload is the highest offered delivery rate
+it carries with p99 latency at or under the objective and nothing lost.
+Offered load is open loop (``bench.harness.driver.open_loop``), so a server
+that falls behind shows it as latency instead of slowing the sender down.
+
+The search (``search``) offers the rates of a ladder in rising order until
+one fails, then bisects between the last rate that passed and the first that
+failed (geometric midpoints: the ladder is geometric, and a ratio is what the
+goals compare).  Three bisections of a ladder of doublings bracket the
+capacity within 2^(1/8), about 9 %.  A ladder step that fails on latency
+alone is measured once more before the climb ends.  A ladder whose top rate
+passes gives a lower bound only (``reached`` false); a failing first rate
+bisects downward.
+
+Goals compare two systems measured in the same round, so a noisy minute on
+a shared machine hits both sides of the ratio.  A goal is **MET** when every
+round meets it, **MISSED** when every round misses it and **UNSURE** when the
+rounds disagree; the line shows the median ratio and the rounds' range.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from bench import systems
+
+Step = dict[str, Any]
+
+#: Workloads with a capacity: (key in a system's results, what one delivery is).
+WORKLOADS = (("broadcast_curve", "broadcast"), ("direct_curve", "direct message"))
+
+
+def search(
+    measure: Callable[[float], Step],
+    ladder: Sequence[float],
+    bisections: int,
+) -> dict[str, Any]:
+    """Offer the ``ladder`` rates, then bisect; return the steps and the capacity.
+
+    ``measure(rate)`` runs one step at ``rate`` offered per second and returns
+    a dict with at least ``ok`` (objective kept, nothing lost), optionally
+    ``retry`` (a failure worth measuring again: latency only, nothing lost)
+    and ``broken`` (the system can no longer be measured: clients dropped,
+    server gone), which ends the search where it is.
+
+    On the ladder, a step that failed on latency alone is measured once more
+    and the rate fails only if that fails too: one stall of a shared machine
+    would otherwise end the climb for good.  Bisection steps are measured once.
+    """
+    steps: list[Step] = []
+    passed, failed = 0.0, math.inf
+
+    def run(rate: float, again: bool) -> Step:
+        nonlocal passed, failed
+        step = measure(rate)
+        step["offered"] = rate
+        steps.append(step)
+        if not step["ok"] and again and step.get("retry") and not step.get("broken"):
+            step["retried"] = True
+            return run(rate, again=False)
+        if step["ok"]:
+            passed = max(passed, rate)
+        else:
+            failed = min(failed, rate)
+        return step
+
+    for rate in ladder:
+        step = run(rate, again=True)
+        if not step["ok"] or step.get("broken"):
+            break
+    for _ in range(bisections if failed < math.inf else 0):
+        if steps[-1].get("broken"):
+            break
+        mid = _round3(math.sqrt(passed * failed) if passed > 0 else failed / 2)
+        if not passed < mid < failed:
+            break
+        run(mid, again=False)
+    return {
+        "steps": steps,
+        "capacity": passed,
+        # False: the ladder's top rate passed, so ``capacity`` is a lower bound.
+        "reached": failed < math.inf,
+        "first_failed": failed if failed < math.inf else None,
+    }
+
+
+def _round3(x: float) -> float:
+    """Three significant digits: rates a reader can compare at a glance."""
+    if x <= 0:
+        return x
+    digits = 2 - math.floor(math.log10(x))
+    return float(round(x, digits))
+
+
+# -- verdicts ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Goal:
+    """``system``'s capacity at least ``factor`` times ``anchor``'s, per workload."""
+
+    system: str
+    anchor: str
+    factor: float
+
+
+#: The issue's goals; a goal whose systems are not both in the run is not shown.
+GOALS: tuple[Goal, ...] = (
+    Goal(systems.PRIMARY, systems.REDIS, 0.9),
+    Goal("threads", systems.PRIMARY, 0.75),
+    Goal("asyncio", systems.PRIMARY, 0.8),
+    Goal(systems.UVLOOP, systems.PRIMARY, 0.9),
+    Goal(systems.TLS, systems.PRIMARY, 0.6),
+    Goal(systems.WEB, systems.PRIMARY, 0.75),  # web clients, once that system exists
+)
+
+
+def round_ratio(a: dict[str, Any] | None, b: dict[str, Any] | None) -> tuple[float, float] | None:
+    """Bounds (low, high) on capacity a / capacity b within one round, or None.
+
+    A capacity not reached is a lower bound, so it widens the ratio on its
+    side; a zero or missing anchor says nothing.
+    """
+    if not a or not b or not _num(a.get("capacity")) or not _num(b.get("capacity")):
+        return None
+    ca, cb = a["capacity"], b["capacity"]
+    a_exact, b_exact = a.get("reached", True), b.get("reached", True)
+    if cb <= 0 or not (a_exact or b_exact):
+        return None
+    r = ca / cb
+    if ca <= 0 and a.get("first_failed"):  # below every rate tried: at most that one
+        return 0.0, a["first_failed"] / cb
+    if b_exact:
+        return r, (r if a_exact else math.inf)
+    return 0.0, r  # the anchor's capacity is a lower bound: the ratio at most r
+
+
+def verdict(bounds: Sequence[tuple[float, float] | None], factor: float) -> str | None:
+    """MET, MISSED or UNSURE over rounds; None when no round could judge."""
+    per_round = []
+    for b in bounds:
+        if b is None:
+            continue
+        lo, hi = b
+        per_round.append(True if lo >= factor else False if hi < factor else None)
+    if not per_round:
+        return None
+    if all(v is True for v in per_round):
+        return "MET"
+    if all(v is False for v in per_round):
+        return "MISSED"
+    return "UNSURE"
+
+
+def goals(run: dict[str, Any], min_n: int) -> list[dict[str, Any]]:
+    """Every goal both of whose systems ran, for each workload with a capacity."""
+    out: list[dict[str, Any]] = []
+    if run["n"] < min_n:
+        return out
+    names = run["systems"]
+    for key, what in WORKLOADS:
+        for goal in GOALS:
+            if goal.system not in names or goal.anchor not in names:
+                continue
+            if not any(r.get(goal.system, {}).get(key) for r in run["rounds"]):
+                continue  # that workload was skipped
+            bounds = [
+                round_ratio(r.get(goal.system, {}).get(key), r.get(goal.anchor, {}).get(key))
+                for r in run["rounds"]
+            ]
+            points = [lo for b in bounds if b is not None and (lo := b[0]) == b[1]]
+            mark = verdict(bounds, goal.factor)
+            out.append(
+                {
+                    "goal": f"{goal.system} {what} capacity >= {goal.factor:g}x {goal.anchor}",
+                    "verdict": mark,
+                    "met": {"MET": True, "MISSED": False}.get(mark or ""),
+                    "ratios": [None if b is None else list(b) for b in bounds],
+                    "detail": _spread_text(points, len(bounds)),
+                }
+            )
+    return out
+
+
+def _spread_text(points: list[float], rounds: int) -> str:
+    if not points:
+        return "no round measured both capacities"
+    med = statistics.median(points)
+    text = f"{med:.2f}x"
+    if len(points) > 1:
+        text += f" (rounds {min(points):.2f}-{max(points):.2f}x)"
+    elif rounds == 1:
+        text += " (1 round: no spread to judge by)"
+    if len(points) < rounds:
+        text += f", {rounds - len(points)} round(s) only a bound"
+    return text
+
+
+# -- per-run summary and table ------------------------------------------------
+
+
+def summarize(run: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per workload and system: median capacity over rounds, its range, and
+    whether every round reached it."""
+    out: dict[str, dict[str, Any]] = {}
+    for key, _what in WORKLOADS:
+        rows: dict[str, Any] = {}
+        for name in run["systems"]:
+            found = [r[name][key] for r in run["rounds"] if _num(_get(r, name, key, "capacity"))]
+            if not found:
+                continue
+            caps = [f["capacity"] for f in found]
+            fails = [f["first_failed"] for f in found if f.get("first_failed")]
+            rows[name] = {
+                "capacity": statistics.median(caps),
+                # When no rate passed: the capacity is below this one.
+                "below": min(fails) if fails else None,
+                "min": min(caps),
+                "max": max(caps),
+                "rounds": len(caps),
+                "reached": all(f.get("reached", True) for f in found),
+            }
+        if rows:
+            out[key] = rows
+    return out
+
+
+def table_lines(
+    run: dict[str, Any], objective: dict[str, float], unit: dict[str, str]
+) -> list[str]:
+    """The 80-column capacity tables of one run (one per workload measured)."""
+    lines: list[str] = []
+    for key, what in WORKLOADS:
+        rows = run.get("capacity", {}).get(key)
+        if not rows:
+            continue
+        lines.append("")
+        lines.append(
+            f"{what.capitalize()} capacity: highest offered {unit[key]} with p99 <= "
+            f"{objective[key]:g} ms, 0 lost"
+        )
+        # A ratio column only for an anchor that ran.
+        anchors = [(a, f"x {label}") for a, label in ((systems.REDIS, "Redis"),
+                   (systems.PRIMARY, systems.PRIMARY)) if a in rows]  # fmt: skip
+        lines.append(
+            f"{'':16}{'capacity':>10}{'rounds: min-max':>20}"
+            + "".join(f"{label:>11}" for _a, label in anchors)
+        )
+        for name, row in rows.items():
+            cap = (">=" if not row["reached"] else "") + rate_text(row["capacity"])
+            if row["capacity"] <= 0 and row["below"]:
+                cap = "<" + rate_text(row["below"])
+            span = f"{rate_text(row['min'])}-{rate_text(row['max'])}" if row["rounds"] > 1 else "-"
+            ratios = [ratio_text(row, rows[a]) if name != a else "" for a, _label in anchors]
+            line = f"{name:16}{cap:>10}{span:>20}" + "".join(f"{r:>11}" for r in ratios)
+            lines.append(line.rstrip())
+    return lines
+
+
+def ratio_text(row: dict[str, Any], anchor: dict[str, Any] | None) -> str:
+    """``row``'s capacity over ``anchor``'s as printed: ``>=`` or ``<=`` where one is a bound."""
+    if not anchor or not anchor["capacity"] or not row["capacity"]:
+        return "-"
+    text = f"{row['capacity'] / anchor['capacity']:.2f}x"
+    if not row["reached"] and anchor["reached"]:
+        return ">=" + text
+    if row["reached"] and not anchor["reached"]:
+        return "<=" + text
+    return text if row["reached"] else "-"
+
+
+def rate_text(v: float) -> str:
+    """A rate as the tables print it: 61.2k, 160k, 4,210, 0."""
+    if v >= 10_000:
+        return f"{v / 1000:.0f}k" if v >= 100_000 else f"{v / 1000:.1f}k"
+    return f"{v:,.0f}"
+
+
+def _get(r: dict[str, Any], *keys: str) -> Any:
+    obj: Any = r
+    for k in keys:
+        if not isinstance(obj, dict):
+            return None
+        obj = obj.get(k)
+    return obj
+
+
+def _num(v: Any) -> bool:
+    return isinstance(v, int | float) and not (isinstance(v, float) and math.isnan(v))
