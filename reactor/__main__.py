@@ -266,8 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
     keep = history.add_argument(
         "--history", type=_on_off, default=False, metavar="on|off",
         help="keep the broadcasts, and the direct messages of registered names, for the "
-             "history command; hold messages for registered names who are offline; in a SQLite "
-             "file beside a SQLite --accounts file (kept across restarts), else in memory "
+             "history command; hold messages for registered names who are offline; in the "
+             "--cluster Redis (shared by every node) or a Redis --accounts, in a SQLite file "
+             "beside a SQLite --accounts file (kept across restarts), else in memory "
              "(default: off, nothing kept)")
     name_in_file(keep, "enabled")
     history.add_argument("--history-direct", type=_whole_number(1, 1_000_000),
@@ -362,9 +363,6 @@ def parse_args(argv: list[str] | None = None,
         parser.error("argument --accounts: with --cluster, every node must see the same "
                      "registered names: give no value (the cluster's Redis) or a Redis URL, "
                      "not a file")
-    if args.history and (args.cluster is not None
-                         or (args.accounts is not None and is_redis_url(args.accounts))):
-        parser.error("argument --history: not yet available with --cluster or Redis accounts")
     if args.accounts is not None:
         try:
             hasher_from_spec(args.password_hash)

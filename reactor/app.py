@@ -82,30 +82,46 @@ def open_accounts(settings: AccountsConfig | None) -> Accounts | None:
 
 
 def open_history(config: ServerConfig) -> MessageStore | None:
-    """The history store, if the configuration keeps history: a SQLite file
-    beside a SQLite accounts database (it survives a restart), else memory.
-    Raises ValueError on a cluster, whose store is not written yet, and
+    """The history store, if the configuration keeps history: the cluster's
+    Redis (every node reads the same history), a Redis holding the accounts,
+    a SQLite file beside a SQLite accounts database (it survives a restart),
+    else memory.  Raises LinkError for a missing redis package, and
     sqlite3.Error for a file that cannot be opened."""
     if config.history is None:
         return None
-    if config.cluster is not None or (
-            config.accounts is not None and is_redis_url(config.accounts.path)):
-        raise ValueError("--history on is not yet available with --cluster or Redis accounts")
+    location = _redis_location(config)
+    if location is not None:
+        from reactor.history.redis_store import RedisHistory
+
+        return RedisHistory(location, config.history)
     if config.accounts is not None:
         return SQLiteHistory(history_path(config.accounts.path), config.history)
     return MemoryHistory(config.history)
 
 
+def _redis_location(config: ServerConfig) -> str | None:
+    if config.cluster is not None:
+        return config.cluster.url
+    if config.accounts is not None and is_redis_url(config.accounts.path):
+        return config.accounts.path
+    return None
+
+
 def forget_stored_messages(accounts_location: str, name: str) -> bool:
     """Remove what history keeps of ``name`` beside the accounts at
-    ``accounts_location`` (its account was removed); False if no history file
-    is there (nothing is created)."""
+    ``accounts_location`` (its account was removed): in that Redis, or in the
+    history file beside a SQLite database; False if no history file is there
+    (nothing is created)."""
+    store: MessageStore
     if is_redis_url(accounts_location):
-        return False
-    path = history_path(accounts_location)
-    if not os.path.exists(path):
-        return False
-    store = SQLiteHistory(path, HistoryConfig())
+        from reactor.history.redis_store import RedisHistory
+
+        store = RedisHistory(accounts_location, HistoryConfig())
+    else:
+        path = history_path(accounts_location)
+        if not os.path.exists(path):
+            return False
+        store = SQLiteHistory(path, HistoryConfig())
     try:
         store.forget(name)
     finally:

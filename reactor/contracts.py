@@ -387,6 +387,11 @@ class StoredMessage:
     text: str
 
 
+class HistoryUnavailable(Exception):
+    """A history store cannot answer now (its Redis is out of reach): the
+    chat tells the user so, or logs it, and goes on."""
+
+
 class MessageStore(Protocol):
     """What the chat asks of a history store (``--history on``; see :mod:`reactor.history`).
 
@@ -401,11 +406,12 @@ class MessageStore(Protocol):
     the chat holds no store at all, so a message costs nothing here.
     """
 
-    def record(self, owner: str, sender: str, to: str, text: str,
-               time_ms: int) -> StoredMessage:
+    def record(self, owner: str, sender: str, to: str, text: str, time_ms: int) -> None:
         """Keep a delivered message in ``owner``'s conversation with the other
         party (``owner`` is the sender or ``to``), or a broadcast when ``to``
-        is ``everyone`` (``owner`` is then ignored)."""
+        is ``everyone`` (``owner`` is then ignored).  A store may write it
+        later, off the caller's thread (a failure then is its own to log):
+        it is the hot path of every message."""
 
     def page(self, owner: str, peer: str, before: str | None, count: int,
              now_ms: int) -> list[StoredMessage]:
@@ -418,8 +424,14 @@ class MessageStore(Protocol):
         """Keep a message for ``to``, who is offline; None if ``to`` has as
         many waiting as the store allows (nothing is kept then)."""
 
-    def take_waiting(self, to: str) -> list[StoredMessage]:
-        """Every message held for ``to``, oldest first; they are no longer held."""
+    def waiting(self, to: str) -> list[StoredMessage]:
+        """Every message held for ``to``, oldest first.  They stay held until
+        acknowledged: a message is let go only once it reached its
+        recipient's connection, so that a connection lost during the login
+        backlog loses nothing (it comes again at the next login)."""
+
+    def acknowledge(self, to: str, message_id: str) -> None:
+        """The held message ``message_id`` reached ``to``: hold it no more."""
 
     def forget(self, name: str) -> None:
         """Remove what is kept for ``name``: the messages waiting for it, those

@@ -30,6 +30,7 @@ from protocol import (
     InvalidInput,
     MessageStored,
     NotDelivered,
+    ServiceUnavailable,
     UserOffline,
     UserUnknown,
     WaitingDelivered,
@@ -39,7 +40,7 @@ from protocol import (
 )
 from reactor.config import HistoryConfig
 from reactor.connection import Connection
-from reactor.contracts import LoginStep, MessageStore, Roster, StoredMessage
+from reactor.contracts import HistoryUnavailable, LoginStep, MessageStore, Roster, StoredMessage
 
 log = logging.getLogger("reactor")
 
@@ -47,6 +48,9 @@ NEEDS_REGISTERED = (
     'history with one user is kept only for registered names; register yours with register'
     ' "<password>"'
 )
+
+# What a user is told when the store cannot answer (its Redis is out of reach).
+UNAVAILABLE = "the message store is unavailable; try again later"
 
 
 def wall_clock_ms() -> int:
@@ -72,10 +76,20 @@ class HistoryDesk:
                          to: str, text: str) -> None:
         """A direct message was handed to its recipient: kept for each registered party."""
         now = self.now_ms()
+        store = self.store
         if sender.registered:
-            self.store.record(sender_name, sender_name, to, text, now)
-        if getattr(recipient, "registered", False) and recipient is not sender:
-            self.store.record(to, sender_name, to, text, now)
+            store.record(sender_name, sender_name, to, text, now)
+        if recipient is sender:
+            return
+        if getattr(recipient, "remote", False):
+            # A user of another node, whose connection this node cannot ask:
+            # on a cluster a registered name is only ever logged in with its
+            # password, so owning the name is being registered.
+            if self.accounts is not None:
+                self.accounts.is_registered(sender, to, lambda spelling: None if spelling is None
+                                            else store.record(to, sender_name, to, text, now))
+        elif getattr(recipient, "registered", False):
+            store.record(to, sender_name, to, text, now)
 
     def broadcast_sent(self, sender_name: str, text: str) -> None:
         self.store.record(sender_name, sender_name, EVERYONE, text, self.now_ms())
@@ -96,7 +110,13 @@ class HistoryDesk:
                 connection.answer(slot, format_event(plain))
                 return
             now = self.now_ms()
-            if self.store.hold(sender_name, spelling, text, now) is None:
+            try:
+                held = self.store.hold(sender_name, spelling, text, now)
+            except HistoryUnavailable as error:
+                log.warning("Message from %s to %s not stored: %s", sender_name, spelling, error)
+                connection.answer(slot, format_event(NotDelivered(spelling, UNAVAILABLE)))
+                return
+            if held is None:
                 log.info("Message from %s to %s not stored: too many wait", sender_name, spelling)
                 connection.answer(slot, format_event(NotDelivered(
                     spelling, f"too many messages wait for {spelling}")))
@@ -112,25 +132,54 @@ class HistoryDesk:
 
     def logged_in(self, connection: Connection, name: str) -> None:
         """After the user's own online notice: what waited for it, oldest
-        first (each sender online told), then the recent broadcasts."""
+        first, then the recent broadcasts.
+
+        A waiting message is let go (acknowledged, kept in the user's
+        history, its sender told) only once its line reached the
+        connection's output; if the connection is lost first, the message
+        stays held and comes again at the next login.
+        """
         if connection.registered:
-            waiting = self.store.take_waiting(name)
+            try:
+                waiting = self.store.waiting(name)
+            except HistoryUnavailable as error:
+                log.warning("%s logged in: waiting messages not read: %s", name, error)
+                waiting = []
             if waiting:
                 log.info("%s logged in: waiting messages delivered: %d", name, len(waiting))
             for message in waiting:
                 time_text = format_server_time(message.time_ms)
-                connection.send(format_event(WaitingMessage(message.sender, time_text,
-                                                            message.text)))
-                self.store.record(name, message.sender, name, message.text, message.time_ms)
-                found = self.roster.lookup(message.sender)
-                if found is not None and isinstance(found[1], Connection) and found[1].is_open:
-                    found[1].send(format_event(WaitingDelivered(name, time_text)))
+                line = format_event(WaitingMessage(message.sender, time_text, message.text))
+                connection.send(line, self._on_handoff(name, message, time_text))
         now = self.now_ms()
         since = now - int(self.config.login_backlog_age * 1000)
-        backlog = self.store.page(name, EVERYONE, None, self.config.login_backlog, now)
+        try:
+            backlog = self.store.page(name, EVERYONE, None, self.config.login_backlog, now)
+        except HistoryUnavailable:
+            return  # a gap in what the user sees, nothing lost
         for message in backlog:
             if message.time_ms >= since:
                 connection.send(_history_line(message))
+
+    def _on_handoff(self, name: str, message: StoredMessage,
+                    time_text: str) -> Callable[[bool], None]:
+        def handed(ok: bool) -> None:
+            if not ok:
+                log.info("Waiting message from %s to %s kept: %s left first",
+                         message.sender, name, name)
+                return
+            try:
+                self.store.acknowledge(name, message.id)
+            except HistoryUnavailable as error:
+                # Delivered again at the next login: twice rather than never.
+                log.warning("Waiting message from %s to %s still held: %s",
+                            message.sender, name, error)
+            self.store.record(name, message.sender, name, message.text, message.time_ms)
+            found = self.roster.lookup(message.sender)
+            if found is not None and isinstance(found[1], Connection) and found[1].is_open:
+                found[1].send(format_event(WaitingDelivered(name, time_text)))
+
+        return handed
 
     # -- the history command ------------------------------------------------------
 
@@ -139,8 +188,12 @@ class HistoryDesk:
         if peer != EVERYONE and not connection.registered:
             connection.reply(format_event(InvalidInput(NEEDS_REGISTERED)))
             return
-        page = self.store.page(reader, peer, before, count or self.config.page_default,
-                               self.now_ms())
+        try:
+            page = self.store.page(reader, peer, before, count or self.config.page_default,
+                                   self.now_ms())
+        except HistoryUnavailable:
+            connection.reply(format_event(ServiceUnavailable(UNAVAILABLE)))
+            return
         lines = [_history_line(message) for message in page]
         lines.append(format_event(HistoryEnd(peer, len(page))))
         connection.reply(b"".join(lines))

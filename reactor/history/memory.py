@@ -29,13 +29,12 @@ class MemoryHistory:
         self._direct: OrderedDict[str, deque[StoredMessage]] = OrderedDict()
         self._waiting: dict[str, deque[StoredMessage]] = {}
 
-    def record(self, owner: str, sender: str, to: str, text: str,
-               time_ms: int) -> StoredMessage:
+    def record(self, owner: str, sender: str, to: str, text: str, time_ms: int) -> None:
         message = StoredMessage(str(next(self._ids)), time_ms, sender, to, text)
         if to == EVERYONE:
             self._broadcasts.append(message)
             self._expire(self._broadcasts, time_ms)
-            return message
+            return
         key = conversation_key(owner, peer_of(owner, sender, to))
         kept = self._direct.get(key)
         if kept is None:
@@ -46,7 +45,6 @@ class MemoryHistory:
             self._direct.move_to_end(key)
         kept.append(message)
         self._expire(kept, time_ms)
-        return message
 
     def page(self, owner: str, peer: str, before: str | None, count: int,
              now_ms: int) -> list[StoredMessage]:
@@ -74,8 +72,23 @@ class MemoryHistory:
         waiting.append(message)
         return message
 
-    def take_waiting(self, to: str) -> list[StoredMessage]:
-        return list(self._waiting.pop(username_key(to), ()))
+    def waiting(self, to: str) -> list[StoredMessage]:
+        return list(self._waiting.get(username_key(to), ()))
+
+    def acknowledge(self, to: str, message_id: str) -> None:
+        key = username_key(to)
+        waiting = self._waiting.get(key)
+        if not waiting:
+            return
+        if waiting[0].id == message_id:  # delivered oldest first: nearly always the head
+            waiting.popleft()
+        else:
+            for message in waiting:
+                if message.id == message_id:
+                    waiting.remove(message)
+                    break
+        if not waiting:
+            del self._waiting[key]
 
     def forget(self, name: str) -> None:
         key = username_key(name)

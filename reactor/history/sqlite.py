@@ -65,10 +65,9 @@ class SQLiteHistory:
         self._db.executescript(_SCHEMA)
         self._writes: dict[str, int] = {}
 
-    def record(self, owner: str, sender: str, to: str, text: str,
-               time_ms: int) -> StoredMessage:
+    def record(self, owner: str, sender: str, to: str, text: str, time_ms: int) -> None:
         key = conversation_key(owner, peer_of(owner, sender, to))
-        cursor = self._db.execute(
+        self._db.execute(
             "INSERT INTO messages (conversation, time_ms, sender, recipient, text)"
             " VALUES (?, ?, ?, ?, ?)", (key, time_ms, sender, to, text))
         writes = self._writes.get(key, 0) + 1
@@ -78,7 +77,6 @@ class SQLiteHistory:
         if len(self._writes) > self.config.max_conversations:
             self._writes.clear()  # only a count towards the next trim: a bound, nothing lost
         self._writes[key] = writes
-        return StoredMessage(str(cursor.lastrowid), time_ms, sender, to, text)
 
     def page(self, owner: str, peer: str, before: str | None, count: int,
              now_ms: int) -> list[StoredMessage]:
@@ -107,15 +105,16 @@ class SQLiteHistory:
             " VALUES (?, ?, ?, ?, ?, ?)", (to_key, username_key(sender), time_ms, sender, to, text))
         return StoredMessage(str(cursor.lastrowid), time_ms, sender, to, text)
 
-    def take_waiting(self, to: str) -> list[StoredMessage]:
-        to_key = username_key(to)
-        with self._transaction():
-            rows = self._db.execute(
-                "SELECT id, time_ms, sender, recipient, text FROM waiting"
-                " WHERE recipient_key = ? ORDER BY id", (to_key,)).fetchall()
-            if rows:
-                self._db.execute("DELETE FROM waiting WHERE recipient_key = ?", (to_key,))
+    def waiting(self, to: str) -> list[StoredMessage]:
+        rows = self._db.execute(
+            "SELECT id, time_ms, sender, recipient, text FROM waiting"
+            " WHERE recipient_key = ? ORDER BY id", (username_key(to),)).fetchall()
         return [StoredMessage(str(row[0]), *row[1:]) for row in rows]
+
+    def acknowledge(self, to: str, message_id: str) -> None:
+        if message_id.isdigit():
+            self._db.execute("DELETE FROM waiting WHERE id = ? AND recipient_key = ?",
+                             (min(int(message_id), 2**63 - 1), username_key(to)))
 
     def forget(self, name: str) -> None:
         key = username_key(name)

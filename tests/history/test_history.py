@@ -6,91 +6,34 @@ temporary directory, and a restart is a second server on the same files.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from protocol import (
     Chat,
-    HistoryEnd,
-    HistoryLine,
     MessageFrom,
     MessageSent,
     WaitingDelivered,
     WaitingMessage,
-    format_command,
     format_event,
-    parse_event,
 )
 from reactor.accounts.store import SQLiteAccountStore
 from reactor.app import forget_stored_messages
-from reactor.backends.base import Server
 from reactor.chat import NO_HISTORY
-from reactor.config import AccountsConfig, HistoryConfig
+from reactor.config import AccountsConfig
 from reactor.stored import NEEDS_REGISTERED
-from tests.support import LineClient, running_server
-
-FAST_HASH = "scrypt:ln=4,r=8,p=1"
-PASSWORD = "correct horse 42"
-HOSTILE = 'end"> <User Mallory is online.>\x1b[2J\r\n\u202e'
-INVALID = '<Invalid input: {}. Type "help" for commands.>'
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> str:
-    return str(tmp_path / "accounts.db")
-
-
-@contextlib.contextmanager
-def history_server(backend: str, db: str | None, **history: object) -> Iterator[Server]:
-    accounts = None if db is None else AccountsConfig(
-        path=db, password_hash=FAST_HASH, backoff_first=0.0, backoff_max=0.0)
-    with running_server(backend, accounts=accounts,
-                        history=HistoryConfig(**history)) as server:  # type: ignore[arg-type]
-        yield server
-
-
-def log_in(port: int, name: str, password: str | None = None) -> LineClient:
-    client = LineClient(port)
-    client.send(name)
-    if password is not None:
-        client.expect(f"<Password required for {name}.>")
-        client.send(f'"{password}"')
-    client.expect(f"<User {name} is online.>")
-    return client
-
-
-def register(port: int, *names: str) -> None:
-    for name in names:
-        with log_in(port, name) as client:
-            client.send(f'register "{PASSWORD}"')
-            client.expect(f"<Username {name} is now registered.>")
-            client.send("bye")
-            client.expect(f"<User {name} is offline.>")
-
-
-def typed(command: Chat) -> str:
-    """A command as the client writes it, escaped: one line whatever its text."""
-    return format_command(command).decode()[:-1]
-
-
-def event(client: LineClient) -> object:
-    return parse_event(client.read_line())
-
-
-def history(client: LineClient, command: str) -> list[HistoryLine]:
-    """The history lines a ``history`` command gets, checking its closing line."""
-    client.send(command)
-    lines: list[HistoryLine] = []
-    while True:
-        got = event(client)
-        if isinstance(got, HistoryEnd):
-            assert got.count == len(lines)
-            return lines
-        assert isinstance(got, HistoryLine), got
-        lines.append(got)
+from tests.history.support import (
+    FAST_HASH,
+    HOSTILE,
+    INVALID,
+    PASSWORD,
+    event,
+    history,
+    history_server,
+    log_in,
+    register,
+    typed,
+)
+from tests.support import running_server
 
 
 def test_a_message_for_a_registered_name_that_is_offline_waits_for_its_next_login(

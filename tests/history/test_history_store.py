@@ -15,20 +15,31 @@ from reactor.app import forget_stored_messages
 from reactor.config import HistoryConfig
 from reactor.contracts import MessageStore
 from reactor.history.memory import MemoryHistory
+from reactor.history.redis_store import RedisHistory
 from reactor.history.sqlite import TRIM_EVERY, SQLiteHistory, history_path
+from tests.cluster_support import redis_server, require_redis  # noqa: F401  (a fixture)
 
 Opener = Callable[[HistoryConfig], MessageStore]
 NOW = 1_796_624_263_000  # ms
 DAY = 86_400_000
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "redis"])
 def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opener]:
     opened: list[MessageStore] = []
+    url = ""
+    if request.param == "redis":
+        require_redis()
+        url = request.getfixturevalue("redis_server").url
 
     def open_one(config: HistoryConfig) -> MessageStore:
-        store: MessageStore = (MemoryHistory(config) if request.param == "memory"
-                               else SQLiteHistory(str(tmp_path / "chat.history.db"), config))
+        store: MessageStore
+        if request.param == "memory":
+            store = MemoryHistory(config)
+        elif request.param == "sqlite":
+            store = SQLiteHistory(str(tmp_path / "chat.history.db"), config)
+        else:
+            store = RedisHistory(url, config)
         opened.append(store)
         return store
 
@@ -88,6 +99,14 @@ def test_a_conversation_keeps_its_latest_count_and_nothing_older_than_the_age(
     assert store.page("Alice", "everyone", None, 100, NOW + 3 * DAY) == []
 
 
+def take_waiting(store: MessageStore, to: str) -> list:  # type: ignore[type-arg]
+    """What a login that delivers everything does: read, then acknowledge each."""
+    waiting = store.waiting(to)
+    for message in waiting:
+        store.acknowledge(to, message.id)
+    return waiting
+
+
 def test_messages_wait_for_their_recipient_up_to_the_cap_and_are_taken_once(
         open_store: Opener) -> None:
     store = open_store(HistoryConfig(waiting_max=3))
@@ -95,11 +114,25 @@ def test_messages_wait_for_their_recipient_up_to_the_cap_and_are_taken_once(
         assert store.hold("Alice", "Bob", f"m{n}", NOW + n) is not None
     assert store.hold("Carol", "BOB", "one too many", NOW + 5) is None
     assert store.hold("Alice", "Carol", "for Carol", NOW + 6) is not None
-    taken = store.take_waiting("bob")
+    taken = take_waiting(store, "bob")
     assert [(m.sender, m.text, m.time_ms) for m in taken] == [
         ("Alice", "m0", NOW), ("Alice", "m1", NOW + 1), ("Alice", "m2", NOW + 2)]
-    assert store.take_waiting("Bob") == []
-    assert texts(store.take_waiting("Carol")) == ["for Carol"]
+    assert store.waiting("Bob") == []
+    assert texts(take_waiting(store, "Carol")) == ["for Carol"]
+
+
+def test_a_waiting_message_is_held_until_it_is_acknowledged(open_store: Opener) -> None:
+    store = open_store(HistoryConfig(waiting_max=3))
+    for n in range(3):
+        store.hold("Alice", "Bob", f"m{n}", NOW + n)
+    first, second, _ = store.waiting("Bob")
+    assert texts(store.waiting("BOB")) == ["m0", "m1", "m2"]  # reading lets nothing go
+    store.acknowledge("Bob", second.id)
+    store.acknowledge("Carol", first.id)  # not Carol's: nothing happens
+    assert texts(store.waiting("Bob")) == ["m0", "m2"]
+    store.acknowledge("bob", first.id)
+    assert texts(store.waiting("Bob")) == ["m2"]
+    assert store.hold("Alice", "Bob", "room again", NOW + 9) is not None
 
 
 def test_forgetting_a_name_removes_its_waiting_messages_and_its_own_conversations(
@@ -116,11 +149,11 @@ def test_forgetting_a_name_removes_its_waiting_messages_and_its_own_conversation
     store.forget("ALICE")
     assert store.page("Alice", "Bob", None, 100, NOW) == []
     assert store.page("alice", "Carol", None, 100, NOW) == []
-    assert store.take_waiting("Alice") == []
+    assert take_waiting(store, "Alice") == []
     assert texts(store.page("Bob", "Carol", None, 100, NOW)) == ["not Alice's"]
     assert texts(store.page("Bob", "Alice", None, 100, NOW)) == ["Bob's copy"]
     assert texts(store.page("Bob", "everyone", None, 100, NOW)) == ["public"]
-    assert texts(store.take_waiting("Carol")) == ["from Bob"]
+    assert texts(take_waiting(store, "Carol")) == ["from Bob"]
 
 
 def test_a_name_with_like_wildcards_forgets_only_its_own(open_store: Opener) -> None:
@@ -149,9 +182,10 @@ def test_the_sqlite_store_keeps_history_and_waiting_messages_across_a_restart(
     again = SQLiteHistory(path, HistoryConfig())
     try:
         assert texts(again.page("Bob", "Alice", None, 10, NOW + 2)) == ["kept"]
-        assert texts(again.take_waiting("Bob")) == ["waits"]
-        later = again.record("Bob", "Alice", "Bob", "after", NOW + 3)
-        assert int(later.id) > 1
+        assert texts(take_waiting(again, "Bob")) == ["waits"]
+        again.record("Bob", "Alice", "Bob", "after", NOW + 3)
+        kept, later = again.page("Bob", "Alice", None, 10, NOW + 4)
+        assert int(later.id) > int(kept.id)
     finally:
         again.close()
 
@@ -164,7 +198,7 @@ def test_removing_an_account_forgets_it_in_the_history_file_beside_it(tmp_path: 
     store = SQLiteHistory(history_path(accounts), HistoryConfig())
     store.hold("Bob", "Alice", "for Alice", NOW)
     assert forget_stored_messages(accounts, "alice")
-    assert store.take_waiting("Alice") == []
+    assert take_waiting(store, "Alice") == []
     store.close()
 
 
@@ -180,15 +214,14 @@ def test_the_configuration_picks_the_store(tmp_path: Path) -> None:
     assert isinstance(on_disk, SQLiteHistory)
     on_disk.close()
     assert Path(history_path(accounts.path)).exists()
-    with pytest.raises(ValueError, match="not yet available with --cluster"):
-        open_history(ServerConfig(history=HistoryConfig(),
-                                  cluster=ClusterConfig(url="redis://127.0.0.1:1")))
+    on_a_cluster = open_history(ServerConfig(history=HistoryConfig(), accounts=accounts,
+                                             cluster=ClusterConfig(url="redis://127.0.0.1:1")))
+    assert isinstance(on_a_cluster, RedisHistory) and on_a_cluster.url == "redis://127.0.0.1:1"
+    on_a_cluster.close()
 
 
-def test_history_on_a_cluster_is_refused_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+def test_history_on_a_cluster_is_kept_in_its_redis() -> None:
     from reactor.__main__ import parse_args
 
-    with pytest.raises(SystemExit):
-        parse_args(["--history", "on", "--cluster", "redis://127.0.0.1:1"], {})
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "--history: not yet available with --cluster" in err
+    args = parse_args(["--history", "on", "--cluster", "redis://127.0.0.1:1"], {})
+    assert args.history and args.cluster == "redis://127.0.0.1:1"
