@@ -34,7 +34,7 @@ def test_the_first_word_completes_to_a_command() -> None:
                                         "unban ",
                                         "mute ", "unmute ", "bans ", "/msg ", "/broadcast ",
                                         "/query ", "/who ", "/quit ", "/help ", "/register ",
-                                        "/password "]
+                                        "/password ", "/history "]
     assert _complete(completer, "/r") == ["/register "]
     assert _complete(completer, "/b") == ["/broadcast "]
     assert _complete(completer, "/q") == ["/query ", "/quit "]
