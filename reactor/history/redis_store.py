@@ -23,9 +23,8 @@ time, the chat's clock); a stream untouched for the age expires as a whole
 
 **Off the chat thread, where it can be.**  Recording a delivered message or
 a broadcast is the hot path: :meth:`RedisHistory.record` only queues the
-write, and one writer thread sends what is queued in one pipeline (bounded:
-beyond ``MAX_QUEUED`` a write is dropped with a log line, never memory
-without end).  The rest -- holding a message for an offline name (the
+write (:mod:`reactor.history.writer`), and the writer thread sends what has
+queued in one pipeline.  The rest -- holding a message for an offline name (the
 sender must hear whether it was stored), reading a page or a login's
 waiting messages, acknowledging one -- is one round trip on the chat
 thread, with a short timeout; reads wait first for this node's queued
@@ -39,14 +38,13 @@ waiting messages logs it (and sets the marker again).
 from __future__ import annotations
 
 import logging
-import threading
-from collections import deque
 from typing import Any
 
 from protocol import EVERYONE, username_key
 from reactor.config import HistoryConfig
 from reactor.contracts import HistoryUnavailable, StoredMessage
 from reactor.history import peer_of
+from reactor.history.writer import WriteBehind
 from reactor.redis.keys import PREFIX
 from reactor.redis.url import redis_client, without_password
 
@@ -57,11 +55,6 @@ DIRECT = PREFIX + "h:dm:"
 WAITING = PREFIX + "w:"
 KEPT = PREFIX + "h:kept"
 TIMEOUT = 2.0  # seconds a call may take before the store counts as unavailable
-# Writes queued for the writer thread at most (a Redis that stopped answering
-# must not make this node keep every message in memory).
-MAX_QUEUED = 10_000
-# Writes sent in one pipeline at most.
-BATCH = 256
 LOST = ("history and waiting messages kept in Redis were lost (a restart without"
         " persistence?): whatever waited for offline users before is gone")
 
@@ -103,15 +96,8 @@ class RedisHistory:
         self._hold = self._redis.register_script(_HOLD)
         self._page = self._redis.register_script(_PAGE)
         self._age_ms = int(config.max_age * 1000)
-        self._queue: deque[Write] = deque()
-        self._changed = threading.Condition()
-        self._queued = 0  # writes queued so far, and written (or given up) so far
-        self._written = 0
-        self._dropped = 0
-        self._closing = False
-        self._writer = threading.Thread(target=self._write_loop, name="history-writer",
-                                        daemon=True)
-        self._writer.start()
+        self._writer: WriteBehind[Write] = WriteBehind(
+            self._write, f"History store {without_password(url)}")
         try:
             self._redis.set(KEPT, "1")
         except Exception as error:  # a Redis that is down now may come back
@@ -124,48 +110,19 @@ class RedisHistory:
             key, kept = BROADCASTS, self.config.broadcast_count
         else:
             key, kept = _direct_key(owner, peer_of(owner, sender, to)), self.config.direct_count
-        with self._changed:
-            if len(self._queue) >= MAX_QUEUED:
-                self._dropped += 1
-                if self._dropped == 1:
-                    log.warning("History store %s is behind: messages are not being kept",
-                                without_password(self.url))
-                return
-            self._queue.append((key, kept, (sender, to, text, time_ms)))
-            self._queued += 1
-            self._changed.notify_all()
+        self._writer.put((key, kept, (sender, to, text, time_ms)))
 
-    def _write_loop(self) -> None:
-        while True:
-            with self._changed:
-                while not self._queue and not self._closing:
-                    self._changed.wait()
-                if not self._queue:
-                    return  # closing, and everything was written
-                batch = [self._queue.popleft() for _ in range(min(BATCH, len(self._queue)))]
-            try:
-                pipe = self._redis.pipeline(transaction=False)
-                for key, kept, (sender, to, text, time_ms) in batch:
-                    pipe.xadd(key, {"s": sender, "t": to, "x": text, "m": time_ms},
-                              maxlen=kept, approximate=True)
-                    pipe.pexpire(key, self._age_ms)
-                pipe.execute()
-            except Exception as error:  # the chat goes on without these
-                log.warning("History store %s failed; %d messages not kept: %s",
-                            without_password(self.url), len(batch), error)
-            with self._changed:
-                self._written += len(batch)
-                if self._dropped and not self._queue:
-                    log.warning("History store %s caught up; %d messages were not kept",
-                                without_password(self.url), self._dropped)
-                    self._dropped = 0
-                self._changed.notify_all()
+    def _write(self, batch: list[Write]) -> None:
+        pipe = self._redis.pipeline(transaction=False)
+        for key, kept, (sender, to, text, time_ms) in batch:
+            pipe.xadd(key, {"s": sender, "t": to, "x": text, "m": time_ms},
+                      maxlen=kept, approximate=True)
+            pipe.pexpire(key, self._age_ms)
+        pipe.execute()
 
     def _settled(self) -> None:
         """Wait (briefly) until what this node queued so far is in Redis."""
-        with self._changed:
-            target = self._queued
-            self._changed.wait_for(lambda: self._written >= target, timeout=TIMEOUT)
+        self._writer.settled(TIMEOUT)
 
     # -- the rest, on the chat thread ---------------------------------------------------
 
@@ -216,10 +173,7 @@ class RedisHistory:
                 self._call(self._redis.xdel, stream, *ids)
 
     def close(self) -> None:
-        with self._changed:
-            self._closing = True
-            self._changed.notify_all()
-        self._writer.join(timeout=TIMEOUT + 1)
+        self._writer.close(TIMEOUT + 1)
         self._redis.close()
 
     def _keys(self, pattern: str) -> list[str]:

@@ -1,29 +1,40 @@
 """History in a SQLite file beside the accounts database: it survives a restart.
 
 One table of delivered messages (a row per message, keyed by conversation)
-and one of messages waiting for an offline name.  Calls come on the chat
-thread, one at a time (the threads backend's chat lock serialises them), so
-each is a short statement on an indexed key; WAL with ``synchronous=NORMAL``
-keeps a write from waiting for the disk (a crash may lose the last
-transactions, never the file).  Retention: each conversation is trimmed to
-its count every ``TRIM_EVERY`` writes (so it may briefly hold up to that
-many more, as Redis's ``MAXLEN ~``), expired rows are deleted when a
-conversation is written, and no read returns more than the count or older
-than the age.
+and one of messages waiting for an offline name.  Recording a delivered
+message, the hot path, only queues it: the writer thread
+(:mod:`reactor.history.writer`) inserts what has queued in one transaction,
+which costs a fraction of a transaction per message.  The rest (holding a
+message for an offline name, reading) is a short statement on an indexed key
+on the chat thread; a read waits first for the queued writes, so a user
+reads back what they just sent.  One lock keeps the two threads' statements
+apart.  WAL with ``synchronous=NORMAL`` keeps a write from waiting for the
+disk (a crash may lose the last transactions, never the file).
+
+Retention: each conversation is trimmed to its count every ``TRIM_EVERY``
+writes (so it may briefly hold up to that many more, as Redis's ``MAXLEN
+~``), expired rows are deleted when a conversation is written, and no read
+returns more than the count or older than the age.
 """
 
 from __future__ import annotations
 
 import os
 import sqlite3
+import threading
 
 from protocol import EVERYONE, username_key
 from reactor.config import HistoryConfig
 from reactor.contracts import StoredMessage
 from reactor.history import conversation_key, peer_of
+from reactor.history.writer import WriteBehind
 
 # Writes to one conversation between two trims of its oldest rows.
-TRIM_EVERY = 16
+TRIM_EVERY = 64
+# Seconds a read waits at most for the queued writes before it reads.
+SETTLE_TIMEOUT = 5.0
+
+Row = tuple[str, int, str, str, str]  # conversation, time, sender, recipient, text
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -63,20 +74,31 @@ class SQLiteHistory:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        self._lock = threading.Lock()
         self._writes: dict[str, int] = {}
+        self._writer: WriteBehind[Row] = WriteBehind(self._write, f"History file {path}")
 
     def record(self, owner: str, sender: str, to: str, text: str, time_ms: int) -> None:
         key = conversation_key(owner, peer_of(owner, sender, to))
-        self._db.execute(
-            "INSERT INTO messages (conversation, time_ms, sender, recipient, text)"
-            " VALUES (?, ?, ?, ?, ?)", (key, time_ms, sender, to, text))
-        writes = self._writes.get(key, 0) + 1
-        if writes >= TRIM_EVERY:
-            self._trim(key, time_ms)
-            writes = 0
-        if len(self._writes) > self.config.max_conversations:
-            self._writes.clear()  # only a count towards the next trim: a bound, nothing lost
-        self._writes[key] = writes
+        self._writer.put((key, time_ms, sender, to, text))
+
+    def _write(self, rows: list[Row]) -> None:
+        with self._lock, self._transaction():
+            self._db.executemany(
+                "INSERT INTO messages (conversation, time_ms, sender, recipient, text)"
+                " VALUES (?, ?, ?, ?, ?)", rows)
+            latest: dict[str, int] = {}
+            for key, time_ms, *_ in rows:
+                latest[key] = time_ms
+                self._writes[key] = self._writes.get(key, 0) + 1
+            # At most one trim per conversation per batch: a trim costs
+            # about as much as a hundred inserts.
+            for key, time_ms in latest.items():
+                if self._writes[key] >= TRIM_EVERY:
+                    self._trim(key, time_ms)
+                    self._writes[key] = 0
+            if len(self._writes) > self.config.max_conversations:
+                self._writes.clear()  # only counts towards the next trims: nothing lost
 
     def page(self, owner: str, peer: str, before: str | None, count: int,
              now_ms: int) -> list[StoredMessage]:
@@ -85,47 +107,56 @@ class SQLiteHistory:
         key = conversation_key(owner, peer)
         kept = self.config.broadcast_count if key == EVERYONE else self.config.direct_count
         oldest = now_ms - int(self.config.max_age * 1000)
+        self._writer.settled(SETTLE_TIMEOUT)
         # The retention count is applied to the newest rows, as a trim would.
-        rows = self._db.execute(
-            "SELECT id, time_ms, sender, recipient, text FROM ("
-            "  SELECT * FROM messages WHERE conversation = ? ORDER BY id DESC LIMIT ?"
-            ") WHERE id < ? AND time_ms >= ? ORDER BY id DESC LIMIT ?",
-            (key, kept, _upper_bound(before), oldest, count),
-        ).fetchall()
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, time_ms, sender, recipient, text FROM ("
+                "  SELECT * FROM messages WHERE conversation = ? ORDER BY id DESC LIMIT ?"
+                ") WHERE id < ? AND time_ms >= ? ORDER BY id DESC LIMIT ?",
+                (key, kept, _upper_bound(before), oldest, count),
+            ).fetchall()
         return [StoredMessage(str(row[0]), *row[1:]) for row in reversed(rows)]
 
     def hold(self, sender: str, to: str, text: str, time_ms: int) -> StoredMessage | None:
         to_key = username_key(to)
-        (waiting,) = self._db.execute(
-            "SELECT count(*) FROM waiting WHERE recipient_key = ?", (to_key,)).fetchone()
-        if waiting >= self.config.waiting_max:
-            return None
-        cursor = self._db.execute(
-            "INSERT INTO waiting (recipient_key, sender_key, time_ms, sender, recipient, text)"
-            " VALUES (?, ?, ?, ?, ?, ?)", (to_key, username_key(sender), time_ms, sender, to, text))
+        with self._lock:
+            (waiting,) = self._db.execute(
+                "SELECT count(*) FROM waiting WHERE recipient_key = ?", (to_key,)).fetchone()
+            if waiting >= self.config.waiting_max:
+                return None
+            cursor = self._db.execute(
+                "INSERT INTO waiting (recipient_key, sender_key, time_ms, sender, recipient, text)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (to_key, username_key(sender), time_ms, sender, to, text))
         return StoredMessage(str(cursor.lastrowid), time_ms, sender, to, text)
 
     def waiting(self, to: str) -> list[StoredMessage]:
-        rows = self._db.execute(
-            "SELECT id, time_ms, sender, recipient, text FROM waiting"
-            " WHERE recipient_key = ? ORDER BY id", (username_key(to),)).fetchall()
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, time_ms, sender, recipient, text FROM waiting"
+                " WHERE recipient_key = ? ORDER BY id", (username_key(to),)).fetchall()
         return [StoredMessage(str(row[0]), *row[1:]) for row in rows]
 
     def acknowledge(self, to: str, message_id: str) -> None:
         if message_id.isdigit():
-            self._db.execute("DELETE FROM waiting WHERE id = ? AND recipient_key = ?",
-                             (min(int(message_id), 2**63 - 1), username_key(to)))
+            with self._lock:
+                self._db.execute("DELETE FROM waiting WHERE id = ? AND recipient_key = ?",
+                                 (min(int(message_id), 2**63 - 1), username_key(to)))
 
     def forget(self, name: str) -> None:
         key = username_key(name)
-        with self._transaction():
+        self._writer.settled(SETTLE_TIMEOUT)
+        with self._lock, self._transaction():
             self._db.execute("DELETE FROM waiting WHERE recipient_key = ? OR sender_key = ?",
                              (key, key))
             self._db.execute("DELETE FROM messages WHERE conversation LIKE ? ESCAPE '!'",
                              (_like(key) + "\n%",))
 
     def close(self) -> None:
-        self._db.close()
+        self._writer.close(SETTLE_TIMEOUT)
+        with self._lock:
+            self._db.close()
 
     def _trim(self, key: str, now_ms: int) -> None:
         kept = self.config.broadcast_count if key == EVERYONE else self.config.direct_count

@@ -175,6 +175,10 @@ def test_whoever_takes_a_removed_name_sees_nothing_of_its_messages(
             alice.expect("<User Bob is offline.>")
             alice.send("chat Bob also secret")
             alice.expect("<Message to Bob stored until they log in.>")
+            # Delivered messages are written a moment later, off the chat
+            # thread; a history read waits for them.  (An account removed
+            # within that moment could still get a copy written after it.)
+            assert len(history(alice, "history Bob")) == 2
         # The operator removes Bob (as python -m reactor.accounts remove does).
         store = SQLiteAccountStore(db)
         try:

@@ -1,0 +1,162 @@
+"""The server's CPU per direct message with history on and off, side by side.
+
+    python bench/history_cost.py                     # select, 5 rounds of 10,000 DMs each
+    python bench/history_cost.py --backend threads --rounds 7 -n 20000
+
+Two servers run at once, both with registered names (``--accounts``, a
+SQLite file each) and no flood control: one with ``--history on`` (a SQLite
+history file beside the accounts), one without.  On each, Alice and Bob are
+registered and logged in with their passwords, so every direct message is
+kept twice (once for each party) by the one that keeps history.  Rounds
+alternate between the two servers -- off, on, off, on... -- so that what
+other people do on a shared machine falls on both alike; in each round Alice
+sends ``n`` messages to Bob (in windows of ``--window``, each waited for:
+echoes to Alice and deliveries to Bob) and the server's CPU time over the
+round (user + system, from /proc, all threads) is divided by ``n``.  The
+report gives each side's median and the ratio of the medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from bench.harness.procstat import cpu_seconds  # noqa: E402
+
+PASSWORD = "correct horse 42"
+# Cheap to check: logins are not what is measured.
+FAST_HASH = "scrypt:ln=4,r=8,p=1"
+
+
+@contextlib.contextmanager
+def server(backend: str, accounts: str, *args: str) -> Iterator[tuple[int, int]]:
+    """A server process on a free port; yields (port, pid)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "reactor", "--backend", backend, "--host", "127.0.0.1",
+         "--port", "0", "--log-level", "WARNING", "--flood-control", "off",
+         "--accounts", accounts, "--password-hash", FAST_HASH, *args],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            found = re.search(r"Listening on port (\d+)", line)
+            if found:
+                break
+        else:
+            raise RuntimeError("the server did not start")
+        threading.Thread(target=proc.stdout.read, daemon=True).start()  # keep draining
+        yield int(found.group(1)), proc.pid
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+class Reader:
+    """One client socket, read up to a count of a given line's occurrences."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+        self.buffer = b""
+
+    def send(self, line: str) -> None:
+        self.sock.sendall(line.encode() + b"\n")
+
+    def wait_for(self, marker: bytes, count: int = 1) -> None:
+        """Read until ``marker`` was seen ``count`` times (the buffer is dropped past it)."""
+        seen = 0
+        while True:
+            seen += self.buffer.count(marker)
+            if seen >= count:
+                self.buffer = b""
+                return
+            # Keep a partial marker at the end for the next read.
+            self.buffer = self.buffer[-(len(marker) - 1):] if len(marker) > 1 else b""
+            chunk = self.sock.recv(1 << 20)
+            if not chunk:
+                raise RuntimeError(f"closed while waiting for {marker!r}")
+            self.buffer += chunk
+
+
+def registered(port: int, name: str) -> Reader:
+    """``name``, registered and logged in with its password."""
+    first = Reader(port)
+    first.send(name)
+    first.wait_for(f"<User {name} is online.>".encode())
+    first.send(f'register "{PASSWORD}"')
+    first.wait_for(b"is now registered.>")
+    first.send("bye")
+    first.wait_for(f"<User {name} is offline.>".encode())
+    first.sock.close()
+    client = Reader(port)
+    client.send(name)
+    client.wait_for(b"<Password required")
+    client.send(f'"{PASSWORD}"')
+    client.wait_for(f"<User {name} is online.>".encode())
+    return client
+
+
+def round_cpu(pid: int, alice: Reader, bob: Reader, n: int, window: int) -> float:
+    """Microseconds of server CPU per direct message over one round of ``n``."""
+    before = cpu_seconds(pid)
+    sent = 0
+    while sent < n:
+        batch = min(window, n - sent)
+        alice.sock.sendall(b"chat Bob history cost\n" * batch)
+        alice.wait_for(b"<To Bob>", batch)
+        bob.wait_for(b"<Message from Alice", batch)
+        sent += batch
+    after = cpu_seconds(pid)
+    assert before is not None and after is not None, "a server died"
+    return (after - before) / n * 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--backend", default="select")
+    parser.add_argument("-n", type=int, default=10_000, help="direct messages per round")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds per side")
+    parser.add_argument("--window", type=int, default=100, help="messages in flight at most")
+    options = parser.parse_args()
+    with tempfile.TemporaryDirectory() as directory, \
+            server(options.backend, f"{directory}/off.db") as (off_port, off_pid), \
+            server(options.backend, f"{directory}/on.db", "--history", "on") as (on_port, on_pid):
+        sides = {
+            "off": (off_pid, registered(off_port, "Alice"), registered(off_port, "Bob")),
+            "on": (on_pid, registered(on_port, "Alice"), registered(on_port, "Bob")),
+        }
+        per_dm: dict[str, list[float]] = {"off": [], "on": []}
+        for pid, alice, bob in sides.values():  # a warm-up round each, not counted
+            round_cpu(pid, alice, bob, min(options.n, 2_000), options.window)
+        for _ in range(options.rounds):
+            for side, (pid, alice, bob) in sides.items():
+                per_dm[side].append(round_cpu(pid, alice, bob, options.n, options.window))
+    off, on = statistics.median(per_dm["off"]), statistics.median(per_dm["on"])
+    print(f"{options.backend}: server CPU per direct message between two registered names,"
+          f" {options.rounds} interleaved rounds of {options.n:,}")
+    for side in ("off", "on"):
+        rounds = " ".join(f"{value:.1f}" for value in per_dm[side])
+        print(f"  history {side:<3}  median {statistics.median(per_dm[side]):6.1f} us"
+              f"   (rounds: {rounds})")
+    print(f"  ratio on/off: {on / off:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
