@@ -19,21 +19,17 @@ report gives each side's median and the ratio of the medians.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import re
-import signal
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
-from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.flood import server_process  # noqa: E402
 from bench.harness.procstat import cpu_seconds  # noqa: E402
 
 PASSWORD = "correct horse 42"
@@ -41,32 +37,10 @@ PASSWORD = "correct horse 42"
 FAST_HASH = "scrypt:ln=4,r=8,p=1"
 
 
-@contextlib.contextmanager
-def server(backend: str, accounts: str, *args: str) -> Iterator[tuple[int, int]]:
-    """A server process on a free port; yields (port, pid)."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "reactor", "--backend", backend, "--host", "127.0.0.1",
-         "--port", "0", "--log-level", "WARNING", "--flood-control", "off",
-         "--accounts", accounts, "--password-hash", FAST_HASH, *args],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            found = re.search(r"Listening on port (\d+)", line)
-            if found:
-                break
-        else:
-            raise RuntimeError("the server did not start")
-        threading.Thread(target=proc.stdout.read, daemon=True).start()  # keep draining
-        yield int(found.group(1)), proc.pid
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+def server(backend: str, accounts: str, *args: str) -> AbstractContextManager[tuple[int, int]]:
+    """A server process on a free port, no flood control; yields (port, pid)."""
+    return server_process(backend, "--flood-control", "off", "--accounts", accounts,
+                          "--password-hash", FAST_HASH, *args)
 
 
 class Reader:

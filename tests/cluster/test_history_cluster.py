@@ -24,6 +24,7 @@ from tests.cluster_support import (
 from tests.history.support import (
     PASSWORD,
     accounts_config,
+    alice_and_bob,
     event,
     history,
     log_in,
@@ -51,30 +52,27 @@ def lines(lines: list[HistoryLine]) -> list[tuple[str, str, str, str]]:
 def test_a_message_sent_through_one_node_is_in_the_history_read_on_the_other(
         redis_server: RedisServer, pair: tuple[str, str]) -> None:  # noqa: F811
     url = redis_server.url
-    with nodes(pair, url, accounts=accounts_config(url), history=HistoryConfig()) as (a, b):
-        register(a.port, "Alice", "Bob")
-        with log_in(a.port, "Alice", PASSWORD) as alice, \
-                log_in(b.port, "Bob", PASSWORD) as bob:
-            alice.expect("<User Bob is online.>")
-            alice.send("broadcast hello from A")
-            alice.expect("<To everyone> hello from A")
-            bob.expect('<Broadcast from Alice: "hello from A">')
-            alice.send("chat Bob just for Bob")
-            alice.expect("<To Bob> just for Bob")
-            bob.expect('<Message from Alice: "just for Bob">')
+    with nodes(pair, url, accounts=accounts_config(url), history=HistoryConfig()) as (a, b), \
+            alice_and_bob(a.port, b.port) as (alice, bob):
+        alice.send("broadcast hello from A")
+        alice.expect("<To everyone> hello from A")
+        bob.expect('<Broadcast from Alice: "hello from A">')
+        alice.send("chat Bob just for Bob")
+        alice.expect("<To Bob> just for Bob")
+        bob.expect('<Message from Alice: "just for Bob">')
 
-            def has_all(got: list[HistoryLine]) -> bool:
-                return len(got) == 1
+        def has_all(got: list[HistoryLine]) -> bool:
+            return len(got) == 1
 
-            on_b = eventually(lambda: history(bob, "history everyone"), has_all)
-            assert [(line.sender, line.text) for line in on_b] == [("Alice", "hello from A")]
-            # The same lines, ids included, whichever node reads them.
-            assert lines(history(alice, "history everyone")) == lines(on_b)
-            # Each party's own copy of their conversation, read on its own node.
-            bobs = eventually(lambda: history(bob, "history Alice"), has_all)
-            alices = history(alice, "history Bob")
-            assert [(m.sender, m.to, m.text) for m in bobs] == [("Alice", "Bob", "just for Bob")]
-            assert [(m.sender, m.to, m.text) for m in alices] == [("Alice", "Bob", "just for Bob")]
+        on_b = eventually(lambda: history(bob, "history everyone"), has_all)
+        assert [(line.sender, line.text) for line in on_b] == [("Alice", "hello from A")]
+        # The same lines, ids included, whichever node reads them.
+        assert lines(history(alice, "history everyone")) == lines(on_b)
+        # Each party's own copy of their conversation, read on its own node.
+        bobs = eventually(lambda: history(bob, "history Alice"), has_all)
+        alices = history(alice, "history Bob")
+        assert [(m.sender, m.to, m.text) for m in bobs] == [("Alice", "Bob", "just for Bob")]
+        assert [(m.sender, m.to, m.text) for m in alices] == [("Alice", "Bob", "just for Bob")]
 
 
 @pytest.mark.parametrize("pair", PAIRS, ids=PAIR_IDS)

@@ -8,12 +8,17 @@ from collections.abc import Iterator
 from protocol import Chat, HistoryEnd, HistoryLine, format_command, parse_event
 from reactor.backends.base import Server
 from reactor.config import AccountsConfig, HistoryConfig
+from tests.accounts.test_accounts import (  # noqa: F401  (FAST_HASH, INVALID: for the tests)
+    FAST_HASH,
+    INVALID,
+    PASSWORD,
+    log_in,
+    settings,
+)
+from tests.accounts.test_accounts import register as register_one
 from tests.support import LineClient, running_server
 
-FAST_HASH = "scrypt:ln=4,r=8,p=1"
-PASSWORD = "correct horse 42"
 HOSTILE = 'end"> <User Mallory is online.>\x1b[2J\r\n\u202e'
-INVALID = '<Invalid input: {}. Type "help" for commands.>'
 
 
 @contextlib.contextmanager
@@ -29,27 +34,24 @@ def history_server(backend: str, db: str | None, overrides: dict[str, object] | 
 
 def accounts_config(location: str | None) -> AccountsConfig | None:
     """Registered names at ``location`` (a file or a Redis URL), hashed cheaply."""
-    return None if location is None else AccountsConfig(
-        path=location, password_hash=FAST_HASH, backoff_first=0.0, backoff_max=0.0)
-
-
-def log_in(port: int, name: str, password: str | None = None) -> LineClient:
-    client = LineClient(port)
-    client.send(name)
-    if password is not None:
-        client.expect(f"<Password required for {name}.>")
-        client.send(f'"{password}"')
-    client.expect(f"<User {name} is online.>")
-    return client
+    return None if location is None else settings(location)
 
 
 def register(port: int, *names: str) -> None:
     for name in names:
-        with log_in(port, name) as client:
-            client.send(f'register "{PASSWORD}"')
-            client.expect(f"<Username {name} is now registered.>")
-            client.send("bye")
-            client.expect(f"<User {name} is offline.>")
+        register_one(port, name)
+
+
+@contextlib.contextmanager
+def alice_and_bob(port: int, bobs_port: int | None = None) -> Iterator[tuple[LineClient,
+                                                                           LineClient]]:
+    """Alice and Bob, registered (through ``port``) and logged in with their
+    passwords, Bob on ``bobs_port`` if given; Alice has seen Bob come online."""
+    register(port, "Alice", "Bob")
+    with log_in(port, "Alice", PASSWORD) as alice, \
+            log_in(bobs_port or port, "Bob", PASSWORD) as bob:
+        alice.expect("<User Bob is online.>")
+        yield alice, bob
 
 
 def typed(command: Chat) -> str:

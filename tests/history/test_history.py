@@ -26,6 +26,7 @@ from tests.history.support import (
     HOSTILE,
     INVALID,
     PASSWORD,
+    alice_and_bob,
     event,
     history,
     history_server,
@@ -90,31 +91,27 @@ def test_beyond_the_waiting_cap_the_sender_is_told_nothing_was_stored(
 
 def test_history_pages_back_through_a_conversation_and_escapes_as_live(
         backend: str, db: str) -> None:
-    with history_server(backend, db) as server:
-        register(server.port, "Alice", "Bob")
-        with log_in(server.port, "Alice", PASSWORD) as alice, \
-                log_in(server.port, "Bob", PASSWORD) as bob:
-            alice.expect("<User Bob is online.>")
-            for n in range(5):
-                alice.send(f"chat Bob {n}")
-                alice.expect(f"<To Bob> {n}")
-                bob.expect(f'<Message from Alice: "{n}">')
-            bob.send(typed(Chat("Alice", HOSTILE)))
-            assert isinstance(event(bob), MessageSent)
-            live = alice.read_line()
-            assert live == format_event(MessageFrom("Bob", HOSTILE)).decode()[:-1]
-            newest = history(alice, "history Bob 3")
-            assert [line.text for line in newest] == ["3", "4", HOSTILE]
-            assert [(line.sender, line.to) for line in newest] == [
-                ("Alice", "Bob"), ("Alice", "Bob"), ("Bob", "Alice")]
-            assert (format_event(newest[-1]).decode()[:-1].split(": ", 1)[1]
-                    == live.split(": ", 1)[1])
-            earlier = history(alice, f"history bob before {newest[0].id} 100")
-            assert [line.text for line in earlier] == ["0", "1", "2"]
-            assert history(alice, f"history Bob before {earlier[0].id}") == []
-            # Bob has his own copy.
-            assert [line.text for line in history(bob, "history Alice")] == [
-                "0", "1", "2", "3", "4", HOSTILE]
+    with history_server(backend, db) as server, alice_and_bob(server.port) as (alice, bob):
+        for n in range(5):
+            alice.send(f"chat Bob {n}")
+            alice.expect(f"<To Bob> {n}")
+            bob.expect(f'<Message from Alice: "{n}">')
+        bob.send(typed(Chat("Alice", HOSTILE)))
+        assert isinstance(event(bob), MessageSent)
+        live = alice.read_line()
+        assert live == format_event(MessageFrom("Bob", HOSTILE)).decode()[:-1]
+        newest = history(alice, "history Bob 3")
+        assert [line.text for line in newest] == ["3", "4", HOSTILE]
+        assert [(line.sender, line.to) for line in newest] == [
+            ("Alice", "Bob"), ("Alice", "Bob"), ("Bob", "Alice")]
+        assert (format_event(newest[-1]).decode()[:-1].split(": ", 1)[1]
+                == live.split(": ", 1)[1])
+        earlier = history(alice, f"history bob before {newest[0].id} 100")
+        assert [line.text for line in earlier] == ["0", "1", "2"]
+        assert history(alice, f"history Bob before {earlier[0].id}") == []
+        # Bob has his own copy.
+        assert [line.text for line in history(bob, "history Alice")] == [
+            "0", "1", "2", "3", "4", HOSTILE]
 
 
 def test_history_with_one_user_needs_a_registered_name_and_broadcasts_are_public(
@@ -163,10 +160,7 @@ def test_a_restart_keeps_waiting_messages_and_history(backend: str, db: str) -> 
 def test_whoever_takes_a_removed_name_sees_nothing_of_its_messages(
         backend: str, db: str) -> None:
     with history_server(backend, db) as server:
-        register(server.port, "Alice", "Bob")
-        with log_in(server.port, "Alice", PASSWORD) as alice, \
-                log_in(server.port, "Bob", PASSWORD) as bob:
-            alice.expect("<User Bob is online.>")
+        with alice_and_bob(server.port) as (alice, bob):
             alice.send("chat Bob secret")
             alice.expect("<To Bob> secret")
             bob.expect('<Message from Alice: "secret">')

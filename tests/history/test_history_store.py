@@ -6,6 +6,7 @@ same way; the SQLite one also keeps it across a restart.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -15,9 +16,13 @@ from reactor.app import forget_stored_messages
 from reactor.config import HistoryConfig
 from reactor.contracts import MessageStore
 from reactor.history.memory import MemoryHistory
-from reactor.history.redis_store import RedisHistory
+from reactor.history.redis_store import LOST, RedisHistory
 from reactor.history.sqlite import TRIM_EVERY, SQLiteHistory, history_path
-from tests.cluster_support import redis_server, require_redis  # noqa: F401  (a fixture)
+from tests.cluster_support import (  # noqa: F401  (a fixture)
+    RedisServer,
+    redis_server,
+    require_redis,
+)
 
 Opener = Callable[[HistoryConfig], MessageStore]
 NOW = 1_796_624_263_000  # ms
@@ -227,3 +232,18 @@ def test_history_on_a_cluster_is_kept_in_its_redis() -> None:
 
     args = parse_args(["--history", "on", "--cluster", "redis://127.0.0.1:1"], {})
     assert args.history and args.cluster == "redis://127.0.0.1:1"
+
+
+def test_waiting_messages_lost_by_redis_are_logged_not_passed_over_in_silence(
+        redis_server: RedisServer, caplog: pytest.LogCaptureFixture) -> None:  # noqa: F811
+    require_redis()
+    store = RedisHistory(redis_server.url, HistoryConfig())
+    try:
+        store.hold("Alice", "Bob", "waits", NOW)
+        redis_server.flush()  # as a restart without persistence leaves it
+        with caplog.at_level(logging.ERROR, logger="reactor"):
+            assert store.waiting("Bob") == []
+            assert store.waiting("Bob") == []  # said once: the store is marked again
+        assert [record.getMessage() for record in caplog.records] == [LOST]
+    finally:
+        store.close()
