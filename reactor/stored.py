@@ -40,7 +40,14 @@ from protocol import (
 )
 from reactor.config import HistoryConfig
 from reactor.connection import Connection
-from reactor.contracts import HistoryUnavailable, LoginStep, MessageStore, Roster, StoredMessage
+from reactor.contracts import (
+    HistoryUnavailable,
+    LoginStep,
+    MessageStore,
+    Roster,
+    StoredMessage,
+    hand_over,
+)
 
 log = logging.getLogger("reactor")
 
@@ -176,8 +183,12 @@ class HistoryDesk:
                             message.sender, name, error)
             self.store.record(name, message.sender, name, message.text, message.time_ms)
             found = self.roster.lookup(message.sender)
-            if found is not None and isinstance(found[1], Connection) and found[1].is_open:
-                found[1].send(format_event(WaitingDelivered(name, time_text)))
+            if found is not None and found[1].is_open:
+                notice = format_event(WaitingDelivered(name, time_text))
+                if isinstance(found[1], Connection):
+                    found[1].send(notice)
+                else:  # on another node: the notice travels as a direct message would
+                    hand_over(found[1], notice, _ignore)
 
         return handed
 
@@ -197,6 +208,11 @@ class HistoryDesk:
         lines = [_history_line(message) for message in page]
         lines.append(format_event(HistoryEnd(peer, len(page))))
         connection.reply(b"".join(lines))
+
+
+def _ignore(delivered: bool, reason: str) -> None:
+    """A delivery notice that could not be handed over is not retried: the
+    sender left, or stopped reading."""
 
 
 def _history_line(message: StoredMessage) -> bytes:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import pytest
 
-from protocol import HistoryLine, WaitingMessage
+from protocol import HistoryLine, WaitingDelivered, WaitingMessage
 from reactor.config import HistoryConfig
 from tests.cluster_support import (
     PAIR_IDS,
@@ -90,6 +90,9 @@ def test_a_message_left_through_one_node_is_delivered_at_login_on_the_other(
                 assert (got.sender, got.text) == ("Alice", "while you were away")
                 bob.send("users")  # nothing else waited: the next line is the answer
                 bob.expect("<Online users: Alice, Bob>")
+                # Alice, on the other node, learns it was delivered.
+                alice.expect("<User Bob is online.>")
+                assert event(alice) == WaitingDelivered("Bob", got.time)
             with log_in(a.port, "Bob", PASSWORD) as bob:  # delivered once, on whichever node
                 bob.send("users")
                 bob.expect("<Online users: Alice, Bob>")
