@@ -2,6 +2,7 @@
 
     python bench/history_cost.py                     # select, 5 rounds of 10,000 DMs each
     python bench/history_cost.py --backend threads --rounds 7 -n 20000
+    python bench/history_cost.py --redis             # Redis commands per cross-node DM
 
 Two servers run at once, both with registered names (``--accounts``, a
 SQLite file each) and no flood control: one with ``--history on`` (a SQLite
@@ -14,6 +15,10 @@ sends ``n`` messages to Bob (in windows of ``--window``, each waited for:
 echoes to Alice and deliveries to Bob) and the server's CPU time over the
 round (user + system, from /proc, all threads) is divided by ``n``.  The
 report gives each side's median and the ratio of the medians.
+
+With ``--redis``: Redis commands per direct message from a user of one node
+to a user of another, on a two-node cluster, with history off and on
+(``INFO commandstats`` before and after).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import socket
 import statistics
 import sys
 import tempfile
+import time
 from contextlib import AbstractContextManager
 from pathlib import Path
 
@@ -102,13 +108,68 @@ def round_cpu(pid: int, alice: Reader, bob: Reader, n: int, window: int) -> floa
     return (after - before) / n * 1e6
 
 
+def redis_commands(backend: str, n: int, window: int) -> None:
+    """Redis commands per cross-node direct message, history off and on:
+    two nodes of a cluster (a redis-server of their own each time), Alice on
+    one, Bob on the other, both registered (accounts in the cluster's Redis)."""
+    import shutil
+
+    from bench.cluster import RedisStats, delta, per_op
+    from bench.harness.procstat import stop_process
+    from bench.peers.redis_peer import start_redis
+
+    print(f"{backend}: Redis commands per cross-node direct message between two registered"
+          f" names ({n:,} messages)")
+    for side, extra in (("off", ()), ("on", ("--history", "on"))):
+        proc, port, workdir = start_redis(64)
+        stats = RedisStats(port)
+        node = ("--flood-control", "off", "--cluster", f"redis://127.0.0.1:{port}",
+                "--accounts", "--password-hash", FAST_HASH, *extra)
+        try:
+            with server_process(backend, *node) as (a, _), server_process(backend, *node) as (b, _):
+                bob, alice = registered(b, "Bob"), registered(a, "Alice")
+                alice.send("users")
+                alice.wait_for(b"<Online users: Alice, Bob>")
+                before = stats.snap()
+                sent = 0
+                while sent < n:
+                    batch = min(window, n - sent)
+                    alice.sock.sendall(b"chat Bob history cost\n" * batch)
+                    alice.wait_for(b"<To Bob>", batch)
+                    bob.wait_for(b"<Message from Alice", batch)
+                    sent += batch
+                after = stats.snap()
+                if extra:
+                    # Both copies are written a moment later (the recipient's
+                    # after a look-up of its account): wait for all of them
+                    # (the cluster's own are two XADDs per message).
+                    deadline = time.monotonic() + 30
+                    while (delta(before, after)["calls"].get("xadd", 0) < 4 * n
+                           and time.monotonic() < deadline):
+                        time.sleep(0.05)  # a poll interval
+                        after = stats.snap()
+                cost = per_op(delta(before, after), n, None)
+        finally:
+            stats.close()
+            stop_process(proc)
+            shutil.rmtree(workdir, ignore_errors=True)
+        calls = ", ".join(f"{name} {count:.2f}" for name, count in cost["calls"].items()
+                          if count >= 0.01)
+        print(f"  history {side:<3}  {cost['commands']:.2f} commands  ({calls})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--backend", default="select")
     parser.add_argument("-n", type=int, default=10_000, help="direct messages per round")
     parser.add_argument("--rounds", type=int, default=5, help="rounds per side")
     parser.add_argument("--window", type=int, default=100, help="messages in flight at most")
+    parser.add_argument("--redis", action="store_true",
+                        help="count Redis commands per cross-node message on a cluster instead")
     options = parser.parse_args()
+    if options.redis:
+        redis_commands(options.backend, options.n, options.window)
+        return
     with tempfile.TemporaryDirectory() as directory, \
             server(options.backend, f"{directory}/off.db") as (off_port, off_pid), \
             server(options.backend, f"{directory}/on.db", "--history", "on") as (on_port, on_pid):

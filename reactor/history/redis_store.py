@@ -117,6 +117,7 @@ class RedisHistory:
         for key, kept, (sender, to, text, time_ms) in batch:
             pipe.xadd(key, {"s": sender, "t": to, "x": text, "m": time_ms},
                       maxlen=kept, approximate=True)
+        for key in {key for key, _, _ in batch}:  # once per stream written
             pipe.pexpire(key, self._age_ms)
         pipe.execute()
 
