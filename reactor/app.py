@@ -131,16 +131,17 @@ def forget_stored_messages(accounts_location: str, name: str) -> bool:
 
 def build_chat(config: ServerConfig, roster: Roster[Connection] | None = None,
                accounts: LoginStep | None = None,
-               clock: Callable[[], float] = time.monotonic) -> ChatService:
+               clock: Callable[[], float] = time.monotonic,
+               history: MessageStore | None = None) -> ChatService:
     """The chat service, with the roster, login step and history store the
-    configuration asks for (or the roster and login step given, as tests give
-    theirs)."""
+    configuration asks for (or those given, as tests give theirs)."""
     if roster is None:
         roster = make_roster(config)
     if accounts is None:
         accounts = open_accounts(config.accounts)
     try:
-        history = open_history(config)
+        if history is None:
+            history = open_history(config)
     except BaseException:
         if accounts is not None:
             accounts.close()
@@ -150,12 +151,13 @@ def build_chat(config: ServerConfig, roster: Roster[Connection] | None = None,
 
 def make_server(config: ServerConfig, backend: str = DEFAULT_BACKEND, *,
                 roster: Roster[Connection] | None = None,
-                accounts: LoginStep | None = None, **options: object) -> Server:
+                accounts: LoginStep | None = None, history: MessageStore | None = None,
+                **options: object) -> Server:
     """Build the chat and bind a server of the named backend around it
     (raises OSError if the port is busy; nothing stays open then).
     ``options`` are the backend's own (``loop=`` for asyncio)."""
     cls = server_class(backend)  # an unknown backend is refused before anything opens
-    chat = build_chat(config, roster, accounts)
+    chat = build_chat(config, roster, accounts, history=history)
     try:
         return cls(config, chat, **options)  # type: ignore[arg-type]
     except BaseException:
