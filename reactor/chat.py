@@ -514,7 +514,9 @@ class ChatService:
                 if self.accounts is None:
                     connection.reply(format_event(InvalidInput(NO_ACCOUNTS)))
                 else:
-                    self.accounts.register(connection, sender, password)
+                    desk = self._desk
+                    self.accounts.register(connection, sender, password,
+                                           None if desk is None else desk.forgetter(sender))
             case ChangePassword(old, new):
                 if self.accounts is None:
                     connection.reply(format_event(InvalidInput(NO_ACCOUNTS)))

@@ -358,7 +358,10 @@ class LoginStep(Protocol):
     def password_line(self, session: LoginSession, raw: bytes, admit: Admit) -> None:
         """The line after ``ask_password``.  Never logged."""
 
-    def register(self, session: LoginSession, name: str, password: str) -> None: ...
+    def register(self, session: LoginSession, name: str, password: str,
+                 on_registered: Callable[[], None] | None = None) -> None:
+        """Make ``name`` the session's; ``on_registered()`` on the chat thread
+        once it is, before the answer."""
 
     def change_password(self, session: LoginSession, name: str, old: str, new: str) -> None: ...
 
@@ -432,6 +435,11 @@ class MessageStore(Protocol):
 
     def acknowledge(self, to: str, message_id: str) -> None:
         """The held message ``message_id`` reached ``to``: hold it no more."""
+
+    def forget_conversations(self, owner: str) -> None:
+        """Remove ``owner``'s own copies of its conversations: the name was
+        registered anew, and nothing kept for an earlier holder may be read
+        (not even a write that landed after the account's removal)."""
 
     def forget(self, name: str) -> None:
         """Remove what is kept for ``name``: the messages waiting for it, those

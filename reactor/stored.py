@@ -192,6 +192,18 @@ class HistoryDesk:
 
         return handed
 
+    def forgetter(self, name: str) -> Callable[[], None]:
+        """What to do once ``name`` is registered anew: it starts with no
+        private history, whatever an earlier holder of the name left."""
+
+        def forget() -> None:
+            try:
+                self.store.forget_conversations(name)
+            except HistoryUnavailable as error:
+                log.warning("History of %s not cleared at its registration: %s", name, error)
+
+        return forget
+
     # -- the history command ------------------------------------------------------
 
     def history(self, connection: Connection, reader: str, peer: str, before: str | None,

@@ -400,7 +400,8 @@ class Accounts:
 
         self._in_worker(connection, look_up, done)
 
-    def register(self, connection: LoginSession, name: str, password: str) -> None:
+    def register(self, connection: LoginSession, name: str, password: str,
+                 on_registered: Callable[[], None] | None = None) -> None:
         if not self.is_secure(connection):
             connection.reply(format_event(InvalidInput(INSECURE)))
             return
@@ -420,6 +421,8 @@ class Accounts:
             elif created:
                 log.info("%s registered (%s)", name, connection.peer_host)
                 connection.registered = True
+                if on_registered is not None:
+                    on_registered()
                 connection.answer(slot, format_event(Registered(name)))
             else:
                 connection.answer(slot, format_event(InvalidInput(

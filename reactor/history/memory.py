@@ -90,11 +90,15 @@ class MemoryHistory:
         if not waiting:
             del self._waiting[key]
 
+    def forget_conversations(self, owner: str) -> None:
+        key = username_key(owner)
+        for conversation in [k for k in self._direct if k.partition("\n")[0] == key]:
+            del self._direct[conversation]
+
     def forget(self, name: str) -> None:
         key = username_key(name)
         self._waiting.pop(key, None)
-        for conversation in [k for k in self._direct if k.partition("\n")[0] == key]:
-            del self._direct[conversation]
+        self.forget_conversations(name)
         for waiting in self._waiting.values():
             kept = [m for m in waiting if username_key(m.sender) != key]
             if len(kept) != len(waiting):

@@ -162,11 +162,16 @@ class RedisHistory:
     def acknowledge(self, to: str, message_id: str) -> None:
         self._call(self._redis.xdel, WAITING + username_key(to), message_id)
 
+    def forget_conversations(self, owner: str) -> None:
+        self._settled()
+        doomed = self._keys(f"{DIRECT}{username_key(owner)}:*")
+        if doomed:
+            self._call(self._redis.delete, *doomed)
+
     def forget(self, name: str) -> None:
         key = username_key(name)
-        self._settled()
-        doomed = [WAITING + key, *self._keys(f"{DIRECT}{key}:*")]
-        self._call(self._redis.delete, *doomed)
+        self.forget_conversations(name)
+        self._call(self._redis.delete, WAITING + key)
         for stream in self._keys(f"{WAITING}*"):
             entries = self._call(self._redis.xrange, stream)
             ids = [entry_id for entry_id, fields in entries if fields.get("k") == key]

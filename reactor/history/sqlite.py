@@ -144,14 +144,22 @@ class SQLiteHistory:
                 self._db.execute("DELETE FROM waiting WHERE id = ? AND recipient_key = ?",
                                  (min(int(message_id), 2**63 - 1), username_key(to)))
 
+    def forget_conversations(self, owner: str) -> None:
+        self._writer.settled(SETTLE_TIMEOUT)
+        with self._lock:
+            self._forget_conversations(username_key(owner))
+
     def forget(self, name: str) -> None:
         key = username_key(name)
         self._writer.settled(SETTLE_TIMEOUT)
         with self._lock, self._transaction():
             self._db.execute("DELETE FROM waiting WHERE recipient_key = ? OR sender_key = ?",
                              (key, key))
-            self._db.execute("DELETE FROM messages WHERE conversation LIKE ? ESCAPE '!'",
-                             (_like(key) + "\n%",))
+            self._forget_conversations(key)
+
+    def _forget_conversations(self, key: str) -> None:
+        self._db.execute("DELETE FROM messages WHERE conversation LIKE ? ESCAPE '!'",
+                         (_like(key) + "\n%",))
 
     def close(self) -> None:
         self._writer.close(SETTLE_TIMEOUT)

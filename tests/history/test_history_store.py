@@ -163,6 +163,17 @@ def test_forgetting_a_name_removes_its_waiting_messages_and_its_own_conversation
     assert texts(take_waiting(store, "Carol")) == ["from Bob"]
 
 
+def test_a_name_registered_anew_loses_only_its_own_copies(open_store: Opener) -> None:
+    store = open_store(HistoryConfig())
+    store.record("Bob", "Alice", "Bob", "for the old Bob", NOW)
+    store.record("Alice", "Alice", "Bob", "Alice's copy", NOW)
+    store.hold("Bob", "Carol", "Bob left it for Carol", NOW)
+    store.forget_conversations("BOB")
+    assert store.page("Bob", "Alice", None, 10, NOW) == []
+    assert texts(store.page("Alice", "Bob", None, 10, NOW)) == ["Alice's copy"]
+    assert texts(store.waiting("Carol")) == ["Bob left it for Carol"]
+
+
 def test_a_name_with_like_wildcards_forgets_only_its_own(open_store: Opener) -> None:
     store = open_store(HistoryConfig())
     store.record("a_c", "a_c", "Bob", "a_c's", NOW)
