@@ -43,7 +43,7 @@ class WriteBehind(Generic[T]):
         self._what = what  # the store, as log lines name it
         self._max_queued = max_queued
         self._queue: deque[T] = deque()
-        self._changed = threading.Condition()
+        self._changed = threading.Condition(threading.Lock())
         self._queued = 0  # writes queued so far, and written (or given up) so far
         self._written = 0
         self._dropped = 0
