@@ -32,7 +32,8 @@ writes, so that a user reads back what they just sent.
 
 **Waiting messages are not lost in silence.**  A Redis that restarts empty
 has lost them: the marker is then gone, and the next login that reads its
-waiting messages logs it (and sets the marker again).
+waiting messages logs it (and sets the marker again); a node that starts
+on a Redis without the marker says so too.
 """
 
 from __future__ import annotations
@@ -99,7 +100,9 @@ class RedisHistory:
         self._writer: WriteBehind[Write] = WriteBehind(
             self._write, f"History store {without_password(url)}")
         try:
-            self._redis.set(KEPT, "1")
+            if self._redis.set(KEPT, "1", nx=True):
+                log.warning("History store %s: none kept before (new, or Redis lost it)",
+                            without_password(url))
         except Exception as error:  # a Redis that is down now may come back
             log.warning("History store %s not reachable yet: %s", without_password(url), error)
 

@@ -248,7 +248,11 @@ def test_history_on_a_cluster_is_kept_in_its_redis() -> None:
 def test_waiting_messages_lost_by_redis_are_logged_not_passed_over_in_silence(
         redis_server: RedisServer, caplog: pytest.LogCaptureFixture) -> None:  # noqa: F811
     require_redis()
-    store = RedisHistory(redis_server.url, HistoryConfig())
+    with caplog.at_level(logging.WARNING, logger="reactor"):
+        store = RedisHistory(redis_server.url, HistoryConfig())
+    assert [record.getMessage() for record in caplog.records] == [
+        f"History store {redis_server.url}: none kept before (new, or Redis lost it)"]
+    caplog.clear()
     try:
         store.hold("Alice", "Bob", "waits", NOW)
         redis_server.flush()  # as a restart without persistence leaves it
