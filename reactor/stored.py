@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 
 from protocol import (
@@ -37,6 +38,7 @@ from protocol import (
     WaitingMessage,
     format_event,
     format_server_time,
+    username_key,
 )
 from reactor.config import HistoryConfig
 from reactor.connection import Connection
@@ -60,6 +62,12 @@ NEEDS_REGISTERED = (
 UNAVAILABLE = "the message store is unavailable; try again later"
 
 
+# How long, and for how many names, a registered recipient on another node is
+# remembered as such (each direct message to one would otherwise ask Redis).
+REMEMBER_REGISTERED_MS = 60_000
+REMEMBER_REGISTERED_NAMES = 10_000
+
+
 def wall_clock_ms() -> int:
     """Now, in milliseconds since the epoch: the server time stored messages carry."""
     return time.time_ns() // 1_000_000
@@ -76,6 +84,8 @@ class HistoryDesk:
         self.roster = roster
         self.accounts = accounts
         self.now_ms = now_ms
+        # Names of other nodes' users known registered, until when (ms).
+        self._registered: OrderedDict[str, int] = OrderedDict()
 
     # -- live messages --------------------------------------------------------
 
@@ -92,11 +102,34 @@ class HistoryDesk:
             # A user of another node, whose connection this node cannot ask:
             # on a cluster a registered name is only ever logged in with its
             # password, so owning the name is being registered.
-            if self.accounts is not None:
-                self.accounts.is_registered(sender, to, lambda spelling: None if spelling is None
-                                            else store.record(to, sender_name, to, text, now))
+            self._if_registered(sender, to, lambda: store.record(to, sender_name, to, text, now))
         elif getattr(recipient, "registered", False):
             store.record(to, sender_name, to, text, now)
+
+    def _if_registered(self, connection: Connection, name: str,
+                       then: Callable[[], None]) -> None:
+        """``then()`` if ``name`` is registered, asking the accounts at most
+        once a while per name.  A name remembered a little too long (its
+        account just removed) gets a copy nobody reads: registering the name
+        anew clears it (:meth:`forgetter`)."""
+        key, now = username_key(name), self.now_ms()
+        known = self._registered
+        if known.get(key, 0) > now:
+            then()
+            return
+        if self.accounts is None:
+            return
+
+        def found(spelling: str | None) -> None:
+            if spelling is None:
+                return
+            known[key] = self.now_ms() + REMEMBER_REGISTERED_MS
+            known.move_to_end(key)
+            while len(known) > REMEMBER_REGISTERED_NAMES:
+                known.popitem(last=False)
+            then()
+
+        self.accounts.is_registered(connection, name, found)
 
     def broadcast_sent(self, sender_name: str, text: str) -> None:
         self.store.record(sender_name, sender_name, EVERYONE, text, self.now_ms())
