@@ -93,9 +93,8 @@ def registered(port: int, name: str) -> Reader:
     return client
 
 
-def round_cpu(pid: int, alice: Reader, bob: Reader, n: int, window: int) -> float:
-    """Microseconds of server CPU per direct message over one round of ``n``."""
-    before = cpu_seconds(pid)
+def exchange(alice: Reader, bob: Reader, n: int, window: int) -> None:
+    """Alice sends Bob ``n`` direct messages, at most ``window`` unanswered."""
     sent = 0
     while sent < n:
         batch = min(window, n - sent)
@@ -103,6 +102,12 @@ def round_cpu(pid: int, alice: Reader, bob: Reader, n: int, window: int) -> floa
         alice.wait_for(b"<To Bob>", batch)
         bob.wait_for(b"<Message from Alice", batch)
         sent += batch
+
+
+def round_cpu(pid: int, alice: Reader, bob: Reader, n: int, window: int) -> float:
+    """Microseconds of server CPU per direct message over one round of ``n``."""
+    before = cpu_seconds(pid)
+    exchange(alice, bob, n, window)
     after = cpu_seconds(pid)
     assert before is not None and after is not None, "a server died"
     return (after - before) / n * 1e6
@@ -131,13 +136,7 @@ def redis_commands(backend: str, n: int, window: int) -> None:
                 alice.send("users")
                 alice.wait_for(b"<Online users: Alice, Bob>")
                 before = stats.snap()
-                sent = 0
-                while sent < n:
-                    batch = min(window, n - sent)
-                    alice.sock.sendall(b"chat Bob history cost\n" * batch)
-                    alice.wait_for(b"<To Bob>", batch)
-                    bob.wait_for(b"<Message from Alice", batch)
-                    sent += batch
+                exchange(alice, bob, n, window)
                 after = stats.snap()
                 if extra:
                     # Both copies are written a moment later (the recipient's
