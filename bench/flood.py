@@ -41,6 +41,13 @@ from reactor import BACKENDS  # noqa: E402
 
 @contextlib.contextmanager
 def server(backend: str, *args: str) -> Iterator[int]:
+    with server_process(backend, *args) as (port, _):
+        yield port
+
+
+@contextlib.contextmanager
+def server_process(backend: str, *args: str) -> Iterator[tuple[int, int]]:
+    """``python -m reactor`` on a free port, stopped at the end; yields (port, pid)."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "reactor", "--backend", backend, "--host", "127.0.0.1",
          "--port", "0", "--log-level", "WARNING", "--max-clients", "5000", *args],
@@ -55,7 +62,7 @@ def server(backend: str, *args: str) -> Iterator[int]:
         else:
             raise RuntimeError("the server did not start")
         threading.Thread(target=proc.stdout.read, daemon=True).start()  # keep draining
-        yield int(found.group(1))
+        yield int(found.group(1)), proc.pid
     finally:
         proc.send_signal(signal.SIGTERM)
         try:

@@ -19,8 +19,8 @@ from prompt_toolkit.document import Document
 from protocol import COMMAND_NAMES, Event, OnlineUsers, UserOffline, UserOnline, username_key
 
 SLASH_COMMANDS = ("/msg", "/broadcast", "/query", "/who", "/quit", "/help", "/register",
-                  "/password")
-_NAME_AFTER = ("chat", "/msg", "/query")
+                  "/password", "/history")
+_NAME_AFTER = ("chat", "/msg", "/query", "history", "/history")
 
 
 class Roster:

@@ -4,10 +4,13 @@ The server answers every command on a connection, in order, with exactly one
 line: a message with its echo (``<To Bob> ...``/``<To everyone> ...``) or a
 refusal (``<User Bob is offline.>``, ``<User Bob does not exist.>``,
 ``<Message to Bob not delivered: ...>``, ``<Invalid input: ...>``), ``users``
-with the online list, ``help`` with the help line and ``bye`` with our own
-offline notice.  Everything else the server sends -- presence notices and
-incoming messages -- is unsolicited.  So the oldest outstanding command is the
-one the next reply belongs to, and each event is classified by its type:
+with the online list, ``help`` with the help line, ``history`` with its
+closing line (after its history lines) and ``bye`` with our own offline
+notice; a message kept for a registered name that is offline gets ``<Message
+to Bob stored until they log in.>`` instead of its echo.  Everything else
+the server sends -- presence notices and incoming messages -- is
+unsolicited.  So the oldest outstanding command is the one the next reply
+belongs to, and each event is classified by its type:
 
 * an echo, ``does not exist``, ``not delivered``, the users list or the help
   line can only be a reply; it answers the oldest outstanding command it fits
@@ -41,8 +44,11 @@ from protocol import (
     Chat,
     Command,
     HelpText,
+    History,
+    HistoryEnd,
     InvalidInput,
     MessageSent,
+    MessageStored,
     NotDelivered,
     OnlineUsers,
     PasswordChanged,
@@ -134,6 +140,12 @@ class Outbox:
                 return self._answer(lambda c: _is_chat_to(c, to), True, "", correct=True)
             case BroadcastSent():
                 return self._answer(lambda c: isinstance(c, Broadcast), True, "")
+            case MessageStored(to):
+                # Kept for a registered name that is offline: answered, not delivered yet.
+                return self._answer(lambda c: _is_chat_to(c, to), None, "")
+            case HistoryEnd():
+                # The history lines before it are the answer's body.
+                return self._answer(lambda c: isinstance(c, History), None, "")
             case OnlineUsers():
                 return self._answer(lambda c: isinstance(c, Users), None, "")
             case HelpText():

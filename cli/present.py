@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import time
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from prompt_toolkit.formatted_text import FormattedText, StyleAndTextTuples
@@ -43,9 +43,12 @@ from protocol import (
     Disconnected,
     Event,
     HelpText,
+    HistoryEnd,
+    HistoryLine,
     InvalidInput,
     MessageFrom,
     MessageSent,
+    MessageStored,
     NotDelivered,
     OnlineUsers,
     PasswordChanged,
@@ -56,7 +59,10 @@ from protocol import (
     UserOffline,
     UserOnline,
     UserUnknown,
+    WaitingDelivered,
+    WaitingMessage,
     WrongPassword,
+    parse_server_time,
     username_key,
 )
 from protocol.escaping import (
@@ -278,10 +284,12 @@ class Presenter:
     """Turns events and client notices into rows for a terminal or a plain stream."""
 
     def __init__(self, own_name: str, timestamps: str | None = "%H:%M",
-                 clock: callable = time.localtime) -> None:  # type: ignore[valid-type]
+                 clock: callable = time.localtime,  # type: ignore[valid-type]
+                 zone: Callable[[float], time.struct_time] = time.localtime) -> None:
         self.own_name = own_name
         self.timestamps = timestamps
         self.clock = clock
+        self.zone = zone  # how a stored message's server time (UTC) is shown
 
     @property
     def indent(self) -> int:
@@ -312,6 +320,11 @@ class Presenter:
 
     def _is_me(self, name: str) -> bool:
         return username_key(name) == username_key(self.own_name)
+
+    def _when(self, server_time: str) -> str:
+        """A stored message's time as the reader's clock shows it, to the minute."""
+        seconds = parse_server_time(server_time) / 1000
+        return time.strftime("%Y-%m-%d %H:%M", self.zone(seconds))
 
     def event(self, event: Event | NotDelivered | None, wire_text: str) -> Line:
         """The line for an event that is not a reply to one of our commands."""
@@ -359,6 +372,20 @@ class Presenter:
                                          "will ask for the password")
             case PasswordChanged(name):
                 return Line("class:own", f"✓ password changed for {name}")
+            case MessageStored(to):
+                return Line("class:own", f"✓ {to} is offline: the message waits for their login")
+            case WaitingMessage(sender, sent, text):
+                return Line("class:dm-in", f"{sender} → you (while away, {self._when(sent)}): ",
+                            text)
+            case WaitingDelivered(to, sent):
+                return Line("class:own", f"✓ {to} got your message of {self._when(sent)}")
+            case HistoryLine(message_id, sent, sender, to, text):
+                who = "you" if self._is_me(sender) else sender
+                whom = "you" if self._is_me(to) else to
+                return Line("class:info", f"[{self._when(sent)} #{message_id}] {who} → {whom}: ",
+                            text)
+            case HistoryEnd(peer, count):
+                return Line("class:info", f"-- end of history with {peer}: {count} shown")
             case None:
                 return Line("class:unknown", "", wire_text, "class:unknown")
             case _:

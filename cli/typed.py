@@ -8,6 +8,7 @@ Alongside them, IRC-style commands whose text is taken literally, no quoting:
     /broadcast <text>     a message to everyone online
     /query <user>         plain text now goes to <user>; /query alone ends it
     /who                  who is online (= users)
+    /history <user>|everyone [<count>]   the latest messages (= history, read by protocol/)
     /quit                 log out (= bye)
     /help                 this client's help (shown locally)
 
@@ -79,8 +80,8 @@ class Refused:
 Action = Send | SetQuery | Quit | ShowHelp | AskPasswords | Reconnect | Refused
 
 SUGGESTABLE = (*COMMAND_NAMES,
-               "/msg", "/broadcast", "/query", "/quit", "/who", "/help", "/register",
-               "/password", "/reconnect")
+               "/msg", "/broadcast", "/query", "/quit", "/who", "/history", "/help",
+               "/register", "/password", "/reconnect")
 
 HELP_TEXT = """\
 Commands:
@@ -88,6 +89,8 @@ Commands:
   /query <user>           talk to <user>: plain lines go to them; /query alone ends it
   /broadcast <text>       send everyone online a message (or: broadcast <text>)
   /who  (or users)        who is online
+  /history <user> [<n>]   the latest n messages with <user> (/history everyone: broadcasts);
+                          add "before <id>" to page back from a line's #id
   /quit (or bye)          log out and exit; Ctrl-D on an empty line does too
   /register               make your name yours: asks for a password (no echo)
   /password               change that password (asks for the old and the new one)
@@ -155,6 +158,12 @@ def _slash(text: str) -> Action:
         return ShowHelp()
     if word == "reconnect":
         return Reconnect()
+    if word == "history":
+        # The wire command's own parser: one grammar for both forms.
+        try:
+            return Send(parse_command(f"history {rest}"))
+        except ProtocolError as error:
+            return Refused(f"/history: {error.reason}")
     if word in ("register", "password"):
         if rest.strip(" "):
             return Refused(f"/{word} takes no arguments: it asks for the password"

@@ -11,6 +11,8 @@ and, as in h11, whose fault it was: ``RemoteProtocolError`` from the parsers,
 """
 
 from protocol.arguments import (
+    EVERYONE,
+    MAX_HISTORY_PAGE,
     MAX_PASSWORD_LENGTH,
     MIN_PASSWORD_LENGTH,
     format_password,
@@ -27,6 +29,7 @@ from protocol.commands import (
     Command,
     CommandSpec,
     Help,
+    History,
     Login,
     Register,
     Users,
@@ -44,12 +47,15 @@ from protocol.events import (
     Disconnected,
     Event,
     HelpText,
+    HistoryEnd,
+    HistoryLine,
     InvalidInput,
     InvalidUsername,
     Kicked,
     LoginTimedOut,
     MessageFrom,
     MessageSent,
+    MessageStored,
     Moderation,
     Muted,
     NotDelivered,
@@ -68,6 +74,8 @@ from protocol.events import (
     UserOffline,
     UserOnline,
     UserUnknown,
+    WaitingDelivered,
+    WaitingMessage,
     WrongPassword,
     YouAreMuted,
     format_event,
@@ -86,6 +94,7 @@ from protocol.moderation import (
     duration_seconds,
     is_address,
 )
+from protocol.servertime import format_server_time, parse_server_time
 from protocol.usernames import (
     MAX_USERNAME_LENGTH,
     USERNAME_PATTERN,
@@ -111,6 +120,8 @@ __all__ = [
     "format_password", "parse_password", "password_problem",
     "PasswordRequired", "WrongPassword", "TooManyTries", "Registered", "PasswordChanged",
     "BroadcastNotSent", "ServiceUnavailable", "Disconnected",
+    "EVERYONE", "MAX_HISTORY_PAGE", "History", "HistoryEnd", "HistoryLine", "MessageStored",
+    "WaitingDelivered", "WaitingMessage", "format_server_time", "parse_server_time",
     "Kick", "Ban", "Unban", "Mute", "Unmute", "Bans", "canonical_address", "duration_seconds",
     "is_address", "Kicked", "Banned", "Muted", "Unmuted", "YouAreMuted", "Moderation",
 ]

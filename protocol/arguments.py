@@ -31,6 +31,9 @@ class Argument(enum.Enum):
     MESSAGE = "any non-empty text"
     PASSWORD = "a password as sent at login: 1 to MAX_PASSWORD_LENGTH characters"
     NEW_PASSWORD = "a password that password_problem accepts"
+    CONVERSATION = "a valid username, or everyone for the broadcasts"
+    MESSAGE_ID = "a message id as history lines show it"
+    PAGE_SIZE = "a number of messages, 1 to MAX_HISTORY_PAGE"
     TARGET = "a valid username or an IP address (protocol.moderation)"
     DURATION = "a number and a unit, 10m (protocol.moderation)"
 
@@ -47,6 +50,17 @@ Username = Annotated[str, Argument.USERNAME]
 Message = Annotated[str, Argument.MESSAGE]
 Password = Annotated[str, Argument.PASSWORD]
 NewPassword = Annotated[str, Argument.NEW_PASSWORD]
+Conversation = Annotated[str, Argument.CONVERSATION]
+MessageId = Annotated[str, Argument.MESSAGE_ID]
+PageSize = Annotated[int, Argument.PAGE_SIZE]
+
+# The conversation of the broadcasts, as ``history`` names it: a name no user can have.
+EVERYONE = "everyone"
+# Most messages one history request returns (IRCv3 servers cap at 50 to 1,000).
+MAX_HISTORY_PAGE = 100
+# A message id: digits, or two runs of digits (a Redis stream entry id, time-sequence).
+MESSAGE_ID_PATTERN = r"[0-9]{1,20}(?:-[0-9]{1,20})?"
+_MESSAGE_ID = re.compile(MESSAGE_ID_PATTERN)
 
 # NIST SP 800-63B: at least 8 characters; the upper bound only keeps the
 # work of hashing (and the line) bounded.
@@ -105,6 +119,22 @@ def read_word(text: str) -> tuple[str | None, str]:
     if not value:
         raise RemoteProtocolError("the password is empty")
     return value, rest.lstrip(" ")
+
+
+def read_message_id(word: str) -> str:
+    """A message id (``before``'s argument), as a history line showed it."""
+    if _MESSAGE_ID.fullmatch(word) is None:
+        raise RemoteProtocolError("a message id is written as history lines show it, like 42")
+    return word
+
+
+def read_page_size(word: str) -> int:
+    """How many messages a history page holds: 1 to :data:`MAX_HISTORY_PAGE`."""
+    if not (len(word) <= 3 and word.isascii() and word.isdigit()) or not (
+        1 <= int(word) <= MAX_HISTORY_PAGE
+    ):
+        raise RemoteProtocolError(f"a history page holds 1 to {MAX_HISTORY_PAGE} messages")
+    return int(word)
 
 
 def password_problem(password: str) -> str | None:
@@ -177,6 +207,22 @@ def checked_name(name: str) -> str:
     if problem is not None:
         raise LocalProtocolError(problem)
     return name
+
+
+def check_conversation(name: str) -> str:
+    return name if name == EVERYONE else checked_name(name)
+
+
+def check_message_id(message_id: str) -> str:
+    if _MESSAGE_ID.fullmatch(message_id) is None:
+        raise LocalProtocolError(f"not a message id: {message_id!r}")
+    return message_id
+
+
+def check_page_size(count: int) -> int:
+    if type(count) is not int or not 1 <= count <= MAX_HISTORY_PAGE:
+        raise LocalProtocolError(f"a history page holds 1 to {MAX_HISTORY_PAGE} messages")
+    return count
 
 
 def check_new_password(password: str) -> None:

@@ -60,18 +60,27 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar, cast
 
 from protocol.arguments import (
+    EVERYONE,
     Command,
+    Conversation,
     Message,
+    MessageId,
     NewPassword,
+    PageSize,
     Password,
     Username,
+    check_conversation,
     check_message,
+    check_message_id,
     check_new_password,
+    check_page_size,
     checked_name,
     existing_password,
     format_password,
     new_password,
     quote,
+    read_message_id,
+    read_page_size,
     read_text,
     read_word,
 )
@@ -94,7 +103,7 @@ from protocol.moderation import (
     parse_unban,
     parse_unmute,
 )
-from protocol.usernames import VALID_NAMES, is_valid_username, validate_username
+from protocol.usernames import VALID_NAMES, is_valid_username, username_key, validate_username
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +156,19 @@ class ChangePassword(Command):
 
     old: Password = field(repr=False)
     new: NewPassword = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class History(Command):
+    """The latest messages of one conversation: with a user, or ``everyone`` (the broadcasts).
+
+    ``before`` pages backwards: only messages older than that id.  ``count``
+    asks for at most that many (the server's page size when None).
+    """
+
+    peer: Conversation
+    before: MessageId | None = None
+    count: PageSize | None = None
 
 
 _TAB_AS_SEPARATOR = "a tab does not separate words; use a space"
@@ -206,6 +228,37 @@ def _format_change_password(command: ChangePassword) -> str:
     return f"{quote(command.old)} {quote(command.new)}"
 
 
+def _parse_history(arguments: str) -> History | None:
+    words = [word for word in arguments.split(" ") if word]
+    if not words:
+        return None
+    peer, *rest = words
+    if "\t" in peer:
+        raise RemoteProtocolError(_TAB_AS_SEPARATOR)
+    if username_key(peer) == EVERYONE:
+        peer = EVERYONE
+    elif not is_valid_username(peer):
+        raise RemoteProtocolError("history is of a conversation: a username, or everyone")
+    before = None
+    if rest and rest[0].lower() == "before":
+        if len(rest) < 2:
+            return None
+        before = read_message_id(rest[1])
+        rest = rest[2:]
+    if len(rest) > 1:
+        return None
+    return History(peer, before, read_page_size(rest[0]) if rest else None)
+
+
+def _format_history(command: History) -> str:
+    line = check_conversation(command.peer)
+    if command.before is not None:
+        line += f" before {check_message_id(command.before)}"
+    if command.count is not None:
+        line += f" {check_page_size(command.count)}"
+    return line
+
+
 # -- the table ------------------------------------------------------------------
 
 C = TypeVar("C", bound=Command)
@@ -245,6 +298,10 @@ COMMANDS: tuple[CommandSpec[Any], ...] = (
     CommandSpec(
         "password", ChangePassword, '"<old>" "<new>"', _parse_change_password,
         _format_change_password,
+    ),
+    CommandSpec(
+        "history", History, "<user>|everyone [before <id>] [<count>]", _parse_history,
+        _format_history,
     ),
     # The operators' (protocol.moderation); anyone else is refused by the server.
     CommandSpec("kick", Kick, '<user> ["<reason>"]', parse_kick, format_kick),

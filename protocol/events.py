@@ -19,11 +19,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from protocol.arguments import EVERYONE, MESSAGE_ID_PATTERN, check_conversation, check_message_id
 from protocol.commands import COMMANDS
 from protocol.errors import LocalProtocolError, RemoteProtocolError
 from protocol.escaping import _ASCII_NEEDS_ESCAPE, QUOTED_PATTERN, escape, find_unsafe, unescape
 from protocol.moderation import DURATION_PATTERN as _DURATION
 from protocol.moderation import duration_problem
+from protocol.servertime import SERVER_TIME_PATTERN, check_server_time, parse_server_time
 from protocol.usernames import (
     RESERVED_USERNAMES,
     USERNAME_PATTERN,
@@ -200,6 +202,63 @@ class Disconnected:
     reason: str
 
 
+# -- stored messages: offline delivery and history ----------------------------
+# Each names its kind first ("Message to X stored", "Waiting message",
+# "History #id"), and its text is escaped and quoted as a live message's, so
+# no stored line reads as a live event and no text can end one early.
+
+
+@dataclass(frozen=True, slots=True)
+class MessageStored:
+    """Instead of the echo: ``to``, a registered name, is offline; the message waits for them."""
+
+    to: str
+
+
+@dataclass(frozen=True, slots=True)
+class WaitingMessage:
+    """A direct message that waited while its recipient was offline, delivered at login.
+
+    ``time`` is when it was sent (server time, :mod:`protocol.servertime`).
+    """
+
+    sender: str
+    time: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class WaitingDelivered:
+    """To the sender: the message it sent to ``to`` at ``time``, stored, was delivered at login."""
+
+    to: str
+    time: str
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryLine:
+    """One stored message, as a reply to ``history``.
+
+    ``to`` is the recipient, or ``everyone`` for a broadcast; the reader sent
+    it when ``sender`` is the reader, received it otherwise.  ``id`` pages
+    further back (``history PEER before ID``).
+    """
+
+    id: str
+    time: str
+    sender: str
+    to: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEnd:
+    """Closes a ``history`` reply: ``count`` lines of conversation ``peer`` were sent."""
+
+    peer: str
+    count: int
+
+
 @dataclass(frozen=True, slots=True)
 class Kicked:
     """An operator disconnects this user (the connection closes after it)."""
@@ -249,6 +308,7 @@ Event = (
     | UsernameTaken | ServerFull | TooManyFromAddress | LoginTimedOut | ShuttingDown
     | PasswordRequired | WrongPassword | TooManyTries | Registered | PasswordChanged
     | BroadcastNotSent | ServiceUnavailable | Disconnected | ServerBusy
+    | MessageStored | WaitingMessage | WaitingDelivered | HistoryLine | HistoryEnd
     | Kicked | Banned | Muted | Unmuted | YouAreMuted | Moderation
 )
 
@@ -395,6 +455,27 @@ def _format(event: Event) -> str:
             return f"<Chat service unavailable: {_checked_reason(reason)}.>"
         case Disconnected(reason):
             return f"<Disconnected: {_checked_reason(reason)}.>"
+        case MessageStored(to):
+            return f"<Message to {_checked_name(to)} stored until they log in.>"
+        case WaitingMessage(sender, time, text):
+            return (
+                f"<Waiting message from {_checked_name(sender)}, sent {check_server_time(time)}:"
+                f' "{escape(text)}">'
+            )
+        case WaitingDelivered(to, time):
+            return (
+                f"<Waiting message to {_checked_name(to)}, sent {check_server_time(time)},"
+                " delivered.>"
+            )
+        case HistoryLine(message_id, time, sender, to, text):
+            return (
+                f"<History #{check_message_id(message_id)} {check_server_time(time)}"
+                f' {_checked_name(sender)} to {check_conversation(to)}: "{escape(text)}">'
+            )
+        case HistoryEnd(peer, count):
+            if type(count) is not int or not 0 <= count < 10**9:
+                raise LocalProtocolError(f"not a count: {count!r}")
+            return f"<End of history with {check_conversation(peer)}: {count} shown.>"
         case Kicked(by, reason):
             return f"<Kicked by {_checked_name(by)}{_why(reason)}>"
         case Banned(by, duration, reason):
@@ -493,6 +574,18 @@ _PATTERNS: list[tuple[re.Pattern[str], Callable[..., Event]]] = [
     (re.compile(r"<Broadcast not sent: (.+)\.>"), BroadcastNotSent),
     (re.compile(r"<Chat service unavailable: (.+)\.>"), ServiceUnavailable),
     (re.compile(r"<Disconnected: (.+)\.>"), Disconnected),
+    (re.compile(rf"<Message to {_NAME} stored until they log in\.>"), MessageStored),
+    (re.compile(rf"<Waiting message from {_NAME}, sent ({SERVER_TIME_PATTERN}): {QUOTED_PATTERN}>"),
+     WaitingMessage),
+    (re.compile(rf"<Waiting message to {_NAME}, sent ({SERVER_TIME_PATTERN}), delivered\.>"),
+     WaitingDelivered),
+    (re.compile(
+        rf"<History #({MESSAGE_ID_PATTERN}) ({SERVER_TIME_PATTERN}) {_NAME} to"
+        rf" ({EVERYONE}|{USERNAME_PATTERN}): {QUOTED_PATTERN}>"
+    ), HistoryLine),
+    (re.compile(
+        rf"<End of history with ({EVERYONE}|{USERNAME_PATTERN}): (0|[1-9][0-9]{{0,8}}) shown\.>"
+    ), HistoryEnd),
     (re.compile(rf"<Kicked by {_NAME}(?:\.|: {QUOTED_PATTERN})>"), Kicked),
     (re.compile(rf"<Banned by {_NAME}(?: for ({_DURATION}))?(?:\.|: {QUOTED_PATTERN})>"),
      Banned),
@@ -500,13 +593,15 @@ _PATTERNS: list[tuple[re.Pattern[str], Callable[..., Event]]] = [
     (re.compile(rf"<Unmuted by {_NAME}\.>"), Unmuted),
     (re.compile(rf"<Moderation: {QUOTED_PATTERN}>"), Moderation),
 ]
-_TEXT_EVENTS = (MessageSent, MessageFrom, BroadcastSent, BroadcastFrom, Kicked, Banned,
-                Moderation)
+_TEXT_EVENTS = (MessageSent, MessageFrom, BroadcastSent, BroadcastFrom, WaitingMessage,
+                HistoryLine, Kicked, Banned, Moderation)
+# Events carrying a server time, at this place among their fields.
+_TIMED_EVENTS = {WaitingMessage: 1, WaitingDelivered: 1, HistoryLine: 1}
 # Events whose first field is a username.
 _NAME_EVENTS = (
     UserOnline, UserOffline, UserUnknown, MessageSent, MessageFrom, NotDelivered, BroadcastFrom,
-    UsernameTaken, PasswordRequired, WrongPassword, Registered, PasswordChanged,
-    Kicked, Banned, Muted, Unmuted,
+    UsernameTaken, PasswordRequired, WrongPassword, Registered, PasswordChanged, MessageStored,
+    WaitingMessage, WaitingDelivered, Kicked, Banned, Muted, Unmuted,
 )
 
 
@@ -539,6 +634,16 @@ def parse_event(line: str) -> Event:
             return OnlineUsers(names)
         if kind in _NAME_EVENTS:
             _check_received_name(groups[0])
+        elif kind is HistoryLine:
+            _check_received_name(groups[2])
+            if groups[3] != EVERYONE:
+                _check_received_name(groups[3])
+        elif kind is HistoryEnd:
+            if groups[0] != EVERYONE:
+                _check_received_name(groups[0])
+            return HistoryEnd(groups[0], int(groups[1]))
+        if kind in _TIMED_EVENTS:
+            parse_server_time(groups[_TIMED_EVENTS[kind]])
         if kind in _TEXT_EVENTS:
             *head, text = groups
             groups = (*head, None if text is None else unescape(text))

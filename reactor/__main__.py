@@ -34,7 +34,7 @@ from reactor.accounts.store import StoreUnavailable
 from reactor.app import make_server
 from reactor.backends import BACKENDS, DEFAULT_BACKEND, EVENT_LOOPS
 from reactor.cluster.workers import die_with_parent, supervise
-from reactor.config import AccountsConfig, ClusterConfig, ServerConfig
+from reactor.config import AccountsConfig, ClusterConfig, HistoryConfig, ServerConfig
 from reactor.flow import FloodLimits
 from reactor.log_format import FORMAT_CHOICES, TIME_CHOICES
 from reactor.logs import LogPipeline, complain
@@ -152,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     flood = section(p, "flood", "flood control")
     tls = section(p, "tls", "TLS on the main port or a second one")
     accounts = section(p, "accounts", "registered names")
+    history = section(p, "history", "history and offline messages")
     cluster = section(p, "cluster", "one chat on many servers")
     web = section(p, "web", "the chat page and its WebSocket, for browsers")
     admin = section(p, "admin", "metrics and health over HTTP")
@@ -283,6 +284,31 @@ def build_parser() -> argparse.ArgumentParser:
     accounts.add_argument("--password-backoff-max", type=_seconds(0.0, 86_400.0),
                           default=a.backoff_max,
                           help=f"the longest such wait, 0-86400 (default: {a.backoff_max:g})")
+    h = HistoryConfig()
+    keep = history.add_argument(
+        "--history", type=_on_off, default=False, metavar="on|off",
+        help="keep the broadcasts, and the direct messages of registered names, for the "
+             "history command; hold messages for registered names who are offline; in the "
+             "--cluster Redis (shared by every node) or a Redis --accounts, in a SQLite file "
+             "beside a SQLite --accounts file (kept across restarts), else in memory "
+             "(default: off, nothing kept)")
+    name_in_file(keep, "enabled")
+    history.add_argument("--history-direct", type=_whole_number(1, 1_000_000),
+                         default=h.direct_count,
+                         help="messages kept per conversation between two users, 1-1000000 "
+                              f"(default: {h.direct_count})")
+    history.add_argument("--history-broadcasts", type=_whole_number(1, 1_000_000),
+                         default=h.broadcast_count,
+                         help="broadcasts kept, 1-1000000 "
+                              f"(default: {h.broadcast_count})")
+    history.add_argument("--history-age", type=_seconds(60.0, 10 * 365 * 86_400.0),
+                         default=h.max_age,
+                         help="seconds a message is kept, 60-315360000 "
+                              f"(default: {h.max_age:g}, 7 days)")
+    history.add_argument("--history-waiting", type=_whole_number(1, 100_000),
+                         default=h.waiting_max,
+                         help="messages that may wait for one offline registered name, "
+                              f"1-100000 (default: {h.waiting_max})")
     url = cluster.add_argument("--cluster", metavar="URL", default=None,
                          help="join one chat shared by every server pointed at this Redis "
                               "(redis://HOST:PORT[/DB], rediss:// for TLS; needs the [cluster] "
@@ -407,6 +433,10 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
             url=args.cluster, lease=args.cluster_lease,
         ),
         admin_port=args.admin_port, admin_host=args.admin_host,
+        history=HistoryConfig(
+            direct_count=args.history_direct, broadcast_count=args.history_broadcasts,
+            max_age=args.history_age, waiting_max=args.history_waiting,
+        ) if args.history else None,
     )
 
 

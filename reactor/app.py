@@ -7,7 +7,8 @@ the backend's server around it, and hands each only what it needs::
 
     roster  = make_roster(config)                # contracts.Roster
     login   = open_accounts(config.accounts)     # contracts.LoginStep, or None
-    chat    = ChatService(config, roster, login)
+    history = open_history(config)               # contracts.MessageStore, or None
+    chat    = ChatService(config, roster, login, history=history)
     site    = make_site(config)                  # the --web-port page, or None
     server  = server_class(backend)(config, chat, web=site, **options)
 
@@ -23,6 +24,7 @@ is closed again.
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import time
 from collections.abc import Callable
@@ -35,9 +37,11 @@ from reactor.admin.endpoint import AdminEndpoint
 from reactor.backends import DEFAULT_BACKEND, server_class
 from reactor.backends.base import Server
 from reactor.chat import ChatService
-from reactor.config import AccountsConfig, ServerConfig
+from reactor.config import AccountsConfig, HistoryConfig, ServerConfig
 from reactor.connection import Connection
-from reactor.contracts import LoginStep, Monitored, Roster
+from reactor.contracts import LoginStep, MessageStore, Monitored, Roster
+from reactor.history.memory import MemoryHistory
+from reactor.history.sqlite import SQLiteHistory, history_path
 from reactor.redis.url import check_url, is_redis_url
 from reactor.sockets import open_listener
 from reactor.version import version
@@ -86,16 +90,72 @@ def open_accounts(settings: AccountsConfig | None) -> Accounts | None:
     return Accounts(settings, store, hasher)
 
 
+def open_history(config: ServerConfig) -> MessageStore | None:
+    """The history store, if the configuration keeps history: the cluster's
+    Redis (every node reads the same history), a Redis holding the accounts,
+    a SQLite file beside a SQLite accounts database (it survives a restart),
+    else memory.  Raises LinkError for a missing redis package, and
+    sqlite3.Error for a file that cannot be opened."""
+    if config.history is None:
+        return None
+    location = _redis_location(config)
+    if location is not None:
+        from reactor.history.redis_store import RedisHistory
+
+        return RedisHistory(location, config.history)
+    if config.accounts is not None:
+        return SQLiteHistory(history_path(config.accounts.path), config.history)
+    return MemoryHistory(config.history)
+
+
+def _redis_location(config: ServerConfig) -> str | None:
+    if config.cluster is not None:
+        return config.cluster.url
+    if config.accounts is not None and is_redis_url(config.accounts.path):
+        return config.accounts.path
+    return None
+
+
+def forget_stored_messages(accounts_location: str, name: str) -> bool:
+    """Remove what history keeps of ``name`` beside the accounts at
+    ``accounts_location`` (its account was removed): in that Redis, or in the
+    history file beside a SQLite database; False if no history file is there
+    (nothing is created)."""
+    store: MessageStore
+    if is_redis_url(accounts_location):
+        from reactor.history.redis_store import RedisHistory
+
+        store = RedisHistory(accounts_location, HistoryConfig())
+    else:
+        path = history_path(accounts_location)
+        if not os.path.exists(path):
+            return False
+        store = SQLiteHistory(path, HistoryConfig())
+    try:
+        store.forget(name)
+    finally:
+        store.close()
+    return True
+
+
 def build_chat(config: ServerConfig, roster: Roster[Connection] | None = None,
                accounts: LoginStep | None = None,
-               clock: Callable[[], float] = time.monotonic) -> ChatService:
-    """The chat service, with the roster and login step the configuration
-    asks for (or those given, as tests give theirs)."""
+               clock: Callable[[], float] = time.monotonic,
+               history: MessageStore | None = None) -> ChatService:
+    """The chat service, with the roster, login step and history store the
+    configuration asks for (or those given, as tests give theirs)."""
     if roster is None:
         roster = make_roster(config)
     if accounts is None:
         accounts = open_accounts(config.accounts)
-    return ChatService(config, roster, accounts, clock)
+    try:
+        if history is None:
+            history = open_history(config)
+    except BaseException:
+        if accounts is not None:
+            accounts.close()
+        raise
+    return ChatService(config, roster, accounts, clock, history=history)
 
 
 def make_site(config: ServerConfig) -> Site | None:
@@ -110,14 +170,15 @@ def make_site(config: ServerConfig) -> Site | None:
 
 def make_server(config: ServerConfig, backend: str = DEFAULT_BACKEND, *,
                 roster: Roster[Connection] | None = None,
-                accounts: LoginStep | None = None, **options: object) -> Server:
+                accounts: LoginStep | None = None, history: MessageStore | None = None,
+                **options: object) -> Server:
     """Build the chat and bind a server of the named backend around it, and
     the admin endpoint's listener if ``config.admin_port`` is set (raises
     OSError if a port is busy; nothing stays open then).  ``options`` are
     the backend's own (``loop=`` for asyncio)."""
     cls = server_class(backend)  # an unknown backend is refused before anything opens
     site = make_site(config)
-    chat = build_chat(config, roster, accounts)
+    chat = build_chat(config, roster, accounts, history=history)
     admin: socket.socket | None = None
     try:
         if config.admin_port is not None:

@@ -35,6 +35,7 @@ from protocol import (
     Disconnected,
     Help,
     HelpText,
+    History,
     InvalidInput,
     InvalidUsername,
     Kick,
@@ -71,14 +72,22 @@ from protocol.events import (
     format_message_sent,
 )
 from protocol.framing import Received
-from reactor.config import ServerConfig
+from reactor.config import HistoryConfig, ServerConfig
 from reactor.connection import Connection, Slot
-from reactor.contracts import LoginStep, Roster, Session, SocketLoop, TimerHandle
+from reactor.contracts import (
+    LoginStep,
+    MessageStore,
+    Roster,
+    Session,
+    SocketLoop,
+    TimerHandle,
+)
 from reactor.flow import TokenBucket
 from reactor.log_format import UserText
 from reactor.metrics import ChatStats, close_label
 from reactor.phases import Phase
 from reactor.scheduling import CallLater, CallSoon, LoopScheduler
+from reactor.stored import HistoryDesk
 from reactor.transport import Transport
 
 log = logging.getLogger("reactor")
@@ -102,6 +111,7 @@ SendAtOnce = Callable[[bytes, list[Connection], bool], list[Connection]]
 # size never cuts a reader off for one server's death.
 OFFLINE_NOTICES_PER_FAN_OUT = 512
 
+NO_HISTORY = "this server keeps no history; the operator can turn it on with --history on"
 NO_ACCOUNTS = "this server keeps no registered names; the operator can turn them on with --accounts"
 NO_OPERATORS = ("this server has no operators: operators are registered names, and it keeps"
                 " none (no --accounts)")
@@ -119,12 +129,18 @@ class ChatService:
         whiteboard: Roster[Connection],
         accounts: LoginStep | None = None,
         clock: Callable[[], float] = time.monotonic,
+        history: MessageStore | None = None,
     ) -> None:
         self.config = config
         self.whiteboard = whiteboard  # the roster
         # Registered names (--accounts): None is the open chat.
         self.accounts = accounts
         self.clock = clock
+        # Stored messages (--history on): None keeps nothing and costs a
+        # message nothing.
+        self.history = history
+        self._desk = None if history is None else HistoryDesk(
+            history, config.history or HistoryConfig(), whiteboard, accounts)
         self.scheduler = LoopScheduler(clock)
         # What happened, counted for the admin endpoint's /metrics.
         self.stats = ChatStats()
@@ -173,10 +189,12 @@ class ChatService:
 
     def close(self) -> None:
         """The backend has stopped serving: leave the cluster, release the
-        accounts' workers and store."""
+        accounts' workers and store, and the history store."""
         self.whiteboard.close()
         if self.accounts is not None:
             self.accounts.close()
+        if self.history is not None:
+            self.history.close()
 
     # -- connection lifecycle -------------------------------------------------
 
@@ -479,6 +497,8 @@ class ChatService:
             log.info("%s connected (%s)", name, connection.peer_host)
             online = self.whiteboard.online_sessions()
             self._fan_out(format_event(UserOnline(name)), online)
+            if self._desk is not None:
+                self._desk.logged_in(connection, name)
         connection.answer(slot)
 
     def _command_line(self, connection: Connection, raw: bytes) -> None:
@@ -521,12 +541,19 @@ class ChatService:
                 if self.accounts is None:
                     connection.reply(format_event(InvalidInput(NO_ACCOUNTS)))
                 else:
-                    self.accounts.register(connection, sender, password)
+                    desk = self._desk
+                    self.accounts.register(connection, sender, password,
+                                           None if desk is None else desk.forgetter(sender))
             case ChangePassword(old, new):
                 if self.accounts is None:
                     connection.reply(format_event(InvalidInput(NO_ACCOUNTS)))
                 else:
                     self.accounts.change_password(connection, sender, old, new)
+            case History(peer, before, count):
+                if self._desk is None:
+                    connection.reply(format_event(InvalidInput(NO_HISTORY)))
+                else:
+                    self._desk.history(connection, sender, peer, before, count)
             case Kick() | Ban() | Unban() | Mute() | Unmute() | Bans():
                 if self.accounts is None:
                     connection.reply(format_event(InvalidInput(NO_OPERATORS)))
@@ -556,9 +583,13 @@ class ChatService:
             connection.reply(format_event(NotDelivered(to, down)))
             return
         found = whiteboard.lookup(to)
+        desk = self._desk
         if found is None:
             stats.not_delivered += 1
             seen = whiteboard.seen_as(to)
+            if desk is not None:
+                desk.offline(connection, sender, to, text, seen)
+                return
             reply = UserUnknown(to) if seen is None else UserOffline(seen)
             connection.reply(format_event(reply))
             return
@@ -566,6 +597,9 @@ class ChatService:
         if not recipient.is_open:
             # Leaving but not yet gone: to a sender it is offline.
             stats.not_delivered += 1
+            if desk is not None:
+                desk.offline(connection, sender, recipient_name, text, recipient_name)
+                return
             connection.reply(format_event(UserOffline(recipient_name)))
             return
         if log.isEnabledFor(logging.INFO):
@@ -578,6 +612,8 @@ class ChatService:
             stats.delivered_direct += 1
             connection.reply(format_message_sent(recipient_name, text))
             connection.reply(format_message_from(sender, text))
+            if desk is not None:
+                desk.direct_delivered(connection, sender, connection, recipient_name, text)
             return
 
         # The echo "<To Bob> ..." promises that the message was handed to
@@ -604,6 +640,8 @@ class ChatService:
                     connection.reply(_delivery_answer(recipient_name, text, ok, reason))
                 else:
                     connection.answer(slot, _delivery_answer(recipient_name, text, ok, reason))
+                if desk is not None and ok:
+                    desk.direct_delivered(connection, sender, recipient, recipient_name, text)
             except Exception as error:
                 connection.fail(error)
 
@@ -632,6 +670,8 @@ class ChatService:
             nonlocal answered
             answered = True
             try:
+                if refused is None and self._desk is not None:
+                    self._desk.broadcast_sent(sender, text)
                 if refused is not None:
                     notice = format_event(BroadcastNotSent(refused))
                     if slot is None:

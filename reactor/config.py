@@ -40,6 +40,31 @@ class AccountsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class HistoryConfig:
+    """History and offline messages (``--history on``); see :mod:`reactor.history`.
+
+    Defaults from the field (ergo, The Lounge): a few hundred messages per
+    direct conversation, a few thousand broadcasts, a week.
+    """
+
+    # Messages kept per direct conversation, and of the broadcasts.
+    direct_count: int = 256
+    broadcast_count: int = 2048
+    # Nothing older is shown, and it is deleted when next found.
+    max_age: float = 7 * 86_400.0
+    # Messages that may wait for one offline registered name.
+    waiting_max: int = 100
+    # History lines a ``history`` request gets when it names no count.
+    page_default: int = 20
+    # The broadcast backlog a user gets at login: at most this many, of the last backlog_age.
+    login_backlog: int = 20
+    login_backlog_age: float = 3600.0
+    # Direct conversations the memory store keeps at most; the least recently
+    # written is dropped first (a bound whatever clients do).
+    max_conversations: int = 10_000
+
+
+@dataclass(frozen=True, slots=True)
 class ClusterConfig:
     """One chat across server processes through Redis (``--cluster URL``);
     see :mod:`reactor.cluster`."""
@@ -115,6 +140,8 @@ class ServerConfig:
     accounts: AccountsConfig | None = None
     # None: this process is the whole chat.
     cluster: ClusterConfig | None = None
+    # None: nothing is kept (--history off); the chat holds no store.
+    history: HistoryConfig | None = None
     # The chat page and its WebSocket (reactor.web) on this port, off if
     # None; on ``web_host`` (None: ``host``).  TLS with the certificate above
     # (https, wss).  ``web_origins``: the pages that may open the socket

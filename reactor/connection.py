@@ -130,6 +130,9 @@ class Connection:
         # passwords sent on this connection so far (the login step counts).
         self.password_for: str | None = None
         self.password_tries = 0
+        # Logged in with the password of a registered name, or registered it
+        # since: only then is anything private kept for it (--history).
+        self.registered = False
 
     def __repr__(self) -> str:
         who = self.username or "(no name yet)"

@@ -19,6 +19,7 @@ both sides keep it.
 :class:`LoginStep`         what the chat asks of a login step (accounts)
 :class:`ChatForAdmin`      what the admin endpoint reads of the chat
 :class:`Monitored`         what the admin endpoint reads of a part (metrics, readiness)
+:class:`MessageStore`      what the chat asks of a history store (``--history``)
 =========================  =====================================================
 
 Every answer that may take time comes by callback; an implementation that
@@ -36,6 +37,7 @@ from __future__ import annotations
 import socket
 from collections.abc import Callable, Iterable, Sized
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, runtime_checkable
 
 if TYPE_CHECKING:
@@ -281,6 +283,9 @@ class LoginSession(Protocol):
     password_for: str | None
     #: Wrong passwords sent on this connection so far (the login step counts).
     password_tries: int
+    #: The name it is logged in as is registered and proven (its password, or
+    #: registered on this connection): the login step sets it.
+    registered: bool
 
     @property
     def secure(self) -> bool:
@@ -358,9 +363,18 @@ class LoginStep(Protocol):
     def password_line(self, session: LoginSession, raw: bytes, admit: Admit) -> None:
         """The line after ``ask_password``.  Never logged."""
 
-    def register(self, session: LoginSession, name: str, password: str) -> None: ...
+    def register(self, session: LoginSession, name: str, password: str,
+                 on_registered: Callable[[], None] | None = None) -> None:
+        """Make ``name`` the session's; ``on_registered()`` on the chat thread
+        once it is, before the answer."""
 
     def change_password(self, session: LoginSession, name: str, old: str, new: str) -> None: ...
+
+    def is_registered(self, session: LoginSession, name: str,
+                      on_result: Callable[[str | None], None]) -> None:
+        """``on_result(spelling)`` on the chat thread, under ``session``'s
+        containment: the registered spelling of ``name``, or None if it is
+        not registered (or the store could not say)."""
 
 
 class ChatForAdmin(Protocol):
@@ -396,3 +410,80 @@ class Monitored(Protocol):
 
     def unready_reason(self) -> str | None:
         """Why the part cannot serve now (one line, for ``/readyz``), or None."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    """A message as a history store keeps it.
+
+    ``id`` orders the messages of one conversation (compare ids only for
+    equality: a store writes them as it likes, digits on the wire);
+    ``time_ms`` is the server's wall clock when it was stored, in
+    milliseconds since the epoch; ``to`` is the recipient's name, or
+    ``everyone`` for a broadcast.
+    """
+
+    id: str
+    time_ms: int
+    sender: str
+    to: str
+    text: str
+
+
+class HistoryUnavailable(Exception):
+    """A history store cannot answer now (its Redis is out of reach): the
+    chat tells the user so, or logs it, and goes on."""
+
+
+class MessageStore(Protocol):
+    """What the chat asks of a history store (``--history on``; see :mod:`reactor.history`).
+
+    A conversation is ``everyone`` (the broadcasts, one for all) or one
+    registered name's direct messages with one other name: its owner's own
+    copy, so that nobody reads what was said to an earlier holder of a name
+    (a message between two registered names is kept once for each).  Names
+    are matched ignoring case.  The store keeps at most its retention (a
+    count per conversation and an age) and never more than its bounds,
+    whatever clients do; it decides nothing about who may read: the chat
+    records and asks only for what an owner may see.  Without ``--history``
+    the chat holds no store at all, so a message costs nothing here.
+    """
+
+    def record(self, owner: str, sender: str, to: str, text: str, time_ms: int) -> None:
+        """Keep a delivered message in ``owner``'s conversation with the other
+        party (``owner`` is the sender or ``to``), or a broadcast when ``to``
+        is ``everyone`` (``owner`` is then ignored).  A store may write it
+        later, off the caller's thread (a failure then is its own to log):
+        it is the hot path of every message."""
+
+    def page(self, owner: str, peer: str, before: str | None, count: int,
+             now_ms: int) -> list[StoredMessage]:
+        """The latest ``count`` messages of ``owner``'s conversation with
+        ``peer`` (or of the broadcasts, ``peer`` being ``everyone``) older
+        than ``before`` (an id; None: the newest), oldest first, none older
+        than the retention."""
+
+    def hold(self, sender: str, to: str, text: str, time_ms: int) -> StoredMessage | None:
+        """Keep a message for ``to``, who is offline; None if ``to`` has as
+        many waiting as the store allows (nothing is kept then)."""
+
+    def waiting(self, to: str) -> list[StoredMessage]:
+        """Every message held for ``to``, oldest first.  They stay held until
+        acknowledged: a message is let go only once it reached its
+        recipient's connection, so that a connection lost during the login
+        backlog loses nothing (it comes again at the next login)."""
+
+    def acknowledge(self, to: str, message_id: str) -> None:
+        """The held message ``message_id`` reached ``to``: hold it no more."""
+
+    def forget_conversations(self, owner: str) -> None:
+        """Remove ``owner``'s own copies of its conversations: the name was
+        registered anew, and nothing kept for an earlier holder may be read
+        (not even a write that landed after the account's removal)."""
+
+    def forget(self, name: str) -> None:
+        """Remove what is kept for ``name``: the messages waiting for it, those
+        it left waiting for others, and its own conversations (its account was
+        removed).  Others' copies of their conversations with it stay theirs."""
+
+    def close(self) -> None: ...

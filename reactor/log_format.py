@@ -84,6 +84,11 @@ EVENTS: dict[str, Event] = {
     "%s disconnected: %s.": Event("disconnected", ("user", "reason")),
     "Message from %s to %s: %s": Event("message", ("from", "to", "text")),
     "Broadcast from %s: %s": Event("broadcast", ("from", "text")),
+    "Message from %s to %s stored until they log in": Event("message_stored", ("from", "to")),
+    "Message from %s to %s not stored: too many wait":
+        Event("message_not_stored", ("from", "to")),
+    "%s logged in: waiting messages delivered: %d":
+        Event("waiting_delivered", ("user", "count")),
     "Refused a connection from %s: server full": Event("refused_server_full", ("address",)),
     "Refused a connection from %s: too many from it":
         Event("refused_too_many_from_address", ("address",)),

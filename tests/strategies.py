@@ -10,6 +10,8 @@ from hypothesis import strategies as st
 
 from protocol import (
     COMMANDS,
+    EVERYONE,
+    MAX_HISTORY_PAGE,
     MAX_PASSWORD_LENGTH,
     MIN_PASSWORD_LENGTH,
     USERNAME_PATTERN,
@@ -21,12 +23,15 @@ from protocol import (
     Disconnected,
     Event,
     HelpText,
+    HistoryEnd,
+    HistoryLine,
     InvalidInput,
     InvalidUsername,
     Kicked,
     LoginTimedOut,
     MessageFrom,
     MessageSent,
+    MessageStored,
     Moderation,
     Muted,
     NotDelivered,
@@ -45,13 +50,17 @@ from protocol import (
     UserOffline,
     UserOnline,
     UserUnknown,
+    WaitingDelivered,
+    WaitingMessage,
     WrongPassword,
     YouAreMuted,
+    format_server_time,
     is_valid_username,
     password_problem,
 )
-from protocol.arguments import Argument
+from protocol.arguments import MESSAGE_ID_PATTERN, Argument
 from protocol.moderation import canonical_address, is_address
+from protocol.servertime import MAX_SERVER_TIME_MS
 
 usernames = st.from_regex(USERNAME_PATTERN, fullmatch=True).filter(is_valid_username)
 # Characters that random text rarely holds but attacks and pasted text do:
@@ -97,6 +106,10 @@ passwords = st.one_of(
 ).filter(lambda text: password_problem(text) is None)
 # What a login password line may carry: any non-empty password, short ones too.
 any_passwords = st.one_of(st.text(min_size=1, max_size=40), passwords)
+conversations = st.one_of(st.just(EVERYONE), usernames)
+message_ids = st.from_regex(MESSAGE_ID_PATTERN, fullmatch=True)
+page_sizes = st.integers(1, MAX_HISTORY_PAGE)
+server_times = st.integers(0, MAX_SERVER_TIME_MS).map(format_server_time)
 durations = st.builds(lambda n, unit: f"{n}{unit}", st.integers(1, 3650),
                       st.sampled_from("smhd"))
 # The values of each kind of command argument (see protocol.arguments).
@@ -105,6 +118,9 @@ ARGUMENTS: dict[Argument, st.SearchStrategy[typing.Any]] = {
     Argument.MESSAGE: messages,
     Argument.PASSWORD: any_passwords,
     Argument.NEW_PASSWORD: passwords,
+    Argument.CONVERSATION: conversations,
+    Argument.MESSAGE_ID: message_ids,
+    Argument.PAGE_SIZE: page_sizes,
     Argument.TARGET: st.one_of(usernames.filter(lambda name: not is_address(name)),
                                st.ip_addresses().map(lambda a: canonical_address(str(a)))),
     Argument.DURATION: durations,
@@ -149,6 +165,10 @@ events: st.SearchStrategy[Event] = st.one_of(
     st.builds(Registered, usernames), st.builds(PasswordChanged, usernames),
     st.builds(BroadcastNotSent, reasons), st.builds(ServiceUnavailable, reasons),
     st.builds(Disconnected, reasons),
+    st.builds(MessageStored, usernames), st.builds(WaitingMessage, usernames, server_times, texts),
+    st.builds(WaitingDelivered, usernames, server_times),
+    st.builds(HistoryLine, message_ids, server_times, usernames, conversations, texts),
+    st.builds(HistoryEnd, conversations, st.integers(0, MAX_HISTORY_PAGE)),
     st.builds(Kicked, usernames, st.none() | messages),
     st.builds(Banned, usernames, st.none() | durations, st.none() | messages),
     st.builds(Muted, usernames, st.none() | durations), st.builds(Unmuted, usernames),

@@ -7,6 +7,8 @@ value).
 * ``list`` -- every registered name, when it was registered and when its
   password last changed (UTC), and its hash scheme;
 * ``remove NAME`` -- forget the name: it is open again from the next login;
+  what the history file beside a SQLite store keeps of it goes too (its
+  waiting messages and its direct conversations);
 * ``reset NAME`` -- give a registered name a new password, asked for with
   ``getpass`` (twice) on a terminal, or read as one line from stdin
   otherwise (``printf '%s\\n' "$PW" | python -m reactor.accounts ... reset Alice``);
@@ -29,7 +31,7 @@ import time
 from protocol import ProtocolError, password_problem, username_key, validate_username
 from reactor.accounts.hashing import SCRYPT_DEFAULT, hasher_from_spec
 from reactor.accounts.store import AccountStore, StoreUnavailable
-from reactor.app import open_store
+from reactor.app import forget_stored_messages, open_store
 from reactor.redis.url import LinkError
 
 PROG = "python -m reactor.accounts"
@@ -122,6 +124,7 @@ def _run(args: argparse.Namespace, store: AccountStore) -> int:
         if removed is None or not store.remove(name):
             print(f"{PROG}: {name} is not registered", file=sys.stderr)
             return 1
+        forget_stored_messages(args.db, name)
         print(f"Removed {removed.name}; the name is open again.")
         return 0
     # reset

@@ -73,6 +73,10 @@ def remaining(until: float | None, now: float) -> str | None:
     if until is None:
         return None
     left = max(1, math.ceil(until - now))
+    if left >= 120:
+        # Round up to the minute first, so that a ban of 1h read a second
+        # later still says 1h (not 60m).
+        left = math.ceil(left / 60) * 60
     for unit, seconds in (("d", 86400), ("h", 3600), ("m", 60)):
         if left >= seconds * 2 or (left >= seconds and left % seconds == 0):
             return f"{math.ceil(left / seconds)}{unit}"

@@ -404,12 +404,30 @@ class Accounts:
             connection.password_done()
             if verdict == "right":
                 self.names.succeeded(username_key(name))
+                connection.registered = True
             admit(connection, name)  # the claim's answer follows this one
             connection.answer(slot)
 
     # -- register and password ------------------------------------------------------
 
-    def register(self, connection: LoginSession, name: str, password: str) -> None:
+    def is_registered(self, connection: LoginSession, name: str,
+                      on_result: Callable[[str | None], None]) -> None:
+        store = self.store
+
+        def look_up() -> str | None:
+            account = store.get(name)
+            return None if account is None else account.name
+
+        def done(result: object) -> None:
+            if isinstance(result, Exception):
+                log.error("Account store failed looking up %s: %s", name, result)
+                result = None
+            on_result(cast(str | None, result))
+
+        self._in_worker(connection, look_up, done)
+
+    def register(self, connection: LoginSession, name: str, password: str,
+                 on_registered: Callable[[], None] | None = None) -> None:
         if not self.is_secure(connection):
             connection.reply(format_event(InvalidInput(INSECURE)))
             return
@@ -428,6 +446,9 @@ class Accounts:
                 connection.answer(slot, format_event(InvalidInput(UNAVAILABLE)))
             elif created:
                 log.info("%s registered (%s)", name, connection.peer_host)
+                connection.registered = True
+                if on_registered is not None:
+                    on_registered()
                 connection.answer(slot, format_event(Registered(name)))
             else:
                 connection.answer(slot, format_event(InvalidInput(

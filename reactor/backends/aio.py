@@ -182,7 +182,8 @@ class AsyncioTransport(Transport, asyncio.BufferedProtocol):
         transport.write(data)  # asyncio tries the send at once
         if not transport.get_write_buffer_size():
             if on_handoff is not None:
-                on_handoff(True)
+                # Closing now: the send failed and asyncio discarded it.
+                on_handoff(not transport.is_closing())
             return None
         entry = self.output.append(data, on_handoff)
         if entry is not None:
@@ -230,7 +231,12 @@ class AsyncioTransport(Transport, asyncio.BufferedProtocol):
         transport = self._transport
         if not self._in_flight or transport is None:
             return
-        sent = self._in_flight - transport.get_write_buffer_size()
+        buffered = transport.get_write_buffer_size()
+        if not buffered:
+            # Emptied without resume_writing(): a failed send made asyncio
+            # discard it, so none of it is known to have left.
+            return
+        sent = self._in_flight - buffered
         if sent > 0:
             self._in_flight -= sent
             for callback in self.wire.consume(sent):
@@ -281,6 +287,11 @@ class AsyncioTransport(Transport, asyncio.BufferedProtocol):
         # would stop for good.
         transport.write(buffers[0] if len(buffers) == 1 else b"".join(buffers))
         if transport.get_write_buffer_size():
+            return False
+        if transport.is_closing():
+            # The send failed and asyncio discarded the batch as it closed
+            # the transport: none of it is known to have left.
+            self._in_flight = 0
             return False
         sent, self._in_flight = self._in_flight, 0
         for callback in wire.consume(sent):

@@ -324,5 +324,7 @@ def test_what_is_left_of_a_ban_is_rounded_up_to_its_unit() -> None:
     assert remaining(None, 0) is None
     assert remaining(30.2, 0) == "31s"
     assert remaining(120, 0) == "2m"
-    assert remaining(7200, 1) == "120m"
+    assert remaining(7200, 1) == "2h"
+    assert remaining(3600, 1) == "1h"
+    assert remaining(3660, 1) == "61m"
     assert remaining(86400 * 3, 0) == "3d"

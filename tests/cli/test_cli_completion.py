@@ -30,10 +30,11 @@ def test_the_first_word_completes_to_a_command() -> None:
     assert _complete(completer, "Br") == ["broadcast "]
     assert _complete(completer, "B") == ["broadcast ", "bye ", "ban ", "bans "]
     assert _complete(completer, "") == ["chat ", "broadcast ", "users ", "help ", "bye ",
-                                        "register ", "password ", "kick ", "ban ", "unban ",
+                                        "register ", "password ", "history ", "kick ", "ban ",
+                                        "unban ",
                                         "mute ", "unmute ", "bans ", "/msg ", "/broadcast ",
                                         "/query ", "/who ", "/quit ", "/help ", "/register ",
-                                        "/password "]
+                                        "/password ", "/history "]
     assert _complete(completer, "/r") == ["/register "]
     assert _complete(completer, "/b") == ["/broadcast "]
     assert _complete(completer, "/q") == ["/query ", "/quit "]

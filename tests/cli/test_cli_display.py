@@ -6,6 +6,8 @@ holds no character a terminal would act on.
 
 from __future__ import annotations
 
+import time
+
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -167,3 +169,20 @@ def test_a_line_with_nothing_to_lay_out_comes_out_as_laid_out_cell_by_cell(
     prefix: StyleAndTextTuples = [("class:time", "[09:05] "), ("class:dm-in", "Bob → you: ")]
     body: StyleAndTextTuples = [(style, text)]
     assert wrap(prefix, body, width, 12) == wrap_cells(prefix, body, width, 12)
+
+
+def test_stored_messages_read_as_such_with_their_time() -> None:
+    from protocol import HistoryEnd, HistoryLine, WaitingDelivered, WaitingMessage
+
+    presenter = Presenter("Alice", None, zone=time.gmtime)
+    sent = "2026-12-07T06:17:43.123Z"
+    assert presenter.text(presenter.event(WaitingMessage("Bob", sent, "hi\x1b"), "")) == (
+        "Bob → you (while away, 2026-12-07 06:17): hi\\x1b")
+    assert presenter.text(presenter.event(WaitingDelivered("Bob", sent), "")) == (
+        "✓ Bob got your message of 2026-12-07 06:17")
+    assert presenter.text(presenter.event(HistoryLine("7", sent, "Bob", "alice", "yo"), "")) == (
+        "[2026-12-07 06:17 #7] Bob → you: yo")
+    assert presenter.text(presenter.event(HistoryLine("8-0", sent, "Alice", "everyone", "all"),
+                                          "")) == "[2026-12-07 06:17 #8-0] you → everyone: all"
+    assert presenter.text(presenter.event(HistoryEnd("Bob", 1), "")) == (
+        "-- end of history with Bob: 1 shown")

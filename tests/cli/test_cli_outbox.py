@@ -11,9 +11,13 @@ from protocol import (
     Chat,
     Help,
     HelpText,
+    History,
+    HistoryEnd,
+    HistoryLine,
     InvalidInput,
     MessageFrom,
     MessageSent,
+    MessageStored,
     NotDelivered,
     OnlineUsers,
     UserOffline,
@@ -112,3 +116,19 @@ def test_dropping_the_connection_leaves_nothing_outstanding() -> None:
     box.sent(Chat("Bob", "x"), 0.0)
     assert [entry.command for entry in box.drop_all()] == [Chat("Bob", "x")]
     assert box.pending() == []
+
+
+def test_a_history_reply_and_a_stored_message_answer_their_commands() -> None:
+    box = Outbox("Alice")
+    box.sent(History("Bob", None, 2), 0.0)
+    box.sent(Chat("Carol", "later"), 0.0)
+    box.sent(Users(), 0.0)
+    line = HistoryLine("7", "2026-12-07T06:17:43.123Z", "Bob", "Alice", "yo")
+    assert box.on_event(line) == ([], False)  # the reply's body, not its end
+    assert _outcomes(box.on_event(HistoryEnd("Bob", 1))[0]) == [
+        (History("Bob", None, 2), None, "")]
+    assert _outcomes(box.on_event(MessageStored("Carol"))[0]) == [
+        (Chat("Carol", "later"), None, "")]
+    # The next refusal is the users command's, not an earlier line's.
+    assert _outcomes(box.on_event(InvalidInput("no"))[0]) == [
+        (Users(), None, "the server refused it: no")]

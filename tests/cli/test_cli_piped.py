@@ -10,6 +10,7 @@ refused or not delivered).
 from __future__ import annotations
 
 import contextlib
+import re
 import signal
 import socket
 import subprocess
@@ -20,6 +21,7 @@ import pytest
 
 from reactor import DEFAULT_BACKEND
 from reactor.backends.base import Server
+from reactor.config import HistoryConfig
 from tests.cli_support import ROOT, TIMEOUT, FakeServer, cli_args, piped_client, run_cli
 from tests.support import Clients, running_server, without_log_time
 
@@ -306,3 +308,24 @@ def test_any_valid_name_works_as_the_argument() -> None:
             result = run_cli(cli_args(server.port, name, "--raw"), b"")
             assert result.returncode == 0, result.stderr
             assert result.stdout.decode().splitlines()[0] == f"<User {name} is online.>"
+
+
+def test_history_in_a_pipe_reads_as_lines_with_time_and_id(backend: str) -> None:
+    with running_server(backend, history=HistoryConfig()) as server:
+        script = (b"broadcast one\nbroadcast two\n/history everyone 1\nhistory everyone\n"
+                  b"/history Bob\nbye\n")
+        result = run_cli(cli_args(server.port, "Alice"), script)
+    lines = result.stdout.decode().splitlines()
+    stamp = r"\[\d{4}-\d\d-\d\d \d\d:\d\d #(\d+)\] "
+    assert lines[:3] == ["-- logged in as Alice", "✓ you → everyone: one",
+                         "✓ you → everyone: two"]
+    assert re.fullmatch(stamp + "you → everyone: two", lines[3])
+    assert lines[4] == "-- end of history with everyone: 1 shown"
+    assert re.fullmatch(stamp + "you → everyone: one", lines[5])
+    assert re.fullmatch(stamp + "you → everyone: two", lines[6])
+    assert lines[7:] == ["-- end of history with everyone: 2 shown", "-- logged out"]
+    # A refusal names its own line (the history replies answered theirs).
+    assert result.returncode == 3
+    assert result.stderr.decode().splitlines() == [
+        'reactor-chat: line 5 refused: the server refused it: history with one user is kept'
+        ' only for registered names; register yours with register "<password>"']

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from cli.typed import HELP_TEXT, Quit, Refused, Send, SetQuery, ShowHelp, interpret, too_long
-from protocol import DEFAULT_MAX_LINE, Broadcast, Chat, Help, Users, format_command
+from protocol import DEFAULT_MAX_LINE, Broadcast, Chat, Help, History, Users, format_command
 
 
 @pytest.mark.parametrize(("typed", "action"), [
@@ -28,6 +28,10 @@ from protocol import DEFAULT_MAX_LINE, Broadcast, Chat, Help, Users, format_comm
     ("/quit", Quit()),
     ("/quit see you", Quit()),
     ("/help", ShowHelp()),
+    # /history is the wire command, read by the wire's own parser.
+    ("/history Bob", Send(History("Bob", None, None))),
+    ("/HISTORY everyone 5", Send(History("everyone", None, 5))),
+    ("/history bob before 1733552263123-0 50", Send(History("bob", "1733552263123-0", 50))),
     # A paste of several lines is one message.
     ("/msg Bob one\ntwo", Send(Chat("Bob", "one\ntwo"))),
     ('chat Bob "one\ntwo"', Send(Chat("Bob", "one\ntwo"))),
@@ -61,6 +65,9 @@ def test_in_a_query_plain_text_goes_to_the_partner() -> None:
     ("/msg -x hi", "-x is not a valid username: a username is 1-32 ASCII letters, digits, "
                    "'_', '-' or '.', starting with a letter or digit"),
     ("/query everyone", "everyone is not a valid username: the name everyone is reserved"),
+    ("/history", "/history: usage is history <user>|everyone [before <id>] [<count>]"),
+    ("/history Bob 500", "/history: a history page holds 1 to 100 messages"),
+    ("/history -x", "/history: history is of a conversation: a username, or everyone"),
     ("hello\nworld", '"hello" is not a command; did you mean help?; a paste of 2 lines is '
                      "sent as one message: start it with /msg <user> or open a /query"),
 ])

@@ -7,7 +7,8 @@ each is a dependency a reader must follow.  The layers, lowest first::
     protocol                      sans-IO
     core                          chat, connection, transport, contracts, ...
     reactor.redis                 URL, RESP, key prefix
-    backends | accounts | cluster siblings: never import each other
+    backends | accounts | cluster |
+    admin | history               siblings: never import each other
     reactor.app                   the composition root
     entry points                  python -m reactor, python -m reactor.accounts
 """
@@ -47,7 +48,7 @@ def layer(module: str) -> tuple[int, str]:
     if module == "reactor.app":
         return APP, "app"
     parts = module.split(".")
-    if len(parts) > 1 and parts[1] in ("backends", "accounts", "cluster", "admin"):
+    if len(parts) > 1 and parts[1] in ("backends", "accounts", "cluster", "admin", "history"):
         return FEATURES, parts[1]
     if len(parts) > 1 and parts[1] == "redis":
         return REDIS, "redis"

@@ -1,0 +1,102 @@
+"""Writing history off the chat thread: a bounded queue and one writer thread.
+
+Recording a delivered message is the hot path of every message when history
+is on, and the stores' writes (a SQLite transaction, a Redis round trip) cost
+far more one by one than together.  So a store's ``record`` only queues the
+write here; one thread takes whatever has queued meanwhile and writes it in
+one batch (one transaction, one pipeline), having waited ``LINGER`` for
+more: a burst of messages is one batch, and a quiet server writes each
+message a moment after it was sent.
+
+Bounded whatever happens: beyond ``max_queued`` a write is dropped, and
+logged (once, then once more when the writer has caught up), rather than
+held without end while the disk or Redis does not answer.  A reader that
+must see this node's own writes waits with :meth:`WriteBehind.settled`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+log = logging.getLogger("reactor")
+
+T = TypeVar("T")
+
+MAX_QUEUED = 10_000  # writes waiting at most
+BATCH = 512  # writes in one batch at most
+# Seconds the writer waits for more before a batch smaller than BATCH: a
+# transaction or a pipeline costs many times one row or one command, and a
+# history read waits for no linger (settled() cuts it short).
+LINGER = 0.002
+
+
+class WriteBehind(Generic[T]):
+    """Runs ``write_batch`` on a thread of its own for what :meth:`put` queued."""
+
+    def __init__(self, write_batch: Callable[[list[T]], None], what: str,
+                 max_queued: int = MAX_QUEUED) -> None:
+        self._write_batch = write_batch
+        self._what = what  # the store, as log lines name it
+        self._max_queued = max_queued
+        self._queue: deque[T] = deque()
+        self._changed = threading.Condition(threading.Lock())
+        self._queued = 0  # writes queued so far, and written (or given up) so far
+        self._written = 0
+        self._dropped = 0
+        self._closing = False
+        self._thread = threading.Thread(target=self._run, name="history-writer", daemon=True)
+        self._thread.start()
+
+    def put(self, item: T) -> None:
+        with self._changed:
+            if len(self._queue) >= self._max_queued:
+                self._dropped += 1
+                if self._dropped == 1:
+                    log.warning("%s is behind: messages are not being kept", self._what)
+                return
+            self._queue.append(item)
+            self._queued += 1
+            if len(self._queue) == 1:
+                self._changed.notify_all()  # the writer waits only on an empty queue
+
+    def settled(self, timeout: float) -> None:
+        """Wait (at most ``timeout`` s) until what was queued so far is written."""
+        with self._changed:
+            target = self._queued
+            self._changed.notify_all()  # no lingering: someone waits
+            self._changed.wait_for(lambda: self._written >= target, timeout=timeout)
+
+    def close(self, timeout: float) -> None:
+        """Write what is queued, then stop the thread."""
+        with self._changed:
+            self._closing = True
+            self._changed.notify_all()
+        self._thread.join(timeout=timeout)
+
+    def _run(self) -> None:
+        while True:
+            with self._changed:
+                while not self._queue and not self._closing:
+                    self._changed.wait()
+                if not self._queue:
+                    return  # closing, and everything was written
+                if len(self._queue) < BATCH and not self._closing:
+                    # Let the batch grow while the chat thread is in a burst
+                    # (a reader in settled() or close() cuts this short).
+                    self._changed.wait(LINGER)
+                batch = [self._queue.popleft() for _ in range(min(BATCH, len(self._queue)))]
+            try:
+                self._write_batch(batch)
+            except Exception as error:  # the chat goes on without these
+                log.warning("%s failed (%s); messages not kept: %d", self._what, error, len(batch))
+            with self._changed:
+                self._written += len(batch)
+                if self._dropped and not self._queue:
+                    log.warning("%s caught up; messages not kept meanwhile: %d", self._what,
+                                self._dropped)
+                    self._dropped = 0
+                self._changed.notify_all()
