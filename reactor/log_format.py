@@ -78,6 +78,10 @@ EVENTS: dict[str, Event] = {
     "Listening on port %d...": Event("listening", ("port",)),
     "Listening on port %d (TLS)...": Event("listening_tls", ("port",)),
     "Admin endpoint on port %d (/metrics, /healthz, /readyz)": Event("listening_admin", ("port",)),
+    "Serving the web page on port %d (%s)...": Event("listening_web", ("port", "scheme")),
+    "web: closed the connection from %s: %s": Event("web_closed", ("address", "reason")),
+    "web: refused a WebSocket from %s: origin %s is not allowed (--web-origin)":
+        Event("web_origin_refused", ("address", "origin")),
     "Server stopped.": Event("stopped"),
     "%s connected (%s)": Event("connected", ("user", "address")),
     "%s disconnected.": Event("disconnected", ("user",)),
