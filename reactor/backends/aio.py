@@ -28,6 +28,7 @@ from reactor.backends.base import Server
 from reactor.chat import ChatService
 from reactor.config import ServerConfig
 from reactor.connection import Connection
+from reactor.handshakes import HandshakeTurns
 from reactor.outbuf import Entry, Handoff
 from reactor.sockets import (
     ACCEPT_RETRY_DELAY,
@@ -63,6 +64,8 @@ class AsyncioTransport(Transport, asyncio.BufferedProtocol):
         self._eof_received = False
         self._linger: TimerHandle | None = None
         self._read_buffer = memoryview(bytearray(READ_SIZE))
+        # A TLS handshake step's input, waiting for its turn (reading paused).
+        self._held: bytearray | None = None
 
     # -- asyncio.Protocol -------------------------------------------------------
 
@@ -109,6 +112,34 @@ class AsyncioTransport(Transport, asyncio.BufferedProtocol):
             self.connection.data_received(data)
 
     def _received_tls(self, data: bytes) -> None:
+        tls = self.tls
+        assert tls is not None
+        if not tls.handshake_done:
+            # A step may sign with the server's key: it waits for its turn
+            # (reactor.handshakes), its input held and its reading paused.
+            if self._held is not None:
+                self._held += data
+                return
+            if not self.server.may_handshake(self.peer_host):
+                self._held = bytearray(data)
+                if self._transport is not None:
+                    self._transport.pause_reading()
+                self.server.handshake_later(self)
+                return
+        self._decrypt(data)
+
+    def take_handshake_turn(self) -> None:
+        """The server's handshake pass: the held step runs now."""
+        data, self._held = self._held, None
+        if data is None or self._closed:
+            return
+        try:
+            self.resume_reading()
+            self._decrypt(bytes(data))
+        except Exception as error:  # a bare loop callback: contain it here
+            self._contain(error)
+
+    def _decrypt(self, data: bytes) -> None:
         tls = self.tls
         connection = self.connection
         assert tls is not None and connection is not None
@@ -212,6 +243,8 @@ class AsyncioTransport(Transport, asyncio.BufferedProtocol):
             self._transport.pause_reading()
 
     def resume_reading(self) -> None:
+        if self._held is not None:
+            return  # a handshake step waits for its turn: that resumes it
         if self._transport is not None and not self._closed and not self._transport.is_reading():
             self._transport.resume_reading()
 
@@ -331,6 +364,44 @@ class AsyncioServer(Server):
         self._accept_error_logged = float("-inf")
         # Transports that wrote or queued in this iteration of the loop.
         self._pending: list[AsyncioTransport] = []
+        # TLS handshake steps in this iteration, and those waiting for a turn.
+        self._handshakes: HandshakeTurns[AsyncioTransport] = HandshakeTurns()
+        self._handshake_pass_due = False
+
+    # -- TLS handshakes: a few per iteration of the loop, one per address ---------
+
+    def may_handshake(self, host: str) -> bool:
+        """A TLS handshake step for a client at ``host`` may run in this
+        iteration: a few per iteration, one per address, so that established
+        users' lines are served between them (reactor.handshakes)."""
+        if not self._handshakes.try_start(host):
+            return False
+        self._want_handshake_pass()
+        return True
+
+    def handshake_later(self, transport: AsyncioTransport) -> None:
+        """``transport``'s handshake step waits for a turn in a later iteration."""
+        self._handshakes.wait(transport.peer_host, transport)
+        self._want_handshake_pass()
+
+    def _want_handshake_pass(self) -> None:
+        if not self._handshake_pass_due:
+            self._handshake_pass_due = True
+            self.loop.call_soon(self._handshake_pass)
+
+    def _handshake_pass(self) -> None:
+        """The next iteration: its turns go first to the steps that waited,
+        the addresses taking turns; what is left, to those that arrive in it."""
+        self._handshake_pass_due = False
+        turns = self._handshakes
+        turns.end_pass()
+        while (transport := turns.next_waiter()) is not None:
+            if transport._closed:
+                turns.busy.discard(transport.peer_host)  # its turn goes to the next
+                continue
+            transport.take_handshake_turn()
+        if turns or turns.busy:
+            self._want_handshake_pass()
 
     # -- one batch per client per iteration of the loop ---------------------------
 

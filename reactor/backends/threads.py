@@ -42,6 +42,7 @@ from reactor.backends.base import Listener, Server
 from reactor.chat import ChatService
 from reactor.config import ServerConfig
 from reactor.connection import Connection
+from reactor.handshakes import HandshakeTurns
 from reactor.outbuf import Entry, Handoff
 from reactor.sockets import (
     ACCEPT_RETRY_DELAY,
@@ -329,22 +330,16 @@ class ThreadTransport(Transport):
         tls = self.tls
         connection = self.connection
         assert tls is not None and connection is not None
-        failure: TLSFailure | None = None
-        due: list[Handoff] = []
-        send_failure: str | None = None
-        plain, ended = b"", False
-        with self._send_lock:
-            if self._socket_closed:
-                return True
-            try:
-                plain, ended = tls.receive(data)
-            except TLSFailure as error:
-                failure = error
-                with contextlib.suppress(OSError):  # the alert, if the kernel takes it now
-                    self.sock.sendmsg(tls.buffers(), [], socket.MSG_DONTWAIT)
-            else:
-                # Handshake messages, or output that waited for the handshake.
-                due, send_failure = self._push_locked()
+        if tls.handshake_done:
+            decrypted = self._decrypt(data)
+        else:
+            # A step may sign with the server's key: it waits for its turn
+            # (reactor.handshakes), holding no other lock meanwhile.
+            with self.server.handshake_turn(self.peer_host):
+                decrypted = self._decrypt(data)
+        if decrypted is None:
+            return True
+        plain, ended, due, failure, send_failure = decrypted
         with self.server.lock:
             if failure is not None:
                 connection.abort(log_failure(self.peer_host, failure, tls.handshake_done))
@@ -359,6 +354,26 @@ class ThreadTransport(Transport):
             if ended:
                 connection.data_received(b"")
         return ended
+
+    def _decrypt(self, data: bytes) -> tuple[bytes, bool, list[Handoff], TLSFailure | None,
+                                             str | None] | None:
+        """received_tls's part under the send lock: the plaintext, whether the
+        peer's input ended, the handoffs due, a TLS failure and a send
+        failure; None if the socket is closed."""
+        tls = self.tls
+        assert tls is not None
+        with self._send_lock:
+            if self._socket_closed:
+                return None
+            try:
+                plain, ended = tls.receive(data)
+            except TLSFailure as failure:
+                with contextlib.suppress(OSError):  # the alert, if the kernel takes it now
+                    self.sock.sendmsg(tls.buffers(), [], socket.MSG_DONTWAIT)
+                return b"", False, [], failure, None
+            # Handshake messages, or output that waited for the handshake.
+            due, send_failure = self._push_locked()
+            return plain, ended, due, None, send_failure
 
     def flush(self) -> None:
         pass  # the writer thread sends whenever the socket takes more
@@ -538,7 +553,33 @@ class ThreadsServer(Server):
         self.timers = TimerThread(time.monotonic)
         self._readers: dict[threading.Thread, ThreadTransport] = {}
         self._readers_changed = threading.Condition()
+        # TLS handshake steps running, and the readers waiting for a turn,
+        # each on a lock of its own that the step before it releases.
+        self._handshakes: HandshakeTurns[threading.Lock] = HandshakeTurns()
+        self._handshakes_guard = threading.Lock()
         threading.stack_size(THREAD_STACK_SIZE)
+
+    @contextlib.contextmanager
+    def handshake_turn(self, host: str) -> Iterator[None]:
+        """Wait for a turn to run a TLS handshake step (reactor.handshakes):
+        a few readers at once and one per address, so that a flood of
+        handshakes leaves the cores and the GIL to established users.  The
+        waiting readers sleep; each finished step wakes the next in turn."""
+        with self._handshakes_guard:
+            baton: threading.Lock | None = None
+            if not self._handshakes.try_start(host):
+                baton = threading.Lock()
+                baton.acquire()
+                self._handshakes.wait(host, baton)
+        if baton is not None:
+            baton.acquire()  # released by the step before ours: the turn is ours
+        try:
+            yield
+        finally:
+            with self._handshakes_guard:
+                following = self._handshakes.finish(host)
+            if following is not None:
+                following.release()
 
     # -- one send per client per pass -------------------------------------------
 
