@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import select
 import socket
 from collections.abc import Callable
 from typing import Any, cast
@@ -66,6 +68,8 @@ class AsyncioTransport(Transport, asyncio.BufferedProtocol):
         self._read_buffer = memoryview(bytearray(READ_SIZE))
         # A TLS handshake step's input, waiting for its turn (reading paused).
         self._held: bytearray | None = None
+        self._room: select.poll | None = None  # see _has_room
+        self._room_fd: int | None = None  # see _watch_room
 
     # -- asyncio.Protocol -------------------------------------------------------
 
@@ -178,6 +182,7 @@ class AsyncioTransport(Transport, asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
+        self._unwatch_room()  # before asyncio closes the socket: the duplicate goes first
         if self._linger is not None:
             self._linger.cancel()
         if self.connection is not None:
@@ -195,11 +200,15 @@ class AsyncioTransport(Transport, asyncio.BufferedProtocol):
             entry = self.output.append(data, on_handoff)
             if not self._in_flight and not self._burst:
                 self.server.want_settle(self)
-                self._send_batch()
+                if self._may_offer():  # else the settle waits for room
+                    self._send_batch()
             return entry if self.output else None  # empty: it went, its handoff ran
-        if self.output or self._burst:
+        if self.output or self._burst or (on_handoff is not None and not self._has_room()):
             # Waits its turn (and can still be withdrawn); what this loop
-            # iteration writes after its first line goes out in one batch.
+            # iteration writes after its first line goes out in one batch, and
+            # a direct message waits for room (see _may_offer).
+            if not self._burst and not self._in_flight:
+                self.server.want_settle(self)
             return self.output.append(data, on_handoff)
         self.server.want_settle(self)
         transport.write(data)  # asyncio tries the send at once
@@ -227,6 +236,7 @@ class AsyncioTransport(Transport, asyncio.BufferedProtocol):
         self._account()  # what the kernel took before the cut was delivered
         self.fail_handoffs()
         self._in_flight = 0
+        self._unwatch_room()
         if self._transport is not None and not self._closed:
             if self.sock is not None:
                 discard_input(self.sock.fileno())
@@ -281,6 +291,9 @@ class AsyncioTransport(Transport, asyncio.BufferedProtocol):
     def _push(self) -> None:
         """Hand everything queued to asyncio, whose buffer is empty."""
         while self.wire and not self._in_flight:
+            if not self._may_offer():
+                self._watch_room()
+                return  # _room_ready() comes back when there is room
             if not self._send_batch():
                 return  # resume_writing() comes back when it is gone
         if not self.owes_output:
@@ -311,6 +324,59 @@ class AsyncioTransport(Transport, asyncio.BufferedProtocol):
         for callback in wire.consume(sent):
             callback(True)
         return True
+
+    # -- room for a direct message ----------------------------------------------
+    #
+    # A message someone waits for (a direct message: an Entry) can be taken
+    # back only while none of it is in the kernel -- and on TLS only while it
+    # is not encrypted (a record once made must be sent).  So, as in the
+    # select backend, it is handed to asyncio (or encrypted) only when the
+    # socket has room for it: then the kernel takes it whole, and what it
+    # would refuse stays withdrawable.
+
+    def _has_room(self) -> bool:
+        """The socket is writable now.  Linux calls a TCP socket writable
+        while a third of its send buffer is free: a message offered then is
+        taken whole, so a direct message never goes out in part."""
+        room = self._room
+        if room is None:
+            if self.sock is None:
+                return True  # no socket to ask: asyncio's transport decides
+            room = self._room = select.poll()
+            room.register(self.sock.fileno(), select.POLLOUT)
+        return bool(room.poll(0))
+
+    def _may_offer(self) -> bool:
+        """The next batch may go: the queue holds no direct message, or the
+        socket has room (asyncio holds no ciphertext of ours: see _push)."""
+        return not self.output.entries or self._has_room()
+
+    def _watch_room(self) -> None:
+        """Be called back (_room_ready) when the socket has room.
+
+        asyncio watches a transport's socket for writing only while its own
+        buffer holds something, and refuses ``add_writer`` on that socket's
+        descriptor; so a duplicate of the descriptor is watched instead,
+        only while a direct message waits for room (or a queue that a
+        withdraw emptied waits for the client to read)."""
+        if self._room_fd is not None or self._closed or self.sock is None:
+            return
+        self._room_fd = os.dup(self.sock.fileno())
+        self.server.loop.add_writer(self._room_fd, self._room_ready)
+
+    def _unwatch_room(self) -> None:
+        fd, self._room_fd = self._room_fd, None
+        if fd is not None:
+            self.server.loop.remove_writer(fd)
+            os.close(fd)
+
+    def _room_ready(self) -> None:
+        self._unwatch_room()
+        try:
+            if not self._in_flight:
+                self._push()  # and if nothing is owed, the client read: output_drained
+        except Exception as error:  # a bare loop callback: contain it here
+            self._contain(error)
 
     def _shut_write(self) -> None:
         transport = self._transport

@@ -160,8 +160,16 @@ class ThreadTransport(Transport):
         # Set while the reader may read; cleared by pause_reading.
         self._may_read = threading.Event()
         self._may_read.set()
+        self._room: select.poll | None = None  # see _has_room_locked
 
     # -- the chat logic's operations (called under the chat lock) -------------
+    #
+    # A message someone waits for (a direct message: an Entry) can be taken
+    # back only while none of it is in the kernel -- and on TLS only while it
+    # is not encrypted (a record once made must be sent).  So, as in the
+    # select backend, it is offered (or encrypted) only when the socket has
+    # room for it (_may_offer_locked): then the kernel takes it whole, and
+    # what it would refuse stays withdrawable.
 
     def write(self, data: bytes, on_handoff: Handoff | None = None) -> Entry | None:
         if self.tls is not None:
@@ -180,7 +188,7 @@ class ThreadTransport(Transport):
                 failure = "closed"
             else:
                 sent = 0
-                if not self.output:
+                if not self.output and (on_handoff is None or self._has_room_locked()):
                     try:
                         sent = self.sock.send(data, socket.MSG_DONTWAIT)
                     except (BlockingIOError, InterruptedError):
@@ -287,7 +295,7 @@ class ThreadTransport(Transport):
         thread for the rest.  Returns the handoffs due and a failure, if any."""
         due: list[Handoff] = []
         wire = self.wire
-        while wire:
+        while wire and self._may_offer_locked():
             try:
                 buffers = wire.buffers()
             except ssl.SSLError as error:
@@ -313,6 +321,27 @@ class ThreadTransport(Transport):
                 return due, "cannot start a writer thread"
             self._changed.notify_all()
         return due, None
+
+    def _has_room_locked(self) -> bool:
+        """The socket is writable now.  Linux calls a TCP socket writable
+        while a third of its send buffer is free: a message offered then is
+        taken whole, so a direct message never goes out in part."""
+        room = self._room
+        if room is None:
+            room = self._room = select.poll()
+            room.register(self.sock.fileno(), select.POLLOUT)
+        return bool(room.poll(0))
+
+    def _may_offer_locked(self) -> bool:
+        """The next send may go: nothing withdrawable would be sent (or on
+        TLS encrypted) in part -- the queue holds no direct message, the
+        ciphertext waiting is made already, or the socket has room."""
+        if not self.output.entries:
+            return True
+        tls = self.tls
+        if tls is not None and tls.size:
+            return True
+        return self._has_room_locked()
 
     def _end_output_locked(self) -> None:
         """Closing and nothing more owed: queue TLS's close_notify, or once
@@ -479,12 +508,14 @@ class ThreadTransport(Transport):
                 if self._socket_closed:
                     return
                 had_output = bool(self.output)
-                try:
-                    sent = self.sock.sendmsg(self.wire.buffers(), [], socket.MSG_DONTWAIT)
-                except (BlockingIOError, InterruptedError):
-                    sent = 0
-                except OSError as error:
-                    sent, failure = 0, error
+                sent = 0
+                if self._may_offer_locked():  # else: wait for room, below
+                    try:
+                        sent = self.sock.sendmsg(self.wire.buffers(), [], socket.MSG_DONTWAIT)
+                    except (BlockingIOError, InterruptedError):
+                        pass
+                    except OSError as error:
+                        failure = error
                 due = self.wire.consume(sent) if sent else []
                 drained = had_output and not self.output
                 if drained:

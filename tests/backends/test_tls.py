@@ -287,13 +287,9 @@ def test_every_echoed_message_reached_the_tls_recipient(backend: str, certs: Cer
             bob.close()
 
 
-# Where a message can still go out in part, and its recipient be cut instead.
-TAKEN_BACK_NOT_YET = {("threads", "tls"), ("asyncio", "plain"), ("asyncio", "tls")}
-
-
 @pytest.mark.parametrize("wire", ["plain", "tls"])
 def test_a_recipient_who_stops_reading_has_messages_taken_back_and_stays(
-    backend: str, certs: Certs, wire: str, request: pytest.FixtureRequest,
+    backend: str, certs: Certs, wire: str,
 ) -> None:
     """Bob (plain or TLS) stops reading; Alice
     pipelines messages to him.  Those his connection takes are echoed; the
@@ -301,10 +297,6 @@ def test_a_recipient_who_stops_reading_has_messages_taken_back_and_stays(
     "Bob is not reading" -- and Bob stays: nobody is told he went offline.
     When Bob reads again he gets exactly the echoed messages, whole, and
     Alice's next message reaches him."""
-    if (backend, wire) in TAKEN_BACK_NOT_YET:
-        request.applymarker(pytest.mark.xfail(
-            reason="the backend still hands a message to the kernel (or encrypts it) "
-                   "when the socket has no room for it whole", strict=False))
     with tls_server(backend, certs, delivery_timeout=0.5, flood=NO_FLOOD_CONTROL) as server, \
             client_pool(server.port) as pool:
         assert server.tls_port is not None
