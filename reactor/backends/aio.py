@@ -291,8 +291,7 @@ class AsyncioTransport(Transport, asyncio.BufferedProtocol):
     def _push(self) -> None:
         """Hand everything queued to asyncio, whose buffer is empty."""
         while self.wire and not self._in_flight:
-            if not self._may_offer():
-                self._watch_room()
+            if not self._may_offer() and self._watch_room():
                 return  # _room_ready() comes back when there is room
             if not self._send_batch():
                 return  # resume_writing() comes back when it is gone
@@ -351,18 +350,25 @@ class AsyncioTransport(Transport, asyncio.BufferedProtocol):
         socket has room (asyncio holds no ciphertext of ours: see _push)."""
         return not self.output.entries or self._has_room()
 
-    def _watch_room(self) -> None:
-        """Be called back (_room_ready) when the socket has room.
+    def _watch_room(self) -> bool:
+        """Be called back (_room_ready) when the socket has room; False if
+        it cannot be watched (then the batch goes to asyncio as it is).
 
         asyncio watches a transport's socket for writing only while its own
         buffer holds something, and refuses ``add_writer`` on that socket's
         descriptor; so a duplicate of the descriptor is watched instead,
         only while a direct message waits for room (or a queue that a
         withdraw emptied waits for the client to read)."""
-        if self._room_fd is not None or self._closed or self.sock is None:
-            return
-        self._room_fd = os.dup(self.sock.fileno())
+        if self._room_fd is not None:
+            return True
+        if self._closed or self.sock is None:
+            return False
+        try:
+            self._room_fd = os.dup(self.sock.fileno())
+        except OSError:
+            return False  # out of descriptors: no worse than before the check
         self.server.loop.add_writer(self._room_fd, self._room_ready)
+        return True
 
     def _unwatch_room(self) -> None:
         fd, self._room_fd = self._room_fd, None
