@@ -15,6 +15,7 @@ import logging
 import re
 import socket
 import threading
+import time
 import weakref
 from dataclasses import replace
 
@@ -154,6 +155,110 @@ def test_every_echoed_message_reaches_a_recipient_who_stops_reading_and_is_cut(
         assert not lost, f"{len(lost)} echoed but never delivered: {lost[:10]}"
         assert len(delivered) == len(set(delivered)), "a message arrived twice"
         assert not set(delivered) - set(echoed), "a message said not delivered arrived"
+        alice_lines.stop()
+
+
+@pytest.mark.slow
+def test_a_recipient_marked_not_reading_who_reads_gets_messages_again(backend: str) -> None:
+    """Bob stops reading; Alice's pipelined messages fill his buffers until
+    one waits past the delivery timeout, is taken back, and the rest are
+    refused at once, "Bob is not reading".  Then Bob reads everything: the
+    next message reaches him.  The mark is cleared when Bob's queue drains,
+    so a backend must say so also when a withdraw emptied the queue while
+    the kernel was full and the socket then takes more (no send empties
+    the queue then), or Bob is refused for good."""
+    with running_server(backend, delivery_timeout=0.3, flood=NO_FLOOD_CONTROL) as server:
+        bob = LineClient(server.port)
+        bob.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * KiB)
+        bob.send("Bob")
+        bob.expect("<User Bob is online.>")
+        alice = LineClient(server.port)
+        alice.send("Alice")
+        alice.expect("<User Alice is online.>")
+        alice_lines = Drain(alice.sock, keep=lambda line: line.startswith(b"<"))
+        refused = b"<Message to Bob not delivered: Bob is not reading.>"
+
+        def answers() -> list[bytes]:
+            return [line for line in alice_lines.kept()
+                    if line.startswith((b"<To Bob>", b"<Message to Bob not", b"<User Bob is off"))]
+
+        padding = "p" * 2000
+        sent = 0
+        while refused not in alice_lines.kept():
+            if b"<User Bob is offline.>" in alice_lines.kept():
+                break
+            assert sent < 5000, "Bob's buffers took everything"
+            alice.send_raw("".join(f'chat Bob "m{sent + i} {padding}"\n'
+                                   for i in range(100)).encode())
+            sent += 100
+            target = sent - 100
+            alice_lines.wait_for(lambda d, t=target: len(answers()) >= t, timeout=30,
+                                 message="answers")
+        total = sent
+        alice_lines.wait_for(lambda d: len(answers()) >= total, timeout=30, message="all answers")
+        assert b"<User Bob is offline.>" not in alice_lines.kept(), "Bob was cut off"
+        # Bob reads everything there is.
+        bob.sock.settimeout(1.0)
+        try:
+            while bob.sock.recv(1 << 20):
+                pass
+        except TimeoutError:
+            pass
+        alice.send('chat Bob "after reading"')
+        alice_lines.wait_for(lambda d: len(answers()) == total + 1, timeout=10,
+                             message="the answer")
+        assert answers()[-1] == b"<To Bob> after reading"
+        alice_lines.stop()
+        bob.close()
+
+
+@pytest.mark.slow
+def test_echoed_messages_reach_a_cut_recipient_whose_own_input_was_unread(backend: str) -> None:
+    """What the kernel has accepted still reaches X if X reads, even after X
+    is cut off (README) -- also when X had sent input the server had not
+    read (X's connection paused, X not reading its own replies).  An abort
+    whose close() leaves unread input makes the kernel send a reset and
+    throw away what it had accepted for X and not yet transmitted: messages
+    already echoed "<To X>" to their senders would be lost."""
+    with running_server(backend, output_limit=256 * KiB, output_hard_limit=512 * KiB,
+                        delivery_timeout=0.5, flood=NO_FLOOD_CONTROL) as server, \
+            client_pool(server.port) as pool:
+        bob = pool.login("Bob")
+        bob.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * KiB)
+        alice, carol = pool.login("Alice"), pool.login("Carol")
+        found = server.chat.whiteboard.lookup("Bob")
+        assert found is not None
+        bobs = found[1]
+        alice_lines = Drain(alice.sock, keep=lambda line: line.startswith(b"<"))
+        Drain(carol.sock)
+        padding = "p" * 2000
+        total = 3000  # 6 MB: more than Bob's buffers take, so that some wait
+        alice.send_raw("".join(f'chat Bob "m{i} {padding}"\n' for i in range(total)).encode())
+        alice_lines.wait_for(
+            lambda d: any(line.startswith((b"<Message to Bob not", b"<User Bob is offline"))
+                          for line in d.kept()),
+            timeout=30, message="a message to Bob refused")
+        assert b"<User Bob is offline.>" not in alice_lines.kept(), "Bob was cut off too soon"
+        # Now Bob pipelines commands and reads none of the replies: his
+        # connection pauses, and the rest of his input stays unread in the
+        # server's kernel.
+        bob.sock.setblocking(False)
+        try:
+            bob.sock.send(b"help\n" * 100_000)
+        except BlockingIOError:
+            pass
+        wait_until(lambda: bobs._reading_paused,  # type: ignore[attr-defined]
+                   message="Bob's input paused")
+        big = "c" * 3000
+        while b"<User Bob is offline.>" not in alice_lines.kept():
+            carol.send_raw(f'broadcast "{big}"\n'.encode() * 50)
+            time.sleep(0.05)
+        echoed = [int(m) for m in re.findall(rb"<To Bob> m(\d+) ", b"\n".join(alice_lines.kept()))]
+        assert echoed, "no message was echoed"
+        rest = read_all_until_closed([bob.sock], timeout=30)[bob.sock]
+        delivered = {int(m) for m in re.findall(rb'<Message from Alice: "m(\d+) p+">\n', rest)}
+        lost = sorted(set(echoed) - delivered)
+        assert not lost, f"{len(lost)} of {len(echoed)} echoed but never delivered: {lost[:5]}..."
         alice_lines.stop()
 
 
