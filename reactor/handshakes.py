@@ -1,7 +1,7 @@
 """Who may run a TLS handshake step now: a few at a time, one per address.
 
-A handshake step may sign with the server's key, thousands of times the
-work of a chat line, and a peer can make one for the price of replaying a
+A handshake step may sign with the server's key, far more work than a
+chat line, and a peer can make one for the price of replaying a
 ClientHello.  Left unmetered, a few hundred such connections hold up every
 established user (on a loop, all their steps come before the users' lines;
 with a thread each, they all compete for the cores and the GIL).  So every
