@@ -326,17 +326,12 @@ class AsyncioTransport(Transport, asyncio.BufferedProtocol):
 
     # -- room for a direct message ----------------------------------------------
     #
-    # A message someone waits for (a direct message: an Entry) can be taken
-    # back only while none of it is in the kernel -- and on TLS only while it
-    # is not encrypted (a record once made must be sent).  So, as in the
-    # select backend, it is handed to asyncio (or encrypted) only when the
-    # socket has room for it: then the kernel takes it whole, and what it
-    # would refuse stays withdrawable.
+    # A direct message is handed to asyncio (or encrypted) only when the
+    # socket has room for it whole, so that it stays withdrawable until then
+    # (Transport._may_offer).
 
     def _has_room(self) -> bool:
-        """The socket is writable now.  Linux calls a TCP socket writable
-        while a third of its send buffer is free: a message offered then is
-        taken whole, so a direct message never goes out in part."""
+        """The socket is writable now (see Transport._may_offer)."""
         room = self._room
         if room is None:
             if self.sock is None:
@@ -344,11 +339,6 @@ class AsyncioTransport(Transport, asyncio.BufferedProtocol):
             room = self._room = select.poll()
             room.register(self.sock.fileno(), select.POLLOUT)
         return bool(room.poll(0))
-
-    def _may_offer(self) -> bool:
-        """The next batch may go: the queue holds no direct message, or the
-        socket has room (asyncio holds no ciphertext of ours: see _push)."""
-        return not self.output.entries or self._has_room()
 
     def _watch_room(self) -> bool:
         """Be called back (_room_ready) when the socket has room; False if

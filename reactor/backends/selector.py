@@ -337,9 +337,7 @@ class SelectorTransport(Transport):
             return None
 
     def _has_room(self) -> bool:
-        """The socket is writable now.  Linux calls a TCP socket writable
-        while a third of its send buffer is free: a message offered then is
-        taken whole, so a direct message never goes out in part (see above)."""
+        """The socket is writable now (see Transport._may_offer)."""
         room = self._room
         if room is None:
             room = self._room = select.poll()
@@ -384,17 +382,6 @@ class SelectorTransport(Transport):
         """Queued, for one send per connection at the end of the pass."""
         self._want_settle()
         return self.output.append(data, on_handoff)
-
-    def _may_offer(self) -> bool:
-        """The next send may go: nothing withdrawable would be sent (or on
-        TLS encrypted) in part -- the queue holds no direct message, the
-        ciphertext waiting is made already, or the kernel has room."""
-        if not self.output.entries:
-            return True
-        tls = self.tls
-        if tls is not None and tls.size:
-            return True
-        return self._has_room()
 
     def _flush_wire(self) -> None:
         """flush(), every case: from the wire (the queue, or on TLS the

@@ -68,6 +68,8 @@ THREAD_STACK_SIZE = 512 * 1024
 ACCEPTS_PER_TURN = 128
 # Seconds for the readers cut at the end of a shutdown to finish, all told.
 STRAGGLERS_JOIN_TIMEOUT = 1.0
+# What a TLS read waits for once the handshake is done: nothing.
+_NO_TURN = contextlib.nullcontext()
 
 
 class FairLock:
@@ -160,16 +162,13 @@ class ThreadTransport(Transport):
         # Set while the reader may read; cleared by pause_reading.
         self._may_read = threading.Event()
         self._may_read.set()
-        self._room: select.poll | None = None  # see _has_room_locked
+        self._room: select.poll | None = None  # see _has_room
 
     # -- the chat logic's operations (called under the chat lock) -------------
     #
-    # A message someone waits for (a direct message: an Entry) can be taken
-    # back only while none of it is in the kernel -- and on TLS only while it
-    # is not encrypted (a record once made must be sent).  So, as in the
-    # select backend, it is offered (or encrypted) only when the socket has
-    # room for it (_may_offer_locked): then the kernel takes it whole, and
-    # what it would refuse stays withdrawable.
+    # A direct message is offered to the kernel (or encrypted) only when the
+    # socket has room for it whole, so that it stays withdrawable until then
+    # (Transport._may_offer).
 
     def write(self, data: bytes, on_handoff: Handoff | None = None) -> Entry | None:
         if self.tls is not None:
@@ -188,7 +187,7 @@ class ThreadTransport(Transport):
                 failure = "closed"
             else:
                 sent = 0
-                if not self.output and (on_handoff is None or self._has_room_locked()):
+                if not self.output and (on_handoff is None or self._has_room()):
                     try:
                         sent = self.sock.send(data, socket.MSG_DONTWAIT)
                     except (BlockingIOError, InterruptedError):
@@ -295,7 +294,7 @@ class ThreadTransport(Transport):
         thread for the rest.  Returns the handoffs due and a failure, if any."""
         due: list[Handoff] = []
         wire = self.wire
-        while wire and self._may_offer_locked():
+        while wire and self._may_offer():
             try:
                 buffers = wire.buffers()
             except ssl.SSLError as error:
@@ -322,26 +321,14 @@ class ThreadTransport(Transport):
             self._changed.notify_all()
         return due, None
 
-    def _has_room_locked(self) -> bool:
-        """The socket is writable now.  Linux calls a TCP socket writable
-        while a third of its send buffer is free: a message offered then is
-        taken whole, so a direct message never goes out in part."""
+    def _has_room(self) -> bool:
+        """The socket is writable now (see Transport._may_offer); called,
+        as _may_offer, under the send lock."""
         room = self._room
         if room is None:
             room = self._room = select.poll()
             room.register(self.sock.fileno(), select.POLLOUT)
         return bool(room.poll(0))
-
-    def _may_offer_locked(self) -> bool:
-        """The next send may go: nothing withdrawable would be sent (or on
-        TLS encrypted) in part -- the queue holds no direct message, the
-        ciphertext waiting is made already, or the socket has room."""
-        if not self.output.entries:
-            return True
-        tls = self.tls
-        if tls is not None and tls.size:
-            return True
-        return self._has_room_locked()
 
     def _end_output_locked(self) -> None:
         """Closing and nothing more owed: queue TLS's close_notify, or once
@@ -359,16 +346,25 @@ class ThreadTransport(Transport):
         tls = self.tls
         connection = self.connection
         assert tls is not None and connection is not None
-        if tls.handshake_done:
-            decrypted = self._decrypt(data)
-        else:
-            # A step may sign with the server's key: it waits for its turn
-            # (reactor.handshakes), holding no other lock meanwhile.
-            with self.server.handshake_turn(self.peer_host):
-                decrypted = self._decrypt(data)
-        if decrypted is None:
-            return True
-        plain, ended, due, failure, send_failure = decrypted
+        failure: TLSFailure | None = None
+        due: list[Handoff] = []
+        send_failure: str | None = None
+        plain, ended = b"", False
+        # A handshake step may sign with the server's key: it waits for its
+        # turn (reactor.handshakes) first, holding no other lock meanwhile.
+        turn = _NO_TURN if tls.handshake_done else self.server.handshake_turn(self.peer_host)
+        with turn, self._send_lock:
+            if self._socket_closed:
+                return True
+            try:
+                plain, ended = tls.receive(data)
+            except TLSFailure as error:
+                failure = error
+                with contextlib.suppress(OSError):  # the alert, if the kernel takes it now
+                    self.sock.sendmsg(tls.buffers(), [], socket.MSG_DONTWAIT)
+            else:
+                # Handshake messages, or output that waited for the handshake.
+                due, send_failure = self._push_locked()
         with self.server.lock:
             if failure is not None:
                 connection.abort(log_failure(self.peer_host, failure, tls.handshake_done))
@@ -383,26 +379,6 @@ class ThreadTransport(Transport):
             if ended:
                 connection.data_received(b"")
         return ended
-
-    def _decrypt(self, data: bytes) -> tuple[bytes, bool, list[Handoff], TLSFailure | None,
-                                             str | None] | None:
-        """received_tls's part under the send lock: the plaintext, whether the
-        peer's input ended, the handoffs due, a TLS failure and a send
-        failure; None if the socket is closed."""
-        tls = self.tls
-        assert tls is not None
-        with self._send_lock:
-            if self._socket_closed:
-                return None
-            try:
-                plain, ended = tls.receive(data)
-            except TLSFailure as failure:
-                with contextlib.suppress(OSError):  # the alert, if the kernel takes it now
-                    self.sock.sendmsg(tls.buffers(), [], socket.MSG_DONTWAIT)
-                return b"", False, [], failure, None
-            # Handshake messages, or output that waited for the handshake.
-            due, send_failure = self._push_locked()
-            return plain, ended, due, None, send_failure
 
     def flush(self) -> None:
         pass  # the writer thread sends whenever the socket takes more
@@ -509,7 +485,7 @@ class ThreadTransport(Transport):
                     return
                 had_output = bool(self.output)
                 sent = 0
-                if self._may_offer_locked():  # else: wait for room, below
+                if self._may_offer():  # else: wait for room, below
                     try:
                         sent = self.sock.sendmsg(self.wire.buffers(), [], socket.MSG_DONTWAIT)
                     except (BlockingIOError, InterruptedError):
