@@ -163,6 +163,9 @@ class ThreadTransport(Transport):
         self._may_read = threading.Event()
         self._may_read.set()
         self._room: select.poll | None = None  # see _has_room
+        # A withdraw emptied the queue: the writer waits for the client to
+        # read (_await_read_after_withdraw) rather than for more output.
+        self._drain_watch = False
 
     # -- the chat logic's operations (called under the chat lock) -------------
     #
@@ -263,7 +266,12 @@ class ThreadTransport(Transport):
         # sendmsg in between: without it, an entry could be sent and also
         # withdrawn ("not delivered"), and consume() would pop the wrong ones.
         with self._send_lock:
-            return self.output.withdraw(entry)
+            if not self.output.withdraw(entry):
+                return False
+            if not self.output and not self._socket_closed and self._start_writer():
+                self._drain_watch = True
+                self._changed.notify_all()
+            return True
 
     def _write_tls(self, data: bytes, on_handoff: Handoff | None) -> Entry | None:
         """On TLS: queue, then encrypt and send what the kernel takes now."""
@@ -478,14 +486,14 @@ class ThreadTransport(Transport):
             with self._send_lock:
                 while not self.wire and not self._socket_closed:
                     self._end_output_locked()
-                    if self.wire:
-                        break  # TLS's close_notify, to send
+                    if self.wire or self._drain_watch:
+                        break  # TLS's close_notify to send, or a read to wait for
                     self._changed.wait()
                 if self._socket_closed:
                     return
                 had_output = bool(self.output)
                 sent = 0
-                if self._may_offer():  # else: wait for room, below
+                if self.wire and self._may_offer():  # else: wait for room, below
                     try:
                         sent = self.sock.sendmsg(self.wire.buffers(), [], socket.MSG_DONTWAIT)
                     except (BlockingIOError, InterruptedError):
@@ -519,10 +527,12 @@ class ThreadTransport(Transport):
         while True:
             with self._send_lock:
                 if self.output or self._socket_closed:
+                    self._drain_watch = False
                     return  # more to send: the loop reports when it drains
             if poller.poll(1000):
                 break
         with self._send_lock:
+            self._drain_watch = False
             if self.output:
                 return
         with self.server.lock:
