@@ -118,6 +118,30 @@ class Transport(ABC):
     @abstractmethod
     def resume_reading(self) -> None: ...
 
+    def _may_offer(self) -> bool:
+        """The next send may go: nothing withdrawable would be handed to the
+        kernel (or on TLS encrypted) in part -- the queue holds no direct
+        message, the ciphertext waiting is made already, or the socket has
+        room (:meth:`_has_room`).
+
+        A message someone waits for (a direct message: an Entry) can be
+        taken back only while none of it is in the kernel, and on TLS only
+        while it is not encrypted (a record once made must be sent).  So a
+        backend offers it only when the socket has room: then the kernel
+        takes it whole, and what it would refuse stays withdrawable."""
+        if not self.output.entries:
+            return True
+        tls = self.tls
+        if tls is not None and tls.size:
+            return True
+        return self._has_room()
+
+    def _has_room(self) -> bool:
+        """The socket is writable now (a backend that can ask says so).
+        Linux calls a TCP socket writable while a third of its send buffer
+        is free: a message offered then is taken whole."""
+        return True
+
     def drop_unsent(self) -> None:
         """The server is shutting down: discard the queued output the kernel
         has not started on (its handoffs run with False), so that the

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import select
 import socket
 from collections.abc import Callable
 from typing import Any, cast
@@ -28,6 +30,7 @@ from reactor.backends.base import Listener, Server
 from reactor.chat import ChatService
 from reactor.config import ServerConfig
 from reactor.connection import Connection
+from reactor.handshakes import HandshakeTurns
 from reactor.outbuf import Entry, Handoff
 from reactor.sockets import (
     ACCEPT_RETRY_DELAY,
@@ -66,6 +69,10 @@ class AsyncioTransport(Transport, asyncio.BufferedProtocol):
         self._eof_received = False
         self._linger: TimerHandle | None = None
         self._read_buffer = memoryview(bytearray(READ_SIZE))
+        # A TLS handshake step's input, waiting for its turn (reading paused).
+        self._held: bytearray | None = None
+        self._room: select.poll | None = None  # see _has_room
+        self._room_fd: int | None = None  # see _watch_room
 
     # -- asyncio.Protocol -------------------------------------------------------
 
@@ -115,6 +122,34 @@ class AsyncioTransport(Transport, asyncio.BufferedProtocol):
 
     def _received_tls(self, data: bytes) -> None:
         tls = self.tls
+        assert tls is not None
+        if not tls.handshake_done:
+            # A step may sign with the server's key: it waits for its turn
+            # (reactor.handshakes), its input held and its reading paused.
+            if self._held is not None:
+                self._held += data
+                return
+            if not self.server.may_handshake(self.peer_host):
+                self._held = bytearray(data)
+                if self._transport is not None:
+                    self._transport.pause_reading()
+                self.server.handshake_later(self)
+                return
+        self._decrypt(data)
+
+    def take_handshake_turn(self) -> None:
+        """The server's handshake pass: the held step runs now."""
+        data, self._held = self._held, None
+        if data is None or self._closed:
+            return
+        try:
+            self.resume_reading()
+            self._decrypt(bytes(data))
+        except Exception as error:  # a bare loop callback: contain it here
+            self._contain(error)
+
+    def _decrypt(self, data: bytes) -> None:
+        tls = self.tls
         connection = self.connection
         assert tls is not None and connection is not None
         try:
@@ -155,6 +190,7 @@ class AsyncioTransport(Transport, asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
+        self._unwatch_room()  # before asyncio closes the socket: the duplicate goes first
         if self._linger is not None:
             self._linger.cancel()
         if self.connection is not None:
@@ -172,11 +208,15 @@ class AsyncioTransport(Transport, asyncio.BufferedProtocol):
             entry = self.output.append(data, on_handoff)
             if not self._in_flight and not self._burst:
                 self.server.want_settle(self)
-                self._send_batch()
+                if self._may_offer():  # else the settle waits for room
+                    self._send_batch()
             return entry if self.output else None  # empty: it went, its handoff ran
-        if self.output or self._burst:
+        if self.output or self._burst or (on_handoff is not None and not self._has_room()):
             # Waits its turn (and can still be withdrawn); what this loop
-            # iteration writes after its first line goes out in one batch.
+            # iteration writes after its first line goes out in one batch, and
+            # a direct message waits for room (see _may_offer).
+            if not self._burst and not self._in_flight:
+                self.server.want_settle(self)
             return self.output.append(data, on_handoff)
         self.server.want_settle(self)
         transport.write(data)  # asyncio tries the send at once
@@ -205,6 +245,7 @@ class AsyncioTransport(Transport, asyncio.BufferedProtocol):
         self._account()  # what the kernel took before the cut was delivered
         self.fail_handoffs()
         self._in_flight = 0
+        self._unwatch_room()
         if self._transport is not None and not self._closed:
             if self.sock is not None:
                 discard_input(self.sock.fileno())
@@ -221,6 +262,8 @@ class AsyncioTransport(Transport, asyncio.BufferedProtocol):
             self._transport.pause_reading()
 
     def resume_reading(self) -> None:
+        if self._held is not None:
+            return  # a handshake step waits for its turn: that resumes it
         if self._transport is not None and not self._closed and not self._transport.is_reading():
             self._transport.resume_reading()
 
@@ -262,6 +305,8 @@ class AsyncioTransport(Transport, asyncio.BufferedProtocol):
     def _push(self) -> None:
         """Hand everything queued to asyncio, whose buffer is empty."""
         while self.wire and not self._in_flight:
+            if not self._may_offer() and self._watch_room():
+                return  # _room_ready() comes back when there is room
             if not self._send_batch():
                 return  # resume_writing() comes back when it is gone
         if not self.owes_output:
@@ -297,6 +342,56 @@ class AsyncioTransport(Transport, asyncio.BufferedProtocol):
         for callback in wire.consume(sent):
             callback(True)
         return True
+
+    # -- room for a direct message ----------------------------------------------
+    #
+    # A direct message is handed to asyncio (or encrypted) only when the
+    # socket has room for it whole, so that it stays withdrawable until then
+    # (Transport._may_offer).
+
+    def _has_room(self) -> bool:
+        """The socket is writable now (see Transport._may_offer)."""
+        room = self._room
+        if room is None:
+            if self.sock is None:
+                return True  # no socket to ask: asyncio's transport decides
+            room = self._room = select.poll()
+            room.register(self.sock.fileno(), select.POLLOUT)
+        return bool(room.poll(0))
+
+    def _watch_room(self) -> bool:
+        """Be called back (_room_ready) when the socket has room; False if
+        it cannot be watched (then the batch goes to asyncio as it is).
+
+        asyncio watches a transport's socket for writing only while its own
+        buffer holds something, and refuses ``add_writer`` on that socket's
+        descriptor; so a duplicate of the descriptor is watched instead,
+        only while a direct message waits for room (or a queue that a
+        withdraw emptied waits for the client to read)."""
+        if self._room_fd is not None:
+            return True
+        if self._closed or self.sock is None:
+            return False
+        try:
+            self._room_fd = os.dup(self.sock.fileno())
+        except OSError:
+            return False  # out of descriptors: no worse than before the check
+        self.server.loop.add_writer(self._room_fd, self._room_ready)
+        return True
+
+    def _unwatch_room(self) -> None:
+        fd, self._room_fd = self._room_fd, None
+        if fd is not None:
+            self.server.loop.remove_writer(fd)
+            os.close(fd)
+
+    def _room_ready(self) -> None:
+        self._unwatch_room()
+        try:
+            if not self._in_flight:
+                self._push()  # and if nothing is owed, the client read: output_drained
+        except Exception as error:  # a bare loop callback: contain it here
+            self._contain(error)
 
     def _shut_write(self) -> None:
         transport = self._transport
@@ -364,6 +459,44 @@ class AsyncioServer(Server):
         self._accept_error_logged = float("-inf")
         # Transports that wrote or queued in this iteration of the loop.
         self._pending: list[AsyncioTransport] = []
+        # TLS handshake steps in this iteration, and those waiting for a turn.
+        self._handshakes: HandshakeTurns[AsyncioTransport] = HandshakeTurns()
+        self._handshake_pass_due = False
+
+    # -- TLS handshakes: a few per iteration of the loop, one per address ---------
+
+    def may_handshake(self, host: str) -> bool:
+        """A TLS handshake step for a client at ``host`` may run in this
+        iteration: a few per iteration, one per address, so that established
+        users' lines are served between them (reactor.handshakes)."""
+        if not self._handshakes.try_start(host):
+            return False
+        self._want_handshake_pass()
+        return True
+
+    def handshake_later(self, transport: AsyncioTransport) -> None:
+        """``transport``'s handshake step waits for a turn in a later iteration."""
+        self._handshakes.wait(transport.peer_host, transport)
+        self._want_handshake_pass()
+
+    def _want_handshake_pass(self) -> None:
+        if not self._handshake_pass_due:
+            self._handshake_pass_due = True
+            self.loop.call_soon(self._handshake_pass)
+
+    def _handshake_pass(self) -> None:
+        """The next iteration: its turns go first to the steps that waited,
+        the addresses taking turns; what is left, to those that arrive in it."""
+        self._handshake_pass_due = False
+        turns = self._handshakes
+        turns.end_pass()
+        while (transport := turns.next_waiter()) is not None:
+            if transport._closed:
+                turns.busy.discard(transport.peer_host)  # its turn goes to the next
+                continue
+            transport.take_handshake_turn()
+        if turns or turns.busy:
+            self._want_handshake_pass()
 
     # -- one batch per client per iteration of the loop ---------------------------
 

@@ -40,6 +40,7 @@ from reactor.backends.base import Listener, Server
 from reactor.chat import ChatService
 from reactor.config import ServerConfig
 from reactor.connection import Connection
+from reactor.handshakes import HandshakeTurns
 from reactor.outbuf import Entry, Handoff
 from reactor.sockets import (
     ACCEPT_RETRY_DELAY,
@@ -67,10 +68,6 @@ READ_SIZE = 16 * 1024
 ACCEPTS_PER_PASS = 128
 # Passes with at most this many ready connections send output at once.
 WRITE_THROUGH_MAX_READY = 4
-# TLS handshake steps per pass, and per address per pass: a step may sign
-# with the server's key, far more work than a line, so a flood of stalled
-# handshakes waits its turn over many passes instead of holding up everyone.
-HANDSHAKES_PER_PASS = 2
 
 _READ = selectors.EVENT_READ
 _WRITE = selectors.EVENT_WRITE
@@ -343,9 +340,7 @@ class SelectorTransport(Transport):
             return None
 
     def _has_room(self) -> bool:
-        """The socket is writable now.  Linux calls a TCP socket writable
-        while a third of its send buffer is free: a message offered then is
-        taken whole, so a direct message never goes out in part (see above)."""
+        """The socket is writable now (see Transport._may_offer)."""
         room = self._room
         if room is None:
             room = self._room = select.poll()
@@ -390,17 +385,6 @@ class SelectorTransport(Transport):
         """Queued, for one send per connection at the end of the pass."""
         self._want_settle()
         return self.output.append(data, on_handoff)
-
-    def _may_offer(self) -> bool:
-        """The next send may go: nothing withdrawable would be sent (or on
-        TLS encrypted) in part -- the queue holds no direct message, the
-        ciphertext waiting is made already, or the kernel has room."""
-        if not self.output.entries:
-            return True
-        tls = self.tls
-        if tls is not None and tls.size:
-            return True
-        return self._has_room()
 
     def _flush_wire(self) -> None:
         """flush(), every case: from the wire (the queue, or on TLS the
@@ -807,7 +791,9 @@ class SelectorServer(Server):
         self.reading: SelectorTransport | None = None
         self.dead: list[SelectorTransport] = []
         self._listening = False
-        self._handshaking: set[str] = set()  # addresses with a handshake step this pass
+        # TLS handshake steps in this pass (reactor.handshakes): a client
+        # whose step may not run waits, its socket readable, for a later pass.
+        self.handshakes: HandshakeTurns[None] = HandshakeTurns()
         # Callbacks from other threads; deque's append and popleft are atomic.
         self._soon: collections.deque[Callable[[], None]] = collections.deque()
         self._end_of_pass: list[Callable[[], None]] = []
@@ -817,13 +803,9 @@ class SelectorServer(Server):
 
     def may_handshake(self, host: str) -> bool:
         """A TLS handshake step for a client at ``host`` may run in this
-        pass: at most HANDSHAKES_PER_PASS, and one per address, so that
-        established users' lines are served between them."""
-        shaking = self._handshaking
-        if len(shaking) >= HANDSHAKES_PER_PASS or host in shaking:
-            return False
-        shaking.add(host)
-        return True
+        pass: a few per pass, and one per address, so that established
+        users' lines are served between them."""
+        return self.handshakes.try_start(host)
 
     def more_input_waits(self) -> bool:
         """More lines of the connection being read wait in this pass: output
@@ -951,8 +933,8 @@ class SelectorServer(Server):
         # Few ready connections: a short pass, where latency is won by sending
         # at once.  Many: batch, one send per connection per pass, as Redis does.
         self.write_through = len(ready) <= WRITE_THROUGH_MAX_READY
-        if self._handshaking:
-            self._handshaking.clear()
+        if self.handshakes.busy:
+            self.handshakes.end_pass()
         for fd, mask in ready:
             # Unregistered earlier in this pass (closed): skipped.
             # What was registered for fd: a transport, a listener, another

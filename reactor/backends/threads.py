@@ -42,6 +42,7 @@ from reactor.backends.base import Listener, Server
 from reactor.chat import ChatService
 from reactor.config import ServerConfig
 from reactor.connection import Connection
+from reactor.handshakes import HandshakeTurns
 from reactor.outbuf import Entry, Handoff
 from reactor.sockets import (
     ACCEPT_RETRY_DELAY,
@@ -69,6 +70,8 @@ THREAD_STACK_SIZE = 512 * 1024
 ACCEPTS_PER_TURN = 128
 # Seconds for the readers cut at the end of a shutdown to finish, all told.
 STRAGGLERS_JOIN_TIMEOUT = 1.0
+# What a TLS read waits for once the handshake is done: nothing.
+_NO_TURN = contextlib.nullcontext()
 
 
 class FairLock:
@@ -161,8 +164,16 @@ class ThreadTransport(Transport):
         # Set while the reader may read; cleared by pause_reading.
         self._may_read = threading.Event()
         self._may_read.set()
+        self._room: select.poll | None = None  # see _has_room
+        # A withdraw emptied the queue: the writer waits for the client to
+        # read (_await_read_after_withdraw) rather than for more output.
+        self._drain_watch = False
 
     # -- the chat logic's operations (called under the chat lock) -------------
+    #
+    # A direct message is offered to the kernel (or encrypted) only when the
+    # socket has room for it whole, so that it stays withdrawable until then
+    # (Transport._may_offer).
 
     def write(self, data: bytes, on_handoff: Handoff | None = None) -> Entry | None:
         if self.tls is not None:
@@ -181,7 +192,7 @@ class ThreadTransport(Transport):
                 failure = "closed"
             else:
                 sent = 0
-                if not self.output:
+                if not self.output and (on_handoff is None or self._has_room()):
                     try:
                         sent = self.sock.send(data, socket.MSG_DONTWAIT)
                     except (BlockingIOError, InterruptedError):
@@ -257,7 +268,12 @@ class ThreadTransport(Transport):
         # sendmsg in between: without it, an entry could be sent and also
         # withdrawn ("not delivered"), and consume() would pop the wrong ones.
         with self._send_lock:
-            return self.output.withdraw(entry)
+            if not self.output.withdraw(entry):
+                return False
+            if not self.output and not self._socket_closed and self._start_writer():
+                self._drain_watch = True
+                self._changed.notify_all()
+            return True
 
     def _write_tls(self, data: bytes, on_handoff: Handoff | None) -> Entry | None:
         """On TLS: queue, then encrypt and send what the kernel takes now."""
@@ -288,7 +304,7 @@ class ThreadTransport(Transport):
         thread for the rest.  Returns the handoffs due and a failure, if any."""
         due: list[Handoff] = []
         wire = self.wire
-        while wire:
+        while wire and self._may_offer():
             try:
                 buffers = wire.buffers()
             except ssl.SSLError as error:
@@ -315,6 +331,15 @@ class ThreadTransport(Transport):
             self._changed.notify_all()
         return due, None
 
+    def _has_room(self) -> bool:
+        """The socket is writable now (see Transport._may_offer); called,
+        as _may_offer, under the send lock."""
+        room = self._room
+        if room is None:
+            room = self._room = select.poll()
+            room.register(self.sock.fileno(), select.POLLOUT)
+        return bool(room.poll(0))
+
     def _end_output_locked(self) -> None:
         """Closing and nothing more owed: queue TLS's close_notify, or once
         that is sent too, shut down the write side."""
@@ -335,7 +360,10 @@ class ThreadTransport(Transport):
         due: list[Handoff] = []
         send_failure: str | None = None
         plain, ended = b"", False
-        with self._send_lock:
+        # A handshake step may sign with the server's key: it waits for its
+        # turn (reactor.handshakes) first, holding no other lock meanwhile.
+        turn = _NO_TURN if tls.handshake_done else self.server.handshake_turn(self.peer_host)
+        with turn, self._send_lock:
             if self._socket_closed:
                 return True
             try:
@@ -461,18 +489,20 @@ class ThreadTransport(Transport):
             with self._send_lock:
                 while not self.wire and not self._socket_closed:
                     self._end_output_locked()
-                    if self.wire:
-                        break  # TLS's close_notify, to send
+                    if self.wire or self._drain_watch:
+                        break  # TLS's close_notify to send, or a read to wait for
                     self._changed.wait()
                 if self._socket_closed:
                     return
                 had_output = bool(self.output)
-                try:
-                    sent = self.sock.sendmsg(self.wire.buffers(), [], socket.MSG_DONTWAIT)
-                except (BlockingIOError, InterruptedError):
-                    sent = 0
-                except OSError as error:
-                    sent, failure = 0, error
+                sent = 0
+                if self.wire and self._may_offer():  # else: wait for room, below
+                    try:
+                        sent = self.sock.sendmsg(self.wire.buffers(), [], socket.MSG_DONTWAIT)
+                    except (BlockingIOError, InterruptedError):
+                        pass
+                    except OSError as error:
+                        failure = error
                 due = self.wire.consume(sent) if sent else []
                 drained = had_output and not self.output
                 if drained:
@@ -500,10 +530,12 @@ class ThreadTransport(Transport):
         while True:
             with self._send_lock:
                 if self.output or self._socket_closed:
+                    self._drain_watch = False
                     return  # more to send: the loop reports when it drains
             if poller.poll(1000):
                 break
         with self._send_lock:
+            self._drain_watch = False
             if self.output:
                 return
         with self.server.lock:
@@ -545,7 +577,33 @@ class ThreadsServer(Server):
         self.timers = TimerThread(time.monotonic)
         self._readers: dict[threading.Thread, ThreadTransport] = {}
         self._readers_changed = threading.Condition()
+        # TLS handshake steps running, and the readers waiting for a turn,
+        # each on a lock of its own that the step before it releases.
+        self._handshakes: HandshakeTurns[threading.Lock] = HandshakeTurns()
+        self._handshakes_guard = threading.Lock()
         threading.stack_size(THREAD_STACK_SIZE)
+
+    @contextlib.contextmanager
+    def handshake_turn(self, host: str) -> Iterator[None]:
+        """Wait for a turn to run a TLS handshake step (reactor.handshakes):
+        a few readers at once and one per address, so that a flood of
+        handshakes leaves the cores and the GIL to established users.  The
+        waiting readers sleep; each finished step wakes the next in turn."""
+        with self._handshakes_guard:
+            baton: threading.Lock | None = None
+            if not self._handshakes.try_start(host):
+                baton = threading.Lock()
+                baton.acquire()
+                self._handshakes.wait(host, baton)
+        if baton is not None:
+            baton.acquire()  # released by the step before ours: the turn is ours
+        try:
+            yield
+        finally:
+            with self._handshakes_guard:
+                following = self._handshakes.finish(host)
+            if following is not None:
+                following.release()
 
     # -- one send per client per pass -------------------------------------------
 

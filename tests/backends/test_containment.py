@@ -10,13 +10,16 @@ backend's own loop shuts the server down cleanly instead of hanging it.
 from __future__ import annotations
 
 import logging
+import socket
 import threading
+from dataclasses import replace
 
 import pytest
 
 from reactor.chat import ChatService
 from reactor.connection import Connection
-from tests.support import Clients, LineClient, running_server, wait_until
+from reactor.outbuf import OutputBuffer
+from tests.support import TEST_CONFIG, Clients, LineClient, running_server, wait_until
 
 
 class _BrokenSocket:
@@ -121,6 +124,54 @@ def test_a_failing_send_to_one_recipient_ends_that_recipient_not_the_sender(
     assert any(r.exc_info and r.exc_info[0] is PlantedBug for r in caplog.records)
 
 
+def test_a_failure_while_sending_one_clients_queue_ends_only_that_client(
+    backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug met while moving Bob's queued output to the kernel is Bob's
+    connection's failure (contract point 8: "its write"): Bob is cut and
+    announced offline, the server carries on -- whether the queue is sent
+    by a writer thread (threads) or by a bare callback at the end of the
+    loop's iteration (asyncio)."""
+    with running_server(backend, flood=replace(TEST_CONFIG.flood, enabled=False),
+                        output_limit=64 << 20, output_hard_limit=64 << 20) as server:
+        alice = LineClient(server.port)
+        alice.send("Alice")
+        alice.expect("<User Alice is online.>")
+        bob = LineClient(server.port)
+        bob.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        bob.send("Bob")
+        bob.expect("<User Bob is online.>")
+        alice.expect("<User Bob is online.>")
+        bobs_queue = _online(server, "Bob").transport.output
+        original = OutputBuffer.buffers
+
+        # buffers(): what every backend asks of a queue for each send it tries
+        # (consume() is only reached once the kernel takes something).
+        def buggy(self: OutputBuffer) -> list:  # type: ignore[type-arg]
+            if self is bobs_queue:
+                raise PlantedBug("planted in Bob's output")
+            return original(self)
+
+        monkeypatch.setattr(OutputBuffer, "buffers", buggy)
+        big = "b" * 3000
+        offline = False
+        for _ in range(80):  # up to 12 MB: more than the kernel buffers hold
+            alice.send_raw(f'broadcast "{big}"\n'.encode() * 50)
+            echoes = 0
+            while echoes < 50:
+                line = alice.read_line()
+                echoes += line.startswith("<To everyone>")
+                offline |= line == "<User Bob is offline.>"
+            if offline:
+                break
+        assert offline, "Bob was never cut"
+        alice.send("users")
+        alice.read_until(lambda line: line == "<Online users: Alice>")
+        assert server.exit_status == 0
+        bob.close()
+        alice.close()
+
+
 @pytest.mark.slow
 def test_a_timer_callback_that_raises_ends_only_its_connection(
     backend: str, monkeypatch: pytest.MonkeyPatch
@@ -166,6 +217,29 @@ def test_a_failure_in_the_loop_itself_shuts_the_server_down_with_the_notice(
             wait_until(lambda: server.exit_status == 1, message="exit status 1")
         finally:
             clients.close_all()
+
+
+@pytest.mark.slow
+def test_a_failing_server_timer_shuts_the_server_down_with_the_notice(
+    backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A timer that belongs to no connection (the chat's housekeeping)
+    raises: that is the loop's own failure -- shutdown notice, exit status
+    1.  Were it to kill a timer thread instead, the server would run on
+    with no timers at all (no login timeouts, close lingers, flood-control
+    retries or output limits), and exit 0."""
+    with running_server(backend) as server:
+        client = LineClient(server.port)
+        client.send("Alice")
+        client.expect("<User Alice is online.>")
+
+        def buggy(self: ChatService) -> None:
+            raise PlantedBug("planted in housekeeping")
+
+        monkeypatch.setattr(ChatService, "_enforce_output_limits", buggy)
+        client.expect("<Server is shutting down.>", timeout=5)
+        client.expect_closed()
+        wait_until(lambda: server.exit_status == 1, message="exit status 1")
 
 
 def test_serve_forever_returns_1_after_a_loop_failure(

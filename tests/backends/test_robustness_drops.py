@@ -12,11 +12,14 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Iterator
 
 import pytest
 
 from reactor.backends.base import Server
+from reactor.connection import Connection
+from tests.fake_transport import DeferredWhiteboard
 from tests.faults import VanishingPeerNetwork, reset
 from tests.support import DEFAULT_TIMEOUT, Clients, LineClient, running_server, wait_until
 
@@ -85,6 +88,35 @@ KILLABLE_CLIENT = textwrap.dedent("""
     print("ready", flush=True)
     sys.stdin.read()  # until killed
 """)
+
+
+def test_end_of_input_is_reported_once_while_a_line_waits_for_its_answer(
+    backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client sends its name and half-closes while the claim is still being
+    decided (a shared roster answers later).  End of input reaches the
+    connection once: a backend that kept watching the socket for input after
+    its EOF would recv() b"" again on every pass -- a busy loop (100 % CPU)
+    for as long as the answer takes, up to --delivery-timeout for a direct
+    message to a slow reader followed by a half-close."""
+    ends: list[Connection] = []
+    original = Connection.data_received
+
+    def counting(self: Connection, data: bytes) -> None:
+        if not data:
+            ends.append(self)
+        original(self, data)
+
+    monkeypatch.setattr(Connection, "data_received", counting)
+    whiteboard = DeferredWhiteboard()  # never answers here
+    with running_server(backend, options={"roster": whiteboard}) as server, \
+            LineClient(server.port) as client:
+        client.send_raw(b"Alice\n")
+        client.sock.shutdown(socket.SHUT_WR)
+        wait_until(lambda: len(whiteboard.waiting) == 1, message="the claim")
+        wait_until(lambda: len(ends) >= 1, message="end of input")
+        time.sleep(0.5)  # a spinning loop would report it thousands of times by now
+        assert len(ends) == 1, f"end of input reported {len(ends)} times"
 
 
 def test_a_kill_9_of_the_client_process_is_a_drop(server: Server, clients: Clients) -> None:

@@ -224,6 +224,34 @@ def test_a_flooding_client_cannot_starve_the_others(backend: str) -> None:
         assert max(flood_per_round_trip) < 4 * FAIR_SHARE, flood_per_round_trip
 
 
+@pytest.mark.slow
+def test_each_read_hands_the_chat_at_most_16_kib(
+    backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """README, "work per client per turn": one read of at most 16 KiB, the
+    bound on how long one flooding client holds the others up (asyncio's
+    own transport would read up to 256 KiB at a time)."""
+    sizes: list[int] = []
+    original = Session.data_received
+
+    def measuring(self: Session, data: bytes) -> None:
+        sizes.append(len(data))
+        original(self, data)
+
+    monkeypatch.setattr(Session, "data_received", measuring)
+    with running_server(backend, flood=FloodLimits(enabled=False)) as server, \
+            LineClient(server.port) as client:
+        client.send("Alice")
+        client.expect("<User Alice is online.>")
+        # Blank lines: no replies, so nothing pauses the reading.
+        # 1 MiB: many times what the kernel hands over in one read.
+        client.send_raw(b"\n" * MiB)
+        client.send("users")
+        client.expect("<Online users: Alice>", timeout=30)
+        assert sum(sizes) >= MiB
+        assert max(sizes) <= 16 * 1024, f"a read of {max(sizes)} bytes"
+
+
 # -- idle connections and the login timeout -----------------------------------------
 
 

@@ -101,14 +101,19 @@ def test_a_burst_of_big_broadcasts_in_one_pass_cuts_off_no_reader(backend: str) 
 # -- 2. an echoed message is never lost ---------------------------------------------
 
 
+@pytest.mark.parametrize("his_own_input", ["read", pytest.param("unread", marks=pytest.mark.slow)])
 def test_every_echoed_message_reaches_a_recipient_who_stops_reading_and_is_cut(
-    backend: str,
+    backend: str, his_own_input: str,
 ) -> None:
     """Bob stops reading.  Alice pipelines numbered messages to him: those his
     connection takes are echoed ``<To Bob>``; one that waits too long is taken
     back and answered "not delivered", and so are the rest until Bob reads.
     Then Carol's broadcasts push Bob past his hard limit and he is cut off.
-    Bob, reading to the end, has every message Alice saw echoed."""
+    Bob, reading to the end, has every message Alice saw echoed (README:
+    what the kernel has accepted still reaches him) -- also when he had
+    sent input the server had not read (``unread``: his connection paused,
+    not reading his own replies), which a close would turn into a reset
+    that throws away what the kernel had accepted for him."""
     with running_server(backend, output_limit=256 * KiB, output_hard_limit=512 * KiB,
                         delivery_timeout=0.5, flood=NO_FLOOD_CONTROL) as server, \
             client_pool(server.port) as pool:
@@ -142,6 +147,18 @@ def test_every_echoed_message_reaches_a_recipient_who_stops_reading_and_is_cut(
             b"<Message to Bob not delivered: Bob left before it could be sent.>",
         }
         assert echoed == list(range(len(echoed)))  # in order, none missing in between
+        if his_own_input == "unread":
+            assert not after_the_cut, "Bob was cut off too soon"
+            # Bob pipelines commands and reads none of the replies: his
+            # connection pauses, and the rest of his input stays unread in
+            # the server's kernel.
+            bob.sock.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                bob.sock.send(b"help\n" * 100_000)
+            found = server.chat.whiteboard.lookup("Bob")
+            assert found is not None
+            wait_until(lambda: found[1]._reading_paused,  # type: ignore[attr-defined]
+                       message="Bob's input paused")
         # Carol pushes Bob over his hard limit: he is cut off.
         big = "c" * 3000
         while b"<User Bob is offline.>" not in alice_lines.kept():
@@ -155,6 +172,60 @@ def test_every_echoed_message_reaches_a_recipient_who_stops_reading_and_is_cut(
         assert len(delivered) == len(set(delivered)), "a message arrived twice"
         assert not set(delivered) - set(echoed), "a message said not delivered arrived"
         alice_lines.stop()
+
+
+@pytest.mark.slow
+def test_a_recipient_marked_not_reading_who_reads_gets_messages_again(backend: str) -> None:
+    """Bob stops reading; Alice's pipelined messages fill his buffers until
+    one waits past the delivery timeout, is taken back, and the rest are
+    refused at once, "Bob is not reading".  Then Bob reads everything: the
+    next message reaches him.  The mark is cleared when Bob's queue drains,
+    so a backend must say so also when a withdraw emptied the queue while
+    the kernel was full and the socket then takes more (no send empties
+    the queue then), or Bob is refused for good."""
+    with running_server(backend, delivery_timeout=0.3, flood=NO_FLOOD_CONTROL) as server:
+        bob = LineClient(server.port)
+        bob.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * KiB)
+        bob.send("Bob")
+        bob.expect("<User Bob is online.>")
+        alice = LineClient(server.port)
+        alice.send("Alice")
+        alice.expect("<User Alice is online.>")
+        alice_lines = Drain(alice.sock, keep=lambda line: line.startswith(b"<"))
+        refused = b"<Message to Bob not delivered: Bob is not reading.>"
+
+        def answers() -> list[bytes]:
+            return [line for line in alice_lines.kept()
+                    if line.startswith((b"<To Bob>", b"<Message to Bob not", b"<User Bob is off"))]
+
+        padding = "p" * 2000
+        sent = 0
+        while refused not in alice_lines.kept():
+            if b"<User Bob is offline.>" in alice_lines.kept():
+                break
+            assert sent < 5000, "Bob's buffers took everything"
+            alice.send_raw("".join(f'chat Bob "m{sent + i} {padding}"\n'
+                                   for i in range(100)).encode())
+            sent += 100
+            target = sent - 100
+            alice_lines.wait_for(lambda d, t=target: len(answers()) >= t, timeout=30,
+                                 message="answers")
+        total = sent
+        alice_lines.wait_for(lambda d: len(answers()) >= total, timeout=30, message="all answers")
+        assert b"<User Bob is offline.>" not in alice_lines.kept(), "Bob was cut off"
+        # Bob reads everything there is, and goes on reading.
+        after = b'<Message from Alice: "after reading">'
+        bob_lines = Drain(bob.sock, keep=lambda line: line == after)
+        wait_until(lambda: not any(c.not_reading for c in server.chat.connections), timeout=30,
+                   message="Bob's queue read empty")
+        alice.send('chat Bob "after reading"')
+        alice_lines.wait_for(lambda d: len(answers()) == total + 1, timeout=10,
+                             message="the answer")
+        assert answers()[-1] == b"<To Bob> after reading"
+        bob_lines.wait_for(lambda d: d.kept() == [after], message="the message")
+        alice_lines.stop()
+        bob_lines.stop()
+        bob.close()
 
 
 # -- 4. flood control: too fast is read later, never dropped ------------------------

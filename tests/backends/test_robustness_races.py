@@ -18,6 +18,7 @@ import pytest
 
 from reactor.backends.base import Server
 from reactor.flow import FloodLimits
+from reactor.outbuf import Entry
 from tests.faults import Drain, reset
 from tests.support import DEFAULT_TIMEOUT, Clients, LineClient, running_server
 
@@ -211,6 +212,32 @@ def _leave_in_the_middle(clients: Clients, way: str) -> None:
     # pass reads some hundreds more: Bob's exit takes the backlog and a few passes.
     assert most_answered_during_exit < 10_000, (
         f"{most_answered_during_exit} of Alice's messages answered while Bob left")
+
+
+def test_threads_withdraw_takes_the_send_lock() -> None:
+    """The threads backend's writer thread reads and consumes the output
+    queue under the transport's send lock (its sendmsg releases the GIL);
+    withdraw() -- the delivery timeout, on the timer thread -- must take it
+    too, or a message could be sent and still reported "not delivered",
+    and consume() would then pop the wrong entries."""
+    with running_server("threads") as server, LineClient(server.port) as client:
+        client.send("Alice")
+        client.expect("<User Alice is online.>")
+        transport = next(iter(server.chat.connections)).transport
+        lock = transport._send_lock  # type: ignore[attr-defined]
+        entry = Entry(b"x", lambda ok: None)
+        done = threading.Event()
+
+        def withdraw() -> None:
+            transport.withdraw(entry)
+            done.set()
+
+        with lock:
+            worker = threading.Thread(target=withdraw)
+            worker.start()
+            assert not done.wait(0.3), "withdraw() ran while the writer held the send lock"
+        assert done.wait(5)
+        worker.join()
 
 
 def test_between_one_sender_and_one_recipient_nothing_is_duplicated_or_reordered(

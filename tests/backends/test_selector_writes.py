@@ -220,12 +220,12 @@ class TLSPeer(Peer):
                 break
             except ssl.SSLWantReadError:
                 theirs.sendall(self._out.read())
-                server._handshaking.clear()  # (the loop's per-pass bound)
+                server.handshakes.end_pass()  # (the loop's per-pass bound)
                 transport.on_readable()
                 transport.flush()
                 self._in.write(theirs.recv(1 << 20))
         theirs.sendall(self._out.read())  # the client's Finished
-        server._handshaking.clear()
+        server.handshakes.end_pass()
         transport.on_readable()
         transport.flush()
         self.plain = bytearray()

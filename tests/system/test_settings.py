@@ -270,6 +270,12 @@ def test_a_value_out_of_range_is_named_as_the_command_line_names_it(
         "got 'fork'")
 
 
+def test_a_rate_out_of_range_is_named_as_a_rate_not_in_seconds(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert refusal(capsys, ["--line-rate", "0"]) == (
+        f"{PROGRAM}: argument --line-rate: must be 0.1-1e+06 per second, got 0 (see --help)")
+
+
 def test_a_key_found_only_by_toml_is_still_named_with_its_file(
         capsys: pytest.CaptureFixture[str], config_file: Callable[[str], str]) -> None:
     # An inline table: the light scan finds no "port =" line under [server].
