@@ -300,6 +300,8 @@ class Receiver:
             if head < 0:
                 if len(data) <= MAX_CARRY:
                     self.carry[k] = data
+                else:
+                    self.bad += 1
                 return b""
             if not data.startswith(b"HTTP/1.1 101 "):  # refused: say why, once
                 if len(self.samples) < 5:

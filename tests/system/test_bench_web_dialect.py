@@ -88,3 +88,45 @@ def test_a_close_frame_is_reported() -> None:
     server.data_to_send()
     assert server.close("bye")
     assert wire.scan_frames(server.data_to_send())[2]
+
+
+def _whole_client_frames(stream: bytes) -> int:
+    """How many complete (masked) client frames ``stream`` holds from its start."""
+    i = frames = 0
+    while i + 6 <= len(stream):
+        length, start = stream[i + 1] & 0x7F, i + 6
+        if length >= 126:
+            start += 2 if length == 126 else 8
+            length = int.from_bytes(stream[i + 2 : start - 4], "big")
+        if start + length > len(stream):
+            break
+        i, frames = start + length, frames + 1
+    return frames
+
+
+def test_messages_the_server_never_took_are_counted_unsent_though_masked() -> None:
+    """A server that stops reading: what the kernel took is counted sent, the
+    rest unsent, by bytes (masked frames hide the payloads' markers)."""
+    import socket
+
+    from bench.harness.driver import Conn, open_loop
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    try:
+        conn = Conn(*listener.getsockname()[:2])
+        peer, _ = listener.accept()
+        count = 5000  # 20 MB: more than the kernel's buffers hold for a peer that never reads
+
+        def line(seq: int, intended: int) -> bytes:
+            return wire.broadcast("web", wire.payload(wire.KIND_BROADCAST, seq, intended, 4000))
+
+        log = open_loop(conn, line, 1e6, count, slack=0.2)
+        conn.close()
+        received = bytearray()
+        while chunk := peer.recv(1 << 20):
+            received += chunk
+        peer.close()
+    finally:
+        listener.close()
+    assert log.unsent > 0 and log.sent + log.unsent == count
+    assert _whole_client_frames(bytes(received)) == log.sent
