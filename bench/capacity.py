@@ -117,7 +117,7 @@ GOALS: tuple[Goal, ...] = (
     Goal("asyncio", systems.PRIMARY, 0.8),
     Goal(systems.UVLOOP, systems.PRIMARY, 0.9),
     Goal(systems.TLS, systems.PRIMARY, 0.6),
-    Goal(systems.WEB, systems.PRIMARY, 0.75),  # web clients, once that system exists
+    Goal(systems.WEB, systems.PRIMARY, 0.75),
 )
 
 

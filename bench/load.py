@@ -11,7 +11,8 @@ Our backends are every name in the registry ``reactor.BACKENDS``, each run as
 with TLS on its port (a throwaway certificate; every client speaks TLS);
 beside them run ``asyncio-peer`` (the plain asyncio server of
 bench/peers/asyncio_server.py), Redis pub/sub and the cluster (two workers
-through Redis); ``asyncio-uvloop`` on request.
+through Redis); ``asyncio-uvloop`` and ``select-ws`` (the select backend's
+web port, every client speaking WebSocket as a browser's page does) on request.
 Each round starts every system afresh on a free 127.0.0.1 port, in rotated
 order (round-robin interleaving, so a noisy minute on a shared machine spreads
 over all systems instead of one), connects N clients through the same lean
@@ -144,10 +145,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="its pid, for CPU and memory figures (default: none, no such figures)")
     p.add_argument(
         "--target-dialect",
-        choices=("chat", "redis"),
+        choices=("chat", "redis", "web"),
         default="chat",
-        help="what --target speaks: chat (this project's line protocol) or redis "
-        "(RESP pub/sub: a login subscribes, a broadcast publishes)",
+        help="what --target speaks: chat (this project's line protocol), redis "
+        "(RESP pub/sub: a login subscribes, a broadcast publishes) or web (the chat "
+        "over a --web-port's WebSocket)",
     )
     p.add_argument("--out", type=Path, default=RESULTS,
                    help="directory for the report, the wide table, JSON and plots "

@@ -13,7 +13,10 @@ Beside them runs ``select-tls`` (``TLS``): the primary backend again, its main
 port speaking TLS only (``--tls-cert``/``--tls-key``), with a throwaway
 certificate made for the run (:func:`make_certificate`) in a temporary
 directory that is removed with the server; every harness client of that
-system speaks TLS (``Running.tls``).
+system speaks TLS (``Running.tls``).  And ``select-ws`` (``WEB``): the primary
+backend with its web listener (``--web-port``), every harness client speaking
+WebSocket to it (the ``web`` dialect of ``bench.harness.wire``), as a browser's
+page would; the TCP port is open but unused.
 """
 
 from __future__ import annotations
@@ -65,18 +68,17 @@ TLS = f"{PRIMARY}-tls"
 #: The asyncio backend on uvloop (``--loop uvloop``): measured on request
 #: (``--systems``), not by default, to keep the standard run within its time.
 UVLOOP = "asyncio-uvloop"
-#: Web clients (WebSocket) of the primary backend: the name their system will
-#: have once the browser client exists.  Not in ``KNOWN`` until ``start``
-#: can start it; the goals and the plots already know the name.
+#: Web clients (WebSocket, ``--web-port``) of the primary backend: measured on
+#: request (``--systems``), not by default, to keep the standard run within its time.
 WEB = f"{PRIMARY}-ws"
-#: Our backends, as `python -m reactor --backend NAME` (the TLS one beside the
-#: plain one it is compared with), then the two references.
+#: Our backends, as `python -m reactor --backend NAME` (the TLS and web ones
+#: beside the plain one they are compared with), then the two references.
 KNOWN: tuple[str, ...] = (
-    PRIMARY, TLS, *BACKENDS[1:], *((UVLOOP,) if "asyncio" in BACKENDS else ()), PEER, REDIS,
-    CLUSTER,
+    PRIMARY, TLS, WEB, *BACKENDS[1:], *((UVLOOP,) if "asyncio" in BACKENDS else ()), PEER,
+    REDIS, CLUSTER,
 )  # fmt: skip
 #: What a run measures when ``--systems`` is not given.
-DEFAULT: tuple[str, ...] = tuple(name for name in KNOWN if name != UVLOOP)
+DEFAULT: tuple[str, ...] = tuple(name for name in KNOWN if name not in (UVLOOP, WEB))
 #: The certificate's key: ECDSA P-256, what trustme makes by default and what
 #: certbot has issued by default since 2.0; the openssl fallback makes the same.
 CERT_KEY = "ECDSA P-256"
@@ -92,7 +94,7 @@ def stop_all() -> None:
 
 def log_level(name: str) -> str:
     """The log level ``name`` runs at, as the report quotes it."""
-    if name in BACKENDS or name in (TLS, UVLOOP):
+    if name in BACKENDS or name in (TLS, UVLOOP, WEB):
         return LOG_LEVEL
     if name == CLUSTER:
         return f"{LOG_LEVEL} (Redis: warning)"
@@ -175,7 +177,7 @@ def unavailable_reason(name: str) -> str | None:
             import redis  # noqa: F401
         except ImportError:
             return "the cluster extra is not installed (pip install -e '.[cluster]'); skipped"
-    runs_reactor = name in (*BACKENDS, TLS, UVLOOP, CLUSTER)
+    runs_reactor = name in (*BACKENDS, TLS, UVLOOP, WEB, CLUSTER)
     if runs_reactor and not (REPO / "reactor" / "__main__.py").exists():
         return "reactor/__main__.py not found; `python -m reactor` cannot start"
     if name == UVLOOP:
@@ -183,6 +185,11 @@ def unavailable_reason(name: str) -> str | None:
             import uvloop  # noqa: F401
         except ImportError:
             return "uvloop not installed (pip install uvloop); skipped"
+    if name == WEB:
+        try:
+            import websockets  # noqa: F401
+        except ImportError:
+            return "the web extra is not installed (pip install -e '.[web]'); skipped"
     if name == TLS and certificate_maker() is None:
         return "no way to make a certificate (pip install trustme, or install openssl)"
     return None
@@ -259,11 +266,11 @@ def start(
     if name == CLUSTER:
         return start_cluster(max_clients, workers=CLUSTER_WORKERS)
     workdir = None
-    if name in BACKENDS or name in (TLS, UVLOOP):
+    if name in BACKENDS or name in (TLS, UVLOOP, WEB):
         # The benchmark measures capacity: one sender offers up to 40,000 direct
         # messages a second, far past what flood control lets one client send
         # (bench/flood.py measures flood control itself).
-        backend = {TLS: PRIMARY, UVLOOP: "asyncio"}.get(name, name)
+        backend = {TLS: PRIMARY, UVLOOP: "asyncio", WEB: PRIMARY}.get(name, name)
         cmd = [sys.executable, "-m", "reactor", "--backend", backend, "--flood-control", "off"]
         if name == UVLOOP:
             cmd += ["--loop", "uvloop"]
@@ -284,7 +291,10 @@ def start(
     try:
         for _attempt in range(3):  # the free port may be taken between probe and bind
             try:
-                running = _start_listening(name, [*cmd, "--port", str(free_port())])
+                if name == WEB:
+                    running = _start_web(name, cmd)
+                else:
+                    running = _start_listening(name, [*cmd, "--port", str(free_port())])
             except RuntimeError as exc:
                 error = exc
                 continue
@@ -307,6 +317,23 @@ def _start_listening(name: str, cmd: list[str], timeout: float = 15.0) -> Runnin
     nobody drains would block a server that logs at the worst moment.
     """
     return _wait_listening(_spawn(name, cmd), timeout)
+
+
+def _start_web(name: str, cmd: list[str], timeout: float = 15.0) -> Running:
+    """``cmd`` with a TCP port and a web port; returned once both listen, as
+    the web system: its clients connect to the web port and speak WebSocket."""
+    web_port = free_port()
+    running = _start_listening(
+        name, [*cmd, "--web-port", str(web_port), "--port", str(free_port())], timeout
+    )
+    deadline = time.monotonic() + timeout
+    while not listening(web_port):
+        if time.monotonic() > deadline or not running.alive():
+            running.stop()
+            raise RuntimeError(f"{name}: no web listener: {running.log_tail()!r}")
+        time.sleep(0.02)
+    running.port, running.dialect = web_port, "web"
+    return running
 
 
 def _spawn(name: str, cmd: list[str]) -> Running:

@@ -82,7 +82,7 @@ def run_system(sys_: Running, cfg: Config, base: int, progress: Progress) -> dic
         if out["storm"]["logged_in"] < cfg.n:
             out["error"] = f"only {out['storm']['logged_in']} of {cfg.n} clients logged in"
             return out
-        sender = Conn(sys_.host, sys_.port, tls=sys_.tls)
+        sender = Conn(sys_.host, sys_.port, tls=sys_.tls, web=sys_.dialect == "web")
         try:
             name = wire.sender_name(base)
             sender.send(wire.login(sys_.dialect, name))

@@ -12,7 +12,7 @@
  * bench/harness/creceiver.py compiles this at run time when a C compiler exists
  * and speaks to it over stdin/stdout:
  *
- *   setup (binary, once):  "host port window count chat ppid delay_acks [tls]\n", then per client
+ *   setup (binary, once):  "host port window count chat ppid delay_acks [tls [web]]\n", then per client
  *                          u32 login_len, u32 notice_len, login bytes, notice bytes
  *   "L\n"                  connect and log in every client, `window` in flight
  *   "M nb nd np\n"         arm recording (forget earlier records); answers "A\n"
@@ -38,6 +38,14 @@
  * would cost the harness, not the server).  The handshake's flights and the
  * login are small enough for an empty socket buffer; a send the kernel does not
  * take whole drops the client.
+ *
+ * WebSocket (the select-ws system): given web=1 in the header, a client's input
+ * is the server's HTTP answer, skipped, then frames (bench/harness/wire.py's
+ * web dialect).  The frames are walked only to find where the last complete
+ * one ends (the rest is carried, as a partial line is) and to answer the
+ * server's pings with masked pongs, or it would close the connection; the
+ * markers are looked for in the frames' bytes as they are, since a server's
+ * frames are unmasked.
  *
  * It dies with its parent (PR_SET_PDEATHSIG), so even a SIGKILLed benchmark
  * leaves no receiver holding connections.
@@ -98,6 +106,7 @@ typedef struct {
     uint32_t login_len, own_len;
     char *carry;
     size_t carry_len;
+    char upgraded; /* web: the HTTP answer has been read */
 #ifdef WITH_TLS
     SSL *ssl; /* NULL on plain TCP, and until the TCP connection is up */
     char handshaken;
@@ -106,7 +115,7 @@ typedef struct {
 
 static client *cl;
 static size_t ncl, next_login, inflight, window;
-static int ep, chat;
+static int ep, chat, web;
 static struct sockaddr_storage addr;
 static socklen_t addrlen;
 static int64_t logged_in, notices, last_notice_ns, dropped, connect_errors, bad, last_record_ns;
@@ -179,6 +188,7 @@ static void drop(size_t k) {
     free(c->carry);
     c->carry = NULL;
     c->carry_len = 0;
+    c->upgraded = 0;
 #ifdef WITH_TLS
     if (c->ssl) SSL_free(c->ssl); /* frees its BIOs too */
     c->ssl = NULL;
@@ -406,8 +416,59 @@ static char rbuf[RECV_SIZE + MAX_CARRY];
 static int delay_acks = 1;
 static const int zero = 0;
 
+/* Keep data[cut, len) of client k for its next read. */
+static void carry(client *c, const char *data, size_t cut, size_t len) {
+    size_t tail = len - cut;
+    if (tail > MAX_CARRY) {
+        bad++;
+        return;
+    }
+    char *p = realloc(c->carry, tail ? tail : 1);
+    if (!p) exit(3);
+    c->carry = p;
+    memcpy(c->carry, data + cut, tail);
+    c->carry_len = tail;
+}
+
+/* A masked pong echoing a ping's payload; 0 if client k was dropped. */
+static int pong(size_t k, const unsigned char *payload, size_t n) {
+    unsigned char frame[6 + 125];
+    if (n > 125) n = 125; /* (a control frame's payload is at most 125 bytes) */
+    uint32_t mask = (uint32_t)random();
+    frame[0] = 0x8A;
+    frame[1] = (unsigned char)(0x80 | n);
+    memcpy(frame + 2, &mask, 4);
+    for (size_t i = 0; i < n; i++) frame[6 + i] = payload[i] ^ frame[2 + i % 4];
+    if (send(cl[k].fd, frame, 6 + n, MSG_NOSIGNAL) != (ssize_t)(6 + n)) {
+        drop(k);
+        return 0;
+    }
+    return 1;
+}
+
+/* Where the last complete server frame in p[0, len) ends, the pings among
+ * them answered; (size_t)-1 if client k was dropped. */
+static size_t frames(size_t k, const unsigned char *p, size_t len) {
+    size_t i = 0;
+    while (i + 2 <= len) {
+        size_t start = i + 2;
+        uint64_t n = p[i + 1] & 0x7f;
+        if (n >= 126) {
+            start += n == 126 ? 2 : 8;
+            if (start > len) break;
+            n = 0;
+            for (size_t j = i + 2; j < start; j++) n = n << 8 | p[j];
+        }
+        if (n > len - start) break;
+        if ((p[i] & 0x0f) == 0x9 && !pong(k, p + start, (size_t)n)) return (size_t)-1;
+        i = start + (size_t)n;
+    }
+    return i;
+}
+
 /* `len` bytes of input of client k, received at rbuf + MAX_CARRY (so that the
- * carried partial line fits in front of them): account for the complete lines. */
+ * carried partial line fits in front of them): account for the complete lines
+ * (web: the complete frames). */
 static void lines(size_t k, size_t len, int64_t now, int64_t know) {
     client *c = &cl[k];
     char *data = rbuf + MAX_CARRY;
@@ -417,19 +478,35 @@ static void lines(size_t k, size_t len, int64_t now, int64_t know) {
         len += c->carry_len;
         c->carry_len = 0;
     }
-    if (data[len - 1] != '\n') { /* a partial line: keep its tail for the next read */
+    if (web) {
+        if (!c->upgraded) {
+            char *end = memmem(data, len, "\r\n\r\n", 4);
+            if (!end) {
+                carry(c, data, 0, len);
+                return;
+            }
+            if (len < 13 || memcmp(data, "HTTP/1.1 101 ", 13) != 0) { /* refused: say why */
+                if (nsamples < 5) {
+                    size_t n = len < 200 ? len : 200;
+                    memcpy(samples[nsamples], data, n);
+                    sample_len[nsamples++] = n;
+                }
+                drop(k);
+                return;
+            }
+            c->upgraded = 1;
+            len -= (size_t)(end + 4 - data);
+            data = end + 4;
+        }
+        size_t cut = frames(k, (const unsigned char *)data, len);
+        if (cut == (size_t)-1) return;
+        if (cut < len) carry(c, data, cut, len);
+        len = cut;
+        if (!len) return;
+    } else if (data[len - 1] != '\n') { /* a partial line: keep its tail for the next read */
         char *nl = memrchr(data, '\n', len);
         size_t cut = nl ? (size_t)(nl - data) + 1 : 0;
-        size_t tail = len - cut;
-        if (tail <= MAX_CARRY) {
-            char *p = realloc(c->carry, tail);
-            if (!p) exit(3);
-            c->carry = p;
-            memcpy(c->carry, data + cut, tail);
-            c->carry_len = tail;
-        } else {
-            bad++;
-        }
+        carry(c, data, cut, len);
         len = cut;
         if (!len) return;
     }
@@ -589,9 +666,9 @@ int main(void) {
     header[hl] = 0;
     char host[256];
     char port[16];
-    long long win = 0, n = 0, ischat = 0, ppid = 0, delay = 1, tls = 0;
-    if (sscanf(header, "%255s %15s %lld %lld %lld %lld %lld %lld", host, port, &win, &n, &ischat,
-               &ppid, &delay, &tls) < 7) {
+    long long win = 0, n = 0, ischat = 0, ppid = 0, delay = 1, tls = 0, isweb = 0;
+    if (sscanf(header, "%255s %15s %lld %lld %lld %lld %lld %lld %lld", host, port, &win, &n,
+               &ischat, &ppid, &delay, &tls, &isweb) < 7) {
         fprintf(stderr, "creceiver: bad header\n");
         return 2;
     }
@@ -612,6 +689,8 @@ int main(void) {
     window = win > 0 ? (size_t)win : 1;
     ncl = (size_t)n;
     chat = (int)ischat;
+    web = (int)isweb;
+    srandom((unsigned)getpid());
     delay_acks = (int)delay;
     struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *res;
     if (getaddrinfo(host, port, &hints, &res) != 0) {

@@ -127,7 +127,8 @@ class CReceiverProc:
         self.w, self.r = self.proc.stdin, self.proc.stdout
         head = (
             f"{share.host} {share.port} {share.window} {len(logins)} "
-            f"{int(share.dialect == 'chat')} {os.getpid()} {int(delay_acks)} {int(share.tls)}\n"
+            f"{int(share.dialect != 'redis')} {os.getpid()} {int(delay_acks)} {int(share.tls)} "
+            f"{int(share.dialect == 'web')}\n"
         ).encode()
         body = b"".join(
             struct.pack("=II", len(a), len(b)) + a + b for a, b in zip(logins, notices, strict=True)

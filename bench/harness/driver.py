@@ -11,6 +11,8 @@ slow server.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import select
 import socket
 import ssl
@@ -36,10 +38,14 @@ class Conn:
     Discarding matters: a sender that never read would have the server's
     replies (echoes, notices) pile up until the server throttled or dropped it.
     With ``tls`` the handshake is done (blocking, within ``timeout``) before
-    the constructor returns, and ``sock`` is an ``ssl.SSLSocket``.
+    the constructor returns, and ``sock`` is an ``ssl.SSLSocket``.  With
+    ``web`` the input is walked as WebSocket frames (after the HTTP answer)
+    and the server's pings are answered, or it would close the connection.
     """
 
-    def __init__(self, host: str, port: int, timeout: float = 5.0, tls: bool = False) -> None:
+    def __init__(
+        self, host: str, port: int, timeout: float = 5.0, tls: bool = False, web: bool = False
+    ) -> None:
         sock = socket.create_connection((host, port), timeout=timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if tls:
@@ -54,8 +60,13 @@ class Conn:
         self.out = bytearray()
         self.seen = b""  # tail of input, kept only while wait_for_text looks for something
         self.closed = False
+        self.queued = 0  # bytes ever queued: with len(out), how far the kernel took them
+        self.web = web
+        self.upgraded = False
+        self.partial = b""  # web: the input's incomplete frame (or HTTP answer)
 
     def send(self, data: bytes) -> None:
+        self.queued += len(data)
         self.out += data
         self.flush()
 
@@ -121,20 +132,38 @@ class Conn:
         server while the kernel holds records nobody decrypts.
         """
         data = self.sock.recv(1 << 18)
-        if not self.tls or not data:
-            return data
-        parts = [data]
-        while True:
-            try:
-                more = self.sock.recv(1 << 18)
-            except _WOULD_BLOCK:
-                break
-            except OSError:
-                break  # reported by the next read
-            if not more:
-                break
-            parts.append(more)
-        return b"".join(parts)
+        if self.tls and data:
+            parts = [data]
+            while True:
+                try:
+                    more = self.sock.recv(1 << 18)
+                except _WOULD_BLOCK:
+                    break
+                except OSError:
+                    break  # reported by the next read
+                if not more:
+                    break
+                parts.append(more)
+            data = b"".join(parts)
+        if self.web and data:
+            self.answer_pings(data)
+        return data
+
+    def answer_pings(self, data: bytes) -> None:
+        """Walk the frames ``data`` completes; queue a pong for each ping."""
+        data = self.partial + data
+        if not self.upgraded:
+            head = data.find(wire.END_OF_HEAD)
+            if head < 0:
+                self.partial = data
+                return
+            self.upgraded = True
+            data = data[head + len(wire.END_OF_HEAD) :]
+        end, pongs, _closed = wire.scan_frames(data)
+        self.partial = data[end:]
+        if pongs:
+            self.queued += len(pongs)
+            self.out += pongs  # sent by the next flush, between whole messages
 
     def wait_for_text(self, text: bytes, timeout: float) -> bool:
         deadline = time.monotonic_ns() + int(timeout * NS)
@@ -185,6 +214,7 @@ def open_loop(
     start = time.monotonic_ns() + 20_000_000
     hard_stop = start + int(count * period) + int(slack * NS)
     lag = array("q")
+    ends = array("q")  # conn.queued after each message: where it ends in the stream
     i = 0
     next_tick = 0
     # Keep the socket buffer, not our queue, as the place where backlog waits:
@@ -198,7 +228,10 @@ def open_loop(
         if due > i and len(conn.out) < max_queue:
             lag.append(now - (start + int(i * period)))
             seqs = range(first_seq + i, first_seq + due)
-            conn.send(b"".join([line(s, start + int((s - first_seq) * period)) for s in seqs]))
+            parts = [line(s, start + int((s - first_seq) * period)) for s in seqs]
+            before = conn.queued
+            ends.extend(before + end for end in itertools.accumulate(map(len, parts)))
+            conn.send(b"".join(parts))
             i = due
         if tick is not None and now >= next_tick:
             tick(i)
@@ -208,8 +241,10 @@ def open_loop(
     if tick is not None:
         tick(i)
     conn.drain_out(max(0.0, (hard_stop - time.monotonic_ns()) / NS))
-    # Messages still queued never reached the server; the receivers will miss them.
-    queued = bytes(conn.out).count(wire.SEQ_MARK)
+    # Messages not wholly taken by the kernel never reached the server; the
+    # receivers will miss them.  Counted by bytes, as the web dialect's masked
+    # frames hide the payloads.
+    queued = len(ends) - bisect.bisect_right(ends, conn.queued - len(conn.out))
     seconds = (time.monotonic_ns() - start) / NS
     return SendLog(first_seq, i - queued, count - i + queued, lag, seconds)
 
@@ -223,7 +258,7 @@ def probe_login(
     when the login bytes go out: the presence fan-out is timed from login, not
     from connect.
     """
-    conn = Conn(host, port, tls=tls)
+    conn = Conn(host, port, tls=tls, web=dialect == "web")
     t0 = time.monotonic_ns()
     conn.send(wire.login(dialect, name))
     return conn, t0

@@ -26,6 +26,12 @@ two ``ssl.MemoryBIO`` (as the server does, and as ``creceiver.c`` does with
 OpenSSL): the socket is still read with ``recvmsg``, so the kernel stamp is the
 ciphertext's arrival, and the plaintext takes the same path as plain input.
 
+With the ``web`` dialect the input is the server's HTTP answer, then
+WebSocket frames: :meth:`Receiver.web_input` skips the answer, walks the
+frames (``wire.scan_frames``) to carry a partial one to the next read, and
+answers the server's pings; the markers are then looked for in the frames'
+bytes as they are.
+
 The parent drives the process over a ``multiprocessing`` pipe with tuples:
 ``("login",)`` connects and logs in every client of the share, at most
 ``window`` logins in flight; ``("measure", n_broadcast, n_direct, n_probes)``
@@ -92,6 +98,8 @@ class Receiver:
         # TLS only: per local client, (SSLObject, incoming BIO, outgoing BIO) once connected.
         self.tls: list[tuple[ssl.SSLObject, ssl.MemoryBIO, ssl.MemoryBIO] | None] = [None] * n
         self.handshaken = bytearray(n)
+        self.web = share.dialect == "web"
+        self.upgraded = bytearray(n)  # web: the HTTP answer has been read
         self.own = [wire.online_notice(wire.client_name(i)) for i in share.indices]
         self.logged = bytearray(n)
         self.next_login = 0
@@ -269,6 +277,7 @@ class Receiver:
         self.carry.pop(k, None)
         self.tls[k] = None
         self.handshaken[k] = 0
+        self.upgraded[k] = 0
         self.dropped += 1
         if not self.logged[k]:
             self.inflight -= 1
@@ -279,6 +288,42 @@ class Receiver:
             if s is not None:
                 s.close()
         self.socks = [None] * len(self.socks)
+
+    # -- WebSocket -----------------------------------------------------------
+    def web_input(self, k: int, s: socket.socket, data: bytes) -> bytes:
+        """The complete frames ``data`` ends (with what was carried), the rest
+        carried; the HTTP answer skipped, pings answered.  b"" if none."""
+        if k in self.carry:
+            data = self.carry.pop(k) + data
+        if not self.upgraded[k]:
+            head = data.find(wire.END_OF_HEAD)
+            if head < 0:
+                if len(data) <= MAX_CARRY:
+                    self.carry[k] = data
+                else:
+                    self.bad += 1
+                return b""
+            if not data.startswith(b"HTTP/1.1 101 "):  # refused: say why, once
+                if len(self.samples) < 5:
+                    self.samples.append(data[:200].decode("utf-8", "replace"))
+                self.drop(k, s)
+                return b""
+            self.upgraded[k] = 1
+            data = data[head + len(wire.END_OF_HEAD) :]
+        end, pongs, _closed = wire.scan_frames(data)  # (a close is followed by the end)
+        if pongs:
+            try:
+                s.send(pongs)  # tiny; fits the socket buffer
+            except OSError:
+                self.drop(k, s)
+                return b""
+        if end < len(data):
+            if len(data) - end <= MAX_CARRY:
+                self.carry[k] = data[end:]
+            else:
+                self.bad += 1
+            data = data[:end]
+        return data
 
     # -- the hot path ------------------------------------------------------
     def chunk(self, k: int, data: bytes, now: int, anc: list[Any], offset: int) -> None:
@@ -294,7 +339,7 @@ class Receiver:
                 self.inflight -= 1
                 self.connect_more()
             elif (
-                self.share.dialect == "chat"
+                self.share.dialect != "redis"
                 and len(self.samples) < 5
                 and wire.ONLINE_TAIL not in data
             ):
@@ -424,6 +469,12 @@ class Receiver:
                     data = self.tls_input(k, s, data)
                     if not data:
                         continue
+                if self.web:
+                    data = self.web_input(k, s, data)
+                    if not data:
+                        continue
+                    self.chunk(k, data, now, anc, offset)
+                    continue
                 if k in self.carry:
                     data = self.carry.pop(k) + data
                 if data[-1] != 10:  # a partial line: keep its tail for the next read

@@ -30,6 +30,7 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 PEER = "asyncio-peer"
 TLS = f"{BACKENDS[0]}-tls"  # the primary backend with TLS on its port
+WEB = f"{BACKENDS[0]}-ws"  # the primary backend's web port, its clients on WebSocket
 
 
 def _can_make_certificates() -> bool:
@@ -40,10 +41,19 @@ def _can_make_certificates() -> bool:
     return True
 
 
-# In the benchmark's own order: the TLS system beside the backend it is compared with.
+def _has_websockets() -> bool:
+    try:
+        import websockets  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+# In the benchmark's own order: the TLS and web systems beside the backend they are compared with.
 SYSTEMS = (
     [BACKENDS[0]]
     + ([TLS] if _can_make_certificates() else [])
+    + ([WEB] if _has_websockets() else [])
     + [*BACKENDS[1:], PEER]
     + (["redis"] if shutil.which("redis-server") else [])
 )
