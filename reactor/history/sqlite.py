@@ -2,10 +2,14 @@
 
 One table of delivered messages and one of messages waiting for an offline
 name.  A direct message is one row however many of its two parties keep it:
-the row is keyed by the pair of names and marks which of the two own it
-(``owners``), so that each registered party reads its own copy and
-forgetting one party's copies clears its mark (the row goes when neither
-keeps it) -- what two rows would give, written once.
+the row belongs to the pair of names (a number from the ``pairs`` table; 0
+is the broadcasts) and marks which of the two own it (``owners``), so that
+each registered party reads its own copy and forgetting one party's copies
+clears its mark (the row goes when neither keeps it, the pair when it has no
+rows) -- what two rows would give, written once.  The rows are stored in
+the order they are read, by pair then id (``WITHOUT ROWID``): one b-tree to
+write, no index beside it.  Ids come from a counter kept in the file, so
+none is given twice, even after every row was deleted.
 
 Recording a delivered message, the hot path, only queues it: the writer
 thread (:mod:`reactor.history.writer`) turns what has queued into rows and
@@ -26,9 +30,12 @@ than the age.  The count is the pair's, which both parties share.
 
 from __future__ import annotations
 
+import functools
 import os
 import sqlite3
 import threading
+from collections import Counter
+from typing import cast
 
 from protocol import EVERYONE, username_key
 from reactor.config import HistoryConfig
@@ -47,19 +54,27 @@ FIRST, SECOND, BOTH = 1, 2, 3
 # As record() queues it: the owner's name (None: both parties), sender,
 # recipient, text, time.
 Queued = tuple[str | None, str, str, str, int]
-Row = tuple[str, int, int, str, str, str]  # pair, owners, time, sender, recipient, text
+BROADCASTS = 0  # the pair number of the broadcasts
 
 _SCHEMA = """
+CREATE TABLE IF NOT EXISTS pairs (
+    id INTEGER PRIMARY KEY,
+    first TEXT NOT NULL,
+    second TEXT NOT NULL,
+    UNIQUE (first, second)
+);
+CREATE INDEX IF NOT EXISTS pairs_by_second ON pairs (second);
 CREATE TABLE IF NOT EXISTS kept (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    pair TEXT NOT NULL,
+    pair INTEGER NOT NULL,
+    id INTEGER NOT NULL,
     owners INTEGER NOT NULL,
     time_ms INTEGER NOT NULL,
     sender TEXT NOT NULL,
     recipient TEXT NOT NULL,
-    text TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS kept_by_pair ON kept (pair, id);
+    text TEXT NOT NULL,
+    PRIMARY KEY (pair, id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS waiting (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     recipient_key TEXT NOT NULL,
@@ -72,8 +87,19 @@ CREATE TABLE IF NOT EXISTS waiting (
 CREATE INDEX IF NOT EXISTS waiting_by_recipient ON waiting (recipient_key, id);
 """
 
-_INSERT = ("INSERT INTO kept (pair, owners, time_ms, sender, recipient, text)"
-           " VALUES (?, ?, ?, ?, ?, ?)")
+# Rows in one INSERT at most (7 values each, under SQLite's oldest limit of
+# 999 variables).  One statement of many rows, rather than a statement run
+# once per row, binds in one call and lets the chat thread have the
+# interpreter once per statement, not once per row.
+ROWS_PER_INSERT = 128
+COLUMNS = 7
+
+
+@functools.lru_cache(maxsize=ROWS_PER_INSERT)
+def _insert(rows: int) -> str:
+    """The INSERT of ``rows`` rows (prepared once per count: sqlite3 caches statements)."""
+    return ("INSERT INTO kept (id, pair, owners, time_ms, sender, recipient, text) VALUES "
+            + ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * rows))
 
 
 def history_path(accounts_path: str) -> str:
@@ -91,9 +117,15 @@ class SQLiteHistory:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
-        _adopt_one_row_per_owner(self._db)
         self._lock = threading.Lock()
-        self._writes: dict[str, int] = {}
+        # What the writer knows (under the lock): the last id given, and
+        # which pair and owner marks a queued record's names make.
+        self._last_id = self._db.execute(
+            "SELECT max(coalesce((SELECT value FROM counters WHERE name = 'kept'), 0),"
+            " coalesce((SELECT max(id) FROM kept), 0))").fetchone()[0]
+        self._pairs: dict[tuple[str | None, str, str], tuple[int, int]] = {}
+        self._writes: dict[int, int] = {}
+        _adopt_one_row_per_owner(self)
         self._writer: WriteBehind[Queued] = WriteBehind(self._write, f"History file {path}")
 
     def record(self, owner: str, sender: str, to: str, text: str, time_ms: int) -> None:
@@ -103,36 +135,88 @@ class SQLiteHistory:
         self._writer.put((None, sender, to, text, time_ms))
 
     def _write(self, queued: list[Queued]) -> None:
-        rows = [_row(*item) for item in queued]
         with self._lock, self._transaction():
-            self._db.executemany(_INSERT, rows)
-            latest: dict[str, int] = {}
-            writes = self._writes
-            for pair, _, time_ms, *_ in rows:
-                latest[pair] = time_ms
-                writes[pair] = writes.get(pair, 0) + 1
+            self._insert(queued)
+
+    def _insert(self, queued: list[Queued]) -> None:
+        """Queued records as rows, a few statements of many rows (in a
+        transaction, under the lock); each conversation written is trimmed
+        once it had ``TRIM_EVERY`` writes."""
+        pairs = self._pairs
+        values: list[object] = []  # the rows' values one after the other
+        add = values.extend
+        next_id = self._last_id
+        for owner, sender, to, text, time_ms in queued:
+            known = pairs.get((owner, sender, to)) or self._owned_pair(owner, sender, to)
+            next_id += 1
+            add((next_id, *known, time_ms, sender, to, text))
+        per_insert = ROWS_PER_INSERT * COLUMNS
+        for start in range(0, len(values), per_insert):
+            chunk = values[start:start + per_insert]
+            self._db.execute(_insert(len(chunk) // COLUMNS), chunk)
+        self._db.execute("INSERT OR REPLACE INTO counters VALUES ('kept', ?)", (next_id,))
+        self._last_id = next_id
+        writes, now_ms = self._writes, queued[-1][4]
+        for pair, written in Counter(cast("list[int]", values[1::COLUMNS])).items():
             # At most one trim per conversation per batch: a trim costs
             # about as much as a hundred inserts.
-            for pair, time_ms in latest.items():
-                if writes[pair] >= TRIM_EVERY:
-                    self._trim(pair, time_ms)
-                    writes[pair] = 0
-            if len(writes) > self.config.max_conversations:
-                writes.clear()  # only counts towards the next trims: nothing lost
+            writes[pair] = writes.get(pair, 0) + written
+            if writes[pair] >= TRIM_EVERY:
+                self._trim(pair, now_ms)
+                writes[pair] = 0
+        if len(writes) > self.config.max_conversations:
+            writes.clear()  # only counts towards the next trims: nothing lost
+
+    def _owned_pair(self, owner: str | None, sender: str, to: str) -> tuple[int, int]:
+        """The pair of a record's names and its owner marks, remembered (bounded)."""
+        if to == EVERYONE:
+            found = BROADCASTS, BOTH
+        else:
+            sender_key, to_key = username_key(sender), username_key(to)
+            if owner is None:  # both parties keep it
+                first, second, mine = _in_order(sender_key, to_key)
+                found = (self._pair_made(first, second),
+                         BOTH if sender_key != to_key else FIRST)
+            else:
+                owner_key = username_key(owner)
+                first, second, mine = _in_order(
+                    owner_key, to_key if owner_key == sender_key else sender_key)
+                found = self._pair_made(first, second), mine
+        if len(self._pairs) >= self.config.max_conversations:
+            self._pairs.clear()
+        self._pairs[owner, sender, to] = found
+        return found
+
+    def _pair_id(self, first: str, second: str) -> int | None:
+        row = self._db.execute("SELECT id FROM pairs WHERE first = ? AND second = ?",
+                               (first, second)).fetchone()
+        return None if row is None else int(row[0])
+
+    def _pair_made(self, first: str, second: str) -> int:
+        """The pair's number, made if it has none yet."""
+        found = self._pair_id(first, second)
+        if found is not None:
+            return found
+        cursor = self._db.execute("INSERT INTO pairs (first, second) VALUES (?, ?)",
+                                  (first, second))
+        return int(cursor.lastrowid or 0)
 
     def page(self, owner: str, peer: str, before: str | None, count: int,
              now_ms: int) -> list[StoredMessage]:
         if before is not None and "-" in before:
             return []  # an id this store never gave (a cluster's a-b)
-        if peer == EVERYONE:
-            pair, mine, kept = EVERYONE, BOTH, self.config.broadcast_count
-        else:
-            pair, mine = _pair_of(username_key(owner), username_key(peer))
-            kept = self.config.direct_count
         oldest = now_ms - int(self.config.max_age * 1000)
         self._writer.settled(SETTLE_TIMEOUT)
-        # The retention count is applied to the newest rows, as a trim would.
         with self._lock:
+            if peer == EVERYONE:
+                pair, mine, kept = BROADCASTS, BOTH, self.config.broadcast_count
+            else:
+                first, second, mine = _in_order(username_key(owner), username_key(peer))
+                found, kept = self._pair_id(first, second), self.config.direct_count
+                if found is None:
+                    return []
+                pair = found
+            # The retention count is applied to the newest rows, as a trim would.
             rows = self._db.execute(
                 "SELECT id, time_ms, sender, recipient, text FROM ("
                 "  SELECT * FROM kept WHERE pair = ? AND owners & ? ORDER BY id DESC LIMIT ?"
@@ -183,29 +267,37 @@ class SQLiteHistory:
 
     def _forget_conversations(self, key: str) -> None:
         # The owner's mark goes from each of its pairs, as first or second
-        # name; a row nobody keeps any more goes with it.
-        first = "substr(pair, 1, instr(pair, char(10)) - 1)"
-        second = "substr(pair, instr(pair, char(10)) + 1)"
-        self._db.execute(f"UPDATE kept SET owners = owners & ~{FIRST}"
-                         f" WHERE owners & {FIRST} AND instr(pair, char(10)) AND {first} = ?",
-                         (key,))
-        self._db.execute(f"UPDATE kept SET owners = owners & ~{SECOND}"
-                         f" WHERE owners & {SECOND} AND instr(pair, char(10)) AND {second} = ?",
-                         (key,))
-        self._db.execute("DELETE FROM kept WHERE owners = 0")
+        # name; a row nobody keeps any more goes, and a pair left empty.
+        db = self._db
+        db.execute(f"UPDATE kept SET owners = owners & ~{FIRST}"
+                   " WHERE pair IN (SELECT id FROM pairs WHERE first = ?)", (key,))
+        db.execute(f"UPDATE kept SET owners = owners & ~{SECOND}"
+                   " WHERE pair IN (SELECT id FROM pairs WHERE second = ?)", (key,))
+        mine = "SELECT id FROM pairs WHERE first = ? OR second = ?"
+        db.execute(f"DELETE FROM kept WHERE owners = 0 AND pair IN ({mine})", (key, key))
+        db.execute(f"DELETE FROM pairs WHERE id IN ({mine})"
+                   " AND NOT EXISTS (SELECT 1 FROM kept WHERE kept.pair = pairs.id)", (key, key))
+        self._pairs.clear()  # a pair deleted may be made anew with another number
 
     def close(self) -> None:
         self._writer.close(SETTLE_TIMEOUT)
         with self._lock:
             self._db.close()
 
-    def _trim(self, pair: str, now_ms: int) -> None:
-        kept = self.config.broadcast_count if pair == EVERYONE else self.config.direct_count
+    def _trim(self, pair: int, now_ms: int) -> None:
+        kept = self.config.broadcast_count if pair == BROADCASTS else self.config.direct_count
+        db = self._db
+        db.execute("DELETE FROM kept WHERE pair = ? AND id <= ("
+                   "  SELECT id FROM kept WHERE pair = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                   (pair, pair, kept))
+        # Rows come in time order, but for a waiting message kept with the
+        # time it was sent: the whole conversation is looked through only
+        # when its oldest row has expired (reads leave out any expired row).
         oldest = now_ms - int(self.config.max_age * 1000)
-        self._db.execute(
-            "DELETE FROM kept WHERE pair = ? AND (time_ms < ? OR id <= ("
-            "  SELECT id FROM kept WHERE pair = ? ORDER BY id DESC LIMIT 1 OFFSET ?"
-            "))", (pair, oldest, pair, kept))
+        first = db.execute("SELECT time_ms FROM kept WHERE pair = ? ORDER BY id LIMIT 1",
+                           (pair,)).fetchone()
+        if first is not None and first[0] < oldest:
+            db.execute("DELETE FROM kept WHERE pair = ? AND time_ms < ?", (pair, oldest))
 
     def _transaction(self) -> sqlite3.Connection:
         # With isolation_level=None, "with connection" does not begin one.
@@ -213,43 +305,27 @@ class SQLiteHistory:
         return self._db
 
 
-def _pair_of(owner_key: str, peer_key: str) -> tuple[str, int]:
-    """The pair of two name keys, and which of its names ``owner_key`` is."""
+def _in_order(owner_key: str, peer_key: str) -> tuple[str, str, int]:
+    """Two name keys as their pair keeps them, and which of the two ``owner_key`` is."""
     if owner_key <= peer_key:
-        return f"{owner_key}\n{peer_key}", FIRST
-    return f"{peer_key}\n{owner_key}", SECOND
+        return owner_key, peer_key, FIRST
+    return peer_key, owner_key, SECOND
 
 
-def _row(owner: str | None, sender: str, to: str, text: str, time_ms: int) -> Row:
-    """A queued record as a row (on the writer thread: off the chat's)."""
-    if to == EVERYONE:
-        return EVERYONE, BOTH, time_ms, sender, to, text
-    sender_key, to_key = username_key(sender), username_key(to)
-    if owner is None:  # both parties keep it
-        pair, _ = _pair_of(sender_key, to_key)
-        return pair, BOTH if sender_key != to_key else FIRST, time_ms, sender, to, text
-    owner_key = username_key(owner)
-    pair, mine = _pair_of(owner_key, to_key if owner_key == sender_key else sender_key)
-    return pair, mine, time_ms, sender, to, text
-
-
-def _adopt_one_row_per_owner(db: sqlite3.Connection) -> None:
+def _adopt_one_row_per_owner(store: SQLiteHistory) -> None:
     """Move the rows of a file written a row per owner (a ``messages`` table
-    keyed ``owner\\npeer``) into ``kept``, once, keeping their order."""
+    keyed ``owner``, newline, ``peer``) into ``kept``, once, keeping their order."""
+    db = store._db
     if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'messages'"
                   ).fetchone() is None:
         return
-    db.execute("BEGIN")
-    old = db.execute("SELECT conversation, time_ms, sender, recipient, text FROM messages"
-                     " ORDER BY id").fetchall()
-    rows = []
-    for conversation, time_ms, sender, to, text in old:
-        owner, _, peer = conversation.partition("\n")
-        pair, mine = (EVERYONE, BOTH) if not peer else _pair_of(owner, peer)
-        rows.append((pair, mine, time_ms, sender, to, text))
-    db.executemany(_INSERT, rows)
-    db.execute("DROP TABLE messages")
-    db.execute("COMMIT")
+    with store._lock, store._transaction():
+        old = db.execute("SELECT conversation, time_ms, sender, recipient, text FROM messages"
+                         " ORDER BY id").fetchall()
+        # The owner's own spelling was not kept: its key stands for it.
+        store._insert([(conversation.partition("\n")[0], sender, to, text, time_ms)
+                       for conversation, time_ms, sender, to, text in old])
+        db.execute("DROP TABLE messages")
 
 
 def _upper_bound(before: str | None) -> int:
