@@ -135,8 +135,14 @@ class SQLiteHistory:
         self._writer.put((None, sender, to, text, time_ms))
 
     def _write(self, queued: list[Queued]) -> None:
-        with self._lock, self._transaction():
-            self._insert(queued)
+        with self._lock:
+            try:
+                with self._transaction():
+                    self._insert(queued)
+            except Exception:
+                # Rolled back: a pair made in it is not in the file.
+                self._pairs.clear()
+                raise
 
     def _insert(self, queued: list[Queued]) -> None:
         """Queued records as rows, a few statements of many rows (in a
@@ -159,7 +165,7 @@ class SQLiteHistory:
         writes, now_ms = self._writes, queued[-1][4]
         for pair, written in Counter(cast("list[int]", values[1::COLUMNS])).items():
             # At most one trim per conversation per batch: a trim costs
-            # about as much as a hundred inserts.
+            # as much as a few dozen inserts.
             writes[pair] = writes.get(pair, 0) + written
             if writes[pair] >= TRIM_EVERY:
                 self._trim(pair, now_ms)

@@ -261,6 +261,17 @@ def test_a_history_file_kept_a_row_per_owner_reads_back_the_same(tmp_path: Path)
         store.close()
 
 
+def test_a_sqlite_batch_that_failed_leaves_the_next_ones_readable(tmp_path: Path) -> None:
+    store = SQLiteHistory(str(tmp_path / "chat.history.db"), HistoryConfig())
+    try:
+        with pytest.raises(sqlite3.Error):  # a value SQLite cannot take: rolled back
+            store._write([(None, "Alice", "Bob", object(), NOW)])  # type: ignore[list-item]
+        store.record_pair("Alice", "Bob", "after", NOW + 1)
+        assert texts(store.page("Bob", "Alice", None, 10, NOW + 2)) == ["after"]
+    finally:
+        store.close()
+
+
 def test_removing_an_account_forgets_it_in_the_history_file_beside_it(tmp_path: Path) -> None:
     accounts = str(tmp_path / "chat.db")
     assert history_path(accounts) == str(tmp_path / "chat.history.db")
