@@ -8,7 +8,7 @@ Two servers run at once, both with registered names (``--accounts``, a
 SQLite file each) and no flood control: one with ``--history on`` (a SQLite
 history file beside the accounts), one without.  On each, Alice and Bob are
 registered and logged in with their passwords, so every direct message is
-kept twice (once for each party) by the one that keeps history.  Rounds
+kept for both parties by the one that keeps history.  Rounds
 alternate between the two servers -- off, on, off, on... -- so that what
 other people do on a shared machine falls on both alike; in each round Alice
 sends ``n`` messages to Bob (in windows of ``--window``, each waited for:

@@ -441,7 +441,7 @@ class MessageStore(Protocol):
     A conversation is ``everyone`` (the broadcasts, one for all) or one
     registered name's direct messages with one other name: its owner's own
     copy, so that nobody reads what was said to an earlier holder of a name
-    (a message between two registered names is kept once for each).  Names
+    (a message between two registered names is kept for each).  Names
     are matched ignoring case.  The store keeps at most its retention (a
     count per conversation and an age) and never more than its bounds,
     whatever clients do; it decides nothing about who may read: the chat
@@ -455,6 +455,12 @@ class MessageStore(Protocol):
         is ``everyone`` (``owner`` is then ignored).  A store may write it
         later, off the caller's thread (a failure then is its own to log):
         it is the hot path of every message."""
+
+    def record_pair(self, sender: str, to: str, text: str, time_ms: int) -> None:
+        """Keep a delivered direct message for both its parties, as
+        ``record`` once for ``sender`` and once for ``to`` would: each owns
+        its copy (forgetting one leaves the other).  A store may keep it
+        once, marked with both owners: the hot path when both are registered."""
 
     def page(self, owner: str, peer: str, before: str | None, count: int,
              now_ms: int) -> list[StoredMessage]:
@@ -473,8 +479,9 @@ class MessageStore(Protocol):
         recipient's connection, so that a connection lost during the login
         backlog loses nothing (it comes again at the next login)."""
 
-    def acknowledge(self, to: str, message_id: str) -> None:
-        """The held message ``message_id`` reached ``to``: hold it no more."""
+    def acknowledge(self, to: str, *message_ids: str) -> None:
+        """The held messages ``message_ids`` reached ``to``: hold them no
+        more (a login's backlog is let go in one call)."""
 
     def forget_conversations(self, owner: str) -> None:
         """Remove ``owner``'s own copies of its conversations: the name was

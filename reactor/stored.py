@@ -7,7 +7,7 @@ it, through the :class:`~reactor.contracts.MessageStore` it was given:
 
 * Nothing private is kept for a name that is not registered and proven on
   its connection (``connection.registered``): whoever takes an open name next
-  must not read it.  A direct message is kept once for each party that is.
+  must not read it.  A direct message is kept for each party that is.
 * A message for a registered name that is offline waits for its next login
   (at most ``waiting_max``); unregistered names keep the plain ``<User X is
   offline.>``.
@@ -94,17 +94,19 @@ class HistoryDesk:
         """A direct message was handed to its recipient: kept for each registered party."""
         now = self.now_ms()
         store = self.store
+        if recipient is not sender and getattr(recipient, "registered", False):
+            if sender.registered:  # the common case: written once, kept for both
+                store.record_pair(sender_name, to, text, now)
+            else:
+                store.record(to, sender_name, to, text, now)
+            return
         if sender.registered:
             store.record(sender_name, sender_name, to, text, now)
-        if recipient is sender:
-            return
         if getattr(recipient, "remote", False):
             # A user of another node, whose connection this node cannot ask:
             # on a cluster a registered name is only ever logged in with its
             # password, so owning the name is being registered.
             self._if_registered(sender, to, lambda: store.record(to, sender_name, to, text, now))
-        elif getattr(recipient, "registered", False):
-            store.record(to, sender_name, to, text, now)
 
     def _if_registered(self, connection: Connection, name: str,
                        then: Callable[[], None]) -> None:
@@ -174,10 +176,11 @@ class HistoryDesk:
         """After the user's own online notice: what waited for it, oldest
         first, then the recent broadcasts.
 
-        A waiting message is let go (acknowledged, kept in the user's
-        history, its sender told) only once its line reached the
-        connection's output; if the connection is lost first, the message
-        stays held and comes again at the next login.
+        A waiting message is let go (kept in the user's history, its sender
+        told, acknowledged) only once its line reached the connection's
+        output; if the connection is lost first, the message stays held and
+        comes again at the next login.  The backlog is acknowledged in one
+        call once every line's fate is known, not one call per message.
         """
         if connection.registered:
             try:
@@ -187,10 +190,11 @@ class HistoryDesk:
                 waiting = []
             if waiting:
                 log.info("%s logged in: waiting messages delivered: %d", name, len(waiting))
+                held = _Backlog(self.store, name, len(waiting))
             for message in waiting:
                 time_text = format_server_time(message.time_ms)
                 line = format_event(WaitingMessage(message.sender, time_text, message.text))
-                connection.send(line, self._on_handoff(name, message, time_text))
+                connection.send(line, self._on_handoff(name, message, time_text, held))
         now = self.now_ms()
         since = now - int(self.config.login_backlog_age * 1000)
         try:
@@ -201,19 +205,14 @@ class HistoryDesk:
             if message.time_ms >= since:
                 connection.send(_history_line(message))
 
-    def _on_handoff(self, name: str, message: StoredMessage,
-                    time_text: str) -> Callable[[bool], None]:
+    def _on_handoff(self, name: str, message: StoredMessage, time_text: str,
+                    held: _Backlog) -> Callable[[bool], None]:
         def handed(ok: bool) -> None:
+            held.settle(message.id if ok else None)
             if not ok:
                 log.info("Waiting message from %s to %s kept: %s left first",
                          message.sender, name, name)
                 return
-            try:
-                self.store.acknowledge(name, message.id)
-            except HistoryUnavailable as error:
-                # Delivered again at the next login: twice rather than never.
-                log.warning("Waiting message from %s to %s still held: %s",
-                            message.sender, name, error)
             self.store.record(name, message.sender, name, message.text, message.time_ms)
             found = self.roster.lookup(message.sender)
             if found is not None and found[1].is_open:
@@ -253,6 +252,34 @@ class HistoryDesk:
         lines = [_history_line(message) for message in page]
         lines.append(format_event(HistoryEnd(peer, len(page))))
         connection.reply(b"".join(lines))
+
+
+class _Backlog:
+    """A login's waiting messages on their way out: acknowledged together,
+    once the last one's line was taken or refused (a connection that is lost
+    settles every line it had not taken, as refused)."""
+
+    __slots__ = ("store", "name", "unsettled", "delivered")
+
+    def __init__(self, store: MessageStore, name: str, count: int) -> None:
+        self.store = store
+        self.name = name
+        self.unsettled = count
+        self.delivered: list[str] = []
+
+    def settle(self, delivered_id: str | None) -> None:
+        """One line's fate: taken (its message's id) or refused (None)."""
+        if delivered_id is not None:
+            self.delivered.append(delivered_id)
+        self.unsettled -= 1
+        if self.unsettled or not self.delivered:
+            return
+        try:
+            self.store.acknowledge(self.name, *self.delivered)
+        except HistoryUnavailable as error:
+            # Delivered again at the next login: twice rather than never.
+            log.warning("Waiting messages for %s still held: %d: %s", self.name,
+                        len(self.delivered), error)
 
 
 def _ignore(delivered: bool, reason: str) -> None:

@@ -46,6 +46,11 @@ class MemoryHistory:
         kept.append(message)
         self._expire(kept, time_ms)
 
+    def record_pair(self, sender: str, to: str, text: str, time_ms: int) -> None:
+        self.record(sender, sender, to, text, time_ms)
+        if username_key(sender) != username_key(to):
+            self.record(to, sender, to, text, time_ms)
+
     def page(self, owner: str, peer: str, before: str | None, count: int,
              now_ms: int) -> list[StoredMessage]:
         key = conversation_key(owner, peer)
@@ -75,14 +80,15 @@ class MemoryHistory:
     def waiting(self, to: str) -> list[StoredMessage]:
         return list(self._waiting.get(username_key(to), ()))
 
-    def acknowledge(self, to: str, message_id: str) -> None:
+    def acknowledge(self, to: str, *message_ids: str) -> None:
         key = username_key(to)
         waiting = self._waiting.get(key)
         if not waiting:
             return
-        if waiting[0].id == message_id:  # delivered oldest first: nearly always the head
-            waiting.popleft()
-        else:
+        for message_id in message_ids:
+            if waiting and waiting[0].id == message_id:  # oldest first: nearly always the head
+                waiting.popleft()
+                continue
             for message in waiting:
                 if message.id == message_id:
                     waiting.remove(message)

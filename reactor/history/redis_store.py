@@ -26,7 +26,7 @@ a broadcast is the hot path: :meth:`RedisHistory.record` only queues the
 write (:mod:`reactor.history.writer`), and the writer thread sends what has
 queued in one pipeline.  The rest -- holding a message for an offline name (the
 sender must hear whether it was stored), reading a page or a login's
-waiting messages, acknowledging one -- is one round trip on the chat
+waiting messages, acknowledging a login's backlog -- is one round trip on the chat
 thread, with a short timeout; reads wait first for this node's queued
 writes, so that a user reads back what they just sent.
 
@@ -115,6 +115,12 @@ class RedisHistory:
             key, kept = _direct_key(owner, peer_of(owner, sender, to)), self.config.direct_count
         self._writer.put((key, kept, (sender, to, text, time_ms)))
 
+    def record_pair(self, sender: str, to: str, text: str, time_ms: int) -> None:
+        # A stream per owner: forgetting one owner deletes its streams whole.
+        self.record(sender, sender, to, text, time_ms)
+        if username_key(sender) != username_key(to):
+            self.record(to, sender, to, text, time_ms)
+
     def _write(self, batch: list[Write]) -> None:
         pipe = self._redis.pipeline(transaction=False)
         for key, kept, (sender, to, text, time_ms) in batch:
@@ -162,8 +168,9 @@ class RedisHistory:
             log.error("%s", LOST)
         return [_message(entry) for entry in entries]
 
-    def acknowledge(self, to: str, message_id: str) -> None:
-        self._call(self._redis.xdel, WAITING + username_key(to), message_id)
+    def acknowledge(self, to: str, *message_ids: str) -> None:
+        if message_ids:  # one XDEL for a login's whole backlog
+            self._call(self._redis.xdel, WAITING + username_key(to), *message_ids)
 
     def forget_conversations(self, owner: str) -> None:
         self._settled()

@@ -43,7 +43,8 @@ class WriteBehind(Generic[T]):
         self._what = what  # the store, as log lines name it
         self._max_queued = max_queued
         self._queue: deque[T] = deque()
-        self._changed = threading.Condition(threading.Lock())
+        self._guard = threading.Lock()
+        self._changed = threading.Condition(self._guard)
         self._queued = 0  # writes queued so far, and written (or given up) so far
         self._written = 0
         self._dropped = 0
@@ -52,15 +53,18 @@ class WriteBehind(Generic[T]):
         self._thread.start()
 
     def put(self, item: T) -> None:
-        with self._changed:
-            if len(self._queue) >= self._max_queued:
+        # The hot path of every message kept: the condition's own lock,
+        # entered directly, and a wakeup only for a writer that sleeps.
+        queue = self._queue
+        with self._guard:
+            if len(queue) >= self._max_queued:
                 self._dropped += 1
                 if self._dropped == 1:
                     log.warning("%s is behind: messages are not being kept", self._what)
                 return
-            self._queue.append(item)
+            queue.append(item)
             self._queued += 1
-            if len(self._queue) == 1:
+            if len(queue) == 1:
                 self._changed.notify_all()  # the writer waits only on an empty queue
 
     def settled(self, timeout: float) -> None:

@@ -7,6 +7,7 @@ same way; the SQLite one also keeps it across a restart.
 from __future__ import annotations
 
 import logging
+import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -78,6 +79,26 @@ def test_each_owner_has_its_own_copy_of_a_conversation(open_store: Opener) -> No
     assert texts(store.page("Bob", "Alice", None, 10, NOW + 2)) == ["kept for Bob only"]
 
 
+def test_a_message_kept_for_both_parties_is_each_ones_own_copy(open_store: Opener) -> None:
+    store = open_store(HistoryConfig())
+    store.record_pair("Alice", "BOB", "for both", NOW)
+    store.record("Alice", "Alice", "Bob", "for Alice only", NOW + 1)
+    store.record_pair("bob", "alice", "the reply", NOW + 2)
+    assert texts(store.page("Alice", "Bob", None, 10, NOW + 3)) == [
+        "for both", "for Alice only", "the reply"]
+    assert [(m.sender, m.to) for m in store.page("Bob", "Alice", None, 10, NOW + 3)] == [
+        ("Alice", "BOB"), ("bob", "alice")]
+    store.forget_conversations("Bob")  # Bob registered anew: Alice's copies stay hers
+    assert store.page("Bob", "Alice", None, 10, NOW + 3) == []
+    assert texts(store.page("Alice", "Bob", None, 10, NOW + 3)) == [
+        "for both", "for Alice only", "the reply"]
+    store.record_pair("Alice", "Bob", "to the new Bob", NOW + 4)
+    assert texts(store.page("Bob", "Alice", None, 10, NOW + 5)) == ["to the new Bob"]
+    store.forget("alice")
+    assert store.page("Alice", "Bob", None, 10, NOW + 5) == []
+    assert texts(store.page("Bob", "Alice", None, 10, NOW + 5)) == ["to the new Bob"]
+
+
 def test_pages_go_backwards_from_a_message_id(open_store: Opener) -> None:
     store = open_store(HistoryConfig())
     for n in range(10):
@@ -140,6 +161,16 @@ def test_a_waiting_message_is_held_until_it_is_acknowledged(open_store: Opener) 
     store.acknowledge("bob", first.id)
     assert texts(store.waiting("Bob")) == ["m2"]
     assert store.hold("Alice", "Bob", "room again", NOW + 9) is not None
+
+
+def test_a_logins_backlog_is_let_go_in_one_call(open_store: Opener) -> None:
+    store = open_store(HistoryConfig())
+    for n in range(4):
+        store.hold("Alice", "Bob", f"m{n}", NOW + n)
+    first, second, third, _ = store.waiting("Bob")
+    store.acknowledge("Bob", first.id, third.id, second.id)
+    store.acknowledge("Bob")  # nothing delivered: nothing let go
+    assert texts(store.waiting("Bob")) == ["m3"]
 
 
 def test_forgetting_a_name_removes_its_waiting_messages_and_its_own_conversations(
@@ -206,6 +237,39 @@ def test_the_sqlite_store_keeps_history_and_waiting_messages_across_a_restart(
         assert int(later.id) > int(kept.id)
     finally:
         again.close()
+
+
+def test_a_history_file_kept_a_row_per_owner_reads_back_the_same(tmp_path: Path) -> None:
+    path = str(tmp_path / "chat.history.db")
+    with sqlite3.connect(path) as old:
+        old.executescript("""
+            CREATE TABLE messages (id INTEGER PRIMARY KEY AUTOINCREMENT, conversation TEXT,
+                time_ms INTEGER, sender TEXT, recipient TEXT, text TEXT);
+            INSERT INTO messages (conversation, time_ms, sender, recipient, text) VALUES
+                ('alice' || char(10) || 'bob', 1796624263000, 'Alice', 'Bob', 'mine'),
+                ('bob' || char(10) || 'alice', 1796624263000, 'Alice', 'Bob', 'mine'),
+                ('everyone', 1796624263001, 'Bob', 'everyone', 'to all'),
+                ('bob' || char(10) || 'alice', 1796624263002, 'Bob', 'Alice', 'Bob''s only');
+        """)
+    old.close()
+    store = SQLiteHistory(path, HistoryConfig())
+    try:
+        assert texts(store.page("Alice", "Bob", None, 10, NOW)) == ["mine"]
+        assert texts(store.page("Bob", "Alice", None, 10, NOW)) == ["mine", "Bob's only"]
+        assert texts(store.page("Carol", "everyone", None, 10, NOW)) == ["to all"]
+    finally:
+        store.close()
+
+
+def test_a_sqlite_batch_that_failed_leaves_the_next_ones_readable(tmp_path: Path) -> None:
+    store = SQLiteHistory(str(tmp_path / "chat.history.db"), HistoryConfig())
+    try:
+        with pytest.raises(sqlite3.Error):  # a value SQLite cannot take: rolled back
+            store._write([(None, "Alice", "Bob", object(), NOW)])  # type: ignore[list-item]
+        store.record_pair("Alice", "Bob", "after", NOW + 1)
+        assert texts(store.page("Bob", "Alice", None, 10, NOW + 2)) == ["after"]
+    finally:
+        store.close()
 
 
 def test_removing_an_account_forgets_it_in_the_history_file_beside_it(tmp_path: Path) -> None:

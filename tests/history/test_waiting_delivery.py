@@ -8,11 +8,21 @@ hears of exactly the messages that were delivered.
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
 from protocol import UserOffline, WaitingDelivered, WaitingMessage
+from reactor.config import HistoryConfig
+from reactor.history.memory import MemoryHistory
 from tests.faults import reset
-from tests.history.support import PASSWORD, event, history_server, log_in, register
-from tests.support import DEFAULT_TIMEOUT, LineClient
+from tests.history.support import (
+    PASSWORD,
+    accounts_config,
+    event,
+    history_server,
+    log_in,
+    register,
+)
+from tests.support import DEFAULT_TIMEOUT, LineClient, running_server
 
 # More than the kernel's buffers hold for a client that reads nothing (a
 # send buffer grows to 4 MiB at most on Linux by default), so that part of
@@ -74,3 +84,35 @@ def _waiting_text(client: LineClient) -> str:
     got = event(client)
     assert isinstance(got, WaitingMessage), got
     return got.text
+
+
+class AcknowledgementsSeen(MemoryHistory):
+    """Memory history that notes each call letting waiting messages go."""
+
+    def __init__(self, config: HistoryConfig) -> None:
+        super().__init__(config)
+        self.calls: list[tuple[str, tuple[str, ...]]] = []
+
+    def acknowledge(self, to: str, *message_ids: str) -> None:
+        self.calls.append((to, message_ids))
+        super().acknowledge(to, *message_ids)
+
+
+def test_a_login_lets_its_whole_backlog_go_in_one_call_to_the_store(
+        backend: str, tmp_path: Path) -> None:
+    store = AcknowledgementsSeen(HistoryConfig())
+    with running_server(backend, accounts=accounts_config(str(tmp_path / "accounts.db")),
+                        history=HistoryConfig(), options={"history": store}) as server:
+        register(server.port, "Bob")
+        with log_in(server.port, "Alice") as alice:
+            for n in range(3):
+                alice.send(f"chat Bob m{n}")
+                alice.expect("<Message to Bob stored until they log in.>")
+            held = [message.id for message in store.waiting("Bob")]
+            with log_in(server.port, "Bob", PASSWORD) as bob:
+                assert [_waiting_text(bob) for _ in held] == ["m0", "m1", "m2"]
+                alice.expect("<User Bob is online.>")
+                # Alice hears of each delivery after the store was told.
+                assert all(isinstance(event(alice), WaitingDelivered) for _ in held)
+    assert store.calls == [("Bob", tuple(held))]
+    assert store.waiting("Bob") == []
