@@ -760,7 +760,10 @@ class ThreadsServer(Server):
             connection.abort(f"connection error: {error.strerror or error}")
             return  # (the reader then reads to the end and finishes)
         if data:  # (an end of input is the reader's: it sees it again)
-            connection.data_received(data)
+            try:
+                connection.data_received(data)
+            except Exception as error:  # that connection's, as in its reader
+                connection.fail(error)
 
     def _serve_client(self, transport: ThreadTransport) -> None:
         """A reader thread: the life of one connection, once admitted or refused."""
