@@ -1,8 +1,10 @@
 """The threads backend: a thread per connection, in the original's pthread style.
 
-The main thread accepts and starts one reader thread per client.  Every call
-into the chat logic happens under one lock -- the original's whiteboard mutex
--- and this module adds no chat logic of its own.
+The main thread accepts and starts one reader thread per client; what a
+client sent with its connection (its login, typically) the acceptor serves
+in its own turn, before the reader exists.  Every call into the chat logic
+happens under one lock -- the original's whiteboard mutex -- and this module
+adds no chat logic of its own.
 
 The original's flaw was a blocking ``send()`` to a recipient while holding the
 mutex: one client that stopped reading froze everyone.  Here a send under the
@@ -734,11 +736,12 @@ class ThreadsServer(Server):
             self.timers.stop()
 
     def _accept_batch(self, listener: Listener, limit: int) -> str | None:
-        """Accept what waits (up to ``limit``) and admit it in one turn of the
-        chat lock; the reason if out of resources, else None.
+        """Accept what waits (up to ``limit``), admit it in one turn of the
+        chat lock and serve what it sent in a second; the reason if out of
+        resources, else None.
 
-        One turn for the batch, not one per connection: in a login storm
-        every turn waits behind the logins queued for the lock.
+        Turns for the batch, not per connection: in a login storm every
+        turn waits behind the logins queued for the lock.
         """
         accepted: list[tuple[socket.socket, object]] = []
         refusal: str | None = None
@@ -784,6 +787,12 @@ class ThreadsServer(Server):
         with self.lock.first():
             for transport, _address in transports:
                 listener.service.connection_made(transport)
+        # What they sent with their connections, in a turn behind the readers
+        # waiting: an earlier client's reader holding its first line keeps
+        # its place, so logins are still announced in the order they came.
+        with self.lock:
+            for transport, _address in transports:
+                self._serve_arrived(transport)
         for index, (transport, address) in enumerate(transports):
             reader = threading.Thread(
                 target=self._serve_client, args=(transport,), name=f"client-{address}", daemon=True
@@ -799,6 +808,36 @@ class ThreadsServer(Server):
                     self._finish(unserved, "cannot start a thread for it")
                 return "cannot start a thread for a new connection"
         return refusal
+
+    @staticmethod
+    def _serve_arrived(transport: ThreadTransport) -> None:
+        """In the acceptor's turn: what a new client sent with its connection
+        (in a storm, its login), served before its reader thread exists.
+
+        As the select backend's pass serves every connection ready at its
+        start, the logins accepted together are handled in one turn and
+        announced in one send per user, instead of each waiting for its new
+        reader thread to start, wake on its data and queue for the lock.
+        """
+        if transport.tls is not None or transport._closing:
+            return  # a TLS handshake is the reader's; a refused client is closing
+        connection = transport.connection
+        assert connection is not None
+        try:
+            data = transport.sock.recv(READ_SIZE, socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return  # nothing yet: the reader waits for it
+        except OSError as error:
+            connection.abort(f"connection error: {error.strerror or error}")
+            return  # (the reader then reads to the end and finishes)
+        if data:  # (an end of input is the reader's: it sees it again)
+            try:
+                if transport.web is not None:
+                    transport.web_received(data)
+                else:
+                    connection.data_received(data)
+            except Exception as error:  # that connection's, as in its reader
+                connection.fail(error)
 
     def _serve_client(self, transport: ThreadTransport) -> None:
         """A reader thread: the life of one connection, once admitted or refused."""
