@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,12 +21,42 @@ settings.register_profile("reactor", deadline=None)
 settings.load_profile("reactor")
 
 
-@pytest.hookimpl(tryfirst=True)  # before -m deselects
+# The suite mostly waits -- for servers, child processes, Redis, deadlines --
+# rather than computing, so `-n auto` (pyproject's addopts) runs more workers
+# than there are cores.  PYTEST_XDIST_AUTO_NUM_WORKERS still decides if set;
+# `-n 0` runs everything in this process.
+WORKERS_PER_CORE = 2
+# Fixtures of these scopes are made once per worker: the tests sharing one
+# go to the same worker (--dist loadgroup), or each worker would make it again.
+SHARED_SCOPES = frozenset({"module", "package", "class"})
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
+    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
+        return None  # xdist's own hook reads it
+    return WORKERS_PER_CORE * len(os.sched_getaffinity(0))
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects, and before xdist reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    # A soak test is slow too: -m "not slow" replaces the default -m "not soak".
     for item in items:
+        # A soak test is slow too: -m "not slow" replaces the default -m "not soak".
         if item.get_closest_marker("soak") is not None:
             item.add_marker(pytest.mark.slow)
+        if item.get_closest_marker("xdist_group") is None and _shares_a_fixture(item):
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+
+
+def _shares_a_fixture(item: pytest.Item) -> bool:
+    """Whether the test uses a fixture of ours that lives longer than one test
+    (pytest's own session fixtures, such as tmp_path_factory, are cheap)."""
+    info = getattr(item, "_fixtureinfo", None)
+    if info is None:
+        return False
+    return any(definition.scope in SHARED_SCOPES and definition.baseid
+               for definitions in info.name2fixturedefs.values()
+               for definition in definitions)
 
 
 @pytest.fixture(params=BACKENDS)
