@@ -31,7 +31,7 @@ WORKERS_PER_CORE = 2
 SHARED_SCOPES = frozenset({"module", "package", "class"})
 
 
-@pytest.hookimpl(tryfirst=True)
+@pytest.hookimpl(tryfirst=True, optionalhook=True)  # (a hook of xdist's)
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
     if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
         return None  # xdist's own hook reads it
@@ -49,8 +49,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 def _shares_a_fixture(item: pytest.Item) -> bool:
-    """Whether the test uses a fixture of ours that lives longer than one test
-    (pytest's own session fixtures, such as tmp_path_factory, are cheap)."""
+    """Whether the test uses a fixture of the suite's own (one with a base
+    node id: a plugin's has none) that outlives a test."""
     info = getattr(item, "_fixtureinfo", None)
     if info is None:
         return False
