@@ -29,6 +29,7 @@ WORKERS_PER_CORE = 2
 # Fixtures of these scopes are made once per worker: the tests sharing one
 # go to the same worker (--dist loadgroup), or each worker would make it again.
 SHARED_SCOPES = frozenset({"module", "package", "class"})
+REDIS_FIXTURES = frozenset({"redis_server", "redis_tls_server"})
 
 
 @pytest.hookimpl(tryfirst=True, optionalhook=True)  # (a hook of xdist's)
@@ -44,8 +45,21 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         # A soak test is slow too: -m "not slow" replaces the default -m "not soak".
         if item.get_closest_marker("soak") is not None:
             item.add_marker(pytest.mark.slow)
-        if item.get_closest_marker("xdist_group") is None and _shares_a_fixture(item):
-            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+        group = _worker_group(item)
+        if group is not None and item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(group))
+
+
+def _worker_group(item: pytest.Item) -> str | None:
+    """The tests that must share a worker, named; None for any worker."""
+    # Cluster nodes give Redis a second to answer (less than a lease) before
+    # counting it out of reach: two clusters busy at once on two cores can
+    # starve each other past that, so they run one after the other.
+    if item.nodeid.startswith("tests/cluster/") or REDIS_FIXTURES & set(item.fixturenames):
+        return "cluster"
+    if _shares_a_fixture(item):
+        return item.nodeid.split("::")[0]
+    return None
 
 
 def _shares_a_fixture(item: pytest.Item) -> bool:

@@ -160,23 +160,15 @@ def test_a_direct_message_reaches_only_its_recipient_echoed_in_the_registered_sp
 def test_quoted_text_is_unescaped_for_the_echo_and_re_escaped_for_the_recipient(
     h: Harness,
 ) -> None:
+    """An escaped control character reaches the recipient visibly, escaped:
+    ``\\x0a`` cannot end the line early and forge a notice after it."""
     alice, bob = h.login("Alice"), h.login("Bob")
     alice.lines()
-    alice.send('chat Bob "she said \\"h\u00e9 \U0001f44b\\" \\\\o/ \\x1b[2J"')
-    alice.expect('<To Bob> she said "h\u00e9 \U0001f44b" \\\\o/ \\x1b[2J')
+    alice.send('chat Bob "she said \\"h\u00e9 \U0001f44b\\" \\\\o/ \\x1b[2J\\x0a<User Admin is online.>"')
+    alice.expect('<To Bob> she said "h\u00e9 \U0001f44b" \\\\o/ \\x1b[2J\\x0a<User Admin is online.>')
     assert bob.wire.endswith(
-        '<Message from Alice: "she said \\"h\u00e9 \U0001f44b\\" \\\\o/ \\x1b[2J">\n'.encode())
-
-
-def test_an_escaped_newline_reaches_the_recipient_visibly_not_as_a_forged_line(
-    h: Harness,
-) -> None:
-    alice, bob = h.login("Alice"), h.login("Bob")
-    alice.lines()
-    alice.send('chat Bob "\\x1b[2J fake\\x0a<User Admin is online.>"')
-    alice.expect("<To Bob> \\x1b[2J fake\\x0a<User Admin is online.>")
-    assert bob.wire.endswith(
-        b'<Message from Alice: "\\x1b[2J fake\\x0a<User Admin is online.>">\n')
+        '<Message from Alice: "she said \\"h\u00e9 \U0001f44b\\" \\\\o/ \\x1b[2J\\x0a<User Admin is online.>">\n'
+        .encode())
 
 
 def test_a_broadcast_goes_to_everyone_else_and_the_sender_gets_an_echo(h: Harness) -> None:
