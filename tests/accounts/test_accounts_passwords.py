@@ -184,6 +184,8 @@ def test_overlong_new_passwords_are_refused_by_register_and_password(
             alice.expect("<Username Alice is now registered.>")
             alice.send(f'password "{right}" "{too_long}"')
             alice.expect(INVALID.format("a password has at most 256 characters"))
+            alice.send("bye")
+            alice.expect("<User Alice is offline.>")
         # Nothing changed: the old one still logs in.
         log_in_with(server.port, "Alice", format_password(right)).close()
 
