@@ -403,11 +403,11 @@ def test_a_login_storm_over_two_nodes_tells_every_pair_exactly_once(
     count = 120
     names = [f"storm{i}" for i in range(count)]
     expected = count * (count + 1) // 2
-    # The default lease: with the tests' 0.6 s one, a claim's deadline in Redis
-    # (half the 0.3 s call time-out) can pass while a storm's fan-out keeps a
-    # busy 2-core machine behind, and the login is then refused as
-    # "unavailable" -- rightly, but not what this test is about.
-    with nodes(("select", "threads"), redis_server.url, lease=3.0,
+    # Patient: a claim's deadline in Redis (half the call time-out) can pass
+    # while a storm's fan-out keeps a busy 2-core machine behind, and the
+    # login is then refused as "unavailable" -- rightly, but not what this
+    # test is about.
+    with nodes(("select", "threads"), redis_server.url, lease=6.0, patient=True,
                flood=NO_FLOOD_CONTROL) as servers:
         clients = [LineClient(servers[i % 2].port) for i in range(count)]
         drains = [Drain(c.sock, keep=lambda line: line.startswith(b"<")) for c in clients]
