@@ -55,7 +55,8 @@ def _worker_group(item: pytest.Item) -> str | None:
     # Cluster nodes give Redis a second to answer (less than a lease) before
     # counting it out of reach: two clusters busy at once on two cores can
     # starve each other past that, so they run one after the other.
-    if item.nodeid.startswith("tests/cluster/") or REDIS_FIXTURES & set(item.fixturenames):
+    fixtures = set(getattr(item, "fixturenames", ()))  # (a Function's; not every Item's)
+    if item.nodeid.startswith("tests/cluster/") or REDIS_FIXTURES & fixtures:
         return "cluster"
     if _shares_a_fixture(item):
         return item.nodeid.split("::")[0]
