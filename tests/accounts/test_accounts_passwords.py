@@ -64,6 +64,14 @@ def log_in_with(port: int, name: str, line: bytes) -> LineClient:
     return client
 
 
+def log_in_and_out(port: int, name: str, line: bytes) -> None:
+    """Log in as in :func:`log_in_with`, then leave, and wait until the server
+    says so: the name is free again for the next login, however busy it is."""
+    with log_in_with(port, name, line) as client:
+        client.send("bye")
+        client.expect(f"<User {name} is offline.>")
+
+
 @pytest.mark.parametrize("password", list(PASSWORDS.values()), ids=list(PASSWORDS))
 def test_any_text_is_a_password_that_registers_logs_in_and_changes(
     backend: str, db: str, records: Records, password: str
@@ -100,9 +108,9 @@ def test_a_raw_password_and_its_escaped_form_are_the_same_password(
     password = f"{SMILE} raw \u202eRTL"
     with accounts_server(backend, db) as server:
         register(server.port, "Alice", password)  # sent escaped and quoted
-        log_in_with(server.port, "Alice", password.encode() + b"\n").close()  # raw, bare
+        log_in_and_out(server.port, "Alice", password.encode() + b"\n")  # raw, bare
         escaped = b'"\\U0001f600 raw \\u202eRTL"\n'
-        log_in_with(server.port, "Alice", escaped).close()
+        log_in_and_out(server.port, "Alice", escaped)
 
 
 def test_composed_and_decomposed_spellings_are_one_password(backend: str, db: str) -> None:
@@ -110,8 +118,8 @@ def test_composed_and_decomposed_spellings_are_one_password(backend: str, db: st
     decomposed = "cafe\u0301 cre\u0300me bru\u0302le\u0301e"
     with accounts_server(backend, db) as server:
         register(server.port, "Alice", decomposed)
-        log_in_with(server.port, "Alice", format_password(composed)).close()
-        log_in_with(server.port, "Alice", format_password(decomposed)).close()
+        log_in_and_out(server.port, "Alice", format_password(composed))
+        log_in_and_out(server.port, "Alice", format_password(decomposed))
 
 
 def refused_then_right(server: Server, name: str, right: str, bad_line: bytes,
@@ -176,6 +184,8 @@ def test_overlong_new_passwords_are_refused_by_register_and_password(
             alice.expect("<Username Alice is now registered.>")
             alice.send(f'password "{right}" "{too_long}"')
             alice.expect(INVALID.format("a password has at most 256 characters"))
+            alice.send("bye")
+            alice.expect("<User Alice is offline.>")
         # Nothing changed: the old one still logs in.
         log_in_with(server.port, "Alice", format_password(right)).close()
 

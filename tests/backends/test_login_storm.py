@@ -11,6 +11,8 @@ import socket
 import time
 from collections.abc import Iterator
 
+import pytest
+
 from protocol import MAX_USERNAME_LENGTH
 from reactor.config import FloodLimits, ServerConfig
 from tests.faults import raise_own_open_file_limit, server_process
@@ -81,6 +83,7 @@ def lines(stream: bytes) -> list[bytes]:
     return stream.splitlines(keepends=True)
 
 
+@pytest.mark.slow  # a server process and thousands of logins
 def test_sigterm_in_a_login_storm_nobody_reads_ends_the_server_promptly(backend: str) -> None:
     """The server is stopped while thousands of logins are announced to
     clients that do not read.  What is queued for them is dropped, not

@@ -327,10 +327,11 @@ def test_an_echo_across_nodes_means_the_recipient_got_the_message(
     if one was stuck half-sent and Bob was cut off, "offline".  Bob then
     reads to the end: he has exactly the messages Alice saw echoed, in order
     -- never a false echo, never one she was told was not delivered."""
-    # The default lease: 1,500 pipelined 4 KB messages keep both nodes busy
-    # enough that a 0.6 s lease can lapse between a renewal and its reply,
-    # and a node whose lease lapsed rightly refuses to act.
-    with nodes(pair, redis_server.url, lease=3.0, output_limit=64 * KiB,
+    # Patient, with a long lease: 1,500 pipelined 4 KB messages keep both
+    # nodes busy enough that a short lease can lapse between a renewal and its
+    # reply, or a Redis call outwait its time-out, and a node then rightly
+    # refuses to act ("unavailable"), which is not what this test is about.
+    with nodes(pair, redis_server.url, lease=6.0, patient=True, output_limit=64 * KiB,
                output_hard_limit=64 * 1024 * KiB, delivery_timeout=0.5,
                flood=NO_FLOOD_CONTROL) as (first, second), \
             cluster_clients([first.port, second.port]) as pool:
@@ -403,11 +404,11 @@ def test_a_login_storm_over_two_nodes_tells_every_pair_exactly_once(
     count = 120
     names = [f"storm{i}" for i in range(count)]
     expected = count * (count + 1) // 2
-    # The default lease: with the tests' 0.6 s one, a claim's deadline in Redis
-    # (half the 0.3 s call time-out) can pass while a storm's fan-out keeps a
-    # busy 2-core machine behind, and the login is then refused as
-    # "unavailable" -- rightly, but not what this test is about.
-    with nodes(("select", "threads"), redis_server.url, lease=3.0,
+    # Patient: a claim's deadline in Redis (half the call time-out) can pass
+    # while a storm's fan-out keeps a busy 2-core machine behind, and the
+    # login is then refused as "unavailable" -- rightly, but not what this
+    # test is about.
+    with nodes(("select", "threads"), redis_server.url, lease=6.0, patient=True,
                flood=NO_FLOOD_CONTROL) as servers:
         clients = [LineClient(servers[i % 2].port) for i in range(count)]
         drains = [Drain(c.sock, keep=lambda line: line.startswith(b"<")) for c in clients]

@@ -63,6 +63,7 @@ def test_a_login_that_arrives_before_the_node_joined_waits_for_the_join(
 # -- a node frozen past its lease ------------------------------------------------------
 
 
+@pytest.mark.slow  # a node process, frozen for longer than its lease
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_frozen_node_does_not_deliver_a_message_its_sender_was_told_was_not_delivered(
     redis_server: RedisServer, backend: str,  # noqa: F811
@@ -122,6 +123,7 @@ def test_after_a_redis_pause_longer_than_the_lease_every_node_gets_a_renewals_ch
     assert _script(redis_server, "renew", "A", epoch, lease_ms)[0] == "OK"
 
 
+@pytest.mark.slow  # a node process, and Redis paused for five leases
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_redis_pause_of_several_leases_gets_nobody_reaped_or_disconnected(
     redis_server: RedisServer, backend: str, caplog: pytest.LogCaptureFixture,  # noqa: F811

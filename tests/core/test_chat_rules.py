@@ -2,8 +2,8 @@
 
 No sockets, no threads, no sleeping: each test drives the chat logic the way a
 backend does (see ``tests/fake_transport.py``) and asserts the exact lines a
-peer would read.  The socket suites (``test_commands.py``,
-``test_robustness_*.py``) stay for what only sockets can show.
+peer would read.  A rule is tested here once; the socket suites
+(``tests/backends/``) keep only what sockets show.
 """
 
 from __future__ import annotations
@@ -160,11 +160,15 @@ def test_a_direct_message_reaches_only_its_recipient_echoed_in_the_registered_sp
 def test_quoted_text_is_unescaped_for_the_echo_and_re_escaped_for_the_recipient(
     h: Harness,
 ) -> None:
+    """An escaped control character reaches the recipient visibly, escaped:
+    ``\\x0a`` cannot end the line early and forge a notice after it."""
     alice, bob = h.login("Alice"), h.login("Bob")
     alice.lines()
-    alice.send('chat Bob "she said \\"h\u00e9\\" \\\\o/ \\x1b[2J"')
-    alice.expect('<To Bob> she said "h\u00e9" \\\\o/ \\x1b[2J')
-    assert bob.wire.endswith('<Message from Alice: "she said \\"h\u00e9\\" \\\\o/ \\x1b[2J">\n'.encode())
+    alice.send('chat Bob "she said \\"h\u00e9 \U0001f44b\\" \\\\o/ \\x1b[2J\\x0a<User Admin is online.>"')
+    alice.expect('<To Bob> she said "h\u00e9 \U0001f44b" \\\\o/ \\x1b[2J\\x0a<User Admin is online.>')
+    assert bob.wire.endswith(
+        '<Message from Alice: "she said \\"h\u00e9 \U0001f44b\\" \\\\o/ \\x1b[2J\\x0a<User Admin is online.>">\n'
+        .encode())
 
 
 def test_a_broadcast_goes_to_everyone_else_and_the_sender_gets_an_echo(h: Harness) -> None:
@@ -196,7 +200,9 @@ def test_help_is_one_line(h: Harness) -> None:
     [
         ("dance", "unknown command"),
         ("chat", 'usage is chat <user> "<message>"'),
+        ("chat Bob", 'usage is chat <user> "<message>"'),
         ('chat Bob "unterminated', "unterminated quote"),
+        ('chat Bob "hi" there', "text after the closing quote"),
         ('chat Bob ""', "the message is empty"),
         ('broadcast ""', "the message is empty"),
         ("bye now", "bye takes no arguments"),
@@ -210,13 +216,28 @@ def test_a_mistake_gets_one_line_and_the_connection_stays_usable(
     alice.expect(INVALID.format(reason), "<Online users: Alice>")
 
 
-def test_a_bad_byte_is_refused_by_name_and_reaches_nobody(h: Harness) -> None:
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (b"chat Bob \"\xff\xfe\"\n", "the line is not valid UTF-8 (byte 11)"),
+        (b"chat Bob \"a\x00b\"\n", "character U+0000 is not allowed raw; inside quotes write it as \\x00"),
+        (b"chat Bob \"\x1b[2J\"\n", "character U+001B is not allowed raw; inside quotes write it as \\x1b"),
+        ("chat Bob \"a\u2028b\"\n".encode(), "character U+2028 is not allowed raw; inside quotes write it as \\u2028"),
+        ("chat Bob \"a\x85b\"\n".encode(), "character U+0085 is not allowed raw; inside quotes write it as \\x85"),
+        (b"chat Bob \"a\rb\"\n", "character U+000D is not allowed raw; inside quotes write it as \\x0d"),
+    ],
+)
+def test_a_bad_byte_is_refused_by_name_and_reaches_nobody(
+    h: Harness, raw: bytes, reason: str
+) -> None:
     alice, bob = h.login("Alice"), h.login("Bob")
     alice.lines()
-    alice.send_raw(b'chat Bob "\x1b[2J"\n')
-    alice.expect(INVALID.format(
-        "character U+001B is not allowed raw; inside quotes write it as \\x1b"))
+    alice.send_raw(raw)
+    alice.expect(INVALID.format(reason))
     bob.expect_nothing()
+    alice.send('chat Bob "marker"')
+    alice.expect("<To Bob> marker")
+    bob.expect('<Message from Alice: "marker">')
 
 
 def test_bye_tells_the_leaver_and_everyone_once_then_closes_and_ignores_the_rest(
