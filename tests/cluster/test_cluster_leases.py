@@ -15,7 +15,6 @@ from reactor import BACKENDS
 from reactor.cluster.scripts import PREFIX, SCRIPTS
 from tests.cluster.test_cluster_failures import answered, false_offline, send_until_echoed
 from tests.cluster_support import (
-    LEASE,
     RedisServer,
     cluster_clients,
     ensure_continued,
@@ -63,6 +62,9 @@ def test_a_login_that_arrives_before_the_node_joined_waits_for_the_join(
 # -- a node frozen past its lease ------------------------------------------------------
 
 
+FROZEN_TEST_LEASE = 2.0
+
+
 @pytest.mark.slow  # a node process, frozen for longer than its lease
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_frozen_node_does_not_deliver_a_message_its_sender_was_told_was_not_delivered(
@@ -71,8 +73,11 @@ def test_a_frozen_node_does_not_deliver_a_message_its_sender_was_told_was_not_de
     """Bob's node is SIGSTOPped; Alice's DM to him reaches its inbox, then
     the node is reaped and Alice is told the message was not delivered.
     SIGCONT: Bob is disconnected and never reads the message."""
-    with node("select", redis_server.url) as survivor, \
-            node_process(backend, redis_server.url) as frozen, \
+    # A lease long enough that only the SIGSTOP gets a node reaped, not a
+    # loaded machine keeping either node from the CPU before it.
+    lease = FROZEN_TEST_LEASE
+    with node("select", redis_server.url, lease) as survivor, \
+            node_process(backend, redis_server.url, lease) as frozen, \
             cluster_clients([survivor.port, frozen.port]) as pool:
         alice = pool.login(0, "Alice")
         bob = pool.login(1, "Bob")
@@ -81,7 +86,7 @@ def test_a_frozen_node_does_not_deliver_a_message_its_sender_was_told_was_not_de
         try:
             alice.send('chat Bob "while frozen"')
             lines = alice.read_until(lambda line: line == offline("Bob"),
-                                     reap_deadline(LEASE) + 2)
+                                     reap_deadline(lease) + 2)
             assert "<Message to Bob not delivered: Bob's server stopped.>" in lines, lines
             assert "<To Bob> while frozen" not in lines, lines
         finally:
