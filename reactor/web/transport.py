@@ -101,9 +101,7 @@ class WebTransport(Transport):
         try:
             lines, ended = web.receive(data)
         except WebFailure as failure:
-            log.info("web: closed the connection from %s: %s", self.peer_host, failure.reason)
-            self._say()
-            connection.close(failure.reason)
+            self._failed(connection, failure)
             return
         self._say()
         if not connection.is_open:
@@ -138,6 +136,13 @@ class WebTransport(Transport):
         if self.output.size > limit and self.connection is not None:
             self.connection.abort(f"slow consumer: more than {limit} bytes of output queued")
 
+    def _failed(self, connection: ChatConnection, failure: WebFailure) -> None:
+        """The browser broke the protocol (or stopped answering pings): say
+        the close frame, and close."""
+        log.info("web: closed the connection from %s: %s", self.peer_host, failure.reason)
+        self._say()
+        connection.close(failure.reason)
+
     def _beat(self) -> None:
         self._heartbeat = None
         connection = cast("ChatConnection | None", self.connection)
@@ -146,9 +151,7 @@ class WebTransport(Transport):
         try:
             self.web.heartbeat()
         except WebFailure as failure:
-            log.info("web: closed the connection from %s: %s", self.peer_host, failure.reason)
-            self._say()
-            connection.close(failure.reason)
+            self._failed(connection, failure)
             return
         self._say()
         self._heartbeat = connection.call_later(_ping_interval(), self._beat)
