@@ -44,6 +44,7 @@ from reactor.history.memory import MemoryHistory
 from reactor.history.sqlite import SQLiteHistory, history_path
 from reactor.redis.url import check_url, is_redis_url
 from reactor.sockets import open_listener
+from reactor.tls import TLSCertificate
 from reactor.version import version
 from reactor.web import require_websockets
 from reactor.web.http import OriginRule, Site
@@ -190,7 +191,7 @@ def make_server(config: ServerConfig, backend: str = DEFAULT_BACKEND, *,
             admin.close()
         raise
     if admin is not None:
-        server.listen_for(admin_endpoint(chat), admin)
+        server.listen_for(admin_endpoint(chat, server.certificate), admin)
     return server
 
 
@@ -206,12 +207,12 @@ def open_admin_listener(config: ServerConfig) -> socket.socket:
         raise
 
 
-def admin_endpoint(chat: ChatService) -> AdminEndpoint:
+def admin_endpoint(chat: ChatService, certificate: TLSCertificate | None = None) -> AdminEndpoint:
     """The admin endpoint over the chat, and over the parts it was given
     that report metrics and readiness of their own (the cluster's roster,
-    the accounts)."""
+    the accounts, the TLS certificate's handshakes)."""
     parts: list[Monitored] = []
-    for part in (chat.whiteboard, chat.accounts):
+    for part in (chat.whiteboard, chat.accounts, certificate):
         if isinstance(part, Monitored):
             parts.append(part)
     return AdminEndpoint(chat, parts, version())

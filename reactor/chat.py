@@ -507,6 +507,7 @@ class ChatService:
         try:
             command = parse_command(decode_line(raw))
         except ProtocolError as error:
+            self.stats.invalid_lines += 1
             connection.reply(format_event(InvalidInput(error.reason)))
             return
         sender = connection.username
@@ -514,9 +515,11 @@ class ChatService:
         if type(command) is Chat:
             # The hot command, dispatched before the match (whose class
             # patterns cost a few isinstance and attribute look-ups each).
+            self.stats.chat_lines += 1
             if connection.muted_until is None or not self._muted(connection):
                 self._direct_message(connection, sender, command.to, command.text)
             return
+        self.stats.commands[type(command)] += 1
         match command:
             case Broadcast(text):
                 if connection.muted_until is not None and self._muted(connection):
@@ -624,6 +627,8 @@ class ChatService:
         # a slot (reserved before any later line is handled).
         slot: Slot | None = None
         answered = False
+        clock = self.clock
+        taken = clock()
 
         def delivered(ok: bool, reason: str) -> None:
             # Its own containment (what connection.guard would add, without
@@ -633,6 +638,7 @@ class ChatService:
             answered = True
             if ok:
                 stats.delivered_direct += 1
+                stats.direct_handoff.observe(clock() - taken)
             else:
                 stats.not_delivered += 1
             try:

@@ -20,6 +20,7 @@ it imports nothing of the server.
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -31,8 +32,9 @@ Labels = tuple[tuple[str, str], ...]
 
 @dataclass(frozen=True, slots=True)
 class Metric:
-    """One metric family: ``kind`` is "counter" or "gauge"; ``samples`` map
-    label pairs (in order) to values."""
+    """One metric family: ``kind`` is "counter", "gauge" or "histogram";
+    ``samples`` map label pairs (in order) to values (a histogram's: see
+    :meth:`Histogram.metric`)."""
 
     name: str
     kind: str
@@ -64,12 +66,48 @@ def _family(name: str, kind: str, help: str, value: float | None, label: str,
     return Metric(name, kind, help, [(((label, key),), values.get(key, 0)) for key in keys])
 
 
+class Histogram:
+    """A histogram counted in plain integers: ``observe`` is a bisection into
+    the fixed bucket bounds and two additions, cheap enough for a hot path;
+    the cumulative buckets of the text format are summed when scraped."""
+
+    __slots__ = ("bounds", "counts", "total")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds  # upper bounds, increasing; +Inf is implied
+        self.counts = [0] * (len(bounds) + 1)  # per bucket, not cumulative
+        self.total = 0.0  # the sum of the values observed
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+    def metric(self, name: str, help: str) -> Metric:
+        """The family (``name_bucket`` by ``le``, ``name_sum``, ``name_count``)."""
+        samples: list[tuple[Labels, float]] = []
+        running = 0
+        for bound, count in zip((*self.bounds, math.inf), self.counts, strict=True):
+            running += count
+            samples.append(((("le", _number(float(bound))),), running))
+        samples.append(((SUM,), self.total))
+        samples.append(((COUNT,), running))
+        return Metric(name, "histogram", help, samples)
+
+
+# The pseudo-labels of a histogram's _sum and _count samples (see exposition).
+SUM = ("", "_sum")
+COUNT = ("", "_count")
+
+
 def exposition(metrics: Iterable[Metric]) -> bytes:
     """The families in the text format, in the order given."""
     lines: list[str] = []
     for metric in metrics:
         lines.append(f"# HELP {metric.name} {_escape_help(metric.help)}")
         lines.append(f"# TYPE {metric.name} {metric.kind}")
+        if metric.kind == "histogram":
+            lines += _histogram_lines(metric)
+            continue
         for labels, value in metric.samples:
             if labels:
                 pairs = ",".join(f'{key}="{_escape_label(text)}"' for key, text in labels)
@@ -78,6 +116,17 @@ def exposition(metrics: Iterable[Metric]) -> bytes:
                 lines.append(f"{metric.name} {_number(value)}")
     lines.append("")
     return "\n".join(lines).encode("utf-8")
+
+
+def _histogram_lines(metric: Metric) -> list[str]:
+    lines = []
+    for labels, value in metric.samples:
+        (key, text), = labels
+        if key:
+            lines.append(f'{metric.name}_bucket{{{key}="{text}"}} {_number(value)}')
+        else:
+            lines.append(f"{metric.name}{text} {_number(value)}")
+    return lines
 
 
 def _escape_help(text: str) -> str:
@@ -102,9 +151,10 @@ class ChatStats:
     """The chat's counters: plain integers, bumped on the chat thread, read
     when scraped.  Reasons are a few fixed words (the label values)."""
 
-    __slots__ = ("accepted", "bytes_in", "bytes_out", "closed", "delivered_broadcast",
-                 "delivered_direct", "flood_delays", "logins", "login_refusals",
-                 "not_delivered", "received_broadcast", "received_direct", "refused")
+    __slots__ = ("accepted", "bytes_in", "bytes_out", "chat_lines", "closed", "commands",
+                 "delivered_broadcast", "delivered_direct", "direct_handoff", "flood_delays",
+                 "invalid_lines", "logins", "login_refusals", "not_delivered",
+                 "received_broadcast", "received_direct", "refused")
 
     def __init__(self) -> None:
         self.accepted = 0  # connections admitted to the login
@@ -120,6 +170,20 @@ class ChatStats:
         self.bytes_out = 0  # handed to the clients' connections (queued or sent)
         self.closed: Counter[str] = Counter()  # connections ended, by reason
         self.flood_delays = 0  # lines held back by flood control
+        # Lines in by command: the hot one (chat) a plain integer, the others
+        # by their class (named from protocol's table when scraped), and the
+        # lines the parser refused.
+        self.chat_lines = 0
+        self.commands: Counter[type] = Counter()
+        self.invalid_lines = 0
+        # Seconds from taking a direct message to its handoff (the
+        # recipient's connection took it, or the recipient's node answered).
+        self.direct_handoff = Histogram(HANDOFF_BUCKETS)
+
+
+# Upper bounds (seconds) of the direct message handoff histogram's buckets.
+HANDOFF_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+                   0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
 # Why a connection ended, from its close reason's first words: a fixed set,

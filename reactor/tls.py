@@ -50,6 +50,7 @@ from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
+from reactor.metrics import Metric, counter
 from reactor.outbuf import Entry, Handoff, OutputBuffer
 
 log = logging.getLogger("reactor")
@@ -128,13 +129,48 @@ def _no_password(key: str) -> Callable[[], str]:
     return ask
 
 
+class HandshakeCounts:
+    """TLS handshakes completed and failed (the peer does not speak TLS, or
+    broke it, before the handshake completed), for ``/metrics``.
+
+    Counted under a lock: the threads backend runs handshakes on the
+    connections' own threads.  Once per connection, so the lock costs
+    nothing worth keeping a cheaper scheme for."""
+
+    __slots__ = ("completed", "failed", "_lock")
+
+    def __init__(self) -> None:
+        self.completed = 0
+        self.failed = 0
+        self._lock = threading.Lock()
+
+    def count(self, completed: bool) -> None:
+        with self._lock:
+            if completed:
+                self.completed += 1
+            else:
+                self.failed += 1
+
+
 class TLSCertificate:
-    """The context new TLS connections get, reloadable while serving."""
+    """The context new TLS connections get, reloadable while serving, and
+    how their handshakes went (:class:`~reactor.contracts.Monitored`)."""
 
     def __init__(self, cert: str, key: str, password_file: str | None = None) -> None:
         self.cert, self.key, self.password_file = cert, key, password_file
         self.context = load_context(cert, key, password_file)
         self._lock = threading.Lock()
+        self.handshakes = HandshakeCounts()
+
+    def metrics(self) -> list[Metric]:
+        return [counter("reactor_tls_handshakes_total",
+                        "TLS handshakes with clients, by outcome (failed: the peer does not"
+                        " speak TLS or broke it; a peer gone mid-handshake is neither).",
+                        label="outcome", values={"completed": self.handshakes.completed,
+                                                 "failed": self.handshakes.failed})]
+
+    def unready_reason(self) -> str | None:
+        return None
 
     def reload(self) -> bool:
         """Load the files again; on failure log one line and keep the old context."""
@@ -179,9 +215,11 @@ class TLSWire:
     """One server-side TLS connection over memory buffers; see the module docstring."""
 
     __slots__ = ("_in", "_out", "_ssl", "output", "handshake_done", "ended", "failed",
-                 "size", "_pieces", "_notified")
+                 "size", "_pieces", "_notified", "_handshakes")
 
-    def __init__(self, context: ssl.SSLContext, output: OutputBuffer) -> None:
+    def __init__(self, context: ssl.SSLContext, output: OutputBuffer,
+                 handshakes: HandshakeCounts | None = None) -> None:
+        self._handshakes = handshakes
         self._in = ssl.MemoryBIO()
         self._out = ssl.MemoryBIO()
         self._ssl = context.wrap_bio(self._in, self._out, server_side=True)
@@ -228,6 +266,8 @@ class TLSWire:
                     self.ended = True  # closed before the handshake completed
                     return b"", True
                 self.handshake_done = True
+                if self._handshakes is not None:
+                    self._handshakes.count(completed=True)
             while True:
                 try:
                     chunk = self._ssl.read(READ_SIZE)
@@ -245,6 +285,8 @@ class TLSWire:
             return b"", True
         except ssl.SSLError as error:
             self.failed = True
+            if not self.handshake_done and self._handshakes is not None:
+                self._handshakes.count(completed=False)
             raise TLSFailure(failure_reason(error)) from None
         finally:
             self._collect()

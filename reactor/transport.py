@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from reactor.contracts import ConnectionEvents, SocketLoop, TimerHandle
 from reactor.outbuf import Entry, Handoff, OutputBuffer
-from reactor.tls import TLSWire
+from reactor.tls import HandshakeCounts, TLSWire
 
 if TYPE_CHECKING:
     from reactor.web.wire import WebWire
@@ -59,9 +59,10 @@ class Transport(ABC):
         # Set by the chat's connection_made; the backend reports to it.
         self.connection: ConnectionEvents | None = None
 
-    def start_tls(self, context: ssl.SSLContext) -> None:
-        """Speak TLS on this connection (before the chat logic sees it)."""
-        self.tls = TLSWire(context, self.output)
+    def start_tls(self, context: ssl.SSLContext, handshakes: HandshakeCounts | None = None) -> None:
+        """Speak TLS on this connection (before the chat logic sees it);
+        its handshake is counted in ``handshakes``."""
+        self.tls = TLSWire(context, self.output, handshakes)
         self.wire = self.tls
         self.secure = True  # passwords may cross it (reactor.accounts)
 

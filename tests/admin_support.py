@@ -69,7 +69,8 @@ def scrape(port: int) -> dict[str, float]:
 def parse_exposition(text: str) -> dict[str, float]:
     """The samples of a text-format exposition; fails on any line that
     breaks the format (a family's HELP and TYPE come first, once; its
-    samples follow together; counters end in ``_total``)."""
+    samples follow together; counters end in ``_total``; a histogram's
+    samples are its ``_bucket``, ``_sum`` and ``_count``)."""
     assert text.endswith("\n")
     samples: dict[str, float] = {}
     described: dict[str, set[str]] = {}
@@ -82,14 +83,17 @@ def parse_exposition(text: str) -> dict[str, float]:
             assert comment["kind"] not in described.setdefault(name, set()), line
             described[name].add(comment["kind"])
             if comment["kind"] == "TYPE":
-                assert comment["rest"] in ("counter", "gauge"), line
+                assert comment["rest"] in ("counter", "gauge", "histogram"), line
                 kinds[name] = comment["rest"]
                 assert comment["rest"] != "counter" or name.endswith("_total"), line
             current = name
             continue
         sample = SAMPLE.fullmatch(line)
         assert sample is not None, f"not a sample line: {line!r}"
-        assert sample["name"] == current and described[current] == {"HELP", "TYPE"}, line
+        assert current is not None and described[current] == {"HELP", "TYPE"}, line
+        names = ((current, f"{current}_bucket", f"{current}_sum", f"{current}_count")
+                 if kinds[current] == "histogram" else (current,))
+        assert sample["name"] in names, line
         key = sample["name"] + (f"{{{sample['labels']}}}" if sample["labels"] else "")
         assert key not in samples, f"twice: {key}"
         samples[key] = float(sample["value"])

@@ -25,6 +25,7 @@ from collections import Counter
 from reactor.admin.chat_metrics import chat_metrics
 from reactor.admin.http import TEXT, HeadReader, Refusal, Request, response
 from reactor.contracts import ChatForAdmin, Monitored, TimerHandle
+from reactor.logs import DroppingQueueHandler
 from reactor.metrics import CONTENT_TYPE, Metric, counter, exposition, gauge
 from reactor.transport import Transport
 
@@ -126,6 +127,9 @@ class AdminEndpoint:
                   round(time.monotonic() - self._started_at, 3)),
             gauge("reactor_ready", "1 if /readyz answers ready, else 0.",
                   int(self.unready_reason() is None)),
+            counter("reactor_log_lines_dropped_total",
+                    "Log lines dropped because the log output was not keeping up (the log"
+                    " queue is bounded and never makes the server wait).", _log_lines_dropped()),
             counter("reactor_admin_requests_total",
                     "Admin endpoint requests answered, by HTTP status.",
                     label="status", values={str(k): v for k, v in self.requests.items()}),
@@ -135,6 +139,13 @@ class AdminEndpoint:
                                    "The server's version, as a label; always 1.",
                                    [((("version", self.version),), 1)]))
         return families
+
+
+def _log_lines_dropped() -> int:
+    # The log queue belongs to the process (the root logger's handler), not
+    # to one server: read from there, 0 where the pipeline is not running.
+    return sum(handler.dropped_total for handler in logging.getLogger().handlers
+               if isinstance(handler, DroppingQueueHandler))
 
 
 class AdminConnection:

@@ -97,7 +97,7 @@ class AsyncioTransport(Transport, asyncio.BufferedProtocol):
             # ciphertext still in the socket transport, so "empty" would not
             # mean "taken by the kernel", and the handshake is then part of
             # the login, under the login timeout, as in the other backends.
-            self.start_tls(self.server.tls_context())
+            self.start_tls(self.server.tls_context(), self.server.tls_handshakes())
         self._listener.service.connection_made(self)
 
     def get_buffer(self, sizehint: int) -> memoryview:

@@ -108,7 +108,7 @@ from reactor.config import ServerConfig
 from reactor.connection import Connection
 from reactor.contracts import SocketLoop, TimerHandle
 from reactor.sockets import open_listener
-from reactor.tls import TLSCertificate
+from reactor.tls import HandshakeCounts, TLSCertificate
 from reactor.transport import Transport
 from reactor.web.http import Site
 
@@ -257,6 +257,11 @@ class Server(ABC):
         """The context for a TLS connection accepted now."""
         assert self.certificate is not None
         return self.certificate.context
+
+    def tls_handshakes(self) -> HandshakeCounts:
+        """Where a TLS connection accepted now counts its handshake."""
+        assert self.certificate is not None
+        return self.certificate.handshakes
 
     def reload(self) -> None:
         """Reload the TLS certificate (SIGHUP).  Safe from signal handlers:

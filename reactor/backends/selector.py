@@ -1077,6 +1077,6 @@ class SelectorServer(Server):
         else:
             transport = SelectorTransport(sock, host, self)
         if listener.tls:
-            transport.start_tls(self.tls_context())
+            transport.start_tls(self.tls_context(), self.tls_handshakes())
         self.selector.register(sock, _READ, transport)
         listener.service.connection_made(transport)

@@ -776,7 +776,7 @@ class ThreadsServer(Server):
             else:
                 transport = ThreadTransport(sock, peer_host(address), self)
             if listener.tls:
-                transport.start_tls(self.tls_context())
+                transport.start_tls(self.tls_context(), self.tls_handshakes())
             transports.append((transport, address))
         if not transports:
             return refusal

@@ -31,7 +31,7 @@ from reactor.contracts import (
     Session,
     TimerHandle,
 )
-from reactor.metrics import Metric, gauge
+from reactor.metrics import Metric, counter, gauge
 from reactor.redis.url import without_password
 from reactor.whiteboard import MAX_REMEMBERED_NAMES
 
@@ -188,6 +188,16 @@ class BoardState(Generic[S]):
             gauge("reactor_cluster_lease_remaining_seconds",
                   "Seconds left on this node's lease before the others count it dead.",
                   round(lease, 3)),
+            gauge("reactor_cluster_lease_age_seconds",
+                  "Seconds since this node's lease was last granted or renewed (0 while"
+                  " not joined).",
+                  round(self.config.lease - lease, 3) if self._registered else 0.0),
+            counter("reactor_cluster_redis_calls_total",
+                    "Script calls this node made to Redis.",
+                    0 if self.link is None else self.link.calls),
+            counter("reactor_cluster_redis_call_errors_total",
+                    "Script calls to Redis that failed (Redis out of reach or refusing).",
+                    0 if self.link is None else self.link.failed_calls),
             gauge("reactor_cluster_deliveries_waiting",
                   "Direct messages to users of other nodes awaiting their answer.",
                   len(self._pending)),

@@ -183,6 +183,10 @@ class Link(ABC):
         self.up = False
         self._refusals = Refusals(without_password(url))
         self._policy_checked = False  # (at the first connection only)
+        # Script calls made, and those answered UNAVAILABLE (Redis out of
+        # reach or refusing): counted on the chat thread, for /metrics.
+        self.calls = 0
+        self.failed_calls = 0
 
     def _open_commands(self) -> socket.socket:
         """The commands connection (blocking: on a thread of its own)."""
@@ -210,12 +214,15 @@ class Link(ABC):
              maxseen: int, args: Sequence[object], on_reply: Callable[[Reply], None]) -> None:
         """Run a script; ``on_reply`` gets its reply on the chat thread
         (at once with UNAVAILABLE while Redis is out of reach)."""
+        self.calls += 1
         self._submit(Call(script, (node, epoch, deadline_ms, maxlen, maxseen, *args), on_reply))
 
     def _answer(self, calls: Sequence[Call], replies: Sequence[Reply]) -> None:
         """On the chat thread: hand a batch's replies over, together."""
         with self._together(len(calls) > 1):  # one alone goes out at once
             for call, reply in zip(calls, replies, strict=True):
+                if reply is UNAVAILABLE:
+                    self.failed_calls += 1
                 # A bug in one reply's handling is that call's alone: the
                 # other replies of the batch are still handed over, and the
                 # server goes on (as each inbox entry is handled on its own).
@@ -280,6 +287,7 @@ class ThreadLink(Link):
             if self.up:
                 self._queue.put(call)
                 return
+        self.failed_calls += 1
         call.on_reply(UNAVAILABLE)
 
     def read_from(self, inbox: str, after_id: bytes) -> None:

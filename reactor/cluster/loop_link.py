@@ -205,6 +205,7 @@ class LoopLink(Link):
 
     def _submit(self, call: Call) -> None:
         if not self.up:
+            self.failed_calls += 1
             call.on_reply(UNAVAILABLE)
             return
         self._queued.append(call)

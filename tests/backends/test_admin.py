@@ -4,16 +4,21 @@ requests get their status, and admin clients cannot hurt the chat's users."""
 
 from __future__ import annotations
 
+import logging
+import queue
 import socket
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from reactor.admin import endpoint
 from reactor.admin.http import MAX_HEAD
 from reactor.backends.base import Server
+from reactor.logs import DroppingQueueHandler
 from tests.admin_support import exchange, get, parse_exposition, read_reply, scrape
+from tests.backends.test_tls import GARBAGE, Certs, TLSClient, client_hello, log_in, tls_server
 from tests.support import Clients, LineClient, running_server, wait_until
 
 
@@ -72,6 +77,81 @@ def test_the_metrics_count_what_users_do(server: Server) -> None:
         assert scrape(port)['reactor_login_refusals_total{reason="invalid_name"}'] == 1
 
 
+def test_lines_are_counted_by_command_and_refused_lines_under_one_label(
+        server: Server) -> None:
+    port = admin(server)
+    with Clients(server.port) as clients:
+        alice = clients.login("Alice")
+        for line in ("users", "help", "frobnicate now", "chat", "", 'chat Alice "sync"'):
+            alice.send(line)
+        alice.read_until(lambda line: line == '<Message from Alice: "sync">')
+        seen = scrape(port)
+    assert seen['reactor_lines_total{command="chat"}'] == 1
+    assert seen['reactor_lines_total{command="users"}'] == 1
+    assert seen['reactor_lines_total{command="help"}'] == 1
+    assert seen['reactor_lines_total{command="invalid"}'] == 2  # the blank line is no command
+    assert seen['reactor_lines_total{command="bans"}'] == 0  # every command, from the start
+    assert not any("frobnicate" in key for key in seen)
+
+
+def test_direct_message_handoffs_are_timed_in_a_histogram(server: Server) -> None:
+    port = admin(server)
+    family = "reactor_direct_handoff_seconds"
+    assert scrape(port)[f"{family}_count"] == 0
+    with Clients(server.port) as clients:
+        alice, bob = clients.login("Alice"), clients.login("Bob")
+        alice.read_until(lambda line: line == "<User Bob is online.>")
+        for number in range(3):
+            alice.send(f'chat Bob "hi {number}"')
+            alice.expect(f"<To Bob> hi {number}")
+            bob.expect(f'<Message from Alice: "hi {number}">')
+        alice.send('chat Nobody "lost"')  # not handed to anyone: not timed
+        alice.expect("<User Nobody does not exist.>")
+        seen = scrape(port)
+    buckets = [value for key, value in seen.items() if key.startswith(f"{family}_bucket")]
+    assert buckets == sorted(buckets), "cumulative"
+    assert seen[f'{family}_bucket{{le="+Inf"}}'] == seen[f"{family}_count"] == 3
+    assert seen[f"{family}_count"] == seen['reactor_deliveries_total{kind="direct"}']
+    assert 0 <= seen[f"{family}_sum"] < 3 * 5.0  # (below the largest finite bound each)
+
+
+def test_log_lines_dropped_by_the_bounded_log_queue_are_counted(server: Server) -> None:
+    port = admin(server)
+    assert scrape(port)["reactor_log_lines_dropped_total"] == 0
+    full = DroppingQueueHandler(queue.SimpleQueue(), bound=0)  # a queue with no room
+    logging.getLogger().addHandler(full)
+    try:
+        with LineClient(server.port) as eve:
+            eve.send("not a name!")  # logged by the server, at warning or below
+            eve.read_line()
+        logging.getLogger("reactor").warning("one more line for a full queue")
+        assert scrape(port)["reactor_log_lines_dropped_total"] == full.dropped_total >= 1
+    finally:
+        logging.getLogger().removeHandler(full)
+
+
+def test_tls_handshakes_are_counted_completed_and_failed(backend: str, tmp_path: Path) -> None:
+    certs = Certs(tmp_path)
+    with tls_server(backend, certs, admin_port=0) as server:
+        port, tls_port = admin(server), server.tls_port
+        assert tls_port is not None
+        with TLSClient(tls_port, certs.client_context()) as alice:
+            log_in(alice, "Alice")
+        with LineClient(tls_port) as plain:  # plaintext on the TLS port
+            plain.send_raw(GARBAGE["an HTTP request"])
+            plain.expect_closed()
+        with socket.create_connection(("127.0.0.1", tls_port)) as gone:
+            gone.sendall(client_hello()[:20])  # and gone mid-handshake: neither
+
+        def counted() -> bool:
+            seen = scrape(port)
+            return (seen['reactor_tls_handshakes_total{outcome="completed"}'] == 1
+                    and seen['reactor_tls_handshakes_total{outcome="failed"}'] == 1
+                    and seen["reactor_connections"] == 0)
+
+        wait_until(counted, message="one handshake completed, one failed")
+
+
 def test_health_and_readiness_answer_and_head_has_no_body(server: Server) -> None:
     port = admin(server)
     health = get(port, "/healthz")
@@ -122,6 +202,7 @@ def test_the_metrics_are_the_text_format_that_prometheus_reads(server: Server) -
     # (The parser names a counter family without its _total.)
     assert families["reactor_logins"].type == "counter"
     assert families["reactor_connections"].type == "gauge"
+    assert families["reactor_direct_handoff_seconds"].type == "histogram"
     assert len(parse_exposition(text)) == sum(len(f.samples) for f in families.values())
 
 

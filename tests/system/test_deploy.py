@@ -163,6 +163,12 @@ def _dockerfile_json(instruction: str) -> list[str]:
     raise AssertionError(f"the Dockerfile has no {instruction} in exec form")
 
 
+def _port_in(line: str) -> int:
+    found = re.search(r"on port (\d+)", line)
+    assert found is not None, line
+    return int(found[1])
+
+
 def _started(argv: list[str], env: dict[str, str]) -> ServerProcess:
     process = subprocess.Popen(argv, cwd=REPO, env=env, stdin=subprocess.DEVNULL,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -180,21 +186,33 @@ def test_the_image_entry_point_serves_and_its_health_check_passes() -> None:
     argv = [sys.executable, "-m", "reactor",
             *[str(DEPLOY / "reactor-chat.toml") if arg == CONFIG_IN_IMAGE else arg
               for arg in entry[1:]]]
+    # The image sets the admin port; here a free one, read from its log line.
+    assert "ENV REACTOR_ADMIN_PORT=" in (DEPLOY / "Dockerfile").read_text()
     env = {**os.environ, "REACTOR_SERVER_HOST": "127.0.0.1", "REACTOR_SERVER_PORT": "0",
-           "REACTOR_LOG_LEVEL": "WARNING"}
+           "REACTOR_ADMIN_PORT": "0", "REACTOR_LOG_LEVEL": "WARNING"}
     server = _started(argv, env)
     try:
-        with Clients(server.port) as clients:
+        chat = _port_in(server.wait_for_log(lambda line: "Listening on port " in line))
+        admin = _port_in(server.wait_for_log(lambda line: "Admin endpoint on port " in line))
+        with Clients(chat) as clients:
             the_original_conversation(clients)
         check = _dockerfile_json("HEALTHCHECK")
-        assert check[0] == "python"
-        health = subprocess.run([sys.executable, *check[1:]], timeout=30,
-                                env={**env, "REACTOR_SERVER_PORT": str(server.port)})
+        assert check[0] == "python" and "/healthz" in check[-1]
+        with_admin = {**env, "REACTOR_ADMIN_PORT": str(admin)}
+        health = subprocess.run([sys.executable, *check[1:]], timeout=30, env=with_admin)
         assert health.returncode == 0
+        # A wedged loop does not answer /healthz: the check fails in its time.
+        os.kill(server.pid, signal.SIGSTOP)
+        try:
+            health = subprocess.run([sys.executable, *check[1:]], timeout=30,
+                                    capture_output=True, env=with_admin)
+        finally:
+            os.kill(server.pid, signal.SIGCONT)
+        assert health.returncode != 0
         assert server.terminate() == 0
         # ...and fails once the server is gone.
         health = subprocess.run([sys.executable, *check[1:]], timeout=30, capture_output=True,
-                                env={**env, "REACTOR_SERVER_PORT": str(server.port)})
+                                env=with_admin)
         assert health.returncode != 0
     finally:
         server.cleanup()
