@@ -286,6 +286,10 @@ def test_a_browser_that_stops_reading_is_cut_off_like_a_tcp_client(backend: str)
         offline = b"<User Slow is offline.>"
         alice_lines = Drain(alice.sock, keep=lambda line: line == offline)
         blob = b'broadcast "' + b"y" * 3000 + b'"\n'
+        # Slow's login is its own connection's (its own thread, on threads):
+        # Alice's may be served first.
+        wait_until(lambda: server.chat.whiteboard.lookup("Slow") is not None,
+                   message="Slow logged in")
         found = server.chat.whiteboard.lookup("Slow")
         assert found is not None
         connection = found[1]
