@@ -107,10 +107,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    f"N={OBJECTIVE_N})")  # fmt: skip
     g.add_argument("--dm-objective", type=float, default=20.0,
                    help="direct-message p99 ms a step must keep")  # fmt: skip
-    g.add_argument("--ladder", default="10000,20000,40000,80000,160000",
+    g.add_argument("--ladder", default="10000,40000,160000,640000,1280000,2560000",
                    help="offered broadcast deliveries/s, rising (a step sends "
                    "deliveries / N broadcasts a second)")  # fmt: skip
-    g.add_argument("--dm-ladder", default="5000,10000,20000,40000,80000",
+    g.add_argument("--dm-ladder", default="5000,10000,20000,40000,80000,160000,240000",
                    help="offered direct messages/s, rising")  # fmt: skip
     g.add_argument("--bisect", type=int, default=3,
                    help="bisections after the first failing step")  # fmt: skip
