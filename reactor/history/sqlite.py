@@ -307,7 +307,11 @@ class SQLiteHistory:
 
     def _transaction(self) -> sqlite3.Connection:
         # With isolation_level=None, "with connection" does not begin one.
-        self._db.execute("BEGIN")
+        # IMMEDIATE: the write lock is taken (waiting out another writer, such
+        # as an operator's account removal) before anything is read; a
+        # deferred transaction that read first fails at once with "database
+        # is locked" when another connection wrote meanwhile.
+        self._db.execute("BEGIN IMMEDIATE")
         return self._db
 
 
