@@ -117,7 +117,10 @@ def test_a_message_to_a_slow_reader_does_not_hold_up_the_senders_next_message(
 def test_in_a_cluster_a_message_to_a_slow_reader_holds_up_no_message_here_or_elsewhere(
     backend: str, redis_server: RedisServer,  # noqa: F811
 ) -> None:
-    with nodes([backend, backend], redis_server.url, **PATIENT) as (here, there), \
+    # Patient Redis calls and a long lease: this is about order, not about
+    # Redis failing on a loaded machine.
+    with nodes([backend, backend], redis_server.url, 6.0, patient=True,
+               **PATIENT) as (here, there), \
             _shout_and_sloth(here) as (clients, shout, sloth):
         elsewhere = Clients(there.port)
         try:

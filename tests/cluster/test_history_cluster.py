@@ -93,6 +93,8 @@ def test_a_message_left_through_one_node_is_delivered_at_login_on_the_other(
                 # Alice, on the other node, learns it was delivered.
                 alice.expect("<User Bob is online.>")
                 assert event(alice) == WaitingDelivered("Bob", got.time)
+            # Bob's name is free again once his leaving reached the cluster.
+            alice.read_until(lambda line: line == "<User Bob is offline.>")
             with log_in(a.port, "Bob", PASSWORD) as bob:  # delivered once, on whichever node
                 bob.send("users")
                 bob.expect("<Online users: Alice, Bob>")
