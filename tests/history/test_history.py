@@ -65,8 +65,9 @@ def test_a_message_for_a_registered_name_that_is_offline_waits_for_its_next_logi
 def test_an_unregistered_name_that_is_offline_gets_todays_replies(
         backend: str, db: str) -> None:
     with history_server(backend, db) as server:
-        with log_in(server.port, "Carol"):
-            pass
+        with log_in(server.port, "Carol") as carol:
+            carol.send("bye")  # gone for the server before it closes her connection
+            carol.expect_closed()
         with log_in(server.port, "Alice") as alice:
             alice.send("chat Carol hi")
             alice.expect("<User Carol is offline.>")
