@@ -3,7 +3,7 @@ its lease and woken, Redis paused, Redis restarted empty, Redis not there yet.
 
 The node that fails is a child process (``python -m reactor --cluster``), so
 that it can be killed or stopped; the nodes that watch run in this process.
-Leases are short (``LEASE``), so a dead node is reaped within about a second.
+Leases are short (``LEASE``), so a dead node is reaped within about two seconds.
 """
 
 from __future__ import annotations
