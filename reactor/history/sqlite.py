@@ -120,13 +120,20 @@ class SQLiteHistory:
         self._lock = threading.Lock()
         # What the writer knows (under the lock): the last id given, and
         # which pair and owner marks a queued record's names make.
-        self._last_id = self._db.execute(
-            "SELECT max(coalesce((SELECT value FROM counters WHERE name = 'kept'), 0),"
-            " coalesce((SELECT max(id) FROM kept), 0))").fetchone()[0]
+        self._last_id = self._stored_last_id()
+        # Another connection's commits change it (the operator's tool removing
+        # an account): then what the writer knows is read again.
+        self._data_version = self._db.execute("PRAGMA data_version").fetchone()[0]
         self._pairs: dict[tuple[str | None, str, str], tuple[int, int]] = {}
         self._writes: dict[int, int] = {}
         _adopt_one_row_per_owner(self)
         self._writer: WriteBehind[Queued] = WriteBehind(self._write, f"History file {path}")
+
+    def _stored_last_id(self) -> int:
+        """The last message id the file has given."""
+        return int(self._db.execute(
+            "SELECT max(coalesce((SELECT value FROM counters WHERE name = 'kept'), 0),"
+            " coalesce((SELECT max(id) FROM kept), 0))").fetchone()[0])
 
     def record(self, owner: str, sender: str, to: str, text: str, time_ms: int) -> None:
         self._writer.put((owner, sender, to, text, time_ms))
@@ -148,6 +155,11 @@ class SQLiteHistory:
         """Queued records as rows, a few statements of many rows (in a
         transaction, under the lock); each conversation written is trimmed
         once it had ``TRIM_EVERY`` writes."""
+        version = self._db.execute("PRAGMA data_version").fetchone()[0]
+        if version != self._data_version:
+            self._data_version = version
+            self._pairs.clear()
+            self._last_id = max(self._last_id, self._stored_last_id())
         pairs = self._pairs
         values: list[object] = []  # the rows' values one after the other
         add = values.extend
