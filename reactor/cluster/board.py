@@ -141,6 +141,12 @@ class BoardState(Generic[S]):
         # Inbox bookkeeping: presence entries at or before the snapshot are
         # already in it; ``n`` must be contiguous, or entries were trimmed.
         self._snapshot_id: tuple[int, int] = (0, 0)
+        # The inbox being read, the last entry read from it, and (after a
+        # registration that kept reading it from where it was) the hello
+        # entry up to which entries only deliver and answer (see Lease).
+        self._reading_inbox = ""
+        self._read_through: tuple[int, int] = (0, 0)
+        self._hello_ahead: tuple[int, int] | None = None
         self._expected_n: int | None = None
         self._closing = False
         self._keep_missing_until = 0.0

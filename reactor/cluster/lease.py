@@ -75,10 +75,24 @@ class Lease(Inbox[S]):
         self.epoch = epoch
         if new_stream:
             assert self.link is not None
-            self.link.read_from(f"{PREFIX}inbox:{node}", hello)
-            # Reading starts after the hello entry: as if it had been read.
-            self._expected_n = int(hello_n) + 1
-            self._applied_n = int(hello_n)
+            inbox = f"{PREFIX}inbox:{node}"
+            hello_id = stream_id(hello)
+            if inbox != self._reading_inbox:
+                self._reading_inbox = inbox
+                self.link.read_from(inbox, hello)
+                # Reading starts after the hello entry: as if it had been read.
+                self._expected_n = int(hello_n) + 1
+                self._applied_n = int(hello_n)
+                self._hello_ahead = None
+            elif self._read_through < hello_id:
+                # The same inbox (Redis lost the chat's state), read on from
+                # where it was, not from the hello: the answers and messages
+                # written before it still count (their senders wait for
+                # them).  Its numbering starts again at the hello.
+                self._expected_n = None
+                self._applied_n = int(hello_n)
+                self._hello_ahead = hello_id
+            # (Else the reading is past the hello already: it goes on.)
             self._recent_presence.clear()
             self._held_entries.clear()  # of the old inbox: the snapshot replaces it
             self._stream_generation += 1

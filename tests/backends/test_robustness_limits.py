@@ -71,6 +71,10 @@ def test_a_slow_consumer_holds_nobody_up_and_is_cut_off_at_its_hard_limit(backen
             client_pool(server.port) as pool:
         slow = pool.connect()
         slow.send("Slow")  # ... and it never reads again
+        # Slow's login is its own connection's (its own thread, on threads):
+        # Alice's could otherwise be served first and see Slow's notice.
+        wait_until(lambda: server.chat.whiteboard.lookup("Slow") is not None,
+                   message="Slow logged in")
         alice, bob = pool.login("Alice"), pool.login("Bob")
         alice.expect("<User Bob is online.>")
         alice_lines = Drain(alice.sock, keep=lambda line: line.startswith(OFFLINE_SLOW))

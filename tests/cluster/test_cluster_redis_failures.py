@@ -278,3 +278,22 @@ def test_after_flushall_a_refused_dm_never_says_its_recipient_left(
     redis_server.flush()
     refusals = dm_until_echoed(chat_on.ann, "after", chat_on.sent)
     assert all(line == UNAVAILABLE_DM for line in refusals), refusals
+
+
+def test_the_chat_state_lost_again_and_again_under_a_stream_of_dms_repeats_none(
+    redis_server: RedisServer, chat_on: Chat
+) -> None:
+    """Each time the epoch goes, both nodes register again and read their inbox
+    again from a new hello entry, while Ann's DMs keep arriving there: a read
+    that got past the hello before the registration's answer must not hand
+    Bob a message a second time."""
+    for episode in range(8):
+        texts = [f"e{episode}-{index}" for index in range(40)]
+        chat_on.ann.send_raw("".join(f'chat Bob "{text}"\n' for text in texts[:20]).encode())
+        redis_server.command("DEL", "{chat}:epoch")
+        chat_on.ann.send_raw("".join(f'chat Bob "{text}"\n' for text in texts[20:]).encode())
+        answers = [chat_on.ann.read_until(lambda line: line.startswith(("<To Bob> ",
+                                                                         NOT_DELIVERED)))[-1]
+                   for _ in texts]
+        chat_on.sent += [text for text in texts if f"<To Bob> {text}" in answers]
+    chat_on.everything_works_again()
