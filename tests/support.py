@@ -244,6 +244,20 @@ def the_original_conversation(clients: Clients) -> None:
     assert alice.read_line_bytes() == b"<User Bob is offline.>\n"
 
 
+def a_flooder_is_metered_while_others_chat(flooder: LineClient, alice: LineClient,
+                                           bob: LineClient) -> None:
+    """Flooder (logged in, under a rate of lines well below 300 a second)
+    writes 300 lines at once; Alice and Bob chat meanwhile; every one of the
+    flooder's lines is answered, in order: metered, never dropped."""
+    flooder.send_raw(b"".join(f'chat Flooder "f{i}"\n'.encode() for i in range(300)))
+    alice.send('chat Bob "meanwhile"')
+    alice.expect("<To Bob> meanwhile")
+    bob.expect('<Message from Alice: "meanwhile">')
+    seen = flooder.read_until(lambda line: line == '<Message from Flooder: "f299">', timeout=30)
+    echoes = [line for line in seen if line.startswith("<To Flooder> ")]
+    assert echoes == [f"<To Flooder> f{i}" for i in range(300)]
+
+
 def send_a_burst_and_check_it(sender: LineClient, readers: dict[str, LineClient],
                               every_nth_a_message: int) -> None:
     """``sender`` writes 60 broadcasts and direct messages (every nth, 0 for

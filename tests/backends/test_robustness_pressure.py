@@ -22,7 +22,14 @@ import pytest
 
 from reactor.flow import FloodLimits
 from tests.faults import Drain, client_pool, raise_own_open_file_limit, read_all_until_closed
-from tests.support import DEFAULT_TIMEOUT, Clients, LineClient, running_server, wait_until
+from tests.support import (
+    DEFAULT_TIMEOUT,
+    Clients,
+    LineClient,
+    a_flooder_is_metered_while_others_chat,
+    running_server,
+    wait_until,
+)
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -239,15 +246,7 @@ def test_lines_over_the_rate_wait_their_turn_and_none_is_dropped(backend: str) -
         try:
             flooder, alice, bob = (clients.login(n) for n in ("Flooder", "Alice", "Bob"))
             alice.expect("<User Bob is online.>")
-            flooder.send_raw(b"".join(f'chat Flooder "f{i}"\n'.encode() for i in range(300)))
-            # Alice and Bob chat while the flooder's lines are metered.
-            alice.send('chat Bob "meanwhile"')
-            alice.expect("<To Bob> meanwhile")
-            bob.expect('<Message from Alice: "meanwhile">')
-            seen = flooder.read_until(lambda line: line == '<Message from Flooder: "f299">',
-                                      timeout=30)
-            echoes = [line for line in seen if line.startswith("<To Flooder> ")]
-            assert echoes == [f"<To Flooder> f{i}" for i in range(300)]
+            a_flooder_is_metered_while_others_chat(flooder, alice, bob)
         finally:
             clients.close_all()
 

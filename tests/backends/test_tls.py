@@ -35,6 +35,7 @@ from tests.faults import REPO, Drain, client_pool, server_process
 from tests.support import (
     DEFAULT_TIMEOUT,
     LineClient,
+    a_flooder_is_metered_while_others_chat,
     running_server,
     send_a_burst_and_check_it,
     wait_until,
@@ -363,14 +364,7 @@ def test_a_tls_flooder_is_metered_and_holds_nobody_up(backend: str, certs: Certs
             for client, name in ((flooder, "Flooder"), (alice, "Alice"), (bob, "Bob")):
                 log_in(client, name)
             alice.expect("<User Bob is online.>")
-            flooder.send_raw(b"".join(f'chat Flooder "f{i}"\n'.encode() for i in range(300)))
-            alice.send('chat Bob "meanwhile"')
-            alice.expect("<To Bob> meanwhile")
-            bob.expect('<Message from Alice: "meanwhile">')
-            seen = flooder.read_until(lambda line: line == '<Message from Flooder: "f299">',
-                                      timeout=30)
-            echoes = [line for line in seen if line.startswith("<To Flooder> ")]
-            assert echoes == [f"<To Flooder> f{i}" for i in range(300)]
+            a_flooder_is_metered_while_others_chat(flooder, alice, bob)
 
 
 @pytest.fixture(scope="module")
