@@ -32,10 +32,11 @@ ECHO = re.compile(rb"^<To (c\d+)> (\d+):(\d+)$")
 
 
 def _exchange(redis: RedisServer, count: int) -> None:
-    # A long lease: nothing fails here, and a short one would make a loaded
-    # two-core machine (three nodes and their clients in one process, one
-    # GIL) count as "Redis out of reach" or as a lease that may have run out.
-    with nodes(BACKENDS, redis.url, 10.0, flood=NO_FLOOD_CONTROL,
+    # A long lease, and patient Redis calls: nothing fails here, and a short
+    # one would make a loaded two-core machine (three nodes and their clients
+    # in one process, one GIL) count as "Redis out of reach" or as a lease
+    # that may have run out.
+    with nodes(BACKENDS, redis.url, 10.0, patient=True, flood=NO_FLOOD_CONTROL,
                max_clients=count + 10) as servers, \
             cluster_clients([s.port for s in servers]) as pool:
         size = len(servers)
