@@ -187,7 +187,7 @@ def test_a_tiny_sweep_reports_against_n(tmp_path: Path) -> None:
     header = next(i for i in range(at, len(lines)) if lines[i].split()[:2] == ["N", "system"])
     rows = [line.split()[:2] for line in lines[header + 1 : header + 5]]
     assert rows == [["10", BACKENDS[0]], ["10", "redis"], ["20", BACKENDS[0]], ["20", "redis"]]
-    doc = json.loads(next(out_dir.glob("load-sweep-*.json")).read_text())
+    doc = json.loads(next(out_dir.glob("sweep*.json")).read_text())
     assert [run["n"] for run in doc["runs"]] == [10, 20]
     for run in doc["runs"]:
         for name in (BACKENDS[0], "redis"):
