@@ -408,9 +408,7 @@ def _sweep_lines(doc: dict[str, Any]) -> list[str]:
             row = run["summary"][name]
             cap = caps.get(name)
             x = capacity.ratio_text(cap, red) if cap and name != systems.REDIS else ""
-            cap_text = (
-                "-" if not cap else (">=" if not cap["reached"] else "") + _fmt(cap["capacity"])
-            )
+            cap_text = capacity.capacity_text(cap) if cap else "-"
             lines.append(
                 f"{run['n']:>6}  {name:16}{_fmt(row['login storm s']):>9}{cap_text:>10}"
                 f"{x:>9}{_fmt(row['server RSS KB/conn'], 'n/a'):>13}"

@@ -195,6 +195,36 @@ def test_a_tiny_sweep_reports_against_n(tmp_path: Path) -> None:
                           "broadcast_curve")  # fmt: skip
 
 
+def test_a_broadcast_step_at_large_n_is_bounded_and_at_n_500_as_before() -> None:
+    """A step lasts long enough for 16 broadcasts, at most --step-max: at N = 10,000
+    a low rate (one broadcast a second, or bisections below the ladder) stays
+    within the sweep's time; N = 500's steps keep their lengths."""
+    from bench.workloads import Config, broadcast_step_seconds
+
+    standard = Config(n=500, step=1.0, min_broadcasts=16, max_step=8.0)
+    assert [broadcast_step_seconds(standard, d) for d in (10e3, 5e3, 2.5e3, 1.25e3)] == [
+        1.0, 1.6, 3.2, 6.4]  # fmt: skip
+    large = Config(n=10_000, step=1.0, min_broadcasts=16, max_step=8.0)
+    assert [broadcast_step_seconds(large, d) for d in (2.5e3, 10e3, 40e3, 160e3)] == [
+        8.0, 8.0, 4.0, 1.0]  # fmt: skip
+
+
+def test_a_sweep_of_select_and_redis_is_named_sweep_and_others_by_their_systems() -> None:
+    """Short file names: what ``--out bench/reference`` keeps."""
+    from bench.load import file_tag, parse_args
+
+    def tag(*argv: str) -> str:
+        args = parse_args(list(argv))
+        ns = [int(x) for x in args.sweep.split(",")] if args.sweep else [args.clients]
+        return file_tag(args, args.systems.split(","), ns)
+
+    assert tag("--systems", f"{BACKENDS[0]},redis", "--sweep", "500,10000") == "sweep"
+    assert tag("--systems", f"{BACKENDS[0]},threads,redis", "--sweep", "500") == \
+        f"sweep-{BACKENDS[0]}+threads+redis"
+    assert tag("-n", "500") == "load-n500"
+    assert tag("--systems", f"{BACKENDS[0]},redis", "-n", "500") == f"load-n500-{BACKENDS[0]}+redis"
+
+
 def test_the_capacity_search_climbs_the_ladder_then_bisects() -> None:
     """With a system that keeps its objective up to 30,000/s: the ladder up to
     the first failure, then geometric bisections inside the bracket."""
