@@ -184,10 +184,11 @@ def _sweep_plot(plt: Any, runs: list[dict[str, Any]], path: Path) -> None:
         for i, name in enumerate(names):
             # Small multiplicative offsets keep overlapping points apart on the log axis.
             shift = 1 + 0.035 * (i - (len(names) - 1) / 2)
+            # A capacity of 0 (no rate tried passed: "<" in the table) has no place on it.
             pts = [
-                (run["n"] * shift, run["summary"][name][key])
+                (run["n"] * shift, v)
                 for run in runs
-                if name in run["summary"] and _num(run["summary"][name][key])
+                if name in run["summary"] and _num(v := run["summary"][name][key]) and v > 0
             ]
             if pts:
                 xs, ys = zip(*pts, strict=True)
