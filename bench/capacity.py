@@ -253,14 +253,20 @@ def table_lines(
             + "".join(f"{label:>11}" for _a, label in anchors)
         )
         for name, row in rows.items():
-            cap = (">=" if not row["reached"] else "") + rate_text(row["capacity"])
-            if row["capacity"] <= 0 and row["below"]:
-                cap = "<" + rate_text(row["below"])
+            cap = capacity_text(row)
             span = f"{rate_text(row['min'])}-{rate_text(row['max'])}" if row["rounds"] > 1 else "-"
             ratios = [ratio_text(row, rows[a]) if name != a else "" for a, _label in anchors]
             line = f"{name:16}{cap:>10}{span:>20}" + "".join(f"{r:>11}" for r in ratios)
             lines.append(line.rstrip())
     return lines
+
+
+def capacity_text(row: dict[str, Any]) -> str:
+    """A summarized capacity as printed: ``61.2k``, ``>=2,560k`` (the ladder's
+    top passed), ``<1,250`` (no rate tried passed)."""
+    if row["capacity"] <= 0 and row["below"]:
+        return "<" + rate_text(row["below"])
+    return (">=" if not row["reached"] else "") + rate_text(row["capacity"])
 
 
 def ratio_text(row: dict[str, Any], anchor: dict[str, Any] | None) -> str:

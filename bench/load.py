@@ -55,9 +55,9 @@ if __package__ in (None, ""):  # run as a script: make `bench` importable from t
 from bench import plots, report, systems
 from bench.harness.creceiver import build as build_receiver
 from bench.harness.fleet import FleetError
-from bench.harness.procstat import machine_facts, raise_nofile_limit
+from bench.harness.procstat import ephemeral_ports, machine_facts, raise_nofile_limit
 from bench.progress import Progress
-from bench.workloads import Config, run_system
+from bench.workloads import Config, broadcast_step_seconds, run_system
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"  # untracked (.gitignore)
@@ -84,6 +84,10 @@ class _Help(argparse.RawDescriptionHelpFormatter):
             text += " (default: %(default)s)" if default != "" else " (default: none)"
         return text
 
+
+#: The largest N a sweep is meant for: one server process with 10,000
+#: connections, and the harness's 10,000 on the same machine.
+SWEEP_MAX = 10_000
 
 #: Above this N a broadcast's own fan-out approaches the objective (one
 #: message to N sockets), so the objective grows with N: ``--objective`` per
@@ -118,6 +122,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="measured seconds per broadcast step")  # fmt: skip
     g.add_argument("--step-warmup", type=float, default=0.25,
                    help="unmeasured seconds before each broadcast step")  # fmt: skip
+    g.add_argument("--step-max", type=float, default=8.0,
+                   help="longest broadcast step, seconds: a step lasts long enough for 16 "
+                   "broadcasts (at N = 10,000 and 10k deliveries/s, 16 s), but no longer "
+                   "than this")  # fmt: skip
     g.add_argument("--dm-step", type=float, default=0.6, help="seconds per direct-message step")
     p.add_argument("--pad", type=int, default=0, help="extra bytes per broadcast payload")
     p.add_argument("--probes", type=int, default=5, help="presence probes per run")
@@ -128,7 +136,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "(the cluster's own phases, bench/cluster.py, run after the table when "
         "the systems include cluster)",
     )
-    p.add_argument("--sweep", help="comma list of N: every phase at every N, up to 10000 "
+    p.add_argument("--sweep", help="comma list of N: every phase at every N, up to "
+                   f"{SWEEP_MAX:,} (the descriptor limit allowing), then a table against N; "
+                   "500,1000,2000,5000,10000 with --systems select,redis --rounds 1 takes "
+                   "about 10 minutes on 2 cores, a third of it the login storms at large N "
                    "(default: none, -n alone)")  # fmt: skip
     p.add_argument("--receivers", type=int, default=2, help="receiver processes")
     p.add_argument(
@@ -232,7 +243,9 @@ def run_n(
     runs.append({"n": cfg.n, "config": vars_of(cfg), "systems": names, "rounds": rounds})
     for r in range(args.rounds):
         order = names[r % len(names) :] + names[: r % len(names)]
-        progress.set_stage(f"N={cfg.n} {r + 1}/{args.rounds}")
+        # The round only when there are several: "N=10000 select: broadcast 160k
+        # deliveries/s" must fit the bar's label.
+        progress.set_stage(f"N={cfg.n}" + (f" {r + 1}/{args.rounds}" if args.rounds > 1 else ""))
         results: dict[str, Any] = {}
         rounds.append(results)
         for name in order:
@@ -267,13 +280,20 @@ def vars_of(cfg: Config) -> dict[str, Any]:
     return dict(cfg.__dict__)
 
 
+#: The systems a sweep compares (issue: 10,000 users on one process); a sweep
+#: of just these is named ``sweep`` alone.
+SWEEP_SYSTEMS = (systems.PRIMARY, systems.REDIS)
+
+
 def file_tag(args: argparse.Namespace, names: list[str], ns: list[int]) -> str:
-    """Output file stem, short: ``load-n500``, ``load-sweep``, ``-quick``; a
-    system set other than the default is named when that stays short."""
-    tag = "load-sweep" if args.sweep else f"load-n{ns[0]}"
+    """Output file stem, short: ``load-n500``, ``sweep``, ``-quick``; a
+    system set other than the default (for a sweep: other than select and
+    Redis) is named when that stays short."""
+    tag = "sweep" if args.sweep else f"load-n{ns[0]}"
+    usual = SWEEP_SYSTEMS if args.sweep else systems.DEFAULT
     if args.target:
         tag += "-target-" + args.target.replace(":", "_").replace("/", "_")
-    elif tuple(names) != systems.DEFAULT:
+    elif tuple(names) != usual:
         joined = "+".join(names)
         tag += "-" + (joined if len(joined) <= 24 else f"{len(names)}systems")
     return tag + ("-quick" if args.quick else "")
@@ -289,11 +309,11 @@ def estimates(cfg: Config, args: argparse.Namespace, systems_per_round: int) -> 
     parts = []
     for n in [int(x) for x in args.sweep.split(",")] if args.sweep else [cfg.n]:
         # The login storm announces every login to everyone: N^2/2 notices.
-        setup = 2.0 + 0.2 * (n / 1000) ** 2 + cfg.probes * (0.1 + n / 20_000)
+        setup = 2.0 + 0.3 * (n / 1000) ** 2 + cfg.probes * (0.1 + n / 20_000)
         # Most searches climb most of the ladder, measure the failing step
         # again, then bisect near the top.
         climbed = cfg.ladder[: max(1, round(len(cfg.ladder) * 0.7))]
-        steps = [max(cfg.step, cfg.min_broadcasts * n / d) for d in climbed]
+        steps = [broadcast_step_seconds(replace(cfg, n=n), d) for d in climbed]
         steps += [steps[-1]] * (1 + cfg.bisections)
         broadcast = sum(s + cfg.step_warmup + 0.8 for s in steps)
         direct = (len(cfg.dm_ladder) * 0.7 + 1 + cfg.bisections) * (cfg.dm_step + 0.6)
@@ -348,6 +368,10 @@ def run(args: argparse.Namespace, argv: list[str] | None, progress: Progress) ->
     ns = [int(x) for x in args.sweep.split(",")] if args.sweep else [args.clients]
     if max(ns) + 64 > nofile:
         raise SystemExit(f"RLIMIT_NOFILE is {nofile}; N={max(ns)} needs more (ulimit -Hn)")
+    ports = ephemeral_ports()
+    if ports is not None and max(ns) + 1000 > ports:  # others' connections need some too
+        raise SystemExit(f"only {ports} local ports (net.ipv4.ip_local_port_range) for "
+                         f"N={max(ns)} clients on 127.0.0.1; widen the range")  # fmt: skip
     names, notes = choose_systems(args, progress)
     if not names:
         raise SystemExit("no system to measure: " + "; ".join(notes))
@@ -366,6 +390,7 @@ def run(args: argparse.Namespace, argv: list[str] | None, progress: Progress) ->
         step=args.step,
         step_warmup=args.step_warmup,
         min_broadcasts=4 if args.quick else 16,
+        max_step=args.step_max,
         dm_step=args.dm_step,
         dm_objective_ms=args.dm_objective,
     )
@@ -390,6 +415,9 @@ def run(args: argparse.Namespace, argv: list[str] | None, progress: Progress) ->
     extras = systems.CLUSTER in names and "cluster-extras" not in skip
     plan = estimates(base_cfg, args, len(names))
     progress.plan(plan + ([10.0 if args.quick else 90.0] if extras else []))
+    if args.sweep:  # the long run: say up front how long (the bar corrects it as it goes)
+        progress.note(f"note: a sweep of N = {args.sweep}, {len(names)} systems: expected "
+                      f"about {sum(plan) / 60:.0f} minutes on an idle machine")  # fmt: skip
     started = time.time()
     doc: dict[str, Any] = {
         "command": "python bench/load.py " + " ".join(sys.argv[1:] if argv is None else argv),
@@ -398,6 +426,8 @@ def run(args: argparse.Namespace, argv: list[str] | None, progress: Progress) ->
         "started_unix": started,
         "log_level": {name: systems.log_level(name) for name in names},
         "notes": notes,
+        "sweep": bool(args.sweep),
+        "expected_seconds": round(sum(plan)),
         "runs": [],
     }
     # A fresh base for client names per invocation keeps --target runs from colliding.

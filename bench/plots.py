@@ -49,9 +49,9 @@ def color(name: str) -> str:
 def write(doc: dict[str, Any], outdir: Path, tag: str) -> list[Path] | None:
     """Write the PNGs of a run; return their paths (None if matplotlib is missing).
 
-    ``<tag>-curves.png`` (latency against offered load, per N),
-    ``<tag>-cdf.png`` (the latency distribution at the first step) and, for a
-    sweep, ``<tag>-vs-n.png``.
+    ``<tag>-curves.png`` (latency against offered load) and ``<tag>-cdf.png``
+    (the latency distribution at the first step); for a sweep, the curves per
+    N (``<tag>-curves-n<N>.png``) and ``<tag>-vs-n.png``.
     """
     try:
         import matplotlib
@@ -62,15 +62,18 @@ def write(doc: dict[str, Any], outdir: Path, tag: str) -> list[Path] | None:
         return None
     outdir.mkdir(parents=True, exist_ok=True)
     written = []
-    sweep = len(doc["runs"]) > 1
+    sweep = bool(doc.get("sweep")) or len(doc["runs"]) > 1
     for run in doc["runs"]:
         suffix = f"-n{run['n']}" if sweep else ""
         if any(dig(r, (n, key, "steps")) for r in run["rounds"] for n in r for key in CURVES):
             path = outdir / f"{tag}-curves{suffix}.png"
             _curves_plot(plt, run, path)
             written.append(path)
-        if any(dig(r, (n, "broadcast", "cdf_kernel_ms")) for r in run["rounds"] for n in r):
-            path = outdir / f"{tag}-cdf{suffix}.png"
+        # A sweep's figures are against N (the distribution is the standard run's plot).
+        if not sweep and any(
+            dig(r, (n, "broadcast", "cdf_kernel_ms")) for r in run["rounds"] for n in r
+        ):
+            path = outdir / f"{tag}-cdf.png"
             _cdf_plot(plt, run, path)
             written.append(path)
     if sweep:
@@ -181,10 +184,11 @@ def _sweep_plot(plt: Any, runs: list[dict[str, Any]], path: Path) -> None:
         for i, name in enumerate(names):
             # Small multiplicative offsets keep overlapping points apart on the log axis.
             shift = 1 + 0.035 * (i - (len(names) - 1) / 2)
+            # A capacity of 0 (no rate tried passed: "<" in the table) has no place on it.
             pts = [
-                (run["n"] * shift, run["summary"][name][key])
+                (run["n"] * shift, v)
                 for run in runs
-                if name in run["summary"] and _num(run["summary"][name][key])
+                if name in run["summary"] and _num(v := run["summary"][name][key]) and v > 0
             ]
             if pts:
                 xs, ys = zip(*pts, strict=True)

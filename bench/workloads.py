@@ -54,6 +54,9 @@ class Config:
     # A step lasts long enough for this many broadcasts (large N): with fewer,
     # one slow fan-out is the whole p99.
     min_broadcasts: int = 16
+    # ... but no longer than this: at N = 10,000 a low rate (one broadcast a
+    # second, or a bisection below the ladder) would otherwise take minutes.
+    max_step: float = 8.0
     dm_step: float = 0.6  # seconds per direct-message step
     objective_ms: float = 20.0  # broadcast p99 a passing step stays at or under
     dm_objective_ms: float = 20.0
@@ -343,17 +346,22 @@ def _search(
     return found
 
 
+def broadcast_step_seconds(cfg: Config, deliveries: float) -> float:
+    """Measured seconds of a broadcast step offering ``deliveries``/s: ``cfg.step``,
+    or long enough for ``cfg.min_broadcasts`` at large N, at most ``cfg.max_step``."""
+    return max(cfg.step, min(cfg.min_broadcasts * cfg.n / deliveries, cfg.max_step))
+
+
 def broadcast_capacity(
     sys_: Running, cfg: Config, fl: Fleet, sender: Conn, progress: Progress
 ) -> dict[str, Any]:
     """Broadcast capacity over ``cfg.ladder``, in deliveries/s: a step offers
-    ``deliveries / N`` broadcasts a second for ``cfg.step`` seconds, or long
-    enough for ``cfg.min_broadcasts`` at large N.  The first step keeps its
-    latency distribution (the CDF plot)."""
+    ``deliveries / N`` broadcasts a second for ``broadcast_step_seconds``.  The
+    first step keeps its latency distribution (the CDF plot)."""
 
     def run_step(deliveries: float, first: int) -> dict[str, Any]:
         rate = deliveries / cfg.n
-        seconds = max(cfg.step, cfg.min_broadcasts / rate)
+        seconds = broadcast_step_seconds(cfg, deliveries)
         return broadcast(sys_, cfg, fl, sender, progress, rate, seconds, cfg.step_warmup,
                          first, cdf=first == 0)  # fmt: skip
 

@@ -34,6 +34,20 @@ def raise_nofile_limit() -> int:
     return soft
 
 
+def ephemeral_ports() -> int | None:
+    """How many local ports the kernel hands out to ``connect`` (None if unknown).
+
+    Every harness client is one connection from 127.0.0.1 to the server's one
+    port, so each takes a port of this range for as long as it is open.
+    """
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low, high = (int(x) for x in f.read().split())
+    except (OSError, ValueError):
+        return None
+    return high - low + 1
+
+
 def cpu_seconds(pid: int) -> float | None:
     """User plus system CPU seconds of ``pid`` and all its threads so far."""
     try:

@@ -187,12 +187,42 @@ def test_a_tiny_sweep_reports_against_n(tmp_path: Path) -> None:
     header = next(i for i in range(at, len(lines)) if lines[i].split()[:2] == ["N", "system"])
     rows = [line.split()[:2] for line in lines[header + 1 : header + 5]]
     assert rows == [["10", BACKENDS[0]], ["10", "redis"], ["20", BACKENDS[0]], ["20", "redis"]]
-    doc = json.loads(next(out_dir.glob("load-sweep-*.json")).read_text())
+    doc = json.loads(next(out_dir.glob("sweep*.json")).read_text())
     assert [run["n"] for run in doc["runs"]] == [10, 20]
     for run in doc["runs"]:
         for name in (BACKENDS[0], "redis"):
             _check_search(run["rounds"][0][name]["broadcast_curve"], run["config"],
                           "broadcast_curve")  # fmt: skip
+
+
+def test_a_broadcast_step_at_large_n_is_bounded_and_at_n_500_as_before() -> None:
+    """A step lasts long enough for 16 broadcasts, at most --step-max: at N = 10,000
+    a low rate (one broadcast a second, or bisections below the ladder) stays
+    within the sweep's time; N = 500's steps keep their lengths."""
+    from bench.workloads import Config, broadcast_step_seconds
+
+    standard = Config(n=500, step=1.0, min_broadcasts=16, max_step=8.0)
+    assert [broadcast_step_seconds(standard, d) for d in (10e3, 5e3, 2.5e3, 1.25e3)] == [
+        1.0, 1.6, 3.2, 6.4]  # fmt: skip
+    large = Config(n=10_000, step=1.0, min_broadcasts=16, max_step=8.0)
+    assert [broadcast_step_seconds(large, d) for d in (2.5e3, 10e3, 40e3, 160e3)] == [
+        8.0, 8.0, 4.0, 1.0]  # fmt: skip
+
+
+def test_a_sweep_of_select_and_redis_is_named_sweep_and_others_by_their_systems() -> None:
+    """Short file names: what ``--out bench/reference`` keeps."""
+    from bench.load import file_tag, parse_args
+
+    def tag(*argv: str) -> str:
+        args = parse_args(list(argv))
+        ns = [int(x) for x in args.sweep.split(",")] if args.sweep else [args.clients]
+        return file_tag(args, args.systems.split(","), ns)
+
+    assert tag("--systems", f"{BACKENDS[0]},redis", "--sweep", "500,10000") == "sweep"
+    assert tag("--systems", f"{BACKENDS[0]},threads,redis", "--sweep", "500") == \
+        f"sweep-{BACKENDS[0]}+threads+redis"
+    assert tag("-n", "500") == "load-n500"
+    assert tag("--systems", f"{BACKENDS[0]},redis", "-n", "500") == f"load-n500-{BACKENDS[0]}+redis"
 
 
 def test_the_capacity_search_climbs_the_ladder_then_bisects() -> None:
