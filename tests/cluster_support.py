@@ -86,6 +86,39 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def freeze(pid: int, timeout: float = DEFAULT_TIMEOUT) -> None:
+    """SIGSTOP ``pid`` and wait until every one of its threads has stopped.
+
+    ``kill`` returns once the signal is queued: a multi-threaded process
+    stops only when one of its threads has been scheduled to take the
+    signal and has stopped the others, which on a loaded machine can be
+    milliseconds later -- time in which its other threads still read and
+    send.  A test that acts "while frozen" must wait for the stop itself.
+    Without ``/proc`` (not Linux) the stop cannot be watched: kill alone.
+    """
+    os.kill(pid, signal.SIGSTOP)
+    tasks = Path(f"/proc/{pid}/task")
+    if not tasks.is_dir():
+        return
+    deadline = time.monotonic() + timeout
+    while not _all_stopped(tasks):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"process {pid} did not stop within {timeout} s")
+        time.sleep(0.001)  # a poll interval, not a synchronisation
+
+
+def _all_stopped(tasks: Path) -> bool:
+    for stat in tasks.glob("*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue  # a thread that has just exited
+        # The state follows the command name, which may hold spaces or ")".
+        if text[text.rindex(")") + 2] not in "TtZX":
+            return False
+    return True
+
+
 # -- redis-server ---------------------------------------------------------------------
 
 
@@ -160,7 +193,7 @@ class RedisServer:
     def pause(self) -> None:
         """SIGSTOP: connections stay open, nothing is answered."""
         assert self.process is not None
-        self.process.send_signal(signal.SIGSTOP)
+        freeze(self.process.pid)
         self.paused = True
 
     def resume(self) -> None:

@@ -114,6 +114,11 @@ class _Connection:
             self._writing = waiting
             self.loop.watch(self.sock, self._on_ready, write=waiting)
 
+    def read_now(self) -> None:
+        """Read and hand over whatever has arrived, without waiting for the
+        loop to report the socket readable."""
+        self._on_ready(True, False)
+
     def _on_ready(self, readable: bool, writable: bool) -> None:
         if writable and self.unsent:
             self._send_unsent()
@@ -257,7 +262,17 @@ class LoopLink(Link):
 
     def _batch_timed_out(self) -> None:
         self._batch_deadline = None
-        self._commands_failed(TimeoutError(f"no reply from Redis within {self.timeout:g} s"))
+        batch = self._batch
+        # The loop may have been kept from reading (a long pass, the process
+        # starved or stopped) while the replies waited in the socket: a pass
+        # runs its timers after the readiness it polled for, so the replies
+        # that came later are read here first.  A call that Redis ran must
+        # never be answered UNAVAILABLE for the loop's own delay (a direct
+        # message reported "not delivered" that its recipient then reads).
+        if self._commands is not None:
+            self._commands.read_now()
+        if batch is not None and self._batch is batch:
+            self._commands_failed(TimeoutError(f"no reply from Redis within {self.timeout:g} s"))
 
     def _commands_failed(self, error: BaseException) -> None:
         """Redis out of reach (or talking nonsense), or the connection could

@@ -8,8 +8,6 @@ Leases are short (``LEASE``), so a dead node is reaped within about two seconds.
 
 from __future__ import annotations
 
-import os
-import signal
 import time
 from collections.abc import Iterable
 
@@ -25,6 +23,7 @@ from tests.cluster_support import (
     cluster_clients,
     ensure_continued,
     eventually_lists,
+    freeze,
     login,
     node,
     node_process,
@@ -147,7 +146,7 @@ def test_a_node_frozen_past_its_lease_is_fenced_when_it_wakes_and_names_stay_uni
         vera = pool.login(1, "Vera")
         read_until_all(watcher, [online("Vic"), online("Vera")], DEFAULT_TIMEOUT)
         vic.read_until(lambda line: line == online("Vera"))
-        os.kill(frozen.pid, signal.SIGSTOP)
+        freeze(frozen.pid)
         try:
             read_until_all(watcher, [offline("Vic"), offline("Vera")], reap_deadline(LEASE) + 2)
             thief = pool.login(0, "VIC")

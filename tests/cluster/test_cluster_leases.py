@@ -5,8 +5,6 @@ nothing from its inbox to its users; a long Redis pause gets nobody reaped.
 
 from __future__ import annotations
 
-import os
-import signal
 import time
 
 import pytest
@@ -19,6 +17,7 @@ from tests.cluster_support import (
     cluster_clients,
     ensure_continued,
     eventually_lists,
+    freeze,
     node,
     node_process,
     reap_deadline,
@@ -65,19 +64,8 @@ def test_a_login_that_arrives_before_the_node_joined_waits_for_the_join(
 FROZEN_TEST_LEASE = 2.0
 
 
-# A known bug, not yet found: on a loaded machine (the suite on several
-# workers) a frozen threads node sometimes hands Bob the message before it
-# learns it was reaped.  It passes alone; it stays a test, not a skip, so a
-# fix shows as XPASS.
-FROZEN_THREADS_BUG = pytest.mark.xfail(
-    reason="under load a frozen threads node may deliver before its fencing (issue 20, item 6)",
-    strict=False)
-
-
 @pytest.mark.slow  # a node process, frozen for longer than its lease
-@pytest.mark.parametrize("backend", [
-    pytest.param(backend, marks=FROZEN_THREADS_BUG) if backend == "threads" else backend
-    for backend in BACKENDS])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_a_frozen_node_does_not_deliver_a_message_its_sender_was_told_was_not_delivered(
     redis_server: RedisServer, backend: str,  # noqa: F811
 ) -> None:
@@ -93,7 +81,9 @@ def test_a_frozen_node_does_not_deliver_a_message_its_sender_was_told_was_not_de
         alice = pool.login(0, "Alice")
         bob = pool.login(1, "Bob")
         alice.read_until(lambda line: line == online("Bob"))
-        os.kill(frozen.pid, signal.SIGSTOP)
+        # Frozen before Alice sends: until then the node may still deliver
+        # (its lease is good) and answer, and Alice rightly gets her echo.
+        freeze(frozen.pid)
         try:
             alice.send('chat Bob "while frozen"')
             lines = alice.read_until(lambda line: line == offline("Bob"),
