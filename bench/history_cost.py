@@ -2,19 +2,24 @@
 
     python bench/history_cost.py                     # select, 5 rounds of 10,000 DMs each
     python bench/history_cost.py --backend threads --rounds 7 -n 20000
+    python bench/history_cost.py --store memory      # a single node without accounts
     python bench/history_cost.py --redis             # Redis commands per cross-node DM
 
-Two servers run at once, both with registered names (``--accounts``, a
-SQLite file each) and no flood control: one with ``--history on`` (a SQLite
-history file beside the accounts), one without.  On each, Alice and Bob are
-registered and logged in with their passwords, so every direct message is
-kept for both parties by the one that keeps history.  Rounds
-alternate between the two servers -- off, on, off, on... -- so that what
-other people do on a shared machine falls on both alike; in each round Alice
-sends ``n`` messages to Bob (in windows of ``--window``, each waited for:
-echoes to Alice and deliveries to Bob) and the server's CPU time over the
-round (user + system, from /proc, all threads) is divided by ``n``.  The
-report gives each side's median and the ratio of the medians.
+Two servers run at once, no flood control: one with ``--history on``, one
+without.  With ``--store sqlite`` (the default) both have registered names
+(``--accounts``, a SQLite file each), the history is the SQLite file beside
+the accounts, and Alice and Bob are registered and logged in with their
+passwords, so every direct message is kept for both parties.  With
+``--store memory`` neither has accounts and the history is in memory: Alice
+and Bob are names anyone may take, so nothing private is kept for them and
+a direct message costs only the chat's asking.  Rounds alternate between
+the two servers -- off, on, off, on... -- so that what other people do on a
+shared machine falls on both alike; in each round Alice sends ``n`` messages
+to Bob (in windows of ``--window``, each waited for: echoes to Alice and
+deliveries to Bob) and the server's CPU time over the round (the time its
+threads ran, in nanoseconds from /proc: the tick-counted user + system time
+is too coarse for a round) is divided by ``n``.  The report gives each side's
+median and the ratio of the medians.
 
 With ``--redis``: Redis commands per direct message from a user of one node
 to a user of another, on a two-node cluster, with history off and on
@@ -24,6 +29,7 @@ to a user of another, on a two-node cluster, with history off and on
 from __future__ import annotations
 
 import argparse
+import os
 import socket
 import statistics
 import sys
@@ -36,17 +42,32 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.flood import server_process  # noqa: E402
-from bench.harness.procstat import cpu_seconds  # noqa: E402
 
 PASSWORD = "correct horse 42"
 # Cheap to check: logins are not what is measured.
 FAST_HASH = "scrypt:ln=4,r=8,p=1"
 
 
-def server(backend: str, accounts: str, *args: str) -> AbstractContextManager[tuple[int, int]]:
-    """A server process on a free port, no flood control; yields (port, pid)."""
-    return server_process(backend, "--flood-control", "off", "--accounts", accounts,
-                          "--password-hash", FAST_HASH, *args)
+def server(backend: str, accounts: str | None,
+           *args: str) -> AbstractContextManager[tuple[int, int]]:
+    """A server process on a free port, no flood control, with the accounts
+    database ``accounts`` (None: no accounts); yields (port, pid)."""
+    with_accounts = () if accounts is None else (
+        "--accounts", accounts, "--password-hash", FAST_HASH)
+    return server_process(backend, "--flood-control", "off", *with_accounts, *args)
+
+
+def cpu_ns(pid: int) -> int:
+    """Nanoseconds the threads of ``pid`` have run, those alive now (none of
+    the server's ends during a round)."""
+    total = 0
+    for thread in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{thread}/schedstat") as stats:
+                total += int(stats.read().split()[0])
+        except (OSError, IndexError, ValueError):
+            pass  # the thread ended meanwhile
+    return total
 
 
 class Reader:
@@ -73,6 +94,14 @@ class Reader:
             if not chunk:
                 raise RuntimeError(f"closed while waiting for {marker!r}")
             self.buffer += chunk
+
+
+def plain(port: int, name: str) -> Reader:
+    """``name``, logged in as anyone may (no accounts)."""
+    client = Reader(port)
+    client.send(name)
+    client.wait_for(f"<User {name} is online.>".encode())
+    return client
 
 
 def registered(port: int, name: str) -> Reader:
@@ -106,11 +135,9 @@ def exchange(alice: Reader, bob: Reader, n: int, window: int) -> None:
 
 def round_cpu(pid: int, alice: Reader, bob: Reader, n: int, window: int) -> float:
     """Microseconds of server CPU per direct message over one round of ``n``."""
-    before = cpu_seconds(pid)
+    before = cpu_ns(pid)
     exchange(alice, bob, n, window)
-    after = cpu_seconds(pid)
-    assert before is not None and after is not None, "a server died"
-    return (after - before) / n * 1e6
+    return (cpu_ns(pid) - before) / n / 1000
 
 
 def redis_commands(backend: str, n: int, window: int) -> None:
@@ -163,18 +190,25 @@ def main() -> None:
     parser.add_argument("-n", type=int, default=10_000, help="direct messages per round")
     parser.add_argument("--rounds", type=int, default=5, help="rounds per side")
     parser.add_argument("--window", type=int, default=100, help="messages in flight at most")
+    parser.add_argument("--store", choices=("sqlite", "memory"), default="sqlite",
+                        help="sqlite: registered names, history beside the accounts;"
+                             " memory: no accounts")
     parser.add_argument("--redis", action="store_true",
                         help="count Redis commands per cross-node message on a cluster instead")
     options = parser.parse_args()
     if options.redis:
         redis_commands(options.backend, options.n, options.window)
         return
+    sqlite = options.store == "sqlite"
+    log_in = registered if sqlite else plain
     with tempfile.TemporaryDirectory() as directory, \
-            server(options.backend, f"{directory}/off.db") as (off_port, off_pid), \
-            server(options.backend, f"{directory}/on.db", "--history", "on") as (on_port, on_pid):
+            server(options.backend, f"{directory}/off.db" if sqlite else None) as (
+                off_port, off_pid), \
+            server(options.backend, f"{directory}/on.db" if sqlite else None,
+                   "--history", "on") as (on_port, on_pid):
         sides = {
-            "off": (off_pid, registered(off_port, "Alice"), registered(off_port, "Bob")),
-            "on": (on_pid, registered(on_port, "Alice"), registered(on_port, "Bob")),
+            "off": (off_pid, log_in(off_port, "Alice"), log_in(off_port, "Bob")),
+            "on": (on_pid, log_in(on_port, "Alice"), log_in(on_port, "Bob")),
         }
         per_dm: dict[str, list[float]] = {"off": [], "on": []}
         for pid, alice, bob in sides.values():  # a warm-up round each, not counted
@@ -183,11 +217,13 @@ def main() -> None:
             for side, (pid, alice, bob) in sides.items():
                 per_dm[side].append(round_cpu(pid, alice, bob, options.n, options.window))
     off, on = statistics.median(per_dm["off"]), statistics.median(per_dm["on"])
-    print(f"{options.backend}: server CPU per direct message between two registered names,"
+    names = "two registered names, history in SQLite" if sqlite else (
+        "two names without accounts, history in memory")
+    print(f"{options.backend}: server CPU per direct message between {names},"
           f" {options.rounds} interleaved rounds of {options.n:,}")
     for side in ("off", "on"):
-        rounds = " ".join(f"{value:.1f}" for value in per_dm[side])
-        print(f"  history {side:<3}  median {statistics.median(per_dm[side]):6.1f} us"
+        rounds = " ".join(f"{value:.2f}" for value in per_dm[side])
+        print(f"  history {side:<3}  median {statistics.median(per_dm[side]):6.2f} us"
               f"   (rounds: {rounds})")
     print(f"  ratio on/off: {on / off:.2f}x")
 

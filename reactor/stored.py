@@ -92,17 +92,20 @@ class HistoryDesk:
     def direct_delivered(self, sender: Connection, sender_name: str, recipient: object,
                          to: str, text: str) -> None:
         """A direct message was handed to its recipient: kept for each registered party."""
-        now = self.now_ms()
         store = self.store
         if recipient is not sender and getattr(recipient, "registered", False):
             if sender.registered:  # the common case: written once, kept for both
-                store.record_pair(sender_name, to, text, now)
+                store.record_pair(sender_name, to, text, self.now_ms())
             else:
-                store.record(to, sender_name, to, text, now)
+                store.record(to, sender_name, to, text, self.now_ms())
             return
+        remote = getattr(recipient, "remote", False)
+        if not (sender.registered or remote):
+            return  # between names anyone may take: nothing is kept, not even the time read
+        now = self.now_ms()
         if sender.registered:
             store.record(sender_name, sender_name, to, text, now)
-        if getattr(recipient, "remote", False):
+        if remote:
             # A user of another node, whose connection this node cannot ask:
             # on a cluster a registered name is only ever logged in with its
             # password, so owning the name is being registered.

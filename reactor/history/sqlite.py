@@ -92,14 +92,29 @@ CREATE INDEX IF NOT EXISTS waiting_by_recipient ON waiting (recipient_key, id);
 # once per row, binds in one call and lets the chat thread have the
 # interpreter once per statement, not once per row.
 ROWS_PER_INSERT = 128
+# A batch's rows past its full statements go in at most two more, of a
+# multiple of ROUNDING rows and of fewer than ROUNDING: so few row counts
+# that every INSERT stays in sqlite3's statement cache, where one of each
+# count that batches happen to have would not (compiling a statement of
+# many rows costs more than running it).
+ROUNDING = 16
 COLUMNS = 7
 
 
-@functools.lru_cache(maxsize=ROWS_PER_INSERT)
+@functools.cache  # only the row counts _chunks() gives: a few dozen
 def _insert(rows: int) -> str:
     """The INSERT of ``rows`` rows (prepared once per count: sqlite3 caches statements)."""
     return ("INSERT INTO kept (id, pair, owners, time_ms, sender, recipient, text) VALUES "
             + ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * rows))
+
+
+def _chunks(rows: int) -> list[int]:
+    """``rows`` as the row counts of successive INSERTs (see ROUNDING)."""
+    full, rest = divmod(rows, ROWS_PER_INSERT)
+    counts = [ROWS_PER_INSERT] * full
+    rounded = rest - rest % ROUNDING
+    counts += [count for count in (rounded, rest - rounded) if count]
+    return counts
 
 
 def history_path(accounts_path: str) -> str:
@@ -168,10 +183,11 @@ class SQLiteHistory:
             known = pairs.get((owner, sender, to)) or self._owned_pair(owner, sender, to)
             next_id += 1
             add((next_id, *known, time_ms, sender, to, text))
-        per_insert = ROWS_PER_INSERT * COLUMNS
-        for start in range(0, len(values), per_insert):
-            chunk = values[start:start + per_insert]
-            self._db.execute(_insert(len(chunk) // COLUMNS), chunk)
+        start = 0
+        for rows in _chunks(len(queued)):
+            end = start + rows * COLUMNS
+            self._db.execute(_insert(rows), values[start:end])
+            start = end
         self._db.execute("INSERT OR REPLACE INTO counters VALUES ('kept', ?)", (next_id,))
         self._last_id = next_id
         writes, now_ms = self._writes, queued[-1][4]

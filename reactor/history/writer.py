@@ -27,11 +27,14 @@ log = logging.getLogger("reactor")
 T = TypeVar("T")
 
 MAX_QUEUED = 10_000  # writes waiting at most
-BATCH = 512  # writes in one batch at most
+BATCH = 2048  # writes in one batch at most
 # Seconds the writer waits for more before a batch smaller than BATCH: a
-# transaction or a pipeline costs many times one row or one command, and a
-# history read waits for no linger (settled() cuts it short).
-LINGER = 0.002
+# transaction or a pipeline costs many times one row or one command, and
+# each batch wakes this thread and has it take the interpreter from the
+# chat thread once per statement, so the fewer the batches the better.  It
+# bounds what a crash loses besides, and a history read waits for no linger
+# (settled() cuts it short).
+LINGER = 0.02
 
 
 class WriteBehind(Generic[T]):
@@ -45,32 +48,39 @@ class WriteBehind(Generic[T]):
         self._queue: deque[T] = deque()
         self._guard = threading.Lock()
         self._changed = threading.Condition(self._guard)
-        self._queued = 0  # writes queued so far, and written (or given up) so far
+        # Writes taken from the queue so far, and written (or given up) so far.
+        self._taken = 0
         self._written = 0
+        self._idle = False  # the writer sleeps until something is queued
         self._dropped = 0
         self._closing = False
         self._thread = threading.Thread(target=self._run, name="history-writer", daemon=True)
         self._thread.start()
 
     def put(self, item: T) -> None:
-        # The hot path of every message kept: the condition's own lock,
-        # entered directly, and a wakeup only for a writer that sleeps.
+        # The hot path of every message kept, so no lock on it: a deque's
+        # append is atomic, and the writer is woken only when it sleeps on
+        # an empty queue.  It says so (_idle) before it looks at the queue
+        # a last time, so an item appended after that look finds _idle set.
         queue = self._queue
+        if len(queue) >= self._max_queued:
+            self._drop()
+            return
+        queue.append(item)
+        if self._idle:
+            with self._guard:
+                self._changed.notify_all()
+
+    def _drop(self) -> None:
         with self._guard:
-            if len(queue) >= self._max_queued:
-                self._dropped += 1
-                if self._dropped == 1:
-                    log.warning("%s is behind: messages are not being kept", self._what)
-                return
-            queue.append(item)
-            self._queued += 1
-            if len(queue) == 1:
-                self._changed.notify_all()  # the writer waits only on an empty queue
+            self._dropped += 1
+            if self._dropped == 1:
+                log.warning("%s is behind: messages are not being kept", self._what)
 
     def settled(self, timeout: float) -> None:
         """Wait (at most ``timeout`` s) until what was queued so far is written."""
         with self._changed:
-            target = self._queued
+            target = self._taken + len(self._queue)
             self._changed.notify_all()  # no lingering: someone waits
             self._changed.wait_for(lambda: self._written >= target, timeout=timeout)
 
@@ -85,7 +95,10 @@ class WriteBehind(Generic[T]):
         while True:
             with self._changed:
                 while not self._queue and not self._closing:
-                    self._changed.wait()
+                    self._idle = True
+                    if not self._queue:  # appended before _idle was set: no wakeup came
+                        self._changed.wait()
+                    self._idle = False
                 if not self._queue:
                     return  # closing, and everything was written
                 if len(self._queue) < BATCH and not self._closing:
@@ -93,6 +106,7 @@ class WriteBehind(Generic[T]):
                     # (a reader in settled() or close() cuts this short).
                     self._changed.wait(LINGER)
                 batch = [self._queue.popleft() for _ in range(min(BATCH, len(self._queue)))]
+                self._taken += len(batch)
             try:
                 self._write_batch(batch)
             except Exception as error:  # the chat goes on without these

@@ -18,7 +18,13 @@ from reactor.config import HistoryConfig
 from reactor.contracts import MessageStore
 from reactor.history.memory import MemoryHistory
 from reactor.history.redis_store import LOST, RedisHistory
-from reactor.history.sqlite import TRIM_EVERY, SQLiteHistory, history_path
+from reactor.history.sqlite import (
+    ROWS_PER_INSERT,
+    TRIM_EVERY,
+    SQLiteHistory,
+    _chunks,
+    history_path,
+)
 from tests.cluster_support import (  # noqa: F401  (a fixture)
     RedisServer,
     redis_server,
@@ -326,3 +332,10 @@ def test_waiting_messages_lost_by_redis_are_logged_not_passed_over_in_silence(
         assert [record.getMessage() for record in caplog.records] == [LOST]
     finally:
         store.close()
+
+
+def test_a_batch_of_any_size_is_inserted_in_a_few_statement_shapes() -> None:
+    counts = {n: _chunks(n) for n in range(1, 5000)}
+    assert all(sum(rows) == n for n, rows in counts.items())
+    assert len({rows for chunks in counts.values() for rows in chunks}) <= 24
+    assert max(len(rows) for n, rows in counts.items() if n <= ROWS_PER_INSERT) <= 2

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+import operator
 import threading
 
 import pytest
@@ -71,5 +73,28 @@ def test_a_failed_batch_is_logged_and_the_writer_goes_on(
         assert written == [14]
         assert [r.getMessage() for r in caplog.records] == [
             "test store failed (disk full); messages not kept: 1"]
+    finally:
+        writer.close(DEFAULT_TIMEOUT)
+
+
+def test_a_write_queued_while_the_writer_sleeps_is_written_without_a_reader_asking() -> None:
+    # No settled() here: it would wake the writer itself.  Each put finds
+    # the writer asleep on an empty queue, or about to be.
+    written: list[int] = []
+    wrote = threading.Condition()
+
+    def write(batch: list[int]) -> None:
+        with wrote:
+            written.extend(batch)
+            wrote.notify_all()
+
+    writer: WriteBehind[int] = WriteBehind(write, "test store")
+    try:
+        for n in range(20):
+            writer.put(n)
+            with wrote:
+                assert wrote.wait_for(functools.partial(operator.contains, written, n),
+                                      DEFAULT_TIMEOUT)
+        assert written == list(range(20))
     finally:
         writer.close(DEFAULT_TIMEOUT)
