@@ -871,9 +871,9 @@ class SelectorServer(Server):
         joins it (True): its line waits, with those of the fan-outs that
         joined before it, to be queued to each recipient as one piece
         (_queue_joined) at the end of the pass, or before anything else is
-        written to one of them.  A busy pass reads many broadcasts of one
-        chat; this queues them with one step per recipient, not one per
-        line (Redis appends each to each reply buffer, in C).
+        written to one of them.  A busy pass reads several broadcasts of
+        one sender at once; this queues them with one step per recipient,
+        not one per line (Redis appends each to each reply buffer, in C).
 
         Joined only when that fan-out queued its line for every recipient
         (none returned to the caller: no web connection, none over the
@@ -1097,6 +1097,7 @@ class SelectorServer(Server):
             for transport in dead:
                 if transport.connection is not None:
                     transport.connection.connection_lost()
+        self._joined_to = None  # (its connections are not kept past the turn)
 
     @staticmethod
     def _contain(transport: SelectorTransport, error: Exception) -> None:
