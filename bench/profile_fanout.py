@@ -10,7 +10,8 @@ this process over real loopback sockets:
 * one sender in this process, which broadcasts (one broadcast at a time,
   each a pass or more of the loop, as at 150 broadcasts/s in the standard
   run; then two per write, as a server that fell behind reads them there:
-  the first is queued, the second joins it, one send per recipient) and
+  the first is queued, the second joins it, one send per recipient; then
+  eight per write, as a server further behind reads them) and
   then sends direct messages in batches (as an open-loop sender
   near saturation does), to one recipient and spread over all N as
   ``bench/load.py`` spreads them.
@@ -156,7 +157,8 @@ class TLSSender:
         self.sock.close()
 
 
-PHASES = ("broadcast", "broadcast-queued", "broadcast-pairs", "dm-one", "dm-spread")
+PHASES = ("broadcast", "broadcast-queued", "broadcast-pairs", "broadcast-eights", "dm-one",
+          "dm-spread")
 
 
 def text(kind: bytes, seq: int) -> bytes:
@@ -215,10 +217,11 @@ class Driver:
 
     def broadcasts(self, count: int, first: int = 0, per_write: int = 1) -> int:
         for seq in range(first, first + count, per_write):
+            lines = min(per_write, first + count - seq)
             self.sender.sendall(b"".join(b'broadcast "%s"\n' % text(b"B", seq + i)
-                                         for i in range(per_write)))
+                                         for i in range(lines)))
             # The echoes: sent before the fan-outs, read after their pass.
-            self._await_lines(per_write)
+            self._await_lines(lines)
         self._check_flushed()
         return count * self.n
 
@@ -268,6 +271,8 @@ def run_phase(driver: Driver, phase: str, count: int, seq: int) -> int:
             selector_backend.WRITE_THROUGH_MAX_READY = 4
     if phase == "broadcast-pairs":
         return driver.broadcasts(count, seq, per_write=2)
+    if phase == "broadcast-eights":
+        return driver.broadcasts(count, seq, per_write=8)
     if phase == "dm-one":
         return driver.direct(count, spread=False, first=seq)
     if phase == "dm-spread":
@@ -279,7 +284,7 @@ def child_main(args: argparse.Namespace) -> None:
     """The measured process (under valgrind when counting)."""
     driver = Driver(args.n, args.flood == "on", args.dm_batch, args.tls)
     counts = {"broadcast": args.broadcasts, "broadcast-queued": args.broadcasts,
-              "broadcast-pairs": args.broadcasts,
+              "broadcast-pairs": args.broadcasts, "broadcast-eights": args.broadcasts,
               "dm-one": args.dms, "dm-spread": args.dms}
     seq = 0
     # Warm up every path (caches, first-time allocations) before measuring.

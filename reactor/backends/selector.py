@@ -13,7 +13,10 @@ Each pass of the loop (after CPython's selector_events and Redis's ae loop):
    waits for the whole fan-out to be queued; everything else is queued and
    written once per connection at the end of the pass with one gathering
    ``sendmsg`` (Redis's handleClientsWithPendingWrites) -- which is what keeps
-   a login storm's O(N^2) notices affordable.  Every send goes through one
+   a login storm's O(N^2) notices affordable.  Fan-outs to the same
+   recipients that follow each other in a pass (one sender's lines read
+   together) are joined and queued to each recipient once (see
+   SelectorServer._join).  Every send goes through one
    function (``SelectorTransport._send``, or a fast path written out where
    the profiler shows a gain, each named and tested against it).  Only a
    partial write registers the socket for EVENT_WRITE, dropped again once
@@ -215,6 +218,9 @@ class SelectorTransport(Transport):
             if on_handoff is not None:
                 on_handoff(False)
             return None
+        joined = self.server.joined
+        if joined is not None and self.connection in joined:
+            self.server._queue_joined()  # joined fan-outs' lines go first
         turn = self.server.turn
         if self._turn != turn:
             # The first output owed to this connection in this turn.
@@ -236,6 +242,9 @@ class SelectorTransport(Transport):
         if self.socket_closed:
             return -1
         server = self.server
+        joined = server.joined
+        if joined is not None and self.connection in joined:
+            server._queue_joined()  # as in write
         turn = server.turn
         if self._turn == turn or self.tls is not None:
             return 0
@@ -486,6 +495,9 @@ class SelectorTransport(Transport):
         return True
 
     def close(self) -> None:
+        joined = self.server.joined
+        if joined is not None and self.connection in joined:
+            self.server._queue_joined()  # drained before the close, as queued lines are
         self._closing = True
         self._reading = True  # discard input until the peer's FIN
         self._update_events()
@@ -501,6 +513,9 @@ class SelectorTransport(Transport):
         over.  A second abort (the linger, a bug, the server stopping) closes
         at once.
         """
+        joined = self.server.joined
+        if joined is not None and self.connection in joined:
+            self.server._queue_joined()  # queued before, so discarded with the rest
         self.fail_handoffs()
         if self._closing:
             self._close_socket()
@@ -797,6 +812,14 @@ class SelectorServer(Server):
         # Callbacks from other threads; deque's append and popleft are atomic.
         self._soon: collections.deque[Callable[[], None]] = collections.deque()
         self._end_of_pass: list[Callable[[], None]] = []
+        # Fan-outs joined (see _join): the recipients of this turn's last
+        # fan-out and its turn, the lines of later fan-outs to the same
+        # recipients waiting to be queued to them as one, and while lines
+        # wait, those recipients as a set (what a write to one of them checks).
+        self._joined_to: list[Connection] | None = None
+        self._joined_turn = -1
+        self._joined_lines: list[bytes] = []
+        self.joined: set[Connection] | None = None
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
         return self.timers.call_at(time.monotonic() + delay, callback)
@@ -830,12 +853,71 @@ class SelectorServer(Server):
         """
         if len(data) > self.config.output_high_water:
             return connections  # connection.send has limits to check
+        if self._joined_to is not None and self._join(data, connections):
+            return []
+        recipients = connections
         if not batch and self.write_through and not self.more_input_waits():
             connections = SelectorTransport.fan_out_first(data, connections, self.turn)
         # Batching this pass (see write), or output waits: queued, for one
         # send per connection at the end of the pass.
-        return SelectorTransport.enqueue_each(
+        rest = SelectorTransport.enqueue_each(
             data, connections, self.turn, self.config.output_high_water - len(data))
+        if not rest:  # the next fan-out to the same recipients may join this one
+            self._joined_to, self._joined_turn = recipients, self.turn
+        return rest
+
+    def _join(self, data: bytes, connections: list[Connection]) -> bool:
+        """A fan-out to the same recipients as the last one of this turn
+        joins it (True): its line waits, with those of the fan-outs that
+        joined before it, to be queued to each recipient as one piece
+        (_queue_joined) at the end of the pass, or before anything else is
+        written to one of them.  A busy pass reads several broadcasts of
+        one sender at once; this queues them with one step per recipient,
+        not one per line (Redis appends each to each reply buffer, in C).
+
+        Joined only when that fan-out queued its line for every recipient
+        (none returned to the caller: no web connection, none over the
+        high-water mark or closed); then each open recipient has had output
+        this turn, so this line would be queued for it too, behind the
+        other -- what joining does, in the same order."""
+        if self._joined_turn != self.turn or connections != self._joined_to:
+            if self.joined is not None:
+                self._queue_joined()
+            self._joined_to = None
+            return False
+        if self.joined is None:
+            self.joined = set(connections)
+        self._joined_lines.append(data)
+        return True
+
+    def _queue_joined(self) -> None:
+        """Queue the joined lines (see _join) to their recipients, as
+        enqueue_each would have queued each when its fan-out ran; a
+        recipient now over the high-water mark gets each line from
+        connection.send, as a fan-out's rest does."""
+        lines, connections = self._joined_lines, self._joined_to
+        assert connections is not None
+        self._joined_lines, self._joined_to, self.joined = [], None, None
+        data = lines[0] if len(lines) == 1 else b"".join(lines)
+        rest = SelectorTransport.enqueue_each(
+            data, connections, self.turn, self.config.output_high_water - len(data))
+        stats = self.chat.stats
+        for connection in rest:
+            transport: SelectorTransport = connection.transport  # type: ignore[assignment]
+            if connection.is_open:
+                for line in lines:
+                    stats.bytes_out -= len(line)  # counted by the fan-out; send counts it
+                    try:
+                        connection.send(line)
+                    except Exception as error:
+                        connection.fail(error)
+            elif transport.socket_closed or transport._closing:
+                stats.bytes_out -= len(data)  # closed since: nothing sent, nothing counted
+            else:
+                # Leaving now (this runs within its leave, or its close):
+                # queued as when its fan-out ran, so that a close drains it
+                # and an abort discards it.
+                transport._enqueue(data, None)
 
     # -- other sockets of the server's own (SocketLoop): the cluster's Redis --
 
@@ -907,7 +989,7 @@ class SelectorServer(Server):
         # Output queued outside a pass (by shutdown) must not wait for select().
         if self._end_of_pass:
             self._run_end_of_pass()
-        if self.pending_writes or self.dead:
+        if self.pending_writes or self.dead or self.joined is not None:
             self._settle()
         self.turn += 1
         now = time.monotonic()
@@ -989,7 +1071,9 @@ class SelectorServer(Server):
     def _settle(self) -> None:
         """Write everything owed, then report the closed; repeat while either
         produces more of the other (an answer's next line, offline notices)."""
-        while self.pending_writes or self.dead:
+        while self.pending_writes or self.dead or self.joined is not None:
+            if self.joined is not None:
+                self._queue_joined()  # before the turn ends
             pending, self.pending_writes = self.pending_writes, []
             self.turn += 1
             for transport in pending:
@@ -1013,6 +1097,7 @@ class SelectorServer(Server):
             for transport in dead:
                 if transport.connection is not None:
                     transport.connection.connection_lost()
+        self._joined_to = None  # (its connections are not kept past the turn)
 
     @staticmethod
     def _contain(transport: SelectorTransport, error: Exception) -> None:

@@ -159,6 +159,51 @@ def test_fan_out_fast_path(batch: bool) -> None:
         assert fast_state == general_state, name
 
 
+# What may happen to one recipient between two fan-outs of one pass.
+BETWEEN: dict[str, Callable[[Peer], object]] = {
+    "nothing": lambda peer: None,
+    "a reply to it": lambda peer: peer.connection.send(b"reply\n"),
+    "it closes": lambda peer: peer.connection.close("bye"),
+    "it is cut off": lambda peer: peer.connection.abort("gone"),
+}
+
+
+def run_fan_outs(server: SelectorServer, fast: bool, between: str) -> list[tuple[object, ...]]:
+    """Ten fan-outs to the same recipients in one batched pass (with
+    ``between`` happening to the first after the fourth), through the
+    chat's fan-out (send_at_once) or connection.send alone."""
+    peers = [connect(server) for _ in range(3)]
+    server.turn += 1
+    server.write_through = False
+    fill_the_kernel(peers[2])  # its queue passes the high-water mark meanwhile
+    for i in range(10):
+        line = b"<Broadcast from Alice: %d %s>\n" % (i, b"x" * 8000)
+        recipients = [peer.connection for peer in peers]
+        if fast:
+            server.chat._fan_out(line, recipients)  # (through send_at_once)
+            if i == 1:
+                assert server.joined is not None  # the fast path under test joined
+        else:
+            for connection in recipients:
+                connection.send(line)
+        if i == 3:
+            BETWEEN[between](peers[0])
+    server._settle()
+    return [(*peer.state(), peer.connection.output_backlog) for peer in peers]
+
+
+@pytest.mark.parametrize("between", BETWEEN)
+def test_joined_fan_outs_match_the_general_path(between: str) -> None:
+    """Fan-outs joined in a pass (SelectorServer._join) leave every
+    recipient as connection.send of each line would: the same bytes in the
+    same order, queue and flags, whatever happens to one of them between."""
+    states = []
+    for fast in (True, False):
+        with idle_server() as server:
+            states.append((run_fan_outs(server, fast, between), server.chat.stats.bytes_out))
+    assert states[0] == states[1]
+
+
 def queue_mixed(peer: Peer, partly_sent: bool) -> None:
     """A queue of shared lines and direct messages with handoffs."""
     output = peer.transport.output
