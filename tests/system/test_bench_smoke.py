@@ -493,4 +493,4 @@ def test_the_fanout_profiler_runs_its_phases(tls: bool) -> None:
     phases = dict(line.split()[1:] for line in done.stdout.splitlines()
                   if line.startswith("phase "))
     assert phases == {"broadcast": "80", "broadcast-queued": "80", "broadcast-pairs": "80",
-                      "dm-one": "40", "dm-spread": "40"}
+                      "broadcast-eights": "80", "dm-one": "40", "dm-spread": "40"}
