@@ -19,6 +19,9 @@ no test for a wire they do not have.  The mixin does, on the chat thread:
   handshake, pongs, close frames) is queued unframed; a
   :class:`~reactor.web.http.WebFailure` is one log line and a close, so
   that the answer (a 4xx, a close frame) still goes out.
+* **Fan-out** (:func:`fan_out_framed`): a broadcast reaches web
+  connections through the backend's ``send_at_once`` loops as it reaches
+  plain ones, with the line's frame (built once) in place of the line.
 * **Keepalive**: from the upgrade on, :meth:`WebWire.heartbeat` every
   :data:`~reactor.web.wire.PING_INTERVAL` on the connection's timers.
 * **Closing**: ``close`` queues the close frame after the last line, before
@@ -32,7 +35,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol, cast
+from typing import TYPE_CHECKING, Protocol, TypeAlias, cast
 
 from reactor.contracts import ConnectionEvents, TimerHandle
 from reactor.outbuf import Entry, Handoff
@@ -40,10 +43,35 @@ from reactor.transport import Transport
 from reactor.web.http import WebFailure
 
 if TYPE_CHECKING:
+    from reactor.connection import Connection
     from reactor.web.http import Site
     from reactor.web.wire import WebWire
 
 log = logging.getLogger("reactor")
+
+#: A backend's fan-out loop: ``loop(data, connections, web)`` sends or queues
+#: ``data`` for those of ``connections`` it can and returns the others; when
+#: ``web`` is a list, web connections ready for frames are set aside in it
+#: untouched, and when it is None, every connection given is one of those.
+FanOutLoop: TypeAlias = (
+    "Callable[[bytes, list[Connection], list[Connection] | None], list[Connection]]")
+
+
+def fan_out_framed(loop: FanOutLoop, data: bytes,
+                   connections: list[Connection]) -> list[Connection]:
+    """A backend's ``send_at_once`` for every transport: ``loop`` over the
+    fan-out's recipients with the line, setting web connections aside, then
+    over those with the line's frame -- one frame for all of them, since
+    server frames are unmasked and uncompressed (reactor.web.wire).  So a
+    web connection costs a fan-out what a plain one does; the loop's limit
+    checks see the bytes queued, the frame's header included.  Returns what
+    ``loop`` returned, for ``connection.send``, which frames on its own."""
+    web: list[Connection] = []
+    rest = loop(data, connections, web)
+    if web:
+        frame = cast("WebTransport", web[0].transport).web.frame(data)
+        rest += loop(frame, web, None)
+    return rest
 
 
 class ChatConnection(ConnectionEvents, Protocol):
