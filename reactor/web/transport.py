@@ -24,6 +24,9 @@ no test for a wire they do not have.  The mixin does, on the chat thread:
   plain ones, with the line's frame (built once) in place of the line.
 * **Keepalive**: from the upgrade on, :meth:`WebWire.heartbeat` every
   :data:`~reactor.web.wire.PING_INTERVAL` on the connection's timers.
+  While reading is paused (flood control, a backlog) the pong may wait in
+  the kernel, so a beat that falls in or just after a pause neither pings
+  nor judges: a browser is never closed for a pong the server did not read.
 * **Closing**: ``close`` queues the close frame after the last line, before
   TLS's close_notify and the FIN.
 
@@ -95,6 +98,8 @@ class WebTransport(Transport):
     web: WebWire
     _heartbeat: TimerHandle | None = None
     _output_limit = 0
+    _paused = False  # reading is paused: what the peer sends waits in the kernel
+    _paused_lately = False  # ... or was, at some time since the last beat
 
     def start_web(self, site: Site, max_line: int, output_limit: int) -> None:
         """Speak HTTP and WebSocket on this connection (after ``start_tls``,
@@ -154,6 +159,14 @@ class WebTransport(Transport):
         self._stop_heartbeat()
         super().abort()  # type: ignore[safe-super]
 
+    def pause_reading(self) -> None:
+        self._paused = self._paused_lately = True
+        super().pause_reading()  # type: ignore[safe-super]
+
+    def resume_reading(self) -> None:
+        self._paused = False
+        super().resume_reading()  # type: ignore[safe-super]
+
     def _say(self) -> None:
         """Queue what the wire says by itself, as it is (unframed).  A peer
         that sends pings and never reads their pongs is a slow consumer."""
@@ -175,6 +188,12 @@ class WebTransport(Transport):
         self._heartbeat = None
         connection = cast("ChatConnection | None", self.connection)
         if connection is None or not connection.is_open or self.web.closing:
+            return
+        if self._paused_lately:
+            # The pong may be unread in the kernel, or read only after this
+            # beat: no ping and no verdict until a whole interval of reading.
+            self._paused_lately = self._paused
+            self._heartbeat = connection.call_later(_ping_interval(), self._beat)
             return
         try:
             self.web.heartbeat()

@@ -407,3 +407,45 @@ def test_a_browser_that_answers_pings_stays_and_one_that_does_not_is_closed(
         alice.send("users")
         assert alice.recv(timeout=DEFAULT_TIMEOUT) == "<Online users: Alice>"
         alice.close()
+
+
+def test_a_browser_paused_by_flood_control_is_not_closed_for_a_pong_left_unread(
+        backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A browser over its line rate waits while its lines are metered, and
+    the server reads nothing more from it meanwhile -- its pongs included.
+    Paused for several ping intervals, it is not closed for a missing pong:
+    every line is answered, and the pings start again after the pause."""
+    from reactor.web import wire
+
+    monkeypatch.setattr(wire, "PING_INTERVAL", 0.3)
+    lines = 20  # at 10 a second after a burst of 4: paused for several intervals
+    with running_server(backend, web_port=0,
+                        flood=FloodLimits(lines_per_second=10, lines_burst=4)) as server:
+        assert server.web_port is not None
+        flooder = RawBrowser(server.web_port)
+        flooder.send("Flooder")
+        for i in range(lines):  # in one write: read at once, then metered
+            flooder.protocol.send_text(f'broadcast "b{i}"'.encode())
+        flooder._flush()
+        echoes: list[str] = []
+        pinged_after = False
+        while not pinged_after:
+            for event in flooder._events():
+                assert isinstance(event, Frame), "closed by the server"
+                assert event.opcode is not Opcode.CLOSE, bytes(event.data)
+                if event.opcode is Opcode.TEXT and event.data.startswith(b"<To everyone>"):
+                    echoes.append(event.data.decode())
+                elif event.opcode is Opcode.PING and len(echoes) == lines:
+                    pinged_after = True  # the keepalive carries on after the pause
+            flooder._flush()  # the pongs (websockets' client makes them)
+        assert echoes == [f"<To everyone> b{i}" for i in range(lines)]
+        flooder.send("users")
+        texts: list[bytes] = []
+        while not texts:
+            for event in flooder._events():
+                assert isinstance(event, Frame) and event.opcode is not Opcode.CLOSE
+                if event.opcode is Opcode.TEXT:
+                    texts.append(event.data)
+            flooder._flush()
+        assert texts == [b"<Online users: Flooder>"]
+        flooder.close()
