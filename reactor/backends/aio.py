@@ -534,14 +534,14 @@ class AsyncioServer(Server):
         rest: list[Connection] = []
         for connection in connections:
             transport: AsyncioTransport = connection.transport  # type: ignore[assignment]
+            if transport.web is not None and web is not None:
+                wire = transport.web
+                (web if wire.upgraded and not wire.closing else rest).append(connection)
+                continue
             output = transport.output
             if (transport.tls is not None or transport._closed or not connection.is_open
                     or output.size + size > high_water):
                 rest.append(connection)
-                continue
-            if transport.web is not None and web is not None:
-                wire = transport.web
-                (web if wire.upgraded and not wire.closing else rest).append(connection)
                 continue
             output.append(data)
             if not transport._burst and not transport._in_flight:

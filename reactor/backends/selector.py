@@ -264,13 +264,13 @@ class SelectorTransport(Transport):
         later: list[Connection] = []
         for connection in connections:
             transport: SelectorTransport = connection.transport  # type: ignore[assignment]
-            if (transport._turn == turn or transport.output.size or transport.socket_closed
-                    or not connection.is_open):
-                later.append(connection)
-                continue
             if transport.web is not None and web is not None:
                 wire = transport.web
                 (web if wire.upgraded and not wire.closing else later).append(connection)
+                continue
+            if (transport._turn == turn or transport.output.size or transport.socket_closed
+                    or not connection.is_open):
+                later.append(connection)
                 continue
             transport._turn = turn
             try:
@@ -308,13 +308,13 @@ class SelectorTransport(Transport):
         rest: list[Connection] = []
         for connection in connections:
             transport: SelectorTransport = connection.transport  # type: ignore[assignment]
-            output = transport.output
-            if transport.socket_closed or not connection.is_open or output.size > limit:
-                rest.append(connection)
-                continue
             if transport.web is not None and web is not None:
                 wire = transport.web
                 (web if wire.upgraded and not wire.closing else rest).append(connection)
+                continue
+            output = transport.output
+            if transport.socket_closed or not connection.is_open or output.size > limit:
+                rest.append(connection)
                 continue
             first = transport._turn != turn
             transport._turn = turn

@@ -665,14 +665,14 @@ class ThreadsServer(Server):
         rest: list[Connection] = []
         for connection in connections:
             transport: ThreadTransport = connection.transport  # type: ignore[assignment]
+            if transport.web is not None and web is not None:
+                wire = transport.web
+                (web if wire.upgraded and not wire.closing else rest).append(connection)
+                continue
             output = transport.output
             if (transport.tls is not None or transport._socket_closed or not connection.is_open
                     or output.size + size > high_water):
                 rest.append(connection)
-                continue
-            if transport.web is not None and web is not None:
-                wire = transport.web
-                (web if wire.upgraded and not wire.closing else rest).append(connection)
                 continue
             if transport._writer is None:
                 # No writer thread yet: only the chat lock's holder touches
