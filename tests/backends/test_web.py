@@ -194,6 +194,40 @@ def test_a_browser_and_a_tcp_user_chat(backend: str, tls: bool, certs: Certs,
     assert "connection open" not in caplog.text
 
 
+@pytest.mark.parametrize("tls", [False, True], ids=["ws", "wss"])
+def test_broadcasts_reach_every_browser_once_each_in_order(backend: str, tls: bool,
+                                                             certs: Certs) -> None:
+    """Broadcasts to several browsers and a TCP user, from either: each
+    arrives once, as one whole text message, in the order sent."""
+    options: dict[str, object] = {"web_port": 0}
+    if tls:
+        options.update(tls_cert=str(certs.cert), tls_key=str(certs.key), tls_port=0)
+    context = certs.client_context() if tls else None
+    with running_server(backend, **options) as server, client_pool(server.port) as pool:
+        bob = pool.login("Bob")
+        names = ["Ann", "Cy", "Dee"]
+        browsers = []
+        for name in names:
+            browsers.append(login(server, name, context))
+            bob.expect(f"<User {name} is online.>")
+        for ws in browsers[:-1]:  # the later logins, announced
+            recv_until(ws, f"<User {names[-1]} is online.>")
+        sent = []
+        for i in range(5):
+            bob.send(f'broadcast "from tcp {i}"')
+            sent.append(f'<Broadcast from Bob: "from tcp {i}">')
+        bob.read_until(lambda line: line == "<To everyone> from tcp 4")  # all fanned out
+        browsers[0].send('broadcast "from a browser"')
+        bob.read_until(lambda line: line == '<Broadcast from Ann: "from a browser">')
+        for name, ws in zip(names, browsers, strict=True):
+            expected = [*sent, '<Broadcast from Ann: "from a browser">']
+            if name == "Ann":
+                expected[-1] = "<To everyone> from a browser"
+            seen = recv_until(ws, expected[-1])
+            assert [m for m in seen if m.startswith(("<Broadcast", "<To everyone>"))] == expected
+            ws.close()
+
+
 def test_the_web_ports_certificate_is_reloaded_with_the_others(
         backend: str, tmp_path: Path) -> None:
     first, second = Certs(tmp_path, "first"), Certs(tmp_path, "second")
