@@ -199,11 +199,11 @@ def test_broadcasts_reach_every_browser_once_each_in_order(backend: str, tls: bo
                                                              certs: Certs) -> None:
     """Broadcasts to several browsers and a TCP user, from either: each
     arrives once, as one whole text message, in the order sent."""
-    options: dict[str, object] = {"web_port": 0}
-    if tls:
-        options.update(tls_cert=str(certs.cert), tls_key=str(certs.key), tls_port=0)
     context = certs.client_context() if tls else None
-    with running_server(backend, **options) as server, client_pool(server.port) as pool:
+    with running_server(backend, web_port=0, tls_port=0 if tls else None,
+                        tls_cert=str(certs.cert) if tls else None,
+                        tls_key=str(certs.key) if tls else None) as server, \
+            client_pool(server.port) as pool:
         bob = pool.login("Bob")
         names = ["Ann", "Cy", "Dee"]
         browsers = []
@@ -467,8 +467,9 @@ def test_a_browser_paused_by_flood_control_is_not_closed_for_a_pong_left_unread(
             for event in flooder._events():
                 assert isinstance(event, Frame), "closed by the server"
                 assert event.opcode is not Opcode.CLOSE, bytes(event.data)
-                if event.opcode is Opcode.TEXT and event.data.startswith(b"<To everyone>"):
-                    echoes.append(event.data.decode())
+                text = bytes(event.data)
+                if event.opcode is Opcode.TEXT and text.startswith(b"<To everyone>"):
+                    echoes.append(text.decode())
                 elif event.opcode is Opcode.PING and len(echoes) == lines:
                     pinged_after = True  # the keepalive carries on after the pause
             flooder._flush()  # the pongs (websockets' client makes them)
@@ -479,7 +480,7 @@ def test_a_browser_paused_by_flood_control_is_not_closed_for_a_pong_left_unread(
             for event in flooder._events():
                 assert isinstance(event, Frame) and event.opcode is not Opcode.CLOSE
                 if event.opcode is Opcode.TEXT:
-                    texts.append(event.data)
+                    texts.append(bytes(event.data))
             flooder._flush()
         assert texts == [b"<Online users: Flooder>"]
         flooder.close()
