@@ -26,6 +26,7 @@ few hundred instructions per operation.
     python bench/profile_fanout.py --profile      # cProfile top entries per phase
     python bench/profile_fanout.py --no-valgrind  # just run the phases (a smoke test)
     python bench/profile_fanout.py --tls          # the same over TLS (select-tls)
+    python bench/profile_fanout.py --web          # receivers over WebSocket (select-ws)
 
 With ``--tls`` the server's port speaks TLS, with a throwaway certificate
 (``bench.systems.make_certificate``), and so do the receivers and the
@@ -34,6 +35,10 @@ then read the raw socket and discard the ciphertext (nothing to decrypt
 for a receiver that drops everything); the sender is a memory-BIO client in
 this process, so its encryption of each line and decryption of its echoes
 are counted too: per delivery of a broadcast, a few instructions.
+
+With ``--web`` the receivers log in over WebSocket on a web port
+(``--web-port``), as browsers; the sender stays on the plain port, so the
+difference from the plain run is what a delivery to a browser costs.
 """
 
 from __future__ import annotations
@@ -68,9 +73,15 @@ from reactor.flow import FloodLimits  # noqa: E402
 # The receivers: connect, log in, read and discard until the server closes.
 # With TLS (a third argument), each logs in through ssl and then reads the
 # raw socket (a duplicate of its descriptor): the ciphertext is discarded.
+# With "web" instead, each opens a WebSocket and logs in with one masked
+# text frame (mask key 0: the payload as it is).
 RECEIVERS = r"""
 import os, selectors, socket, ssl, sys
-port, n, tls = int(sys.argv[1]), int(sys.argv[2]), len(sys.argv) > 3
+port, n = int(sys.argv[1]), int(sys.argv[2])
+tls, web = sys.argv[3:] == ["tls"], sys.argv[3:] == ["web"]
+UPGRADE = (b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nUpgrade: websocket\r\n"
+           b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+           b"Sec-WebSocket-Version: 13\r\n\r\n" % port)
 if tls:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname = False
@@ -83,6 +94,13 @@ for i in range(n):
         wrapped.append(context.wrap_socket(s))
         wrapped[-1].sendall(b"c%d\n" % i)
         s = socket.socket(fileno=os.dup(wrapped[-1].fileno()))
+    elif web:
+        s.sendall(UPGRADE)
+        answer = b""
+        while not answer.endswith(b"\r\n\r\n"):
+            answer += s.recv(1)
+        name = b"c%d" % i
+        s.sendall(bytes((0x81, 0x80 | len(name), 0, 0, 0, 0)) + name)
     else:
         s.sendall(b"c%d\n" % i)
     s.setblocking(False)
@@ -167,8 +185,16 @@ def text(kind: bytes, seq: int) -> bytes:
 
 
 class Driver:
-    def __init__(self, n: int, flood: bool, dm_batch: int, tls: bool) -> None:
-        config = ServerConfig(host="127.0.0.1", port=0, max_clients=n + 16)
+    def __init__(self, n: int, flood: bool, dm_batch: int, tls: bool, web: bool) -> None:
+        config = ServerConfig(host="127.0.0.1", port=0, max_clients=n + 16,
+                              web_port=0 if web else None)
+        site = None
+        if web:
+            from reactor.web import wire
+            from reactor.web.http import Site
+
+            site = Site()
+            wire.PING_INTERVAL = 1e6  # the receivers answer no pings: none are sent
         if not flood:
             config = replace(config, flood=FloodLimits(enabled=False))
         self.workdir: Path | None = None
@@ -178,12 +204,16 @@ class Driver:
             config = replace(config, tls_cert=str(cert), tls_key=str(key))
         self.n = n
         self.dm_batch = dm_batch
-        self.server = server = SelectorServer(config, build_chat(config))
+        self.server = server = SelectorServer(config, build_chat(config), web=site)
         server.chat.attach(server.call_later, server.call_soon_threadsafe, server.send_at_once)
         server.selector.register(server._wakeup_reader, selector_backend._READ, None)
         server._listen(True)
+        receivers_port, mode = (server.web_port, ["web"]) if web else (server.port, [])
+        if tls:
+            mode = ["tls"]
+        assert receivers_port is not None
         self.child = subprocess.Popen(
-            [sys.executable, "-c", RECEIVERS, str(server.port), str(n), *(["tls"] if tls else [])]
+            [sys.executable, "-c", RECEIVERS, str(receivers_port), str(n), *mode]
         )
         sock = socket.create_connection(("127.0.0.1", server.port))
         sock.setblocking(False)
@@ -282,7 +312,7 @@ def run_phase(driver: Driver, phase: str, count: int, seq: int) -> int:
 
 def child_main(args: argparse.Namespace) -> None:
     """The measured process (under valgrind when counting)."""
-    driver = Driver(args.n, args.flood == "on", args.dm_batch, args.tls)
+    driver = Driver(args.n, args.flood == "on", args.dm_batch, args.tls, args.web)
     counts = {"broadcast": args.broadcasts, "broadcast-queued": args.broadcasts,
               "broadcast-pairs": args.broadcasts, "broadcast-eights": args.broadcasts,
               "dm-one": args.dms, "dm-spread": args.dms}
@@ -332,7 +362,8 @@ def count_main(args: argparse.Namespace) -> None:
         found = re.search(r"^(?:totals|summary):\s*(\d+)", body, re.M)
         totals.append(int(found.group(1)) if found else 0)
     # Dumps come in phase order; the last one (if any) is the final dump at exit.
-    print(f"select backend{' over TLS' if args.tls else ''}, N={args.n}, "
+    over = " over TLS" if args.tls else " (receivers over WebSocket)" if args.web else ""
+    print(f"select backend{over}, N={args.n}, "
           f"flood control {args.flood}, DM batch {args.dm_batch}")
     for (_, phase, count), total in zip(done, totals, strict=False):
         unit = "delivery" if phase.startswith("broadcast") else "DM"
@@ -350,8 +381,11 @@ def main() -> None:
                         help="direct messages the sender writes at once (default 20)")
     parser.add_argument("--flood", choices=("on", "off"), default="off",
                         help="flood control (off in the benchmark, which measures capacity)")
-    parser.add_argument("--tls", action="store_true",
-                        help="the server's port, the receivers and the sender speak TLS")
+    wire = parser.add_mutually_exclusive_group()
+    wire.add_argument("--tls", action="store_true",
+                      help="the server's port, the receivers and the sender speak TLS")
+    wire.add_argument("--web", action="store_true",
+                      help="the receivers are browsers: WebSocket on a web port")
     parser.add_argument("--profile", action="store_true", help="cProfile each phase instead")
     parser.add_argument("--top", type=int, default=18, help="entries per profile")
     parser.add_argument("--no-valgrind", action="store_true", help="run the phases only")

@@ -43,7 +43,8 @@ class Transport(ABC):
     listener's transport (:class:`reactor.web.transport.WebTransport`, which
     frames what is written), None elsewhere: the backend hands such a
     transport's input to ``web_received`` instead of the connection, and
-    keeps it out of its fan-out fast paths, which queue unframed bytes.
+    its fan-out fast paths give it the line's frame, not the line
+    (:func:`reactor.web.transport.fan_out_framed`).
     """
 
     web: WebWire | None = None

@@ -42,7 +42,7 @@ from reactor.sockets import (
 from reactor.tls import TLSFailure, log_failure
 from reactor.transport import SocketLoop, TimerHandle, Transport
 from reactor.web.http import Site
-from reactor.web.transport import WebTransport
+from reactor.web.transport import WebTransport, fan_out_framed
 
 log = logging.getLogger("reactor")
 
@@ -521,15 +521,26 @@ class AsyncioServer(Server):
         by the settle at the end of this iteration, one batch per client for
         everything the iteration queued; at half the Python work of
         ``connection.send``, whose limit checks a queue below the high-water
-        mark passes anyway.  Returns the others (TLS, closed, over the mark)."""
+        mark passes anyway.  Returns the others (TLS, closed, over the mark).
+        Web connections take it too, with the line's frame
+        (reactor.web.transport.fan_out_framed)."""
+        return fan_out_framed(self._queue_each, data, connections)
+
+    def _queue_each(self, data: bytes, connections: list[Connection],
+                    web: list[Connection] | None) -> list[Connection]:
+        """send_at_once's loop (see FanOutLoop in reactor.web.transport)."""
         size = len(data)
         high_water = self.config.output_high_water
         rest: list[Connection] = []
         for connection in connections:
             transport: AsyncioTransport = connection.transport  # type: ignore[assignment]
+            if transport.web is not None and web is not None:
+                wire = transport.web
+                (web if wire.upgraded and not wire.closing else rest).append(connection)
+                continue
             output = transport.output
             if (transport.tls is not None or transport._closed or not connection.is_open
-                    or output.size + size > high_water or transport.web is not None):
+                    or output.size + size > high_water):
                 rest.append(connection)
                 continue
             output.append(data)

@@ -46,8 +46,9 @@ benchmark all read the registry.  Its constructor takes ``(config, chat)``
    :func:`~reactor.tls.log_failure` and an abort, never a traceback; send
    what the wire holds after a read (handshake messages).  On a web
    transport (``transport.web``), hand what was read (after TLS) to
-   ``transport.web_received`` instead of the connection, and keep it out
-   of ``send_at_once``'s loops (they queue unframed bytes).
+   ``transport.web_received`` instead of the connection; ``send_at_once``
+   reaches it through :func:`reactor.web.transport.fan_out_framed`, which
+   hands its loops the line's WebSocket frame, never the bare line.
 5. ``close()``: drain the queue (on TLS, then send ``close_notify``
    from ``tls.close_notify()``), shut down the write side, keep reading and
    discarding until the peer's EOF or ``config.close_linger`` seconds, then

@@ -57,7 +57,7 @@ from reactor.timers import Timer, Timers
 from reactor.tls import TLSFailure, log_failure
 from reactor.transport import SocketLoop, Transport
 from reactor.web.http import Site
-from reactor.web.transport import WebTransport
+from reactor.web.transport import WebTransport, fan_out_framed
 
 log = logging.getLogger("reactor")
 
@@ -257,11 +257,14 @@ class SelectorTransport(Transport):
         return -1 if sent is None else sent
 
     @staticmethod
-    def fan_out_first(data: bytes, connections: list[Connection], turn: int) -> list[Connection]:
+    def fan_out_first(data: bytes, connections: list[Connection], turn: int,
+                      web: list[Connection] | None) -> list[Connection]:
         """A fan-out's line as each connection's first output of a short
         pass: sent now where nothing is queued and it is the connection's
         first output this turn (what the kernel refuses is queued); returns
-        the others, untouched, for the caller to queue.  The checks of the
+        the others, untouched, for the caller to queue.  Web connections
+        are set aside in ``web`` for a pass with the frame, unless it is
+        None (reactor.web.transport.fan_out_framed).  The checks of the
         pass are the caller's (SelectorServer.send_at_once).
 
         Fast path: _send_first's plain case written out in one loop, a call
@@ -270,9 +273,13 @@ class SelectorTransport(Transport):
         later: list[Connection] = []
         for connection in connections:
             transport: SelectorTransport = connection.transport  # type: ignore[assignment]
+            if transport.web is not None and web is not None:
+                wire = transport.web
+                (web if wire.upgraded and not wire.closing else later).append(connection)
+                continue
             if (transport._turn == turn or transport.output.size or transport.socket_closed
-                    or not connection.is_open or transport.web is not None):
-                later.append(connection)  # (a web connection: write() frames it)
+                    or not connection.is_open):
+                later.append(connection)
                 continue
             transport._turn = turn
             try:
@@ -298,10 +305,11 @@ class SelectorTransport(Transport):
 
     @staticmethod
     def enqueue_each(data: bytes, connections: list[Connection], turn: int,
-                     limit: int) -> list[Connection]:
+                     limit: int, web: list[Connection] | None) -> list[Connection]:
         """A fan-out's line queued for the end of the pass, as write queues
         it, for each connection with at most ``limit`` bytes queued; returns
-        the others (closed, or over it).
+        the others (closed, or over it).  Web connections are set aside in
+        ``web``, as fan_out_first does.
 
         Fast path: write's queueing branch (_queue_first, _enqueue) written
         out in one loop, three calls less per recipient of every busy pass;
@@ -309,10 +317,13 @@ class SelectorTransport(Transport):
         rest: list[Connection] = []
         for connection in connections:
             transport: SelectorTransport = connection.transport  # type: ignore[assignment]
+            if transport.web is not None and web is not None:
+                wire = transport.web
+                (web if wire.upgraded and not wire.closing else rest).append(connection)
+                continue
             output = transport.output
-            if (transport.socket_closed or not connection.is_open or output.size > limit
-                    or transport.web is not None):
-                rest.append(connection)  # (a web connection: write() frames it)
+            if transport.socket_closed or not connection.is_open or output.size > limit:
+                rest.append(connection)
                 continue
             first = transport._turn != turn
             transport._turn = turn
@@ -849,21 +860,33 @@ class SelectorServer(Server):
         connection being read waiting in this pass; else queued
         (SelectorTransport.enqueue_each) while below the high-water mark, which
         is all ``connection.send`` would check.  The others are returned
-        (those over the mark or closed).
+        (those over the mark or closed).  Web connections go through the
+        same loops with the line's frame (fan_out_framed).
         """
-        if len(data) > self.config.output_high_water:
+        high_water = self.config.output_high_water
+        if len(data) > high_water:
             return connections  # connection.send has limits to check
         if self._joined_to is not None and self._join(data, connections):
             return []
         recipients = connections
-        if not batch and self.write_through and not self.more_input_waits():
-            connections = SelectorTransport.fan_out_first(data, connections, self.turn)
-        # Batching this pass (see write), or output waits: queued, for one
-        # send per connection at the end of the pass.
-        rest = SelectorTransport.enqueue_each(
-            data, connections, self.turn, self.config.output_high_water - len(data))
-        if not rest:  # the next fan-out to the same recipients may join this one
-            self._joined_to, self._joined_turn = recipients, self.turn
+        write_through = not batch and self.write_through and not self.more_input_waits()
+        turn = self.turn
+        framed = False  # some recipients are web connections (a second loop, with the frame)
+
+        def loop(data: bytes, connections: list[Connection],
+                 web: list[Connection] | None) -> list[Connection]:
+            nonlocal framed
+            framed = framed or web is None
+            if write_through:
+                connections = SelectorTransport.fan_out_first(data, connections, turn, web)
+            # Batching this pass (see write), or output waits: queued, for one
+            # send per connection at the end of the pass.
+            return SelectorTransport.enqueue_each(data, connections, turn,
+                                                  high_water - len(data), web)
+
+        rest = fan_out_framed(loop, data, connections)
+        if not rest and not framed:  # the next fan-out to the same recipients may join this one
+            self._joined_to, self._joined_turn = recipients, turn
         return rest
 
     def _join(self, data: bytes, connections: list[Connection]) -> bool:
@@ -899,8 +922,8 @@ class SelectorServer(Server):
         assert connections is not None
         self._joined_lines, self._joined_to, self.joined = [], None, None
         data = lines[0] if len(lines) == 1 else b"".join(lines)
-        rest = SelectorTransport.enqueue_each(
-            data, connections, self.turn, self.config.output_high_water - len(data))
+        rest = SelectorTransport.enqueue_each(  # (no web connection joins: see send_at_once)
+            data, connections, self.turn, self.config.output_high_water - len(data), None)
         stats = self.chat.stats
         for connection in rest:
             transport: SelectorTransport = connection.transport  # type: ignore[assignment]

@@ -58,7 +58,7 @@ from reactor.timers import Timer, TimerThread
 from reactor.tls import TLSFailure, log_failure
 from reactor.transport import Transport
 from reactor.web.http import Site
-from reactor.web.transport import WebTransport
+from reactor.web.transport import WebTransport, fan_out_framed
 
 log = logging.getLogger("reactor")
 
@@ -653,15 +653,25 @@ class ThreadsServer(Server):
         below the high-water mark passes anyway), and sent at the end of
         the pass -- at the end of this turn if nobody waits, which costs
         the sends that writing through would.  Returns the others (TLS,
-        closed, over the mark)."""
+        closed, over the mark).  Web connections take it too, with the
+        line's frame (reactor.web.transport.fan_out_framed)."""
+        return fan_out_framed(self._queue_each, data, connections)
+
+    def _queue_each(self, data: bytes, connections: list[Connection],
+                    web: list[Connection] | None) -> list[Connection]:
+        """send_at_once's loop (see FanOutLoop in reactor.web.transport)."""
         size = len(data)
         high_water = self.config.output_high_water
         rest: list[Connection] = []
         for connection in connections:
             transport: ThreadTransport = connection.transport  # type: ignore[assignment]
+            if transport.web is not None and web is not None:
+                wire = transport.web
+                (web if wire.upgraded and not wire.closing else rest).append(connection)
+                continue
             output = transport.output
             if (transport.tls is not None or transport._socket_closed or not connection.is_open
-                    or output.size + size > high_water or transport.web is not None):
+                    or output.size + size > high_water):
                 rest.append(connection)
                 continue
             if transport._writer is None:

@@ -19,8 +19,14 @@ no test for a wire they do not have.  The mixin does, on the chat thread:
   handshake, pongs, close frames) is queued unframed; a
   :class:`~reactor.web.http.WebFailure` is one log line and a close, so
   that the answer (a 4xx, a close frame) still goes out.
+* **Fan-out** (:func:`fan_out_framed`): a broadcast reaches web
+  connections through the backend's ``send_at_once`` loops as it reaches
+  plain ones, with the line's frame (built once) in place of the line.
 * **Keepalive**: from the upgrade on, :meth:`WebWire.heartbeat` every
   :data:`~reactor.web.wire.PING_INTERVAL` on the connection's timers.
+  While reading is paused (flood control, a backlog) the pong may wait in
+  the kernel, so a beat that falls in or just after a pause neither pings
+  nor judges: a browser is never closed for a pong the server did not read.
 * **Closing**: ``close`` queues the close frame after the last line, before
   TLS's close_notify and the FIN.
 
@@ -32,7 +38,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol, cast
+from typing import TYPE_CHECKING, Protocol, TypeAlias, cast
 
 from reactor.contracts import ConnectionEvents, TimerHandle
 from reactor.outbuf import Entry, Handoff
@@ -40,10 +46,35 @@ from reactor.transport import Transport
 from reactor.web.http import WebFailure
 
 if TYPE_CHECKING:
+    from reactor.connection import Connection
     from reactor.web.http import Site
     from reactor.web.wire import WebWire
 
 log = logging.getLogger("reactor")
+
+#: A backend's fan-out loop: ``loop(data, connections, web)`` sends or queues
+#: ``data`` for those of ``connections`` it can and returns the others; when
+#: ``web`` is a list, web connections ready for frames are set aside in it
+#: untouched, and when it is None, every connection given is one of those.
+FanOutLoop: TypeAlias = (
+    "Callable[[bytes, list[Connection], list[Connection] | None], list[Connection]]")
+
+
+def fan_out_framed(loop: FanOutLoop, data: bytes,
+                   connections: list[Connection]) -> list[Connection]:
+    """A backend's ``send_at_once`` for every transport: ``loop`` over the
+    fan-out's recipients with the line, setting web connections aside, then
+    over those with the line's frame -- one frame for all of them, since
+    server frames are unmasked and uncompressed (reactor.web.wire).  So a
+    web connection costs a fan-out what a plain one does; the loop's limit
+    checks see the bytes queued, the frame's header included.  Returns what
+    ``loop`` returned, for ``connection.send``, which frames on its own."""
+    web: list[Connection] = []
+    rest = loop(data, connections, web)
+    if web:
+        frame = cast("WebTransport", web[0].transport).web.frame(data)
+        rest += loop(frame, web, None)
+    return rest
 
 
 class ChatConnection(ConnectionEvents, Protocol):
@@ -67,6 +98,8 @@ class WebTransport(Transport):
     web: WebWire
     _heartbeat: TimerHandle | None = None
     _output_limit = 0
+    _paused = False  # reading is paused: what the peer sends waits in the kernel
+    _paused_lately = False  # ... or was, at some time since the last beat
 
     def start_web(self, site: Site, max_line: int, output_limit: int) -> None:
         """Speak HTTP and WebSocket on this connection (after ``start_tls``,
@@ -126,6 +159,14 @@ class WebTransport(Transport):
         self._stop_heartbeat()
         super().abort()  # type: ignore[safe-super]
 
+    def pause_reading(self) -> None:
+        self._paused = self._paused_lately = True
+        super().pause_reading()  # type: ignore[safe-super]
+
+    def resume_reading(self) -> None:
+        self._paused = False
+        super().resume_reading()  # type: ignore[safe-super]
+
     def _say(self) -> None:
         """Queue what the wire says by itself, as it is (unframed).  A peer
         that sends pings and never reads their pongs is a slow consumer."""
@@ -147,6 +188,12 @@ class WebTransport(Transport):
         self._heartbeat = None
         connection = cast("ChatConnection | None", self.connection)
         if connection is None or not connection.is_open or self.web.closing:
+            return
+        if self._paused_lately:
+            # The pong may be unread in the kernel, or read only after this
+            # beat: no ping and no verdict until a whole interval of reading.
+            self._paused_lately = self._paused
+            self._heartbeat = connection.call_later(_ping_interval(), self._beat)
             return
         try:
             self.web.heartbeat()

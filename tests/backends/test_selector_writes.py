@@ -6,7 +6,9 @@ docstring).  Each is checked here against the general path it stands for:
 the same output, in the same state, over real socket pairs -- what the peer
 receives, what stays queued, which handoffs ran and whether the transport
 waits for EVENT_WRITE.  The server is built but not run: the test drives
-the writes itself, as the loop would within one pass.
+the writes itself, as the loop would within one pass.  A fan-out's
+recipients include web connections (a browser's WebSocket), which the fast
+path hands the line's frame.
 """
 
 from __future__ import annotations
@@ -27,9 +29,11 @@ from reactor.backends.selector import (
     SelectorServer,
     SelectorTLSTransport,
     SelectorTransport,
+    SelectorWebTransport,
 )
 from reactor.connection import Connection
 from reactor.tls import load_context
+from reactor.web.http import Site
 from tests.support import TEST_CONFIG
 
 LINE = b"<Broadcast from Alice: %s>\n" % (b"x" * 8000)  # more than a little room
@@ -95,6 +99,26 @@ def connect(server: SelectorServer) -> Peer:
     return Peer(server.chat.connection_made(transport), theirs)
 
 
+def connect_browser(server: SelectorServer) -> Peer:
+    """A web connection past its WebSocket handshake (its answer read)."""
+    from websockets.client import ClientProtocol
+    from websockets.uri import parse_uri
+
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    theirs.setblocking(False)
+    transport = SelectorWebTransport(ours, "127.0.0.1", server)
+    transport.start_web(Site(files={}), TEST_CONFIG.max_line, TEST_CONFIG.output_hard_limit)
+    server.selector.register(ours, 1, transport)
+    peer = Peer(server.chat.connection_made(transport), theirs)
+    client = ClientProtocol(parse_uri("ws://127.0.0.1/ws"))
+    client.send_request(client.connect())
+    transport.web_received(b"".join(client.data_to_send()))  # as the loop would
+    server._settle()
+    assert transport.web.upgraded and peer.received().startswith(b"HTTP/1.1 101 ")
+    return peer
+
+
 def fill_the_kernel(peer: Peer, then_read: int = 0) -> None:
     """The peer stops reading: its socket takes nothing more (until the
     peer reads ``then_read`` bytes: a little room, not writable)."""
@@ -129,16 +153,19 @@ SETUPS: dict[str, Callable[[Peer], object]] = {
 
 
 def run_fan_out(server: SelectorServer, fast: bool, batch: bool) -> list[tuple[object, ...]]:
-    """One fan-out to a recipient of each setup, through send_at_once (then
-    connection.send for what it returns) or connection.send alone."""
-    peers = [connect(server) for _ in SETUPS]
+    """One fan-out to a recipient of each setup, a plain one and a web one,
+    through send_at_once (then connection.send for what it returns) or
+    connection.send alone."""
+    peers = [connect(server) for _ in SETUPS] + [connect_browser(server) for _ in SETUPS]
     server.turn += 1  # a new pass
     server.write_through = True
-    for setup, peer in zip(SETUPS.values(), peers, strict=True):
+    for setup, peer in zip([*SETUPS.values(), *SETUPS.values()], peers, strict=True):
         setup(peer)
     recipients = [peer.connection for peer in peers]
     if fast:
         recipients = server.send_at_once(LINE, recipients, batch)
+        idle_browser = peers[len(SETUPS)].connection
+        assert idle_browser not in recipients  # the fast path took the web connection
     for connection in recipients:
         connection.send(LINE)
     server._settle()
@@ -154,7 +181,8 @@ def test_fan_out_fast_path(batch: bool) -> None:
         with idle_server() as server:
             states.append(run_fan_out(server, fast, batch))
     fast_states, general_states = states
-    for name, fast_state, general_state in zip(SETUPS, fast_states, general_states,
+    names = [*SETUPS, *(f"{name} (web)" for name in SETUPS)]
+    for name, fast_state, general_state in zip(names, fast_states, general_states,
                                                strict=True):
         assert fast_state == general_state, name
 

@@ -194,6 +194,40 @@ def test_a_browser_and_a_tcp_user_chat(backend: str, tls: bool, certs: Certs,
     assert "connection open" not in caplog.text
 
 
+@pytest.mark.parametrize("tls", [False, True], ids=["ws", "wss"])
+def test_broadcasts_reach_every_browser_once_each_in_order(backend: str, tls: bool,
+                                                             certs: Certs) -> None:
+    """Broadcasts to several browsers and a TCP user, from either: each
+    arrives once, as one whole text message, in the order sent."""
+    context = certs.client_context() if tls else None
+    with running_server(backend, web_port=0, tls_port=0 if tls else None,
+                        tls_cert=str(certs.cert) if tls else None,
+                        tls_key=str(certs.key) if tls else None) as server, \
+            client_pool(server.port) as pool:
+        bob = pool.login("Bob")
+        names = ["Ann", "Cy", "Dee"]
+        browsers = []
+        for name in names:
+            browsers.append(login(server, name, context))
+            bob.expect(f"<User {name} is online.>")
+        for ws in browsers[:-1]:  # the later logins, announced
+            recv_until(ws, f"<User {names[-1]} is online.>")
+        sent = []
+        for i in range(5):
+            bob.send(f'broadcast "from tcp {i}"')
+            sent.append(f'<Broadcast from Bob: "from tcp {i}">')
+        bob.read_until(lambda line: line == "<To everyone> from tcp 4")  # all fanned out
+        browsers[0].send('broadcast "from a browser"')
+        bob.read_until(lambda line: line == '<Broadcast from Ann: "from a browser">')
+        for name, ws in zip(names, browsers, strict=True):
+            expected = [*sent, '<Broadcast from Ann: "from a browser">']
+            if name == "Ann":
+                expected[-1] = "<To everyone> from a browser"
+            seen = recv_until(ws, expected[-1])
+            assert [m for m in seen if m.startswith(("<Broadcast", "<To everyone>"))] == expected
+            ws.close()
+
+
 def test_the_web_ports_certificate_is_reloaded_with_the_others(
         backend: str, tmp_path: Path) -> None:
     first, second = Certs(tmp_path, "first"), Certs(tmp_path, "second")
@@ -407,3 +441,46 @@ def test_a_browser_that_answers_pings_stays_and_one_that_does_not_is_closed(
         alice.send("users")
         assert alice.recv(timeout=DEFAULT_TIMEOUT) == "<Online users: Alice>"
         alice.close()
+
+
+def test_a_browser_paused_by_flood_control_is_not_closed_for_a_pong_left_unread(
+        backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A browser over its line rate waits while its lines are metered, and
+    the server reads nothing more from it meanwhile -- its pongs included.
+    Paused for several ping intervals, it is not closed for a missing pong:
+    every line is answered, and the pings start again after the pause."""
+    from reactor.web import wire
+
+    monkeypatch.setattr(wire, "PING_INTERVAL", 0.3)
+    lines = 20  # at 10 a second after a burst of 4: paused for several intervals
+    with running_server(backend, web_port=0,
+                        flood=FloodLimits(lines_per_second=10, lines_burst=4)) as server:
+        assert server.web_port is not None
+        flooder = RawBrowser(server.web_port)
+        flooder.send("Flooder")
+        for i in range(lines):  # in one write: read at once, then metered
+            flooder.protocol.send_text(f'broadcast "b{i}"'.encode())
+        flooder._flush()
+        echoes: list[str] = []
+        pinged_after = False
+        while not pinged_after:
+            for event in flooder._events():
+                assert isinstance(event, Frame), "closed by the server"
+                assert event.opcode is not Opcode.CLOSE, bytes(event.data)
+                text = bytes(event.data)
+                if event.opcode is Opcode.TEXT and text.startswith(b"<To everyone>"):
+                    echoes.append(text.decode())
+                elif event.opcode is Opcode.PING and len(echoes) == lines:
+                    pinged_after = True  # the keepalive carries on after the pause
+            flooder._flush()  # the pongs (websockets' client makes them)
+        assert echoes == [f"<To everyone> b{i}" for i in range(lines)]
+        flooder.send("users")
+        texts: list[bytes] = []
+        while not texts:
+            for event in flooder._events():
+                assert isinstance(event, Frame) and event.opcode is not Opcode.CLOSE
+                if event.opcode is Opcode.TEXT:
+                    texts.append(bytes(event.data))
+            flooder._flush()
+        assert texts == [b"<Online users: Flooder>"]
+        flooder.close()

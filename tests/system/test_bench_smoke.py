@@ -479,15 +479,18 @@ def test_the_node_death_benchmark_counts_every_notice_once(tmp_path: Path) -> No
     assert 0.6 <= trial["last_s"] < 10, trial
 
 
-@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
-def test_the_fanout_profiler_runs_its_phases(tls: bool) -> None:
+@pytest.mark.parametrize("wire", ["plain", "tls", "web"])
+def test_the_fanout_profiler_runs_its_phases(wire: str) -> None:
     """bench/profile_fanout.py, without valgrind, at small N: every phase
     runs to its end (each waits for its echoes and for every queue to be
-    sent) and reports what it delivered -- over TLS too."""
-    if tls and not _can_make_certificates():
+    sent) and reports what it delivered -- over TLS too, and to receivers
+    over WebSocket."""
+    if wire == "tls" and not _can_make_certificates():
         pytest.skip("no way to make a certificate")
+    if wire == "web":
+        pytest.importorskip("websockets")
     cmd = [sys.executable, "bench/profile_fanout.py", "--no-valgrind", "-n", "20",
-           "--broadcasts", "4", "--dms", "40", *(["--tls"] if tls else [])]
+           "--broadcasts", "4", "--dms", "40", *([f"--{wire}"] if wire != "plain" else [])]
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     phases = dict(line.split()[1:] for line in done.stdout.splitlines()
