@@ -48,10 +48,39 @@ def browser(server: Server, context: ssl.SSLContext | None = None,
             origin: str | None = None) -> ClientConnection:
     """A WebSocket to the server's web port, as a page would open it."""
     assert server.web_port is not None
-    scheme = "wss" if context is not None else "ws"
-    return connect(f"{scheme}://127.0.0.1:{server.web_port}/ws", ssl=context,
+    sock = None if context is None else tls_with_its_tickets(server.web_port, context)
+    # (Over TLS the socket is ours, already encrypted: "ws" so that it is not
+    # wrapped twice; the request is the same.)
+    return connect(f"ws://127.0.0.1:{server.web_port}/ws", sock=sock,
                    origin=origin, open_timeout=DEFAULT_TIMEOUT,  # type: ignore[arg-type]
                    compression=None, legacy=True)
+
+
+def tls_with_its_tickets(port: int, context: ssl.SSLContext) -> ssl.SSLSocket:
+    """A TLS connection whose session tickets (sent by the server just after
+    the handshake, in TLS 1.3) are read before it is handed over.  The sync
+    client reads on a thread of its own while it writes its request on
+    another, and one SSL object used from two threads at once can swallow
+    the request: the server then waits for a request that never left (seen
+    once in a few dozen connections).  Nothing else is read here."""
+    sock = context.wrap_socket(socket.create_connection(("127.0.0.1", port),
+                                                        timeout=DEFAULT_TIMEOUT),
+                               server_hostname="127.0.0.1")
+    sock.setblocking(False)
+    try:
+        wait_until(lambda: _tickets_read(sock), message="the server's session tickets")
+    finally:
+        sock.settimeout(None)
+    return sock
+
+
+def _tickets_read(sock: ssl.SSLSocket) -> bool:
+    try:
+        sock.recv(1)  # (the server says nothing before the request: only tickets come)
+    except ssl.SSLWantReadError:
+        pass
+    session = sock.session
+    return session is not None and session.has_ticket
 
 
 def login(server: Server, name: str, context: ssl.SSLContext | None = None) -> ClientConnection:
