@@ -86,6 +86,16 @@ def test_each_reconnect_attempt_is_one_row() -> None:
         assert alice.wait_exit() == 0
 
 
+def _close_as_the_server_does(conn: socket.socket) -> None:
+    """Our end first (FIN), then what the client still sends read and dropped
+    until its end: a close with unread input would be a reset instead, which
+    the client rightly reports as a connection error."""
+    conn.shutdown(socket.SHUT_WR)
+    while conn.recv(4096):
+        pass
+    conn.close()
+
+
 class _FlakyServer:
     """Connection 1: log in, say the server shuts down, close.  Connection 2: the
     name is still taken (a ghost).  Connection 3 on: log in and stay."""
@@ -113,10 +123,10 @@ class _FlakyServer:
                 if self.connections == 1:
                     conn.sendall(f"<User {name} is online.>\n<Server is shutting down.>\n"
                                  .encode())
-                    conn.close()
+                    _close_as_the_server_does(conn)
                 elif self.connections == 2:
                     conn.sendall(f"<Username {name} is already taken.>\n".encode())
-                    conn.close()
+                    _close_as_the_server_does(conn)
                 else:
                     conn.sendall(f"<User {name} is online.>\n".encode())
                     return  # and stay connected until close()
