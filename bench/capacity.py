@@ -182,14 +182,24 @@ def goals(run: dict[str, Any], min_n: int) -> list[dict[str, Any]]:
                     "verdict": mark,
                     "met": {"MET": True, "MISSED": False}.get(mark or ""),
                     "ratios": [None if b is None else list(b) for b in bounds],
-                    "detail": _spread_text(points, len(bounds)),
+                    "detail": _spread_text(points, len(bounds), bounds),
                 }
             )
     return out
 
 
-def _spread_text(points: list[float], rounds: int) -> str:
+def _spread_text(points: list[float], rounds: int,
+                 bounds: Sequence[tuple[float, float] | None] = ()) -> str:
     if not points:
+        # Only bounds: a capacity past the ladder's top (a lower bound) or
+        # below its lowest rate (an upper bound), in every round.
+        lows = [lo for b in bounds if b is not None and (lo := b[0]) > 0 and b[1] == math.inf]
+        highs = [hi for b in bounds if b is not None and b[0] == 0.0 and (hi := b[1]) < math.inf]
+        if lows and not highs:
+            return (f">={min(lows):.2f}x in every round (a capacity past the ladder's"
+                    " top: only a bound)")
+        if highs and not lows:
+            return f"<={max(highs):.2f}x in every round (only a bound)"
         return "no round measured both capacities"
     med = statistics.median(points)
     text = f"{med:.2f}x"
