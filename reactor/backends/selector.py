@@ -871,12 +871,9 @@ class SelectorServer(Server):
         recipients = connections
         write_through = not batch and self.write_through and not self.more_input_waits()
         turn = self.turn
-        framed = False  # some recipients are web connections (a second loop, with the frame)
 
         def loop(data: bytes, connections: list[Connection],
                  web: list[Connection] | None) -> list[Connection]:
-            nonlocal framed
-            framed = framed or web is None
             if write_through:
                 connections = SelectorTransport.fan_out_first(data, connections, turn, web)
             # Batching this pass (see write), or output waits: queued, for one
@@ -885,7 +882,7 @@ class SelectorServer(Server):
                                                   high_water - len(data), web)
 
         rest = fan_out_framed(loop, data, connections)
-        if not rest and not framed:  # the next fan-out to the same recipients may join this one
+        if not rest:  # the next fan-out to the same recipients may join this one
             self._joined_to, self._joined_turn = recipients, turn
         return rest
 
@@ -898,9 +895,9 @@ class SelectorServer(Server):
         one sender at once; this queues them with one step per recipient,
         not one per line (Redis appends each to each reply buffer, in C).
 
-        Joined only when that fan-out queued its line for every recipient
-        (none returned to the caller: no web connection, none over the
-        high-water mark or closed); then each open recipient has had output
+        Joined only when that fan-out queued its line (its frame, for a web
+        connection) for every recipient (none returned to the caller: none
+        over the high-water mark or closed); then each open recipient has had output
         this turn, so this line would be queued for it too, behind the
         other -- what joining does, in the same order."""
         if self._joined_turn != self.turn or connections != self._joined_to:
@@ -922,8 +919,15 @@ class SelectorServer(Server):
         assert connections is not None
         self._joined_lines, self._joined_to, self.joined = [], None, None
         data = lines[0] if len(lines) == 1 else b"".join(lines)
-        rest = SelectorTransport.enqueue_each(  # (no web connection joins: see send_at_once)
-            data, connections, self.turn, self.config.output_high_water - len(data), None)
+        turn, high_water = self.turn, self.config.output_high_water
+
+        def loop(piece: bytes, connections: list[Connection],
+                 web: list[Connection] | None) -> list[Connection]:
+            return SelectorTransport.enqueue_each(piece, connections, turn,
+                                                  high_water - len(piece), web)
+
+        # Web recipients get the joined lines' frames, one per line.
+        rest = fan_out_framed(loop, data, connections)
         stats = self.chat.stats
         for connection in rest:
             transport: SelectorTransport = connection.transport  # type: ignore[assignment]
@@ -940,7 +944,8 @@ class SelectorServer(Server):
                 # Leaving now (this runs within its leave, or its close):
                 # queued as when its fan-out ran, so that a close drains it
                 # and an abort discards it.
-                transport._enqueue(data, None)
+                transport._enqueue(data if transport.web is None else transport.web.frame(data),
+                                   None)
 
     # -- other sockets of the server's own (SocketLoop): the cluster's Redis --
 
