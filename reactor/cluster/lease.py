@@ -73,10 +73,10 @@ class Lease(Inbox[S]):
                         " were registered again", len(self._local))
         lost_state = bool(self.epoch) and epoch != self.epoch
         self.epoch = epoch
+        hello_id = stream_id(hello)
         if new_stream:
             assert self.link is not None
             inbox = f"{PREFIX}inbox:{node}"
-            hello_id = stream_id(hello)
             if inbox != self._reading_inbox:
                 self._reading_inbox = inbox
                 self.link.read_from(inbox, hello)
@@ -98,7 +98,7 @@ class Lease(Inbox[S]):
             self._stream_generation += 1
             # Claims waiting for the old inbox: the snapshot holds it all.
             self._run_after_inbox(everything=True)
-        self._snapshot_id = stream_id(hello)
+        self._snapshot_id = hello_id
         if lost_state:
             # The other nodes register again at their next renewal: until
             # then (and in any registration meanwhile) their users are kept,
