@@ -4,6 +4,8 @@
   ``python -m reactor --help`` shows: an option added, renamed or removed
   without its row fails here, and so does a row left for an option that is
   gone.  The ``--backend`` row names every backend of the registry.
+* The configuration file's section names every table of the file, and each
+  key that is not its option's name less the section's prefix.
 * The README's test command is a command CI runs (a line of ``.ci/run``),
   so that a newcomer runs what CI runs.
 * Every relative link in the README, ``docs/*.md`` and ``bench/README.md``
@@ -25,6 +27,7 @@ import pytest
 
 from reactor import BACKENDS
 from reactor.__main__ import build_parser
+from reactor.settings import options_of
 
 # The repository: the nearest directory above this file with a pyproject.toml
 # (so the test can move between the layers' test directories).
@@ -125,6 +128,22 @@ def test_the_backend_row_names_every_registered_backend() -> None:
     row = " ".join(_documented_options()["--backend"][1:])
     missing = [name for name in BACKENDS if f"`{name}`" not in row]
     assert not missing, f"the --backend row of docs/running.md does not name {missing}"
+
+
+def test_the_configuration_file_section_names_every_table_and_every_renamed_key() -> None:
+    """docs/running.md lists the file's tables, and the keys that are not
+    their option's name less the section's prefix (``--cluster`` is ``url``
+    in ``[cluster]``): a table or such a key added without a word there
+    fails here."""
+    text = " ".join(_section(RUNNING, "Configuration file and environment"))
+    options = options_of(build_parser())
+    missing = [f"[{name}]" for name in dict.fromkeys(option.section for option in options)
+               if f"`[{name}]`" not in text]
+    for option in options:
+        renamed = option.flag not in (f"--{option.section}-{option.key}", f"--{option.key}")
+        if renamed and (f"`{option.flag}`" not in text or f"`{option.key}`" not in text):
+            missing.append(f"{option.flag} (`{option.key}` in [{option.section}])")
+    assert not missing, f"docs/running.md's configuration file section does not name {missing}"
 
 
 def _ci_lines() -> list[str]:
