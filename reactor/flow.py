@@ -60,8 +60,9 @@ class FloodLimits:
     lines_per_second: float = 50.0
     lines_burst: int = 500
     deliveries_per_second: float = 20_000.0
-    # A burst is one pass of fan-out for everybody else: 10,000 sends is a
-    # few milliseconds of Python, 100,000 would stall the loop for ~0.2 s.
+    # A burst is one pass of fan-out for everybody else: it bounds how long
+    # one client's broadcasts can hold the loop before the others are served
+    # (what a delivery costs is measured in bench/README.md).
     deliveries_burst: int = 10_000
     logins_per_second: float = 20.0
     logins_burst: int = 1_000
