@@ -64,16 +64,19 @@ class AdminEndpoint:
         connection = AdminConnection(transport, self)
         transport.connection = connection
         self._connections.add(connection)
-        if self._shutting_down:
-            connection.respond(503, b"shutting down\n")
-        elif len(self._connections) > MAX_CONNECTIONS:
+        if len(self._connections) > MAX_CONNECTIONS:
             connection.respond(503, b"too many admin connections\n")
         else:
             connection.timer = self.chat.call_later(REQUEST_TIMEOUT, connection.timed_out)
         return connection
 
     def shutdown(self) -> None:
+        # Still answering while the chat's users go: /readyz says "not ready:
+        # shutting down" (a load balancer stops sending users here), /healthz
+        # that the loop is alive, /metrics the drain.
         self._shutting_down = True
+
+    def close(self) -> None:
         for connection in list(self._connections):
             connection.abort("server shutting down")
 

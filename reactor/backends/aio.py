@@ -625,12 +625,19 @@ class AsyncioServer(Server):
         # Clients already in the listen backlog have connected as far as they
         # can tell: let the loop accept them so that they are told too.
         await self._accept_backlog()
-        for server in servers:
-            server.close()
+        # The other services' listeners (the admin endpoint) still accept
+        # while the chat's users go (see shutdown_services).
+        services = self.service_listeners()
+        for listener, server in zip(self.listeners, servers, strict=True):
+            if listener not in services:
+                server.close()
         self.shutdown_services()
         deadline = loop.time() + self.config.close_linger
         while self.chat.connection_count and loop.time() < deadline:
             await asyncio.sleep(0.01)  # a poll, within the linger, of our own state
+        for server in servers:
+            server.close()
+        self.close_services()
         for connection in list(self.chat.connections):
             connection.transport.abort()
         await asyncio.sleep(0)  # let the aborts' connection_lost callbacks run

@@ -124,6 +124,9 @@ class Service(Protocol):
     def shutdown(self) -> None:
         """The server is stopping: tell its connections, start closing them."""
 
+    def close(self) -> None:
+        """The server has stopped serving: close what is still open."""
+
 
 class Listener:
     """One listening socket, whether it speaks TLS, whom its connections are
@@ -247,12 +250,26 @@ class Server(ABC):
 
     def shutdown_services(self) -> None:
         """Stopping: the chat tells its users; the other services (the admin
-        endpoint) close their connections."""
+        endpoint) are told too, and are still served while the chat's users
+        go (:meth:`service_listeners`): a probe then hears "not ready"."""
         self.chat.shutdown()
-        for service in {id(listener.service): listener.service
-                        for listener in self.listeners}.values():
-            if service is not self.chat:
-                service.shutdown()
+        for service in self._other_services():
+            service.shutdown()
+
+    def service_listeners(self) -> list[Listener]:
+        """The listeners still accepting while the chat's users go: the
+        other services' (the admin endpoint), not the chat's."""
+        return [listener for listener in self.listeners if listener.service is not self.chat]
+
+    def close_services(self) -> None:
+        """The users are gone (or cut): the other services close what they
+        still have open."""
+        for service in self._other_services():
+            service.close()
+
+    def _other_services(self) -> list[Service]:
+        return list({id(listener.service): listener.service for listener in self.listeners
+                     if listener.service is not self.chat}.values())
 
     def tls_context(self) -> ssl.SSLContext:
         """The context for a TLS connection accepted now."""

@@ -817,6 +817,7 @@ class SelectorServer(Server):
         self.reading: SelectorTransport | None = None
         self.dead: list[SelectorTransport] = []
         self._listening = False
+        self._accepting = self.listeners  # those _listen watches
         # TLS handshake steps in this pass (reactor.handshakes): a client
         # whose step may not run waits, its socket readable, for a later pass.
         self.handshakes: HandshakeTurns[None] = HandshakeTurns()
@@ -992,10 +993,13 @@ class SelectorServer(Server):
                         for listener in self.listeners:
                             self._accept_batch(listener, self.config.backlog)
                         self._listen(False)
+                        self._accepting = self.service_listeners()  # (see shutdown_services)
+                        self._listen(True)
                         self.shutdown_services()
                     if shutdown_deadline is not None and (
                         self.chat.connection_count == 0 or time.monotonic() >= shutdown_deadline
                     ):
+                        self.close_services()
                         break
                     self._pass(shutdown_deadline)
                 except Exception as error:
@@ -1141,7 +1145,7 @@ class SelectorServer(Server):
         if on == self._listening:
             return
         self._listening = on
-        for listener in self.listeners:
+        for listener in self._accepting:
             if on:
                 self.selector.register(listener.sock, _READ, listener)
             else:

@@ -849,6 +849,25 @@ class ThreadsServer(Server):
             except Exception as error:  # that connection's, as in its reader
                 connection.fail(error)
 
+    def _serve_services_until(self, deadline: float) -> None:
+        """While the chat's users go (by ``deadline``), the other services'
+        listeners (the admin endpoint) still accept (see shutdown_services).
+        A reader that ends wakes this thread (see _serve_client)."""
+        listeners = self.service_listeners()
+        watched = [self._wakeup_reader] + [listener.sock for listener in listeners]
+        while True:
+            if self.chat.connection_count == 0:
+                return
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            readable, _, _ = select.select(watched, [], [], remaining)
+            if self._wakeup_reader in readable:
+                self._drain_wakeups()
+            for listener in listeners:
+                if listener.sock in readable and self._accept_batch(listener, ACCEPTS_PER_TURN):
+                    return  # out of resources: the users' readers are waited for below
+
     def _serve_client(self, transport: ThreadTransport) -> None:
         """A reader thread: the life of one connection, once admitted or refused."""
         connection = transport.connection
@@ -893,6 +912,8 @@ class ThreadsServer(Server):
             with self._readers_changed:
                 self._readers.pop(threading.current_thread(), None)
                 self._readers_changed.notify_all()
+            if self._stop_requested:
+                self._wake()  # (see _serve_services_until)
 
     def _finish(self, transport: ThreadTransport, reason: str) -> None:
         """Close the socket (after a drain, if it is closing) and report it lost."""
@@ -926,6 +947,9 @@ class ThreadsServer(Server):
                     break
                 if time.monotonic() >= deadline:
                     break
+        self._serve_services_until(deadline)
+        with self.lock:
+            self.close_services()
         with self._readers_changed:
             self._readers_changed.wait_for(
                 lambda: not self._readers, max(0.0, deadline - time.monotonic())

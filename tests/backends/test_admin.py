@@ -17,8 +17,18 @@ from reactor.admin import endpoint
 from reactor.admin.http import MAX_HEAD
 from reactor.backends.base import Server
 from reactor.logs import DroppingQueueHandler
-from tests.admin_support import exchange, get, parse_exposition, read_reply, scrape
-from tests.backends.test_tls import GARBAGE, Certs, TLSClient, client_hello, log_in, tls_server
+from tests.admin_support import Reply, exchange, get, parse_exposition, read_reply, scrape
+from tests.backends.test_tls import (
+    GARBAGE,
+    NO_FLOOD_CONTROL,
+    Certs,
+    MiB,
+    TLSClient,
+    client_hello,
+    log_in,
+    tls_server,
+)
+from tests.faults import Drain, client_pool
 from tests.support import Clients, LineClient, running_server, wait_until
 
 
@@ -291,5 +301,40 @@ def test_a_stopped_server_closes_its_admin_connections(backend: str) -> None:
         pass
     finally:
         waiting.close()
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+
+
+def test_while_the_users_go_readyz_says_shutting_down_and_healthz_still_answers(
+        backend: str) -> None:
+    # Bob reads nothing, with more owed to him than the kernel holds: the
+    # shutdown notice waits behind it, so the drain lasts until he goes.
+    with running_server(backend, admin_port=0, flood=NO_FLOOD_CONTROL,
+                        output_limit=16 * MiB, close_linger=60) as server, \
+            client_pool(server.port) as pool:
+        port = admin(server)
+        bob = pool.login("Bob")
+        alice = pool.login("Alice")
+        alice_lines = Drain(alice.sock, keep=lambda line: line.startswith(b"<To"))
+        alice.send_raw((b'broadcast "' + b"q" * 3000 + b'"\n') * 2000)
+        alice_lines.wait_for(lambda d: len(d.kept()) == 2000, timeout=30,
+                             message="all the broadcasts sent")
+        alice_lines.stop()
+        assert get(port, "/readyz").status == 200
+
+        server.stop()
+
+        def readiness() -> Reply | None:
+            try:
+                return get(port, "/readyz")
+            except OSError:
+                return None  # (refused or reset: what a probe heard before)
+
+        wait_until(lambda: (reply := readiness()) is not None and reply.status == 503,
+                   message="/readyz answering 503 while the users go")
+        assert get(port, "/readyz").text == "not ready: shutting down\n"
+        assert get(port, "/healthz").status == 200  # the loop is alive
+        assert scrape(port)["reactor_ready"] == 0
+        bob.sock.close()  # the last user gone: the server stops (the with's join)
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=2).close()

@@ -21,8 +21,9 @@ from tests.support import LineClient, wait_until
 pytestmark = pytest.mark.slow
 
 
+@pytest.mark.parametrize("outage", ["killed", "paused"])
 def test_readyz_follows_redis_out_of_reach_and_back(
-        backend: str, redis_server: RedisServer) -> None:  # noqa: F811
+        backend: str, redis_server: RedisServer, outage: str) -> None:  # noqa: F811
     port = redis_server.port
     with node(backend, redis_server.url, admin_port=0,
               accounts=settings(redis_server.url)) as server:
@@ -41,7 +42,10 @@ def test_readyz_follows_redis_out_of_reach_and_back(
             ann.expect("<User Ann is online.>")
             assert scrape(admin)["reactor_users_online"] == 1
 
-            redis_server.kill()
+            if outage == "killed":
+                redis_server.kill()
+            else:
+                redis_server.pause()  # SIGSTOP: connected, and no answer
 
             def unready() -> bool:
                 reply = get(admin, "/readyz")
@@ -59,7 +63,10 @@ def test_readyz_follows_redis_out_of_reach_and_back(
         wait_until(lambda: scrape(admin)["reactor_cluster_redis_call_errors_total"] > errors,
                    message="the failed call counted")
 
-        redis_server.start(port)
+        if outage == "killed":
+            redis_server.start(port)
+        else:
+            redis_server.resume()
         wait_until(lambda: get(admin, "/readyz").status == 200, timeout=20,
                    message="ready again once Redis is back")
         assert scrape(admin)["reactor_cluster_redis_up"] == 1
