@@ -145,8 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"{PROGRAM} {version()}")
     p.add_argument("--config", metavar="FILE",
-                   help="read options from this TOML file (see the example configuration "
-                        f"file; default: ${CONFIG_VARIABLE} if set, else none)")
+                   help="read options from this TOML file (every key is in the source's "
+                        "example, deploy/reactor-chat.toml; "
+                        f"default: ${CONFIG_VARIABLE} if set, else none)")
     server = section(p, "server", "where and how to listen")
     limits = section(p, "limits", "sizes and times a client may use")
     flood = section(p, "flood", "flood control")

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import re
 import resource
 import selectors
 import shutil
@@ -495,6 +496,13 @@ class VanishingPeerNetwork:
 
 
 # -- a process's sockets, from /proc ------------------------------------------------
+
+
+def port_in_log_line(line: str) -> int:
+    """The port a server's "... on port N ..." log line names."""
+    found = re.search(r"on port (\d+)", line)
+    assert found is not None, line
+    return int(found[1])
 
 
 def listening_ports_of(pid: int) -> set[int]:

@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 
 from reactor.__main__ import parse_args
-from tests.faults import REPO, ServerProcess, server_process
+from tests.faults import REPO, ServerProcess, port_in_log_line, server_process
 from tests.support import DEFAULT_TIMEOUT, Clients, the_original_conversation
 
 DEPLOY = REPO / "deploy"
@@ -163,12 +163,6 @@ def _dockerfile_json(instruction: str) -> list[str]:
     raise AssertionError(f"the Dockerfile has no {instruction} in exec form")
 
 
-def _port_in(line: str) -> int:
-    found = re.search(r"on port (\d+)", line)
-    assert found is not None, line
-    return int(found[1])
-
-
 def _started(argv: list[str], env: dict[str, str]) -> ServerProcess:
     process = subprocess.Popen(argv, cwd=REPO, env=env, stdin=subprocess.DEVNULL,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -192,8 +186,8 @@ def test_the_image_entry_point_serves_and_its_health_check_passes() -> None:
            "REACTOR_ADMIN_PORT": "0", "REACTOR_LOG_LEVEL": "WARNING"}
     server = _started(argv, env)
     try:
-        chat = _port_in(server.wait_for_log(lambda line: "Listening on port " in line))
-        admin = _port_in(server.wait_for_log(lambda line: "Admin endpoint on port " in line))
+        chat = port_in_log_line(server.wait_for_log(lambda line: "Listening on port " in line))
+        admin = port_in_log_line(server.wait_for_log(lambda line: "Admin endpoint on port " in line))
         with Clients(chat) as clients:
             the_original_conversation(clients)
         check = _dockerfile_json("HEALTHCHECK")

@@ -21,7 +21,7 @@ from reactor import BACKENDS
 from reactor.__main__ import config_from_args, parse_args
 from reactor.logs import QUEUE_BOUND, STOP_TIMEOUT
 from tests.admin_support import get, scrape
-from tests.faults import REPO, Drain, server_process
+from tests.faults import REPO, Drain, port_in_log_line, server_process
 from tests.support import DEFAULT_TIMEOUT, LineClient, without_log_time
 
 # Slow: a server process per test.
@@ -68,20 +68,14 @@ def test_a_busy_port_is_one_clear_line(backend: str) -> None:
 def test_the_admin_port_is_served_on_the_standard_library_alone(backend: str) -> None:
     with server_process(backend, "--admin-port", "0", standard_library_only=True) as server:
         # (Two listening ports: each is read from its own log line.)
-        chat = _port_in(server.wait_for_log(lambda line: "Listening on port " in line))
-        port = _port_in(server.wait_for_log(lambda line: "Admin endpoint on port " in line))
+        chat = port_in_log_line(server.wait_for_log(lambda line: "Listening on port " in line))
+        port = port_in_log_line(server.wait_for_log(lambda line: "Admin endpoint on port " in line))
         with LineClient(chat) as alice:
             alice.send("Alice")
             alice.expect("<User Alice is online.>")
             assert scrape(port)["reactor_users_online"] == 1
         assert get(port, "/readyz").text == "ready\n"
         assert server.terminate() == 0
-
-
-def _port_in(line: str) -> int:
-    found = re.search(r"on port (\d+)", line)
-    assert found is not None, line
-    return int(found[1])
 
 
 def test_a_busy_admin_port_is_one_clear_line_and_nothing_is_served(backend: str) -> None:
