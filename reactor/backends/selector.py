@@ -52,6 +52,8 @@ from reactor.sockets import (
     configure_client,
     discard_input,
     peer_host,
+    room_after_writable,
+    send_cost,
 )
 from reactor.timers import Timer, Timers
 from reactor.tls import TLSFailure, log_failure
@@ -187,6 +189,12 @@ class SelectorTransport(Transport):
         self._linger: Timer | None = None
         self.socket_closed = False
         self._room: select.poll | None = None  # see _has_room
+        # What send_now may still send without asking the kernel for room
+        # (reactor.sockets.room_after_writable), as of the turn of its last
+        # send; any other output ends it (see send_now).
+        self._room_left = 0
+        self._room_turn = -2
+        self._room_after_writable = -1  # not asked yet
         # A withdraw emptied the queue while the kernel was full: EVENT_WRITE
         # (the client read) is what tells the connection it drained.
         self._drain_watch = False
@@ -248,11 +256,25 @@ class SelectorTransport(Transport):
         turn = server.turn
         if self._turn == turn or self.tls is not None:
             return 0
+        # Nothing was written to it since this sent last: every other writer
+        # sets _turn, and within that turn queued (then a flush ends the room).
+        unchanged = self._turn == self._room_turn
         self._turn = turn  # write() queues what this does not send
         if (not server.write_through or self.output.size
-                or (server.reading is self and server.more_input_waits())
-                or not self._has_room()):
+                or (server.reading is self and server.more_input_waits())):
             return 0
+        # Room for it whole: known (what the kernel surely holds since the
+        # socket last polled writable, less what this sent since), or asked.
+        left = (self._room_left if unchanged else 0) - send_cost(len(data))
+        if left < 0:
+            if not self._has_room():
+                return 0
+            room = self._room_after_writable
+            if room < 0:
+                room = self._room_after_writable = room_after_writable(self.sock)
+            left = room - send_cost(len(data))
+        self._room_left = left
+        self._room_turn = turn
         sent = self._send([data])
         return -1 if sent is None else sent
 
@@ -411,6 +433,7 @@ class SelectorTransport(Transport):
         ciphertext made from it), handshakes and closing included."""
         output = self.output
         wire = self.wire  # the output itself, or on TLS the ciphertext made from it
+        self._room_left = 0  # (see send_now)
         if self._drain_watch and not output.size and not wire:
             # Writable again, with a queue a withdraw emptied while the kernel
             # was full: the client has read (clears "not reading").
@@ -453,6 +476,7 @@ class SelectorTransport(Transport):
         pass; see test_flush_fast_path."""
         output = self.output
         connection = self.connection
+        self._room_left = 0  # (see send_now)
         while output.size:
             if output.entries and not self._has_room():
                 break  # a direct message waits, withdrawable, for EVENT_WRITE
