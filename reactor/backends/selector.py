@@ -220,6 +220,7 @@ class SelectorTransport(Transport):
     # is not encrypted (a record once made must be sent).  So it is offered
     # (or encrypted) only when the socket is writable (_has_room): then the
     # kernel takes it whole, and what it would refuse stays withdrawable.
+    # (send_now knows, by the kernel's rule, when it need not ask.)
 
     def write(self, data: bytes, on_handoff: Handoff | None = None) -> Entry | None:
         if self.socket_closed:
@@ -246,7 +247,12 @@ class SelectorTransport(Transport):
         """write()'s first branch, for a direct message: no handoff to make
         when the kernel takes it whole (plain TCP; TLS goes through write).
 
-        Fast path: _may_send_now written out, once per direct message."""
+        Fast path: _may_send_now and _send written out, once per direct
+        message; see test_send_now_matches_write.  The room it needs is
+        asked for (_has_room, a system call) only once what it sent since
+        the socket last polled writable may have used up what the kernel
+        then surely had (reactor.sockets.room_after_writable); see
+        test_send_now_without_asking_for_room_sends_whole_messages."""
         if self.socket_closed:
             return -1
         server = self.server
@@ -265,18 +271,24 @@ class SelectorTransport(Transport):
             return 0
         # Room for it whole: known (what the kernel surely holds since the
         # socket last polled writable, less what this sent since), or asked.
-        left = (self._room_left if unchanged else 0) - send_cost(len(data))
+        cost = send_cost(len(data))
+        left = (self._room_left if unchanged else 0) - cost
         if left < 0:
             if not self._has_room():
                 return 0
             room = self._room_after_writable
             if room < 0:
                 room = self._room_after_writable = room_after_writable(self.sock)
-            left = room - send_cost(len(data))
+            left = room - cost
         self._room_left = left
         self._room_turn = turn
-        sent = self._send([data])
-        return -1 if sent is None else sent
+        try:  # _send, written out
+            return self.sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            return 0
+        except OSError as error:
+            self._connection_error(error)
+            return -1
 
     @staticmethod
     def fan_out_first(data: bytes, connections: list[Connection], turn: int,

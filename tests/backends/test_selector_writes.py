@@ -33,11 +33,13 @@ from reactor.backends.selector import (
     SelectorWebTransport,
 )
 from reactor.connection import Connection
+from reactor.flow import FloodLimits
 from reactor.tls import load_context
 from reactor.web.http import Site
-from tests.support import TEST_CONFIG
+from tests.support import TEST_CONFIG, Clients, running_server, wait_until
 
 LINE = b"<Broadcast from Alice: %s>\n" % (b"x" * 8000)  # more than a little room
+NO_FLOOD = FloodLimits(enabled=False)
 
 
 @contextlib.contextmanager
@@ -438,3 +440,42 @@ def test_send_now_asks_for_room_after_other_output(server: SelectorServer, other
     server.turn += 1
     assert peer.transport.send_now(message) == len(message)
     assert len(checks) == 2
+
+
+def direct_messages(fast: bool, monkeypatch: pytest.MonkeyPatch) -> tuple[object, ...]:
+    """Alice writes direct messages to Bob and Carol (several to each in
+    one write, one to herself, one to nobody) to a running select server:
+    what each reads and what the server counted, with the hand-over's fast
+    path (Connection.hand_over_at_once) or without it."""
+    taken_at_once: list[int] = []
+    at_once = Connection.hand_over_at_once
+
+    def hand_over_at_once(self: Connection, recipient: object, data: bytes) -> int | None:
+        offered = at_once(self, recipient, data) if fast else None  # type: ignore[arg-type]
+        taken_at_once.append(offered == len(data))
+        return offered
+
+    monkeypatch.setattr(Connection, "hand_over_at_once", hand_over_at_once)
+    with running_server("select", flood=NO_FLOOD) as server, Clients(server.port) as clients:
+        alice, bob, carol = (clients.login(name)
+                             for name in ("Alice", "Bob", "Carol"))
+        wait_until(lambda: len(server.chat.whiteboard) == 3, message="all online")
+        lines = [f'chat {to} "m{i} to {to}"' for i in range(20) for to in ("Bob", "Carol")]
+        lines += ['chat Alice "to me"', 'chat Nobody "lost"', 'chat bob "last"']
+        alice.send_raw("".join(f"{line}\n" for line in lines).encode())
+        alice_read = alice.read_until(lambda line: line == "<To Bob> last")
+        bob_read = bob.read_until(lambda line: line == '<Message from Alice: "last">')
+        carol_read = carol.read_until(lambda line: line == '<Message from Alice: "m19 to Carol">')
+        stats = server.chat.stats
+        counted = (stats.delivered_direct, stats.not_delivered, stats.received_direct,
+                   sum(stats.direct_handoff.counts), stats.bytes_out)
+    assert any(taken_at_once) == fast  # the path under test ran
+    return alice_read, bob_read, carol_read, counted
+
+
+def test_hand_over_fast_path_matches_the_general_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A direct message the recipient's kernel takes at once is answered
+    without the hand-over's callback (Connection.hand_over_at_once): every
+    client reads what it reads through the general path (Connection.deliver),
+    in the same order, and the server counts the same."""
+    assert direct_messages(True, monkeypatch) == direct_messages(False, monkeypatch)
