@@ -215,6 +215,10 @@ class SelectorTransport(Transport):
     # * fan_out_first / enqueue_each: write's two branches for a fan-out's
     #   recipients, in one loop each (SelectorServer.send_at_once).
     #
+    # Each writer sets _turn when it writes a turn's first output, and
+    # everything after it in that turn is queued, so that only a flush can
+    # send it: send_now's room (see there) counts on both.
+    #
     # A message someone waits for (a direct message: an Entry) can be taken
     # back only while none of it is in the kernel -- and on TLS only while it
     # is not encrypted (a record once made must be sent).  So it is offered
