@@ -625,10 +625,21 @@ class ChatService:
         # at once, while this line is handled: their echo is a plain reply,
         # and only an answer still awaited when the hand-over returns takes
         # a slot (reserved before any later line is handled).
-        slot: Slot | None = None
-        answered = False
+        data = format_message_from(sender, text)
         clock = self.clock
         taken = clock()
+        # Fast path: taken whole at once by a connection here, answered
+        # without the callback below (what it would do with True).
+        offered = connection.hand_over_at_once(recipient, data)
+        if offered == len(data):
+            stats.delivered_direct += 1
+            stats.direct_handoff.observe(clock() - taken)
+            connection.reply(format_message_sent(recipient_name, text))
+            if desk is not None:
+                desk.direct_delivered(connection, sender, recipient, recipient_name, text)
+            return
+        slot: Slot | None = None
+        answered = False
 
         def delivered(ok: bool, reason: str) -> None:
             # Its own containment (what connection.guard would add, without
@@ -651,7 +662,7 @@ class ChatService:
             except Exception as error:
                 connection.fail(error)
 
-        connection.hand_over(recipient, format_message_from(sender, text), delivered)
+        connection.hand_over(recipient, data, delivered, offered)
         if not answered:
             slot = connection.answer_later()
 

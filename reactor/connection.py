@@ -66,6 +66,10 @@ __all__ = ["MAX_IN_FLIGHT", "Connection", "DeliveryResult", "Phase", "Slot"]
 MAX_IN_FLIGHT = 64
 
 
+# What hand_over_at_once returns when the recipient failed (hand_over then
+# answers "internal error").
+_OFFER_FAILED = -2
+
 # A slot of the reply queue: [answer, blocking].  The answer is None while
 # awaited, then the bytes to send or what to do; a blocking slot holds the
 # client's next lines until it is done.
@@ -262,27 +266,43 @@ class Connection:
         already partly sent cannot be taken back: the client is cut off as a
         slow consumer, and the sender told it was not delivered.
         """
+        self.deliver_rest(data, self.offer(data), on_result)
+
+    def offer(self, data: bytes) -> int:
+        """deliver()'s common case, before a callback is made: the message
+        handed to the kernel at once where the backend writes it through
+        (``Transport.send_now``).  Returns ``len(data)`` if the kernel took
+        it whole (counted as sent: delivered), else what
+        :meth:`deliver_rest` finishes from -- 0 if nothing was sent, the
+        bytes of a partial send, -1 if the connection failed."""
+        transport = self.transport
+        if (self.not_reading or not self.is_open
+                or transport.output.size + len(data) > self._hard_limit):
+            return 0  # (deliver_rest refuses it, or queues it through send)
+        sent = transport.send_now(data)
+        if sent == len(data):
+            self._stats.bytes_out += sent
+        return sent
+
+    def deliver_rest(self, data: bytes, offered: int, on_result: DeliveryResult) -> None:
+        """deliver(), after :meth:`offer` returned ``offered`` for ``data``."""
+        if offered == len(data):
+            on_result(True, "")
+            return
         name = self.username or "the recipient"
         if self.not_reading:
             # A message to it already waited in vain: answer at once rather
             # than make every sender wait out the same timeout again.
             on_result(False, f"{name} is not reading")
             return
+        if offered < 0:
+            on_result(False, f"{name} left before it could be sent")
+            return
         transport = self.transport
         output = transport.output
-        sent = 0
-        if self.is_open and output.size + len(data) <= self._hard_limit:
-            # The common case: the kernel takes it at once (no handoff to make).
-            sent = transport.send_now(data)
-            if sent == len(data):
-                self._stats.bytes_out += sent
-                on_result(True, "")
-                return
-            if sent < 0:
-                on_result(False, f"{name} left before it could be sent")
-                return
-            if sent:
-                data = memoryview(data)[sent:]  # type: ignore[assignment]
+        sent = offered
+        if sent:
+            data = memoryview(data)[sent:]  # type: ignore[assignment]
         timer: TimerHandle | None = None
 
         def handoff(ok: bool) -> None:
@@ -369,19 +389,42 @@ class Connection:
         else:
             self.send(data)
 
-    def hand_over(self, recipient: Recipient, data: bytes, on_result: DeliveryResult) -> None:
+    def hand_over(self, recipient: Recipient, data: bytes, on_result: DeliveryResult,
+                  offered: int | None = None) -> None:
         """Deliver this client's direct message to ``recipient``: now, or,
         to a user here, after the fan-outs this client caused before it that
-        still wait (see :meth:`delivery_later`)."""
-        if self._deliveries and not recipient.remote:
+        still wait (see :meth:`delivery_later`).  ``offered`` is what
+        :meth:`hand_over_at_once` returned for it, if it was asked."""
+        if offered is None and self._deliveries and not recipient.remote:
             self._deliveries.append([lambda: hand_over(recipient, data, on_result)])
+            return
+        if offered == _OFFER_FAILED:
+            on_result(False, "internal error")
             return
         # contracts.hand_over written out: this runs once per direct message.
         try:
-            recipient.deliver(data, on_result)
+            if offered is None:
+                recipient.deliver(data, on_result)
+            else:  # a connection here (see hand_over_at_once): deliver's second half
+                recipient.deliver_rest(data, offered, on_result)  # type: ignore[attr-defined]
         except Exception as error:
             recipient.fail(error)
             on_result(False, "internal error")
+
+    def hand_over_at_once(self, recipient: Recipient, data: bytes) -> int | None:
+        """hand_over's common case, before the caller makes a callback: a
+        direct message to a connection here, with no fan-out of this client
+        waiting before it, offered to its kernel now (:meth:`offer`).
+        ``len(data)`` if it was taken whole: delivered.  Otherwise pass what
+        this returned to hand_over, which finishes it; None where this does
+        not apply (a user elsewhere, fan-outs waiting)."""
+        if self._deliveries or not isinstance(recipient, Connection):
+            return None
+        try:
+            return recipient.offer(data)
+        except Exception as error:  # the recipient's, as in hand_over
+            recipient.fail(error)
+            return _OFFER_FAILED
 
     def in_delivery_order(self, deliver: Callable[..., None], *args: object) -> None:
         """``deliver(*args)`` (a fan-out of this client's) after the fan-outs

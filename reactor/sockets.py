@@ -7,6 +7,7 @@ import logging
 import os
 import resource
 import socket
+import sys
 
 from reactor.config import ServerConfig
 
@@ -133,3 +134,67 @@ def discard_input(fd: int) -> None:
             if not chunk:
                 return
             taken += len(chunk)
+
+
+# -- room in a socket's send buffer (Linux's rule for TCP) ---------------------
+#
+# A direct message is offered to the kernel only when it will be taken whole
+# (a half-sent line cannot be taken back), which Linux promises while the
+# socket polls writable: it sends in part only when a new buffer (skb) is
+# refused, and it refuses one only once the bytes it holds for the socket
+# (their skbs' true size) reach the send buffer's size, or the bytes not yet
+# transmitted reach TCP_NOTSENT_LOWAT -- and a socket polls writable only
+# while at most two thirds of the send buffer, and half the low-water mark,
+# are used.  So after a writable poll, sends may add up to the smaller of a
+# third of the buffer and half the mark before the kernel could refuse one;
+# a send adds at most its bytes plus one skb's overhead per skb it can start,
+# an skb holding at least the smallest MSS Linux allows.  The send buffer
+# only grows (autotuning) unless the kernel is short of TCP memory, where a
+# send may stop short whatever poll said.
+
+# What one skb may add to a socket's send queue beyond its data: Linux's
+# struct sk_buff, its shared info and the header room, rounded well up.
+SKB_OVERHEAD = 2048
+# The smallest MSS Linux sends with (net.ipv4.tcp_min_snd_mss's floor).
+MIN_MSS = 48
+
+
+def send_cost(size: int) -> int:
+    """What a send of ``size`` bytes may add, at most, to what the kernel
+    holds for the socket, counted as :func:`room_after_writable` counts."""
+    return size + SKB_OVERHEAD * (size // MIN_MSS + 2)
+
+
+def room_after_writable(sock: socket.socket) -> int:
+    """How much (in :func:`send_cost` units) sends may add after ``sock``
+    polled writable with the kernel surely taking each whole: a third of
+    its send buffer now, at most half its TCP_NOTSENT_LOWAT.  0 where that
+    is not known (not Linux, not TCP, an option unreadable): then every
+    send needs a writable poll of its own."""
+    if not _LINUX or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return 0
+    try:
+        sndbuf = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+        lowat = sock.getsockopt(socket.IPPROTO_TCP, _TCP_NOTSENT_LOWAT)
+    except OSError:
+        return 0
+    if not lowat:  # unset on the socket: the system's default
+        lowat = _system_notsent_lowat()
+    return max(0, min(sndbuf // 3, lowat // 2))
+
+
+_LINUX = sys.platform.startswith("linux")
+_TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)  # Linux's number
+_notsent_lowat: int | None = None
+
+
+def _system_notsent_lowat() -> int:
+    """net.ipv4.tcp_notsent_lowat, read once; 0 if it cannot be read."""
+    global _notsent_lowat
+    if _notsent_lowat is None:
+        try:
+            with open("/proc/sys/net/ipv4/tcp_notsent_lowat", encoding="ascii") as file:
+                _notsent_lowat = int(file.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            _notsent_lowat = 0
+    return _notsent_lowat

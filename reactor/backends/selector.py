@@ -52,6 +52,8 @@ from reactor.sockets import (
     configure_client,
     discard_input,
     peer_host,
+    room_after_writable,
+    send_cost,
 )
 from reactor.timers import Timer, Timers
 from reactor.tls import TLSFailure, log_failure
@@ -187,6 +189,12 @@ class SelectorTransport(Transport):
         self._linger: Timer | None = None
         self.socket_closed = False
         self._room: select.poll | None = None  # see _has_room
+        # What send_now may still send without asking the kernel for room
+        # (reactor.sockets.room_after_writable), as of the turn of its last
+        # send; any other output ends it (see send_now).
+        self._room_left = 0
+        self._room_turn = -2
+        self._room_after_writable = -1  # not asked yet
         # A withdraw emptied the queue while the kernel was full: EVENT_WRITE
         # (the client read) is what tells the connection it drained.
         self._drain_watch = False
@@ -207,11 +215,16 @@ class SelectorTransport(Transport):
     # * fan_out_first / enqueue_each: write's two branches for a fan-out's
     #   recipients, in one loop each (SelectorServer.send_at_once).
     #
+    # Each writer sets _turn when it writes a turn's first output, and
+    # everything after it in that turn is queued, so that only a flush can
+    # send it: send_now's room (see there) counts on both.
+    #
     # A message someone waits for (a direct message: an Entry) can be taken
     # back only while none of it is in the kernel -- and on TLS only while it
     # is not encrypted (a record once made must be sent).  So it is offered
     # (or encrypted) only when the socket is writable (_has_room): then the
     # kernel takes it whole, and what it would refuse stays withdrawable.
+    # (send_now knows, by the kernel's rule, when it need not ask.)
 
     def write(self, data: bytes, on_handoff: Handoff | None = None) -> Entry | None:
         if self.socket_closed:
@@ -238,7 +251,12 @@ class SelectorTransport(Transport):
         """write()'s first branch, for a direct message: no handoff to make
         when the kernel takes it whole (plain TCP; TLS goes through write).
 
-        Fast path: _may_send_now written out, once per direct message."""
+        Fast path: _may_send_now and _send written out, once per direct
+        message; see test_send_now_matches_write.  The room it needs is
+        asked for (_has_room, a system call) only once what it sent since
+        the socket last polled writable may have used up what the kernel
+        then surely had (reactor.sockets.room_after_writable); see
+        test_send_now_without_asking_for_room_sends_whole_messages."""
         if self.socket_closed:
             return -1
         server = self.server
@@ -248,13 +266,33 @@ class SelectorTransport(Transport):
         turn = server.turn
         if self._turn == turn or self.tls is not None:
             return 0
+        # Nothing was written to it since this sent last: every other writer
+        # sets _turn, and within that turn queued (then a flush ends the room).
+        unchanged = self._turn == self._room_turn
         self._turn = turn  # write() queues what this does not send
         if (not server.write_through or self.output.size
-                or (server.reading is self and server.more_input_waits())
-                or not self._has_room()):
+                or (server.reading is self and server.more_input_waits())):
             return 0
-        sent = self._send([data])
-        return -1 if sent is None else sent
+        # Room for it whole: known (what the kernel surely holds since the
+        # socket last polled writable, less what this sent since), or asked.
+        cost = send_cost(len(data))
+        left = (self._room_left if unchanged else 0) - cost
+        if left < 0:
+            if not self._has_room():
+                return 0
+            room = self._room_after_writable
+            if room < 0:
+                room = self._room_after_writable = room_after_writable(self.sock)
+            left = room - cost
+        self._room_left = left
+        self._room_turn = turn
+        try:  # _send, written out
+            return self.sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            return 0
+        except OSError as error:
+            self._connection_error(error)
+            return -1
 
     @staticmethod
     def fan_out_first(data: bytes, connections: list[Connection], turn: int,
@@ -411,6 +449,7 @@ class SelectorTransport(Transport):
         ciphertext made from it), handshakes and closing included."""
         output = self.output
         wire = self.wire  # the output itself, or on TLS the ciphertext made from it
+        self._room_left = 0  # (see send_now)
         if self._drain_watch and not output.size and not wire:
             # Writable again, with a queue a withdraw emptied while the kernel
             # was full: the client has read (clears "not reading").
@@ -453,6 +492,7 @@ class SelectorTransport(Transport):
         pass; see test_flush_fast_path."""
         output = self.output
         connection = self.connection
+        self._room_left = 0  # (see send_now)
         while output.size:
             if output.entries and not self._has_room():
                 break  # a direct message waits, withdrawable, for EVENT_WRITE

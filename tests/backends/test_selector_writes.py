@@ -14,6 +14,7 @@ path hands the line's frame.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import socket
 import ssl
 from collections.abc import Callable, Iterator
@@ -32,11 +33,13 @@ from reactor.backends.selector import (
     SelectorWebTransport,
 )
 from reactor.connection import Connection
+from reactor.flow import FloodLimits
 from reactor.tls import load_context
 from reactor.web.http import Site
-from tests.support import TEST_CONFIG
+from tests.support import TEST_CONFIG, Clients, running_server, wait_until
 
 LINE = b"<Broadcast from Alice: %s>\n" % (b"x" * 8000)  # more than a little room
+NO_FLOOD = FloodLimits(enabled=False)
 
 
 @contextlib.contextmanager
@@ -339,3 +342,140 @@ def test_tls_flush_fast_path(tmp_path: Path) -> None:
         assert fast.state() == general.state()
         assert fast.handoffs == [True] * 7
         assert fast.plain.count(b"\n") == 20
+
+
+def connect_tcp(server: SelectorServer, sndbuf: int) -> Peer:
+    """A client over loopback TCP (the kernel rule send_now counts on is
+    TCP's), whose server-side send buffer is ``sndbuf`` (doubled by Linux)."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        theirs = socket.create_connection(listener.getsockname())
+        ours, _ = listener.accept()
+    theirs.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)  # fills soon
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
+    ours.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    ours.setblocking(False)
+    theirs.setblocking(False)
+    transport = SelectorTransport(ours, "127.0.0.1", server)
+    server.selector.register(ours, 1, transport)
+    return Peer(server.chat.connection_made(transport), theirs)
+
+
+def count_room_checks(transport: SelectorTransport) -> list[bool]:
+    """The answers of the transport's writability polls, from now on."""
+    checks: list[bool] = []
+    has_room = transport._has_room
+
+    def counted() -> bool:
+        checks.append(has_room())
+        return checks[-1]
+
+    transport._has_room = counted  # type: ignore[method-assign]
+    return checks
+
+
+def send_now_until_refused(server: SelectorServer, peer: Peer, sizes: list[int]) -> bytes:
+    """send_now of one direct message per turn, as deliver offers it, to a
+    peer that does not read, until one is refused; what the kernel took."""
+    taken = bytearray()
+    for turn, size in enumerate(itertools.islice(itertools.cycle(sizes), 100_000)):
+        server.turn += 1
+        server.write_through = True
+        message = b"<Message from Alice: %d %s>\n" % (turn, b"m" * size)
+        sent = peer.transport.send_now(message)
+        assert sent in (0, len(message)), f"message {turn} was half sent ({sent} bytes)"
+        if not sent:
+            return bytes(taken)
+        taken += message
+    raise AssertionError("the peer's kernel took everything")
+
+
+@pytest.mark.parametrize("sndbuf", [16 * 1024, 256 * 1024])
+@pytest.mark.parametrize("sizes", [[20], [7000], [20, 3000, 200, 9000]],
+                         ids=["small", "large", "mixed"])
+def test_send_now_without_asking_for_room_sends_whole_messages(
+        server: SelectorServer, sndbuf: int, sizes: list[int]) -> None:
+    """send_now asks the kernel for room only when what it sent since the
+    last writable answer could have used it up (reactor.sockets'
+    room_after_writable): to a peer who stops reading it still hands the
+    kernel each direct message whole or not at all, as when it asks every
+    time, and the peer reads exactly what it took -- with fewer polls."""
+    results = []
+    for asks_every_time in (False, True):
+        peer = connect_tcp(server, sndbuf)
+        if asks_every_time:
+            peer.transport._room_after_writable = 0  # the general path: no room known
+        checks = count_room_checks(peer.transport)
+        taken = send_now_until_refused(server, peer, sizes)
+        assert checks[-1] is False  # refused because the kernel had no room
+        peer.sock.setblocking(True)
+        received = b""
+        while len(received) < len(taken):
+            received += peer.sock.recv(1 << 20)
+        assert received == taken  # whole lines, in order, nothing else
+        results.append((taken.count(b"\n"), len(checks)))
+    (sent_fast, polls_fast), (sent_general, polls_general) = results
+    assert polls_general == sent_general + 1 and polls_fast <= polls_general
+    if sizes == [20] and sndbuf > 64 * 1024:
+        assert polls_fast < sent_fast / 10
+
+
+@pytest.mark.parametrize("other", ["a reply queued after it", "a fan-out's line sent at once"])
+def test_send_now_asks_for_room_after_other_output(server: SelectorServer, other: str) -> None:
+    """Other output to the connection since send_now's last message ends
+    the room it knew of: it asks the kernel again."""
+    peer = connect_tcp(server, 256 * 1024)
+    checks = count_room_checks(peer.transport)
+    message = b"<Message from Alice: hi>\n"
+    for _ in range(2):  # the second without asking
+        server.turn += 1
+        server.write_through = True
+        assert peer.transport.send_now(message) == len(message)
+    assert len(checks) == 1
+    if other == "a reply queued after it":
+        peer.connection.send(b"<To Bob> hi\n")  # same turn: queued, flushed by _settle
+        server._settle()
+    else:
+        server.turn += 1
+        assert not SelectorTransport.fan_out_first(LINE, [peer.connection], server.turn, None)
+    server.turn += 1
+    assert peer.transport.send_now(message) == len(message)
+    assert len(checks) == 2
+
+
+def direct_messages(fast: bool, monkeypatch: pytest.MonkeyPatch) -> tuple[object, ...]:
+    """Alice writes direct messages to Bob and Carol (several to each in
+    one write, one to herself, one to nobody) to a running select server:
+    what each reads and what the server counted, with the hand-over's fast
+    path (Connection.hand_over_at_once) or without it."""
+    taken_at_once: list[int] = []
+    at_once = Connection.hand_over_at_once
+
+    def hand_over_at_once(self: Connection, recipient: object, data: bytes) -> int | None:
+        offered = at_once(self, recipient, data) if fast else None  # type: ignore[arg-type]
+        taken_at_once.append(offered == len(data))
+        return offered
+
+    monkeypatch.setattr(Connection, "hand_over_at_once", hand_over_at_once)
+    with running_server("select", flood=NO_FLOOD) as server, Clients(server.port) as clients:
+        alice, bob, carol = (clients.login(name)
+                             for name in ("Alice", "Bob", "Carol"))
+        wait_until(lambda: len(server.chat.whiteboard) == 3, message="all online")
+        lines = [f'chat {to} "m{i} to {to}"' for i in range(20) for to in ("Bob", "Carol")]
+        lines += ['chat Alice "to me"', 'chat Nobody "lost"', 'chat bob "last"']
+        alice.send_raw("".join(f"{line}\n" for line in lines).encode())
+        alice_read = alice.read_until(lambda line: line == "<To Bob> last")
+        bob_read = bob.read_until(lambda line: line == '<Message from Alice: "last">')
+        carol_read = carol.read_until(lambda line: line == '<Message from Alice: "m19 to Carol">')
+        stats = server.chat.stats
+        counted = (stats.delivered_direct, stats.not_delivered, stats.received_direct,
+                   sum(stats.direct_handoff.counts), stats.bytes_out)
+    assert any(taken_at_once) == fast  # the path under test ran
+    return alice_read, bob_read, carol_read, counted
+
+
+def test_hand_over_fast_path_matches_the_general_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A direct message the recipient's kernel takes at once is answered
+    without the hand-over's callback (Connection.hand_over_at_once): every
+    client reads what it reads through the general path (Connection.deliver),
+    in the same order, and the server counts the same."""
+    assert direct_messages(True, monkeypatch) == direct_messages(False, monkeypatch)
