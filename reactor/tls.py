@@ -58,9 +58,11 @@ log = logging.getLogger("reactor")
 # Plaintext encrypted at once: one sendmsg's worth, like the plain path's
 # 256 buffers.  More waits, unencrypted and withdrawable, in the output queue.
 BATCH_SIZE = 256 * 1024
-# Small entries are encrypted together into records of about this size (the
-# TLS maximum): fewer records, less overhead; a handoff then waits for the
-# whole record, which is still the truth, a little later.
+# The TLS maximum of plaintext per record.  Small entries are encrypted
+# together into records of this size, each full but the last: a record costs
+# OpenSSL about as much work whatever its size, and the peer as much to
+# decrypt.  A handoff then waits for the whole record, which is still the
+# truth, a little later.
 RECORD_SIZE = 16 * 1024
 # Plaintext read out of the SSL object per call, until it has no more.
 READ_SIZE = 64 * 1024
@@ -214,8 +216,8 @@ def log_failure(host: str, failure: TLSFailure, handshake_done: bool) -> str:
 class TLSWire:
     """One server-side TLS connection over memory buffers; see the module docstring."""
 
-    __slots__ = ("_in", "_out", "_ssl", "output", "handshake_done", "ended", "failed",
-                 "size", "_pieces", "_notified", "_handshakes")
+    __slots__ = ("_in", "_out", "_ssl", "_write", "output", "handshake_done", "ended",
+                 "failed", "size", "_pieces", "_notified", "_handshakes")
 
     def __init__(self, context: ssl.SSLContext, output: OutputBuffer,
                  handshakes: HandshakeCounts | None = None) -> None:
@@ -223,6 +225,12 @@ class TLSWire:
         self._in = ssl.MemoryBIO()
         self._out = ssl.MemoryBIO()
         self._ssl = context.wrap_bio(self._in, self._out, server_side=True)
+        # Encrypts one record: ssl.SSLObject.write is a one-line wrapper around
+        # the C object's write, called here directly, a Python call less per
+        # record (a fan-out makes one per recipient); the public method where
+        # that object is not found.
+        self._write: Callable[[bytes | memoryview], int] = getattr(
+            self._ssl, "_sslobj", self._ssl).write
         self.output = output
         self.handshake_done = False
         self.ended = False  # the peer's TLS stream has ended (close_notify or EOF)
@@ -315,7 +323,7 @@ class TLSWire:
         """
         if self._pieces or not self.handshake_done or self.failed or self._notified:
             return None
-        self._ssl.write(data)
+        self._write(data)
         return self._out.read()
 
     def keep(self, ciphertext: bytes, sent: int, data: bytes,
@@ -342,7 +350,7 @@ class TLSWire:
         plain = self.output.joined(RECORD_SIZE)
         if plain is None:
             return None
-        self._ssl.write(plain)
+        self._write(plain)
         return self._out.read()
 
     def keep_sealed(self, ciphertext: bytes, sent: int, plain: int) -> None:
@@ -401,31 +409,32 @@ class TLSWire:
         plain = output.joined(RECORD_SIZE)
         if plain is not None:
             # The common case: all of it, in one record.
-            self._encrypt([plain], size)
+            self._encrypt(plain, size)
             return
+        # The head of the queue, up to one batch, joined (OpenSSL encrypts
+        # from one buffer) and cut into full records: one per RECORD_SIZE
+        # bytes, not one per group of entries (a group a little past the
+        # maximum would make a full record and a tiny one).
         buffers = output.buffers()
         budget = BATCH_SIZE
-        group: list[bytes | memoryview] = []
-        group_size = 0
-        entries = 0
+        count = 0
         for buffer in buffers:
-            if len(buffer) > budget:
-                buffer = memoryview(buffer)[:budget]
-            group.append(buffer)
-            group_size += len(buffer)
             budget -= len(buffer)
-            entries += 1
-            if group_size >= RECORD_SIZE or budget <= 0:
-                self._encrypt(group, group_size)
-                group, group_size = [], 0
+            count += 1
             if budget <= 0:
+                if budget < 0:
+                    buffers[count - 1] = memoryview(buffer)[:len(buffer) + budget]
                 break
-        if group:
-            self._encrypt(group, group_size)
-        self.output.mark_started(entries)
+        data = memoryview(b"".join(buffers[:count] if count < len(buffers) else buffers))
+        output.mark_started(count)
+        for start in range(0, len(data), RECORD_SIZE):
+            record = data[start:start + RECORD_SIZE]
+            self._encrypt(record, len(record))
 
-    def _encrypt(self, group: list[bytes | memoryview], size: int) -> None:
-        self._ssl.write(group[0] if len(group) == 1 else b"".join(group))
+    def _encrypt(self, plain: bytes | memoryview, size: int) -> None:
+        """One record: ``plain``, the next ``size`` bytes (at most
+        RECORD_SIZE) of the output queue's head."""
+        self._write(plain)
         data = self._out.read()
         self._pieces.append([data, size])
         self.size += len(data)

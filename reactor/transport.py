@@ -53,6 +53,9 @@ class Transport(ABC):
         self.peer_host = peer_host
         self.output = OutputBuffer()
         self.tls: TLSWire | None = None
+        # (Set on the instance too: the fan-out fast paths look it up per
+        # recipient, which is cheap for an instance's own attributes.)
+        self.web = None
         self.wire: OutputBuffer | TLSWire = self.output
         # True if the bytes are protected on the way (TLS): passwords may be
         # sent over it.  Loopback peers are trusted as well (reactor.accounts).

@@ -737,10 +737,14 @@ class SelectorTLSTransport(SelectorTransport):
     that, and the next first message is sent at once again.
     """
 
-    # Only the select loop's thread touches these.
-    _batching = False
-    _sealed_turn = -1  # the turn whose first message was sent at once
-    _queued = 0  # while batching: the queue's size after the turn's first message
+    def __init__(self, sock: socket.socket, host: str, server: SelectorServer) -> None:
+        super().__init__(sock, host, server)
+        # Only the select loop's thread touches these.  Set here, not as class
+        # defaults: the fast paths look them up per recipient, which is cheap
+        # for an instance's own attributes.
+        self._batching = False
+        self._sealed_turn = -1  # the turn whose first message was sent at once
+        self._queued = 0  # while batching: the queue's size after the turn's first message
 
     def on_readable(self) -> None:
         tls = self.tls

@@ -8,7 +8,7 @@ receives, what stays queued, which handoffs ran and whether the transport
 waits for EVENT_WRITE.  The server is built but not run: the test drives
 the writes itself, as the loop would within one pass.  A fan-out's
 recipients include web connections (a browser's WebSocket), which the fast
-path hands the line's frame.
+path hands the line's frame.  TLS recipients: test_selector_tls_writes.py.
 """
 
 from __future__ import annotations
@@ -16,25 +16,20 @@ from __future__ import annotations
 import contextlib
 import itertools
 import socket
-import ssl
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
-import trustme
 
 from reactor.app import build_chat
 from reactor.backends.selector import (
     _WRITE,
     SelectorServer,
-    SelectorTLSTransport,
     SelectorTransport,
     SelectorWebTransport,
 )
 from reactor.connection import Connection
 from reactor.flow import FloodLimits
-from reactor.tls import load_context
 from reactor.web.http import Site
 from tests.support import TEST_CONFIG, Clients, running_server, wait_until
 
@@ -273,75 +268,6 @@ def test_send_now_matches_write(server: SelectorServer) -> None:
     general.transport.write(message, general.handoffs.append)
     fast.handoffs.append(True)  # send_now's caller runs the handoff itself
     assert fast.state() == general.state()
-
-
-class TLSPeer(Peer):
-    """A TLS client over memory buffers, its handshake done with the server's transport."""
-
-    def __init__(self, server: SelectorServer, certs: trustme.CA, context: ssl.SSLContext) -> None:
-        ours, theirs = socket.socketpair()
-        ours.setblocking(False)
-        theirs.setblocking(False)
-        transport = SelectorTLSTransport(ours, "127.0.0.1", server)
-        transport.start_tls(context)
-        server.selector.register(ours, 1, transport)
-        super().__init__(server.chat.connection_made(transport), theirs)
-        client_context = ssl.create_default_context()
-        certs.configure_trust(client_context)
-        self._in, self._out = ssl.MemoryBIO(), ssl.MemoryBIO()
-        self._ssl = client_context.wrap_bio(self._in, self._out, server_hostname="localhost")
-        while True:
-            try:
-                self._ssl.do_handshake()
-                break
-            except ssl.SSLWantReadError:
-                theirs.sendall(self._out.read())
-                server.handshakes.end_pass()  # (the loop's per-pass bound)
-                transport.on_readable()
-                transport.flush()
-                self._in.write(theirs.recv(1 << 20))
-        theirs.sendall(self._out.read())  # the client's Finished
-        server.handshakes.end_pass()
-        transport.on_readable()
-        transport.flush()
-        self.plain = bytearray()
-
-    def received(self) -> bytes:
-        ciphertext = Peer.received(self)
-        if ciphertext:
-            self._in.write(ciphertext)
-        with contextlib.suppress(ssl.SSLWantReadError):
-            while chunk := self._ssl.read(1 << 20):
-                self.plain += chunk
-        return bytes(self.plain)
-
-
-def test_tls_flush_fast_path(tmp_path: Path) -> None:
-    """SelectorTLSTransport.flush (the queue sealed in one record) sends the
-    same plaintext, runs the same handoffs and leaves the same state as
-    _flush_wire (flush's every case)."""
-    ca = trustme.CA()
-    issued = ca.issue_cert("localhost")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    issued.cert_chain_pems[0].write_to_path(str(cert))
-    issued.private_key_pem.write_to_path(str(key))
-    context = load_context(str(cert), str(key))
-    with idle_server() as server:
-        fast, general = TLSPeer(server, ca, context), TLSPeer(server, ca, context)
-        for peer in (fast, general):
-            peer.received()  # what the handshake brought (a session ticket)
-            peer.plain.clear()
-            for i in range(20):
-                if i % 3:
-                    peer.transport.output.append(b"<Broadcast from Alice: hello>\n")
-                else:
-                    peer.transport.output.append(b"<Message from Bob: %d>\n" % i,
-                                                 peer.handoffs.append)
-        fast.transport.flush()
-        general.transport._flush_wire()
-        assert fast.state() == general.state()
-        assert fast.handoffs == [True] * 7
-        assert fast.plain.count(b"\n") == 20
 
 
 def connect_tcp(server: SelectorServer, sndbuf: int) -> Peer:
