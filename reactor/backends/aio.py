@@ -120,9 +120,6 @@ class AsyncioTransport(Transport, asyncio.BufferedProtocol):
             self.web_received(data)
         else:
             self.connection.data_received(data)
-        server = self.server
-        if server._joined_to is not None:
-            server._end_joins()  # this read's turn is over (see AsyncioServer)
 
     def _received_tls(self, data: bytes) -> None:
         tls = self.tls
@@ -474,8 +471,8 @@ class AsyncioServer(Server, JoinedFanOuts):
         # whether the settle that sends their output is scheduled.
         self._pending: list[AsyncioTransport] = []
         self._settle_due = False
-        # Fan-outs joined (reactor.backends.joins): a turn is one read's
-        # lines (data_received), or a callback's until the settle.
+        # Fan-outs joined (reactor.backends.joins): a turn is an iteration
+        # of the loop, ended by the settle (one read of each ready client).
         JoinedFanOuts.__init__(self)
         # TLS handshake steps in this iteration, and those waiting for a turn.
         self._handshakes: HandshakeTurns[AsyncioTransport] = HandshakeTurns()
@@ -531,7 +528,7 @@ class AsyncioServer(Server, JoinedFanOuts):
 
     def _settle(self) -> None:
         if self._joined_to is not None:
-            self._end_joins()  # what a timer's or a callback's fan-outs joined
+            self._end_joins()  # the turn's joined lines go first
         self._settle_due = False
         pending, self._pending = self._pending, []
         for transport in pending:
@@ -547,8 +544,7 @@ class AsyncioServer(Server, JoinedFanOuts):
         Web connections take it too, with the line's frame
         (reactor.web.transport.fan_out_framed).  Fan-outs of one turn to the
         same recipients are joined (reactor.backends.joins)."""
-        # (One turn number: a turn ends with _end_joins, at the end of each
-        # read and in the settle.)
+        # (One turn number: each turn ends in the settle, with _end_joins.)
         if self._joined_to is not None and self._join(data, connections, 0):
             return []
         rest = fan_out_framed(self._queue_each, data, connections)

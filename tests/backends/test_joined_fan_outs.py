@@ -2,15 +2,16 @@
 
 A sender's broadcasts handled in one turn are queued to each recipient as
 one piece.  What a peer sees must not change: every line once, in the order
-it was sent, whatever else is written to a recipient in the same turn (a
-direct message, a kick and its close, another fan-out) and whether or not a
-recipient has passed the high-water mark.  Each test also checks that the
+it was sent, whatever else happens to a recipient in the same turn (a
+direct message or a reply to it, its close or its cut, another sender's
+fan-out) and whether or not a recipient passes the high-water mark.  Each test also checks that the
 server did join, so that it tests the join and not the path beside it.
 """
 
 from __future__ import annotations
 
 import socket
+import threading
 from collections.abc import Callable, Iterator
 from functools import partial
 from typing import cast
@@ -30,7 +31,7 @@ from tests.accounts.test_accounts import (  # noqa: F401  (db: a fixture)
 )
 from tests.accounts.test_moderation import make_operator, op_online
 from tests.faults import Drain, client_pool
-from tests.support import DEFAULT_TIMEOUT, running_server, wait_until
+from tests.support import DEFAULT_TIMEOUT, Clients, running_server, wait_until
 
 KiB = 1024
 NO_FLOOD_CONTROL = FloodLimits(enabled=False)
@@ -70,6 +71,11 @@ def received_all(sender: str, count: int, drain: Drain) -> bool:
 
 def has_read(count: int, drain: Drain) -> bool:
     return drain.line_count >= count
+
+
+def text(i: int) -> bytes:
+    """Broadcast ``i``'s text: 1,000 bytes (16 commands fill most of one read)."""
+    return b"%05d %s" % (i, b"y" * 994)
 
 
 def line_of(event: bytes) -> bytes:
@@ -124,6 +130,68 @@ def test_two_senders_pipelined_broadcasts_and_messages_arrive_once_each_in_order
     assert joins() > 0  # the server joined fan-outs
 
 
+# What may happen to one recipient between two fan-outs of one turn.
+BETWEEN: dict[str, Callable[[Connection], object]] = {
+    "nothing": lambda connection: None,
+    "a reply to it": lambda connection: connection.send(b"<reply>\n"),
+    "it closes": lambda connection: connection.close("bye"),
+    "it is cut off": lambda connection: connection.abort("gone"),
+}
+
+
+@pytest.mark.parametrize("between", BETWEEN)
+def test_a_turns_fan_outs_reach_each_recipient_in_order_whatever_happens_to_one_between(
+        server: Server, clients: Clients, between: str) -> None:
+    """Ten fan-outs to a newcomer (connected, not logged in: its leaving
+    tells nobody), P1 and P2 in one turn of the server (a callback of its
+    own), with ``between`` happening to the newcomer after the fourth.
+    Each gets what it would have got from each line sent on its own: every
+    line, once, in order, the reply in its place; a newcomer that closes
+    gets the four lines before its close, one cut off at most those."""
+    p1 = clients.login("P1")
+    p2 = clients.login("P2")
+    p1.read_until(lambda line: line == "<User P2 is online.>")
+    newcomer = clients.connect()
+    wait_until(lambda: len(list(server.chat.connections)) == 3, message="the newcomer")
+    first = next(connection for connection in list(server.chat.connections)
+                 if connection.username is None)
+    sessions = [first, session_of(server, "P1"), session_of(server, "P2")]
+    joins = count_joins(server)
+    lines = [b"<Fan-out %d>\n" % i for i in range(10)]
+    done = threading.Event()
+
+    def turn() -> None:
+        try:
+            for i, line in enumerate(lines):
+                server.chat._fan_out(line, sessions)
+                if i == 3:
+                    BETWEEN[between](first)
+        finally:
+            done.set()
+
+    server.call_soon_threadsafe(turn)
+    assert done.wait(DEFAULT_TIMEOUT)
+    if between in ("it closes", "it is cut off"):
+        before = b"".join(lines[:4])
+        received = newcomer.expect_closed()
+        assert received == before if between == "it closes" else before.startswith(received)
+    else:
+        reply = [b"<reply>\n"] if between == "a reply to it" else []
+        assert [newcomer.read_line_bytes() for _ in range(10 + len(reply))] == [
+            *lines[:4], *reply, *lines[4:]]
+    for client in (p1, p2):
+        assert [client.read_line_bytes() for _ in lines] == lines
+        client.send("users")  # nothing more came (a marker round trip)
+        assert client.read_line().startswith("<Online users: ")
+    assert joins() > 0
+
+
+def session_of(server: Server, name: str) -> Connection:
+    found = server.chat.whiteboard.lookup(name)
+    assert found is not None, f"{name} is not online"
+    return cast(Connection, found[1])
+
+
 def test_a_kick_between_pipelined_broadcasts_keeps_each_recipients_order(
         backend: str, db: str) -> None:  # noqa: F811
     """The operator writes two broadcasts, a kick of Bob and two more
@@ -153,9 +221,10 @@ def test_a_kick_between_pipelined_broadcasts_keeps_each_recipients_order(
 def test_a_recipient_past_the_high_water_mark_mid_burst_gets_every_line_in_order(
         backend: str) -> None:
     """Slow stops reading while Alice's bursts of broadcasts come, until its
-    queue is well past the high-water mark (each burst's lines joined, a
-    piece at a time); then it reads.  Slow and Bob get every line, once, in
-    order."""
+    queue is well past the high-water mark; then it reads.  A burst is read
+    in one turn and its lines' events are more than the mark, so each
+    joined piece takes a recipient past it: the rest go line by line, as a
+    fan-out's rest does.  Slow and Bob get every line, once, in order."""
     high_water = 16 * KiB
     with running_server(backend, flood=NO_FLOOD_CONTROL, output_high_water=high_water,
                         slow_consumer_grace=3600) as server, \
@@ -167,9 +236,7 @@ def test_a_recipient_past_the_high_water_mark_mid_burst_gets_every_line_in_order
         slow_sock.sendall(b"Slow\n")  # ... and it reads nothing until the end
         wait_until(lambda: server.chat.whiteboard.lookup("Slow") is not None,
                    message="Slow logged in")
-        found = server.chat.whiteboard.lookup("Slow")
-        assert found is not None
-        session = cast(Connection, found[1])
+        session = session_of(server, "Slow")
         alice, bob = pool.login("Alice"), pool.login("Bob")
         alice.read_until(lambda line: line == "<User Bob is online.>")
         joins = count_joins(server)
@@ -179,12 +246,12 @@ def test_a_recipient_past_the_high_water_mark_mid_burst_gets_every_line_in_order
         try:
             while session.transport.queued < 4 * high_water or not joins():
                 echoes = alice_lines.line_count + 16
-                alice.send_raw(b"".join(b'broadcast "%d %s"\n' % (sent + i, b"y" * 2000)
+                alice.send_raw(b"".join(b'broadcast "%s"\n' % text(sent + i)
                                         for i in range(16)))
                 sent += 16
                 alice_lines.wait_for(partial(has_read, echoes), message="the echoes")
                 assert sent < 20_000, "Slow's queue never passed the high-water mark"
-            expected = [line_of(format_broadcast_from("Alice", f"{i} {'y' * 2000}"))
+            expected = [line_of(format_broadcast_from("Alice", text(i).decode()))
                         for i in range(sent)]
             slow = Drain(slow_sock, keep=lambda line: line.startswith(b"<Broadcast"))
             slow.wait_for(lambda d: len(d.kept()) >= sent, timeout=30,
