@@ -239,9 +239,7 @@ class AsyncioTransport(Transport, asyncio.BufferedProtocol):
         pass  # asyncio sends whenever the socket takes more
 
     def close(self) -> None:
-        joined = self.server.joined
-        if joined is not None and self.connection in joined:
-            self.server._queue_joined()  # drained before the close, as queued lines are
+        self.server.queue_joined_before(self.connection)  # its joined lines go first
         self._closing = True
         self.resume_reading()  # read and discard until the peer's FIN
         self._linger = self.server.call_later(self.server.config.close_linger, self._expired)
@@ -249,9 +247,7 @@ class AsyncioTransport(Transport, asyncio.BufferedProtocol):
             self._shut_write()
 
     def abort(self) -> None:
-        joined = self.server.joined
-        if joined is not None and self.connection in joined:
-            self.server._queue_joined()  # queued before, so discarded with the rest
+        self.server.queue_joined_before(self.connection)  # its joined lines go first
         self._account()  # what the kernel took before the cut was delivered
         self.fail_handoffs()
         self._in_flight = 0

@@ -27,6 +27,7 @@ from reactor.web.transport import fan_out_framed
 if TYPE_CHECKING:
     from reactor.chat import ChatService
     from reactor.connection import Connection
+    from reactor.contracts import ConnectionEvents
     from reactor.transport import Transport
 
 
@@ -39,8 +40,9 @@ class JoinedFanOuts:
        ``_joined_to`` is set; after a fan-out that queued its line for every
        recipient (none returned), it sets ``_joined_to`` and
        ``_joined_turn``, so that the next one to the same recipients joins;
-    2. a write, close or abort of a connection in ``joined`` calls
-       :meth:`_queue_joined` first (the joined lines go before it);
+    2. a write to a connection in ``joined`` calls :meth:`_queue_joined`
+       first (the joined lines go before it), and a close or abort calls
+       :meth:`queue_joined_before`;
     3. the end of a turn calls :meth:`_end_joins` when ``_joined_to`` is set;
     4. ``_join_loop``, ``_join_gone`` and ``_join_leaving`` say how it queues.
     """
@@ -75,6 +77,15 @@ class JoinedFanOuts:
             self.joined = set(connections)
         self._joined_lines.append(data)
         return True
+
+    def queue_joined_before(self, connection: ConnectionEvents | None) -> None:
+        """``connection`` is closing or cut off: the joined lines for it are
+        queued first (a close drains them, a cut discards them, as when
+        each line was queued on its own).  A write makes the same check,
+        written out: it runs once per line written."""
+        joined = self.joined
+        if joined is not None and connection in joined:
+            self._queue_joined()
 
     def _end_joins(self) -> None:
         """The turn is over: the joined lines are queued, nothing joins on."""

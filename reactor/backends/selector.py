@@ -508,9 +508,7 @@ class SelectorTransport(Transport):
         return True
 
     def close(self) -> None:
-        joined = self.server.joined
-        if joined is not None and self.connection in joined:
-            self.server._queue_joined()  # drained before the close, as queued lines are
+        self.server.queue_joined_before(self.connection)  # its joined lines go first
         self._closing = True
         self._reading = True  # discard input until the peer's FIN
         self._update_events()
@@ -526,9 +524,7 @@ class SelectorTransport(Transport):
         over.  A second abort (the linger, a bug, the server stopping) closes
         at once.
         """
-        joined = self.server.joined
-        if joined is not None and self.connection in joined:
-            self.server._queue_joined()  # queued before, so discarded with the rest
+        self.server.queue_joined_before(self.connection)  # its joined lines go first
         self.fail_handoffs()
         if self._closing:
             self._close_socket()

@@ -402,9 +402,7 @@ class ThreadTransport(Transport):
         pass  # the writer thread sends whenever the socket takes more
 
     def close(self) -> None:
-        joined = self.server.joined
-        if joined is not None and self.connection in joined:
-            self.server._queue_joined()  # drained before the close, as queued lines are
+        self.server.queue_joined_before(self.connection)  # its joined lines go first
         with self._send_lock:
             self._closing = True
             self._may_read.set()  # read and discard until the peer's FIN
@@ -421,9 +419,7 @@ class ThreadTransport(Transport):
         linger (a close with unread input would make the kernel reset the
         connection and destroy what it had taken); a second abort closes at once.
         """
-        joined = self.server.joined
-        if joined is not None and self.connection in joined:
-            self.server._queue_joined()  # queued before, so discarded with the rest
+        self.server.queue_joined_before(self.connection)  # its joined lines go first
         with self._send_lock:
             waiting = self.output.clear()
             hard = self._closing
