@@ -27,6 +27,7 @@ from typing import Any, cast
 
 from reactor.backends import EVENT_LOOPS
 from reactor.backends.base import Listener, Server
+from reactor.backends.joins import JoinedFanOuts
 from reactor.chat import ChatService
 from reactor.config import ServerConfig
 from reactor.connection import Connection
@@ -199,6 +200,9 @@ class AsyncioTransport(Transport, asyncio.BufferedProtocol):
     # -- the chat logic's operations --------------------------------------------
 
     def write(self, data: bytes, on_handoff: Handoff | None = None) -> Entry | None:
+        joined = self.server.joined
+        if joined is not None and self.connection in joined:
+            self.server._queue_joined()  # joined fan-outs' lines go first
         transport = self._transport
         if self._closed or transport is None or transport.is_closing():
             if on_handoff is not None:
@@ -235,6 +239,7 @@ class AsyncioTransport(Transport, asyncio.BufferedProtocol):
         pass  # asyncio sends whenever the socket takes more
 
     def close(self) -> None:
+        self.server.queue_joined_before(self.connection)  # its joined lines go first
         self._closing = True
         self.resume_reading()  # read and discard until the peer's FIN
         self._linger = self.server.call_later(self.server.config.close_linger, self._expired)
@@ -242,6 +247,7 @@ class AsyncioTransport(Transport, asyncio.BufferedProtocol):
             self._shut_write()
 
     def abort(self) -> None:
+        self.server.queue_joined_before(self.connection)  # its joined lines go first
         self._account()  # what the kernel took before the cut was delivered
         self.fail_handoffs()
         self._in_flight = 0
@@ -434,7 +440,7 @@ class AsyncioWebTransport(WebTransport, AsyncioTransport):
         self.web.peer_host = self.peer_host  # known only now
 
 
-class AsyncioServer(Server):
+class AsyncioServer(Server, JoinedFanOuts):
     def __init__(
         self,
         config: ServerConfig,
@@ -457,8 +463,13 @@ class AsyncioServer(Server):
             self.loop = asyncio.new_event_loop()
         self.loop.set_exception_handler(self._exception)
         self._accept_error_logged = float("-inf")
-        # Transports that wrote or queued in this iteration of the loop.
+        # Transports that wrote or queued in this iteration of the loop, and
+        # whether the settle that sends their output is scheduled.
         self._pending: list[AsyncioTransport] = []
+        self._settle_due = False
+        # Fan-outs joined (reactor.backends.joins): a turn is an iteration
+        # of the loop, ended by the settle (one read of each ready client).
+        JoinedFanOuts.__init__(self)
         # TLS handshake steps in this iteration, and those waiting for a turn.
         self._handshakes: HandshakeTurns[AsyncioTransport] = HandshakeTurns()
         self._handshake_pass_due = False
@@ -506,11 +517,15 @@ class AsyncioServer(Server):
         one callback per client (a login storm's notices reach thousands of
         clients per iteration)."""
         transport._burst = True
-        if not self._pending:
+        if not self._settle_due:
+            self._settle_due = True
             self.loop.call_soon(self._settle)
         self._pending.append(transport)
 
     def _settle(self) -> None:
+        if self._joined_to is not None:
+            self._end_joins()  # the turn's joined lines go first
+        self._settle_due = False
         pending, self._pending = self._pending, []
         for transport in pending:
             transport.end_burst()
@@ -523,12 +538,25 @@ class AsyncioServer(Server):
         ``connection.send``, whose limit checks a queue below the high-water
         mark passes anyway.  Returns the others (TLS, closed, over the mark).
         Web connections take it too, with the line's frame
-        (reactor.web.transport.fan_out_framed)."""
-        return fan_out_framed(self._queue_each, data, connections)
+        (reactor.web.transport.fan_out_framed).  Fan-outs of one turn to the
+        same recipients are joined (reactor.backends.joins)."""
+        # (One turn number: each turn ends in the settle, with _end_joins.)
+        if self._joined_to is not None and self._join(data, connections, 0):
+            return []
+        rest = fan_out_framed(self._queue_each, data, connections)
+        if not rest:  # the next fan-out to the same recipients may join this one
+            self._joined_to, self._joined_turn = connections, 0
+            if not self._settle_due:
+                # Its recipients may all wait for asyncio's buffer to empty,
+                # with no settle to come: one ends the join (see _settle).
+                self._settle_due = True
+                self.loop.call_soon(self._settle)
+        return rest
 
     def _queue_each(self, data: bytes, connections: list[Connection],
                     web: list[Connection] | None) -> list[Connection]:
-        """send_at_once's loop (see FanOutLoop in reactor.web.transport)."""
+        """send_at_once's loop (see FanOutLoop in reactor.web.transport),
+        and the joined fan-outs' (JoinedFanOuts._join_loop)."""
         size = len(data)
         high_water = self.config.output_high_water
         rest: list[Connection] = []
@@ -547,6 +575,19 @@ class AsyncioServer(Server):
             if not transport._burst and not transport._in_flight:
                 self.want_settle(transport)
         return rest
+
+    _join_loop = _queue_each
+
+    def _join_gone(self, transport: Transport) -> bool:
+        aio_transport = cast(AsyncioTransport, transport)
+        return (aio_transport._closed or aio_transport._closing
+                or aio_transport._transport is None or aio_transport._transport.is_closing())
+
+    def _join_leaving(self, transport: Transport, data: bytes) -> None:
+        aio_transport = cast(AsyncioTransport, transport)
+        aio_transport.output.append(data)
+        if not aio_transport._burst and not aio_transport._in_flight:
+            self.want_settle(aio_transport)
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
         return self.loop.call_later(delay, callback)

@@ -15,8 +15,8 @@ Each pass of the loop (after CPython's selector_events and Redis's ae loop):
    ``sendmsg`` (Redis's handleClientsWithPendingWrites) -- which is what keeps
    a login storm's O(N^2) notices affordable.  Fan-outs to the same
    recipients that follow each other in a pass (one sender's lines read
-   together) are joined and queued to each recipient once (see
-   SelectorServer._join).  Every send goes through one
+   together) are joined and queued to each recipient once
+   (reactor.backends.joins).  Every send goes through one
    function (``SelectorTransport._send``, or a fast path written out where
    the profiler shows a gain, each named and tested against it).  Only a
    partial write registers the socket for EVENT_WRITE, dropped again once
@@ -38,8 +38,10 @@ import selectors
 import socket
 import time
 from collections.abc import Callable
+from typing import cast
 
 from reactor.backends.base import Listener, Server
+from reactor.backends.joins import JoinedFanOuts
 from reactor.chat import ChatService
 from reactor.config import ServerConfig
 from reactor.connection import Connection
@@ -546,9 +548,7 @@ class SelectorTransport(Transport):
         return True
 
     def close(self) -> None:
-        joined = self.server.joined
-        if joined is not None and self.connection in joined:
-            self.server._queue_joined()  # drained before the close, as queued lines are
+        self.server.queue_joined_before(self.connection)  # its joined lines go first
         self._closing = True
         self._reading = True  # discard input until the peer's FIN
         self._update_events()
@@ -564,9 +564,7 @@ class SelectorTransport(Transport):
         over.  A second abort (the linger, a bug, the server stopping) closes
         at once.
         """
-        joined = self.server.joined
-        if joined is not None and self.connection in joined:
-            self.server._queue_joined()  # queued before, so discarded with the rest
+        self.server.queue_joined_before(self.connection)  # its joined lines go first
         self.fail_handoffs()
         if self._closing:
             self._close_socket()
@@ -847,7 +845,7 @@ class SelectorWebTLSTransport(WebTransport, SelectorTLSTransport):
     """A web connection over TLS: https and wss."""
 
 
-class SelectorServer(Server):
+class SelectorServer(Server, JoinedFanOuts):
     def __init__(self, config: ServerConfig, chat: ChatService, web: Site | None = None) -> None:
         super().__init__(config, chat, web)
         self.selector = _Poller()
@@ -868,14 +866,7 @@ class SelectorServer(Server):
         # Callbacks from other threads; deque's append and popleft are atomic.
         self._soon: collections.deque[Callable[[], None]] = collections.deque()
         self._end_of_pass: list[Callable[[], None]] = []
-        # Fan-outs joined (see _join): the recipients of this turn's last
-        # fan-out and its turn, the lines of later fan-outs to the same
-        # recipients waiting to be queued to them as one, and while lines
-        # wait, those recipients as a set (what a write to one of them checks).
-        self._joined_to: list[Connection] | None = None
-        self._joined_turn = -1
-        self._joined_lines: list[bytes] = []
-        self.joined: set[Connection] | None = None
+        JoinedFanOuts.__init__(self)
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
         return self.timers.call_at(time.monotonic() + delay, callback)
@@ -911,7 +902,7 @@ class SelectorServer(Server):
         high_water = self.config.output_high_water
         if len(data) > high_water:
             return connections  # connection.send has limits to check
-        if self._joined_to is not None and self._join(data, connections):
+        if self._joined_to is not None and self._join(data, connections, self.turn):
             return []
         recipients = connections
         write_through = not batch and self.write_through and not self.more_input_waits()
@@ -931,66 +922,19 @@ class SelectorServer(Server):
             self._joined_to, self._joined_turn = recipients, turn
         return rest
 
-    def _join(self, data: bytes, connections: list[Connection]) -> bool:
-        """A fan-out to the same recipients as the last one of this turn
-        joins it (True): its line waits, with those of the fan-outs that
-        joined before it, to be queued to each recipient as one piece
-        (_queue_joined) at the end of the pass, or before anything else is
-        written to one of them.  A busy pass reads several broadcasts of
-        one sender at once; this queues them with one step per recipient,
-        not one per line (Redis appends each to each reply buffer, in C).
+    # -- joined fan-outs (reactor.backends.joins): the turn is the pass --
 
-        Joined only when that fan-out queued its line (its frame, for a web
-        connection) for every recipient (none returned to the caller: none
-        over the high-water mark or closed); then each open recipient has had output
-        this turn, so this line would be queued for it too, behind the
-        other -- what joining does, in the same order."""
-        if self._joined_turn != self.turn or connections != self._joined_to:
-            if self.joined is not None:
-                self._queue_joined()
-            self._joined_to = None
-            return False
-        if self.joined is None:
-            self.joined = set(connections)
-        self._joined_lines.append(data)
-        return True
+    def _join_loop(self, data: bytes, connections: list[Connection],
+                   web: list[Connection] | None) -> list[Connection]:
+        return SelectorTransport.enqueue_each(data, connections, self.turn,
+                                              self.config.output_high_water - len(data), web)
 
-    def _queue_joined(self) -> None:
-        """Queue the joined lines (see _join) to their recipients, as
-        enqueue_each would have queued each when its fan-out ran; a
-        recipient now over the high-water mark gets each line from
-        connection.send, as a fan-out's rest does."""
-        lines, connections = self._joined_lines, self._joined_to
-        assert connections is not None
-        self._joined_lines, self._joined_to, self.joined = [], None, None
-        data = lines[0] if len(lines) == 1 else b"".join(lines)
-        turn, high_water = self.turn, self.config.output_high_water
+    def _join_gone(self, transport: Transport) -> bool:
+        selector_transport = cast(SelectorTransport, transport)
+        return selector_transport.socket_closed or selector_transport._closing
 
-        def loop(piece: bytes, connections: list[Connection],
-                 web: list[Connection] | None) -> list[Connection]:
-            return SelectorTransport.enqueue_each(piece, connections, turn,
-                                                  high_water - len(piece), web)
-
-        # Web recipients get the joined lines' frames, one per line.
-        rest = fan_out_framed(loop, data, connections)
-        stats = self.chat.stats
-        for connection in rest:
-            transport: SelectorTransport = connection.transport  # type: ignore[assignment]
-            if connection.is_open:
-                for line in lines:
-                    stats.bytes_out -= len(line)  # counted by the fan-out; send counts it
-                    try:
-                        connection.send(line)
-                    except Exception as error:
-                        connection.fail(error)
-            elif transport.socket_closed or transport._closing:
-                stats.bytes_out -= len(data)  # closed since: nothing sent, nothing counted
-            else:
-                # Leaving now (this runs within its leave, or its close):
-                # queued as when its fan-out ran, so that a close drains it
-                # and an abort discards it.
-                transport._enqueue(data if transport.web is None else transport.web.frame(data),
-                                   None)
+    def _join_leaving(self, transport: Transport, data: bytes) -> None:
+        cast(SelectorTransport, transport)._enqueue(data, None)
 
     # -- other sockets of the server's own (SocketLoop): the cluster's Redis --
 

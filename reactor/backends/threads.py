@@ -39,8 +39,10 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import cast
 
 from reactor.backends.base import Listener, Server
+from reactor.backends.joins import JoinedFanOuts
 from reactor.chat import ChatService
 from reactor.config import ServerConfig
 from reactor.connection import Connection
@@ -178,6 +180,9 @@ class ThreadTransport(Transport):
     # (Transport._may_offer).
 
     def write(self, data: bytes, on_handoff: Handoff | None = None) -> Entry | None:
+        joined = self.server.joined
+        if joined is not None and self.connection in joined:
+            self.server._queue_joined()  # joined fan-outs' lines go first
         if self.tls is not None:
             return self._write_tls(data, on_handoff)
         if self._in_pending or (on_handoff is None and self.server.lock.waiting):
@@ -397,6 +402,7 @@ class ThreadTransport(Transport):
         pass  # the writer thread sends whenever the socket takes more
 
     def close(self) -> None:
+        self.server.queue_joined_before(self.connection)  # its joined lines go first
         with self._send_lock:
             self._closing = True
             self._may_read.set()  # read and discard until the peer's FIN
@@ -413,6 +419,7 @@ class ThreadTransport(Transport):
         linger (a close with unread input would make the kernel reset the
         connection and destroy what it had taken); a second abort closes at once.
         """
+        self.server.queue_joined_before(self.connection)  # its joined lines go first
         with self._send_lock:
             waiting = self.output.clear()
             hard = self._closing
@@ -568,7 +575,7 @@ class ThreadWebTransport(WebTransport, ThreadTransport):
     """A web connection, plain or TLS (see reactor.web.transport)."""
 
 
-class ThreadsServer(Server):
+class ThreadsServer(Server, JoinedFanOuts):
     def __init__(self, config: ServerConfig, chat: ChatService, web: Site | None = None) -> None:
         super().__init__(config, chat, web)
         self.lock = FairLock(self._end_turn)  # the whiteboard mutex
@@ -576,6 +583,7 @@ class ThreadsServer(Server):
         # the lock's turn count at which the pass is over.
         self._pending: list[ThreadTransport] = []
         self._pass_end = 0
+        JoinedFanOuts.__init__(self)  # a turn: one hold of the chat lock
         self.timers = TimerThread(time.monotonic)
         self._readers: dict[threading.Thread, ThreadTransport] = {}
         self._readers_changed = threading.Condition()
@@ -629,6 +637,8 @@ class ThreadsServer(Server):
         holder sends under the chat lock, as a fan-out always has; a send
         that would block is left to the client's writer thread.
         """
+        if self._joined_to is not None:
+            self._end_joins()  # (fan-outs join within one turn)
         if not self._pending:
             return
         lock = self.lock
@@ -654,12 +664,20 @@ class ThreadsServer(Server):
         the pass -- at the end of this turn if nobody waits, which costs
         the sends that writing through would.  Returns the others (TLS,
         closed, over the mark).  Web connections take it too, with the
-        line's frame (reactor.web.transport.fan_out_framed)."""
-        return fan_out_framed(self._queue_each, data, connections)
+        line's frame (reactor.web.transport.fan_out_framed).  Fan-outs of
+        one turn to the same recipients are joined (reactor.backends.joins)."""
+        turn = self.lock.turns
+        if self._joined_to is not None and self._join(data, connections, turn):
+            return []
+        rest = fan_out_framed(self._queue_each, data, connections)
+        if not rest:  # the next fan-out to the same recipients may join this one
+            self._joined_to, self._joined_turn = connections, turn
+        return rest
 
     def _queue_each(self, data: bytes, connections: list[Connection],
                     web: list[Connection] | None) -> list[Connection]:
-        """send_at_once's loop (see FanOutLoop in reactor.web.transport)."""
+        """send_at_once's loop (see FanOutLoop in reactor.web.transport),
+        and the joined fan-outs' (JoinedFanOuts._join_loop)."""
         size = len(data)
         high_water = self.config.output_high_water
         rest: list[Connection] = []
@@ -684,6 +702,19 @@ class ThreadsServer(Server):
             if not transport._in_pending:
                 self.want_settle(transport)
         return rest
+
+    _join_loop = _queue_each
+
+    def _join_gone(self, transport: Transport) -> bool:
+        thread_transport = cast(ThreadTransport, transport)
+        return thread_transport._socket_closed or thread_transport._closing
+
+    def _join_leaving(self, transport: Transport, data: bytes) -> None:
+        thread_transport = cast(ThreadTransport, transport)
+        with thread_transport._send_lock:
+            thread_transport.output.append(data)
+        if not thread_transport._in_pending:
+            self.want_settle(thread_transport)
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
         def locked() -> None:

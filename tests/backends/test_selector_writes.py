@@ -220,7 +220,7 @@ def run_fan_outs(server: SelectorServer, fast: bool, between: str) -> list[tuple
 
 @pytest.mark.parametrize("between", BETWEEN)
 def test_joined_fan_outs_match_the_general_path(between: str) -> None:
-    """Fan-outs joined in a pass (SelectorServer._join) leave every
+    """Fan-outs joined in a pass (reactor.backends.joins) leave every
     recipient as connection.send of each line would: the same bytes in the
     same order, queue and flags, whatever happens to one of them between."""
     states = []

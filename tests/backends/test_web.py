@@ -241,8 +241,9 @@ def test_broadcasts_reach_every_browser_once_each_in_order(backend: str, tls: bo
             bob.expect(f"<User {name} is online.>")
         for ws in browsers[:-1]:  # the later logins, announced
             recv_until(ws, f"<User {names[-1]} is online.>")
-        # In one write: read together, so the select backend joins them
-        # (one piece per recipient, framed line by line for the browsers).
+        # In one write: read together, so the backend joins them (one piece
+        # per recipient, framed line by line for the browsers; threads and
+        # asyncio leave TLS recipients out of a join).
         bob.send_raw("".join(f'broadcast "from tcp {i}"\n' for i in range(5)).encode())
         sent = [f'<Broadcast from Bob: "from tcp {i}">' for i in range(5)]
         bob.read_until(lambda line: line == "<To everyone> from tcp 4")  # all fanned out
