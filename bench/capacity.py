@@ -52,6 +52,9 @@ def search(
     On the ladder, a step that failed on latency alone is measured once more
     and the rate fails only if that fails too: one stall of a shared machine
     would otherwise end the climb for good.  Bisection steps are measured once.
+    A step may carry ``harness_limit`` (``harness_limit`` below says when): if
+    the step that decided the lowest failing rate does, the capacity found is
+    a lower bound, as when the ladder's top passes.
     """
     steps: list[Step] = []
     passed, failed = 0.0, math.inf
@@ -81,13 +84,54 @@ def search(
         if not passed < mid < failed:
             break
         run(mid, again=False)
+    # The step that decided the lowest failing rate (a retry's, if retried):
+    # if it measured the harness, not the server, the capacity is a lower bound.
+    decided = [s for s in steps if s["offered"] == failed]
+    harness = decided[-1].get("harness_limit") if decided else None
     return {
         "steps": steps,
         "capacity": passed,
-        # False: the ladder's top rate passed, so ``capacity`` is a lower bound.
-        "reached": failed < math.inf,
+        # False: the ladder's top rate passed, or the rate that failed was the
+        # harness's limit; either way ``capacity`` is a lower bound.
+        "reached": failed < math.inf and not harness,
         "first_failed": failed if failed < math.inf else None,
+        "harness_limit": {"rate": failed, "why": harness} if harness else None,
     }
+
+
+#: A step's machine was full when at least this share of its cores was busy.
+FULL_MACHINE = 0.9
+#: A server with less CPU than this (cores) over a failing step on a full
+#: machine did not get the one core its chat thread (or Redis's) needs: on the
+#: idle machine every server had at least 0.92 at every step it failed.
+SERVER_CORE = 0.9
+
+
+def harness_limit(step: dict[str, Any], objective_ms: float, cores: int) -> str | None:
+    """Why a failing step measured the harness rather than the server, or None.
+
+    Either the sender fell behind its own schedule by more than the objective
+    while the server took everything sent (its queue never full: the lag is
+    the sender's own CPU), or the machine was full and the server had less
+    than a core while the harness (receivers and sender) had more than other
+    processes: the harness crowded it out, or read too slowly for it to
+    send.  A capacity whose failing step is the harness's is only a lower
+    bound on the server's.
+    """
+    if step["ok"] or step.get("lost"):
+        return None
+    lag = _float((step.get("sender_lag_ms") or {}).get("p99"))
+    if lag is not None and lag > objective_ms and not step.get("sender_held_back"):
+        return f"the sender fell behind its schedule (p99 {lag:.0f} ms late)"
+    figures = [_float(step.get(k)) for k in ("machine_cores", "server_cores", "harness_cores",
+                                             "foreign_cores")]  # fmt: skip
+    machine, server, harness, others = (v if v is not None else math.nan for v in figures)
+    if None in figures:
+        return None
+    if machine >= FULL_MACHINE * cores and server < SERVER_CORE and harness > others:
+        return (f"{machine:.2f} of {cores} cores busy, the server had {server:.2f}, "
+                f"the harness {harness:.2f}")  # fmt: skip
+    return None
 
 
 def _round3(x: float) -> float:
@@ -176,16 +220,31 @@ def goals(run: dict[str, Any], min_n: int) -> list[dict[str, Any]]:
             ]
             points = [lo for b in bounds if b is not None and (lo := b[0]) == b[1]]
             mark = verdict(bounds, goal.factor)
+            limited = _harness_rounds(run["rounds"], (goal.system, goal.anchor), key)
             out.append(
                 {
                     "goal": f"{goal.system} {what} capacity >= {goal.factor:g}x {goal.anchor}",
                     "verdict": mark,
                     "met": {"MET": True, "MISSED": False}.get(mark or ""),
                     "ratios": [None if b is None else list(b) for b in bounds],
-                    "detail": _spread_text(points, len(bounds), bounds),
+                    "detail": _spread_text(points, len(bounds), bounds) + limited,
                 }
             )
     return out
+
+
+def _harness_rounds(rounds: list[dict[str, Any]], names: tuple[str, ...], key: str) -> str:
+    """Which rounds the harness's limit, not a system's, bounded (for a goal line)."""
+    hits = [
+        (i, name, limit["rate"])
+        for i, r in enumerate(rounds, 1)
+        for name in names
+        if (limit := (r.get(name, {}).get(key) or {}).get("harness_limit"))
+    ]
+    if not hits:
+        return ""
+    which = ", ".join(f"{name} in round {i} at {rate_text(rate)}" for i, name, rate in hits)
+    return f"; the harness's limit was reached ({which}), not the system's: a bound only"
 
 
 def _spread_text(points: list[float], rounds: int,
@@ -305,6 +364,10 @@ def _get(r: dict[str, Any], *keys: str) -> Any:
             return None
         obj = obj.get(k)
     return obj
+
+
+def _float(v: Any) -> float | None:
+    return float(v) if _num(v) else None
 
 
 def _num(v: Any) -> bool:
