@@ -237,17 +237,30 @@ def goals(run: dict[str, Any], min_n: int) -> list[dict[str, Any]]:
 
 
 def _harness_rounds(rounds: list[dict[str, Any]], names: tuple[str, ...], key: str) -> str:
-    """Which rounds the harness's limit, not a system's, bounded (for a goal line)."""
+    """Which rounds the harness, not a system, bounded (for a goal line): its
+    limit reached at a failing step, or both systems past the ladder's top."""
     hits = [
         (i, name, limit["rate"])
         for i, r in enumerate(rounds, 1)
         for name in names
         if (limit := (r.get(name, {}).get(key) or {}).get("harness_limit"))
     ]
-    if not hits:
-        return ""
-    which = ", ".join(f"{name} in round {i} at {rate_text(rate)}" for i, name, rate in hits)
-    return f"; the harness's limit was reached ({which}), not the system's: a bound only"
+    # Both past the ladder's top: the harness offered no more, so the round
+    # compares nothing (the top is set near what the harness can offer).
+    topped = [
+        i for i, r in enumerate(rounds, 1)
+        if all((c := r.get(name, {}).get(key)) and c.get("first_failed") is None
+               and not c.get("reached", True) for name in names)
+    ]  # fmt: skip
+    text = ""
+    if hits:
+        which = ", ".join(f"{name} in round {i} at {rate_text(rate)}" for i, name, rate in hits)
+        text += f"; the harness's limit was reached ({which}), not the system's: a bound only"
+    if topped:
+        text += (f"; both passed the ladder's top in round{'s' if len(topped) > 1 else ''} "
+                 f"{', '.join(map(str, topped))}: the harness offered no more, so the "
+                 "systems are not compared there")  # fmt: skip
+    return text
 
 
 def _spread_text(points: list[float], rounds: int,
@@ -257,11 +270,16 @@ def _spread_text(points: list[float], rounds: int,
         # below its lowest rate (an upper bound), in every round.
         lows = [lo for b in bounds if b is not None and (lo := b[0]) > 0 and b[1] == math.inf]
         highs = [hi for b in bounds if b is not None and b[0] == 0.0 and (hi := b[1]) < math.inf]
+        judged = len(lows) + len(highs)
+        where = "in every round" if judged == rounds else f"in {judged} of {rounds} rounds"
         if lows and not highs:
-            return (f">={min(lows):.2f}x in every round (a capacity past the ladder's"
+            return (f">={min(lows):.2f}x {where} (a capacity past the ladder's"
                     " top: only a bound)")
         if highs and not lows:
-            return f"<={max(highs):.2f}x in every round (only a bound)"
+            return f"<={max(highs):.2f}x {where} (only a bound)"
+        if lows and highs:
+            return (f">={min(lows):.2f}x in {len(lows)}, <={max(highs):.2f}x in {len(highs)} "
+                    f"of {rounds} rounds (only bounds)")
         return "no round measured both capacities"
     med = statistics.median(points)
     text = f"{med:.2f}x"

@@ -359,6 +359,13 @@ def test_a_step_the_harness_could_not_carry_makes_the_capacity_a_lower_bound() -
     # judges nothing against 0.9x; its own 2,200k (at most 0.86x) misses it.
     assert goal(2.4e6)["verdict"] == "UNSURE" and goal(2.2e6)["verdict"] == "MISSED"
     assert "the harness's limit was reached (redis in round 1 at 3620k)" in goal(2.4e6)["detail"]
+    # Both past the ladder's top: nothing compared, and the line says why.
+    topped = {"capacity": 5.12e6, "reached": False, "first_failed": None, "steps": []}
+    both = {"n": 500, "systems": [BACKENDS[0], "redis"],
+            "rounds": [{BACKENDS[0]: {"broadcast_curve": topped},
+                        "redis": {"broadcast_curve": topped}}]}  # fmt: skip
+    [g] = capacity.goals(both, report.GOAL_MIN_N)
+    assert g["verdict"] is None and "both passed the ladder's top in round 1" in g["detail"]
 
 
 def test_help_shows_every_default_and_explains_every_option() -> None:
