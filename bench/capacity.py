@@ -11,8 +11,9 @@ failed (geometric midpoints: the ladder is geometric, and a ratio is what the
 goals compare).  Three bisections of a ladder of doublings bracket the
 capacity within 2^(1/8), about 9 %.  A ladder step that fails on latency
 alone is measured once more before the climb ends.  A ladder whose top rate
-passes gives a lower bound only (``reached`` false); a failing first rate
-bisects downward.
+passes gives a lower bound only (``reached`` false), as does a failing step
+that measured the harness rather than the server (``harness_limit``); a
+failing first rate bisects downward.
 
 Goals compare two systems measured in the same round, so a noisy minute on
 a shared machine hits both sides of the ratio.  A goal is **MET** when every
@@ -352,8 +353,8 @@ def table_lines(
 
 
 def capacity_text(row: dict[str, Any]) -> str:
-    """A summarized capacity as printed: ``61.2k``, ``>=2,560k`` (the ladder's
-    top passed), ``<1,250`` (no rate tried passed)."""
+    """A summarized capacity as printed: ``61.2k``, ``>=5120k`` (the ladder's
+    top passed, or the harness was the limit), ``<1,250`` (no rate tried passed)."""
     if row["capacity"] <= 0 and row["below"]:
         return "<" + rate_text(row["below"])
     return (">=" if not row["reached"] else "") + rate_text(row["capacity"])
