@@ -111,9 +111,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    f"N={OBJECTIVE_N})")  # fmt: skip
     g.add_argument("--dm-objective", type=float, default=20.0,
                    help="direct-message p99 ms a step must keep")  # fmt: skip
-    g.add_argument("--ladder", default="10000,40000,160000,640000,1280000,2560000",
+    g.add_argument("--ladder", default="10000,40000,160000,640000,1280000,2560000,5120000",
                    help="offered broadcast deliveries/s, rising (a step sends "
-                   "deliveries / N broadcasts a second)")  # fmt: skip
+                   "deliveries / N broadcasts a second); a capacity that passes the top, or "
+                   "that stops where the harness was the limit, is only a lower bound")  # fmt: skip
     g.add_argument("--dm-ladder", default="5000,10000,20000,40000,80000,160000,240000",
                    help="offered direct messages/s, rising")  # fmt: skip
     g.add_argument("--bisect", type=int, default=3,

@@ -379,15 +379,22 @@ def _floor_lines(run: dict[str, Any]) -> list[str]:
 
 
 def _search_notes(run: dict[str, Any], name: str) -> list[str]:
-    """Why a search stopped early (clients dropped, server gone), once per reason."""
+    """Why a search stopped early (clients dropped, server gone), once per reason,
+    and where the harness's limit, not the server's, ended it."""
     seen: list[str] = []
-    for r in run["rounds"]:
+    for i, r in enumerate(run["rounds"], 1):
         for key, what in capacity.WORKLOADS:
             for step in dig(r, (name, key, "steps")) or []:
                 if step.get("broken"):
                     text = f"{what} search stopped at {_fmt(step['offered'])}/s: {step['broken']}"
                     if text not in seen:
                         seen.append(text)
+            limit = dig(r, (name, key, "harness_limit"))
+            if limit:
+                seen.append(
+                    f"round {i}: {what} capacity at least {_fmt(dig(r, (name, key, 'capacity')))}"
+                    f"/s; at {_fmt(limit['rate'])}/s the harness was the limit ({limit['why']})"
+                )
     return seen
 
 
@@ -418,6 +425,28 @@ def _sweep_lines(doc: dict[str, Any]) -> list[str]:
 
 
 def _harness_lines(doc: dict[str, Any], run: dict[str, Any]) -> list[str]:
+    return _harness_cost_lines(doc, run) + _harness_limit_lines(run)
+
+
+def _harness_limit_lines(run: dict[str, Any]) -> list[str]:
+    """The lowest rate at which the harness, not a server, failed a step."""
+    limits = [
+        limit["rate"]
+        for r in run["rounds"]
+        for res in r.values()
+        if (limit := dig(res, ("broadcast_curve", "harness_limit")))
+    ]
+    if not limits:
+        return []
+    return _wrap(
+        f"  Harness limit: from {_fmt(min(limits))} broadcast deliveries/s the harness, "
+        "not the server, failed a step (notes below); capacities stopped there are "
+        "lower bounds, and the goal lines say which rounds they bound.",
+        "    ",
+    )
+
+
+def _harness_cost_lines(doc: dict[str, Any], run: dict[str, Any]) -> list[str]:
     worst = run["harness"]["worst_ratio_to_redis"]
     if systems.REDIS not in run["systems"]:
         return _wrap("  Harness check: no Redis in this run, so no floor to compare with.")

@@ -12,13 +12,14 @@ what it got (lost deliveries count as lost, never as slow).
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.capacity import search
+from bench.capacity import harness_limit, search
 from bench.harness import wire
 from bench.harness.driver import NS, Conn, open_loop, probe_login
 from bench.harness.fleet import Fleet
@@ -279,6 +280,12 @@ def broadcast(
         "sender_cpu_per_1k": scpu * per_k,
         # Cores busy with neither this server nor the harness: other people's load.
         "foreign_cores": max(0.0, busy - server_cpu - hcpu) / wall if wall > 0 else math.nan,
+        # Who had the machine's cores during the step: is the harness the limit?
+        "wall_s": wall,
+        "machine_cores": busy / wall if wall > 0 else math.nan,
+        "server_cores": server_cpu / wall if wall > 0 else math.nan,
+        "harness_cores": hcpu / wall if wall > 0 else math.nan,
+        "sender_held_back": log.held_back,
         "sender_lag_ms": {
             "p50": nearest_rank(lags, 50) / 1e6,
             "p99": nearest_rank(lags, 99) / 1e6,
@@ -321,6 +328,7 @@ def _search(
     kernel-stamped p99 within ``objective_ms``.  Sequence numbers run on
     across steps, so a late delivery is never taken for a later step's."""
     first = 0
+    cores = os.cpu_count() or 1
 
     def measure(rate: float) -> dict[str, Any]:
         nonlocal first
@@ -329,6 +337,9 @@ def _search(
         intact = step["lost"] == 0 and step["unsent"] == 0
         step["ok"] = intact and step["kernel_ms"]["p99"] <= objective_ms
         step["retry"] = intact  # a loss is the system's; a slow step may be the machine's
+        why = harness_limit(step, objective_ms, cores)
+        if why:
+            step["harness_limit"] = why
         broken = _broken(sys_, step["dropped"], sender)
         if broken:
             step["broken"] = broken

@@ -194,6 +194,9 @@ class SendLog:
     unsent: int  # scheduled but never handed over (server stopped reading): lost
     lag_ns: array  # lateness of each batch's first message against its intended time
     seconds: float
+    # Wake-ups at which the queue was full: the server was not taking the load.
+    # Lag without any of these is the sender's own (its CPU), not the server's.
+    held_back: int = 0
 
 
 def open_loop(
@@ -216,6 +219,7 @@ def open_loop(
     lag = array("q")
     ends = array("q")  # conn.queued after each message: where it ends in the stream
     i = 0
+    held_back = 0
     next_tick = 0
     # Keep the socket buffer, not our queue, as the place where backlog waits:
     # formatting far ahead of what the server takes would only burn harness CPU.
@@ -236,7 +240,11 @@ def open_loop(
         if tick is not None and now >= next_tick:
             tick(i)
             next_tick = now + NS // 10
-        wake = start + int(i * period) if len(conn.out) < max_queue else now + 5_000_000
+        if len(conn.out) < max_queue:
+            wake = start + int(i * period)
+        else:
+            held_back += 1
+            wake = now + 5_000_000
         conn.idle(min(wake, hard_stop))
     if tick is not None:
         tick(i)
@@ -246,7 +254,7 @@ def open_loop(
     # frames hide the payloads.
     queued = len(ends) - bisect.bisect_right(ends, conn.queued - len(conn.out))
     seconds = (time.monotonic_ns() - start) / NS
-    return SendLog(first_seq, i - queued, count - i + queued, lag, seconds)
+    return SendLog(first_seq, i - queued, count - i + queued, lag, seconds, held_back)
 
 
 def probe_login(

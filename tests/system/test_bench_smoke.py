@@ -173,7 +173,12 @@ def _check_search(found: dict[str, Any], config: dict[str, Any], key: str) -> No
                            and s["kernel_ms"]["p99"] <= objective), s  # fmt: skip
     passed = [s["offered"] for s in steps if s["ok"]]
     assert found["capacity"] == max(passed, default=0.0)
-    assert found["reached"] == (not all(s["ok"] for s in steps))
+    # Reached: some rate failed, and the step that decided the lowest failing
+    # rate measured the server, not the harness (bench.capacity.harness_limit).
+    failed = [s for s in tries if s["offered"] == found["first_failed"]]
+    harness = bool(failed and failed[-1].get("harness_limit"))
+    assert found["reached"] == (not all(s["ok"] for s in steps) and not harness)
+    assert bool(found.get("harness_limit")) == harness
     assert len(steps) <= len(ladder) + int(config["bisections"])
 
 
@@ -304,6 +309,63 @@ def test_a_goal_is_met_missed_or_unsure_by_what_each_round_says() -> None:
     assert capacity.verdict([capacity.round_ratio(curve(160e3, False), curve(80e3))], 0.9) == "MET"
     assert capacity.verdict([bound], 0.9) == "MISSED"
     assert capacity.verdict([bound], 0.1) == "UNSURE"
+
+
+def test_a_step_the_harness_could_not_carry_makes_the_capacity_a_lower_bound() -> None:
+    """Where the harness, not the server, failed a step (the sender late on its own
+    schedule, or the harness leaving the server less than a core of a full
+    machine), the capacity is only a bound and the goal line says whose limit it was."""
+    from bench import capacity, report
+
+    def step(**fields: object) -> dict[str, object]:
+        base = {"ok": False, "lost": 0, "sender_lag_ms": {"p99": 1.0}, "sender_held_back": 0,
+                "machine_cores": 1.9, "server_cores": 1.0, "harness_cores": 0.85,
+                "foreign_cores": 0.05}  # fmt: skip
+        return base | fields
+
+    limit = capacity.harness_limit
+    assert limit(step(), 20.0, 2) is None  # the server had its core: its own limit
+    crowded = step(server_cores=0.7, harness_cores=1.15)
+    assert limit(crowded, 20.0, 2) == (
+        "1.90 of 2 cores busy: the server had 0.70, the harness 1.15, other processes 0.05")
+    assert limit(crowded | {"machine_cores": 1.5}, 20.0, 2) is None  # cores to spare
+    # Other people's load may be what crowded the server out: not the harness's doing.
+    assert limit(crowded | {"foreign_cores": 0.5, "harness_cores": 0.7}, 20.0, 2) is None
+    assert limit(crowded | {"lost": 3}, 20.0, 2) is None  # a loss is the server's
+    assert limit(crowded | {"ok": True}, 20.0, 2) is None
+    assert "sender fell behind" in str(limit(step(sender_lag_ms={"p99": 45.0}), 20.0, 2))
+    # Late because the server stopped taking what was sent: the server's limit.
+    assert limit(step(sender_lag_ms={"p99": 45.0}, sender_held_back=3), 20.0, 2) is None
+
+    def measure(rate: float) -> dict[str, object]:
+        return {"ok": rate < 3e6, "harness_limit": "the harness" if rate >= 3e6 else None}
+
+    found = capacity.search(measure, [1.28e6, 2.56e6, 5.12e6], bisections=1)
+    assert found["capacity"] == 2.56e6 and not found["reached"]
+    assert found["harness_limit"] == {"rate": 3.62e6, "why": "the harness"}
+
+    def curve(cap: float, limited: bool) -> dict[str, object]:
+        harness = {"rate": 3.62e6, "why": "the harness"} if limited else None
+        return {"capacity": cap, "reached": not limited, "harness_limit": harness, "steps": []}
+
+    def goal(select: float) -> dict[str, object]:
+        rounds = [{BACKENDS[0]: {"broadcast_curve": curve(select, False)},
+                   "redis": {"broadcast_curve": curve(2.56e6, True)}}]  # fmt: skip
+        [g] = capacity.goals({"n": 500, "systems": [BACKENDS[0], "redis"], "rounds": rounds},
+                             report.GOAL_MIN_N)  # fmt: skip
+        return g
+
+    # Redis carried at least 2,560k: select's own 2,400k is at most 0.94x, which
+    # judges nothing against 0.9x; its own 2,200k (at most 0.86x) misses it.
+    assert goal(2.4e6)["verdict"] == "UNSURE" and goal(2.2e6)["verdict"] == "MISSED"
+    assert "the harness's limit was reached (redis in round 1 at 3620k)" in goal(2.4e6)["detail"]
+    # Both past the ladder's top: nothing compared, and the line says why.
+    topped = {"capacity": 5.12e6, "reached": False, "first_failed": None, "steps": []}
+    both = {"n": 500, "systems": [BACKENDS[0], "redis"],
+            "rounds": [{BACKENDS[0]: {"broadcast_curve": topped},
+                        "redis": {"broadcast_curve": topped}}]}  # fmt: skip
+    [g] = capacity.goals(both, report.GOAL_MIN_N)
+    assert g["verdict"] is None and "both passed the ladder's top in round 1" in g["detail"]
 
 
 def test_help_shows_every_default_and_explains_every_option() -> None:
