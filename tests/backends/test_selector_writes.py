@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import socket
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -31,7 +32,7 @@ from reactor.backends.selector import (
 from reactor.connection import Connection
 from reactor.flow import FloodLimits
 from reactor.web.http import Site
-from tests.support import TEST_CONFIG, Clients, running_server, wait_until
+from tests.support import DEFAULT_TIMEOUT, TEST_CONFIG, Clients, running_server, wait_until
 
 LINE = b"<Broadcast from Alice: %s>\n" % (b"x" * 8000)  # more than a little room
 NO_FLOOD = FloodLimits(enabled=False)
@@ -368,9 +369,10 @@ def test_send_now_asks_for_room_after_other_output(server: SelectorServer, other
     assert len(checks) == 2
 
 
-def direct_messages(fast: bool, monkeypatch: pytest.MonkeyPatch) -> tuple[object, ...]:
+def direct_messages(backend: str, fast: bool,
+                    monkeypatch: pytest.MonkeyPatch) -> tuple[object, ...]:
     """Alice writes direct messages to Bob and Carol (several to each in
-    one write, one to herself, one to nobody) to a running select server:
+    one write, one to herself, one to nobody) to a running server:
     what each reads and what the server counted, with the hand-over's fast
     path (Connection.hand_over_at_once) or without it."""
     taken_at_once: list[int] = []
@@ -382,7 +384,7 @@ def direct_messages(fast: bool, monkeypatch: pytest.MonkeyPatch) -> tuple[object
         return offered
 
     monkeypatch.setattr(Connection, "hand_over_at_once", hand_over_at_once)
-    with running_server("select", flood=NO_FLOOD) as server, Clients(server.port) as clients:
+    with running_server(backend, flood=NO_FLOOD) as server, Clients(server.port) as clients:
         alice, bob, carol = (clients.login(name)
                              for name in ("Alice", "Bob", "Carol"))
         wait_until(lambda: len(server.chat.whiteboard) == 3, message="all online")
@@ -392,16 +394,30 @@ def direct_messages(fast: bool, monkeypatch: pytest.MonkeyPatch) -> tuple[object
         alice_read = alice.read_until(lambda line: line == "<To Bob> last")
         bob_read = bob.read_until(lambda line: line == '<Message from Alice: "last">')
         carol_read = carol.read_until(lambda line: line == '<Message from Alice: "m19 to Carol">')
-        stats = server.chat.stats
-        counted = (stats.delivered_direct, stats.not_delivered, stats.received_direct,
-                   sum(stats.direct_handoff.counts), stats.bytes_out)
+        # Counted on the server's side of its turn: a reply the client has
+        # read may not be counted yet (the threads backend counts it after
+        # the kernel took it, on the sender's reader thread).
+        counts: list[tuple[object, ...]] = []
+        taken = threading.Event()
+
+        def count() -> None:
+            stats = server.chat.stats
+            counts.append((stats.delivered_direct, stats.not_delivered, stats.received_direct,
+                           sum(stats.direct_handoff.counts), stats.bytes_out))
+            taken.set()
+
+        server.call_soon_threadsafe(count)
+        assert taken.wait(DEFAULT_TIMEOUT), "the server did not count"
     assert any(taken_at_once) == fast  # the path under test ran
-    return alice_read, bob_read, carol_read, counted
+    return alice_read, bob_read, carol_read, counts[0]
 
 
-def test_hand_over_fast_path_matches_the_general_path(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("backend", ["select", "threads"])  # the backends with send_now
+def test_hand_over_fast_path_matches_the_general_path(
+        backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """A direct message the recipient's kernel takes at once is answered
     without the hand-over's callback (Connection.hand_over_at_once): every
     client reads what it reads through the general path (Connection.deliver),
     in the same order, and the server counts the same."""
-    assert direct_messages(True, monkeypatch) == direct_messages(False, monkeypatch)
+    assert (direct_messages(backend, True, monkeypatch)
+            == direct_messages(backend, False, monkeypatch))
