@@ -52,10 +52,10 @@ from reactor.sockets import (
     ACCEPT_RETRY_DELAY,
     RESOURCE_ERRNOS,
     TRANSIENT_ACCEPT_ERRNOS,
+    KernelRoom,
     configure_client,
     discard_input,
     peer_host,
-    room_after_writable,
     send_cost,
 )
 from reactor.timers import Timer, TimerThread
@@ -151,7 +151,7 @@ class FairLock:
             self.release()
 
 
-class ThreadTransport(Transport):
+class ThreadTransport(KernelRoom, Transport):
     def __init__(self, sock: socket.socket, host: str, server: ThreadsServer) -> None:
         super().__init__(host)
         self.sock = sock
@@ -170,9 +170,11 @@ class ThreadTransport(Transport):
         # Set while the reader may read; cleared by pause_reading.
         self._may_read = threading.Event()
         self._may_read.set()
-        self._room: select.poll | None = None  # see _has_room
-        # What send_now may still send without asking the kernel for room
+        # The writability poll (KernelRoom._has_room: under the send lock, as
+        # _may_offer, or by send_now while the writer thread is idle), and
+        # what send_now may still send without asking the kernel for room
         # (reactor.sockets.room_after_writable); every other send ends it.
+        self._room: select.poll | None = None
         self._room_left = 0
         self._room_after_writable = -1  # not asked yet
         # A withdraw emptied the queue: the writer waits for the client to
@@ -263,13 +265,8 @@ class ThreadTransport(Transport):
             return 0  # the joined lines go first: write() queues them
         cost = send_cost(len(data))
         left = self._room_left - cost
-        if left < 0:
-            if not self._has_room():
-                return 0
-            room = self._room_after_writable
-            if room < 0:
-                room = self._room_after_writable = room_after_writable(self.sock)
-            left = room - cost
+        if left < 0 and (left := self._room_asked(cost)) < 0:
+            return 0
         self._room_left = left
         try:
             sent = self.sock.send(data, socket.MSG_DONTWAIT)
@@ -390,16 +387,6 @@ class ThreadTransport(Transport):
                 return due, "cannot start a writer thread"
             self._changed.notify_all()
         return due, None
-
-    def _has_room(self) -> bool:
-        """The socket is writable now (see Transport._may_offer); called,
-        as _may_offer, under the send lock, or by send_now while the writer
-        thread is idle."""
-        room = self._room
-        if room is None:
-            room = self._room = select.poll()
-            room.register(self.sock.fileno(), select.POLLOUT)
-        return bool(room.poll(0))
 
     def _end_output_locked(self) -> None:
         """Closing and nothing more owed: queue TLS's close_notify, or once

@@ -12,9 +12,8 @@ general path: test_selector_writes.py's hand-over test, on both backends.
 
 from __future__ import annotations
 
-import itertools
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -22,7 +21,12 @@ import pytest
 from reactor.app import build_chat
 from reactor.backends.threads import ThreadsServer, ThreadTransport
 from reactor.connection import Connection
-from tests.support import TEST_CONFIG
+from tests.support import (
+    TEST_CONFIG,
+    check_send_now_whole_or_none,
+    count_room_checks,
+    loopback_tcp,
+)
 
 LINE = b"<Broadcast from Alice: %s>\n" % (b"x" * 8000)  # more than a little room
 MESSAGE = b"<Message from Alice: hi>\n"
@@ -68,46 +72,12 @@ class Peer:
 
 def connect_tcp(server: ThreadsServer, sndbuf: int) -> Peer:
     """A client over loopback TCP whose server-side send buffer is
-    ``sndbuf`` (doubled by Linux); the server's socket blocks, as the
-    backend's reader and writer threads want it."""
-    with socket.create_server(("127.0.0.1", 0)) as listener:
-        theirs = socket.create_connection(listener.getsockname())
-        ours, _ = listener.accept()
-    theirs.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)  # fills soon
+    ``sndbuf``; the server's socket blocks, as the backend's reader and
+    writer threads want it."""
+    ours, theirs = loopback_tcp(sndbuf)
     theirs.settimeout(10)
-    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
-    ours.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     transport = ThreadTransport(ours, "127.0.0.1", server)
     return Peer(server.chat.connection_made(transport), theirs)
-
-
-def count_room_checks(transport: ThreadTransport) -> list[bool]:
-    """The answers of the transport's writability polls, from now on."""
-    checks: list[bool] = []
-    has_room = transport._has_room
-
-    def counted() -> bool:
-        checks.append(has_room())
-        return checks[-1]
-
-    transport._has_room = counted  # type: ignore[method-assign]
-    return checks
-
-
-def send_now_until_refused(server: ThreadsServer, peer: Peer, sizes: list[int]) -> bytes:
-    """send_now of one direct message per turn of the chat lock, as deliver
-    offers it, to a peer that does not read, until one is refused; what the
-    kernel took."""
-    taken = bytearray()
-    for number, size in enumerate(itertools.islice(itertools.cycle(sizes), 100_000)):
-        message = b"<Message from Alice: %d %s>\n" % (number, b"m" * size)
-        with server.lock:
-            sent = peer.transport.send_now(message)
-        assert sent in (0, len(message)), f"message {number} was half sent ({sent} bytes)"
-        if not sent:
-            return bytes(taken)
-        taken += message
-    raise AssertionError("the peer's kernel took everything")
 
 
 @pytest.mark.parametrize("sndbuf", [16 * 1024, 256 * 1024])
@@ -115,26 +85,18 @@ def send_now_until_refused(server: ThreadsServer, peer: Peer, sizes: list[int]) 
                          ids=["small", "large", "mixed"])
 def test_send_now_without_asking_for_room_sends_whole_messages(
         server: ThreadsServer, sndbuf: int, sizes: list[int]) -> None:
-    """To a peer who stops reading, send_now hands the kernel each direct
-    message whole or not at all, as when it asks for room every time, and
-    the peer reads exactly what it took -- with fewer polls."""
-    results = []
-    for asks_every_time in (False, True):
+    """As on select (check_send_now_whole_or_none), one message a turn of
+    the chat lock."""
+    def connect() -> tuple[ThreadTransport, Callable[[bytes], int], socket.socket]:
         peer = connect_tcp(server, sndbuf)
-        if asks_every_time:
-            peer.transport._room_after_writable = 0  # no room known: a poll each
-        checks = count_room_checks(peer.transport)
-        taken = send_now_until_refused(server, peer, sizes)
-        assert checks[-1] is False  # refused because the kernel had no room
-        assert peer.read(len(taken)) == taken  # whole lines, in order
-        peer.sock.setblocking(False)
-        with pytest.raises(BlockingIOError):
-            peer.sock.recv(1)  # and nothing else
-        results.append((taken.count(b"\n"), len(checks)))
-    (sent_fast, polls_fast), (sent_general, polls_general) = results
-    assert polls_general == sent_general + 1 and polls_fast <= polls_general
-    if sizes == [20] and sndbuf > 64 * 1024:
-        assert polls_fast < sent_fast / 10
+
+        def send_now(message: bytes) -> int:
+            with server.lock:
+                return peer.transport.send_now(message)
+
+        return peer.transport, send_now, peer.sock
+
+    check_send_now_whole_or_none(connect, sndbuf, sizes)
 
 
 @pytest.mark.parametrize("other", ["a reply sent at once", "a fan-out sent at the turn's end",
