@@ -22,6 +22,7 @@ from reactor.app import build_chat
 from reactor.backends.threads import ThreadsServer, ThreadTransport
 from reactor.connection import Connection
 from tests.support import (
+    DEFAULT_TIMEOUT,
     TEST_CONFIG,
     check_send_now_whole_or_none,
     count_room_checks,
@@ -75,7 +76,7 @@ def connect_tcp(server: ThreadsServer, sndbuf: int) -> Peer:
     ``sndbuf``; the server's socket blocks, as the backend's reader and
     writer threads want it."""
     ours, theirs = loopback_tcp(sndbuf)
-    theirs.settimeout(10)
+    theirs.settimeout(DEFAULT_TIMEOUT)
     transport = ThreadTransport(ours, "127.0.0.1", server)
     return Peer(server.chat.connection_made(transport), theirs)
 
