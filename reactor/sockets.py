@@ -6,6 +6,7 @@ import errno
 import logging
 import os
 import resource
+import select
 import socket
 import sys
 
@@ -181,6 +182,36 @@ def room_after_writable(sock: socket.socket) -> int:
     if not lowat:  # unset on the socket: the system's default
         lowat = _system_notsent_lowat()
     return max(0, min(sndbuf // 3, lowat // 2))
+
+
+class KernelRoom:
+    """A transport's questions about its socket's send buffer (the select
+    and threads backends' plain TCP): is there room now, and, for
+    ``send_now``, how much a writable answer leaves for a send."""
+
+    sock: socket.socket
+    _room: select.poll | None  # the socket's writability poll, made when first asked
+    _room_after_writable: int  # room_after_writable(sock), -1 until asked
+
+    def _has_room(self) -> bool:
+        """The socket is writable now (see Transport._may_offer)."""
+        room = self._room
+        if room is None:
+            room = self._room = select.poll()
+            room.register(self.sock.fileno(), select.POLLOUT)
+        return bool(room.poll(0))
+
+    def _room_asked(self, cost: int) -> int:
+        """send_now's question once the room it knew of is used up: -1 if
+        the socket is not writable now, else what sends may still add, with
+        the kernel surely taking each whole, after one of ``cost`` (0 if
+        none: the next send asks again)."""
+        if not self._has_room():
+            return -1
+        room = self._room_after_writable
+        if room < 0:
+            room = self._room_after_writable = room_after_writable(self.sock)
+        return max(room - cost, 0)
 
 
 _LINUX = sys.platform.startswith("linux")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import itertools
 import os
 import re
 import socket
@@ -26,6 +27,7 @@ from protocol.events import (
 from reactor import ServerConfig, make_server
 from reactor.backends import server_class
 from reactor.backends.base import Server
+from reactor.sockets import KernelRoom
 
 DEFAULT_TIMEOUT = 10.0
 TEST_CONFIG = ServerConfig(host="127.0.0.1", port=0, keepalive_idle=0)
@@ -294,3 +296,82 @@ def send_a_burst_and_check_it(sender: LineClient, readers: dict[str, LineClient]
     for client in (sender, *readers.values()):
         client.send("users")
         assert client.read_line().startswith("<Online users: ")
+
+
+# -- direct messages sent at once (the select and threads backends' send_now) ---
+
+
+def loopback_tcp(sndbuf: int) -> tuple[socket.socket, socket.socket]:
+    """A connected loopback TCP pair, the server's end and the client's
+    (the kernel rule send_now counts on is TCP's): the server's with a send
+    buffer of ``sndbuf`` (doubled by Linux) and no Nagle delay, the
+    client's with a receive buffer that fills soon."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        theirs = socket.create_connection(listener.getsockname())
+        ours, _ = listener.accept()
+    theirs.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
+    ours.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return ours, theirs
+
+
+def count_room_checks(transport: KernelRoom) -> list[bool]:
+    """The answers of the transport's writability polls, from now on."""
+    checks: list[bool] = []
+    has_room = transport._has_room
+
+    def counted() -> bool:
+        checks.append(has_room())
+        return checks[-1]
+
+    transport._has_room = counted  # type: ignore[method-assign]
+    return checks
+
+
+def _send_now_until_refused(send_now: Callable[[bytes], int], sizes: list[int]) -> bytes:
+    """``send_now`` of one direct message at a time (of the ``sizes`` in
+    turn), as deliver offers them, to a peer that does not read, until one
+    is refused; what the kernel took.  Fails on a message half sent."""
+    taken = bytearray()
+    for number, size in enumerate(itertools.islice(itertools.cycle(sizes), 100_000)):
+        message = b"<Message from Alice: %d %s>\n" % (number, b"m" * size)
+        sent = send_now(message)
+        assert sent in (0, len(message)), f"message {number} was half sent ({sent} bytes)"
+        if not sent:
+            return bytes(taken)
+        taken += message
+    raise AssertionError("the peer's kernel took everything")
+
+
+def check_send_now_whole_or_none(
+        connect: Callable[[], tuple[KernelRoom, Callable[[bytes], int], socket.socket]],
+        sndbuf: int, sizes: list[int]) -> None:
+    """send_now asks the kernel for room only when what it sent since the
+    last writable answer could have used it up (reactor.sockets'
+    room_after_writable): to a peer who stops reading it still hands the
+    kernel each direct message whole or not at all, as when it asks every
+    time, and the peer reads exactly what it took -- with fewer polls.
+
+    ``connect`` gives a new connection over :func:`loopback_tcp` with a send
+    buffer of ``sndbuf``: its transport, its send_now as deliver calls it
+    (one message a turn), and the client's socket."""
+    results = []
+    for asks_every_time in (False, True):
+        transport, send_now, client = connect()
+        if asks_every_time:
+            transport._room_after_writable = 0  # the general path: no room known
+        checks = count_room_checks(transport)
+        taken = _send_now_until_refused(send_now, sizes)
+        assert checks[-1] is False  # refused because the kernel had no room
+        client.settimeout(DEFAULT_TIMEOUT)
+        received = b""
+        while len(received) < len(taken):
+            chunk = client.recv(1 << 20)
+            assert chunk, "the server closed the connection"
+            received += chunk
+        assert received == taken  # whole lines, in order, nothing else
+        results.append((taken.count(b"\n"), len(checks)))
+    (sent_fast, polls_fast), (sent_general, polls_general) = results
+    assert polls_general == sent_general + 1 and polls_fast <= polls_general
+    if sizes == [20] and sndbuf > 64 * 1024:
+        assert polls_fast < sent_fast / 10

@@ -51,10 +51,10 @@ from reactor.sockets import (
     ACCEPT_RETRY_DELAY,
     RESOURCE_ERRNOS,
     TRANSIENT_ACCEPT_ERRNOS,
+    KernelRoom,
     configure_client,
     discard_input,
     peer_host,
-    room_after_writable,
     send_cost,
 )
 from reactor.timers import Timer, Timers
@@ -174,7 +174,7 @@ else:
     _Poller = _SelectorsPoller
 
 
-class SelectorTransport(Transport):
+class SelectorTransport(KernelRoom, Transport):
     def __init__(self, sock: socket.socket, host: str, server: SelectorServer) -> None:
         super().__init__(host)
         self.sock = sock
@@ -279,13 +279,8 @@ class SelectorTransport(Transport):
         # socket last polled writable, less what this sent since), or asked.
         cost = send_cost(len(data))
         left = (self._room_left if unchanged else 0) - cost
-        if left < 0:
-            if not self._has_room():
-                return 0
-            room = self._room_after_writable
-            if room < 0:
-                room = self._room_after_writable = room_after_writable(self.sock)
-            left = room - cost
+        if left < 0 and (left := self._room_asked(cost)) < 0:
+            return 0
         self._room_left = left
         self._room_turn = turn
         try:  # _send, written out
@@ -398,14 +393,6 @@ class SelectorTransport(Transport):
         except OSError as error:
             self._connection_error(error)
             return None
-
-    def _has_room(self) -> bool:
-        """The socket is writable now (see Transport._may_offer)."""
-        room = self._room
-        if room is None:
-            room = self._room = select.poll()
-            room.register(self.sock.fileno(), select.POLLOUT)
-        return bool(room.poll(0))
 
     def _may_send_now(self, handed_over: bool) -> bool:
         """The turn's first output may be sent at once: a short pass, nothing

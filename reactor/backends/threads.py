@@ -52,9 +52,11 @@ from reactor.sockets import (
     ACCEPT_RETRY_DELAY,
     RESOURCE_ERRNOS,
     TRANSIENT_ACCEPT_ERRNOS,
+    KernelRoom,
     configure_client,
     discard_input,
     peer_host,
+    send_cost,
 )
 from reactor.timers import Timer, TimerThread
 from reactor.tls import TLSFailure, log_failure
@@ -149,7 +151,7 @@ class FairLock:
             self.release()
 
 
-class ThreadTransport(Transport):
+class ThreadTransport(KernelRoom, Transport):
     def __init__(self, sock: socket.socket, host: str, server: ThreadsServer) -> None:
         super().__init__(host)
         self.sock = sock
@@ -168,7 +170,13 @@ class ThreadTransport(Transport):
         # Set while the reader may read; cleared by pause_reading.
         self._may_read = threading.Event()
         self._may_read.set()
-        self._room: select.poll | None = None  # see _has_room
+        # The writability poll (KernelRoom._has_room: under the send lock, as
+        # _may_offer, or by send_now while the writer thread is idle), and
+        # what send_now may still send without asking the kernel for room
+        # (reactor.sockets.room_after_writable); every other send ends it.
+        self._room: select.poll | None = None
+        self._room_left = 0
+        self._room_after_writable = -1  # not asked yet
         # A withdraw emptied the queue: the writer waits for the client to
         # read (_await_read_after_withdraw) rather than for more output.
         self._drain_watch = False
@@ -200,6 +208,7 @@ class ThreadTransport(Transport):
             else:
                 sent = 0
                 if not self.output and (on_handoff is None or self._has_room()):
+                    self._room_left = 0  # (see send_now)
                     try:
                         sent = self.sock.send(data, socket.MSG_DONTWAIT)
                     except (BlockingIOError, InterruptedError):
@@ -230,6 +239,46 @@ class ThreadTransport(Transport):
         if self.connection is not None and failure != "closed":
             self.connection.abort(failure)
         return None
+
+    def send_now(self, data: bytes) -> int:
+        """write()'s at-once branch for a direct message, without a handoff:
+        the kernel takes it whole or it is not sent (plain TCP; TLS and web
+        connections go through write).  Runs under the chat lock.
+
+        Only when nothing is owed to the connection before it: nothing
+        queued, so its writer thread is idle (it sends only what is queued,
+        and everything is queued under the chat lock), nothing waiting for
+        the end of the pass, no joined lines for it, not closing (the socket
+        is closed only after that, so it stays open meanwhile).  What this
+        does not send, write() queues behind what was.  While others wait
+        for the lock, a direct message goes at once in write() too: the
+        pass batches no line to this connection that could go after it.
+
+        The room it needs is asked for (_has_room, a poll) only once what it
+        sent since the socket last polled writable may have used up what the
+        kernel then surely had (reactor.sockets.room_after_writable); every
+        other send to the socket ends that room first."""
+        if self.tls is not None or self._in_pending or self._closing or self.output.size:
+            return 0
+        joined = self.server.joined
+        if joined is not None and self.connection in joined:
+            return 0  # the joined lines go first: write() queues them
+        cost = send_cost(len(data))
+        left = self._room_left - cost
+        if left < 0 and (left := self._room_asked(cost)) < 0:
+            return 0
+        self._room_left = left
+        try:
+            sent = self.sock.send(data, socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError as error:
+            if self.connection is not None:
+                self.connection.abort(f"connection error: {error.strerror or error}")
+            return -1
+        if sent < len(data):
+            self._room_left = 0  # short of memory: the kernel's promise did not hold
+        return sent
 
     def _queue(self, data: bytes, on_handoff: Handoff | None) -> Entry | None:
         """Queue ``data`` for the end of the pass."""
@@ -311,6 +360,7 @@ class ThreadTransport(Transport):
         thread for the rest.  Returns the handoffs due and a failure, if any."""
         due: list[Handoff] = []
         wire = self.wire
+        self._room_left = 0  # (see send_now)
         while wire and self._may_offer():
             try:
                 buffers = wire.buffers()
@@ -337,15 +387,6 @@ class ThreadTransport(Transport):
                 return due, "cannot start a writer thread"
             self._changed.notify_all()
         return due, None
-
-    def _has_room(self) -> bool:
-        """The socket is writable now (see Transport._may_offer); called,
-        as _may_offer, under the send lock."""
-        room = self._room
-        if room is None:
-            room = self._room = select.poll()
-            room.register(self.sock.fileno(), select.POLLOUT)
-        return bool(room.poll(0))
 
     def _end_output_locked(self) -> None:
         """Closing and nothing more owed: queue TLS's close_notify, or once
@@ -506,6 +547,7 @@ class ThreadTransport(Transport):
                 had_output = bool(self.output)
                 sent = 0
                 if self.wire and self._may_offer():  # else: wait for room, below
+                    self._room_left = 0  # (see send_now)
                     try:
                         sent = self.sock.sendmsg(self.wire.buffers(), [], socket.MSG_DONTWAIT)
                     except (BlockingIOError, InterruptedError):

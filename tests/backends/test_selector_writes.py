@@ -14,8 +14,8 @@ path hands the line's frame.  TLS recipients: test_selector_tls_writes.py.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import socket
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -31,7 +31,16 @@ from reactor.backends.selector import (
 from reactor.connection import Connection
 from reactor.flow import FloodLimits
 from reactor.web.http import Site
-from tests.support import TEST_CONFIG, Clients, running_server, wait_until
+from tests.support import (
+    DEFAULT_TIMEOUT,
+    TEST_CONFIG,
+    Clients,
+    check_send_now_whole_or_none,
+    count_room_checks,
+    loopback_tcp,
+    running_server,
+    wait_until,
+)
 
 LINE = b"<Broadcast from Alice: %s>\n" % (b"x" * 8000)  # more than a little room
 NO_FLOOD = FloodLimits(enabled=False)
@@ -271,48 +280,13 @@ def test_send_now_matches_write(server: SelectorServer) -> None:
 
 
 def connect_tcp(server: SelectorServer, sndbuf: int) -> Peer:
-    """A client over loopback TCP (the kernel rule send_now counts on is
-    TCP's), whose server-side send buffer is ``sndbuf`` (doubled by Linux)."""
-    with socket.create_server(("127.0.0.1", 0)) as listener:
-        theirs = socket.create_connection(listener.getsockname())
-        ours, _ = listener.accept()
-    theirs.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)  # fills soon
-    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
-    ours.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    """A client over loopback TCP whose server-side send buffer is ``sndbuf``."""
+    ours, theirs = loopback_tcp(sndbuf)
     ours.setblocking(False)
     theirs.setblocking(False)
     transport = SelectorTransport(ours, "127.0.0.1", server)
     server.selector.register(ours, 1, transport)
     return Peer(server.chat.connection_made(transport), theirs)
-
-
-def count_room_checks(transport: SelectorTransport) -> list[bool]:
-    """The answers of the transport's writability polls, from now on."""
-    checks: list[bool] = []
-    has_room = transport._has_room
-
-    def counted() -> bool:
-        checks.append(has_room())
-        return checks[-1]
-
-    transport._has_room = counted  # type: ignore[method-assign]
-    return checks
-
-
-def send_now_until_refused(server: SelectorServer, peer: Peer, sizes: list[int]) -> bytes:
-    """send_now of one direct message per turn, as deliver offers it, to a
-    peer that does not read, until one is refused; what the kernel took."""
-    taken = bytearray()
-    for turn, size in enumerate(itertools.islice(itertools.cycle(sizes), 100_000)):
-        server.turn += 1
-        server.write_through = True
-        message = b"<Message from Alice: %d %s>\n" % (turn, b"m" * size)
-        sent = peer.transport.send_now(message)
-        assert sent in (0, len(message)), f"message {turn} was half sent ({sent} bytes)"
-        if not sent:
-            return bytes(taken)
-        taken += message
-    raise AssertionError("the peer's kernel took everything")
 
 
 @pytest.mark.parametrize("sndbuf", [16 * 1024, 256 * 1024])
@@ -325,24 +299,17 @@ def test_send_now_without_asking_for_room_sends_whole_messages(
     room_after_writable): to a peer who stops reading it still hands the
     kernel each direct message whole or not at all, as when it asks every
     time, and the peer reads exactly what it took -- with fewer polls."""
-    results = []
-    for asks_every_time in (False, True):
+    def connect() -> tuple[SelectorTransport, Callable[[bytes], int], socket.socket]:
         peer = connect_tcp(server, sndbuf)
-        if asks_every_time:
-            peer.transport._room_after_writable = 0  # the general path: no room known
-        checks = count_room_checks(peer.transport)
-        taken = send_now_until_refused(server, peer, sizes)
-        assert checks[-1] is False  # refused because the kernel had no room
-        peer.sock.setblocking(True)
-        received = b""
-        while len(received) < len(taken):
-            received += peer.sock.recv(1 << 20)
-        assert received == taken  # whole lines, in order, nothing else
-        results.append((taken.count(b"\n"), len(checks)))
-    (sent_fast, polls_fast), (sent_general, polls_general) = results
-    assert polls_general == sent_general + 1 and polls_fast <= polls_general
-    if sizes == [20] and sndbuf > 64 * 1024:
-        assert polls_fast < sent_fast / 10
+
+        def send_now(message: bytes) -> int:  # one a turn
+            server.turn += 1
+            server.write_through = True
+            return peer.transport.send_now(message)
+
+        return peer.transport, send_now, peer.sock
+
+    check_send_now_whole_or_none(connect, sndbuf, sizes)
 
 
 @pytest.mark.parametrize("other", ["a reply queued after it", "a fan-out's line sent at once"])
@@ -368,9 +335,10 @@ def test_send_now_asks_for_room_after_other_output(server: SelectorServer, other
     assert len(checks) == 2
 
 
-def direct_messages(fast: bool, monkeypatch: pytest.MonkeyPatch) -> tuple[object, ...]:
+def direct_messages(backend: str, fast: bool,
+                    monkeypatch: pytest.MonkeyPatch) -> tuple[object, ...]:
     """Alice writes direct messages to Bob and Carol (several to each in
-    one write, one to herself, one to nobody) to a running select server:
+    one write, one to herself, one to nobody) to a running server:
     what each reads and what the server counted, with the hand-over's fast
     path (Connection.hand_over_at_once) or without it."""
     taken_at_once: list[int] = []
@@ -382,7 +350,7 @@ def direct_messages(fast: bool, monkeypatch: pytest.MonkeyPatch) -> tuple[object
         return offered
 
     monkeypatch.setattr(Connection, "hand_over_at_once", hand_over_at_once)
-    with running_server("select", flood=NO_FLOOD) as server, Clients(server.port) as clients:
+    with running_server(backend, flood=NO_FLOOD) as server, Clients(server.port) as clients:
         alice, bob, carol = (clients.login(name)
                              for name in ("Alice", "Bob", "Carol"))
         wait_until(lambda: len(server.chat.whiteboard) == 3, message="all online")
@@ -392,16 +360,30 @@ def direct_messages(fast: bool, monkeypatch: pytest.MonkeyPatch) -> tuple[object
         alice_read = alice.read_until(lambda line: line == "<To Bob> last")
         bob_read = bob.read_until(lambda line: line == '<Message from Alice: "last">')
         carol_read = carol.read_until(lambda line: line == '<Message from Alice: "m19 to Carol">')
-        stats = server.chat.stats
-        counted = (stats.delivered_direct, stats.not_delivered, stats.received_direct,
-                   sum(stats.direct_handoff.counts), stats.bytes_out)
+        # Counted on the server's side of its turn: a reply the client has
+        # read may not be counted yet (the threads backend counts it after
+        # the kernel took it, on the sender's reader thread).
+        counts: list[tuple[object, ...]] = []
+        taken = threading.Event()
+
+        def count() -> None:
+            stats = server.chat.stats
+            counts.append((stats.delivered_direct, stats.not_delivered, stats.received_direct,
+                           sum(stats.direct_handoff.counts), stats.bytes_out))
+            taken.set()
+
+        server.call_soon_threadsafe(count)
+        assert taken.wait(DEFAULT_TIMEOUT), "the server did not count"
     assert any(taken_at_once) == fast  # the path under test ran
-    return alice_read, bob_read, carol_read, counted
+    return alice_read, bob_read, carol_read, counts[0]
 
 
-def test_hand_over_fast_path_matches_the_general_path(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("backend", ["select", "threads"])  # the backends with send_now
+def test_hand_over_fast_path_matches_the_general_path(
+        backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """A direct message the recipient's kernel takes at once is answered
     without the hand-over's callback (Connection.hand_over_at_once): every
     client reads what it reads through the general path (Connection.deliver),
     in the same order, and the server counts the same."""
-    assert direct_messages(True, monkeypatch) == direct_messages(False, monkeypatch)
+    assert (direct_messages(backend, True, monkeypatch)
+            == direct_messages(backend, False, monkeypatch))
