@@ -39,12 +39,15 @@ def test_operators_act_on_users_of_every_node(two_nodes: tuple[int, int]) -> Non
     with op_online(first) as op:
         # A kick of a user of the other node.
         with log_in(second, "Bob") as bob:
+            # Known online on Op's node first: presence crosses over Redis.
+            op.read_until(lambda line: line == "<User Bob is online.>")
             assert moderation(op, 'kick Bob "calm down"') == \
                 '<Moderation: "Bob kicked (on another server)">'
             bob.read_until(lambda line: line == '<Kicked by Op: "calm down">')
             bob.expect_closed()
         # A mute, then a ban, of a user of the other node.
         with log_in(second, "Carol") as carol:
+            op.read_until(lambda line: line == "<User Carol is online.>")
             moderation(op, "mute Carol 1h")
             carol.read_until(lambda line: line.startswith("<Muted by Op for "))
             carol.send('broadcast "hi"')
@@ -71,6 +74,7 @@ def test_an_unmute_on_another_node_is_announced_to_the_muted_user(
 ) -> None:
     first, second = two_nodes
     with op_online(first) as op, log_in(second, "Carol") as carol:
+        op.read_until(lambda line: line == "<User Carol is online.>")
         moderation(op, "mute Carol")
         carol.read_until(lambda line: line == "<Muted by Op.>")
         assert moderation(op, "unmute Carol") == '<Moderation: "Carol unmuted">'
