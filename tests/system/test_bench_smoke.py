@@ -299,7 +299,7 @@ def test_a_goal_is_met_missed_or_unsure_by_what_each_round_says() -> None:
 
     g = tls_goal(run([(50e3, 35e3), (40e3, 30e3), (60e3, 40e3)]))
     assert g["goal"] == f"{TLS} broadcast capacity >= 0.6x {BACKENDS[0]}"
-    assert g["verdict"] == "MET" and g["detail"] == "0.70x (rounds 0.67-0.75x)"
+    assert g["verdict"] == "MET" and g["detail"] == "0.70x (rounds 0.70x, 0.75x, 0.67x)"
     assert tls_goal(run([(50e3, 20e3), (40e3, 20e3)]))["verdict"] == "MISSED"
     assert tls_goal(run([(50e3, 35e3), (50e3, 25e3)]))["verdict"] == "UNSURE"
     assert not [g for g in capacity.goals(run([(50e3, 35e3)], n=20), report.GOAL_MIN_N)]
@@ -309,6 +309,54 @@ def test_a_goal_is_met_missed_or_unsure_by_what_each_round_says() -> None:
     assert capacity.verdict([capacity.round_ratio(curve(160e3, False), curve(80e3))], 0.9) == "MET"
     assert capacity.verdict([bound], 0.9) == "MISSED"
     assert capacity.verdict([bound], 0.1) == "UNSURE"
+
+
+def test_a_goal_line_states_what_the_rounds_support_bounds_included() -> None:
+    """The headline is the median of the rounds' true ratios as far as the
+    rounds bound it (low ends' median to high ends' median), never the one
+    round that happened to be measured; then every round, in order."""
+    from bench import capacity
+
+    def curve(cap: float, reached: bool = True) -> dict[str, object]:
+        return {"capacity": cap, "reached": reached, "first_failed": None, "steps": []}
+
+    def line(pairs: list[tuple[dict[str, object], dict[str, object]]]) -> dict[str, object]:
+        rounds = [{TLS: {"broadcast_curve": a}, BACKENDS[0]: {"broadcast_curve": b}}
+                  for a, b in pairs]  # fmt: skip
+        run = {"n": 500, "systems": [BACKENDS[0], TLS], "rounds": rounds}
+        [g] = [g for g in capacity.goals(run, 100) if str(g["goal"]).startswith(TLS)]
+        return g
+
+    top = curve(5.12e6, reached=False)  # past the ladder's top: a lower bound
+    # All measured: the median, every round beside it.
+    g = line([(curve(3e6), curve(4e6)), (curve(2e6), curve(4e6)), (curve(1e6), curve(4e6))])
+    assert (g["verdict"], g["detail"]) == ("UNSURE", "0.50x (rounds 0.75x, 0.50x, 0.25x)")
+    # All upper bounds (the anchor passed the top every round): an upper bound.
+    g = line([(curve(2.79e6), top), (curve(2.79e6), top), (curve(1e6), top)])
+    assert (g["verdict"], g["detail"]) == ("MISSED", "<=0.54x (rounds <=0.54x, <=0.54x, <=0.20x)")
+    # All lower bounds (the system passed the top every round): a lower bound.
+    g = line([(top, curve(4e6)), (top, curve(2e6)), (top, curve(8e6))])
+    assert (g["verdict"], g["detail"]) == ("MET", ">=1.28x (rounds >=1.28x, >=2.56x, >=0.64x)")
+    # The reference run's select-tls rounds: two upper bounds and one bad
+    # round give "at most 0.54x", not the bad round's 0.15x.
+    g = line([(curve(2.79e6), top), (curve(2.79e6), top), (curve(538e3), curve(3.62e6))])
+    assert (g["verdict"], g["detail"]) == ("MISSED", "<=0.54x (rounds <=0.54x, <=0.54x, 0.15x)")
+    assert g["median"] == [0.0, pytest.approx(2.79 / 5.12)]
+    # Mixed, lower bounds and a measure: a lower bound.
+    g = line([(top, curve(4.7e6)), (top, curve(2.15e6)), (curve(3.62e6), curve(2.35e6))])
+    assert g["detail"] == ">=1.54x (rounds >=1.09x, >=2.38x, 1.54x)"
+    # Bounds in both directions around a measure pin the median exactly.
+    g = line([(top, curve(4.27e6)), (curve(2e6), top), (curve(1.6e6), curve(2e6))])
+    assert (g["verdict"], g["detail"]) == ("UNSURE", "0.80x (rounds >=1.20x, <=0.39x, 0.80x)")
+    # Disagreeing rounds, an even count: a bound between the middle ones.
+    g = line([(curve(1.2e6), curve(4e6)), (curve(2e6), top), (top, curve(4e6)),
+              (curve(3.6e6), curve(4e6))])  # fmt: skip
+    assert g["detail"] == "0.60-0.65x (rounds 0.30x, <=0.39x, >=1.28x, 0.90x)"
+    # A round where both passed the top compares nothing; one round has no spread.
+    g = line([(top, top), (curve(3e6), curve(4e6))])
+    assert g["detail"].startswith("0.75x (rounds -, 0.75x); both passed the ladder's top")
+    assert line([(curve(3e6), curve(4e6))])["detail"] == "0.75x (1 round: no spread to judge by)"
+    assert line([(top, top)])["detail"].startswith("no round measured both capacities")
 
 
 def test_a_step_the_harness_could_not_carry_makes_the_capacity_a_lower_bound() -> None:
