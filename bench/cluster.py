@@ -1282,7 +1282,7 @@ def after_load(
     progress.close()
     doc["n"] = load_args.clients
     summarize(doc)
-    print(table(doc), flush=True)
+    print("\n" + table(doc), flush=True)  # a blank line after load.py's report
     tag = f"cluster-extras-n{load_args.clients}" + ("-quick" if load_args.quick else "")
     return write(doc, load_args.out, tag)
 

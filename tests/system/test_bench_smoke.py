@@ -221,7 +221,7 @@ def test_a_sweep_of_select_and_redis_is_named_sweep_and_others_by_their_systems(
     def tag(*argv: str) -> str:
         args = parse_args(list(argv))
         ns = [int(x) for x in args.sweep.split(",")] if args.sweep else [args.clients]
-        return file_tag(args, args.systems.split(","), ns)
+        return file_tag(args, ns)
 
     assert tag("--systems", f"{BACKENDS[0]},redis", "--sweep", "500,10000") == "sweep"
     assert tag("--systems", f"{BACKENDS[0]},threads,redis", "--sweep", "500") == \
@@ -424,6 +424,9 @@ def test_help_shows_every_default_and_explains_every_option() -> None:
     for option in ("--no-plots", "--target-dialect", "--wide", "--quick", "--objective"):
         assert f"{option} " in text
     assert "write no PNG plots" in text and "what --target speaks" in text
+    # 80 columns, and no system or option name split at its hyphen.
+    assert max(map(len, done.stdout.splitlines())) <= 80
+    assert "select-ws" in text and "--web-port" in text
     for default in ("-n CLIENTS, --clients CLIENTS clients per system (default: 500)",
                     "interleaved rounds (default: 3)", "(default: 20.0)", "(default: 0)"):
         assert default in text, default  # fmt: skip
