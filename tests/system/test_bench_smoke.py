@@ -433,14 +433,14 @@ def test_help_shows_every_default_and_explains_every_option() -> None:
 
 
 def test_the_cluster_stall_lines_say_which_stall_they_are() -> None:
-    from bench import cluster
+    from bench import cluster_report
 
     trial = {"answers": {"echo": 3, "not delivered": 1}, "disconnected": 0}
     doc = {"n": 20, "rounds": 1, "machine": {"cores": 2, "cpu": "x", "redis": "7"},
            "stall": {"trials": [trial, trial], "stall_s": 1.0, "users": 6,
                      "offline_notices": 0, "false_echoes": 0}}  # fmt: skip
-    cluster.summarize(doc)
-    lines = cluster.table(doc).splitlines()
+    cluster_report.summarize(doc)
+    lines = cluster_report.table(doc).splitlines()
     assert "  stall 1: DM answers echo 3, not delivered 1; disconnected 0" in lines
     assert "  stall 2: DM answers echo 3, not delivered 1; disconnected 0" in lines
 
