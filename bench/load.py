@@ -52,7 +52,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make `bench` importable from the repo root
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import plots, report, systems
+from bench import plots, report, summary, systems
 from bench.harness.creceiver import build as build_receiver
 from bench.harness.fleet import FleetError
 from bench.harness.procstat import ephemeral_ports, machine_facts, raise_nofile_limit
@@ -353,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
         if not all("ladder" in run.get("config", {}) for run in doc.get("runs", [])):
             raise SystemExit(f"{args.report} is from before the capacity search; its own "
                              "commit's bench/load.py prints it (git keeps that)")  # fmt: skip
-        report.summarize(doc)
+        summary.summarize(doc)
         print(report.table(doc, wide=args.wide))
         return 0
     for sig in (signal.SIGTERM, signal.SIGHUP):
@@ -459,7 +459,7 @@ def run(args: argparse.Namespace, argv: list[str] | None, progress: Progress) ->
     finally:
         progress.close()
     doc["seconds"] = time.time() - started
-    report.summarize(doc)
+    summary.summarize(doc)
     text = report.table(doc, wide=args.wide)
     print(text, flush=True)
     tag = file_tag(args, ns)

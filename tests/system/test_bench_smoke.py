@@ -283,7 +283,7 @@ def test_the_capacity_search_reports_a_lower_bound_and_goes_below_the_ladder() -
 
 
 def test_a_goal_is_met_missed_or_unsure_by_what_each_round_says() -> None:
-    from bench import capacity, report
+    from bench import capacity, summary
 
     def curve(cap: float, reached: bool = True) -> dict[str, object]:
         return {"capacity": cap, "reached": reached, "steps": []}
@@ -294,7 +294,7 @@ def test_a_goal_is_met_missed_or_unsure_by_what_each_round_says() -> None:
         return {"n": n, "systems": [BACKENDS[0], TLS], "rounds": rounds}
 
     def tls_goal(r: dict[str, object]) -> dict[str, object]:
-        [g] = [g for g in capacity.goals(r, report.GOAL_MIN_N) if str(g["goal"]).startswith(TLS)]
+        [g] = [g for g in capacity.goals(r, summary.GOAL_MIN_N) if str(g["goal"]).startswith(TLS)]
         return g
 
     g = tls_goal(run([(50e3, 35e3), (40e3, 30e3), (60e3, 40e3)]))
@@ -302,7 +302,7 @@ def test_a_goal_is_met_missed_or_unsure_by_what_each_round_says() -> None:
     assert g["verdict"] == "MET" and g["detail"] == "0.70x (rounds 0.70x, 0.75x, 0.67x)"
     assert tls_goal(run([(50e3, 20e3), (40e3, 20e3)]))["verdict"] == "MISSED"
     assert tls_goal(run([(50e3, 35e3), (50e3, 25e3)]))["verdict"] == "UNSURE"
-    assert not [g for g in capacity.goals(run([(50e3, 35e3)], n=20), report.GOAL_MIN_N)]
+    assert not [g for g in capacity.goals(run([(50e3, 35e3)], n=20), summary.GOAL_MIN_N)]
     # A capacity past the ladder's top is a lower bound: it can meet a goal, not miss it.
     bound = capacity.round_ratio(curve(20e3), curve(160e3, reached=False))
     assert bound == (0.0, 0.125)
@@ -363,7 +363,7 @@ def test_a_step_the_harness_could_not_carry_makes_the_capacity_a_lower_bound() -
     """Where the harness, not the server, failed a step (the sender late on its own
     schedule, or the harness leaving the server less than a core of a full
     machine), the capacity is only a bound and the goal line says whose limit it was."""
-    from bench import capacity, report
+    from bench import capacity, summary
 
     def step(**fields: object) -> dict[str, object]:
         base = {"ok": False, "lost": 0, "sender_lag_ms": {"p99": 1.0}, "sender_held_back": 0,
@@ -400,7 +400,7 @@ def test_a_step_the_harness_could_not_carry_makes_the_capacity_a_lower_bound() -
         rounds = [{BACKENDS[0]: {"broadcast_curve": curve(select, False)},
                    "redis": {"broadcast_curve": curve(2.56e6, True)}}]  # fmt: skip
         [g] = capacity.goals({"n": 500, "systems": [BACKENDS[0], "redis"], "rounds": rounds},
-                             report.GOAL_MIN_N)  # fmt: skip
+                             summary.GOAL_MIN_N)  # fmt: skip
         return g
 
     # Redis carried at least 2,560k: select's own 2,400k is at most 0.94x, which
@@ -412,7 +412,7 @@ def test_a_step_the_harness_could_not_carry_makes_the_capacity_a_lower_bound() -
     both = {"n": 500, "systems": [BACKENDS[0], "redis"],
             "rounds": [{BACKENDS[0]: {"broadcast_curve": topped},
                         "redis": {"broadcast_curve": topped}}]}  # fmt: skip
-    [g] = capacity.goals(both, report.GOAL_MIN_N)
+    [g] = capacity.goals(both, summary.GOAL_MIN_N)
     assert g["verdict"] is None and "both passed the ladder's top in round 1" in g["detail"]
 
 
