@@ -130,6 +130,8 @@ def redis_stall(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
             dm(remote, "after")
             hub.settle(args.stall_watch)
             answers: dict[str, int] = {}
+            # Each DM's answer by when it was sent and where its recipient is.
+            dms: dict[str, str] = {}
             false_echoes = lost_echoed = 0
             for to, text in texts:
                 line = next((ln for _, ln in sender.lines[marks[sender.name]:] if text in ln), b"")
@@ -144,6 +146,8 @@ def redis_stall(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
                         else "not delivered" if b" not delivered: " in line
                         else line.split(b":")[0].decode()[:30])
                 answers[kind or "no answer"] = answers.get(kind or "no answer", 0) + 1
+                when = "during" if b"-during-" in text else "after"
+                dms[f"{when}, {'same node' if to is local else 'other node'}"] = kind or "no answer"
                 got = to.find(text, marks[to.name]) is not None
                 if kind == "echo" and not got:
                     false_echoes += 1
@@ -155,6 +159,7 @@ def redis_stall(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
                 "offline_notices": offline,
                 "disconnected": sum(1 for c in everyone if c.closed),
                 "answers": answers,
+                "dms": dms,
                 "false_echoes": false_echoes,
                 "after_delivered": sum(1 for to, t in texts if b"after" in t
                                        and to.find(t, marks[to.name]) is not None),

@@ -140,6 +140,20 @@ def summarize(doc: dict[str, Any]) -> dict[str, Any]:
     return s
 
 
+def _stall_lines(i: int, of: int, trial: dict[str, Any]) -> list[str]:
+    """One stall: which (its number, how long Redis was stopped), the DM
+    answers counted, then which DM got which answer (when the trial has it)."""
+    took = f" ({trial['stalled_s']:.2f} s)" if trial.get("stalled_s") is not None else ""
+    ans = ", ".join(f"{k} {v}" for k, v in sorted(trial["answers"].items()))
+    lines = [f"  stall {i} of {of}{took}: DM answers {ans}; disconnected {trial['disconnected']}"]
+    for when in ("during", "after"):
+        to = [f"{k.split(', ')[1]} {v}" for k, v in trial.get("dms", {}).items()
+              if k.startswith(when)]  # fmt: skip
+        if to:
+            lines.append(f"    sent {when} it: {', '.join(to)}")
+    return lines
+
+
 def table(doc: dict[str, Any]) -> str:
     s = doc["summary"]
     out: list[str] = []
@@ -256,8 +270,8 @@ def table(doc: dict[str, Any]) -> str:
         add(f"Redis SIGSTOPped {len(st['trials'])} x {st['stall_s']:g} s, {st['users']} users "
             f"on 2 nodes: {st['offline_notices']} offline notices")  # fmt: skip
         for i, t in enumerate(st["trials"], 1):
-            ans = ", ".join(f"{k} {v}" for k, v in sorted(t["answers"].items()))
-            add(f"  stall {i}: DM answers {ans}; disconnected {t['disconnected']}"[:80])
+            for line in _stall_lines(i, len(st["trials"]), t):
+                add(line[:80])
     add("")
     add("Goals:")
     for g in s["goals"]:

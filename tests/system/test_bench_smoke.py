@@ -433,16 +433,26 @@ def test_help_shows_every_default_and_explains_every_option() -> None:
 
 
 def test_the_cluster_stall_lines_say_which_stall_they_are() -> None:
+    """Each stall's line says which it is (its number, how long Redis was
+    stopped), and the lines under it which DM got which answer."""
     from bench import cluster_report
 
-    trial = {"answers": {"echo": 3, "not delivered": 1}, "disconnected": 0}
+    trial = {"answers": {"echo": 3, "not delivered": 1}, "disconnected": 0, "stalled_s": 1.004,
+             "offline_notices": 0,
+             "dms": {"during, same node": "echo", "during, other node": "not delivered",
+                     "after, same node": "echo", "after, other node": "echo"}}  # fmt: skip
+    older = {k: v for k, v in trial.items() if k not in ("dms", "stalled_s")}  # an older JSON
     doc = {"n": 20, "rounds": 1, "machine": {"cores": 2, "cpu": "x", "redis": "7"},
-           "stall": {"trials": [trial, trial], "stall_s": 1.0, "users": 6,
+           "stall": {"trials": [trial, older], "stall_s": 1.0, "users": 6,
                      "offline_notices": 0, "false_echoes": 0}}  # fmt: skip
     cluster_report.summarize(doc)
     lines = cluster_report.table(doc).splitlines()
-    assert "  stall 1: DM answers echo 3, not delivered 1; disconnected 0" in lines
-    assert "  stall 2: DM answers echo 3, not delivered 1; disconnected 0" in lines
+    at = lines.index("  stall 1 of 2 (1.00 s): DM answers echo 3, not delivered 1; disconnected 0")
+    assert lines[at + 1 : at + 4] == [
+        "    sent during it: same node echo, other node not delivered",
+        "    sent after it: same node echo, other node echo",
+        "  stall 2 of 2: DM answers echo 3, not delivered 1; disconnected 0",
+    ]
 
 
 def _row(lines: list[str], label: str) -> str:
