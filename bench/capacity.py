@@ -18,7 +18,20 @@ failing first rate bisects downward.
 Goals compare two systems measured in the same round, so a noisy minute on
 a shared machine hits both sides of the ratio.  A goal is **MET** when every
 round meets it, **MISSED** when every round misses it and **UNSURE** when the
-rounds disagree; the line shows the median ratio and the rounds' range.
+rounds disagree; the line shows the median ratio, then every round's ratio in
+round order: ``<=0.54x (rounds <=0.54x, <=0.54x, 0.15x)``.
+
+A round's ratio is an interval, not always a number: ``0.15x`` (both
+capacities found), ``>=1.09x`` (the system passed the ladder's top: its
+capacity is a lower bound) or ``<=0.54x`` (the anchor passed it).  The
+median is taken the same way: the median of the rounds' low ends and the
+median of their high ends (``median_bounds``).  That is right because a
+median never falls when one of its values rises: whatever the true ratios
+inside their intervals, their median lies between those two medians.  So a
+median of bounds is a bound in the same direction only as far as that rule
+makes it one: rounds ``<=0.54x, <=0.54x, 0.15x`` give ``<=0.54x`` (not
+``0.15x``, the one round measured), rounds ``>=1.09x, >=2.38x, 1.54x`` give
+``>=1.54x``, and rounds ``>=1.2x, <=0.5x, 0.8x`` give exactly ``0.80x``.
 """
 
 from __future__ import annotations
@@ -206,6 +219,41 @@ def verdict(bounds: Sequence[tuple[float, float] | None], factor: float) -> str 
     return "UNSURE"
 
 
+def median_bounds(
+    bounds: Sequence[tuple[float, float] | None],
+) -> tuple[float, float] | None:
+    """(low, high) bounds on the median of the rounds' true ratios, or None.
+
+    Each round's true ratio lies in its (low, high).  The median is monotone
+    in every value, so the true median lies between the median of the lows
+    and the median of the highs; a round that judged nothing (None) is left
+    out.  ``math.inf`` as a high end (a lower bound only) stays infinite in
+    the median when it is in the middle, and 0 as a low end (an upper bound
+    only) likewise.
+    """
+    judged = [b for b in bounds if b is not None]
+    if not judged:
+        return None
+    return (statistics.median(lo for lo, _hi in judged),
+            statistics.median(hi for _lo, hi in judged))  # fmt: skip
+
+
+def bound_text(bound: tuple[float, float] | None) -> str:
+    """A ratio interval as a goal line prints it: ``0.15x``, ``>=1.09x``,
+    ``<=0.54x``, ``0.45-0.70x`` (between), ``-`` (nothing judged)."""
+    if bound is None:
+        return "-"
+    lo, hi = bound
+    low, high = f"{lo:.2f}", f"{hi:.2f}"
+    if hi == math.inf:
+        return f">={low}x" if lo > 0 else "-"
+    if lo <= 0 and hi > 0:
+        return f"<={high}x"
+    if low == high:
+        return f"{low}x"
+    return f"{low}-{high}x"
+
+
 def goals(run: dict[str, Any], min_n: int) -> list[dict[str, Any]]:
     """Every goal both of whose systems ran, for each workload with a capacity."""
     out: list[dict[str, Any]] = []
@@ -222,7 +270,6 @@ def goals(run: dict[str, Any], min_n: int) -> list[dict[str, Any]]:
                 round_ratio(r.get(goal.system, {}).get(key), r.get(goal.anchor, {}).get(key))
                 for r in run["rounds"]
             ]
-            points = [lo for b in bounds if b is not None and (lo := b[0]) == b[1]]
             mark = verdict(bounds, goal.factor)
             limited = _harness_rounds(run["rounds"], (goal.system, goal.anchor), key)
             out.append(
@@ -231,10 +278,21 @@ def goals(run: dict[str, Any], min_n: int) -> list[dict[str, Any]]:
                     "verdict": mark,
                     "met": {"MET": True, "MISSED": False}.get(mark or ""),
                     "ratios": [None if b is None else list(b) for b in bounds],
-                    "detail": _spread_text(points, len(bounds), bounds) + limited,
+                    "median": None if (m := median_bounds(bounds)) is None else list(m),
+                    "detail": rounds_text(bounds) + limited,
                 }
             )
     return out
+
+
+def rounds_text(bounds: Sequence[tuple[float, float] | None]) -> str:
+    """The median ratio (``median_bounds``), then every round's, in round order."""
+    med = median_bounds(bounds)
+    if med is None:
+        return "no round measured both capacities"
+    if len(bounds) == 1:
+        return f"{bound_text(med)} (1 round: no spread to judge by)"
+    return f"{bound_text(med)} (rounds {', '.join(map(bound_text, bounds))})"
 
 
 def _harness_rounds(rounds: list[dict[str, Any]], names: tuple[str, ...], key: str) -> str:
@@ -261,35 +319,6 @@ def _harness_rounds(rounds: list[dict[str, Any]], names: tuple[str, ...], key: s
         text += (f"; both passed the ladder's top in round{'s' if len(topped) > 1 else ''} "
                  f"{', '.join(map(str, topped))}: the harness offered no more, so the "
                  "systems are not compared there")  # fmt: skip
-    return text
-
-
-def _spread_text(points: list[float], rounds: int,
-                 bounds: Sequence[tuple[float, float] | None] = ()) -> str:
-    if not points:
-        # Only bounds: a capacity past the ladder's top (a lower bound) or
-        # below its lowest rate (an upper bound), in every round.
-        lows = [lo for b in bounds if b is not None and (lo := b[0]) > 0 and b[1] == math.inf]
-        highs = [hi for b in bounds if b is not None and b[0] == 0.0 and (hi := b[1]) < math.inf]
-        judged = len(lows) + len(highs)
-        where = "in every round" if judged == rounds else f"in {judged} of {rounds} rounds"
-        if lows and not highs:
-            return (f">={min(lows):.2f}x {where} (a capacity past the ladder's"
-                    " top: only a bound)")
-        if highs and not lows:
-            return f"<={max(highs):.2f}x {where} (only a bound)"
-        if lows and highs:
-            return (f">={min(lows):.2f}x in {len(lows)}, <={max(highs):.2f}x in {len(highs)} "
-                    f"of {rounds} rounds (only bounds)")
-        return "no round measured both capacities"
-    med = statistics.median(points)
-    text = f"{med:.2f}x"
-    if len(points) > 1:
-        text += f" (rounds {min(points):.2f}-{max(points):.2f}x)"
-    elif rounds == 1:
-        text += " (1 round: no spread to judge by)"
-    if len(points) < rounds:
-        text += f", {rounds - len(points)} round(s) only a bound"
     return text
 
 

@@ -146,8 +146,8 @@ def redis_commands(backend: str, n: int, window: int) -> None:
     one, Bob on the other, both registered (accounts in the cluster's Redis)."""
     import shutil
 
-    from bench.cluster import RedisStats, delta, per_op
     from bench.harness.procstat import stop_process
+    from bench.harness.redis_stats import RedisStats, delta, per_op
     from bench.peers.redis_peer import start_redis
 
     print(f"{backend}: Redis commands per cross-node direct message between two registered"

@@ -52,7 +52,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make `bench` importable from the repo root
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import plots, report, systems
+from bench import plots, report, summary, systems
 from bench.harness.creceiver import build as build_receiver
 from bench.harness.fleet import FleetError
 from bench.harness.procstat import ephemeral_ports, machine_facts, raise_nofile_limit
@@ -84,6 +84,11 @@ class _Help(argparse.RawDescriptionHelpFormatter):
             text += " (default: %(default)s)" if default != "" else " (default: none)"
         return text
 
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        # Never split a name at its hyphen ("select-" / "ws"): the names
+        # are what a reader copies onto the command line.
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
+
 
 #: The largest N a sweep is meant for: one server process with 10,000
 #: connections, and the harness's 10,000 on the same machine.
@@ -96,7 +101,8 @@ OBJECTIVE_N = 500
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=_epilog(),
+    p = argparse.ArgumentParser(description=textwrap.fill(__doc__.splitlines()[0], 78),
+                                epilog=_epilog(),
                                 formatter_class=_Help)  # fmt: skip
     p.add_argument("-n", "--clients", type=int, default=500, help="clients per system")
     p.add_argument(
@@ -286,10 +292,13 @@ def vars_of(cfg: Config) -> dict[str, Any]:
 SWEEP_SYSTEMS = (systems.PRIMARY, systems.REDIS)
 
 
-def file_tag(args: argparse.Namespace, names: list[str], ns: list[int]) -> str:
+def file_tag(args: argparse.Namespace, ns: list[int]) -> str:
     """Output file stem, short: ``load-n500``, ``sweep``, ``-quick``; a
     system set other than the default (for a sweep: other than select and
-    Redis) is named when that stays short."""
+    Redis) is named when that stays short.  The set is the one asked for: a
+    default run stays ``load-n500`` when a system is skipped for a missing
+    extra (the report's notes say so)."""
+    names = [s.strip() for s in args.systems.split(",") if s.strip()]
     tag = "sweep" if args.sweep else f"load-n{ns[0]}"
     usual = SWEEP_SYSTEMS if args.sweep else systems.DEFAULT
     if args.target:
@@ -309,16 +318,20 @@ def estimates(cfg: Config, args: argparse.Namespace, systems_per_round: int) -> 
     """Seconds each part of the run should take, for the progress bar's time left."""
     parts = []
     for n in [int(x) for x in args.sweep.split(",")] if args.sweep else [cfg.n]:
+        # Starting, connecting and draining take longer with more clients, up
+        # to what they take at N = 500 (a --quick run's 20 clients settle fast).
+        busy = min(1.0, n / OBJECTIVE_N)
         # The login storm announces every login to everyone: N^2/2 notices.
-        setup = 2.0 + 0.3 * (n / 1000) ** 2 + cfg.probes * (0.1 + n / 20_000)
+        setup = 1.0 + busy + 0.3 * (n / 1000) ** 2 + cfg.probes * (0.1 + n / 20_000)
         # Most searches climb most of the ladder, measure the failing step
         # again, then bisect near the top.
         climbed = cfg.ladder[: max(1, round(len(cfg.ladder) * 0.7))]
         steps = [broadcast_step_seconds(replace(cfg, n=n), d) for d in climbed]
         steps += [steps[-1]] * (1 + cfg.bisections)
-        broadcast = sum(s + cfg.step_warmup + 0.8 for s in steps)
-        direct = (len(cfg.dm_ladder) * 0.7 + 1 + cfg.bisections) * (cfg.dm_step + 0.6)
-        parts += [setup + broadcast + direct] * (args.rounds * systems_per_round)
+        broadcast = sum(s + cfg.step_warmup + 0.1 + 0.7 * busy for s in steps)
+        direct = (len(cfg.dm_ladder) * 0.7 + 1 + cfg.bisections) * (cfg.dm_step + 0.1 + 0.5 * busy)
+        settle = 0.5  # the pause after each system (run_n)
+        parts += [setup + broadcast + direct + settle] * (args.rounds * systems_per_round)
     return parts
 
 
@@ -340,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
         if not all("ladder" in run.get("config", {}) for run in doc.get("runs", [])):
             raise SystemExit(f"{args.report} is from before the capacity search; its own "
                              "commit's bench/load.py prints it (git keeps that)")  # fmt: skip
-        report.summarize(doc)
+        summary.summarize(doc)
         print(report.table(doc, wide=args.wide))
         return 0
     for sig in (signal.SIGTERM, signal.SIGHUP):
@@ -446,10 +459,10 @@ def run(args: argparse.Namespace, argv: list[str] | None, progress: Progress) ->
     finally:
         progress.close()
     doc["seconds"] = time.time() - started
-    report.summarize(doc)
+    summary.summarize(doc)
     text = report.table(doc, wide=args.wide)
     print(text, flush=True)
-    tag = file_tag(args, names, ns)
+    tag = file_tag(args, ns)
     written = []
     json_path = args.json or args.out / f"{tag}.json"
     report.write_json(doc, json_path)

@@ -34,7 +34,8 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make `bench` importable from the repo root
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.cluster import LEASE_DEFAULT, Hub, Nodes
+from bench.cluster_nodes import LEASE_DEFAULT, Nodes
+from bench.harness.hub import Hub
 from bench.harness.procstat import machine_facts, raise_nofile_limit
 
 OFFLINE = b" is offline.>\n"

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from bench import systems
-from bench.report import _num, dig
 from bench.stats import cdf_ranks
+from bench.summary import _num, dig
 
 #: The workloads with a capacity search, as stored in a system's results:
 #: key -> (panel title, unit of the x axis).

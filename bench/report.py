@@ -1,4 +1,4 @@
-"""Turn raw per-round results into capacities, medians, verdicts and a table.
+"""The text report of a summarized run (bench/summary.py): 80 columns or wide.
 
 The report leads with capacity (bench/capacity.py): per workload, the highest
 offered rate each system carried within the latency objective with nothing
@@ -6,16 +6,10 @@ lost, as the median over rounds with the rounds' range, and its ratio to
 Redis and to select; then the goals, each MET, MISSED or UNSURE (the rounds
 disagree).  Below come the figures measured at one load (the first step of
 the broadcast ladder, light for every system): latency, presence, login
-storm, memory, and CPU per delivery at each system's capacity.  Every figure
-is a median over rounds (counts of lost and duplicated deliveries are sums:
-one loss anywhere is a loss).  Latency is kernel-stamped (when the delivery
-reached the client socket, ``SO_TIMESTAMPNS``) unless labelled otherwise.
-
-The harness row is the check that the harness is not what is measured: the
-CPU the harness (receivers and sender) spent per delivery, divided by the CPU
-Redis, the cheapest server, spent per delivery, both at capacity.  Below 1
-the harness is cheaper than every server it drives; at or above 1 the figures
-of that N are partly the harness's own, and the report says so.
+storm, memory, and CPU per delivery at each system's capacity, each a median
+over rounds.  Latency is kernel-stamped (when the delivery reached the
+client socket, ``SO_TIMESTAMPNS``) unless labelled otherwise.  Then the
+harness check (bench/summary.py), the round-to-round noise, and warnings.
 
 The default table fits 80 columns (``wide=False``); ``wide=True`` adds every
 other row (percentiles, harness-stamped latency, sender lag, foreign load).
@@ -24,213 +18,19 @@ other row (percentiles, harness-stamped latency, sender lag, foreign load).
 from __future__ import annotations
 
 import json
-import math
 import statistics
 import textwrap
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from bench import capacity, systems
-from bench.stats import median
+from bench.summary import GOAL_MIN_N, HARNESS_RATIO, METRICS, _num, dig, fmt, ratio
 
-Path_ = tuple[str | int, ...]
-
-
-@dataclass(frozen=True)
-class Metric:
-    label: str
-    path: Path_
-    agg: str = "median"  # or "sum"
-    ratio: bool = True  # show the ratio to Redis
-    narrow: bool = True  # in the default 80-column table
-    scale: float = 1.0
-    missing: str = "-"  # how an absent value prints
-
-
-def _lat(kind: str, key: str) -> Path_:
-    return ("broadcast", kind, key)
-
-
-#: The step of each system's broadcast search that CPU figures are read at:
-#: its capacity (the busiest passing step), or the first if none passed.
-AT_CAP: Path_ = ("broadcast_curve", "cpu_step")
-
-METRICS: list[Metric] = [
-    Metric("broadcast capacity/s", ("broadcast_curve", "capacity"), narrow=False),
-    Metric("DM capacity msg/s", ("direct_curve", "capacity"), narrow=False),
-    Metric("broadcast p50 ms", _lat("kernel_ms", "p50")),
-    Metric("broadcast p90 ms", _lat("kernel_ms", "p90"), narrow=False),
-    Metric("broadcast p99 ms", _lat("kernel_ms", "p99")),
-    Metric("broadcast p99.9 ms", _lat("kernel_ms", "p99.9"), narrow=False),
-    Metric("broadcast max ms", _lat("kernel_ms", "max"), narrow=False),
-    Metric("  harness-stamped p50", _lat("per_recipient_ms", "p50"), narrow=False),
-    Metric("  harness-stamped p99", _lat("per_recipient_ms", "p99"), narrow=False),
-    Metric("to last recipient p50", ("broadcast", "to_last_ms", "p50"), narrow=False),
-    Metric("to last recipient p99", ("broadcast", "to_last_ms", "p99")),
-    Metric("broadcast lost", ("broadcast", "lost"), "sum", False),
-    Metric("broadcast duplicated", ("broadcast", "duplicated"), "sum", False),
-    Metric("DM p50 ms", ("direct_curve", "steps", 0, "kernel_ms", "p50")),
-    Metric("DM p99 ms", ("direct_curve", "steps", 0, "kernel_ms", "p99")),
-    Metric("DM lost", ("direct_curve", "steps", 0, "lost"), "sum", False, narrow=False),
-    Metric("presence p50 ms", ("presence", "kernel_ms", "p50")),
-    Metric("presence p99 ms", ("presence", "kernel_ms", "p99")),
-    Metric("presence to last p50", ("presence", "to_last_ms", "p50"), narrow=False),
-    Metric("presence lost", ("presence", "lost"), "sum", False, narrow=False),
-    Metric("login storm s", ("storm", "seconds")),
-    Metric("login storm lost", ("storm", "lost"), "sum", False, narrow=False),
-    Metric("server CPU us/deliv.", (*AT_CAP, "server_cpu_per_1k"), scale=1000.0),
-    Metric("harness CPU us/deliv.", (*AT_CAP, "harness_cpu_per_1k"), ratio=False, scale=1000.0),
-    Metric(
-        "  receivers us/deliv.",
-        (*AT_CAP, "receivers_cpu_per_1k"),
-        ratio=False,
-        narrow=False,
-        scale=1000.0,
-    ),
-    Metric(
-        "  sender us/deliv.",
-        (*AT_CAP, "sender_cpu_per_1k"),
-        ratio=False,
-        narrow=False,
-        scale=1000.0,
-    ),
-    Metric(
-        "DM server CPU us/msg",
-        ("direct_curve", "cpu_step", "server_cpu_per_1k"),
-        narrow=False,
-        scale=1000.0,
-    ),
-    Metric("server RSS KB/conn", ("memory", "kb_per_conn"), missing="n/a"),
-    Metric("sender lag p99 ms", (*AT_CAP, "sender_lag_ms", "p99"), ratio=False, narrow=False),
-    Metric("foreign load, cores", (*AT_CAP, "foreign_cores"), ratio=False, narrow=False),
-]
-#: Computed after the medians: harness CPU per delivery / Redis server CPU per delivery.
-HARNESS_RATIO = "harness/Redis CPU"
 #: /proc counts CPU in 10 ms ticks: with less than this much Redis CPU in a
 #: broadcast phase, the ratio is too coarse to pass or fail (--quick, tiny N).
 MIN_CPU_S = 0.2
-#: Below this N the goals are not judged: a few clients on loopback say
-#: little about capacity (the --quick run).
-GOAL_MIN_N = 100
-#: Goals of earlier rounds that still hold: every client served at these N
-#: with nothing lost, and the login storm against the asyncio yardstick.
-GOAL_STORM_N = 5000
-GOAL_SERVED_N = (500, 5000, 10_000)
 #: Other processes busy on more than this many cores: the run says so.
 FOREIGN_WARN = 0.25
-
-
-def dig(obj: Any, path: Path_) -> Any:
-    for key in path:
-        try:
-            obj = obj[key]
-        except (KeyError, IndexError, TypeError):
-            return None
-    return obj
-
-
-def _num(v: Any) -> bool:
-    return isinstance(v, int | float) and not (isinstance(v, float) and math.isnan(v))
-
-
-def summarize(doc: dict[str, Any]) -> None:
-    """Add ``summary``, ``spread``, ``capacity``, ``harness`` and ``goals`` to
-    every run (in place)."""
-    for run in doc["runs"]:
-        summary: dict[str, dict[str, Any]] = {}
-        spread: dict[str, dict[str, list[float]]] = {}
-        for name in run["systems"]:
-            rounds = [r[name] for r in run["rounds"] if name in r]
-            row: dict[str, Any] = {}
-            for m in METRICS:
-                values = [dig(r, m.path) for r in rounds]
-                if m.scale != 1.0:
-                    values = [v * m.scale if _num(v) else v for v in values]
-                if m.agg == "sum":
-                    present = [v for v in values if v is not None]
-                    row[m.label] = sum(present) if present else None
-                else:
-                    row[m.label] = median(values)
-            row["errors"] = [r["error"] for r in rounds if "error" in r]
-            summary[name] = row
-            spread[name] = {
-                key: [v for r in rounds if _num(v := dig(r, (key, "capacity")))]
-                for key in ("broadcast_curve", "direct_curve")
-            }
-        red = summary.get(systems.REDIS)
-        for row in summary.values():
-            anchor = red["server CPU us/deliv."] if red else None
-            row[HARNESS_RATIO] = ratio(row["harness CPU us/deliv."], anchor)
-        run["summary"], run["spread"] = summary, spread
-        run["capacity"] = capacity.summarize(run)
-        ratios = {n: r for n, row in summary.items() if (r := row[HARNESS_RATIO]) is not None}
-        worst = max(ratios, key=ratios.__getitem__) if ratios else None
-        redis_cpu = [
-            cost * r["delivered"] / 1000
-            for r in (dig(x, (systems.REDIS, *AT_CAP)) for x in run["rounds"])
-            if r and _num(cost := r.get("server_cpu_per_1k")) and _num(r.get("delivered"))
-        ]
-        run["harness"] = {
-            # Redis's CPU in its broadcast phase: below MIN_CPU_S the ratio is tick noise.
-            "redis_cpu_s": min(redis_cpu) if redis_cpu else None,
-            "worst_ratio_to_redis": ratios[worst] if worst else None,
-            "worst_system": worst,
-            # In that system's own run: harness CPU / that server's CPU, per delivery.
-            "worst_ratio_to_own_server": ratio(
-                summary[worst]["harness CPU us/deliv."], summary[worst]["server CPU us/deliv."]
-            )
-            if worst
-            else None,
-            "below_redis": (ratios[worst] < 1.0) if worst else None,
-        }
-        run["goals"] = goals(run)
-
-
-def ratio(value: Any, anchor: Any) -> float | None:
-    if not _num(value) or not _num(anchor) or anchor <= 0:
-        return None
-    return value / anchor
-
-
-def goals(run: dict[str, Any]) -> list[dict[str, Any]]:
-    """The goals this run can judge: capacity ratios (bench.capacity.GOALS)
-    from N = GOAL_MIN_N, and the served-without-loss and login-storm goals at
-    their own N.  Each has ``verdict``: MET, MISSED, UNSURE or None."""
-    s = run["summary"]
-    out = capacity.goals(run, GOAL_MIN_N)
-
-    def add(text: str, ok: bool | None, detail: str) -> None:
-        mark = {True: "MET", False: "MISSED", None: None}[ok]
-        out.append({"goal": text, "verdict": mark, "met": ok, "detail": detail})
-
-    ours, peer = s.get(systems.PRIMARY), s.get(systems.PEER)
-    me, n = systems.PRIMARY, run["n"]
-    if ours and peer and n == GOAL_STORM_N:
-        r = ratio(peer["login storm s"], ours["login storm s"])
-        met = None if r is None else r >= 3.0
-        add(f"{me} login storm >= 3x faster than {systems.PEER}", met, f"{_fmt(r)}x")
-    if ours and n in GOAL_SERVED_N:
-        lost = [ours[k] for k in ("broadcast lost", "presence lost", "login storm lost")]
-        met = not ours["errors"] and all(v == 0 for v in lost if v is not None)
-        add(f"{me} served N={n} with zero lost", met, f"lost {lost}, errors {len(ours['errors'])}")
-    return out
-
-
-def _fmt(v: Any, missing: str = "-") -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return missing
-    if abs(v) >= 10_000:
-        return f"{v / 1000:.1f}k" if abs(v) < 100_000 else f"{v / 1000:,.0f}k"
-    if isinstance(v, int) or (isinstance(v, float) and v.is_integer() and abs(v) >= 100):
-        return f"{int(v):,}"
-    if abs(v) >= 100:
-        return f"{v:,.0f}"
-    if abs(v) >= 10:
-        return f"{v:.1f}"
-    if abs(v) >= 1:
-        return f"{v:.2f}"
-    return f"{v:.3f}"
 
 
 def _fmt_ratio(r: float) -> str:
@@ -286,8 +86,8 @@ def table(doc: dict[str, Any], wide: bool = False) -> str:
         lines += _goal_lines(run)
         lines.append("")
         lines += _wrap(
-            f"At the first step ({_fmt(cfg['ladder'][0])} broadcast deliveries/s, "
-            f"{_fmt(cfg['dm_ladder'][0])} DMs/s); CPU at capacity; medians"
+            f"At the first step ({fmt(cfg['ladder'][0])} broadcast deliveries/s, "
+            f"{fmt(cfg['dm_ladder'][0])} DMs/s); CPU at capacity; medians"
             + (", (ratio to Redis)" if anchor else "")
         )
         metrics = [m for m in METRICS if wide or m.narrow]
@@ -299,11 +99,11 @@ def table(doc: dict[str, Any], wide: bool = False) -> str:
                     v = s[name][m.label]
                     show = anchor and m.ratio and name != systems.REDIS
                     r = ratio(v, anchor[m.label]) if show else None
-                    cell = _fmt(v, m.missing) + (" " + _fmt_ratio(r) if r is not None else "")
+                    cell = fmt(v, m.missing) + (" " + _fmt_ratio(r) if r is not None else "")
                     cells.append(f"{cell:>{width}}")
                 lines.append(f"{m.label:{LABEL_WIDTH}}" + "".join(cells))
             if anchor:
-                cells = [f"{_fmt(s[name][HARNESS_RATIO]):>{width}}" for name in block]
+                cells = [f"{fmt(s[name][HARNESS_RATIO]):>{width}}" for name in block]
                 lines.append(f"{HARNESS_RATIO:{LABEL_WIDTH}}" + "".join(cells))
         lines += _harness_lines(doc, run)
         if rounds > 1:
@@ -370,7 +170,7 @@ def _floor_lines(run: dict[str, Any]) -> list[str]:
         if red and red["capacity"] <= 0 and red["below"]:
             lines += _wrap(
                 f"  NOTE: Redis, the floor, missed the {what} objective even at "
-                f"{_fmt(red['below'])}/s: on this machine now nothing meets it, so "
+                f"{fmt(red['below'])}/s: on this machine now nothing meets it, so "
                 "those capacities say more about the machine than about the servers "
                 "(a quieter machine, or a looser objective).",
                 "    ",
@@ -386,14 +186,14 @@ def _search_notes(run: dict[str, Any], name: str) -> list[str]:
         for key, what in capacity.WORKLOADS:
             for step in dig(r, (name, key, "steps")) or []:
                 if step.get("broken"):
-                    text = f"{what} search stopped at {_fmt(step['offered'])}/s: {step['broken']}"
+                    text = f"{what} search stopped at {fmt(step['offered'])}/s: {step['broken']}"
                     if text not in seen:
                         seen.append(text)
             limit = dig(r, (name, key, "harness_limit"))
             if limit:
                 seen.append(
-                    f"round {i}: {what} capacity at least {_fmt(dig(r, (name, key, 'capacity')))}"
-                    f"/s; at {_fmt(limit['rate'])}/s the harness was the limit ({limit['why']})"
+                    f"round {i}: {what} capacity at least {fmt(dig(r, (name, key, 'capacity')))}"
+                    f"/s; at {fmt(limit['rate'])}/s the harness was the limit ({limit['why']})"
                 )
     return seen
 
@@ -417,9 +217,9 @@ def _sweep_lines(doc: dict[str, Any]) -> list[str]:
             x = capacity.ratio_text(cap, red) if cap and name != systems.REDIS else ""
             cap_text = capacity.capacity_text(cap) if cap else "-"
             lines.append(
-                f"{run['n']:>6}  {name:16}{_fmt(row['login storm s']):>9}{cap_text:>10}"
-                f"{x:>9}{_fmt(row['server RSS KB/conn'], 'n/a'):>13}"
-                f"{_fmt(row['server CPU us/deliv.']):>13}"
+                f"{run['n']:>6}  {name:16}{fmt(row['login storm s']):>9}{cap_text:>10}"
+                f"{x:>9}{fmt(row['server RSS KB/conn'], 'n/a'):>13}"
+                f"{fmt(row['server CPU us/deliv.']):>13}"
             )
     return lines
 
@@ -439,7 +239,7 @@ def _harness_limit_lines(run: dict[str, Any]) -> list[str]:
     if not limits:
         return []
     return _wrap(
-        f"  Harness limit: from {_fmt(min(limits))} broadcast deliveries/s the harness, "
+        f"  Harness limit: from {fmt(min(limits))} broadcast deliveries/s the harness, "
         "not the server, failed a step (notes below); capacities stopped there are "
         "lower bounds, and the goal lines say which rounds they bound.",
         "    ",

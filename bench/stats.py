@@ -22,6 +22,11 @@ def nearest_rank(sorted_values: Sequence[float], pct: float) -> float:
     return float(sorted_values[rank - 1])
 
 
+def p50_ms(values: Sequence[int]) -> float:
+    """The median (nearest rank) of a latency sample given in ns, in ms; nan if empty."""
+    return nearest_rank(sorted(values), 50) / 1e6 if len(values) else math.nan
+
+
 def latency_summary(ns: Iterable[int]) -> dict[str, float]:
     """p50/p90/p99/p99.9/max in ms of a latency sample given in ns."""
     values = sorted(ns)

@@ -221,7 +221,7 @@ def test_a_sweep_of_select_and_redis_is_named_sweep_and_others_by_their_systems(
     def tag(*argv: str) -> str:
         args = parse_args(list(argv))
         ns = [int(x) for x in args.sweep.split(",")] if args.sweep else [args.clients]
-        return file_tag(args, args.systems.split(","), ns)
+        return file_tag(args, ns)
 
     assert tag("--systems", f"{BACKENDS[0]},redis", "--sweep", "500,10000") == "sweep"
     assert tag("--systems", f"{BACKENDS[0]},threads,redis", "--sweep", "500") == \
@@ -283,7 +283,7 @@ def test_the_capacity_search_reports_a_lower_bound_and_goes_below_the_ladder() -
 
 
 def test_a_goal_is_met_missed_or_unsure_by_what_each_round_says() -> None:
-    from bench import capacity, report
+    from bench import capacity, summary
 
     def curve(cap: float, reached: bool = True) -> dict[str, object]:
         return {"capacity": cap, "reached": reached, "steps": []}
@@ -294,15 +294,15 @@ def test_a_goal_is_met_missed_or_unsure_by_what_each_round_says() -> None:
         return {"n": n, "systems": [BACKENDS[0], TLS], "rounds": rounds}
 
     def tls_goal(r: dict[str, object]) -> dict[str, object]:
-        [g] = [g for g in capacity.goals(r, report.GOAL_MIN_N) if str(g["goal"]).startswith(TLS)]
+        [g] = [g for g in capacity.goals(r, summary.GOAL_MIN_N) if str(g["goal"]).startswith(TLS)]
         return g
 
     g = tls_goal(run([(50e3, 35e3), (40e3, 30e3), (60e3, 40e3)]))
     assert g["goal"] == f"{TLS} broadcast capacity >= 0.6x {BACKENDS[0]}"
-    assert g["verdict"] == "MET" and g["detail"] == "0.70x (rounds 0.67-0.75x)"
+    assert g["verdict"] == "MET" and g["detail"] == "0.70x (rounds 0.70x, 0.75x, 0.67x)"
     assert tls_goal(run([(50e3, 20e3), (40e3, 20e3)]))["verdict"] == "MISSED"
     assert tls_goal(run([(50e3, 35e3), (50e3, 25e3)]))["verdict"] == "UNSURE"
-    assert not [g for g in capacity.goals(run([(50e3, 35e3)], n=20), report.GOAL_MIN_N)]
+    assert not [g for g in capacity.goals(run([(50e3, 35e3)], n=20), summary.GOAL_MIN_N)]
     # A capacity past the ladder's top is a lower bound: it can meet a goal, not miss it.
     bound = capacity.round_ratio(curve(20e3), curve(160e3, reached=False))
     assert bound == (0.0, 0.125)
@@ -311,11 +311,59 @@ def test_a_goal_is_met_missed_or_unsure_by_what_each_round_says() -> None:
     assert capacity.verdict([bound], 0.1) == "UNSURE"
 
 
+def test_a_goal_line_states_what_the_rounds_support_bounds_included() -> None:
+    """The headline is the median of the rounds' true ratios as far as the
+    rounds bound it (low ends' median to high ends' median), never the one
+    round that happened to be measured; then every round, in order."""
+    from bench import capacity
+
+    def curve(cap: float, reached: bool = True) -> dict[str, object]:
+        return {"capacity": cap, "reached": reached, "first_failed": None, "steps": []}
+
+    def line(pairs: list[tuple[dict[str, object], dict[str, object]]]) -> dict[str, object]:
+        rounds = [{TLS: {"broadcast_curve": a}, BACKENDS[0]: {"broadcast_curve": b}}
+                  for a, b in pairs]  # fmt: skip
+        run = {"n": 500, "systems": [BACKENDS[0], TLS], "rounds": rounds}
+        [g] = [g for g in capacity.goals(run, 100) if str(g["goal"]).startswith(TLS)]
+        return g
+
+    top = curve(5.12e6, reached=False)  # past the ladder's top: a lower bound
+    # All measured: the median, every round beside it.
+    g = line([(curve(3e6), curve(4e6)), (curve(2e6), curve(4e6)), (curve(1e6), curve(4e6))])
+    assert (g["verdict"], g["detail"]) == ("UNSURE", "0.50x (rounds 0.75x, 0.50x, 0.25x)")
+    # All upper bounds (the anchor passed the top every round): an upper bound.
+    g = line([(curve(2.79e6), top), (curve(2.79e6), top), (curve(1e6), top)])
+    assert (g["verdict"], g["detail"]) == ("MISSED", "<=0.54x (rounds <=0.54x, <=0.54x, <=0.20x)")
+    # All lower bounds (the system passed the top every round): a lower bound.
+    g = line([(top, curve(4e6)), (top, curve(2e6)), (top, curve(8e6))])
+    assert (g["verdict"], g["detail"]) == ("MET", ">=1.28x (rounds >=1.28x, >=2.56x, >=0.64x)")
+    # The reference run's select-tls rounds: two upper bounds and one bad
+    # round give "at most 0.54x", not the bad round's 0.15x.
+    g = line([(curve(2.79e6), top), (curve(2.79e6), top), (curve(538e3), curve(3.62e6))])
+    assert (g["verdict"], g["detail"]) == ("MISSED", "<=0.54x (rounds <=0.54x, <=0.54x, 0.15x)")
+    assert g["median"] == [0.0, pytest.approx(2.79 / 5.12)]
+    # Mixed, lower bounds and a measure: a lower bound.
+    g = line([(top, curve(4.7e6)), (top, curve(2.15e6)), (curve(3.62e6), curve(2.35e6))])
+    assert g["detail"] == ">=1.54x (rounds >=1.09x, >=2.38x, 1.54x)"
+    # Bounds in both directions around a measure pin the median exactly.
+    g = line([(top, curve(4.27e6)), (curve(2e6), top), (curve(1.6e6), curve(2e6))])
+    assert (g["verdict"], g["detail"]) == ("UNSURE", "0.80x (rounds >=1.20x, <=0.39x, 0.80x)")
+    # Disagreeing rounds, an even count: a bound between the middle ones.
+    g = line([(curve(1.2e6), curve(4e6)), (curve(2e6), top), (top, curve(4e6)),
+              (curve(3.6e6), curve(4e6))])  # fmt: skip
+    assert g["detail"] == "0.60-0.65x (rounds 0.30x, <=0.39x, >=1.28x, 0.90x)"
+    # A round where both passed the top compares nothing; one round has no spread.
+    g = line([(top, top), (curve(3e6), curve(4e6))])
+    assert g["detail"].startswith("0.75x (rounds -, 0.75x); both passed the ladder's top")
+    assert line([(curve(3e6), curve(4e6))])["detail"] == "0.75x (1 round: no spread to judge by)"
+    assert line([(top, top)])["detail"].startswith("no round measured both capacities")
+
+
 def test_a_step_the_harness_could_not_carry_makes_the_capacity_a_lower_bound() -> None:
     """Where the harness, not the server, failed a step (the sender late on its own
     schedule, or the harness leaving the server less than a core of a full
     machine), the capacity is only a bound and the goal line says whose limit it was."""
-    from bench import capacity, report
+    from bench import capacity, summary
 
     def step(**fields: object) -> dict[str, object]:
         base = {"ok": False, "lost": 0, "sender_lag_ms": {"p99": 1.0}, "sender_held_back": 0,
@@ -352,7 +400,7 @@ def test_a_step_the_harness_could_not_carry_makes_the_capacity_a_lower_bound() -
         rounds = [{BACKENDS[0]: {"broadcast_curve": curve(select, False)},
                    "redis": {"broadcast_curve": curve(2.56e6, True)}}]  # fmt: skip
         [g] = capacity.goals({"n": 500, "systems": [BACKENDS[0], "redis"], "rounds": rounds},
-                             report.GOAL_MIN_N)  # fmt: skip
+                             summary.GOAL_MIN_N)  # fmt: skip
         return g
 
     # Redis carried at least 2,560k: select's own 2,400k is at most 0.94x, which
@@ -364,7 +412,7 @@ def test_a_step_the_harness_could_not_carry_makes_the_capacity_a_lower_bound() -
     both = {"n": 500, "systems": [BACKENDS[0], "redis"],
             "rounds": [{BACKENDS[0]: {"broadcast_curve": topped},
                         "redis": {"broadcast_curve": topped}}]}  # fmt: skip
-    [g] = capacity.goals(both, report.GOAL_MIN_N)
+    [g] = capacity.goals(both, summary.GOAL_MIN_N)
     assert g["verdict"] is None and "both passed the ladder's top in round 1" in g["detail"]
 
 
@@ -376,22 +424,35 @@ def test_help_shows_every_default_and_explains_every_option() -> None:
     for option in ("--no-plots", "--target-dialect", "--wide", "--quick", "--objective"):
         assert f"{option} " in text
     assert "write no PNG plots" in text and "what --target speaks" in text
+    # 80 columns, and no system or option name split at its hyphen.
+    assert max(map(len, done.stdout.splitlines())) <= 80
+    assert "select-ws" in text and "--web-port" in text
     for default in ("-n CLIENTS, --clients CLIENTS clients per system (default: 500)",
                     "interleaved rounds (default: 3)", "(default: 20.0)", "(default: 0)"):
         assert default in text, default  # fmt: skip
 
 
 def test_the_cluster_stall_lines_say_which_stall_they_are() -> None:
-    from bench import cluster
+    """Each stall's line says which it is (its number, how long Redis was
+    stopped), and the lines under it which DM got which answer."""
+    from bench import cluster_report
 
-    trial = {"answers": {"echo": 3, "not delivered": 1}, "disconnected": 0}
+    trial = {"answers": {"echo": 3, "not delivered": 1}, "disconnected": 0, "stalled_s": 1.004,
+             "offline_notices": 0,
+             "dms": {"during, same node": "echo", "during, other node": "not delivered",
+                     "after, same node": "echo", "after, other node": "echo"}}  # fmt: skip
+    older = {k: v for k, v in trial.items() if k not in ("dms", "stalled_s")}  # an older JSON
     doc = {"n": 20, "rounds": 1, "machine": {"cores": 2, "cpu": "x", "redis": "7"},
-           "stall": {"trials": [trial, trial], "stall_s": 1.0, "users": 6,
+           "stall": {"trials": [trial, older], "stall_s": 1.0, "users": 6,
                      "offline_notices": 0, "false_echoes": 0}}  # fmt: skip
-    cluster.summarize(doc)
-    lines = cluster.table(doc).splitlines()
-    assert "  stall 1: DM answers echo 3, not delivered 1; disconnected 0" in lines
-    assert "  stall 2: DM answers echo 3, not delivered 1; disconnected 0" in lines
+    cluster_report.summarize(doc)
+    lines = cluster_report.table(doc).splitlines()
+    at = lines.index("  stall 1 of 2 (1.00 s): DM answers echo 3, not delivered 1; disconnected 0")
+    assert lines[at + 1 : at + 4] == [
+        "    sent during it: same node echo, other node not delivered",
+        "    sent after it: same node echo, other node echo",
+        "  stall 2 of 2: DM answers echo 3, not delivered 1; disconnected 0",
+    ]
 
 
 def _row(lines: list[str], label: str) -> str:
