@@ -1,28 +1,18 @@
 """The threads backend's chat lock and GIL hand-offs, measured on the current code.
 
-Every call into the chat logic of the threads backend happens under one chat
-lock (a ``FairLock``), and Python's GIL lets one thread run at a time: each
-turn of the lock wakes one particular sleeping thread, which must then win
-the GIL.  This script shows what that costs.  It runs the threads backend in
-this process over real loopback sockets, with the chat lock replaced, before
-any client connects, by a subclass that times each acquisition (the server's
-own code path is unchanged).  The receivers are the load benchmark's
-(``bench.harness.fleet``, a child process that checks every delivery
-arrives); the sender is a client in this process.  The phases:
-
-* ``login storm``: N clients log in at once (every login announced to all);
-* ``bcast R/s``: one sender broadcasts at a steady offered rate;
-* ``bcast max``: as fast as the sender can, several broadcasts per write,
-  each write after the echoes of the one before;
-* ``dm spread``: direct messages in batches, spread over all N.
-
-Per phase, for the chat lock: turns (acquisitions), the share that had to
-queue, the wait (calling ``acquire`` to owning the lock) and the hold
-(owning it to releasing it, the end-of-pass sends included), the convoy
-(threads queued when a holder released it, on average) and deliveries per
-turn.  And the context switches of the server's threads (the process's less
-the sender's thread's) per delivered message, beside the same load on the
-select backend, which has no lock and one thread.
+Every call into the threads backend's chat logic is made under one chat lock
+(a ``FairLock``), and the GIL lets one thread run Python at a time: each turn
+of the lock wakes one particular sleeping thread, which must then win the
+GIL.  This script shows what that costs.  It runs the threads backend in this
+process over real loopback sockets, its chat lock replaced before any client
+connects by a subclass that times every turn (the server's code path is
+unchanged).  The receivers are the load benchmark's (``bench.harness``: a
+child process that checks every delivery arrives); the sender is a client
+in this process.  Phases: a login storm of N clients; broadcasts at a steady
+offered rate; broadcasts as fast as the sender can, several per write, each
+write once the echoes of the one before are back; direct messages in
+batches, spread over all N.  Then the same load on the select backend, for
+the context switches: what the lock and the threads add.
 
     python bench/lock_waits.py                  # N = 500
     python bench/lock_waits.py -n 100 --seconds 1 --out lock.json
@@ -50,6 +40,7 @@ if str(ROOT) not in sys.path:
 from bench.harness import wire  # noqa: E402
 from bench.harness.driver import Conn, open_loop  # noqa: E402
 from bench.harness.fleet import Fleet  # noqa: E402
+from bench.harness.procstat import machine_facts, raise_nofile_limit  # noqa: E402
 from bench.stats import nearest_rank  # noqa: E402
 from reactor.app import build_chat  # noqa: E402
 from reactor.backends import server_class  # noqa: E402
@@ -63,7 +54,7 @@ HOST = "127.0.0.1"
 PHASES = ("login storm", "bcast {rate}/s", "bcast max", "dm spread")
 
 
-class _Waiters(collections.deque):  # type: ignore[type-arg]
+class _Waiters(collections.deque[threading.Lock]):
     """The lock's queue of waiters: notes, for the thread that joins it, that it queued."""
 
     def __init__(self) -> None:
@@ -149,7 +140,8 @@ class Run:
             self.lock = threads.lock = TimedLock(threads.lock._before_release)
         self.fleet = Fleet("chat", HOST, self.server.port, list(range(args.n)), receivers=1,
                            window=args.login_window)
-        self.thread = threading.Thread(target=self.server.serve_forever, name="server")
+        self.thread = threading.Thread(target=self.server.serve_forever, name="server",
+                                       daemon=True)
         self.thread.start()
         self.sender: Conn | None = None
 
@@ -178,22 +170,22 @@ class Run:
         return result
 
     def _wait(self, key: str, want: int) -> int:
-        status, _ = self.fleet.wait_for(lambda s: s[key] >= want, stall=10.0, cap=120.0,
-                                        every=0.01)
+        """Until the receivers have ``want`` of ``key``, or no progress for 10 s."""
+        status, _ = self.fleet.wait_for(lambda s: s[key] >= want, stall=10.0,
+                                        cap=max(120.0, self.n * 0.1), every=0.01)
         return int(status[key])
 
     def storm(self) -> tuple[int, int]:
         expected = self.n * (self.n + 1) // 2  # the k-th login is told to N-k+1 users
         self.fleet.send("login")
-        status, _ = self.fleet.wait_for(
-            lambda s: s["logged_in"] >= self.n and s["notices"] >= expected,
-            stall=10.0, cap=max(120.0, self.n * 0.1), every=0.01)
-        # The sender logs in after the storm, outside every phase.
+        return self._wait("notices", expected), expected
+
+    def log_in_sender(self) -> None:
+        """After the storm, outside every phase."""
         self.sender = Conn(HOST, self.server.port)
         self.sender.send(wire.login("chat", wire.sender_name(0)))
         if not self.sender.wait_for_text(wire.online_notice(wire.sender_name(0)), 30.0):
             raise RuntimeError("the sender's login was not answered")
-        return int(status["notices"]), expected
 
     def broadcast_rate(self) -> tuple[int, int]:
         assert self.sender is not None
@@ -203,50 +195,45 @@ class Run:
             "chat", wire.payload(wire.KIND_BROADCAST, seq, t)), self.args.rate, count)
         return self._wait("b", self.n * sent.sent), self.n * count
 
-    def closed_loop(self, per_write: int, kind: int, line: Callable[[int, bytes], bytes],
-                    cap: int) -> int:
-        """Write ``per_write`` lines at a time, each write once the echo of the
-        last line before it is back, for ``--seconds`` (at most ``cap`` lines)."""
+    def closed_loop(self, kind: int, per_write: int, cap: int) -> int:
+        """Broadcasts or DMs (spread over all N), ``per_write`` at a time, each
+        write once the echo of the one before is back, for ``--seconds``."""
         assert self.sender is not None
-        sent = 0
-        stop = time.monotonic() + self.args.seconds
+        sent, stop = 0, time.monotonic() + self.args.seconds
         while sent < cap and time.monotonic() < stop:
             batch = range(sent, min(cap, sent + per_write))
             texts = [wire.payload(kind, seq, time.monotonic_ns()) for seq in batch]
-            self.sender.send(b"".join(line(seq, text) for seq, text in zip(batch, texts,
-                                                                          strict=True)))
+            self.sender.send(b"".join(
+                wire.broadcast("chat", text) if kind == wire.KIND_BROADCAST
+                else wire.direct("chat", wire.client_name(seq * 7919 % self.n), text)
+                for seq, text in zip(batch, texts, strict=True)))
             if not self.sender.wait_for_text(texts[-1], 30.0):
                 raise RuntimeError("the sender's echo did not come back")
             sent = batch.stop
         return sent
 
     def broadcast_max(self) -> tuple[int, int]:
-        cap = max(100, 5_000_000 // self.n)  # (each receiver keeps a byte per broadcast per client)
+        cap = max(100, 5_000_000 // self.n)  # (a receiver keeps a byte per broadcast and client)
         self.fleet.measure(cap, 0, 0)
-        sent = self.closed_loop(self.args.per_write, wire.KIND_BROADCAST, _broadcast, cap)
+        sent = self.closed_loop(wire.KIND_BROADCAST, self.args.per_write, cap)
         return self._wait("b", self.n * sent), self.n * sent
 
     def direct_spread(self) -> tuple[int, int]:
         cap = 1_000_000
         self.fleet.measure(0, cap, 0)
-
-        def direct(seq: int, text: bytes) -> bytes:
-            return wire.direct("chat", wire.client_name(seq * 7919 % self.n), text)
-
-        sent = self.closed_loop(self.args.dm_batch, wire.KIND_DIRECT, direct, cap)
+        sent = self.closed_loop(wire.KIND_DIRECT, self.args.dm_batch, cap)
         return self._wait("d", sent), sent
-
-
-def _broadcast(_seq: int, text: bytes) -> bytes:
-    return wire.broadcast("chat", text)
 
 
 def measure(backend: str, args: argparse.Namespace) -> list[dict[str, Any]]:
     run = Run(backend, args)
     try:
         names = [p.format(rate=f"{args.rate:g}") for p in PHASES]
-        steps = (run.storm, run.broadcast_rate, run.broadcast_max, run.direct_spread)
-        return [run.phase(name, step) for name, step in zip(names, steps, strict=True)]
+        results = [run.phase(names[0], run.storm)]
+        run.log_in_sender()
+        steps = (run.broadcast_rate, run.broadcast_max, run.direct_spread)
+        return results + [run.phase(name, step)
+                          for name, step in zip(names[1:], steps, strict=True)]
     finally:
         run.close()
 
@@ -321,10 +308,11 @@ def main() -> None:
     parser.add_argument("--login-window", type=int, default=32, help="logins in flight")
     parser.add_argument("--out", type=Path, default=None, help="also write the figures as JSON")
     args = parser.parse_args()
+    raise_nofile_limit()  # the server's N sockets are in this process
     doc: dict[str, Any] = {
         "n": args.n, "commit": commit(), "switch_interval_ms": sys.getswitchinterval() * 1e3,
         "load_average": " ".join(f"{x:.2f}" for x in os.getloadavg()), "cpus": os.cpu_count(),
-        "config": {k: v for k, v in vars(args).items() if k != "out"},
+        "machine": machine_facts(), "config": {k: v for k, v in vars(args).items() if k != "out"},
     }
     doc["threads"] = measure("threads", args)
     doc["select"] = measure("select", args)
