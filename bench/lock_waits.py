@@ -1,18 +1,16 @@
 """The threads backend's chat lock and GIL hand-offs, measured on the current code.
 
-Every call into the threads backend's chat logic is made under one chat lock
-(a ``FairLock``), and the GIL lets one thread run Python at a time: each turn
-of the lock wakes one particular sleeping thread, which must then win the
-GIL.  This script shows what that costs.  It runs the threads backend in this
-process over real loopback sockets, its chat lock replaced before any client
-connects by a subclass that times every turn (the server's code path is
-unchanged).  The receivers are the load benchmark's (``bench.harness``: a
-child process that checks every delivery arrives); the sender is a client
-in this process.  Phases: a login storm of N clients; broadcasts at a steady
-offered rate; broadcasts as fast as the sender can, several per write, each
-write once the echoes of the one before are back; direct messages in
-batches, spread over all N.  Then the same load on the select backend, for
-the context switches: what the lock and the threads add.
+Each turn of the threads backend's chat lock (a ``FairLock``) wakes one
+sleeping thread, which must then win the GIL.  This script runs the threads
+backend in this process over loopback, its chat lock replaced before any
+client connects by a subclass that times every turn (the server's code path
+is unchanged); the receivers (``bench.harness.fleet``, which checks every
+delivery arrives) and the sender are child processes.  Phases: a login storm
+of N clients; broadcasts at a steady offered rate; broadcasts as fast as the
+sender can, several per write, each write once the echo of the one before is
+back; direct messages in batches, spread over all N.  Then the same load on
+the select backend, for the server's context switches: what the lock and the
+threads add.
 
     python bench/lock_waits.py                  # N = 500
     python bench/lock_waits.py -n 100 --seconds 1 --out lock.json
@@ -22,7 +20,9 @@ from __future__ import annotations
 
 import argparse
 import collections
+import functools
 import json
+import multiprocessing as mp
 import os
 import resource
 import subprocess
@@ -30,6 +30,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, cast
 
@@ -38,6 +39,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.harness import wire  # noqa: E402
+from bench.harness.deathsig import set_pdeathsig  # noqa: E402
 from bench.harness.driver import Conn, open_loop  # noqa: E402
 from bench.harness.fleet import Fleet  # noqa: E402
 from bench.harness.procstat import machine_facts, raise_nofile_limit  # noqa: E402
@@ -52,6 +54,9 @@ from reactor.flow import FloodLimits  # noqa: E402
 
 HOST = "127.0.0.1"
 PHASES = ("login storm", "bcast {rate}/s", "bcast max", "dm spread")
+# A receiver keeps a byte per broadcast and client: a phase's broadcasts and DMs at most.
+BROADCAST_BYTES, DMS_CAP = 20_000_000, 1_000_000
+_CTX = mp.get_context("fork")  # as bench.harness.fleet
 
 
 class _Waiters(collections.deque[threading.Lock]):
@@ -103,7 +108,7 @@ class TimedLock(FairLock):
 
 def server_switches() -> tuple[int, int]:
     """(voluntary, involuntary) context switches of this process's threads but
-    the calling one (the sender's): the server's, as the kernel counts them."""
+    the calling one (the script's own): the server's, as the kernel counts them."""
     whole = resource.getrusage(resource.RUSAGE_SELF)
     mine = resource.getrusage(resource.RUSAGE_THREAD)
     return whole.ru_nvcsw - mine.ru_nvcsw, whole.ru_nivcsw - mine.ru_nivcsw
@@ -126,8 +131,50 @@ def lock_summary(turns: list[tuple[int, int, bool, int]], delivered: int) -> dic
     }
 
 
+def closed_loop(conn: Conn, kind: int, per_write: int, seconds: float, n: int) -> int:
+    """Broadcasts or DMs (spread over all ``n``), ``per_write`` at a time, each
+    write once the echo of the one before is back, for ``seconds``."""
+    sent, stop, cap = 0, time.monotonic() + seconds, caps(n)[kind == wire.KIND_DIRECT]
+    while sent < cap and time.monotonic() < stop:
+        batch = range(sent, min(cap, sent + per_write))
+        texts = [wire.payload(kind, seq, time.monotonic_ns()) for seq in batch]
+        conn.send(b"".join(
+            wire.broadcast("chat", text) if kind == wire.KIND_BROADCAST
+            else wire.direct("chat", wire.client_name(seq * 7919 % n), text)
+            for seq, text in zip(batch, texts, strict=True)))
+        if not conn.wait_for_text(texts[-1], 30.0):
+            raise RuntimeError("the sender's echo did not come back")
+        sent = batch.stop
+    return sent
+
+
+def caps(n: int) -> tuple[int, int]:
+    """Broadcasts and DMs one phase sends at most."""
+    return max(100, BROADCAST_BYTES // n), DMS_CAP
+
+
+def sender_main(ctl: Connection, port: int, args: argparse.Namespace) -> None:
+    """The sender's process (its own GIL, as a real client's): logs in, then
+    runs each phase it is told; answers (sent, offered)."""
+    set_pdeathsig()
+    conn = Conn(HOST, port)
+    conn.send(wire.login("chat", wire.sender_name(0)))
+    ctl.send(conn.wait_for_text(wire.online_notice(wire.sender_name(0)), 30.0))
+    while (order := ctl.recv()) != "close":
+        if order == "rate":
+            count = max(1, int(args.rate * args.seconds))
+            ctl.send((open_loop(conn, lambda seq, t: wire.broadcast(
+                "chat", wire.payload(wire.KIND_BROADCAST, seq, t)), args.rate, count).sent, count))
+        else:
+            kind, per_write = ((wire.KIND_BROADCAST, args.per_write) if order == "max"
+                               else (wire.KIND_DIRECT, args.dm_batch))
+            sent = closed_loop(conn, kind, per_write, args.seconds, args.n)
+            ctl.send((sent, sent))
+    conn.close()
+
+
 class Run:
-    """One backend serving N receivers and a sender, in this process."""
+    """One backend serving N receivers (a child process) and a sender (another), in this process."""
 
     def __init__(self, backend: str, args: argparse.Namespace) -> None:
         self.n, self.args = args.n, args
@@ -140,15 +187,16 @@ class Run:
             self.lock = threads.lock = TimedLock(threads.lock._before_release)
         self.fleet = Fleet("chat", HOST, self.server.port, list(range(args.n)), receivers=1,
                            window=args.login_window)
+        self.sender: Connection | None = None
         self.thread = threading.Thread(target=self.server.serve_forever, name="server",
                                        daemon=True)
         self.thread.start()
-        self.sender: Conn | None = None
 
     def close(self) -> None:
-        self.fleet.close()
         if self.sender is not None:
-            self.sender.close()
+            self.sender.send("close")
+            self.sender_process.join(10)
+        self.fleet.close()
         self.server.stop()
         self.thread.join(timeout=30)
 
@@ -182,47 +230,26 @@ class Run:
 
     def log_in_sender(self) -> None:
         """After the storm, outside every phase."""
-        self.sender = Conn(HOST, self.server.port)
-        self.sender.send(wire.login("chat", wire.sender_name(0)))
-        if not self.sender.wait_for_text(wire.online_notice(wire.sender_name(0)), 30.0):
+        self.sender, child_end = _CTX.Pipe()
+        self.sender_process = _CTX.Process(target=sender_main, daemon=True, name="bench-sender",
+                                           args=(child_end, self.server.port, self.args))
+        self.sender_process.start()
+        child_end.close()
+        if not self.sender.poll(30.0) or not self.sender.recv():
             raise RuntimeError("the sender's login was not answered")
 
-    def broadcast_rate(self) -> tuple[int, int]:
+    def sending(self, order: str) -> tuple[int, int]:
+        """The sender's phase ``order`` ("rate", "max" or "dm")."""
         assert self.sender is not None
-        count = max(1, int(self.args.rate * self.args.seconds))
-        self.fleet.measure(count, 0, 0)
-        sent = open_loop(self.sender, lambda seq, t: wire.broadcast(
-            "chat", wire.payload(wire.KIND_BROADCAST, seq, t)), self.args.rate, count)
-        return self._wait("b", self.n * sent.sent), self.n * count
-
-    def closed_loop(self, kind: int, per_write: int, cap: int) -> int:
-        """Broadcasts or DMs (spread over all N), ``per_write`` at a time, each
-        write once the echo of the one before is back, for ``--seconds``."""
-        assert self.sender is not None
-        sent, stop = 0, time.monotonic() + self.args.seconds
-        while sent < cap and time.monotonic() < stop:
-            batch = range(sent, min(cap, sent + per_write))
-            texts = [wire.payload(kind, seq, time.monotonic_ns()) for seq in batch]
-            self.sender.send(b"".join(
-                wire.broadcast("chat", text) if kind == wire.KIND_BROADCAST
-                else wire.direct("chat", wire.client_name(seq * 7919 % self.n), text)
-                for seq, text in zip(batch, texts, strict=True)))
-            if not self.sender.wait_for_text(texts[-1], 30.0):
-                raise RuntimeError("the sender's echo did not come back")
-            sent = batch.stop
-        return sent
-
-    def broadcast_max(self) -> tuple[int, int]:
-        cap = max(100, 5_000_000 // self.n)  # (a receiver keeps a byte per broadcast and client)
-        self.fleet.measure(cap, 0, 0)
-        sent = self.closed_loop(wire.KIND_BROADCAST, self.args.per_write, cap)
-        return self._wait("b", self.n * sent), self.n * sent
-
-    def direct_spread(self) -> tuple[int, int]:
-        cap = 1_000_000
-        self.fleet.measure(0, cap, 0)
-        sent = self.closed_loop(wire.KIND_DIRECT, self.args.dm_batch, cap)
-        return self._wait("d", sent), sent
+        broadcasts, dms = caps(self.n)
+        direct = order == "dm"
+        self.fleet.measure(0 if direct else broadcasts, dms if direct else 0, 0)
+        self.sender.send(order)
+        if not self.sender.poll(self.args.seconds + 60.0):
+            raise RuntimeError(f"the sender did not finish {order!r}")
+        sent, offered = self.sender.recv()
+        copies = 1 if direct else self.n
+        return self._wait("d" if direct else "b", copies * sent), copies * offered
 
 
 def measure(backend: str, args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -231,9 +258,8 @@ def measure(backend: str, args: argparse.Namespace) -> list[dict[str, Any]]:
         names = [p.format(rate=f"{args.rate:g}") for p in PHASES]
         results = [run.phase(names[0], run.storm)]
         run.log_in_sender()
-        steps = (run.broadcast_rate, run.broadcast_max, run.direct_spread)
-        return results + [run.phase(name, step)
-                          for name, step in zip(names[1:], steps, strict=True)]
+        return results + [run.phase(name, functools.partial(run.sending, order))
+                          for name, order in zip(names[1:], ("rate", "max", "dm"), strict=True)]
     finally:
         run.close()
 
@@ -249,12 +275,12 @@ def duration(us: float) -> str:
 
 def report(doc: dict[str, Any]) -> list[str]:
     """The two 80-column tables."""
+    columns = "".join(f"{label:>7}" for label in ("p50", "p99", "max") * 2)
     lines = [f"Chat lock of the threads backend, N = {doc['n']}, commit {doc['commit']}, "
              f"switch interval {doc['switch_interval_ms']:g} ms",
              f"load average {doc['load_average']} on {doc['cpus']} CPUs", "",
-             f"{'':11}{'':13}{'wait':>7}{'':14}{'hold':>7}{'':14}{'convoy':>7}{'msg/':>7}",
-             f"{'phase':11}{'turns':>6}{'queued':>7}" + "".join(
-                 f"{label:>7}" for label in ("p50", "p99", "max") * 2) + f"{'':7}{'turn':>7}"]
+             f"{'':24}{'wait':>7}{'':14}{'hold':>7}{'':14}{'convoy':>7}{'msg/':>7}",
+             f"{'phase':11}{'turns':>6}{'queued':>7}{columns}{'':7}{'turn':>7}"]
     for phase in doc["threads"]:
         lock = phase["lock"]
         row = f"{phase['phase']:11}{lock['turns']:>6}"
@@ -263,25 +289,23 @@ def report(doc: dict[str, Any]) -> list[str]:
                 f"{duration(lock[key][label]):>7}"
                 for key in ("wait_us", "hold_us") for label in ("p50", "p99", "max"))
             per_turn = lock["deliveries_per_turn"]
-            row += f"{lock['convoy']:>7.1f}" + (f"{per_turn:>7,.0f}" if per_turn >= 100
-                                                 else f"{per_turn:>7.3g}")
+            row += f"{lock['convoy']:>7.2f}{per_turn:>7{',.0f' if per_turn >= 100 else '.3g'}}"
         lines.append(row)
+    columns = "".join(f"{label:>7}" for label in ("all", "vol", "invol") * 2)
     lines += ["", "Context switches of the server's threads per 1,000 deliveries",
               f"{'':27}{'threads':>17}{'':6}{'select':>14}",
-              f"{'phase':11}{'delivered':>10}{'lost':>6}" + "".join(
-                  f"{label:>7}" for label in ("all", "vol", "invol") * 2) + f"{'ratio':>7}"]
+              f"{'phase':11}{'delivered':>10}{'lost':>6}{columns}{'+vol':>7}"]
     for threads, select in zip(doc["threads"], doc["select"], strict=True):
         row = f"{threads['phase']:11}{threads['delivered']:>10}"
         row += f"{threads['expected'] - threads['delivered']:>6}"
-        per = []
+        blocked = []  # voluntary: a thread went to sleep (lock, GIL, socket)
         for phase in (threads, select):
-            switches, thousands = phase["switches"], max(1, phase["delivered"]) / 1000
-            voluntary, involuntary = switches["voluntary"], switches["involuntary"]
-            per.append((voluntary + involuntary) / thousands)
-            row += "".join(f"{count:>7.3g}" for count in (per[-1], voluntary / thousands,
-                                                          involuntary / thousands))
-        row += f"{per[0] / per[1]:>6.1f}x" if per[1] else f"{'-':>7}"
-        lines.append(row)
+            thousands = max(1, phase["delivered"]) / 1000
+            voluntary, involuntary = phase["switches"].values()
+            blocked.append(voluntary / thousands)
+            row += "".join(f"{count / thousands:>7.3g}"
+                           for count in (voluntary + involuntary, voluntary, involuntary))
+        lines.append(row + f"{blocked[0] - blocked[1]:>+7.3g}")  # what the lock and threads add
     lost = sum(p["expected"] - p["delivered"] for p in doc["threads"] + doc["select"])
     lines.append("every delivery arrived" if not lost else f"{lost} deliveries lost")
     return lines
