@@ -273,6 +273,11 @@ def duration(us: float) -> str:
     return f"{us / 1e6:.3g}s"
 
 
+def figure(x: float) -> str:
+    """At most 6 columns, 3 digits where they fit."""
+    return f"{x:.0f}" if abs(x) >= 100 else f"{x:.1f}" if abs(x) >= 10 else f"{x:.2f}"
+
+
 def report(doc: dict[str, Any]) -> list[str]:
     """The two 80-column tables."""
     columns = "".join(f"{label:>7}" for label in ("p50", "p99", "max") * 2)
@@ -303,9 +308,10 @@ def report(doc: dict[str, Any]) -> list[str]:
             thousands = max(1, phase["delivered"]) / 1000
             voluntary, involuntary = phase["switches"].values()
             blocked.append(voluntary / thousands)
-            row += "".join(f"{count / thousands:>7.3g}"
+            row += "".join(f"{figure(count / thousands):>7}"
                            for count in (voluntary + involuntary, voluntary, involuntary))
-        lines.append(row + f"{blocked[0] - blocked[1]:>+7.3g}")  # what the lock and threads add
+        added = blocked[0] - blocked[1]  # what the lock and the threads add
+        lines.append(row + f"{'+' if added >= 0 else ''}{figure(added)}".rjust(7))
     lost = sum(p["expected"] - p["delivered"] for p in doc["threads"] + doc["select"])
     lines.append("every delivery arrived" if not lost else f"{lost} deliveries lost")
     return lines
