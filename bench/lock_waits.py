@@ -60,7 +60,8 @@ _CTX = mp.get_context("fork")  # as bench.harness.fleet
 
 
 class _Waiters(collections.deque[threading.Lock]):
-    """The lock's queue of waiters: notes, for the thread that joins it, that it queued."""
+    """The lock's queue of waiters (``FairLock._waiters``, which ``acquire``
+    joins when the lock is held): notes, for the thread that joins it, that it queued."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -115,6 +116,7 @@ def server_switches() -> tuple[int, int]:
 
 
 def lock_summary(turns: list[tuple[int, int, bool, int]], delivered: int) -> dict[str, Any]:
+    """A phase's turns of the lock (``TimedLock.log``), in µs and shares."""
     count = len(turns)
     if not count:
         return {"turns": 0}
