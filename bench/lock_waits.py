@@ -56,7 +56,9 @@ HOST = "127.0.0.1"
 PHASES = ("login storm", "bcast {rate}/s", "bcast max", "dm spread")
 # A receiver keeps a byte per broadcast and client: a phase's broadcasts and DMs at most.
 BROADCAST_BYTES, DMS_CAP = 20_000_000, 1_000_000
-_CTX = mp.get_context("fork")  # as bench.harness.fleet
+# The sender starts while the server's threads run: a fork then may copy a
+# lock some thread holds, so its process starts afresh.
+_CTX = mp.get_context("spawn")
 
 
 class _Waiters(collections.deque[threading.Lock]):
