@@ -24,9 +24,8 @@ from collections.abc import Callable
 from typing import Any, Protocol, cast
 
 from reactor.backends.base import Listener
+from reactor.backends.joins import JoiningServer
 from reactor.config import ServerConfig
-from reactor.connection import Connection
-from reactor.contracts import ConnectionEvents
 from reactor.outbuf import Entry, Handoff
 from reactor.sockets import configure_client, discard_input, peer_host
 from reactor.tls import HandshakeCounts, TLSFailure, log_failure
@@ -39,15 +38,13 @@ from reactor.web.transport import WebTransport
 READ_SIZE = 16 * 1024
 
 
-
-class AsyncioLoop(Protocol):
+class AsyncioLoop(JoiningServer, Protocol):
     """What a transport asks of the server that serves it (AsyncioServer),
     named here so that this module need not import the server's, which
     imports this one."""
 
     config: ServerConfig
     loop: asyncio.AbstractEventLoop
-    joined: set[Connection] | None  # (reactor.backends.joins)
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle: ...
 
@@ -60,10 +57,6 @@ class AsyncioLoop(Protocol):
     def tls_context(self) -> ssl.SSLContext: ...
 
     def tls_handshakes(self) -> HandshakeCounts: ...
-
-    def queue_joined_before(self, connection: ConnectionEvents | None) -> None: ...
-
-    def _queue_joined(self) -> None: ...
 
 
 class AsyncioTransport(Transport, asyncio.BufferedProtocol):

@@ -19,10 +19,10 @@ import socket
 from collections.abc import Callable
 from typing import Protocol
 
+from reactor.backends.joins import JoiningServer
 from reactor.backends.selector_pollers import _READ, _WRITE, _EpollPoller, _SelectorsPoller
 from reactor.config import ServerConfig
 from reactor.connection import Connection
-from reactor.contracts import ConnectionEvents
 from reactor.outbuf import Entry, Handoff
 from reactor.sockets import KernelRoom, discard_input, send_cost
 from reactor.timers import Timer
@@ -37,7 +37,7 @@ from reactor.web.transport import WebTransport
 READ_SIZE = 16 * 1024
 
 
-class SelectorLoop(Protocol):
+class SelectorLoop(JoiningServer, Protocol):
     """What a transport asks of the loop that serves it (SelectorServer),
     named here so that this module need not import the loop's, which
     imports this one."""
@@ -50,17 +50,12 @@ class SelectorLoop(Protocol):
     reading: SelectorTransport | None  # whose input is being handled
     pending_writes: list[SelectorTransport]  # visited by _settle
     dead: list[SelectorTransport]  # closed this pass: reported by _settle
-    joined: set[Connection] | None  # (reactor.backends.joins)
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> Timer: ...
 
     def more_input_waits(self) -> bool: ...
 
     def may_handshake(self, host: str) -> bool: ...
-
-    def queue_joined_before(self, connection: ConnectionEvents | None) -> None: ...
-
-    def _queue_joined(self) -> None: ...
 
 
 class SelectorTransport(KernelRoom, Transport):

@@ -23,9 +23,8 @@ from collections.abc import Callable
 from typing import Protocol
 
 from reactor.backends.fair_lock import FairLock
+from reactor.backends.joins import JoiningServer
 from reactor.config import ServerConfig
-from reactor.connection import Connection
-from reactor.contracts import ConnectionEvents
 from reactor.outbuf import Entry, Handoff
 from reactor.sockets import KernelRoom, discard_input, send_cost
 from reactor.timers import Timer
@@ -39,24 +38,19 @@ log = logging.getLogger("reactor")
 _NO_TURN = contextlib.nullcontext()
 
 
-class ThreadsLoop(Protocol):
+class ThreadsLoop(JoiningServer, Protocol):
     """What a transport asks of the server that serves it (ThreadsServer),
     named here so that this module need not import the server's, which
     imports this one."""
 
     config: ServerConfig
     lock: FairLock  # the chat lock
-    joined: set[Connection] | None  # (reactor.backends.joins)
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> Timer: ...
 
     def want_settle(self, transport: ThreadTransport) -> None: ...
 
     def handshake_turn(self, host: str) -> contextlib.AbstractContextManager[None]: ...
-
-    def queue_joined_before(self, connection: ConnectionEvents | None) -> None: ...
-
-    def _queue_joined(self) -> None: ...
 
 
 class ThreadTransport(KernelRoom, Transport):
