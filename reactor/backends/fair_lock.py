@@ -1,7 +1,7 @@
 """A mutex handed to its waiters in arrival order: the threads backend's chat lock.
 
 Apart from the backend because it is a lock and nothing else: it knows
-nothing of sockets or the chat, and is read and tested on its own.
+nothing of sockets or the chat, and reads on its own.
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """The select backend's pollers: readiness of descriptors, by epoll or ``selectors``.
 
-SelectorServer's loop asks a poller to register, modify and unregister a
-socket and to ``poll``, giving ``(fd, epoll events)`` whose fd it looks up in
-``data``; ``_Poller`` is the one it builds.  Apart from the loop because they
-know descriptors and event bits only: nothing of connections or the chat.
+The select loop and its transports ask a poller to register, modify and
+unregister a socket, and the loop asks it to ``poll``, giving ``(fd, epoll
+events)`` whose fd it looks up in ``data``; ``_Poller`` is the one it
+builds.  Apart from the loop because they know descriptors and event bits
+only: nothing of connections or the chat.
 The names keep their underscore: they are the select backend's own (its
 server and transports import them), not the package's.
 """
