@@ -20,7 +20,7 @@ is and keeps the promises listed on :class:`JoinedFanOuts`.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from reactor.web.transport import fan_out_framed
 
@@ -29,6 +29,18 @@ if TYPE_CHECKING:
     from reactor.connection import Connection
     from reactor.contracts import ConnectionEvents
     from reactor.transport import Transport
+
+
+class JoiningServer(Protocol):
+    """What a transport asks of a server with joined fan-outs (point 2 of
+    :class:`JoinedFanOuts`); each backend's transport names the rest of
+    what it asks of its server in a Protocol that extends this one."""
+
+    joined: set[Connection] | None
+
+    def queue_joined_before(self, connection: ConnectionEvents | None) -> None: ...
+
+    def _queue_joined(self) -> None: ...
 
 
 class JoinedFanOuts:

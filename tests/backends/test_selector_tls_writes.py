@@ -22,7 +22,8 @@ from pathlib import Path
 import pytest
 import trustme
 
-from reactor.backends.selector import SelectorServer, SelectorTLSTransport
+from reactor.backends.selector import SelectorServer
+from reactor.backends.selector_tls_transport import SelectorTLSTransport
 from reactor.tls import RECORD_SIZE, load_context
 from tests.backends.test_selector_writes import LINE, Peer, idle_server
 

@@ -22,12 +22,9 @@ from dataclasses import dataclass, field
 import pytest
 
 from reactor.app import build_chat
-from reactor.backends.selector import (
-    _WRITE,
-    SelectorServer,
-    SelectorTransport,
-    SelectorWebTransport,
-)
+from reactor.backends.selector import SelectorServer
+from reactor.backends.selector_pollers import _WRITE
+from reactor.backends.selector_transport import SelectorTransport, SelectorWebTransport
 from reactor.connection import Connection
 from reactor.flow import FloodLimits
 from reactor.web.http import Site

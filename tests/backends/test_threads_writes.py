@@ -19,7 +19,8 @@ from dataclasses import dataclass
 import pytest
 
 from reactor.app import build_chat
-from reactor.backends.threads import ThreadsServer, ThreadTransport
+from reactor.backends.threads import ThreadsServer
+from reactor.backends.threads_transport import ThreadTransport
 from reactor.connection import Connection
 from tests.support import (
     DEFAULT_TIMEOUT,
