@@ -47,8 +47,8 @@ from bench.stats import nearest_rank  # noqa: E402
 from reactor.app import build_chat  # noqa: E402
 from reactor.backends import server_class  # noqa: E402
 
-# The one import of the lock's class (it may move to a module of its own).
-from reactor.backends.threads import FairLock  # noqa: E402
+# The one import of the lock's class.
+from reactor.backends.fair_lock import FairLock  # noqa: E402
 from reactor.config import ServerConfig  # noqa: E402
 from reactor.flow import FloodLimits  # noqa: E402
 
