@@ -3,8 +3,9 @@
 ``summarize`` adds to every run of a benchmark document: per system, each
 figure of ``METRICS`` as the median over rounds (counts of lost and
 duplicated deliveries are sums: one loss anywhere is a loss); the
-capacities (bench/capacity.py); the harness check; and the goals, each MET,
-MISSED or UNSURE (the rounds disagree).  bench/report.py prints the result.
+capacities (bench/capacity.py); the harness check; and the goals
+(bench/verdicts.py), each MET, MISSED or UNSURE (the rounds disagree).
+bench/report.py prints the result.
 
 The harness check is that the harness is not what is measured: the CPU the
 harness (receivers and sender) spent per delivery, divided by the CPU Redis,
@@ -19,7 +20,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from bench import capacity, systems
+from bench import capacity, systems, verdicts
 from bench.stats import median
 
 Path_ = tuple[str | int, ...]
@@ -177,11 +178,11 @@ def ratio(value: Any, anchor: Any) -> float | None:
 
 
 def goals(run: dict[str, Any]) -> list[dict[str, Any]]:
-    """The goals this run can judge: capacity ratios (bench.capacity.GOALS)
+    """The goals this run can judge: capacity ratios (bench.verdicts.GOALS)
     from N = GOAL_MIN_N, and the served-without-loss and login-storm goals at
     their own N.  Each has ``verdict``: MET, MISSED, UNSURE or None."""
     s = run["summary"]
-    out = capacity.goals(run, GOAL_MIN_N)
+    out = verdicts.goals(run, GOAL_MIN_N)
 
     def add(text: str, ok: bool | None, detail: str) -> None:
         mark = {True: "MET", False: "MISSED", None: None}[ok]

@@ -5,7 +5,9 @@ in, so a key typed at any moment lands in the input line (``cli.__main__``
 also turns terminal echo off before the slow imports, so nothing typed even
 earlier is echoed raw).  Everything runs on one asyncio loop: the prompt, the
 network task (connect, log in, read, reconnect) and the printer task that
-writes lines above the prompt in order.
+writes lines above the prompt in order.  The prompt, the toolbar and the
+printer are :mod:`cli.screen`; here is the session they show: its state,
+what typed lines do, the network task and what arrives from the server.
 
 Every line of output is a :class:`cli.present.Line`, wrapped to the terminal
 width with a hanging indent and styled through prompt_toolkit (``NO_COLOR``
@@ -34,15 +36,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from prompt_toolkit import PromptSession
-from prompt_toolkit.application import run_in_terminal
-from prompt_toolkit.application.current import set_app
-from prompt_toolkit.formatted_text import StyleAndTextTuples
-from prompt_toolkit.history import FileHistory, History, InMemoryHistory
-from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
-from prompt_toolkit.output import ColorDepth, Output
-from prompt_toolkit.renderer import print_formatted_text as render_fragments
-
 from cli.completion import ChatCompleter, Roster
 from cli.connection import (
     ANSWERED_IN_TLS,
@@ -59,8 +52,9 @@ from cli.connection import (
     speaks_tls,
 )
 from cli.display import MAX_SERVER_LINE, ServerLine, render
-from cli.outbox import ANSWER_TIMEOUT, Outbox, Outgoing, Resolution
-from cli.present import STYLE, Line, Presenter, plain
+from cli.outbox import Outbox, Resolution
+from cli.present import Line, Presenter, plain
+from cli.screen import Screen
 from cli.typed import (
     HELP_TEXT,
     AskPasswords,
@@ -97,7 +91,6 @@ from protocol import (
 LOGOUT_TIMEOUT = 2.0
 FIRST_RETRY = 0.5
 MAX_RETRY = 30.0
-SHOWN_PENDING = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,30 +117,6 @@ class _LoginFailed(Exception):
         self.final = final
 
 
-class _End(Exception):
-    """Ends the running prompt: the session is over."""
-
-
-class _PasswordWanted(Exception):
-    """Ends the running prompt for a moment: a password is to be asked, no echo."""
-
-
-_SECRET_WORDS = ("register", "password", "/register", "/password")
-
-
-def _keep_secrets_out(history: History) -> History:
-    """Lines that may carry a password (``register ...``, ``password ...``)
-    are not kept in the history, nor written to the history file."""
-    append = history.append_string
-
-    def append_string(string: str) -> None:
-        if string.lstrip(" ").split(" ", 1)[0].lower() not in _SECRET_WORDS:
-            append(string)
-
-    history.append_string = append_string  # type: ignore[method-assign]
-    return history
-
-
 def backoff_delays(first: float = FIRST_RETRY, most: float = MAX_RETRY):  # type: ignore[no-untyped-def]
     """Retry delays: doubling from ``first`` to ``most``, each with jitter of up to half."""
     delay = first
@@ -156,7 +125,11 @@ def backoff_delays(first: float = FIRST_RETRY, most: float = MAX_RETRY):  # type
         delay = min(delay * 2, most)
 
 
-class Client:
+class Client(Screen):
+    """One chat session at the terminal: connecting, commands, what arrives."""
+
+    options: Options
+
     def __init__(self, options: Options) -> None:
         self.options = options
         self.name = options.name
@@ -176,181 +149,15 @@ class Client:
         # close that follows is theirs, and is not undone by reconnecting.
         self.removed: Kicked | Banned | None = None
         self.reconnect_wanted = asyncio.Event()
-        self.output_queue: asyncio.Queue[tuple[StyleAndTextTuples, bool]] = asyncio.Queue()
         # The password of a registered name: from the environment, or as typed
         # (kept for reconnecting); a new one once the server confirms it.
         self.password: str | None = os.environ.get(PASSWORD_VARIABLE) or None
         self.password_from_environment = self.password is not None
         self._new_password: str | None = None
-        self._secret_request: tuple[asyncio.Future[str | None], str] | None = None
         self._tried_password: str | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self._draft = ""
-        history: History = InMemoryHistory()
-        if options.history_file is not None:
-            options.history_file.parent.mkdir(parents=True, exist_ok=True)
-            options.history_file.touch(mode=0o600, exist_ok=True)
-            history = FileHistory(str(options.history_file))
-        history = _keep_secrets_out(history)
-        self.session: PromptSession[str] = PromptSession(
-            message=self._prompt,
-            bottom_toolbar=self._toolbar,
-            completer=ChatCompleter(self.roster, lambda: self.query is not None),
-            complete_while_typing=False,
-            history=history,
-            key_bindings=self._keys(),
-            style=STYLE,
-            refresh_interval=0.5,
-            enable_history_search=False,
-        )
-
-    # -- the prompt -------------------------------------------------------------
-
-    def _keys(self) -> KeyBindings:
-        keys = KeyBindings()
-
-        @keys.add("c-c")
-        def _(event: KeyPressEvent) -> None:
-            buffer = event.app.current_buffer
-            if buffer.text:
-                buffer.reset()  # a half-typed line is cleared, not sent
-            else:
-                event.app.exit(exception=KeyboardInterrupt())
-
-        return keys
-
-    def _width(self) -> int:
-        try:
-            columns = self.session.app.output.get_size().columns
-        except Exception:
-            columns = 80
-        return max(columns - 1, 20)
-
-    def _prompt(self) -> StyleAndTextTuples:
-        out: StyleAndTextTuples = []
-        # The pending rows live only while the prompt does: not in the
-        # scrollback copy of the prompt that an accepted line leaves behind.
-        # Only messages: users/help/bye answers are shown when they come.
-        pending = [] if self.session.app.is_done else [
-            entry for entry in self.outbox.pending() if entry.is_message]
-        now = time.monotonic()
-        if len(pending) > SHOWN_PENDING:
-            out.append(("class:pending", f"   ... and {len(pending) - SHOWN_PENDING} more\n"))
-        for entry in pending[-SHOWN_PENDING:]:
-            out.extend(self._pending_row(entry, now))
-            out.append(("", "\n"))
-        target = f"→{self.query}" if self.query else ""
-        out.append(("class:prompt", f"{self.name}{target}> "))
-        return out
-
-    def _pending_row(self, entry: Outgoing, now: float) -> StyleAndTextTuples:
-        late = now - entry.sent_at >= ANSWER_TIMEOUT
-        if entry.is_message:
-            label = f"… you → {entry.recipient}: "
-            body = entry.text
-        else:
-            label = f"… {type(entry.command).__name__.lower()}"
-            body = ""
-        note = (f"  (no answer from the server after {ANSWER_TIMEOUT:g} s)" if late
-                else "  (sending)")
-        style = "class:late" if late else "class:pending"
-        rows = self.presenter.rows(Line(style, label, body, style),
-                                   self._width() - len(note))
-        row = rows[0] + ([(style, " …")] if len(rows) > 1 else [])
-        return [*row, (style, note)]
-
-    def _toolbar(self) -> StyleAndTextTuples:
-        where = f"{self.options.host}:{self.options.port}"
-        if self.state == "online":
-            others = self.roster.names()
-            who = ", ".join(others) if others else "nobody else"
-            return [("class:toolbar.online", f" online at {where}"), ("", f" | with: {who}")]
-        if self.state == "waiting":
-            seconds = max(0.0, self.retry_at - time.monotonic())
-            return [("class:toolbar.offline",
-                     f" disconnected from {where}; retrying in {seconds:.0f} s")]
-        if self.state == "kicked":
-            return [("class:toolbar.offline",
-                     f" kicked out of {where}; /reconnect to come back, /quit to leave")]
-        if self.state == "leaving":
-            return [("", " logging out...")]
-        return [("class:toolbar.offline", f" connecting to {where}...")]
-
-    def _end_prompt(self) -> None:
-        self.ended = True
-        self._end_prompt_if_due()
-
-    def _end_prompt_if_due(self) -> None:
-        """End a running prompt if the session is over.
-
-        Also the prompt's ``pre_run`` hook: an end that came while the prompt
-        was starting must still end it as soon as it runs.
-        """
-        app = self.session.app
-        if app.future is None or app.future.done():
-            return
-        if self.ended:
-            app.exit(exception=_End())
-        elif self._secret_request is not None:
-            self._draft = app.current_buffer.text  # given back when the prompt returns
-            # The prompt makes way for the password's: no copy of it stays behind.
-            app.erase_when_done = True
-            app.exit(exception=_PasswordWanted())
-
-    async def ask_secret(self, prompt: str) -> str | None:
-        """Ask for a password with no echo (and no history); None if not given."""
-        future: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
-        self._secret_request = (future, prompt)
-        self._end_prompt_if_due()
-        return await future
-
-    async def _read_secret(self) -> None:
-        request = self._secret_request
-        assert request is not None
-        future, prompt = request
-        secret: str | None = None
-        try:
-            secret = await PromptSession[str](is_password=True).prompt_async(prompt)
-        except (EOFError, KeyboardInterrupt, OSError):
-            secret = None
-        finally:
-            self._secret_request = None
-            if not future.done():
-                future.set_result(secret or None)
-
-    def _refresh(self) -> None:
-        self.session.app.invalidate()
-
-    # -- output, in order, above the prompt --------------------------------------
-
-    def show(self, line: Line, bell: bool = False) -> None:
-        self.output_queue.put_nowait((self.presenter.formatted(line, self._width()), bell))
-
-    async def _printer(self) -> None:
-        while True:
-            batch = [await self.output_queue.get()]
-            while not self.output_queue.empty():
-                batch.append(self.output_queue.get_nowait())
-            try:
-                # This task was started outside the prompt's context: name the
-                # application, or run_in_terminal would not erase the prompt first.
-                with set_app(self.session.app):
-                    await run_in_terminal(lambda batch=batch: self._write(batch))
-            except OSError:
-                pass  # the terminal has gone (hung up): nobody to show it to
-            finally:
-                for _ in batch:
-                    self.output_queue.task_done()
-
-    def _write(self, batch: list[tuple[StyleAndTextTuples, bool]]) -> None:
-        output: Output = self.session.app.output
-        depth = ColorDepth.from_env() or output.get_default_color_depth()
-        with contextlib.suppress(OSError):  # the terminal has gone
-            for fragments, bell in batch:
-                if bell:
-                    output.bell()
-                render_fragments(output, fragments, STYLE, color_depth=depth)
-            output.flush()
+        super().__init__(options.history_file,
+                         ChatCompleter(self.roster, lambda: self.query is not None))
 
     # -- main --------------------------------------------------------------------
 
@@ -380,22 +187,7 @@ class Client:
         self._end_prompt()
 
     async def _chat(self) -> None:
-        while not self.ended:
-            if self._secret_request is not None:
-                await self._read_secret()
-                continue
-            draft, self._draft = self._draft, ""
-            self.session.app.erase_when_done = False  # an accepted line stays in the scrollback
-            try:
-                text = await self.session.prompt_async(pre_run=self._end_prompt_if_due,
-                                                       default=draft)
-            except _PasswordWanted:
-                continue
-            except (EOFError, KeyboardInterrupt, _End):
-                return
-            except OSError:
-                # The terminal has gone (hung up): leave, logging out first.
-                return
+        while (text := await self.read_line()) is not None:
             action = interpret(text, self.query)
             if action is None:
                 continue

@@ -23,7 +23,7 @@ SIGTERM ignored until the pipe drains).  So:
 The queue is a ``queue.SimpleQueue``, with the bound checked against its
 ``qsize()``, rather than a ``queue.Queue(maxsize)``: ``Queue.put_nowait``
 takes a non-reentrant lock and runs Python code while holding it, so a signal
-handler that logs (SIGHUP, SIGUSR1: see ``reactor.__main__``) arriving just
+handler that logs (SIGHUP, SIGUSR1: see ``reactor.signals``) arriving just
 then on the same thread would deadlock.  ``SimpleQueue.put`` is reentrant
 (it is documented as safe from signal handlers).  With several threads
 logging at once the bound can be passed by a record or two; it is a bound on

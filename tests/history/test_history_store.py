@@ -309,7 +309,7 @@ def test_the_configuration_picks_the_store(tmp_path: Path) -> None:
 
 
 def test_history_on_a_cluster_is_kept_in_its_redis() -> None:
-    from reactor.__main__ import parse_args
+    from reactor.options import parse_args
 
     args = parse_args(["--history", "on", "--cluster", "redis://127.0.0.1:1"], {})
     assert args.history and args.cluster == "redis://127.0.0.1:1"

@@ -283,7 +283,7 @@ def test_the_capacity_search_reports_a_lower_bound_and_goes_below_the_ladder() -
 
 
 def test_a_goal_is_met_missed_or_unsure_by_what_each_round_says() -> None:
-    from bench import capacity, summary
+    from bench import summary, verdicts
 
     def curve(cap: float, reached: bool = True) -> dict[str, object]:
         return {"capacity": cap, "reached": reached, "steps": []}
@@ -294,7 +294,7 @@ def test_a_goal_is_met_missed_or_unsure_by_what_each_round_says() -> None:
         return {"n": n, "systems": [BACKENDS[0], TLS], "rounds": rounds}
 
     def tls_goal(r: dict[str, object]) -> dict[str, object]:
-        [g] = [g for g in capacity.goals(r, summary.GOAL_MIN_N) if str(g["goal"]).startswith(TLS)]
+        [g] = [g for g in verdicts.goals(r, summary.GOAL_MIN_N) if str(g["goal"]).startswith(TLS)]
         return g
 
     g = tls_goal(run([(50e3, 35e3), (40e3, 30e3), (60e3, 40e3)]))
@@ -302,20 +302,20 @@ def test_a_goal_is_met_missed_or_unsure_by_what_each_round_says() -> None:
     assert g["verdict"] == "MET" and g["detail"] == "0.70x (rounds 0.70x, 0.75x, 0.67x)"
     assert tls_goal(run([(50e3, 20e3), (40e3, 20e3)]))["verdict"] == "MISSED"
     assert tls_goal(run([(50e3, 35e3), (50e3, 25e3)]))["verdict"] == "UNSURE"
-    assert not [g for g in capacity.goals(run([(50e3, 35e3)], n=20), summary.GOAL_MIN_N)]
+    assert not [g for g in verdicts.goals(run([(50e3, 35e3)], n=20), summary.GOAL_MIN_N)]
     # A capacity past the ladder's top is a lower bound: it can meet a goal, not miss it.
-    bound = capacity.round_ratio(curve(20e3), curve(160e3, reached=False))
+    bound = verdicts.round_ratio(curve(20e3), curve(160e3, reached=False))
     assert bound == (0.0, 0.125)
-    assert capacity.verdict([capacity.round_ratio(curve(160e3, False), curve(80e3))], 0.9) == "MET"
-    assert capacity.verdict([bound], 0.9) == "MISSED"
-    assert capacity.verdict([bound], 0.1) == "UNSURE"
+    assert verdicts.verdict([verdicts.round_ratio(curve(160e3, False), curve(80e3))], 0.9) == "MET"
+    assert verdicts.verdict([bound], 0.9) == "MISSED"
+    assert verdicts.verdict([bound], 0.1) == "UNSURE"
 
 
 def test_a_goal_line_states_what_the_rounds_support_bounds_included() -> None:
     """The headline is the median of the rounds' true ratios as far as the
     rounds bound it (low ends' median to high ends' median), never the one
     round that happened to be measured; then every round, in order."""
-    from bench import capacity
+    from bench import verdicts
 
     def curve(cap: float, reached: bool = True) -> dict[str, object]:
         return {"capacity": cap, "reached": reached, "first_failed": None, "steps": []}
@@ -324,7 +324,7 @@ def test_a_goal_line_states_what_the_rounds_support_bounds_included() -> None:
         rounds = [{TLS: {"broadcast_curve": a}, BACKENDS[0]: {"broadcast_curve": b}}
                   for a, b in pairs]  # fmt: skip
         run = {"n": 500, "systems": [BACKENDS[0], TLS], "rounds": rounds}
-        [g] = [g for g in capacity.goals(run, 100) if str(g["goal"]).startswith(TLS)]
+        [g] = [g for g in verdicts.goals(run, 100) if str(g["goal"]).startswith(TLS)]
         return g
 
     top = curve(5.12e6, reached=False)  # past the ladder's top: a lower bound
@@ -363,7 +363,7 @@ def test_a_step_the_harness_could_not_carry_makes_the_capacity_a_lower_bound() -
     """Where the harness, not the server, failed a step (the sender late on its own
     schedule, or the harness leaving the server less than a core of a full
     machine), the capacity is only a bound and the goal line says whose limit it was."""
-    from bench import capacity, summary
+    from bench import capacity, summary, verdicts
 
     def step(**fields: object) -> dict[str, object]:
         base = {"ok": False, "lost": 0, "sender_lag_ms": {"p99": 1.0}, "sender_held_back": 0,
@@ -399,7 +399,7 @@ def test_a_step_the_harness_could_not_carry_makes_the_capacity_a_lower_bound() -
     def goal(select: float) -> dict[str, object]:
         rounds = [{BACKENDS[0]: {"broadcast_curve": curve(select, False)},
                    "redis": {"broadcast_curve": curve(2.56e6, True)}}]  # fmt: skip
-        [g] = capacity.goals({"n": 500, "systems": [BACKENDS[0], "redis"], "rounds": rounds},
+        [g] = verdicts.goals({"n": 500, "systems": [BACKENDS[0], "redis"], "rounds": rounds},
                              summary.GOAL_MIN_N)  # fmt: skip
         return g
 
@@ -412,7 +412,7 @@ def test_a_step_the_harness_could_not_carry_makes_the_capacity_a_lower_bound() -
     both = {"n": 500, "systems": [BACKENDS[0], "redis"],
             "rounds": [{BACKENDS[0]: {"broadcast_curve": topped},
                         "redis": {"broadcast_curve": topped}}]}  # fmt: skip
-    [g] = capacity.goals(both, summary.GOAL_MIN_N)
+    [g] = verdicts.goals(both, summary.GOAL_MIN_N)
     assert g["verdict"] is None and "both passed the ladder's top in round 1" in g["detail"]
 
 

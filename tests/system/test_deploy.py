@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from reactor.__main__ import parse_args
+from reactor.options import parse_args
 from tests.faults import REPO, ServerProcess, port_in_log_line, server_process
 from tests.support import DEFAULT_TIMEOUT, Clients, the_original_conversation
 

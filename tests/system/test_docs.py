@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from reactor import BACKENDS
-from reactor.__main__ import build_parser
+from reactor.options import build_parser
 from reactor.settings import options_of
 
 # The repository: the nearest directory above this file with a pyproject.toml

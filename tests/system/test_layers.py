@@ -10,7 +10,7 @@ each is a dependency a reader must follow.  The layers, lowest first::
     backends | accounts | cluster |
     admin | history               siblings: never import each other
     reactor.app                   the composition root
-    entry points                  python -m reactor, python -m reactor.accounts
+    entry points                  python -m reactor (and its options), python -m reactor.accounts
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ PACKAGES = ("protocol", "reactor")
 
 # (rank, group): a module may import a lower rank, or its own group.
 PROTOCOL, CORE, REDIS, FEATURES, APP, ENTRY = range(6)
-ENTRY_POINTS = {"reactor", "reactor.__main__", "reactor.accounts.__main__"}
+ENTRY_POINTS = {"reactor", "reactor.__main__", "reactor.options", "reactor.accounts.__main__"}
 
 
 def _modules() -> dict[str, Path]:

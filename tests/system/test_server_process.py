@@ -18,8 +18,8 @@ import time
 import pytest
 
 from reactor import BACKENDS
-from reactor.__main__ import config_from_args, parse_args
 from reactor.logs import QUEUE_BOUND, STOP_TIMEOUT
+from reactor.options import config_from_args, parse_args
 from tests.admin_support import get, scrape
 from tests.faults import REPO, Drain, port_in_log_line, server_process
 from tests.support import DEFAULT_TIMEOUT, LineClient, without_log_time

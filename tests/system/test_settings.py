@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from reactor.__main__ import build_parser, config_from_args, parse_args
+from reactor.options import build_parser, config_from_args, parse_args
 from reactor.settings import Option, line_of, options_of
 from tests.faults import REPO, server_process
 from tests.support import Clients, the_original_conversation
