@@ -350,6 +350,9 @@ def main(argv: list[str] | None = None) -> int:
             doc = json.loads(args.report.read_text())
         except (OSError, ValueError) as error:
             raise SystemExit(f"cannot read {args.report}: {error}") from None
+        if not isinstance(doc, dict) or not isinstance(doc.get("runs"), list):
+            raise SystemExit(f"{args.report} is not the JSON of a bench/load.py run "
+                             "(it has no list of runs)")
         if not all("ladder" in run.get("config", {}) for run in doc.get("runs", [])):
             raise SystemExit(f"{args.report} is from before the capacity search; its own "
                              "commit's bench/load.py prints it (git keeps that)")  # fmt: skip

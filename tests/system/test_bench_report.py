@@ -1,0 +1,44 @@
+"""``bench/load.py --report``: a saved run printed again, and a wrong file refused in one line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+REFERENCE = ROOT / "bench" / "reference"
+
+
+def report(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(ROOT / "bench" / "load.py"), "--report", str(path)],
+                          capture_output=True, text=True, timeout=60, cwd=ROOT)
+
+
+def test_a_saved_run_is_printed_again_with_its_goal_lines() -> None:
+    result = report(REFERENCE / "load-n500.json")
+    assert result.returncode == 0, result.stderr
+    assert "Broadcast capacity" in result.stdout
+    assert "Goals (ratios of capacities measured in the same round):" in result.stdout
+
+
+@pytest.mark.parametrize("content", ['{"cluster": {}}', "[1, 2]", "{}", "not json"])
+def test_a_file_that_is_not_a_saved_run_gets_one_line_and_no_traceback(
+        tmp_path: Path, content: str) -> None:
+    wrong = tmp_path / "wrong.json"
+    wrong.write_text(content)
+    result = report(wrong)
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert str(wrong) in result.stderr
+
+
+def test_the_cluster_phase_json_is_refused_as_not_a_run() -> None:
+    result = report(REFERENCE / "cluster-n500.json")
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "is not the JSON of a bench/load.py run" in result.stderr
