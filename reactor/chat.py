@@ -82,9 +82,10 @@ from reactor.contracts import (
     SocketLoop,
     TimerHandle,
 )
-from reactor.flow import TokenBucket
+from reactor.flow import LoginMeters
 from reactor.log_format import UserText
 from reactor.metrics import ChatStats, close_label
+from reactor.output_budget import OutputBudget
 from reactor.phases import Phase
 from reactor.scheduling import CallLater, CallSoon, LoopScheduler
 from reactor.stored import HistoryDesk
@@ -102,8 +103,6 @@ _MUTED = format_event(YouAreMuted())
 # Seconds between checks of the output limits that take time to judge (the
 # soft limit's grace period, the server-wide budget).
 HOUSEKEEPING_INTERVAL = 1.0
-# While broadcasts wait for the queues to drain: seconds between counts.
-HELD_RECOUNT_INTERVAL = 0.05
 
 SendAtOnce = Callable[[bytes, list[Connection], bool], list[Connection]]
 # Offline notices joined into one fan-out when many users leave together
@@ -148,20 +147,15 @@ class ChatService:
         self.housekeeping_at = clock()
         self._connections: set[Connection] = set()
         self._per_address: Counter[str] = Counter()
-        self._login_buckets: dict[str, TokenBucket] = {}
+        self._login_meters = LoginMeters(config.flood)
         self._send_at_once: SendAtOnce | None = None
         self._shutting_down = False
         # Offline notices held while a fan-out is under way (see user_left).
         self._fan_out_depth = 0
         self._deferred_notices: list[bytes] = []
-        # The output budget (see _keep_the_budget): all queues' total at the
-        # last count, what fan-outs may have added since, the senders whose
-        # broadcasts wait while it is over the high-water mark (None: none
-        # wait), and the connections with output queued at the last check.
-        self._output_total = 0
-        self._fanned_out = 0
-        self._held_broadcasts: list[Connection] | None = None
-        self._queued_at_check: set[Connection] = set()
+        # All queues within the output budget: slow consumers cut, broadcasts
+        # held over the high-water mark.
+        self._output_budget = OutputBudget(config, self._connections, clock, self.scheduler)
 
     # -- set-up by the backend ------------------------------------------------
 
@@ -303,124 +297,22 @@ class ChatService:
 
     def output_queued(self) -> int:
         """Bytes queued for all clients now (for the admin endpoint; O(connections))."""
-        return sum(connection.transport.queued for connection in self._connections)
+        return self._output_budget.queued()
 
-    # -- flood control and output limits ----------------------------------------
+    # -- housekeeping -----------------------------------------------------------
 
     def login_wait(self, connection: Connection, now: float) -> float:
         """Seconds before a login line from this address may be handled."""
-        host = connection.peer_host
-        bucket = self._login_buckets.get(host)
-        if bucket is None:
-            flood = self.config.flood
-            bucket = TokenBucket(flood.logins_per_second, flood.logins_burst, now)
-            self._login_buckets[host] = bucket
-        wait = bucket.wait(now)
-        if not wait:
-            bucket.charge(1, now)
-        return wait
+        return self._login_meters.wait(connection.peer_host, now)
 
     def _housekeeping(self) -> None:
         self.housekeeping_at = self.clock()
         try:
-            self._enforce_output_limits()
-            now = self.clock()
-            for host in [h for h, b in self._login_buckets.items() if b.full(now)]:
-                del self._login_buckets[host]
+            self._output_budget.check()
+            self._login_meters.forget_full(self.clock())
         finally:
             if self.scheduler.attached:
                 self.scheduler.call_later(HOUSEKEEPING_INTERVAL, self._housekeeping)
-
-    def _enforce_output_limits(self) -> None:
-        config = self.config
-        now = self.clock()
-        total = 0
-        stalled: list[tuple[int, Connection]] = []
-        previous, queued = self._queued_at_check, set()
-        for connection in list(self._connections):
-            size = connection.transport.queued
-            if not size:
-                continue
-            if size <= config.output_limit:
-                connection.over_soft_limit_since = None
-            elif connection.over_soft_limit_since is None:
-                connection.over_soft_limit_since = now
-            elif now - connection.over_soft_limit_since >= config.slow_consumer_grace:
-                connection.guard(connection.abort)(
-                    f"slow consumer: more than {config.output_limit} bytes of output queued"
-                    f" for {config.slow_consumer_grace:g} s"
-                )
-                continue  # its queue is discarded: it no longer counts against the budget
-            total += size
-            output = connection.transport.output
-            if connection in previous and not output.progressed:
-                # Output waited at the last check too, and the kernel has
-                # taken none of it since: this client is not reading.
-                stalled.append((size, connection))
-            output.progressed = False
-            queued.add(connection)
-        self._queued_at_check = queued
-        self._keep_the_budget(total, stalled)
-
-    def _keep_the_budget(self, total: int, stalled: list[tuple[int, Connection]]) -> None:
-        """All queues together stay within the output budget, and no reader
-        is cut for it.  Over half the budget (the high-water mark), the
-        broadcasts of every sender wait, and their input with them in TCP,
-        until the total is under a quarter (_recount_held); meanwhile, or
-        over the budget, the largest queues of clients that do not read are
-        cut."""
-        budget = self.config.output_budget
-        held = self._held_broadcasts
-        limit = budget // 4 if held is not None else budget
-        if total > limit and stalled:
-            stalled.sort(key=lambda item: item[0], reverse=True)
-            log.warning("Output queued for all clients (%d bytes) is over the budget of %d"
-                        " bytes or its high-water mark; cutting off the largest queues of"
-                        " clients that do not read", total, budget)
-            for size, connection in stalled:
-                if total <= limit:
-                    break
-                if connection.phase is not Phase.CLOSED:
-                    connection.guard(connection.abort)(
-                        "slow consumer: cut to keep the server's output budget"
-                    )
-                    total -= size
-        self._output_total, self._fanned_out = total, 0
-        if held is None and total > budget // 2:
-            self._hold_broadcasts(total)
-
-    def _count_output(self) -> None:
-        """Count all queues again, fan-outs having perhaps taken the total
-        past the high-water mark (then broadcasts wait: _keep_the_budget)."""
-        total = self._total_queued()
-        if total > self.config.output_budget // 2 and self._held_broadcasts is None:
-            self._hold_broadcasts(total)
-
-    def _hold_broadcasts(self, total: int) -> None:
-        log.warning("Output queued for all clients (%d bytes) is over half the budget of"
-                    " %d bytes; broadcasts wait until it is under a quarter",
-                    total, self.config.output_budget)
-        self._held_broadcasts = []
-        self.scheduler.call_later(HELD_RECOUNT_INTERVAL, self._recount_held)
-
-    def _recount_held(self) -> None:
-        """While broadcasts wait: are the queues under a quarter of the budget yet?"""
-        held = self._held_broadcasts
-        if held is None:
-            return  # released by the housekeeping meanwhile
-        total = self._total_queued()
-        if total > self.config.output_budget // 4:
-            self.scheduler.call_later(HELD_RECOUNT_INTERVAL, self._recount_held)
-            return
-        self._held_broadcasts = None
-        for connection in held:
-            if connection.is_open:
-                connection.guard(connection.release_lines)()
-
-    def _total_queued(self) -> int:
-        total = sum(connection.transport.queued for connection in self._connections)
-        self._output_total, self._fanned_out = total, 0
-        return total
 
     # -- input ----------------------------------------------------------------
 
@@ -524,13 +416,9 @@ class ChatService:
             case Broadcast(text):
                 if connection.muted_until is not None and self._muted(connection):
                     return  # refused with its line (_muted)
-                held = self._held_broadcasts
-                if held is not None:
-                    # Over the output high-water mark: it waits, and its
-                    # sender's further input with it (_keep_the_budget).
-                    connection.pending_lines.appendleft(raw)
-                    connection.hold_lines()
-                    held.append(connection)
+                budget = self._output_budget
+                if budget.held is not None:
+                    budget.hold(connection, raw)  # over the high-water mark: it waits
                     return
                 self._broadcast(connection, sender, text)
             case Users():
@@ -825,10 +713,10 @@ class ChatService:
                     connection.fail(error)
         finally:
             self._fan_out_depth -= 1
-        self._fanned_out += len(data) * count
-        if (self._output_total + self._fanned_out > self.config.output_budget // 2
-                and self._held_broadcasts is None):
-            self._count_output()  # (an upper bound passed the mark: count)
+        budget = self._output_budget
+        budget.fanned_out += len(data) * count
+        if budget.total + budget.fanned_out > budget.high_water and budget.held is None:
+            budget.count()  # (an upper bound passed the mark: count)
         if not self._fan_out_depth:
             deferred = self._deferred_notices
             while deferred:
