@@ -46,12 +46,10 @@ from protocol import (
     ProtocolError,
     Register,
     ServerFull,
-    ServiceUnavailable,
     ShuttingDown,
     TooManyFromAddress,
     Unban,
     Unmute,
-    UsernameTaken,
     UserOffline,
     UserOnline,
     Users,
@@ -61,11 +59,9 @@ from protocol import (
     decode_line,
     format_event,
     parse_command,
-    parse_login,
     username_key,
 )
 from protocol.events import (
-    LoginTimedOut,
     format_broadcast_from,
     format_broadcast_sent,
     format_message_from,
@@ -82,8 +78,8 @@ from reactor.contracts import (
     SocketLoop,
     TimerHandle,
 )
-from reactor.flow import LoginMeters
 from reactor.log_format import UserText
+from reactor.login import Login
 from reactor.metrics import ChatStats, close_label
 from reactor.output_budget import OutputBudget
 from reactor.phases import Phase
@@ -97,7 +93,6 @@ _HELP = format_event(HelpText())
 _FULL = format_event(ServerFull())
 _TOO_MANY_FROM_ADDRESS = format_event(TooManyFromAddress())
 _SHUTTING_DOWN = format_event(ShuttingDown())
-_LOGIN_TIMED_OUT = format_event(LoginTimedOut())
 _MUTED = format_event(YouAreMuted())
 
 # Seconds between checks of the output limits that take time to judge (the
@@ -147,7 +142,8 @@ class ChatService:
         self.housekeeping_at = clock()
         self._connections: set[Connection] = set()
         self._per_address: Counter[str] = Counter()
-        self._login_meters = LoginMeters(config.flood)
+        # Lines before a name: login, password, the claim on the roster.
+        self._login = Login(whiteboard, accounts, config.flood, self.stats, self._logged_in)
         self._send_at_once: SendAtOnce | None = None
         self._shutting_down = False
         # Offline notices held while a fan-out is under way (see user_left).
@@ -268,11 +264,6 @@ class ChatService:
             else:
                 self._fan_out(chunk, self.whiteboard.online_sessions())
 
-    def login_timed_out(self, connection: Connection) -> None:
-        self.stats.login_refusals["timed_out"] += 1
-        connection.send(_LOGIN_TIMED_OUT)
-        connection.close("login timed out")
-
     def shutdown(self) -> None:
         """Tell everyone the server is going away and start closing them all."""
         self._shutting_down = True
@@ -299,22 +290,23 @@ class ChatService:
         """Bytes queued for all clients now (for the admin endpoint; O(connections))."""
         return self._output_budget.queued()
 
-    # -- housekeeping -----------------------------------------------------------
-
-    def login_wait(self, connection: Connection, now: float) -> float:
-        """Seconds before a login line from this address may be handled."""
-        return self._login_meters.wait(connection.peer_host, now)
-
     def _housekeeping(self) -> None:
         self.housekeeping_at = self.clock()
         try:
             self._output_budget.check()
-            self._login_meters.forget_full(self.clock())
+            self._login.meters.forget_full(self.clock())
         finally:
             if self.scheduler.attached:
                 self.scheduler.call_later(HOUSEKEEPING_INTERVAL, self._housekeeping)
 
     # -- input ----------------------------------------------------------------
+
+    def login_wait(self, connection: Connection, now: float) -> float:
+        """Seconds before a login line from this address may be handled."""
+        return self._login.wait(connection, now)
+
+    def login_timed_out(self, connection: Connection) -> None:
+        self._login.timed_out(connection)
 
     def line_received(self, connection: Connection, item: Received) -> None:
         """Act on one line (or an overlong line's report) from a client."""
@@ -325,10 +317,9 @@ class ChatService:
         if phase is Phase.CHATTING:
             self._command_line(connection, item)
         elif phase is Phase.PASSWORD:
-            if item.strip(b" ") and self.accounts is not None:
-                self.accounts.password_line(connection, item, self.claim)
+            self._login.password_line(connection, item)
         else:
-            self._login_line(connection, item)
+            self._login.line(connection, item)
 
     def _reject(self, connection: Connection, reason: str) -> None:
         if connection.phase is Phase.LOGIN:
@@ -336,62 +327,11 @@ class ChatService:
         else:
             connection.reply(format_event(InvalidInput(reason)))
 
-    def _login_line(self, connection: Connection, raw: bytes) -> None:
-        if not raw.strip(b" "):
-            return
-        try:
-            name = parse_login(decode_line(raw)).name
-        except ProtocolError as error:
-            self.stats.login_refusals["invalid_name"] += 1
-            connection.send(format_event(InvalidUsername(error.reason)))
-            return
-        if self.accounts is not None:
-            # Taken already: say so now, rather than after a password.
-            taken_as = self.whiteboard.surely_taken(name)
-            if taken_as is not None:
-                self.stats.login_refusals["name_taken"] += 1
-                connection.send(format_event(UsernameTaken(taken_as)))
-                return
-            self.accounts.login(connection, name, self.claim)  # may ask for a password
-            return
-        self.claim(connection, name)
-
-    def claim(self, connection: Connection, name: str) -> None:
-        """Put ``name`` online for ``connection`` (the login step's ``admit``);
-        the next line waits for the verdict."""
-        slot = connection.answer_later()
-        self.whiteboard.claim(
-            name, connection,
-            connection.guard(lambda taken, refused=None: self._claimed(
-                connection, slot, name, taken, refused)),
-        )
-
-    def _claimed(self, connection: Connection, slot: Slot, name: str, taken_as: str | None,
-                 refused: str | None = None) -> None:
-        # Said at once, not through the slot: while logging in nothing else
-        # is awaited before it, and a cluster's roster sends the newcomer the
-        # presence notices that crossed its claim right after this.
-        if not connection.is_open:
-            # Gone while the claim was under way: give the name back.
-            if taken_as is None and refused is None:
-                self.whiteboard.release(name)
-        elif refused is not None:
-            # Undecided (the chat service is out of reach): say so; the
-            # client may try again on this connection.
-            self.stats.login_refusals["unavailable"] += 1
-            connection.send(format_event(ServiceUnavailable("try again later")))
-        elif taken_as is not None:
-            self.stats.login_refusals["name_taken"] += 1
-            connection.send(format_event(UsernameTaken(taken_as)))
-        else:
-            self.stats.logins += 1
-            connection.logged_in(name)
-            log.info("%s connected (%s)", name, connection.peer_host)
-            online = self.whiteboard.online_sessions()
-            self._fan_out(format_event(UserOnline(name)), online)
-            if self._desk is not None:
-                self._desk.logged_in(connection, name)
-        connection.answer(slot)
+    def _logged_in(self, connection: Connection, name: str) -> None:
+        """A user of this server is online: everyone hears of it."""
+        self._fan_out(format_event(UserOnline(name)), self.whiteboard.online_sessions())
+        if self._desk is not None:
+            self._desk.logged_in(connection, name)
 
     def _command_line(self, connection: Connection, raw: bytes) -> None:
         if not raw.strip(b" "):
