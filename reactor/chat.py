@@ -54,12 +54,9 @@ from protocol import (
     UserOnline,
     Users,
     UserUnknown,
-    YouAreMuted,
-    canonical_address,
     decode_line,
     format_event,
     parse_command,
-    username_key,
 )
 from protocol.events import (
     format_broadcast_from,
@@ -83,6 +80,7 @@ from reactor.login import Login
 from reactor.metrics import ChatStats, close_label
 from reactor.output_budget import OutputBudget
 from reactor.phases import Phase
+from reactor.sanctions import Sanctions
 from reactor.scheduling import CallLater, CallSoon, LoopScheduler
 from reactor.stored import HistoryDesk
 from reactor.transport import Transport
@@ -93,7 +91,6 @@ _HELP = format_event(HelpText())
 _FULL = format_event(ServerFull())
 _TOO_MANY_FROM_ADDRESS = format_event(TooManyFromAddress())
 _SHUTTING_DOWN = format_event(ShuttingDown())
-_MUTED = format_event(YouAreMuted())
 
 # Seconds between checks of the output limits that take time to judge (the
 # soft limit's grace period, the server-wide budget).
@@ -142,6 +139,8 @@ class ChatService:
         self.housekeeping_at = clock()
         self._connections: set[Connection] = set()
         self._per_address: Counter[str] = Counter()
+        # What operators' kicks, bans and mutes do here (ModerationEvents).
+        self._sanctions = Sanctions(whiteboard, clock)
         # Lines before a name: login, password, the claim on the roster.
         self._login = Login(whiteboard, accounts, config.flood, self.stats, self._logged_in)
         self._send_at_once: SendAtOnce | None = None
@@ -168,7 +167,7 @@ class ChatService:
         call_later(HOUSEKEEPING_INTERVAL, self._housekeeping)
         self.whiteboard.start(self, self.scheduler)
         if self.accounts is not None:
-            self.accounts.start(self.scheduler, self)
+            self.accounts.start(self.scheduler, self._sanctions)
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
         return self.scheduler.call_later(delay, callback)
@@ -348,14 +347,14 @@ class ChatService:
             # The hot command, dispatched before the match (whose class
             # patterns cost a few isinstance and attribute look-ups each).
             self.stats.chat_lines += 1
-            if connection.muted_until is None or not self._muted(connection):
+            if connection.muted_until is None or not self._sanctions.refuses(connection):
                 self._direct_message(connection, sender, command.to, command.text)
             return
         self.stats.commands[type(command)] += 1
         match command:
             case Broadcast(text):
-                if connection.muted_until is not None and self._muted(connection):
-                    return  # refused with its line (_muted)
+                if connection.muted_until is not None and self._sanctions.refuses(connection):
+                    return  # refused with its line (Sanctions.refuses)
                 budget = self._output_budget
                 if budget.held is not None:
                     budget.hold(connection, raw)  # over the high-water mark: it waits
@@ -389,16 +388,7 @@ class ChatService:
                 if self.accounts is None:
                     connection.reply(format_event(InvalidInput(NO_OPERATORS)))
                 else:
-                    self.accounts.moderate(connection, sender, command, self)
-
-    def _muted(self, connection: Connection) -> bool:
-        """Refuse the message of a muted user (True), or lift a mute past its end."""
-        muted_until = connection.muted_until
-        if muted_until is not None and self.clock() < muted_until:
-            connection.reply(_MUTED)
-            return True
-        connection.muted_until = None
-        return False
+                    self.accounts.moderate(connection, sender, command, self._sanctions)
 
     # -- what commands cause --------------------------------------------------
 
@@ -564,44 +554,6 @@ class ChatService:
     def _said_bye(connection: Connection, sender: str) -> None:
         connection.send(format_event(UserOffline(sender)))
         connection.close("bye")  # its user_left finds the name already released
-
-    # -- what operators cause (contracts.ModerationEvents) -------------------------
-
-    def moderation_disconnect(self, targets: dict[str, tuple[bytes, str]]) -> set[str]:
-        hit: set[str] = set()
-        for session in list(self.whiteboard.online_sessions()):
-            if session.username is None or not session.is_open:
-                continue
-            target = username_key(session.username)
-            if target not in targets:
-                target = canonical_address(session.peer_host)
-                if target not in targets:
-                    continue
-            line, reason = targets[target]
-            hit.add(target)
-            session.send(line)
-            session.close(reason)
-        return hit
-
-    def moderation_mutes(self, mutes: dict[str, tuple[float, bytes | None]],
-                         complete: bool) -> None:
-        now = self.clock()
-        for session in list(self.whiteboard.online_sessions()):
-            if session.username is None:
-                continue
-            was_muted = session.muted_until is not None and session.muted_until > now
-            found = mutes.get(username_key(session.username))
-            if found is None:
-                if complete:
-                    session.muted_until = None
-                continue
-            seconds, line = found
-            session.muted_until = now + seconds if seconds > 0 else None
-            if line is not None and was_muted != (seconds > 0):
-                session.send(line)
-
-    def online_anywhere(self, name: str) -> bool:
-        return self.whiteboard.lookup(name) is not None
 
     # -- what other servers of the cluster cause (contracts.RosterEvents) ---------
 
