@@ -14,6 +14,11 @@ memory answers at once, a cluster's later, and the chat does not ask which.
 
 A fan-out formats its event once and hands the same ``bytes`` object to every
 recipient.
+
+The jobs beside the chat's own are its parts, each in a module of its own:
+:mod:`reactor.login` (the lines before a name), :mod:`reactor.output_budget`
+(what all queues together may hold) and :mod:`reactor.sanctions` (what
+operators' kicks, bans and mutes do here).
 """
 
 from __future__ import annotations
@@ -139,18 +144,18 @@ class ChatService:
         self.housekeeping_at = clock()
         self._connections: set[Connection] = set()
         self._per_address: Counter[str] = Counter()
-        # What operators' kicks, bans and mutes do here (ModerationEvents).
-        self._sanctions = Sanctions(whiteboard, clock)
         # Lines before a name: login, password, the claim on the roster.
         self._login = Login(whiteboard, accounts, config.flood, self.stats, self._logged_in)
+        # All queues within the output budget: slow consumers cut, broadcasts
+        # held over the high-water mark.
+        self._output_budget = OutputBudget(config, self._connections, clock, self.scheduler)
+        # What operators' kicks, bans and mutes do here (ModerationEvents).
+        self._sanctions = Sanctions(whiteboard, clock)
         self._send_at_once: SendAtOnce | None = None
         self._shutting_down = False
         # Offline notices held while a fan-out is under way (see user_left).
         self._fan_out_depth = 0
         self._deferred_notices: list[bytes] = []
-        # All queues within the output budget: slow consumers cut, broadcasts
-        # held over the high-water mark.
-        self._output_budget = OutputBudget(config, self._connections, clock, self.scheduler)
 
     # -- set-up by the backend ------------------------------------------------
 
@@ -289,7 +294,11 @@ class ChatService:
         """Bytes queued for all clients now (for the admin endpoint; O(connections))."""
         return self._output_budget.queued()
 
+    # -- housekeeping ---------------------------------------------------------
+
     def _housekeeping(self) -> None:
+        """Every HOUSEKEEPING_INTERVAL: the output limits that take time to
+        judge, and the login meters of addresses that owe nothing again."""
         self.housekeeping_at = self.clock()
         try:
             self._output_budget.check()
