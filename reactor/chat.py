@@ -311,7 +311,7 @@ class ChatService:
 
     def login_wait(self, connection: Connection, now: float) -> float:
         """Seconds before a login line from this address may be handled."""
-        return self._login.wait(connection, now)
+        return self._login.meters.wait(connection.peer_host, now)
 
     def login_timed_out(self, connection: Connection) -> None:
         self._login.timed_out(connection)

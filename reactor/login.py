@@ -49,13 +49,11 @@ class Login:
         self.whiteboard = whiteboard
         self.accounts = accounts
         self.stats = stats
+        # Logins per address (asked by the connection through the chat's
+        # login_wait, emptied of paid-up addresses by its housekeeping).
         self.meters = LoginMeters(flood)
         # The chat's: a user of this server is online (announce it).
         self._on_login = on_login
-
-    def wait(self, connection: Connection, now: float) -> float:
-        """Seconds before a login line from this address may be handled."""
-        return self.meters.wait(connection.peer_host, now)
 
     def timed_out(self, connection: Connection) -> None:
         self.stats.login_refusals["timed_out"] += 1
