@@ -14,6 +14,11 @@ memory answers at once, a cluster's later, and the chat does not ask which.
 
 A fan-out formats its event once and hands the same ``bytes`` object to every
 recipient.
+
+The jobs beside the chat's own are its parts, each in a module of its own:
+:mod:`reactor.login` (the lines before a name), :mod:`reactor.output_budget`
+(what all queues together may hold) and :mod:`reactor.sanctions` (what
+operators' kicks, bans and mutes do here).
 """
 
 from __future__ import annotations
@@ -46,26 +51,19 @@ from protocol import (
     ProtocolError,
     Register,
     ServerFull,
-    ServiceUnavailable,
     ShuttingDown,
     TooManyFromAddress,
     Unban,
     Unmute,
-    UsernameTaken,
     UserOffline,
     UserOnline,
     Users,
     UserUnknown,
-    YouAreMuted,
-    canonical_address,
     decode_line,
     format_event,
     parse_command,
-    parse_login,
-    username_key,
 )
 from protocol.events import (
-    LoginTimedOut,
     format_broadcast_from,
     format_broadcast_sent,
     format_message_from,
@@ -82,10 +80,12 @@ from reactor.contracts import (
     SocketLoop,
     TimerHandle,
 )
-from reactor.flow import TokenBucket
 from reactor.log_format import UserText
+from reactor.login import Login
 from reactor.metrics import ChatStats, close_label
+from reactor.output_budget import OutputBudget
 from reactor.phases import Phase
+from reactor.sanctions import Sanctions
 from reactor.scheduling import CallLater, CallSoon, LoopScheduler
 from reactor.stored import HistoryDesk
 from reactor.transport import Transport
@@ -96,14 +96,10 @@ _HELP = format_event(HelpText())
 _FULL = format_event(ServerFull())
 _TOO_MANY_FROM_ADDRESS = format_event(TooManyFromAddress())
 _SHUTTING_DOWN = format_event(ShuttingDown())
-_LOGIN_TIMED_OUT = format_event(LoginTimedOut())
-_MUTED = format_event(YouAreMuted())
 
 # Seconds between checks of the output limits that take time to judge (the
 # soft limit's grace period, the server-wide budget).
 HOUSEKEEPING_INTERVAL = 1.0
-# While broadcasts wait for the queues to drain: seconds between counts.
-HELD_RECOUNT_INTERVAL = 0.05
 
 SendAtOnce = Callable[[bytes, list[Connection], bool], list[Connection]]
 # Offline notices joined into one fan-out when many users leave together
@@ -148,20 +144,18 @@ class ChatService:
         self.housekeeping_at = clock()
         self._connections: set[Connection] = set()
         self._per_address: Counter[str] = Counter()
-        self._login_buckets: dict[str, TokenBucket] = {}
+        # Lines before a name: login, password, the claim on the roster.
+        self._login = Login(whiteboard, accounts, config.flood, self.stats, self._logged_in)
+        # All queues within the output budget: slow consumers cut, broadcasts
+        # held over the high-water mark.
+        self._output_budget = OutputBudget(config, self._connections, clock, self.scheduler)
+        # What operators' kicks, bans and mutes do here (ModerationEvents).
+        self._sanctions = Sanctions(whiteboard, clock)
         self._send_at_once: SendAtOnce | None = None
         self._shutting_down = False
         # Offline notices held while a fan-out is under way (see user_left).
         self._fan_out_depth = 0
         self._deferred_notices: list[bytes] = []
-        # The output budget (see _keep_the_budget): all queues' total at the
-        # last count, what fan-outs may have added since, the senders whose
-        # broadcasts wait while it is over the high-water mark (None: none
-        # wait), and the connections with output queued at the last check.
-        self._output_total = 0
-        self._fanned_out = 0
-        self._held_broadcasts: list[Connection] | None = None
-        self._queued_at_check: set[Connection] = set()
 
     # -- set-up by the backend ------------------------------------------------
 
@@ -178,7 +172,7 @@ class ChatService:
         call_later(HOUSEKEEPING_INTERVAL, self._housekeeping)
         self.whiteboard.start(self, self.scheduler)
         if self.accounts is not None:
-            self.accounts.start(self.scheduler, self)
+            self.accounts.start(self.scheduler, self._sanctions)
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
         return self.scheduler.call_later(delay, callback)
@@ -274,11 +268,6 @@ class ChatService:
             else:
                 self._fan_out(chunk, self.whiteboard.online_sessions())
 
-    def login_timed_out(self, connection: Connection) -> None:
-        self.stats.login_refusals["timed_out"] += 1
-        connection.send(_LOGIN_TIMED_OUT)
-        connection.close("login timed out")
-
     def shutdown(self) -> None:
         """Tell everyone the server is going away and start closing them all."""
         self._shutting_down = True
@@ -303,126 +292,29 @@ class ChatService:
 
     def output_queued(self) -> int:
         """Bytes queued for all clients now (for the admin endpoint; O(connections))."""
-        return sum(connection.transport.queued for connection in self._connections)
+        return self._output_budget.queued()
 
-    # -- flood control and output limits ----------------------------------------
-
-    def login_wait(self, connection: Connection, now: float) -> float:
-        """Seconds before a login line from this address may be handled."""
-        host = connection.peer_host
-        bucket = self._login_buckets.get(host)
-        if bucket is None:
-            flood = self.config.flood
-            bucket = TokenBucket(flood.logins_per_second, flood.logins_burst, now)
-            self._login_buckets[host] = bucket
-        wait = bucket.wait(now)
-        if not wait:
-            bucket.charge(1, now)
-        return wait
+    # -- housekeeping ---------------------------------------------------------
 
     def _housekeeping(self) -> None:
+        """Every HOUSEKEEPING_INTERVAL: the output limits that take time to
+        judge, and the login meters of addresses that owe nothing again."""
         self.housekeeping_at = self.clock()
         try:
-            self._enforce_output_limits()
-            now = self.clock()
-            for host in [h for h, b in self._login_buckets.items() if b.full(now)]:
-                del self._login_buckets[host]
+            self._output_budget.check()
+            self._login.meters.forget_full(self.clock())
         finally:
             if self.scheduler.attached:
                 self.scheduler.call_later(HOUSEKEEPING_INTERVAL, self._housekeeping)
 
-    def _enforce_output_limits(self) -> None:
-        config = self.config
-        now = self.clock()
-        total = 0
-        stalled: list[tuple[int, Connection]] = []
-        previous, queued = self._queued_at_check, set()
-        for connection in list(self._connections):
-            size = connection.transport.queued
-            if not size:
-                continue
-            if size <= config.output_limit:
-                connection.over_soft_limit_since = None
-            elif connection.over_soft_limit_since is None:
-                connection.over_soft_limit_since = now
-            elif now - connection.over_soft_limit_since >= config.slow_consumer_grace:
-                connection.guard(connection.abort)(
-                    f"slow consumer: more than {config.output_limit} bytes of output queued"
-                    f" for {config.slow_consumer_grace:g} s"
-                )
-                continue  # its queue is discarded: it no longer counts against the budget
-            total += size
-            output = connection.transport.output
-            if connection in previous and not output.progressed:
-                # Output waited at the last check too, and the kernel has
-                # taken none of it since: this client is not reading.
-                stalled.append((size, connection))
-            output.progressed = False
-            queued.add(connection)
-        self._queued_at_check = queued
-        self._keep_the_budget(total, stalled)
-
-    def _keep_the_budget(self, total: int, stalled: list[tuple[int, Connection]]) -> None:
-        """All queues together stay within the output budget, and no reader
-        is cut for it.  Over half the budget (the high-water mark), the
-        broadcasts of every sender wait, and their input with them in TCP,
-        until the total is under a quarter (_recount_held); meanwhile, or
-        over the budget, the largest queues of clients that do not read are
-        cut."""
-        budget = self.config.output_budget
-        held = self._held_broadcasts
-        limit = budget // 4 if held is not None else budget
-        if total > limit and stalled:
-            stalled.sort(key=lambda item: item[0], reverse=True)
-            log.warning("Output queued for all clients (%d bytes) is over the budget of %d"
-                        " bytes or its high-water mark; cutting off the largest queues of"
-                        " clients that do not read", total, budget)
-            for size, connection in stalled:
-                if total <= limit:
-                    break
-                if connection.phase is not Phase.CLOSED:
-                    connection.guard(connection.abort)(
-                        "slow consumer: cut to keep the server's output budget"
-                    )
-                    total -= size
-        self._output_total, self._fanned_out = total, 0
-        if held is None and total > budget // 2:
-            self._hold_broadcasts(total)
-
-    def _count_output(self) -> None:
-        """Count all queues again, fan-outs having perhaps taken the total
-        past the high-water mark (then broadcasts wait: _keep_the_budget)."""
-        total = self._total_queued()
-        if total > self.config.output_budget // 2 and self._held_broadcasts is None:
-            self._hold_broadcasts(total)
-
-    def _hold_broadcasts(self, total: int) -> None:
-        log.warning("Output queued for all clients (%d bytes) is over half the budget of"
-                    " %d bytes; broadcasts wait until it is under a quarter",
-                    total, self.config.output_budget)
-        self._held_broadcasts = []
-        self.scheduler.call_later(HELD_RECOUNT_INTERVAL, self._recount_held)
-
-    def _recount_held(self) -> None:
-        """While broadcasts wait: are the queues under a quarter of the budget yet?"""
-        held = self._held_broadcasts
-        if held is None:
-            return  # released by the housekeeping meanwhile
-        total = self._total_queued()
-        if total > self.config.output_budget // 4:
-            self.scheduler.call_later(HELD_RECOUNT_INTERVAL, self._recount_held)
-            return
-        self._held_broadcasts = None
-        for connection in held:
-            if connection.is_open:
-                connection.guard(connection.release_lines)()
-
-    def _total_queued(self) -> int:
-        total = sum(connection.transport.queued for connection in self._connections)
-        self._output_total, self._fanned_out = total, 0
-        return total
-
     # -- input ----------------------------------------------------------------
+
+    def login_wait(self, connection: Connection, now: float) -> float:
+        """Seconds before a login line from this address may be handled."""
+        return self._login.meters.wait(connection.peer_host, now)
+
+    def login_timed_out(self, connection: Connection) -> None:
+        self._login.timed_out(connection)
 
     def line_received(self, connection: Connection, item: Received) -> None:
         """Act on one line (or an overlong line's report) from a client."""
@@ -433,10 +325,9 @@ class ChatService:
         if phase is Phase.CHATTING:
             self._command_line(connection, item)
         elif phase is Phase.PASSWORD:
-            if item.strip(b" ") and self.accounts is not None:
-                self.accounts.password_line(connection, item, self.claim)
+            self._login.password_line(connection, item)
         else:
-            self._login_line(connection, item)
+            self._login.line(connection, item)
 
     def _reject(self, connection: Connection, reason: str) -> None:
         if connection.phase is Phase.LOGIN:
@@ -444,62 +335,11 @@ class ChatService:
         else:
             connection.reply(format_event(InvalidInput(reason)))
 
-    def _login_line(self, connection: Connection, raw: bytes) -> None:
-        if not raw.strip(b" "):
-            return
-        try:
-            name = parse_login(decode_line(raw)).name
-        except ProtocolError as error:
-            self.stats.login_refusals["invalid_name"] += 1
-            connection.send(format_event(InvalidUsername(error.reason)))
-            return
-        if self.accounts is not None:
-            # Taken already: say so now, rather than after a password.
-            taken_as = self.whiteboard.surely_taken(name)
-            if taken_as is not None:
-                self.stats.login_refusals["name_taken"] += 1
-                connection.send(format_event(UsernameTaken(taken_as)))
-                return
-            self.accounts.login(connection, name, self.claim)  # may ask for a password
-            return
-        self.claim(connection, name)
-
-    def claim(self, connection: Connection, name: str) -> None:
-        """Put ``name`` online for ``connection`` (the login step's ``admit``);
-        the next line waits for the verdict."""
-        slot = connection.answer_later()
-        self.whiteboard.claim(
-            name, connection,
-            connection.guard(lambda taken, refused=None: self._claimed(
-                connection, slot, name, taken, refused)),
-        )
-
-    def _claimed(self, connection: Connection, slot: Slot, name: str, taken_as: str | None,
-                 refused: str | None = None) -> None:
-        # Said at once, not through the slot: while logging in nothing else
-        # is awaited before it, and a cluster's roster sends the newcomer the
-        # presence notices that crossed its claim right after this.
-        if not connection.is_open:
-            # Gone while the claim was under way: give the name back.
-            if taken_as is None and refused is None:
-                self.whiteboard.release(name)
-        elif refused is not None:
-            # Undecided (the chat service is out of reach): say so; the
-            # client may try again on this connection.
-            self.stats.login_refusals["unavailable"] += 1
-            connection.send(format_event(ServiceUnavailable("try again later")))
-        elif taken_as is not None:
-            self.stats.login_refusals["name_taken"] += 1
-            connection.send(format_event(UsernameTaken(taken_as)))
-        else:
-            self.stats.logins += 1
-            connection.logged_in(name)
-            log.info("%s connected (%s)", name, connection.peer_host)
-            online = self.whiteboard.online_sessions()
-            self._fan_out(format_event(UserOnline(name)), online)
-            if self._desk is not None:
-                self._desk.logged_in(connection, name)
-        connection.answer(slot)
+    def _logged_in(self, connection: Connection, name: str) -> None:
+        """A user of this server is online: everyone hears of it."""
+        self._fan_out(format_event(UserOnline(name)), self.whiteboard.online_sessions())
+        if self._desk is not None:
+            self._desk.logged_in(connection, name)
 
     def _command_line(self, connection: Connection, raw: bytes) -> None:
         if not raw.strip(b" "):
@@ -516,21 +356,17 @@ class ChatService:
             # The hot command, dispatched before the match (whose class
             # patterns cost a few isinstance and attribute look-ups each).
             self.stats.chat_lines += 1
-            if connection.muted_until is None or not self._muted(connection):
+            if connection.muted_until is None or not self._sanctions.refuses(connection):
                 self._direct_message(connection, sender, command.to, command.text)
             return
         self.stats.commands[type(command)] += 1
         match command:
             case Broadcast(text):
-                if connection.muted_until is not None and self._muted(connection):
-                    return  # refused with its line (_muted)
-                held = self._held_broadcasts
-                if held is not None:
-                    # Over the output high-water mark: it waits, and its
-                    # sender's further input with it (_keep_the_budget).
-                    connection.pending_lines.appendleft(raw)
-                    connection.hold_lines()
-                    held.append(connection)
+                if connection.muted_until is not None and self._sanctions.refuses(connection):
+                    return  # refused with its line (Sanctions.refuses)
+                budget = self._output_budget
+                if budget.held is not None:
+                    budget.hold(connection, raw)  # over the high-water mark: it waits
                     return
                 self._broadcast(connection, sender, text)
             case Users():
@@ -561,16 +397,7 @@ class ChatService:
                 if self.accounts is None:
                     connection.reply(format_event(InvalidInput(NO_OPERATORS)))
                 else:
-                    self.accounts.moderate(connection, sender, command, self)
-
-    def _muted(self, connection: Connection) -> bool:
-        """Refuse the message of a muted user (True), or lift a mute past its end."""
-        muted_until = connection.muted_until
-        if muted_until is not None and self.clock() < muted_until:
-            connection.reply(_MUTED)
-            return True
-        connection.muted_until = None
-        return False
+                    self.accounts.moderate(connection, sender, command, self._sanctions)
 
     # -- what commands cause --------------------------------------------------
 
@@ -737,44 +564,6 @@ class ChatService:
         connection.send(format_event(UserOffline(sender)))
         connection.close("bye")  # its user_left finds the name already released
 
-    # -- what operators cause (contracts.ModerationEvents) -------------------------
-
-    def moderation_disconnect(self, targets: dict[str, tuple[bytes, str]]) -> set[str]:
-        hit: set[str] = set()
-        for session in list(self.whiteboard.online_sessions()):
-            if session.username is None or not session.is_open:
-                continue
-            target = username_key(session.username)
-            if target not in targets:
-                target = canonical_address(session.peer_host)
-                if target not in targets:
-                    continue
-            line, reason = targets[target]
-            hit.add(target)
-            session.send(line)
-            session.close(reason)
-        return hit
-
-    def moderation_mutes(self, mutes: dict[str, tuple[float, bytes | None]],
-                         complete: bool) -> None:
-        now = self.clock()
-        for session in list(self.whiteboard.online_sessions()):
-            if session.username is None:
-                continue
-            was_muted = session.muted_until is not None and session.muted_until > now
-            found = mutes.get(username_key(session.username))
-            if found is None:
-                if complete:
-                    session.muted_until = None
-                continue
-            seconds, line = found
-            session.muted_until = now + seconds if seconds > 0 else None
-            if line is not None and was_muted != (seconds > 0):
-                session.send(line)
-
-    def online_anywhere(self, name: str) -> bool:
-        return self.whiteboard.lookup(name) is not None
-
     # -- what other servers of the cluster cause (contracts.RosterEvents) ---------
 
     def user_online(self, name: str) -> None:
@@ -825,10 +614,10 @@ class ChatService:
                     connection.fail(error)
         finally:
             self._fan_out_depth -= 1
-        self._fanned_out += len(data) * count
-        if (self._output_total + self._fanned_out > self.config.output_budget // 2
-                and self._held_broadcasts is None):
-            self._count_output()  # (an upper bound passed the mark: count)
+        budget = self._output_budget
+        budget.fanned_out += len(data) * count
+        if budget.total + budget.fanned_out > budget.high_water and budget.held is None:
+            budget.count()  # (an upper bound passed the mark: count)
         if not self._fan_out_depth:
             deferred = self._deferred_notices
             while deferred:

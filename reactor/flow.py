@@ -66,3 +66,31 @@ class FloodLimits:
     deliveries_burst: int = 10_000
     logins_per_second: float = 20.0
     logins_burst: int = 1_000
+
+
+class LoginMeters:
+    """The logins-per-address meter: one bucket per address that logged in
+    lately, forgotten once full again, so that the table holds only the
+    addresses still paying off their logins."""
+
+    def __init__(self, limits: FloodLimits) -> None:
+        self._limits = limits
+        self._buckets: dict[str, TokenBucket] = {}
+
+    def wait(self, host: str, now: float) -> float:
+        """Seconds before a login line from ``host`` may be handled; charges
+        the address when it may be handled now."""
+        bucket = self._buckets.get(host)
+        if bucket is None:
+            limits = self._limits
+            bucket = TokenBucket(limits.logins_per_second, limits.logins_burst, now)
+            self._buckets[host] = bucket
+        wait = bucket.wait(now)
+        if not wait:
+            bucket.charge(1, now)
+        return wait
+
+    def forget_full(self, now: float) -> None:
+        """Drop the buckets that are full again (their addresses owe nothing)."""
+        for host in [h for h, b in self._buckets.items() if b.full(now)]:
+            del self._buckets[host]

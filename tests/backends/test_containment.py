@@ -19,6 +19,7 @@ import pytest
 from reactor.chat import ChatService
 from reactor.connection import Connection
 from reactor.outbuf import OutputBuffer
+from reactor.output_budget import OutputBudget
 from tests.support import TEST_CONFIG, Clients, LineClient, running_server, wait_until
 
 
@@ -233,10 +234,10 @@ def test_a_failing_server_timer_shuts_the_server_down_with_the_notice(
         client.send("Alice")
         client.expect("<User Alice is online.>")
 
-        def buggy(self: ChatService) -> None:
+        def buggy(self: OutputBudget) -> None:
             raise PlantedBug("planted in housekeeping")
 
-        monkeypatch.setattr(ChatService, "_enforce_output_limits", buggy)
+        monkeypatch.setattr(OutputBudget, "check", buggy)
         client.expect("<Server is shutting down.>", timeout=5)
         client.expect_closed()
         wait_until(lambda: server.exit_status == 1, message="exit status 1")
