@@ -44,6 +44,8 @@ def _lat(kind: str, key: str) -> Path_:
 #: The step of each system's broadcast search that CPU figures are read at:
 #: its capacity (the busiest passing step), or the first if none passed.
 AT_CAP: Path_ = ("broadcast_curve", "cpu_step")
+#: The same step of the direct-message search.
+DM_CAP: Path_ = ("direct_curve", "cpu_step")
 
 METRICS: list[Metric] = [
     Metric("broadcast capacity/s", ("broadcast_curve", "capacity"), narrow=False),
@@ -69,6 +71,10 @@ METRICS: list[Metric] = [
     Metric("login storm s", ("storm", "seconds")),
     Metric("login storm lost", ("storm", "lost"), "sum", False, narrow=False),
     Metric("server CPU us/deliv.", (*AT_CAP, "server_cpu_per_1k"), scale=1000.0),
+    # The server's CPU split: user mode (its own code, the Python interpreter
+    # or Redis's C) and system mode (the kernel's sends, receives and epoll).
+    Metric("  user us/deliv.", (*AT_CAP, "server_user_cpu_per_1k"), narrow=False, scale=1000.0),
+    Metric("  system us/deliv.", (*AT_CAP, "server_system_cpu_per_1k"), narrow=False, scale=1000.0),
     Metric("harness CPU us/deliv.", (*AT_CAP, "harness_cpu_per_1k"), ratio=False, scale=1000.0),
     Metric(
         "  receivers us/deliv.",
@@ -84,12 +90,9 @@ METRICS: list[Metric] = [
         narrow=False,
         scale=1000.0,
     ),
-    Metric(
-        "DM server CPU us/msg",
-        ("direct_curve", "cpu_step", "server_cpu_per_1k"),
-        narrow=False,
-        scale=1000.0,
-    ),
+    Metric("DM server CPU us/msg", (*DM_CAP, "server_cpu_per_1k"), narrow=False, scale=1000.0),
+    Metric("DM user CPU us/msg", (*DM_CAP, "server_user_cpu_per_1k"), scale=1000.0),
+    Metric("DM system CPU us/msg", (*DM_CAP, "server_system_cpu_per_1k"), scale=1000.0),
     Metric("server RSS KB/conn", ("memory", "kb_per_conn"), missing="n/a"),
     Metric("sender lag p99 ms", (*AT_CAP, "sender_lag_ms", "p99"), ratio=False, narrow=False),
     Metric("foreign load, cores", (*AT_CAP, "foreign_cores"), ratio=False, narrow=False),

@@ -33,7 +33,8 @@ from pathlib import Path
 from bench.harness import wire
 from bench.harness.deathsig import wrap
 from bench.harness.procstat import (
-    cpu_seconds,
+    CpuTimes,
+    cpu_times,
     free_port,
     listening,
     process_tree,
@@ -133,10 +134,18 @@ class Running:
 
     def cpu_seconds(self) -> float | None:
         """CPU seconds of the whole system so far (None without a pid)."""
+        times = self.cpu_times()
+        return times.total if times is not None else None
+
+    def cpu_times(self) -> CpuTimes | None:
+        """User and system CPU seconds of the whole system so far (None without a pid)."""
         if self.pid is None:
             return None
-        values = [cpu_seconds(p) for p in self.pids()]
-        return sum(v for v in values if v is not None) if values[0] is not None else None
+        values = [cpu_times(p) for p in self.pids()]
+        if values[0] is None:
+            return None
+        present = [v for v in values if v is not None]
+        return CpuTimes(sum(v.user for v in present), sum(v.system for v in present))
 
     def rss_bytes(self) -> int | None:
         """Resident memory of the whole system (None without a pid)."""

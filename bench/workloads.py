@@ -23,7 +23,7 @@ from bench.capacity import harness_limit, search
 from bench.harness import wire
 from bench.harness.driver import NS, Conn, open_loop, probe_login
 from bench.harness.fleet import Fleet
-from bench.harness.procstat import machine_busy_seconds
+from bench.harness.procstat import CpuTimes, machine_busy_seconds
 from bench.progress import Progress
 from bench.stats import cdf_points, latency_summary, nearest_rank
 from bench.systems import TARGET, Running
@@ -128,6 +128,28 @@ def memory(rss0: int | None, rss1: int | None, n: int) -> dict[str, Any]:
     }
 
 
+def server_cpu_seconds(before: CpuTimes | None, after: CpuTimes | None) -> dict[str, float | None]:
+    """The server's CPU seconds between two readings: in all, in user mode (its
+    own code: the Python interpreter, Redis's C) and in system mode (the kernel
+    on its behalf; on loopback that includes TCP work for the receiving side of
+    each of its sends).  None where there is no pid (``--target`` alone) or the
+    server has gone."""
+    if before is None or after is None:
+        return dict.fromkeys(("server_cpu_s", "server_user_cpu_s", "server_system_cpu_s"))
+    user, system = after.user - before.user, after.system - before.system
+    return {"server_cpu_s": user + system, "server_user_cpu_s": user, "server_system_cpu_s": system}
+
+
+def server_cpu(
+    before: CpuTimes | None, after: CpuTimes | None, per_k: float | None
+) -> dict[str, float | None]:
+    """``server_cpu_seconds`` and each per 1,000 deliveries (``per_k`` =
+    1000 / deliveries; None when nothing was delivered)."""
+    seconds = server_cpu_seconds(before, after)
+    scaled = {k: None if v is None or per_k is None else v * per_k for k, v in seconds.items()}
+    return seconds | {key.removesuffix("_s") + "_per_1k": v for key, v in scaled.items()}
+
+
 def login_storm(sys_: Running, cfg: Config, fl: Fleet, progress: Progress) -> dict[str, Any]:
     """All N clients log in at once (``login_window`` in flight per receiver).
 
@@ -136,7 +158,7 @@ def login_storm(sys_: Running, cfg: Config, fl: Fleet, progress: Progress) -> di
     """
     n = cfg.n
     expected = n * (n + 1) // 2
-    cpu0 = sys_.cpu_seconds()
+    cpu0 = sys_.cpu_times()
     progress.start(f"{sys_.name}: login storm", n)
     t0 = time.monotonic_ns()
     fl.send("login")
@@ -147,7 +169,7 @@ def login_storm(sys_: Running, cfg: Config, fl: Fleet, progress: Progress) -> di
         on_status=lambda s: progress.update(s["logged_in"]),
     )
     progress.done()
-    cpu1 = sys_.cpu_seconds()
+    cpu1 = sys_.cpu_times()
     end = st["last_notice_ns"] or time.monotonic_ns()
     return {
         "seconds": (end - t0) / NS if ok else math.nan,
@@ -159,7 +181,7 @@ def login_storm(sys_: Running, cfg: Config, fl: Fleet, progress: Progress) -> di
         "dropped": st["dropped"],
         "connect_errors": st["connect_errors"],
         "unexpected": st["samples"][:3],
-        "server_cpu_s": cpu1 - cpu0 if cpu0 is not None and cpu1 is not None else None,
+        **server_cpu_seconds(cpu0, cpu1),
     }
 
 
@@ -220,7 +242,7 @@ def broadcast(
     count = warm + max(1, int(rate * (cfg.duration if seconds is None else seconds)))
     n = cfg.n
     fl.measure(first + count, 0, 0)
-    cpu0 = sys_.cpu_seconds()
+    cpu0 = sys_.cpu_times()
     rcpu0, scpu0 = fl.cpu_seconds(), time.process_time()
     busy0, wall0 = machine_busy_seconds(), time.monotonic()
     progress.start(f"{sys_.name}: broadcast {_per_s(rate * n)} deliveries/s", count)
@@ -232,11 +254,10 @@ def broadcast(
     log = open_loop(sender, line, rate, count, first_seq=first, tick=progress.update)
     st, _ = fl.wait_for(lambda s: s["b"] >= n * count, stall=cfg.drain_stall, cap=60.0)
     progress.done()
-    cpu1 = sys_.cpu_seconds()
+    cpu1 = sys_.cpu_times()
     rcpu, scpu = fl.cpu_seconds() - rcpu0, time.process_time() - scpu0
     hcpu = rcpu + scpu
     busy, wall = machine_busy_seconds() - busy0, time.monotonic() - wall0
-    server_cpu = cpu1 - cpu0 if cpu0 is not None and cpu1 is not None else 0.0
     rec = fl.collect()
     measured = first + warm
     lat = [x for s, x in zip(rec["b_seq"], rec["b_lat"], strict=True) if s >= measured]
@@ -249,6 +270,8 @@ def broadcast(
     delivered = sum(1 for s in rec["b_seq"] if s >= first)
     lags = sorted(log.lag_ns)
     per_k = 1000.0 / delivered if delivered else math.nan
+    cpu = server_cpu(cpu0, cpu1, per_k)
+    server_cpu_s = cpu["server_cpu_s"] or 0.0
     out = {
         "rate": rate,
         "offered_deliveries": rate * n,
@@ -269,21 +292,18 @@ def broadcast(
         "duplicated": rec["b_dup"],
         # CPU seconds in all (/proc counts in 10 ms ticks: the report judges the
         # per-delivery figures only when there are enough of them).
-        "server_cpu_s": server_cpu if cpu0 is not None and cpu1 is not None else None,
+        **cpu,
         "harness_cpu_s": hcpu,
-        "server_cpu_per_1k": (cpu1 - cpu0) * per_k
-        if cpu0 is not None and cpu1 is not None
-        else None,
         # The harness: receivers plus this (sending, polling) process.
         "harness_cpu_per_1k": hcpu * per_k,
         "receivers_cpu_per_1k": rcpu * per_k,
         "sender_cpu_per_1k": scpu * per_k,
         # Cores busy with neither this server nor the harness: other people's load.
-        "foreign_cores": max(0.0, busy - server_cpu - hcpu) / wall if wall > 0 else math.nan,
+        "foreign_cores": max(0.0, busy - server_cpu_s - hcpu) / wall if wall > 0 else math.nan,
         # Who had the machine's cores during the step: is the harness the limit?
         "wall_s": wall,
         "machine_cores": busy / wall if wall > 0 else math.nan,
-        "server_cores": server_cpu / wall if wall > 0 else math.nan,
+        "server_cores": server_cpu_s / wall if wall > 0 else math.nan,
         "harness_cores": hcpu / wall if wall > 0 else math.nan,
         "sender_held_back": log.held_back,
         "sender_lag_ms": {
@@ -403,10 +423,10 @@ def direct_step(
         to = wire.client_name(indices[(seq * 7919) % n])
         return wire.direct(sys_.dialect, to, wire.payload(wire.KIND_DIRECT, seq, t))
 
-    cpu0 = sys_.cpu_seconds()
+    cpu0 = sys_.cpu_times()
     log = open_loop(sender, line, rate, count, first_seq=first, tick=progress.update)
     st, _ = fl.wait_for(lambda s: s["d"] >= count, stall=cfg.drain_stall, cap=60.0)
-    cpu1 = sys_.cpu_seconds()
+    cpu1 = sys_.cpu_times()
     progress.done()
     rec = fl.collect()
     got = [x for s, x in zip(rec["d_seq"], rec["d_klat"], strict=True) if s >= first]
@@ -423,9 +443,7 @@ def direct_step(
         "achieved": len(got) / log.seconds if log.seconds > 0 else math.nan,
         "kernel_ms": summary,
         "per_recipient_ms": hsummary,
-        "server_cpu_per_1k": (cpu1 - cpu0) * 1000.0 / len(got)
-        if got and cpu0 is not None and cpu1 is not None
-        else None,
+        **server_cpu(cpu0, cpu1, 1000.0 / len(got) if got else None),
         "sender_lag_p99_ms": nearest_rank(sorted(log.lag_ns), 99) / 1e6,
         "dropped": st["dropped"],
     }

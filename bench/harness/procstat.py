@@ -12,6 +12,7 @@ import platform
 import resource
 import socket
 import subprocess
+from typing import NamedTuple
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -48,8 +49,20 @@ def ephemeral_ports() -> int | None:
     return high - low + 1
 
 
-def cpu_seconds(pid: int) -> float | None:
-    """User plus system CPU seconds of ``pid`` and all its threads so far."""
+class CpuTimes(NamedTuple):
+    """CPU seconds a process spent in its own code (user) and in the kernel on
+    its behalf (system): for a Python server, user is the interpreter's work."""
+
+    user: float
+    system: float
+
+    @property
+    def total(self) -> float:
+        return self.user + self.system
+
+
+def cpu_times(pid: int) -> CpuTimes | None:
+    """User and system CPU seconds of ``pid`` and all its threads so far."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             raw = f.read()
@@ -58,7 +71,13 @@ def cpu_seconds(pid: int) -> float | None:
     # The command name (field 2) may contain spaces; everything after the last
     # ')' is space separated, utime and stime being fields 14 and 15.
     fields = raw[raw.rindex(b")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / _TICKS
+    return CpuTimes(int(fields[11]) / _TICKS, int(fields[12]) / _TICKS)
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User plus system CPU seconds of ``pid`` and all its threads so far."""
+    times = cpu_times(pid)
+    return times.total if times is not None else None
 
 
 def machine_busy_seconds() -> float:

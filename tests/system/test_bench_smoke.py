@@ -113,6 +113,12 @@ def test_quick_run_delivers_everything_once_with_sane_latencies(tmp_path: Path) 
         assert rnd["memory"]["kb_per_conn"] is None
         assert b["server_cpu_per_1k"] is not None and not math.isnan(b["server_cpu_per_1k"])
         assert b["harness_cpu_per_1k"] > 0
+        # The server's CPU, split into user and system time, adds up to its total.
+        for step, unit in ((b, "_per_1k"), (rnd["direct_curve"]["cpu_step"], "_per_1k"),
+                           (rnd["storm"], "_s")):  # fmt: skip
+            user, system = step[f"server_user_cpu{unit}"], step[f"server_system_cpu{unit}"]
+            assert user >= 0 and system >= 0
+            assert user + system == pytest.approx(step[f"server_cpu{unit}"]), (name, step)
     lines = result.stdout.splitlines()
     # The report names every system, fits 80 columns, and says where the files went.
     assert all(name in result.stdout for name in SYSTEMS)
@@ -120,6 +126,8 @@ def test_quick_run_delivers_everything_once_with_sane_latencies(tmp_path: Path) 
     assert max(map(len, table)) <= 80, max(table, key=len)
     assert f"Log levels: {BACKENDS[0]} WARNING" in result.stdout
     assert "server RSS KB/conn" in result.stdout and "0.000" not in _row(lines, "server RSS")
+    for label in ("DM user CPU us/msg", "DM system CPU us/msg"):
+        assert "-" not in _row(lines, label).removeprefix(label).split()
     # One capacity table per workload, with every system in it.
     for heading in ("Broadcast capacity:", "Direct message capacity:"):
         at = next(i for i, line in enumerate(lines) if line.startswith(heading))
