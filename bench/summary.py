@@ -213,6 +213,9 @@ def fmt(v: Any, missing: str = "-") -> str:
         return f"{int(v):,}"
     if abs(v) >= 100:
         return f"{v:,.0f}"
+    v = float(f"{v:.3g}")  # three figures first: 9.9999 is 10.0, not 10.00
+    if abs(v) >= 100:
+        return f"{v:,.0f}"
     if abs(v) >= 10:
         return f"{v:.1f}"
     if abs(v) >= 1:
