@@ -55,6 +55,27 @@ def _blocks(names: list[str], wide: bool) -> list[list[str]]:
     return [names[i : i + per] for i in range(0, len(names), per)]
 
 
+def _header(block: list[str], width: int) -> list[str]:
+    """The systems' names over their columns; a name as wide as a column is
+    split after its last hyphen onto a line above (``asyncio-`` over
+    ``uvloop``), so that neighbouring names never run together."""
+    if all(len(name) < width for name in block):
+        return [f"{'':{LABEL_WIDTH}}" + "".join(f"{name:>{width}}" for name in block)]
+    top, bottom = [], []
+    for name in block:
+        head, hyphen, tail = name.rpartition("-")
+        if len(name) < width:
+            head, tail = "", name
+        elif not hyphen:
+            head, tail = name[: width - 1], name[width - 1 :]
+        else:
+            head += hyphen
+        top.append(head)
+        bottom.append(tail)
+    return [f"{'':{LABEL_WIDTH}}" + "".join(f"{part:>{width}}" for part in parts)
+            for parts in (top, bottom)]
+
+
 def _wrap(text: str, indent: str = "") -> list[str]:
     return textwrap.wrap(text, COLUMNS, subsequent_indent=indent or "  ", break_on_hyphens=False)
 
@@ -92,7 +113,7 @@ def table(doc: dict[str, Any], wide: bool = False) -> str:
         )
         metrics = [m for m in METRICS if wide or m.narrow]
         for block in _blocks(names, wide):
-            lines.append(f"{'':{LABEL_WIDTH}}" + "".join(f"{n:>{width}}" for n in block))
+            lines += _header(block, width)
             for m in metrics:
                 cells = []
                 for name in block:

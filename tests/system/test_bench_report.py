@@ -42,3 +42,13 @@ def test_the_cluster_phase_json_is_refused_as_not_a_run() -> None:
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert "is not the JSON of a bench/load.py run" in result.stderr
+
+
+def test_a_system_name_as_wide_as_its_column_does_not_run_into_its_neighbour() -> None:
+    result = report(REFERENCE / "load-n500-3systems.json")  # select, asyncio-uvloop, select-ws
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.split() == ["select", "uvloop", "select-ws"])
+    assert lines[header - 1].split() == ["asyncio-"]
+    assert lines[header - 1].index("asyncio-") + len("asyncio-") == lines[header].index("uvloop") + len("uvloop")
+    assert all(len(line) <= 80 for line in lines)
