@@ -55,7 +55,7 @@ if __package__ in (None, ""):  # run as a script: make `bench` importable from t
 from bench import plots, report, summary, systems
 from bench.harness.creceiver import build as build_receiver
 from bench.harness.fleet import FleetError
-from bench.harness.procstat import ephemeral_ports, machine_facts, raise_nofile_limit
+from bench.harness.procstat import code_commit, ephemeral_ports, machine_facts, raise_nofile_limit
 from bench.progress import Progress
 from bench.workloads import Config, broadcast_step_seconds, run_system
 
@@ -439,6 +439,7 @@ def run(args: argparse.Namespace, argv: list[str] | None, progress: Progress) ->
     doc: dict[str, Any] = {
         "command": "python bench/load.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "machine": machine_facts(),
+        "commit": code_commit(),
         "receiver": f"{how}, {args.receivers} process(es){tls_note}",
         "started_unix": started,
         "log_level": {name: systems.log_level(name) for name in names},

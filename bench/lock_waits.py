@@ -25,7 +25,6 @@ import json
 import multiprocessing as mp
 import os
 import resource
-import subprocess
 import sys
 import threading
 import time
@@ -42,7 +41,7 @@ from bench.harness import wire  # noqa: E402
 from bench.harness.deathsig import set_pdeathsig  # noqa: E402
 from bench.harness.driver import Conn, open_loop  # noqa: E402
 from bench.harness.fleet import Fleet  # noqa: E402
-from bench.harness.procstat import machine_facts, raise_nofile_limit  # noqa: E402
+from bench.harness.procstat import code_commit, machine_facts, raise_nofile_limit  # noqa: E402
 from bench.stats import nearest_rank  # noqa: E402
 from reactor.app import build_chat  # noqa: E402
 from reactor.backends import server_class  # noqa: E402
@@ -285,8 +284,9 @@ def figure(x: float) -> str:
 def report(doc: dict[str, Any]) -> list[str]:
     """The two 80-column tables."""
     columns = "".join(f"{label:>7}" for label in ("p50", "p99", "max") * 2)
-    lines = [f"Chat lock of the threads backend, N = {doc['n']}, commit {doc['commit']}, "
+    lines = [f"Chat lock of the threads backend, N = {doc['n']}, "
              f"switch interval {doc['switch_interval_ms']:g} ms",
+             f"Commit: {doc['commit']}",
              f"load average {doc['load_average']} on {doc['cpus']} CPUs", "",
              f"{'':24}{'wait':>7}{'':14}{'hold':>7}{'':14}{'convoy':>7}{'msg/':>7}",
              f"{'phase':11}{'turns':>6}{'queued':>7}{columns}{'':7}{'turn':>7}"]
@@ -321,12 +321,6 @@ def report(doc: dict[str, Any]) -> list[str]:
     return lines
 
 
-def commit() -> str:
-    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                          capture_output=True, text=True)
-    return done.stdout.strip() or "unknown"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -344,7 +338,7 @@ def main() -> None:
     args = parser.parse_args()
     raise_nofile_limit()  # the server's N sockets are in this process
     doc: dict[str, Any] = {
-        "n": args.n, "commit": commit(), "switch_interval_ms": sys.getswitchinterval() * 1e3,
+        "n": args.n, "commit": code_commit(), "switch_interval_ms": sys.getswitchinterval() * 1e3,
         "load_average": " ".join(f"{x:.2f}" for x in os.getloadavg()), "cpus": os.cpu_count(),
         "machine": machine_facts(), "config": {k: v for k, v in vars(args).items() if k != "out"},
     }

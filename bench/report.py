@@ -84,6 +84,8 @@ def table(doc: dict[str, Any], wide: bool = False) -> str:
     """The report: per N the capacities, the goals, the figures at one load,
     the harness check and the noise; for a sweep, the figures against N."""
     lines = _wrap(f"Command: {doc['command']}")
+    if doc.get("commit"):  # older runs did not record it
+        lines += _wrap(f"Commit: {doc['commit']}")
     lines += _wrap(_machine_line(doc["machine"]))
     lines += _wrap(f"Receive path: {doc.get('receiver', 'Python')}")
     lines += _wrap("Log levels: " + ", ".join(f"{k} {v}" for k, v in doc["log_level"].items()))

@@ -127,6 +127,22 @@ def listening(port: int) -> bool:
         return False
 
 
+def code_commit() -> str:
+    """The commit the benchmark runs, for the report: short hash, with a note
+    when tracked files differ from it; "unknown" outside a git checkout."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root,
+                              capture_output=True, text=True, timeout=10).stdout.strip()
+        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                                 cwd=root, capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    if not head:
+        return "unknown"
+    return head + (" with uncommitted changes" if changed.strip() else "")
+
+
 def machine_facts() -> dict[str, object]:
     """What a reader needs to judge the numbers: CPU, cores, kernel, Python, load."""
     model = "unknown"

@@ -52,3 +52,25 @@ def test_a_system_name_as_wide_as_its_column_does_not_run_into_its_neighbour() -
     assert lines[header - 1].split() == ["asyncio-"]
     assert lines[header - 1].index("asyncio-") + len("asyncio-") == lines[header].index("uvloop") + len("uvloop")
     assert all(len(line) <= 80 for line in lines)
+
+
+def test_the_report_names_the_commit_it_measured_when_the_run_recorded_it(tmp_path: Path) -> None:
+    import json
+
+    doc = json.loads((REFERENCE / "load-n500.json").read_text())
+    doc.pop("commit", None)
+    older = tmp_path / "older.json"
+    older.write_text(json.dumps(doc))
+    assert "Commit:" not in report(older).stdout
+    doc["commit"] = "0123abc"
+    newer = tmp_path / "newer.json"
+    newer.write_text(json.dumps(doc))
+    assert report(newer).stdout.splitlines()[1] == "Commit: 0123abc"
+
+
+def test_the_commit_is_this_checkout_s_head() -> None:
+    from bench.harness.procstat import code_commit
+
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                          capture_output=True, text=True).stdout.strip()
+    assert code_commit().split()[0] == head
