@@ -38,7 +38,7 @@ def test_a_file_that_is_not_a_saved_run_gets_one_line_and_no_traceback(
 
 
 def test_the_cluster_phase_json_is_refused_as_not_a_run() -> None:
-    result = report(REFERENCE / "cluster-n500.json")
+    result = report(REFERENCE / "cluster-extras-n500.json")
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert "is not the JSON of a bench/load.py run" in result.stderr
