@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Any, cast
 
 from reactor.backends import EVENT_LOOPS
+from reactor.backends.aio_accept import ONE_ACCEPT_PER_ITERATION, BatchAcceptor
 from reactor.backends.aio_transport import AsyncioTransport, AsyncioWebTransport
 from reactor.backends.base import Listener, Server
 from reactor.backends.joins import JoinedFanOuts
@@ -58,6 +59,9 @@ class AsyncioServer(Server, JoinedFanOuts):
         else:
             self.loop = asyncio.new_event_loop()
         self.loop.set_exception_handler(self._exception)
+        # A login storm's connections are accepted, then logged in, together
+        # (reactor.backends.aio_accept).
+        self._accept_in_batches = loop in ONE_ACCEPT_PER_ITERATION
         self._accept_error_logged = float("-inf")
         # Transports that wrote or queued in this iteration of the loop, and
         # whether the settle that sends their output is scheduled.
@@ -243,16 +247,7 @@ class AsyncioServer(Server, JoinedFanOuts):
                 stop.set_result(None)
 
         loop.add_reader(self._wakeup_reader.fileno(), woken)
-        servers = [
-            await loop.create_server(
-                self._transport_factory(listener),
-                # Else asyncio listens again with its own backlog of 100: a
-                # storm of connections overflows it, and their SYNs wait out
-                # retransmission timeouts.
-                sock=listener.sock, backlog=self.config.backlog,
-            )
-            for listener in self.listeners
-        ]
+        servers = [await self._start_accepting(listener) for listener in self.listeners]
         if self._stop_requested and not stop.done():  # (woken while the listeners started)
             stop.set_result(None)
         try:
@@ -278,6 +273,18 @@ class AsyncioServer(Server, JoinedFanOuts):
         for connection in list(self.chat.connections):
             connection.transport.abort()
         await asyncio.sleep(0)  # let the aborts' connection_lost callbacks run
+
+    async def _start_accepting(self, listener: Listener) -> asyncio.AbstractServer | BatchAcceptor:
+        factory = self._transport_factory(listener)
+        if self._accept_in_batches:
+            return BatchAcceptor(self.loop, listener.sock, factory, self.config.backlog)
+        return await self.loop.create_server(
+            factory,
+            # Else asyncio listens again with its own backlog of 100: a storm
+            # of connections overflows it, and their SYNs wait out
+            # retransmission timeouts.
+            sock=listener.sock, backlog=self.config.backlog,
+        )
 
     def _transport_factory(self, listener: Listener) -> Callable[[], AsyncioTransport]:
         if listener.web is None:
