@@ -131,8 +131,23 @@ def test_the_report_shows_dm_user_and_system_cpu_per_message_with_ratios_to_redi
         assert label in wide
 
 
+def _without_split(node: Any) -> None:
+    """A saved run as the benchmark wrote it before it split CPU time: the
+    user and system keys removed everywhere."""
+    if isinstance(node, dict):
+        for key in [k for k in node if isinstance(k, str)
+                    and k.startswith(("server_user_cpu", "server_system_cpu"))]:
+            del node[key]
+        for value in node.values():
+            _without_split(value)
+    elif isinstance(node, list):
+        for value in node:
+            _without_split(value)
+
+
 def test_a_run_saved_before_the_split_prints_it_as_missing() -> None:
     doc = _reference()
+    _without_split(doc)
     old = copy.deepcopy(doc)
     summary.summarize(doc)
     narrow = report.table(doc)
