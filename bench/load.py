@@ -346,6 +346,8 @@ def _shown(path: Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.report is not None:
+        # Printing only: piped into head, it stops quietly, as cat does.
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
         try:
             doc = json.loads(args.report.read_text())
         except (OSError, ValueError) as error:

@@ -74,3 +74,18 @@ def test_the_commit_is_this_checkout_s_head() -> None:
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
                           capture_output=True, text=True).stdout.strip()
     assert code_commit().split()[0] == head
+
+
+def test_a_report_piped_into_a_reader_that_stops_early_ends_without_a_traceback() -> None:
+    import os
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader has gone (as head does after its lines): every write fails
+    try:
+        done = subprocess.run(
+            [sys.executable, str(ROOT / "bench" / "load.py"), "--report",
+             str(REFERENCE / "load-n500.json")],
+            stdout=write_end, stderr=subprocess.PIPE, timeout=60, cwd=ROOT)
+    finally:
+        os.close(write_end)
+    assert b"Traceback" not in done.stderr
